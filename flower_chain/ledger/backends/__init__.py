@@ -1,0 +1,69 @@
+"""Ledger backends, chosen by URI.
+
+=========================  ==============================================
+``memory:``                in-memory (:class:`MemoryLedger`)
+``sqlite:///rel/path.db``  SQLite; four slashes for an absolute path
+``jsonl:///rel/path``      JSON Lines; four slashes for an absolute path
+``PATH.db`` / ``PATH.jsonl``  a plain path, backend by suffix
+``SCHEME:...``             a third-party backend registered under the
+                           entry-point group ``flower_chain.ledgers``
+=========================  ==============================================
+
+An entry point ``SCHEME = package.module:factory`` names a callable
+``factory(uri: str, *, create: bool) -> Ledger``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.backends.jsonl import JSONLLedger
+from flower_chain.ledger.backends.memory import MemoryLedger
+from flower_chain.ledger.backends.sqlite import SQLiteLedger
+from flower_chain.ledger.errors import LedgerOpenError
+
+ENTRY_POINT_GROUP = "flower_chain.ledgers"
+
+__all__ = ["ENTRY_POINT_GROUP", "JSONLLedger", "Ledger", "MemoryLedger", "SQLiteLedger", "open_ledger"]
+
+
+def _path_of(uri: str, scheme: str) -> Path:
+    rest = uri[len(scheme) + 1 :]
+    if not rest.startswith("///") or len(rest) == 3:
+        raise LedgerOpenError(
+            f"{uri!r}: write {scheme}:///relative/path or {scheme}:////absolute/path (three slashes, then the path)"
+        )
+    return Path(rest[3:])
+
+
+def open_ledger(uri: str, *, create: bool = False) -> Ledger:
+    """Open the ledger at ``uri``; ``create`` makes a new empty one where none exists.
+
+    A writer (``create=True``) opening a JSONL file with a torn last line drops
+    that line with a warning; a reader gets :class:`LedgerCorruptError`.
+    """
+    uri = str(uri)
+    scheme, sep, _ = uri.partition(":")
+    if not sep or len(scheme) <= 1:  # no scheme, or a Windows drive letter: a plain path
+        p = Path(uri)
+        if p.suffix == ".jsonl":
+            return JSONLLedger(p, create=create, drop_torn_tail=create)
+        if p.suffix in (".db", ".sqlite", ".sqlite3") or (p.exists() and not create):
+            return SQLiteLedger(p, create=create)
+        raise LedgerOpenError(f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH or memory:")
+    if scheme == "memory":
+        return MemoryLedger(uri)
+    if scheme == "sqlite":
+        return SQLiteLedger(_path_of(uri, scheme), create=create, uri=uri)
+    if scheme == "jsonl":
+        return JSONLLedger(_path_of(uri, scheme), create=create, uri=uri, drop_torn_tail=create)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == scheme:
+            ledger = ep.load()(uri, create=create)
+            if not isinstance(ledger, Ledger):
+                raise LedgerOpenError(f"backend {scheme!r} ({ep.value}) did not return a Ledger")
+            return ledger
+    known = ["memory", "sqlite", "jsonl"] + sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    raise LedgerOpenError(f"{uri!r}: unknown ledger scheme {scheme!r}; known: {', '.join(known)}")

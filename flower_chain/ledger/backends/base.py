@@ -1,0 +1,103 @@
+"""The storage interface every ledger backend implements."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterator, Sequence
+
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.errors import AppendError, LedgerError
+
+Node = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree; level 0 = leaf hash
+
+
+class Ledger(abc.ABC):
+    """Storage of blocks, entries, perfect-subtree hashes and content-addressed blobs.
+
+    A backend stores what it is given and serves it back; it checks nothing
+    cryptographic (that is :mod:`flower_chain.ledger.verify`'s job), but
+    :meth:`append` is atomic: after a crash either the whole block with its
+    entries and nodes is there, or none of it.
+    """
+
+    uri: str = ""
+
+    # -- writing ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
+        """Store one block atomically (the height was checked by :meth:`append`)."""
+
+    def append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
+        """Append one block with its entries and the subtree hashes they complete, atomically."""
+        height = block.header.height
+        if height != self.block_count():
+            raise AppendError(f"block height {height} does not extend a ledger of {self.block_count()} blocks")
+        if block.header.entry_count != len(entries):
+            raise AppendError("entry count in the header does not match the entries given")
+        self._append(block, entries, nodes)
+
+    # -- reading ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def block_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
+        """Blocks with ``start <= height < end``, in height order."""
+
+    @abc.abstractmethod
+    def entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Entry bytes with log index ``start <= i < end``, in log order."""
+
+    @abc.abstractmethod
+    def node(self, level: int, index: int) -> bytes:
+        """The stored hash of the perfect subtree ``[index * 2**level, (index + 1) * 2**level)``."""
+
+    def head(self) -> StoredBlock | None:
+        n = self.block_count()
+        if n == 0:
+            return None
+        return next(self.blocks(n - 1, n))
+
+    def block(self, height: int) -> StoredBlock:
+        if not 0 <= height < self.block_count():
+            raise LedgerError(f"no block at height {height} (the ledger has {self.block_count()} blocks)")
+        return next(self.blocks(height, height + 1))
+
+    def log_size(self) -> int:
+        h = self.head()
+        return h.header.log_size if h else 0
+
+    # -- blobs -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _put_blob(self, digest: bytes, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def get_blob(self, digest: bytes) -> bytes:
+        """Return the blob stored under ``digest``; raise :class:`LedgerError` if absent."""
+
+    @abc.abstractmethod
+    def has_blob(self, digest: bytes) -> bool: ...
+
+    def put_blob(self, data: bytes, digest: bytes | None = None) -> bytes:
+        """Store ``data`` under ``digest`` (default: its SHA-256) unless already there; return the digest."""
+        digest = digest or hashlib.sha256(data).digest()
+        if not self.has_blob(digest):
+            self._put_blob(digest, data)
+        return digest
+
+    def reload(self) -> None:  # noqa: B027 - backends that read through to storage need nothing
+        """Pick up changes another process made to the stored ledger."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
+        """Release files and connections."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        return type(self).__name__

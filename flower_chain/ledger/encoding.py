@@ -1,0 +1,201 @@
+"""Canonical encoding (CE1) of ledger values: deterministic, versioned, decodable.
+
+Specified in docs/ledger-format.md §2. A value is one of:
+
+======  ==========================================================================
+tag     value
+======  ==========================================================================
+0x00    null
+0x01    false
+0x02    true
+0x03    integer: 8 bytes, big-endian two's complement (-2**63 .. 2**63-1)
+0x04    float: 8 bytes, IEEE 754 binary64 big-endian; every NaN is 0x7FF8000000000000
+0x05    bytes: 4-byte big-endian length, then the bytes
+0x06    text: 4-byte big-endian length, then UTF-8
+0x07    list: 4-byte big-endian count, then the items
+0x08    map: 4-byte big-endian count, then (key, value) pairs; a key is text
+        without its tag (length + UTF-8); keys strictly ascending by their
+        UTF-8 bytes (so no duplicates)
+======  ==========================================================================
+
+Every value has exactly one encoding and the decoder accepts only that one
+(no trailing bytes, no unsorted keys, no non-canonical NaN), so two
+implementations agree byte for byte. Domain separation and versioning are
+done by the callers, which prefix the encoding with a domain tag such as
+``b"flower-chain:entry:v1\\x00"``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from flower_chain.ledger.errors import EncodingError
+
+_NULL, _FALSE, _TRUE, _INT, _FLOAT, _BYTES, _TEXT, _LIST, _MAP = range(9)
+_CANONICAL_NAN = b"\x7f\xf8\x00\x00\x00\x00\x00\x00"
+_U32 = struct.Struct(">I")
+_I64 = struct.Struct(">q")
+_F64 = struct.Struct(">d")
+_MAX_DEPTH = 32
+
+Value = Any  # None | bool | int | float | bytes | str | list | dict[str, Value]
+
+
+def encode(value: Value) -> bytes:
+    """Return the canonical encoding of ``value``."""
+    out = bytearray()
+    _encode(value, out, 0)
+    return bytes(out)
+
+
+def _len(n: int, out: bytearray) -> None:
+    if n > 0xFFFFFFFF:
+        raise EncodingError("value too long for canonical encoding")
+    out += _U32.pack(n)
+
+
+def _encode(v: Value, out: bytearray, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise EncodingError("value nested too deeply")
+    if v is None:
+        out.append(_NULL)
+    elif v is True:
+        out.append(_TRUE)
+    elif v is False:
+        out.append(_FALSE)
+    elif isinstance(v, int):
+        if not -(2**63) <= v < 2**63:
+            raise EncodingError(f"integer {v} outside the signed 64-bit range")
+        out.append(_INT)
+        out += _I64.pack(v)
+    elif isinstance(v, float):
+        out.append(_FLOAT)
+        out += _CANONICAL_NAN if math.isnan(v) else _F64.pack(v)
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        out.append(_BYTES)
+        _len(len(b), out)
+        out += b
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        out.append(_TEXT)
+        _len(len(b), out)
+        out += b
+    elif isinstance(v, (list, tuple)):
+        out.append(_LIST)
+        _len(len(v), out)
+        for item in v:
+            _encode(item, out, depth + 1)
+    elif isinstance(v, Mapping):
+        keys = []
+        for k in v:
+            if not isinstance(k, str):
+                raise EncodingError(f"map keys must be text, got {type(k).__name__}")
+            keys.append((k.encode("utf-8"), k))
+        keys.sort()
+        out.append(_MAP)
+        _len(len(keys), out)
+        for kb, k in keys:
+            _len(len(kb), out)
+            out += kb
+            _encode(v[k], out, depth + 1)
+    else:
+        # numpy scalars and other number types: accept exact ints and floats only
+        if hasattr(v, "item"):
+            _encode(v.item(), out, depth)
+            return
+        raise EncodingError(f"cannot encode a value of type {type(v).__name__}")
+
+
+def decode(data: bytes) -> Value:
+    """Decode a canonical encoding; raise :class:`EncodingError` on anything non-canonical."""
+    mv = memoryview(bytes(data))
+    value, pos = _decode(mv, 0, 0)
+    if pos != len(mv):
+        raise EncodingError(f"{len(mv) - pos} trailing bytes after the value")
+    return value
+
+
+def _take(mv: memoryview, pos: int, n: int) -> tuple[memoryview, int]:
+    end = pos + n
+    if end > len(mv):
+        raise EncodingError("truncated value")
+    return mv[pos:end], end
+
+
+def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
+    b, pos = _take(mv, pos, 4)
+    return _U32.unpack(b)[0], pos
+
+
+def _decode(mv: memoryview, pos: int, depth: int) -> tuple[Value, int]:
+    if depth > _MAX_DEPTH:
+        raise EncodingError("value nested too deeply")
+    if pos >= len(mv):
+        raise EncodingError("truncated value")
+    tag = mv[pos]
+    pos += 1
+    if tag == _NULL:
+        return None, pos
+    if tag == _FALSE:
+        return False, pos
+    if tag == _TRUE:
+        return True, pos
+    if tag == _INT:
+        b, pos = _take(mv, pos, 8)
+        return _I64.unpack(b)[0], pos
+    if tag == _FLOAT:
+        b, pos = _take(mv, pos, 8)
+        f = _F64.unpack(b)[0]
+        if math.isnan(f) and bytes(b) != _CANONICAL_NAN:
+            raise EncodingError("non-canonical NaN")
+        return f, pos
+    if tag in (_BYTES, _TEXT):
+        n, pos = _read_len(mv, pos)
+        b, pos = _take(mv, pos, n)
+        if tag == _BYTES:
+            return bytes(b), pos
+        try:
+            return str(b, "utf-8"), pos
+        except UnicodeDecodeError as e:
+            raise EncodingError("text is not valid UTF-8") from e
+    if tag == _LIST:
+        n, pos = _read_len(mv, pos)
+        items = []
+        for _ in range(n):
+            item, pos = _decode(mv, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if tag == _MAP:
+        n, pos = _read_len(mv, pos)
+        result: dict[str, Value] = {}
+        prev: bytes | None = None
+        for _ in range(n):
+            klen, pos = _read_len(mv, pos)
+            kb, pos = _take(mv, pos, klen)
+            kbytes = bytes(kb)
+            if prev is not None and kbytes <= prev:
+                raise EncodingError("map keys are not strictly ascending")
+            prev = kbytes
+            try:
+                key = kbytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EncodingError("map key is not valid UTF-8") from e
+            result[key], pos = _decode(mv, pos, depth + 1)
+        return result, pos
+    raise EncodingError(f"unknown tag 0x{tag:02x}")
+
+
+def encode_with_domain(domain: bytes, value: Value) -> bytes:
+    """``domain || encode(value)``: the form of every hashed or signed ledger object."""
+    return domain + encode(value)
+
+
+def decode_with_domain(domain: bytes, data: bytes) -> Value:
+    """Check the domain tag, then decode the rest."""
+    if not bytes(data[: len(domain)]) == domain:
+        raise EncodingError(f"missing domain tag {domain!r}")
+    return decode(bytes(data[len(domain) :]))

@@ -1,0 +1,213 @@
+"""Ledger entries (the leaves of the log) and the client update statement.
+
+Every entry is ``ENTRY_DOMAIN || CE1(map)`` where the map has a ``"type"``
+field naming one of the kinds below (docs/ledger-format.md §3). Entries are
+frozen dataclasses; :func:`decode_entry` turns bytes back into one and
+rejects unknown types, missing or extra fields and wrong field types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from flower_chain.ledger.encoding import decode_with_domain, encode, encode_with_domain
+from flower_chain.ledger.errors import EncodingError
+
+ENTRY_DOMAIN = b"flower-chain:entry:v1\x00"
+STATEMENT_DOMAIN = b"flower-chain:update:v1\x00"
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+
+#: Reason codes of rejected updates (docs/ledger-format.md §3.2).
+REASONS = (
+    "unsigned",
+    "bad-signature",
+    "unknown-key",
+    "revoked-key",
+    "wrong-federation",
+    "wrong-round",
+    "stale-parent",
+    "wrong-base-model",
+    "digest-mismatch",
+    "num-examples-mismatch",
+    "duplicate",
+    "malformed",
+    "client-error",
+)
+
+
+def metrics_digest(metrics: dict[str, Any]) -> bytes:
+    """SHA-256 of the canonical encoding of a metrics map (int and float values)."""
+    return hashlib.sha256(encode(dict(metrics))).digest()
+
+
+_TYPES: dict[str, type] = {}
+
+
+def _register(cls):
+    _TYPES[cls.TYPE] = cls
+    return cls
+
+
+_PYTYPES = {"int": int, "str": str, "bytes": bytes, "dict": dict, "list": list, "float": float}
+
+
+class _Entry:
+    TYPE: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        d["type"] = self.TYPE
+        return d
+
+    def to_bytes(self) -> bytes:
+        return encode_with_domain(ENTRY_DOMAIN, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        extra = set(d) - set(names) - {"type"}
+        missing = set(names) - set(d)
+        if extra or missing:
+            raise EncodingError(f"{cls.TYPE} entry: unexpected fields {sorted(extra)} / missing {sorted(missing)}")
+        for name, f in names.items():
+            want = _PYTYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+            v = d[name]
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise EncodingError(f"{cls.TYPE} entry: field {name!r} must be {want.__name__}")
+        return cls(**{k: d[k] for k in names})
+
+
+@_register
+@dataclass(frozen=True)
+class GenesisEntry(_Entry):
+    """The first entry of a ledger: who may take part and who signs."""
+
+    TYPE: ClassVar[str] = "genesis"
+    federation_id: str
+    origin: str
+    server_key: bytes
+    client_keys: dict  # key id -> raw 32-byte Ed25519 public key
+    strategy: str
+    config_digest: bytes
+    created_ms: int
+
+
+@_register
+@dataclass(frozen=True)
+class UpdateEntry(_Entry):
+    """One client reply received in a round, with the server's verdict.
+
+    ``statement`` and ``signature`` are the client's signed update statement
+    as received (empty when unsigned), so anyone holding the genesis keyring
+    can re-check every accepted update.
+    """
+
+    TYPE: ClassVar[str] = "update"
+    round: int
+    node_id: int
+    key_id: str
+    verdict: str
+    reason: str
+    detail: str
+    num_examples: int
+    arrays_digest: bytes
+    metrics: dict
+    statement: bytes
+    signature: bytes
+
+
+@_register
+@dataclass(frozen=True)
+class EvaluationEntry(_Entry):
+    """Aggregated evaluation of a round: ``source`` is ``federated`` or ``centralized``."""
+
+    TYPE: ClassVar[str] = "evaluation"
+    round: int
+    source: str
+    num_replies: int
+    metrics: dict
+
+
+@_register
+@dataclass(frozen=True)
+class RevocationEntry(_Entry):
+    """A client key is revoked: updates signed by it after this entry are rejected."""
+
+    TYPE: ClassVar[str] = "revocation"
+    key_id: str
+    reason: str
+    created_ms: int
+
+
+Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry
+
+
+def decode_entry(data: bytes) -> Entry:
+    """Decode entry bytes; raise :class:`EncodingError` if they are not a valid entry."""
+    d = decode_with_domain(ENTRY_DOMAIN, data)
+    if not isinstance(d, dict) or not isinstance(d.get("type"), str):
+        raise EncodingError("entry is not a map with a text 'type'")
+    cls = _TYPES.get(d["type"])
+    if cls is None:
+        raise EncodingError(f"unknown entry type {d['type']!r}")
+    return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class UpdateStatement:
+    """What a client signs about one reply (docs/ledger-format.md §5).
+
+    Attributes
+    ----------
+    kind : str
+        ``train`` or ``evaluate``.
+    federation_id : str
+        Federation the update is for (stops cross-run replay).
+    round : int
+        Server round (stops replay across rounds).
+    key_id : str
+        Key id of the signing key.
+    parent : bytes
+        Ledger head hash the server announced when it configured the round.
+    base_digest : bytes
+        Array digest of the global model the client received.
+    arrays_digest : bytes
+        Array digest of the arrays the client returns (empty for evaluate).
+    num_examples : int
+        Number of examples the client reports.
+    metrics_digest : bytes
+        :func:`metrics_digest` of the reply's metrics.
+    """
+
+    kind: str
+    federation_id: str
+    round: int
+    key_id: str
+    parent: bytes
+    base_digest: bytes
+    arrays_digest: bytes
+    num_examples: int
+    metrics_digest: bytes = field(default=b"")
+
+    def to_bytes(self) -> bytes:
+        return encode_with_domain(STATEMENT_DOMAIN, {f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UpdateStatement:
+        d = decode_with_domain(STATEMENT_DOMAIN, data)
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict) or sorted(d) != sorted(names):
+            raise EncodingError("update statement has the wrong fields")
+        st = cls(**d)
+        for name, typ in (("kind", str), ("federation_id", str), ("round", int), ("key_id", str),
+                          ("parent", bytes), ("base_digest", bytes), ("arrays_digest", bytes),
+                          ("num_examples", int), ("metrics_digest", bytes)):
+            if not isinstance(getattr(st, name), typ):
+                raise EncodingError(f"update statement field {name!r} must be {typ.__name__}")
+        return st

@@ -1,0 +1,169 @@
+"""The server side of the ledger: builds, signs and appends blocks; serves proofs.
+
+:class:`LedgerWriter` keeps the O(log n) compact range of the log so each
+append costs O(entries), signs the block header and a C2SP checkpoint for
+the log after the block, and hands the backend everything to store in one
+atomic append.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flower_chain.ledger import merkle
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import FORMAT_VERSION, ZERO_HASH, BlockHeader, StoredBlock
+from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint
+from flower_chain.ledger.entries import Entry, GenesisEntry, decode_entry
+from flower_chain.ledger.errors import AppendError, LedgerError
+from flower_chain.ledger.keys import key_id, raw_public
+
+
+def read_genesis(ledger: Ledger) -> GenesisEntry:
+    """The genesis entry of a ledger (entry 0 of block 0)."""
+    if ledger.block_count() == 0:
+        raise LedgerError(f"{ledger.uri}: the ledger is empty (no genesis block)")
+    first = next(ledger.entries(0, 1), None)
+    entry = decode_entry(first) if first is not None else None
+    if not isinstance(entry, GenesisEntry):
+        raise LedgerError(f"{ledger.uri}: entry 0 is not a genesis entry")
+    return entry
+
+
+def origin_for(federation_id: str) -> str:
+    """The checkpoint origin line of a federation's log."""
+    return f"flower-chain/{federation_id}"
+
+
+class LedgerWriter:
+    """Appends signed blocks to a ledger backend.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The backend; it must be empty (then call :meth:`init`) or hold a
+        genesis signed by ``server_key``.
+    server_key : Ed25519PrivateKey
+        The key that signs block headers and checkpoints.
+    clock : callable, optional
+        Returns seconds since the epoch (for tests).
+    """
+
+    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *, clock=time.time) -> None:
+        self.ledger = ledger
+        self.server_key = server_key
+        self.clock = clock
+        self.genesis: GenesisEntry | None = None
+        self._range = merkle.CompactRange()
+        self._head: StoredBlock | None = None
+        if ledger.block_count():
+            self._load()
+
+    def _load(self) -> None:
+        self.genesis = read_genesis(self.ledger)
+        if self.genesis.server_key != raw_public(self.server_key):
+            raise LedgerError(
+                f"{self.ledger.uri} was started by server key {key_id(self.genesis.server_key)}, "
+                f"not by this server key {key_id(self.server_key)}: pass the ledger's own server key"
+            )
+        self._head = self.ledger.head()
+        h = self._head.header
+        self._range = merkle.CompactRange.from_nodes(h.log_size, self.ledger.node)
+        if self._range.root() != h.log_root:
+            raise LedgerError(f"{self.ledger.uri}: stored subtree hashes do not match the head's log root")
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def federation_id(self) -> str:
+        if self.genesis is None:
+            raise LedgerError("the ledger has no genesis yet")
+        return self.genesis.federation_id
+
+    @property
+    def origin(self) -> str:
+        return origin_for(self.federation_id)
+
+    @property
+    def head(self) -> StoredBlock | None:
+        return self._head
+
+    @property
+    def head_hash(self) -> bytes:
+        return self._head.hash if self._head else ZERO_HASH
+
+    @property
+    def log_size(self) -> int:
+        return self._range.size
+
+    def check_head(self) -> None:
+        """Raise :class:`AppendError` if the stored head is not the block this writer appended last."""
+        self.ledger.reload()
+        stored = self.ledger.head()
+        if (stored.hash if stored else None) != (self._head.hash if self._head else None):
+            raise AppendError(
+                f"{self.ledger.uri} changed under the server: its head is no longer the block this server "
+                "appended last (another writer, or an edit). Stop, run `flower-chain ledger verify`, and "
+                "start again from a verified ledger"
+            )
+
+    # -- appending -------------------------------------------------------------------------------
+    def init(self, genesis: GenesisEntry) -> StoredBlock:
+        """Append the genesis block (height 0, one genesis entry)."""
+        if self.ledger.block_count():
+            raise AppendError(f"{self.ledger.uri} already has a genesis block")
+        if genesis.server_key != raw_public(self.server_key):
+            raise AppendError("the genesis names another server key than the one signing")
+        self.genesis = genesis
+        return self.append(0, [genesis])
+
+    def append(self, round: int, entries: Sequence[Entry | bytes], *, model_before: bytes = b"",
+               model_after: bytes = b"") -> StoredBlock:
+        """Sign and append one block holding ``entries``; return it once it is durable."""
+        if self.genesis is None:
+            raise AppendError("append the genesis first (LedgerWriter.init)")
+        data = [e if isinstance(e, bytes) else e.to_bytes() for e in entries]
+        leaves = [merkle.leaf_hash(d) for d in data]
+        block_range = merkle.CompactRange()
+        log_range = merkle.CompactRange(self._range.size, list(self._range.hashes))
+        nodes = []
+        for lh in leaves:
+            block_range.append(lh)
+            nodes.extend(log_range.append(lh))
+        header = BlockHeader(
+            version=FORMAT_VERSION,
+            federation_id=self.genesis.federation_id,
+            height=self._head.header.height + 1 if self._head else 0,
+            round=int(round),
+            timestamp_ms=max(int(self.clock() * 1000), self._head.header.timestamp_ms if self._head else 0),
+            prev_hash=self.head_hash,
+            entries_root=block_range.root(),
+            entry_count=len(data),
+            model_before=bytes(model_before),
+            model_after=bytes(model_after),
+            log_size=log_range.size,
+            log_root=log_range.root(),
+        )
+        hb = header.to_bytes()
+        cp = sign_checkpoint(Checkpoint(origin_for(header.federation_id), header.log_size, header.log_root),
+                             self.server_key)
+        block = StoredBlock(hb, self.server_key.sign(hb), cp)
+        self.ledger.append(block, data, nodes)
+        self._range, self._head = log_range, block
+        return block
+
+    def checkpoint(self) -> str:
+        """The signed checkpoint of the log at the head."""
+        if self._head is None:
+            raise LedgerError("the ledger is empty")
+        return self._head.checkpoint
+
+
+def config_digest(config: dict) -> bytes:
+    """SHA-256 of the canonical encoding of a configuration map."""
+    from flower_chain.ledger.encoding import encode
+
+    return hashlib.sha256(encode({str(k): v for k, v in config.items()})).digest()

@@ -1,0 +1,75 @@
+"""Shared fixtures: isolated Flower/Ray homes and small ledgers built the way the server builds them."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flower_chain.ledger import GenesisEntry, LedgerWriter, UpdateEntry, UpdateStatement, open_ledger
+from flower_chain.ledger.entries import metrics_digest
+from flower_chain.ledger.keys import key_id, raw_public
+
+
+@pytest.fixture(autouse=True)
+def _isolated_homes(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("FLWR_HOME", str(home / "flwr"))
+    monkeypatch.setenv("RAY_TMPDIR", str(home / "ray"))
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(home / "mpl"))
+
+
+class Federation:
+    """A server key, client keys and a writer on a ledger URI."""
+
+    def __init__(self, uri: str, n_clients: int = 3, federation_id: str = "fed-test", seed: int = 0):
+        self.uri = uri
+        self.server_key = Ed25519PrivateKey.generate()
+        self.client_keys = [Ed25519PrivateKey.generate() for _ in range(n_clients)]
+        self.federation_id = federation_id
+        self.rng = random.Random(seed)
+        self.ledger = open_ledger(uri, create=True)
+        self.writer = LedgerWriter(self.ledger, self.server_key)
+        self.writer.init(GenesisEntry(
+            federation_id=federation_id, origin=f"flower-chain/{federation_id}",
+            server_key=raw_public(self.server_key),
+            client_keys={key_id(k): raw_public(k) for k in self.client_keys},
+            strategy="FedAvg", config_digest=b"\x00" * 32, created_ms=int(time.time() * 1000)))
+
+    def update(self, rnd: int, i: int, *, verdict="accepted", reason="ok") -> UpdateEntry:
+        k = self.client_keys[i % len(self.client_keys)]
+        digest = self.rng.randbytes(32)
+        metrics = {"train_loss": self.rng.random()}
+        st = UpdateStatement("train", self.federation_id, rnd, key_id(k), self.writer.head_hash,
+                             b"\x11" * 32, digest, 10 + i, metrics_digest(metrics))
+        sb = st.to_bytes()
+        return UpdateEntry(round=rnd, node_id=i, key_id=key_id(k), verdict=verdict, reason=reason, detail="",
+                           num_examples=10 + i, arrays_digest=digest, metrics=metrics, statement=sb,
+                           signature=k.sign(sb))
+
+    def add_round(self, rnd: int, n: int = 3, rejected: int = 0):
+        entries = [self.update(rnd, i) for i in range(n)]
+        entries += [self.update(rnd, n + j, verdict="rejected", reason="bad-signature") for j in range(rejected)]
+        before = self.writer.head.header.model_after or bytes(32)
+        return self.writer.append(rnd, entries, model_before=before, model_after=self.rng.randbytes(32))
+
+
+@pytest.fixture
+def federation_factory(tmp_path):
+    made = []
+
+    def make(backend: str = "sqlite", **kw) -> Federation:
+        uri = {"memory": "memory:", "sqlite": f"sqlite:///{tmp_path}/l{len(made)}.db",
+               "jsonl": f"jsonl:///{tmp_path}/l{len(made)}.jsonl"}[backend]
+        f = Federation(uri, **kw)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.ledger.close()
+
