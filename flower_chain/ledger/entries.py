@@ -110,7 +110,7 @@ class UpdateEntry(_Entry):
 
     TYPE: ClassVar[str] = "update"
     round: int
-    node_id: int
+    node_id: str  # Flower node ids are unsigned 64-bit: recorded in decimal
     key_id: str
     verdict: str
     reason: str

@@ -67,6 +67,9 @@ class VerifyReport:
     reasons: Counter = field(default_factory=Counter)
     entry_types: Counter = field(default_factory=Counter)
     client_signatures_checked: int = 0
+    revoked: set = field(default_factory=set)
+    last_round: int = 0
+    model_digest: bytes = b""
 
 
 def verify(
@@ -167,6 +170,7 @@ def verify(
                 raise VerificationError("model_before is not the model_after of the previous round",
                                         height=height)
             last_model = h.model_after or last_model
+            report.last_round = max(report.last_round, h.round)
             prev_hash, prev_ts = block.hash, h.timestamp_ms
             if height:
                 rounds.add(h.round)
@@ -179,6 +183,7 @@ def verify(
         raise VerificationError(f"the ledger reports {n_blocks} blocks but holds {height + 1}", height=height + 1)
     report.blocks, report.entries, report.rounds = n_blocks, log.size, len(rounds)
     report.log_root, report.head_hash = log.root(), prev_hash
+    report.revoked, report.model_digest = revoked, last_model
     return report
 
 

@@ -1,0 +1,63 @@
+"""The bundled ClientApp (Message API): trains a CNN on its partition of MNIST, Fashion-MNIST or CIFAR-10.
+
+Each node trains on the partition ``context.node_config["partition-id"]`` of
+``["num-partitions"]``; dataset and hyper-parameters come from the run config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flower_chain.clients import data as data_mod
+from flower_chain.clients import model as model_mod
+from flower_chain.clients.signing import signing_mod
+from flower_chain.config import resolve
+
+
+def _setup(msg: Message, context: Context, overrides: Mapping[str, Any] | None):
+    cfg = resolve(context.run_config, overrides)
+    torch.set_num_threads(1)  # one core per virtual client; simulations run several side by side
+    pid = int(context.node_config["partition-id"])
+    n = int(context.node_config["num-partitions"])
+    part = data_mod.load_partition(cfg["dataset"], pid, n, data_dir=cfg["data-dir"], partition=cfg["partition"],
+                                   alpha=float(cfg["alpha"]), seed=int(cfg["seed"]))
+    net = model_mod.Net(part.x_train.shape[1:])
+    net.load_state_dict(msg.content.array_records[next(iter(msg.content.array_records))].to_torch_state_dict())
+    return cfg, pid, part, net
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence | None = None) -> ClientApp:
+    """Build the ClientApp; ``overrides`` win over the run config.
+
+    ``mods`` defaults to ``[signing_mod]``: replies are signed whenever the
+    server runs a LedgerStrategy, and pass through unsigned otherwise.
+    """
+    app = ClientApp(mods=list(mods) if mods is not None else [signing_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg, pid, part, net = _setup(msg, context, overrides)
+        server_round = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
+        seed = int(cfg["seed"]) * 1_000_003 + pid * 1009 + server_round
+        model_mod.seed_everything(seed)
+        loss = model_mod.train(net, part.x_train, part.y_train, epochs=int(cfg["local-epochs"]),
+                               batch_size=int(cfg["batch-size"]), lr=float(cfg["learning-rate"]), seed=seed)
+        metrics = MetricRecord({"train_loss": float(loss), "num-examples": len(part.x_train)})
+        return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        _cfg, _pid, part, net = _setup(msg, context, overrides)
+        loss, acc = model_mod.test(net, part.x_val, part.y_val)
+        metrics = MetricRecord({"eval_loss": float(loss), "eval_acc": float(acc), "num-examples": len(part.x_val)})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

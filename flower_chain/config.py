@@ -1,0 +1,38 @@
+"""Run configuration of the bundled Flower App: defaults and resolution.
+
+The same keys live in ``[tool.flwr.app.config]`` of pyproject.toml (``flwr run``)
+and are set by ``run.py`` flags; a value given later wins:
+defaults < Flower run config < explicit overrides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "mnist",
+    "num-server-rounds": 5,
+    "local-epochs": 1,
+    "batch-size": 32,
+    "learning-rate": 0.05,
+    "partition": "iid",
+    "alpha": 0.5,
+    "seed": 42,
+    "data-dir": "data",
+    "fraction-train": 1.0,
+    "fraction-evaluate": 0.0,
+    "out-dir": "out",
+    "ledger": "",
+    "federation-id": "",
+    "no-ledger": False,
+    "keys-dir": "",
+}
+
+
+def resolve(run_config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then the Flower run config, then explicit overrides."""
+    cfg = dict(DEFAULTS)
+    cfg.update(run_config or {})
+    cfg.update(overrides or {})
+    return cfg

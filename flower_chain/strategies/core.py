@@ -1,0 +1,301 @@
+"""The verification core shared by :class:`LedgerStrategy` and :class:`LegacyLedgerStrategy`.
+
+Framework-neutral: it sees replies as :class:`Reply` values (arrays as numpy,
+metrics as a dict), judges each one, and writes the round's block. It imports
+neither torch nor flwr.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flower_chain.ledger import open_ledger
+from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.entries import (
+    ACCEPTED,
+    REJECTED,
+    EvaluationEntry,
+    GenesisEntry,
+    RevocationEntry,
+    UpdateEntry,
+    UpdateStatement,
+    metrics_digest,
+)
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
+from flower_chain.ledger.verify import verify
+from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
+from flower_chain.wire import LedgerContext
+
+log = logging.getLogger(__name__)
+NamedArrays = Sequence[tuple[str, np.ndarray]]
+
+
+@dataclass
+class Reply:
+    """One client reply, whatever API it came through."""
+
+    node_id: int
+    error: str | None = None
+    statement: bytes | None = None
+    signature: bytes | None = None
+    arrays: NamedArrays | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    num_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The server's verdict on one reply, and the ledger entry that records it."""
+
+    accepted: bool
+    reason: str
+    detail: str
+    entry: UpdateEntry
+
+
+@dataclass
+class _Round:
+    ctx: LedgerContext
+    template: list[tuple[str, tuple[int, ...], str]]
+
+
+def _finite(a: np.ndarray) -> bool:
+    if a.dtype.kind not in "fc":
+        return True
+    # one pass, no temporary: NaN and inf propagate through a float64 sum (which cannot overflow from f32)
+    return bool(np.isfinite(np.sum(a, dtype=np.float64 if a.dtype.kind == "f" else np.complex128)))
+
+
+class LedgerCore:
+    """Checks replies against the ledger context of their round and appends one block per round.
+
+    Parameters
+    ----------
+    ledger : Ledger or str
+        A backend or a ledger URI (created when absent).
+    keyring : Keyring, Mapping[str, bytes], str or Path
+        Allowed client public keys (a directory of ``*.pub`` files, one file,
+        or key id -> raw key). Recorded in the genesis of a new ledger; an
+        existing ledger keeps its genesis keyring.
+    server_key : Ed25519PrivateKey, str or Path
+        The key that signs blocks and checkpoints.
+    federation_id : str, optional
+        Id of a new federation (default: random); must match an existing ledger's.
+    strategy_name : str
+        Recorded in the genesis.
+    strategy_config : Mapping, optional
+        Digest recorded in the genesis.
+    store_models : bool
+        Keep the global model of every round in the blob store (default True).
+    store_client_updates : bool
+        Also keep every accepted client update in the blob store.
+    """
+
+    def __init__(self, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
+                 server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
+                 strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
+                 store_models: bool = True, store_client_updates: bool = False) -> None:
+        self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
+        self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
+        if isinstance(keyring, (str, Path)):
+            keyring = Keyring.from_path(keyring)
+        keys = dict(keyring.keys if isinstance(keyring, Keyring) else keyring)
+        self.store_models = store_models
+        self.store_client_updates = store_client_updates
+        self.revoked: set[str] = set()
+        self._rounds: dict[tuple[str, int], _Round] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        if self.ledger.block_count():
+            report = verify(self.ledger, server_key=raw_public(self.server_key))
+            self.writer = LedgerWriter(self.ledger, self.server_key)
+            genesis = self.writer.genesis
+            if federation_id and federation_id != genesis.federation_id:
+                raise LedgerError(f"{self.ledger.uri} records federation {genesis.federation_id!r}, "
+                                  f"not {federation_id!r}")
+            extra = set(keys) - set(genesis.client_keys)
+            if extra:
+                log.warning("keys %s are not in the ledger's genesis keyring and will be rejected", sorted(extra))
+            self.revoked = set(report.revoked)
+            self.last_round = report.last_round
+            self.model_digest = report.model_digest
+        else:
+            if not keys:
+                raise LedgerError("the keyring is empty: no client could ever be accepted")
+            self.writer = LedgerWriter(self.ledger, self.server_key)
+            fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
+            self.writer.init(GenesisEntry(
+                federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key),
+                client_keys=keys, strategy=strategy_name,
+                config_digest=config_digest(dict(strategy_config or {})), created_ms=int(time.time() * 1000)))
+            self.last_round, self.model_digest = 0, b""
+        self.keys = dict(self.writer.genesis.client_keys)
+
+    # -- context ---------------------------------------------------------------------------------
+    @property
+    def federation_id(self) -> str:
+        return self.writer.federation_id
+
+    def begin(self, kind: str, server_round: int, arrays: NamedArrays | None) -> LedgerContext:
+        """The ledger context of a round; remembers what was sent to check replies against it."""
+        self.writer.check_head()
+        if kind == "train" and int(server_round) <= self.last_round:
+            raise LedgerError(
+                f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}; "
+                "a new run needs a new ledger (another --ledger or --out)")
+        template = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in (arrays or [])]
+        digest = array_digest(arrays) if arrays is not None else b""
+        ctx = LedgerContext(self.federation_id, int(server_round), self.writer.head_hash, digest)
+        self._rounds[(kind, int(server_round))] = _Round(ctx, template)
+        if kind == "train" and arrays is not None and self.store_models:
+            self.ledger.put_blob(encode_arrays(arrays), digest)
+        return ctx
+
+    # -- judging -----------------------------------------------------------------------------------
+    def judge(self, kind: str, server_round: int, reply: Reply, seen: set[str]) -> Judgement:
+        """Check one reply; keys whose signature verified are added to ``seen``."""
+        rnd = self._rounds.get((kind, int(server_round)))
+        arrays_digest = b""
+        if reply.arrays is not None:
+            try:
+                arrays_digest = array_digest(reply.arrays)
+            except (LedgerError, TypeError, ValueError):
+                arrays_digest = b""
+        reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, seen)
+        accepted = reason == "ok"
+        entry = UpdateEntry(
+            round=int(server_round), node_id=str(reply.node_id), key_id=kid,
+            verdict=ACCEPTED if accepted else REJECTED, reason=reason, detail=detail[:500],
+            num_examples=int(reply.num_examples) if reply.num_examples is not None else -1,
+            arrays_digest=arrays_digest, metrics=_loggable(reply.metrics),
+            statement=reply.statement or b"", signature=reply.signature or b"")
+        return Judgement(accepted, reason, detail, entry)
+
+    def _reason(self, kind: str, server_round: int, rnd: _Round | None, reply: Reply, arrays_digest: bytes,
+                seen: set[str]) -> tuple[str, str, str]:
+        if reply.error is not None:
+            return "client-error", reply.error, ""
+        if not reply.statement or not reply.signature:
+            return "unsigned", "the reply carries no flower-chain signature", ""
+        try:
+            st = UpdateStatement.from_bytes(reply.statement)
+        except LedgerError as e:
+            return "malformed", f"statement does not decode: {e}", ""
+        kid = st.key_id
+        raw = self.keys.get(kid)
+        if raw is None:
+            return "unknown-key", f"key {kid} is not in the genesis keyring", kid
+        if kid in self.revoked:
+            return "revoked-key", f"key {kid} was revoked", kid
+        if not verify_signature(raw, reply.signature, reply.statement):
+            return "bad-signature", "the signature does not verify under the key it names", kid
+        if st.kind != kind:
+            return "wrong-round", f"statement is for a {st.kind} reply, not {kind}", kid
+        if st.federation_id != self.federation_id:
+            return "wrong-federation", f"statement is for federation {st.federation_id!r}", kid
+        if st.round != server_round or rnd is None:
+            return "wrong-round", f"statement is for round {st.round}, this is round {server_round}", kid
+        if st.parent != rnd.ctx.parent:
+            return "stale-parent", "statement names another ledger head than the one this round was built on", kid
+        if kind == "train" and st.base_digest != rnd.ctx.base_digest:
+            return "wrong-base-model", "the client trained on other arrays than this round's global model", kid
+        if st.arrays_digest != arrays_digest:
+            return "digest-mismatch", "the arrays differ from the ones the client signed", kid
+        if st.metrics_digest != metrics_digest(reply.metrics):
+            return "digest-mismatch", "the metrics differ from the ones the client signed", kid
+        if reply.num_examples is None or st.num_examples != reply.num_examples:
+            return "num-examples-mismatch", (f"signed num-examples {st.num_examples}, reply says "
+                                             f"{reply.num_examples}"), kid
+        if reply.num_examples < 0:
+            return "malformed", "negative num-examples", kid
+        if kid in seen:
+            return "duplicate", f"a second verified reply signed by {kid} in this round", kid
+        seen.add(kid)
+        if kind == "train":
+            problem = self._malformed(rnd, reply.arrays or [])
+            if problem:
+                return "malformed", problem, kid
+        return "ok", "", kid
+
+    @staticmethod
+    def _malformed(rnd: _Round, arrays: NamedArrays) -> str | None:
+        got = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in arrays]
+        if got != rnd.template:
+            return "array names, shapes or dtypes differ from the global model"
+        for name, a in arrays:
+            if not _finite(np.asarray(a)):
+                return f"array {name!r} has non-finite values"
+        return None
+
+    # -- recording ---------------------------------------------------------------------------------
+    def commit_train(self, server_round: int, judgements: Sequence[Judgement], accepted_arrays: Sequence[NamedArrays],
+                     aggregated: NamedArrays | None, seconds: float) -> None:
+        """Append the round's block: every reply judged, the model digests before and after."""
+        rnd = self._rounds.get(("train", int(server_round)))
+        before = rnd.ctx.base_digest if rnd else self.model_digest
+        t0 = time.perf_counter()
+        after = before
+        if aggregated is not None:
+            after = array_digest(aggregated)
+            if self.store_models:
+                self.ledger.put_blob(encode_arrays(aggregated), after)
+        if self.store_client_updates:
+            for arrays in accepted_arrays:
+                self.ledger.put_blob(encode_arrays(arrays), array_digest(arrays))
+        block = self.writer.append(server_round, [j.entry for j in judgements], model_before=before,
+                                   model_after=after)
+        self.model_digest, self.last_round = after, int(server_round)
+        reasons = Counter(j.reason for j in judgements if not j.accepted)
+        self.stats[int(server_round)] = {
+            "accepted": sum(j.accepted for j in judgements), "rejected": sum(not j.accepted for j in judgements),
+            "reasons": dict(reasons), "ledger_time_s": seconds + time.perf_counter() - t0,
+            "block_height": block.header.height, "log_size": block.header.log_size,
+        }
+        for j in judgements:
+            if not j.accepted:
+                log.warning("round %d: rejected reply from node %s (key %s): %s — %s", server_round,
+                            j.entry.node_id, j.entry.key_id or "-", j.reason, j.detail)
+
+    def commit_evaluation(self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any],
+                          judgements: Sequence[Judgement] = ()) -> None:
+        """Append a block with an evaluation summary (and the judged evaluate replies, if any)."""
+        entries: list = [j.entry for j in judgements]
+        entries.append(EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
+                                       metrics=_loggable(metrics)))
+        self.writer.append(server_round, entries, model_before=self.model_digest, model_after=self.model_digest)
+
+    def revoke(self, kid: str, reason: str) -> None:
+        """Append a revocation: later updates signed by ``kid`` are rejected as ``revoked-key``."""
+        if kid not in self.keys:
+            raise LedgerError(f"key {kid} is not in the genesis keyring")
+        self.writer.append(self.last_round, [RevocationEntry(key_id=kid, reason=reason,
+                                                             created_ms=int(time.time() * 1000))],
+                           model_before=self.model_digest, model_after=self.model_digest)
+        self.revoked.add(kid)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _loggable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, (bool, int, float, str)):
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
+            out[str(k)] = list(v)
+        elif hasattr(v, "item"):
+            out[str(k)] = v.item()
+    return out
+

@@ -1,0 +1,183 @@
+"""LedgerStrategy: wrap any Message-API strategy with verified aggregation and a round ledger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.keys import Keyring
+from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.wire import SIG_RECORD, SIGNATURE, STATEMENT, arrays_of, num_examples_of, plain_metrics
+
+
+def reply_from_message(msg: Message, with_arrays: bool) -> Reply:
+    """A Message-API reply as the verification core sees it."""
+    node = int(msg.metadata.src_node_id)
+    if msg.has_error():
+        return Reply(node_id=node, error=f"{msg.error.code}: {msg.error.reason}")
+    content = msg.content
+    sig = content.config_records.get(SIG_RECORD)
+    metrics: dict[str, Any] = {}
+    for rec in content.metric_records.values():
+        metrics.update(plain_metrics(rec.items()))
+    arrays = None
+    if with_arrays:
+        records = list(content.array_records.values())
+        arrays = arrays_of(records[0]) if len(records) == 1 else []
+    return Reply(
+        node_id=node,
+        statement=bytes(sig[STATEMENT]) if sig is not None and STATEMENT in sig else None,
+        signature=bytes(sig[SIGNATURE]) if sig is not None and SIGNATURE in sig else None,
+        arrays=arrays,
+        metrics=metrics,
+        num_examples=num_examples_of(metrics),
+    )
+
+
+def strategy_config(strategy: Any) -> dict[str, Any]:
+    """The plain settings of a strategy (recorded as a digest in the genesis)."""
+    return {k: v for k, v in sorted(vars(strategy).items())
+            if isinstance(v, (bool, int, float, str)) and not k.startswith("_")}
+
+
+class LedgerStrategy(Strategy):
+    """Verified aggregation and an auditable round ledger around any Message-API strategy.
+
+    Every reply is checked (signature, key, federation, round, ledger head,
+    base model, array and metric digests, num-examples, duplicates, shapes
+    and finiteness); only accepted replies reach the wrapped strategy. Each
+    round appends one signed block recording every reply received, accepted
+    or rejected with its reason, and the global model digest before and
+    after aggregation. Every other call delegates to the wrapped strategy.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy to wrap (FedAvg, FedProx, FedAdam, FedMedian, Krum, a DP wrapper, ...).
+    ledger : Ledger or str
+        A ledger backend or URI (``sqlite:///ledger.db``, ``jsonl:///ledger.jsonl``, ``memory:``).
+    keyring : Keyring, Mapping[str, bytes], str or Path
+        Allowed client public keys (a directory of ``*.pub`` files, a file, or key id -> raw key).
+    server_key : Ed25519PrivateKey, str or Path
+        The server's signing key (or the path of its PEM file).
+    federation_id : str, optional
+        Id of a new federation; default random.
+    store_models : bool, optional
+        Keep every round's global model in the ledger's blob store (default True).
+    store_client_updates : bool, optional
+        Keep every accepted client update in the blob store too (default False).
+    """
+
+    def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
+                 server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
+                 store_models: bool = True, store_client_updates: bool = False) -> None:
+        self.strategy = strategy
+        self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
+                               strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
+                               store_models=store_models, store_client_updates=store_client_updates)
+
+    def __getattr__(self, name: str) -> Any:
+        # Read-only access to the wrapped strategy's settings (fraction_train, weighted_by_key, ...).
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.core.ledger
+
+    @property
+    def federation_id(self) -> str:
+        return self.core.federation_id
+
+    def round_stats(self, server_round: int) -> dict[str, Any]:
+        """Accepted/rejected counts, reasons and ledger time of a round (empty before it ran)."""
+        return dict(self.core.stats.get(server_round, {}))
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> flower-chain LedgerStrategy: federation %s, ledger %s, %d allowed keys",
+            self.federation_id, self.core.ledger.uri, len(self.core.keys))
+        self.strategy.summary()
+
+    def _with_context(self, kind: str, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord,
+                      ) -> ConfigRecord:
+        ctx = self.core.begin(kind, server_round, arrays_of(arrays) if arrays is not None else None)
+        merged = ConfigRecord(dict(config.items()))
+        for k, v in ctx.to_config().items():
+            merged[k] = v
+        return merged
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Add the ledger context to the train config, then delegate."""
+        config = self._with_context("train", server_round, arrays, config)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def _judge(self, kind: str, server_round: int, replies: Iterable[Message]) -> tuple[list[Message], list[Judgement]]:
+        seen: set[str] = set()
+        accepted, judgements = [], []
+        for msg in replies:
+            j = self.core.judge(kind, server_round, reply_from_message(msg, kind == "train"), seen)
+            judgements.append(j)
+            if j.accepted:
+                accepted.append(msg)
+        return accepted, judgements
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
+        t0 = time.perf_counter()
+        accepted, judgements = self._judge("train", server_round, replies)
+        t_check = time.perf_counter() - t0
+        arrays, metrics = None, None
+        try:
+            arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        finally:  # the replies are recorded even when the wrapped strategy fails
+            accepted_arrays = [arrays_of(next(iter(m.content.array_records.values()))) for m in accepted] \
+                if self.core.store_client_updates else []
+            self.core.commit_train(server_round, judgements, accepted_arrays,
+                                   arrays_of(arrays) if arrays is not None else None, t_check)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Add the ledger context to the evaluate config, then delegate."""
+        config = self._with_context("evaluate", server_round, None, config)
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate verified evaluate replies; record them and the aggregate in a block."""
+        replies = list(replies)
+        accepted, judgements = self._judge("evaluate", server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, accepted)
+        if replies:
+            self.core.commit_evaluation(server_round, "federated", len(accepted),
+                                        dict(metrics.items()) if metrics is not None else {}, judgements)
+        return metrics
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Run Flower's strategy loop; centralized evaluation results are recorded on the ledger too."""
+        recording_fn = None
+        if evaluate_fn is not None:
+            def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                res = evaluate_fn(server_round, arrays)
+                if res is not None:
+                    self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
+                return res
+
+        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, recording_fn)
+
+    def close(self) -> None:
+        self.core.close()

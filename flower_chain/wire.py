@@ -1,0 +1,89 @@
+"""What travels between server and clients (imports neither torch nor flwr).
+
+* The server adds a **ledger context** to each train/evaluate config under
+  namespaced keys (the user's own keys stay as they are).
+* A client's signed **update statement** comes back in a ConfigRecord named
+  :data:`SIG_RECORD` (Message API) or under :data:`LEGACY_STATEMENT` /
+  :data:`LEGACY_SIGNATURE` in the legacy ``FitRes.metrics`` dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flower_chain.ledger.arrays import array_digest
+
+PREFIX = "flower-chain."
+CTX_FEDERATION = PREFIX + "federation"
+CTX_ROUND = PREFIX + "round"
+CTX_PARENT = PREFIX + "parent"
+CTX_BASE = PREFIX + "base"
+CTX_RECEIPT = PREFIX + "receipt"
+
+SIG_RECORD = "flower-chain"
+STATEMENT = "statement"
+SIGNATURE = "signature"
+LEGACY_STATEMENT = PREFIX + "statement"
+LEGACY_SIGNATURE = PREFIX + "signature"
+
+NUM_EXAMPLES_KEYS = ("num-examples", "num_examples")
+
+
+@dataclass(frozen=True)
+class LedgerContext:
+    """The ledger context a server sends with each instruction."""
+
+    federation_id: str
+    round: int
+    parent: bytes
+    base_digest: bytes
+
+    def to_config(self) -> dict[str, Any]:
+        return {CTX_FEDERATION: self.federation_id, CTX_ROUND: self.round, CTX_PARENT: self.parent,
+                CTX_BASE: self.base_digest}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LedgerContext | None:
+        if CTX_FEDERATION not in config:
+            return None
+        return cls(str(config[CTX_FEDERATION]), int(config[CTX_ROUND]), bytes(config[CTX_PARENT]),
+                   bytes(config.get(CTX_BASE, b"")))
+
+
+def arrays_of(record: Any) -> list[tuple[str, np.ndarray]]:
+    """(name, ndarray) pairs of a Flower ArrayRecord, in its order."""
+    return [(str(k), v.numpy()) for k, v in record.items()]
+
+
+def record_digest(record: Any) -> bytes:
+    """The canonical array digest of a Flower ArrayRecord."""
+    return array_digest(arrays_of(record))
+
+
+def plain_metrics(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Metrics as plain Python numbers and lists (what the ledger records and the metrics digest covers)."""
+    out: dict[str, Any] = {}
+    for k, v in items:
+        if isinstance(v, (list, tuple)):
+            out[str(k)] = [x.item() if hasattr(x, "item") else x for x in v]
+        elif isinstance(v, (bool, int, float, str, bytes)):
+            out[str(k)] = v
+        elif hasattr(v, "item"):
+            out[str(k)] = v.item()
+        else:
+            out[str(k)] = str(v)
+    return out
+
+
+def num_examples_of(metrics: Mapping[str, Any]) -> int | None:
+    for k in NUM_EXAMPLES_KEYS:
+        if k in metrics:
+            try:
+                return int(metrics[k])
+            except (TypeError, ValueError):
+                return None
+    return None

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Run a flower-chain federation: a simulation (default) or a real local deployment.
+
+    python run.py                                   # 10 clients, MNIST, 5 rounds, ledger on
+    python run.py --dataset fashion-mnist --partition dirichlet --alpha 0.3
+    python run.py --mode deployment --num-clients 2 --rounds 1
+
+Writes ``metrics.json``, ``model.npz`` and (unless ``--no-ledger``) the round
+ledger into ``--out``. Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default="mnist", help="mnist | fashion-mnist | cifar10 (default: mnist)")
+    p.add_argument("--num-clients", type=int, default=10, help="number of clients (default: 10)")
+    p.add_argument("--rounds", type=int, default=5, help="server rounds (default: 5)")
+    p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (default: 1)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--partition", default="iid", help="iid | dirichlet (default: iid)")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data-dir", default="data", help="where datasets are read or downloaded (default: ./data)")
+    p.add_argument("--out", default="out", help="output directory (default: ./out)")
+    p.add_argument("--mode", default="simulation", choices=["simulation", "deployment"])
+    p.add_argument("--ledger", default="", help="ledger URI (default: sqlite:///OUT/ledger.db)")
+    p.add_argument("--no-ledger", action="store_true", help="plain Flower FedAvg, no signing and no ledger")
+    p.add_argument("--keys-dir", default="", help="client keys (default: OUT/keys, generated on first run)")
+    return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> dict:
+    """Check the arguments, prepare data, keys and output; return the run config overrides."""
+    from flower_chain.clients import data as data_mod
+
+    if args.dataset not in data_mod.DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(data_mod.DATASETS)}")
+    if args.num_clients < 1:
+        raise UsageError(f"--num-clients must be at least 1, got {args.num_clients}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
+    if args.local_epochs < 1:
+        raise UsageError(f"--local-epochs must be at least 1, got {args.local_epochs}")
+    if args.partition not in ("iid", "dirichlet"):
+        raise UsageError(f"unknown partition {args.partition!r}; choose iid or dirichlet")
+    if args.partition == "dirichlet" and args.alpha <= 0:
+        raise UsageError("--alpha must be positive")
+    out = Path(args.out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {args.out} is not writable: {e.strerror or e}") from e
+    data_dir = Path(args.data_dir).resolve()
+    try:
+        print(f"[flower-chain] {data_mod.prepare(args.dataset, data_dir)}", flush=True)
+        n_train = len(data_mod.load(args.dataset, str(data_dir)).y_train)
+    except data_mod.DatasetError as e:
+        raise UsageError(str(e)) from e
+    if args.num_clients * 2 > n_train:
+        raise UsageError(f"{args.num_clients} clients but only {n_train} training samples "
+                         "(each client needs at least 2); use fewer clients")
+    overrides = {
+        "dataset": args.dataset,
+        "num-server-rounds": args.rounds,
+        "local-epochs": args.local_epochs,
+        "batch-size": args.batch_size,
+        "learning-rate": args.learning_rate,
+        "partition": args.partition,
+        "alpha": args.alpha,
+        "seed": args.seed,
+        "data-dir": str(data_dir),
+        "out-dir": str(out),
+        "no-ledger": bool(args.no_ledger),
+        "ledger": "",
+        "keys-dir": "",
+        "federation-id": "",
+    }
+    if not args.no_ledger:
+        from flower_chain.strategies.setup import prepare_keys
+
+        federation = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        ledger = args.ledger or f"sqlite:///{out / f'ledger-{federation}.db'}"
+        keys = Path(args.keys_dir).resolve() if args.keys_dir else out / "keys"
+        try:
+            prepare_keys(keys, args.num_clients)
+        except Exception as e:  # noqa: BLE001 - any key problem is bad input here
+            raise UsageError(str(e)) from e
+        overrides.update({"ledger": ledger, "keys-dir": str(keys), "federation-id": "" if args.ledger else federation})
+    return overrides
+
+
+# --- simulation ------------------------------------------------------------------------------------------
+
+
+def run_simulation(overrides: dict, num_clients: int) -> None:
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from flower_chain.client_app import make_client_app
+    from flower_chain.server_app import make_server_app
+
+    if overrides.get("keys-dir"):
+        os.environ["FLOWER_CHAIN_SIGNING_KEY"] = str(Path(overrides["keys-dir"]) / "clients")
+    flwr_run_simulation(
+        server_app=make_server_app(overrides),
+        client_app=make_client_app(overrides),
+        num_supernodes=num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+
+
+# --- deployment ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode} before it listened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout:.0f}s")
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Stop every started process and its process group: SIGTERM, then SIGKILL."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def run_deployment(overrides: dict, num_clients: int) -> int:
+    """A SuperLink and ``num_clients`` SuperNodes on 127.0.0.1, then ``flwr run`` against them."""
+    out = Path(overrides["out-dir"])
+    flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=out))
+    env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               PYTHONUNBUFFERED="1")
+    link_port = free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "flower-chain"\n\n[superlink.flower-chain]\n'
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    logs = out / "deployment-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], log_name: str, extra_env: dict | None = None) -> subprocess.Popen:
+        f = open(logs / log_name, "wb")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})},
+                             cwd=ROOT, start_new_session=True)
+        procs.append(p)
+        return p
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        link = start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+                      "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
+                     "superlink.log")
+        wait_for_port(link_port, link)
+        print(f"[flower-chain] SuperLink on 127.0.0.1:{link_port} (pid {link.pid})", flush=True)
+        for i in range(num_clients):
+            node_env = {}
+            if overrides.get("keys-dir"):
+                node_env["FLOWER_CHAIN_SIGNING_KEY"] = str(Path(overrides["keys-dir"]) / "clients")
+            node = start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                          "--port", str(free_port()),
+                          "--node-config", f"partition-id={i} num-partitions={num_clients}"],
+                         f"supernode-{i}.log", node_env)
+            print(f"[flower-chain] SuperNode {i} (pid {node.pid})", flush=True)
+        run_config = " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+        cmd = ["flwr", "run", str(ROOT), "flower-chain", "--stream", "--run-config", run_config]
+        print(f"[flower-chain] {' '.join(cmd[:4])} --stream --run-config ...", flush=True)
+        runner = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
+        procs.append(runner)
+        rc = runner.wait()
+        if rc != 0:
+            print(f"[flower-chain] flwr run exited with code {rc}; logs in {logs}", file=sys.stderr)
+            return rc
+        metrics = out / "metrics.json"
+        # flwr run --stream returns when the run finishes; wait for the ServerApp's final write.
+        deadline = time.time() + 60
+        while time.time() < deadline and not (metrics.exists() and "summary" in json.loads(metrics.read_text())):
+            time.sleep(0.5)
+        return 0
+    finally:
+        stop_processes(procs)
+        signal.signal(signal.SIGTERM, old)
+        print(f"[flower-chain] stopped {len(procs)} processes", flush=True)
+
+
+def print_summary(overrides: dict) -> int:
+    metrics = Path(overrides["out-dir"]) / "metrics.json"
+    if not metrics.exists():
+        print(f"[flower-chain] no metrics were written to {metrics}: the run failed", file=sys.stderr)
+        return 1
+    doc = json.loads(metrics.read_text())
+    summary = doc.get("summary")
+    if not summary:
+        print("[flower-chain] the run did not finish", file=sys.stderr)
+        return 1
+    print("\n=== flower-chain summary ===")
+    print(f"dataset       {overrides['dataset']} ({summary.get('dataset_source')})")
+    for row in doc["rounds"]:
+        counts = f"  accepted {row['accepted']}  rejected {row['rejected']}" if "accepted" in row else ""
+        print(f"round {row['round']:>3}     accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+              f"time {row['round_time_s']:.1f}s{counts}")
+    print(f"final accuracy {summary['final_accuracy']:.4f} in {summary['total_time_s']:.1f}s")
+    print(f"metrics       {metrics}")
+    print(f"model         {Path(overrides['out-dir']) / 'model.npz'}")
+    if summary.get("ledger"):
+        uri = summary["ledger"]
+        print(f"ledger        {uri}  ({summary.get('ledger_blocks')} blocks, {summary.get('ledger_entries')} entries)")
+        print("inspect it:")
+        for cmd in ("summary", "blocks", "verify"):
+            print(f"  flower-chain ledger {cmd} {uri}")
+        print(f"  flower-chain ledger show {uri} 1")
+        print(f"  flower-chain report {uri} -o {Path(overrides['out-dir']) / 'report.html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    try:
+        overrides = validate(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.mode == "simulation":
+            run_simulation(overrides, args.num_clients)
+        else:
+            rc = run_deployment(overrides, args.num_clients)
+            if rc:
+                return rc
+    except KeyboardInterrupt:
+        print("\n[flower-chain] interrupted", file=sys.stderr)
+        return 130
+    return print_summary(overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
