@@ -1,0 +1,13 @@
+"""Server side: verify, decide, delegate.
+
+* :class:`LedgerStrategy` wraps any Message-API strategy (``flwr.serverapp.strategy``).
+* :class:`LegacyLedgerStrategy` wraps any legacy strategy (``flwr.server.strategy``).
+
+Both share :class:`~flower_chain.strategies.core.LedgerCore`. Neither needs torch.
+"""
+
+from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies.ledger_strategy import LedgerStrategy
+from flower_chain.strategies.legacy_ledger_strategy import LegacyLedgerStrategy
+
+__all__ = ["Judgement", "LedgerCore", "LedgerStrategy", "LegacyLedgerStrategy", "Reply"]

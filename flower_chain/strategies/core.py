@@ -212,11 +212,11 @@ class LedgerCore:
             return "wrong-base-model", "the client trained on other arrays than this round's global model", kid
         if st.arrays_digest != arrays_digest:
             return "digest-mismatch", "the arrays differ from the ones the client signed", kid
-        if st.metrics_digest != metrics_digest(reply.metrics):
-            return "digest-mismatch", "the metrics differ from the ones the client signed", kid
         if reply.num_examples is None or st.num_examples != reply.num_examples:
             return "num-examples-mismatch", (f"signed num-examples {st.num_examples}, reply says "
                                              f"{reply.num_examples}"), kid
+        if st.metrics_digest != metrics_digest(reply.metrics):
+            return "digest-mismatch", "the metrics differ from the ones the client signed", kid
         if reply.num_examples < 0:
             return "malformed", "negative num-examples", kid
         if kid in seen:

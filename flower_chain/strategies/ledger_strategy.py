@@ -123,28 +123,30 @@ class LedgerStrategy(Strategy):
         config = self._with_context("train", server_round, arrays, config)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
-    def _judge(self, kind: str, server_round: int, replies: Iterable[Message]) -> tuple[list[Message], list[Judgement]]:
+    def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
+               ) -> tuple[list[Message], list[Judgement], list]:
+        """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them)."""
         seen: set[str] = set()
-        accepted, judgements = [], []
+        accepted, judgements, accepted_arrays = [], [], []
         for msg in replies:
-            j = self.core.judge(kind, server_round, reply_from_message(msg, kind == "train"), seen)
+            reply = reply_from_message(msg, kind == "train")
+            j = self.core.judge(kind, server_round, reply, seen)
             judgements.append(j)
             if j.accepted:
                 accepted.append(msg)
-        return accepted, judgements
+                accepted_arrays.append(reply.arrays)
+        return accepted, judgements, accepted_arrays
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
         t0 = time.perf_counter()
-        accepted, judgements = self._judge("train", server_round, replies)
+        accepted, judgements, accepted_arrays = self._judge("train", server_round, replies)
         t_check = time.perf_counter() - t0
         arrays, metrics = None, None
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
         finally:  # the replies are recorded even when the wrapped strategy fails
-            accepted_arrays = [arrays_of(next(iter(m.content.array_records.values()))) for m in accepted] \
-                if self.core.store_client_updates else []
             self.core.commit_train(server_round, judgements, accepted_arrays,
                                    arrays_of(arrays) if arrays is not None else None, t_check)
         return arrays, metrics
@@ -158,7 +160,7 @@ class LedgerStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
         replies = list(replies)
-        accepted, judgements = self._judge("evaluate", server_round, replies)
+        accepted, judgements, _ = self._judge("evaluate", server_round, replies)
         metrics = self.strategy.aggregate_evaluate(server_round, accepted)
         if replies:
             self.core.commit_evaluation(server_round, "federated", len(accepted),

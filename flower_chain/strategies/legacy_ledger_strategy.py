@@ -1,0 +1,164 @@
+"""LegacyLedgerStrategy: the same verified aggregation for legacy ``flwr.server.strategy`` strategies."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
+from flwr.common.logger import log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.keys import Keyring
+from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies.ledger_strategy import strategy_config
+from flower_chain.wire import LEGACY_SIGNATURE, LEGACY_STATEMENT, PREFIX, plain_metrics
+
+
+def _named(parameters: Parameters) -> list:
+    return [(str(i), a) for i, a in enumerate(parameters_to_ndarrays(parameters))]
+
+
+def _strip(metrics: Mapping[str, Scalar]) -> dict[str, Scalar]:
+    return {k: v for k, v in metrics.items() if not str(k).startswith(PREFIX)}
+
+
+def _reply(proxy: ClientProxy, res: FitRes | EvaluateRes, arrays: bool) -> Reply:
+    metrics = dict(res.metrics or {})
+    st, sig = metrics.get(LEGACY_STATEMENT), metrics.get(LEGACY_SIGNATURE)
+    named = None
+    if arrays:
+        try:
+            named = _named(res.parameters)
+        except Exception:  # noqa: BLE001 - undecodable parameters are judged malformed/mismatched
+            named = []
+    return Reply(node_id=int(proxy.node_id), statement=bytes(st) if isinstance(st, bytes) else None,
+                 signature=bytes(sig) if isinstance(sig, bytes) else None, arrays=named,
+                 metrics=plain_metrics(_strip(metrics).items()), num_examples=int(res.num_examples))
+
+
+def _failure_reply(failure: tuple[ClientProxy, Any] | BaseException) -> Reply:
+    if isinstance(failure, BaseException):
+        return Reply(node_id=0, error=f"{type(failure).__name__}: {failure}")
+    proxy, res = failure
+    return Reply(node_id=int(proxy.node_id), error=f"status {getattr(res, 'status', res)}")
+
+
+class LegacyLedgerStrategy(Strategy):
+    """:class:`~flower_chain.strategies.LedgerStrategy` for the legacy strategy API.
+
+    Wraps any ``flwr.server.strategy.Strategy`` (FedAvg, FedProx, Krum, ...);
+    same parameters as ``LedgerStrategy`` and the same verification core.
+    The signing mod puts the signed statement into ``FitRes.metrics`` under
+    ``flower-chain.*`` keys; they are removed before the wrapped strategy
+    sees the results.
+    """
+
+    def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
+                 server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
+                 store_models: bool = True, store_client_updates: bool = False) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
+                               strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
+                               store_models=store_models, store_client_updates=store_client_updates)
+
+    def __repr__(self) -> str:
+        return f"LegacyLedgerStrategy({self.strategy!r}, federation={self.core.federation_id!r})"
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.core.ledger
+
+    def round_stats(self, server_round: int) -> dict[str, Any]:
+        return dict(self.core.stats.get(server_round, {}))
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def _add_context(self, kind: str, server_round: int, parameters: Parameters | None, instructions):
+        ctx = self.core.begin(kind, server_round, _named(parameters) if parameters is not None else None)
+        out = []
+        for proxy, ins in instructions:
+            config = {**ins.config, **ctx.to_config()}
+            out.append((proxy, dataclasses.replace(ins, config=config)))
+        return out
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        return self._add_context("train", server_round, parameters,
+                                 self.strategy.configure_fit(server_round, parameters, client_manager))
+
+    def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement], list]:
+        seen: set[str] = set()
+        accepted, judgements, accepted_arrays = [], [], []
+        for proxy, res in results:
+            reply = _reply(proxy, res, kind == "train")
+            j = self.core.judge(kind, server_round, reply, seen)
+            judgements.append(j)
+            if j.accepted:
+                accepted.append((proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
+                accepted_arrays.append(reply.arrays)
+        for failure in failures:
+            judgements.append(self.core.judge(kind, server_round, _failure_reply(failure), seen))
+        return accepted, judgements, accepted_arrays
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        t0 = time.perf_counter()
+        accepted, judgements, accepted_arrays = self._judge("train", server_round, results, failures)
+        t_check = time.perf_counter() - t0
+        parameters, metrics = None, {}
+        try:
+            parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
+        finally:
+            self.core.commit_train(server_round, judgements, accepted_arrays,
+                                   _named(parameters) if parameters is not None else None, t_check)
+        stats = self.core.stats[server_round]
+        log(INFO, "[flower-chain] round %d: accepted %d, rejected %d", server_round, stats["accepted"],
+            stats["rejected"])
+        return parameters, metrics
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self._add_context("evaluate", server_round, None,
+                                 self.strategy.configure_evaluate(server_round, parameters, client_manager))
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+                           ) -> tuple[float | None, dict[str, Scalar]]:
+        accepted, judgements, _ = self._judge("evaluate", server_round, results, failures)
+        loss, metrics = self.strategy.aggregate_evaluate(server_round, accepted, failures)
+        if results or failures:
+            summary = dict(metrics or {})
+            if loss is not None:
+                summary["loss"] = float(loss)
+            self.core.commit_evaluation(server_round, "federated", len(accepted), summary, judgements)
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        res = self.strategy.evaluate(server_round, parameters)
+        if res is not None:
+            loss, metrics = res
+            self.core.commit_evaluation(server_round, "centralized", 0, {**dict(metrics or {}), "loss": float(loss)})
+        return res
+
+    def close(self) -> None:
+        self.core.close()

@@ -1,0 +1,258 @@
+"""LedgerStrategy: one test per reason code where the check must fire, honest replies that must pass,
+bit-for-bit equality with plain FedAvg, and wrapping of Flower's other strategies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.task_identity import TaskIdentity
+
+from flower_chain.ledger import UpdateEntry, decode_entry, open_ledger, verify
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.keys import key_id
+from flower_chain.strategies import LedgerStrategy
+from flower_chain.wire import CTX_FEDERATION, CTX_PARENT, SIG_RECORD, SIGNATURE
+from tests.fl_helpers import Clients, FakeGrid, arrays, copy_config, signed_train_reply, train_reply, with_content
+
+NODES = [101, 102, 103, 104]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+def fedavg():
+    return flwr_strategies.FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
+
+
+class Setup:
+    def __init__(self, inner=None, uri="memory:", n=4):
+        self.clients = Clients(n)
+        self.server_key = Ed25519PrivateKey.generate()
+        self.strategy = LedgerStrategy(inner or fedavg(), ledger=uri, keyring=self.clients.keyring,
+                                       server_key=self.server_key, federation_id="fed-a")
+        self.global_arrays = arrays(0)
+
+    def instructions(self, rnd):
+        msgs = list(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({"lr": 0.1}),
+                                                  FakeGrid(NODES[: len(self.clients.keys)])))
+        return sorted(msgs, key=lambda m: m.metadata.dst_node_id)
+
+    def honest(self, rnd, msgs=None):
+        msgs = msgs or self.instructions(rnd)
+        return [signed_train_reply(m, k, arrays(10 * rnd + i), 10 + i)
+                for i, (m, k) in enumerate(zip(msgs, self.clients.keys))]
+
+    def aggregate(self, rnd, replies):
+        """aggregate_train, then send the result next round, as Flower's strategy loop does."""
+        agg, metrics = self.strategy.aggregate_train(rnd, replies)
+        if agg is not None:
+            self.global_arrays = agg
+        return agg, metrics
+
+    def block_entries(self):
+        head = self.strategy.ledger.head().header
+        return [decode_entry(e) for e in self.strategy.ledger.entries(head.first_index, head.log_size)]
+
+
+def _flat(record: ArrayRecord):
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def test_honest_round_all_accepted_and_bitwise_equal_to_fedavg():
+    s = Setup()
+    replies = s.honest(1)
+    agg, metrics = s.strategy.aggregate_train(1, replies)
+    plain, plain_metrics = fedavg().aggregate_train(1, replies)
+    assert all(np.array_equal(a, b) for a, b in zip(_flat(agg).values(), _flat(plain).values()))
+    assert {k: np.asarray(v).tobytes() for k, v in _flat(agg).items()} == \
+        {k: np.asarray(v).tobytes() for k, v in _flat(plain).items()}
+    assert dict(metrics) == dict(plain_metrics)
+    entries = s.block_entries()
+    assert [e.verdict for e in entries] == ["accepted"] * 4
+    assert s.strategy.round_stats(1)["accepted"] == 4
+    rep = verify(s.strategy.ledger, client_signatures=True)
+    assert rep.accepted == 4 and rep.client_signatures_checked == 4
+
+
+def test_user_config_kept_and_context_namespaced():
+    s = Setup()
+    cfg = ConfigRecord({"lr": 0.1})
+    msgs = list(s.strategy.configure_train(1, s.global_arrays, cfg, FakeGrid(NODES)))
+    sent = msgs[0].content["config"]
+    assert sent["lr"] == 0.1 and sent[CTX_FEDERATION] == "fed-a"
+    assert dict(cfg.items()) == {"lr": 0.1}  # the user's record is not modified
+
+
+def _attack(s: Setup, rnd: int, kind: str):
+    """Return the round's replies where the first one is malicious in the way ``kind`` names."""
+    msgs = s.instructions(rnd)
+    replies = s.honest(rnd, msgs)
+    m0, k0 = msgs[0], s.clients.keys[0]
+    out = arrays(999)
+    if kind == "unsigned":
+        replies[0] = signed_train_reply(m0, None, out, 10)
+    elif kind == "bad-signature":
+        rec = replies[0].content[SIG_RECORD]
+        sig = bytearray(rec[SIGNATURE])
+        sig[0] ^= 1
+        rec[SIGNATURE] = bytes(sig)
+    elif kind == "unknown-key":
+        replies[0] = signed_train_reply(m0, Ed25519PrivateKey.generate(), out, 10)
+    elif kind == "revoked-key":
+        s.strategy.core.revoke(key_id(k0), "test")
+    elif kind == "wrong-federation":
+        m = copy_config(m0)
+        m.content["config"][CTX_FEDERATION] = "fed-other"
+        replies[0] = signed_train_reply(m, k0, out, 10)
+    elif kind == "wrong-round":
+        replies[0] = s.replayed  # signed in the previous round
+    elif kind == "stale-parent":
+        m = copy_config(m0)
+        m.content["config"][CTX_PARENT] = b"\x07" * 32
+        replies[0] = signed_train_reply(m, k0, out, 10)
+    elif kind == "wrong-base-model":
+        m = with_content(m0, RecordDict({"arrays": arrays(5), "config": m0.content["config"]}))
+        replies[0] = signed_train_reply(m, k0, out, 10)
+    elif kind == "digest-mismatch":
+        replies[0].content["arrays"]["w"] = Array(np.zeros((8, 4), np.float32))
+    elif kind == "num-examples-mismatch":
+        replies[0].content["metrics"]["num-examples"] = 10_000
+    elif kind == "duplicate":
+        replies[1] = signed_train_reply(msgs[1], k0, out, 10)
+    elif kind == "malformed-shape":
+        replies[0] = signed_train_reply(m0, k0, arrays(3, (("w", (4, 8)), ("b", (4,)))), 10)
+    elif kind == "malformed-nan":
+        bad = arrays(3)
+        w = bad["w"].numpy().copy()
+        w[0, 0] = np.nan
+        bad["w"] = Array(w)
+        replies[0] = signed_train_reply(m0, k0, bad, 10)
+    elif kind == "client-error":
+        replies[0] = Message(Error(code=2, reason="boom"), reply_to=m0)
+    return replies
+
+
+REASONS = ["unsigned", "bad-signature", "unknown-key", "revoked-key", "wrong-federation", "wrong-round",
+           "stale-parent", "wrong-base-model", "digest-mismatch", "num-examples-mismatch", "duplicate",
+           "malformed-shape", "malformed-nan", "client-error"]
+
+
+@pytest.mark.parametrize("kind", REASONS)
+def test_each_reason_code_fires_and_aggregate_equals_fedavg_over_honest(kind):
+    s = Setup()
+    first = s.honest(1)
+    s.replayed = first[0]
+    s.aggregate(1, first)
+    replies = _attack(s, 2, kind)
+    agg, _ = s.strategy.aggregate_train(2, replies)
+    entries = s.block_entries()
+    want = kind.split("-")[0] if kind.startswith("malformed") else kind
+    rejected = [e for e in entries if e.verdict == "rejected"]
+    assert [e.reason for e in rejected] == [want], [(e.reason, e.detail) for e in entries]
+    assert sum(e.verdict == "accepted" for e in entries) == 3
+    honest = [r for r, e in zip(replies, entries) if e.verdict == "accepted"]
+    plain, _ = fedavg().aggregate_train(2, honest)
+    for k in ("w", "b"):
+        assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()
+    verify(s.strategy.ledger, client_signatures=True)
+
+
+def test_all_rejected_round_keeps_the_model_and_records_everything():
+    s = Setup()
+    msgs = s.instructions(1)
+    replies = [signed_train_reply(m, None, arrays(1), 5) for m in msgs]
+    agg, metrics = s.strategy.aggregate_train(1, replies)
+    assert agg is None and metrics is None
+    entries = s.block_entries()
+    assert [e.reason for e in entries] == ["unsigned"] * 4
+    head = s.strategy.ledger.head().header
+    assert head.model_before == head.model_after
+
+
+def test_evaluate_replies_are_verified_and_recorded():
+    s = Setup(inner=flwr_strategies.FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
+    s.aggregate(1, s.honest(1))
+    msgs = list(s.strategy.configure_evaluate(1, s.global_arrays, ConfigRecord({}), FakeGrid(NODES)))
+    from flower_chain.clients.signing import make_signing_mod
+    from tests.fl_helpers import context
+
+    def ev(m, c):
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 10, "eval_acc": 0.5})}), reply_to=m)
+
+    replies = [make_signing_mod(k)(m, context(), ev) for m, k in zip(msgs, s.clients.keys)]
+    replies[0] = ev(msgs[0], None)  # unsigned
+    metrics = s.strategy.aggregate_evaluate(1, replies)
+    assert metrics["eval_acc"] == pytest.approx(0.5)
+    entries = s.block_entries()
+    assert entries[-1].TYPE == "evaluation" and entries[-1].num_replies == 3
+    assert [e.reason for e in entries[:-1] if isinstance(e, UpdateEntry) and e.verdict == "rejected"] == ["unsigned"]
+
+
+def test_ledger_changed_under_the_strategy_stops_the_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/l.db"
+    s = Setup(uri=uri)
+    s.aggregate(1, s.honest(1))
+    from flower_chain.ledger import LedgerWriter
+
+    LedgerWriter(open_ledger(uri), s.server_key).append(1, [])
+    with pytest.raises(LedgerError, match="changed under the server"):
+        s.instructions(2)
+
+
+def test_reopening_a_ledger_verifies_it_and_refuses_a_broken_one(tmp_path):
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path}/l.db"
+    s = Setup(uri=uri)
+    s.aggregate(1, s.honest(1))
+    s.strategy.close()
+    again = LedgerStrategy(fedavg(), ledger=uri, keyring=s.clients.keyring, server_key=s.server_key)
+    assert again.federation_id == "fed-a" and again.core.last_round == 1
+    with pytest.raises(LedgerError, match="already records round 1"):
+        list(again.configure_train(1, s.global_arrays, ConfigRecord({}), FakeGrid(NODES)))
+    again.close()
+    db = sqlite3.connect(f"{tmp_path}/l.db")
+    db.execute("UPDATE blocks SET signature = zeroblob(64) WHERE height = 1")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="signature"):
+        LedgerStrategy(fedavg(), ledger=uri, keyring=s.clients.keyring, server_key=s.server_key)
+
+
+def _dp():
+    return flwr_strategies.DifferentialPrivacyServerSideFixedClipping(fedavg(), noise_multiplier=0.0,
+                                                                        clipping_norm=100.0, num_sampled_clients=4)
+
+
+@pytest.mark.parametrize("make", [
+    fedavg,
+    lambda: flwr_strategies.FedProx(min_available_nodes=1, min_train_nodes=1, proximal_mu=0.1),
+    lambda: flwr_strategies.FedMedian(min_available_nodes=1, min_train_nodes=1),
+    lambda: flwr_strategies.FedTrimmedAvg(min_available_nodes=1, min_train_nodes=1, beta=0.25),
+    lambda: flwr_strategies.Krum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1),
+    lambda: flwr_strategies.MultiKrum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1,
+                                      num_nodes_to_select=2),
+    lambda: flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1),
+    _dp,
+], ids=["FedAvg", "FedProx", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "FedAdam", "DPFixedClipping"])
+def test_wraps_flower_strategies_and_matches_them(make):
+    s = Setup(inner=make())
+    msgs = s.instructions(1)
+    replies = s.honest(1, msgs)
+    replies[0] = signed_train_reply(msgs[0], None, arrays(77), 10)  # one unsigned, must not count
+    honest_copy = s.honest(1, msgs)[1:]  # some strategies consume the replies they aggregate
+    agg, _ = s.strategy.aggregate_train(1, replies)
+    ref = make()
+    list(ref.configure_train(1, s.global_arrays, ConfigRecord({}), FakeGrid(NODES)))
+    plain, _ = ref.aggregate_train(1, honest_copy)
+    assert list(agg.keys()) == list(plain.keys())
+    for a, b in zip(agg.values(), plain.values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert s.strategy.round_stats(1)["rejected"] == 1
