@@ -73,7 +73,7 @@ def verifier_key(name: str, public: Ed25519PublicKey | bytes) -> str:
 def parse_verifier_key(vkey: str) -> tuple[str, bytes]:
     """Parse ``NAME+KEYID+BASE64KEY``; return the name and raw Ed25519 public key."""
     try:
-        name, kid_hex, b64 = vkey.strip().rsplit("+", 2)
+        name, kid_hex, b64 = vkey.strip().split("+", 2)  # names cannot contain "+"; base64 can
         blob = base64.b64decode(b64, validate=True)
         kid = bytes.fromhex(kid_hex)
     except (ValueError, binascii.Error) as e:
