@@ -48,7 +48,8 @@ class SQLiteLedger(Ledger):
             raise LedgerOpenError(f"{self.path} is a directory, not a ledger file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
-            raise LedgerOpenError(f"ledger file {self.path} not found")
+            raise LedgerOpenError(f"ledger file {self.path} is empty" if self.path.exists()
+                                  else f"ledger file {self.path} not found")
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

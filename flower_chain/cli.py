@@ -1,0 +1,416 @@
+"""The ``flower-chain`` command line: keys, ledger inspection and proofs, reports.
+
+Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does
+not verify); 2 usage or input error (missing file, not a ledger, unknown
+round or client, wrong URI, bad key).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flower_chain.ledger import open_ledger, verify
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key
+from flower_chain.ledger.errors import (
+    KeyFileError,
+    LedgerCorruptError,
+    LedgerError,
+    LedgerOpenError,
+    ProofError,
+    VerificationError,
+)
+from flower_chain.ledger.keys import Keyring, key_id, load_private, load_public, raw_public
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(help="flower-chain: auditable federated learning ledgers for Flower.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Ed25519 keys for clients and the server.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Inspect, verify and prove things about a round ledger.", no_args_is_help=True)
+proof_app = typer.Typer(help="Check proofs offline.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(proof_app, name="proof")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE):
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _open(uri: str) -> Ledger:
+    try:
+        return open_ledger(uri)
+    except LedgerCorruptError as e:
+        fail(f"{e}", EXIT_FAILED)
+    except (LedgerOpenError, LedgerError, OSError) as e:
+        fail(str(e))
+    raise AssertionError("unreachable")
+
+
+def _read_server_key(value: str) -> bytes:
+    """A server public key: a PEM file (public or private) or a signed-note verifier key."""
+    p = Path(value)
+    try:
+        if p.is_file():
+            return raw_public(load_public(p))
+        if "+" in value:
+            return parse_verifier_key(value)[1]
+    except KeyFileError as e:
+        fail(str(e))
+    fail(f"server key {value!r} is neither a key file nor a NAME+KEYID+BASE64 verifier key")
+    raise AssertionError("unreachable")
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+@keys_app.command("new")
+def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write NAME.key and NAME.pub into"),
+             name: str = typer.Option(..., "--name", help="key name, e.g. client-0"),
+             force: bool = typer.Option(False, "--force", help="overwrite an existing pair")) -> None:
+    """Write a new Ed25519 key pair (private key PEM with mode 0600, public key PEM)."""
+    from flower_chain.ledger.keys import generate
+
+    try:
+        priv, pub = generate(out_dir, name, overwrite=force)
+    except (KeyFileError, OSError) as e:
+        fail(str(e))
+    out.print(f"{key_id(load_public(pub))}  {priv}  {pub}", highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the key id of every public key in a directory."""
+    try:
+        files = sorted(directory.glob("*.pub")) if directory.is_dir() else None
+        if not files:
+            fail(f"no *.pub keys in {directory}")
+        rows = [(key_id(load_public(f)), f.stem, str(f)) for f in files]
+    except KeyFileError as e:
+        fail(str(e))
+    if as_json:
+        emit_json([{"key_id": k, "name": n, "path": p} for k, n, p in rows])
+        return
+    t = Table("key id", "name", "file")
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
+                server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
+                reason: str = typer.Option("revoked by operator", "--reason")) -> None:
+    """Append a revocation entry: later updates signed by KEYID are rejected."""
+    from flower_chain.strategies.core import LedgerCore
+
+    ledger = _open(uri)
+    try:
+        core = LedgerCore(ledger, {}, load_private(server_key))
+        core.revoke(kid, reason)
+    except VerificationError as e:
+        fail(f"the ledger does not verify, not revoking: {e}", EXIT_FAILED)
+    except (KeyFileError, LedgerError) as e:
+        fail(str(e))
+    out.print(f"revoked {kid} in {uri} (block {ledger.block_count() - 1})")
+
+
+# --- ledger ----------------------------------------------------------------------------------------------
+
+
+@ledger_app.command("summary")
+def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Federation id, rounds, entries, accepted/rejected counts, head hash, checkpoint, backend."""
+    from flower_chain.ledger.inspect import summary
+
+    ledger = _open(uri)
+    try:
+        s = summary(ledger)
+    except LedgerError as e:
+        fail(f"{uri}: {e}", EXIT_FAILED if not isinstance(e, LedgerOpenError) else EXIT_USAGE)
+    if as_json:
+        emit_json(s)
+        return
+    t = Table(show_header=False)
+    for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "accepted",
+              "rejected", "reasons", "head_hash", "model_digest"):
+        t.add_row(k, str(s[k]))
+    out.print(t)
+    sys.stdout.write("checkpoint:\n" + s["checkpoint"])
+
+
+@ledger_app.command("blocks")
+def ledger_blocks(uri: str, start: int = typer.Option(0, "--from", help="first height"),
+                  end: Optional[int] = typer.Option(None, "--to", help="last height (inclusive)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """One row per block: height, round, entries, accepted, rejected, model digest, time."""
+    from flower_chain.ledger.inspect import block_rows
+
+    ledger = _open(uri)
+    try:
+        rows = list(block_rows(ledger, start, None if end is None else end + 1))
+    except LedgerError as e:
+        fail(f"{uri}: {e}", EXIT_FAILED)
+    if as_json:
+        emit_json([r.to_dict() for r in rows])
+        return
+    t = Table("height", "round", "entries", "accepted", "rejected", "model digest", "time (UTC)")
+    for r in rows:
+        t.add_row(str(r.height), str(r.round), str(r.entries), str(r.accepted), str(r.rejected),
+                  r.model_after[:16], r.time)
+    out.print(t)
+
+
+@ledger_app.command("show")
+def ledger_show(uri: str, server_round: int = typer.Argument(..., metavar="ROUND"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every entry of a round: client key id, verdict, reason, num-examples, digests, metrics."""
+    from flower_chain.ledger.inspect import round_entries
+
+    ledger = _open(uri)
+    try:
+        rows = round_entries(ledger, server_round)
+    except LedgerError as e:
+        fail(str(e))
+    if as_json:
+        emit_json(rows)
+        return
+    t = Table("block", "index", "type", "client key", "verdict", "reason", "n", "arrays digest", "metrics")
+    for r in rows:
+        if r["type"] == "update":
+            t.add_row(str(r["block"]), str(r["index"]), "update", r["key_id"] or "-", r["verdict"], r["reason"],
+                      str(r["num_examples"]), r["arrays_digest"][:16], json.dumps(r["metrics"]))
+        else:
+            extra = {k: v for k, v in r.items() if k not in ("block", "index", "type")}
+            t.add_row(str(r["block"]), str(r["index"]), r["type"], "", "", "", "", "", json.dumps(extra))
+    out.print(t)
+
+
+@ledger_app.command("verify")
+def ledger_verify(uri: str,
+                  keys: Optional[Path] = typer.Option(None, "--keys", help="client keys the genesis must hold"),
+                  server_key: Optional[str] = typer.Option(None, "--server-key",
+                                                           help="expected server public key (PEM or verifier key)"),
+                  client_signatures: bool = typer.Option(True, "--client-signatures/--no-client-signatures",
+                                                         help="re-check every accepted update's signature"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
+    expected = _read_server_key(server_key) if server_key else None
+    ledger = _open(uri)
+    try:
+        report = verify(ledger, server_key=expected, client_signatures=client_signatures)
+        if keys is not None:
+            from flower_chain.ledger.writer import read_genesis
+
+            want = Keyring.from_path(keys).keys
+            have = read_genesis(ledger).client_keys
+            missing = sorted(set(want) - set(have))
+            if missing:
+                raise VerificationError(f"the genesis keyring lacks keys {', '.join(missing)} from {keys}", height=0,
+                                        entry=0)
+    except KeyFileError as e:
+        fail(str(e))
+    except VerificationError as e:
+        if as_json:
+            emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what})
+        err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        emit_json({"verified": True, "federation_id": report.federation_id, "blocks": report.blocks,
+                   "entries": report.entries, "accepted": report.accepted, "rejected": report.rejected,
+                   "client_signatures_checked": report.client_signatures_checked,
+                   "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
+                   "server_key_id": report.server_key_id})
+        return
+    out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
+              f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
+              f"{report.client_signatures_checked} client signatures checked), server key {report.server_key_id}",
+              highlight=False)
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(uri: str, vkey: bool = typer.Option(False, "--verifier-key",
+                                                          help="also print the server's note verifier key")) -> None:
+    """Print the current signed checkpoint (C2SP signed note)."""
+    from flower_chain.ledger.writer import read_genesis
+
+    ledger = _open(uri)
+    head = ledger.head()
+    if head is None:
+        fail(f"{uri}: the ledger is empty", EXIT_FAILED)
+    sys.stdout.write(head.checkpoint)
+    if vkey:
+        g = read_genesis(ledger)
+        sys.stdout.write(verifier_key(head.checkpoint.split("\n", 1)[0], g.server_key) + "\n")
+
+
+def _write(text: str, dest: Optional[Path]) -> None:
+    if dest is None:
+        sys.stdout.write(text)
+        return
+    try:
+        dest.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {dest}: {e.strerror or e}")
+    err.print(f"wrote {dest}", highlight=False)
+
+
+@ledger_app.command("prove")
+def ledger_prove(uri: str, server_round: int = typer.Option(..., "--round"),
+                 client: str = typer.Option(..., "--client", help="client key id"),
+                 dest: Optional[Path] = typer.Option(None, "--out", help="file (default: stdout)"),
+                 as_json: bool = typer.Option(False, "--json", help="JSON instead of C2SP tlog-proof")) -> None:
+    """Inclusion proof of a client's update against the latest signed checkpoint (C2SP tlog-proof)."""
+    import base64
+
+    from flower_chain.ledger.tlog_proof import find_update, prove_inclusion
+
+    ledger = _open(uri)
+    try:
+        proof = prove_inclusion(ledger, find_update(ledger, server_round, client))
+    except LedgerError as e:
+        fail(str(e))
+    if as_json:
+        text = json.dumps({"format": "flower-chain/inclusion-proof@v1", "index": proof.index,
+                           "entry": base64.b64encode(proof.entry).decode(),
+                           "proof": [base64.b64encode(h).decode() for h in proof.hashes],
+                           "checkpoint": proof.checkpoint}, indent=2) + "\n"
+    else:
+        text = proof.to_text()
+    _write(text, dest)
+
+
+@ledger_app.command("consistency")
+def ledger_consistency(uri: str, old_size: int = typer.Option(..., "--from", help="log size of the older checkpoint"),
+                       dest: Optional[Path] = typer.Option(None, "--out")) -> None:
+    """Consistency proof from an older checkpoint (a block boundary) to the current one."""
+    from flower_chain.ledger.tlog_proof import prove_consistency
+
+    ledger = _open(uri)
+    try:
+        proof = prove_consistency(ledger, old_size)
+    except LedgerError as e:
+        fail(str(e))
+    _write(proof.to_text(), dest)
+
+
+@ledger_app.command("export")
+def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="json or csv"),
+                  dest: Optional[Path] = typer.Option(None, "--out")) -> None:
+    """Every block and entry, flattened (one row per entry)."""
+    from flower_chain.ledger.inspect import export_rows
+
+    if fmt not in ("json", "csv"):
+        fail(f"--format must be json or csv, not {fmt!r}")
+    ledger = _open(uri)
+    try:
+        rows = list(export_rows(ledger))
+    except LedgerError as e:
+        fail(str(e), EXIT_FAILED)
+    if fmt == "json":
+        text = json.dumps(rows, indent=1, default=str) + "\n"
+    else:
+        buf = io.StringIO()
+        fields: list[str] = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        text = buf.getvalue()
+    _write(text, dest)
+
+
+@ledger_app.command("repair")
+def ledger_repair(uri: str) -> None:
+    """Drop a torn last line of a JSONL ledger (an append interrupted by a crash), then verify."""
+    try:
+        ledger = open_ledger(uri, create=True) if Path(uri.split("///")[-1]).exists() else _open(uri)
+        report = verify(ledger)
+    except VerificationError as e:
+        fail(f"still does not verify: {e}", EXIT_FAILED)
+    except LedgerError as e:
+        fail(str(e))
+    out.print(f"{uri}: {report.blocks} blocks verify")
+
+
+# --- proofs ------------------------------------------------------------------------------------------------
+
+
+@proof_app.command("verify")
+def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
+                 server_key: str = typer.Option(..., "--server-key", help="server public key: PEM or verifier key")
+                 ) -> None:
+    """Check an inclusion (tlog-proof) or consistency proof with nothing but the server's public key."""
+    from flower_chain.ledger.entries import decode_entry
+    from flower_chain.ledger.tlog_proof import InclusionProof, parse_proof
+
+    if not proof_file.is_file():
+        fail(f"proof file {proof_file} not found")
+    pub = _read_server_key(server_key)
+    try:
+        proof = parse_proof(proof_file.read_text())
+        result = proof.verify(pub)
+    except (ProofError, UnicodeDecodeError) as e:
+        err.print(f"[bold red]NOT VERIFIED[/] {proof_file}: {e}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    if isinstance(proof, InclusionProof):
+        entry = decode_entry(proof.entry)
+        what = f"{entry.TYPE} entry" + (f" of client {entry.key_id}, round {entry.round}, {entry.verdict}"
+                                         if entry.TYPE == "update" else "")
+        out.print(f"[bold green]VERIFIED[/] {what} is entry {proof.index} of the log "
+                  f"{result.origin} at size {result.size}", highlight=False)
+    else:
+        old, new = result
+        out.print(f"[bold green]VERIFIED[/] {new.origin}: the log at size {new.size} extends the log at size "
+                  f"{old.size}", highlight=False)
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+@app.command("report")
+def report_cmd(uri: str, dest: Path = typer.Option(Path("report.html"), "-o", "--out"),
+               metrics: Optional[Path] = typer.Option(None, "--metrics", help="run.py's metrics.json (optional)"),
+               png_dir: Optional[Path] = typer.Option(None, "--png", help="also write the plots as PNG files here"),
+               ) -> None:
+    """A self-contained HTML report: accuracy/loss, verdicts by reason, participation, timing, verification."""
+    from flower_chain.report import write_report
+
+    ledger = _open(uri)
+    try:
+        write_report(ledger, dest, metrics_path=metrics, png_dir=png_dir)
+    except (LedgerError, OSError) as e:
+        fail(str(e))
+    out.print(f"wrote {dest}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except (LedgerOpenError, KeyFileError) as e:  # anything that slipped through is still input, not a crash
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()
