@@ -123,3 +123,6 @@ def run_federation(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
         strategy.close()
     rounds.save(summary=summary)
     return summary
+
+
+app = make_server_app()

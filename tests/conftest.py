@@ -47,7 +47,7 @@ class Federation:
         st = UpdateStatement("train", self.federation_id, rnd, key_id(k), self.writer.head_hash,
                              b"\x11" * 32, digest, 10 + i, metrics_digest(metrics))
         sb = st.to_bytes()
-        return UpdateEntry(round=rnd, node_id=str(i), key_id=key_id(k), verdict=verdict, reason=reason, detail="",
+        return UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=key_id(k), verdict=verdict, reason=reason, detail="",
                            num_examples=10 + i, arrays_digest=digest, metrics=metrics, statement=sb,
                            signature=k.sign(sb))
 

@@ -101,7 +101,7 @@ class GenesisEntry(_Entry):
 @_register
 @dataclass(frozen=True)
 class UpdateEntry(_Entry):
-    """One client reply received in a round, with the server's verdict.
+    """One client reply (to a train or evaluate instruction) received in a round, with the server's verdict.
 
     ``statement`` and ``signature`` are the client's signed update statement
     as received (empty when unsigned), so anyone holding the genesis keyring
@@ -109,6 +109,7 @@ class UpdateEntry(_Entry):
     """
 
     TYPE: ClassVar[str] = "update"
+    kind: str  # "train" or "evaluate": the instruction the reply answers
     round: int
     node_id: str  # Flower node ids are unsigned 64-bit: recorded in decimal
     key_id: str

@@ -21,7 +21,7 @@ from flower_chain.ledger.writer import read_genesis
 
 @dataclass
 class BlockRow:
-    """One block, summarised."""
+    """One block, summarised; ``accepted``/``rejected`` count replies to train instructions."""
 
     height: int
     round: int
@@ -34,6 +34,7 @@ class BlockRow:
     timestamp_ms: int
     log_size: int
     hash: str
+    evaluate_replies: int = 0
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     clients: list[tuple[str, str, str]] = field(default_factory=list)  # (key id, verdict, reason)
 
@@ -60,7 +61,9 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
         row = BlockRow(h.height, h.round, h.entry_count, 0, 0, Counter(), h.model_after.hex(), _time(h.timestamp_ms),
                        h.timestamp_ms, h.log_size, block.hash.hex())
         for e in entries_of(ledger, h):
-            if isinstance(e, UpdateEntry):
+            if isinstance(e, UpdateEntry) and e.kind == "evaluate":
+                row.evaluate_replies += 1
+            elif isinstance(e, UpdateEntry):
                 if e.verdict == "accepted":
                     row.accepted += 1
                 else:

@@ -62,7 +62,7 @@ class VerifyReport:
     head_hash: bytes = b""
     checkpoint: str = ""
     server_key_id: str = ""
-    accepted: int = 0
+    accepted: int = 0  # replies to train instructions
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
     entry_types: Counter = field(default_factory=Counter)
@@ -217,15 +217,18 @@ def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: 
     if entry.round != h.round:
         raise VerificationError(f"update of round {entry.round} in a block of round {h.round}",
                                 height=h.height, entry=i)
+    if entry.kind not in ("train", "evaluate"):
+        raise VerificationError(f"update of unknown kind {entry.kind!r}", height=h.height, entry=i)
     if entry.verdict == REJECTED:
         if entry.reason not in REASONS:
             raise VerificationError(f"unknown rejection reason {entry.reason!r}", height=h.height, entry=i)
-        report.rejected += 1
-        report.reasons[entry.reason] += 1
+        if entry.kind == "train":
+            report.rejected += 1
+            report.reasons[entry.reason] += 1
         return
     if entry.verdict != ACCEPTED:
         raise VerificationError(f"unknown verdict {entry.verdict!r}", height=h.height, entry=i)
-    report.accepted += 1
+    report.accepted += entry.kind == "train"
     if not client_signatures:
         return
     problem = _accepted_update_problem(entry, genesis, revoked)
@@ -246,8 +249,9 @@ def _accepted_update_problem(entry: UpdateEntry, genesis: GenesisEntry, revoked:
         st = UpdateStatement.from_bytes(entry.statement)
     except LedgerError as e:
         return f"carries a statement that does not decode: {e}"
-    if (st.federation_id, st.round, st.key_id) != (genesis.federation_id, entry.round, entry.key_id):
-        return "carries a statement for another federation, round or key"
+    if (st.federation_id, st.round, st.key_id, st.kind) != (genesis.federation_id, entry.round, entry.key_id,
+                                                             entry.kind):
+        return "carries a statement for another federation, round, key or kind"
     if st.arrays_digest != entry.arrays_digest or st.num_examples != entry.num_examples:
         return "carries a statement whose digest or example count differs from the entry"
     return None

@@ -175,7 +175,7 @@ class LedgerCore:
         reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, seen)
         accepted = reason == "ok"
         entry = UpdateEntry(
-            round=int(server_round), node_id=str(reply.node_id), key_id=kid,
+            kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=kid,
             verdict=ACCEPTED if accepted else REJECTED, reason=reason, detail=detail[:500],
             num_examples=int(reply.num_examples) if reply.num_examples is not None else -1,
             arrays_digest=arrays_digest, metrics=_loggable(reply.metrics),
