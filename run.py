@@ -155,23 +155,43 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
 
 
 def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """Stop every started process and its process group: SIGTERM, then SIGKILL."""
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.time() + 10
+    """Stop every started process and everything it started (process groups and descendants).
+
+    Flower's SuperLink and SuperNodes spawn SuperExec and ServerApp/ClientApp
+    processes in sessions of their own, so the descendants are collected
+    first, then everything gets SIGTERM and, after a grace period, SIGKILL.
+    """
+    import psutil
+
+    family: dict[int, psutil.Process] = {}
     for p in procs:
         try:
-            p.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
+            root = psutil.Process(p.pid)
+            family[root.pid] = root
+            family.update((c.pid, c) for c in root.children(recursive=True))
+        except psutil.NoSuchProcess:
             pass
     for p in procs:
         try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for proc in family.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(list(family.values()), timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for p in procs:
+        try:
             os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
         p.wait()
 
