@@ -28,7 +28,7 @@ exactly 32 bytes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flower_chain.ledger.errors import ProofError
@@ -50,6 +50,7 @@ __all__ = [
     "inclusion_proof",
     "inclusion_proof_from",
     "leaf_hash",
+    "leaf_hashes",
     "node_hash",
     "root",
     "verify_consistency",
@@ -85,16 +86,28 @@ def _range_hasher(leaf_hashes: Sequence[bytes]) -> HashRange:
     return hash_range
 
 
-def root(leaf_hashes: Sequence[bytes]) -> bytes:
+def root(leaf_hashes: Iterable[bytes]) -> bytes:
     """Return the Merkle tree hash ``MTH`` of a list of leaf hashes (§2.1.1).
 
-    The empty tree has the root ``SHA-256("")``. Runs in O(n) time and
-    O(log n) extra memory (a compact range over the leaves).
+    The empty tree has the root ``SHA-256("")``. Runs in O(n) time.
     """
-    cr = CompactRange()
-    for h in leaf_hashes:
-        cr.append(h)
-    return cr.root()
+    level = list(leaf_hashes)
+    if not level:
+        return EMPTY_ROOT
+    sha, prefix = hashlib.sha256, _NODE_PREFIX
+    while len(level) > 1:  # pairing left to right and carrying an odd last node up is exactly MTH
+        n = len(level)
+        nxt = [sha(prefix + level[i] + level[i + 1]).digest() for i in range(0, n - 1, 2)]
+        if n & 1:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def leaf_hashes(data: Iterable[bytes]) -> list[bytes]:
+    """Leaf hashes of many entries (one SHA-256 each, no per-call overhead)."""
+    sha, prefix = hashlib.sha256, _LEAF_PREFIX
+    return [sha(prefix + d).digest() for d in data]
 
 
 def _check_size(size: int | None, available: int) -> int:
@@ -285,6 +298,41 @@ class CompactRange:
         self.hashes.append(h)
         self.size += 1
         return created
+
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """Append many leaf hashes at once (the fast path of verification: nothing is returned).
+
+        Works level by level: at each level the new nodes are paired left to
+        right (the first one with the range's pending left sibling when the
+        level's start index is odd), so the hashing runs in list
+        comprehensions instead of one Python loop iteration per leaf.
+        """
+        sha, prefix = hashlib.sha256, _NODE_PREFIX
+        start, cur = self.size, list(leaves)
+        if not cur:
+            return
+        # the range's hashes, smallest subtree last, indexed by level
+        by_level = {}
+        remaining = self.size
+        for h in reversed(self.hashes):
+            level = (remaining & -remaining).bit_length() - 1
+            by_level[level] = h
+            remaining -= 1 << level
+        level = 0
+        while cur:
+            first = start >> level
+            if first & 1:
+                cur.insert(0, by_level.pop(level))
+                first -= 1
+            n = len(cur)
+            if n & 1:
+                by_level[level] = cur[-1]
+            cur = [sha(prefix + cur[i] + cur[i + 1]).digest() for i in range(0, n - 1, 2)]
+            level += 1
+            if not cur:
+                break
+        self.size += len(leaves)
+        self.hashes = [by_level[lv] for lv in sorted(by_level, reverse=True)]
 
     def root(self) -> bytes:
         if not self.hashes:

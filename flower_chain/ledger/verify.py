@@ -108,9 +108,10 @@ def verify(
     pub: bytes = b""
     revoked: set[str] = set()
     rounds = set()
-    height = -1
+    height, at = -1, 0  # ``at``: the block being read when a storage error interrupts
     try:
         for height, block in enumerate(ledger.blocks(0, n_blocks)):
+            at = height
             try:
                 h = BlockHeader.from_bytes(block.header_bytes)
             except LedgerError as e:
@@ -127,14 +128,12 @@ def verify(
                 raise VerificationError(
                     f"log_size {h.log_size} is not the previous size {log.size} + {h.entry_count} entries",
                     height=height)
-            block_range = merkle.CompactRange()
-            count = 0
-            for i, data in enumerate(ledger.entries(log.size, h.log_size)):
-                lh = merkle.leaf_hash(data)
-                block_range.append(lh)
-                log.append(lh)
-                count += 1
-                if height == 0 or full:
+            datas = list(ledger.entries(log.size, h.log_size))  # one block's entries in memory at a time
+            leaves = merkle.leaf_hashes(datas)
+            log.extend(leaves)
+            count = len(datas)
+            if height == 0 or full:
+                for i, data in enumerate(datas):
                     try:
                         entry = decode_entry(data)
                     except LedgerError as e:
@@ -149,7 +148,7 @@ def verify(
             if count != h.entry_count:
                 raise VerificationError(f"header counts {h.entry_count} entries, the ledger holds {count}",
                                         height=height)
-            if block_range.root() != h.entries_root:
+            if merkle.root(leaves) != h.entries_root:
                 raise VerificationError("entries_root does not match the block's entries", height=height)
             if log.root() != h.log_root:
                 raise VerificationError("log_root does not match the log after this block", height=height)
@@ -175,10 +174,11 @@ def verify(
             if height:
                 rounds.add(h.round)
             report.checkpoint = block.checkpoint
+            at = height + 1
     except VerificationError:
         raise
     except LedgerError as e:
-        raise VerificationError(str(e), height=height + 1) from e
+        raise VerificationError(str(e), height=at) from e
     if height + 1 != n_blocks:
         raise VerificationError(f"the ledger reports {n_blocks} blocks but holds {height + 1}", height=height + 1)
     report.blocks, report.entries, report.rounds = n_blocks, log.size, len(rounds)
