@@ -86,6 +86,7 @@ def validate(args: argparse.Namespace) -> dict:
     overrides = {
         "dataset": args.dataset,
         "num-server-rounds": args.rounds,
+        "min-nodes": args.num_clients,
         "local-epochs": args.local_epochs,
         "batch-size": args.batch_size,
         "learning-rate": args.learning_rate,
@@ -206,6 +207,7 @@ def _toml_value(v) -> str:
 
 def run_deployment(overrides: dict, num_clients: int) -> int:
     """A SuperLink and ``num_clients`` SuperNodes on 127.0.0.1, then ``flwr run`` against them."""
+    import psutil  # noqa: F401 - needed to stop what we start: fail before starting anything
     out = Path(overrides["out-dir"])
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=out))
     env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "data-dir": "data",
     "fraction-train": 1.0,
+    "min-nodes": 2,
     "fraction-evaluate": 0.0,
     "out-dir": "out",
     "ledger": "",

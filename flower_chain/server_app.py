@@ -26,14 +26,15 @@ from flower_chain.clients import model as model_mod
 from flower_chain.config import resolve
 
 
-def build_strategy(cfg: Mapping[str, Any], num_nodes_hint: int | None = None) -> Strategy:
-    """The inner strategy: FedAvg over the sampled nodes."""
-    min_nodes = 1 if num_nodes_hint is None else max(1, min(2, num_nodes_hint))
+def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
+    """The inner strategy: FedAvg, waiting for ``min-nodes`` connected nodes before each round."""
+    min_nodes = max(1, int(cfg["min-nodes"]))
+    fraction_evaluate = float(cfg["fraction-evaluate"])
     return FedAvg(
         fraction_train=float(cfg["fraction-train"]),
-        fraction_evaluate=float(cfg["fraction-evaluate"]),
+        fraction_evaluate=fraction_evaluate,
         min_train_nodes=min_nodes,
-        min_evaluate_nodes=0 if float(cfg["fraction-evaluate"]) == 0.0 else min_nodes,
+        min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_nodes,
         min_available_nodes=min_nodes,
     )
 
@@ -96,7 +97,7 @@ def run_federation(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     from flower_chain.strategies.setup import wrap_with_ledger  # noqa: PLC0415 - keeps no-ledger runs light
 
-    strategy, ledger_info = wrap_with_ledger(inner, cfg, out_dir)
+    strategy, ledger_info = wrap_with_ledger(inner, cfg, out_dir, num_nodes=len(list(grid.get_node_ids())))
     rounds = RoundLog(out_dir, cfg, extra=getattr(strategy, "round_stats", None))
     eval_net = model_mod.Net(ds.shape)
 

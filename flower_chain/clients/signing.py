@@ -49,8 +49,16 @@ NODE_CONFIG_KEY = "signing-key"
 
 
 def key_path_for(context: Context) -> Path:
-    """Where this node's private key is, from its node config or the environment."""
+    """Where this node's private key is.
+
+    In order: node config ``signing-key``, environment ``FLOWER_CHAIN_SIGNING_KEY``, and (for the
+    bundled demo app under ``flwr run``) the run config's ``keys-dir`` (or ``out-dir``/keys) + ``/clients``.
+    """
     value = context.node_config.get(NODE_CONFIG_KEY) or os.environ.get(ENV_KEY)
+    if not value and context.run_config.get("keys-dir"):
+        value = str(Path(str(context.run_config["keys-dir"])) / "clients")
+    elif not value and context.run_config.get("out-dir"):
+        value = str(Path(str(context.run_config["out-dir"])) / "keys" / "clients")
     if not value:
         raise KeyFileError(
             f"no signing key: set node config '{NODE_CONFIG_KEY}' (flower-supernode --node-config "

@@ -34,16 +34,18 @@ def prepare_keys(keys_dir: str | Path, num_clients: int) -> Path:
     return clients
 
 
-def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path) -> tuple[Strategy, dict[str, Any]]:
+def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
+                     num_nodes: int = 0) -> tuple[Strategy, dict[str, Any]]:
     """``inner`` itself when ``no-ledger`` is set, else ``LedgerStrategy(inner)`` on the configured ledger."""
     if cfg.get("no-ledger"):
         return inner, {"ledger": None}
     from flower_chain.strategies.ledger_strategy import LedgerStrategy
 
     keys = Path(str(cfg.get("keys-dir") or out_dir / "keys"))
-    if not (keys / "clients").is_dir():
-        raise FileNotFoundError(f"no client keys in {keys / 'clients'}: create them with run.py or "
-                                "`flower-chain keys new --out KEYS/clients --name client-0`")
+    if not (keys / "clients").is_dir() or not (keys / "server" / f"{SERVER_KEY}.key").is_file():
+        if not num_nodes:
+            raise FileNotFoundError(f"no keys in {keys}: create them with run.py or `flower-chain keys new`")
+        prepare_keys(keys, num_nodes)  # the demo federation's first run (e.g. under `flwr run .`)
     fed = str(cfg.get("federation-id") or "") or None
     uri = str(cfg.get("ledger") or "")
     if not uri:  # a new ledger per run, named after its federation
