@@ -25,11 +25,17 @@ CTX_FEDERATION = PREFIX + "federation"
 CTX_ROUND = PREFIX + "round"
 CTX_PARENT = PREFIX + "parent"
 CTX_BASE = PREFIX + "base"
-CTX_RECEIPT = PREFIX + "receipt"
+CTX_RECEIPT = PREFIX + "receipt"  # tlog-proof text of this node's previous update
+CTX_CHECKPOINT = PREFIX + "checkpoint"  # signed checkpoint note of the ledger head
+CTX_SERVER_KEY = PREFIX + "server-key"  # raw Ed25519 key that signs checkpoints
+CTX_CONSISTENCY = PREFIX + "consistency"  # concatenated 32-byte hashes
+CTX_CONSISTENCY_FROM = PREFIX + "consistency-from"  # log size the consistency proof starts from (-1: none)
 
 SIG_RECORD = "flower-chain"
 STATEMENT = "statement"
 SIGNATURE = "signature"
+SEEN_SIZE = "checkpoint-size"  # size of the last checkpoint the client verified (-1: none)
+LEGACY_SEEN_SIZE = PREFIX + "checkpoint-size"
 LEGACY_STATEMENT = PREFIX + "statement"
 LEGACY_SIGNATURE = PREFIX + "signature"
 

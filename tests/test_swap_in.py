@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,8 @@ def test_swap_in_runs_and_the_ledger_verifies(tmp_path, app, change):
     s = summary(led)
     assert s["rounds"] == 3 and s["accepted"] == 3 * n and s["rejected"] == 0, s
     assert rep.client_signatures_checked == 2 * 3 * n  # train and evaluate replies
+    # every client kept a verified receipt of each of its 3 updates (delivered with the evaluate instructions)
+    receipts = tmp_path / "keys" / "clients" / "receipts"
+    counts = [json.loads(p.read_text()) for p in sorted(receipts.glob("*/counts.json"))]
+    assert counts == [{"receipts": 3, "errors": 0}] * n
+    assert len(list(receipts.glob("*/round-*.proof"))) == 3 * n

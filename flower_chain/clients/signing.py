@@ -30,10 +30,13 @@ from flwr.app import ConfigRecord, Context, Message
 
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
-from flower_chain.ledger.keys import key_id, load_private
+from flower_chain.clients.receipts import ReceiptKeeper
+from flower_chain.ledger.keys import key_id, load_private, load_public, raw_public
 from flower_chain.wire import (
+    LEGACY_SEEN_SIZE,
     LEGACY_SIGNATURE,
     LEGACY_STATEMENT,
+    SEEN_SIZE,
     SIG_RECORD,
     SIGNATURE,
     STATEMENT,
@@ -46,6 +49,10 @@ from flower_chain.wire import (
 log = logging.getLogger(__name__)
 ENV_KEY = "FLOWER_CHAIN_SIGNING_KEY"
 NODE_CONFIG_KEY = "signing-key"
+ENV_RECEIPTS = "FLOWER_CHAIN_RECEIPTS"
+RECEIPTS_NODE_CONFIG = "receipts-dir"
+ENV_SERVER_KEY = "FLOWER_CHAIN_SERVER_KEY"
+SERVER_KEY_NODE_CONFIG = "server-key"
 
 
 def key_path_for(context: Context) -> Path:
@@ -73,7 +80,9 @@ def key_path_for(context: Context) -> Path:
 
 
 def _incoming(msg: Message):
-    """(ledger context, incoming arrays record, legacy?) of a train/evaluate instruction."""
+    """(ledger context, its config record, incoming arrays record, legacy?) of a train/evaluate instruction."""
+    if msg.metadata.message_type.split(".")[0] not in ("train", "evaluate"):
+        return None, None, None, False
     content = msg.content
     for name, cfg in content.config_records.items():
         ctx = LedgerContext.from_config(cfg)
@@ -84,12 +93,24 @@ def _incoming(msg: Message):
                 arrays = content.array_records.get(name.replace(".config", ".parameters"))
             elif content.array_records:
                 arrays = next(iter(content.array_records.values()))
-            return ctx, arrays, legacy
-    return None, None, False
+            return ctx, cfg, arrays, legacy
+    return None, None, None, False
+
+
+def _metrics_record(reply: Message, kind: str, legacy: bool):
+    """The record holding the reply's metrics (created for a legacy reply that has none)."""
+    content = reply.content
+    if legacy:
+        name = f"{'fitres' if kind == 'train' else 'evaluateres'}.metrics"
+        if name not in content.config_records:
+            content[name] = ConfigRecord()
+        return content.config_records[name]
+    records = list(content.metric_records.values())
+    return records[0] if records else None
 
 
 def _reply_parts(reply: Message, kind: str, legacy: bool):
-    """(returned arrays record or None, metrics dict, num-examples, record to put the signature in)."""
+    """(returned arrays record or None, metrics dict, num-examples)."""
     content = reply.content
     if legacy:
         res = "fitres" if kind == "train" else "evaluateres"
@@ -97,21 +118,30 @@ def _reply_parts(reply: Message, kind: str, legacy: bool):
         metrics = plain_metrics(metrics_rec.items()) if metrics_rec is not None else {}
         n = content.metric_records.get(f"{res}.num_examples", {}).get("num_examples")
         arrays = content.array_records.get(f"{res}.parameters") if kind == "train" else None
-        return arrays, metrics, int(n) if n is not None else None, metrics_rec
+        return arrays, metrics, int(n) if n is not None else None
     metrics = {}
     for rec in content.metric_records.values():
         metrics.update(plain_metrics(rec.items()))
     arrays = next(iter(content.array_records.values())) if (kind == "train" and content.array_records) else None
-    return arrays, metrics, num_examples_of(metrics), None
+    return arrays, metrics, num_examples_of(metrics)
 
 
-def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey) -> Message:
-    """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it."""
-    ctx, received, legacy = _incoming(msg)
+def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None) -> Message:
+    """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it.
+
+    With a :class:`ReceiptKeeper`, its receipt counts are added to the reply's
+    metrics before signing and a train statement is remembered for its receipt.
+    """
+    ctx, _cfg, received, legacy = _incoming(msg)
     if ctx is None or reply.has_error():
         return reply
     kind = msg.metadata.message_type.split(".")[0]
-    arrays, metrics, n, legacy_metrics = _reply_parts(reply, kind, legacy)
+    if keeper is not None:
+        rec = _metrics_record(reply, kind, legacy)
+        if rec is not None:
+            for k, v in keeper.metrics.items():
+                rec[k] = v
+    arrays, metrics, n = _reply_parts(reply, kind, legacy)
     statement = UpdateStatement(
         kind=kind,
         federation_id=ctx.federation_id,
@@ -124,35 +154,58 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey) -> Message:
         metrics_digest=metrics_digest(metrics),
     ).to_bytes()
     signature = key.sign(statement)
+    seen = keeper.seen_size if keeper is not None else -1
     if legacy:
-        if legacy_metrics is None:
-            legacy_metrics = ConfigRecord()
-            reply.content[f"{'fitres' if kind == 'train' else 'evaluateres'}.metrics"] = legacy_metrics
-        legacy_metrics[LEGACY_STATEMENT] = statement
-        legacy_metrics[LEGACY_SIGNATURE] = signature
+        rec = _metrics_record(reply, kind, legacy)
+        rec[LEGACY_STATEMENT] = statement
+        rec[LEGACY_SIGNATURE] = signature
+        rec[LEGACY_SEEN_SIZE] = seen
     else:
-        reply.content[SIG_RECORD] = ConfigRecord({STATEMENT: statement, SIGNATURE: signature})
+        reply.content[SIG_RECORD] = ConfigRecord({STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen})
+    if keeper is not None and kind == "train":
+        keeper.remember(ctx.round, statement)
     return reply
 
 
-def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None):
-    """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``."""
-    fixed = load_private(key) if isinstance(key, (str, Path)) else key
-    cache: dict[str, Ed25519PrivateKey] = {}
+def _receipts_dir(context: Context, key_file: Path | None, kid: str) -> Path | None:
+    value = context.node_config.get(RECEIPTS_NODE_CONFIG) or os.environ.get(ENV_RECEIPTS)
+    if value:
+        return Path(str(value)) / kid
+    return key_file.parent / "receipts" / kid if key_file is not None else None
+
+
+def _pinned_server_key(context: Context) -> bytes | None:
+    value = context.node_config.get(SERVER_KEY_NODE_CONFIG) or os.environ.get(ENV_SERVER_KEY)
+    return raw_public(load_public(str(value))) if value else None
+
+
+def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None):
+    """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
+
+    Receipts are kept in ``receipts_dir`` (or node config ``receipts-dir`` /
+    ``FLOWER_CHAIN_RECEIPTS``, or ``receipts/<key id>/`` beside the key file);
+    with a key object and no directory, receipts are not checked.
+    """
+    fixed_path = Path(key) if isinstance(key, (str, Path)) else None
+    fixed = load_private(key) if fixed_path is not None else key
+    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None]] = {}
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
-        ctx, _, _ = _incoming(msg) if msg.metadata.message_type.split(".")[0] in ("train", "evaluate") else (
-            None, None, False)
+        ctx, config, _, _ = _incoming(msg)
         if ctx is None:
             return call_next(msg, context)
-        signer = fixed
-        if signer is None:
-            path = str(key_path_for(context))  # a missing key fails here, before any training
-            if path not in cache:
-                cache[path] = load_private(path)
-            signer = cache[path]
+        path = fixed_path if fixed is not None else key_path_for(context)  # a missing key fails here
+        cache_key = str(path) if path is not None else "fixed"
+        if cache_key not in cache:
+            signer = fixed if fixed is not None else load_private(path)
+            kid = key_id(signer)
+            where = Path(receipts_dir) / kid if receipts_dir is not None else _receipts_dir(context, path, kid)
+            cache[cache_key] = (signer, ReceiptKeeper(where, _pinned_server_key(context)) if where else None)
+        signer, keeper = cache[cache_key]
+        if keeper is not None:
+            keeper.check(ctx.federation_id, config)
         reply = call_next(msg, context)
-        return sign_reply(msg, reply, signer)
+        return sign_reply(msg, reply, signer, keeper)
 
     return signing_mod
 

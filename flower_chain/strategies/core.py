@@ -36,7 +36,16 @@ from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
 from flower_chain.ledger.verify import verify
 from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
-from flower_chain.wire import LedgerContext
+from flower_chain.ledger import proofs
+from flower_chain.ledger.tlog_proof import prove_inclusion
+from flower_chain.wire import (
+    CTX_CHECKPOINT,
+    CTX_CONSISTENCY,
+    CTX_CONSISTENCY_FROM,
+    CTX_RECEIPT,
+    CTX_SERVER_KEY,
+    LedgerContext,
+)
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
@@ -53,6 +62,7 @@ class Reply:
     arrays: NamedArrays | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
+    seen_size: int = -1  # log size of the last checkpoint the client verified
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,8 @@ class LedgerCore:
         self.revoked: set[str] = set()
         self._rounds: dict[tuple[str, int], _Round] = {}
         self.stats: dict[int, dict[str, Any]] = {}
+        self.node_updates: dict[str, int] = {}  # node id -> log index of its latest train update
+        self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
         if self.ledger.block_count():
             report = verify(self.ledger, server_key=raw_public(self.server_key))
             self.writer = LedgerWriter(self.ledger, self.server_key)
@@ -173,6 +185,29 @@ class LedgerCore:
             self.ledger.put_blob(encode_arrays(arrays), digest)
         return ctx
 
+    def receipt_config(self, node_id: int | str) -> dict[str, Any]:
+        """What a node gets with its next instruction: the signed head checkpoint, a consistency proof
+        from the checkpoint it last confirmed, and the inclusion proof of its latest update."""
+        node = str(node_id)
+        head = self.writer.head
+        out: dict[str, Any] = {CTX_CHECKPOINT: head.checkpoint, CTX_SERVER_KEY: raw_public(self.server_key),
+                               CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
+        seen = self.node_seen.get(node)
+        if seen is not None and 0 < seen <= head.header.log_size:
+            try:
+                proofs.block_with_size(self.ledger, seen)
+                out[CTX_CONSISTENCY] = b"".join(proofs.consistency_proof(self.ledger, seen))
+                out[CTX_CONSISTENCY_FROM] = seen
+            except LedgerError:
+                pass  # not a checkpoint this ledger signed: the client will report it
+        index = self.node_updates.get(node)
+        if index is not None:
+            try:
+                out[CTX_RECEIPT] = prove_inclusion(self.ledger, index).to_text()
+            except LedgerError as e:  # never stop a round over a receipt: the client reports it missing
+                log.error("cannot build the receipt of node %s: %s", node, e)
+        return out
+
     # -- judging -----------------------------------------------------------------------------------
     def judge(self, kind: str, server_round: int, reply: Reply, seen: set[str]) -> Judgement:
         """Check one reply; keys whose signature verified are added to ``seen``."""
@@ -185,6 +220,8 @@ class LedgerCore:
                 arrays_digest = b""
         reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, seen)
         accepted = reason == "ok"
+        if reply.seen_size >= 0 and reply.error is None:
+            self.node_seen[str(reply.node_id)] = int(reply.seen_size)
         entry = UpdateEntry(
             kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=kid,
             verdict=ACCEPTED if accepted else REJECTED, reason=reason, detail=detail[:500],
@@ -266,6 +303,9 @@ class LedgerCore:
                 self.ledger.put_blob(encode_arrays(arrays), array_digest(arrays))
         block = self.writer.append(server_round, [j.entry for j in judgements], model_before=before,
                                    model_after=after)
+        for i, j in enumerate(judgements):
+            if j.entry.error_free:
+                self.node_updates[j.entry.node_id] = block.header.first_index + i
         self.model_digest, self.last_round = after, int(server_round)
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {

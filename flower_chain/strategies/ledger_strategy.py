@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -17,7 +17,16 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies.core import Judgement, LedgerCore, Reply
-from flower_chain.wire import SIG_RECORD, SIGNATURE, STATEMENT, arrays_of, num_examples_of, plain_metrics
+from flower_chain.wire import (
+    CTX_FEDERATION,
+    SEEN_SIZE,
+    SIG_RECORD,
+    SIGNATURE,
+    STATEMENT,
+    arrays_of,
+    num_examples_of,
+    plain_metrics,
+)
 
 
 def reply_from_message(msg: Message, with_arrays: bool) -> Reply:
@@ -34,8 +43,10 @@ def reply_from_message(msg: Message, with_arrays: bool) -> Reply:
     if with_arrays:
         records = list(content.array_records.values())
         arrays = arrays_of(records[0]) if len(records) == 1 else []
+    seen = sig.get(SEEN_SIZE, -1) if sig is not None else -1
     return Reply(
         node_id=node,
+        seen_size=int(seen) if isinstance(seen, int) else -1,
         statement=bytes(sig[STATEMENT]) if sig is not None and STATEMENT in sig else None,
         signature=bytes(sig[SIGNATURE]) if sig is not None and SIGNATURE in sig else None,
         arrays=arrays,
@@ -117,11 +128,26 @@ class LedgerStrategy(Strategy):
             merged[k] = v
         return merged
 
+    def _personalize(self, messages: Iterable[Message]) -> list[Message]:
+        """Give each node its receipt: the head checkpoint, a consistency proof, its previous update's proof."""
+        out = []
+        for m in messages:
+            content = RecordDict()
+            for name, record in m.content.items():
+                if isinstance(record, ConfigRecord) and CTX_FEDERATION in record:
+                    record = ConfigRecord({**dict(record.items()),
+                                           **self.core.receipt_config(m.metadata.dst_node_id)})
+                content[name] = record
+            out.append(Message(content=content, dst_node_id=m.metadata.dst_node_id,
+                               message_type=m.metadata.message_type, group_id=m.metadata.group_id,
+                               ttl=m.metadata.ttl))
+        return out
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Add the ledger context to the train config, then delegate."""
+        """Add the ledger context to the train config, delegate, then add each node's receipt."""
         config = self._with_context("train", server_round, arrays, config)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
 
     def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
                ) -> tuple[list[Message], list[Judgement], list]:
@@ -155,7 +181,7 @@ class LedgerStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         """Add the ledger context to the evaluate config, then delegate."""
         config = self._with_context("evaluate", server_round, None, config)
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self._personalize(self.strategy.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""

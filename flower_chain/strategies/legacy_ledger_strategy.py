@@ -28,7 +28,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies.core import Judgement, LedgerCore, Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
-from flower_chain.wire import LEGACY_SIGNATURE, LEGACY_STATEMENT, PREFIX, plain_metrics
+from flower_chain.wire import LEGACY_SEEN_SIZE, LEGACY_SIGNATURE, LEGACY_STATEMENT, PREFIX, plain_metrics
 
 
 def _named(parameters: Parameters) -> list:
@@ -48,7 +48,9 @@ def _reply(proxy: ClientProxy, res: FitRes | EvaluateRes, arrays: bool) -> Reply
             named = _named(res.parameters)
         except Exception:  # noqa: BLE001 - undecodable parameters are judged malformed/mismatched
             named = []
-    return Reply(node_id=int(proxy.node_id), statement=bytes(st) if isinstance(st, bytes) else None,
+    seen = metrics.get(LEGACY_SEEN_SIZE, -1)
+    return Reply(node_id=int(proxy.node_id), seen_size=int(seen) if isinstance(seen, int) else -1,
+                 statement=bytes(st) if isinstance(st, bytes) else None,
                  signature=bytes(sig) if isinstance(sig, bytes) else None, arrays=named,
                  metrics=plain_metrics(_strip(metrics).items()), num_examples=int(res.num_examples))
 
@@ -96,7 +98,7 @@ class LegacyLedgerStrategy(Strategy):
         ctx = self.core.begin(kind, server_round, _named(parameters) if parameters is not None else None)
         out = []
         for proxy, ins in instructions:
-            config = {**ins.config, **ctx.to_config()}
+            config = {**ins.config, **ctx.to_config(), **self.core.receipt_config(proxy.node_id)}
             out.append((proxy, dataclasses.replace(ins, config=config)))
         return out
 

@@ -1,0 +1,135 @@
+"""Client receipts and fork detection: an honest run where every receipt verifies; a server that drops
+an accepted update; a server that rewrites an earlier block; a server that swaps its key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.task_identity import TaskIdentity
+
+from flower_chain.clients.receipts import METRIC_ERRORS, METRIC_RECEIPTS
+from flower_chain.clients.signing import make_signing_mod
+from flower_chain.ledger.entries import decode_entry
+from flower_chain.ledger.keys import key_id, raw_public
+from flower_chain.ledger.tlog_proof import InclusionProof
+from flower_chain.strategies import LedgerStrategy
+from tests.fl_helpers import Clients, FakeGrid, arrays, context, train_reply
+
+NODES = [101, 102, 103]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+def fedavg():
+    return flwr_strategies.FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
+
+
+class World:
+    """A LedgerStrategy server and three clients whose mods keep receipts in tmp dirs."""
+
+    def __init__(self, tmp_path, server_key=None, clients=None, federation="fed-r"):
+        self.tmp = tmp_path
+        self.clients = clients or Clients(len(NODES))
+        self.server_key = server_key or Ed25519PrivateKey.generate()
+        self.strategy = LedgerStrategy(fedavg(), ledger="memory:", keyring=self.clients.keyring,
+                                       server_key=self.server_key, federation_id=federation)
+        self.mods = [make_signing_mod(k, receipts_dir=tmp_path / "receipts") for k in self.clients.keys]
+        self.global_arrays = arrays(0)
+        self.replies = {}
+
+    def dir(self, i):
+        return self.tmp / "receipts" / key_id(self.clients.keys[i])
+
+    def counts(self, i):
+        return json.loads((self.dir(i) / "counts.json").read_text())
+
+    def round(self, rnd, *, aggregate=True):
+        msgs = sorted(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
+                      key=lambda m: m.metadata.dst_node_id)
+        replies = [mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
+                   for i, (m, mod) in enumerate(zip(msgs, self.mods))]
+        self.replies[rnd] = replies
+        if aggregate:
+            agg, _ = self.strategy.aggregate_train(rnd, replies)
+            self.global_arrays = agg
+        return replies
+
+
+def test_honest_run_every_receipt_verifies(tmp_path):
+    w = World(tmp_path)
+    for rnd in (1, 2, 3, 4):
+        w.round(rnd)
+    for i in range(len(NODES)):
+        assert w.counts(i) == {"receipts": 3, "errors": 0}
+        assert not (w.dir(i) / "errors.log").exists()
+        for rnd in (1, 2, 3):
+            proof = InclusionProof.from_text((w.dir(i) / f"round-{rnd}.proof").read_text())
+            cp = proof.verify(raw_public(w.server_key))
+            assert cp.origin == "flower-chain/fed-r"
+    # the counts travel, signed, in the client's metrics
+    last = w.replies[4][0].content["metrics"]
+    assert last[METRIC_RECEIPTS] == 3 and last[METRIC_ERRORS] == 0
+
+
+def test_server_that_drops_an_accepted_update_is_caught(tmp_path):
+    w = World(tmp_path)
+    w.round(1)
+    replies = w.round(2, aggregate=False)
+    victim = str(NODES[0])
+    core = w.strategy.core
+    real_append = core.writer.append
+
+    def dropping_append(rnd, entries, **kw):  # a dishonest server leaves one accepted update out
+        return real_append(rnd, [e for e in entries if getattr(e, "node_id", None) != victim], **kw)
+
+    core.writer.append = dropping_append
+    w.global_arrays, _ = w.strategy.aggregate_train(2, replies)
+    core.writer.append = real_append
+    head = core.writer.head.header  # its bookkeeping follows what it actually wrote
+    core.node_updates = {e.node_id: head.first_index + i for i, e in enumerate(
+        decode_entry(d) for d in core.ledger.entries(head.first_index, head.log_size))}
+    w.round(3)
+    assert w.counts(0)["errors"] == 1 and w.counts(0)["receipts"] == 1
+    assert "missing from the ledger" in (w.dir(0) / "errors.log").read_text()
+    assert w.counts(1) == {"receipts": 2, "errors": 0}
+    # the error count is in the client's next signed metrics
+    assert w.replies[3][0].content["metrics"][METRIC_ERRORS] == 1
+
+
+def test_server_that_rewrites_an_earlier_block_is_caught(tmp_path):
+    w = World(tmp_path)
+    w.round(1)
+    w.round(2)
+    seen = dict(w.strategy.core.node_seen)
+    # the server rebuilds its ledger from scratch with a different round 1 (same key, same federation)
+    forked = World(tmp_path, server_key=w.server_key, clients=w.clients)
+    forked.mods = w.mods  # the same clients, with their receipts directories
+    forked.strategy.core.node_seen.update(seen)
+    msgs = list(forked.strategy.configure_train(1, arrays(5), ConfigRecord({}), FakeGrid(NODES)))
+    forked.strategy.aggregate_train(1, [])  # rewritten history: round 1 with nobody in it
+    forked.global_arrays = arrays(5)
+    forked.strategy.core.last_round = 2
+    forked.round(3)
+    for i in range(len(NODES)):
+        log = (w.dir(i) / "errors.log").read_text()
+        assert "FORK" in log, log
+    assert msgs  # the fork really served instructions
+
+
+def test_server_that_swaps_its_key_is_caught(tmp_path):
+    w = World(tmp_path)
+    w.round(1)
+    impostor = World(tmp_path, clients=w.clients)  # another server key, same clients
+    impostor.mods = w.mods
+    impostor.round(1)
+    assert all(w.counts(i)["errors"] >= 1 for i in range(len(NODES)))
+    assert "another server key" in (w.dir(0) / "errors.log").read_text()
