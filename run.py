@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 EXIT_USAGE = 2
+ATTACKS = ("unsigned", "forged", "tamper", "replay", "cross-run", "stale", "duplicate", "malformed",
+           "num-examples-lie", "scale", "sign-flip", "label-flip")
 
 
 class UsageError(Exception):
@@ -47,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ledger", default="", help="ledger URI (default: sqlite:///OUT/ledger.db)")
     p.add_argument("--no-ledger", action="store_true", help="plain Flower FedAvg, no signing and no ledger")
     p.add_argument("--keys-dir", default="", help="client keys (default: OUT/keys, generated on first run)")
+    p.add_argument("--strategy", default="fedavg", help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum")
+    p.add_argument("--attack", default="", help="make --attackers clients malicious: " + ", ".join(ATTACKS))
+    p.add_argument("--attackers", type=int, default=0, help="number of malicious clients (partitions 0..K-1)")
+    p.add_argument("--scenario", default="", choices=["", "attacks"],
+                   help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
     return p.parse_args(argv)
 
 
@@ -66,6 +74,14 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(f"unknown partition {args.partition!r}; choose iid or dirichlet")
     if args.partition == "dirichlet" and args.alpha <= 0:
         raise UsageError("--alpha must be positive")
+    from flower_chain.server_app import STRATEGIES
+
+    if args.strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if args.attack and args.attack not in ATTACKS:
+        raise UsageError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
+    if args.attack and not 0 < args.attackers < args.num_clients:
+        raise UsageError(f"--attackers must be between 1 and {args.num_clients - 1} with --attack")
     out = Path(args.out).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +115,10 @@ def validate(args: argparse.Namespace) -> dict:
         "ledger": "",
         "keys-dir": "",
         "federation-id": "",
+        "strategy": args.strategy,
+        "attack": args.attack,
+        "attackers": args.attackers if args.attack else 0,
+        "store-client-updates": bool(args.attack),  # lets the ledger attribute outlier updates to keys
     }
     if not args.no_ledger:
         from flower_chain.strategies.setup import prepare_keys
@@ -297,25 +317,116 @@ def print_summary(overrides: dict) -> int:
     return 0
 
 
+def run_once(overrides: dict, args: argparse.Namespace) -> int:
+    if args.mode == "simulation":
+        run_simulation(overrides, args.num_clients)
+        return 0
+    return run_deployment(overrides, args.num_clients)
+
+
+def outcome(overrides: dict, label: str) -> dict:
+    """Updates received, accepted, rejected by reason and final accuracy of a finished run."""
+    doc = json.loads((Path(overrides["out-dir"]) / "metrics.json").read_text())
+    summary = doc["summary"]
+    row = {"run": label, "strategy": overrides["strategy"], "final_accuracy": summary["final_accuracy"]}
+    if summary.get("ledger"):
+        from flower_chain.ledger import open_ledger
+        from flower_chain.ledger.inspect import summary as ledger_summary
+        from flower_chain.ledger.outliers import attribute_outliers
+
+        with open_ledger(summary["ledger"]) as led:
+            s = ledger_summary(led)
+            row.update(received=s["accepted"] + s["rejected"], accepted=s["accepted"], rejected=s["rejected"],
+                       reasons=s["reasons"], ledger=summary["ledger"])
+            if overrides.get("attackers"):
+                row["outliers"] = attribute_outliers(led, int(overrides["attackers"]))
+    else:
+        n = int(overrides["num-server-rounds"]) * int(overrides["min-nodes"])
+        row.update(received=n, accepted=n, rejected=0, reasons={})
+    return row
+
+
+def attack_table(rows: list[dict]) -> str:
+    lines = ["| attack | run | strategy | received | accepted | rejected (by reason) | final accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) or "-"
+        lines.append(f"| {r.get('attack') or 'none'} | {r['run']} | {r['strategy']} | {r['received']} | "
+                     f"{r['accepted']} | {r['rejected']} ({reasons}) | {100 * r['final_accuracy']:.2f} % |")
+    return "\n".join(lines)
+
+
+def _subrun(args: argparse.Namespace, out: Path, **flags) -> dict:
+    """Run run.py again in a fresh process (Ray starts clean) and return its outcome."""
+    argv = [sys.executable, str(ROOT / "run.py"), "--dataset", args.dataset, "--num-clients", str(args.num_clients),
+            "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs), "--seed", str(args.seed),
+            "--partition", args.partition, "--alpha", str(args.alpha), "--data-dir", args.data_dir,
+            "--out", str(out), "--keys-dir", str(Path(args.keys_dir or Path(args.out) / "keys").resolve()),
+            "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate), "--mode", args.mode]
+    for k, v in flags.items():
+        if v is True:
+            argv.append(f"--{k}")
+        elif v not in (None, False, ""):
+            argv += [f"--{k}", str(v)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"run {flags} failed: {r.stderr.strip().splitlines()[-1:]}")
+    ov = {"out-dir": str(out), "strategy": flags.get("strategy", "fedavg"), "attackers": flags.get("attackers", 0),
+          "num-server-rounds": args.rounds, "min-nodes": args.num_clients}
+    return {**outcome(ov, "plain" if flags.get("no-ledger") else "ledger"), "attack": flags.get("attack", "")}
+
+
+def attack_matrix(args: argparse.Namespace) -> int:
+    """Every attack with LedgerStrategy and with plain FedAvg (and a robust inner strategy for poisoning)."""
+    out = Path(args.out).resolve() / "attacks"
+    k = args.attackers or max(1, args.num_clients * 3 // 10)
+    rows = [_subrun(args, out / "clean-ledger"), _subrun(args, out / "clean-plain", **{"no-ledger": True})]
+    clean = rows[0]["final_accuracy"]
+    for attack in ATTACKS:
+        print(f"[flower-chain] attack {attack} ...", flush=True)
+        common = {"attack": attack, "attackers": k}
+        rows.append(_subrun(args, out / f"{attack}-ledger", **common))
+        rows.append(_subrun(args, out / f"{attack}-plain", **common, **{"no-ledger": True}))
+        if attack in ("scale", "sign-flip", "label-flip"):
+            rows.append(_subrun(args, out / f"{attack}-ledger-trimmed", **common, strategy="fedtrimmedavg"))
+    for r in rows:
+        r["accuracy_drop_points"] = 100 * (clean - r["final_accuracy"])
+    doc = {"num_clients": args.num_clients, "attackers": k, "rounds": args.rounds, "dataset": args.dataset,
+           "clean_accuracy": clean, "rows": rows}
+    (out / "attacks.json").write_text(json.dumps(doc, indent=2))
+    table = attack_table(rows)
+    (out / "attacks.md").write_text(table + "\n")
+    print(table)
+    print(f"\n[flower-chain] wrote {out / 'attacks.json'} and {out / 'attacks.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     try:
         overrides = validate(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if args.mode == "simulation":
-            run_simulation(overrides, args.num_clients)
-        else:
-            rc = run_deployment(overrides, args.num_clients)
-            if rc:
-                return rc
+        if args.scenario == "attacks":
+            return attack_matrix(args)
+        rc = run_once(overrides, args)
+        if rc:
+            return rc
+        rc = print_summary(overrides)
+        if rc or not args.attack or args.no_ledger:
+            return rc
+        print(f"\n[flower-chain] the same run with plain FedAvg (seed {args.seed}, {args.attackers} attackers) ...",
+              flush=True)
+        rows = [{**outcome(overrides, "ledger"), "attack": args.attack},
+                _subrun(args, Path(overrides["out-dir"]) / "plain", attack=args.attack, attackers=args.attackers,
+                        **{"no-ledger": True})]
+        print(attack_table(rows))
+        return 0
     except KeyboardInterrupt:
         print("\n[flower-chain] interrupted", file=sys.stderr)
         return 130
-    return print_summary(overrides)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from flower_chain.clients import data as data_mod
 from flower_chain.clients import model as model_mod
-from flower_chain.clients.signing import signing_mod
+from flower_chain.clients.attacks import LABEL_FLIP, make_client_mod
 from flower_chain.config import resolve
 
 
@@ -34,10 +34,14 @@ def _setup(msg: Message, context: Context, overrides: Mapping[str, Any] | None):
 def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence | None = None) -> ClientApp:
     """Build the ClientApp; ``overrides`` win over the run config.
 
-    ``mods`` defaults to ``[signing_mod]``: replies are signed whenever the
-    server runs a LedgerStrategy, and pass through unsigned otherwise.
+    ``mods`` defaults to the signing mod (replies are signed whenever the server
+    runs a LedgerStrategy, and pass through unsigned otherwise), with the
+    adversarial behaviour of ``attack``/``attackers`` from the config, if any.
     """
-    app = ClientApp(mods=list(mods) if mods is not None else [signing_mod])
+    if mods is None:
+        ov = overrides or {}
+        mods = [make_client_mod(ov.get("attack"), ov.get("attackers"))]
+    app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -45,7 +49,10 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence |
         server_round = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
         seed = int(cfg["seed"]) * 1_000_003 + pid * 1009 + server_round
         model_mod.seed_everything(seed)
-        loss = model_mod.train(net, part.x_train, part.y_train, epochs=int(cfg["local-epochs"]),
+        labels = part.y_train
+        if any(rec.get(LABEL_FLIP) for rec in msg.content.config_records.values()):
+            labels = 9 - labels  # the label-flip attack (all three datasets have 10 classes)
+        loss = model_mod.train(net, part.x_train, labels, epochs=int(cfg["local-epochs"]),
                                batch_size=int(cfg["batch-size"]), lr=float(cfg["learning-rate"]), seed=seed)
         metrics = MetricRecord({"train_loss": float(loss), "num-examples": len(part.x_train)})
         return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)

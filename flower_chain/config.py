@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "federation-id": "",
     "no-ledger": False,
     "keys-dir": "",
+    "strategy": "fedavg",
+    "attack": "",
+    "attackers": 0,
+    "store-client-updates": False,
 }
 
 

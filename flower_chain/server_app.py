@@ -19,24 +19,34 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 
 from flower_chain.clients import data as data_mod
 from flower_chain.clients import model as model_mod
 from flower_chain.config import resolve
 
 
+STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum")
+
+
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
-    """The inner strategy: FedAvg, waiting for ``min-nodes`` connected nodes before each round."""
+    """The inner strategy (``strategy`` in the config), waiting for ``min-nodes`` nodes before each round."""
     min_nodes = max(1, int(cfg["min-nodes"]))
     fraction_evaluate = float(cfg["fraction-evaluate"])
-    return FedAvg(
-        fraction_train=float(cfg["fraction-train"]),
-        fraction_evaluate=fraction_evaluate,
-        min_train_nodes=min_nodes,
-        min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_nodes,
-        min_available_nodes=min_nodes,
-    )
+    common = dict(fraction_train=float(cfg["fraction-train"]), fraction_evaluate=fraction_evaluate,
+                  min_train_nodes=min_nodes, min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_nodes,
+                  min_available_nodes=min_nodes)
+    name = str(cfg.get("strategy", "fedavg")).lower()
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=0.3, **common)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "multikrum":
+        f = max(1, int(cfg.get("attackers", 0)) or min_nodes // 4)
+        return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(1, min_nodes - f), **common)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 class RoundLog:

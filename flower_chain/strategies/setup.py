@@ -52,5 +52,6 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
         fed = fed or f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
         uri = f"sqlite:///{out_dir / f'ledger-{fed}.db'}"
     strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "clients",
-                              server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed)
+                              server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
+                              store_client_updates=bool(cfg.get("store-client-updates")))
     return strategy, {"ledger": uri, "federation_id": strategy.federation_id}

@@ -1,0 +1,145 @@
+"""Adversarial clients for experiments: ``run.py --attack KIND --attackers K``.
+
+:func:`make_client_mod` returns the mod the bundled ClientApp uses: honest
+nodes sign through :data:`~flower_chain.clients.signing.signing_mod`; the
+first ``K`` partitions misbehave as ``KIND`` says. Cryptographic attacks
+(the server must reject them, each with its reason code):
+
+=================  =============================================================
+``unsigned``       replies without a signature
+``forged``         signed with a key that is not in the keyring
+``tamper``         arrays changed after signing
+``replay``         from round 2 on, the reply signed in an earlier round
+``cross-run``      signed for another federation
+``stale``          from round 2 on, trained on the round-1 global model
+``duplicate``      all attackers sign with one shared key (a cloned client)
+``malformed``      a NaN in the returned arrays (signed)
+``num-examples-lie`` num-examples inflated after signing
+=================  =============================================================
+
+Attacks a signature cannot stop (validly signed; a robust inner strategy
+and the ledger's attribution by key id are the defence): ``scale`` (the
+update times 10), ``sign-flip`` (the update times -5), ``label-flip``
+(training on labels ``9 - y``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from flower_chain.clients.signing import _incoming, key_path_for, sign_reply, signing_mod
+from flower_chain.ledger.keys import load_private
+from flower_chain.wire import CTX_FEDERATION, arrays_of
+
+CRYPTO_ATTACKS = ("unsigned", "forged", "tamper", "replay", "cross-run", "stale", "duplicate", "malformed",
+                  "num-examples-lie")
+POISONING_ATTACKS = ("scale", "sign-flip", "label-flip")
+ATTACKS = CRYPTO_ATTACKS + POISONING_ATTACKS
+EXPECTED_REASON = {"unsigned": "unsigned", "forged": "unknown-key", "tamper": "digest-mismatch",
+                   "replay": "wrong-round", "cross-run": "wrong-federation", "stale": "wrong-base-model",
+                   "duplicate": "duplicate", "malformed": "malformed", "num-examples-lie": "num-examples-mismatch"}
+LABEL_FLIP = "flower-chain.attack.label-flip"
+
+
+def _with_arrays(msg: Message, record: ArrayRecord) -> Message:
+    """``msg`` with its (single) ArrayRecord replaced, same metadata."""
+    content = RecordDict()
+    for name, rec in msg.content.items():
+        content[name] = record if isinstance(rec, ArrayRecord) else rec
+    return Message(content=content, metadata=msg.metadata)
+
+
+def _record(named: Iterable[tuple[str, np.ndarray]]) -> ArrayRecord:
+    return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
+
+
+def _reply_arrays_name(reply: Message) -> str:
+    return next(iter(reply.content.array_records))
+
+
+def make_client_mod(attack: str | None = None, attackers: int | None = None):
+    """The bundled ClientApp's mod: sign honestly, or misbehave on partitions ``0 .. attackers-1``.
+
+    ``None`` reads ``attack`` / ``attackers`` from the run config at each message (``flwr run``).
+    """
+    if attack and attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    state: dict = {"forged": None, "replay": {}, "stale": {}}  # keys made lazily: the app must stay picklable
+    fixed = (attack, attackers)
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        attack = fixed[0] if fixed[0] is not None else str(context.run_config.get("attack", ""))
+        attackers = fixed[1] if fixed[1] is not None else int(context.run_config.get("attackers", 0))
+        pid = int(context.node_config.get("partition-id", -1))
+        kind = msg.metadata.message_type.split(".")[0]
+        if not attack or pid >= attackers or pid < 0 or kind != "train":
+            return signing_mod(msg, context, call_next)
+        ctx, config, received, _legacy = _incoming(msg)
+        if attack == "unsigned" or ctx is None:
+            return call_next(msg, context)
+        if attack == "forged":
+            state["forged"] = state["forged"] or Ed25519PrivateKey.generate()
+            return sign_reply(msg, call_next(msg, context), state["forged"])
+        if attack == "cross-run":
+            forged_cfg = ConfigRecord({**dict(config.items()), CTX_FEDERATION: "another-federation"})
+            content = RecordDict({n: (forged_cfg if r is config else r) for n, r in msg.content.items()})
+            stolen = Message(content=content, metadata=msg.metadata)
+            return sign_reply(stolen, call_next(msg, context), _own_key(context))
+        if attack == "duplicate":
+            shared = load_private(key_path_for(context).with_name("client-0.key"))
+            return sign_reply(msg, call_next(msg, context), shared)
+        if attack == "stale":
+            if ctx.round == 1 or pid not in state["stale"]:
+                state["stale"][pid] = received
+                return signing_mod(msg, context, call_next)
+            return signing_mod(_with_arrays(msg, state["stale"][pid]), context, call_next)
+        if attack == "replay":
+            if pid in state["replay"]:
+                return Message(state["replay"][pid], reply_to=msg)
+            reply = signing_mod(msg, context, call_next)
+            state["replay"][pid] = reply.content
+            return reply
+        if attack == "label-flip":
+            for rec in msg.content.config_records.values():
+                if CTX_FEDERATION in rec:
+                    rec[LABEL_FLIP] = True
+            return signing_mod(msg, context, call_next)
+        if attack in ("scale", "sign-flip", "malformed"):
+            def poisoned(m: Message, c: Context) -> Message:
+                reply = call_next(m, c)
+                name = _reply_arrays_name(reply)
+                base = dict(arrays_of(received))
+                out = []
+                for n, a in arrays_of(reply.content[name]):
+                    b = np.asarray(base[n], dtype=a.dtype)
+                    if attack == "scale":
+                        a = b + 10 * (a - b)
+                    elif attack == "sign-flip":
+                        a = b - 5 * (a - b)
+                    else:
+                        a = np.array(a)
+                        if a.dtype.kind == "f" and a.size and not out:
+                            a.reshape(-1)[0] = np.nan
+                    out.append((n, a))
+                reply.content[name] = _record(out)
+                return reply
+
+            return signing_mod(msg, context, poisoned)
+        reply = signing_mod(msg, context, call_next)
+        if attack == "tamper":
+            name = _reply_arrays_name(reply)
+            reply.content[name] = _record((n, np.asarray(a) + 0.01) for n, a in arrays_of(reply.content[name]))
+        elif attack == "num-examples-lie":
+            rec = next(iter(reply.content.metric_records.values()))
+            rec["num-examples"] = int(rec["num-examples"]) * 100
+        return reply
+
+    return mod
+
+
+def _own_key(context: Context) -> Ed25519PrivateKey:
+    return load_private(key_path_for(context))
