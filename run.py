@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategy", default="fedavg", help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum")
     p.add_argument("--attack", default="", help="make --attackers clients malicious: " + ", ".join(ATTACKS))
     p.add_argument("--attackers", type=int, default=0, help="number of malicious clients (partitions 0..K-1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the federation of --ledger from its last verified block (after a crash)")
     p.add_argument("--scenario", default="", choices=["", "attacks"],
                    help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
     return p.parse_args(argv)
@@ -119,7 +121,21 @@ def validate(args: argparse.Namespace) -> dict:
         "attack": args.attack,
         "attackers": args.attackers if args.attack else 0,
         "store-client-updates": bool(args.attack),  # lets the ledger attribute outlier updates to keys
+        "resume": bool(args.resume),
     }
+    if args.resume:
+        if args.no_ledger or not args.ledger:
+            raise UsageError("--resume needs --ledger URI of the federation to continue")
+        from flower_chain.ledger import open_ledger, verify
+        from flower_chain.ledger.errors import LedgerError
+
+        try:
+            with open_ledger(args.ledger, create=True) as led:  # a writer drops a torn JSONL tail
+                rep = verify(led)
+        except LedgerError as e:
+            raise UsageError(f"cannot resume from {args.ledger}: {e}") from e
+        print(f"[flower-chain] resuming {rep.federation_id}: {rep.blocks} verified blocks, last round "
+              f"{rep.last_round}", flush=True)
     if not args.no_ledger:
         from flower_chain.strategies.setup import prepare_keys
 

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "attack": "",
     "attackers": 0,
     "store-client-updates": False,
+    "resume": False,
 }
 
 

@@ -61,6 +61,13 @@ class Setup:
         return [decode_entry(e) for e in self.strategy.ledger.entries(head.first_index, head.log_size)]
 
 
+def by_key(replies):
+    """Replies in signing-key order: the order LedgerStrategy hands accepted replies to the inner strategy."""
+    from flower_chain.ledger.entries import UpdateStatement
+
+    return sorted(replies, key=lambda r: UpdateStatement.from_bytes(r.content[SIG_RECORD]["statement"]).key_id)
+
+
 def _flat(record: ArrayRecord):
     return {k: v.numpy() for k, v in record.items()}
 
@@ -69,7 +76,7 @@ def test_honest_round_all_accepted_and_bitwise_equal_to_fedavg():
     s = Setup()
     replies = s.honest(1)
     agg, metrics = s.strategy.aggregate_train(1, replies)
-    plain, plain_metrics = fedavg().aggregate_train(1, replies)
+    plain, plain_metrics = fedavg().aggregate_train(1, by_key(replies))
     assert all(np.array_equal(a, b) for a, b in zip(_flat(agg).values(), _flat(plain).values()))
     assert {k: np.asarray(v).tobytes() for k, v in _flat(agg).items()} == \
         {k: np.asarray(v).tobytes() for k, v in _flat(plain).items()}
@@ -158,7 +165,7 @@ def test_each_reason_code_fires_and_aggregate_equals_fedavg_over_honest(kind):
     assert [e.reason for e in rejected] == [want], [(e.reason, e.detail) for e in entries]
     assert sum(e.verdict == "accepted" for e in entries) == 3
     honest = [r for r, e in zip(replies, entries) if e.verdict == "accepted"]
-    plain, _ = fedavg().aggregate_train(2, honest)
+    plain, _ = fedavg().aggregate_train(2, by_key(honest))
     for k in ("w", "b"):
         assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()
     verify(s.strategy.ledger, client_signatures=True)
@@ -251,7 +258,7 @@ def test_wraps_flower_strategies_and_matches_them(make):
     agg, _ = s.strategy.aggregate_train(1, replies)
     ref = make()
     list(ref.configure_train(1, s.global_arrays, ConfigRecord({}), FakeGrid(NODES)))
-    plain, _ = ref.aggregate_train(1, honest_copy)
+    plain, _ = ref.aggregate_train(1, by_key(honest_copy))
     assert list(agg.keys()) == list(plain.keys())
     for a, b in zip(agg.values(), plain.values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

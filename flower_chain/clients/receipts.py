@@ -8,7 +8,9 @@ client keeps, in its own directory:
 * ``server-key`` — the server's Ed25519 key, pinned on first use unless
   given (``FLOWER_CHAIN_SERVER_KEY`` / node config ``server-key``);
 * ``checkpoint.txt`` — the last checkpoint it verified;
-* ``pending.json`` — the statement it signed last and has no receipt for yet;
+* ``pending.json`` — the statements it signed and has no receipt for yet (it
+  names the oldest one's round in its signed reply; the server answers with
+  that receipt at the next instruction);
 * ``round-<R>.proof`` — the receipt of its update of round R (a tlog-proof
   anyone can check with ``flower-chain proof verify``);
 * ``errors.log`` — every problem found.
@@ -34,7 +36,14 @@ from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.entries import UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.tlog_proof import InclusionProof
-from flower_chain.wire import CTX_CHECKPOINT, CTX_CONSISTENCY, CTX_CONSISTENCY_FROM, CTX_RECEIPT, CTX_SERVER_KEY
+from flower_chain.wire import (
+    CTX_CHECKPOINT,
+    CTX_CONSISTENCY,
+    CTX_CONSISTENCY_FROM,
+    CTX_RECEIPT,
+    CTX_SERVER_KEY,
+    RECEIPT_SEPARATOR,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,10 @@ class ReceiptKeeper:
         state = self._load_json("counts.json") or {}
         self.receipts = int(state.get("receipts", 0))
         self.errors = int(state.get("errors", 0))
+        self.deferred = bool(state.get("deferred", False))
 
     # -- files -------------------------------------------------------------------------------------
-    def _load_json(self, name: str) -> dict | None:
+    def _load_json(self, name: str):
         p = self.dir / name
         return json.loads(p.read_text()) if p.is_file() else None
 
@@ -70,7 +80,8 @@ class ReceiptKeeper:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
 
     def _save_counts(self) -> None:
-        self._write("counts.json", json.dumps({"receipts": self.receipts, "errors": self.errors}))
+        self._write("counts.json", json.dumps({"receipts": self.receipts, "errors": self.errors,
+                                               "deferred": self.deferred}))
 
     @property
     def seen_size(self) -> int:
@@ -121,10 +132,21 @@ class ReceiptKeeper:
             self._error(f"checkpoint does not verify: {e}")
             return
         previous = (self.dir / "checkpoint.txt").read_text() if (self.dir / "checkpoint.txt").is_file() else None
+        sent_from = int(config.get(CTX_CONSISTENCY_FROM, -1))
+        if previous is not None and sent_from == -1:
+            # The server does not know this node yet (it restarted; node ids changed): it learns the
+            # checkpoint this client saw from the client's reply. Allowed once in a row, never twice.
+            if not self.deferred:
+                self.deferred = True
+                log.info("flower-chain: the server does not know this client yet; checks deferred to the next "
+                         "instruction")
+                return
+            self._error("FORK?: the server again sent no consistency proof from the checkpoint this client saw")
+            return
+        self.deferred = False
         if previous is not None:
             try:
                 old = verify_checkpoint(previous, key)
-                sent_from = int(config.get(CTX_CONSISTENCY_FROM, -1))
                 if sent_from != old.size:
                     raise LedgerError(f"the server proves consistency from size {sent_from}, "
                                       f"but this client last saw size {old.size}")
@@ -136,19 +158,31 @@ class ReceiptKeeper:
                             f"saw before ({e}); the server rewrote or forked its history")
                 return
         self._write("checkpoint.txt", note)
-        pending = self._load_json("pending.json")
-        if pending is None:
+        pending = self._pending()
+        if not pending:
             return
-        receipt = config.get(CTX_RECEIPT)
-        if not receipt:
-            self._error(f"no receipt for this client's update of round {pending['round']}: the update is missing "
-                        "from the ledger (dropped by the server)")
-            (self.dir / "pending.json").unlink()
-            return
-        self._check_receipt(str(receipt), pending, cp, key)
-        (self.dir / "pending.json").unlink()
+        texts = str(config.get(CTX_RECEIPT) or "")
+        proven = {}
+        for text in filter(None, texts.split(RECEIPT_SEPARATOR)):
+            entry = self._check_receipt(str(text), cp, key)
+            if entry is not None:
+                proven[entry.statement] = (entry, str(text))
+        for p in pending:  # every update this client sent before this instruction must be on the ledger
+            got = proven.get(base64.b64decode(p["statement"]))
+            if got is None:
+                self._error(f"no valid receipt for this client's update of round {p['round']}: the update is "
+                            "missing from the ledger (dropped by the server)")
+                continue
+            entry, text = got
+            self._write(f"round-{p['round']}.proof", text)
+            self.receipts += 1
+            if entry.verdict != "accepted":
+                log.warning("the server rejected this client's update of round %s: %s (%s)", p["round"],
+                            entry.reason, entry.detail)
+        self._write("pending.json", json.dumps([]))
 
-    def _check_receipt(self, text: str, pending: dict, cp, key: bytes) -> None:
+    def _check_receipt(self, text: str, cp, key: bytes) -> UpdateEntry | None:
+        """The update entry a receipt proves against the checkpoint ``cp``, or ``None`` (error logged)."""
         try:
             proof = InclusionProof.from_text(text)
             got = proof.verify(key)
@@ -156,19 +190,20 @@ class ReceiptKeeper:
                 raise LedgerError("the receipt is for another checkpoint than the one sent with it")
             entry = decode_entry(proof.entry)
         except LedgerError as e:
-            self._error(f"the receipt of round {pending['round']} does not verify: {e}")
-            return
-        if not isinstance(entry, UpdateEntry) or entry.statement != base64.b64decode(pending["statement"]):
-            self._error(f"the receipt of round {pending['round']} proves another entry than this client's update: "
-                        "its update is missing from the ledger")
-            return
-        self._write(f"round-{pending['round']}.proof", text)
-        self.receipts += 1
-        if entry.verdict != "accepted":
-            log.warning("the server rejected this client's update of round %s: %s (%s)", pending["round"],
-                        entry.reason, entry.detail)
+            self._error(f"a receipt does not verify: {e}")
+            return None
+        return entry if isinstance(entry, UpdateEntry) else None
+
+    def _pending(self) -> list[dict]:
+        return self._load_json("pending.json") or []
+
+    @property
+    def pending_round(self) -> int:
+        """The round whose receipt this client asks for next (-1: none)."""
+        pending = self._pending()
+        return int(pending[0]["round"]) if pending else -1
 
     def remember(self, server_round: int, statement: bytes) -> None:
-        """Record a signed train statement: its receipt is expected with the next instruction."""
-        self._write("pending.json", json.dumps({"round": server_round,
-                                                "statement": base64.b64encode(statement).decode()}))
+        """Record a signed train statement: its receipt is expected with a following instruction."""
+        pending = self._pending() + [{"round": server_round, "statement": base64.b64encode(statement).decode()}]
+        self._write("pending.json", json.dumps(pending))

@@ -33,7 +33,9 @@ from flower_chain.ledger.errors import KeyFileError
 from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.ledger.keys import key_id, load_private, load_public, raw_public
 from flower_chain.wire import (
+    LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
+    PENDING_ROUND,
     LEGACY_SIGNATURE,
     LEGACY_STATEMENT,
     SEEN_SIZE,
@@ -154,16 +156,19 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
         metrics_digest=metrics_digest(metrics),
     ).to_bytes()
     signature = key.sign(statement)
+    if keeper is not None and kind == "train":
+        keeper.remember(ctx.round, statement)
     seen = keeper.seen_size if keeper is not None else -1
+    pending = keeper.pending_round if keeper is not None else -1
     if legacy:
         rec = _metrics_record(reply, kind, legacy)
         rec[LEGACY_STATEMENT] = statement
         rec[LEGACY_SIGNATURE] = signature
         rec[LEGACY_SEEN_SIZE] = seen
+        rec[LEGACY_PENDING_ROUND] = pending
     else:
-        reply.content[SIG_RECORD] = ConfigRecord({STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen})
-    if keeper is not None and kind == "train":
-        keeper.remember(ctx.round, statement)
+        reply.content[SIG_RECORD] = ConfigRecord({STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen,
+                                                  PENDING_ROUND: pending})
     return reply
 
 

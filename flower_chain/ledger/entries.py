@@ -122,11 +122,6 @@ class UpdateEntry(_Entry):
     statement: bytes
     signature: bytes
 
-    @property
-    def error_free(self) -> bool:
-        """A train reply that arrived (signed or not): the node can be sent a receipt for it."""
-        return self.kind == "train" and self.reason != "client-error"
-
 
 @_register
 @dataclass(frozen=True)

@@ -142,13 +142,13 @@ def prove_consistency(ledger: Ledger, old_size: int) -> ConsistencyProof:
 
 
 def find_update(ledger: Ledger, server_round: int, key_id: str) -> int:
-    """Log index of the update entry of ``key_id`` in ``server_round`` (train blocks first)."""
+    """Log index of the train update of ``key_id`` in ``server_round``."""
     for block in ledger.blocks():
         h = block.header
         if h.round != server_round or h.height == 0:
             continue
         for i, data in enumerate(ledger.entries(h.first_index, h.log_size)):
             e = decode_entry(data)
-            if e.TYPE == "update" and e.key_id == key_id:
+            if e.TYPE == "update" and e.kind == "train" and e.key_id == key_id:
                 return h.first_index + i
     raise LedgerError(f"no update from client {key_id} in round {server_round}")

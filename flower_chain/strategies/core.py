@@ -20,7 +20,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.ledger import open_ledger
-from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.entries import (
     ACCEPTED,
@@ -37,13 +37,14 @@ from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_s
 from flower_chain.ledger.verify import verify
 from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
 from flower_chain.ledger import proofs
-from flower_chain.ledger.tlog_proof import prove_inclusion
+from flower_chain.ledger.tlog_proof import find_update, prove_inclusion
 from flower_chain.wire import (
     CTX_CHECKPOINT,
     CTX_CONSISTENCY,
     CTX_CONSISTENCY_FROM,
     CTX_RECEIPT,
     CTX_SERVER_KEY,
+    RECEIPT_SEPARATOR,
     LedgerContext,
 )
 
@@ -63,6 +64,7 @@ class Reply:
     metrics: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
     seen_size: int = -1  # log size of the last checkpoint the client verified
+    pending_round: int = -1  # round of the client's update it has no receipt for yet
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ class LedgerCore:
         self.revoked: set[str] = set()
         self._rounds: dict[tuple[str, int], _Round] = {}
         self.stats: dict[int, dict[str, Any]] = {}
-        self.node_updates: dict[str, int] = {}  # node id -> log index of its latest train update
+        self.update_index: dict[tuple[str, int], int] = {}  # (key id, round) -> log index of the train update
         self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
+        self.node_pending: dict[str, tuple[str, int]] = {}  # node id -> (key id, round) it wants a receipt for
         if self.ledger.block_count():
             report = verify(self.ledger, server_key=raw_public(self.server_key))
             self.writer = LedgerWriter(self.ledger, self.server_key)
@@ -164,6 +167,7 @@ class LedgerCore:
                 config_digest=config_digest(dict(strategy_config or {})), created_ms=int(time.time() * 1000)))
             self.last_round, self.model_digest = 0, b""
         self.keys = dict(self.writer.genesis.client_keys)
+        self.opened_at_round = self.last_round
 
     # -- context ---------------------------------------------------------------------------------
     @property
@@ -200,12 +204,20 @@ class LedgerCore:
                 out[CTX_CONSISTENCY_FROM] = seen
             except LedgerError:
                 pass  # not a checkpoint this ledger signed: the client will report it
-        index = self.node_updates.get(node)
-        if index is not None:
-            try:
-                out[CTX_RECEIPT] = prove_inclusion(self.ledger, index).to_text()
-            except LedgerError as e:  # never stop a round over a receipt: the client reports it missing
-                log.error("cannot build the receipt of node %s: %s", node, e)
+        pending = self.node_pending.get(node)
+        if pending is not None:
+            kid, first = pending
+            receipts = []
+            for rnd in range(first, self.last_round + 1):
+                index = self.update_index.get((kid, rnd))
+                if index is None and rnd <= self.opened_at_round:  # recorded before this process started
+                    try:
+                        index = find_update(self.ledger, rnd, kid)
+                    except LedgerError:
+                        index = None
+                if index is not None:
+                    receipts.append(prove_inclusion(self.ledger, index).to_text())
+            out[CTX_RECEIPT] = RECEIPT_SEPARATOR.join(receipts)  # one text: legacy configs hold no lists
         return out
 
     # -- judging -----------------------------------------------------------------------------------
@@ -220,8 +232,14 @@ class LedgerCore:
                 arrays_digest = b""
         reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, seen)
         accepted = reason == "ok"
-        if reply.seen_size >= 0 and reply.error is None:
-            self.node_seen[str(reply.node_id)] = int(reply.seen_size)
+        if reply.error is None and reply.statement:
+            node = str(reply.node_id)
+            if reply.seen_size >= 0:
+                self.node_seen[node] = int(reply.seen_size)
+            if reply.pending_round >= 0 and kid:
+                self.node_pending[node] = (kid, int(reply.pending_round))
+            else:
+                self.node_pending.pop(node, None)
         entry = UpdateEntry(
             kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=kid,
             verdict=ACCEPTED if accepted else REJECTED, reason=reason, detail=detail[:500],
@@ -304,8 +322,8 @@ class LedgerCore:
         block = self.writer.append(server_round, [j.entry for j in judgements], model_before=before,
                                    model_after=after)
         for i, j in enumerate(judgements):
-            if j.entry.error_free:
-                self.node_updates[j.entry.node_id] = block.header.first_index + i
+            if j.entry.kind == "train" and j.entry.key_id:
+                self.update_index.setdefault((j.entry.key_id, int(server_round)), block.header.first_index + i)
         self.model_digest, self.last_round = after, int(server_round)
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {
@@ -325,6 +343,18 @@ class LedgerCore:
         entries.append(EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
                                        metrics=_loggable(metrics)))
         self.writer.append(server_round, entries, model_before=self.model_digest, model_after=self.model_digest)
+
+    def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
+        """The global model after the last recorded round, from the blob store, its digest checked."""
+        if not self.model_digest:
+            raise LedgerError(f"{self.ledger.uri} records no global model to resume from")
+        try:
+            arrays = decode_arrays(self.ledger.get_blob(self.model_digest))
+        except LedgerError as e:
+            raise LedgerError(f"cannot resume: {e} (the run did not store global models)") from e
+        if array_digest(arrays) != self.model_digest:
+            raise LedgerError("cannot resume: the stored global model does not match the digest in the ledger")
+        return arrays
 
     def revoke(self, kid: str, reason: str) -> None:
         """Append a revocation: later updates signed by ``kid`` are rejected as ``revoked-key``."""

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -19,6 +20,7 @@ from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies.core import Judgement, LedgerCore, Reply
 from flower_chain.wire import (
     CTX_FEDERATION,
+    PENDING_ROUND,
     SEEN_SIZE,
     SIG_RECORD,
     SIGNATURE,
@@ -44,9 +46,11 @@ def reply_from_message(msg: Message, with_arrays: bool) -> Reply:
         records = list(content.array_records.values())
         arrays = arrays_of(records[0]) if len(records) == 1 else []
     seen = sig.get(SEEN_SIZE, -1) if sig is not None else -1
+    pending = sig.get(PENDING_ROUND, -1) if sig is not None else -1
     return Reply(
         node_id=node,
         seen_size=int(seen) if isinstance(seen, int) else -1,
+        pending_round=int(pending) if isinstance(pending, int) else -1,
         statement=bytes(sig[STATEMENT]) if sig is not None and STATEMENT in sig else None,
         signature=bytes(sig[SIGNATURE]) if sig is not None and SIGNATURE in sig else None,
         arrays=arrays,
@@ -87,12 +91,17 @@ class LedgerStrategy(Strategy):
         Keep every round's global model in the ledger's blob store (default True).
     store_client_updates : bool, optional
         Keep every accepted client update in the blob store too (default False).
+    resume : bool, optional
+        Continue the federation of a ledger that already records rounds, from
+        its last verified block (default False: such a ledger is refused).
     """
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, resume: bool = False) -> None:
         self.strategy = strategy
+        self.resume = resume
+        self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates)
@@ -146,6 +155,7 @@ class LedgerStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Add the ledger context to the train config, delegate, then add each node's receipt."""
+        server_round += self._offset
         config = self._with_context("train", server_round, arrays, config)
         return self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
 
@@ -153,19 +163,20 @@ class LedgerStrategy(Strategy):
                ) -> tuple[list[Message], list[Judgement], list]:
         """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them)."""
         seen: set[str] = set()
-        accepted, judgements, accepted_arrays = [], [], []
+        judgements, kept = [], []
         for msg in replies:
             reply = reply_from_message(msg, kind == "train")
             j = self.core.judge(kind, server_round, reply, seen)
             judgements.append(j)
             if j.accepted:
-                accepted.append(msg)
-                accepted_arrays.append(reply.arrays)
-        return accepted, judgements, accepted_arrays
+                kept.append((j.entry.key_id, msg, reply.arrays))
+        kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
+        return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
+        server_round += self._offset
         t0 = time.perf_counter()
         accepted, judgements, accepted_arrays = self._judge("train", server_round, replies)
         t_check = time.perf_counter() - t0
@@ -180,11 +191,13 @@ class LedgerStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Add the ledger context to the evaluate config, then delegate."""
+        server_round += self._offset
         config = self._with_context("evaluate", server_round, None, config)
         return self._personalize(self.strategy.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
+        server_round += self._offset
         replies = list(replies)
         accepted, judgements, _ = self._judge("evaluate", server_round, replies)
         metrics = self.strategy.aggregate_evaluate(server_round, accepted)
@@ -196,16 +209,35 @@ class LedgerStrategy(Strategy):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
-        """Run Flower's strategy loop; centralized evaluation results are recorded on the ledger too."""
+        """Run Flower's strategy loop; centralized evaluation results are recorded on the ledger too.
+
+        On a ledger that already records rounds, the run resumes: the global
+        model comes from the ledger's blob store (its digest checked against
+        the last block) and rounds continue from the last recorded one up to
+        ``num_rounds``. ``initial_arrays`` then only has to have the same shape.
+        """
+        self._offset = self.core.last_round if self.resume else 0
+        if self._offset:
+            initial_arrays = self.resume_arrays()
+            log(INFO, "[flower-chain] resuming federation %s after round %d", self.federation_id, self._offset)
+            if self._offset >= num_rounds:
+                return Result(arrays=initial_arrays)
         recording_fn = None
         if evaluate_fn is not None:
             def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                server_round += self._offset
                 res = evaluate_fn(server_round, arrays)
-                if res is not None:
+                resumed_initial = self._offset and server_round == self._offset  # recorded before the crash
+                if res is not None and not resumed_initial:
                     self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
                 return res
 
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, recording_fn)
+        return super().start(grid, initial_arrays, num_rounds - self._offset, timeout, train_config, evaluate_config,
+                             recording_fn)
+
+    def resume_arrays(self) -> ArrayRecord:
+        """The global model after the last recorded round, from the blob store, digest checked."""
+        return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in self.core.resume_arrays()})
 
     def close(self) -> None:
         self.core.close()

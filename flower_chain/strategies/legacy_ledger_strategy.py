@@ -28,7 +28,14 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies.core import Judgement, LedgerCore, Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
-from flower_chain.wire import LEGACY_SEEN_SIZE, LEGACY_SIGNATURE, LEGACY_STATEMENT, PREFIX, plain_metrics
+from flower_chain.wire import (
+    LEGACY_PENDING_ROUND,
+    LEGACY_SEEN_SIZE,
+    LEGACY_SIGNATURE,
+    LEGACY_STATEMENT,
+    PREFIX,
+    plain_metrics,
+)
 
 
 def _named(parameters: Parameters) -> list:
@@ -49,7 +56,9 @@ def _reply(proxy: ClientProxy, res: FitRes | EvaluateRes, arrays: bool) -> Reply
         except Exception:  # noqa: BLE001 - undecodable parameters are judged malformed/mismatched
             named = []
     seen = metrics.get(LEGACY_SEEN_SIZE, -1)
+    pending = metrics.get(LEGACY_PENDING_ROUND, -1)
     return Reply(node_id=int(proxy.node_id), seen_size=int(seen) if isinstance(seen, int) else -1,
+                 pending_round=int(pending) if isinstance(pending, int) else -1,
                  statement=bytes(st) if isinstance(st, bytes) else None,
                  signature=bytes(sig) if isinstance(sig, bytes) else None, arrays=named,
                  metrics=plain_metrics(_strip(metrics).items()), num_examples=int(res.num_examples))
@@ -109,17 +118,18 @@ class LegacyLedgerStrategy(Strategy):
 
     def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement], list]:
         seen: set[str] = set()
-        accepted, judgements, accepted_arrays = [], [], []
+        judgements, kept = [], []
         for proxy, res in results:
             reply = _reply(proxy, res, kind == "train")
             j = self.core.judge(kind, server_round, reply, seen)
             judgements.append(j)
             if j.accepted:
-                accepted.append((proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
-                accepted_arrays.append(reply.arrays)
+                kept.append((j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))),
+                             reply.arrays))
         for failure in failures:
             judgements.append(self.core.judge(kind, server_round, _failure_reply(failure), seen))
-        return accepted, judgements, accepted_arrays
+        kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
+        return [r for _, r, _ in kept], judgements, [a for _, _, a in kept]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException],
