@@ -55,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attackers", type=int, default=0, help="number of malicious clients (partitions 0..K-1)")
     p.add_argument("--resume", action="store_true",
                    help="continue the federation of --ledger from its last verified block (after a crash)")
+    p.add_argument("--anchor", default="", help="publish every block to an EVM chain: evm+http://HOST:PORT")
+    p.add_argument("--anchor-contract", default="", help="LedgerAnchor address (default: deploy one)")
+    p.add_argument("--anchor-key-file", default="", help="hex private key of the anchoring account "
+                   "(default: env FLOWER_CHAIN_EVM_KEY)")
+    p.add_argument("--anchor-chain-id", type=int, default=0, help="expected chain id")
+    p.add_argument("--anchor-confirmations", type=int, default=0)
+    p.add_argument("--anchor-poa", action="store_true", help="proof-of-authority chain (Clique/QBFT)")
+    p.add_argument("--anchor-fee", default="auto", help="auto | eip1559 | legacy | zero")
     p.add_argument("--scenario", default="", choices=["", "attacks"],
                    help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
     return p.parse_args(argv)
@@ -122,7 +130,25 @@ def validate(args: argparse.Namespace) -> dict:
         "attackers": args.attackers if args.attack else 0,
         "store-client-updates": bool(args.attack),  # lets the ledger attribute outlier updates to keys
         "resume": bool(args.resume),
+        "anchor": args.anchor,
+        "anchor-contract": args.anchor_contract,
+        "anchor-key-file": str(Path(args.anchor_key_file).resolve()) if args.anchor_key_file else "",
+        "anchor-chain-id": args.anchor_chain_id,
+        "anchor-confirmations": args.anchor_confirmations,
+        "anchor-poa": bool(args.anchor_poa),
+        "anchor-fee": args.anchor_fee,
     }
+    if args.anchor:
+        try:
+            from flower_chain.anchor.evm import AnchorError, read_private_key
+        except ImportError as e:
+            raise UsageError("--anchor needs web3: pip install 'flower-chain[evm]'") from e
+        if not args.anchor.startswith(("evm+http://", "evm+https://")):
+            raise UsageError(f"--anchor {args.anchor!r}: write evm+http://HOST:PORT")
+        try:
+            read_private_key(args.anchor_key_file or None)
+        except AnchorError as e:
+            raise UsageError(str(e)) from e
     if args.resume:
         if args.no_ledger or not args.ledger:
             raise UsageError("--resume needs --ledger URI of the federation to continue")

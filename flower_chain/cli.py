@@ -211,12 +211,23 @@ def ledger_verify(uri: str,
                                                            help="expected server public key (PEM or verifier key)"),
                   client_signatures: bool = typer.Option(True, "--client-signatures/--no-client-signatures",
                                                          help="re-check every accepted update's signature"),
+                  anchor_url: Optional[str] = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
+                  contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
+                  chain_id: Optional[int] = typer.Option(None, "--chain-id"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
     expected = _read_server_key(server_key) if server_key else None
     ledger = _open(uri)
+    anchors = None
     try:
         report = verify(ledger, server_key=expected, client_signatures=client_signatures)
+        if anchor_url:
+            from flower_chain.anchor.publish import verify_against_chain
+
+            if not contract:
+                fail("--anchor needs --contract ADDRESS to verify against")
+            anchors = verify_against_chain(ledger, _evm(ledger, anchor_url, contract, None, chain_id, False, "auto",
+                                                        need_key=False))
         if keys is not None:
             from flower_chain.ledger.writer import read_genesis
 
@@ -234,16 +245,58 @@ def ledger_verify(uri: str,
         err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     if as_json:
-        emit_json({"verified": True, "federation_id": report.federation_id, "blocks": report.blocks,
+        emit_json({"verified": True, "anchors": anchors, "federation_id": report.federation_id, "blocks": report.blocks,
                    "entries": report.entries, "accepted": report.accepted, "rejected": report.rejected,
                    "client_signatures_checked": report.client_signatures_checked,
                    "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
                    "server_key_id": report.server_key_id})
         return
+    if anchors is not None:
+        todo = anchors["not_anchored"]
+        out.print(f"anchors: {len(anchors['anchored'])} heights match contract {anchors['contract']} on chain "
+                  f"{anchors['chain_id']}" + (f"; not anchored yet: {todo}" if todo else ""), highlight=False)
     out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
               f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
               f"{report.client_signatures_checked} client signatures checked), server key {report.server_key_id}",
               highlight=False)
+
+
+def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Optional[Path], chain_id: Optional[int],
+         poa: bool, fee: str, need_key: bool):
+    from flower_chain.anchor.evm import AnchorError, EvmAnchor, read_private_key
+    from flower_chain.ledger.writer import read_genesis
+
+    try:
+        key = read_private_key(key_file) if (need_key or key_file) else None
+        return EvmAnchor(url, federation_id=read_genesis(uri_ledger).federation_id, private_key=key,
+                         contract=contract, chain_id=chain_id, poa=poa, fee_mode=fee)
+    except ImportError:
+        fail("anchoring needs web3: pip install 'flower-chain[evm]'")
+    except AnchorError as e:
+        fail(str(e))
+
+
+@ledger_app.command("anchor")
+def ledger_anchor(uri: str, url: str = typer.Option(..., "--anchor", help="evm+http://HOST:PORT"),
+                  contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
+                  key_file: Optional[Path] = typer.Option(None, "--key-file",
+                                                          help="hex private key (default: FLOWER_CHAIN_EVM_KEY)"),
+                  chain_id: Optional[int] = typer.Option(None, "--chain-id"),
+                  poa: bool = typer.Option(False, "--poa"), fee: str = typer.Option("auto", "--fee"),
+                  catch_up_: bool = typer.Option(True, "--catch-up/--no-catch-up",
+                                                 help="publish every block not anchored yet")) -> None:
+    """Publish the ledger's block checkpoints to the anchor contract (deploying it when no --contract)."""
+    from flower_chain.anchor.evm import AnchorError
+    from flower_chain.anchor.publish import catch_up
+
+    ledger = _open(uri)
+    anchor = _evm(ledger, url, contract, key_file, chain_id, poa, fee, need_key=True)
+    try:
+        res = catch_up(ledger, anchor) if catch_up_ else {"anchored": 0, "contract": anchor.address}
+    except AnchorError as e:
+        fail(str(e))
+    out.print(f"anchored {res['anchored']} blocks ({res.get('already_anchored', 0)} were already) in contract "
+              f"{res['contract']} on chain {anchor.chain_id}", highlight=False)
 
 
 @ledger_app.command("checkpoint")

@@ -33,6 +33,13 @@ DEFAULTS: dict[str, Any] = {
     "attackers": 0,
     "store-client-updates": False,
     "resume": False,
+    "anchor": "",
+    "anchor-contract": "",
+    "anchor-key-file": "",
+    "anchor-chain-id": 0,
+    "anchor-confirmations": 0,
+    "anchor-poa": False,
+    "anchor-fee": "auto",
 }
 
 

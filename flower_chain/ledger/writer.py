@@ -60,6 +60,7 @@ class LedgerWriter:
         self.genesis: GenesisEntry | None = None
         self._range = merkle.CompactRange()
         self._head: StoredBlock | None = None
+        self.listeners: list = []  # called with each block once it is durable (e.g. an anchor publisher)
         if ledger.block_count():
             self._load()
 
@@ -153,6 +154,8 @@ class LedgerWriter:
         block = StoredBlock(hb, self.server_key.sign(hb), cp)
         self.ledger.append(block, data, nodes)
         self._range, self._head = log_range, block
+        for listener in self.listeners:
+            listener(block)
         return block
 
     def checkpoint(self) -> str:

@@ -124,12 +124,14 @@ class LedgerCore:
         Keep the global model of every round in the blob store (default True).
     store_client_updates : bool
         Also keep every accepted client update in the blob store.
+    anchor : AnchorPublisher or callable, optional
+        Publishes every appended block (``flower_chain.anchor``); a callable gets the federation id.
     """
 
     def __init__(self, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
                  strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
-                 store_models: bool = True, store_client_updates: bool = False) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, anchor=None) -> None:
         self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
         self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
         if isinstance(keyring, (str, Path)):
@@ -161,6 +163,7 @@ class LedgerCore:
                 raise LedgerError("the keyring is empty: no client could ever be accepted")
             self.writer = LedgerWriter(self.ledger, self.server_key)
             fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
+            self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
             self.writer.init(GenesisEntry(
                 federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key),
                 client_keys=keys, strategy=strategy_name,
@@ -168,6 +171,13 @@ class LedgerCore:
             self.last_round, self.model_digest = 0, b""
         self.keys = dict(self.writer.genesis.client_keys)
         self.opened_at_round = self.last_round
+        if not hasattr(self, "anchor"):
+            self._attach_anchor(anchor, self.federation_id)
+
+    def _attach_anchor(self, anchor, federation_id: str) -> None:
+        self.anchor = anchor(federation_id) if callable(anchor) else anchor
+        if self.anchor is not None:
+            self.writer.listeners.append(self.anchor.submit)
 
     # -- context ---------------------------------------------------------------------------------
     @property
@@ -366,6 +376,8 @@ class LedgerCore:
         self.revoked.add(kid)
 
     def close(self) -> None:
+        if self.anchor is not None:
+            self.anchor.close()
         self.ledger.close()
 
 

@@ -94,17 +94,22 @@ class LedgerStrategy(Strategy):
     resume : bool, optional
         Continue the federation of a ledger that already records rounds, from
         its last verified block (default False: such a ledger is refused).
+    anchor : AnchorPublisher or callable, optional
+        Publishes each appended block to a chain off the round's critical path
+        (``flower_chain.anchor``; a callable receives the federation id).
     """
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, resume: bool = False) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, resume: bool = False,
+                 anchor=None) -> None:
         self.strategy = strategy
         self.resume = resume
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
-                               store_models=store_models, store_client_updates=store_client_updates)
+                               store_models=store_models, store_client_updates=store_client_updates,
+                               anchor=anchor)
 
     def __getattr__(self, name: str) -> Any:
         # Read-only access to the wrapped strategy's settings (fraction_train, weighted_by_key, ...).

@@ -83,12 +83,13 @@ class LegacyLedgerStrategy(Strategy):
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, anchor=None) -> None:
         super().__init__()
         self.strategy = strategy
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
-                               store_models=store_models, store_client_updates=store_client_updates)
+                               store_models=store_models, store_client_updates=store_client_updates,
+                               anchor=anchor)
 
     def __repr__(self) -> str:
         return f"LegacyLedgerStrategy({self.strategy!r}, federation={self.core.federation_id!r})"

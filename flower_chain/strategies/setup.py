@@ -54,5 +54,33 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
     strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "clients",
                               server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
                               store_client_updates=bool(cfg.get("store-client-updates")),
-                              resume=bool(cfg.get("resume")))
+                              resume=bool(cfg.get("resume")), anchor=anchor_from_config(cfg, uri))
     return strategy, {"ledger": uri, "federation_id": strategy.federation_id}
+
+
+def anchor_from_config(cfg: Mapping[str, Any], ledger_uri: str):
+    """A factory (federation id -> AnchorPublisher) for ``anchor`` = ``evm+http://HOST:PORT``, else ``None``."""
+    url = str(cfg.get("anchor") or "")
+    if not url:
+        return None
+    from flower_chain.anchor.evm import EvmAnchor, read_private_key
+    from flower_chain.anchor.publish import AnchorPublisher
+
+    key = read_private_key(cfg.get("anchor-key-file") or None)  # fail at start, not in the worker
+    status = Path(ledger_uri.split(":///", 1)[1] + ".anchors.jsonl") if ":///" in ledger_uri else None
+
+    def factory(federation_id: str) -> AnchorPublisher:
+        deployed: dict[str, str] = {}
+
+        def connect() -> EvmAnchor:
+            a = EvmAnchor(url, federation_id=federation_id, private_key=key,
+                          contract=str(cfg.get("anchor-contract") or "") or deployed.get("address"),
+                          chain_id=int(cfg["anchor-chain-id"]) if cfg.get("anchor-chain-id") else None,
+                          confirmations=int(cfg.get("anchor-confirmations") or 0), poa=bool(cfg.get("anchor-poa")),
+                          fee_mode=str(cfg.get("anchor-fee") or "auto"))
+            deployed["address"] = a.address  # deploy once, reuse after a reconnect
+            return a
+
+        return AnchorPublisher(connect, status)
+
+    return factory

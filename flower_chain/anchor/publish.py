@@ -1,0 +1,127 @@
+"""Publishing block checkpoints to an anchor off the round's critical path; catch-up; verification.
+
+:class:`AnchorPublisher` takes each appended block from the ledger writer, anchors it from a
+background thread with retries, and appends the outcome (transaction or error) to a status file
+beside the ledger (``<ledger>.anchors.jsonl``). A failure never stops the federation; ``flower-chain
+ledger anchor URI --catch-up`` publishes the backlog later, and ``flower-chain ledger verify URI
+--anchor ...`` compares every anchored height with the local ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+
+def status_path(ledger: Ledger) -> Path | None:
+    if ledger.uri.startswith(("sqlite:///", "jsonl:///")):
+        p = Path(ledger.uri.split(":///", 1)[1])
+        return p.with_name(p.name + ".anchors.jsonl")
+    return None
+
+
+class AnchorPublisher:
+    """Anchors blocks from a background thread: ``submit`` returns at once.
+
+    Parameters
+    ----------
+    connect : callable
+        Returns an :class:`~flower_chain.anchor.evm.EvmAnchor` (called in the worker, so a slow or
+        unreachable node never blocks a round).
+    status : Path, optional
+        Status file (JSON lines) of every anchoring attempt.
+    retries, backoff : int, float
+        Attempts per block and the first delay between them (doubling).
+    """
+
+    def __init__(self, connect: Callable, status: Path | None = None, retries: int = 3, backoff: float = 0.5) -> None:
+        self.connect, self.status, self.retries, self.backoff = connect, status, retries, backoff
+        self._anchor = None
+        self._queue: queue.Queue = queue.Queue()
+        self.results: list[dict] = []
+        self._thread = threading.Thread(target=self._run, name="flower-chain-anchor", daemon=True)
+        self._thread.start()
+
+    def submit(self, block: StoredBlock) -> None:
+        self._queue.put(block)
+
+    def _record(self, row: dict) -> None:
+        self.results.append(row)
+        if self.status is not None:
+            with open(self.status, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _run(self) -> None:
+        while True:
+            block = self._queue.get()
+            if block is None:
+                return
+            h = block.header
+            row = {"height": h.height, "log_size": h.log_size, "time": time.time()}
+            delay, error = self.backoff, None
+            for _ in range(self.retries):
+                t0 = time.perf_counter()
+                try:
+                    if self._anchor is None:
+                        self._anchor = self.connect()
+                    row.update(self._anchor.anchor(h.height, h.log_size, h.log_root, block.hash),
+                               ok=True, latency_s=time.perf_counter() - t0, contract=self._anchor.address)
+                    error = None
+                    break
+                except Exception as e:  # noqa: BLE001 - record any failure; the ledger keeps going
+                    error = f"{type(e).__name__}: {e}"
+                    self._anchor = None if "reach" in error or "Connection" in error else self._anchor
+                    time.sleep(delay)
+                    delay *= 2
+            if error is not None:
+                row.update(ok=False, error=error)
+                log.error("anchoring block %d failed (%s); run `flower-chain ledger anchor --catch-up` later",
+                          h.height, error)
+            self._record(row)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait for the queued blocks (at most ``timeout`` s), then stop the worker."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+def catch_up(ledger: Ledger, anchor) -> dict:
+    """Anchor every block the chain does not have yet; returns counts."""
+    done, already = 0, 0
+    for block in ledger.blocks():
+        h = block.header
+        if anchor.get(h.height) is not None:
+            already += 1
+            continue
+        anchor.anchor(h.height, h.log_size, h.log_root, block.hash)
+        done += 1
+    return {"anchored": done, "already_anchored": already, "contract": anchor.address}
+
+
+def verify_against_chain(ledger: Ledger, anchor) -> dict:
+    """Compare every anchored height with the local ledger; raise :class:`VerificationError` at the first
+    height that differs. Returns the anchored and not-yet-anchored heights."""
+    anchored, missing = [], []
+    for block in ledger.blocks():
+        h = block.header
+        on_chain = anchor.get(h.height)
+        if on_chain is None:
+            missing.append(h.height)
+            continue
+        if (on_chain.log_size, on_chain.log_root, on_chain.block_hash) != (h.log_size, h.log_root, block.hash):
+            raise VerificationError(f"the local block differs from the anchor on chain {anchor.chain_id} "
+                                    f"(contract {anchor.address}): the ledger was rewritten after anchoring",
+                                    height=h.height)
+        anchored.append(h.height)
+    return {"anchored": anchored, "not_anchored": missing, "contract": anchor.address, "chain_id": anchor.chain_id}
