@@ -23,6 +23,16 @@ def _isolated_homes(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", str(home / "mpl"))
 
 
+@pytest.fixture
+def task_identity(monkeypatch):
+    """What a running Flower app sets: lets strategies build Messages outside a run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
 class Federation:
     """A server key, client keys and a writer on a ledger URI."""
 

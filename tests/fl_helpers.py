@@ -65,3 +65,10 @@ def with_content(msg: Message, content: RecordDict) -> Message:
                     dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id, group_id=md.group_id,
                     created_at=md.created_at, ttl=md.ttl, message_type=md.message_type)
     return Message(content=content, metadata=meta)
+
+
+def fedavg(**kw):
+    """Flower's FedAvg sampling any one available node, without federated evaluation."""
+    from flwr.serverapp.strategy import FedAvg
+
+    return FedAvg(**{"min_available_nodes": 1, "min_train_nodes": 1, "fraction_evaluate": 0.0, **kw})

@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord
 from flwr.serverapp import strategy as flwr_strategies
-from flwr.supercore.task_identity import TaskIdentity
 
 from flower_chain.clients.receipts import METRIC_ERRORS, METRIC_RECEIPTS
 from flower_chain.clients.signing import make_signing_mod
@@ -17,20 +16,12 @@ from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.tlog_proof import InclusionProof
 from flower_chain.strategies import LedgerStrategy
-from tests.fl_helpers import Clients, FakeGrid, arrays, context, train_reply
+from tests.fl_helpers import Clients, FakeGrid, arrays, context, fedavg, train_reply
 
 NODES = [101, 102, 103]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-
-
-def fedavg():
-    return flwr_strategies.FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class World:

@@ -8,27 +8,27 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategies
-from flwr.supercore.task_identity import TaskIdentity
 
 from flower_chain.ledger import UpdateEntry, decode_entry, open_ledger, verify
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import key_id
 from flower_chain.strategies import LedgerStrategy
 from flower_chain.wire import CTX_FEDERATION, CTX_PARENT, SIG_RECORD, SIGNATURE
-from tests.fl_helpers import Clients, FakeGrid, arrays, copy_config, signed_train_reply, train_reply, with_content
+from tests.fl_helpers import (
+    Clients,
+    FakeGrid,
+    arrays,
+    copy_config,
+    fedavg,
+    signed_train_reply,
+    train_reply,
+    with_content,
+)
 
 NODES = [101, 102, 103, 104]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-
-
-def fedavg():
-    return flwr_strategies.FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class Setup:
