@@ -50,7 +50,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence |
         seed = int(cfg["seed"]) * 1_000_003 + pid * 1009 + server_round
         model_mod.seed_everything(seed)
         labels = part.y_train
-        if any(rec.get(LABEL_FLIP) for rec in msg.content.config_records.values()):
+        if any(rec.get(LABEL_FLIP, False) for rec in msg.content.config_records.values()):
             labels = 9 - labels  # the label-flip attack (all three datasets have 10 classes)
         loss = model_mod.train(net, part.x_train, labels, epochs=int(cfg["local-epochs"]),
                                batch_size=int(cfg["batch-size"]), lr=float(cfg["learning-rate"]), seed=seed)

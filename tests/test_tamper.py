@@ -195,7 +195,7 @@ def test_tail_replaced_by_a_resigned_fork_under_another_key(pristine, tmp_path):
     ledger._db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", nodes)
     forger = Ed25519PrivateKey.generate()
     w = LedgerWriter.__new__(LedgerWriter)  # a writer that skips the server-key check: the forger's tool
-    w.ledger, w.server_key, w.clock = ledger, forger, __import__("time").time
+    w.ledger, w.server_key, w.clock, w.listeners = ledger, forger, __import__("time").time, []
     w.genesis = decode_entry(entries[0])
     w._head, w._range = ledger.head(), cr
     w.append(3, [fed.update(3, 0)], model_before=ledger.head().header.model_after, model_after=b"\x09" * 32)

@@ -31,6 +31,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.clients.signing import _incoming, key_path_for, sign_reply, signing_mod
 from flower_chain.ledger.keys import load_private
 from flower_chain.wire import CTX_FEDERATION, arrays_of
@@ -79,35 +80,49 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
         if not attack or pid >= attackers or pid < 0 or kind != "train":
             return signing_mod(msg, context, call_next)
         ctx, config, received, _legacy = _incoming(msg)
-        if attack == "unsigned" or ctx is None:
+        # Against a plain Flower server (no ledger context) nothing is signed, but every attack that
+        # changes what is sent still happens: that is the comparison run.
+        sign = signing_mod if ctx is not None else (lambda m, c, nxt: nxt(m, c))
+        if received is None and msg.content.array_records:
+            received = next(iter(msg.content.array_records.values()))
+        server_round = ctx.round if ctx is not None else int(
+            next((r.get("server-round", 0) for r in msg.content.config_records.values()), 0))
+        if attack == "unsigned" or (ctx is None and attack in ("forged", "cross-run", "duplicate")):
             return call_next(msg, context)
+        def keeper() -> ReceiptKeeper:
+            # attackers that sign themselves keep receipts too, so their metrics have the honest keys
+            keepers = state.setdefault("keepers", {})
+            if pid not in keepers:
+                keepers[pid] = ReceiptKeeper(key_path_for(context).parent / "receipts" / f"attacker-{pid}")
+            return keepers[pid]
+
         if attack == "forged":
             state["forged"] = state["forged"] or Ed25519PrivateKey.generate()
-            return sign_reply(msg, call_next(msg, context), state["forged"])
+            return sign_reply(msg, call_next(msg, context), state["forged"], keeper())
         if attack == "cross-run":
             forged_cfg = ConfigRecord({**dict(config.items()), CTX_FEDERATION: "another-federation"})
             content = RecordDict({n: (forged_cfg if r is config else r) for n, r in msg.content.items()})
             stolen = Message(content=content, metadata=msg.metadata)
-            return sign_reply(stolen, call_next(msg, context), _own_key(context))
+            return sign_reply(stolen, call_next(msg, context), _own_key(context), keeper())
         if attack == "duplicate":
             shared = load_private(key_path_for(context).with_name("client-0.key"))
-            return sign_reply(msg, call_next(msg, context), shared)
+            return sign_reply(msg, call_next(msg, context), shared, keeper())
         if attack == "stale":
-            if ctx.round == 1 or pid not in state["stale"]:
+            if server_round <= 1 or pid not in state["stale"]:
                 state["stale"][pid] = received
-                return signing_mod(msg, context, call_next)
-            return signing_mod(_with_arrays(msg, state["stale"][pid]), context, call_next)
+                return sign(msg, context, call_next)
+            return sign(_with_arrays(msg, state["stale"][pid]), context, call_next)
         if attack == "replay":
             if pid in state["replay"]:
                 return Message(state["replay"][pid], reply_to=msg)
-            reply = signing_mod(msg, context, call_next)
+            reply = sign(msg, context, call_next)
             state["replay"][pid] = reply.content
             return reply
         if attack == "label-flip":
             for rec in msg.content.config_records.values():
-                if CTX_FEDERATION in rec:
-                    rec[LABEL_FLIP] = True
-            return signing_mod(msg, context, call_next)
+                rec[LABEL_FLIP] = True
+                break
+            return sign(msg, context, call_next)
         if attack in ("scale", "sign-flip", "malformed"):
             def poisoned(m: Message, c: Context) -> Message:
                 reply = call_next(m, c)
@@ -128,8 +143,8 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
                 reply.content[name] = _record(out)
                 return reply
 
-            return signing_mod(msg, context, poisoned)
-        reply = signing_mod(msg, context, call_next)
+            return sign(msg, context, poisoned)
+        reply = sign(msg, context, call_next)
         if attack == "tamper":
             name = _reply_arrays_name(reply)
             reply.content[name] = _record((n, np.asarray(a) + 0.01) for n, a in arrays_of(reply.content[name]))
