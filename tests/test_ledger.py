@@ -122,6 +122,10 @@ def test_checkpoint_signed_note_roundtrip_and_failures():
         verify_checkpoint(note, key.public_key(), origin="flower-chain/other")
     with pytest.raises(CheckpointError):
         verify_checkpoint("not a note", key.public_key())
+    # found by the tamper suite: a non-ASCII character where base64 is expected is an error, not a crash
+    sig_line = note.rstrip("\n").split("\n")[-1]
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(note.replace(sig_line, sig_line[:-3] + "\ufffd=="), key.public_key())
 
 
 # --- writer, backends, verify -----------------------------------------------------------------------

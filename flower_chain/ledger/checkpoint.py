@@ -52,7 +52,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint size {size_s!r} is not a decimal number")
         try:
             root = base64.b64decode(root_b64, validate=True)
-        except binascii.Error as e:
+        except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
             raise CheckpointError("checkpoint root is not base64") from e
         if len(root) != 32:
             raise CheckpointError("checkpoint root is not a 32-byte hash")
@@ -115,7 +115,7 @@ def open_note(note: str, name: str, public: Ed25519PublicKey | bytes) -> str:
             raise CheckpointError(f"malformed signature line {line!r}")
         try:
             blob = base64.b64decode(parts[2], validate=True)
-        except binascii.Error as e:
+        except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
             raise CheckpointError("signature is not base64") from e
         seen_names.append(parts[1])
         if parts[1] == name and blob[:4] == want:

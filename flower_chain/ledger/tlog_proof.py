@@ -64,7 +64,7 @@ class InclusionProof:
                 raise ProofError("tlog-proof has no 'index N' line")
             index = int(rest.pop(0)[6:])
             hashes = tuple(base64.b64decode(h, validate=True) for h in rest)
-        except binascii.Error as e:
+        except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
             raise ProofError("tlog-proof has a line that is not base64") from e
         if not entry:
             raise ProofError("tlog-proof carries no entry (extra line)")

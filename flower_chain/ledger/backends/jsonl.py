@@ -42,7 +42,7 @@ def _unb64(s: object, where: str) -> bytes:
         raise LedgerCorruptError(f"{where}: expected base64 text")
     try:
         return base64.b64decode(s, validate=True)
-    except binascii.Error as e:
+    except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
         raise LedgerCorruptError(f"{where}: not valid base64") from e
 
 
