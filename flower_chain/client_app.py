@@ -54,7 +54,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence |
             labels = 9 - labels  # the label-flip attack (all three datasets have 10 classes)
         loss = model_mod.train(net, part.x_train, labels, epochs=int(cfg["local-epochs"]),
                                batch_size=int(cfg["batch-size"]), lr=float(cfg["learning-rate"]), seed=seed)
-        metrics = MetricRecord({"train_loss": float(loss), "num-examples": len(part.x_train)})
+        metrics = MetricRecord({"train_loss": float(loss), "num-examples": len(part.x_train), "partition-id": pid})
         return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()

@@ -29,6 +29,27 @@ from flower_chain.config import resolve
 STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum")
 
 
+def _partition_of(msg) -> tuple[int, int]:
+    if msg.has_error():
+        return (1, 0)
+    for rec in msg.content.metric_records.values():
+        if "partition-id" in rec:
+            return (0, int(rec["partition-id"]))
+    return (1, 0)
+
+
+class OrderedFedAvg(FedAvg):
+    """FedAvg over the replies in partition order (the bundled clients report their partition).
+
+    Floating-point sums depend on their order; aggregating in a fixed order makes the result of a
+    run independent of reply arrival order: the same final model with and without the ledger, and
+    after a resume.
+    """
+
+    def aggregate_train(self, server_round, replies):
+        return super().aggregate_train(server_round, sorted(replies, key=_partition_of))
+
+
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
     """The inner strategy (``strategy`` in the config), waiting for ``min-nodes`` nodes before each round."""
     min_nodes = max(1, int(cfg["min-nodes"]))
@@ -38,7 +59,7 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
                   min_available_nodes=min_nodes)
     name = str(cfg.get("strategy", "fedavg")).lower()
     if name == "fedavg":
-        return FedAvg(**common)
+        return OrderedFedAvg(**common)
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=0.3, **common)
     if name == "fedmedian":

@@ -29,9 +29,25 @@ def _ledger_uri(out: Path) -> str:
     return doc["summary"]["ledger"]
 
 
-def test_simulation_two_clients_one_round(tmp_path):
+@pytest.fixture(scope="module")
+def ledger_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    r = run_py("--num-clients", "2", "--rounds", "1", "--out", str(d / "out"), "--data-dir", str(d / "data"))
+    return d, r
+
+
+def _model_digest(path: Path) -> str:
+    import hashlib
+
+    import numpy as np
+
+    with np.load(path) as z:
+        return hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
+
+
+def test_simulation_two_clients_one_round(ledger_run):
+    tmp_path, r = ledger_run
     out = tmp_path / "out"
-    r = run_py("--num-clients", "2", "--rounds", "1", "--out", str(out), "--data-dir", str(tmp_path / "data"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "final accuracy" in r.stdout and "flower-chain ledger verify" in r.stdout
     doc = json.loads((out / "metrics.json").read_text())
@@ -43,7 +59,7 @@ def test_simulation_two_clients_one_round(tmp_path):
     assert rep.accepted == 2
 
 
-def test_simulation_without_ledger(tmp_path):
+def test_simulation_without_ledger_gives_the_same_model(tmp_path, ledger_run):
     out = tmp_path / "out"
     r = run_py("--num-clients", "2", "--rounds", "1", "--out", str(out), "--no-ledger",
                "--data-dir", str(tmp_path / "data"))
@@ -51,6 +67,8 @@ def test_simulation_without_ledger(tmp_path):
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["summary"]["ledger"] is None and "accepted" not in doc["rounds"][1]
     assert not list(out.glob("ledger*"))
+    # honest clients: the ledger changes nothing about the model (aggregation in partition order)
+    assert _model_digest(out / "model.npz") == _model_digest(ledger_run[0] / "out" / "model.npz")
 
 
 def _alive(pid: int) -> bool:
