@@ -345,7 +345,10 @@ def print_summary(overrides: dict) -> int:
         counts = f"  accepted {row['accepted']}  rejected {row['rejected']}" if "accepted" in row else ""
         print(f"round {row['round']:>3}     accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
               f"time {row['round_time_s']:.1f}s{counts}")
-    print(f"final accuracy {summary['final_accuracy']:.4f} in {summary['total_time_s']:.1f}s")
+    if summary.get("final_accuracy") is None:
+        print(f"no round left to run: the federation already reached round {overrides['num-server-rounds']}")
+    else:
+        print(f"final accuracy {summary['final_accuracy']:.4f} in {summary['total_time_s']:.1f}s")
     print(f"metrics       {metrics}")
     print(f"model         {Path(overrides['out-dir']) / 'model.npz'}")
     if summary.get("ledger"):
