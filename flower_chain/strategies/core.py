@@ -145,7 +145,9 @@ class LedgerCore:
         self.update_index: dict[tuple[str, int], int] = {}  # (key id, round) -> log index of the train update
         self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
         self.node_pending: dict[str, tuple[str, int]] = {}  # node id -> (key id, round) it wants a receipt for
-        if self.ledger.block_count():
+        self.anchor = None
+        existed = self.ledger.block_count() > 0
+        if existed:
             report = verify(self.ledger, server_key=raw_public(self.server_key))
             self.writer = LedgerWriter(self.ledger, self.server_key)
             genesis = self.writer.genesis
@@ -171,7 +173,7 @@ class LedgerCore:
             self.last_round, self.model_digest = 0, b""
         self.keys = dict(self.writer.genesis.client_keys)
         self.opened_at_round = self.last_round
-        if not hasattr(self, "anchor"):
+        if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
             self._attach_anchor(anchor, self.federation_id)
 
     def _attach_anchor(self, anchor, federation_id: str) -> None:
