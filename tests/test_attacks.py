@@ -22,21 +22,26 @@ N, K = 5, 2
 NODES = list(range(201, 201 + N))
 
 
-def run_rounds(tmp_path, attack, rounds=2, strategy=None):
+def run_rounds(tmp_path, attack, rounds=2, strategy=None, fresh_mods=False):
     clients_dir = prepare_keys(tmp_path / "keys", N)
     keyring = Keyring.from_path(clients_dir)
     s = LedgerStrategy(strategy or fedavg(), ledger="memory:", keyring=keyring,
                        server_key=tmp_path / "keys" / "server" / "server.key", store_client_updates=True)
     mod = make_client_mod(attack, K)
+    if fresh_mods:  # a new copy of the mod for every message, as a simulation's worker processes may have
+        def mod(msg, ctx, nxt):
+            return make_client_mod(attack, K)(msg, ctx, nxt)
     glob = arrays(0)
     rng = np.random.default_rng(1)
+    contexts = [Context(run_id=1, node_id=NODES[pid], state=RecordDict(), run_config={},  # one per node, kept
+                        node_config={"partition-id": pid, "num-partitions": N, "signing-key": str(clients_dir)})
+                for pid in range(N)]
     for rnd in range(1, rounds + 1):
         msgs = sorted(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)),
                       key=lambda m: m.metadata.dst_node_id)
         replies = []
         for pid, m in enumerate(msgs):
-            ctx = Context(run_id=1, node_id=NODES[pid], state=RecordDict(), run_config={},
-                          node_config={"partition-id": pid, "num-partitions": N, "signing-key": str(clients_dir)})
+            ctx = contexts[pid]
 
             def train(msg, c, pid=pid):  # an honest small step away from the global model
                 step = {k: v.numpy() + 0.01 * rng.standard_normal(v.numpy().shape).astype(np.float32)
@@ -80,3 +85,11 @@ def test_signed_poisoning_is_accepted_and_attributed(tmp_path, attack):
     assert all(e.verdict == "accepted" for e in entries_of_round(s, 3))
     suspects = {row["key_id"] for row in attribute_outliers(s.ledger, K)}
     assert suspects == attacker_keys
+
+
+@pytest.mark.parametrize("attack", ["replay", "stale"])
+def test_stateful_attacks_survive_a_fresh_mod_instance(tmp_path, attack):
+    """In a simulation another worker process (another copy of the mod) may serve the node's next
+    message: the attack state must live in the node's context, not in the mod."""
+    s, _ = run_rounds(tmp_path, attack, fresh_mods=True)
+    assert [e.reason for e in entries_of_round(s, 2) if e.verdict == "rejected"] == [EXPECTED_REASON[attack]] * K

@@ -44,6 +44,8 @@ EXPECTED_REASON = {"unsigned": "unsigned", "forged": "unknown-key", "tamper": "d
                    "replay": "wrong-round", "cross-run": "wrong-federation", "stale": "wrong-base-model",
                    "duplicate": "duplicate", "malformed": "malformed", "num-examples-lie": "num-examples-mismatch"}
 LABEL_FLIP = "flower-chain.attack.label-flip"
+STALE_KEY = "flower-chain.attack.stale"
+REPLAY_PREFIX = "flower-chain.attack.replay."
 
 
 def _with_arrays(msg: Message, record: ArrayRecord) -> Message:
@@ -69,7 +71,7 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
     """
     if attack and attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
-    state: dict = {"forged": None, "replay": {}, "stale": {}}  # keys made lazily: the app must stay picklable
+    state: dict = {"forged": None}  # made lazily: the app must stay picklable
     fixed = (attack, attackers)
 
     def mod(msg: Message, context: Context, call_next) -> Message:
@@ -107,16 +109,20 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
         if attack == "duplicate":
             shared = load_private(key_path_for(context).with_name("client-0.key"))
             return sign_reply(msg, call_next(msg, context), shared, keeper())
+        # State that must outlive one message lives in the node's context.state (Flower keeps it per node;
+        # in a simulation any worker process may handle the node's next message).
         if attack == "stale":
-            if server_round <= 1 or pid not in state["stale"]:
-                state["stale"][pid] = received
+            if server_round <= 1 or STALE_KEY not in context.state:
+                context.state[STALE_KEY] = received
                 return sign(msg, context, call_next)
-            return sign(_with_arrays(msg, state["stale"][pid]), context, call_next)
+            return sign(_with_arrays(msg, context.state[STALE_KEY]), context, call_next)
         if attack == "replay":
-            if pid in state["replay"]:
-                return Message(state["replay"][pid], reply_to=msg)
+            saved = {n[len(REPLAY_PREFIX):]: r for n, r in context.state.items() if n.startswith(REPLAY_PREFIX)}
+            if saved:
+                return Message(RecordDict(saved), reply_to=msg)
             reply = sign(msg, context, call_next)
-            state["replay"][pid] = reply.content
+            for n, r in reply.content.items():
+                context.state[REPLAY_PREFIX + n] = r
             return reply
         if attack == "label-flip":
             for rec in msg.content.config_records.values():
