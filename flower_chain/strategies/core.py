@@ -7,6 +7,7 @@ neither torch nor flwr.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -197,8 +198,8 @@ class LedgerCore:
         digest = array_digest(arrays) if arrays is not None else b""
         ctx = LedgerContext(self.federation_id, int(server_round), self.writer.head_hash, digest)
         self._rounds[(kind, int(server_round))] = _Round(ctx, template)
-        if kind == "train" and arrays is not None and self.store_models:
-            self.ledger.put_blob(encode_arrays(arrays), digest)
+        if kind == "train" and arrays is not None and self.store_models and not self.ledger.has_blob(digest):
+            self.ledger.put_blob(encode_arrays(arrays), digest)  # usually stored already, as last round's result
         return ctx
 
     def receipt_config(self, node_id: int | str) -> dict[str, Any]:
@@ -326,11 +327,12 @@ class LedgerCore:
         after = before
         if aggregated is not None:
             after = array_digest(aggregated)
-            if self.store_models:
+            if self.store_models and not self.ledger.has_blob(after):
                 self.ledger.put_blob(encode_arrays(aggregated), after)
         if self.store_client_updates:
             for arrays in accepted_arrays:
-                self.ledger.put_blob(encode_arrays(arrays), array_digest(arrays))
+                blob = encode_arrays(arrays)  # a blob's address is its array digest (SHA-256 of the stream)
+                self.ledger.put_blob(blob, hashlib.sha256(blob).digest())
         block = self.writer.append(server_round, [j.entry for j in judgements], model_before=before,
                                    model_after=after)
         for i, j in enumerate(judgements):
