@@ -12,6 +12,7 @@ ledger into ``--out``. Bad input ends with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -269,7 +270,7 @@ def _toml_value(v) -> str:
 
 def run_deployment(overrides: dict, num_clients: int) -> int:
     """A SuperLink and ``num_clients`` SuperNodes on 127.0.0.1, then ``flwr run`` against them."""
-    import psutil  # noqa: F401 - needed to stop what we start: fail before starting anything
+    importlib.import_module("psutil")  # needed to stop what we start: fail before starting anything
     out = Path(overrides["out-dir"])
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=out))
     env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",

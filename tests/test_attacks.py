@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context, ConfigRecord, RecordDict
 
 from flower_chain.clients.attacks import CRYPTO_ATTACKS, EXPECTED_REASON, make_client_mod
@@ -27,10 +26,11 @@ def run_rounds(tmp_path, attack, rounds=2, strategy=None, fresh_mods=False):
     keyring = Keyring.from_path(clients_dir)
     s = LedgerStrategy(strategy or fedavg(), ledger="memory:", keyring=keyring,
                        server_key=tmp_path / "keys" / "server" / "server.key", store_client_updates=True)
-    mod = make_client_mod(attack, K)
     if fresh_mods:  # a new copy of the mod for every message, as a simulation's worker processes may have
         def mod(msg, ctx, nxt):
             return make_client_mod(attack, K)(msg, ctx, nxt)
+    else:
+        mod = make_client_mod(attack, K)
     glob = arrays(0)
     rng = np.random.default_rng(1)
     contexts = [Context(run_id=1, node_id=NODES[pid], state=RecordDict(), run_config={},  # one per node, kept

@@ -8,7 +8,6 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord
-from flwr.serverapp import strategy as flwr_strategies
 
 from flower_chain.clients.receipts import METRIC_ERRORS, METRIC_RECEIPTS
 from flower_chain.clients.signing import make_signing_mod

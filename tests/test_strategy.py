@@ -21,7 +21,6 @@ from tests.fl_helpers import (
     copy_config,
     fedavg,
     signed_train_reply,
-    train_reply,
     with_content,
 )
 

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flower_chain.ledger import LedgerError, LedgerWriter, VerificationError, open_ledger, verify
-from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.entries import decode_entry
 from tests.conftest import Federation
 

@@ -227,18 +227,16 @@ class LedgerStrategy(Strategy):
             log(INFO, "[flower-chain] resuming federation %s after round %d", self.federation_id, self._offset)
             if self._offset >= num_rounds:
                 return Result(arrays=initial_arrays)
-        recording_fn = None
-        if evaluate_fn is not None:
-            def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-                server_round += self._offset
-                res = evaluate_fn(server_round, arrays)
-                resumed_initial = self._offset and server_round == self._offset  # recorded before the crash
-                if res is not None and not resumed_initial:
-                    self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
-                return res
+        def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            server_round += self._offset
+            res = evaluate_fn(server_round, arrays)
+            resumed_initial = self._offset and server_round == self._offset  # recorded before the crash
+            if res is not None and not resumed_initial:
+                self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
+            return res
 
         return super().start(grid, initial_arrays, num_rounds - self._offset, timeout, train_config, evaluate_config,
-                             recording_fn)
+                             recording_fn if evaluate_fn is not None else None)
 
     def resume_arrays(self) -> ArrayRecord:
         """The global model after the last recorded round, from the blob store, digest checked."""
