@@ -31,11 +31,12 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class Setup:
-    def __init__(self, inner=None, uri="memory:", n=4):
+    def __init__(self, inner=None, uri="memory:", n=4, verify_workers=None):
         self.clients = Clients(n)
         self.server_key = Ed25519PrivateKey.generate()
         self.strategy = LedgerStrategy(inner or fedavg(), ledger=uri, keyring=self.clients.keyring,
-                                       server_key=self.server_key, federation_id="fed-a")
+                                       server_key=self.server_key, federation_id="fed-a",
+                                       verify_workers=verify_workers)
         self.global_arrays = arrays(0)
 
     def instructions(self, rnd):
@@ -150,9 +151,10 @@ REASONS = ["unsigned", "bad-signature", "unknown-key", "revoked-key", "wrong-fed
            "malformed-shape", "malformed-nan", "client-error"]
 
 
+@pytest.mark.parametrize("workers", [1, 3], ids=["one-thread", "three-threads"])
 @pytest.mark.parametrize("kind", REASONS)
-def test_each_reason_code_fires_and_aggregate_equals_fedavg_over_honest(kind):
-    s = Setup()
+def test_each_reason_code_fires_and_aggregate_equals_fedavg_over_honest(kind, workers):
+    s = Setup(verify_workers=workers)
     first = s.honest(1)
     s.replayed = first[0]
     s.aggregate(1, first)
@@ -168,6 +170,29 @@ def test_each_reason_code_fires_and_aggregate_equals_fedavg_over_honest(kind):
     for k in ("w", "b"):
         assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()
     verify(s.strategy.ledger, client_signatures=True)
+
+
+def test_threaded_checks_give_the_verdicts_of_arrival_order():
+    """Hashing on worker threads must not reorder verdicts: the second reply of a key is the duplicate."""
+    verdicts = []
+    for workers in (1, 4):
+        s = Setup(verify_workers=workers)
+        msgs = s.instructions(1)
+        k0 = s.clients.keys[0]
+        replies = s.honest(1, msgs)
+        replies[2] = signed_train_reply(msgs[2], k0, arrays(7), 10)  # key 0 again, later in arrival order
+        nan = arrays(8)
+        w = nan["w"].numpy().copy()
+        w[1, 2] = np.inf
+        nan["w"] = Array(w)
+        replies[3] = signed_train_reply(msgs[3], s.clients.keys[3], nan, 10)
+        s.strategy.aggregate_train(1, replies)
+        verdicts.append([(e.node_id, e.verdict, e.reason) for e in s.block_entries()])
+        s.strategy.close()
+    assert verdicts[0] == verdicts[1]
+    assert [v[2] for v in verdicts[1]] == ["ok", "ok", "duplicate", "malformed"]
+    with pytest.raises(ValueError, match="at least 1"):
+        Setup(verify_workers=0)
 
 
 def test_all_rejected_round_keeps_the_model_and_records_everything():

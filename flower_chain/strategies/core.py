@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +129,23 @@ class LedgerCore:
         Also keep every accepted client update in the blob store.
     anchor : AnchorPublisher or callable, optional
         Publishes every appended block (``flower_chain.anchor``); a callable gets the federation id.
+    verify_workers : int, optional
+        Threads that hash the replies' arrays and check them for non-finite values
+        (``hashlib`` and numpy release the GIL on large buffers). Default: the
+        number of CPUs, at most 8; 1 hashes on the calling thread.
     """
 
     def __init__(self, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
                  strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, anchor=None) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, anchor=None,
+                 verify_workers: int | None = None) -> None:
+        if verify_workers is None:
+            verify_workers = min(8, os.cpu_count() or 1)
+        if int(verify_workers) < 1:
+            raise ValueError(f"verify_workers must be at least 1, not {verify_workers}")
+        self.verify_workers = int(verify_workers)
+        self._pool: ThreadPoolExecutor | None = None
         self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
         self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
         if isinstance(keyring, (str, Path)):
@@ -234,16 +247,32 @@ class LedgerCore:
         return out
 
     # -- judging -----------------------------------------------------------------------------------
-    def judge(self, kind: str, server_round: int, reply: Reply, seen: set[str]) -> Judgement:
-        """Check one reply; keys whose signature verified are added to ``seen``."""
+    def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
+        """Judge a round's replies in order, their arrays hashed and scanned by ``verify_workers`` threads.
+
+        Only the per-reply array work runs in parallel (it depends on nothing but
+        the reply); the verdicts are decided one after the other, so ``duplicate``
+        goes to the second verified reply of a key exactly as in arrival order.
+        """
+        replies = list(replies)
+        if self.verify_workers > 1 and sum(r.arrays is not None for r in replies) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
+            scans = list(self._pool.map(_scan, replies))
+        else:
+            scans = [_scan(r) for r in replies]
+        seen: set[str] = set()
+        return [self.judge(kind, server_round, r, seen, scan=sc) for r, sc in zip(replies, scans)]
+
+    def judge(self, kind: str, server_round: int, reply: Reply, seen: set[str],
+              scan: tuple[bytes, str | None] | None = None) -> Judgement:
+        """Check one reply; keys whose signature verified are added to ``seen``.
+
+        ``scan`` is :func:`_scan` of the reply when the caller computed it already.
+        """
         rnd = self._rounds.get((kind, int(server_round)))
-        arrays_digest = b""
-        if reply.arrays is not None:
-            try:
-                arrays_digest = array_digest(reply.arrays)
-            except (LedgerError, TypeError, ValueError):
-                arrays_digest = b""
-        reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, seen)
+        arrays_digest, nonfinite = scan if scan is not None else _scan(reply)
+        reason, detail, kid = self._reason(kind, int(server_round), rnd, reply, arrays_digest, nonfinite, seen)
         accepted = reason == "ok"
         if reply.error is None and reply.statement:
             node = str(reply.node_id)
@@ -262,7 +291,7 @@ class LedgerCore:
         return Judgement(accepted, reason, detail, entry)
 
     def _reason(self, kind: str, server_round: int, rnd: _Round | None, reply: Reply, arrays_digest: bytes,
-                seen: set[str]) -> tuple[str, str, str]:
+                nonfinite: str | None, seen: set[str]) -> tuple[str, str, str]:
         if reply.error is not None:
             return "client-error", reply.error, ""
         if not reply.statement or not reply.signature:
@@ -302,20 +331,12 @@ class LedgerCore:
             return "duplicate", f"a second verified reply signed by {kid} in this round", kid
         seen.add(kid)
         if kind == "train":
-            problem = self._malformed(rnd, reply.arrays or [])
-            if problem:
-                return "malformed", problem, kid
+            got = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in reply.arrays or []]
+            if got != rnd.template:
+                return "malformed", "array names, shapes or dtypes differ from the global model", kid
+            if nonfinite is not None:
+                return "malformed", f"array {nonfinite!r} has non-finite values", kid
         return "ok", "", kid
-
-    @staticmethod
-    def _malformed(rnd: _Round, arrays: NamedArrays) -> str | None:
-        got = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in arrays]
-        if got != rnd.template:
-            return "array names, shapes or dtypes differ from the global model"
-        for name, a in arrays:
-            if not _finite(np.asarray(a)):
-                return f"array {name!r} has non-finite values"
-        return None
 
     # -- recording ---------------------------------------------------------------------------------
     def commit_train(self, server_round: int, judgements: Sequence[Judgement], accepted_arrays: Sequence[NamedArrays],
@@ -380,9 +401,27 @@ class LedgerCore:
         self.revoked.add(kid)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self.anchor is not None:
             self.anchor.close()
         self.ledger.close()
+
+
+def _scan(reply: Reply) -> tuple[bytes, str | None]:
+    """The array digest of a reply (b"" when it has no arrays or they do not hash) and the name of
+    its first array with a non-finite value, if any. Pure: safe to run on worker threads."""
+    if reply.arrays is None:
+        return b"", None
+    try:
+        digest = array_digest(reply.arrays)
+    except (LedgerError, TypeError, ValueError):
+        return b"", None
+    for name, a in reply.arrays:
+        if not _finite(np.asarray(a)):
+            return digest, name
+    return digest, None
 
 
 def _loggable(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,19 +97,22 @@ class LedgerStrategy(Strategy):
     anchor : AnchorPublisher or callable, optional
         Publishes each appended block to a chain off the round's critical path
         (``flower_chain.anchor``; a callable receives the federation id).
+    verify_workers : int, optional
+        Threads hashing and scanning the replies' arrays (default: CPUs, at
+        most 8; 1 keeps all checks on the calling thread).
     """
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
                  store_models: bool = True, store_client_updates: bool = False, resume: bool = False,
-                 anchor=None) -> None:
+                 anchor=None, verify_workers: int | None = None) -> None:
         self.strategy = strategy
         self.resume = resume
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor)
+                               anchor=anchor, verify_workers=verify_workers)
 
     def __getattr__(self, name: str) -> Any:
         # Read-only access to the wrapped strategy's settings (fraction_train, weighted_by_key, ...).
@@ -167,14 +170,11 @@ class LedgerStrategy(Strategy):
     def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
                ) -> tuple[list[Message], list[Judgement], list]:
         """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them)."""
-        seen: set[str] = set()
-        judgements, kept = [], []
-        for msg in replies:
-            reply = reply_from_message(msg, kind == "train")
-            j = self.core.judge(kind, server_round, reply, seen)
-            judgements.append(j)
-            if j.accepted:
-                kept.append((j.entry.key_id, msg, reply.arrays))
+        msgs = list(replies)
+        parsed = [reply_from_message(msg, kind == "train") for msg in msgs]
+        judgements = self.core.judge_all(kind, server_round, parsed)
+        kept = [(j.entry.key_id, msg, reply.arrays)
+                for msg, reply, j in zip(msgs, parsed, judgements) if j.accepted]
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
         return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
 

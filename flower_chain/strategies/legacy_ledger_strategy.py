@@ -83,13 +83,14 @@ class LegacyLedgerStrategy(Strategy):
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, anchor=None) -> None:
+                 store_models: bool = True, store_client_updates: bool = False, anchor=None,
+                 verify_workers: int | None = None) -> None:
         super().__init__()
         self.strategy = strategy
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor)
+                               anchor=anchor, verify_workers=verify_workers)
 
     def __repr__(self) -> str:
         return f"LegacyLedgerStrategy({self.strategy!r}, federation={self.core.federation_id!r})"
@@ -118,17 +119,11 @@ class LegacyLedgerStrategy(Strategy):
                                  self.strategy.configure_fit(server_round, parameters, client_manager))
 
     def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement], list]:
-        seen: set[str] = set()
-        judgements, kept = [], []
-        for proxy, res in results:
-            reply = _reply(proxy, res, kind == "train")
-            j = self.core.judge(kind, server_round, reply, seen)
-            judgements.append(j)
-            if j.accepted:
-                kept.append((j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))),
-                             reply.arrays))
-        for failure in failures:
-            judgements.append(self.core.judge(kind, server_round, _failure_reply(failure), seen))
+        parsed = [_reply(proxy, res, kind == "train") for proxy, res in results]
+        parsed += [_failure_reply(failure) for failure in failures]
+        judgements = self.core.judge_all(kind, server_round, parsed)
+        kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))), reply.arrays)
+                for (proxy, res), reply, j in zip(results, parsed, judgements) if j.accepted]
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
         return [r for _, r, _ in kept], judgements, [a for _, _, a in kept]
 
