@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ledger", default="", help="ledger URI (default: sqlite:///OUT/ledger.db)")
     p.add_argument("--no-ledger", action="store_true", help="plain Flower FedAvg, no signing and no ledger")
     p.add_argument("--keys-dir", default="", help="client keys (default: OUT/keys, generated on first run)")
-    p.add_argument("--strategy", default="fedavg", help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum")
+    p.add_argument("--strategy", default="fedavg", help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum | fedavgm | fedadam")
     p.add_argument("--attack", default="", help="make --attackers clients malicious: " + ", ".join(ATTACKS))
     p.add_argument("--attackers", type=int, default=0, help="number of malicious clients (partitions 0..K-1)")
     p.add_argument("--resume", action="store_true",

@@ -18,14 +18,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 
 from flower_chain.clients import data as data_mod
 from flower_chain.clients import model as model_mod
 from flower_chain.config import resolve
 
 
-STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum")
+STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum", "fedavgm", "fedadam")
 
 
 def _partition_of(msg) -> tuple[int, int]:
@@ -37,16 +37,28 @@ def _partition_of(msg) -> tuple[int, int]:
     return (1, 0)
 
 
-class OrderedFedAvg(FedAvg):
-    """FedAvg over the replies in partition order (the bundled clients report their partition).
+class PartitionOrdered:
+    """Aggregate the replies in partition order (the bundled clients report their partition).
 
     Floating-point sums depend on their order; aggregating in a fixed order makes the result of a
     run independent of reply arrival order: the same final model with and without the ledger, and
-    after a resume.
+    after a resume. Mixed in before a FedAvg-based strategy.
     """
 
     def aggregate_train(self, server_round, replies):
         return super().aggregate_train(server_round, sorted(replies, key=_partition_of))
+
+
+class OrderedFedAvg(PartitionOrdered, FedAvg):
+    """FedAvg over the replies in partition order."""
+
+
+class OrderedFedAvgM(PartitionOrdered, FedAvgM):
+    """FedAvgM (server momentum) over the replies in partition order."""
+
+
+class OrderedFedAdam(PartitionOrdered, FedAdam):
+    """FedAdam (server-side Adam) over the replies in partition order."""
 
 
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
@@ -63,6 +75,10 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
         return FedTrimmedAvg(beta=0.3, **common)
     if name == "fedmedian":
         return FedMedian(**common)
+    if name == "fedavgm":
+        return OrderedFedAvgM(server_learning_rate=1.0, server_momentum=0.5, **common)
+    if name == "fedadam":
+        return OrderedFedAdam(eta=1e-2, eta_l=1e-2, beta_1=0.9, beta_2=0.99, tau=1e-3, **common)
     if name == "multikrum":
         f = max(1, int(cfg.get("attackers", 0)) or min_nodes // 4)
         return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(1, min_nodes - f), **common)

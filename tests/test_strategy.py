@@ -195,6 +195,17 @@ def test_threaded_checks_give_the_verdicts_of_arrival_order():
         Setup(verify_workers=0)
 
 
+def test_float_width_may_differ_but_not_the_dtype_kind():
+    s = Setup()
+    s.global_arrays = ArrayRecord({k: Array(v.numpy().astype(np.float64)) for k, v in arrays(0).items()})
+    msgs = s.instructions(1)
+    replies = s.honest(1, msgs)  # float32 replies to a float64 model: accepted
+    as_int = ArrayRecord({k: Array(v.numpy().astype(np.int32)) for k, v in arrays(1).items()})
+    replies[1] = signed_train_reply(msgs[1], s.clients.keys[1], as_int, 10)
+    s.strategy.aggregate_train(1, replies)
+    assert [e.reason for e in s.block_entries()] == ["ok", "malformed", "ok", "ok"]
+
+
 def test_all_rejected_round_keeps_the_model_and_records_everything():
     s = Setup()
     msgs = s.instructions(1)

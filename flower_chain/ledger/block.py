@@ -29,6 +29,7 @@ _FIELD_TYPES = {
     "entry_count": int,
     "model_before": bytes,
     "model_after": bytes,
+    "state_after": bytes,
     "log_size": int,
     "log_root": bytes,
 }
@@ -58,6 +59,10 @@ class BlockHeader:
         Number of entries in the block.
     model_before, model_after : bytes
         Array digests of the global model before and after the round (empty when none).
+    state_after : bytes
+        Array digest of the server strategy's own state after the block (FedAdam's
+        moments, FedAvgM's momentum, an adaptive clipping norm; empty when the
+        strategy keeps none). Resuming restores it from the blob store.
     log_size, log_root : int, bytes
         Size and RFC 9162 root of the whole log (all entries of all blocks) after this block.
     """
@@ -72,6 +77,7 @@ class BlockHeader:
     entry_count: int
     model_before: bytes
     model_after: bytes
+    state_after: bytes
     log_size: int
     log_root: bytes
 

@@ -70,6 +70,7 @@ class VerifyReport:
     revoked: set = field(default_factory=set)
     last_round: int = 0
     model_digest: bytes = b""
+    state_digest: bytes = b""  # the strategy state recorded last (state_after of the head)
 
 
 def verify(
@@ -169,6 +170,7 @@ def verify(
                 raise VerificationError("model_before is not the model_after of the previous round",
                                         height=height)
             last_model = h.model_after or last_model
+            report.state_digest = h.state_after
             report.last_round = max(report.last_round, h.round)
             prev_hash, prev_ts = block.hash, h.timestamp_ms
             if height:

@@ -122,7 +122,7 @@ class LedgerWriter:
         return self.append(0, [genesis])
 
     def append(self, round: int, entries: Sequence[Entry | bytes], *, model_before: bytes = b"",
-               model_after: bytes = b"") -> StoredBlock:
+               model_after: bytes = b"", state_after: bytes = b"") -> StoredBlock:
         """Sign and append one block holding ``entries``; return it once it is durable."""
         if self.genesis is None:
             raise AppendError("append the genesis first (LedgerWriter.init)")
@@ -145,6 +145,7 @@ class LedgerWriter:
             entry_count=len(data),
             model_before=bytes(model_before),
             model_after=bytes(model_after),
+            state_after=bytes(state_after),
             log_size=log_range.size,
             log_root=log_range.root(),
         )

@@ -83,7 +83,17 @@ class Judgement:
 @dataclass
 class _Round:
     ctx: LedgerContext
-    template: list[tuple[str, tuple[int, ...], str]]
+    template: list[tuple[str, tuple[int, ...], str]]  # name, shape, dtype kind of each global array
+
+
+def _dtype_kind(a) -> str:
+    """What a reply's array must share with the global array: the dtype kind (float, int, ...).
+
+    Float widths may differ: Flower's server-side optimizers (FedAdam, FedYogi,
+    FedAdagrad) return float64 models under NumPy 2 while clients train and reply
+    in float32. The exact dtype is still signed, inside the array digest.
+    """
+    return np.asarray(a).dtype.kind
 
 
 def _finite(a: np.ndarray) -> bool:
@@ -174,6 +184,7 @@ class LedgerCore:
             self.revoked = set(report.revoked)
             self.last_round = report.last_round
             self.model_digest = report.model_digest
+            self.state_digest = report.state_digest
         else:
             if not keys:
                 raise LedgerError("the keyring is empty: no client could ever be accepted")
@@ -184,7 +195,7 @@ class LedgerCore:
                 federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key),
                 client_keys=keys, strategy=strategy_name,
                 config_digest=config_digest(dict(strategy_config or {})), created_ms=int(time.time() * 1000)))
-            self.last_round, self.model_digest = 0, b""
+            self.last_round, self.model_digest, self.state_digest = 0, b"", b""
         self.keys = dict(self.writer.genesis.client_keys)
         self.opened_at_round = self.last_round
         if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
@@ -207,7 +218,7 @@ class LedgerCore:
             raise LedgerError(
                 f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}; "
                 "a new run needs a new ledger (another --ledger or --out)")
-        template = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in (arrays or [])]
+        template = [(n, tuple(a.shape), _dtype_kind(a)) for n, a in (arrays or [])]
         digest = array_digest(arrays) if arrays is not None else b""
         ctx = LedgerContext(self.federation_id, int(server_round), self.writer.head_hash, digest)
         self._rounds[(kind, int(server_round))] = _Round(ctx, template)
@@ -331,17 +342,23 @@ class LedgerCore:
             return "duplicate", f"a second verified reply signed by {kid} in this round", kid
         seen.add(kid)
         if kind == "train":
-            got = [(n, tuple(a.shape), np.asarray(a).dtype.str) for n, a in reply.arrays or []]
+            got = [(n, tuple(a.shape), _dtype_kind(a)) for n, a in reply.arrays or []]
             if got != rnd.template:
-                return "malformed", "array names, shapes or dtypes differ from the global model", kid
+                return "malformed", "array names, shapes or dtype kinds differ from the global model", kid
             if nonfinite is not None:
                 return "malformed", f"array {nonfinite!r} has non-finite values", kid
         return "ok", "", kid
 
     # -- recording ---------------------------------------------------------------------------------
     def commit_train(self, server_round: int, judgements: Sequence[Judgement], accepted_arrays: Sequence[NamedArrays],
-                     aggregated: NamedArrays | None, seconds: float) -> None:
-        """Append the round's block: every reply judged, the model digests before and after."""
+                     aggregated: NamedArrays | None, seconds: float, state: NamedArrays | None = None) -> None:
+        """Append the round's block: every reply judged, the model digests before and after.
+
+        ``state`` is the wrapped strategy's state after the round
+        (:func:`flower_chain.strategies.state.strategy_state`); it is stored
+        beside the model and its digest recorded as the block's ``state_after``.
+        ``None`` keeps the state recorded last.
+        """
         rnd = self._rounds.get(("train", int(server_round)))
         before = rnd.ctx.base_digest if rnd else self.model_digest
         t0 = time.perf_counter()
@@ -350,12 +367,16 @@ class LedgerCore:
             after = array_digest(aggregated)
             if self.store_models and not self.ledger.has_blob(after):
                 self.ledger.put_blob(encode_arrays(aggregated), after)
+        if state is not None:
+            self.state_digest = array_digest(state) if state else b""
+            if state and self.store_models and not self.ledger.has_blob(self.state_digest):
+                self.ledger.put_blob(encode_arrays(state), self.state_digest)
         if self.store_client_updates:
             for arrays in accepted_arrays:
                 blob = encode_arrays(arrays)  # a blob's address is its array digest (SHA-256 of the stream)
                 self.ledger.put_blob(blob, hashlib.sha256(blob).digest())
         block = self.writer.append(server_round, [j.entry for j in judgements], model_before=before,
-                                   model_after=after)
+                                   model_after=after, state_after=self.state_digest)
         for i, j in enumerate(judgements):
             if j.entry.kind == "train" and j.entry.key_id:
                 self.update_index.setdefault((j.entry.key_id, int(server_round)), block.header.first_index + i)
@@ -377,7 +398,8 @@ class LedgerCore:
         entries: list = [j.entry for j in judgements]
         entries.append(EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
                                        metrics=_loggable(metrics)))
-        self.writer.append(server_round, entries, model_before=self.model_digest, model_after=self.model_digest)
+        self.writer.append(server_round, entries, model_before=self.model_digest, model_after=self.model_digest,
+                           state_after=self.state_digest)
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""
@@ -391,13 +413,26 @@ class LedgerCore:
             raise LedgerError("cannot resume: the stored global model does not match the digest in the ledger")
         return arrays
 
+    def resume_state(self) -> list[tuple[str, np.ndarray]]:
+        """The wrapped strategy's state after the last recorded round (empty if it keeps none), digest checked."""
+        if not self.state_digest:
+            return []
+        try:
+            state = decode_arrays(self.ledger.get_blob(self.state_digest))
+        except LedgerError as e:
+            raise LedgerError(f"cannot resume: the strategy state recorded in the ledger is missing: {e}") from e
+        if array_digest(state) != self.state_digest:
+            raise LedgerError("cannot resume: the stored strategy state does not match the digest in the ledger")
+        return state
+
     def revoke(self, kid: str, reason: str) -> None:
         """Append a revocation: later updates signed by ``kid`` are rejected as ``revoked-key``."""
         if kid not in self.keys:
             raise LedgerError(f"key {kid} is not in the genesis keyring")
         self.writer.append(self.last_round, [RevocationEntry(key_id=kid, reason=reason,
                                                              created_ms=int(time.time() * 1000))],
-                           model_before=self.model_digest, model_after=self.model_digest)
+                           model_before=self.model_digest, model_after=self.model_digest,
+                           state_after=self.state_digest)
         self.revoked.add(kid)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import (
     CTX_FEDERATION,
     PENDING_ROUND,
@@ -185,12 +186,13 @@ class LedgerStrategy(Strategy):
         t0 = time.perf_counter()
         accepted, judgements, accepted_arrays = self._judge("train", server_round, replies)
         t_check = time.perf_counter() - t0
-        arrays, metrics = None, None
+        arrays, metrics, state = None, None, None
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+            state = strategy_state(self.strategy)
         finally:  # the replies are recorded even when the wrapped strategy fails
             self.core.commit_train(server_round, judgements, accepted_arrays,
-                                   arrays_of(arrays) if arrays is not None else None, t_check)
+                                   arrays_of(arrays) if arrays is not None else None, t_check, state)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -224,7 +226,10 @@ class LedgerStrategy(Strategy):
         self._offset = self.core.last_round if self.resume else 0
         if self._offset:
             initial_arrays = self.resume_arrays()
-            log(INFO, "[flower-chain] resuming federation %s after round %d", self.federation_id, self._offset)
+            state = self.core.resume_state()
+            load_strategy_state(self.strategy, state)
+            log(INFO, "[flower-chain] resuming federation %s after round %d%s", self.federation_id, self._offset,
+                f" with the strategy state of {len(state)} arrays" if state else "")
             if self._offset >= num_rounds:
                 return Result(arrays=initial_arrays)
         def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
