@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 import time
 
 import pytest
@@ -17,10 +20,16 @@ from flower_chain.ledger.keys import key_id, raw_public
 def _isolated_homes(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("FLWR_HOME", str(home / "flwr"))
-    monkeypatch.setenv("RAY_TMPDIR", str(home / "ray"))
+    # Ray puts Unix sockets under RAY_TMPDIR/ray/session_<date>_<pid>/sockets/, and a socket path
+    # longer than 107 bytes makes Ray fail to start (the simulation then waits forever). pytest's
+    # tmp paths grow with the run and test counters, so Ray gets a short directory of its own.
+    ray_dir = tempfile.mkdtemp(prefix="fc-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    monkeypatch.setenv("RAY_TMPDIR", ray_dir)
     monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("MPLCONFIGDIR", str(home / "mpl"))
+    yield
+    shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 @pytest.fixture
