@@ -34,12 +34,12 @@ def fed(federation_factory):
     return f
 
 
-def tester_anchor(fed, **kw) -> EvmAnchor:
+def anchor_on_tester(fed, **kw) -> EvmAnchor:
     return EvmAnchor("evm+tester:", federation_id=fed.federation_id, private_key=TESTER_KEY, **kw)
 
 
 def test_anchor_all_blocks_verify_and_no_second_anchor(fed):
-    a = tester_anchor(fed)
+    a = anchor_on_tester(fed)
     assert catch_up(fed.ledger, a) == {"anchored": 4, "already_anchored": 0, "contract": a.address}
     assert catch_up(fed.ledger, a)["already_anchored"] == 4
     rep = verify_against_chain(fed.ledger, a)
@@ -54,7 +54,7 @@ def test_anchor_all_blocks_verify_and_no_second_anchor(fed):
 
 
 def test_not_yet_anchored_heights_are_reported(fed):
-    a = tester_anchor(fed)
+    a = anchor_on_tester(fed)
     catch_up(fed.ledger, a)
     fed.add_round(4)
     assert verify_against_chain(fed.ledger, a)["not_anchored"] == [4]
@@ -86,7 +86,7 @@ def _rewrite_tail(f, from_height: int) -> None:
 
 
 def test_rewritten_ledger_fails_against_the_chain(fed):
-    a = tester_anchor(fed)
+    a = anchor_on_tester(fed)
     catch_up(fed.ledger, a)
     _rewrite_tail(fed, 2)
     verify(fed.ledger)  # the rewrite is self-consistent ...
@@ -96,7 +96,7 @@ def test_rewritten_ledger_fails_against_the_chain(fed):
 
 
 def test_publisher_runs_off_the_critical_path_and_records_failures(fed, tmp_path):
-    a = tester_anchor(fed)
+    a = anchor_on_tester(fed)
     pub = AnchorPublisher(lambda: a, tmp_path / "status.jsonl", backoff=0.01)
     fed.writer.listeners.append(pub.submit)
     t = time.perf_counter()
@@ -130,10 +130,10 @@ def test_bad_input_is_a_clear_error(fed):
     with pytest.raises(AnchorError, match="cannot reach"):
         EvmAnchor(f"evm+http://127.0.0.1:{_free_port()}", federation_id="x", private_key=TESTER_KEY, timeout=2)
     with pytest.raises(AnchorError, match="not the expected chain"):
-        tester_anchor(fed, chain_id=1)
-    a = tester_anchor(fed)
+        anchor_on_tester(fed, chain_id=1)
+    a = anchor_on_tester(fed)
     with pytest.raises(AnchorError, match="no contract"):
-        tester_anchor(fed, contract=a.account.address)  # an account, not a contract
+        anchor_on_tester(fed, contract=a.account.address)  # an account, not a contract
     other = EvmAnchor("evm+tester:", federation_id="fed-other", private_key=TESTER_KEY)
     with pytest.raises(AnchorError, match="another federation"):
         EvmAnchor("evm+tester:", federation_id=fed.federation_id, private_key=TESTER_KEY, contract=other.address)
@@ -142,7 +142,7 @@ def test_bad_input_is_a_clear_error(fed):
     tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "data": "0x6001600c60003960016000f300"})
     foreign = w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
     with pytest.raises(AnchorError, match="not a flower-chain LedgerAnchor"):
-        tester_anchor(fed, contract=foreign)
+        anchor_on_tester(fed, contract=foreign)
     with pytest.raises(AnchorError, match="cannot pay for gas"):
         EvmAnchor("evm+tester:", federation_id="y", private_key="0x" + "ab" * 32)
     with pytest.raises(AnchorError, match="evm\\+http"):
