@@ -4,9 +4,11 @@
 After each kill: the ledger verifies (no half-written block), ``run.py --resume`` reaches the final
 round, and the final model digest equals an uninterrupted run's with the same seed and keys.
 
-    python bench/bench_crash.py [--trials 20] [--rounds 3] [--clients 3]
+    python bench/bench_crash.py [--trials 20] [--rounds 3] [--clients 3] [--strategy fedadam]
 
-Writes bench/results/crash.json.
+Writes bench/results/crash.json (crash-<strategy>.json for another inner strategy). With a
+strategy that keeps server state (fedadam, fedavgm), the resumed run must also end with the
+uninterrupted run's strategy state digest.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "crash.json"))
+    ap.add_argument("--strategy", default="fedavg")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    name = "crash.json" if args.strategy == "fedavg" else f"crash-{args.strategy}.json"
+    args.out = args.out or str(Path(__file__).parent / "results" / name)
+    strategy = ["--strategy", args.strategy]
     work = Path(tempfile.mkdtemp(prefix="fc-crash-"))
     keys, data = work / "keys", work / "data"
     ref_uri = f"sqlite:///{work}/ref.db"
     t = time.time()
-    subprocess.run(run_args(work / "ref", keys, data, args.rounds, args.clients) + ["--ledger", ref_uri],
+    subprocess.run(run_args(work / "ref", keys, data, args.rounds, args.clients) + ["--ledger", ref_uri] + strategy,
                    check=True, capture_output=True, env=env())
     with open_ledger(ref_uri) as led:
         ref = verify(led)
@@ -48,7 +54,7 @@ def main() -> None:
     for i in range(args.trials):
         db = work / f"t{i}.db"
         uri = f"sqlite:///{db}"
-        run = run_args(work / f"o{i}", keys, data, args.rounds, args.clients) + ["--ledger", uri]
+        run = run_args(work / f"o{i}", keys, data, args.rounds, args.clients) + ["--ledger", uri] + strategy
         at, delay = rng.randint(1, total_blocks - 1), rng.uniform(0, 2.0)
         killed = crash_run(run, db, at, delay)
         row = {"trial": i, "kill_after_blocks": at, "extra_delay_s": round(delay, 2), "blocks_at_kill": killed}
@@ -63,16 +69,19 @@ def main() -> None:
         try:
             with open_ledger(uri) as led:
                 rep = verify(led, client_signatures=True)
-            row.update(final_round=rep.last_round, same_final_digest=rep.model_digest == ref.model_digest)
+            row.update(final_round=rep.last_round, same_final_digest=rep.model_digest == ref.model_digest,
+                       same_final_state=rep.state_digest == ref.state_digest)
         except LedgerError as e:
-            row.update(final_round=None, same_final_digest=False, error=str(e))
+            row.update(final_round=None, same_final_digest=False, same_final_state=False, error=str(e))
         trials.append(row)
         print(json.dumps(row), flush=True)
-    res = {"trials": len(trials), "rounds": args.rounds, "clients": args.clients,
+    res = {"trials": len(trials), "rounds": args.rounds, "clients": args.clients, "strategy": args.strategy,
+           "strategy_keeps_state": bool(ref.state_digest),
            "uninterrupted_run_s": ref_time,
            "verified_after_every_kill": all(t["verified_after_kill"] for t in trials),
            "resumed_to_final_round": sum(t["final_round"] == args.rounds for t in trials),
            "same_final_digest": sum(bool(t["same_final_digest"]) for t in trials),
+           "same_final_state": sum(bool(t["same_final_state"]) for t in trials),
            "killed_before_finishing": sum(t["blocks_at_kill"] != -1 for t in trials), "rows": trials}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

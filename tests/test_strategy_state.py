@@ -5,6 +5,7 @@ a FedAdam run resumed from the ledger ends with the uninterrupted run's model, b
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 
 import numpy as np
@@ -170,27 +171,28 @@ def test_state_that_does_not_fit_is_refused(tmp_path):
         strategy_state(weird)
 
 
-def test_tampered_or_missing_state_blob_stops_the_resume(tmp_path):
+@pytest.mark.parametrize("what", ["global model", "strategy state"])
+def test_tampered_or_missing_blob_stops_the_resume(tmp_path, what):
     clients, key = Clients(3), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path / 'l.db'}"
     s = LedgerStrategy(fedadam(), ledger=uri, keyring=clients.keyring, server_key=key)
     run_rounds(s, clients, [1], arrays(0))
-    digest = s.ledger.head().header.state_after
+    head = s.ledger.head().header
+    digest = head.model_after if what == "global model" else head.state_after
     s.close()
-    import sqlite3
-
     con = sqlite3.connect(tmp_path / "l.db")
-    forged = encode_arrays([("0/m_t/dict/w", np.zeros((8, 4), np.float32))])
+    forged = encode_arrays([("w", np.zeros((8, 4), np.float32))])
     con.execute("UPDATE blobs SET data = ? WHERE digest = ?", (forged, digest))
     con.commit()
-    core = LedgerCore(uri, clients.keyring, key)
-    with pytest.raises(LedgerError, match="does not match the digest"):
-        core.resume_state()
+    core = LedgerCore(uri, clients.keyring, key)  # the ledger itself still verifies
+    load = core.resume_arrays if what == "global model" else core.resume_state
+    with pytest.raises(LedgerError, match=f"stored {what} does not match the digest"):
+        load()
     con.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
     con.commit()
     con.close()
-    with pytest.raises(LedgerError, match="strategy state recorded in the ledger is missing"):
-        core.resume_state()
+    with pytest.raises(LedgerError, match=f"{what} recorded in the ledger is not in its blob store"):
+        load()
     core.close()
 
 

@@ -405,25 +405,21 @@ class LedgerCore:
         """The global model after the last recorded round, from the blob store, its digest checked."""
         if not self.model_digest:
             raise LedgerError(f"{self.ledger.uri} records no global model to resume from")
-        try:
-            arrays = decode_arrays(self.ledger.get_blob(self.model_digest))
-        except LedgerError as e:
-            raise LedgerError(f"cannot resume: {e} (the run did not store global models)") from e
-        if array_digest(arrays) != self.model_digest:
-            raise LedgerError("cannot resume: the stored global model does not match the digest in the ledger")
-        return arrays
+        return self._stored(self.model_digest, "global model")
 
     def resume_state(self) -> list[tuple[str, np.ndarray]]:
         """The wrapped strategy's state after the last recorded round (empty if it keeps none), digest checked."""
-        if not self.state_digest:
-            return []
+        return self._stored(self.state_digest, "strategy state") if self.state_digest else []
+
+    def _stored(self, digest: bytes, what: str) -> list[tuple[str, np.ndarray]]:
         try:
-            state = decode_arrays(self.ledger.get_blob(self.state_digest))
+            arrays = decode_arrays(self.ledger.get_blob(digest))
         except LedgerError as e:
-            raise LedgerError(f"cannot resume: the strategy state recorded in the ledger is missing: {e}") from e
-        if array_digest(state) != self.state_digest:
-            raise LedgerError("cannot resume: the stored strategy state does not match the digest in the ledger")
-        return state
+            raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
+                              f"({e}); the run did not store global models (store_models=False)?") from e
+        if array_digest(arrays) != digest:
+            raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger")
+        return arrays
 
     def revoke(self, kid: str, reason: str) -> None:
         """Append a revocation: later updates signed by ``kid`` are rejected as ``revoked-key``."""
