@@ -97,7 +97,8 @@ def root(leaf_hashes: Iterable[bytes]) -> bytes:
     sha, prefix = hashlib.sha256, _NODE_PREFIX
     while len(level) > 1:  # pairing left to right and carrying an odd last node up is exactly MTH
         n = len(level)
-        nxt = [sha(prefix + level[i] + level[i + 1]).digest() for i in range(0, n - 1, 2)]
+        pairs = iter(level)  # zip(it, it) pairs neighbours and drops an odd last node
+        nxt = [sha(prefix + left + right).digest() for left, right in zip(pairs, pairs)]
         if n & 1:
             nxt.append(level[-1])
         level = nxt
@@ -327,7 +328,8 @@ class CompactRange:
             n = len(cur)
             if n & 1:
                 by_level[level] = cur[-1]
-            cur = [sha(prefix + cur[i] + cur[i + 1]).digest() for i in range(0, n - 1, 2)]
+            pairs = iter(cur)  # zip(it, it) pairs neighbours and drops an odd last node
+            cur = [sha(prefix + left + right).digest() for left, right in zip(pairs, pairs)]
             level += 1
             if not cur:
                 break
