@@ -65,8 +65,17 @@ def paired(pairs: int, data_dir: str) -> dict:
     ratio_wall = statistics.median(r["wall_s"] for r in ledger) / statistics.median(r["wall_s"] for r in plain)
     per_round_ledger = [x for r in ledger for x in r["ledger_s"] if x is not None]
     per_round = [x for r in ledger for x in r["round_s"]]
+    # Per pair (the two runs of a pair ran back to back): the whole loop, and rounds 2..N only, since
+    # round 1 also starts the simulation's worker processes, which varies by seconds between runs.
+    pair_loop = [a["loop_s"] / b["loop_s"] for a, b in zip(ledger, plain)]
+    pair_steady = [sum(a["round_s"][1:]) / sum(b["round_s"][1:]) for a, b in zip(ledger, plain)]
     return {"pairs": pairs, "ratio_loop_median": ratio_loop, "ratio_wall_median": ratio_wall,
             "target_ratio_le_1_02": ratio_loop <= 1.02,
+            "ratio_loop_per_pair": pair_loop, "ratio_loop_per_pair_median": statistics.median(pair_loop),
+            "ratio_rounds_2_on_per_pair": pair_steady,
+            "ratio_rounds_2_on_per_pair_median": statistics.median(pair_steady),
+            "first_round_s_median": {"ledger": statistics.median(r["round_s"][0] for r in ledger),
+                                     "plain": statistics.median(r["round_s"][0] for r in plain)},
             "ledger_time_per_round_ms_median": 1000 * statistics.median(per_round_ledger),
             "round_time_s_median": statistics.median(per_round), "ledger": ledger, "plain": plain}
 
