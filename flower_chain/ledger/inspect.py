@@ -139,6 +139,7 @@ def export_rows(ledger: Ledger) -> Iterator[dict[str, Any]]:
         h = block.header
         base = {"block_height": h.height, "block_round": h.round, "block_time": _time(h.timestamp_ms),
                 "block_hash": block.hash.hex(), "prev_hash": h.prev_hash.hex(), "model_before": h.model_before.hex(),
-                "model_after": h.model_after.hex(), "state_after": h.state_after.hex(), "log_size": h.log_size, "log_root": h.log_root.hex()}
+                "model_after": h.model_after.hex(), "state_after": h.state_after.hex(), "log_size": h.log_size,
+                "log_root": h.log_root.hex()}
         for i, e in enumerate(entries_of(ledger, h)):
             yield {**base, **entry_dict(e, h.height, h.first_index + i)}

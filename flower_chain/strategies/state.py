@@ -95,8 +95,8 @@ def load_strategy_state(strategy: Any, named: NamedArrays) -> None:
             slot[attr] = np.asarray(arr).item()
         elif kind == "dict" and len(parts) == 4:
             slot.setdefault(attr, {})[parts[3]] = np.array(arr)
-        elif kind == "list" and len(parts) == 4 and parts[3].isdigit():
-            slot.setdefault(attr, []).append(np.array(arr))
+        elif kind == "list" and len(parts) == 4 and parts[3] == str(len(slot.setdefault(attr, []))):
+            slot[attr].append(np.array(arr))  # items are stored in order: index i is the i-th one
         else:
             raise StateError(f"stored strategy state has an unreadable name {name!r}")
     levels = _levels(strategy)
