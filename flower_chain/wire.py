@@ -31,6 +31,8 @@ CTX_CHECKPOINT = PREFIX + "checkpoint"  # signed checkpoint note of the ledger h
 CTX_SERVER_KEY = PREFIX + "server-key"  # raw Ed25519 key that signs checkpoints
 CTX_CONSISTENCY = PREFIX + "consistency"  # concatenated 32-byte hashes
 CTX_CONSISTENCY_FROM = PREFIX + "consistency-from"  # log size the consistency proof starts from (-1: none)
+CTX_HEAD = PREFIX + "head"  # header bytes of the head block (its log_size/log_root are the checkpoint's)
+CTX_HEAD_SIGNATURE = PREFIX + "head-signature"  # the server's Ed25519 signature on CTX_HEAD
 
 SIG_RECORD = "flower-chain"
 STATEMENT = "statement"

@@ -71,6 +71,16 @@ class VerifyReport:
     last_round: int = 0
     model_digest: bytes = b""
     state_digest: bytes = b""  # the strategy state recorded last (state_after of the head)
+    #: every update verdict by (kind, reason): ("train", "ok"), ("evaluate", "duplicate"), ...
+    verdicts: Counter = field(default_factory=Counter)
+    #: keys that signed two different statements for one round (evidence of a stolen key)
+    equivocating_keys: set = field(default_factory=set)
+    #: recorded verdicts the ledger's content alone cannot re-derive, by reason (e.g. "client-error")
+    not_rederived: Counter = field(default_factory=Counter)
+    #: verdicts re-derived from ledger content and found equal to the recorded ones
+    verdicts_rederived: int = 0
+    #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
+    blob_problems: list = field(default_factory=list)
 
 
 def verify(

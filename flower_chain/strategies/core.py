@@ -45,6 +45,8 @@ from flower_chain.wire import (
     CTX_CHECKPOINT,
     CTX_CONSISTENCY,
     CTX_CONSISTENCY_FROM,
+    CTX_HEAD,
+    CTX_HEAD_SIGNATURE,
     CTX_RECEIPT,
     CTX_SERVER_KEY,
     RECEIPT_SEPARATOR,
@@ -232,6 +234,7 @@ class LedgerCore:
         node = str(node_id)
         head = self.writer.head
         out: dict[str, Any] = {CTX_CHECKPOINT: head.checkpoint, CTX_SERVER_KEY: raw_public(self.server_key),
+                               CTX_HEAD: head.header_bytes, CTX_HEAD_SIGNATURE: head.signature,
                                CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
         seen = self.node_seen.get(node)
         if seen is not None and 0 < seen <= head.header.log_size:
