@@ -99,3 +99,19 @@ def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
     if pos != len(mv):
         raise EncodingError("trailing bytes after the array stream")
     return out
+
+
+def cast_like(named: Iterable[tuple[str, np.ndarray]], dtypes: Sequence[np.dtype | str]) -> list[tuple[str, np.ndarray]]:
+    """``named`` with each array cast to the dtype at the same position of ``dtypes``.
+
+    The global model keeps the dtypes of the initial arrays: whatever dtype a
+    wrapped strategy's aggregate comes back in (Flower's FedAdam returns
+    float64 under NumPy 2), it is cast back to these before it is recorded or
+    sent (``astype``, round to nearest). The server and the aggregation replay
+    (``flower-chain ledger audit``) both call this, so they agree bit for bit.
+    """
+    named = list(named)
+    dtypes = [np.dtype(d) for d in dtypes]
+    if len(named) != len(dtypes):
+        raise EncodingError(f"{len(named)} arrays but {len(dtypes)} dtypes to cast them to")
+    return [(n, a if np.asarray(a).dtype == d else np.asarray(a).astype(d)) for (n, a), d in zip(named, dtypes)]
