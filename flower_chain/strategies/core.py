@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flower_chain.ledger import open_ledger
 from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.entries import (
     ACCEPTED,
     REJECTED,
@@ -55,6 +56,10 @@ from flower_chain.wire import (
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
+
+#: With ``store_client_updates=None`` (the default) a round's accepted updates are kept in the blob store
+#: when together they hold at most this many bytes of array data.
+STORE_UPDATES_LIMIT = 64 * 2**20
 
 
 @dataclass
@@ -137,8 +142,10 @@ class LedgerCore:
         Digest recorded in the genesis.
     store_models : bool
         Keep the global model of every round in the blob store (default True).
-    store_client_updates : bool
-        Also keep every accepted client update in the blob store.
+    store_client_updates : bool, optional
+        Keep every accepted client update in the blob store (what ``flower-chain ledger audit``
+        replays the aggregation from). ``None`` (default): for every round whose accepted updates
+        hold at most :data:`STORE_UPDATES_LIMIT` (64 MiB) of array data; ``True``: always; ``False``: never.
     anchor : AnchorPublisher or callable, optional
         Publishes every appended block (``flower_chain.anchor``); a callable gets the federation id.
     verify_workers : int, optional
@@ -150,7 +157,7 @@ class LedgerCore:
     def __init__(self, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
                  strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, anchor=None,
+                 store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
                  verify_workers: int | None = None) -> None:
         if verify_workers is None:
             verify_workers = min(8, os.cpu_count() or 1)
@@ -193,10 +200,13 @@ class LedgerCore:
             self.writer = LedgerWriter(self.ledger, self.server_key)
             fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
             self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
+            config = {str(k): v for k, v in dict(strategy_config or {}).items()}
+            digest = config_digest(config)
+            self.ledger.put_blob(encode(config), digest)  # the replay (`ledger audit`) rebuilds the strategy from it
             self.writer.init(GenesisEntry(
                 federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key),
                 client_keys=keys, strategy=strategy_name,
-                config_digest=config_digest(dict(strategy_config or {})), created_ms=int(time.time() * 1000)))
+                config_digest=digest, created_ms=int(time.time() * 1000)))
             self.last_round, self.model_digest, self.state_digest = 0, b"", b""
         self.keys = dict(self.writer.genesis.client_keys)
         self.opened_at_round = self.last_round
@@ -374,7 +384,7 @@ class LedgerCore:
             self.state_digest = array_digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        if self.store_client_updates:
+        if self._store_updates(accepted_arrays):
             for arrays in accepted_arrays:
                 blob = encode_arrays(arrays)  # a blob's address is its array digest (SHA-256 of the stream)
                 self.ledger.put_blob(blob, hashlib.sha256(blob).digest())
@@ -394,6 +404,13 @@ class LedgerCore:
             if not j.accepted:
                 log.warning("round %d: rejected reply from node %s (key %s): %s — %s", server_round,
                             j.entry.node_id, j.entry.key_id or "-", j.reason, j.detail)
+
+    def _store_updates(self, accepted_arrays: Sequence[NamedArrays]) -> bool:
+        """Whether this round's accepted updates go to the blob store (``ledger audit`` replays them)."""
+        if self.store_client_updates is None:  # default: when the round's updates are small enough
+            size = sum(np.asarray(a).nbytes for arrays in accepted_arrays for _, a in arrays)
+            return size <= STORE_UPDATES_LIMIT
+        return bool(self.store_client_updates)
 
     def commit_evaluation(self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any],
                           judgements: Sequence[Judgement] = ()) -> None:

@@ -91,7 +91,9 @@ class LedgerStrategy(Strategy):
     store_models : bool, optional
         Keep every round's global model in the ledger's blob store (default True).
     store_client_updates : bool, optional
-        Keep every accepted client update in the blob store too (default False).
+        Keep every accepted client update in the blob store, which ``flower-chain ledger audit``
+        replays the aggregation from. Default ``None``: for every round whose accepted updates hold
+        at most 64 MiB of array data; ``True`` always, ``False`` never.
     resume : bool, optional
         Continue the federation of a ledger that already records rounds, from
         its last verified block (default False: such a ledger is refused).
@@ -105,7 +107,7 @@ class LedgerStrategy(Strategy):
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, resume: bool = False,
+                 store_models: bool = True, store_client_updates: bool | None = None, resume: bool = False,
                  anchor=None, verify_workers: int | None = None) -> None:
         self.strategy = strategy
         self.resume = resume

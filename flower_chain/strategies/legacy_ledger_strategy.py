@@ -83,7 +83,7 @@ class LegacyLedgerStrategy(Strategy):
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool = False, anchor=None,
+                 store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
                  verify_workers: int | None = None) -> None:
         super().__init__()
         self.strategy = strategy

@@ -53,7 +53,7 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
         uri = f"sqlite:///{out_dir / f'ledger-{fed}.db'}"
     strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "clients",
                               server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
-                              store_client_updates=bool(cfg.get("store-client-updates")),
+                              store_client_updates=True if cfg.get("store-client-updates") else None,
                               resume=bool(cfg.get("resume")), anchor=anchor_from_config(cfg, uri))
     return strategy, {"ledger": uri, "federation_id": strategy.federation_id}
 
