@@ -59,3 +59,19 @@ class VerificationError(LedgerError):
             where.append(f"entry {entry}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + what)
+
+
+class LedgerConflictError(AppendError):
+    """Another writer got there first: the block does not extend the stored head.
+
+    Raised inside the backend's atomic section (a compare-and-swap on the head's height and hash), so
+    two servers on one ledger can never fork it: exactly one wins each block, the other gets this.
+    """
+
+
+class LedgerConnectionError(LedgerError):
+    """The ledger's database server was lost mid-run and did not come back in time.
+
+    Nothing is half-written (each block is one transaction); restart the server with ``--resume``
+    once the database is reachable again.
+    """

@@ -6,8 +6,8 @@ import abc
 import hashlib
 from collections.abc import Iterator, Sequence
 
-from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.errors import AppendError, LedgerError
+from flower_chain.ledger.block import ZERO_HASH, StoredBlock
+from flower_chain.ledger.errors import AppendError, LedgerConflictError, LedgerError
 
 Node = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree; level 0 = leaf hash
 
@@ -26,16 +26,49 @@ class Ledger(abc.ABC):
     # -- writing ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
-        """Store one block atomically (the height was checked by :meth:`append`)."""
+        """Store one block atomically, after checking inside the same atomic section that it extends the head.
+
+        Every backend calls :meth:`_check_extends` with the head it reads *inside* its transaction
+        (or under its lock), never with a value read before: that compare-and-swap is what keeps a
+        second writer from forking the ledger.
+        """
 
     def append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
-        """Append one block with its entries and the subtree hashes they complete, atomically."""
-        height = block.header.height
-        if height != self.block_count():
-            raise AppendError(f"block height {height} does not extend a ledger of {self.block_count()} blocks")
+        """Append one block with its entries and the subtree hashes they complete, atomically.
+
+        Raises
+        ------
+        LedgerConflictError
+            The block does not extend the stored head (another writer appended first); nothing was stored.
+        AppendError
+            The header's entry count does not match ``entries``.
+        """
         if block.header.entry_count != len(entries):
             raise AppendError("entry count in the header does not match the entries given")
         self._append(block, entries, nodes)
+
+    def _check_extends(self, block: StoredBlock, count: int, head_hash: bytes | None) -> None:
+        """Raise :class:`LedgerConflictError` unless ``block`` is the next block after the stored head.
+
+        Parameters
+        ----------
+        block : StoredBlock
+            The block about to be stored.
+        count : int
+            Number of blocks stored, read inside the append's atomic section.
+        head_hash : bytes or None
+            Hash of the stored head block (ignored when ``count`` is 0).
+        """
+        h = block.header
+        expected_prev = bytes(head_hash) if count else ZERO_HASH
+        if h.height == count and h.prev_hash == expected_prev:
+            return
+        stored = (f"its head is block {count - 1} with hash {expected_prev.hex()[:16]}" if count
+                  else "it is empty")
+        raise LedgerConflictError(
+            f"{self.uri}: block {h.height} (prev_hash {h.prev_hash.hex()[:16]}) does not extend the stored "
+            f"ledger: {stored}. Another writer appended to this ledger; only one server may write it. Stop "
+            "this server, run `flower-chain ledger verify`, and resume from the verified ledger")
 
     # -- reading ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -7,11 +7,18 @@ per block::
      "entries": ["<base64>", ...], "view": {...}}
 
 The base64 fields are authoritative; ``view`` is the decoded header for
-people reading the file and is ignored by every check. Each line is written
+people reading the file (and ``jq``), and ``height`` repeats the header's height.
+Both must equal the signed header: loading a line whose readable copy differs
+fails with :class:`LedgerCorruptError` naming the line and the field, so what a
+person reads is what was signed. Each line is written
 with one ``write`` and fsynced, so a crash leaves at most one torn last line;
 that line is detected and reported (never read as a block). A writer opening
 the file drops the torn line, which was never acknowledged, and says so.
 Blobs live beside the file in ``<file>.blobs/`` (one file per digest).
+
+Single writer: an append takes an exclusive ``flock`` on the file, reloads
+what other processes appended, and refuses a block that does not extend the
+head it finds (:class:`LedgerConflictError`) before writing its line.
 """
 
 from __future__ import annotations
@@ -21,13 +28,19 @@ import binascii
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.errors import LedgerCorruptError, LedgerError, LedgerOpenError
+from flower_chain.ledger.errors import EncodingError, LedgerCorruptError, LedgerError, LedgerOpenError
 from flower_chain.ledger.merkle import CompactRange, leaf_hash
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: threads of one process are still serialized by the lock below
+    fcntl = None
 
 log = logging.getLogger(__name__)
 MAGIC = {"format": "flower-chain-ledger", "version": 1}
@@ -63,6 +76,7 @@ class JSONLLedger(Ledger):
         self._entries: list[bytes] = []
         self._nodes: dict[tuple[int, int], bytes] = {}
         self._range = CompactRange()
+        self._lock = threading.RLock()
         if self.path.is_dir():
             raise LedgerOpenError(f"{self.path} is a directory, not a ledger file")
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -118,7 +132,27 @@ class JSONLLedger(Ledger):
         block = StoredBlock(_unb64(rec.get("header"), where), _unb64(rec.get("signature"), where),
                             rec.get("checkpoint") if isinstance(rec.get("checkpoint"), str) else "")
         entries = [_unb64(e, f"{where} entry {i}") for i, e in enumerate(rec["entries"])]
+        self._check_readable(rec, block, where)
         self._index(block, entries)
+
+    @staticmethod
+    def _check_readable(rec: dict, block: StoredBlock, where: str) -> None:
+        """The human-readable ``height`` and ``view`` must equal the signed header (what people read is what was signed)."""
+        try:
+            signed = _view(block)
+        except EncodingError:
+            return  # the header itself does not decode: verify reports that block with the reason
+        view = rec.get("view")
+        if not isinstance(view, dict):
+            raise LedgerCorruptError(f"{where}: the readable header copy 'view' is missing or not an object")
+        for field in sorted(set(signed) | set(view)):
+            if field not in view or field not in signed or view[field] != signed[field]:
+                raise LedgerCorruptError(
+                    f"{where}: readable field view.{field} = {view.get(field)!r} differs from the signed header "
+                    f"({signed.get(field)!r}): the line was edited; the signed header is authoritative")
+        if rec.get("height") != signed["height"]:
+            raise LedgerCorruptError(f"{where}: readable field height = {rec.get('height')!r} differs from the "
+                                     f"signed header ({signed['height']!r}): the line was edited")
 
     def _index(self, block: StoredBlock, entries: Sequence[bytes]) -> None:
         for e in entries:
@@ -147,9 +181,19 @@ class JSONLLedger(Ledger):
             "entries": [_b64(e) for e in entries],
             "view": _view(block),
         }
-        self._write_line(json.dumps(rec, separators=(",", ":")))
-        self._size = self.path.stat().st_size
-        self._index(block, [bytes(e) for e in entries])
+        line = json.dumps(rec, separators=(",", ":"))
+        with self._lock:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, after the line is fsynced
+                self.reload()  # what other processes appended before we took the lock
+                self._check_extends(block, len(self._blocks), self._blocks[-1].hash if self._blocks else None)
+                self._write_line(line)
+                self._size = self.path.stat().st_size
+                self._index(block, [bytes(e) for e in entries])
+            finally:
+                os.close(fd)
 
     def block_count(self) -> int:
         return len(self._blocks)

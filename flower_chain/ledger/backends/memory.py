@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 from flower_chain.ledger.backends.base import Ledger, Node
@@ -18,11 +19,14 @@ class MemoryLedger(Ledger):
         self._entries: list[bytes] = []
         self._nodes: dict[tuple[int, int], bytes] = {}
         self._blobs: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
 
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
-        self._entries.extend(bytes(e) for e in entries)
-        self._nodes.update(((lv, ix), h) for lv, ix, h in nodes)
-        self._blocks.append(block)
+        with self._lock:  # the head check and the store are one step for every thread sharing this ledger
+            self._check_extends(block, len(self._blocks), self._blocks[-1].hash if self._blocks else None)
+            self._entries.extend(bytes(e) for e in entries)
+            self._nodes.update(((lv, ix), h) for lv, ix, h in nodes)
+            self._blocks.append(block)
 
     def block_count(self) -> int:
         return len(self._blocks)

@@ -3,18 +3,32 @@
 WAL journal, ``synchronous=FULL`` and one transaction per block, so a block
 is durable when :meth:`append` returns and a ``kill -9`` at any moment leaves
 either the whole block or none of it.
+
+Single writer: each append reads the head (height and block hash) *inside* its
+``BEGIN IMMEDIATE`` transaction, which holds SQLite's write lock, and refuses a
+block that does not extend it (:class:`LedgerConflictError`). Two servers (threads or
+processes) on one file therefore never fork it: one wins each block, the other
+gets a clear error and nothing of its block is stored.
+
+Read-only opening: ``create=False`` (what ``flower-chain ledger summary``,
+``verify``, ... use) opens the file through a ``file:...?mode=ro`` URI and sets
+no pragma, so neither a foreign SQLite file nor a rollback-journal ledger is
+changed by looking at it. The first write through such a handle (a tool that
+appends to an existing ledger) reopens it read-write with WAL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.errors import LedgerCorruptError, LedgerError, LedgerOpenError
+from flower_chain.ledger.errors import LedgerConflictError, LedgerCorruptError, LedgerError, LedgerOpenError
 
 FORMAT = "flower-chain-ledger"
 VERSION = "1"
@@ -34,6 +48,11 @@ CREATE TABLE IF NOT EXISTS blobs (digest BLOB PRIMARY KEY, data BLOB NOT NULL);
 def _db_errors(path: Path):
     try:
         yield
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise LedgerError(f"{path}: another process has held the database's write lock for 30 s ({e}); "
+                              "only one server may write a ledger") from e
+        raise LedgerCorruptError(f"{path}: the SQLite database is damaged or unreadable ({e})") from e
     except sqlite3.DatabaseError as e:
         raise LedgerCorruptError(f"{path}: the SQLite database is damaged ({e})") from e
 
@@ -52,23 +71,54 @@ class SQLiteLedger(Ledger):
                                   else f"ledger file {self.path} not found")
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._read_only = exists and not create
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if self._read_only:
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro".replace("file://", "file:", 1),
+                                           uri=True, isolation_level=None, check_same_thread=False)
+                self._check_format()
+                return
+            self._conn = self._connect_rw()
             if exists:
                 self._check_format()
             else:
-                self._db.executescript(_SCHEMA)
-                self._db.executemany(
+                self._conn.executescript(_SCHEMA)
+                self._conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)]
                 )
         except sqlite3.DatabaseError as e:
             raise LedgerOpenError(f"{self.path} is not a flower-chain SQLite ledger ({e})") from e
 
+    def _connect_rw(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _writable(self) -> None:
+        """Reopen a read-only handle read-write before its first write (the format was checked on open)."""
+        if self._read_only:
+            with _db_errors(self.path):
+                db = self._connect_rw()
+            self._conn.close()
+            self._conn, self._read_only = db, False
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, read-write: for tools that write through it directly (a read-only handle is reopened)."""
+        with self._lock:
+            self._writable()
+            return self._conn
+
+    @property
+    def read_only(self) -> bool:
+        """True while this handle has only read (opened with ``create=False`` and no write yet)."""
+        return self._read_only
+
     def _check_format(self) -> None:
         try:
-            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
             raise LedgerOpenError(f"{self.path} is an SQLite file but not a flower-chain ledger") from e
         if rows.get("format") != FORMAT:
@@ -79,32 +129,41 @@ class SQLiteLedger(Ledger):
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
         h = block.header
         first = h.first_index
-        db = self._db
-        with _db_errors(self.path):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?)",
-                    ((first + i, h.height, bytes(e)) for i, e in enumerate(entries)),
-                )
-                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", nodes)
-                db.execute(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?)",
-                    (h.height, block.header_bytes, block.signature, block.checkpoint),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock:
+            self._writable()
+            db = self._conn
+            with _db_errors(self.path):
+                db.execute("BEGIN IMMEDIATE")  # takes the write lock: the head read below cannot go stale
+                try:
+                    row = db.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+                    count, head = (row[0] + 1, hashlib.sha256(row[1]).digest()) if row else (0, None)
+                    self._check_extends(block, count, head)
+                    db.executemany(
+                        "INSERT INTO entries VALUES (?, ?, ?)",
+                        ((first + i, h.height, bytes(e)) for i, e in enumerate(entries)),
+                    )
+                    db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", nodes)
+                    db.execute(
+                        "INSERT INTO blocks VALUES (?, ?, ?, ?)",
+                        (h.height, block.header_bytes, block.signature, block.checkpoint),
+                    )
+                    db.execute("COMMIT")
+                except sqlite3.IntegrityError as e:
+                    db.execute("ROLLBACK")
+                    raise LedgerConflictError(f"{self.path}: block {h.height} collides with stored data ({e}); "
+                                              "another writer appended to this ledger") from e
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
 
     def block_count(self) -> int:
         with _db_errors(self.path):
-            return self._db.execute("SELECT COALESCE(MAX(height) + 1, 0) FROM blocks").fetchone()[0]
+            return self._conn.execute("SELECT COALESCE(MAX(height) + 1, 0) FROM blocks").fetchone()[0]
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
         end = 2**62 if end is None else end
         with _db_errors(self.path):
-            cur = self._db.execute(
+            cur = self._conn.execute(
                 "SELECT height, header, signature, checkpoint FROM blocks WHERE height >= ? AND height < ? "
                 "ORDER BY height",
                 (start, end),
@@ -115,32 +174,33 @@ class SQLiteLedger(Ledger):
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = 2**62 if end is None else end
         with _db_errors(self.path):
-            cur = self._db.execute("SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
+            cur = self._conn.execute("SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
             while rows := cur.fetchmany(4096):
                 for (data,) in rows:
                     yield bytes(data)
 
     def node(self, level: int, index: int) -> bytes:
         with _db_errors(self.path):
-            row = self._db.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
+            row = self._conn.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
         if row is None:
             raise LedgerError(f"no subtree hash at level {level}, index {index}")
         return bytes(row[0])
 
     def _put_blob(self, digest: bytes, data: bytes) -> None:
-        with _db_errors(self.path):
-            self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
+        with self._lock, _db_errors(self.path):
+            self._writable()
+            self._conn.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
 
     def get_blob(self, digest: bytes) -> bytes:
         with _db_errors(self.path):
-            row = self._db.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+            row = self._conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
         if row is None:
             raise LedgerError(f"no blob {digest.hex()} in {self.path}")
         return bytes(row[0])
 
     def has_blob(self, digest: bytes) -> bool:
         with _db_errors(self.path):
-            return self._db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
+            return self._conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
 
     def close(self) -> None:
-        self._db.close()
+        self._conn.close()
