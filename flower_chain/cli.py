@@ -41,6 +41,9 @@ proof_app = typer.Typer(help="Check proofs offline.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(proof_app, name="proof")
+from flower_chain.serve.cli import serve_command, witness_app  # noqa: E402 - `serve` and `witness`
+app.command("serve")(serve_command)
+app.add_typer(witness_app, name="witness")
 
 out = Console()
 err = Console(stderr=True)

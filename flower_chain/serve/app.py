@@ -1,0 +1,287 @@
+"""The read-only log server: C2SP tlog-tiles over a ledger, plus the ledger explorer page.
+
+Routes
+------
+``GET /checkpoint``
+    The head's signed checkpoint note (``text/plain; charset=utf-8``,
+    ``Cache-Control: public, max-age=2``).
+``GET /tile/<L>/<N>[.p/<W>]``
+    Hash tiles (``application/octet-stream``); full tiles are
+    ``immutable`` for a year, partial tiles cached for 10 s.
+``GET /tile/entries/<N>[.p/<W>]``
+    Entry bundles (big-endian ``uint16`` length-prefixed entries), same caching.
+``GET /``
+    The explorer page (one HTML file with an inline script; no other host).
+``GET /api/summary``, ``/api/rounds``, ``/api/keys/<key id>``, ``/api/proof/<index>``
+    The explorer's JSON, and a C2SP tlog-proof download per log entry.
+
+A malformed tile path is 400; a tile or bundle outside the current tree is
+404; nothing on bad input is a 500. The server follows a ledger another
+process is appending to: it re-reads the head at most every ``refresh_s``
+seconds (and at once when asked for a tile beyond the head it knows), and
+accepts a new head only if its checkpoint verifies under the genesis server
+key and the log did not shrink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from importlib import resources
+from typing import Any
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.entries import EvaluationEntry, RevocationEntry, UpdateEntry, decode_entry
+from flower_chain.ledger.errors import CheckpointError, LedgerError
+from flower_chain.ledger.tiles import (
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    TileError,
+    TilePath,
+    encode_bundle,
+    parse_tile_path,
+    tile_hashes,
+)
+from flower_chain.ledger.writer import read_genesis
+
+log = logging.getLogger("flower_chain.serve")
+
+CHECKPOINT_CACHE = "public, max-age=2"
+FULL_TILE_CACHE = "public, max-age=31536000, immutable"
+PARTIAL_TILE_CACHE = "public, max-age=10"
+_FULL_TILE_CACHE_ITEMS = 4096
+
+
+class LogView:
+    """A ledger as the server currently shows it: the verified head, refreshed on a short interval.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The (already verified) ledger.
+    refresh_s : float
+        Minimum seconds between re-reads of the head.
+    """
+
+    def __init__(self, ledger: Ledger, refresh_s: float = 0.5) -> None:
+        self.ledger = ledger
+        self.refresh_s = refresh_s
+        self.genesis = read_genesis(ledger)
+        self.origin = f"flower-chain/{self.genesis.federation_id}"
+        self.lock = threading.RLock()
+        head = ledger.head()
+        self.checkpoint = head.checkpoint
+        self.size = head.header.log_size
+        self.height = head.header.height
+        self._checked = time.monotonic()
+        self._full_tiles: dict[tuple[int | None, int], bytes] = {}
+        self._explorer: tuple[int, dict[str, Any]] | None = None
+
+    def refresh(self, force: bool = False) -> None:
+        """Pick up blocks appended since the last look (no more often than ``refresh_s`` unless forced)."""
+        with self.lock:
+            now = time.monotonic()
+            if not force and now - self._checked < self.refresh_s:
+                return
+            self._checked = now
+            try:
+                self.ledger.reload()
+                head = self.ledger.head()
+            except LedgerError as e:
+                log.error("cannot re-read %s: %s", self.ledger.uri, e)
+                return
+            if head is None or head.header.height == self.height:
+                return
+            try:
+                cp = verify_checkpoint(head.checkpoint, self.genesis.server_key, origin=self.origin)
+            except (CheckpointError, LedgerError) as e:
+                log.error("not serving block %d: its checkpoint does not verify (%s)", head.header.height, e)
+                return
+            if cp.size < self.size or head.header.height < self.height or cp.size != head.header.log_size:
+                log.error("not serving block %d: the log went from %d to %d entries", head.header.height,
+                          self.size, cp.size)
+                return
+            self.checkpoint, self.size, self.height = head.checkpoint, cp.size, head.header.height
+
+    # -- tiles -------------------------------------------------------------------------------------
+    def _exists(self, t: TilePath) -> bool:
+        level = 0 if t.level is None else t.level
+        return (t.index * TILE_WIDTH + t.width) << (TILE_HEIGHT * level) <= self.size
+
+    def tile(self, t: TilePath) -> bytes | None:
+        """The bytes of a hash tile or entry bundle, or ``None`` if it is not in the tree."""
+        with self.lock:
+            if not self._exists(t):
+                self.refresh(force=True)
+                if not self._exists(t):
+                    return None
+            key = (t.level, t.index)
+            if not t.is_partial and key in self._full_tiles:
+                return self._full_tiles[key]
+            if t.level is None:
+                start = t.index * TILE_WIDTH
+                data = encode_bundle(self.ledger.entries(start, start + t.width))
+            else:
+                data = tile_hashes(self.ledger.node, t)
+            if not t.is_partial:
+                if len(self._full_tiles) >= _FULL_TILE_CACHE_ITEMS:
+                    self._full_tiles.pop(next(iter(self._full_tiles)))
+                self._full_tiles[key] = data
+            return data
+
+    # -- explorer ----------------------------------------------------------------------------------
+    def explorer(self) -> dict[str, Any]:
+        """Everything the explorer page shows, computed once per head."""
+        with self.lock:
+            if self._explorer and self._explorer[0] == self.height:
+                return self._explorer[1]
+            data = explorer_data(self.ledger, self.height)
+            data["checkpoint"] = self.checkpoint
+            self._explorer = (self.height, data)
+            return data
+
+
+def explorer_data(ledger: Ledger, last_height: int) -> dict[str, Any]:
+    """Rounds, verdicts by reason, per-key history, accuracy and timing from blocks ``0..last_height``."""
+    genesis = read_genesis(ledger)
+    rounds: dict[int, dict[str, Any]] = {}
+    reasons: Counter = Counter()
+    keys: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    accuracy: list[dict[str, Any]] = []
+    blocks: list[dict[str, Any]] = []
+    prev_ts = None
+    for block in ledger.blocks(0, last_height + 1):
+        h = block.header
+        blocks.append({"height": h.height, "round": h.round, "entries": h.entry_count, "log_size": h.log_size,
+                       "timestamp_ms": h.timestamp_ms,
+                       "seconds_since_previous": None if prev_ts is None else (h.timestamp_ms - prev_ts) / 1000})
+        prev_ts = h.timestamp_ms
+        if h.height == 0:
+            continue
+        for i, data in enumerate(ledger.entries(h.first_index, h.log_size)):
+            e = decode_entry(data)
+            index = h.first_index + i
+            r = rounds.setdefault(h.round, {"round": h.round, "accepted": 0, "rejected": 0, "evaluate_replies": 0,
+                                            "reasons": Counter(), "first_ms": h.timestamp_ms, "last_ms": h.timestamp_ms,
+                                            "blocks": []})
+            r["last_ms"] = max(r["last_ms"], h.timestamp_ms)
+            if h.height not in r["blocks"]:
+                r["blocks"].append(h.height)
+            if isinstance(e, UpdateEntry):
+                if e.kind == "evaluate":
+                    r["evaluate_replies"] += 1
+                elif e.verdict == "accepted":
+                    r["accepted"] += 1
+                else:
+                    r["rejected"] += 1
+                    r["reasons"][e.reason] += 1
+                    reasons[e.reason] += 1
+                keys[e.key_id or "(unsigned)"].append({
+                    "index": index, "block": h.height, "round": e.round, "kind": e.kind, "verdict": e.verdict,
+                    "reason": e.reason, "num_examples": e.num_examples, "node_id": e.node_id,
+                    "metrics": {k: v for k, v in e.metrics.items() if isinstance(v, (int, float, str, bool))}})
+            elif isinstance(e, EvaluationEntry):
+                metrics = {k: v for k, v in e.metrics.items() if isinstance(v, (int, float))}
+                accuracy.append({"round": e.round, "source": e.source, "index": index, **metrics})
+            elif isinstance(e, RevocationEntry):
+                keys[e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",
+                                       "verdict": "revoked", "reason": e.reason})
+    prev_last = blocks[0]["timestamp_ms"] if blocks else None
+    round_rows = []
+    for rnd in sorted(rounds):
+        r = rounds[rnd]
+        r["reasons"] = dict(r["reasons"])
+        r["duration_s"] = None if prev_last is None else max(0.0, (r["last_ms"] - prev_last) / 1000)
+        prev_last = r["last_ms"]
+        round_rows.append(r)
+    return {
+        "federation_id": genesis.federation_id, "origin": f"flower-chain/{genesis.federation_id}",
+        "strategy": genesis.strategy, "allowed_keys": len(genesis.client_keys), "blocks": len(blocks),
+        "log_size": blocks[-1]["log_size"] if blocks else 0, "rounds": round_rows,
+        "reasons": dict(reasons), "keys": {k: v for k, v in sorted(keys.items())}, "accuracy": accuracy,
+        "block_times": blocks,
+    }
+
+
+def build_app(view: LogView):
+    """The Starlette application serving ``view``."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    page = resources.files("flower_chain.serve").joinpath("explorer.html").read_text(encoding="utf-8")
+
+    async def checkpoint(request: Request) -> Response:
+        view.refresh(force=True)
+        return Response(view.checkpoint, media_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": CHECKPOINT_CACHE})
+
+    async def tile(request: Request) -> Response:
+        try:
+            t = parse_tile_path("tile/" + request.path_params["rest"])
+        except TileError as e:
+            return PlainTextResponse(f"bad tile path: {e}\n", status_code=400)
+        view.refresh()
+        try:
+            data = view.tile(t)
+        except TileError as e:  # an entry too large for a uint16 length prefix
+            return PlainTextResponse(f"{e}\n", status_code=501)
+        if data is None:
+            return PlainTextResponse("no such tile in this log\n", status_code=404)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Cache-Control": PARTIAL_TILE_CACHE if t.is_partial else FULL_TILE_CACHE})
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    def _data() -> dict[str, Any]:
+        view.refresh()
+        return view.explorer()
+
+    async def summary(request: Request) -> Response:
+        d = _data()
+        return JSONResponse({k: d[k] for k in ("federation_id", "origin", "strategy", "allowed_keys", "blocks",
+                                               "log_size", "reasons", "checkpoint")} | {"keys": sorted(d["keys"])})
+
+    async def rounds(request: Request) -> Response:
+        d = _data()
+        return JSONResponse({"rounds": d["rounds"], "accuracy": d["accuracy"], "block_times": d["block_times"]})
+
+    async def key_history(request: Request) -> Response:
+        kid = request.path_params["kid"]
+        hist = _data()["keys"].get(kid)
+        if hist is None:
+            return JSONResponse({"error": f"no entries for key {kid[:40]}"}, status_code=404)
+        return JSONResponse({"key_id": kid, "entries": hist})
+
+    async def proof(request: Request) -> Response:
+        from flower_chain.ledger.tlog_proof import prove_inclusion
+
+        s = request.path_params["index"]
+        if not s.isascii() or not s.isdigit() or len(s) > 18:
+            return PlainTextResponse("entry index must be a decimal number\n", status_code=400)
+        index = int(s)
+        with view.lock:
+            view.refresh()
+            if index >= view.size:
+                return PlainTextResponse(f"no entry {index} in a log of {view.size} entries\n", status_code=404)
+            try:
+                text = prove_inclusion(view.ledger, index).to_text()
+            except LedgerError as e:
+                return PlainTextResponse(f"{e}\n", status_code=404)
+        return Response(text, media_type="text/plain; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="entry-{index}.tlog-proof"',
+                                 "Cache-Control": "no-cache"})
+
+    routes = [
+        Route("/", index), Route("/checkpoint", checkpoint), Route("/tile/{rest:path}", tile),
+        Route("/api/summary", summary), Route("/api/rounds", rounds), Route("/api/keys/{kid}", key_history),
+        Route("/api/proof/{index}", proof),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=1024)])
