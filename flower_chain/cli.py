@@ -279,6 +279,64 @@ def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Option
         fail(str(e))
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    """``1, 2, 3`` for up to 20 rounds, else the first and last ones and the count."""
+    if len(rounds) <= 20:
+        return ", ".join(map(str, rounds))
+    return f"{', '.join(map(str, rounds[:10]))}, … {', '.join(map(str, rounds[-3:]))} ({len(rounds)} rounds)"
+
+
+@ledger_app.command("audit")
+def ledger_audit(uri: str,
+                 strict: bool = typer.Option(False, "--strict",
+                                             help="rounds that cannot be re-derived fail the audit (exit 1)"),
+                 strategy_class: Optional[list[str]] = typer.Option(
+                     None, "--strategy-class", help="a replayable strategy of your own: package.module:Class"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Verify the ledger, then recompute every round's global model from the stored accepted updates.
+
+    Exit 1 when a round's recorded model_after or state_after is not what the recorded strategy computes
+    from the round's accepted updates (or, with --strict, when a round cannot be re-derived).
+    """
+    from flower_chain.audit import AuditInputError, audit, load_class
+
+    try:
+        classes = [load_class(c) for c in strategy_class or []]
+    except AuditInputError as e:
+        fail(str(e))
+    ledger = _open(uri)
+    try:
+        verify(ledger, client_signatures=True)
+        report = audit(ledger, strategy_classes=classes)
+    except VerificationError as e:
+        if as_json:
+            emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what, "ok": False})
+        err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    except LedgerError as e:
+        fail(f"{uri}: {e}", EXIT_FAILED)
+    missing = report.not_rederived
+    failed = bool(report.mismatches) or (strict and bool(missing))
+    if as_json:
+        emit_json({"verified": True, **report.to_dict(), "strict": strict, "ok": not failed})
+        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+    train = [r for r in report.rounds if r.accepted or r.status != "mismatch" or "no train update" not in r.detail]
+    for r in report.mismatches:
+        err.print(f"[bold red]NOT RE-DERIVED[/] round {r.round} (block {r.height}): {r.detail}", highlight=False)
+    if missing:
+        reasons = sorted({r.detail for r in missing})
+        line = (f"aggregation not re-derivable for rounds {_rounds_text([r.round for r in missing])}: "
+                + "; ".join(reasons[:3]) + (f"; … ({len(reasons)} reasons)" if len(reasons) > 3 else ""))
+        (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "") + line, highlight=False)
+    ok = len(report.rederived)
+    summary_line = (f"{ok} of {len(train)} train rounds re-derived bit for bit with {report.strategy} "
+                    f"({report.updates_replayed} updates replayed in {report.seconds:.2f} s)")
+    if failed:
+        err.print(f"[bold red]AUDIT FAILED[/] {uri}: {summary_line}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    out.print(f"[bold green]AUDITED[/] {uri}: {summary_line}", highlight=False)
+
+
 @ledger_app.command("anchor")
 def ledger_anchor(uri: str, url: str = typer.Option(..., "--anchor", help="evm+http://HOST:PORT"),
                   contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
