@@ -77,11 +77,40 @@ class Federation:
         return self.writer.append(rnd, entries, model_before=before, model_after=self.rng.randbytes(32))
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the whole session (tests/pgserver.py), stopped by PID at the end.
+
+    Skips with the reason only where the binaries or psycopg are not installed.
+    """
+    from tests.pgserver import PostgresServer, why_unavailable
+
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def federation_factory(tmp_path):
+def pg_uri(postgres_server, request):
+    """The URI of a fresh, empty PostgreSQL database for this test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-50:]
+    return postgres_server.create_database(name)
+
+
+@pytest.fixture
+def federation_factory(tmp_path, request):
     made = []
 
     def make(backend: str = "sqlite", **kw) -> Federation:
+        if backend == "postgresql":
+            uri = request.getfixturevalue("postgres_server").create_database(
+                f"f{len(made)}_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-40:])
+            f = Federation(uri, **kw)
+            made.append(f)
+            return f
         uri = {"memory": "memory:", "sqlite": f"sqlite:///{tmp_path}/l{len(made)}.db",
                "jsonl": f"jsonl:///{tmp_path}/l{len(made)}.jsonl"}[backend]
         f = Federation(uri, **kw)

@@ -32,7 +32,7 @@ from flower_chain.ledger.checkpoint import Checkpoint, parse_verifier_key, sign_
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.keys import raw_public
 
-BACKENDS = ["memory", "sqlite", "jsonl"]
+BACKENDS = ["memory", "sqlite", "jsonl", "postgresql"]
 
 
 # --- canonical encoding ---------------------------------------------------------------------------
@@ -158,8 +158,9 @@ def test_write_reopen_verify_and_prove(backend, federation_factory):
     merkle.verify_consistency(6, size, proofs.consistency_proof(f.ledger, 6), old.header.log_root, root)
 
 
-def test_wrong_server_key_cannot_append(federation_factory):
-    f = federation_factory("sqlite")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_server_key_cannot_append(backend, federation_factory):
+    f = federation_factory(backend)
     with pytest.raises(LedgerError, match="server key"):
         LedgerWriter(f.ledger, Ed25519PrivateKey.generate())
 
@@ -173,8 +174,9 @@ def test_verify_pinned_server_key_and_empty_ledger(federation_factory, tmp_path)
         verify(empty)
 
 
-def test_head_changed_under_writer_is_detected(federation_factory):
-    f = federation_factory("sqlite")
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "memory"])
+def test_head_changed_under_writer_is_detected(backend, federation_factory):
+    f = federation_factory(backend)
     f.add_round(1)
     other = LedgerWriter(open_ledger(f.uri), f.server_key)
     other.append(2, [])

@@ -4,6 +4,7 @@
 ``memory:``                in-memory (:class:`MemoryLedger`)
 ``sqlite:///rel/path.db``  SQLite; four slashes for an absolute path
 ``jsonl:///rel/path``      JSON Lines; four slashes for an absolute path
+``postgresql://u@h:p/db``  PostgreSQL (psycopg 3, ``pip install 'flower-chain[postgres]'``)
 ``PATH.db`` / ``PATH.jsonl``  a plain path, backend by suffix
 ``SCHEME:...``             a third-party backend registered under the
                            entry-point group ``flower_chain.ledgers``
@@ -21,12 +22,14 @@ from pathlib import Path
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.backends.jsonl import JSONLLedger
 from flower_chain.ledger.backends.memory import MemoryLedger
+from flower_chain.ledger.backends.postgres import PostgresLedger
 from flower_chain.ledger.backends.sqlite import SQLiteLedger
 from flower_chain.ledger.errors import LedgerOpenError
 
 ENTRY_POINT_GROUP = "flower_chain.ledgers"
 
-__all__ = ["ENTRY_POINT_GROUP", "JSONLLedger", "Ledger", "MemoryLedger", "SQLiteLedger", "open_ledger"]
+__all__ = ["ENTRY_POINT_GROUP", "JSONLLedger", "Ledger", "MemoryLedger", "PostgresLedger", "SQLiteLedger",
+           "open_ledger"]
 
 
 def _path_of(uri: str, scheme: str) -> Path:
@@ -52,18 +55,20 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
             return JSONLLedger(p, create=create, drop_torn_tail=create)
         if p.suffix in (".db", ".sqlite", ".sqlite3") or (p.exists() and not create):
             return SQLiteLedger(p, create=create)
-        raise LedgerOpenError(f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH or memory:")
+        raise LedgerOpenError(f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH, postgresql://USER@HOST:PORT/DB or memory:")
     if scheme == "memory":
         return MemoryLedger(uri)
     if scheme == "sqlite":
         return SQLiteLedger(_path_of(uri, scheme), create=create, uri=uri)
     if scheme == "jsonl":
         return JSONLLedger(_path_of(uri, scheme), create=create, uri=uri, drop_torn_tail=create)
+    if scheme == "postgresql":
+        return PostgresLedger(uri, create=create)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == scheme:
             ledger = ep.load()(uri, create=create)
             if not isinstance(ledger, Ledger):
                 raise LedgerOpenError(f"backend {scheme!r} ({ep.value}) did not return a Ledger")
             return ledger
-    known = ["memory", "sqlite", "jsonl"] + sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    known = ["memory", "sqlite", "jsonl", "postgresql"] + sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
     raise LedgerOpenError(f"{uri!r}: unknown ledger scheme {scheme!r}; known: {', '.join(known)}")
