@@ -3,19 +3,17 @@ an accepted update; a server that rewrites an earlier block; a server that swaps
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, RecordDict
 
-from flower_chain.clients.receipts import METRIC_ERRORS, METRIC_RECEIPTS
+from flower_chain.clients.receipts import METRIC_ERRORS, METRIC_RECEIPTS, origin_dir_name, origin_for, read_counts
 from flower_chain.clients.signing import make_signing_mod
-from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.tlog_proof import InclusionProof
 from flower_chain.strategies import LedgerStrategy
-from tests.fl_helpers import Clients, FakeGrid, arrays, context, fedavg, train_reply
+from flower_chain.wire import CTX_RECEIPT
+from tests.fl_helpers import Clients, FakeGrid, arrays, context, fedavg, train_reply, with_content
 
 NODES = [101, 102, 103]
 
@@ -28,6 +26,7 @@ class World:
 
     def __init__(self, tmp_path, server_key=None, clients=None, federation="fed-r", ledger="memory:"):
         self.tmp = tmp_path
+        self.federation = federation
         self.clients = clients or Clients(len(NODES))
         self.server_key = server_key or Ed25519PrivateKey.generate()
         self.strategy = LedgerStrategy(fedavg(), ledger=ledger, keyring=self.clients.keyring,
@@ -36,16 +35,22 @@ class World:
         self.global_arrays = arrays(0)
         self.replies = {}
 
-    def dir(self, i):
+    def key_dir(self, i):
         return self.tmp / "receipts" / key_id(self.clients.keys[i])
 
-    def counts(self, i):
-        doc = json.loads((self.dir(i) / "counts.json").read_text())
-        return {"receipts": doc["receipts"], "errors": doc["errors"]}
+    def dir(self, i):
+        """The client's directory of this federation's receipts and errors.log."""
+        return self.key_dir(i) / origin_dir_name(origin_for(self.federation))
 
-    def round(self, rnd, *, aggregate=True):
+    def counts(self, i):
+        return read_counts(self.key_dir(i), self.federation)
+
+    def round(self, rnd, *, aggregate=True, tamper=None):
+        """One train round; ``tamper`` maps a client index to a function that rewrites the config dict
+        (and may return ``(config, arrays)``) of that client's instruction: a dishonest server."""
         msgs = sorted(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
                       key=lambda m: m.metadata.dst_node_id)
+        msgs = [_tampered(m, (tamper or {}).get(i)) for i, m in enumerate(msgs)]
         replies = [mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
                    for i, (m, mod) in enumerate(zip(msgs, self.mods))]
         self.replies[rnd] = replies
@@ -53,6 +58,14 @@ class World:
             agg, _ = self.strategy.aggregate_train(rnd, replies)
             self.global_arrays = agg
         return replies
+
+
+def _tampered(msg, fn):
+    if fn is None:
+        return msg
+    out = fn(dict(msg.content["config"].items()))
+    config, arrays_ = out if isinstance(out, tuple) else (out, msg.content["arrays"])
+    return with_content(msg, RecordDict({"arrays": arrays_, "config": ConfigRecord(config)}))
 
 
 def test_honest_run_every_receipt_verifies(tmp_path):
@@ -74,28 +87,18 @@ def test_honest_run_every_receipt_verifies(tmp_path):
 def test_server_that_drops_an_accepted_update_is_caught(tmp_path):
     w = World(tmp_path)
     w.round(1)
-    replies = w.round(2, aggregate=False)
-    victim = str(NODES[0])
-    core = w.strategy.core
-    real_append = core.writer.append
+    w.round(2)
 
-    def dropping_append(rnd, entries, **kw):  # a dishonest server leaves one accepted update out
-        return real_append(rnd, [e for e in entries if getattr(e, "node_id", None) != victim], **kw)
+    def drop_receipts(config):  # a dishonest server: the victim's update of round 2 has no place in its log
+        return {**config, CTX_RECEIPT: ""}
 
-    core.writer.append = dropping_append
-    w.global_arrays, _ = w.strategy.aggregate_train(2, replies)
-    core.writer.append = real_append
-    head = core.writer.head.header  # its bookkeeping follows what it actually wrote
-    core.update_index = {k: v for k, v in core.update_index.items() if k[1] != 2}
-    for i, data in enumerate(core.ledger.entries(head.first_index, head.log_size)):
-        e = decode_entry(data)
-        core.update_index[(e.key_id, 2)] = head.first_index + i
-    w.round(3)
+    w.round(3, tamper={0: drop_receipts})
     assert w.counts(0)["errors"] == 1 and w.counts(0)["receipts"] == 1
     assert "missing from the ledger" in (w.dir(0) / "errors.log").read_text()
     assert w.counts(1) == {"receipts": 2, "errors": 0}
+    w.round(4)
     # the error count is in the client's next signed metrics
-    assert w.replies[3][0].content["metrics"][METRIC_ERRORS] == 1
+    assert w.replies[4][0].content["metrics"][METRIC_ERRORS] == 1
 
 
 def test_server_that_rewrites_an_earlier_block_is_caught(tmp_path):
@@ -107,10 +110,11 @@ def test_server_that_rewrites_an_earlier_block_is_caught(tmp_path):
     forked = World(tmp_path, server_key=w.server_key, clients=w.clients)
     forked.mods = w.mods  # the same clients, with their receipts directories
     forked.strategy.core.node_seen.update(seen)
-    msgs = list(forked.strategy.configure_train(1, arrays(5), ConfigRecord({}), FakeGrid(NODES)))
-    forked.strategy.aggregate_train(1, [])  # rewritten history: round 1 with nobody in it
+    msgs = []
+    for rnd in (1, 2):  # rewritten history: rounds 1 and 2 with nobody in them
+        msgs += forked.strategy.configure_train(rnd, arrays(5), ConfigRecord({}), FakeGrid(NODES))
+        forked.strategy.aggregate_train(rnd, [])
     forked.global_arrays = arrays(5)
-    forked.strategy.core.last_round = 2
     forked.round(3)  # a server that cannot prove consistency may claim once not to know the node...
     forked.round(4)  # ...but not twice: the clients flag the fork
     for i in range(len(NODES)):

@@ -1,45 +1,61 @@
 """Client-side receipts and fork detection (no torch, no flwr).
 
 With each instruction the server sends the signed checkpoint of its ledger,
-a consistency proof from the checkpoint it sent this node last time, and
-an inclusion proof (C2SP tlog-proof) of this node's previous update. The
-client keeps, in its own directory:
+the signed header of its head block, a consistency proof from the checkpoint
+it sent this node last time, and inclusion proofs (C2SP tlog-proofs) of this
+node's previous updates. A :class:`ReceiptKeeper` checks them and keeps, in
+the directory of one client key (``receipts/<key id>/``):
 
 * ``server-key`` — the server's Ed25519 key, pinned on first use unless
   given (``FLOWER_CHAIN_SERVER_KEY`` / node config ``server-key``);
-* ``checkpoint.txt`` — the last checkpoint it verified;
-* ``pending.json`` — the statements it signed and has no receipt for yet (it
-  names the oldest one's round in its signed reply; the server answers with
-  that receipt at the next instruction);
-* ``round-<R>.proof`` — the receipt of its update of round R (a tlog-proof
-  anyone can check with ``flower-chain proof verify``);
-* ``errors.log`` — every problem found.
+* ``state.sqlite`` — per log origin (``flower-chain/<federation id>``): the
+  last checkpoint verified, the statements signed and not yet receipted,
+  and the counters (receipts, errors); shared safely by every process of the
+  node (each check is one SQLite transaction, counters only ever grow);
+* ``<origin>/`` — one directory per log (the origin made filesystem-safe:
+  its printable part and 12 hex digits of its SHA-256; ``origin.txt``
+  names it), holding ``round-<R>.proof`` — the receipt of the update of
+  round R (a tlog-proof anyone can check with ``flower-chain proof
+  verify``) — and ``errors.log``, every problem found.
 
-A checkpoint whose signature fails, a log that is not an extension of the
-last one seen (a rewritten or forked history), an update that is missing
-from the ledger (silently dropped) or a receipt that does not verify is
-logged as an error and counted; the counts travel in the client's metrics.
+An error is: a checkpoint or head header whose signature fails; a head
+header that is not the head of the checkpointed log; a train instruction
+whose global model is not the one the head block records (``model_after``);
+a log that is not an extension of the last one seen (a rewritten or forked
+history); an update missing from the ledger (dropped) or recorded as
+rejected; a receipt that does not verify; another server key than the
+pinned one. Each is logged, appended to ``errors.log`` and counted; the
+counts travel in the client's signed metrics.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 import logging
+import re
+import sqlite3
+import threading
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flower_chain.ledger import merkle
-from flower_chain.ledger.checkpoint import verify_checkpoint
-from flower_chain.ledger.entries import UpdateEntry, decode_entry
+from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
+from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.keys import public_key_problem, verify_signature
+from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.tlog_proof import InclusionProof
 from flower_chain.wire import (
     CTX_CHECKPOINT,
     CTX_CONSISTENCY,
     CTX_CONSISTENCY_FROM,
+    CTX_HEAD,
+    CTX_HEAD_SIGNATURE,
     CTX_RECEIPT,
     CTX_SERVER_KEY,
     RECEIPT_SEPARATOR,
@@ -49,104 +65,263 @@ log = logging.getLogger(__name__)
 
 METRIC_RECEIPTS = "flower-chain-receipts"
 METRIC_ERRORS = "flower-chain-receipt-errors"
+STATE_FILE = "state.sqlite"
+SERVER_KEY_FILE = "server-key"
+ERRORS_LOG = "errors.log"
+MESSAGE_LIMIT = 600  # characters of one error message (they embed text sent by the server)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (origin TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+                                     PRIMARY KEY (origin, name));
+CREATE TABLE IF NOT EXISTS logs (origin TEXT PRIMARY KEY, checkpoint TEXT, deferred INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pending (origin TEXT NOT NULL, round INTEGER NOT NULL, statement BLOB NOT NULL,
+                                    PRIMARY KEY (origin, round));
+"""
+
+
+def origin_for(federation_id: str) -> str:
+    """The checkpoint origin of a federation's log."""
+    return f"flower-chain/{federation_id}"
+
+
+def origin_dir_name(origin: str) -> str:
+    """A filesystem-safe, collision-free directory name for a log origin.
+
+    Its characters outside ``[A-Za-z0-9._-]`` become ``_`` (at most 48 kept,
+    no leading dot), followed by ``-`` and 12 hex digits of SHA-256 of the
+    origin, so two origins never share a directory.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", origin)[:48].lstrip(".") or "log"
+    return f"{readable}-{hashlib.sha256(origin.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
+def _checkpoint_of(note: str) -> Checkpoint:
+    """The checkpoint in a signed note this client verified before (its signature is not re-checked)."""
+    return Checkpoint.from_text(note[: note.rfind("\n\n") + 1])
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=60.0, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; a commit needs no fsync
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def read_counts(directory: str | Path, federation_id: str | None = None) -> dict[str, int]:
+    """The receipt counters of a key directory (``receipts/<key id>/``), read fresh.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The key's receipts directory.
+    federation_id : str, optional
+        Only this federation's log; default: the sum over every log.
+
+    Returns
+    -------
+    dict
+        ``{"receipts": N, "errors": M}`` (zeros when nothing was recorded yet).
+    """
+    out = {"receipts": 0, "errors": 0}
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return out
+    db = _connect(path)
+    try:
+        if federation_id is None:
+            rows = db.execute("SELECT name, SUM(n) FROM counters GROUP BY name").fetchall()
+        else:
+            rows = db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin_for(federation_id),)).fetchall()
+    finally:
+        db.close()
+    for name, n in rows:
+        if name in out:
+            out[name] = int(n)
+    return out
 
 
 class ReceiptKeeper:
-    """The receipts directory of one client key."""
+    """The receipts of one client key, for every log (federation) it takes part in.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The key's receipts directory (created when absent).
+    server_key : bytes, optional
+        The server's raw Ed25519 public key; default: pinned on first use in ``server-key``.
+
+    Notes
+    -----
+    Every method reads the state fresh from ``state.sqlite`` and changes it in one
+    transaction, so several processes (or threads) serving the same node agree
+    on it and no count is lost.
+    """
 
     def __init__(self, directory: str | Path, server_key: bytes | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.pinned = server_key
-        state = self._load_json("counts.json") or {}
-        self.receipts = int(state.get("receipts", 0))
-        self.errors = int(state.get("errors", 0))
-        self.deferred = bool(state.get("deferred", False))
+        if server_key is not None and public_key_problem(bytes(server_key)) is not None:
+            raise LedgerError(f"the given server key is {public_key_problem(bytes(server_key))}")
+        self.pinned = bytes(server_key) if server_key is not None else None
+        self._lock = threading.Lock()
+        self._db = _connect(self.dir / STATE_FILE)
 
-    # -- files -------------------------------------------------------------------------------------
-    def _load_json(self, name: str):
-        p = self.dir / name
-        return json.loads(p.read_text()) if p.is_file() else None
+    # -- storage -----------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self, write: bool):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._db
+            finally:  # what was found stays found (and counted), even if a check raised
+                self._db.execute("COMMIT")
 
-    def _write(self, name: str, text: str) -> None:
-        tmp = self.dir / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.dir / name)
+    def _bump(self, origin: str, name: str) -> None:
+        self._db.execute("INSERT INTO counters (origin, name, n) VALUES (?, ?, 1) "
+                         "ON CONFLICT (origin, name) DO UPDATE SET n = n + 1", (origin, name))
 
-    def _error(self, message: str) -> None:
-        self.errors += 1
-        log.error("flower-chain receipt check: %s", message)
-        with open(self.dir / "errors.log", "a") as f:
+    def log_dir(self, federation_id: str) -> Path:
+        """The directory of one federation's receipts and errors (created when absent)."""
+        origin = origin_for(federation_id)
+        d = self.dir / origin_dir_name(origin)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "origin.txt").write_text(safe_text(origin, 300) + "\n")
+        return d
+
+    def _error(self, federation_id: str, message: str) -> None:
+        message = safe_text(message, MESSAGE_LIMIT)
+        self._bump(origin_for(federation_id), "errors")
+        log.error("flower-chain receipt check (%s): %s", safe_text(federation_id), message)
+        with open(self.log_dir(federation_id) / ERRORS_LOG, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
 
-    def _save_counts(self) -> None:
-        self._write("counts.json", json.dumps({"receipts": self.receipts, "errors": self.errors,
-                                               "deferred": self.deferred}))
+    def _log_row(self, origin: str) -> tuple[str | None, bool]:
+        row = self._db.execute("SELECT checkpoint, deferred FROM logs WHERE origin = ?", (origin,)).fetchone()
+        return (row[0], bool(row[1])) if row else (None, False)
 
-    @property
-    def seen_size(self) -> int:
-        """Size of the last checkpoint this client verified (-1: none yet)."""
-        p = self.dir / "checkpoint.txt"
-        if not p.is_file():
-            return -1
-        lines = p.read_text().split("\n")
-        return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
+    def _set_log(self, origin: str, checkpoint: str | None, deferred: bool) -> None:
+        self._db.execute("INSERT INTO logs (origin, checkpoint, deferred) VALUES (?, ?, ?) ON CONFLICT (origin) "
+                         "DO UPDATE SET checkpoint = excluded.checkpoint, deferred = excluded.deferred",
+                         (origin, checkpoint, int(deferred)))
 
-    @property
-    def metrics(self) -> dict[str, int]:
-        return {METRIC_RECEIPTS: self.receipts, METRIC_ERRORS: self.errors}
+    # -- what the signed reply carries -------------------------------------------------------------
+    def metrics_for(self, federation_id: str) -> dict[str, int]:
+        """The counters of a federation's log, as the metrics the client signs."""
+        origin = origin_for(federation_id)
+        with self._transaction(write=False) as db:
+            rows = dict(db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin,)).fetchall())
+        return {METRIC_RECEIPTS: int(rows.get("receipts", 0)), METRIC_ERRORS: int(rows.get("errors", 0))}
 
-    def _server_key(self, offered: bytes) -> bytes | None:
-        stored = self.dir / "server-key"
-        known = self.pinned or (base64.b64decode(stored.read_text()) if stored.is_file() else None)
-        if known is None:
-            if len(offered) != 32:
-                self._error("the server sent no usable server key")
-                return None
-            self._write("server-key", base64.b64encode(offered).decode())  # trust on first use
-            return offered
-        if offered and offered != known:
-            self._error("the server now presents another server key than the one pinned")
-        return known
+    def counts(self, federation_id: str | None = None) -> dict[str, int]:
+        """``{"receipts": N, "errors": M}`` of one federation's log, or summed over all (read fresh)."""
+        return read_counts(self.dir, federation_id)
+
+    def record(self, federation_id: str, server_round: int | None, statement: bytes | None) -> tuple[int, int]:
+        """Remember a signed train statement (if given) until its receipt arrives.
+
+        Returns
+        -------
+        tuple of int
+            The size of the last checkpoint this client verified of the log (-1: none) and the
+            round whose receipt it asks for next (-1: none), as the signed reply names them.
+        """
+        origin = origin_for(federation_id)
+        with self._transaction(write=statement is not None) as db:
+            if statement is not None:
+                db.execute("INSERT OR REPLACE INTO pending (origin, round, statement) VALUES (?, ?, ?)",
+                           (origin, int(server_round), bytes(statement)))
+            note, _ = self._log_row(origin)
+            first = db.execute("SELECT MIN(round) FROM pending WHERE origin = ?", (origin,)).fetchone()[0]
+        seen = _checkpoint_of(note).size if note else -1
+        return seen, int(first) if first is not None else -1
+
+    def remember(self, federation_id: str, server_round: int, statement: bytes) -> None:
+        """Record a signed train statement: its receipt is expected with a following instruction."""
+        self.record(federation_id, server_round, statement)
+
+    def seen_size(self, federation_id: str) -> int:
+        """Size of the last checkpoint of the log this client verified (-1: none yet)."""
+        return self.record(federation_id, None, None)[0]
+
+    def pending_round(self, federation_id: str) -> int:
+        """The round whose receipt this client asks for next (-1: none)."""
+        return self.record(federation_id, None, None)[1]
 
     # -- checks ------------------------------------------------------------------------------------
-    def check(self, federation_id: str, config: Mapping[str, Any]) -> None:
-        """Check what the server sent with an instruction; errors are logged and counted."""
-        try:
-            self._check(federation_id, config)
-        finally:
-            self._save_counts()
+    def _server_key(self, federation_id: str, offered: bytes) -> bytes | None:
+        if self.pinned is None:
+            stored = self.dir / SERVER_KEY_FILE
+            if stored.is_file():
+                self.pinned = base64.b64decode(stored.read_text())
+        if self.pinned is None:  # trust on first use (under the transaction: one process pins)
+            problem = public_key_problem(offered)
+            if problem is not None:
+                self._error(federation_id, f"the server sent no usable server key ({problem})")
+                return None
+            tmp = self.dir / (SERVER_KEY_FILE + ".tmp")
+            tmp.write_text(base64.b64encode(offered).decode())
+            tmp.replace(self.dir / SERVER_KEY_FILE)
+            self.pinned = offered
+            return offered
+        if offered and offered != self.pinned:
+            self._error(federation_id, "the server now presents another server key than the one pinned")
+        return self.pinned
 
-    def _check(self, federation_id: str, config: Mapping[str, Any]) -> None:
+    def check(self, federation_id: str, config: Mapping[str, Any], *, kind: str = "train",
+              received_digest: bytes | None = None) -> None:
+        """Check what the server sent with an instruction; errors are logged and counted.
+
+        Parameters
+        ----------
+        federation_id : str
+            The federation named by the instruction's ledger context.
+        config : Mapping
+            The instruction's config (checkpoint, head header, proofs).
+        kind : str
+            ``train`` or ``evaluate``.
+        received_digest : bytes, optional
+            Array digest of the global arrays received; for a train instruction it must equal the
+            head block's ``model_after`` when that is not empty.
+        """
+        with self._transaction(write=True):
+            self._check(str(federation_id), config, kind, received_digest)
+
+    def _check(self, fid: str, config: Mapping[str, Any], kind: str, received_digest: bytes | None) -> None:
+        origin = origin_for(fid)
         note = config.get(CTX_CHECKPOINT)
         if not note:
-            self._error("the server sent no checkpoint")
+            self._error(fid, "the server sent no checkpoint")
             return
         note = str(note)
-        key = self._server_key(bytes(config.get(CTX_SERVER_KEY, b"")))
+        key = self._server_key(fid, bytes(config.get(CTX_SERVER_KEY, b"")))
         if key is None:
             return
-        try:
-            cp = verify_checkpoint(note, key, origin=f"flower-chain/{federation_id}")
-        except LedgerError as e:
-            self._error(f"checkpoint does not verify: {e}")
-            return
-        previous = (self.dir / "checkpoint.txt").read_text() if (self.dir / "checkpoint.txt").is_file() else None
+        previous, deferred = self._log_row(origin)
+        if previous is not None and note == previous:
+            cp = _checkpoint_of(note)  # verified when it was first seen
+        else:
+            try:
+                cp = verify_checkpoint(note, key, origin=origin)
+            except LedgerError as e:
+                self._error(fid, f"checkpoint does not verify: {e}")
+                return
+        self._check_head(fid, config, cp, key, kind, received_digest)
         sent_from = int(config.get(CTX_CONSISTENCY_FROM, -1))
         if previous is not None and sent_from == -1:
             # The server does not know this node yet (it restarted; node ids changed): it learns the
             # checkpoint this client saw from the client's reply. Allowed once in a row, never twice.
-            if not self.deferred:
-                self.deferred = True
+            if not deferred:
+                self._set_log(origin, previous, True)
                 log.info("flower-chain: the server does not know this client yet; checks deferred to the next "
                          "instruction")
                 return
-            self._error("FORK?: the server again sent no consistency proof from the checkpoint this client saw")
+            self._error(fid, "FORK?: the server again sent no consistency proof from the checkpoint this client saw")
             return
-        self.deferred = False
-        if previous is not None:
+        if previous is not None and note != previous:
             try:
-                old = verify_checkpoint(previous, key)
+                old = _checkpoint_of(previous)
                 if sent_from != old.size:
                     raise LedgerError(f"the server proves consistency from size {sent_from}, "
                                       f"but this client last saw size {old.size}")
@@ -154,56 +329,86 @@ class ReceiptKeeper:
                 proof = [blob[i : i + 32] for i in range(0, len(blob), 32)]
                 merkle.verify_consistency(old.size, cp.size, proof, old.root_hash, cp.root_hash)
             except (LedgerError, ValueError) as e:
-                self._error(f"FORK: the server's log at size {cp.size} is not an extension of the log this client "
-                            f"saw before ({e}); the server rewrote or forked its history")
+                if deferred:
+                    self._set_log(origin, previous, False)
+                self._error(fid, f"FORK: the server's log at size {cp.size} is not an extension of the log this "
+                                 f"client saw before ({e}); the server rewrote or forked its history")
                 return
-        self._write("checkpoint.txt", note)
-        pending = self._pending()
+        if previous != note or deferred:
+            self._set_log(origin, note, False)
+        pending = self._db.execute("SELECT round, statement FROM pending WHERE origin = ? ORDER BY round",
+                                   (origin,)).fetchall()
         if not pending:
             return
-        texts = str(config.get(CTX_RECEIPT) or "")
-        proven = {}
-        for text in filter(None, texts.split(RECEIPT_SEPARATOR)):
-            entry = self._check_receipt(str(text), cp, key)
+        proven: dict[bytes, tuple[UpdateEntry, str]] = {}
+        for text in filter(None, str(config.get(CTX_RECEIPT) or "").split(RECEIPT_SEPARATOR)):
+            entry = self._check_receipt(fid, str(text), note, cp, key)
             if entry is not None:
                 proven[entry.statement] = (entry, str(text))
-        for p in pending:  # every update this client sent before this instruction must be on the ledger
-            got = proven.get(base64.b64decode(p["statement"]))
+        for rnd, statement in pending:  # every update this client sent before this instruction must be on the ledger
+            got = proven.get(bytes(statement))
             if got is None:
-                self._error(f"no valid receipt for this client's update of round {p['round']}: the update is "
-                            "missing from the ledger (dropped by the server)")
+                self._error(fid, f"no valid receipt for this client's update of round {rnd}: the update is "
+                                 "missing from the ledger (dropped by the server)")
                 continue
             entry, text = got
-            self._write(f"round-{p['round']}.proof", text)
-            self.receipts += 1
-            if entry.verdict != "accepted":
-                log.warning("the server rejected this client's update of round %s: %s (%s)", p["round"],
-                            entry.reason, entry.detail)
-        self._write("pending.json", json.dumps([]))
+            (self.log_dir(fid) / f"round-{int(rnd)}.proof").write_text(text)
+            if entry.verdict != ACCEPTED:
+                self._error(fid, f"the server recorded this client's valid update of round {rnd} as rejected: "
+                                 f"{entry.reason} ({entry.detail})")
+            else:
+                self._bump(origin, "receipts")
+        self._db.execute("DELETE FROM pending WHERE origin = ? AND round <= ?", (origin, int(pending[-1][0])))
 
-    def _check_receipt(self, text: str, cp, key: bytes) -> UpdateEntry | None:
+    def _check_head(self, fid: str, config: Mapping[str, Any], cp: Checkpoint, key: bytes, kind: str,
+                    received_digest: bytes | None) -> None:
+        """The head block header: signed by the server, the head of the checkpointed log, and (train) the
+        block whose ``model_after`` is the global model this client received."""
+        head = bytes(config.get(CTX_HEAD) or b"")
+        if not head:
+            self._error(fid, "the server sent a checkpoint but no head block header (flower-chain.head); a "
+                             "server this old cannot prove which model its log records")
+            return
+        if not verify_signature(key, bytes(config.get(CTX_HEAD_SIGNATURE) or b""), head):
+            self._error(fid, "the head block header's signature does not verify under the server key")
+            return
+        try:
+            header = BlockHeader.from_bytes(head)
+        except LedgerError as e:
+            self._error(fid, f"the head block header does not decode: {e}")
+            return
+        if (header.log_size, header.log_root) != (cp.size, cp.root_hash):
+            self._error(fid, f"the head block header (height {header.height}, log size {header.log_size}) is not "
+                             f"the head of the checkpointed log (size {cp.size})")
+            return
+        if header.federation_id != fid:
+            self._error(fid, f"the head block header is for federation {header.federation_id!r}")
+            return
+        if kind == "train" and header.model_after and received_digest is not None \
+                and received_digest != header.model_after:
+            self._error(fid, f"the server sent this client another global model than its log records: received "
+                             f"arrays with digest {received_digest.hex()[:16]}, the head block (height "
+                             f"{header.height}, round {header.round}) records model_after "
+                             f"{header.model_after.hex()[:16]}")
+
+    def _check_receipt(self, fid: str, text: str, note: str, cp: Checkpoint, key: bytes) -> UpdateEntry | None:
         """The update entry a receipt proves against the checkpoint ``cp``, or ``None`` (error logged)."""
         try:
             proof = InclusionProof.from_text(text)
-            got = proof.verify(key)
-            if (got.size, got.root_hash) != (cp.size, cp.root_hash):
-                raise LedgerError("the receipt is for another checkpoint than the one sent with it")
+            if proof.checkpoint == note:  # the checkpoint verified above: only the inclusion is left
+                merkle.verify_inclusion(merkle.leaf_hash(proof.entry), proof.index, cp.size, list(proof.hashes),
+                                        cp.root_hash)
+            else:
+                got = proof.verify(key)
+                if (got.size, got.root_hash) != (cp.size, cp.root_hash):
+                    raise LedgerError("the receipt is for another checkpoint than the one sent with it")
             entry = decode_entry(proof.entry)
-        except LedgerError as e:
-            self._error(f"a receipt does not verify: {e}")
+        except (LedgerError, ValueError) as e:
+            self._error(fid, f"a receipt does not verify: {e}")
             return None
         return entry if isinstance(entry, UpdateEntry) else None
 
-    def _pending(self) -> list[dict]:
-        return self._load_json("pending.json") or []
-
-    @property
-    def pending_round(self) -> int:
-        """The round whose receipt this client asks for next (-1: none)."""
-        pending = self._pending()
-        return int(pending[0]["round"]) if pending else -1
-
-    def remember(self, server_round: int, statement: bytes) -> None:
-        """Record a signed train statement: its receipt is expected with a following instruction."""
-        pending = self._pending() + [{"round": server_round, "statement": base64.b64encode(statement).decode()}]
-        self._write("pending.json", json.dumps(pending))
+    def close(self) -> None:
+        """Close the state database."""
+        with self._lock:
+            self._db.close()

@@ -128,11 +128,21 @@ def _reply_parts(reply: Message, kind: str, legacy: bool):
     return arrays, metrics, num_examples_of(metrics)
 
 
-def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None) -> Message:
+def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None, *,
+               base_digest: bytes | None = None) -> Message:
     """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it.
 
-    With a :class:`ReceiptKeeper`, its receipt counts are added to the reply's
-    metrics before signing and a train statement is remembered for its receipt.
+    Parameters
+    ----------
+    msg, reply : Message
+        The instruction and the reply to it.
+    key : Ed25519PrivateKey
+        The client's signing key.
+    keeper : ReceiptKeeper, optional
+        When given, its receipt counters for the federation are added to the reply's metrics
+        before signing, and a train statement is remembered for its receipt.
+    base_digest : bytes, optional
+        Array digest of the arrays ``msg`` carries, when the caller computed it already.
     """
     ctx, _cfg, received, legacy = _incoming(msg)
     if ctx is None or reply.has_error():
@@ -141,25 +151,27 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
     if keeper is not None:
         rec = _metrics_record(reply, kind, legacy)
         if rec is not None:
-            for k, v in keeper.metrics.items():
+            for k, v in keeper.metrics_for(ctx.federation_id).items():
                 rec[k] = v
     arrays, metrics, n = _reply_parts(reply, kind, legacy)
+    if base_digest is None:
+        base_digest = record_digest(received) if received is not None else b""
     statement = UpdateStatement(
         kind=kind,
         federation_id=ctx.federation_id,
         round=ctx.round,
         key_id=key_id(key),
         parent=ctx.parent,
-        base_digest=record_digest(received) if received is not None else b"",
+        base_digest=base_digest,
         arrays_digest=record_digest(arrays) if arrays is not None else b"",
         num_examples=-1 if n is None else n,
         metrics_digest=metrics_digest(metrics),
     ).to_bytes()
     signature = key.sign(statement)
-    if keeper is not None and kind == "train":
-        keeper.remember(ctx.round, statement)
-    seen = keeper.seen_size if keeper is not None else -1
-    pending = keeper.pending_round if keeper is not None else -1
+    seen, pending = -1, -1
+    if keeper is not None:
+        train = kind == "train"
+        seen, pending = keeper.record(ctx.federation_id, ctx.round if train else None, statement if train else None)
     if legacy:
         rec = _metrics_record(reply, kind, legacy)
         rec[LEGACY_STATEMENT] = statement
@@ -196,7 +208,7 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
     cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None]] = {}
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
-        ctx, config, _, _ = _incoming(msg)
+        ctx, config, received, _ = _incoming(msg)
         if ctx is None:
             return call_next(msg, context)
         path = fixed_path if fixed is not None else key_path_for(context)  # a missing key fails here
@@ -207,10 +219,12 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             where = Path(receipts_dir) / kid if receipts_dir is not None else _receipts_dir(context, path, kid)
             cache[cache_key] = (signer, ReceiptKeeper(where, _pinned_server_key(context)) if where else None)
         signer, keeper = cache[cache_key]
+        base_digest = record_digest(received) if received is not None else b""  # hashed once: checked and signed
         if keeper is not None:
-            keeper.check(ctx.federation_id, config)
+            keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
+                         received_digest=base_digest if received is not None else None)
         reply = call_next(msg, context)
-        return sign_reply(msg, reply, signer, keeper)
+        return sign_reply(msg, reply, signer, keeper, base_digest=base_digest)
 
     return signing_mod
 

@@ -5,31 +5,75 @@ nobody has authenticated yet. :func:`safe_text` bounds their length and
 escapes every character that could forge a log line (newlines, other
 control characters), change how a terminal shows the line (escape
 sequences, bidirectional overrides), or be read as markup by a plot
-(matplotlib's mathtext ``$...$``).
+(matplotlib's mathtext ``$...$``). HTML needs :func:`html.escape` on top.
+:func:`safe_label` also keeps distinct values distinct once shortened.
 """
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 DEFAULT_LIMIT = 80
+ELLIPSIS = "…"
+
+
+def _escape(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch == "$":
+        return "\\$"
+    if unicodedata.category(ch)[0] in "CZ" and ch != " ":  # controls, formats (bidi overrides), separators
+        code = ord(ch)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return ch
 
 
 def safe_text(value: object, limit: int = DEFAULT_LIMIT) -> str:
-    """A printable, bounded rendering of ``value``: control and format characters as ``\\xNN``/``\\uNNNN``,
-    ``$`` and ``\\`` escaped, at most ``limit`` characters (then ``…``)."""
+    """A printable, bounded rendering of ``value``.
+
+    Parameters
+    ----------
+    value : object
+        Any value; non-strings are rendered with ``str``.
+    limit : int
+        Most characters of the result before the ellipsis.
+
+    Returns
+    -------
+    str
+        Control, format and separator characters (except the plain space) as
+        ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN``, ``$`` and ``\\`` escaped; when
+        longer than ``limit``, cut at an escape boundary and ended with ``…``
+        (so never more than ``limit + 1`` characters, never half an escape).
+    """
     text = value if isinstance(value, str) else str(value)
-    out = []
-    for ch in text[: limit + 1]:
-        cat = unicodedata.category(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "$":
-            out.append("\\$")
-        elif cat[0] in "CZ" and ch != " ":  # controls, formats (bidi overrides), line/paragraph separators
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    s = "".join(out)
-    return s[:limit] + "…" if len(text) > limit or len(s) > limit else s
+    out: list[str] = []
+    used = 0
+    for i, ch in enumerate(text):
+        piece = _escape(ch)
+        if used + len(piece) > limit:
+            return "".join(out) + ELLIPSIS
+        out.append(piece)
+        used += len(piece)
+        if used == limit and i + 1 < len(text):
+            return "".join(out) + ELLIPSIS
+    return "".join(out)
+
+
+def safe_label(value: object, limit: int = 24) -> str:
+    """A short plot/table label for ``value``: :func:`safe_text`, and when that had to change the
+    value (escapes, cut), a ``#`` and 8 hex digits of its SHA-256, so distinct values stay distinct.
+
+    Parameters
+    ----------
+    value : object
+        The text from the ledger.
+    limit : int
+        Most characters of the readable part (the label is at most ``limit + 10`` long).
+    """
+    text = value if isinstance(value, str) else str(value)
+    shown = safe_text(text, limit)
+    if shown == text:
+        return text
+    return f"{shown}#{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
