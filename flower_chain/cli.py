@@ -99,6 +99,48 @@ def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write
     out.print(f"{key_id(load_public(pub))}  {priv}  {pub}", highlight=False)
 
 
+@keys_app.command("init")
+def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
+              clients: int = typer.Option(..., "--clients", min=1, help="number of client key pairs"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Keys for a whole federation: DIR/server/server.key, DIR/clients/client-<i>.key, DIR/keyring/*.pub.
+
+    ``DIR/keyring`` holds only the clients' public keys: give it to the server as its keyring
+    (``keyring=DIR/keyring``); each client gets its own ``DIR/clients/client-<i>.key``. Existing keys are
+    never overwritten.
+    """
+    import shutil
+
+    from flower_chain.ledger.keys import generate
+
+    names = [("server", "server")] + [("clients", f"client-{i}") for i in range(clients)]
+    targets = [directory / sub / f"{n}{ext}" for sub, n in names for ext in (".key", ".pub")]
+    targets += [directory / "keyring" / f"client-{i}.pub" for i in range(clients)]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        fail(f"{len(existing)} key files already exist (e.g. {existing[0]}); keys init never overwrites keys: "
+             "choose another DIR or remove them first")
+    rows = []
+    try:
+        for sub, name in names:
+            priv, pub = generate(directory / sub, name)
+            kid = key_id(load_public(pub))
+            if sub == "clients":
+                (directory / "keyring").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pub, directory / "keyring" / pub.name)
+            rows.append({"name": name, "key_id": kid, "private": str(priv), "public": str(pub)})
+    except (KeyFileError, OSError) as e:
+        fail(f"cannot write keys into {directory}: {getattr(e, 'strerror', None) or e}")
+    if as_json:
+        emit_json({"server": rows[0], "clients": rows[1:], "keyring": str(directory / "keyring")})
+        return
+    t = Table("name", "key id", "private key", "public key")
+    for r in rows:
+        t.add_row(r["name"], r["key_id"], r["private"], r["public"])
+    out.print(t)
+    out.print(f"server keyring (public keys only): {directory / 'keyring'}", highlight=False)
+
+
 @keys_app.command("list")
 def keys_list(directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the key id of every public key in a directory."""
@@ -141,7 +183,7 @@ def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
 
 @ledger_app.command("summary")
 def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Federation id, rounds, entries, accepted/rejected counts, head hash, checkpoint, backend."""
+    """Federation id, rounds, entries, every verdict (train and evaluate replies), head hash, checkpoint."""
     from flower_chain.ledger.inspect import summary
 
     ledger = _open(uri)
@@ -153,8 +195,13 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
         emit_json(s)
         return
     t = Table(show_header=False)
-    for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "accepted",
-              "rejected", "reasons", "head_hash", "model_digest"):
+    for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries"):
+        t.add_row(k, str(s[k]))
+    t.add_row("train replies", f"{s['accepted']} accepted, {s['rejected']} rejected"
+              + (f" ({_counter_text(s['reasons'])})" if s["reasons"] else ""))
+    t.add_row("evaluate replies", f"{s['evaluate_accepted']} accepted, {s['evaluate_rejected']} rejected"
+              + (f" ({_counter_text(s['evaluate_reasons'])})" if s["evaluate_reasons"] else ""))
+    for k in ("head_hash", "model_digest"):
         t.add_row(k, str(s[k]))
     out.print(t)
     sys.stdout.write("checkpoint:\n" + s["checkpoint"])
@@ -207,39 +254,70 @@ def ledger_show(uri: str, server_round: int = typer.Argument(..., metavar="ROUND
     out.print(t)
 
 
+def _keyring_difference(ledger: Ledger, keys: Path) -> str:
+    """Both directions: keys of DIR the genesis lacks, and genesis keys DIR does not hold ("" when equal)."""
+    from flower_chain.ledger.writer import read_genesis
+
+    want = Keyring.from_path(keys).keys
+    have = read_genesis(ledger).client_keys
+    lacks, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    problems = []
+    if lacks:
+        problems.append(f"the genesis keyring lacks keys {', '.join(lacks)} from {keys}")
+    if extra:
+        problems.append(f"the genesis allows keys {', '.join(extra)} that are not in {keys}")
+    return "; ".join(problems)
+
+
+def _counter_text(counter: Any) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _verdict_rows(verdicts: Any) -> list[dict[str, Any]]:
+    return [{"kind": kind, "reason": reason, "count": n} for (kind, reason), n in sorted(verdicts.items())]
+
+
 @ledger_app.command("verify")
 def ledger_verify(uri: str,
-                  keys: Optional[Path] = typer.Option(None, "--keys", help="client keys the genesis must hold"),
+                  keys: Optional[Path] = typer.Option(None, "--keys",
+                                                      help="client keys the genesis must hold, no more, no fewer"),
                   server_key: Optional[str] = typer.Option(None, "--server-key",
                                                            help="expected server public key (PEM or verifier key)"),
                   client_signatures: bool = typer.Option(True, "--client-signatures/--no-client-signatures",
                                                          help="re-check every accepted update's signature"),
+                  blobs: bool = typer.Option(False, "--blobs",
+                                             help="also check the stored models, states and updates against "
+                                                  "their digests"),
+                  strict: bool = typer.Option(False, "--strict",
+                                              help="verdicts that cannot be re-derived from the ledger fail (exit 1)"),
                   anchor_url: Optional[str] = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
                   contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
+                  owner: Optional[str] = typer.Option(None, "--owner",
+                                                      help="the account that must own the anchor contract"),
                   chain_id: Optional[int] = typer.Option(None, "--chain-id"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
     expected = _read_server_key(server_key) if server_key else None
+    if anchor_url and not contract:
+        fail("--anchor needs --contract ADDRESS to verify against")
+    if (owner or contract) and not anchor_url:
+        fail("--contract and --owner need --anchor evm+http://HOST:PORT")
     ledger = _open(uri)
     anchors = None
     try:
-        report = verify(ledger, server_key=expected, client_signatures=client_signatures)
+        kwargs: dict[str, Any] = {"server_key": expected, "client_signatures": client_signatures}
+        if blobs:
+            kwargs["blobs"] = True
+        report = verify(ledger, **kwargs)
+        if keys is not None:
+            problem = _keyring_difference(ledger, keys)
+            if problem:
+                raise VerificationError(problem, height=0, entry=0)
         if anchor_url:
             from flower_chain.anchor.publish import verify_against_chain
 
-            if not contract:
-                fail("--anchor needs --contract ADDRESS to verify against")
             anchors = verify_against_chain(ledger, _evm(ledger, anchor_url, contract, None, chain_id, False, "auto",
-                                                        need_key=False))
-        if keys is not None:
-            from flower_chain.ledger.writer import read_genesis
-
-            want = Keyring.from_path(keys).keys
-            have = read_genesis(ledger).client_keys
-            missing = sorted(set(want) - set(have))
-            if missing:
-                raise VerificationError(f"the genesis keyring lacks keys {', '.join(missing)} from {keys}", height=0,
-                                        entry=0)
+                                                        need_key=False), owner=owner)
     except KeyFileError as e:
         fail(str(e))
     except VerificationError as e:
@@ -247,20 +325,52 @@ def ledger_verify(uri: str,
             emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what})
         err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
+    not_rederived = getattr(report, "not_rederived", None) or {}
+    equivocating = sorted(getattr(report, "equivocating_keys", None) or ())
+    blob_problems = list(getattr(report, "blob_problems", None) or [])
+    failed = bool(blob_problems) or (strict and bool(not_rederived))
     if as_json:
-        emit_json({"verified": True, "anchors": anchors, "federation_id": report.federation_id, "blocks": report.blocks,
-                   "entries": report.entries, "accepted": report.accepted, "rejected": report.rejected,
-                   "client_signatures_checked": report.client_signatures_checked,
+        emit_json({"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
+                   "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
+                   "rejected": report.rejected, "client_signatures_checked": report.client_signatures_checked,
+                   "verdicts": _verdict_rows(getattr(report, "verdicts", {}) or {}),
+                   "verdicts_rederived": getattr(report, "verdicts_rederived", 0),
+                   "not_rederived": dict(not_rederived), "equivocating_keys": equivocating,
+                   "blobs_checked": blobs, "blob_problems": blob_problems, "strict": strict,
                    "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
                    "server_key_id": report.server_key_id})
-        return
+        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
     if anchors is not None:
         todo = anchors["not_anchored"]
-        out.print(f"anchors: {len(anchors['anchored'])} heights match contract {anchors['contract']} on chain "
-                  f"{anchors['chain_id']}" + (f"; not anchored yet: {todo}" if todo else ""), highlight=False)
+        out.print(f"anchors: contract {anchors['contract']} (owner {anchors['owner']}) on chain {anchors['chain_id']}: "
+                  f"{len(anchors['anchored'])} heights match" + (f"; not anchored yet: {todo}" if todo else ""),
+                  highlight=False)
+    verdicts = getattr(report, "verdicts", None) or {}
+    if verdicts:
+        for kind in sorted({k for k, _ in verdicts}):
+            row = {reason: n for (k, reason), n in verdicts.items() if k == kind}
+            out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
+    rederived = getattr(report, "verdicts_rederived", 0)
+    if rederived or not_rederived:
+        out.print(f"verdicts re-derived from the ledger: {rederived}", highlight=False)
+    if not_rederived:
+        (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
+                                       + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
+                                       highlight=False)
+    for kid in equivocating:
+        err.print(f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
+                  f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY", highlight=False)
+    for problem in blob_problems:
+        err.print(f"[bold red]BLOB[/] {problem}", highlight=False)
+    if failed:
+        err.print(f"[bold red]NOT VERIFIED[/] {uri}: "
+                  + (f"{len(blob_problems)} stored blobs do not check" if blob_problems else
+                     "--strict and some verdicts cannot be re-derived from the ledger"), highlight=False)
+        raise typer.Exit(EXIT_FAILED)
     out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
               f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
-              f"{report.client_signatures_checked} client signatures checked), server key {report.server_key_id}",
+              f"{report.client_signatures_checked} client signatures checked"
+              + (", stored blobs checked" if blobs else "") + f"), server key {report.server_key_id}",
               highlight=False)
 
 

@@ -78,9 +78,26 @@ def test_verify_ok_and_failures(fed, tmp_path):
     cli("keys", "new", "--out", other, "--name", "server", check_rc=0)
     r = cli("ledger", "verify", fed.uri, "--server-key", other / "server.pub", check_rc=1)
     assert "block 0" in r.stderr and "server key" in r.stderr
+    ring = tmp_path / "ring"  # a keyring holds public keys only
+    ring.mkdir()
     cli("keys", "new", "--out", other, "--name", "client-x", check_rc=0)
-    r = cli("ledger", "verify", fed.uri, "--keys", other, check_rc=1)
-    assert "lacks keys" in r.stderr
+    shutil.copy(other / "client-x.pub", ring)
+    r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
+    assert "lacks keys" in r.stderr and "allows keys" in r.stderr  # both directions
+    for i, k in enumerate(fed.client_keys):
+        (ring / f"client-{i}.pub").write_bytes(k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
+    assert "lacks keys " + key_id(load_public(ring / "client-x.pub")) in r.stderr and "allows keys" not in r.stderr
+    (ring / "client-x.pub").unlink()
+    (ring / "client-0.pub").unlink()
+    r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
+    assert f"allows keys {key_id(fed.client_keys[0])} that are not in" in r.stderr
+    shutil.copy(other / "client-x.pub", ring / "client-x.pub")
+    (ring / "client-0.pub").write_bytes(fed.client_keys[0].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (ring / "client-x.pub").unlink()
+    cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=0)  # exactly the genesis keyring
     fed.ledger.close()
     db = sqlite3.connect(fed.uri[len("sqlite:///"):])
     db.execute("UPDATE entries SET data = CAST(data || x'00' AS BLOB) WHERE idx = 6")
@@ -239,3 +256,74 @@ def test_report_shows_a_failed_verification(fed, tmp_path):
     dest = tmp_path / "r.html"
     cli("report", fed.uri, "-o", dest, check_rc=0)
     assert "NOT VERIFIED" in dest.read_text() and "block 3" in dest.read_text()
+
+
+def test_keys_init_writes_a_federation_and_never_overwrites(tmp_path):
+    d = tmp_path / "fed"
+    doc = json.loads(cli("keys", "init", d, "--clients", "3", "--json", check_rc=0).stdout)
+    assert (d / "server" / "server.key").is_file() and (d / "server" / "server.pub").is_file()
+    assert stat.S_IMODE((d / "server" / "server.key").stat().st_mode) == 0o600
+    for i in range(3):
+        assert (d / "clients" / f"client-{i}.key").is_file()
+        assert (d / "keyring" / f"client-{i}.pub").read_bytes() == (d / "clients" / f"client-{i}.pub").read_bytes()
+    assert sorted(p.name for p in (d / "keyring").iterdir()) == ["client-0.pub", "client-1.pub", "client-2.pub"]
+    assert [c["key_id"] for c in doc["clients"]] == [key_id(load_public(d / "keyring" / f"client-{i}.pub"))
+                                                     for i in range(3)]
+    from flower_chain.ledger.keys import Keyring
+
+    assert len(Keyring.from_path(d / "keyring").keys) == 3  # usable as the server's keyring as it is
+    before = (d / "server" / "server.key").read_bytes()
+    r = cli("keys", "init", d, "--clients", "5", check_rc=2)
+    assert r.stderr.startswith("error:") and "never overwrites" in r.stderr and "already exist" in r.stderr
+    assert (d / "server" / "server.key").read_bytes() == before and not (d / "clients" / "client-3.key").exists()
+    cli("keys", "init", tmp_path / "x", "--clients", "0", check_rc=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = cli("keys", "init", blocker, "--clients", "1", check_rc=2)
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_summary_counts_train_and_evaluate_verdicts(fed):
+    from flower_chain.ledger import UpdateEntry
+
+    ev = [UpdateEntry(kind="evaluate", round=3, node_id=str(i), key_id="", verdict=v, reason=why, detail="",
+                      num_examples=5, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
+          for i, (v, why) in enumerate([("accepted", "ok"), ("accepted", "ok"), ("rejected", "unsigned")])]
+    fed.writer.append(3, ev, model_before=fed.writer.head.header.model_after,
+                      model_after=fed.writer.head.header.model_after)
+    s = json.loads(cli("ledger", "summary", fed.uri, "--json", check_rc=0).stdout)
+    assert (s["accepted"], s["rejected"], s["evaluate_accepted"], s["evaluate_rejected"]) == (9, 1, 2, 1)
+    assert s["verdicts"] == {"train": {"ok": 9, "bad-signature": 1}, "evaluate": {"ok": 2, "unsigned": 1}}
+    text = cli("ledger", "summary", fed.uri, check_rc=0).stdout
+    assert "train replies" in text and "9 accepted, 1 rejected (bad-signature 1)" in text
+    assert "evaluate replies" in text and "2 accepted, 1 rejected (unsigned 1)" in text
+
+
+def _verify_has_blobs() -> bool:
+    import inspect
+
+    from flower_chain.ledger.verify import verify
+
+    return "blobs" in inspect.signature(verify).parameters
+
+
+@pytest.mark.skipif(not _verify_has_blobs(), reason="needs verify(blobs=...) and the re-derived verdicts "
+                                                    "(issue 11 item 1, lead's verify.py)")
+def test_verify_reports_verdicts_rederivation_and_blobs(fed):
+    from flower_chain.ledger import UpdateEntry
+
+    err_entry = UpdateEntry(kind="train", round=4, node_id="9", key_id="", verdict="rejected", reason="client-error",
+                            detail="boom", num_examples=-1, arrays_digest=b"", metrics={}, statement=b"",
+                            signature=b"")
+    fed.writer.append(4, [err_entry], model_before=fed.writer.head.header.model_after,
+                      model_after=fed.writer.head.header.model_after)
+    doc = json.loads(cli("ledger", "verify", fed.uri, "--json", check_rc=0).stdout)
+    assert {"kind": "train", "reason": "client-error", "count": 1} in doc["verdicts"]
+    assert doc["not_rederived"] == {"client-error": 1} and doc["equivocating_keys"] == []
+    r = cli("ledger", "verify", fed.uri, check_rc=0)
+    assert "not re-derivable from the ledger: client-error 1" in r.stdout
+    r = cli("ledger", "verify", fed.uri, "--strict", check_rc=1)
+    assert "not re-derivable" in r.stderr
+    assert json.loads(cli("ledger", "verify", fed.uri, "--strict", "--json", check_rc=1).stdout)["verified"] is False
+    doc = json.loads(cli("ledger", "verify", fed.uri, "--blobs", "--json").stdout)
+    assert doc["blobs_checked"] is True and isinstance(doc["blob_problems"], list)

@@ -191,6 +191,10 @@ class EvmAnchor:
     def address(self) -> str:
         return self.contract.address
 
+    def latest(self) -> tuple[int, int]:
+        """``(anchor count, highest anchored height)`` as the contract reports them (count 0: nothing anchored)."""
+        return int(self.contract.functions.anchorCount().call()), int(self.contract.functions.latestHeight().call())
+
     # -- anchors -----------------------------------------------------------------------------------
     def get(self, height: int) -> ChainAnchor | None:
         size, root, block_hash, _at = self.contract.functions.getAnchor(height).call()

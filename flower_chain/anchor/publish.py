@@ -109,12 +109,41 @@ def catch_up(ledger: Ledger, anchor) -> dict:
     return {"anchored": done, "already_anchored": already, "contract": anchor.address}
 
 
-def verify_against_chain(ledger: Ledger, anchor) -> dict:
-    """Compare every anchored height with the local ledger; raise :class:`VerificationError` at the first
-    height that differs. Returns the anchored and not-yet-anchored heights."""
+def verify_against_chain(ledger: Ledger, anchor, owner: str | None = None) -> dict:
+    """Compare the local ledger with what the chain says; raise :class:`VerificationError` on any difference.
+
+    Only the chain's answers count (the status file ``<ledger>.anchors.jsonl`` is a log of attempts, never
+    evidence). Fails when
+
+    * the contract's owner is not ``owner`` (when given): anchors by another account prove nothing;
+    * a local block differs from its anchor (the ledger was rewritten after anchoring);
+    * the chain anchors a height beyond the local head (the ledger was truncated or rolled back).
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The local ledger.
+    anchor : EvmAnchor
+        The contract to compare with.
+    owner : str, optional
+        The account the auditor expects to own the contract (the server's anchoring account).
+
+    Returns
+    -------
+    dict
+        ``anchored`` and ``not_anchored`` heights, ``contract``, ``owner``, ``chain_id``, ``latest_height``.
+    """
+    actual_owner = getattr(anchor, "owner", None)
+    if owner is not None and (actual_owner is None or str(actual_owner).lower() != owner.lower()):
+        raise VerificationError(f"the anchor contract {anchor.address} on chain {anchor.chain_id} is owned by "
+                                f"{actual_owner}, not by the pinned owner {owner}: its anchors do not come from "
+                                "this server")
+    count, latest = anchor.latest()
     anchored, missing = [], []
+    head = -1
     for block in ledger.blocks():
         h = block.header
+        head = h.height
         on_chain = anchor.get(h.height)
         if on_chain is None:
             missing.append(h.height)
@@ -124,4 +153,9 @@ def verify_against_chain(ledger: Ledger, anchor) -> dict:
                                     f"(contract {anchor.address}): the ledger was rewritten after anchoring",
                                     height=h.height)
         anchored.append(h.height)
-    return {"anchored": anchored, "not_anchored": missing, "contract": anchor.address, "chain_id": anchor.chain_id}
+    if count and latest > head:
+        raise VerificationError(f"contract {anchor.address} on chain {anchor.chain_id} anchors height {latest}, "
+                                f"beyond the local head (height {head}): the ledger was truncated or rolled back "
+                                "after anchoring", height=head + 1)
+    return {"anchored": anchored, "not_anchored": missing, "contract": anchor.address, "owner": actual_owner,
+            "chain_id": anchor.chain_id, "latest_height": latest if count else None}

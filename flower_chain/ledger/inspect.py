@@ -21,7 +21,12 @@ from flower_chain.ledger.writer import read_genesis
 
 @dataclass
 class BlockRow:
-    """One block, summarised; ``accepted``/``rejected`` count replies to train instructions."""
+    """One block, summarised.
+
+    ``accepted``/``rejected``/``reasons`` count replies to train instructions, ``evaluate_accepted``/
+    ``evaluate_rejected``/``evaluate_reasons`` replies to evaluate instructions (``evaluate_replies`` is
+    their sum).
+    """
 
     height: int
     round: int
@@ -35,12 +40,16 @@ class BlockRow:
     log_size: int
     hash: str
     evaluate_replies: int = 0
+    evaluate_accepted: int = 0
+    evaluate_rejected: int = 0
+    evaluate_reasons: Counter = field(default_factory=Counter)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     clients: list[tuple[str, str, str]] = field(default_factory=list)  # (key id, verdict, reason)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["reasons"] = dict(self.reasons)
+        d["evaluate_reasons"] = dict(self.evaluate_reasons)
         d["clients"] = [list(c) for c in self.clients]
         return d
 
@@ -63,6 +72,11 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
         for e in entries_of(ledger, h):
             if isinstance(e, UpdateEntry) and e.kind == "evaluate":
                 row.evaluate_replies += 1
+                if e.verdict == "accepted":
+                    row.evaluate_accepted += 1
+                else:
+                    row.evaluate_rejected += 1
+                    row.evaluate_reasons[e.reason] += 1
             elif isinstance(e, UpdateEntry):
                 if e.verdict == "accepted":
                     row.accepted += 1
@@ -76,18 +90,30 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
 
 
 def summary(ledger: Ledger) -> dict[str, Any]:
-    """Federation, counts, head and checkpoint of a ledger."""
+    """Federation, counts, head and checkpoint of a ledger.
+
+    ``accepted``, ``rejected`` and ``reasons`` count replies to train instructions;
+    ``evaluate_accepted``, ``evaluate_rejected`` and ``evaluate_reasons`` replies to evaluate
+    instructions; ``verdicts`` holds every verdict as ``{"train": {"ok": n, reason: n, ...},
+    "evaluate": {...}}`` ("ok" counts the accepted ones).
+    """
     genesis = read_genesis(ledger)
     head = ledger.head()
-    accepted = rejected = 0
+    accepted = rejected = ev_accepted = ev_rejected = 0
     reasons: Counter = Counter()
+    ev_reasons: Counter = Counter()
     rounds = set()
     for row in block_rows(ledger, 1):
         accepted += row.accepted
         rejected += row.rejected
         reasons.update(row.reasons)
+        ev_accepted += row.evaluate_accepted
+        ev_rejected += row.evaluate_rejected
+        ev_reasons.update(row.evaluate_reasons)
         if row.accepted or row.rejected:
             rounds.add(row.round)
+    verdicts = {kind: {**({"ok": ok} if ok else {}), **dict(sorted(why.items()))}
+                for kind, ok, why in (("train", accepted, reasons), ("evaluate", ev_accepted, ev_reasons))}
     return {
         "uri": ledger.uri,
         "backend": ledger.backend,
@@ -100,6 +126,10 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "accepted": accepted,
         "rejected": rejected,
         "reasons": dict(reasons),
+        "evaluate_accepted": ev_accepted,
+        "evaluate_rejected": ev_rejected,
+        "evaluate_reasons": dict(ev_reasons),
+        "verdicts": verdicts,
         "head_hash": head.hash.hex(),
         "model_digest": head.header.model_after.hex(),
         "checkpoint": head.checkpoint,
