@@ -4,6 +4,12 @@ Everything shown comes from the ledger (evaluation entries, verdicts, block
 times) and, when present, run.py's ``metrics.json`` beside it (ledger time
 per round). Plots are matplotlib PNGs embedded as data URIs, so the file
 opens without a network.
+
+Text in a ledger (key ids and reasons of updates, metric names, the
+federation id) may come from unauthenticated replies: it is shown through
+:func:`~flower_chain.ledger.text.safe_label` / ``safe_text`` (bounded, no
+control characters or bidi overrides, ``$`` escaped for matplotlib's
+mathtext) and, in the HTML, :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,19 @@ from typing import Any
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import VerificationError
 from flower_chain.ledger.inspect import block_rows, summary
+from flower_chain.ledger.text import safe_label, safe_text
 from flower_chain.ledger.verify import verify
+
+TEXT_LIMIT = 200  # characters of one ledger text shown in the HTML
+
+
+def _html(value: object, limit: int = TEXT_LIMIT) -> str:
+    """Ledger text for the HTML: made printable and bounded, then escaped."""
+    return html.escape(safe_text(value, limit))
+
+
+def _labelled(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {safe_label(k): v for k, v in metrics.items()}
 
 
 def collect(ledger: Ledger, metrics_path: Path | None = None) -> dict[str, Any]:
@@ -32,14 +50,14 @@ def collect(ledger: Ledger, metrics_path: Path | None = None) -> dict[str, Any]:
     train_times: dict[int, int] = {}
     for r in rows:
         for ev in r.evaluations:
-            (central if ev["source"] == "centralized" else federated)[r.round] = ev
+            (central if ev["source"] == "centralized" else federated)[r.round] = _labelled(ev)
         if r.accepted or r.rejected:
             verdicts[r.round]["accepted"] += r.accepted
             for reason, n in r.reasons.items():
-                verdicts[r.round][reason] += n
+                verdicts[r.round][safe_label(reason)] += n
             train_times[r.round] = r.timestamp_ms
             for kid, verdict, _reason in r.clients:
-                participation[kid or "(unsigned)"][verdict] += 1
+                participation[safe_label(kid) if kid else "(unsigned)"][safe_label(verdict)] += 1
     ledger_time: dict[int, float] = {}
     if metrics_path is not None and metrics_path.is_file():
         for row in json.loads(metrics_path.read_text()).get("rounds", []):
@@ -50,7 +68,7 @@ def collect(ledger: Ledger, metrics_path: Path | None = None) -> dict[str, Any]:
         status = {"verified": True, "text": f"VERIFIED: {rep.blocks} blocks, {rep.entries} entries, "
                                             f"{rep.client_signatures_checked} client signatures checked"}
     except VerificationError as e:
-        status = {"verified": False, "text": f"NOT VERIFIED: {e}"}
+        status = {"verified": False, "text": f"NOT VERIFIED: {safe_text(e, 500)}"}
     rounds = sorted(train_times)
     durations = {r: (train_times[r] - train_times[p]) / 1000 for p, r in zip(rounds, rounds[1:])}
     return {"summary": summary(ledger), "central": central, "federated": federated,
@@ -112,7 +130,7 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
     rej = [part[k].get("rejected", 0) for k in keys]
     ax.bar(range(len(keys)), acc, label="accepted", color="tab:green")
     ax.bar(range(len(keys)), rej, bottom=acc, label="rejected", color="tab:red")
-    ax.set_xticks(range(len(keys)), [k[:8] for k in keys], rotation=60, fontsize=7)
+    ax.set_xticks(range(len(keys)), keys, rotation=60, fontsize=7)  # safe_label'ed in collect()
     ax.set_title("participation per client key")
     ax.legend()
     save("participation", fig)
@@ -133,6 +151,13 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
     return figs
 
 
+def _shown(value: Any) -> str:
+    """A summary value as text; the keys of a dict (reason codes) as labels."""
+    if isinstance(value, dict):
+        return ", ".join(f"{safe_label(k)}: {v}" for k, v in value.items())
+    return str(value)
+
+
 def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None, png_dir: Path | None = None) -> dict:
     """Write the HTML report (and PNGs on request); return the collected numbers."""
     if metrics_path is None and ledger.uri.startswith(("sqlite:", "jsonl:")):
@@ -148,11 +173,12 @@ def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None
     ok = data["status"]["verified"]
     img = "\n".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"></figure>'
                     for n, b in figs.items())
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s[k]))}</td></tr>" for k in (
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_html(_shown(s[k]), 1000)}</td></tr>" for k in (
         "federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "accepted", "rejected",
         "reasons", "head_hash", "model_digest"))
+    checkpoint = "\n".join(_html(line) for line in s["checkpoint"].split("\n"))
     doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {html.escape(s['federation_id'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {_html(s['federation_id'], 80)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 .status {{ padding: .8em 1em; border-radius: 6px; font-weight: 600; color: white;
@@ -164,7 +190,7 @@ pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }} img {{ max-width:
 <h1>flower-chain round ledger</h1>
 <p class="status" id="status">{html.escape(data['status']['text'])}</p>
 <table id="summary">{rows}</table>
-<h2>Signed checkpoint</h2><pre id="checkpoint">{html.escape(s['checkpoint'])}</pre>
+<h2>Signed checkpoint</h2><pre id="checkpoint">{checkpoint}</pre>
 <h2>Plots</h2>
 {img}
 <h2>Data</h2><pre id="data">{html.escape(json.dumps({k: data[k] for k in ('central', 'verdicts', 'participation')},
