@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""A 10,000-client round through LedgerStrategy into SQLite and PostgreSQL (issue 14).
+
+    python bench/bench_scale10k.py                       # 10,000 clients x 10 rounds, both backends
+    python bench/bench_scale10k.py --clients 10000 --rounds 1 --backends postgresql
+
+Synthetic signed replies of a small model (as bench/bench_e2e.py ``scale``), no training. Each backend runs
+in its own server process so its peak RSS is its own. Reports verified replies/s through
+``aggregate_train`` (target >= 5,000/s on 2 cores), server peak RSS, ledger size (SQLite file /
+``pg_database_size``) and ``flower-chain ledger verify --client-signatures`` time for all recorded
+client signatures (100,000 with the defaults). Writes bench/results/scale10k.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "scale10k.json"
+
+
+def server_run(uri: str, clients: int, rounds: int) -> dict:
+    """The server side: ``rounds`` rounds of ``clients`` signed replies through LedgerStrategy into ``uri``."""
+    import numpy as np
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from flower_chain.strategies import LedgerStrategy
+    from tests.fl_helpers import Clients, FakeGrid, signed_train_reply
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    cl = Clients(clients)
+    strat = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), ledger=uri,
+                           keyring=cl.keyring, server_key=Ed25519PrivateKey.generate())
+    rng = np.random.default_rng(0)
+    glob = ArrayRecord({"w": Array(rng.standard_normal((32, 10)).astype(np.float32)),
+                        "b": Array(np.zeros(10, np.float32))})
+    nodes = list(range(1, clients + 1))
+    per_round = []
+    for rnd in range(1, rounds + 1):
+        msgs = sorted(strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
+                      key=lambda m: m.metadata.dst_node_id)
+        replies = [signed_train_reply(m, k, ArrayRecord({"w": Array((glob["w"].numpy() + 0.01 * i).astype(np.float32)),
+                                                         "b": Array(glob["b"].numpy() + 0.01)}), 10)
+                   for i, (m, k) in enumerate(zip(msgs, cl.keys))]
+        t = time.perf_counter()
+        glob, _ = strat.aggregate_train(rnd, replies)
+        per_round.append(time.perf_counter() - t)
+        del replies, msgs
+    accepted = strat.core.stats.get(rounds, {}).get("accepted") if hasattr(strat, "core") else None
+    strat.close()
+    return {"round_s": per_round, "replies_per_s": clients * rounds / sum(per_round),
+            "best_round_replies_per_s": clients / min(per_round), "accepted_last_round": accepted,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--server", nargs=3, metavar=("URI", "CLIENTS", "ROUNDS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.server:
+        print(json.dumps(server_run(args.server[0], int(args.server[1]), int(args.server[2]))))
+        return
+    from tests.pgserver import PostgresServer, why_unavailable
+
+    work = Path(tempfile.mkdtemp(prefix="fc-s10k-"))
+    res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                             "platform": platform.platform()},
+                 "clients": args.clients, "rounds": args.rounds, "model": "w 32x10 + b 10, float32"}
+    server = None
+    try:
+        for backend in args.backends.split(","):
+            if backend == "sqlite":
+                uri = f"sqlite:///{work}/scale.db"
+            else:
+                reason = why_unavailable()
+                if reason:
+                    res[backend] = {"skipped": reason}
+                    continue
+                server = server or PostgresServer(fsync=True)
+                uri = server.create_database("scale")
+            r = subprocess.run([sys.executable, __file__, "--server", uri, str(args.clients), str(args.rounds)],
+                               capture_output=True, text=True, cwd=ROOT)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-3000:])
+            out = json.loads(r.stdout.strip().splitlines()[-1])
+            t = time.perf_counter()
+            v = subprocess.run([sys.executable, "-m", "flower_chain.cli", "ledger", "verify", uri,
+                                "--client-signatures", "--json"], capture_output=True, text=True, cwd=ROOT)
+            verify_s = time.perf_counter() - t
+            doc = json.loads(v.stdout) if v.stdout.strip().startswith("{") else {"error": v.stderr[-500:]}
+            out.update(verify_cli_s=verify_s, verified=doc.get("verified"), verify_error=doc.get("error"),
+                       client_signatures_checked=doc.get("client_signatures_checked"))
+            if backend == "sqlite":
+                out["ledger_mb"] = (work / "scale.db").stat().st_size / 1e6
+            else:
+                with server.admin() as c:
+                    out["ledger_mb"] = c.execute("SELECT pg_database_size('scale')").fetchone()[0] / 1e6
+            res[backend] = out
+            print(backend, json.dumps(out), flush=True)
+    finally:
+        if server:
+            server.close()
+    res["target_replies_per_s_ge_5000"] = {b: res[b].get("replies_per_s", 0) >= 5000
+                                           for b in args.backends.split(",") if "replies_per_s" in res.get(b, {})}
+    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
