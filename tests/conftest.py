@@ -59,21 +59,30 @@ class Federation:
             client_keys={key_id(k): raw_public(k) for k in self.client_keys},
             strategy="FedAvg", config_digest=b"\x00" * 32, created_ms=int(time.time() * 1000)))
 
-    def update(self, rnd: int, i: int, *, verdict="accepted", reason="ok") -> UpdateEntry:
+    def update(self, rnd: int, i: int, *, verdict="accepted", reason="ok", base: bytes = b"") -> UpdateEntry:
+        """Client i's train update of round rnd, as an honest server records it in the next block.
+
+        ``base`` is the round's global model digest (the block's ``model_before``). A ``bad-signature``
+        entry carries a signature that really does not verify, as the verdict policy re-derives.
+        """
         k = self.client_keys[i % len(self.client_keys)]
         digest = self.rng.randbytes(32)
         metrics = {"train_loss": self.rng.random()}
         st = UpdateStatement("train", self.federation_id, rnd, key_id(k), self.writer.head_hash,
-                             b"\x11" * 32, digest, 10 + i, metrics_digest(metrics))
+                             base, digest, 10 + i, metrics_digest(metrics))
         sb = st.to_bytes()
+        sig = bytearray(k.sign(sb))
+        if reason == "bad-signature":
+            sig[0] ^= 1
         return UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=key_id(k), verdict=verdict, reason=reason, detail="",
                            num_examples=10 + i, arrays_digest=digest, metrics=metrics, statement=sb,
-                           signature=k.sign(sb))
+                           signature=bytes(sig))
 
     def add_round(self, rnd: int, n: int = 3, rejected: int = 0):
-        entries = [self.update(rnd, i) for i in range(n)]
-        entries += [self.update(rnd, n + j, verdict="rejected", reason="bad-signature") for j in range(rejected)]
         before = self.writer.head.header.model_after or bytes(32)
+        entries = [self.update(rnd, i, base=before) for i in range(n)]
+        entries += [self.update(rnd, n + j, verdict="rejected", reason="bad-signature", base=before)
+                    for j in range(rejected)]
         return self.writer.append(rnd, entries, model_before=before, model_after=self.rng.randbytes(32))
 
 
