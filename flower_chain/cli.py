@@ -46,7 +46,7 @@ app.command("serve")(serve_command)
 app.add_typer(witness_app, name="witness")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped (scripts grep it)
 
 
 def fail(message: str, code: int = EXIT_USAGE):

@@ -276,3 +276,80 @@ def test_anvil_dies_mid_run_the_run_completes_and_catch_up_works(tmp_path, anvil
     assert r.returncode == 0, r.stderr
     r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", contract, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["anchors"]["not_anchored"] == [], r.stdout + r.stderr
+
+
+# --- rollback, owner pinning, and the status file is never evidence (issue 11 item 4) --------------------------
+
+
+def _drop_last_blocks(f, n: int) -> None:
+    """The server rolls its ledger back by ``n`` blocks (re-signed: it verifies on its own)."""
+    from tests import dishonest
+
+    f.ledger.close()
+    dishonest.rewrite(f.uri, f.server_key, lambda blocks: blocks[:-n])
+    f.ledger = open_ledger(f.uri)
+
+
+def test_anchors_beyond_the_local_head_fail(fed):
+    a = anchor_on_tester(fed)
+    catch_up(fed.ledger, a)
+    assert verify_against_chain(fed.ledger, a)["latest_height"] == 3
+    _drop_last_blocks(fed, 1)
+    verify(fed.ledger)  # the truncated ledger is self-consistent ...
+    with pytest.raises(VerificationError, match="anchors height 3, beyond the local head .height 2.") as e:
+        verify_against_chain(fed.ledger, a)  # ... but the chain has seen height 3
+    assert e.value.height == 3
+
+
+def test_owner_is_reported_and_can_be_pinned(fed):
+    a = anchor_on_tester(fed)
+    catch_up(fed.ledger, a)
+    me = a.account.address
+    rep = verify_against_chain(fed.ledger, a, owner=me.lower())
+    assert rep["owner"] == me and rep["contract"] == a.address
+    stranger = "0x" + "12" * 20
+    with pytest.raises(VerificationError, match=f"owned by {me}, not by the pinned owner {stranger}"):
+        verify_against_chain(fed.ledger, a, owner=stranger)
+
+
+ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil's account 1
+ANVIL_ADDR_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+
+
+def test_cli_anchor_checks_on_anvil_rollback_owner_and_status_file(fed, tmp_path, anvil):
+    from eth_account import Account
+
+    addr_1 = Account.from_key(ANVIL_KEY_1).address
+    key0 = tmp_path / "evm0.key"
+    key0.write_text(ANVIL_KEY)
+    uri = fed.uri
+    fed.ledger.close()
+    r = _cli("ledger", "anchor", uri, "--anchor", anvil.url, "--key-file", key0)
+    assert r.returncode == 0 and "anchored 4 blocks" in r.stdout, r.stdout + r.stderr
+    contract = r.stdout.split("in contract ")[1].split()[0]
+    r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", contract, "--owner", ANVIL_ADDR_0)
+    assert r.returncode == 0 and f"contract {contract} (owner {ANVIL_ADDR_0})" in r.stdout, r.stdout + r.stderr
+    r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", contract, "--owner", addr_1)
+    assert r.returncode == 1 and "not by the pinned owner" in r.stderr, r.stdout + r.stderr
+    # a contract of the same federation deployed and filled by another account: pinning the owner refuses it
+    key1 = tmp_path / "evm1.key"
+    key1.write_text(ANVIL_KEY_1)
+    r = _cli("ledger", "anchor", uri, "--anchor", anvil.url, "--key-file", key1)
+    other = r.stdout.split("in contract ")[1].split()[0]
+    assert _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", other).returncode == 0
+    r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", other, "--owner", ANVIL_ADDR_0)
+    assert r.returncode == 1 and f"owned by {addr_1}" in r.stderr, r.stderr
+    # roll back one block: the chain's latest anchored height is beyond the local head
+    fed.ledger = open_ledger(uri)
+    _drop_last_blocks(fed, 1)
+    fed.ledger.close()
+    assert _cli("ledger", "verify", uri).returncode == 0  # on its own it verifies
+    status = Path(uri[len("sqlite:///"):] + ".anchors.jsonl")  # a status file claiming all is well changes nothing
+    status.write_text("".join(json.dumps({"height": h, "ok": True, "contract": contract}) + "\n" for h in range(3)))
+    r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", contract, "--json")
+    assert r.returncode == 1 and "truncated or rolled back" in json.loads(r.stdout)["error"], r.stdout + r.stderr
+    # and a contract with no anchors is not "verified against the chain" because the status file says so
+    fresh = EvmAnchor(anvil.url, federation_id=fed.federation_id, private_key=ANVIL_KEY).address
+    status.write_text("".join(json.dumps({"height": h, "ok": True, "contract": fresh}) + "\n" for h in range(3)))
+    doc = json.loads(_cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", fresh, "--json").stdout)
+    assert doc["anchors"]["anchored"] == [] and doc["anchors"]["not_anchored"] == [0, 1, 2]
