@@ -221,3 +221,10 @@ def test_serve_command_serves_the_checkpoint(federation_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_tiles_and_cosignature_modules_import_neither_flwr_nor_torch_nor_a_web_framework():
+    code = ("import sys, flower_chain.ledger.tiles, flower_chain.ledger.cosignature, flower_chain.serve.witness_client;"
+            "print(sorted(m for m in ('flwr', 'torch', 'starlette', 'uvicorn') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
