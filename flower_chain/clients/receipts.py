@@ -166,6 +166,7 @@ class ReceiptKeeper:
         self.pinned = bytes(server_key) if server_key is not None else None
         self._lock = threading.Lock()
         self._db = _connect(self.dir / STATE_FILE)
+        self._log_dirs: dict[str, Path] = {}
 
     # -- storage -----------------------------------------------------------------------------------
     @contextmanager
@@ -183,11 +184,15 @@ class ReceiptKeeper:
 
     def log_dir(self, federation_id: str) -> Path:
         """The directory of one federation's receipts and errors (created when absent)."""
-        origin = origin_for(federation_id)
-        d = self.dir / origin_dir_name(origin)
-        if not d.is_dir():
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "origin.txt").write_text(safe_text(origin, 300) + "\n")
+        d = self._log_dirs.get(federation_id)
+        if d is None:
+            origin = origin_for(federation_id)
+            d = self.dir / origin_dir_name(origin)
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "origin.txt").write_text(safe_text(origin, 300) + "\n")
+            if len(self._log_dirs) < 64:  # a handful of federations per key; never grows without bound
+                self._log_dirs[federation_id] = d
         return d
 
     def _error(self, federation_id: str, message: str) -> None:
@@ -210,8 +215,8 @@ class ReceiptKeeper:
     def metrics_for(self, federation_id: str) -> dict[str, int]:
         """The counters of a federation's log, as the metrics the client signs."""
         origin = origin_for(federation_id)
-        with self._transaction(write=False) as db:
-            rows = dict(db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin,)).fetchall())
+        with self._lock:  # one statement: a consistent read without an explicit transaction
+            rows = dict(self._db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin,)).fetchall())
         return {METRIC_RECEIPTS: int(rows.get("receipts", 0)), METRIC_ERRORS: int(rows.get("errors", 0))}
 
     def counts(self, federation_id: str | None = None) -> dict[str, int]:
@@ -228,12 +233,12 @@ class ReceiptKeeper:
             round whose receipt it asks for next (-1: none), as the signed reply names them.
         """
         origin = origin_for(federation_id)
-        with self._transaction(write=statement is not None) as db:
+        with self._lock:  # single statements, each atomic: no explicit transaction needed
             if statement is not None:
-                db.execute("INSERT OR REPLACE INTO pending (origin, round, statement) VALUES (?, ?, ?)",
-                           (origin, int(server_round), bytes(statement)))
+                self._db.execute("INSERT OR REPLACE INTO pending (origin, round, statement) VALUES (?, ?, ?)",
+                                 (origin, int(server_round), bytes(statement)))
             note, _ = self._log_row(origin)
-            first = db.execute("SELECT MIN(round) FROM pending WHERE origin = ?", (origin,)).fetchone()[0]
+            first = self._db.execute("SELECT MIN(round) FROM pending WHERE origin = ?", (origin,)).fetchone()[0]
         seen = _checkpoint_of(note).size if note else -1
         return seen, int(first) if first is not None else -1
 

@@ -129,7 +129,7 @@ def _reply_parts(reply: Message, kind: str, legacy: bool):
 
 
 def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None, *,
-               base_digest: bytes | None = None) -> Message:
+               base_digest: bytes | None = None, incoming=None) -> Message:
     """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it.
 
     Parameters
@@ -143,8 +143,10 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
         before signing, and a train statement is remembered for its receipt.
     base_digest : bytes, optional
         Array digest of the arrays ``msg`` carries, when the caller computed it already.
+    incoming : tuple, optional
+        ``_incoming(msg)``, when the caller computed it already.
     """
-    ctx, _cfg, received, legacy = _incoming(msg)
+    ctx, _cfg, received, legacy = incoming if incoming is not None else _incoming(msg)
     if ctx is None or reply.has_error():
         return reply
     kind = msg.metadata.message_type.split(".")[0]
@@ -208,7 +210,8 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
     cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None]] = {}
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
-        ctx, config, received, _ = _incoming(msg)
+        incoming = _incoming(msg)
+        ctx, config, received, _ = incoming
         if ctx is None:
             return call_next(msg, context)
         path = fixed_path if fixed is not None else key_path_for(context)  # a missing key fails here
@@ -224,7 +227,7 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
                          received_digest=base_digest if received is not None else None)
         reply = call_next(msg, context)
-        return sign_reply(msg, reply, signer, keeper, base_digest=base_digest)
+        return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming)
 
     return signing_mod
 

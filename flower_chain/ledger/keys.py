@@ -135,14 +135,25 @@ def check_public_raw(raw: bytes, where: str = "") -> bytes:
     return bytes(raw)
 
 
+@lru_cache(maxsize=4096)
+def _key_object(raw: bytes) -> Ed25519PublicKey | None:
+    """The key object of an acceptable raw public key (built once per key), else ``None``."""
+    if public_key_problem(raw) is not None:
+        return None
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        return None
+
+
 def public_from_raw(raw: bytes) -> Ed25519PublicKey:
     """An Ed25519 public key from its 32 raw bytes; :class:`KeyFileError` for small-order or
     non-canonical points and for anything that is not a curve point."""
     check_public_raw(raw)
-    try:
-        return Ed25519PublicKey.from_public_bytes(bytes(raw))
-    except ValueError as e:
-        raise KeyFileError(f"not a 32-byte Ed25519 public key ({len(raw)} bytes)") from e
+    key = _key_object(bytes(raw))
+    if key is None:
+        raise KeyFileError(f"not a 32-byte Ed25519 public key ({len(raw)} bytes)")
+    return key
 
 
 def verify_signature(public: Ed25519PublicKey | bytes, signature: bytes, message: bytes) -> bool:
@@ -150,14 +161,12 @@ def verify_signature(public: Ed25519PublicKey | bytes, signature: bytes, message
 
     A small-order, non-canonical or off-curve public key never verifies anything.
     """
-    raw = bytes(public) if isinstance(public, (bytes, bytearray)) else raw_public(public)
-    if public_key_problem(raw) is not None:
+    if isinstance(public, (bytes, bytearray)):
+        public = _key_object(bytes(public))
+    elif public_key_problem(raw_public(public)) is not None:
+        public = None
+    if public is None:
         return False
-    if not isinstance(public, Ed25519PublicKey):
-        try:
-            public = Ed25519PublicKey.from_public_bytes(raw)
-        except ValueError:
-            return False
     try:
         public.verify(bytes(signature), message)
         return True
