@@ -152,36 +152,41 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--before", default="", help="also time the signing mod of this git commit")
     p.add_argument("--out", type=Path, default=RESULTS / "signing.json")
-    p.add_argument("--dir", default=None, help="where the receipts directories go (default: the system temp dir)")
+    p.add_argument("--dirs", nargs="+", default=[None],
+                   help="where the receipts directories go, one run each (default: the system temp dir); "
+                        "e.g. --dirs /tmp /dev/shm separates the disk's latency from the CPU cost")
     args = p.parse_args()
     _task_identity()
     factories = {"current": make_signing_mod}
     if args.before:
         factories[f"before ({args.before})"] = _old_mod_factory(args.before)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="fc-bench-signing-", dir=args.dir) as tmp:
-        for size in args.sizes:
-            # the mods run in lockstep (alternating order each round), so load on the machine hits both alike
-            lanes = {name: Lane(size, factory, Path(tmp) / f"{i}-{size}") for i, (name, factory)
-                     in enumerate(factories.items())}
-            for rnd in range(1, args.rounds + 1):
-                order = list(lanes.values())
-                for lane in order if rnd % 2 else order[::-1]:
-                    lane.step(rnd)
-            for name, lane in lanes.items():
-                r = lane.result(skip=min(3, args.rounds // 4))  # first rounds: key loading, first-use pinning
-                r["mod_version"] = name
-                rows.append(r)
-                print(f"{name:>20} {size:>9} params: mod {r['mod']['median_us']:>9.1f} us  baseline "
-                      f"{r['baseline']['median_us']:>9.1f} us  overhead {r['overhead']['median_us']:>8.1f} us "
-                      f"({r['overhead_over_baseline']:.2f}x baseline)  receipt errors {r['receipt_errors_reported']}",
-                      flush=True)
+    for where in args.dirs:
+        with tempfile.TemporaryDirectory(prefix="fc-bench-signing-", dir=where) as tmp:
+            for size in args.sizes:
+                # the mods run in lockstep (alternating order each round), so load on the machine hits both alike
+                lanes = {name: Lane(size, factory, Path(tmp) / f"{i}-{size}") for i, (name, factory)
+                         in enumerate(factories.items())}
+                for rnd in range(1, args.rounds + 1):
+                    order = list(lanes.values())
+                    for lane in order if rnd % 2 else order[::-1]:
+                        lane.step(rnd)
+                for name, lane in lanes.items():
+                    r = lane.result(skip=min(3, args.rounds // 4))  # first rounds: key loading, first-use pinning
+                    r["mod_version"] = name
+                    r["receipts_dir"] = str(Path(tmp).parent)
+                    rows.append(r)
+                    print(f"{name:>20} {size:>9} params in {r['receipts_dir']}: mod {r['mod']['median_us']:>9.1f} us"
+                          f"  baseline {r['baseline']['median_us']:>9.1f} us  overhead {r['overhead']['median_us']:>8.1f}"
+                          f" us ({r['overhead_over_baseline']:.2f}x baseline)  receipt errors "
+                          f"{r['receipt_errors_reported']}", flush=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     doc = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit,
            "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                       "cpus": os.cpu_count(), "processor": platform.processor()},
-           "receipts_dir": "a temporary directory in " + (args.dir or tempfile.gettempdir()), "results": rows}
+                       "cpus": os.cpu_count(), "processor": platform.processor(),
+                       "load_average": os.getloadavg()},
+           "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")

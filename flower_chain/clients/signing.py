@@ -201,8 +201,9 @@ def _pinned_server_key(context: Context) -> bytes | None:
 def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
-    Receipts are kept in ``receipts_dir`` (or node config ``receipts-dir`` /
-    ``FLOWER_CHAIN_RECEIPTS``, or ``receipts/<key id>/`` beside the key file);
+    Receipts are kept per key in ``receipts_dir/<key id>/`` (or under node config ``receipts-dir`` /
+    ``FLOWER_CHAIN_RECEIPTS``, or ``receipts/<key id>/`` beside the key file): ``server-key``,
+    ``state.sqlite`` and one directory per log origin (see :mod:`flower_chain.clients.receipts`);
     with a key object and no directory, receipts are not checked.
     """
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
