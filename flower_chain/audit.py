@@ -96,13 +96,18 @@ class NotReplayable(Exception):
 
 @dataclass
 class RoundAudit:
-    """The replay of one block: ``status`` is ``ok``, ``mismatch`` or ``not-rederivable``."""
+    """The replay of one block: ``status`` is ``ok``, ``mismatch`` or ``not-rederivable``.
+
+    ``train`` is False for a block that records no train update (evaluation, revocation) and is listed
+    only because it changes the global model or the strategy state, which such a block must not do.
+    """
 
     height: int
     round: int
     status: str
     detail: str = ""
     accepted: int = 0
+    train: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -185,7 +190,10 @@ def _construct(cls: type, config: dict[str, Any], **extra: Any) -> Any:
         raise NotReplayable(f"{cls.__name__} cannot be rebuilt from the recorded settings: {e}") from e
     for k, v in config.items():
         if "." not in k:
-            setattr(obj, k, v)
+            try:
+                setattr(obj, k, v)
+            except AttributeError as e:
+                raise NotReplayable(f"{cls.__name__} does not take the recorded setting {k!r}: {e}") from e
     return obj
 
 
@@ -405,7 +413,7 @@ def audit(ledger: Ledger, *, strategy_classes: Sequence[type] = (),
         if not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
             if other or not entries:  # evaluation, revocation or empty blocks must not change model or state
                 ra = RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes the "
-                                "global model or the strategy state")
+                                "global model or the strategy state", train=False)
                 report.rounds.append(ra)
                 if progress:
                     progress(ra)

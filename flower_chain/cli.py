@@ -430,9 +430,13 @@ def ledger_audit(uri: str,
     if as_json:
         emit_json({"verified": True, **report.to_dict(), "strict": strict, "ok": not failed})
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
-    train = [r for r in report.rounds if r.accepted or r.status != "mismatch" or "no train update" not in r.detail]
+    train = [r for r in report.rounds if r.train]
     for r in report.mismatches:
         err.print(f"[bold red]NOT RE-DERIVED[/] round {r.round} (block {r.height}): {r.detail}", highlight=False)
+    if report.mismatches:
+        err.print("the recorded global model or strategy state of these rounds is not what the recorded strategy "
+                  "computes from their accepted updates: the server did not aggregate what it recorded",
+                  highlight=False)
     if missing:
         reasons = sorted({r.detail for r in missing})
         line = (f"aggregation not re-derivable for rounds {_rounds_text([r.round for r in missing])}: "
