@@ -173,6 +173,8 @@ def test_malformed_and_oversized_bodies_are_400_and_change_nothing(setup):
     for body in bad:
         status, _, _ = post(url, body)
         assert status in (400, 403), (body[:40], status)
+    huge = sign_checkpoint(Checkpoint(ORIGIN, 2**64, b"\x01" * 32), fed.server_key)  # signed by the log itself
+    assert post(url, request_body(huge, 0, []))[0] == 400
     status, _, _ = post(url, b"old 0\n\n" + b"x" * (70 * 1024))
     assert status == 413
     assert urllib.request.urlopen(url + "/", timeout=5).status == 200

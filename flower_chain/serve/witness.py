@@ -42,6 +42,7 @@ from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
 MAX_PROOF_LINES = 63
 MAX_BODY_BYTES = 64 * 1024
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
+_MAX_SIZE = 2**63 - 1  # SQLite INTEGER
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -235,6 +236,8 @@ class Witness:
             return Reply(400, f"checkpoint: {e}\n".encode())
         if cp.origin != origin:
             return Reply(400, b"checkpoint origin mismatch\n")
+        if cp.size > _MAX_SIZE:
+            return Reply(400, b"checkpoint size does not fit in 63 bits\n")
         if old_size > cp.size:
             return Reply(400, b"the old size is larger than the checkpoint size\n")
         refused = self.store.compare_and_update(origin, old_size, proof, cp, note)
