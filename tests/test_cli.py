@@ -105,7 +105,7 @@ def test_verify_ok_and_failures(fed, tmp_path):
     db.close()
     r = cli("ledger", "verify", fed.uri, "--json", check_rc=1)
     doc = json.loads(r.stdout)
-    assert doc["verified"] is False and (doc["height"], doc["entry"]) == (2, 2), doc
+    assert doc["verified"] is False and doc["height"] == 2 and doc["entry"] in (2, None), doc  # entry or its node
 
 
 def test_prove_and_verify_offline(fed, tmp_path):
