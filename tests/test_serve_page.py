@@ -116,3 +116,13 @@ def test_explorer_renders_in_headless_chromium_without_other_hosts(site, tmp_pat
     blue = ((abs(img[..., 0] - 0x09 / 255) < 0.1) & (abs(img[..., 1] - 0x69 / 255) < 0.1)
             & (abs(img[..., 2] - 0xDA / 255) < 0.1)).mean()
     assert blue > 0.0003, "the accuracy line is not visible"
+
+
+def test_an_undecodable_new_block_is_503_for_the_explorer_not_500(site):
+    fed, url = site
+    fed.writer.append(7, [b"\xff not a CE1 entry"])  # validly signed, but its entry does not decode
+    for path in ("api/rounds", "api/summary", "api/keys/x"):
+        status, body, _ = get(f"{url}/{path}")
+        assert status == 503 and b"cannot be read" in body, path
+    status, body, _ = get(f"{url}/checkpoint")
+    assert status == 200 and body.decode() == fed.writer.checkpoint()  # the log itself is still served

@@ -232,6 +232,9 @@ def build_app(view: LogView):
             data = view.tile(t)
         except TileError as e:  # an entry too large for a uint16 length prefix
             return PlainTextResponse(f"{e}\n", status_code=501)
+        except LedgerError as e:  # the storage cannot be read (damaged file)
+            log.error("tile %s: %s", t.path(), e)
+            return PlainTextResponse("the ledger cannot be read\n", status_code=503)
         if data is None:
             return PlainTextResponse("no such tile in this log\n", status_code=404)
         return Response(data, media_type="application/octet-stream",
@@ -244,18 +247,31 @@ def build_app(view: LogView):
         view.refresh()
         return view.explorer()
 
+    def _unavailable(e: Exception) -> Response:
+        log.error("explorer data: %s", e)
+        return JSONResponse({"error": f"the ledger cannot be read: {e}"}, status_code=503)
+
     async def summary(request: Request) -> Response:
-        d = _data()
+        try:
+            d = _data()
+        except LedgerError as e:
+            return _unavailable(e)
         return JSONResponse({k: d[k] for k in ("federation_id", "origin", "strategy", "allowed_keys", "blocks",
                                                "log_size", "reasons", "checkpoint")} | {"keys": sorted(d["keys"])})
 
     async def rounds(request: Request) -> Response:
-        d = _data()
+        try:
+            d = _data()
+        except LedgerError as e:
+            return _unavailable(e)
         return JSONResponse({"rounds": d["rounds"], "accuracy": d["accuracy"], "block_times": d["block_times"]})
 
     async def key_history(request: Request) -> Response:
         kid = request.path_params["kid"]
-        hist = _data()["keys"].get(kid)
+        try:
+            hist = _data()["keys"].get(kid)
+        except LedgerError as e:
+            return _unavailable(e)
         if hist is None:
             return JSONResponse({"error": f"no entries for key {kid[:40]}"}, status_code=404)
         return JSONResponse({"key_id": kid, "entries": hist})
