@@ -409,3 +409,35 @@ def test_interop_with_the_aics_witness_implementation(federation_factory, tmp_pa
     blob = base64.b64decode(ours.split(" ")[2])
     assert aics_verify(blob[4:], "ours.test/w", raw_public(wkey), cp.origin, cp.size, cp.root_hash)
     assert not aics_verify(blob[4:], "ours.test/w", raw_public(wkey), cp.origin, cp.size + 1, cp.root_hash)
+
+
+def test_pool_deadline_holds_against_a_witness_that_trickles_bytes(setup):
+    fed, witness, url = setup
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(2)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        for b in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"[:30]:  # one byte every 0.2 s, at most 6 s
+            if stop.is_set():
+                break
+            conn.send(bytes([b]))
+            time.sleep(0.2)
+        conn.close()
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    slow = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    ck = parse_cosigner_key(witness.verifier_key)
+    pool = WitnessPool([WitnessEndpoint(url, ck), WitnessEndpoint(slow, ck)], timeout=0.5)
+    t0 = time.monotonic()
+    note, errors = pool.cosign(fed.ledger, fed.writer.checkpoint())
+    elapsed = time.monotonic() - t0
+    stop.set()
+    t.join(timeout=10)
+    srv.close()
+    assert elapsed < 3 and set(errors) == {slow} and "no answer" in errors[slow]
+    assert verify_cosigned_checkpoint(note, fed.server_key.public_key(), [ck], quorum=1)

@@ -170,12 +170,19 @@ class WitnessPool:
         cp = Checkpoint.from_text(note_body(note))
         errors: dict[str, str] = {}
         lines: list[str] = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.witnesses))) as ex:
+        ex = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.witnesses)))
+        try:
             futs = {ex.submit(self._one, w, ledger, note, cp): w for w in self.witnesses}
+            concurrent.futures.wait(futs, timeout=self.timeout * 2 + 1)  # one overall deadline for all witnesses
             for fut, w in futs.items():
+                if not fut.done():
+                    w.last_error = errors[w.url] = f"{w.url}: no answer within {self.timeout * 2 + 1:.1f} s"
+                    continue
                 try:
-                    lines.append(fut.result(timeout=self.timeout * 3 + 1))
+                    lines.append(fut.result())
                     w.last_error = ""
-                except (WitnessError, concurrent.futures.TimeoutError) as e:
-                    w.last_error = errors[w.url] = str(e) or type(e).__name__
+                except WitnessError as e:
+                    w.last_error = errors[w.url] = str(e)
+        finally:
+            ex.shutdown(wait=False, cancel_futures=True)  # a witness that trickles bytes cannot hold the round
         return add_cosignatures(note, lines), errors
