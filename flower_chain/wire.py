@@ -68,39 +68,80 @@ class LedgerContext:
                    bytes(config.get(CTX_BASE, b"")))
 
 
+#: Largest NPY header accepted (numpy writes at most a few hundred bytes for any sane array).
+MAX_NPY_HEADER = 4096
+#: dtype kinds a model array may have: bool, signed/unsigned int, float, complex.
+NUMERIC_KINDS = "biufc"
+
+
 @functools.lru_cache(maxsize=1024)
-def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | None:
-    """(shape, fortran order, dtype) of an NPY preamble (magic, version, length, header dict)."""
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | str:
+    """(shape, fortran order, dtype) of an NPY preamble (magic, version, length, header dict), or why not."""
     fp = io.BytesIO(header)
     try:
         version = npy.read_magic(fp)
+        if version not in ((1, 0), (2, 0)):
+            return f"NPY version {version[0]}.{version[1]} (only 1.0 and 2.0)"
         read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, fortran, dtype = read(fp)
-    except ValueError:
-        return None
-    return (tuple(shape), bool(fortran), dtype) if fp.tell() == len(header) and not dtype.hasobject else None
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TypeError, ... on bad headers
+        return f"NPY header does not parse ({type(e).__name__})"
+    if fp.tell() != len(header):
+        return "NPY header length does not match its content"
+    if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None or dtype.itemsize == 0:
+        return f"dtype {str(dtype)[:40]!r} is not a plain numeric dtype"
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+        return "shape has a negative or non-integer dimension"
+    return tuple(shape), bool(fortran), dtype
+
+
+def parse_npy(data: object) -> np.ndarray | str:
+    """A read-only ndarray viewing NPY bytes exactly as ``np.load`` reads them, or why they are not valid NPY.
+
+    Never raises. The whole buffer is validated: magic, version (1.0 or 2.0),
+    header dict (parsed by numpy's own header reader, so ``np.load`` and this
+    agree on shape, order and dtype), a plain numeric dtype, non-negative
+    dimensions, and a payload of exactly ``prod(shape) * itemsize`` bytes.
+    Each distinct header is parsed once (cached); the payload is viewed in
+    place, not copied.
+    """
+    if not isinstance(data, bytes):
+        return "array data is not bytes"
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        return "not NPY data (no NPY magic)"
+    wide = data[6] >= 2  # NPY 2.0+ has a 4-byte header length
+    if wide and len(data) < 12:
+        return "truncated NPY preamble"
+    size = 12 + int.from_bytes(data[8:12], "little") if wide else 10 + int.from_bytes(data[8:10], "little")
+    if size > MAX_NPY_HEADER or size > len(data):
+        return "NPY header longer than the data or than 4 KiB"
+    parsed = _npy_header(data[:size])
+    if isinstance(parsed, str):
+        return parsed
+    shape, fortran, dtype = parsed
+    count = 1
+    for d in shape:  # Python ints: no overflow, whatever the header claims
+        count *= d
+    if count * dtype.itemsize != len(data) - size:
+        return f"NPY payload is {len(data) - size} bytes, shape {shape} of {dtype.str} needs {count * dtype.itemsize}"
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=size)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def ndarray_view(array: Any) -> np.ndarray:
-    """A read-only ndarray over a Flower ``Array``'s bytes, without copying them.
+    """A read-only ndarray over a Flower ``Array``'s NPY bytes, without copying them.
 
-    ``Array.numpy()`` deserializes with ``np.load`` (a copy, and a Python
-    parse of the header: together a third of the cost of hashing); for the
-    ``numpy.ndarray`` serialization (NPY format) this parses each distinct
-    header once and views the payload in place.
+    Raises :class:`ValueError` when the array is not valid NPY
+    (:func:`parse_npy` says why); replies from the network go through
+    :func:`parse_npy` directly and never raise.
     """
-    data = getattr(array, "data", None)
-    if getattr(array, "stype", None) != "numpy.ndarray" or not isinstance(data, bytes) or data[:6] != b"\x93NUMPY":
-        return array.numpy()
-    wide = data[6] >= 2  # NPY 2.0+ has a 4-byte header length
-    size = 12 + int.from_bytes(data[8:12], "little") if wide else 10 + int.from_bytes(data[8:10], "little")
-    parsed = _npy_header(data[:size])
-    if parsed is None:
-        return array.numpy()
-    shape, fortran, dtype = parsed
-    count = int(np.prod(shape, dtype=np.int64))
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=size)
-    return flat.reshape(shape, order="F" if fortran else "C")
+    if getattr(array, "stype", None) != "numpy.ndarray":
+        raise ValueError(f"array serialization {getattr(array, 'stype', None)!r} is not numpy.ndarray")
+    got = parse_npy(getattr(array, "data", None))
+    if isinstance(got, str):
+        raise ValueError(got)
+    return got
 
 
 def arrays_of(record: Any) -> list[tuple[str, np.ndarray]]:

@@ -133,7 +133,7 @@ def test_checkpoint_signed_note_roundtrip_and_failures():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_write_reopen_verify_and_prove(backend, federation_factory):
-    f = federation_factory(backend)
+    f = federation_factory(backend, n_clients=5)  # 4 accepted keys and one whose signature is broken
     for r in range(1, 6):
         f.add_round(r, n=4, rejected=1)
     rep = verify(f.ledger, server_key=raw_public(f.server_key), client_signatures=True)

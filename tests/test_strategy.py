@@ -99,6 +99,8 @@ def test_user_config_kept_and_context_namespaced():
 
 def _attack(s: Setup, rnd: int, kind: str):
     """Return the round's replies where the first one is malicious in the way ``kind`` names."""
+    if kind == "revoked-key":  # revocations are appended between rounds, never while one is open
+        s.strategy.core.revoke(key_id(s.clients.keys[0]), "test")
     msgs = s.instructions(rnd)
     replies = s.honest(rnd, msgs)
     m0, k0 = msgs[0], s.clients.keys[0]
@@ -112,8 +114,6 @@ def _attack(s: Setup, rnd: int, kind: str):
         rec[SIGNATURE] = bytes(sig)
     elif kind == "unknown-key":
         replies[0] = signed_train_reply(m0, Ed25519PrivateKey.generate(), out, 10)
-    elif kind == "revoked-key":
-        s.strategy.core.revoke(key_id(k0), "test")
     elif kind == "wrong-federation":
         m = copy_config(m0)
         m.content["config"][CTX_FEDERATION] = "fed-other"
@@ -131,7 +131,10 @@ def _attack(s: Setup, rnd: int, kind: str):
         replies[0].content["arrays"]["w"] = Array(np.zeros((8, 4), np.float32))
     elif kind == "num-examples-mismatch":
         replies[0].content["metrics"]["num-examples"] = 10_000
-    elif kind == "duplicate":
+    elif kind == "duplicate":  # the same signed reply twice (replayed within the round)
+        replies[1] = signed_train_reply(m0, k0, out, 10)
+        replies[0] = signed_train_reply(m0, k0, out, 10)
+    elif kind == "equivocation":  # one key, two different statements for the round: both rejected
         replies[1] = signed_train_reply(msgs[1], k0, out, 10)
     elif kind == "malformed-shape":
         replies[0] = signed_train_reply(m0, k0, arrays(3, (("w", (4, 8)), ("b", (4,)))), 10)
@@ -190,20 +193,59 @@ def test_threaded_checks_give_the_verdicts_of_arrival_order():
         verdicts.append([(e.node_id, e.verdict, e.reason) for e in s.block_entries()])
         s.strategy.close()
     assert verdicts[0] == verdicts[1]
-    assert [v[2] for v in verdicts[1]] == ["ok", "ok", "duplicate", "malformed"]
+    # key 0 signed two different statements for round 1: both of its replies are evidence, neither counts
+    assert [v[2] for v in verdicts[1]] == ["equivocation", "ok", "equivocation", "malformed"]
     with pytest.raises(ValueError, match="at least 1"):
         Setup(verify_workers=0)
 
 
-def test_float_width_may_differ_but_not_the_dtype_kind():
+def test_the_global_models_dtypes_are_fixed_by_the_initial_arrays():
+    """A reply in another dtype (wider, narrower, int) is malformed; the aggregate keeps the initial dtypes."""
     s = Setup()
-    s.global_arrays = ArrayRecord({k: Array(v.numpy().astype(np.float64)) for k, v in arrays(0).items()})
     msgs = s.instructions(1)
-    replies = s.honest(1, msgs)  # float32 replies to a float64 model: accepted
-    as_int = ArrayRecord({k: Array(v.numpy().astype(np.int32)) for k, v in arrays(1).items()})
-    replies[1] = signed_train_reply(msgs[1], s.clients.keys[1], as_int, 10)
-    s.strategy.aggregate_train(1, replies)
-    assert [e.reason for e in s.block_entries()] == ["ok", "malformed", "ok", "ok"]
+    replies = s.honest(1, msgs)
+    as_f64 = ArrayRecord({k: Array(v.numpy().astype(np.float64)) for k, v in arrays(1).items()})
+    as_f128 = ArrayRecord({k: Array(v.numpy().astype(np.longdouble)) for k, v in arrays(2).items()})
+    replies[1] = signed_train_reply(msgs[1], s.clients.keys[1], as_f64, 10)
+    replies[2] = signed_train_reply(msgs[2], s.clients.keys[2], as_f128, 10)
+    agg, _ = s.strategy.aggregate_train(1, replies)
+    entries = s.block_entries()
+    assert [e.reason for e in entries] == ["ok", "malformed", "malformed", "ok"]
+    assert "dtype" in entries[1].detail
+    assert {a.numpy().dtype for a in agg.values()} == {np.dtype(np.float32)}
+
+
+def test_an_aggregate_in_another_dtype_is_cast_back():
+    """FedAdam under NumPy 2 returns float64: the global model (and its digest) stay float32."""
+    from flwr.serverapp.strategy import FedAdam
+
+    s = Setup(inner=FedAdam(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1,
+                            eta=0.1))
+    msgs = s.instructions(1)
+    agg, _ = s.strategy.aggregate_train(1, s.honest(1, msgs))
+    assert {a.numpy().dtype for a in agg.values()} == {np.dtype(np.float32)}
+    head = s.strategy.ledger.head().header
+    from flower_chain.wire import record_digest
+
+    assert head.model_after == record_digest(agg)
+
+
+def test_equivocation_rejects_every_reply_of_the_key_and_keeps_both_statements():
+    s = Setup()
+    msgs = s.instructions(1)
+    replies = s.honest(1, msgs)
+    k0 = s.clients.keys[0]
+    stolen = signed_train_reply(msgs[2], k0, arrays(99), 10)  # the thief is faster than the victim
+    replies = [stolen] + replies
+    agg, _ = s.strategy.aggregate_train(1, replies)
+    entries = s.block_entries()
+    assert [e.reason for e in entries] == ["equivocation", "equivocation", "ok", "ok", "ok"]
+    assert entries[0].statement != entries[1].statement and entries[0].key_id == entries[1].key_id == key_id(k0)
+    report = verify(s.strategy.ledger, client_signatures=True)
+    assert report.equivocating_keys == {key_id(k0)}
+    plain, _ = fedavg().aggregate_train(1, by_key(replies[2:]))
+    for k in ("w", "b"):
+        assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()
 
 
 def test_all_rejected_round_keeps_the_model_and_records_everything():
@@ -295,6 +337,7 @@ def test_wraps_flower_strategies_and_matches_them(make):
     list(ref.configure_train(1, s.global_arrays, ConfigRecord({}), FakeGrid(NODES)))
     plain, _ = ref.aggregate_train(1, by_key(honest_copy))
     assert list(agg.keys()) == list(plain.keys())
-    for a, b in zip(agg.values(), plain.values()):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for (name, a), b in zip(agg.items(), plain.values()):  # the same, in the global model's dtype (FedAdam: f64)
+        assert a.numpy().dtype == s.global_arrays[name].numpy().dtype
+        np.testing.assert_array_equal(a.numpy(), b.numpy().astype(a.numpy().dtype))
     assert s.strategy.round_stats(1)["rejected"] == 1

@@ -12,7 +12,7 @@ first ``K`` partitions misbehave as ``KIND`` says. Cryptographic attacks
 ``replay``         from round 2 on, the reply signed in an earlier round
 ``cross-run``      signed for another federation
 ``stale``          from round 2 on, trained on the round-1 global model
-``duplicate``      all attackers sign with one shared key (a cloned client)
+``duplicate``      all attackers sign with one shared key (a cloned client): equivocation
 ``malformed``      a NaN in the returned arrays (signed)
 ``num-examples-lie`` num-examples inflated after signing
 =================  =============================================================
@@ -42,7 +42,7 @@ POISONING_ATTACKS = ("scale", "sign-flip", "label-flip")
 ATTACKS = CRYPTO_ATTACKS + POISONING_ATTACKS
 EXPECTED_REASON = {"unsigned": "unsigned", "forged": "unknown-key", "tamper": "digest-mismatch",
                    "replay": "wrong-round", "cross-run": "wrong-federation", "stale": "wrong-base-model",
-                   "duplicate": "duplicate", "malformed": "malformed", "num-examples-lie": "num-examples-mismatch"}
+                   "duplicate": "equivocation", "malformed": "malformed", "num-examples-lie": "num-examples-mismatch"}
 LABEL_FLIP = "flower-chain.attack.label-flip"
 STALE_KEY = "flower-chain.attack.stale"
 REPLAY_PREFIX = "flower-chain.attack.replay."

@@ -36,6 +36,7 @@ REASONS = (
     "duplicate",
     "malformed",
     "client-error",
+    "equivocation",
 )
 
 

@@ -30,7 +30,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flower_chain.ledger import merkle
+import numpy as np
+
+from flower_chain.ledger import merkle, policy
+from flower_chain.ledger.arrays import array_digest, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import BlockHeader, ZERO_HASH
 from flower_chain.ledger.checkpoint import verify_checkpoint
@@ -41,7 +44,6 @@ from flower_chain.ledger.entries import (
     GenesisEntry,
     RevocationEntry,
     UpdateEntry,
-    UpdateStatement,
     decode_entry,
 )
 from flower_chain.ledger.errors import LedgerError, VerificationError
@@ -89,6 +91,9 @@ def verify(
     server_key: bytes | None = None,
     full: bool = True,
     client_signatures: bool = False,
+    nodes: bool | None = None,
+    blobs: bool = False,
+    visit=None,
 ) -> VerifyReport:
     """Verify ``ledger``; return a :class:`VerifyReport` or raise :class:`VerificationError`.
 
@@ -104,8 +109,23 @@ def verify(
         Decode every entry and check entry semantics (else hashes, chain and
         signatures only).
     client_signatures : bool
-        Re-check the client signature of every accepted update.
+        Re-derive the verdict of every update entry with :mod:`flower_chain.ledger.policy`
+        (client signatures, keys, revocations, federation, round, parent, base model,
+        digests, counts, duplicates, equivocation) and fail on the first entry whose
+        recorded verdict differs. Verdicts the ledger cannot re-derive (``client-error``,
+        most ``malformed``) are counted in ``not_rederived``.
+    nodes : bool, optional
+        Check every stored Merkle subtree hash (the ``nodes`` that proofs are built
+        from) against the recomputed tree. Default: as ``client_signatures``.
+    blobs : bool
+        Check the blob store: every model, state and stored update blob must hash to
+        its address (an altered one fails); missing ones are listed in ``blob_problems``.
+        Stored updates also let the array-shape and finiteness rules be re-derived.
+    visit : callable, optional
+        ``visit(index, entry)`` for every decoded entry after block 0 (the server builds
+        its receipt index from it while it verifies).
     """
+    nodes = client_signatures if nodes is None else nodes
     report = VerifyReport(uri=ledger.uri)
     try:
         n_blocks = ledger.block_count()
@@ -139,10 +159,25 @@ def verify(
                 raise VerificationError(
                     f"log_size {h.log_size} is not the previous size {log.size} + {h.entry_count} entries",
                     height=height)
+            first_index = log.size
             datas = list(ledger.entries(log.size, h.log_size))  # one block's entries in memory at a time
             leaves = merkle.leaf_hashes(datas)
-            log.extend(leaves)
+            if nodes:
+                for lh in leaves:
+                    for level, index, node in log.append(lh):
+                        try:
+                            stored = ledger.node(level, index)
+                        except LedgerError:
+                            stored = None
+                        if stored != node:
+                            raise VerificationError(f"the stored Merkle node (level {level}, index {index}) "
+                                                    "differs from the tree of the entries: proofs served from it "
+                                                    "would not verify", height=height)
+            else:
+                log.extend(leaves)
             count = len(datas)
+            revoked_before = frozenset(revoked)
+            updates: list[tuple[int, UpdateEntry]] = []
             if height == 0 or full:
                 for i, data in enumerate(datas):
                     try:
@@ -155,7 +190,11 @@ def verify(
                         report.federation_id = genesis.federation_id
                         report.server_key_id = key_id(pub)
                     else:
-                        _check_entry(entry, h, i, genesis, revoked, report, client_signatures)
+                        _check_entry(entry, h, i, genesis, revoked, report)
+                        if isinstance(entry, UpdateEntry):
+                            updates.append((i, entry))
+                        if visit is not None:
+                            visit(first_index + i, entry)
             if count != h.entry_count:
                 raise VerificationError(f"header counts {h.entry_count} entries, the ledger holds {count}",
                                         height=height)
@@ -179,6 +218,10 @@ def verify(
             if full and h.model_before and last_model and h.model_before != last_model:
                 raise VerificationError("model_before is not the model_after of the previous round",
                                         height=height)
+            if updates and client_signatures:  # the block is authentic: now, did the server follow its rules?
+                _rederive(ledger, h, updates, genesis, revoked_before, report, blobs)
+            if blobs and height:
+                _check_blobs(ledger, h, report)
             last_model = h.model_after or last_model
             report.state_digest = h.state_after
             report.last_round = max(report.last_round, h.round)
@@ -216,8 +259,8 @@ def _check_genesis(entry, h: BlockHeader, server_key: bytes | None, i: int) -> G
     return entry
 
 
-def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str], report: VerifyReport,
-                 client_signatures: bool) -> None:
+def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str],
+                 report: VerifyReport) -> None:
     report.entry_types[entry.TYPE] += 1
     if isinstance(entry, GenesisEntry):
         raise VerificationError("a second genesis entry", height=h.height, entry=i)
@@ -237,34 +280,112 @@ def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: 
         if entry.kind == "train":
             report.rejected += 1
             report.reasons[entry.reason] += 1
-        return
-    if entry.verdict != ACCEPTED:
+        if entry.reason == "equivocation" and entry.key_id:
+            report.equivocating_keys.add(entry.key_id)
+    elif entry.verdict == ACCEPTED:
+        if entry.reason != policy.OK:
+            raise VerificationError(f"an accepted update with reason {entry.reason!r}", height=h.height, entry=i)
+        report.accepted += entry.kind == "train"
+    else:
         raise VerificationError(f"unknown verdict {entry.verdict!r}", height=h.height, entry=i)
-    report.accepted += entry.kind == "train"
-    if not client_signatures:
-        return
-    problem = _accepted_update_problem(entry, genesis, revoked)
-    if problem:
-        raise VerificationError(f"accepted update {problem}", height=h.height, entry=i)
-    report.client_signatures_checked += 1
+    report.verdicts[(entry.kind, policy.recorded_reason(entry))] += 1
 
 
-def _accepted_update_problem(entry: UpdateEntry, genesis: GenesisEntry, revoked: set[str]) -> str | None:
-    raw = genesis.client_keys.get(entry.key_id)
-    if raw is None:
-        return f"is signed by {entry.key_id!r}, which is not in the genesis keyring"
-    if entry.key_id in revoked:
-        return f"is signed by the revoked key {entry.key_id}"
-    if not verify_signature(raw, entry.signature, entry.statement):
-        return "carries a client signature that does not verify"
+def _update_arrays(ledger: Ledger, entry: UpdateEntry, blobs: bool):
+    """(array meta, first non-finite array) of an update whose arrays are in the blob store, else (None, None)."""
+    if not blobs or not entry.arrays_digest:
+        return None, None
     try:
-        st = UpdateStatement.from_bytes(entry.statement)
-    except LedgerError as e:
-        return f"carries a statement that does not decode: {e}"
-    if (st.federation_id, st.round, st.key_id, st.kind) != (genesis.federation_id, entry.round, entry.key_id,
-                                                             entry.kind):
-        return "carries a statement for another federation, round, key or kind"
-    if st.arrays_digest != entry.arrays_digest or st.num_examples != entry.num_examples:
-        return "carries a statement whose digest or example count differs from the entry"
-    return None
+        if not ledger.has_blob(entry.arrays_digest):
+            return None, None
+        arrays = decode_arrays(ledger.get_blob(entry.arrays_digest))
+    except LedgerError:
+        return None, None
+    if array_digest(arrays) != entry.arrays_digest:
+        raise VerificationError(f"the stored arrays of key {entry.key_id}'s update of round {entry.round} do not "
+                                "match the entry's digest (altered blob)")
+    meta = tuple((n, tuple(int(d) for d in a.shape), a.dtype.str) for n, a in arrays)
+    bad = next((n for n, a in arrays if a.dtype.kind in "fc" and not np.isfinite(a).all()), None)
+    return meta, bad
 
+
+def _template(ledger: Ledger, digest: bytes, blobs: bool):
+    if not blobs or not digest:
+        return None
+    try:
+        arrays = decode_arrays(ledger.get_blob(digest)) if ledger.has_blob(digest) else None
+    except LedgerError:
+        return None
+    return None if arrays is None else tuple((n, tuple(int(d) for d in a.shape), a.dtype.str) for n, a in arrays)
+
+
+def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
+              genesis: GenesisEntry, revoked: frozenset, report: VerifyReport, blobs: bool) -> None:
+    """Re-derive the verdicts of one block's update entries with the policy the server used."""
+    for kind in ("train", "evaluate"):
+        group = [(i, e) for i, e in updates if e.kind == kind]
+        if not group:
+            continue
+        rules = policy.RoundRules(
+            federation_id=genesis.federation_id, kind=kind, round=h.round, parent=h.prev_hash,
+            base_digest=h.model_before if kind == "train" else b"", keys=genesis.client_keys, revoked=revoked,
+            template=_template(ledger, h.model_before, blobs) if kind == "train" else None)
+        evidence = []
+        for _, e in group:
+            meta, bad = _update_arrays(ledger, e, blobs) if e.verdict == ACCEPTED else (None, None)
+            evidence.append(policy.evidence_of(e, arrays_meta=meta, nonfinite=bad))
+        cache: dict = {}
+
+        def check(raw: bytes, sig: bytes, st: bytes) -> bool:
+            k = (raw, sig, st)
+            if k not in cache:
+                cache[k] = verify_signature(raw, sig, st)
+            return cache[k]
+
+        derived = policy.judge_round(rules, evidence, check)
+        # What only the server saw (a Flower error reply, bytes that did not parse) cannot be re-derived:
+        # take the recorded verdict as a precheck for those and derive the rest of the round around them.
+        opaque = set()
+        for j, ((i, e), d) in enumerate(zip(group, derived)):
+            rec = policy.recorded_reason(e)
+            if rec == "client-error" and (e.statement or e.signature):
+                raise VerificationError("a client-error entry carries a signed statement: a reply with content "
+                                        "was recorded as a Flower error", height=h.height, entry=i)
+            if rec in policy.PRECHECK_REASONS and d.reason != rec:
+                opaque.add(j)
+                evidence[j] = policy.evidence_of(e, precheck=(rec, e.detail))
+        if opaque:
+            derived = policy.judge_round(rules, evidence, check)
+        for j, ((i, e), d) in enumerate(zip(group, derived)):
+            rec = policy.recorded_reason(e)
+            if j in opaque:
+                report.not_rederived[rec] += 1
+                continue
+            if d.reason != rec:
+                raise VerificationError(f"{kind} update recorded as {rec!r}, but the verdict policy derives "
+                                        f"{d.reason!r} from the ledger ({d.detail or 'all rules pass'})",
+                                        height=h.height, entry=i)
+            if e.key_id != d.key_id:
+                raise VerificationError(f"{kind} update recorded under key {e.key_id!r}, but its statement names "
+                                        f"{d.key_id!r}", height=h.height, entry=i)
+            report.verdicts_rederived += 1
+            report.client_signatures_checked += d.accepted
+
+
+def _check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
+    """Every model/state blob a block names must hash to its address; missing ones are listed."""
+    for what, digest in (("model_after", h.model_after), ("state_after", h.state_after)):
+        if not digest:
+            continue
+        try:
+            if not ledger.has_blob(digest):
+                problem = f"block {h.height}: {what} {digest.hex()[:16]} is not in the blob store"
+                if problem not in report.blob_problems:
+                    report.blob_problems.append(problem)
+                continue
+            arrays = decode_arrays(ledger.get_blob(digest))
+        except LedgerError as e:
+            raise VerificationError(f"the {what} blob does not decode: {e}", height=h.height) from e
+        if array_digest(arrays) != digest:
+            raise VerificationError(f"the {what} blob in the blob store does not match its digest (altered)",
+                                    height=h.height)

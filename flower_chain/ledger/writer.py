@@ -18,7 +18,7 @@ from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import FORMAT_VERSION, ZERO_HASH, BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint
-from flower_chain.ledger.entries import Entry, GenesisEntry, decode_entry
+from flower_chain.ledger.entries import Entry, GenesisEntry, RevocationEntry, decode_entry
 from flower_chain.ledger.errors import AppendError, LedgerError
 from flower_chain.ledger.keys import key_id, raw_public
 
@@ -159,11 +159,37 @@ class LedgerWriter:
             listener(block)
         return block
 
+    def revoke(self, kid: str, reason: str) -> StoredBlock:
+        """Append a block revoking client key ``kid``: later updates it signs are rejected as ``revoked-key``.
+
+        The block leaves the model where it is (the head's ``model_after`` and
+        ``state_after``) and belongs to the head's round.
+        """
+        if self.genesis is None or self._head is None:
+            raise AppendError("the ledger has no genesis to revoke a key of")
+        if kid not in self.genesis.client_keys:
+            raise LedgerError(f"key {kid} is not in the genesis keyring")
+        self.check_head()
+        h = self._head.header
+        model = h.model_after or _last_model(self.ledger, h.height)
+        return self.append(h.round, [RevocationEntry(key_id=kid, reason=str(reason),
+                                                     created_ms=int(self.clock() * 1000))],
+                           model_before=model, model_after=model, state_after=h.state_after)
+
     def checkpoint(self) -> str:
         """The signed checkpoint of the log at the head."""
         if self._head is None:
             raise LedgerError("the ledger is empty")
         return self._head.checkpoint
+
+
+def _last_model(ledger: Ledger, height: int) -> bytes:
+    """The ``model_after`` of the newest block at or below ``height`` that records one (b"" if none)."""
+    for h in range(height, -1, -1):
+        after = ledger.block(h).header.model_after
+        if after:
+            return after
+    return b""
 
 
 def config_digest(config: dict) -> bytes:

@@ -6,7 +6,8 @@
 Both share :class:`~flower_chain.strategies.core.LedgerCore`. Neither needs torch.
 """
 
-from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies.core import LedgerCore
+from flower_chain.strategies.judge import Judgement, Reply
 from flower_chain.strategies.ledger_strategy import LedgerStrategy
 from flower_chain.strategies.legacy_ledger_strategy import LegacyLedgerStrategy
 

@@ -11,53 +11,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
-from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies import replies as parse
+from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.state import load_strategy_state, strategy_state
-from flower_chain.wire import (
-    CTX_FEDERATION,
-    PENDING_ROUND,
-    SEEN_SIZE,
-    SIG_RECORD,
-    SIGNATURE,
-    STATEMENT,
-    arrays_of,
-    num_examples_of,
-    plain_metrics,
-)
-
-
-def reply_from_message(msg: Message, with_arrays: bool) -> Reply:
-    """A Message-API reply as the verification core sees it."""
-    node = int(msg.metadata.src_node_id)
-    if msg.has_error():
-        return Reply(node_id=node, error=f"{msg.error.code}: {msg.error.reason}")
-    content = msg.content
-    sig = content.config_records.get(SIG_RECORD)
-    metrics: dict[str, Any] = {}
-    for rec in content.metric_records.values():
-        metrics.update(plain_metrics(rec.items()))
-    arrays = None
-    if with_arrays:
-        records = list(content.array_records.values())
-        arrays = arrays_of(records[0]) if len(records) == 1 else []
-    seen = sig.get(SEEN_SIZE, -1) if sig is not None else -1
-    pending = sig.get(PENDING_ROUND, -1) if sig is not None else -1
-    return Reply(
-        node_id=node,
-        seen_size=int(seen) if isinstance(seen, int) else -1,
-        pending_round=int(pending) if isinstance(pending, int) else -1,
-        statement=bytes(sig[STATEMENT]) if sig is not None and STATEMENT in sig else None,
-        signature=bytes(sig[SIGNATURE]) if sig is not None and SIGNATURE in sig else None,
-        arrays=arrays,
-        metrics=metrics,
-        num_examples=num_examples_of(metrics),
-    )
+from flower_chain.wire import CTX_FEDERATION, arrays_of
 
 
 def strategy_config(strategy: Any) -> dict[str, Any]:
@@ -172,12 +136,25 @@ class LedgerStrategy(Strategy):
 
     def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
                ) -> tuple[list[Message], list[Judgement], list]:
-        """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them)."""
+        """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them).
+
+        Every reply goes through the total parser (:mod:`flower_chain.strategies.replies`) and gets a
+        verdict; an accepted reply is handed on holding exactly the records that were judged, under
+        fixed names, so the wrapped strategy aggregates what was checked.
+        """
         msgs = list(replies)
-        parsed = [reply_from_message(msg, kind == "train") for msg in msgs]
+        limit = self.core.max_array_bytes(kind, server_round)
+        weight_key = getattr(self.strategy, "weighted_by_key", None)
+        parsed = [parse.from_message(msg, kind, max_array_bytes=limit,
+                                     weight_key=weight_key if isinstance(weight_key, str) else None) for msg in msgs]
         judgements = self.core.judge_all(kind, server_round, parsed)
-        kept = [(j.entry.key_id, msg, reply.arrays)
-                for msg, reply, j in zip(msgs, parsed, judgements) if j.accepted]
+        kept = []
+        for msg, reply, j in zip(msgs, parsed, judgements):
+            if j.accepted:
+                arrays_rec, metrics_rec = reply.records
+                content = RecordDict({parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec}
+                                     if arrays_rec is not None else {parse.METRICS_RECORD: metrics_rec})
+                kept.append((j.entry.key_id, make_message(metadata=msg.metadata, content=content), reply.arrays))
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
         return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
 
@@ -189,12 +166,15 @@ class LedgerStrategy(Strategy):
         accepted, judgements, accepted_arrays = self._judge("train", server_round, replies)
         t_check = time.perf_counter() - t0
         arrays, metrics, state = None, None, None
+        named = None
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+            if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
+                named = self.core.cast_aggregate(server_round, arrays_of(arrays))
+                arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
             state = strategy_state(self.strategy)
         finally:  # the replies are recorded even when the wrapped strategy fails
-            self.core.commit_train(server_round, judgements, accepted_arrays,
-                                   arrays_of(arrays) if arrays is not None else None, t_check, state)
+            self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check, state)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

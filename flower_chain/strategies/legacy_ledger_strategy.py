@@ -17,6 +17,7 @@ from flwr.common import (
     FitRes,
     Parameters,
     Scalar,
+    ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.common.logger import log
@@ -26,16 +27,12 @@ from flwr.server.strategy import Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
-from flower_chain.strategies.core import Judgement, LedgerCore, Reply
+from flower_chain.strategies import replies as parse
+from flower_chain.strategies.core import Judgement, LedgerCore
+from flower_chain.strategies.judge import Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
-from flower_chain.wire import (
-    LEGACY_PENDING_ROUND,
-    LEGACY_SEEN_SIZE,
-    LEGACY_SIGNATURE,
-    LEGACY_STATEMENT,
-    PREFIX,
-    plain_metrics,
-)
+from flower_chain.ledger.text import safe_text
+from flower_chain.wire import PREFIX
 
 
 def _named(parameters: Parameters) -> list:
@@ -46,29 +43,14 @@ def _strip(metrics: Mapping[str, Scalar]) -> dict[str, Scalar]:
     return {k: v for k, v in metrics.items() if not str(k).startswith(PREFIX)}
 
 
-def _reply(proxy: ClientProxy, res: FitRes | EvaluateRes, arrays: bool) -> Reply:
-    metrics = dict(res.metrics or {})
-    st, sig = metrics.get(LEGACY_STATEMENT), metrics.get(LEGACY_SIGNATURE)
-    named = None
-    if arrays:
-        try:
-            named = _named(res.parameters)
-        except Exception:  # noqa: BLE001 - undecodable parameters are judged malformed/mismatched
-            named = []
-    seen = metrics.get(LEGACY_SEEN_SIZE, -1)
-    pending = metrics.get(LEGACY_PENDING_ROUND, -1)
-    return Reply(node_id=int(proxy.node_id), seen_size=int(seen) if isinstance(seen, int) else -1,
-                 pending_round=int(pending) if isinstance(pending, int) else -1,
-                 statement=bytes(st) if isinstance(st, bytes) else None,
-                 signature=bytes(sig) if isinstance(sig, bytes) else None, arrays=named,
-                 metrics=plain_metrics(_strip(metrics).items()), num_examples=int(res.num_examples))
-
-
 def _failure_reply(failure: tuple[ClientProxy, Any] | BaseException) -> Reply:
     if isinstance(failure, BaseException):
-        return Reply(node_id=0, error=f"{type(failure).__name__}: {failure}")
-    proxy, res = failure
-    return Reply(node_id=int(proxy.node_id), error=f"status {getattr(res, 'status', res)}")
+        return Reply(node_id=0, error=safe_text(f"{type(failure).__name__}: {failure}", 400))
+    try:
+        proxy, res = failure
+        return Reply(node_id=int(proxy.node_id), error=safe_text(f"status {getattr(res, 'status', res)}", 400))
+    except Exception as e:  # noqa: BLE001 - a failure of unexpected shape is still a verdict
+        return Reply(node_id=0, error=safe_text(f"unreadable failure: {type(e).__name__}", 400))
 
 
 class LegacyLedgerStrategy(Strategy):
@@ -119,7 +101,9 @@ class LegacyLedgerStrategy(Strategy):
                                  self.strategy.configure_fit(server_round, parameters, client_manager))
 
     def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement], list]:
-        parsed = [_reply(proxy, res, kind == "train") for proxy, res in results]
+        limit = self.core.max_array_bytes(kind, server_round)
+        parsed = [parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
+                  for proxy, res in results]
         parsed += [_failure_reply(failure) for failure in failures]
         judgements = self.core.judge_all(kind, server_round, parsed)
         kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))), reply.arrays)
@@ -134,11 +118,14 @@ class LegacyLedgerStrategy(Strategy):
         accepted, judgements, accepted_arrays = self._judge("train", server_round, results, failures)
         t_check = time.perf_counter() - t0
         parameters, metrics = None, {}
+        named = None
         try:
             parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
+            if parameters is not None:  # the global model keeps the initial dtypes
+                named = self.core.cast_aggregate(server_round, _named(parameters))
+                parameters = ndarrays_to_parameters([a for _, a in named])
         finally:
-            self.core.commit_train(server_round, judgements, accepted_arrays,
-                                   _named(parameters) if parameters is not None else None, t_check)
+            self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check)
         stats = self.core.stats[server_round]
         log(INFO, "[flower-chain] round %d: accepted %d, rejected %d", server_round, stats["accepted"],
             stats["rejected"])

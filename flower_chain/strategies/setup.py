@@ -19,19 +19,25 @@ def client_key_name(partition_id: int) -> str:
 
 
 def prepare_keys(keys_dir: str | Path, num_clients: int) -> Path:
-    """Make sure ``keys_dir`` holds ``server/server.key`` and ``clients/client-<i>.key`` for every client.
+    """Make sure ``keys_dir`` holds the layout of ``flower-chain keys init``; return the keyring directory.
 
-    Existing keys are kept; missing ones are generated (the demo federation's
-    first run). Returns the directory of client keys.
+    ``server/server.key``, ``clients/client-<i>.key`` (each node's private key) and
+    ``keyring/client-<i>.pub`` (the public keys the server allows). Existing keys
+    are kept; missing ones are generated (the demo federation's first run).
     """
     d = Path(keys_dir)
     if not (d / "server" / f"{SERVER_KEY}.key").exists():
         generate(d / "server", SERVER_KEY)
-    clients = d / "clients"
+    clients, keyring = d / "clients", d / "keyring"
+    keyring.mkdir(parents=True, exist_ok=True)
     for i in range(num_clients):
-        if not (clients / f"{client_key_name(i)}.key").exists():
-            generate(clients, client_key_name(i))
-    return clients
+        name = client_key_name(i)
+        if not (clients / f"{name}.key").exists():
+            generate(clients, name)
+        pub = keyring / f"{name}.pub"
+        if not pub.exists():
+            pub.write_bytes((clients / f"{name}.pub").read_bytes())
+    return keyring
 
 
 def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
@@ -42,16 +48,16 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
     from flower_chain.strategies.ledger_strategy import LedgerStrategy
 
     keys = Path(str(cfg.get("keys-dir") or out_dir / "keys"))
-    if not (keys / "clients").is_dir() or not (keys / "server" / f"{SERVER_KEY}.key").is_file():
+    if not (keys / "keyring").is_dir() or not (keys / "server" / f"{SERVER_KEY}.key").is_file():
         if not num_nodes:
-            raise FileNotFoundError(f"no keys in {keys}: create them with run.py or `flower-chain keys new`")
+            raise FileNotFoundError(f"no keys in {keys}: create them with `flower-chain keys init {keys} --clients N`")
         prepare_keys(keys, num_nodes)  # the demo federation's first run (e.g. under `flwr run .`)
     fed = str(cfg.get("federation-id") or "") or None
     uri = str(cfg.get("ledger") or "")
     if not uri:  # a new ledger per run, named after its federation
         fed = fed or f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
         uri = f"sqlite:///{out_dir / f'ledger-{fed}.db'}"
-    strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "clients",
+    strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "keyring",
                               server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
                               store_client_updates=True if cfg.get("store-client-updates") else None,
                               resume=bool(cfg.get("resume")), anchor=anchor_from_config(cfg, uri))

@@ -1,0 +1,204 @@
+"""The judge: the verdict on every reply of a round, by :mod:`flower_chain.ledger.policy` and nothing else.
+
+It keeps what each round was configured with (ledger head, global model,
+its array names, shapes and dtypes) and turns parsed replies into policy
+evidence. The per-reply work that does not depend on other replies — the
+array digest, the finiteness scan and the Ed25519 verification — runs on
+``verify_workers`` threads (hashlib, NumPy and ``cryptography`` release the
+GIL); the verdicts themselves are decided by :func:`~flower_chain.ledger.policy.judge_round`
+in arrival order, as the auditor re-derives them. Imports neither torch nor flwr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flower_chain.ledger import policy
+from flower_chain.ledger.arrays import array_digest
+from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry, UpdateStatement
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.keys import verify_signature
+from flower_chain.ledger.text import safe_text
+
+NamedArrays = Sequence[tuple[str, np.ndarray]]
+
+
+@dataclass
+class Reply:
+    """One client reply as the judge sees it, whatever API it came through.
+
+    Built by :mod:`flower_chain.strategies.replies` (which never raises):
+    ``error`` for a Flower error reply, ``malformed`` for one that does not
+    parse, else the parsed parts. ``records`` keeps the Message-API records
+    the arrays were read from, to hand the very same data to the wrapped strategy.
+    """
+
+    node_id: int
+    error: str | None = None
+    malformed: str | None = None
+    statement: bytes | None = None
+    signature: bytes | None = None
+    arrays: NamedArrays | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    num_examples: int | None = None
+    seen_size: int = -1  # log size of the last checkpoint the client verified
+    pending_round: int = -1  # round of the client's update it has no receipt for yet
+    records: Any = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The server's verdict on one reply, and the ledger entry that records it."""
+
+    accepted: bool
+    reason: str
+    detail: str
+    entry: UpdateEntry
+    verified: bool = False  # the signature verified under the genesis key the entry names
+
+
+def template_of(arrays: NamedArrays) -> policy.ArrayMeta:
+    """(name, shape, dtype) of each array: what every reply's arrays must match exactly."""
+    return tuple((str(n), tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str) for n, a in arrays)
+
+
+def finite(a: np.ndarray) -> bool:
+    """True when every value is finite.
+
+    Fast path: a NaN or inf makes the dot product a.a non-finite, and BLAS
+    computes it in a fraction of isfinite's time; only when the dot product
+    is not finite (a bad value, or an overflow of huge finite values) does
+    the exact element-wise check decide.
+    """
+    if a.dtype.kind not in "fc":
+        return True
+    if a.dtype in (np.float32, np.float64) and a.size:
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)):
+                return True
+    return bool(np.isfinite(a).all())
+
+
+def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, policy.ArrayMeta | None]:
+    """(array digest, first array with a non-finite value, template) of parsed arrays. Pure."""
+    if arrays is None:
+        return b"", None, None
+    digest = array_digest(arrays)
+    bad = next((name for name, a in arrays if not finite(np.asarray(a))), None)
+    return digest, bad, template_of(arrays)
+
+
+class Judge:
+    """Judges replies against the rounds it configured.
+
+    Parameters
+    ----------
+    keys : Mapping[str, bytes]
+        The genesis keyring.
+    revoked : set of str
+        Revoked key ids (kept current by the owner).
+    verify_workers : int, optional
+        Threads for the per-reply digest, scan and signature work (default: CPUs, at most 8).
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], revoked: set[str], verify_workers: int | None = None) -> None:
+        if verify_workers is None:
+            verify_workers = min(8, os.cpu_count() or 1)
+        if int(verify_workers) < 1:
+            raise ValueError(f"verify_workers must be at least 1, not {verify_workers}")
+        self.verify_workers = int(verify_workers)
+        self.keys = dict(keys)
+        self.revoked = revoked
+        self._pool: ThreadPoolExecutor | None = None
+        self._rounds: dict[tuple[str, int], policy.RoundRules] = {}
+
+    def begin(self, federation_id: str, kind: str, server_round: int, parent: bytes,
+              arrays: NamedArrays | None) -> policy.RoundRules:
+        """Remember a round's rules: the head it was configured on and (train) the global model."""
+        rules = policy.RoundRules(
+            federation_id=federation_id, kind=kind, round=int(server_round), parent=parent,
+            base_digest=array_digest(arrays) if arrays is not None else b"", keys=self.keys,
+            revoked=frozenset(self.revoked), template=template_of(arrays) if arrays is not None else None)
+        self._rounds[(kind, int(server_round))] = rules
+        return rules
+
+    def rules(self, kind: str, server_round: int) -> policy.RoundRules | None:
+        return self._rounds.get((kind, int(server_round)))
+
+    def max_array_bytes(self, kind: str, server_round: int) -> int:
+        """Most array bytes a reply of the round may carry: the global model's payload plus NPY headers."""
+        rules = self.rules(kind, server_round)
+        if rules is None or rules.template is None:
+            return 1 << 20
+        payload = sum(int(np.prod(shape, dtype=np.float64)) * np.dtype(dt).itemsize for _, shape, dt in rules.template)
+        return int(payload) + 4096 * (len(rules.template) + 1)
+
+    def _prepare(self, reply: Reply) -> tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]:
+        """A reply's evidence and its signature check (statement, signature, valid). Pure: runs on workers."""
+        precheck = None
+        if reply.error is not None:
+            precheck = ("client-error", safe_text(reply.error, 400))
+        elif reply.malformed is not None:
+            precheck = ("malformed", safe_text(reply.malformed, 400))
+        digest, bad, meta = b"", None, None
+        if precheck is None and reply.arrays is not None:
+            try:
+                digest, bad, meta = scan(reply.arrays)
+            except (LedgerError, TypeError, ValueError) as e:
+                precheck = ("malformed", f"arrays do not hash: {safe_text(e, 200)}")
+        ev = policy.Evidence(
+            statement=bytes(reply.statement or b""), signature=bytes(reply.signature or b""),
+            num_examples=int(reply.num_examples) if reply.num_examples is not None else -1,
+            arrays_digest=digest, metrics=dict(reply.metrics) if precheck is None else {},
+            arrays_meta=meta, nonfinite=bad, precheck=precheck)
+        sig = None
+        if precheck is None and ev.statement and len(ev.signature) == policy.MAX_SIGNATURE:
+            try:
+                raw = self.keys.get(UpdateStatement.from_bytes(ev.statement).key_id)
+            except (LedgerError, TypeError, ValueError):
+                raw = None
+            if raw is not None:
+                sig = (ev.statement, ev.signature, verify_signature(raw, ev.signature, ev.statement))
+        return ev, sig
+
+    def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
+        """The judgement on every reply of a round, in the order given (= the order recorded)."""
+        replies = list(replies)
+        rules = self.rules(kind, server_round)
+        if rules is None:  # a reply for a round this server never configured: every reply fails the round rule
+            rules = policy.RoundRules("", kind, int(server_round), b"", b"", self.keys, frozenset(self.revoked))
+        if self.verify_workers > 1 and len(replies) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
+            prepared = list(self._pool.map(self._prepare, replies))
+        else:
+            prepared = [self._prepare(r) for r in replies]
+        checked = {(s, g): ok for _, sig in prepared if sig is not None for s, g, ok in [sig]}
+
+        def check(raw: bytes, signature: bytes, statement: bytes) -> bool:
+            got = checked.get((statement, signature))
+            return got if got is not None else verify_signature(raw, signature, statement)
+
+        evidence = [ev for ev, _ in prepared]
+        verdicts = policy.judge_round(rules, evidence, check)
+        out = []
+        for reply, ev, vd in zip(replies, evidence, verdicts):
+            entry = UpdateEntry(
+                kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=vd.key_id,
+                verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=safe_text(vd.detail, 500),
+                num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
+                statement=ev.statement, signature=ev.signature)
+            out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -1,0 +1,116 @@
+"""What each node is sent with its next instruction: the server side of receipts.
+
+* the signed checkpoint of the head and the head block's signed header (the
+  client checks that the model it receives is the head's ``model_after``);
+* a consistency proof from the checkpoint size the node last confirmed;
+* C2SP tlog-proofs of the node's earlier train updates it asked for.
+
+Only replies whose signature verified move a node's state (an unverified
+reply naming a victim's key id gets nothing of the victim's). Updates are
+found through a (key id, round) -> log indices map built once when the
+ledger opens and kept current on every commit: no ledger scans per
+instruction, and at most :data:`MAX_RECEIPTS` proofs per instruction.
+Imports neither torch nor flwr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flower_chain.ledger import proofs
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.entries import UpdateEntry
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.tlog_proof import prove_inclusion
+from flower_chain.wire import (
+    CTX_CHECKPOINT,
+    CTX_CONSISTENCY,
+    CTX_CONSISTENCY_FROM,
+    CTX_HEAD,
+    CTX_HEAD_SIGNATURE,
+    CTX_RECEIPT,
+    CTX_SERVER_KEY,
+    RECEIPT_SEPARATOR,
+)
+
+#: Most inclusion proofs sent with one instruction (a node asks for its oldest unconfirmed round).
+MAX_RECEIPTS = 16
+#: Most entries indexed per (key, round): a key's replies beyond this in one round get no receipt.
+MAX_PER_ROUND = 8
+
+
+class ReceiptServer:
+    """Per-node receipt state and the (key id, round) index of train updates.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger the proofs are built from.
+    server_public : bytes
+        The raw server key sent with every checkpoint.
+    """
+
+    def __init__(self, ledger: Ledger, server_public: bytes) -> None:
+        self.ledger = ledger
+        self.server_public = server_public
+        self.update_index: dict[tuple[str, int], list[int]] = {}  # (key id, round) -> log indices, in order
+        self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
+        self.node_pending: dict[str, tuple[str, int]] = {}  # node id -> (key id, round) it wants a receipt for
+        self.last_round = 0
+
+    def index_entry(self, index: int, entry: UpdateEntry, verified: bool) -> None:
+        """Index a train update whose signature verified (called for the ledger's entries and every commit)."""
+        if entry.kind == "train" and entry.key_id and verified:
+            slot = self.update_index.setdefault((entry.key_id, int(entry.round)), [])
+            if len(slot) < MAX_PER_ROUND:
+                slot.append(index)
+        self.last_round = max(self.last_round, int(entry.round))
+
+    def observe(self, node_id: int | str, key_id: str, verified: bool, seen_size: int, pending_round: int) -> None:
+        """Take what a reply says about its node (only when its signature verified)."""
+        if not verified:
+            return
+        node = str(node_id)
+        if seen_size >= 0:
+            self.node_seen[node] = int(seen_size)
+        if pending_round >= 0:
+            self.node_pending[node] = (key_id, int(pending_round))
+        else:
+            self.node_pending.pop(node, None)
+
+    def config(self, node_id: int | str, head: StoredBlock) -> dict[str, Any]:
+        """The receipt a node gets with its next instruction."""
+        node = str(node_id)
+        out: dict[str, Any] = {CTX_CHECKPOINT: head.checkpoint, CTX_SERVER_KEY: self.server_public,
+                               CTX_HEAD: head.header_bytes, CTX_HEAD_SIGNATURE: head.signature,
+                               CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
+        seen = self.node_seen.get(node)
+        if seen is not None and 0 < seen <= head.header.log_size:
+            try:
+                proofs.block_with_size(self.ledger, seen)
+                out[CTX_CONSISTENCY] = b"".join(proofs.consistency_proof(self.ledger, seen))
+                out[CTX_CONSISTENCY_FROM] = seen
+            except LedgerError:
+                pass  # not a checkpoint this ledger signed: the client will report it
+        pending = self.node_pending.get(node)
+        if pending is not None:
+            kid, first = pending
+            out[CTX_RECEIPT] = RECEIPT_SEPARATOR.join(self._proofs(kid, first))  # one text: legacy configs hold no lists
+        return out
+
+    def _proofs(self, kid: str, first: int) -> list[str]:
+        texts: list[str] = []
+        for rnd in range(max(first, 0), self.last_round + 1):
+            for index in self.update_index.get((kid, rnd), ()):
+                if len(texts) >= MAX_RECEIPTS:
+                    return texts
+                texts.append(prove_inclusion(self.ledger, index).to_text())
+        return texts
+
+    def committed(self, first_index: int, entries: Sequence[tuple[UpdateEntry, bool]]) -> None:
+        """Index a freshly appended block's (entry, verified) pairs."""
+        for i, (entry, verified) in enumerate(entries):
+            self.index_entry(first_index + i, entry, verified)
+

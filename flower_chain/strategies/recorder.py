@@ -1,0 +1,162 @@
+"""The recorder: opens or starts the ledger, appends each round's block, keeps the blobs, resumes.
+
+Imports neither torch nor flwr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.encoding import encode
+from flower_chain.ledger.entries import Entry, EvaluationEntry, GenesisEntry, UpdateEntry
+from flower_chain.ledger.errors import AppendError, LedgerError
+from flower_chain.ledger.keys import raw_public
+from flower_chain.ledger.verify import VerifyReport, verify
+from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
+
+NamedArrays = Sequence[tuple[str, np.ndarray]]
+
+#: With ``store_client_updates=None`` (the default) a round's accepted updates are kept in the blob store
+#: when together they hold at most this many bytes of array data.
+STORE_UPDATES_LIMIT = 64 * 2**20
+
+
+class Recorder:
+    """Owns the ledger writer: genesis, one block per round, model/state/update blobs, resume.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        An open backend.
+    server_key : Ed25519PrivateKey
+        Signs blocks and checkpoints.
+    store_models, store_client_updates
+        See :class:`~flower_chain.strategies.LedgerStrategy`.
+    """
+
+    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *, store_models: bool = True,
+                 store_client_updates: bool | None = None) -> None:
+        self.ledger = ledger
+        self.server_key = server_key
+        self.store_models = store_models
+        self.store_client_updates = store_client_updates
+        self.writer = LedgerWriter(ledger, server_key)
+        self.last_round, self.model_digest, self.state_digest = 0, b"", b""
+        self.revoked: set[str] = set()
+
+    @property
+    def federation_id(self) -> str:
+        return self.writer.federation_id
+
+    @property
+    def head(self) -> StoredBlock:
+        return self.writer.head
+
+    def open_existing(self, visit=None) -> VerifyReport:
+        """Verify the ledger this server continues (``visit(index, entry)`` sees every update entry)."""
+        report = verify(self.ledger, server_key=raw_public(self.server_key), visit=visit)
+        self.revoked.update(report.revoked)
+        self.last_round, self.model_digest, self.state_digest = report.last_round, report.model_digest, \
+            report.state_digest
+        return report
+
+    def start(self, federation_id: str | None, keys: Mapping[str, bytes], strategy_name: str,
+              strategy_config: Mapping[str, Any] | None) -> None:
+        """Append the genesis of a new federation; the strategy's config goes to the blob store."""
+        fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
+        config = {str(k): v for k, v in dict(strategy_config or {}).items()}
+        digest = config_digest(config)
+        self.ledger.put_blob(encode(config), digest)  # the replay (`ledger audit`) rebuilds the strategy from it
+        self.writer.init(GenesisEntry(
+            federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key), client_keys=dict(keys),
+            strategy=strategy_name, config_digest=digest, created_ms=int(time.time() * 1000)))
+
+    def check_parent(self, parent: bytes) -> None:
+        """Raise :class:`AppendError` unless the head is still the block a round was configured on.
+
+        The auditor re-derives every verdict against the block's ``prev_hash``;
+        a block appended between configuring and committing a round would make
+        the recorded verdicts disagree with it.
+        """
+        if parent != self.writer.head_hash:
+            raise AppendError(f"{self.ledger.uri}: a block was appended while a round was open; its replies were "
+                              "judged against another ledger head than the one they would be recorded after")
+
+    def store_model(self, arrays: NamedArrays, digest: bytes | None = None) -> bytes:
+        digest = digest or array_digest(arrays)
+        if self.store_models and not self.ledger.has_blob(digest):
+            self.ledger.put_blob(encode_arrays(arrays), digest)
+        return digest
+
+    def _store_updates(self, accepted_arrays: Sequence[NamedArrays]) -> bool:
+        if self.store_client_updates is None:  # default: when the round's updates are small enough
+            size = sum(np.asarray(a).nbytes for arrays in accepted_arrays for _, a in arrays)
+            return size <= STORE_UPDATES_LIMIT
+        return bool(self.store_client_updates)
+
+    def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
+                     accepted_arrays: Sequence[NamedArrays], aggregated: NamedArrays | None,
+                     state: NamedArrays | None) -> StoredBlock:
+        """Append a train round's block: every reply judged, the model digests before and after."""
+        if parent is not None:
+            self.check_parent(parent)
+        after = self.store_model(aggregated) if aggregated is not None else before
+        if state is not None:
+            self.state_digest = array_digest(state) if state else b""
+            if state and self.store_models and not self.ledger.has_blob(self.state_digest):
+                self.ledger.put_blob(encode_arrays(state), self.state_digest)
+        if self._store_updates(accepted_arrays):
+            for arrays in accepted_arrays:
+                blob = encode_arrays(arrays)  # a blob's address is its array digest (SHA-256 of the stream)
+                self.ledger.put_blob(blob, hashlib.sha256(blob).digest())
+        block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
+                                   state_after=self.state_digest)
+        self.model_digest, self.last_round = after, int(server_round)
+        return block
+
+    def commit(self, server_round: int, entries: Sequence[Entry], parent: bytes | None = None) -> StoredBlock:
+        """Append a block that leaves the model as it is (evaluation, revocation)."""
+        if parent is not None:
+            self.check_parent(parent)
+        return self.writer.append(server_round, list(entries), model_before=self.model_digest,
+                                  model_after=self.model_digest, state_after=self.state_digest)
+
+    def evaluation_entry(self, server_round: int, source: str, num_replies: int,
+                         metrics: Mapping[str, Any]) -> EvaluationEntry:
+        return EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
+                               metrics=_encodable(metrics))
+
+    def stored(self, digest: bytes, what: str) -> list[tuple[str, np.ndarray]]:
+        """Arrays from the blob store, their digest checked."""
+        try:
+            arrays = decode_arrays(self.ledger.get_blob(digest))
+        except LedgerError as e:
+            raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
+                              f"({e}); the run did not store global models (store_models=False)?") from e
+        if array_digest(arrays) != digest:
+            raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger")
+        return arrays
+
+
+def _encodable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side metrics (aggregates, centralized evaluation) as values the canonical encoding takes."""
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if hasattr(v, "item") and not isinstance(v, (list, tuple)):
+            v = v.item()
+        if isinstance(v, bool) or (isinstance(v, int) and -(2**63) <= v < 2**63) or isinstance(v, (float, str)):
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                  and -(2**63) <= x < 2**63 for x in v):
+            out[str(k)] = [x.item() if hasattr(x, "item") else x for x in v]
+    return out
