@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flower_chain.clients.receipts import read_counts
 from flower_chain.ledger import open_ledger, verify
 from flower_chain.ledger.inspect import summary
 
@@ -24,7 +24,7 @@ MESSAGE_API_CHANGE = [
     ("app = ClientApp()", "app = ClientApp(mods=[signing_mod])"),
     ("    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2)",
      "    strategy = LedgerStrategy(FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2),\n"
-     "                              ledger=os.environ['LEDGER'], keyring='keys/clients',\n"
+     "                              ledger=os.environ['LEDGER'], keyring='keys/keyring',\n"
      "                              server_key='keys/server/server.key')"),
 ]
 LEGACY_CHANGE = [
@@ -34,7 +34,7 @@ LEGACY_CHANGE = [
      "from flower_chain.strategies import LegacyLedgerStrategy\n"),
     ("app = ClientApp(client_fn=client_fn)", "app = ClientApp(client_fn=client_fn, mods=[signing_mod])"),
     ("    return ServerAppComponents(strategy=strategy,",
-     "    strategy = LegacyLedgerStrategy(strategy, ledger=os.environ['LEDGER'], keyring='keys/clients',\n"
+     "    strategy = LegacyLedgerStrategy(strategy, ledger=os.environ['LEDGER'], keyring='keys/keyring',\n"
      "                                    server_key='keys/server/server.key')\n"
      "    return ServerAppComponents(strategy=strategy,"),
 ]
@@ -48,12 +48,9 @@ def _apply(source: str, change) -> str:
 
 
 def _keys(workdir: Path, n: int) -> None:
-    cli = [sys.executable, "-m", "flower_chain.cli", "keys", "new"]
-    subprocess.run(cli + ["--out", str(workdir / "keys" / "server"), "--name", "server"], check=True,
-                   capture_output=True)
-    for i in range(n):
-        subprocess.run(cli + ["--out", str(workdir / "keys" / "clients"), "--name", f"client-{i}"], check=True,
-                       capture_output=True)
+    """The README's one key command: server key, the clients' private keys, and a keyring of public keys."""
+    subprocess.run([sys.executable, "-m", "flower_chain.cli", "keys", "init", str(workdir / "keys"), "--clients",
+                    str(n)], check=True, capture_output=True)
 
 
 @pytest.mark.parametrize("app,change", [("quickstart_message.py", MESSAGE_API_CHANGE),
@@ -77,6 +74,6 @@ def test_swap_in_runs_and_the_ledger_verifies(tmp_path, app, change):
     assert rep.client_signatures_checked == 2 * 3 * n  # train and evaluate replies
     # every client kept a verified receipt of each of its 3 updates (delivered with the evaluate instructions)
     receipts = tmp_path / "keys" / "clients" / "receipts"
-    counts = [json.loads(p.read_text()) for p in sorted(receipts.glob("*/counts.json"))]
+    counts = [read_counts(p) for p in sorted(receipts.iterdir()) if p.is_dir()]
     assert [(c["receipts"], c["errors"]) for c in counts] == [(3, 0)] * n
-    assert len(list(receipts.glob("*/round-*.proof"))) == 3 * n
+    assert len(list(receipts.glob("*/*/round-*.proof"))) == 3 * n
