@@ -262,6 +262,20 @@ def _sandbox() -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _quiet_flwr() -> Iterator[None]:
+    """Flower's strategies log every configure/aggregate call; a replay of hundreds of rounds stays quiet."""
+    import logging
+
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _record(named: Sequence[tuple[str, np.ndarray]]):
     from flwr.app import Array, ArrayRecord
 
@@ -394,6 +408,12 @@ def audit(ledger: Ledger, *, strategy_classes: Sequence[type] = (),
     AuditReport
         One :class:`RoundAudit` per train block (and per other block that changes the model or state).
     """
+    with _quiet_flwr():
+        return _audit(ledger, strategy_classes, progress)
+
+
+def _audit(ledger: Ledger, strategy_classes: Sequence[type],
+           progress: Callable[[RoundAudit], None] | None) -> AuditReport:
     t0 = time.perf_counter()
     name, config, why = read_config(ledger)
     report = AuditReport(uri=ledger.uri, strategy=name)

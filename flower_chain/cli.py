@@ -444,7 +444,8 @@ def ledger_audit(uri: str,
         (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "") + line, highlight=False)
     ok = len(report.rederived)
     summary_line = (f"{ok} of {len(train)} train rounds re-derived bit for bit with {report.strategy} "
-                    f"({report.updates_replayed} updates replayed in {report.seconds:.2f} s)")
+                    + (f"({len(missing)} not re-derivable) " if missing else "")
+                    + f"({report.updates_replayed} updates replayed in {report.seconds:.2f} s)")
     if failed:
         err.print(f"[bold red]AUDIT FAILED[/] {uri}: {summary_line}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
