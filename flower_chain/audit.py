@@ -44,6 +44,9 @@ Replayable strategies
   the model, the replies, the settings and the state the strategy exposes with
   ``state_dict()``/``load_state_dict()`` (see :mod:`flower_chain.strategies.state`).
 
+Ledgers of Flower's legacy API (:class:`~flower_chain.strategies.LegacyLedgerStrategy`) are not
+replayed (reported as not re-derivable): the legacy strategies aggregate differently in the last bits.
+
 Rounds whose inputs are not all in the blob store (ledgers written before the
 updates were stored, ``store_client_updates=False``, rounds over 64 MiB of
 updates) or whose strategy cannot be replayed are reported as *not re-derivable*,
@@ -80,6 +83,8 @@ BUNDLED = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "
 #: Flower's differential-privacy wrappers: replayable without noise, when the wrapped strategy is recorded.
 DP_WRAPPERS = ("DifferentialPrivacyServerSideFixedClipping", "DifferentialPrivacyClientSideFixedClipping",
                "DifferentialPrivacyServerSideAdaptiveClipping", "DifferentialPrivacyClientSideAdaptiveClipping")
+#: Settings only Flower's legacy strategies (``flwr.server.strategy``, LegacyLedgerStrategy) have.
+LEGACY_SETTINGS = ("fraction_fit", "min_fit_clients", "min_available_clients", "accept_failures")
 #: The class attribute a strategy of your own sets to ``True`` to be replayed (with ``from_ledger_config``).
 REPLAYABLE_ATTR = "flower_chain_replayable"
 
@@ -207,6 +212,11 @@ def strategy_factory(name: str, config: dict[str, Any],
             raise NotReplayable(f"{cls.__module__}.{name} does not declare itself replayable (set the class "
                                 f"attribute {REPLAYABLE_ATTR} = True and define the classmethod from_ledger_config)")
         return lambda: cls.from_ledger_config(dict(config))
+    legacy = sorted(set(config) & set(LEGACY_SETTINGS))
+    if legacy and (name in BUNDLED or name in DP_WRAPPERS):
+        raise NotReplayable(f"the ledger was written through Flower's legacy API (flwr.server.strategy.{name}: "
+                            f"settings {', '.join(legacy)}); the replay covers the Message-API strategies "
+                            "(flwr.serverapp.strategy), whose aggregation differs in the last bits")
     if name in BUNDLED:
         cls = _flwr_class(name)
         _construct(cls, config)  # fail now, not once per round

@@ -265,6 +265,13 @@ def test_noisy_dp_and_unrecorded_wrapped_strategy_are_not_replayable():
     assert dp.clipping_norm == 2.0 and dp.strategy.fraction_train == 0.5
     with pytest.raises(NotReplayable, match="neither one of Flower's strategies"):
         strategy_factory("SomethingElse", {})
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    from flower_chain.strategies.ledger_strategy import strategy_config
+
+    with pytest.raises(NotReplayable, match="legacy API"):  # LegacyLedgerStrategy's genesis: not replayed
+        strategy_factory("FedAvg", strategy_config(LegacyFedAvg()))
+    assert strategy_factory("FedAvg", strategy_config(FedAvg()))().fraction_train == 1.0
 
 
 def nested_strategy_config(strategy):
