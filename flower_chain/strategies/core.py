@@ -72,6 +72,13 @@ class LedgerCore:
         hold at most 64 MiB of array data; ``True``: always; ``False``: never.
     anchor : AnchorPublisher or callable, optional
         Publishes every appended block (``flower_chain.anchor``); a callable gets the federation id.
+    witnesses : sequence of (url, verifier key), optional
+        C2SP tlog-witnesses: after every block the server submits the checkpoint to each
+        (:mod:`flower_chain.strategies.witnessing`), stores the cosignatures and sends
+        clients the cosigned checkpoint.
+    witness_quorum : int
+        Cosignatures a checkpoint should gather; a shortfall is recorded and reported, never waited on
+        beyond ``witness_timeout`` seconds per block.
     verify_workers : int, optional
         Threads that hash the replies' arrays, check them for non-finite values and
         verify their signatures (``hashlib``, numpy and ``cryptography`` release the
@@ -82,7 +89,8 @@ class LedgerCore:
                  server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
                  strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
                  store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
-                 verify_workers: int | None = None) -> None:
+                 verify_workers: int | None = None, witnesses: Sequence[tuple[str, str]] | None = None,
+                 witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
         self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
         self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
         if isinstance(keyring, (str, Path)):
@@ -115,6 +123,14 @@ class LedgerCore:
         self.opened_at_round = self.last_round
         if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
             self._attach_anchor(anchor, self.federation_id)
+        self.witnessing = None
+        if witnesses:  # after each block: cosignatures from the witnesses, stored and sent to the clients
+            from flower_chain.strategies.witnessing import Witnessing
+
+            self.witnessing = Witnessing(self.ledger, list(witnesses), quorum=int(witness_quorum),
+                                         timeout=float(witness_timeout))
+            self.witnessing.on_block(self.writer.head)  # the head this run starts from
+            self.writer.listeners.append(self.witnessing.on_block)
 
     def _index_existing(self, index: int, entry) -> None:
         if isinstance(entry, UpdateEntry):
@@ -198,7 +214,9 @@ class LedgerCore:
 
     def receipt_config(self, node_id: int | str) -> dict[str, Any]:
         """What a node gets with its next instruction (:class:`ReceiptServer`)."""
-        return self.receipts.config(node_id, self.writer.head)
+        head = self.writer.head
+        note = self.witnessing.note(head) if self.witnessing is not None else head.checkpoint
+        return self.receipts.config(node_id, head, note)
 
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
         """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
@@ -271,6 +289,8 @@ class LedgerCore:
 
     def close(self) -> None:
         self.judge.close()
+        if self.witnessing is not None:
+            self.witnessing.close()
         if self.anchor is not None:
             self.anchor.close()
         self.ledger.close()

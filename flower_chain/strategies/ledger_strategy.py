@@ -65,21 +65,29 @@ class LedgerStrategy(Strategy):
         Publishes each appended block to a chain off the round's critical path
         (``flower_chain.anchor``; a callable receives the federation id).
     verify_workers : int, optional
-        Threads hashing and scanning the replies' arrays (default: CPUs, at
-        most 8; 1 keeps all checks on the calling thread).
+        Threads hashing and scanning the replies' arrays and verifying their
+        signatures (default: CPUs, at most 8; 1 keeps all checks on the calling thread).
+    witnesses : sequence of (url, verifier key), optional
+        C2SP tlog-witnesses that cosign each block's checkpoint; clients are sent the cosigned one.
+    witness_quorum : int, optional
+        Cosignatures each checkpoint should gather (a shortfall is recorded and reported).
+    witness_timeout : float, optional
+        Seconds a block waits for its witnesses at most (a witness that is down never stalls a round).
     """
 
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
                  store_models: bool = True, store_client_updates: bool | None = None, resume: bool = False,
-                 anchor=None, verify_workers: int | None = None) -> None:
+                 anchor=None, verify_workers: int | None = None,
+                 witnesses=None, witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
         self.strategy = strategy
         self.resume = resume
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor, verify_workers=verify_workers)
+                               anchor=anchor, verify_workers=verify_workers, witnesses=witnesses,
+                               witness_quorum=witness_quorum, witness_timeout=witness_timeout)
 
     def __getattr__(self, name: str) -> Any:
         # Read-only access to the wrapped strategy's settings (fraction_train, weighted_by_key, ...).

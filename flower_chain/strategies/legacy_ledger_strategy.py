@@ -72,7 +72,8 @@ class LegacyLedgerStrategy(Strategy):
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor, verify_workers=verify_workers)
+                               anchor=anchor, verify_workers=verify_workers, witnesses=witnesses,
+                               witness_quorum=witness_quorum, witness_timeout=witness_timeout)
 
     def __repr__(self) -> str:
         return f"LegacyLedgerStrategy({self.strategy!r}, federation={self.core.federation_id!r})"

@@ -80,10 +80,10 @@ class ReceiptServer:
         else:
             self.node_pending.pop(node, None)
 
-    def config(self, node_id: int | str, head: StoredBlock) -> dict[str, Any]:
-        """The receipt a node gets with its next instruction."""
+    def config(self, node_id: int | str, head: StoredBlock, checkpoint: str | None = None) -> dict[str, Any]:
+        """The receipt a node gets with its next instruction (``checkpoint``: the head's, cosigned if witnessed)."""
         node = str(node_id)
-        out: dict[str, Any] = {CTX_CHECKPOINT: head.checkpoint, CTX_SERVER_KEY: self.server_public,
+        out: dict[str, Any] = {CTX_CHECKPOINT: checkpoint or head.checkpoint, CTX_SERVER_KEY: self.server_public,
                                CTX_HEAD: head.header_bytes, CTX_HEAD_SIGNATURE: head.signature,
                                CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
         seen = self.node_seen.get(node)
