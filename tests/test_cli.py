@@ -327,3 +327,10 @@ def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     assert json.loads(cli("ledger", "verify", fed.uri, "--strict", "--json", check_rc=1).stdout)["verified"] is False
     doc = json.loads(cli("ledger", "verify", fed.uri, "--blobs", "--json").stdout)
     assert doc["blobs_checked"] is True and isinstance(doc["blob_problems"], list)
+
+
+def test_verify_anchor_options_need_an_anchor(fed):
+    r = cli("ledger", "verify", fed.uri, "--owner", "0x" + "11" * 20, check_rc=2)
+    assert r.stderr.startswith("error:") and "--anchor" in r.stderr
+    r = cli("ledger", "verify", fed.uri, "--anchor", "evm+http://127.0.0.1:1", check_rc=2)
+    assert "--contract" in r.stderr
