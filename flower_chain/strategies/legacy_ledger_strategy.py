@@ -66,7 +66,8 @@ class LegacyLedgerStrategy(Strategy):
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
                  store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
-                 verify_workers: int | None = None) -> None:
+                 verify_workers: int | None = None, witnesses=None, witness_quorum: int = 0,
+                 witness_timeout: float = 2.0) -> None:
         super().__init__()
         self.strategy = strategy
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
