@@ -177,3 +177,8 @@ def num_examples_of(metrics: Mapping[str, Any]) -> int | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+#: A client's C2SP cosignature/v1 line (without its newline) of the checkpoint it verified: clients as witnesses.
+COSIGNATURE = "cosignature"
+LEGACY_COSIGNATURE = PREFIX + "cosignature"
