@@ -26,6 +26,23 @@ history); an update missing from the ledger (dropped) or recorded as
 rejected; a receipt that does not verify; another server key than the
 pinned one. Each is logged, appended to ``errors.log`` and counted; the
 counts travel in the client's signed metrics.
+
+Witnesses and anchors (optional):
+
+* with trusted witness keys and a quorum (:class:`ReceiptKeeper` ``witnesses``,
+  ``witness_quorum``), a checkpoint without that many valid C2SP
+  ``cosignature/v1`` lines by those witnesses is an error, and
+  :attr:`CheckResult.witnessed` is false: the signing mod then does not sign
+  the update (a split view the witnesses refused is never endorsed);
+* with an :class:`AnchorReader` (an EVM ``LedgerAnchor`` contract, read only),
+  :meth:`ReceiptKeeper.check_anchor` compares the head block with the anchor
+  published for its height: another size, root or block hash, a foreign
+  contract or another owner than the configured one is an error; an anchor
+  not yet published is not (noted at debug level); an unreachable node is a
+  warning (nothing is known against the server).
+
+A check whose every part passed (:attr:`CheckResult.cosignable`) lets the
+client cosign the checkpoint it verified (clients as witnesses).
 """
 
 from __future__ import annotations
@@ -37,14 +54,16 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
+from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import public_key_problem, verify_signature
@@ -141,6 +160,122 @@ def read_counts(directory: str | Path, federation_id: str | None = None) -> dict
     return out
 
 
+@dataclass
+class CheckResult:
+    """What one :meth:`ReceiptKeeper.check` found.
+
+    Attributes
+    ----------
+    errors : int
+        Errors found by this check (each also logged and counted).
+    note : str or None
+        The checkpoint note received, once its server signature verified.
+    checkpoint : Checkpoint or None
+        Its checkpoint.
+    header : BlockHeader or None
+        The head block header, once it verified as the head of that checkpoint.
+    head_hash : bytes
+        SHA-256 of that header (the block hash), empty when not verified.
+    consistent : bool
+        The checkpoint extends the last one this client saw (or is the first it sees).
+    witnessed : bool
+        False when witness keys are configured and the checkpoint lacks their quorum.
+    """
+
+    errors: int = 0
+    note: str | None = None
+    checkpoint: Checkpoint | None = None
+    header: BlockHeader | None = None
+    head_hash: bytes = b""
+    consistent: bool = False
+    witnessed: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """No error was found."""
+        return self.errors == 0
+
+    @property
+    def cosignable(self) -> bool:
+        """Every check passed on a consistent (and, if required, witnessed) checkpoint: the client may cosign it."""
+        return self.ok and self.consistent and self.witnessed and self.note is not None
+
+
+class AnchorUnavailable(LedgerError):
+    """The chain node cannot be read right now (not evidence against the server)."""
+
+
+class AnchorReader:
+    """Read-only access to the ``LedgerAnchor`` contract that anchors a federation's blocks (needs web3).
+
+    Parameters
+    ----------
+    url : str
+        ``evm+http://HOST:PORT`` (or ``evm+https://``; ``evm+tester:`` in tests).
+    contract : str
+        Address of the deployed ``LedgerAnchor`` contract.
+    owner : str, optional
+        The account that must own the contract (the server operator's anchoring account).
+    timeout : float
+        Seconds per RPC request.
+
+    Raises
+    ------
+    AnchorError
+        web3 is not installed (``pip install 'flower-chain[evm]'``), or the URL or contract is missing.
+    """
+
+    def __init__(self, url: str, contract: str, owner: str | None = None, *, timeout: float = 10.0) -> None:
+        from flower_chain.anchor.evm import AnchorError
+
+        try:
+            import web3  # noqa: F401 - only to fail early with a clear message
+        except ImportError as e:
+            raise AnchorError("the client's anchor check needs web3: pip install 'flower-chain[evm]' "
+                              "(or remove the node config 'anchor')") from e
+        if not str(url).startswith(("evm+http://", "evm+https://", "evm+tester:")):
+            raise AnchorError(f"anchor {url!r}: anchor URLs look like evm+http://HOST:PORT")
+        if not contract:
+            raise AnchorError("the anchor check needs the contract address (node config 'anchor-contract')")
+        self.url, self.contract, self.owner, self.timeout = str(url), str(contract), owner or None, float(timeout)
+        self._anchors: dict[str, Any] = {}
+
+    def _anchor(self, federation_id: str):
+        from flower_chain.anchor.evm import AnchorError, EvmAnchor
+
+        got = self._anchors.get(federation_id)
+        if got is None:
+            try:
+                got = EvmAnchor(self.url, federation_id=federation_id, contract=self.contract, timeout=self.timeout)
+            except AnchorError as e:
+                if str(e).startswith("cannot reach"):
+                    raise AnchorUnavailable(str(e)) from e
+                raise
+            if self.owner is not None and str(got.owner).lower() != self.owner.lower():
+                raise AnchorError(f"the anchor contract {got.address} is owned by {got.owner}, not by the "
+                                  f"configured owner {self.owner}")
+            if len(self._anchors) < 16:
+                self._anchors[federation_id] = got
+        return got
+
+    def get(self, federation_id: str, height: int):
+        """The anchor of block ``height`` (``ChainAnchor``), or ``None`` when not published yet.
+
+        Raises
+        ------
+        AnchorError
+            A foreign contract, another federation's, or another owner's.
+        AnchorUnavailable
+            The node cannot be read.
+        """
+        anchor = self._anchor(federation_id)
+        try:
+            return anchor.get(int(height))
+        except Exception as e:  # noqa: BLE001 - any transport failure: not readable now
+            self._anchors.pop(federation_id, None)
+            raise AnchorUnavailable(f"cannot read the anchor of height {height}: {type(e).__name__}") from e
+
+
 class ReceiptKeeper:
     """The receipts of one client key, for every log (federation) it takes part in.
 
@@ -150,6 +285,10 @@ class ReceiptKeeper:
         The key's receipts directory (created when absent).
     server_key : bytes, optional
         The server's raw Ed25519 public key; default: pinned on first use in ``server-key``.
+    witnesses : sequence of CosignerKey, optional
+        Trusted C2SP witnesses (:func:`~flower_chain.ledger.cosignature.parse_cosigner_key`).
+    witness_quorum : int
+        Cosignatures by ``witnesses`` every checkpoint must carry (0: none required).
 
     Notes
     -----
@@ -158,7 +297,14 @@ class ReceiptKeeper:
     on it and no count is lost.
     """
 
-    def __init__(self, directory: str | Path, server_key: bytes | None = None) -> None:
+    def __init__(self, directory: str | Path, server_key: bytes | None = None, *,
+                 witnesses: Sequence[CosignerKey] = (), witness_quorum: int = 0) -> None:
+        self.witnesses = list(witnesses)
+        self.witness_quorum = int(witness_quorum)
+        if self.witness_quorum < 0 or self.witness_quorum > len({(w.name, w.key_id) for w in self.witnesses}):
+            raise LedgerError(f"a witness quorum of {self.witness_quorum} needs as many distinct witness keys "
+                              f"({len(self.witnesses)} given)")
+        self._result: CheckResult | None = None
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         if server_key is not None and public_key_problem(bytes(server_key)) is not None:
@@ -197,6 +343,8 @@ class ReceiptKeeper:
 
     def _error(self, federation_id: str, message: str) -> None:
         message = safe_text(message, MESSAGE_LIMIT)
+        if self._result is not None:
+            self._result.errors += 1
         self._bump(origin_for(federation_id), "errors")
         log.error("flower-chain receipt check (%s): %s", safe_text(federation_id), message)
         with open(self.log_dir(federation_id) / ERRORS_LOG, "a", encoding="utf-8") as f:
@@ -275,7 +423,7 @@ class ReceiptKeeper:
         return self.pinned
 
     def check(self, federation_id: str, config: Mapping[str, Any], *, kind: str = "train",
-              received_digest: bytes | None = None) -> None:
+              received_digest: bytes | None = None) -> CheckResult:
         """Check what the server sent with an instruction; errors are logged and counted.
 
         Parameters
@@ -289,11 +437,73 @@ class ReceiptKeeper:
         received_digest : bytes, optional
             Array digest of the global arrays received; for a train instruction it must equal the
             head block's ``model_after`` when that is not empty.
-        """
-        with self._transaction(write=True):
-            self._check(str(federation_id), config, kind, received_digest)
 
-    def _check(self, fid: str, config: Mapping[str, Any], kind: str, received_digest: bytes | None) -> None:
+        Returns
+        -------
+        CheckResult
+            What was verified, and whether the client may sign (``witnessed``) and cosign (``cosignable``).
+        """
+        res = CheckResult()
+        with self._transaction(write=True):
+            self._result = res
+            try:
+                self._check(str(federation_id), config, kind, received_digest, res)
+            finally:
+                self._result = None
+        return res
+
+    def check_anchor(self, federation_id: str, result: CheckResult, anchors: AnchorReader) -> bool:
+        """Compare the verified head block with the anchor published for its height.
+
+        Parameters
+        ----------
+        federation_id : str
+            The federation.
+        result : CheckResult
+            The result of :meth:`check` for the same instruction (its ``errors`` grow on a mismatch).
+        anchors : AnchorReader
+            The contract to read.
+
+        Returns
+        -------
+        bool
+            True when the anchor matches; False when it does not (an error), when it is not
+            published yet, the node cannot be read, or nothing verified to compare.
+        """
+        from flower_chain.anchor.evm import AnchorError
+
+        if result.header is None or result.checkpoint is None:
+            return False
+        fid, h = str(federation_id), result.header
+        try:
+            anchored = anchors.get(fid, h.height)
+            problem = None
+            if anchored is None:
+                log.debug("flower-chain anchor check: height %d of %s is not anchored yet", h.height, safe_text(fid))
+                return False
+            if (anchored.log_size, anchored.log_root, anchored.block_hash) != \
+                    (result.checkpoint.size, result.checkpoint.root_hash, result.head_hash):
+                problem = (f"the checkpoint at height {h.height} (log size {result.checkpoint.size}, block "
+                           f"{result.head_hash.hex()[:16]}) differs from the one anchored on chain (log size "
+                           f"{anchored.log_size}, block {anchored.block_hash.hex()[:16]}): the server forked or "
+                           "rewrote its history")
+        except AnchorUnavailable as e:
+            log.warning("flower-chain anchor check (%s): %s", safe_text(fid), safe_text(str(e), 300))
+            return False
+        except AnchorError as e:
+            problem = f"the anchor cannot be trusted: {e}"
+        if problem is None:
+            return True
+        with self._transaction(write=True):
+            self._result = result
+            try:
+                self._error(fid, problem)
+            finally:
+                self._result = None
+        return False
+
+    def _check(self, fid: str, config: Mapping[str, Any], kind: str, received_digest: bytes | None,
+               res: CheckResult) -> None:
         origin = origin_for(fid)
         note = config.get(CTX_CHECKPOINT)
         if not note:
@@ -312,7 +522,16 @@ class ReceiptKeeper:
             except LedgerError as e:
                 self._error(fid, f"checkpoint does not verify: {e}")
                 return
-        self._check_head(fid, config, cp, key, kind, received_digest)
+        res.note, res.checkpoint = note, cp
+        if self.witness_quorum > 0:
+            try:
+                verify_cosigned_checkpoint(note, key, self.witnesses, self.witness_quorum, origin=origin)
+            except LedgerError as e:
+                res.witnessed = False
+                self._error(fid, f"UNWITNESSED: the checkpoint at size {cp.size} lacks the quorum of trusted "
+                                 f"witnesses ({e}); this client does not sign updates for it (a split view?)")
+                return
+        self._check_head(fid, config, cp, key, kind, received_digest, res)
         sent_from = int(config.get(CTX_CONSISTENCY_FROM, -1))
         if previous is not None and sent_from == -1:
             # The server does not know this node yet (it restarted; node ids changed): it learns the
@@ -339,6 +558,7 @@ class ReceiptKeeper:
                 self._error(fid, f"FORK: the server's log at size {cp.size} is not an extension of the log this "
                                  f"client saw before ({e}); the server rewrote or forked its history")
                 return
+        res.consistent = True
         if previous != note or deferred:
             self._set_log(origin, note, False)
         pending = self._db.execute("SELECT round, statement FROM pending WHERE origin = ? ORDER BY round",
@@ -366,7 +586,7 @@ class ReceiptKeeper:
         self._db.execute("DELETE FROM pending WHERE origin = ? AND round <= ?", (origin, int(pending[-1][0])))
 
     def _check_head(self, fid: str, config: Mapping[str, Any], cp: Checkpoint, key: bytes, kind: str,
-                    received_digest: bytes | None) -> None:
+                    received_digest: bytes | None, res: CheckResult | None = None) -> None:
         """The head block header: signed by the server, the head of the checkpointed log, and (train) the
         block whose ``model_after`` is the global model this client received."""
         head = bytes(config.get(CTX_HEAD) or b"")
@@ -389,6 +609,8 @@ class ReceiptKeeper:
         if header.federation_id != fid:
             self._error(fid, f"the head block header is for federation {header.federation_id!r}")
             return
+        if res is not None:
+            res.header, res.head_hash = header, hashlib.sha256(head).digest()
         if kind == "train" and header.model_after and received_digest is not None \
                 and received_digest != header.model_after:
             self._error(fid, f"the server sent this client another global model than its log records: received "

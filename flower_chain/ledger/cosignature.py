@@ -30,13 +30,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from flower_chain.ledger.checkpoint import Checkpoint, open_note
 from flower_chain.ledger.errors import CheckpointError, KeyFileError
-from flower_chain.ledger.keys import public_from_raw, raw_public, verify_signature
+from flower_chain.ledger.keys import key_id, public_from_raw, raw_public, verify_signature
 
 __all__ = [
     "COSIGNATURE_HEADER",
     "Cosignature",
     "CosignerKey",
+    "CLIENT_COSIGNER_PREFIX",
     "add_cosignatures",
+    "check_client_cosignature",
+    "client_cosigner",
+    "client_cosigner_name",
     "cosignature_message",
     "cosigner_key_id",
     "cosigner_verifier_key",
@@ -279,3 +283,49 @@ def verify_cosigned_checkpoint(note: str, log_public: Ed25519PublicKey | bytes, 
         raise CheckpointError(f"checkpoint {cp.origin} at size {cp.size} has {len(valid)} valid cosignature(s) "
                               f"from trusted witnesses, {quorum} required")
     return cp, valid
+
+
+#: Key name prefix of a client that cosigns the checkpoints it verified (clients as witnesses).
+CLIENT_COSIGNER_PREFIX = "flower-chain/client/"
+
+
+def client_cosigner_name(raw_client_key: bytes) -> str:
+    """The cosigner key name of a client: ``flower-chain/client/<key id>`` (the 16-hex-digit key id)."""
+    return CLIENT_COSIGNER_PREFIX + key_id(_raw(raw_client_key))
+
+
+def client_cosigner(raw_client_key: bytes) -> CosignerKey:
+    """A client's Ed25519 update-signing key as a cosigner key (name :func:`client_cosigner_name`)."""
+    raw = _raw(raw_client_key)
+    return CosignerKey(client_cosigner_name(raw), raw)
+
+
+def check_client_cosignature(line: str, checkpoint_note: str, raw_client_key: bytes, *,
+                             max_future_s: int | None = 600) -> bool:
+    """Whether ``line`` is a valid cosignature/v1 of ``checkpoint_note`` by the client key ``raw_client_key``.
+
+    Parameters
+    ----------
+    line : str
+        The cosignature line a client returned (``flower-chain`` record field
+        ``cosignature``, or legacy metric ``flower-chain.cosignature``), with or
+        without its final newline.
+    checkpoint_note : str
+        The checkpoint the server sent that client with the instruction (plain or
+        cosigned: only its body counts).
+    raw_client_key : bytes
+        The client's raw 32-byte Ed25519 public key (from the genesis keyring).
+    max_future_s : int or None
+        Reject timestamps more than this many seconds ahead of the local clock.
+
+    Returns
+    -------
+    bool
+        True only when the line parses, names the client's cosigner key
+        (:func:`client_cosigner`) and its signature verifies on the checkpoint body.
+    """
+    try:
+        verify_cosignature(checkpoint_note, line, client_cosigner(raw_client_key), max_future_s=max_future_s)
+    except (CheckpointError, KeyFileError):
+        return False
+    return True

@@ -1,0 +1,368 @@
+"""The server asks C2SP tlog-witnesses to cosign every block's checkpoint (no torch, no flwr).
+
+After each durable block :class:`Witnessing` submits the block's signed
+checkpoint to every configured witness, with a consistency proof from the
+size that witness last cosigned (:class:`~flower_chain.serve.witness_client.WitnessPool`
+keeps those sizes and learns them from a 409), verifies the returned
+``cosignature/v1`` lines, and stores the cosigned note with the block.
+
+Storage
+    The cosigned checkpoint note (the server's note with the witnesses'
+    cosignature lines appended, UTF-8) is kept in the ledger's blob store under
+    the derived address::
+
+        SHA-256(b"flower-chain:cosigned:v1\\x00" || block hash)
+
+    (:func:`cosigned_address`; block hash = SHA-256 of the header bytes). It is
+    written once per block, when the witnesses answered (blob stores never
+    overwrite); a block without any cosignature has no such blob. The address is
+    not the SHA-256 of the data, so ``verify --blobs`` (which checks model, state
+    and update blobs only) ignores it, and :func:`verify_witnessed` checks it.
+
+Time
+    A block waits at most ``timeout`` seconds for its witnesses: requests run
+    on one worker thread (submissions stay in order, as the witnesses' sizes
+    require); what arrives later is still stored, on the next block or
+    :meth:`Witnessing.close`. Every block that gathered fewer than ``quorum``
+    cosignatures is appended to :attr:`Witnessing.shortfall` and logged as a
+    warning naming each witness that did not cosign and why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.cosignature import (
+    CosignerKey,
+    add_cosignatures,
+    check_client_cosignature,
+    note_body,
+    parse_cosigner_key,
+    verify_cosigned_checkpoint,
+)
+from flower_chain.ledger.errors import CheckpointError, KeyFileError, LedgerError
+from flower_chain.ledger.text import safe_text
+from flower_chain.ledger.writer import read_genesis
+from flower_chain.serve.witness_client import WitnessEndpoint, WitnessPool, submit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["COSIGNED_DOMAIN", "Shortfall", "WitnessReport", "Witnessing", "check_client_cosignature",
+           "cosigned_address", "stored_cosigned_note", "verify_witnessed"]
+
+#: Domain tag of the blob address of a block's cosigned checkpoint.
+COSIGNED_DOMAIN = b"flower-chain:cosigned:v1\x00"
+#: Most blocks whose cosigned notes are kept in memory (the head's is what clients are sent).
+_CACHE_BLOCKS = 8
+
+
+def cosigned_address(block_hash: bytes) -> bytes:
+    """Blob address of a block's cosigned checkpoint: ``SHA-256(COSIGNED_DOMAIN || block hash)``."""
+    return hashlib.sha256(COSIGNED_DOMAIN + bytes(block_hash)).digest()
+
+
+def stored_cosigned_note(ledger: Ledger, block: StoredBlock) -> str | None:
+    """The cosigned checkpoint stored for ``block`` (``None`` when no witness cosigned it)."""
+    addr = cosigned_address(block.hash)
+    if not ledger.has_blob(addr):
+        return None
+    return ledger.get_blob(addr).decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A block whose checkpoint gathered fewer cosignatures than the quorum.
+
+    Attributes
+    ----------
+    height, log_size : int
+        The block and the checkpoint size.
+    cosignatures : int
+        Valid cosignatures gathered within the timeout.
+    quorum : int
+        Cosignatures wanted.
+    errors : dict
+        Witness URL -> why it did not cosign (refused, unreachable, no answer in time).
+    """
+
+    height: int
+    log_size: int
+    cosignatures: int
+    quorum: int
+    errors: dict[str, str]
+
+
+class Witnessing:
+    """Cosignatures from C2SP tlog-witnesses for every block of one ledger.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger whose blocks are witnessed (consistency proofs are built from it,
+        cosigned notes stored in its blob store).
+    witnesses : sequence of (str, str)
+        ``(submission URL, cosigner verifier key NAME+KEYID+BASE64)`` per witness.
+    quorum : int
+        Cosignatures each checkpoint should gather; ``0`` (or less) means every witness.
+    timeout : float
+        Seconds a block waits for its witnesses at most (and the per-request timeout).
+    submit_fn : callable, optional
+        :func:`~flower_chain.serve.witness_client.submit`-compatible function (tests, benchmarks).
+
+    Raises
+    ------
+    KeyFileError
+        A verifier key does not parse.
+    ValueError
+        No witness, a quorum above the number of witnesses, or a non-positive timeout.
+    """
+
+    def __init__(self, ledger: Ledger, witnesses: Sequence[tuple[str, str]], *, quorum: int = 0,
+                 timeout: float = 2.0, submit_fn: Callable[..., str] | None = None) -> None:
+        if not witnesses:
+            raise ValueError("witnessing needs at least one witness (url, verifier key)")
+        if timeout <= 0:
+            raise ValueError("the witness timeout must be positive")
+        endpoints = []
+        for url, vkey in witnesses:
+            key = vkey if isinstance(vkey, CosignerKey) else parse_cosigner_key(str(vkey))
+            endpoints.append(WitnessEndpoint(str(url), key))
+        self.quorum = len(endpoints) if int(quorum) <= 0 else int(quorum)
+        if self.quorum > len(endpoints):
+            raise ValueError(f"a quorum of {self.quorum} needs at least {self.quorum} witnesses, "
+                             f"{len(endpoints)} configured")
+        self.ledger = ledger
+        self.timeout = float(timeout)
+        self.pool = WitnessPool(endpoints, timeout=self.timeout, submit_fn=submit_fn or submit)
+        self.keys = [e.key for e in endpoints]
+        self.shortfall: list[Shortfall] = []
+        self.cosign_seconds: list[float] = []  # wall time each block waited for its witnesses
+        self._notes: dict[bytes, str] = {}  # block hash -> best cosigned note (the last few blocks)
+        self._pending: list[tuple[StoredBlock, concurrent.futures.Future]] = []
+        self._lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="witnessing")
+        self._closed = False
+        self._server_key: bytes | None = None
+        self._reported: set[bytes] = set()  # hashes of recent blocks whose shortfall was recorded
+
+    # -- after each block --------------------------------------------------------------------------
+    def on_block(self, block: StoredBlock | None) -> None:
+        """Submit ``block``'s checkpoint to the witnesses and wait for them at most ``timeout`` seconds."""
+        if block is None or self._closed:
+            return
+        t0 = time.perf_counter()
+        fut = self._executor.submit(self.pool.cosign, self.ledger, block.checkpoint)
+        with self._lock:
+            self._pending.append((block, fut))
+        try:
+            fut.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            pass  # stored when it completes; recorded as a shortfall now
+        except Exception as e:  # noqa: BLE001 - a witness problem must never fail the round
+            log.warning("flower-chain witnessing: block %d: %s", block.header.height, safe_text(str(e), 300))
+        self.cosign_seconds.append(time.perf_counter() - t0)
+        self._drain(final_block=block)
+
+    def _drain(self, final_block: StoredBlock | None = None) -> None:
+        """Store the results of finished submissions; record the shortfall of ``final_block`` if not finished."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        keep = []
+        for block, fut in pending:
+            if not fut.done():
+                keep.append((block, fut))
+                if block is final_block:
+                    self._record_shortfall(block, 0, {e.url: f"{e.url}: no answer within {self.timeout:.1f} s"
+                                                      for e in self.pool.witnesses})
+                continue
+            try:
+                note, errors = fut.result()
+            except Exception as e:  # noqa: BLE001
+                note, errors = block.checkpoint, {e2.url: str(e) for e2 in self.pool.witnesses}
+            got = self._count(note)
+            if got:
+                self._store(block, note)
+            if got < self.quorum:
+                if block.hash not in self._reported:  # a late answer was already reported at the deadline
+                    self._record_shortfall(block, got, errors)
+            elif errors:
+                for url, why in errors.items():
+                    log.info("flower-chain witnessing: block %d: witness %s did not cosign (%s); quorum met",
+                             block.header.height, url, safe_text(why, 300))
+        if keep:
+            with self._lock:
+                self._pending = keep + self._pending
+
+    def _count(self, note: str) -> int:
+        """Distinct trusted witnesses whose cosignature on ``note`` verifies (0 if the note does not)."""
+        if self._server_key is None:
+            self._server_key = read_genesis(self.ledger).server_key
+        try:
+            return len(verify_cosigned_checkpoint(note, self._server_key, self.keys, 0)[1])
+        except (CheckpointError, KeyFileError, LedgerError):
+            return 0
+
+    def _store(self, block: StoredBlock, note: str) -> None:
+        best = self._notes.get(block.hash)
+        merged = add_cosignatures(best, [note[len(block.checkpoint):]]) if best else note
+        self._notes[block.hash] = merged
+        while len(self._notes) > _CACHE_BLOCKS:
+            self._notes.pop(next(iter(self._notes)))
+        addr = cosigned_address(block.hash)
+        try:
+            if not self.ledger.has_blob(addr):
+                self.ledger.put_blob(merged.encode(), addr)
+        except LedgerError as e:
+            log.warning("flower-chain witnessing: cannot store the cosigned checkpoint of block %d: %s",
+                        block.header.height, e)
+
+    def _record_shortfall(self, block: StoredBlock, got: int, errors: dict[str, str]) -> None:
+        h = block.header
+        self._reported.add(block.hash)
+        if len(self._reported) > 4 * _CACHE_BLOCKS:
+            self._reported.pop()
+        self.shortfall.append(Shortfall(h.height, h.log_size, got, self.quorum, dict(errors)))
+        for url, why in (errors or {"-": "cosignature did not verify"}).items():
+            log.warning("flower-chain witnessing: block %d (log size %d) has %d of %d cosignatures: witness %s "
+                        "did not cosign: %s", h.height, h.log_size, got, self.quorum, url, safe_text(why, 300))
+
+    # -- what clients are sent ---------------------------------------------------------------------
+    def note(self, head: StoredBlock) -> str:
+        """The best cosigned checkpoint of ``head`` known so far (its plain signed checkpoint if none)."""
+        self._drain()
+        got = self._notes.get(head.hash)
+        if got is not None:
+            return got
+        stored = stored_cosigned_note(self.ledger, head)
+        if stored is not None and note_body(stored) == note_body(head.checkpoint):
+            self._notes[head.hash] = stored
+            return stored
+        return head.checkpoint
+
+    def close(self) -> None:
+        """Wait for submissions in flight (each bounded by the pool's deadline), store them, stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            futs = [f for _, f in self._pending]
+        concurrent.futures.wait(futs, timeout=self.timeout * 2 + 1)
+        self._drain()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+
+@dataclass
+class WitnessReport:
+    """What :func:`verify_witnessed` found.
+
+    Attributes
+    ----------
+    blocks : int
+        Blocks checked.
+    quorum : int
+        Trusted cosignatures a checkpoint needs to count as witnessed.
+    counts : dict
+        Block height -> valid cosignatures by trusted witnesses on its stored note (0: none stored).
+    witnessed : list of int
+        Heights whose stored checkpoint has the quorum.
+    uncovered : list of int
+        Heights after the last witnessed checkpoint. A witnessed checkpoint of size S
+        vouches for every block up to S (the witness checked consistency with all it
+        cosigned before, and ``verify`` checks the log's continuity), so only these are unwitnessed.
+    problems : list of str
+        Stored notes that are for another checkpoint than their block's, not signed by the
+        log key, or carry a trusted witness's line that does not verify.
+    """
+
+    blocks: int = 0
+    quorum: int = 1
+    counts: dict[int, int] = field(default_factory=dict)
+    witnessed: list[int] = field(default_factory=list)
+    uncovered: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no stored cosignature is bad and the head's checkpoint has the quorum."""
+        return self.blocks > 0 and not self.problems and not self.uncovered
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "blocks": self.blocks, "quorum": self.quorum, "witnessed": len(self.witnessed),
+                "uncovered": self.uncovered, "problems": self.problems}
+
+    def summary(self) -> str:
+        """One line for people."""
+        if self.ok:
+            return (f"witnessed: {len(self.witnessed)} of {self.blocks} checkpoints carry {self.quorum}+ trusted "
+                    f"cosignature(s); the head (height {self.blocks - 1}) is witnessed")
+        why = self.problems[0] if self.problems else (
+            f"blocks {self.uncovered[0]}..{self.uncovered[-1]} follow the last checkpoint with {self.quorum} trusted "
+            "cosignature(s)" if self.uncovered else "the ledger is empty")
+        return f"NOT witnessed: {why}"
+
+
+def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *,
+                     server_key: bytes | None = None) -> WitnessReport:
+    """Check the stored cosignatures of every block against trusted witness keys.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger (its own integrity is :func:`flower_chain.ledger.verify`'s job).
+    witness_keys : sequence of str or CosignerKey
+        Trusted witnesses, as cosigner verifier keys ``NAME+KEYID+BASE64``.
+    quorum : int
+        Distinct trusted witnesses a checkpoint needs (at least 1).
+    server_key : bytes, optional
+        The log's raw Ed25519 key (default: the genesis's).
+
+    Returns
+    -------
+    WitnessReport
+        ``.ok`` when no stored note is bad and the head block's checkpoint has the quorum.
+
+    Raises
+    ------
+    KeyFileError
+        A witness key does not parse.
+    ValueError
+        A quorum below 1 or above the number of distinct trusted keys.
+    """
+    keys = [k if isinstance(k, CosignerKey) else parse_cosigner_key(str(k)) for k in witness_keys]
+    distinct = {(k.name, k.key_id) for k in keys}
+    if not 1 <= int(quorum) <= len(distinct):
+        raise ValueError(f"the witness quorum must be between 1 and {len(distinct)} (the trusted keys given)")
+    genesis = read_genesis(ledger)
+    log_key = bytes(server_key) if server_key is not None else genesis.server_key
+    report = WitnessReport(quorum=int(quorum))
+    last_witnessed = -1
+    for block in ledger.blocks():
+        h = block.header.height
+        report.blocks += 1
+        stored = stored_cosigned_note(ledger, block)
+        count = 0
+        if stored is not None:
+            try:
+                if note_body(stored) != note_body(block.checkpoint):
+                    raise CheckpointError("the stored cosigned note is for another checkpoint than the block's")
+                verify_checkpoint(stored, log_key, origin=genesis.origin)
+                count = len(verify_cosigned_checkpoint(stored, log_key, keys, 0, origin=genesis.origin)[1])
+            except (CheckpointError, KeyFileError) as e:
+                report.problems.append(f"block {h}: {safe_text(str(e), 300)}")
+                count = 0
+        report.counts[h] = count
+        if count >= report.quorum:
+            report.witnessed.append(h)
+            last_witnessed = h
+    report.uncovered = [h for h in sorted(report.counts) if h > last_witnessed]
+    return report
