@@ -49,6 +49,7 @@ class Reply:
     num_examples: int | None = None
     seen_size: int = -1  # log size of the last checkpoint the client verified
     pending_round: int = -1  # round of the client's update it has no receipt for yet
+    cosignature: str | None = None  # the client's C2SP cosignature of the checkpoint it was sent
     records: Any = None
 
 

@@ -16,7 +16,8 @@ protocol allows, and nothing else:
   text and bytes; num-examples a positive integer (an integral float is read
   as one);
 * the ``flower-chain`` record: ``statement`` bytes (≤ 4 KiB), ``signature``
-  bytes (≤ 64), ``checkpoint-size`` and ``pending-round`` small ints.
+  bytes (≤ 64), ``checkpoint-size`` and ``pending-round`` small ints, and
+  optionally the client's ``cosignature`` of the checkpoint (one line).
 
 The arrays handed on are the very views the checks read (``np.load`` reads
 the same bytes the same way; :func:`~flower_chain.wire.parse_npy` uses
@@ -35,10 +36,12 @@ from flower_chain.ledger.policy import MAX_SIGNATURE, MAX_STATEMENT
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Reply
 from flower_chain.wire import (
+    LEGACY_COSIGNATURE,
     LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
     LEGACY_SIGNATURE,
     LEGACY_STATEMENT,
+    COSIGNATURE,
     NUM_EXAMPLES_KEYS,
     PENDING_ROUND,
     PREFIX,
@@ -54,6 +57,7 @@ MAX_NAME = 256
 MAX_LIST = 4096
 MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
+MAX_COSIGNATURE = 512
 INT64 = (-(2**63), 2**63 - 1)
 #: Names of the records a judged reply is handed on with (the aggregation replay uses the same).
 ARRAYS_RECORD = "arrays"
@@ -136,6 +140,15 @@ def _sig_fields(get, statement_key: str, signature_key: str, seen_key: str, pend
     return statement, signature, seen, pending
 
 
+def _cosignature(value: Any) -> str | None:
+    """A client's cosignature line of the checkpoint it was sent (checked when it is recorded), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_COSIGNATURE or "\n" in value:
+        raise Malformed(f"cosignature is not one line of text of at most {MAX_COSIGNATURE} characters")
+    return value
+
+
 def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int) -> list[tuple[str, np.ndarray]]:
     """(name, validated NPY view) of each array, or :class:`Malformed`."""
     out, total = [], 0
@@ -194,19 +207,20 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
         raise Malformed(f"the reply holds {len(arrays_recs)} ArrayRecord(s), {len(metric_recs)} MetricRecord(s)"
                         f"{' and ' + ', '.join(other) if other else ''}; a {kind} reply has exactly "
                         f"{want_arrays} ArrayRecord, 1 MetricRecord and the {SIG_RECORD!r} ConfigRecord")
-    statement = signature = None
+    statement = signature = cosignature = None
     seen = pending = -1
     if sig is not None:
-        allowed = {STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND}
+        allowed = {STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE}
         extra = [safe_text(k, 40) for k in sig.keys() if k not in allowed]
         if extra:
             raise Malformed(f"unexpected fields {extra} in the {SIG_RECORD!r} record")
         statement, signature, seen, pending = _sig_fields(sig.get, STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND)
+        cosignature = _cosignature(sig.get(COSIGNATURE))
     metrics = parse_metrics(metric_recs[0].items())
     n = num_examples_in(metrics, weight_key)
     arrays = parse_arrays(arrays_recs[0].items(), max_array_bytes) if arrays_recs else None
     return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
-                 num_examples=n, seen_size=seen, pending_round=pending,
+                 num_examples=n, seen_size=seen, pending_round=pending, cosignature=cosignature,
                  records=(arrays_recs[0] if arrays_recs else None, metric_recs[0]))
 
 
@@ -222,8 +236,8 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
             raise Malformed("metrics are not a mapping")
         statement, signature, seen, pending = _sig_fields(
             metrics_in.get, LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND)
-        extra = [safe_text(k, 40) for k in metrics_in if isinstance(k, str) and k.startswith(PREFIX)
-                 and k not in (LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND)]
+        known = (LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND, LEGACY_COSIGNATURE)
+        extra = [safe_text(k, 40) for k in metrics_in if isinstance(k, str) and k.startswith(PREFIX) and k not in known]
         if extra:
             raise Malformed(f"unexpected flower-chain fields {extra}")
         metrics = parse_metrics(((k, v) for k, v in metrics_in.items()
@@ -236,7 +250,8 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
                 raise Malformed("parameters are not a list of numpy.ndarray tensors")
             arrays = parse_arrays(((str(i), _Tensor(t)) for i, t in enumerate(params.tensors)), max_array_bytes)
         return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
-                     num_examples=n, seen_size=seen, pending_round=pending)
+                     num_examples=n, seen_size=seen, pending_round=pending,
+                     cosignature=_cosignature(metrics_in.get(LEGACY_COSIGNATURE)))
     except Malformed as e:
         return Reply(node_id=node, malformed=str(e))
     except Exception as e:  # noqa: BLE001 - the boundary
