@@ -17,6 +17,26 @@ server replies pass through untouched. The signed statement covers the
 federation, round, ledger head, the digest of the global arrays the client
 actually received, the digest of the arrays it returns, num-examples and a
 digest of its metrics. It needs neither torch nor a particular ML framework.
+
+Clients as witnesses: when every receipt check of an instruction passed (the
+checkpoint verified and extends the last one this client saw), the reply also
+carries the client's C2SP ``cosignature/v1`` of that checkpoint, by its
+update-signing key under the name ``flower-chain/client/<key id>``
+(:func:`flower_chain.ledger.cosignature.check_client_cosignature`), in the
+``flower-chain`` record field ``cosignature`` (legacy: metric
+``flower-chain.cosignature``).
+
+Optional node config (environment fallbacks in brackets):
+
+* ``witness-keys`` (``FLOWER_CHAIN_WITNESS_KEYS``): comma-separated cosigner
+  verifier keys of trusted tlog-witnesses, with ``witness-quorum``
+  (``FLOWER_CHAIN_WITNESS_QUORUM``, default 1): an update for a checkpoint
+  without that many of their cosignatures is not signed (the server records
+  it ``unsigned``) and the refusal counts as a receipt error;
+* ``anchor`` (``FLOWER_CHAIN_ANCHOR``, ``evm+http://HOST:PORT``),
+  ``anchor-contract`` (``FLOWER_CHAIN_ANCHOR_CONTRACT``) and ``anchor-owner``
+  (``FLOWER_CHAIN_ANCHOR_OWNER``): the head block is compared with the anchor
+  published on chain for its height (read only; needs the ``evm`` extra).
 """
 
 from __future__ import annotations
@@ -28,11 +48,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message
 
+from flower_chain.clients.receipts import AnchorReader, CheckResult, ReceiptKeeper
+from flower_chain.ledger.cosignature import CosignerKey, client_cosigner_name, note_body, parse_cosigner_key, \
+    sign_cosignature
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
-from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.ledger.keys import key_id, load_private, load_public, raw_public
 from flower_chain.wire import (
+    COSIGNATURE,
+    LEGACY_COSIGNATURE,
     LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
     PENDING_ROUND,
@@ -55,6 +79,16 @@ ENV_RECEIPTS = "FLOWER_CHAIN_RECEIPTS"
 RECEIPTS_NODE_CONFIG = "receipts-dir"
 ENV_SERVER_KEY = "FLOWER_CHAIN_SERVER_KEY"
 SERVER_KEY_NODE_CONFIG = "server-key"
+ENV_WITNESS_KEYS = "FLOWER_CHAIN_WITNESS_KEYS"
+WITNESS_KEYS_NODE_CONFIG = "witness-keys"
+ENV_WITNESS_QUORUM = "FLOWER_CHAIN_WITNESS_QUORUM"
+WITNESS_QUORUM_NODE_CONFIG = "witness-quorum"
+ENV_ANCHOR = "FLOWER_CHAIN_ANCHOR"
+ANCHOR_NODE_CONFIG = "anchor"
+ENV_ANCHOR_CONTRACT = "FLOWER_CHAIN_ANCHOR_CONTRACT"
+ANCHOR_CONTRACT_NODE_CONFIG = "anchor-contract"
+ENV_ANCHOR_OWNER = "FLOWER_CHAIN_ANCHOR_OWNER"
+ANCHOR_OWNER_NODE_CONFIG = "anchor-owner"
 
 
 def key_path_for(context: Context) -> Path:
@@ -128,8 +162,13 @@ def _reply_parts(reply: Message, kind: str, legacy: bool):
     return arrays, metrics, num_examples_of(metrics)
 
 
+def cosign_checkpoint(note: str, key: Ed25519PrivateKey) -> str:
+    """The client's ``cosignature/v1`` line (no final newline) of a checkpoint note it verified."""
+    return sign_cosignature(note_body(note), client_cosigner_name(raw_public(key)), key).rstrip("\n")
+
+
 def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None, *,
-               base_digest: bytes | None = None, incoming=None) -> Message:
+               base_digest: bytes | None = None, incoming=None, cosignature: str | None = None) -> Message:
     """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it.
 
     Parameters
@@ -145,6 +184,9 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
         Array digest of the arrays ``msg`` carries, when the caller computed it already.
     incoming : tuple, optional
         ``_incoming(msg)``, when the caller computed it already.
+    cosignature : str, optional
+        The client's cosignature line of the checkpoint it verified (:func:`cosign_checkpoint`),
+        sent beside the signature.
     """
     ctx, _cfg, received, legacy = incoming if incoming is not None else _incoming(msg)
     if ctx is None or reply.has_error():
@@ -180,9 +222,13 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
         rec[LEGACY_SIGNATURE] = signature
         rec[LEGACY_SEEN_SIZE] = seen
         rec[LEGACY_PENDING_ROUND] = pending
+        if cosignature:
+            rec[LEGACY_COSIGNATURE] = cosignature
     else:
-        reply.content[SIG_RECORD] = ConfigRecord({STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen,
-                                                  PENDING_ROUND: pending})
+        fields = {STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen, PENDING_ROUND: pending}
+        if cosignature:
+            fields[COSIGNATURE] = cosignature
+        reply.content[SIG_RECORD] = ConfigRecord(fields)
     return reply
 
 
@@ -198,17 +244,80 @@ def _pinned_server_key(context: Context) -> bytes | None:
     return raw_public(load_public(str(value))) if value else None
 
 
-def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None):
+def _setting(context: Context, node_key: str, env: str, given=None):
+    if given is not None:
+        return given
+    value = context.node_config.get(node_key)
+    return value if value not in (None, "") else (os.environ.get(env) or None)
+
+
+def witness_settings(context: Context, keys=None, quorum=None) -> tuple[list[CosignerKey], int]:
+    """Trusted witness keys and quorum: the arguments, else node config, else environment.
+
+    Raises
+    ------
+    KeyFileError
+        A key does not parse, or the quorum is not an integer between 1 and the number of keys.
+    """
+    raw = _setting(context, WITNESS_KEYS_NODE_CONFIG, ENV_WITNESS_KEYS, keys)
+    if raw is None:
+        return [], 0
+    items = [k.strip() for k in raw.split(",")] if isinstance(raw, str) else list(raw)
+    parsed = [k if isinstance(k, CosignerKey) else parse_cosigner_key(k) for k in items if k]
+    q = _setting(context, WITNESS_QUORUM_NODE_CONFIG, ENV_WITNESS_QUORUM, quorum)
+    try:
+        q = 1 if q is None else int(q)
+    except (TypeError, ValueError):
+        raise KeyFileError(f"witness-quorum {q!r} is not an integer") from None
+    if parsed and not 1 <= q <= len(parsed):
+        raise KeyFileError(f"witness-quorum {q} must be between 1 and the {len(parsed)} witness key(s) given")
+    return parsed, q if parsed else 0
+
+
+def anchor_settings(context: Context, url=None, contract=None, owner=None) -> AnchorReader | None:
+    """The anchor to check checkpoints against (arguments, node config, environment), or ``None``."""
+    url = _setting(context, ANCHOR_NODE_CONFIG, ENV_ANCHOR, url)
+    if not url:
+        return None
+    return AnchorReader(str(url), str(_setting(context, ANCHOR_CONTRACT_NODE_CONFIG, ENV_ANCHOR_CONTRACT, contract)
+                                     or ""),
+                        _setting(context, ANCHOR_OWNER_NODE_CONFIG, ENV_ANCHOR_OWNER, owner))
+
+
+def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None,
+                     witness_keys=None, witness_quorum: int | None = None, anchor: str | None = None,
+                     anchor_contract: str | None = None, anchor_owner: str | None = None):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
     Receipts are kept per key in ``receipts_dir/<key id>/`` (or under node config ``receipts-dir`` /
     ``FLOWER_CHAIN_RECEIPTS``, or ``receipts/<key id>/`` beside the key file): ``server-key``,
     ``state.sqlite`` and one directory per log origin (see :mod:`flower_chain.clients.receipts`);
     with a key object and no directory, receipts are not checked.
+
+    Parameters
+    ----------
+    key : Ed25519PrivateKey, str or Path, optional
+        The signing key, or ``None`` for each node's key from its node config / environment.
+    receipts_dir : str or Path, optional
+        Where receipts are kept (per key id).
+    witness_keys : str or sequence, optional
+        Trusted witness verifier keys (comma-separated text, or a list); default: node config
+        ``witness-keys`` / ``FLOWER_CHAIN_WITNESS_KEYS``.
+    witness_quorum : int, optional
+        Cosignatures by them each checkpoint needs (default: node config ``witness-quorum`` /
+        ``FLOWER_CHAIN_WITNESS_QUORUM``, else 1).
+    anchor, anchor_contract, anchor_owner : str, optional
+        The EVM anchor to compare checkpoints with (default: node config ``anchor``,
+        ``anchor-contract``, ``anchor-owner`` / their environment variables).
+
+    Raises
+    ------
+    KeyFileError
+        At the first instruction: witness checks or an anchor configured without a receipts directory.
     """
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
     fixed = load_private(key) if fixed_path is not None else key
-    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None]] = {}
+    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None]] = {}
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
         incoming = _incoming(msg)
@@ -221,14 +330,29 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             signer = fixed if fixed is not None else load_private(path)
             kid = key_id(signer)
             where = Path(receipts_dir) / kid if receipts_dir is not None else _receipts_dir(context, path, kid)
-            cache[cache_key] = (signer, ReceiptKeeper(where, _pinned_server_key(context)) if where else None)
-        signer, keeper = cache[cache_key]
+            witnesses, quorum = witness_settings(context, witness_keys, witness_quorum)
+            anchors = anchor_settings(context, anchor, anchor_contract, anchor_owner)
+            if where is None and (quorum or anchors is not None):
+                raise KeyFileError("witness and anchor checks need a receipts directory (make_signing_mod("
+                                   "receipts_dir=...), node config 'receipts-dir' or FLOWER_CHAIN_RECEIPTS)")
+            keeper = ReceiptKeeper(where, _pinned_server_key(context), witnesses=witnesses,
+                                   witness_quorum=quorum) if where else None
+            cache[cache_key] = (signer, keeper, anchors)
+        signer, keeper, anchors = cache[cache_key]
         base_digest = record_digest(received) if received is not None else b""  # hashed once: checked and signed
+        result: CheckResult | None = None
         if keeper is not None:
-            keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
-                         received_digest=base_digest if received is not None else None)
+            result = keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
+                                  received_digest=base_digest if received is not None else None)
+            if anchors is not None:
+                keeper.check_anchor(ctx.federation_id, result, anchors)
         reply = call_next(msg, context)
-        return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming)
+        if result is not None and not result.witnessed:
+            log.error("flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",
+                      ctx.round)
+            return reply  # unsigned: the server records it as such, the refusal is counted as a receipt error
+        cosig = cosign_checkpoint(result.note, signer) if result is not None and result.cosignable else None
+        return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming, cosignature=cosig)
 
     return signing_mod
 

@@ -142,65 +142,99 @@ class Witnessing:
                              f"{len(endpoints)} configured")
         self.ledger = ledger
         self.timeout = float(timeout)
-        self.pool = WitnessPool(endpoints, timeout=self.timeout, submit_fn=submit_fn or submit)
+        fn = submit_fn or submit
+        #: One pool (and one worker thread) per witness: its submissions stay in order (its size), and a
+        #: slow witness never delays another.
+        self.pools = [WitnessPool([e], timeout=self.timeout, submit_fn=fn) for e in endpoints]
         self.keys = [e.key for e in endpoints]
         self.shortfall: list[Shortfall] = []
         self.cosign_seconds: list[float] = []  # wall time each block waited for its witnesses
         self._notes: dict[bytes, str] = {}  # block hash -> best cosigned note (the last few blocks)
-        self._pending: list[tuple[StoredBlock, concurrent.futures.Future]] = []
+        self._late: list[tuple[StoredBlock, concurrent.futures.Future]] = []  # answers after the deadline
+        self._inflight: list[concurrent.futures.Future | None] = [None] * len(endpoints)
         self._lock = threading.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="witnessing")
+        self._executors = [concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"witness-{i}")
+                           for i in range(len(endpoints))]
         self._closed = False
         self._server_key: bytes | None = None
-        self._reported: set[bytes] = set()  # hashes of recent blocks whose shortfall was recorded
+
+    @property
+    def witnesses(self) -> list[WitnessEndpoint]:
+        """The witnesses, with the size each last cosigned and its last error."""
+        return [p.witnesses[0] for p in self.pools]
 
     # -- after each block --------------------------------------------------------------------------
     def on_block(self, block: StoredBlock | None) -> None:
-        """Submit ``block``'s checkpoint to the witnesses and wait for them at most ``timeout`` seconds."""
+        """Submit ``block``'s checkpoint to every witness; wait for them at most ``timeout`` seconds.
+
+        Witnesses answer in parallel; what arrived by the deadline is stored with the block
+        (:func:`cosigned_address`) and a shortfall below the quorum is recorded and logged. A
+        witness still busy with an earlier checkpoint is skipped for this one (a later cosigned
+        checkpoint covers the earlier blocks).
+        """
         if block is None or self._closed:
             return
         t0 = time.perf_counter()
-        fut = self._executor.submit(self.pool.cosign, self.ledger, block.checkpoint)
-        with self._lock:
-            self._pending.append((block, fut))
-        try:
-            fut.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            pass  # stored when it completes; recorded as a shortfall now
-        except Exception as e:  # noqa: BLE001 - a witness problem must never fail the round
-            log.warning("flower-chain witnessing: block %d: %s", block.header.height, safe_text(str(e), 300))
+        self._drain()
+        note = block.checkpoint
+        futs: dict[int, concurrent.futures.Future] = {}
+        errors: dict[str, str] = {}
+        for i, pool in enumerate(self.pools):
+            busy = self._inflight[i]
+            if busy is not None and not busy.done():
+                errors[pool.witnesses[0].url] = "still busy with an earlier checkpoint (no answer yet)"
+                continue
+            futs[i] = self._inflight[i] = self._executors[i].submit(pool.cosign, self.ledger, note)
+        concurrent.futures.wait(list(futs.values()), timeout=self.timeout)
+        lines: list[str] = []
+        for i, fut in futs.items():
+            url = self.pools[i].witnesses[0].url
+            if not fut.done():
+                errors[url] = f"no answer within {self.timeout:.2f} s"
+                with self._lock:
+                    self._late.append((block, fut))
+                continue
+            self._collect(fut, note, lines, errors, url)
         self.cosign_seconds.append(time.perf_counter() - t0)
-        self._drain(final_block=block)
+        cosigned = add_cosignatures(note, lines) if lines else note
+        got = self._count(cosigned) if lines else 0
+        if got:
+            self._store(block, cosigned)
+        if got < self.quorum:
+            self._record_shortfall(block, got, errors)
+        for url, why in errors.items() if got >= self.quorum else ():
+            log.info("flower-chain witnessing: block %d: witness %s did not cosign (%s); quorum met",
+                     block.header.height, url, safe_text(why, 300))
 
-    def _drain(self, final_block: StoredBlock | None = None) -> None:
-        """Store the results of finished submissions; record the shortfall of ``final_block`` if not finished."""
+    @staticmethod
+    def _collect(fut: concurrent.futures.Future, note: str, lines: list[str], errors: dict[str, str],
+                 url: str) -> None:
+        try:
+            got, errs = fut.result()
+        except Exception as e:  # noqa: BLE001 - a witness problem must never fail the round
+            errors[url] = f"{type(e).__name__}: {e}"
+            return
+        if errs:
+            errors.update(errs)
+        elif len(got) > len(note):
+            lines.append(got[len(note):])
+
+    def _drain(self) -> None:
+        """Add the cosignatures that arrived after their block's deadline."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            late, self._late = self._late, []
         keep = []
-        for block, fut in pending:
+        for block, fut in late:
             if not fut.done():
                 keep.append((block, fut))
-                if block is final_block:
-                    self._record_shortfall(block, 0, {e.url: f"{e.url}: no answer within {self.timeout:.1f} s"
-                                                      for e in self.pool.witnesses})
                 continue
-            try:
-                note, errors = fut.result()
-            except Exception as e:  # noqa: BLE001
-                note, errors = block.checkpoint, {e2.url: str(e) for e2 in self.pool.witnesses}
-            got = self._count(note)
-            if got:
-                self._store(block, note)
-            if got < self.quorum:
-                if block.hash not in self._reported:  # a late answer was already reported at the deadline
-                    self._record_shortfall(block, got, errors)
-            elif errors:
-                for url, why in errors.items():
-                    log.info("flower-chain witnessing: block %d: witness %s did not cosign (%s); quorum met",
-                             block.header.height, url, safe_text(why, 300))
+            lines: list[str] = []
+            self._collect(fut, block.checkpoint, lines, {}, "")
+            if lines:
+                self._store(block, add_cosignatures(self._notes.get(block.hash, block.checkpoint), lines))
         if keep:
             with self._lock:
-                self._pending = keep + self._pending
+                self._late = keep + self._late
 
     def _count(self, note: str) -> int:
         """Distinct trusted witnesses whose cosignature on ``note`` verifies (0 if the note does not)."""
@@ -213,7 +247,7 @@ class Witnessing:
 
     def _store(self, block: StoredBlock, note: str) -> None:
         best = self._notes.get(block.hash)
-        merged = add_cosignatures(best, [note[len(block.checkpoint):]]) if best else note
+        merged = add_cosignatures(best, [note[len(block.checkpoint):]]) if best and note != best else note
         self._notes[block.hash] = merged
         while len(self._notes) > _CACHE_BLOCKS:
             self._notes.pop(next(iter(self._notes)))
@@ -227,9 +261,6 @@ class Witnessing:
 
     def _record_shortfall(self, block: StoredBlock, got: int, errors: dict[str, str]) -> None:
         h = block.header
-        self._reported.add(block.hash)
-        if len(self._reported) > 4 * _CACHE_BLOCKS:
-            self._reported.pop()
         self.shortfall.append(Shortfall(h.height, h.log_size, got, self.quorum, dict(errors)))
         for url, why in (errors or {"-": "cosignature did not verify"}).items():
             log.warning("flower-chain witnessing: block %d (log size %d) has %d of %d cosignatures: witness %s "
@@ -249,15 +280,16 @@ class Witnessing:
         return head.checkpoint
 
     def close(self) -> None:
-        """Wait for submissions in flight (each bounded by the pool's deadline), store them, stop the worker."""
+        """Wait (at most ``timeout`` seconds) for late answers, store them, stop the workers."""
         if self._closed:
             return
         self._closed = True
         with self._lock:
-            futs = [f for _, f in self._pending]
-        concurrent.futures.wait(futs, timeout=self.timeout * 2 + 1)
+            futs = [f for _, f in self._late]
+        concurrent.futures.wait(futs, timeout=self.timeout)
         self._drain()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for ex in self._executors:
+            ex.shutdown(wait=False, cancel_futures=True)
 
 
 
