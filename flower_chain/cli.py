@@ -289,7 +289,8 @@ def ledger_verify(uri: str,
                                              help="also check the stored models, states and updates against "
                                                   "their digests"),
                   strict: bool = typer.Option(False, "--strict",
-                                              help="verdicts that cannot be re-derived from the ledger fail (exit 1)"),
+                                              help="verdicts that cannot be re-derived from the ledger, and (with "
+                                                   "--blobs) blobs that are not stored, fail (exit 1)"),
                   anchor_url: Optional[str] = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
                   contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
                   owner: Optional[str] = typer.Option(None, "--owner",
@@ -328,7 +329,7 @@ def ledger_verify(uri: str,
     not_rederived = getattr(report, "not_rederived", None) or {}
     equivocating = sorted(getattr(report, "equivocating_keys", None) or ())
     blob_problems = list(getattr(report, "blob_problems", None) or [])
-    failed = bool(blob_problems) or (strict and bool(not_rederived))
+    failed = strict and bool(not_rederived or blob_problems)
     if as_json:
         emit_json({"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
                    "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
@@ -360,12 +361,12 @@ def ledger_verify(uri: str,
     for kid in equivocating:
         err.print(f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
                   f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY", highlight=False)
-    for problem in blob_problems:
-        err.print(f"[bold red]BLOB[/] {problem}", highlight=False)
+    for problem in blob_problems:  # an altered blob fails verify itself; these are blobs that are not stored
+        err.print(("[bold red]BLOB[/] " if strict else "[bold yellow]BLOB[/] ") + problem, highlight=False)
     if failed:
-        err.print(f"[bold red]NOT VERIFIED[/] {uri}: "
-                  + (f"{len(blob_problems)} stored blobs do not check" if blob_problems else
-                     "--strict and some verdicts cannot be re-derived from the ledger"), highlight=False)
+        gaps = [f"{sum(not_rederived.values())} verdicts cannot be re-derived from the ledger"] if not_rederived else []
+        gaps += [f"{len(blob_problems)} blobs are missing"] if blob_problems else []
+        err.print(f"[bold red]NOT VERIFIED (--strict)[/] {uri}: {'; '.join(gaps)}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
     out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
               f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 
@@ -299,16 +300,6 @@ def test_summary_counts_train_and_evaluate_verdicts(fed):
     assert "evaluate replies" in text and "2 accepted, 1 rejected (unsigned 1)" in text
 
 
-def _verify_has_blobs() -> bool:
-    import inspect
-
-    from flower_chain.ledger.verify import verify
-
-    return "blobs" in inspect.signature(verify).parameters
-
-
-@pytest.mark.skipif(not _verify_has_blobs(), reason="needs verify(blobs=...) and the re-derived verdicts "
-                                                    "(issue 11 item 1, lead's verify.py)")
 def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     from flower_chain.ledger import UpdateEntry
 
@@ -325,8 +316,22 @@ def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     r = cli("ledger", "verify", fed.uri, "--strict", check_rc=1)
     assert "not re-derivable" in r.stderr
     assert json.loads(cli("ledger", "verify", fed.uri, "--strict", "--json", check_rc=1).stdout)["verified"] is False
-    doc = json.loads(cli("ledger", "verify", fed.uri, "--blobs", "--json").stdout)
-    assert doc["blobs_checked"] is True and isinstance(doc["blob_problems"], list)
+    # the synthetic ledger names models it never stored: listed with --blobs, a failure with --strict
+    doc = json.loads(cli("ledger", "verify", fed.uri, "--blobs", "--json", check_rc=0).stdout)
+    assert doc["blobs_checked"] is True and any("is not in the blob store" in p for p in doc["blob_problems"])
+    r = cli("ledger", "verify", fed.uri, "--blobs", check_rc=0)
+    assert "BLOB block 1: model_after" in r.stderr
+    r = cli("ledger", "verify", fed.uri, "--blobs", "--strict", check_rc=1)
+    assert "blobs are missing" in r.stderr
+    # an altered blob is a failure without --strict
+    from flower_chain.ledger.arrays import encode_arrays
+    from tests import dishonest
+
+    digest = fed.ledger.head().header.model_after
+    fed.ledger.close()
+    dishonest.put_blob(fed.uri, digest, encode_arrays([("w", np.zeros(3, np.float32))]))
+    r = cli("ledger", "verify", fed.uri, "--blobs", check_rc=1)
+    assert "does not match its digest" in r.stderr
 
 
 def test_verify_anchor_options_need_an_anchor(fed):
