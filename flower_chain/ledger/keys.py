@@ -75,7 +75,7 @@ def _double(X: int, Y: int, Z: int) -> tuple[int, int, int]:
     return (B - C - D) * J % _P, F * (E - D) % _P, F * J % _P
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1 << 16)
 def public_key_problem(raw: bytes) -> str | None:
     """Why ``raw`` is not an acceptable Ed25519 public key, or ``None`` when it is.
 
@@ -135,7 +135,7 @@ def check_public_raw(raw: bytes, where: str = "") -> bytes:
     return bytes(raw)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1 << 16)
 def _key_object(raw: bytes) -> Ed25519PublicKey | None:
     """The key object of an acceptable raw public key (built once per key), else ``None``."""
     if public_key_problem(raw) is not None:

@@ -44,6 +44,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from flower_chain.ledger.entries import UpdateEntry, UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import LedgerError
@@ -135,6 +136,12 @@ class Verdict:
 SignatureCheck = Callable[[bytes, bytes, bytes], bool]  # (raw public key, signature, message) -> valid
 
 
+@lru_cache(maxsize=1 << 15)
+def decode_statement(data: bytes) -> UpdateStatement:
+    """:meth:`UpdateStatement.from_bytes`, remembered (the server and the judge's workers decode each once)."""
+    return UpdateStatement.from_bytes(data)
+
+
 def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
     if ev.precheck is not None:
         return Verdict(*ev.precheck)
@@ -143,7 +150,7 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
     if len(ev.statement) > MAX_STATEMENT:
         return Verdict("malformed", f"statement of {len(ev.statement)} bytes (at most {MAX_STATEMENT})")
     try:
-        st = UpdateStatement.from_bytes(ev.statement)
+        st = decode_statement(ev.statement)
     except (LedgerError, TypeError, ValueError) as e:
         return Verdict("malformed", f"statement does not decode: {safe_text(e, 200)}")
     kid = st.key_id if KEY_ID.fullmatch(st.key_id) else ""  # only a well-formed key id is recorded

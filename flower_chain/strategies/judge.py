@@ -21,9 +21,11 @@ import numpy as np
 
 from flower_chain.ledger import policy
 from flower_chain.ledger.arrays import array_digest
-from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry, UpdateStatement
+from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
-from flower_chain.ledger.keys import verify_signature
+from cryptography.exceptions import InvalidSignature
+
+from flower_chain.ledger.keys import _key_object, verify_signature
 from flower_chain.ledger.text import safe_text
 
 NamedArrays = Sequence[tuple[str, np.ndarray]]
@@ -116,6 +118,8 @@ class Judge:
             raise ValueError(f"verify_workers must be at least 1, not {verify_workers}")
         self.verify_workers = int(verify_workers)
         self.keys = dict(keys)
+        # Key objects built (and checked: small-order, non-canonical) once, when the server starts, not in a round.
+        self._objects = {kid: _key_object(bytes(raw)) for kid, raw in self.keys.items()}
         self.revoked = revoked
         self._pool: ThreadPoolExecutor | None = None
         self._rounds: dict[tuple[str, int], policy.RoundRules] = {}
@@ -162,12 +166,20 @@ class Judge:
         sig = None
         if precheck is None and ev.statement and len(ev.signature) == policy.MAX_SIGNATURE:
             try:
-                raw = self.keys.get(UpdateStatement.from_bytes(ev.statement).key_id)
+                key = self._objects.get(policy.decode_statement(ev.statement).key_id)
             except (LedgerError, TypeError, ValueError):
-                raw = None
-            if raw is not None:
-                sig = (ev.statement, ev.signature, verify_signature(raw, ev.signature, ev.statement))
+                key = None
+            if key is not None:
+                try:
+                    key.verify(ev.signature, ev.statement)
+                    ok = True
+                except (InvalidSignature, ValueError):
+                    ok = False
+                sig = (ev.statement, ev.signature, ok)
         return ev, sig
+
+    def _prepare_all(self, replies: Sequence[Reply]) -> list:
+        return [self._prepare(r) for r in replies]
 
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
         """The judgement on every reply of a round, in the order given (= the order recorded)."""
@@ -178,9 +190,12 @@ class Judge:
         if self.verify_workers > 1 and len(replies) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
-            prepared = list(self._pool.map(self._prepare, replies))
+            # a few chunks per worker: large replies spread evenly, small ones cost no per-task overhead
+            size = max(1, -(-len(replies) // (4 * self.verify_workers)))
+            chunks = [replies[i:i + size] for i in range(0, len(replies), size)]
+            prepared = [p for chunk in self._pool.map(self._prepare_all, chunks) for p in chunk]
         else:
-            prepared = [self._prepare(r) for r in replies]
+            prepared = self._prepare_all(replies)
         checked = {(s, g): ok for _, sig in prepared if sig is not None for s, g, ok in [sig]}
 
         def check(raw: bytes, signature: bytes, statement: bytes) -> bool:

@@ -24,10 +24,29 @@ from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 
 
+def _as_judged(msg: Message, reply) -> Message:
+    """The accepted reply as the wrapped strategy gets it: the judged ArrayRecord and MetricRecord, under the
+    names ``arrays`` and ``metrics`` (Flower's strategies require every reply to use the same names)."""
+    arrays_rec, metrics_rec = reply.records
+    content = msg.content
+    if content.array_records.get(parse.ARRAYS_RECORD) is arrays_rec and \
+            content.metric_records.get(parse.METRICS_RECORD) is metrics_rec:
+        return msg  # already so (Flower's quickstarts use these names): no copy
+    return make_message(metadata=msg.metadata, content=RecordDict(
+        {parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec} if arrays_rec is not None
+        else {parse.METRICS_RECORD: metrics_rec}))
+
+
 def strategy_config(strategy: Any) -> dict[str, Any]:
-    """The plain settings of a strategy (recorded as a digest in the genesis)."""
-    return {k: v for k, v in sorted(vars(strategy).items())
-            if isinstance(v, (bool, int, float, str)) and not k.startswith("_")}
+    """The plain settings of a strategy, and of the one it wraps (``strategy.<name>``, e.g. a DP wrapper's
+    inner FedAvg): recorded in the blob store, their digest in the genesis, for ``flower-chain ledger audit``."""
+    out = {k: v for k, v in sorted(vars(strategy).items())
+           if isinstance(v, (bool, int, float, str)) and not k.startswith("_")}
+    inner = vars(strategy).get("strategy")
+    if inner is not None and inner is not strategy:
+        out["strategy.class"] = type(inner).__name__
+        out.update({f"strategy.{k}": v for k, v in strategy_config(inner).items()})
+    return out
 
 
 class LedgerStrategy(Strategy):
@@ -159,10 +178,7 @@ class LedgerStrategy(Strategy):
         kept = []
         for msg, reply, j in zip(msgs, parsed, judgements):
             if j.accepted:
-                arrays_rec, metrics_rec = reply.records
-                content = RecordDict({parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec}
-                                     if arrays_rec is not None else {parse.METRICS_RECORD: metrics_rec})
-                kept.append((j.entry.key_id, make_message(metadata=msg.metadata, content=content), reply.arrays))
+                kept.append((j.entry.key_id, _as_judged(msg, reply), reply.arrays))
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
         return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
 

@@ -115,10 +115,9 @@ class Recorder:
             self.state_digest = array_digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        if self._store_updates(accepted_arrays):
-            for arrays in accepted_arrays:
-                blob = encode_arrays(arrays)  # a blob's address is its array digest (SHA-256 of the stream)
-                self.ledger.put_blob(blob, hashlib.sha256(blob).digest())
+        if self._store_updates(accepted_arrays):  # a blob's address is its array digest (SHA-256 of the stream)
+            blobs = [encode_arrays(arrays) for arrays in accepted_arrays]
+            self.ledger.put_blobs((hashlib.sha256(b).digest(), b) for b in blobs)
         block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
                                    state_after=self.state_digest)
         self.model_digest, self.last_round = after, int(server_round)

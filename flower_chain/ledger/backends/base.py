@@ -119,6 +119,11 @@ class Ledger(abc.ABC):
             self._put_blob(digest, data)
         return digest
 
+    def put_blobs(self, items) -> None:
+        """Store many ``(digest, data)`` blobs (a round's client updates); backends batch them in one transaction."""
+        for digest, data in items:
+            self.put_blob(data, digest)
+
     def reload(self) -> None:  # noqa: B027 - backends that read through to storage need nothing
         """Pick up changes another process made to the stored ledger."""
 

@@ -384,6 +384,19 @@ class PostgresLedger(Ledger):
         self._run("storing a blob", lambda c: c.execute(
             "INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data))))
 
+    def put_blobs(self, items) -> None:
+        """Many blobs in one transaction (idempotent: a retry after a reconnect inserts nothing twice)."""
+        rows = [(bytes(d), bytes(data)) for d, data in items]
+        if not rows:
+            return
+        self._writable()
+
+        def insert(c):
+            with c.transaction():
+                c.cursor().executemany("INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", rows)
+
+        self._run("storing blobs", insert)
+
     def get_blob(self, digest: bytes) -> bytes:
         row = self._run("reading a blob", lambda c: c.cursor(binary=True).execute(
             "SELECT data FROM fc_blobs WHERE digest = %s", (digest,)).fetchone())

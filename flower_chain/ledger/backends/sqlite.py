@@ -191,6 +191,21 @@ class SQLiteLedger(Ledger):
             self._writable()
             self._conn.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
 
+    def put_blobs(self, items) -> None:
+        """Many blobs in one transaction (one fsync, not one per blob)."""
+        rows = [(bytes(d), bytes(data)) for d, data in items]
+        if not rows:
+            return
+        with self._lock, _db_errors(self.path):
+            self._writable()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     def get_blob(self, digest: bytes) -> bytes:
         with _db_errors(self.path):
             row = self._conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
