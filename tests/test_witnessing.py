@@ -351,7 +351,8 @@ def test_a_down_or_hanging_witness_costs_at_most_the_timeout_and_is_recorded(tmp
             s = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key,
                                federation_id=FED, witness_quorum=2, witness_timeout=timeout,
                                witnesses=[(url, witness.verifier_key),
-                                          (down_url, make_witness(tmp_path, server_key, "witness.test/w2").verifier_key),
+                                          (down_url,
+                                           make_witness(tmp_path, server_key, "witness.test/w2").verifier_key),
                                    (hang_url, make_witness(tmp_path, server_key, "witness.test/w3").verifier_key)])
             try:
                 side = Side(s, clients.keys, [make_signing_mod(k) for k in clients.keys], [{}] * 3)

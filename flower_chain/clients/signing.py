@@ -286,7 +286,7 @@ def anchor_settings(context: Context, url=None, contract=None, owner=None) -> An
 
 def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None,
                      witness_keys=None, witness_quorum: int | None = None, anchor: str | None = None,
-                     anchor_contract: str | None = None, anchor_owner: str | None = None):
+                     anchor_contract: str | None = None, anchor_owner: str | None = None, cosign: bool = True):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
     Receipts are kept per key in ``receipts_dir/<key id>/`` (or under node config ``receipts-dir`` /
@@ -309,6 +309,8 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
     anchor, anchor_contract, anchor_owner : str, optional
         The EVM anchor to compare checkpoints with (default: node config ``anchor``,
         ``anchor-contract``, ``anchor-owner`` / their environment variables).
+    cosign : bool
+        Return the client's cosignature of every checkpoint whose checks all passed (default True).
 
     Raises
     ------
@@ -351,7 +353,8 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             log.error("flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",
                       ctx.round)
             return reply  # unsigned: the server records it as such, the refusal is counted as a receipt error
-        cosig = cosign_checkpoint(result.note, signer) if result is not None and result.cosignable else None
+        cosig = cosign_checkpoint(result.note, signer) if cosign and result is not None and result.cosignable \
+            else None
         return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming, cosignature=cosig)
 
     return signing_mod
