@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flower_chain.clients.receipts import ERRORS_LOG, METRIC_ERRORS, origin_dir_name, origin_for, read_counts
 from flower_chain.clients.signing import make_signing_mod
-from flower_chain.ledger import decode_entry, merkle, open_ledger
+from flower_chain.ledger import decode_entry, merkle, open_ledger, verify
 from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key
 from flower_chain.ledger.cosignature import (
     check_client_cosignature,
@@ -72,7 +72,13 @@ class Side:
 
     def verdicts(self):
         h = self.strategy.ledger.head().header
-        return [decode_entry(e).reason for e in self.strategy.ledger.entries(h.first_index, h.log_size)]
+        entries = [decode_entry(e) for e in self.strategy.ledger.entries(h.first_index, h.log_size)]
+        return [e.reason for e in entries if e.TYPE == "update"]
+
+    def cosignatures(self):
+        h = self.strategy.ledger.head().header
+        entries = [decode_entry(e) for e in self.strategy.ledger.entries(h.first_index, h.log_size)]
+        return [e for e in entries if e.TYPE == "cosignature"]
 
 
 def fork_of(a: LedgerStrategy, path) -> str:
@@ -224,6 +230,10 @@ def test_clients_cosign_what_they_verified_and_detect_the_fork_when_the_views_me
                 assert check_client_cosignature(line, note, raw_public(k))
                 other = clients.keys[5] if k is not clients.keys[5] else clients.keys[0]
                 assert not check_client_cosignature(line, note, raw_public(other))
+        # the server recorded each verified client's cosignature in the round's block; verify re-checks them
+        recorded = side_a.cosignatures()
+        assert sorted(e.key_id for e in recorded) == sorted(key_id(k) for k in clients.keys[:3])
+        assert verify(a.ledger, client_signatures=True).client_cosignatures == 3 + 3  # rounds 2 (and 1's head)
         # a cosignature by A's client on A's checkpoint is no cosignature of B's checkpoint of the same size
         line_a, note_a, note_b = side_a.replies[2][0].content[SIG_RECORD][COSIGNATURE], side_a.sent[2][0], \
             side_b.sent[2][0]
@@ -390,3 +400,34 @@ def test_witnessing_rejects_bad_settings(tmp_path):
         Witnessing(ledger, [("http://127.0.0.1:1", "garbage")], quorum=1)
     with pytest.raises(ValueError, match="between 1 and 1"):
         verify_witnessed(ledger, [key], 2)
+
+
+def test_verify_fails_on_a_cosignature_the_client_did_not_make(tmp_path):
+    """A dishonest server that re-signs its history cannot record a client cosignature of another checkpoint."""
+    import dataclasses
+
+    from flower_chain.ledger.errors import VerificationError
+    from tests.dishonest import rewrite
+
+    server_key = Ed25519PrivateKey.generate()
+    clients = Clients(3)
+    path = tmp_path / "a.db"
+    a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{path}", keyring=clients.keyring, server_key=server_key,
+                       federation_id=FED)
+    mods = [make_signing_mod(k, receipts_dir=tmp_path / "r") for k in clients.keys]
+    side = Side(a, clients.keys, mods, [{}] * 3)
+    for rnd in (1, 2):
+        side.round(rnd)
+    a.core.close()
+
+    def swap_lines(blocks):  # give client 0's cosignature of round 1 to round 2 (another checkpoint)
+        lines = [[e for e in entries if getattr(e, "TYPE", "") == "cosignature"] for _, entries in blocks]
+        r1 = next(c for c in lines if c and c[0].round == 1)[0]
+        for _, entries in blocks:
+            for i, e in enumerate(entries):
+                if getattr(e, "TYPE", "") == "cosignature" and e.round == 2 and e.key_id == r1.key_id:
+                    entries[i] = dataclasses.replace(e, line=r1.line)
+
+    rewrite(path, server_key, swap_lines)
+    with open_ledger(f"sqlite:///{path}") as led, pytest.raises(VerificationError, match="cosignature"):
+        verify(led, client_signatures=True)

@@ -147,7 +147,24 @@ class RevocationEntry(_Entry):
     created_ms: int
 
 
-Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry
+@_register
+@dataclass(frozen=True)
+class CosignatureEntry(_Entry):
+    """A client's C2SP cosignature/v1 of the checkpoint it was sent with the round's instruction.
+
+    ``size`` is that checkpoint's log size: the log after the block before this one. Clients
+    that verified consistency vouch for the log they saw (clients as witnesses); anyone with
+    the genesis keyring can check the line (docs/ledger-format.md §3).
+    """
+
+    TYPE: ClassVar[str] = "cosignature"
+    key_id: str
+    round: int
+    size: int
+    line: str
+
+
+Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry
 
 
 def decode_entry(data: bytes) -> Entry:

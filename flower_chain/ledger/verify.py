@@ -42,6 +42,7 @@ from flower_chain.ledger.entries import (
     REASONS,
     REJECTED,
     GenesisEntry,
+    CosignatureEntry,
     RevocationEntry,
     UpdateEntry,
     decode_entry,
@@ -81,6 +82,8 @@ class VerifyReport:
     not_rederived: Counter = field(default_factory=Counter)
     #: verdicts re-derived from ledger content and found equal to the recorded ones
     verdicts_rederived: int = 0
+    #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key
+    client_cosignatures: int = 0
     #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
     blob_problems: list = field(default_factory=list)
 
@@ -135,6 +138,7 @@ def verify(
         raise VerificationError("the ledger is empty: it has no genesis block")
     log = merkle.CompactRange()
     prev_hash, prev_ts, last_model = ZERO_HASH, 0, b""
+    prev_block = None
     genesis: GenesisEntry | None = None
     pub: bytes = b""
     revoked: set[str] = set()
@@ -189,6 +193,8 @@ def verify(
                         pub = genesis.server_key
                         report.federation_id = genesis.federation_id
                         report.server_key_id = key_id(pub)
+                    elif isinstance(entry, CosignatureEntry):
+                        _check_cosignature(entry, h, i, genesis, prev_block, report)
                     else:
                         _check_entry(entry, h, i, genesis, revoked, report)
                         if isinstance(entry, UpdateEntry):
@@ -225,7 +231,7 @@ def verify(
             last_model = h.model_after or last_model
             report.state_digest = h.state_after
             report.last_round = max(report.last_round, h.round)
-            prev_hash, prev_ts = block.hash, h.timestamp_ms
+            prev_hash, prev_ts, prev_block = block.hash, h.timestamp_ms, block
             if height:
                 rounds.add(h.round)
             report.checkpoint = block.checkpoint
@@ -289,6 +295,22 @@ def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: 
     else:
         raise VerificationError(f"unknown verdict {entry.verdict!r}", height=h.height, entry=i)
     report.verdicts[(entry.kind, policy.recorded_reason(entry))] += 1
+
+
+def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis: GenesisEntry, prev_block,
+                       report: VerifyReport) -> None:
+    """A client's cosignature must verify, under its genesis key, over the checkpoint of the block before."""
+    from flower_chain.ledger.cosignature import check_client_cosignature
+
+    report.entry_types[entry.TYPE] += 1
+    raw = genesis.client_keys.get(entry.key_id)
+    if entry.round != h.round or prev_block is None or entry.size != prev_block.header.log_size:
+        raise VerificationError("a client cosignature of another round or checkpoint than the one the round was "
+                                "built on", height=h.height, entry=i)
+    if raw is None or not check_client_cosignature(entry.line, prev_block.checkpoint, raw, max_future_s=None):
+        raise VerificationError(f"the cosignature recorded for client {entry.key_id} does not verify over the "
+                                f"checkpoint of size {entry.size}", height=h.height, entry=i)
+    report.client_cosignatures += 1
 
 
 def _update_arrays(ledger: Ledger, entry: UpdateEntry, blobs: bool):

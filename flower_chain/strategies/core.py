@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flower_chain.ledger import open_ledger
 from flower_chain.ledger.arrays import cast_like
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.entries import UpdateEntry
+from flower_chain.ledger.cosignature import check_client_cosignature
+from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
 from flower_chain.ledger.policy import OK, PRECHECK_REASONS
@@ -245,7 +246,8 @@ class LedgerCore:
         before = rules.base_digest if rules else self.model_digest
         t0 = time.perf_counter()
         block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
-                                           [j.entry for j in judgements], accepted_arrays, aggregated, state)
+                                           [j.entry for j in judgements] + self._cosignatures(server_round, judgements),
+                                           accepted_arrays, aggregated, state)
         self.receipts.committed(block.header.first_index, [(j.entry, j.verified) for j in judgements])
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {
@@ -258,12 +260,33 @@ class LedgerCore:
     def commit_evaluation(self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any],
                           judgements: Sequence[Judgement] = ()) -> None:
         """Append a block with an evaluation summary (and the judged evaluate replies, if any)."""
-        entries: list = [j.entry for j in judgements]
+        entries: list = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
         entries.append(self.recorder.evaluation_entry(server_round, source, num_replies, metrics))
         parent = self._parents.get(("evaluate", int(server_round))) if judgements else None
         block = self.recorder.commit(server_round, entries, parent)
         self.receipts.committed(block.header.first_index, [(j.entry, j.verified) for j in judgements])
         self._log_rejections(server_round, judgements)
+
+    def _cosignatures(self, server_round: int, judgements: Sequence[Judgement]) -> list[CosignatureEntry]:
+        """The clients' cosignatures of the checkpoint they were sent (the head this round was built on).
+
+        Only verified replies carry one into the ledger, and only a line that verifies under the
+        client's genesis key over that checkpoint is recorded (``verify`` checks each again).
+        """
+        head = self.writer.head
+        out = []
+        for j in judgements:
+            if not j.cosignature:
+                continue
+            raw = self.keys.get(j.entry.key_id)
+            if raw is not None and check_client_cosignature(j.cosignature, head.checkpoint, raw):
+                out.append(CosignatureEntry(key_id=j.entry.key_id, round=int(server_round),
+                                            size=head.header.log_size, line=j.cosignature))
+            else:
+                log.warning("round %d: node %s (key %s) sent a cosignature that does not verify over the checkpoint "
+                            "of size %d it was sent", server_round, safe_text(j.entry.node_id, 24), j.entry.key_id,
+                            head.header.log_size)
+        return out
 
     @staticmethod
     def _log_rejections(server_round: int, judgements: Sequence[Judgement]) -> None:

@@ -64,6 +64,7 @@ class Judgement:
     detail: str
     entry: UpdateEntry
     verified: bool = False  # the signature verified under the genesis key the entry names
+    cosignature: str | None = None  # the client's cosignature of the checkpoint it was sent (verified replies)
 
 
 def template_of(arrays: NamedArrays) -> policy.ArrayMeta:
@@ -211,7 +212,8 @@ class Judge:
                 verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=safe_text(vd.detail, 500),
                 num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
                 statement=ev.statement, signature=ev.signature)
-            out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified))
+            out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified,
+                                 reply.cosignature if vd.verified else None))
         return out
 
     def close(self) -> None:
