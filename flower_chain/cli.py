@@ -296,6 +296,10 @@ def ledger_verify(uri: str,
                   owner: Optional[str] = typer.Option(None, "--owner",
                                                       help="the account that must own the anchor contract"),
                   chain_id: Optional[int] = typer.Option(None, "--chain-id"),
+                  witness: list[str] = typer.Option([], "--witness",
+                                                    help="a witness verifier key (NAME+KEYID+BASE64); repeat for more"),
+                  witness_quorum: int = typer.Option(0, "--witness-quorum",
+                                                     help="cosignatures the head must carry (default: 1)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
     expected = _read_server_key(server_key) if server_key else None
@@ -303,8 +307,10 @@ def ledger_verify(uri: str,
         fail("--anchor needs --contract ADDRESS to verify against")
     if (owner or contract) and not anchor_url:
         fail("--contract and --owner need --anchor evm+http://HOST:PORT")
+    if witness_quorum and not witness:
+        fail("--witness-quorum needs at least one --witness VKEY")
     ledger = _open(uri)
-    anchors = None
+    anchors = witnessed = None
     try:
         kwargs: dict[str, Any] = {"server_key": expected, "client_signatures": client_signatures}
         if blobs:
@@ -319,6 +325,15 @@ def ledger_verify(uri: str,
 
             anchors = verify_against_chain(ledger, _evm(ledger, anchor_url, contract, None, chain_id, False, "auto",
                                                         need_key=False), owner=owner)
+        if witness:
+            from flower_chain.strategies.witnessing import verify_witnessed
+
+            try:
+                witnessed = verify_witnessed(ledger, list(witness), quorum=witness_quorum or 1)
+            except ValueError as e:
+                fail(str(e))
+            if not witnessed.ok:
+                raise VerificationError(f"witness cosignatures: {witnessed.summary()}")
     except KeyFileError as e:
         fail(str(e))
     except VerificationError as e:
@@ -338,6 +353,8 @@ def ledger_verify(uri: str,
                    "verdicts_rederived": getattr(report, "verdicts_rederived", 0),
                    "not_rederived": dict(not_rederived), "equivocating_keys": equivocating,
                    "blobs_checked": blobs, "blob_problems": blob_problems, "strict": strict,
+                   "client_cosignatures": report.client_cosignatures,
+                   "witnessed": witnessed.to_dict() if witnessed is not None else None,
                    "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
                    "server_key_id": report.server_key_id})
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
@@ -351,6 +368,10 @@ def ledger_verify(uri: str,
         for kind in sorted({k for k, _ in verdicts}):
             row = {reason: n for (k, reason), n in verdicts.items() if k == kind}
             out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
+    if witnessed is not None:
+        out.print(f"witnesses: {witnessed.summary()}", highlight=False)
+    if report.client_cosignatures:
+        out.print(f"client cosignatures checked: {report.client_cosignatures}", highlight=False)
     rederived = getattr(report, "verdicts_rederived", 0)
     if rederived or not_rederived:
         out.print(f"verdicts re-derived from the ledger: {rederived}", highlight=False)

@@ -165,6 +165,18 @@ def test_split_view_the_witness_refuses_fork_b_and_its_clients_refuse_to_sign(tm
             # another witness key (one the operator controls) proves nothing
             other = make_witness(tmp_path, server_key, "witness.test/other").verifier_key
             assert not verify_witnessed(a.ledger, [other], 1).ok
+            # the same through the CLI an auditor runs: exit 0 for A, 1 for the fork
+            from typer.testing import CliRunner
+
+            from flower_chain.cli import app as cli
+
+            run = CliRunner().invoke
+            ok = run(cli, ["ledger", "verify", f"sqlite:///{tmp_path / 'a.db'}", "--witness", vkey])
+            assert ok.exit_code == 0 and "witnesses:" in ok.output, ok.output
+            bad = run(cli, ["ledger", "verify", str(b.ledger.uri), "--witness", vkey, "--witness-quorum", "1"])
+            assert bad.exit_code == 1 and "NOT witnessed" in bad.output, bad.output
+            usage = run(cli, ["ledger", "verify", f"sqlite:///{tmp_path / 'a.db'}", "--witness-quorum", "1"])
+            assert usage.exit_code == 2
         finally:
             a.core.close()
             b.core.close()
