@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> dict:
     """Check the arguments, prepare data, keys and output; return the run config overrides."""
-    from flower_chain.clients import data as data_mod
+    from flower_chain.app import data as data_mod
 
     if args.dataset not in data_mod.DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(data_mod.DATASETS)}")
@@ -85,7 +85,7 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(f"unknown partition {args.partition!r}; choose iid or dirichlet")
     if args.partition == "dirichlet" and args.alpha <= 0:
         raise UsageError("--alpha must be positive")
-    from flower_chain.server_app import STRATEGIES
+    from flower_chain.app.server_app import STRATEGIES
 
     if args.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -164,7 +164,7 @@ def validate(args: argparse.Namespace) -> dict:
         print(f"[flower-chain] resuming {rep.federation_id}: {rep.blocks} verified blocks, last round "
               f"{rep.last_round}", flush=True)
     if not args.no_ledger:
-        from flower_chain.strategies.setup import prepare_keys
+        from flower_chain.app.setup import prepare_keys
 
         federation = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         ledger = args.ledger or f"sqlite:///{out / f'ledger-{federation}.db'}"
@@ -184,8 +184,8 @@ def run_simulation(overrides: dict, num_clients: int) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from flower_chain.client_app import make_client_app
-    from flower_chain.server_app import make_server_app
+    from flower_chain.app.client_app import make_client_app
+    from flower_chain.app.server_app import make_server_app
 
     if overrides.get("keys-dir"):
         os.environ["FLOWER_CHAIN_SIGNING_KEY"] = str(Path(overrides["keys-dir"]) / "clients")

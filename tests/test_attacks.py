@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flwr.app import Context, ConfigRecord, RecordDict
 
-from flower_chain.clients.attacks import CRYPTO_ATTACKS, EXPECTED_REASON, make_client_mod
+from flower_chain.app.attacks import CRYPTO_ATTACKS, EXPECTED_REASON, make_client_mod
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.keys import Keyring, key_id, load_private
 from flower_chain.ledger.outliers import attribute_outliers
 from flower_chain.strategies import LedgerStrategy
-from flower_chain.strategies.setup import prepare_keys
+from flower_chain.app.setup import prepare_keys
 from tests.fl_helpers import FakeGrid, arrays, fedavg, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")

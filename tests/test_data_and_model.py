@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from flower_chain.clients import data as data_mod
+from flower_chain.app import data as data_mod
 
 
 def write_idx(path, arr: np.ndarray, gz: bool = False):
@@ -155,7 +155,7 @@ def test_local_train_val_split(tmp_path):
 
 def test_models_and_training_step():
     torch = pytest.importorskip("torch")
-    from flower_chain.clients import model
+    from flower_chain.app import model
 
     assert sum(p.numel() for p in model.Net((28, 28, 1)).parameters()) == 184_586
     assert sum(p.numel() for p in model.Net((32, 32, 3)).parameters()) == 259_914

@@ -1,4 +1,4 @@
-"""Client side: sign (``signing_mod``, no torch needed) and train (the bundled torch clients)."""
+"""Client side: sign updates (``signing_mod``, no torch needed); the torch demo clients are in :mod:`flower_chain.app`."""
 
 from flower_chain.clients.signing import make_signing_mod, signing_mod
 

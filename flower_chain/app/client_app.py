@@ -13,9 +13,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_chain.clients import data as data_mod
-from flower_chain.clients import model as model_mod
-from flower_chain.clients.attacks import LABEL_FLIP, make_client_mod
+from flower_chain.app import data as data_mod
+from flower_chain.app import model as model_mod
+from flower_chain.app.attacks import LABEL_FLIP, make_client_mod
 from flower_chain.config import resolve
 
 

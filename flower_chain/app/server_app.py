@@ -20,8 +20,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 
-from flower_chain.clients import data as data_mod
-from flower_chain.clients import model as model_mod
+from flower_chain.app import data as data_mod
+from flower_chain.app import model as model_mod
 from flower_chain.config import resolve
 
 
@@ -141,7 +141,7 @@ def run_federation(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     out_dir = Path(str(cfg["out-dir"]))
     inner = build_strategy(cfg)
 
-    from flower_chain.strategies.setup import wrap_with_ledger  # noqa: PLC0415 - keeps no-ledger runs light
+    from flower_chain.app.setup import wrap_with_ledger  # noqa: PLC0415 - keeps no-ledger runs light
 
     strategy, ledger_info = wrap_with_ledger(inner, cfg, out_dir, num_nodes=len(list(grid.get_node_ids())))
     rounds = RoundLog(out_dir, cfg, extra=getattr(strategy, "round_stats", None))
