@@ -13,6 +13,7 @@ from flower_chain.ledger import UpdateEntry, decode_entry, open_ledger, verify
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import key_id
 from flower_chain.strategies import LedgerStrategy
+from flower_chain.strategies.core import TooFewAcceptedError
 from flower_chain.wire import CTX_FEDERATION, CTX_PARENT, SIG_RECORD, SIGNATURE
 from tests.fl_helpers import (
     Clients,
@@ -248,12 +249,12 @@ def test_equivocation_rejects_every_reply_of_the_key_and_keeps_both_statements()
         assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()
 
 
-def test_all_rejected_round_keeps_the_model_and_records_everything():
+def test_a_round_below_min_accepted_is_recorded_then_stops_the_run():
     s = Setup()
     msgs = s.instructions(1)
     replies = [signed_train_reply(m, None, arrays(1), 5) for m in msgs]
-    agg, metrics = s.strategy.aggregate_train(1, replies)
-    assert agg is None and metrics is None
+    with pytest.raises(TooFewAcceptedError, match="0 of 4 replies accepted.*unsigned 4"):
+        s.strategy.aggregate_train(1, replies)
     entries = s.block_entries()
     assert [e.reason for e in entries] == ["unsigned"] * 4
     head = s.strategy.ledger.head().header
@@ -341,3 +342,32 @@ def test_wraps_flower_strategies_and_matches_them(make):
         assert a.numpy().dtype == s.global_arrays[name].numpy().dtype
         np.testing.assert_array_equal(a.numpy(), b.numpy().astype(a.numpy().dtype))
     assert s.strategy.round_stats(1)["rejected"] == 1
+
+
+def test_min_accepted_zero_keeps_the_model_when_every_reply_is_rejected():
+    s = Setup()
+    s.strategy.min_accepted = 0
+    msgs = s.instructions(1)
+    agg, metrics = s.strategy.aggregate_train(1, [signed_train_reply(m, None, arrays(1), 5) for m in msgs])
+    assert agg is None and metrics is None
+    head = s.strategy.ledger.head().header
+    assert head.model_before == head.model_after
+
+
+def test_the_end_of_run_summary_counts_train_and_evaluate_verdicts_and_says_how_to_verify():
+    s = Setup()
+    s.aggregate(1, s.honest(1))
+    lines = s.strategy.core.summary_lines()
+    assert lines[0].startswith("flower-chain: federation fed-a, ledger memory:")
+    assert "train replies: 4 accepted, 0 rejected" in lines[1]
+    assert lines[-1].strip() == "verify it:  flower-chain ledger verify memory:"
+
+
+def test_run_id_in_the_ledger_uri_gives_each_run_its_own_ledger(tmp_path):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    clients = Clients(2)
+    s = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path}/ledger-{{run_id}}.db", keyring=clients.keyring,
+                       server_key=Ed25519PrivateKey.generate())
+    assert s.ledger.uri.endswith(f"ledger-{TaskIdentity.run_id}.db") and (tmp_path / f"ledger-{TaskIdentity.run_id}.db").exists()
+    s.close()

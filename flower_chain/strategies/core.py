@@ -35,7 +35,11 @@ from flower_chain.wire import LedgerContext
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
-__all__ = ["STORE_UPDATES_LIMIT", "Judgement", "LedgerCore", "Reply"]
+__all__ = ["STORE_UPDATES_LIMIT", "Judgement", "LedgerCore", "Reply", "TooFewAcceptedError"]
+
+
+class TooFewAcceptedError(LedgerError):
+    """A round accepted fewer replies than ``min_accepted``: the run stops (the round is on the ledger)."""
 #: Verdicts reached only after the reply's signature verified (a ledger's entries are indexed for receipts by them).
 _VERIFIED_REASONS = {OK, "wrong-round", "wrong-federation", "stale-parent", "wrong-base-model", "digest-mismatch",
                      "num-examples-mismatch", "duplicate", "equivocation"}
@@ -101,6 +105,7 @@ class LedgerCore:
                                  store_client_updates=store_client_updates)
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
         self.stats: dict[int, dict[str, Any]] = {}
+        self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
         self.anchor = None
         self._parents: dict[tuple[str, int], bytes] = {}
         self._dtypes: dict[int, list] = {}  # train round -> dtypes of its global model (the aggregate is cast back)
@@ -199,8 +204,10 @@ class LedgerCore:
         self.writer.check_head()
         if kind == "train" and int(server_round) <= self.last_round:
             raise LedgerError(
-                f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}; "
-                "a new run needs a new ledger (another --ledger or --out), or resume=True to continue it")
+                f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}: "
+                "to continue that federation pass resume=True to LedgerStrategy (run.py: --resume); for a new run "
+                "give a new ledger (run.py: another --ledger or --out; in a Flower App a URI with {run_id}, e.g. "
+                "'sqlite:///ledger-{run_id}.db', makes one per run). Nothing was written")
         parent = self.writer.head_hash
         rules = self.judge.begin(self.federation_id, kind, server_round, parent, arrays)
         self._parents[(kind, int(server_round))] = parent
@@ -223,6 +230,7 @@ class LedgerCore:
         """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
         replies = list(replies)
         judgements = self.judge.judge_all(kind, server_round, replies)
+        self.verdicts.update((kind, j.reason) for j in judgements)
         for r, j in zip(replies, judgements):
             self.receipts.observe(r.node_id, j.entry.key_id, j.verified, r.seen_size, r.pending_round)
         return judgements
@@ -294,6 +302,21 @@ class LedgerCore:
             if not j.accepted:
                 log.warning("round %d: rejected %s reply from node %s (key %s): %s — %s", server_round, j.entry.kind,
                             safe_text(j.entry.node_id, 24), j.entry.key_id or "-", j.reason, safe_text(j.detail, 300))
+
+    def summary_lines(self) -> list[str]:
+        """The end-of-run summary: this run's verdicts by kind and reason, where the ledger is, how to verify it."""
+        lines = [f"flower-chain: federation {self.federation_id}, ledger {self.ledger.uri} "
+                 f"({self.writer.head.header.height + 1} blocks, {self.writer.log_size} entries)"]
+        for kind in ("train", "evaluate"):
+            got = {r: n for (k, r), n in self.verdicts.items() if k == kind}
+            if got:
+                ok = got.pop(OK, 0)
+                rej = ", ".join(f"{r} {n}" for r, n in sorted(got.items(), key=lambda t: (-t[1], t[0])))
+                lines.append(f"  {kind} replies: {ok} accepted, {sum(got.values())} rejected" + (f" ({rej})" if rej else ""))
+        if not self.verdicts:
+            lines.append("  no replies were judged in this run")
+        lines.append(f"  verify it:  flower-chain ledger verify {self.ledger.uri}")
+        return lines
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from pathlib import Path
@@ -19,9 +20,19 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.core import Judgement, LedgerCore
+from flower_chain.strategies.core import Judgement, LedgerCore, TooFewAcceptedError
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
+
+
+def _run_id() -> str:
+    """The running Flower app's run id (a ``{run_id}`` ledger URI), or a timestamp outside a run."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        return str(int(TaskIdentity.run_id))
+    except Exception:  # noqa: BLE001 - outside a Flower run (tests, scripts)
+        return time.strftime("%Y%m%d-%H%M%S")
 
 
 def _as_judged(msg: Message, reply) -> Message:
@@ -64,7 +75,8 @@ class LedgerStrategy(Strategy):
     strategy : Strategy
         The strategy to wrap (FedAvg, FedProx, FedAdam, FedMedian, Krum, a DP wrapper, ...).
     ledger : Ledger or str
-        A ledger backend or URI (``sqlite:///ledger.db``, ``jsonl:///ledger.jsonl``, ``memory:``).
+        A ledger backend or URI (``sqlite:///ledger.db``, ``jsonl:///ledger.jsonl``, ``postgresql://...``,
+        ``memory:``). ``{run_id}`` in the URI becomes the Flower run id: one new ledger per ``flwr run``.
     keyring : Keyring, Mapping[str, bytes], str or Path
         Allowed client public keys (a directory of ``*.pub`` files, a file, or key id -> raw key).
     server_key : Ed25519PrivateKey, str or Path
@@ -83,6 +95,10 @@ class LedgerStrategy(Strategy):
     anchor : AnchorPublisher or callable, optional
         Publishes each appended block to a chain off the round's critical path
         (``flower_chain.anchor``; a callable receives the federation id).
+    min_accepted : int, optional
+        Fewest accepted train replies a round needs (default 1). A round below it is still
+        recorded, then the run stops with :class:`~flower_chain.strategies.core.TooFewAcceptedError`
+        naming the reasons (e.g. every node lacks its key) instead of training on nothing.
     verify_workers : int, optional
         Threads hashing and scanning the replies' arrays and verifying their
         signatures (default: CPUs, at most 8; 1 keeps all checks on the calling thread).
@@ -97,10 +113,14 @@ class LedgerStrategy(Strategy):
     def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
                  store_models: bool = True, store_client_updates: bool | None = None, resume: bool = False,
+                 min_accepted: int = 1,
                  anchor=None, verify_workers: int | None = None,
                  witnesses=None, witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
         self.strategy = strategy
         self.resume = resume
+        self.min_accepted = int(min_accepted)
+        if isinstance(ledger, str) and "{run_id}" in ledger:
+            ledger = ledger.replace("{run_id}", _run_id())
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
@@ -191,6 +211,13 @@ class LedgerStrategy(Strategy):
         t_check = time.perf_counter() - t0
         arrays, metrics, state = None, None, None
         named = None
+        if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
+            self.core.commit_train(server_round, judgements, [], None, t_check, None)
+            reasons = Counter(j.reason for j in judgements if not j.accepted)
+            raise TooFewAcceptedError(
+                f"round {server_round}: {len(accepted)} of {len(judgements)} replies accepted, min_accepted is "
+                f"{self.min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
+                f"). Every reply is on the ledger: flower-chain ledger show {self.core.ledger.uri} {server_round}")
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
@@ -246,8 +273,12 @@ class LedgerStrategy(Strategy):
                 self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
             return res
 
-        return super().start(grid, initial_arrays, num_rounds - self._offset, timeout, train_config, evaluate_config,
-                             recording_fn if evaluate_fn is not None else None)
+        try:
+            return super().start(grid, initial_arrays, num_rounds - self._offset, timeout, train_config,
+                                 evaluate_config, recording_fn if evaluate_fn is not None else None)
+        finally:  # where the ledger is and how to check it, whether the run finished or failed
+            for line in self.core.summary_lines():
+                log(INFO, "%s", line)
 
     def resume_arrays(self) -> ArrayRecord:
         """The global model after the last recorded round, from the blob store, digest checked."""
