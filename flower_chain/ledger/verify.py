@@ -27,7 +27,9 @@ naming the block height, the entry index and what mismatched.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -356,7 +358,7 @@ def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEnt
         for _, e in group:
             meta, bad = _update_arrays(ledger, e, blobs) if e.verdict == ACCEPTED else (None, None)
             evidence.append(policy.evidence_of(e, arrays_meta=meta, nonfinite=bad))
-        cache: dict = {}
+        cache = _signature_checks(evidence, genesis.client_keys)
 
         def check(raw: bytes, sig: bytes, st: bytes) -> bool:
             k = (raw, sig, st)
@@ -392,6 +394,32 @@ def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEnt
                                         f"{d.key_id!r}", height=h.height, entry=i)
             report.verdicts_rederived += 1
             report.client_signatures_checked += d.accepted
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _signature_checks(evidence: list, keys: dict) -> dict:
+    """Ed25519 checks of a block's statements, on worker threads (``cryptography`` releases the GIL)."""
+    todo = []
+    for ev in evidence:
+        try:
+            raw = keys.get(policy.decode_statement(ev.statement).key_id) if ev.statement else None
+        except (LedgerError, TypeError, ValueError):
+            raw = None
+        if raw is not None and len(ev.signature) == policy.MAX_SIGNATURE:
+            todo.append((raw, ev.signature, ev.statement))
+    if len(todo) < 64 or (os.cpu_count() or 1) < 2:
+        return {}
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="flower-chain-verify")
+    size = -(-len(todo) // (4 * _POOL._max_workers))
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    out: dict = {}
+    for chunk, results in zip(chunks, _POOL.map(lambda c: [verify_signature(*t) for t in c], chunks)):
+        out.update(zip(chunk, results))
+    return out
 
 
 def _check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
