@@ -165,9 +165,10 @@ def validate(args: argparse.Namespace) -> dict:
               f"{rep.last_round}", flush=True)
     if not args.no_ledger:
         from flower_chain.app.setup import prepare_keys
+        from flower_chain.ledger.location import file_uri
 
         federation = f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        ledger = args.ledger or f"sqlite:///{out / f'ledger-{federation}.db'}"
+        ledger = args.ledger or file_uri("sqlite", out / f"ledger-{federation}.db")
         keys = Path(args.keys_dir).resolve() if args.keys_dir else out / "keys"
         try:
             prepare_keys(keys, args.num_clients)

@@ -25,6 +25,7 @@ from typing import Any
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import VerificationError
 from flower_chain.ledger.inspect import block_rows, summary
+from flower_chain.ledger.location import parse_ledger_uri
 from flower_chain.ledger.text import safe_label, safe_text
 from flower_chain.ledger.verify import verify
 
@@ -160,8 +161,9 @@ def _shown(value: Any) -> str:
 
 def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None, png_dir: Path | None = None) -> dict:
     """Write the HTML report (and PNGs on request); return the collected numbers."""
-    if metrics_path is None and ledger.uri.startswith(("sqlite:", "jsonl:")):
-        guess = Path(ledger.uri.split(":///", 1)[1]).parent / "metrics.json"
+    directory = parse_ledger_uri(ledger.uri).directory if metrics_path is None else None
+    if directory is not None:  # a file-backed ledger: run.py's metrics.json beside it
+        guess = directory / "metrics.json"
         metrics_path = guess if guess.is_file() else None
     data = collect(ledger, metrics_path)
     figs = _figures(data)

@@ -20,15 +20,14 @@ from pathlib import Path
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import VerificationError
+from flower_chain.ledger.location import anchor_status_path
 
 log = logging.getLogger(__name__)
 
 
 def status_path(ledger: Ledger) -> Path | None:
-    if ledger.uri.startswith(("sqlite:///", "jsonl:///")):
-        p = Path(ledger.uri.split(":///", 1)[1])
-        return p.with_name(p.name + ".anchors.jsonl")
-    return None
+    """The status file ``<ledger>.anchors.jsonl`` beside a file-backed ledger, else ``None``."""
+    return anchor_status_path(ledger.uri)
 
 
 class AnchorPublisher:

@@ -10,6 +10,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from flower_chain.ledger.keys import generate
+from flower_chain.ledger.location import anchor_status_path, file_uri
 
 SERVER_KEY = "server"
 
@@ -56,7 +57,7 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
     uri = str(cfg.get("ledger") or "")
     if not uri:  # a new ledger per run, named after its federation
         fed = fed or f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        uri = f"sqlite:///{out_dir / f'ledger-{fed}.db'}"
+        uri = file_uri("sqlite", out_dir / f"ledger-{fed}.db")
     strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "keyring",
                               server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
                               store_client_updates=True if cfg.get("store-client-updates") else None,
@@ -73,7 +74,7 @@ def anchor_from_config(cfg: Mapping[str, Any], ledger_uri: str):
     from flower_chain.anchor.publish import AnchorPublisher
 
     key = read_private_key(cfg.get("anchor-key-file") or None)  # fail at start, not in the worker
-    status = Path(ledger_uri.split(":///", 1)[1] + ".anchors.jsonl") if ":///" in ledger_uri else None
+    status = anchor_status_path(ledger_uri)
 
     def factory(federation_id: str) -> AnchorPublisher:
         deployed: dict[str, str] = {}

@@ -25,20 +25,12 @@ from flower_chain.ledger.backends.memory import MemoryLedger
 from flower_chain.ledger.backends.postgres import PostgresLedger
 from flower_chain.ledger.backends.sqlite import SQLiteLedger
 from flower_chain.ledger.errors import LedgerOpenError
+from flower_chain.ledger.location import parse_ledger_uri
 
 ENTRY_POINT_GROUP = "flower_chain.ledgers"
 
 __all__ = ["ENTRY_POINT_GROUP", "JSONLLedger", "Ledger", "MemoryLedger", "PostgresLedger", "SQLiteLedger",
            "open_ledger"]
-
-
-def _path_of(uri: str, scheme: str) -> Path:
-    rest = uri[len(scheme) + 1 :]
-    if not rest.startswith("///") or len(rest) == 3:
-        raise LedgerOpenError(
-            f"{uri!r}: write {scheme}:///relative/path or {scheme}:////absolute/path (three slashes, then the path)"
-        )
-    return Path(rest[3:])
 
 
 def open_ledger(uri: str, *, create: bool = False) -> Ledger:
@@ -48,8 +40,9 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
     that line with a warning; a reader gets :class:`LedgerCorruptError`.
     """
     uri = str(uri)
-    scheme, sep, _ = uri.partition(":")
-    if not sep or len(scheme) <= 1:  # no scheme, or a Windows drive letter: a plain path
+    location = parse_ledger_uri(uri)  # the one place URIs are split (flower_chain.ledger.location)
+    scheme = location.scheme
+    if not scheme:  # a plain path
         p = Path(uri)
         if p.suffix == ".jsonl":
             return JSONLLedger(p, create=create, drop_torn_tail=create)
@@ -59,9 +52,9 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
     if scheme == "memory":
         return MemoryLedger(uri)
     if scheme == "sqlite":
-        return SQLiteLedger(_path_of(uri, scheme), create=create, uri=uri)
+        return SQLiteLedger(location.path, create=create, uri=uri)
     if scheme == "jsonl":
-        return JSONLLedger(_path_of(uri, scheme), create=create, uri=uri, drop_torn_tail=create)
+        return JSONLLedger(location.path, create=create, uri=uri, drop_torn_tail=create)
     if scheme == "postgresql":
         return PostgresLedger(uri, create=create)
     for ep in entry_points(group=ENTRY_POINT_GROUP):

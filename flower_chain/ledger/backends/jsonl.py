@@ -35,6 +35,7 @@ from pathlib import Path
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import EncodingError, LedgerCorruptError, LedgerError, LedgerOpenError
+from flower_chain.ledger.location import file_uri
 from flower_chain.ledger.merkle import CompactRange, leaf_hash
 
 try:
@@ -70,7 +71,7 @@ class JSONLLedger(Ledger):
     def __init__(self, path: str | Path, *, create: bool = True, uri: str | None = None,
                  drop_torn_tail: bool = False) -> None:
         self.path = Path(path)
-        self.uri = uri or f"jsonl:///{self.path}"
+        self.uri = uri or file_uri("jsonl", self.path)
         self.blob_dir = self.path.with_name(self.path.name + ".blobs")
         self._blocks: list[StoredBlock] = []
         self._entries: list[bytes] = []

@@ -29,6 +29,7 @@ from pathlib import Path
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import LedgerConflictError, LedgerCorruptError, LedgerError, LedgerOpenError
+from flower_chain.ledger.location import file_uri
 
 FORMAT = "flower-chain-ledger"
 VERSION = "1"
@@ -62,7 +63,7 @@ class SQLiteLedger(Ledger):
 
     def __init__(self, path: str | Path, *, create: bool = True, uri: str | None = None) -> None:
         self.path = Path(path)
-        self.uri = uri or f"sqlite:///{self.path}"
+        self.uri = uri or file_uri("sqlite", self.path)
         if self.path.is_dir():
             raise LedgerOpenError(f"{self.path} is a directory, not a ledger file")
         exists = self.path.exists() and self.path.stat().st_size > 0
