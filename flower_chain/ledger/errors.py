@@ -1,38 +1,75 @@
-"""Exception types of the ledger: one per kind of failure, all under :class:`LedgerError`."""
+"""Exception types of the ledger: one per kind of failure, all under :class:`LedgerError`.
+
+Every class carries the process exit code the ``flower-chain`` CLI ends with when such an error
+escapes a command (``exit_code``): :data:`EXIT_FAILED` (1) when something does not verify (a ledger,
+proof or checkpoint, a torn or tampered file), :data:`EXIT_USAGE` (2) for usage and input errors
+(a missing file, a wrong URI, a bad key, an unknown round or client). The CLI maps them in one place
+(:func:`flower_chain.cli.handle_ledger_error`).
+"""
 
 from __future__ import annotations
 
+EXIT_OK = 0
+"""Exit code: success."""
+EXIT_FAILED = 1
+"""Exit code: something does not verify."""
+EXIT_USAGE = 2
+"""Exit code: a usage or input error."""
+
 
 class LedgerError(Exception):
-    """Base class of every error raised by :mod:`flower_chain.ledger`."""
+    """Base class of every error raised by :mod:`flower_chain.ledger`.
+
+    Attributes
+    ----------
+    exit_code : int
+        The CLI's exit code for this kind of error: :data:`EXIT_USAGE` unless a subclass says
+        the failure is a verification failure (:data:`EXIT_FAILED`).
+    """
+
+    exit_code: int = EXIT_USAGE
 
 
 class ProofError(LedgerError):
     """An inclusion or consistency proof does not verify or is malformed."""
 
+    exit_code = EXIT_FAILED
+
 
 class EncodingError(LedgerError):
     """Bytes are not a valid canonical encoding (see docs/ledger-format.md)."""
+
+    exit_code = EXIT_FAILED
 
 
 class CheckpointError(LedgerError):
     """A checkpoint or signed note is malformed, or its signature does not verify."""
 
+    exit_code = EXIT_FAILED
+
 
 class KeyFileError(LedgerError):
     """A key file is missing, unreadable, or not an Ed25519 key."""
+
+    exit_code = EXIT_USAGE
 
 
 class LedgerOpenError(LedgerError):
     """A ledger URI or file cannot be opened: wrong scheme, missing file, foreign format."""
 
+    exit_code = EXIT_USAGE
+
 
 class LedgerCorruptError(LedgerError):
     """Stored ledger data is damaged: a torn or unparsable record."""
 
+    exit_code = EXIT_FAILED
+
 
 class AppendError(LedgerError):
     """A block cannot be appended: it does not extend the current head."""
+
+    exit_code = EXIT_USAGE
 
 
 class VerificationError(LedgerError):
@@ -46,7 +83,11 @@ class VerificationError(LedgerError):
         Index of the failing entry inside that block, if the failure is an entry.
     what : str
         What mismatched.
+    exit_code : int
+        :data:`EXIT_FAILED`.
     """
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, what: str, *, height: int | None = None, entry: int | None = None) -> None:
         self.height = height
@@ -75,3 +116,5 @@ class LedgerConnectionError(LedgerError):
     Nothing is half-written (each block is one transaction); restart the server with ``--resume``
     once the database is reachable again.
     """
+
+    exit_code = EXIT_USAGE

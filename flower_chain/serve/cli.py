@@ -16,7 +16,7 @@ witness_app = typer.Typer(help="A C2SP tlog-witness that cosigns consistent chec
 
 
 def _fail(message: str, code: int = 2):
-    from flower_chain.cli import fail
+    from flower_chain.cli.common import fail
 
     fail(message, code)
 
@@ -33,7 +33,8 @@ def serve_command(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite:/
                   refresh: float = typer.Option(0.5, "--refresh", help="seconds between re-reads of the head"),
                   ) -> None:
     """Serve a ledger read-only: C2SP tlog-tiles (/checkpoint, /tile/...) and the explorer page at /."""
-    from flower_chain.cli import EXIT_FAILED, _open, err
+    from flower_chain.cli.common import EXIT_FAILED, err
+    from flower_chain.cli.common import open_or_fail as _open
     from flower_chain.ledger import verify
     from flower_chain.ledger.errors import LedgerError, VerificationError
     from flower_chain.serve.app import LogView, build_app
@@ -62,14 +63,19 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
                   host: str = typer.Option("127.0.0.1", "--host"),
                   port: int = typer.Option(7381, "--port")) -> None:
     """Cosign checkpoints of the configured logs (POST /add-checkpoint, C2SP tlog-witness)."""
-    from flower_chain.cli import err, out
-    from flower_chain.ledger.errors import KeyFileError
+    from flower_chain.cli.common import err, out
+    from flower_chain.ledger.errors import KeyFileError, LedgerOpenError
+    from flower_chain.ledger.location import parse_ledger_uri
     from flower_chain.ledger.keys import key_id, load_private
     from flower_chain.serve.witness import Witness, WitnessStore, build_app, parse_log_option
 
     if not 0 < port < 65536:
         _fail(f"--port {port} is not a TCP port")
-    if not db.startswith("sqlite:///") or len(db) == len("sqlite:///"):
+    try:
+        location = parse_ledger_uri(db)
+    except LedgerOpenError:
+        location = None
+    if location is None or location.scheme != "sqlite":
         _fail(f"--db {db!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     try:
         k = load_private(key)
@@ -77,7 +83,7 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
         for value in logs:
             origin, vk = parse_log_option(value)
             configured.setdefault(origin, []).append(vk)
-        store = WitnessStore(db[len("sqlite:///"):])
+        store = WitnessStore(location.path)
         witness = Witness(name or f"flower-chain-witness/{key_id(k)}", k, configured, store)
     except KeyFileError as e:
         _fail(str(e))
@@ -92,7 +98,7 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
 def witness_vkey(key: Path = typer.Option(..., "--key", help="the witness's Ed25519 private or public key (PEM)"),
                  name: Optional[str] = typer.Option(None, "--name", help="witness key name")) -> None:
     """Print the witness's cosigner verifier key (what clients configure to check its cosignatures)."""
-    from flower_chain.cli import out
+    from flower_chain.cli.common import out
     from flower_chain.ledger.cosignature import cosigner_verifier_key
     from flower_chain.ledger.errors import KeyFileError
     from flower_chain.ledger.keys import key_id, load_public

@@ -1,8 +1,9 @@
-"""The ``flower-chain`` command line: keys, ledger inspection and proofs, reports.
+"""``flower-chain ledger``: inspect, verify, prove, export, anchor and repair a round ledger.
 
-Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does
-not verify); 2 usage or input error (missing file, not a ledger, unknown
-round or client, wrong URI, bad key).
+(``ledger audit`` is in :mod:`flower_chain.cli.audit`.) A ``LedgerError`` that escapes a command
+ends the process with its ``exit_code`` through :func:`flower_chain.cli.handle_ledger_error`; the
+commands below catch one only where the command gives it a meaning of its own (e.g. ``summary``,
+``blocks`` and ``export`` read the whole ledger, so a failure there means the ledger is damaged: 1).
 """
 
 from __future__ import annotations
@@ -15,170 +16,28 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flower_chain.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    emit_json,
+    err,
+    fail,
+    open_or_fail,
+    out,
+    read_server_key,
+    write_or_print,
+)
 from flower_chain.ledger import open_ledger, verify
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key
-from flower_chain.ledger.errors import (
-    KeyFileError,
-    LedgerCorruptError,
-    LedgerError,
-    LedgerOpenError,
-    ProofError,
-    VerificationError,
-)
-from flower_chain.ledger.keys import Keyring, key_id, load_private, load_public, raw_public
+from flower_chain.ledger.checkpoint import verifier_key
+from flower_chain.ledger.errors import LedgerError, LedgerOpenError, VerificationError
+from flower_chain.ledger.keys import Keyring
+from flower_chain.ledger.location import parse_ledger_uri
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-app = typer.Typer(help="flower-chain: auditable federated learning ledgers for Flower.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Ed25519 keys for clients and the server.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Inspect, verify and prove things about a round ledger.", no_args_is_help=True)
-proof_app = typer.Typer(help="Check proofs offline.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(ledger_app, name="ledger")
-app.add_typer(proof_app, name="proof")
-from flower_chain.serve.cli import serve_command, witness_app  # noqa: E402 - `serve` and `witness`
-app.command("serve")(serve_command)
-app.add_typer(witness_app, name="witness")
-
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped (scripts grep it)
-
-
-def fail(message: str, code: int = EXIT_USAGE):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _open(uri: str) -> Ledger:
-    try:
-        return open_ledger(uri)
-    except LedgerCorruptError as e:
-        fail(f"{e}", EXIT_FAILED)
-    except (LedgerOpenError, LedgerError, OSError) as e:
-        fail(str(e))
-    raise AssertionError("unreachable")
-
-
-def _read_server_key(value: str) -> bytes:
-    """A server public key: a PEM file (public or private) or a signed-note verifier key."""
-    p = Path(value)
-    try:
-        if p.is_file():
-            return raw_public(load_public(p))
-        if "+" in value:
-            return parse_verifier_key(value)[1]
-    except KeyFileError as e:
-        fail(str(e))
-    fail(f"server key {value!r} is neither a key file nor a NAME+KEYID+BASE64 verifier key")
-    raise AssertionError("unreachable")
-
-
-# --- keys -----------------------------------------------------------------------------------------------
-
-
-@keys_app.command("new")
-def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write NAME.key and NAME.pub into"),
-             name: str = typer.Option(..., "--name", help="key name, e.g. client-0"),
-             force: bool = typer.Option(False, "--force", help="overwrite an existing pair")) -> None:
-    """Write a new Ed25519 key pair (private key PEM with mode 0600, public key PEM)."""
-    from flower_chain.ledger.keys import generate
-
-    try:
-        priv, pub = generate(out_dir, name, overwrite=force)
-    except (KeyFileError, OSError) as e:
-        fail(str(e))
-    out.print(f"{key_id(load_public(pub))}  {priv}  {pub}", highlight=False)
-
-
-@keys_app.command("init")
-def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
-              clients: int = typer.Option(..., "--clients", min=1, help="number of client key pairs"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Keys for a whole federation: DIR/server/server.key, DIR/clients/client-<i>.key, DIR/keyring/*.pub.
-
-    ``DIR/keyring`` holds only the clients' public keys: give it to the server as its keyring
-    (``keyring=DIR/keyring``); each client gets its own ``DIR/clients/client-<i>.key``. Existing keys are
-    never overwritten.
-    """
-    import shutil
-
-    from flower_chain.ledger.keys import generate
-
-    names = [("server", "server")] + [("clients", f"client-{i}") for i in range(clients)]
-    targets = [directory / sub / f"{n}{ext}" for sub, n in names for ext in (".key", ".pub")]
-    targets += [directory / "keyring" / f"client-{i}.pub" for i in range(clients)]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing:
-        fail(f"{len(existing)} key files already exist (e.g. {existing[0]}); keys init never overwrites keys: "
-             "choose another DIR or remove them first")
-    rows = []
-    try:
-        for sub, name in names:
-            priv, pub = generate(directory / sub, name)
-            kid = key_id(load_public(pub))
-            if sub == "clients":
-                (directory / "keyring").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(pub, directory / "keyring" / pub.name)
-            rows.append({"name": name, "key_id": kid, "private": str(priv), "public": str(pub)})
-    except (KeyFileError, OSError) as e:
-        fail(f"cannot write keys into {directory}: {getattr(e, 'strerror', None) or e}")
-    if as_json:
-        emit_json({"server": rows[0], "clients": rows[1:], "keyring": str(directory / "keyring")})
-        return
-    t = Table("name", "key id", "private key", "public key")
-    for r in rows:
-        t.add_row(r["name"], r["key_id"], r["private"], r["public"])
-    out.print(t)
-    out.print(f"server keyring (public keys only): {directory / 'keyring'}", highlight=False)
-
-
-@keys_app.command("list")
-def keys_list(directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Print the key id of every public key in a directory."""
-    try:
-        files = sorted(directory.glob("*.pub")) if directory.is_dir() else None
-        if not files:
-            fail(f"no *.pub keys in {directory}")
-        rows = [(key_id(load_public(f)), f.stem, str(f)) for f in files]
-    except KeyFileError as e:
-        fail(str(e))
-    if as_json:
-        emit_json([{"key_id": k, "name": n, "path": p} for k, n, p in rows])
-        return
-    t = Table("key id", "name", "file")
-    for r in rows:
-        t.add_row(*r)
-    out.print(t)
-
-
-@keys_app.command("revoke")
-def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
-                server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
-                reason: str = typer.Option("revoked by operator", "--reason")) -> None:
-    """Append a revocation entry: later updates signed by KEYID are rejected."""
-    from flower_chain.strategies.core import LedgerCore
-
-    ledger = _open(uri)
-    try:
-        core = LedgerCore(ledger, {}, load_private(server_key))
-        core.revoke(kid, reason)
-    except VerificationError as e:
-        fail(f"the ledger does not verify, not revoking: {e}", EXIT_FAILED)
-    except (KeyFileError, LedgerError) as e:
-        fail(str(e))
-    out.print(f"revoked {kid} in {uri} (block {ledger.block_count() - 1})")
-
-
-# --- ledger ----------------------------------------------------------------------------------------------
 
 
 @ledger_app.command("summary")
@@ -186,7 +45,7 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     """Federation id, rounds, entries, every verdict (train and evaluate replies), head hash, checkpoint."""
     from flower_chain.ledger.inspect import summary
 
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     try:
         s = summary(ledger)
     except LedgerError as e:
@@ -214,7 +73,7 @@ def ledger_blocks(uri: str, start: int = typer.Option(0, "--from", help="first h
     """One row per block: height, round, entries, accepted, rejected, model digest, time."""
     from flower_chain.ledger.inspect import block_rows
 
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     try:
         rows = list(block_rows(ledger, start, None if end is None else end + 1))
     except LedgerError as e:
@@ -235,11 +94,8 @@ def ledger_show(uri: str, server_round: int = typer.Argument(..., metavar="ROUND
     """Every entry of a round: client key id, verdict, reason, num-examples, digests, metrics."""
     from flower_chain.ledger.inspect import round_entries
 
-    ledger = _open(uri)
-    try:
-        rows = round_entries(ledger, server_round)
-    except LedgerError as e:
-        fail(str(e))
+    ledger = open_or_fail(uri)
+    rows = round_entries(ledger, server_round)  # an unknown round: LedgerError, exit 2 by the CLI's handler
     if as_json:
         emit_json(rows)
         return
@@ -302,14 +158,14 @@ def ledger_verify(uri: str,
                                                      help="cosignatures the head must carry (default: 1)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
-    expected = _read_server_key(server_key) if server_key else None
+    expected = read_server_key(server_key) if server_key else None
     if anchor_url and not contract:
         fail("--anchor needs --contract ADDRESS to verify against")
     if (owner or contract) and not anchor_url:
         fail("--contract and --owner need --anchor evm+http://HOST:PORT")
     if witness_quorum and not witness:
         fail("--witness-quorum needs at least one --witness VKEY")
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     anchors = witnessed = None
     try:
         kwargs: dict[str, Any] = {"server_key": expected, "client_signatures": client_signatures}
@@ -334,8 +190,6 @@ def ledger_verify(uri: str,
                 fail(str(e))
             if not witnessed.ok:
                 raise VerificationError(f"witness cosignatures: {witnessed.summary()}")
-    except KeyFileError as e:
-        fail(str(e))
     except VerificationError as e:
         if as_json:
             emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what})
@@ -398,80 +252,19 @@ def ledger_verify(uri: str,
 
 def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Optional[Path], chain_id: Optional[int],
          poa: bool, fee: str, need_key: bool):
-    from flower_chain.anchor.evm import AnchorError, EvmAnchor, read_private_key
+    """Connect to the anchor contract; an ``AnchorError`` (exit 2) goes to the CLI's handler."""
     from flower_chain.ledger.writer import read_genesis
 
     try:
-        key = read_private_key(key_file) if (need_key or key_file) else None
+        from flower_chain.anchor.evm import EvmAnchor, read_private_key
+    except ImportError:
+        fail("anchoring needs web3: pip install 'flower-chain[evm]'")
+    key = read_private_key(key_file) if (need_key or key_file) else None
+    try:
         return EvmAnchor(url, federation_id=read_genesis(uri_ledger).federation_id, private_key=key,
                          contract=contract, chain_id=chain_id, poa=poa, fee_mode=fee)
     except ImportError:
         fail("anchoring needs web3: pip install 'flower-chain[evm]'")
-    except AnchorError as e:
-        fail(str(e))
-
-
-def _rounds_text(rounds: list[int]) -> str:
-    """``1, 2, 3`` for up to 20 rounds, else the first and last ones and the count."""
-    if len(rounds) <= 20:
-        return ", ".join(map(str, rounds))
-    return f"{', '.join(map(str, rounds[:10]))}, … {', '.join(map(str, rounds[-3:]))} ({len(rounds)} rounds)"
-
-
-@ledger_app.command("audit")
-def ledger_audit(uri: str,
-                 strict: bool = typer.Option(False, "--strict",
-                                             help="rounds that cannot be re-derived fail the audit (exit 1)"),
-                 strategy_class: Optional[list[str]] = typer.Option(
-                     None, "--strategy-class", help="a replayable strategy of your own: package.module:Class"),
-                 as_json: bool = typer.Option(False, "--json")) -> None:
-    """Verify the ledger, then recompute every round's global model from the stored accepted updates.
-
-    Exit 1 when a round's recorded model_after or state_after is not what the recorded strategy computes
-    from the round's accepted updates (or, with --strict, when a round cannot be re-derived).
-    """
-    from flower_chain.audit import AuditInputError, audit, load_class
-
-    try:
-        classes = [load_class(c) for c in strategy_class or []]
-    except AuditInputError as e:
-        fail(str(e))
-    ledger = _open(uri)
-    try:
-        verify(ledger, client_signatures=True)
-        report = audit(ledger, strategy_classes=classes)
-    except VerificationError as e:
-        if as_json:
-            emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what, "ok": False})
-        err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    except LedgerError as e:
-        fail(f"{uri}: {e}", EXIT_FAILED)
-    missing = report.not_rederived
-    failed = bool(report.mismatches) or (strict and bool(missing))
-    if as_json:
-        emit_json({"verified": True, **report.to_dict(), "strict": strict, "ok": not failed})
-        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
-    train = [r for r in report.rounds if r.train]
-    for r in report.mismatches:
-        err.print(f"[bold red]NOT RE-DERIVED[/] round {r.round} (block {r.height}): {r.detail}", highlight=False)
-    if report.mismatches:
-        err.print("the recorded global model or strategy state of these rounds is not what the recorded strategy "
-                  "computes from their accepted updates: the server did not aggregate what it recorded",
-                  highlight=False)
-    if missing:
-        reasons = sorted({r.detail for r in missing})
-        line = (f"aggregation not re-derivable for rounds {_rounds_text([r.round for r in missing])}: "
-                + "; ".join(reasons[:3]) + (f"; … ({len(reasons)} reasons)" if len(reasons) > 3 else ""))
-        (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "") + line, highlight=False)
-    ok = len(report.rederived)
-    summary_line = (f"{ok} of {len(train)} train rounds re-derived bit for bit with {report.strategy} "
-                    + (f"({len(missing)} not re-derivable) " if missing else "")
-                    + f"({report.updates_replayed} updates replayed in {report.seconds:.2f} s)")
-    if failed:
-        err.print(f"[bold red]AUDIT FAILED[/] {uri}: {summary_line}", highlight=False)
-        raise typer.Exit(EXIT_FAILED)
-    out.print(f"[bold green]AUDITED[/] {uri}: {summary_line}", highlight=False)
 
 
 @ledger_app.command("anchor")
@@ -484,15 +277,11 @@ def ledger_anchor(uri: str, url: str = typer.Option(..., "--anchor", help="evm+h
                   catch_up_: bool = typer.Option(True, "--catch-up/--no-catch-up",
                                                  help="publish every block not anchored yet")) -> None:
     """Publish the ledger's block checkpoints to the anchor contract (deploying it when no --contract)."""
-    from flower_chain.anchor.evm import AnchorError
     from flower_chain.anchor.publish import catch_up
 
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     anchor = _evm(ledger, url, contract, key_file, chain_id, poa, fee, need_key=True)
-    try:
-        res = catch_up(ledger, anchor) if catch_up_ else {"anchored": 0, "contract": anchor.address}
-    except AnchorError as e:
-        fail(str(e))
+    res = catch_up(ledger, anchor) if catch_up_ else {"anchored": 0, "contract": anchor.address}
     out.print(f"anchored {res['anchored']} blocks ({res.get('already_anchored', 0)} were already) in contract "
               f"{res['contract']} on chain {anchor.chain_id}", highlight=False)
 
@@ -503,7 +292,7 @@ def ledger_checkpoint(uri: str, vkey: bool = typer.Option(False, "--verifier-key
     """Print the current signed checkpoint (C2SP signed note)."""
     from flower_chain.ledger.writer import read_genesis
 
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     head = ledger.head()
     if head is None:
         fail(f"{uri}: the ledger is empty", EXIT_FAILED)
@@ -511,17 +300,6 @@ def ledger_checkpoint(uri: str, vkey: bool = typer.Option(False, "--verifier-key
     if vkey:
         g = read_genesis(ledger)
         sys.stdout.write(verifier_key(head.checkpoint.split("\n", 1)[0], g.server_key) + "\n")
-
-
-def _write(text: str, dest: Optional[Path]) -> None:
-    if dest is None:
-        sys.stdout.write(text)
-        return
-    try:
-        dest.write_text(text)
-    except OSError as e:
-        fail(f"cannot write {dest}: {e.strerror or e}")
-    err.print(f"wrote {dest}", highlight=False)
 
 
 @ledger_app.command("prove")
@@ -534,11 +312,8 @@ def ledger_prove(uri: str, server_round: int = typer.Option(..., "--round"),
 
     from flower_chain.ledger.tlog_proof import find_update, prove_inclusion
 
-    ledger = _open(uri)
-    try:
-        proof = prove_inclusion(ledger, find_update(ledger, server_round, client))
-    except LedgerError as e:
-        fail(str(e))
+    ledger = open_or_fail(uri)
+    proof = prove_inclusion(ledger, find_update(ledger, server_round, client))
     if as_json:
         text = json.dumps({"format": "flower-chain/inclusion-proof@v1", "index": proof.index,
                            "entry": base64.b64encode(proof.entry).decode(),
@@ -546,7 +321,7 @@ def ledger_prove(uri: str, server_round: int = typer.Option(..., "--round"),
                            "checkpoint": proof.checkpoint}, indent=2) + "\n"
     else:
         text = proof.to_text()
-    _write(text, dest)
+    write_or_print(text, dest)
 
 
 @ledger_app.command("consistency")
@@ -555,12 +330,9 @@ def ledger_consistency(uri: str, old_size: int = typer.Option(..., "--from", hel
     """Consistency proof from an older checkpoint (a block boundary) to the current one."""
     from flower_chain.ledger.tlog_proof import prove_consistency
 
-    ledger = _open(uri)
-    try:
-        proof = prove_consistency(ledger, old_size)
-    except LedgerError as e:
-        fail(str(e))
-    _write(proof.to_text(), dest)
+    ledger = open_or_fail(uri)
+    proof = prove_consistency(ledger, old_size)
+    write_or_print(proof.to_text(), dest)
 
 
 @ledger_app.command("export")
@@ -571,7 +343,7 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
 
     if fmt not in ("json", "csv"):
         fail(f"--format must be json or csv, not {fmt!r}")
-    ledger = _open(uri)
+    ledger = open_or_fail(uri)
     try:
         rows = list(export_rows(ledger))
     except LedgerError as e:
@@ -588,80 +360,18 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
         for r in rows:
             w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
         text = buf.getvalue()
-    _write(text, dest)
+    write_or_print(text, dest)
 
 
 @ledger_app.command("repair")
 def ledger_repair(uri: str) -> None:
     """Drop a torn last line of a JSONL ledger (an append interrupted by a crash), then verify."""
+    location = parse_ledger_uri(uri)
     try:
-        ledger = open_ledger(uri, create=True) if Path(uri.split("///")[-1]).exists() else _open(uri)
+        ledger = open_ledger(uri, create=True) if location.is_file and location.path.exists() else open_or_fail(uri)
         report = verify(ledger)
     except VerificationError as e:
         fail(f"still does not verify: {e}", EXIT_FAILED)
     except LedgerError as e:
         fail(str(e))
     out.print(f"{uri}: {report.blocks} blocks verify")
-
-
-# --- proofs ------------------------------------------------------------------------------------------------
-
-
-@proof_app.command("verify")
-def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
-                 server_key: str = typer.Option(..., "--server-key", help="server public key: PEM or verifier key")
-                 ) -> None:
-    """Check an inclusion (tlog-proof) or consistency proof with nothing but the server's public key."""
-    from flower_chain.ledger.entries import decode_entry
-    from flower_chain.ledger.tlog_proof import InclusionProof, parse_proof
-
-    if not proof_file.is_file():
-        fail(f"proof file {proof_file} not found")
-    pub = _read_server_key(server_key)
-    try:
-        proof = parse_proof(proof_file.read_text())
-        result = proof.verify(pub)
-    except (ProofError, UnicodeDecodeError) as e:
-        err.print(f"[bold red]NOT VERIFIED[/] {proof_file}: {e}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    if isinstance(proof, InclusionProof):
-        entry = decode_entry(proof.entry)
-        what = f"{entry.TYPE} entry" + (f" of client {entry.key_id}, round {entry.round}, {entry.verdict}"
-                                         if entry.TYPE == "update" else "")
-        out.print(f"[bold green]VERIFIED[/] {what} is entry {proof.index} of the log "
-                  f"{result.origin} at size {result.size}", highlight=False)
-    else:
-        old, new = result
-        out.print(f"[bold green]VERIFIED[/] {new.origin}: the log at size {new.size} extends the log at size "
-                  f"{old.size}", highlight=False)
-
-
-# --- report -------------------------------------------------------------------------------------------------
-
-
-@app.command("report")
-def report_cmd(uri: str, dest: Path = typer.Option(Path("report.html"), "-o", "--out"),
-               metrics: Optional[Path] = typer.Option(None, "--metrics", help="run.py's metrics.json (optional)"),
-               png_dir: Optional[Path] = typer.Option(None, "--png", help="also write the plots as PNG files here"),
-               ) -> None:
-    """A self-contained HTML report: accuracy/loss, verdicts by reason, participation, timing, verification."""
-    from flower_chain.report import write_report
-
-    ledger = _open(uri)
-    try:
-        write_report(ledger, dest, metrics_path=metrics, png_dir=png_dir)
-    except (LedgerError, OSError) as e:
-        fail(str(e))
-    out.print(f"wrote {dest}", highlight=False)
-
-
-def main() -> None:
-    try:
-        app()
-    except (LedgerOpenError, KeyFileError) as e:  # anything that slipped through is still input, not a crash
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(EXIT_USAGE)
-
-
-if __name__ == "__main__":
-    main()

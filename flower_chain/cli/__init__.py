@@ -1,0 +1,97 @@
+"""The ``flower-chain`` command line: keys, ledger inspection and proofs, reports, log server, witness.
+
+One module per command group: :mod:`~flower_chain.cli.keys`, :mod:`~flower_chain.cli.ledger`
+(with ``ledger audit`` in :mod:`~flower_chain.cli.audit`), :mod:`~flower_chain.cli.proof`,
+:mod:`~flower_chain.cli.report`; ``serve`` and ``witness`` come from :mod:`flower_chain.serve.cli`.
+
+Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does not verify, a torn or
+tampered file); 2 usage or input error (missing file, not a ledger, unknown round or client, wrong
+URI, bad key). They are carried by the error types (``exit_code`` of
+:class:`~flower_chain.ledger.errors.LedgerError` and its subclasses) and mapped in one place,
+:func:`handle_ledger_error`, for any ``LedgerError`` that escapes a command.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from flower_chain.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    URI_META,
+    emit_json,
+    err,
+    fail,
+    open_or_fail,
+    out,
+)
+from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError, VerificationError
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "app", "emit_json", "err", "fail", "handle_ledger_error", "main",
+           "out"]
+
+_open = open_or_fail  # the name flower_chain.serve.cli (and older callers) use
+
+VERIFICATION_FAILURES = (VerificationError, ProofError, CheckpointError)
+"""Errors reported as ``NOT VERIFIED`` rather than ``error:``."""
+
+
+def handle_ledger_error(error: LedgerError, uri: Optional[str] = None) -> NoReturn:
+    """Report a ``LedgerError`` that escaped a command on one stderr line and exit with its ``exit_code``.
+
+    Parameters
+    ----------
+    error : LedgerError
+        The error; its class's ``exit_code`` is the process's exit code.
+    uri : str, optional
+        The ledger the command worked on, named in a ``NOT VERIFIED`` line.
+
+    Raises
+    ------
+    typer.Exit
+        Always, with ``error.exit_code``.
+    """
+    code = int(getattr(error, "exit_code", EXIT_USAGE))
+    if isinstance(error, VERIFICATION_FAILURES):
+        where = f" {uri}:" if uri else ""
+        err.print(f"[bold red]NOT VERIFIED[/]{where} {error}", highlight=False)
+    else:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(code)
+
+
+class _LedgerErrorGroup(TyperGroup):
+    """The root command group: runs a command and maps an escaping ``LedgerError`` to its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LedgerError as e:
+            handle_ledger_error(e, ctx.meta.get(URI_META))
+
+
+app = typer.Typer(cls=_LedgerErrorGroup, help="flower-chain: auditable federated learning ledgers for Flower.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+from flower_chain.cli import audit as _audit  # noqa: E402,F401 - registers `ledger audit` on ledger_app
+from flower_chain.cli.keys import keys_app  # noqa: E402
+from flower_chain.cli.ledger import ledger_app  # noqa: E402
+from flower_chain.cli.proof import proof_app  # noqa: E402
+from flower_chain.cli.report import report_cmd  # noqa: E402
+from flower_chain.serve.cli import serve_command, witness_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(proof_app, name="proof")
+app.command("report")(report_cmd)
+app.command("serve")(serve_command)
+app.add_typer(witness_app, name="witness")
+
+
+def main() -> None:
+    """Entry point of the ``flower-chain`` script and of ``python -m flower_chain.cli``."""
+    app()

@@ -1,0 +1,41 @@
+"""``flower-chain proof``: check inclusion and consistency proofs offline, with the server's public key only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from flower_chain.cli.common import EXIT_FAILED, err, fail, out, read_server_key
+from flower_chain.ledger.errors import ProofError
+
+proof_app = typer.Typer(help="Check proofs offline.", no_args_is_help=True)
+
+
+@proof_app.command("verify")
+def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
+                 server_key: str = typer.Option(..., "--server-key", help="server public key: PEM or verifier key")
+                 ) -> None:
+    """Check an inclusion (tlog-proof) or consistency proof with nothing but the server's public key."""
+    from flower_chain.ledger.entries import decode_entry
+    from flower_chain.ledger.tlog_proof import InclusionProof, parse_proof
+
+    if not proof_file.is_file():
+        fail(f"proof file {proof_file} not found")
+    pub = read_server_key(server_key)
+    try:
+        proof = parse_proof(proof_file.read_text())
+        result = proof.verify(pub)
+    except (ProofError, UnicodeDecodeError) as e:
+        err.print(f"[bold red]NOT VERIFIED[/] {proof_file}: {e}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    if isinstance(proof, InclusionProof):
+        entry = decode_entry(proof.entry)
+        what = f"{entry.TYPE} entry" + (f" of client {entry.key_id}, round {entry.round}, {entry.verdict}"
+                                         if entry.TYPE == "update" else "")
+        out.print(f"[bold green]VERIFIED[/] {what} is entry {proof.index} of the log "
+                  f"{result.origin} at size {result.size}", highlight=False)
+    else:
+        old, new = result
+        out.print(f"[bold green]VERIFIED[/] {new.origin}: the log at size {new.size} extends the log at size "
+                  f"{old.size}", highlight=False)
