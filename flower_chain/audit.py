@@ -72,7 +72,8 @@ import numpy as np
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import decode
-from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, RevocationEntry, UpdateEntry, decode_entry
+from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
+from flower_chain.ledger.policy import strategy_metrics
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.writer import read_genesis
 from flower_chain.strategies.state import load_strategy_state, strategy_state
@@ -304,7 +305,7 @@ def _reply(entry: UpdateEntry, named: Sequence[tuple[str, np.ndarray]], server_r
     """The accepted reply as the wrapped strategy received it: one ArrayRecord, one MetricRecord."""
     from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
-    metrics = {k: v for k, v in entry.metrics.items() if _metric_value(v) is not None}
+    metrics = {k: v for k, v in strategy_metrics(entry.metrics).items() if _metric_value(v) is not None}
     node = int(entry.node_id) if entry.node_id.isdigit() else 0
     meta = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
                     group_id=str(server_round), created_at=0.0, ttl=0.0, message_type="train")
@@ -438,15 +439,13 @@ def _audit(ledger: Ledger, strategy_classes: Sequence[type],
         h = block.header
         entries = [decode_entry(d) for d in ledger.entries(h.first_index, h.log_size)]
         train = [e for e in entries if isinstance(e, UpdateEntry) and e.kind == "train"]
-        other = [e for e in entries if isinstance(e, (EvaluationEntry, RevocationEntry))
-                 or (isinstance(e, UpdateEntry) and e.kind == "evaluate")]
         if not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
-            if other or not entries:  # evaluation, revocation or empty blocks must not change model or state
-                ra = RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes the "
-                                "global model or the strategy state", train=False)
-                report.rounds.append(ra)
-                if progress:
-                    progress(ra)
+            # a block without train updates (evaluation, revocation, cosignatures, empty) must not change them
+            ra = RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes the "
+                            "global model or the strategy state", train=False)
+            report.rounds.append(ra)
+            if progress:
+                progress(ra)
         if train:
             accepted = sorted((e for e in train if e.verdict == ACCEPTED), key=lambda e: e.key_id)
             if factory is None:

@@ -114,7 +114,8 @@ def test_split_view_the_witness_refuses_fork_b_and_its_clients_refuse_to_sign(tm
         a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path / 'a.db'}", keyring=clients.keyring,
                            server_key=server_key, federation_id=FED, witnesses=wit, witness_quorum=1)
         b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                           server_key=server_key, federation_id=FED, witnesses=wit, witness_quorum=1)
+                           server_key=server_key, federation_id=FED, witnesses=wit, witness_quorum=1,
+                           min_accepted=0)  # the fork's server keeps going with no accepted update, to show it
         try:
             # every client trusts the witness, quorum 1, configured through its node config (group B)
             # or make_signing_mod's arguments (group A)

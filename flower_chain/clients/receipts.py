@@ -568,8 +568,10 @@ class ReceiptKeeper:
         proven: dict[bytes, tuple[UpdateEntry, str]] = {}
         for text in filter(None, str(config.get(CTX_RECEIPT) or "").split(RECEIPT_SEPARATOR)):
             entry = self._check_receipt(fid, str(text), note, cp, key)
-            if entry is not None:
-                proven[entry.statement] = (entry, str(text))
+            if entry is not None:  # a copy of this reply (replayed by another node) may be on the ledger too:
+                held = proven.get(entry.statement)  # the update counts as accepted if any copy of it was
+                if held is None or (held[0].verdict != "accepted" and entry.verdict == "accepted"):
+                    proven[entry.statement] = (entry, str(text))
         for rnd, statement in pending:  # every update this client sent before this instruction must be on the ledger
             got = proven.get(bytes(statement))
             if got is None:

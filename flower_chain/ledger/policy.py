@@ -24,7 +24,7 @@ Rules, in order (the first that fails is the reply's reason):
    round's global model (the block's ``model_before``);
 8. ``digest-mismatch`` (arrays), ``num-examples-mismatch``,
    ``digest-mismatch`` (metrics);
-9. ``malformed``: num-examples not positive; (train) array names, shapes or
+9. ``malformed``: num-examples given but not positive; (train) array names, shapes or
    exact dtypes differ from the global model; a non-finite value;
 
 then over the whole round:
@@ -33,9 +33,10 @@ then over the whole round:
     federation, round and kind loses every reply carrying such a statement
     (both statements stay on the ledger as evidence);
 11. ``duplicate``: the same key accepted twice: every later copy;
-12. ``malformed``: metric names that differ from the round's other accepted
-    replies (Flower's strategies refuse to aggregate such a set): the names
-    most accepted replies share win (ties: the smallest sorted name list).
+12. ``malformed``: a metric schema (names; number, or list of n) other than
+    the one most accepted replies share (Flower's strategies aggregate metrics
+    name by name); on a tie for the most, every tied reply (one client never
+    outvotes another). flower-chain's own counters are not part of it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.text import safe_text
 
 OK = "ok"
+#: Verdicts :func:`judge_round` reaches only after the reply's signature verified under its genesis key
+#: (a reply with one of them may be attributed to the key it names: receipts, per-key history).
+VERIFIED_REASONS = frozenset({OK, "wrong-round", "wrong-federation", "stale-parent", "wrong-base-model",
+                              "digest-mismatch", "num-examples-mismatch", "duplicate", "equivocation"})
 #: Verdicts only the server can reach (the ledger does not hold what they depend on).
 PRECHECK_REASONS = ("client-error", "malformed")
 #: Upper bound on a statement's size (a real one is ~300 bytes).
@@ -186,7 +191,7 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
         metrics_ok = False
     if not metrics_ok:
         return v("digest-mismatch", "the metrics differ from the ones the client signed")
-    if ev.num_examples <= 0:
+    if ev.num_examples == 0 or ev.num_examples < -1:  # -1: the reply carries no count (weighed by another metric)
         return v("malformed", f"num-examples {ev.num_examples} is not positive")
     if rules.kind == "train":
         if rules.template is not None and ev.arrays_meta is not None and tuple(ev.arrays_meta) != rules.template:
@@ -242,16 +247,54 @@ def judge_round(rules: RoundRules, evidence: Sequence[Evidence],
                 verdicts[i] = Verdict("duplicate", f"a second copy of {vd.key_id}'s reply in this round",
                                       vd.key_id, True, True)
             seen.add(vd.key_id)
-    # 12. the accepted set shares its metric names
-    names = [tuple(sorted(map(str, ev.metrics))) for ev in evidence]
-    counts = Counter(names[i] for i, vd in enumerate(verdicts) if vd.accepted)
+    # 12. the accepted set shares one metric schema (names, scalar or list, list lengths): Flower's strategies
+    # aggregate metrics name by name and element by element. The schema most accepted replies share wins; on a
+    # tie for the most, no schema wins and every tied reply is rejected: one client never outvotes another.
+    schemas = [metric_schema(ev.metrics) for ev in evidence]
+    counts = Counter(schemas[i] for i, vd in enumerate(verdicts) if vd.accepted)
     if len(counts) > 1:
-        best = min(counts, key=lambda n: (-counts[n], n))
+        top = max(counts.values())
+        leaders = [sc for sc, n in counts.items() if n == top]
+        best = leaders[0] if len(leaders) == 1 else None
         for i, vd in enumerate(verdicts):
-            if vd.accepted and names[i] != best:
-                verdicts[i] = Verdict("malformed", f"metric names {safe_text(list(names[i]), 200)} differ from the "
-                                      f"round's other replies {safe_text(list(best), 200)}", vd.key_id, True, True)
+            if vd.accepted and schemas[i] != best:
+                why = ("differ from the schema most of the round's replies share" if best is not None else
+                       "tie with another schema for the most replies: no schema is the round's")
+                verdicts[i] = Verdict("malformed", f"metrics {safe_text(_schema_text(schemas[i]), 200)} {why}",
+                                      vd.key_id, True, True)
     return verdicts
+
+
+#: Metric names of flower-chain's own (receipt counters, a legacy evaluate loss): not part of the schema.
+OWN_METRICS = ("flower-chain-", "flower-chain.")
+
+
+def strategy_metrics(metrics: Mapping) -> dict:
+    """A reply's metrics as the wrapped strategy gets them: without flower-chain's own (the server hands
+    on exactly these; ``flower-chain ledger audit`` replays with exactly these)."""
+    return {k: v for k, v in metrics.items() if not str(k).startswith(OWN_METRICS)}
+
+
+def metric_schema(metrics: Mapping) -> tuple:
+    """What the accepted replies of a round must share: each metric's name and shape (number, list of n, ...)."""
+    out = []
+    for name, value in metrics.items():
+        if str(name).startswith(OWN_METRICS):
+            continue
+        if isinstance(value, (list, tuple)):
+            shape = f"list[{len(value)}]"
+        elif isinstance(value, bool):
+            shape = "bool"
+        elif isinstance(value, (int, float)):
+            shape = "number"
+        else:
+            shape = type(value).__name__
+        out.append((str(name), shape))
+    return tuple(sorted(out))
+
+
+def _schema_text(schema: tuple) -> str:
+    return "{" + ", ".join(f"{n}: {t}" for n, t in schema) + "}"
 
 
 def equivocating_keys(verdicts: Sequence[Verdict]) -> set[str]:

@@ -86,6 +86,9 @@ class VerifyReport:
     verdicts_rederived: int = 0
     #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key
     client_cosignatures: int = 0
+    #: accepted train updates whose array rules (names, shapes, dtypes, finite values) were not re-derived:
+    #: ``blobs=False``, or the update's arrays or the round's model not in the blob store
+    arrays_unchecked: int = 0
     #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
     blob_problems: list = field(default_factory=list)
 
@@ -350,14 +353,21 @@ def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEnt
         group = [(i, e) for i, e in updates if e.kind == kind]
         if not group:
             continue
+        # A signed update recorded as malformed must be provable: its arrays are in the blob store (the
+        # server keeps them as evidence) and the policy must reach the same verdict from them.
+        signed_malformed = [e.verdict == REJECTED and e.reason == "malformed" and bool(e.statement) for _, e in group]
+        with_arrays = blobs or any(signed_malformed)
         rules = policy.RoundRules(
             federation_id=genesis.federation_id, kind=kind, round=h.round, parent=h.prev_hash,
             base_digest=h.model_before if kind == "train" else b"", keys=genesis.client_keys, revoked=revoked,
-            template=_template(ledger, h.model_before, blobs) if kind == "train" else None)
+            template=_template(ledger, h.model_before, with_arrays) if kind == "train" else None)
         evidence = []
-        for _, e in group:
-            meta, bad = _update_arrays(ledger, e, blobs) if e.verdict == ACCEPTED else (None, None)
+        for (_, e), evidence_needed in zip(group, signed_malformed):
+            load = kind == "train" and ((blobs and e.verdict == ACCEPTED) or evidence_needed)
+            meta, bad = _update_arrays(ledger, e, True) if load else (None, None)
             evidence.append(policy.evidence_of(e, arrays_meta=meta, nonfinite=bad))
+            if kind == "train" and e.verdict == ACCEPTED and (meta is None or rules.template is None):
+                report.arrays_unchecked += 1  # the array rules (names, shapes, dtypes, finite) not re-derived
         cache = _signature_checks(evidence, genesis.client_keys)
 
         def check(raw: bytes, sig: bytes, st: bytes) -> bool:
@@ -376,7 +386,12 @@ def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEnt
                 raise VerificationError("a client-error entry carries a signed statement: a reply with content "
                                         "was recorded as a Flower error", height=h.height, entry=i)
             if rec in policy.PRECHECK_REASONS and d.reason != rec:
-                opaque.add(j)
+                if e.statement:  # the server read a signed statement: the verdict must follow from the ledger
+                    missing = " (its arrays are not in the blob store)" if evidence[j].arrays_meta is None else ""
+                    raise VerificationError(f"a signed {kind} update is recorded as {rec!r}, but the verdict policy "
+                                            f"derives {d.reason!r}{missing}: the rejection is not supported by the "
+                                            "ledger", height=h.height, entry=i)
+                opaque.add(j)  # bytes the server could not read at all: nothing on the ledger to check them with
                 evidence[j] = policy.evidence_of(e, precheck=(rec, e.detail))
         if opaque:
             derived = policy.judge_round(rules, evidence, check)

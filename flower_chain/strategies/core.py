@@ -26,7 +26,7 @@ from flower_chain.ledger.cosignature import check_client_cosignature
 from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
-from flower_chain.ledger.policy import OK, PRECHECK_REASONS
+from flower_chain.ledger.policy import OK, VERIFIED_REASONS
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Judge, Judgement, Reply
 from flower_chain.strategies.receipts import ReceiptServer
@@ -35,14 +35,24 @@ from flower_chain.wire import LedgerContext
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
-__all__ = ["STORE_UPDATES_LIMIT", "Judgement", "LedgerCore", "Reply", "TooFewAcceptedError"]
+__all__ = ["STORE_UPDATES_LIMIT", "AggregationError", "Judgement", "LedgerCore", "Reply", "TooFewAcceptedError"]
 
 
 class TooFewAcceptedError(LedgerError):
     """A round accepted fewer replies than ``min_accepted``: the run stops (the round is on the ledger)."""
-#: Verdicts reached only after the reply's signature verified (a ledger's entries are indexed for receipts by them).
-_VERIFIED_REASONS = {OK, "wrong-round", "wrong-federation", "stale-parent", "wrong-base-model", "digest-mismatch",
-                     "num-examples-mismatch", "duplicate", "equivocation"}
+
+
+class AggregationError(LedgerError):
+    """The wrapped strategy refused the accepted replies of a round (recorded on the ledger all the same).
+
+    The checks are meant to refuse, before the strategy sees it, whatever it would refuse; reaching
+    this is a gap in them: the run stops with the strategy's own reason rather than an anonymous crash.
+    """
+
+    def __init__(self, server_round: int, strategy: Any, cause: BaseException) -> None:
+        super().__init__(f"round {server_round}: {type(strategy).__name__} refused the accepted replies "
+                         f"({type(cause).__name__}: {safe_text(cause, 300)}); every reply is recorded on the "
+                         "ledger. Please report this: flower-chain's checks should have rejected the reply first")
 
 
 class LedgerCore:
@@ -140,7 +150,7 @@ class LedgerCore:
 
     def _index_existing(self, index: int, entry) -> None:
         if isinstance(entry, UpdateEntry):
-            verified = entry.reason in _VERIFIED_REASONS or (
+            verified = entry.reason in VERIFIED_REASONS or (
                 entry.reason == "malformed" and entry.key_id in self.writer_keys()
                 and verify_signature(self.writer_keys()[entry.key_id], entry.signature, entry.statement))
             self.receipts.index_entry(index, entry, verified)
@@ -255,7 +265,8 @@ class LedgerCore:
         t0 = time.perf_counter()
         block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
                                            [j.entry for j in judgements] + self._cosignatures(server_round, judgements),
-                                           accepted_arrays, aggregated, state)
+                                           accepted_arrays, aggregated, state,
+                                           [j.evidence for j in judgements if j.evidence is not None])
         self.receipts.committed(block.header.first_index, [(j.entry, j.verified) for j in judgements])
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {

@@ -65,6 +65,7 @@ class Judgement:
     entry: UpdateEntry
     verified: bool = False  # the signature verified under the genesis key the entry names
     cosignature: str | None = None  # the client's cosignature of the checkpoint it was sent (verified replies)
+    evidence: NamedArrays | None = None  # a signed reply rejected as malformed: its arrays, kept to prove why
 
 
 def template_of(arrays: NamedArrays) -> policy.ArrayMeta:
@@ -212,8 +213,9 @@ class Judge:
                 verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=safe_text(vd.detail, 500),
                 num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
                 statement=ev.statement, signature=ev.signature)
+            proof = reply.arrays if (vd.reason == "malformed" and ev.statement and ev.arrays_digest) else None
             out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified,
-                                 reply.cosignature if vd.verified else None))
+                                 reply.cosignature if vd.verified else None, proof))
         return out
 
     def close(self) -> None:

@@ -19,8 +19,9 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
+from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.core import Judgement, LedgerCore, TooFewAcceptedError
+from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 
@@ -40,7 +41,10 @@ def _as_judged(msg: Message, reply) -> Message:
     names ``arrays`` and ``metrics`` (Flower's strategies require every reply to use the same names)."""
     arrays_rec, metrics_rec = reply.records
     content = msg.content
-    if content.array_records.get(parse.ARRAYS_RECORD) is arrays_rec and \
+    own = [k for k in metrics_rec.keys() if str(k).startswith(OWN_METRICS)]
+    if own:  # flower-chain's receipt counters are the ledger's, not the strategy's (clients may differ in them)
+        metrics_rec = MetricRecord(strategy_metrics(dict(metrics_rec.items())))
+    elif content.array_records.get(parse.ARRAYS_RECORD) is arrays_rec and \
             content.metric_records.get(parse.METRICS_RECORD) is metrics_rec:
         return msg  # already so (Flower's quickstarts use these names): no copy
     return make_message(metadata=msg.metadata, content=RecordDict(
@@ -224,6 +228,8 @@ class LedgerStrategy(Strategy):
                 named = self.core.cast_aggregate(server_round, arrays_of(arrays))
                 arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
             state = strategy_state(self.strategy)
+        except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
+            raise AggregationError(server_round, self.strategy, e) from e
         finally:  # the replies are recorded even when the wrapped strategy fails
             self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check, state)
         return arrays, metrics
@@ -240,10 +246,15 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         replies = list(replies)
         accepted, judgements, _ = self._judge("evaluate", server_round, replies)
-        metrics = self.strategy.aggregate_evaluate(server_round, accepted)
-        if replies:
-            self.core.commit_evaluation(server_round, "federated", len(accepted),
-                                        dict(metrics.items()) if metrics is not None else {}, judgements)
+        metrics = None
+        try:
+            metrics = self.strategy.aggregate_evaluate(server_round, accepted)
+        except Exception as e:  # noqa: BLE001 - recorded below, then the run stops with the reason
+            raise AggregationError(server_round, self.strategy, e) from e
+        finally:  # every judged reply is on the ledger, whatever the wrapped strategy does
+            if replies:
+                self.core.commit_evaluation(server_round, "federated", len(accepted),
+                                            dict(metrics.items()) if metrics is not None else {}, judgements)
         return metrics
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,

@@ -28,7 +28,7 @@ from flwr.server.strategy import Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.core import Judgement, LedgerCore
+from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore
 from flower_chain.strategies.judge import Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.ledger.text import safe_text
@@ -126,6 +126,8 @@ class LegacyLedgerStrategy(Strategy):
             if parameters is not None:  # the global model keeps the initial dtypes
                 named = self.core.cast_aggregate(server_round, _named(parameters))
                 parameters = ndarrays_to_parameters([a for _, a in named])
+        except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
+            raise AggregationError(server_round, self.strategy, e) from e
         finally:
             self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check)
         stats = self.core.stats[server_round]
@@ -142,12 +144,17 @@ class LegacyLedgerStrategy(Strategy):
                            failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
                            ) -> tuple[float | None, dict[str, Scalar]]:
         accepted, judgements, _ = self._judge("evaluate", server_round, results, failures)
-        loss, metrics = self.strategy.aggregate_evaluate(server_round, accepted, failures)
-        if results or failures:
-            summary = dict(metrics or {})
-            if loss is not None:
-                summary["loss"] = float(loss)
-            self.core.commit_evaluation(server_round, "federated", len(accepted), summary, judgements)
+        loss, metrics = None, {}
+        try:
+            loss, metrics = self.strategy.aggregate_evaluate(server_round, accepted, failures)
+        except Exception as e:  # noqa: BLE001 - recorded below, then the run stops with the reason
+            raise AggregationError(server_round, self.strategy, e) from e
+        finally:  # every judged reply is on the ledger, whatever the wrapped strategy does
+            if results or failures:
+                summary = dict(metrics or {})
+                if loss is not None:
+                    summary["loss"] = float(loss)
+                self.core.commit_evaluation(server_round, "federated", len(accepted), summary, judgements)
         return loss, metrics
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:

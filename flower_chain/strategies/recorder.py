@@ -106,8 +106,13 @@ class Recorder:
 
     def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
                      accepted_arrays: Sequence[NamedArrays], aggregated: NamedArrays | None,
-                     state: NamedArrays | None) -> StoredBlock:
-        """Append a train round's block: every reply judged, the model digests before and after."""
+                     state: NamedArrays | None, evidence: Sequence[NamedArrays] = ()) -> StoredBlock:
+        """Append a train round's block: every reply judged, the model digests before and after.
+
+        ``evidence``: the arrays of signed replies rejected as ``malformed`` (wrong shape, dtype, a
+        non-finite value). They always go to the blob store, whatever ``store_client_updates`` says:
+        without them an auditor could not tell such a rejection from a valid update the server dropped.
+        """
         if parent is not None:
             self.check_parent(parent)
         after = self.store_model(aggregated) if aggregated is not None else before
@@ -115,8 +120,9 @@ class Recorder:
             self.state_digest = array_digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        if self._store_updates(accepted_arrays):  # a blob's address is its array digest (SHA-256 of the stream)
-            blobs = [encode_arrays(arrays) for arrays in accepted_arrays]
+        stored = list(accepted_arrays) if self._store_updates(accepted_arrays) else []
+        blobs = [encode_arrays(arrays) for arrays in stored + list(evidence)]  # address: the array digest
+        if blobs:
             self.ledger.put_blobs((hashlib.sha256(b).digest(), b) for b in blobs)
         block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
                                    state_after=self.state_digest)

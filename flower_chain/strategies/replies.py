@@ -87,8 +87,8 @@ def _scalar(value: Any, what: str, legacy: bool) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value)
     if legacy and isinstance(value, str):
-        if len(value) > MAX_TEXT:
-            raise Malformed(f"{what} is text of {len(value)} characters (at most {MAX_TEXT})")
+        if len(value) > MAX_TEXT or not _utf8(value):
+            raise Malformed(f"{what} is not UTF-8 text of at most {MAX_TEXT} characters")
         return value
     if legacy and isinstance(value, bytes):
         if len(value) > MAX_TEXT:
@@ -97,12 +97,21 @@ def _scalar(value: Any, what: str, legacy: bool) -> Any:
     raise Malformed(f"{what} has type {type(value).__name__}")
 
 
+def _utf8(text: str) -> bool:
+    """Whether text encodes as UTF-8 (a lone surrogate does not: the canonical encoding would refuse it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_metrics(items: Iterable[tuple[Any, Any]], *, legacy: bool = False) -> dict[str, Any]:
     """Metrics as plain bounded Python values (what the client digested), or :class:`Malformed`."""
     out: dict[str, Any] = {}
     for k, v in items:
-        if not isinstance(k, str) or len(k) > MAX_NAME:
-            raise Malformed(f"metric name {safe_text(k, 40)!r} is not text of at most {MAX_NAME} characters")
+        if not isinstance(k, str) or len(k) > MAX_NAME or not _utf8(k):
+            raise Malformed(f"metric name {safe_text(k, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
         if len(out) >= MAX_METRICS:
             raise Malformed(f"more than {MAX_METRICS} metrics")
         what = f"metric {safe_text(k, 40)!r}"
@@ -115,9 +124,13 @@ def parse_metrics(items: Iterable[tuple[Any, Any]], *, legacy: bool = False) -> 
     return out
 
 
-def num_examples_in(metrics: Mapping[str, Any], key: str | None = None) -> int:
-    """The positive example count a reply's metrics carry (-1 when absent), or :class:`Malformed`."""
-    for k in ((key,) if key else ()) + NUM_EXAMPLES_KEYS:
+def num_examples_in(metrics: Mapping[str, Any]) -> int:
+    """The positive example count a reply's metrics carry (-1 when absent), or :class:`Malformed`.
+
+    Read from the same keys, in the same order, as the client that signed it
+    (:func:`flower_chain.wire.num_examples_of`): one definition of the signed count.
+    """
+    for k in NUM_EXAMPLES_KEYS:
         if k in metrics:
             v = metrics[k]
             if isinstance(v, float):
@@ -126,6 +139,16 @@ def num_examples_in(metrics: Mapping[str, Any], key: str | None = None) -> int:
                 v = int(v)
             return _int(v, "num-examples", 1)
     return -1
+
+
+def check_weight(metrics: Mapping[str, Any], key: str | None) -> None:
+    """The metric the wrapped strategy weighs replies by (``weighted_by_key``) must be a positive finite number."""
+    if not key:
+        return
+    v = metrics.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise Malformed(f"metric {safe_text(key, 40)!r}, which the strategy weighs replies by, is "
+                        f"{'missing' if v is None else 'not a positive finite number'}")
 
 
 def _sig_fields(get, statement_key: str, signature_key: str, seen_key: str, pending_key: str):
@@ -144,7 +167,7 @@ def _cosignature(value: Any) -> str | None:
     """A client's cosignature line of the checkpoint it was sent (checked when it is recorded), or None."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_COSIGNATURE or "\n" in value:
+    if not isinstance(value, str) or len(value) > MAX_COSIGNATURE or "\n" in value or not _utf8(value):
         raise Malformed(f"cosignature is not one line of text of at most {MAX_COSIGNATURE} characters")
     return value
 
@@ -153,8 +176,8 @@ def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int) -> list[tuple
     """(name, validated NPY view) of each array, or :class:`Malformed`."""
     out, total = [], 0
     for name, arr in items:
-        if not isinstance(name, str) or len(name) > MAX_NAME:
-            raise Malformed(f"array name {safe_text(name, 40)!r} is not text of at most {MAX_NAME} characters")
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _utf8(name):
+            raise Malformed(f"array name {safe_text(name, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
         if len(out) >= MAX_ARRAYS:
             raise Malformed(f"more than {MAX_ARRAYS} arrays")
         if getattr(arr, "stype", None) != "numpy.ndarray":
@@ -217,7 +240,8 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
         statement, signature, seen, pending = _sig_fields(sig.get, STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND)
         cosignature = _cosignature(sig.get(COSIGNATURE))
     metrics = parse_metrics(metric_recs[0].items())
-    n = num_examples_in(metrics, weight_key)
+    n = num_examples_in(metrics)
+    check_weight(metrics, weight_key)
     arrays = parse_arrays(arrays_recs[0].items(), max_array_bytes) if arrays_recs else None
     return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
                  num_examples=n, seen_size=seen, pending_round=pending, cosignature=cosignature,
