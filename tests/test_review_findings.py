@@ -1,0 +1,189 @@
+"""Defects an adversarial review found in this version, one test each (each failed before its fix)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
+
+from flower_chain.clients.signing import make_signing_mod
+from flower_chain.ledger import decode_entry, verify
+from flower_chain.ledger.entries import REJECTED
+from flower_chain.ledger.errors import VerificationError
+from flower_chain.strategies import LedgerStrategy
+from flower_chain.strategies.core import TooFewAcceptedError
+from flower_chain.strategies.judge import Judgement
+from tests.fl_helpers import Clients, FakeGrid, arrays, context, fedavg
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+NODES = [101, 102, 103, 104]
+
+
+def reply(msg, key, out, metrics):
+    return make_signing_mod(key)(msg, context(), lambda m, c: Message(
+        RecordDict({"arrays": out, "metrics": MetricRecord(metrics)}), reply_to=m))
+
+
+class S:
+    def __init__(self, n=4, uri="memory:", inner=None, **kw):
+        self.clients = Clients(n)
+        self.key = Ed25519PrivateKey.generate()
+        self.strategy = LedgerStrategy(inner or fedavg(), ledger=uri, keyring=self.clients.keyring,
+                                       server_key=self.key, federation_id="rf", **kw)
+
+    def instructions(self, rnd, glob=None):
+        return sorted(self.strategy.configure_train(rnd, glob or arrays(0), ConfigRecord({}),
+                                                    FakeGrid(NODES[: len(self.clients.keys)])),
+                      key=lambda m: m.metadata.dst_node_id)
+
+    def entries(self):
+        h = self.strategy.ledger.head().header
+        return [e for e in (decode_entry(d) for d in self.strategy.ledger.entries(h.first_index, h.log_size))
+                if e.TYPE == "update"]
+
+
+@pytest.mark.parametrize("variant", ["list-vs-number", "list-lengths", "weight-key-alias"])
+def test_a_key_holders_metric_shape_cannot_crash_the_strategy(variant):
+    s = S()
+    msgs = s.instructions(1)
+    reps = []
+    for i, (m, k) in enumerate(zip(msgs, s.clients.keys)):
+        met = {"num-examples": 10 + i, "acc": [0.5, 0.6] if variant == "list-lengths" else 0.5}
+        if i == 0:
+            met = {"list-vs-number": {"num-examples": 10, "acc": [0.5, 0.5]},
+                   "list-lengths": {"num-examples": 10, "acc": [0.5]},
+                   "weight-key-alias": {"num_examples": 10, "acc": 0.5}}[variant]
+        reps.append(reply(m, k, arrays(10 + i), met))
+    agg, _ = s.strategy.aggregate_train(1, reps)  # no exception escapes
+    assert agg is not None
+    assert [(e.verdict, e.reason) for e in s.entries()] == [("rejected", "malformed")] + [("accepted", "ok")] * 3
+
+
+def test_a_tie_between_metric_schemas_rejects_both_sides():
+    """Two clients, two schemas: neither outvotes the other (before: the one that sorted first won)."""
+    s = S(n=2)
+    msgs = s.instructions(1)
+    reps = [reply(msgs[0], s.clients.keys[0], arrays(1), {"a": 0.0, "num-examples": 5}),
+            reply(msgs[1], s.clients.keys[1], arrays(2), {"train_loss": 0.3, "num-examples": 5})]
+    with pytest.raises(TooFewAcceptedError):
+        s.strategy.aggregate_train(1, reps)
+    assert [e.reason for e in s.entries()] == ["malformed", "malformed"]
+    verify(s.strategy.ledger, client_signatures=True)
+
+
+def test_honest_clients_under_a_custom_weight_key_are_accepted():
+    from flwr.serverapp.strategy import FedAvg
+
+    s = S(n=3, inner=FedAvg(weighted_by_key="n", min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0))
+    msgs = s.instructions(1)
+    reps = [reply(m, k, arrays(i), {"n": 10 + i, "loss": 0.1}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    agg, _ = s.strategy.aggregate_train(1, reps)
+    assert agg is not None and [e.reason for e in s.entries()] == ["ok"] * 3
+    verify(s.strategy.ledger, client_signatures=True)
+
+
+def test_clients_with_and_without_receipt_counters_are_all_accepted(tmp_path):
+    s = S(n=2)
+    msgs = s.instructions(1)
+    with_receipts = make_signing_mod(s.clients.keys[1], receipts_dir=tmp_path / "r")
+    reps = [reply(msgs[0], s.clients.keys[0], arrays(1), {"num-examples": 5}),
+            with_receipts(msgs[1], context(), lambda m, c: Message(
+                RecordDict({"arrays": arrays(2), "metrics": MetricRecord({"num-examples": 5})}), reply_to=m))]
+    agg, _ = s.strategy.aggregate_train(1, reps)
+    assert agg is not None and [e.reason for e in s.entries()] == ["ok", "ok"]
+
+
+def test_an_evaluate_round_the_strategy_refuses_is_still_recorded():
+    from flwr.serverapp.strategy import FedAvg
+
+    from flower_chain.strategies.core import AggregationError
+
+    s = S(inner=FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
+    msgs = list(s.strategy.configure_evaluate(1, arrays(0), ConfigRecord({}), FakeGrid(NODES)))
+    reps = [make_signing_mod(k)(m, context(), lambda mm, c: Message(RecordDict({"metrics": MetricRecord(
+        {"num-examples": 5, "acc": 0.3})}), reply_to=mm)) for m, k in zip(msgs, s.clients.keys)]
+    before = s.strategy.ledger.block_count()
+    boom = s.strategy.strategy.aggregate_evaluate
+
+    def refuse(*a, **kw):
+        boom(*a, **kw)
+        raise ValueError("refused")
+
+    s.strategy.strategy.aggregate_evaluate = refuse
+    with pytest.raises(AggregationError, match="refused"):
+        s.strategy.aggregate_evaluate(1, reps)
+    assert s.strategy.ledger.block_count() == before + 1  # every judged reply is on the ledger
+
+
+def test_a_lone_surrogate_in_a_metric_name_is_malformed_not_a_crash():
+    s = S(n=2)
+    msgs = s.instructions(1)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    reps[0].content["metrics"].__dict__["_data"]["x\ud800"] = 1.0
+    s.strategy.aggregate_train(1, reps)
+    assert [e.reason for e in s.entries()] == ["malformed", "ok"]
+
+
+def test_a_server_that_calls_a_valid_signed_update_malformed_fails_verify(tmp_path):
+    """Censorship disguised as 'non-finite values': the ledger holds no arrays to support it."""
+    s = S(uri=f"sqlite:///{tmp_path / 'c.db'}")
+    judge = s.strategy.core.judge.judge_all
+
+    def censor(kind, rnd, replies):
+        out = judge(kind, rnd, replies)
+        j = out[0]
+        e = dataclasses.replace(j.entry, verdict=REJECTED, reason="malformed", detail="array 'w' has non-finite values")
+        out[0] = Judgement(False, "malformed", e.detail, e, j.verified)
+        return out
+
+    s.strategy.core.judge.judge_all = censor
+    msgs = s.instructions(1)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    s.strategy.aggregate_train(1, reps)
+    with pytest.raises(VerificationError, match="not supported by the ledger"):
+        verify(s.strategy.ledger, client_signatures=True)
+
+
+def test_a_signed_nan_update_rejected_by_an_honest_server_verifies():
+    """The honest counterpart: the server keeps the rejected arrays, so the auditor re-derives 'malformed'."""
+    s = S()
+    msgs = s.instructions(1)
+    bad = arrays(7)
+    w = bad["w"].numpy().copy()
+    w[0, 0] = np.nan
+    bad["w"] = Array(w)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    reps[0] = reply(msgs[0], s.clients.keys[0], bad, {"num-examples": 5})
+    s.strategy.aggregate_train(1, reps)
+    assert [e.reason for e in s.entries()][0] == "malformed"
+    rep = verify(s.strategy.ledger, client_signatures=True)
+    assert rep.verdicts_rederived == 4 and not rep.not_rederived
+
+
+def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
+    s = S(uri=f"sqlite:///{tmp_path / 'n.db'}", store_client_updates=True)
+    judge = s.strategy.core.judge.judge_all
+
+    def accept_all(kind, rnd, replies):
+        out = judge(kind, rnd, replies)
+        j = out[0]
+        e = dataclasses.replace(j.entry, verdict="accepted", reason="ok", detail="")
+        out[0] = Judgement(True, "ok", "", e, True)
+        return out
+
+    s.strategy.core.judge.judge_all = accept_all
+    msgs = s.instructions(1)
+    bad = arrays(7)
+    w = bad["w"].numpy().copy()
+    w[0, 0] = np.nan
+    bad["w"] = Array(w)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    reps[0] = reply(msgs[0], s.clients.keys[0], bad, {"num-examples": 5})
+    s.strategy.aggregate_train(1, reps)
+    rep = verify(s.strategy.ledger, client_signatures=True)
+    assert rep.arrays_unchecked == 4  # without blobs the array rules are not checked, and that is reported
+    with pytest.raises(VerificationError, match="non-finite"):
+        verify(s.strategy.ledger, client_signatures=True, blobs=True)
