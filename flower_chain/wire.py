@@ -182,3 +182,4 @@ def num_examples_of(metrics: Mapping[str, Any]) -> int | None:
 #: A client's C2SP cosignature/v1 line (without its newline) of the checkpoint it verified: clients as witnesses.
 COSIGNATURE = "cosignature"
 LEGACY_COSIGNATURE = PREFIX + "cosignature"
+LEGACY_LOSS = PREFIX + "loss"  # a legacy EvaluateRes.loss, signed with the metrics (not a metric of the app's)

@@ -187,3 +187,38 @@ def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
     assert rep.arrays_unchecked == 4  # without blobs the array rules are not checked, and that is reported
     with pytest.raises(VerificationError, match="non-finite"):
         verify(s.strategy.ledger, client_signatures=True, blobs=True)
+
+
+def test_a_legacy_evaluate_loss_changed_in_transit_is_a_digest_mismatch():
+    """EvaluateRes.loss is aggregated by the server, so the client signs it with its metrics."""
+    from flwr.common import Code, EvaluateRes, Status
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    from flower_chain.ledger.entries import UpdateStatement, metrics_digest
+    from flower_chain.ledger.keys import key_id
+    from flower_chain.strategies import LegacyLedgerStrategy
+    from flower_chain.wire import (CTX_FEDERATION, CTX_PARENT, CTX_ROUND, LEGACY_LOSS, LEGACY_SIGNATURE,
+                                   LEGACY_STATEMENT)
+    from tests.test_reply_fuzz import _Manager
+
+    clients = Clients(2)
+    s = LegacyLedgerStrategy(LegacyFedAvg(min_available_clients=2, min_evaluate_clients=2), ledger="memory:",
+                             keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    from flwr.common import ndarrays_to_parameters
+
+    pairs = s.configure_evaluate(1, ndarrays_to_parameters([np.zeros(3, np.float32)]), _Manager(2))
+    results = []
+    for (proxy, ins), k in zip(pairs, clients.keys):
+        metrics = {"acc": 0.5}
+        cfg = ins.config
+        st = UpdateStatement("evaluate", str(cfg[CTX_FEDERATION]), int(cfg[CTX_ROUND]), key_id(k),
+                             bytes(cfg[CTX_PARENT]), b"", b"", 7, metrics_digest({**metrics, LEGACY_LOSS: 0.25})
+                             ).to_bytes()
+        results.append((proxy, EvaluateRes(Status(Code.OK, ""), 0.25, 7,
+                                           {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: k.sign(st)})))
+    results[1][1].loss = 0.0001  # a better loss, written in transit
+    s.aggregate_evaluate(1, results, [])
+    h = s.ledger.head().header
+    reasons = [e.reason for e in (decode_entry(d) for d in s.ledger.entries(h.first_index, h.log_size))
+               if e.TYPE == "update"]
+    assert reasons == ["ok", "digest-mismatch"]

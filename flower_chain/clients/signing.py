@@ -55,6 +55,7 @@ from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import key_id, load_private, load_public, raw_public
 from flower_chain.wire import (
+    LEGACY_LOSS,
     COSIGNATURE,
     LEGACY_COSIGNATURE,
     LEGACY_PENDING_ROUND,
@@ -154,6 +155,9 @@ def _reply_parts(reply: Message, kind: str, legacy: bool):
         metrics = plain_metrics(metrics_rec.items()) if metrics_rec is not None else {}
         n = content.metric_records.get(f"{res}.num_examples", {}).get("num_examples")
         arrays = content.array_records.get(f"{res}.parameters") if kind == "train" else None
+        loss = content.metric_records.get(f"{res}.loss", {}).get("loss") if kind == "evaluate" else None
+        if loss is not None:  # EvaluateRes.loss is aggregated by the server: sign it with the metrics
+            metrics[LEGACY_LOSS] = float(loss)
         return arrays, metrics, int(n) if n is not None else None
     metrics = {}
     for rec in content.metric_records.values():

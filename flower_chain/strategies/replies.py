@@ -37,6 +37,7 @@ from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Reply
 from flower_chain.wire import (
     LEGACY_COSIGNATURE,
+    LEGACY_LOSS,
     LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
     LEGACY_SIGNATURE,
@@ -267,6 +268,11 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
         metrics = parse_metrics(((k, v) for k, v in metrics_in.items()
                                  if not (isinstance(k, str) and k.startswith(PREFIX))), legacy=True)
         n = _int(res.num_examples, "num-examples")
+        loss = getattr(res, "loss", None) if kind == "evaluate" else None
+        if loss is not None:  # the client signed it with the metrics (flower_chain.wire.LEGACY_LOSS)
+            if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+                raise Malformed(f"loss is a {type(loss).__name__}, not a number")
+            metrics[LEGACY_LOSS] = float(loss)
         arrays = None
         if kind == "train":
             params = res.parameters
