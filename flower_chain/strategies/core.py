@@ -239,6 +239,10 @@ class LedgerCore:
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
         """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
         replies = list(replies)
+        if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
+            parent = self.writer.head_hash  # the head they would be recorded after, as the auditor re-derives them
+            self.judge.begin(self.federation_id, kind, server_round, parent, None)
+            self._parents[(kind, int(server_round))] = parent
         judgements = self.judge.judge_all(kind, server_round, replies)
         self.verdicts.update((kind, j.reason) for j in judgements)
         for r, j in zip(replies, judgements):

@@ -187,8 +187,8 @@ class Judge:
         """The judgement on every reply of a round, in the order given (= the order recorded)."""
         replies = list(replies)
         rules = self.rules(kind, server_round)
-        if rules is None:  # a reply for a round this server never configured: every reply fails the round rule
-            rules = policy.RoundRules("", kind, int(server_round), b"", b"", self.keys, frozenset(self.revoked))
+        if rules is None:
+            raise ValueError(f"round {server_round} ({kind}) was never configured: call begin() first")
         if self.verify_workers > 1 and len(replies) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
