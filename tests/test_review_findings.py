@@ -222,3 +222,23 @@ def test_a_legacy_evaluate_loss_changed_in_transit_is_a_digest_mismatch():
     reasons = [e.reason for e in (decode_entry(d) for d in s.ledger.entries(h.first_index, h.log_size))
                if e.TYPE == "update"]
     assert reasons == ["ok", "digest-mismatch"]
+
+
+def test_strict_verify_and_audit_fail_where_accepted_arrays_were_not_checked(tmp_path):
+    """--strict implies --blobs: an accepted update whose arrays are not stored leaves its array rules
+    unchecked, which --strict reports as a failure (a NaN accepted by a dishonest server hides there)."""
+    from typer.testing import CliRunner
+
+    from flower_chain.cli import app as cli
+
+    s = S(uri=f"sqlite:///{tmp_path / 'l.db'}", store_client_updates=False)
+    msgs = s.instructions(1)
+    s.strategy.aggregate_train(1, [reply(m, k, arrays(i), {"num-examples": 5})
+                                   for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+    s.strategy.close()
+    uri = f"sqlite:///{tmp_path / 'l.db'}"
+    run = CliRunner().invoke
+    assert run(cli, ["ledger", "verify", uri]).exit_code == 0
+    strict = run(cli, ["ledger", "verify", uri, "--strict"])
+    assert strict.exit_code == 1 and "arrays are not stored" in strict.output, strict.output
+    assert run(cli, ["ledger", "audit", uri, "--strict"]).exit_code == 1

@@ -35,7 +35,7 @@ def ledger_audit(uri: str,
     classes = [load_class(c) for c in strategy_class or []]  # AuditInputError: exit 2 by the CLI's handler
     ledger = open_or_fail(uri)
     try:
-        verify(ledger, client_signatures=True)
+        checked = verify(ledger, client_signatures=True, blobs=True)  # the replayed updates must obey the policy
         report = audit(ledger, strategy_classes=classes)
     except VerificationError as e:
         if as_json:
@@ -45,7 +45,8 @@ def ledger_audit(uri: str,
     except LedgerError as e:
         fail(f"{uri}: {e}", EXIT_FAILED)
     missing = report.not_rederived
-    failed = bool(report.mismatches) or (strict and bool(missing))
+    unchecked = checked.arrays_unchecked  # accepted updates whose arrays are not stored: their rules unchecked
+    failed = bool(report.mismatches) or (strict and bool(missing or unchecked))
     if as_json:
         emit_json({"verified": True, **report.to_dict(), "strict": strict, "ok": not failed})
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
@@ -56,6 +57,10 @@ def ledger_audit(uri: str,
         err.print("the recorded global model or strategy state of these rounds is not what the recorded strategy "
                   "computes from their accepted updates: the server did not aggregate what it recorded",
                   highlight=False)
+    if unchecked:
+        (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
+                                       + f"{unchecked} accepted updates' arrays are not in the blob store: their "
+                                       "shapes, dtypes and finiteness were not re-derived", highlight=False)
     if missing:
         reasons = sorted({r.detail for r in missing})
         line = (f"aggregation not re-derivable for rounds {_rounds_text([r.round for r in missing])}: "

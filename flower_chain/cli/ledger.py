@@ -145,8 +145,9 @@ def ledger_verify(uri: str,
                                              help="also check the stored models, states and updates against "
                                                   "their digests"),
                   strict: bool = typer.Option(False, "--strict",
-                                              help="verdicts that cannot be re-derived from the ledger, and (with "
-                                                   "--blobs) blobs that are not stored, fail (exit 1)"),
+                                              help="implies --blobs; verdicts that cannot be re-derived from the "
+                                                   "ledger, blobs that are not stored and accepted updates whose "
+                                                   "arrays are not stored fail (exit 1)"),
                   anchor_url: Optional[str] = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
                   contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
                   owner: Optional[str] = typer.Option(None, "--owner",
@@ -169,7 +170,7 @@ def ledger_verify(uri: str,
     anchors = witnessed = None
     try:
         kwargs: dict[str, Any] = {"server_key": expected, "client_signatures": client_signatures}
-        if blobs:
+        if blobs or strict:  # --strict: nothing that could be checked goes unchecked
             kwargs["blobs"] = True
         report = verify(ledger, **kwargs)
         if keys is not None:
@@ -198,7 +199,8 @@ def ledger_verify(uri: str,
     not_rederived = getattr(report, "not_rederived", None) or {}
     equivocating = sorted(getattr(report, "equivocating_keys", None) or ())
     blob_problems = list(getattr(report, "blob_problems", None) or [])
-    failed = strict and bool(not_rederived or blob_problems)
+    unchecked = report.arrays_unchecked
+    failed = strict and bool(not_rederived or blob_problems or unchecked)
     if as_json:
         emit_json({"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
                    "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
@@ -206,7 +208,8 @@ def ledger_verify(uri: str,
                    "verdicts": _verdict_rows(getattr(report, "verdicts", {}) or {}),
                    "verdicts_rederived": getattr(report, "verdicts_rederived", 0),
                    "not_rederived": dict(not_rederived), "equivocating_keys": equivocating,
-                   "blobs_checked": blobs, "blob_problems": blob_problems, "strict": strict,
+                   "blobs_checked": blobs or strict, "blob_problems": blob_problems, "strict": strict,
+                   "arrays_unchecked": unchecked,
                    "client_cosignatures": report.client_cosignatures,
                    "witnessed": witnessed.to_dict() if witnessed is not None else None,
                    "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
@@ -241,12 +244,13 @@ def ledger_verify(uri: str,
     if failed:
         gaps = [f"{sum(not_rederived.values())} verdicts cannot be re-derived from the ledger"] if not_rederived else []
         gaps += [f"{len(blob_problems)} blobs are missing"] if blob_problems else []
+        gaps += [f"{unchecked} accepted updates' arrays are not stored (their array rules unchecked)"] if unchecked else []
         err.print(f"[bold red]NOT VERIFIED (--strict)[/] {uri}: {'; '.join(gaps)}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
     out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
               f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
               f"{report.client_signatures_checked} client signatures checked"
-              + (", stored blobs checked" if blobs else "") + f"), server key {report.server_key_id}",
+              + (", stored blobs checked" if blobs or strict else "") + f"), server key {report.server_key_id}",
               highlight=False)
 
 
