@@ -147,9 +147,8 @@ def test_a_server_that_calls_a_valid_signed_update_malformed_fails_verify(tmp_pa
         verify(s.strategy.ledger, client_signatures=True)
 
 
-def test_a_signed_nan_update_rejected_by_an_honest_server_verifies():
-    """The honest counterpart: the server keeps the rejected arrays, so the auditor re-derives 'malformed'."""
-    s = S()
+def nan_round(s: S) -> None:
+    """Round 1 where client 0 returns, validly signed, arrays with a NaN."""
     msgs = s.instructions(1)
     bad = arrays(7)
     w = bad["w"].numpy().copy()
@@ -158,6 +157,12 @@ def test_a_signed_nan_update_rejected_by_an_honest_server_verifies():
     reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
     reps[0] = reply(msgs[0], s.clients.keys[0], bad, {"num-examples": 5})
     s.strategy.aggregate_train(1, reps)
+
+
+def test_a_signed_nan_update_rejected_by_an_honest_server_verifies():
+    """The honest counterpart: the server keeps the rejected arrays, so the auditor re-derives 'malformed'."""
+    s = S()
+    nan_round(s)
     assert [e.reason for e in s.entries()][0] == "malformed"
     rep = verify(s.strategy.ledger, client_signatures=True)
     assert rep.verdicts_rederived == 4 and not rep.not_rederived
@@ -175,14 +180,7 @@ def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
         return out
 
     s.strategy.core.judge.judge_all = accept_all
-    msgs = s.instructions(1)
-    bad = arrays(7)
-    w = bad["w"].numpy().copy()
-    w[0, 0] = np.nan
-    bad["w"] = Array(w)
-    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
-    reps[0] = reply(msgs[0], s.clients.keys[0], bad, {"num-examples": 5})
-    s.strategy.aggregate_train(1, reps)
+    nan_round(s)
     rep = verify(s.strategy.ledger, client_signatures=True)
     assert rep.arrays_unchecked == 4  # without blobs the array rules are not checked, and that is reported
     with pytest.raises(VerificationError, match="non-finite"):
