@@ -59,3 +59,20 @@ def test_key_directory_means_the_partitions_key(monkeypatch, tmp_path):
     reply = signing_mod(msg, _ctx(), lambda m, c: train_reply(m, arrays(1), 5))
     assert SIG_RECORD in reply.content
     assert (tmp_path / "receipts").is_dir()  # receipts are kept beside the key
+
+
+def test_key_discovery_from_the_run_config_and_relative_paths(tmp_path, monkeypatch):
+    """Simulation without environment variables: the run config names the `keys init` directory; a relative
+    path that does not exist says which working directory it was resolved against."""
+    from flower_chain.clients.signing import RUN_CONFIG_KEYS, key_path_for
+
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    generate(tmp_path / "keys" / "clients", "client-3")
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
+                  run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys")})
+    assert key_path_for(ctx) == tmp_path / "keys" / "clients" / "client-3.key"
+    monkeypatch.chdir(tmp_path / "keys")
+    rel = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
+                  run_config={RUN_CONFIG_KEYS: "keys"})
+    with pytest.raises(KeyFileError, match=f"relative path 'keys/clients'.*{tmp_path / 'keys'}.*absolute path"):
+        key_path_for(rel)

@@ -76,6 +76,7 @@ from flower_chain.wire import (
 log = logging.getLogger(__name__)
 ENV_KEY = "FLOWER_CHAIN_SIGNING_KEY"
 NODE_CONFIG_KEY = "signing-key"
+RUN_CONFIG_KEYS = "flower-chain-keys"  # simulation/demo only: the `keys init` directory, for every node of the run
 ENV_RECEIPTS = "FLOWER_CHAIN_RECEIPTS"
 RECEIPTS_NODE_CONFIG = "receipts-dir"
 ENV_SERVER_KEY = "FLOWER_CHAIN_SERVER_KEY"
@@ -95,20 +96,30 @@ ANCHOR_OWNER_NODE_CONFIG = "anchor-owner"
 def key_path_for(context: Context) -> Path:
     """Where this node's private key is.
 
-    In order: node config ``signing-key``, environment ``FLOWER_CHAIN_SIGNING_KEY``, and (for the
-    bundled demo app under ``flwr run``) the run config's ``keys-dir`` (or ``out-dir``/keys) + ``/clients``.
+    In order: node config ``signing-key`` (a real node pins its own key), environment
+    ``FLOWER_CHAIN_SIGNING_KEY``, run config ``flower-chain-keys`` (the directory ``flower-chain keys
+    init`` made; simulation and demos only — every node of the run reads the same setting) and, for
+    the bundled demo app, the run config's ``keys-dir`` (or ``out-dir``/keys). A directory means
+    ``client-<partition-id>.key`` in it (or in its ``clients/``).
     """
     value = context.node_config.get(NODE_CONFIG_KEY) or os.environ.get(ENV_KEY)
-    if not value and context.run_config.get("keys-dir"):
-        value = str(Path(str(context.run_config["keys-dir"])) / "clients")
-    elif not value and context.run_config.get("out-dir"):
-        value = str(Path(str(context.run_config["out-dir"])) / "keys" / "clients")
+    source = f"node config {NODE_CONFIG_KEY!r}" if context.node_config.get(NODE_CONFIG_KEY) else f"${ENV_KEY}"
+    for key, sub in ((RUN_CONFIG_KEYS, "clients"), ("keys-dir", "clients"), ("out-dir", "keys/clients")):
+        if value:
+            break
+        if context.run_config.get(key):
+            value, source = str(Path(str(context.run_config[key])) / sub), f"run config {key!r}"
     if not value:
         raise KeyFileError(
             f"no signing key: set node config '{NODE_CONFIG_KEY}' (flower-supernode --node-config "
-            f"\"{NODE_CONFIG_KEY}='PATH'\") or the environment variable {ENV_KEY} to a key file or a directory "
-            "of client-<partition-id>.key files (create them with `flower-chain keys new`)")
+            f"\"{NODE_CONFIG_KEY}='PATH'\"), the environment variable {ENV_KEY}, or (simulation) the run config "
+            f"'{RUN_CONFIG_KEYS}' to a key file or a directory of client-<partition-id>.key files (create them "
+            "with `flower-chain keys init DIR --clients N`)")
     p = Path(str(value))
+    if not p.is_absolute() and not p.exists():
+        raise KeyFileError(f"{source} names the relative path {str(p)!r}, which does not exist in this ClientApp's "
+                           f"working directory {os.getcwd()} (under `flwr run`, the local SuperLink's): use an "
+                           "absolute path")
     if p.is_dir():
         if "partition-id" not in context.node_config:
             raise KeyFileError(f"{p} is a directory of keys but this node has no partition-id in its node config")
