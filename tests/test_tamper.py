@@ -213,3 +213,16 @@ def test_pinned_server_key_catches_a_ledger_rebuilt_from_scratch(pristine, tmp_p
     verify(forged.ledger)  # internally consistent ...
     with pytest.raises(VerificationError, match="server key"):
         verify(forged.ledger, server_key=raw_public(fed.server_key))  # ... but not the auditor's server
+
+
+def test_an_edited_non_frontier_merkle_node_is_caught(pristine, tmp_path):
+    """Proofs are served from the stored subtree hashes: an edited inner node (not on the head's frontier,
+    so opening the ledger does not notice) must fail verify, before `prove` hands out proofs that fail."""
+    path = _copy(pristine["sqlite"][0], tmp_path, "t.db")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE nodes SET hash = ? WHERE level = 1 AND idx = 0", (b"\x07" * 32,))
+    assert db.total_changes == 1
+    db.commit()
+    db.close()
+    err = _caught(_sqlite_uri(path))
+    assert isinstance(err, VerificationError) and "Merkle node (level 1, index 0)" in err.what, err
