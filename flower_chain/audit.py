@@ -72,8 +72,9 @@ import numpy as np
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import decode
-from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
+from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.policy import strategy_metrics
+from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.writer import read_genesis
 from flower_chain.strategies.state import load_strategy_state, strategy_state
@@ -382,6 +383,9 @@ def _replay_round(ledger: Ledger, factory: Callable[[], Any], server_round: int,
             failed = None
         except Exception as exc:  # noqa: BLE001 - the server records the round with the model unchanged
             aggregated, failed = None, f"{type(exc).__name__}: {exc}"
+    if aggregated is not None and not all(np.isfinite(v.numpy()).all() for v in aggregated.values()
+                                          if v.numpy().dtype.kind in "fc"):
+        aggregated, failed = None, "a non-finite aggregate"  # the server refuses it and keeps the model
     if aggregated is not None:
         named = [(k, v.numpy()) for k, v in aggregated.items()]
         try:
@@ -398,6 +402,35 @@ def _replay_round(ledger: Ledger, factory: Callable[[], Any], server_round: int,
     if state_after != header.state_after:
         return MISMATCH, (f"state_after {header.state_after.hex()[:16] or '(none)'} is not the replayed strategy "
                           f"state {state_after.hex()[:16] or '(none)'}")
+    return OK, ""
+
+
+def _replay_evaluation(factory: Callable[[], Any], server_round: int, accepted: list[UpdateEntry],
+                       summary: EvaluationEntry) -> tuple[str, str]:
+    """(status, detail) of a federated evaluation summary: the recorded strategy's aggregate of the
+    accepted evaluate replies (in key order, as the server hands them on) must be what the entry records."""
+    from flwr.app import Message, Metadata, MetricRecord, RecordDict
+
+    from flower_chain.strategies.recorder import encodable_metrics
+
+    strategy = factory()
+    replies = []
+    for e in accepted:
+        metrics = {k: v for k, v in strategy_metrics(e.metrics).items() if _metric_value(v) is not None}
+        meta = Metadata(run_id=0, message_id="", src_node_id=int(e.node_id) if e.node_id.isdecimal() else 0,
+                        dst_node_id=0, reply_to_message_id="", group_id=str(server_round), created_at=0.0,
+                        ttl=0.0, message_type="evaluate")
+        replies.append(Message(content=RecordDict({"metrics": MetricRecord(metrics)}), metadata=meta))
+    with _sandbox():
+        try:
+            got = strategy.aggregate_evaluate(server_round, replies)
+        except Exception:  # noqa: BLE001 - the server then records no summary metrics
+            got = None
+    want = encodable_metrics(dict(got.items()) if got is not None else {})
+    if summary.num_replies != len(accepted) or want != summary.metrics:
+        return MISMATCH, (f"the federated evaluation summary ({summary.num_replies} replies, "
+                          f"{safe_text(summary.metrics, 120)}) is not the recorded strategy's aggregate of the "
+                          f"{len(accepted)} accepted evaluate replies ({safe_text(want, 120)})")
     return OK, ""
 
 
@@ -443,6 +476,16 @@ def _audit(ledger: Ledger, strategy_classes: Sequence[type],
             # a block without train updates (evaluation, revocation, cosignatures, empty) must not change them
             ra = RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes the "
                             "global model or the strategy state", train=False)
+            report.rounds.append(ra)
+            if progress:
+                progress(ra)
+        evaluate = [e for e in entries if isinstance(e, UpdateEntry) and e.kind == "evaluate"]
+        summaries = [e for e in entries if isinstance(e, EvaluationEntry) and e.source == "federated"]
+        if evaluate and summaries:
+            accepted = sorted((e for e in evaluate if e.verdict == ACCEPTED), key=lambda e: e.key_id)
+            status, detail = (NOT_REDERIVABLE, why) if factory is None else \
+                _replay_evaluation(factory, h.round, accepted, summaries[0])
+            ra = RoundAudit(h.height, h.round, status, detail, len(accepted), train=False)
             report.rounds.append(ra)
             if progress:
                 progress(ra)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from flower_chain.clients.signing import make_signing_mod
 from flower_chain.ledger import decode_entry, verify
@@ -180,8 +180,11 @@ def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
         return out
 
     s.strategy.core.judge.judge_all = accept_all
-    nan_round(s)
-    rep = verify(s.strategy.ledger, client_signatures=True)
+    from flower_chain.strategies.core import AggregationError
+
+    with pytest.raises(AggregationError, match="non-finite"):  # the NaN model itself is refused...
+        nan_round(s)
+    rep = verify(s.strategy.ledger, client_signatures=True)  # ...and the accepted NaN update is caught
     assert rep.arrays_unchecked == 4  # without blobs the array rules are not checked, and that is reported
     with pytest.raises(VerificationError, match="non-finite"):
         verify(s.strategy.ledger, client_signatures=True, blobs=True)
@@ -240,3 +243,134 @@ def test_strict_verify_and_audit_fail_where_accepted_arrays_were_not_checked(tmp
     strict = run(cli, ["ledger", "verify", uri, "--strict"])
     assert strict.exit_code == 1 and "arrays are not stored" in strict.output, strict.output
     assert run(cli, ["ledger", "audit", uri, "--strict"]).exit_code == 1
+
+
+# -- the second review ------------------------------------------------------------------------------------------
+
+
+def _evaluated(tmp_path):
+    """Round 1 trained and evaluated by two honest clients (acc 0.5 each) on an SQLite ledger."""
+    from flwr.serverapp.strategy import FedAvg
+
+    s = S(n=2, uri=f"sqlite:///{tmp_path / 'e.db'}",
+          inner=FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
+    msgs = s.instructions(1)
+    glob, _ = s.strategy.aggregate_train(1, [reply(m, k, arrays(5 + i), {"num-examples": 5})
+                                             for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+    msgs = list(s.strategy.configure_evaluate(1, glob, ConfigRecord({}), FakeGrid(NODES[:2])))
+    s.strategy.aggregate_evaluate(1, [make_signing_mod(k)(m, context(), lambda mm, c: Message(RecordDict(
+        {"metrics": MetricRecord({"num-examples": 5, "acc": 0.5})}), reply_to=mm)) for m, k in zip(msgs, s.clients.keys)])
+    s.strategy.close()
+    return s, f"sqlite:///{tmp_path / 'e.db'}"
+
+
+@pytest.mark.parametrize("lie", ["count", "metrics"])
+def test_a_made_up_federated_evaluation_summary_is_caught(tmp_path, lie):
+    from typer.testing import CliRunner
+
+    from flower_chain.cli import app as cli
+    from flower_chain.ledger.entries import EvaluationEntry
+    from tests.dishonest import rewrite
+
+    s, uri = _evaluated(tmp_path)
+    run = CliRunner().invoke
+    assert run(cli, ["ledger", "verify", uri, "--strict"]).exit_code == 0
+    assert run(cli, ["ledger", "audit", uri, "--strict"]).exit_code == 0
+
+    def edit(blocks):
+        for _, entries in blocks:
+            for i, e in enumerate(entries):
+                if isinstance(e, EvaluationEntry) and e.source == "federated":
+                    entries[i] = dataclasses.replace(e, **({"num_replies": 7} if lie == "count" else
+                                                           {"metrics": {"acc": 0.99}}))
+
+    rewrite(uri, s.key, edit)
+    if lie == "count":
+        assert run(cli, ["ledger", "verify", uri]).exit_code == 1
+    else:  # the count is right: only replaying the strategy's evaluate aggregation shows the lie
+        assert run(cli, ["ledger", "verify", uri]).exit_code == 0
+        out = run(cli, ["ledger", "audit", uri])
+        assert out.exit_code == 1 and "evaluation summary" in out.output, out.output
+
+
+def test_a_nan_metric_is_malformed_and_cannot_poison_qfedavg():
+    from flwr.serverapp.strategy import QFedAvg
+
+    s = S(n=3, inner=QFedAvg(client_learning_rate=0.1, min_available_nodes=1, min_train_nodes=1,
+                             fraction_evaluate=0.0))
+    msgs = s.instructions(1)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5, "train_loss": float("nan") if i == 0 else 0.3})
+            for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    agg, _ = s.strategy.aggregate_train(1, reps)
+    assert [e.reason for e in s.entries()] == ["malformed", "ok", "ok"]
+    assert all(np.isfinite(a.numpy()).all() for a in agg.values())
+
+
+def test_a_non_finite_aggregate_keeps_the_model_and_stops_the_run():
+    """Whatever the wrapped strategy computes (a server-side optimizer diverging), no NaN model is sent."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from flower_chain.strategies.core import AggregationError
+
+    class Diverging(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            return ArrayRecord({k: Array(v.numpy() * np.float32(np.inf)) for k, v in arrays.items()}), metrics
+
+    s = S(n=2, inner=Diverging(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0))
+    msgs = s.instructions(1)
+    with pytest.raises(AggregationError, match="non-finite"):
+        s.strategy.aggregate_train(1, [reply(m, k, arrays(i), {"num-examples": 5})
+                                       for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+    head = s.strategy.ledger.head().header
+    assert head.model_after == head.model_before and [e.reason for e in s.entries()] == ["ok", "ok"]
+
+
+def test_replays_of_an_old_reply_never_crowd_out_the_keys_receipt():
+    s = S(n=1)
+    glob = arrays(0)
+    msgs = s.instructions(1, glob)
+    old = reply(msgs[0], s.clients.keys[0], arrays(1), {"num-examples": 5})
+    glob, _ = s.strategy.aggregate_train(1, [old])
+    msgs = s.instructions(2, glob)
+    own = reply(msgs[0], s.clients.keys[0], arrays(2), {"num-examples": 5})
+    s.strategy.aggregate_train(2, [old] * 9 + [own])  # nine replays of round 1's reply, then the key's own
+    kid = s.entries()[-1].key_id
+    head = s.strategy.ledger.head().header
+    assert s.strategy.core.update_index[(kid, 2)] == [head.first_index + 9]
+
+
+def test_a_negative_legacy_num_examples_is_malformed():
+    from flower_chain.strategies.replies import from_legacy
+
+    class Res:
+        metrics, num_examples, parameters = {}, -1, None
+
+    assert "outside [1" in from_legacy(7, Res(), "evaluate", max_array_bytes=1 << 20).malformed
+
+
+def test_metrics_are_bounded_so_every_entry_fits_an_entry_bundle():
+    s = S(n=2)
+    msgs = s.instructions(1)
+    reps = [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    for i in range(255):
+        reps[0].content["metrics"].__dict__["_data"][f"m{i:03d}" + "x" * 200] = [0.5] * 4000
+    s.strategy.aggregate_train(1, reps)
+    h = s.strategy.ledger.head().header
+    sizes = [len(d) for d in s.strategy.ledger.entries(h.first_index, h.log_size)]
+    assert s.entries()[0].reason == "malformed" and max(sizes) < 65535
+
+
+def test_the_explorer_serves_a_ledger_holding_non_finite_metrics(tmp_path):
+    """A NaN reached the ledger (an older version, a centralized evaluation): the explorer JSON still encodes."""
+    import json
+
+    from flower_chain.ledger import open_ledger
+    from flower_chain.serve.app import explorer_data
+
+    s = S(n=1, uri=f"sqlite:///{tmp_path / 'x.db'}")
+    s.strategy.core.commit_evaluation(0, "centralized", 0, {"loss": float("nan"), "accuracy": float("inf")})
+    s.strategy.close()
+    with open_ledger(f"sqlite:///{tmp_path / 'x.db'}") as led:
+        data = explorer_data(led, led.block_count() - 1)
+    json.dumps(data, allow_nan=False)  # what Starlette's JSONResponse does

@@ -24,7 +24,7 @@ Rules, in order (the first that fails is the reply's reason):
    round's global model (the block's ``model_before``);
 8. ``digest-mismatch`` (arrays), ``num-examples-mismatch``,
    ``digest-mismatch`` (metrics);
-9. ``malformed``: num-examples given but not positive; (train) array names, shapes or
+9. ``malformed``: num-examples given but not positive; a metric that is not finite; (train) array names, shapes or
    exact dtypes differ from the global model; a non-finite value;
 
 then over the whole round:
@@ -41,6 +41,7 @@ then over the whole round:
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,9 @@ OK = "ok"
 #: (a reply with one of them may be attributed to the key it names: receipts, per-key history).
 VERIFIED_REASONS = frozenset({OK, "wrong-round", "wrong-federation", "stale-parent", "wrong-base-model",
                               "digest-mismatch", "num-examples-mismatch", "duplicate", "equivocation"})
+#: Of those, the verdicts of a statement for the round's own federation, round and kind: the key's reply to
+#: this round (``wrong-round``/``wrong-federation`` are replays of statements made for another).
+CURRENT_STATEMENT_REASONS = VERIFIED_REASONS - {"wrong-round", "wrong-federation"}
 #: Verdicts only the server can reach (the ledger does not hold what they depend on).
 PRECHECK_REASONS = ("client-error", "malformed")
 #: Upper bound on a statement's size (a real one is ~300 bytes).
@@ -193,12 +197,24 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
         return v("digest-mismatch", "the metrics differ from the ones the client signed")
     if ev.num_examples == 0 or ev.num_examples < -1:  # -1: the reply carries no count (weighed by another metric)
         return v("malformed", f"num-examples {ev.num_examples} is not positive")
+    bad_metric = _nonfinite_metric(ev.metrics)
+    if bad_metric is not None:  # a NaN loss turns QFedAvg's model into NaN
+        return v("malformed", f"metric {safe_text(bad_metric, 60)!r} is not finite")
     if rules.kind == "train":
         if rules.template is not None and ev.arrays_meta is not None and tuple(ev.arrays_meta) != rules.template:
             return v("malformed", _template_difference(rules.template, ev.arrays_meta))
         if ev.nonfinite is not None:
             return v("malformed", f"array {safe_text(ev.nonfinite, 60)!r} has non-finite values")
     return v(OK)
+
+
+def _nonfinite_metric(metrics: Mapping) -> str | None:
+    """The name of the first metric holding a NaN or infinite value, if any."""
+    for name, value in metrics.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            return str(name)
+    return None
 
 
 def _template_difference(template: ArrayMeta, got: ArrayMeta) -> str:

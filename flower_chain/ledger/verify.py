@@ -45,6 +45,7 @@ from flower_chain.ledger.entries import (
     REJECTED,
     GenesisEntry,
     CosignatureEntry,
+    EvaluationEntry,
     RevocationEntry,
     UpdateEntry,
     decode_entry,
@@ -187,6 +188,7 @@ def verify(
             count = len(datas)
             revoked_before = frozenset(revoked)
             updates: list[tuple[int, UpdateEntry]] = []
+            summaries: list[tuple[int, EvaluationEntry]] = []
             if height == 0 or full:
                 for i, data in enumerate(datas):
                     try:
@@ -204,6 +206,8 @@ def verify(
                         _check_entry(entry, h, i, genesis, revoked, report)
                         if isinstance(entry, UpdateEntry):
                             updates.append((i, entry))
+                        elif isinstance(entry, EvaluationEntry):
+                            summaries.append((i, entry))
                         if visit is not None:
                             visit(first_index + i, entry)
             if count != h.entry_count:
@@ -231,6 +235,12 @@ def verify(
                                         height=height)
             if updates and client_signatures:  # the block is authentic: now, did the server follow its rules?
                 _rederive(ledger, h, updates, genesis, revoked_before, report, blobs)
+            if summaries and updates:  # a federated evaluation summary counts exactly the accepted evaluate replies
+                accepted_eval = sum(e.kind == "evaluate" and e.verdict == ACCEPTED for _, e in updates)
+                for i, ev in summaries:
+                    if ev.source == "federated" and ev.num_replies != accepted_eval:
+                        raise VerificationError(f"the federated evaluation summary counts {ev.num_replies} replies, "
+                                                f"the block accepted {accepted_eval}", height=height, entry=i)
             if blobs and height:
                 _check_blobs(ledger, h, report)
             last_model = h.model_after or last_model

@@ -26,6 +26,7 @@ key and the log did not shrink.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -144,6 +145,13 @@ class LogView:
             return data
 
 
+def _json_value(v):
+    """A metric as JSON can carry it: a NaN or an infinity (recorded from some reply) becomes its name."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
 def explorer_data(ledger: Ledger, last_height: int) -> dict[str, Any]:
     """Rounds, verdicts by reason, per-key history, accuracy and timing from blocks ``0..last_height``."""
     genesis = read_genesis(ledger)
@@ -182,9 +190,10 @@ def explorer_data(ledger: Ledger, last_height: int) -> dict[str, Any]:
                 keys[e.key_id or "(unsigned)"].append({
                     "index": index, "block": h.height, "round": e.round, "kind": e.kind, "verdict": e.verdict,
                     "reason": e.reason, "num_examples": e.num_examples, "node_id": e.node_id,
-                    "metrics": {k: v for k, v in e.metrics.items() if isinstance(v, (int, float, str, bool))}})
+                    "metrics": {k: _json_value(v) for k, v in e.metrics.items()
+                                if isinstance(v, (int, float, str, bool))}})
             elif isinstance(e, EvaluationEntry):
-                metrics = {k: v for k, v in e.metrics.items() if isinstance(v, (int, float))}
+                metrics = {k: _json_value(v) for k, v in e.metrics.items() if isinstance(v, (int, float))}
                 accuracy.append({"round": e.round, "source": e.source, "index": index, **metrics})
             elif isinstance(e, RevocationEntry):
                 keys[e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",

@@ -26,7 +26,7 @@ from flower_chain.ledger.cosignature import check_client_cosignature
 from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
-from flower_chain.ledger.policy import OK, VERIFIED_REASONS
+from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS, OK
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Judge, Judgement, Reply
 from flower_chain.strategies.receipts import ReceiptServer
@@ -149,11 +149,11 @@ class LedgerCore:
             self.writer.listeners.append(self.witnessing.on_block)
 
     def _index_existing(self, index: int, entry) -> None:
-        if isinstance(entry, UpdateEntry):
-            verified = entry.reason in VERIFIED_REASONS or (
+        if isinstance(entry, UpdateEntry):  # the key's own statement for this round (not a replayed old one)
+            current = entry.reason in CURRENT_STATEMENT_REASONS or (
                 entry.reason == "malformed" and entry.key_id in self.writer_keys()
                 and verify_signature(self.writer_keys()[entry.key_id], entry.signature, entry.statement))
-            self.receipts.index_entry(index, entry, verified)
+            self.receipts.index_entry(index, entry, current)
 
     def writer_keys(self) -> dict[str, bytes]:
         genesis = self.recorder.writer.genesis
@@ -271,7 +271,7 @@ class LedgerCore:
                                            [j.entry for j in judgements] + self._cosignatures(server_round, judgements),
                                            accepted_arrays, aggregated, state,
                                            [j.evidence for j in judgements if j.evidence is not None])
-        self.receipts.committed(block.header.first_index, [(j.entry, j.verified) for j in judgements])
+        self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {
             "accepted": sum(j.accepted for j in judgements), "rejected": sum(not j.accepted for j in judgements),
@@ -287,7 +287,7 @@ class LedgerCore:
         entries.append(self.recorder.evaluation_entry(server_round, source, num_replies, metrics))
         parent = self._parents.get(("evaluate", int(server_round))) if judgements else None
         block = self.recorder.commit(server_round, entries, parent)
-        self.receipts.committed(block.header.first_index, [(j.entry, j.verified) for j in judgements])
+        self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
         self._log_rejections(server_round, judgements)
 
     def _cosignatures(self, server_round: int, judgements: Sequence[Judgement]) -> list[CosignatureEntry]:

@@ -66,6 +66,7 @@ class Judgement:
     verified: bool = False  # the signature verified under the genesis key the entry names
     cosignature: str | None = None  # the client's cosignature of the checkpoint it was sent (verified replies)
     evidence: NamedArrays | None = None  # a signed reply rejected as malformed: its arrays, kept to prove why
+    current: bool = False  # verified, and its statement is for this federation, round and kind (not a replay)
 
 
 def template_of(arrays: NamedArrays) -> policy.ArrayMeta:
@@ -89,6 +90,11 @@ def finite(a: np.ndarray) -> bool:
             if np.isfinite(np.dot(flat, flat)):
                 return True
     return bool(np.isfinite(a).all())
+
+
+def all_finite(arrays: NamedArrays) -> bool:
+    """True when no array holds a NaN or an infinity."""
+    return all(finite(np.asarray(a)) for _, a in arrays)
 
 
 def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, policy.ArrayMeta | None]:
@@ -215,7 +221,7 @@ class Judge:
                 statement=ev.statement, signature=ev.signature)
             proof = reply.arrays if (vd.reason == "malformed" and ev.statement and ev.arrays_digest) else None
             out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified,
-                                 reply.cosignature if vd.verified else None, proof))
+                                 reply.cosignature if vd.verified else None, proof, vd.statement_ok))
         return out
 
     def close(self) -> None:

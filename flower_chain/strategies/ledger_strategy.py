@@ -21,6 +21,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
 from flower_chain.strategies import replies as parse
+from flower_chain.strategies.judge import all_finite
 from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
@@ -226,6 +227,9 @@ class LedgerStrategy(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
                 named = self.core.cast_aggregate(server_round, arrays_of(arrays))
+                if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
+                    named = None
+                    raise ValueError("the aggregate has non-finite values")
                 arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
             state = strategy_state(self.strategy)
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses

@@ -29,7 +29,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies import replies as parse
 from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore
-from flower_chain.strategies.judge import Reply
+from flower_chain.strategies.judge import Reply, all_finite
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.ledger.text import safe_text
 from flower_chain.wire import PREFIX
@@ -125,6 +125,9 @@ class LegacyLedgerStrategy(Strategy):
             parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
             if parameters is not None:  # the global model keeps the initial dtypes
                 named = self.core.cast_aggregate(server_round, _named(parameters))
+                if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
+                    named = None
+                    raise ValueError("the aggregate has non-finite values")
                 parameters = ndarrays_to_parameters([a for _, a in named])
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e

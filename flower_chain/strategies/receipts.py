@@ -60,9 +60,10 @@ class ReceiptServer:
         self.node_pending: dict[str, tuple[str, int]] = {}  # node id -> (key id, round) it wants a receipt for
         self.last_round = 0
 
-    def index_entry(self, index: int, entry: UpdateEntry, verified: bool) -> None:
-        """Index a train update whose signature verified (called for the ledger's entries and every commit)."""
-        if entry.kind == "train" and entry.key_id and verified:
+    def index_entry(self, index: int, entry: UpdateEntry, current: bool) -> None:
+        """Index a train update carrying its key's own statement for the round (``current``: it verified and
+        names this federation, round and kind — replays of older statements never crowd the slot)."""
+        if entry.kind == "train" and entry.key_id and current:
             slot = self.update_index.setdefault((entry.key_id, int(entry.round)), [])
             if len(slot) < MAX_PER_ROUND:
                 slot.append(index)
@@ -110,7 +111,7 @@ class ReceiptServer:
         return texts
 
     def committed(self, first_index: int, entries: Sequence[tuple[UpdateEntry, bool]]) -> None:
-        """Index a freshly appended block's (entry, verified) pairs."""
+        """Index a freshly appended block's (entry, current) pairs."""
         for i, (entry, verified) in enumerate(entries):
             self.index_entry(first_index + i, entry, verified)
 

@@ -139,7 +139,7 @@ class Recorder:
     def evaluation_entry(self, server_round: int, source: str, num_replies: int,
                          metrics: Mapping[str, Any]) -> EvaluationEntry:
         return EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
-                               metrics=_encodable(metrics))
+                               metrics=encodable_metrics(metrics))
 
     def stored(self, digest: bytes, what: str) -> list[tuple[str, np.ndarray]]:
         """Arrays from the blob store, their digest checked."""
@@ -153,7 +153,7 @@ class Recorder:
         return arrays
 
 
-def _encodable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def encodable_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side metrics (aggregates, centralized evaluation) as values the canonical encoding takes."""
     out: dict[str, Any] = {}
     for k, v in (metrics or {}).items():

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from flower_chain.ledger.encoding import encode
+from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.policy import MAX_SIGNATURE, MAX_STATEMENT
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Reply
@@ -59,6 +61,7 @@ MAX_LIST = 4096
 MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
 MAX_COSIGNATURE = 512
+MAX_METRICS_BYTES = 16 * 1024
 INT64 = (-(2**63), 2**63 - 1)
 #: Names of the records a judged reply is handed on with (the aggregation replay uses the same).
 ARRAYS_RECORD = "arrays"
@@ -108,7 +111,22 @@ def _utf8(text: str) -> bool:
 
 
 def parse_metrics(items: Iterable[tuple[Any, Any]], *, legacy: bool = False) -> dict[str, Any]:
-    """Metrics as plain bounded Python values (what the client digested), or :class:`Malformed`."""
+    """Metrics as plain bounded Python values (what the client digested), or :class:`Malformed`.
+
+    Bounded in all: at most :data:`MAX_METRICS_BYTES` once encoded, so every entry fits a C2SP
+    entry bundle (65,535 bytes) and no reply, signed or not, can bloat the ledger.
+    """
+    out = _parse_metrics(items, legacy)
+    try:
+        size = len(encode(out))
+    except LedgerError as e:
+        raise Malformed(f"metrics do not encode: {safe_text(e, 100)}") from None
+    if size > MAX_METRICS_BYTES:
+        raise Malformed(f"metrics take {size} bytes encoded (at most {MAX_METRICS_BYTES})")
+    return out
+
+
+def _parse_metrics(items: Iterable[tuple[Any, Any]], legacy: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in items:
         if not isinstance(k, str) or len(k) > MAX_NAME or not _utf8(k):
@@ -267,7 +285,7 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
             raise Malformed(f"unexpected flower-chain fields {extra}")
         metrics = parse_metrics(((k, v) for k, v in metrics_in.items()
                                  if not (isinstance(k, str) and k.startswith(PREFIX))), legacy=True)
-        n = _int(res.num_examples, "num-examples")
+        n = _int(res.num_examples, "num-examples", 1)  # legacy strategies weigh by it: a positive count
         loss = getattr(res, "loss", None) if kind == "evaluate" else None
         if loss is not None:  # the client signed it with the metrics (flower_chain.wire.LEGACY_LOSS)
             if isinstance(loss, bool) or not isinstance(loss, (int, float)):
