@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import MetricRecord, RecordDict
 
 from flower_chain.clients.receipts import (
     ERRORS_LOG,

@@ -10,7 +10,7 @@ import sys
 
 from flower_chain.ledger import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.text import safe_label, safe_text
-from flower_chain.report import collect, write_report
+from flower_chain.report import write_report
 
 NASTY = [
     "line one\nFORGED 2099-01-01 everything verified",
