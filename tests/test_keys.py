@@ -147,3 +147,16 @@ def test_private_keys_in_the_keyring_are_an_error_with_the_fix(tmp_path):
         Keyring.from_path(ring)
     # a one-machine simulation may opt in explicitly
     assert len(Keyring.from_path(tmp_path, allow_private_keys=True)) == 1
+
+
+def test_a_keys_init_directory_is_read_as_its_keyring(tmp_path):
+    """`flower-chain keys init DIR` writes DIR/keyring/*.pub beside DIR/clients/*.key: DIR itself reads as its
+    keyring (what `ledger verify --keys DIR` gets), never as a directory with private keys."""
+    from typer.testing import CliRunner
+
+    from flower_chain.cli import app as cli
+    from flower_chain.ledger.keys import Keyring
+
+    assert CliRunner().invoke(cli, ["keys", "init", str(tmp_path / "k"), "--clients", "2"]).exit_code == 0
+    assert len(Keyring.from_path(tmp_path / "k")) == 2
+    assert Keyring.from_path(tmp_path / "k").keys == Keyring.from_path(tmp_path / "k" / "keyring").keys

@@ -74,5 +74,11 @@ def test_key_discovery_from_the_run_config_and_relative_paths(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path / "keys")
     rel = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
                   run_config={RUN_CONFIG_KEYS: "keys"})
-    with pytest.raises(KeyFileError, match=f"relative path 'keys/clients'.*{tmp_path / 'keys'}.*absolute path"):
+    with pytest.raises(KeyFileError, match=f"relative path 'keys'.*{tmp_path / 'keys'}.*absolute path"):
         key_path_for(rel)
+    # the run config may name the `keys init` directory or its clients/ (as FLOWER_CHAIN_SIGNING_KEY may)
+    clients = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
+                      run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys" / "clients")})
+    assert key_path_for(clients) == tmp_path / "keys" / "clients" / "client-3.key"
+    monkeypatch.setenv("FLOWER_CHAIN_SIGNING_KEY", str(tmp_path / "keys"))
+    assert key_path_for(rel) == tmp_path / "keys" / "clients" / "client-3.key"  # and the environment beats it

@@ -156,7 +156,7 @@ def ledger_verify(uri: str,
                   witness: list[str] = typer.Option([], "--witness",
                                                     help="a witness verifier key (NAME+KEYID+BASE64); repeat for more"),
                   witness_quorum: int = typer.Option(0, "--witness-quorum",
-                                                     help="cosignatures the head must carry (default: 1)"),
+                                                     help="cosignatures the head must carry (0: one)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
     expected = read_server_key(server_key) if server_key else None

@@ -97,14 +97,14 @@ def key_path_for(context: Context) -> Path:
     """Where this node's private key is.
 
     In order: node config ``signing-key`` (a real node pins its own key), environment
-    ``FLOWER_CHAIN_SIGNING_KEY``, run config ``flower-chain-keys`` (the directory ``flower-chain keys
-    init`` made; simulation and demos only — every node of the run reads the same setting) and, for
-    the bundled demo app, the run config's ``keys-dir`` (or ``out-dir``/keys). A directory means
-    ``client-<partition-id>.key`` in it (or in its ``clients/``).
+    ``FLOWER_CHAIN_SIGNING_KEY``, run config ``flower-chain-keys`` (simulation and demos only — every
+    node of the run reads the same setting) and, for the bundled demo app, the run config's
+    ``keys-dir`` (or ``out-dir``/keys). A directory means ``client-<partition-id>.key`` in it or in
+    its ``clients/`` (so the ``keys init`` directory and its ``clients/`` both work, everywhere).
     """
     value = context.node_config.get(NODE_CONFIG_KEY) or os.environ.get(ENV_KEY)
     source = f"node config {NODE_CONFIG_KEY!r}" if context.node_config.get(NODE_CONFIG_KEY) else f"${ENV_KEY}"
-    for key, sub in ((RUN_CONFIG_KEYS, "clients"), ("keys-dir", "clients"), ("out-dir", "keys/clients")):
+    for key, sub in ((RUN_CONFIG_KEYS, ""), ("keys-dir", "clients"), ("out-dir", "keys/clients")):
         if value:
             break
         if context.run_config.get(key):
@@ -123,7 +123,10 @@ def key_path_for(context: Context) -> Path:
     if p.is_dir():
         if "partition-id" not in context.node_config:
             raise KeyFileError(f"{p} is a directory of keys but this node has no partition-id in its node config")
-        p = p / f"client-{int(context.node_config['partition-id'])}.key"
+        name = f"client-{int(context.node_config['partition-id'])}.key"
+        if not (p / name).exists() and (p / "clients" / name).exists():
+            p = p / "clients"  # the `keys init` directory itself: its clients/ holds the private keys
+        p = p / name
     return p
 
 
@@ -355,6 +358,8 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             keeper = ReceiptKeeper(where, _pinned_server_key(context), witnesses=witnesses,
                                    witness_quorum=quorum) if where else None
             cache[cache_key] = (signer, keeper, anchors)
+            log.info("flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
+                     path if path is not None else "given to make_signing_mod")
         signer, keeper, anchors = cache[cache_key]
         base_digest = record_digest(received) if received is not None else b""  # hashed once: checked and signed
         result: CheckResult | None = None

@@ -240,7 +240,8 @@ class Keyring:
         Parameters
         ----------
         path : str or Path
-            A directory of ``*.pub`` files or one public key file.
+            A directory of ``*.pub`` files (or the ``keys init`` directory: its ``keyring/``), or one
+            public key file.
         allow_private_keys : bool, optional
             Accept private keys (``*.key``, or PEM private keys) in the keyring. Off by default:
             a server that can read the clients' private keys can forge their signed updates, so
@@ -254,6 +255,8 @@ class Keyring:
             same key id; a private key in the keyring (unless ``allow_private_keys``).
         """
         p = Path(path)
+        if p.is_dir() and not any(p.glob(f"*{PUBLIC_SUFFIX}")) and (p / "keyring").is_dir():
+            p = p / "keyring"  # the directory `flower-chain keys init` made
         if p.is_dir():
             if not allow_private_keys:
                 private = sorted(p.glob(f"*{PRIVATE_SUFFIX}"))

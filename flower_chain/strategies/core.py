@@ -217,7 +217,7 @@ class LedgerCore:
                 f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}: "
                 "to continue that federation pass resume=True to LedgerStrategy (run.py: --resume); for a new run "
                 "give a new ledger (run.py: another --ledger or --out; in a Flower App a URI with {run_id}, e.g. "
-                "'sqlite:///ledger-{run_id}.db', makes one per run). Nothing was written")
+                "'sqlite:////absolute/path/ledger-{run_id}.db', makes one per run). Nothing was written")
         parent = self.writer.head_hash
         rules = self.judge.begin(self.federation_id, kind, server_round, parent, arrays)
         self._parents[(kind, int(server_round))] = parent

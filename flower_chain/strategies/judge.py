@@ -156,10 +156,10 @@ class Judge:
     def _prepare(self, reply: Reply) -> tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]:
         """A reply's evidence and its signature check (statement, signature, valid). Pure: runs on workers."""
         precheck = None
-        if reply.error is not None:
-            precheck = ("client-error", safe_text(reply.error, 400))
+        if reply.error is not None:  # the parser made these texts safe already (escaping twice doubles them)
+            precheck = ("client-error", reply.error[:400])
         elif reply.malformed is not None:
-            precheck = ("malformed", safe_text(reply.malformed, 400))
+            precheck = ("malformed", reply.malformed[:400])
         digest, bad, meta = b"", None, None
         if precheck is None and reply.arrays is not None:
             try:
@@ -216,7 +216,7 @@ class Judge:
         for reply, ev, vd in zip(replies, evidence, verdicts):
             entry = UpdateEntry(
                 kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=vd.key_id,
-                verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=safe_text(vd.detail, 500),
+                verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=vd.detail[:500],
                 num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
                 statement=ev.statement, signature=ev.signature)
             proof = reply.arrays if (vd.reason == "malformed" and ev.statement and ev.arrays_digest) else None

@@ -278,7 +278,12 @@ class LedgerStrategy(Strategy):
             load_strategy_state(self.strategy, state)
             log(INFO, "[flower-chain] resuming federation %s after round %d%s", self.federation_id, self._offset,
                 f" with the strategy state of {len(state)} arrays" if state else "")
-            if self._offset >= num_rounds:
+            if self._offset >= num_rounds:  # num_rounds counts every round of the federation, not extra ones
+                log(INFO, "[flower-chain] nothing to do: %s already records round %d and num_rounds is %d "
+                    "(it counts all rounds: pass a larger num_rounds to continue)", self.core.ledger.uri,
+                    self._offset, num_rounds)
+                for line in self.core.summary_lines():
+                    log(INFO, "%s", line)
                 return Result(arrays=initial_arrays)
         def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             server_round += self._offset

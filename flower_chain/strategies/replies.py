@@ -27,6 +27,7 @@ numpy's own header reader), so what was judged is what is aggregated.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ MAX_LIST = 4096
 MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
 MAX_COSIGNATURE = 512
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in Flower/Ray error texts
 MAX_METRICS_BYTES = 16 * 1024
 INT64 = (-(2**63), 2**63 - 1)
 #: Names of the records a judged reply is handed on with (the aggregation replay uses the same).
@@ -222,8 +224,8 @@ def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str |
     try:
         if msg.has_error():
             err = msg.error
-            return Reply(node_id=node, error=safe_text(f"{getattr(err, 'code', '?')}: {getattr(err, 'reason', '')}",
-                                                       400))
+            reason = _ANSI.sub("", str(getattr(err, "reason", "")))
+            return Reply(node_id=node, error=safe_text(f"{getattr(err, 'code', '?')}: {reason[-600:]}", 400))
         return _parse_message(node, msg.content, kind, max_array_bytes, weight_key)
     except Malformed as e:
         return Reply(node_id=node, malformed=str(e))
