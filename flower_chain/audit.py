@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
+from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays, first_nonfinite
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
@@ -383,16 +383,18 @@ def _replay_round(ledger: Ledger, factory: Callable[[], Any], server_round: int,
             failed = None
         except Exception as exc:  # noqa: BLE001 - the server records the round with the model unchanged
             aggregated, failed = None, f"{type(exc).__name__}: {exc}"
-    if aggregated is not None and not all(np.isfinite(v.numpy()).all() for v in aggregated.values()
-                                          if v.numpy().dtype.kind in "fc"):
-        aggregated, failed = None, "a non-finite aggregate"  # the server refuses it and keeps the model
+    cast = None
     if aggregated is not None:
-        named = [(k, v.numpy()) for k, v in aggregated.items()]
         try:
-            after = array_digest(cast_like(named, [a.dtype for _, a in model]))
+            cast = cast_like([(k, v.numpy()) for k, v in aggregated.items()], [a.dtype for _, a in model])
         except LedgerError as e:
             return MISMATCH, f"the replayed aggregate does not fit the round's model: {e}"
-        state_after = array_digest(strategy_state(strategy)) if strategy_state(strategy) else b""
+        if first_nonfinite(cast) is not None:  # as the server does: it refuses the model and keeps the old one
+            cast, failed = None, "a non-finite aggregate"
+    if cast is not None:
+        after = array_digest(cast)
+        state = strategy_state(strategy)
+        state_after = array_digest(state) if state else b""
     else:
         after, state_after = header.model_before, state_before
     if after != header.model_after:

@@ -115,3 +115,35 @@ def cast_like(named: Iterable[tuple[str, np.ndarray]], dtypes: Sequence[np.dtype
     if len(named) != len(dtypes):
         raise EncodingError(f"{len(named)} arrays but {len(dtypes)} dtypes to cast them to")
     return [(n, a if np.asarray(a).dtype == d else np.asarray(a).astype(d)) for (n, a), d in zip(named, dtypes)]
+
+
+ArrayMeta = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+def array_meta(named: Iterable[tuple[str, np.ndarray]]) -> ArrayMeta:
+    """(name, shape, dtype string) of each array: what a reply must match exactly (the verdict policy's template)."""
+    return tuple((str(n), tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str) for n, a in named)
+
+
+def finite(a: np.ndarray) -> bool:
+    """True when every value is finite.
+
+    Fast path: a NaN or inf makes the dot product a.a non-finite, and BLAS
+    computes it in a fraction of isfinite's time; only when the dot product
+    is not finite (a bad value, or an overflow of huge finite values) does
+    the exact element-wise check decide.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc":
+        return True
+    if a.dtype in (np.float32, np.float64) and a.size:
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)):
+                return True
+    return bool(np.isfinite(a).all())
+
+
+def first_nonfinite(named: Iterable[tuple[str, np.ndarray]]) -> str | None:
+    """The name of the first array holding a NaN or an infinity, or ``None``."""
+    return next((str(n) for n, a in named if not finite(a)), None)

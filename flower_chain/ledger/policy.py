@@ -48,6 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from flower_chain.ledger.arrays import ArrayMeta
 from flower_chain.ledger.entries import UpdateEntry, UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import verify_signature
@@ -69,7 +70,6 @@ MAX_SIGNATURE = 64
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")  # 16 lowercase hex digits (flower_chain.ledger.keys.key_id)
 
-ArrayMeta = tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, dtype.str) of each array
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,15 @@ naming the block height, the entry index and what mismatched.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from flower_chain.ledger import merkle, policy
-from flower_chain.ledger.arrays import array_digest, decode_arrays
+from flower_chain.ledger.arrays import array_digest, array_meta, decode_arrays, first_nonfinite
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import BlockHeader, ZERO_HASH
 from flower_chain.ledger.checkpoint import verify_checkpoint
@@ -328,32 +328,32 @@ def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis:
     report.client_cosignatures += 1
 
 
-def _update_arrays(ledger: Ledger, entry: UpdateEntry, blobs: bool):
+def _stored_arrays(ledger: Ledger, digest: bytes):
+    """The arrays stored under ``digest`` (``None`` when not stored); an altered blob fails verification."""
+    try:
+        if not digest or not ledger.has_blob(digest):
+            return None
+        data = ledger.get_blob(digest)
+    except LedgerError:
+        return None
+    if hashlib.sha256(data).digest() != digest:  # a blob's address is the SHA-256 of its array stream
+        raise VerificationError(f"the blob {digest.hex()[:16]} in the blob store does not match its digest (altered)")
+    try:
+        return decode_arrays(data)
+    except LedgerError as e:
+        raise VerificationError(f"the blob {digest.hex()[:16]} does not decode: {e}") from e
+
+
+def _update_arrays(ledger: Ledger, entry: UpdateEntry):
     """(array meta, first non-finite array) of an update whose arrays are in the blob store, else (None, None)."""
-    if not blobs or not entry.arrays_digest:
-        return None, None
-    try:
-        if not ledger.has_blob(entry.arrays_digest):
-            return None, None
-        arrays = decode_arrays(ledger.get_blob(entry.arrays_digest))
-    except LedgerError:
-        return None, None
-    if array_digest(arrays) != entry.arrays_digest:
-        raise VerificationError(f"the stored arrays of key {entry.key_id}'s update of round {entry.round} do not "
-                                "match the entry's digest (altered blob)")
-    meta = tuple((n, tuple(int(d) for d in a.shape), a.dtype.str) for n, a in arrays)
-    bad = next((n for n, a in arrays if a.dtype.kind in "fc" and not np.isfinite(a).all()), None)
-    return meta, bad
+    arrays = _stored_arrays(ledger, entry.arrays_digest)
+    return (None, None) if arrays is None else (array_meta(arrays), first_nonfinite(arrays))
 
 
-def _template(ledger: Ledger, digest: bytes, blobs: bool):
-    if not blobs or not digest:
-        return None
-    try:
-        arrays = decode_arrays(ledger.get_blob(digest)) if ledger.has_blob(digest) else None
-    except LedgerError:
-        return None
-    return None if arrays is None else tuple((n, tuple(int(d) for d in a.shape), a.dtype.str) for n, a in arrays)
+def _template(ledger: Ledger, digest: bytes, wanted: bool):
+    """The round's global model template (names, shapes, dtypes) when wanted and stored."""
+    arrays = _stored_arrays(ledger, digest) if wanted else None
+    return None if arrays is None else array_meta(arrays)
 
 
 def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
@@ -374,7 +374,7 @@ def _rederive(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEnt
         evidence = []
         for (_, e), evidence_needed in zip(group, signed_malformed):
             load = kind == "train" and ((blobs and e.verdict == ACCEPTED) or evidence_needed)
-            meta, bad = _update_arrays(ledger, e, True) if load else (None, None)
+            meta, bad = _update_arrays(ledger, e) if load else (None, None)
             evidence.append(policy.evidence_of(e, arrays_meta=meta, nonfinite=bad))
             if kind == "train" and e.verdict == ACCEPTED and (meta is None or rules.template is None):
                 report.arrays_unchecked += 1  # the array rules (names, shapes, dtypes, finite) not re-derived

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from flower_chain.ledger import policy
-from flower_chain.ledger.arrays import array_digest
+from flower_chain.ledger.arrays import array_digest, array_meta, first_nonfinite
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from cryptography.exceptions import InvalidSignature
@@ -69,41 +69,16 @@ class Judgement:
     current: bool = False  # verified, and its statement is for this federation, round and kind (not a replay)
 
 
-def template_of(arrays: NamedArrays) -> policy.ArrayMeta:
-    """(name, shape, dtype) of each array: what every reply's arrays must match exactly."""
-    return tuple((str(n), tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str) for n, a in arrays)
-
-
-def finite(a: np.ndarray) -> bool:
-    """True when every value is finite.
-
-    Fast path: a NaN or inf makes the dot product a.a non-finite, and BLAS
-    computes it in a fraction of isfinite's time; only when the dot product
-    is not finite (a bad value, or an overflow of huge finite values) does
-    the exact element-wise check decide.
-    """
-    if a.dtype.kind not in "fc":
-        return True
-    if a.dtype in (np.float32, np.float64) and a.size:
-        flat = a.reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.dot(flat, flat)):
-                return True
-    return bool(np.isfinite(a).all())
-
-
 def all_finite(arrays: NamedArrays) -> bool:
     """True when no array holds a NaN or an infinity."""
-    return all(finite(np.asarray(a)) for _, a in arrays)
+    return first_nonfinite(arrays) is None
 
 
 def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, policy.ArrayMeta | None]:
     """(array digest, first array with a non-finite value, template) of parsed arrays. Pure."""
     if arrays is None:
         return b"", None, None
-    digest = array_digest(arrays)
-    bad = next((name for name, a in arrays if not finite(np.asarray(a))), None)
-    return digest, bad, template_of(arrays)
+    return array_digest(arrays), first_nonfinite(arrays), array_meta(arrays)
 
 
 class Judge:
@@ -138,7 +113,7 @@ class Judge:
         rules = policy.RoundRules(
             federation_id=federation_id, kind=kind, round=int(server_round), parent=parent,
             base_digest=array_digest(arrays) if arrays is not None else b"", keys=self.keys,
-            revoked=frozenset(self.revoked), template=template_of(arrays) if arrays is not None else None)
+            revoked=frozenset(self.revoked), template=array_meta(arrays) if arrays is not None else None)
         self._rounds[(kind, int(server_round))] = rules
         return rules
 
