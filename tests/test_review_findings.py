@@ -176,7 +176,7 @@ def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
         out = judge(kind, rnd, replies)
         j = out[0]
         e = dataclasses.replace(j.entry, verdict="accepted", reason="ok", detail="")
-        out[0] = Judgement(True, "ok", "", e, True)
+        out[0] = Judgement(True, "ok", "", e, True, arrays=j.arrays)  # stored like any accepted update
         return out
 
     s.strategy.core.judge.judge_all = accept_all

@@ -255,8 +255,8 @@ class LedgerCore:
         return list(aggregated) if dtypes is None or len(dtypes) != len(aggregated) else cast_like(aggregated, dtypes)
 
     # -- recording ---------------------------------------------------------------------------------
-    def commit_train(self, server_round: int, judgements: Sequence[Judgement], accepted_arrays: Sequence[NamedArrays],
-                     aggregated: NamedArrays | None, seconds: float, state: NamedArrays | None = None) -> None:
+    def commit_train(self, server_round: int, judgements: Sequence[Judgement], aggregated: NamedArrays | None,
+                     seconds: float, state: NamedArrays | None = None) -> None:
         """Append the round's block: every reply judged, the model digests before and after.
 
         ``aggregated`` must already be in the round's dtypes (:meth:`cast_aggregate`).
@@ -269,8 +269,10 @@ class LedgerCore:
         t0 = time.perf_counter()
         block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
                                            [j.entry for j in judgements] + self._cosignatures(server_round, judgements),
-                                           accepted_arrays, aggregated, state,
-                                           [j.evidence for j in judgements if j.evidence is not None])
+                                           [(j.entry.arrays_digest, j.arrays) for j in judgements
+                                            if j.accepted and j.arrays is not None], aggregated, state,
+                                           [(j.entry.arrays_digest, j.arrays) for j in judgements
+                                            if not j.accepted and j.arrays is not None])
         self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
         reasons = Counter(j.reason for j in judgements if not j.accepted)
         self.stats[int(server_round)] = {

@@ -65,7 +65,9 @@ class Judgement:
     entry: UpdateEntry
     verified: bool = False  # the signature verified under the genesis key the entry names
     cosignature: str | None = None  # the client's cosignature of the checkpoint it was sent (verified replies)
-    evidence: NamedArrays | None = None  # a signed reply rejected as malformed: its arrays, kept to prove why
+    #: the reply's parsed arrays when they go to the blob store under ``entry.arrays_digest``: an accepted
+    #: train update (replayed by ``ledger audit``), or a signed reply rejected as malformed (the evidence why)
+    arrays: NamedArrays | None = None
     current: bool = False  # verified, and its statement is for this federation, round and kind (not a replay)
 
 
@@ -194,7 +196,8 @@ class Judge:
                 verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=vd.detail[:500],
                 num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
                 statement=ev.statement, signature=ev.signature)
-            proof = reply.arrays if (vd.reason == "malformed" and ev.statement and ev.arrays_digest) else None
+            keep = ev.arrays_digest and (vd.accepted or (vd.reason == "malformed" and ev.statement))
+            proof = reply.arrays if keep else None
             out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified,
                                  reply.cosignature if vd.verified else None, proof, vd.statement_ok))
         return out

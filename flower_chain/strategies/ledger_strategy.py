@@ -187,8 +187,8 @@ class LedgerStrategy(Strategy):
         return self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
 
     def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
-               ) -> tuple[list[Message], list[Judgement], list]:
-        """Accepted messages, every judgement, and the accepted arrays (read before any strategy consumes them).
+               ) -> tuple[list[Message], list[Judgement]]:
+        """Accepted messages (in key order) and every judgement.
 
         Every reply goes through the total parser (:mod:`flower_chain.strategies.replies`) and gets a
         verdict; an accepted reply is handed on holding exactly the records that were judged, under
@@ -203,21 +203,21 @@ class LedgerStrategy(Strategy):
         kept = []
         for msg, reply, j in zip(msgs, parsed, judgements):
             if j.accepted:
-                kept.append((j.entry.key_id, _as_judged(msg, reply), reply.arrays))
+                kept.append((j.entry.key_id, _as_judged(msg, reply)))
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
-        return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
+        return [m for _, m in kept], judgements
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
         server_round += self._offset
         t0 = time.perf_counter()
-        accepted, judgements, accepted_arrays = self._judge("train", server_round, replies)
+        accepted, judgements = self._judge("train", server_round, replies)
         t_check = time.perf_counter() - t0
         arrays, metrics, state = None, None, None
         named = None
         if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
-            self.core.commit_train(server_round, judgements, [], None, t_check, None)
+            self.core.commit_train(server_round, judgements, None, t_check, None)
             reasons = Counter(j.reason for j in judgements if not j.accepted)
             raise TooFewAcceptedError(
                 f"round {server_round}: {len(accepted)} of {len(judgements)} replies accepted, min_accepted is "
@@ -235,7 +235,7 @@ class LedgerStrategy(Strategy):
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e
         finally:  # the replies are recorded even when the wrapped strategy fails
-            self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check, state)
+            self.core.commit_train(server_round, judgements, named, t_check, state)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -249,7 +249,7 @@ class LedgerStrategy(Strategy):
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
         server_round += self._offset
         replies = list(replies)
-        accepted, judgements, _ = self._judge("evaluate", server_round, replies)
+        accepted, judgements = self._judge("evaluate", server_round, replies)
         metrics = None
         try:
             metrics = self.strategy.aggregate_evaluate(server_round, accepted)

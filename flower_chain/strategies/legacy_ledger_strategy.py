@@ -102,22 +102,22 @@ class LegacyLedgerStrategy(Strategy):
         return self._add_context("train", server_round, parameters,
                                  self.strategy.configure_fit(server_round, parameters, client_manager))
 
-    def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement], list]:
+    def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement]]:
         limit = self.core.max_array_bytes(kind, server_round)
         parsed = [parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
                   for proxy, res in results]
         parsed += [_failure_reply(failure) for failure in failures]
         judgements = self.core.judge_all(kind, server_round, parsed)
-        kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))), reply.arrays)
-                for (proxy, res), reply, j in zip(results, parsed, judgements) if j.accepted]
+        kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
+                for (proxy, res), j in zip(results, judgements) if j.accepted]
         kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
-        return [r for _, r, _ in kept], judgements, [a for _, _, a in kept]
+        return [r for _, r in kept], judgements
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException],
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
         t0 = time.perf_counter()
-        accepted, judgements, accepted_arrays = self._judge("train", server_round, results, failures)
+        accepted, judgements = self._judge("train", server_round, results, failures)
         t_check = time.perf_counter() - t0
         parameters, metrics = None, {}
         named = None
@@ -132,7 +132,7 @@ class LegacyLedgerStrategy(Strategy):
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e
         finally:
-            self.core.commit_train(server_round, judgements, accepted_arrays, named, t_check)
+            self.core.commit_train(server_round, judgements, named, t_check)
         stats = self.core.stats[server_round]
         log(INFO, "[flower-chain] round %d: accepted %d, rejected %d", server_round, stats["accepted"],
             stats["rejected"])
@@ -146,7 +146,7 @@ class LegacyLedgerStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
                            ) -> tuple[float | None, dict[str, Scalar]]:
-        accepted, judgements, _ = self._judge("evaluate", server_round, results, failures)
+        accepted, judgements = self._judge("evaluate", server_round, results, failures)
         loss, metrics = None, {}
         try:
             loss, metrics = self.strategy.aggregate_evaluate(server_round, accepted, failures)

@@ -5,7 +5,6 @@ Imports neither torch nor flwr.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -98,20 +97,22 @@ class Recorder:
             self.ledger.put_blob(encode_arrays(arrays), digest)
         return digest
 
-    def _store_updates(self, accepted_arrays: Sequence[NamedArrays]) -> bool:
+    def _store_updates(self, updates: Sequence[tuple[bytes, NamedArrays]]) -> bool:
         if self.store_client_updates is None:  # default: when the round's updates are small enough
-            size = sum(np.asarray(a).nbytes for arrays in accepted_arrays for _, a in arrays)
+            size = sum(np.asarray(a).nbytes for _, arrays in updates for _, a in arrays)
             return size <= STORE_UPDATES_LIMIT
         return bool(self.store_client_updates)
 
     def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
-                     accepted_arrays: Sequence[NamedArrays], aggregated: NamedArrays | None,
-                     state: NamedArrays | None, evidence: Sequence[NamedArrays] = ()) -> StoredBlock:
+                     updates: Sequence[tuple[bytes, NamedArrays]], aggregated: NamedArrays | None,
+                     state: NamedArrays | None, evidence: Sequence[tuple[bytes, NamedArrays]] = ()) -> StoredBlock:
         """Append a train round's block: every reply judged, the model digests before and after.
 
-        ``evidence``: the arrays of signed replies rejected as ``malformed`` (wrong shape, dtype, a
-        non-finite value). They always go to the blob store, whatever ``store_client_updates`` says:
-        without them an auditor could not tell such a rejection from a valid update the server dropped.
+        ``updates``: (array digest, arrays) of the accepted updates, stored when ``store_client_updates``
+        says so. ``evidence``: the same for signed replies rejected as ``malformed`` (wrong shape, dtype, a
+        non-finite value): always stored, whatever ``store_client_updates`` says — without them an auditor
+        could not tell such a rejection from a valid update the server dropped. The digests were computed
+        when the replies were judged; a blob's address is its array digest.
         """
         if parent is not None:
             self.check_parent(parent)
@@ -120,10 +121,9 @@ class Recorder:
             self.state_digest = array_digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        stored = list(accepted_arrays) if self._store_updates(accepted_arrays) else []
-        blobs = [encode_arrays(arrays) for arrays in stored + list(evidence)]  # address: the array digest
-        if blobs:
-            self.ledger.put_blobs((hashlib.sha256(b).digest(), b) for b in blobs)
+        stored = list(updates) if self._store_updates(updates) else []
+        if stored or evidence:
+            self.ledger.put_blobs((digest, encode_arrays(arrays)) for digest, arrays in stored + list(evidence))
         block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
                                    state_after=self.state_digest)
         self.model_digest, self.last_round = after, int(server_round)
