@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -132,8 +133,9 @@ class LedgerCore:
         else:
             if not keys:
                 raise LedgerError("the keyring is empty: no client could ever be accepted")
-            self._attach_anchor(anchor, federation_id_for(federation_id))  # the genesis block is anchored too
-            self.recorder.start(self._pending_fid, keys, strategy_name, strategy_config)
+            fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
+            self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
+            self.recorder.start(fid, keys, strategy_name, strategy_config)
         self.keys = dict(self.writer.genesis.client_keys)
         self.judge = Judge(self.keys, self.recorder.revoked, verify_workers)
         self.opened_at_round = self.last_round
@@ -149,20 +151,15 @@ class LedgerCore:
             self.writer.listeners.append(self.witnessing.on_block)
 
     def _index_existing(self, index: int, entry) -> None:
-        if isinstance(entry, UpdateEntry):  # the key's own statement for this round (not a replayed old one)
+        """Index an entry of the ledger being opened for receipts: a key's own statement for its round."""
+        if isinstance(entry, UpdateEntry):
+            raw = self.writer.genesis.client_keys.get(entry.key_id)
             current = entry.reason in CURRENT_STATEMENT_REASONS or (
-                entry.reason == "malformed" and entry.key_id in self.writer_keys()
-                and verify_signature(self.writer_keys()[entry.key_id], entry.signature, entry.statement))
+                entry.reason == "malformed" and raw is not None
+                and verify_signature(raw, entry.signature, entry.statement))
             self.receipts.index_entry(index, entry, current)
 
-    def writer_keys(self) -> dict[str, bytes]:
-        genesis = self.recorder.writer.genesis
-        return dict(genesis.client_keys) if genesis is not None else {}
-
-    _pending_fid: str | None = None
-
     def _attach_anchor(self, anchor, federation_id: str) -> None:
-        self._pending_fid = federation_id
         self.anchor = anchor(federation_id) if callable(anchor) else anchor
         if self.anchor is not None:
             self.writer.listeners.append(self.anchor.submit)
@@ -358,9 +355,3 @@ class LedgerCore:
             self.anchor.close()
         self.ledger.close()
 
-
-def federation_id_for(federation_id: str | None) -> str:
-    """The id of a new federation: the one given, or a random ``fed-<12 hex>``."""
-    import uuid
-
-    return federation_id or f"fed-{uuid.uuid4().hex[:12]}"

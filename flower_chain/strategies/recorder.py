@@ -6,7 +6,6 @@ Imports neither torch nor flwr.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,10 +68,9 @@ class Recorder:
             report.state_digest
         return report
 
-    def start(self, federation_id: str | None, keys: Mapping[str, bytes], strategy_name: str,
+    def start(self, fid: str, keys: Mapping[str, bytes], strategy_name: str,
               strategy_config: Mapping[str, Any] | None) -> None:
-        """Append the genesis of a new federation; the strategy's config goes to the blob store."""
-        fid = federation_id or f"fed-{uuid.uuid4().hex[:12]}"
+        """Append the genesis of federation ``fid``; the strategy's config goes to the blob store."""
         config = {str(k): v for k, v in dict(strategy_config or {}).items()}
         digest = config_digest(config)
         self.ledger.put_blob(encode(config), digest)  # the replay (`ledger audit`) rebuilds the strategy from it
