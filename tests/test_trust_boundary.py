@@ -42,14 +42,13 @@ def test_a_keyless_reply_naming_a_victims_key_is_not_the_victims_receipt():
     sig[5] ^= 0xFF  # no key: the signature does not verify
     forged.content[SIG_RECORD][SIGNATURE] = bytes(sig)
     forged.content[SIG_RECORD][PENDING_ROUND] = 1
-    s.aggregate_train(1, [forged] + replies)
+    s.aggregate_train(1, [forged] + replies[:2])  # the forger's node sends nothing else this round
     kid = key_id(victim)
     head = s.ledger.head().header
     assert s.core.update_index[(kid, 1)] == [head.first_index + 1], "only the verified entry is the victim's"
-    assert str(msgs[2].metadata.dst_node_id) not in s.core.node_pending or \
-        s.core.node_pending[str(msgs[2].metadata.dst_node_id)][0] == key_id(clients.keys[2])
-    receipt = s.core.receipt_config(msgs[0].metadata.dst_node_id)
-    assert receipt.get(CTX_RECEIPT, "") == "" or "attacker" not in receipt[CTX_RECEIPT]
+    forger = str(msgs[2].metadata.dst_node_id)
+    assert forger not in s.core.node_pending, "an unverified reply must not ask for the victim's receipts"
+    assert CTX_RECEIPT not in s.core.receipt_config(forger)
 
 
 def test_an_unverified_pending_round_moves_nothing():
@@ -94,8 +93,6 @@ def test_text_from_the_network_cannot_forge_log_lines(caplog):
         s.aggregate_train(1, replies)
     lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines), lines
-    entry = [e for e in s.core.recorder.ledger.entries()][-2:]
-    assert entry  # recorded
     from flower_chain.ledger import decode_entry
 
     rejected = [decode_entry(d) for d in s.ledger.entries(s.ledger.head().header.first_index)]
