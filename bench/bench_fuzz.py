@@ -88,7 +88,7 @@ def main() -> None:
                 continue
             kind = rng.choice(KINDS)
             kinds[kind] += 1
-            replies.append(mutate(None, m, k, kind, DETAILS[kind](rng) if kind in DETAILS else None))
+            replies.append(mutate(m, k, kind, DETAILS[kind](rng) if kind in DETAILS else None))
         rng.shuffle(replies)
         t = time.perf_counter()
         glob, _ = s.aggregate_train(rnd, replies)  # must not raise

@@ -101,7 +101,7 @@ def mutation(draw):
     return kind, draw(detail)
 
 
-def mutate(s, msg, key, kind, detail):
+def mutate(msg, key, kind, detail):
     """A reply to ``msg`` signed by ``key``, then mutated in transit (or by its keyless sender)."""
     out = arrays(99)
     if kind == "wrong-dtype-signed":  # a key holder returning float64 / float128 arrays, validly signed
@@ -188,7 +188,7 @@ class Round:
                       key=lambda m: m.metadata.dst_node_id)
         replies = [signed_train_reply(m, k, arrays(1000 + self.rnd * 3 + i), 10 + i)
                    for i, (m, k) in enumerate(zip(msgs, self.clients.keys))]
-        bad = mutate(self, msgs[2], self.clients.keys[2], kind, detail)
+        bad = mutate(msgs[2], self.clients.keys[2], kind, detail)
         replies = replies[:2]
         replies.insert(position, bad)
         keep = [with_content(r, r.content) for r in replies]
