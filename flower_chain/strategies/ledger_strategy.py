@@ -226,11 +226,13 @@ class LedgerStrategy(Strategy):
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
-                named = self.core.cast_aggregate(server_round, arrays_of(arrays))
+                views = arrays_of(arrays)
+                named = self.core.cast_aggregate(server_round, views)
                 if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
                     named = None
                     raise ValueError("the aggregate has non-finite values")
-                arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
+                if any(c is not v for (_, c), (_, v) in zip(named, views)):  # re-serialize only what was cast
+                    arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
             state = strategy_state(self.strategy)
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e
