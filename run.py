@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-confirmations", type=int, default=0)
     p.add_argument("--anchor-poa", action="store_true", help="proof-of-authority chain (Clique/QBFT)")
     p.add_argument("--anchor-fee", default="auto", help="auto | eip1559 | legacy | zero")
+    p.add_argument("--verbose", action="store_true", help="print Flower's own log (default: one line per round; "
+                   "the log goes to OUT/flwr-run.log)")
     p.add_argument("--scenario", default="", choices=["", "attacks"],
                    help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
     return p.parse_args(argv)
@@ -181,30 +183,97 @@ def validate(args: argparse.Namespace) -> dict:
 # --- simulation ------------------------------------------------------------------------------------------
 
 
-def run_simulation(overrides: dict, num_clients: int) -> None:
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    from flwr.simulation import run_simulation as flwr_run_simulation
+class RoundProgress:
+    """One line per finished round and a rich progress bar, read from the ``metrics.json`` the ServerApp writes.
 
-    from flower_chain.app.client_app import make_client_app
-    from flower_chain.app.server_app import make_server_app
+    The ServerApp runs in a process of Flower's; it rewrites ``metrics.json`` after every round, so
+    the progress is polled from there (a file older than this run is ignored: ``--resume`` reuses
+    ``--out``).
+    """
 
-    if overrides.get("keys-dir"):
-        os.environ["FLOWER_CHAIN_SIGNING_KEY"] = str(Path(overrides["keys-dir"]) / "clients")
-    flwr_run_simulation(
-        server_app=make_server_app(overrides),
-        client_app=make_client_app(overrides),
-        num_supernodes=num_clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    def __init__(self, metrics: Path, total: int, enabled: bool = True) -> None:
+        import threading
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.metrics, self.total, self.enabled = metrics, total, enabled
+        self.t0 = time.time()
+        self.seen: set[int] = set()
+        self.console = Console(highlight=False)
+        self.progress = Progress(TextColumn("[flower-chain] rounds"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console, transient=True)
+        self.task = self.progress.add_task("rounds", total=total)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _rows(self) -> list[dict]:
+        try:
+            if self.metrics.stat().st_mtime < self.t0:
+                return []
+            return json.loads(self.metrics.read_text()).get("rounds", [])
+        except (OSError, ValueError):
+            return []  # not written yet, or being replaced
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.3):
+            self.update()
+        self.update()
+
+    def update(self) -> None:
+        for row in self._rows():
+            r = row.get("round", 0)
+            if r < 1 or r in self.seen:
+                continue
+            self.seen.add(r)
+            counts = f"  accepted {row['accepted']:>3}  rejected {row['rejected']:>3}" if "accepted" in row else ""
+            self.progress.console.print(f"[flower-chain] round {r:>3}/{self.total}  accuracy {row['accuracy']:.4f}  "
+                                        f"loss {row['loss']:.4f}  time {row['round_time_s']:.1f}s{counts}",
+                                        markup=False, soft_wrap=True)
+            self.progress.update(self.task, completed=len(self.seen))
+
+    def __enter__(self) -> "RoundProgress":
+        if self.enabled:
+            self.progress.start()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.progress.stop()
+
+
+def run_simulation(overrides: dict, num_clients: int, verbose: bool = False) -> int:
+    """``flwr run`` on this Flower App with a local SuperLink of its own (Flower's supported way to simulate).
+
+    Flower's own log goes to ``OUT/flwr-run.log`` (``--verbose`` also prints it); the terminal shows one
+    line per round. The SuperLink and everything it started are stopped by PID at the end.
+    """
+    from flower_chain.app.local_run import LocalSuperLink
+
+    out = Path(overrides["out-dir"])
+    log = out / "flwr-run.log"
+    with LocalSuperLink(cwd=ROOT) as link, \
+            RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose):
+        print(f"[flower-chain] flwr run . with {num_clients} simulated nodes on a local SuperLink of its own "
+              f"(FLWR_HOME {link.home}; Flower's log: {log})", flush=True)
+        result = link.run(ROOT, num_supernodes=num_clients, run_config=overrides, log=log,
+                          tee=sys.stdout if verbose else None)
+        pids = link.pids()
+    print(f"[flower-chain] stopped the local SuperLink {' '.join(f'(pid {p})' for p in pids)}", flush=True)
+    if not result.ok:
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln][-3:]
+        print(f"[flower-chain] the Flower run {result.run_id or '(not started)'} ended {result.status} "
+              f"(flwr run exit code {result.returncode}); Flower's log: {log}", file=sys.stderr)
+        for ln in tail:
+            print(f"  {ln.strip()}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --- deployment ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -220,58 +289,19 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
 
 
 def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """Stop every started process and everything it started (process groups and descendants).
+    """Stop every started process and everything it started (process groups and descendants)."""
+    from flower_chain.app.local_run import stop_process_trees
 
-    Flower's SuperLink and SuperNodes spawn SuperExec and ServerApp/ClientApp
-    processes in sessions of their own, so the descendants are collected
-    first, then everything gets SIGTERM and, after a grace period, SIGKILL.
-    """
-    import psutil
-
-    family: dict[int, psutil.Process] = {}
+    stop_process_trees([p.pid for p in procs])
     for p in procs:
-        try:
-            root = psutil.Process(p.pid)
-            family[root.pid] = root
-            family.update((c.pid, c) for c in root.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for proc in family.values():
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(list(family.values()), timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         p.wait()
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def run_deployment(overrides: dict, num_clients: int) -> int:
+def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> int:
     """A SuperLink and ``num_clients`` SuperNodes on 127.0.0.1, then ``flwr run`` against them."""
     importlib.import_module("psutil")  # needed to stop what we start: fail before starting anything
+    from flower_chain.app.local_run import config_arg, free_port
+
     out = Path(overrides["out-dir"])
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=out))
     env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -291,10 +321,6 @@ def run_deployment(overrides: dict, num_clients: int) -> int:
         procs.append(p)
         return p
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_signal)
     try:
         link = start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
                       "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
@@ -310,12 +336,16 @@ def run_deployment(overrides: dict, num_clients: int) -> int:
                           "--node-config", f"partition-id={i} num-partitions={num_clients}"],
                          f"supernode-{i}.log", node_env)
             print(f"[flower-chain] SuperNode {i} (pid {node.pid})", flush=True)
-        run_config = " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+        run_config = config_arg(overrides)
         cmd = ["flwr", "run", str(ROOT), "flower-chain", "--stream", "--run-config", run_config]
-        print(f"[flower-chain] {' '.join(cmd[:4])} --stream --run-config ...", flush=True)
-        runner = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
-        procs.append(runner)
-        rc = runner.wait()
+        print(f"[flower-chain] {' '.join(cmd[:4])} --stream --run-config ... (Flower's log: {logs / 'flwr-run.log'})",
+              flush=True)
+        with open(logs / "flwr-run.log", "wb") as flog, \
+                RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose):
+            runner = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
+                                      **({} if verbose else {"stdout": flog, "stderr": subprocess.STDOUT}))
+            procs.append(runner)
+            rc = runner.wait()
         if rc != 0:
             print(f"[flower-chain] flwr run exited with code {rc}; logs in {logs}", file=sys.stderr)
             return rc
@@ -327,7 +357,6 @@ def run_deployment(overrides: dict, num_clients: int) -> int:
         return 0
     finally:
         stop_processes(procs)
-        signal.signal(signal.SIGTERM, old)
         print(f"[flower-chain] stopped {len(procs)} processes", flush=True)
 
 
@@ -343,10 +372,6 @@ def print_summary(overrides: dict) -> int:
         return 1
     print("\n=== flower-chain summary ===")
     print(f"dataset       {overrides['dataset']} ({summary.get('dataset_source')})")
-    for row in doc["rounds"]:
-        counts = f"  accepted {row['accepted']}  rejected {row['rejected']}" if "accepted" in row else ""
-        print(f"round {row['round']:>3}     accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-              f"time {row['round_time_s']:.1f}s{counts}")
     if summary.get("final_accuracy") is None:
         print(f"no round left to run: the federation already reached round {overrides['num-server-rounds']}")
     else:
@@ -356,6 +381,7 @@ def print_summary(overrides: dict) -> int:
     if summary.get("ledger"):
         uri = summary["ledger"]
         print(f"ledger        {uri}  ({summary.get('ledger_blocks')} blocks, {summary.get('ledger_entries')} entries)")
+        print(f"verdicts      {verdict_line(uri)}")
         print("inspect it:")
         for cmd in ("summary", "blocks", "verify"):
             print(f"  flower-chain ledger {cmd} {uri}")
@@ -364,11 +390,25 @@ def print_summary(overrides: dict) -> int:
     return 0
 
 
+def verdict_line(uri: str) -> str:
+    """Every verdict of the ledger, train and evaluate, by reason (``ok`` counts the accepted replies)."""
+    from flower_chain.ledger import open_ledger
+    from flower_chain.ledger.errors import LedgerError
+    from flower_chain.ledger.inspect import summary as ledger_summary
+
+    try:
+        with open_ledger(uri) as led:
+            verdicts = ledger_summary(led)["verdicts"]
+    except LedgerError as e:
+        return f"(unreadable: {e})"
+    return "; ".join(f"{kind}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
+                     for kind, counts in verdicts.items())
+
+
 def run_once(overrides: dict, args: argparse.Namespace) -> int:
     if args.mode == "simulation":
-        run_simulation(overrides, args.num_clients)
-        return 0
-    return run_deployment(overrides, args.num_clients)
+        return run_simulation(overrides, args.num_clients, verbose=args.verbose)
+    return run_deployment(overrides, args.num_clients, verbose=args.verbose)
 
 
 def outcome(overrides: dict, label: str) -> dict:
@@ -455,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    def on_sigterm(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # stop what was started, as on Ctrl-C
     try:
         if args.scenario == "attacks":
             return attack_matrix(args)

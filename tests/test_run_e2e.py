@@ -57,6 +57,35 @@ def test_simulation_two_clients_one_round(ledger_run):
     assert (out / "model.npz").exists()
     rep = verify(open_ledger(_ledger_uri(out)), client_signatures=True)
     assert rep.accepted == 2
+    # through `flwr run` and a local SuperLink of its own, stopped by PID at the end; Flower's log in a file
+    home = re.search(r"FLWR_HOME (\S+);", r.stdout).group(1)
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", r.stdout)]
+    assert pids and not [p for p in pids if _alive(p)]
+    assert not _procs_mentioning(home), "a process of the run's local SuperLink is still running"
+    assert "Starting local SuperLink" in (out / "flwr-run.log").read_text()
+    assert "INFO" not in r.stdout and "Warning" not in r.stdout + r.stderr  # quiet: one line per round
+    assert re.search(r"round +1/1 +accuracy", r.stdout) and "verdicts      train: ok 2" in r.stdout
+
+
+def test_simulation_ctrl_c_stops_the_local_superlink(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--num-clients", "2", "--rounds", "50",
+                          "--out", str(out), "--data-dir", str(tmp_path / "data")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    home = None
+    deadline = time.time() + 300
+    for line in p.stdout:
+        m = re.search(r"FLWR_HOME (\S+);", line)
+        home = home or (m and m.group(1))
+        if re.search(r"round +1/50", line) or time.time() > deadline:
+            break
+    assert home and _procs_mentioning(home), "the run's local SuperLink is not running"
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=120)
+    assert p.returncode == 130
+    time.sleep(1)
+    assert not _procs_mentioning(home)
 
 
 def test_simulation_without_ledger_gives_the_same_model(tmp_path, ledger_run):
