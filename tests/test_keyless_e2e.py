@@ -2,20 +2,21 @@
 review found (invalid NPY, overflowing and negative shapes, zero-width and float128 dtypes, statement fields
 of the wrong type, infinite num-examples, a metric beyond int64, an extra MetricRecord) in every round.
 
-The run must finish every round, every hostile reply must be a rejection on the ledger, and the global
-model must be exactly the aggregate of the honest nodes' updates (``flower-chain ledger audit`` replays it).
+Run with ``flwr run`` on a local SuperLink of its own. The run must finish every round, every hostile reply
+must be a rejection on the ledger, and the global model must be exactly the aggregate of the honest nodes' updates (``flower-chain ledger audit`` replays it).
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+from flower_chain.app.local_run import LocalSuperLink
 from flower_chain.ledger import decode_entry, open_ledger
-from tests.test_swap_in import APPS, MESSAGE_API_CHANGE, _apply, _keys
+from tests.test_swap_in import APPS, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, _keys, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 HONEST, NODES, ROUNDS = 2, 7, 3
@@ -23,20 +24,20 @@ HONEST, NODES, ROUNDS = 2, 7, 3
 
 def test_keyless_nodes_cannot_crash_or_steer_the_federation(tmp_path):
     _keys(tmp_path, HONEST)  # keys for the honest partitions only
-    source = _apply((APPS / "quickstart_message.py").read_text(), MESSAGE_API_CHANGE)
-    source = source.replace("app = ClientApp(mods=[signing_mod])",
-                            "from tests.apps.keyless import keyless_attack\n"
-                            "app = ClientApp(mods=[keyless_attack, signing_mod])")
-    source = source.replace("min_available_nodes=2", f"min_available_nodes={NODES}")
-    (tmp_path / "app.py").write_text(source)
-    ledger = f"sqlite:///{tmp_path}/ledger.db"
-    env = dict(os.environ, LEDGER=ledger, QUICKSTART_OUT=str(tmp_path / "w.npy"),
-               FLOWER_CHAIN_SIGNING_KEY=str(tmp_path / "keys" / "clients"), RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "app.py", str(NODES)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    hostile = {
+        "quickstart/client_app.py": [("app = ClientApp(mods=[signing_mod])",
+                                      "from quickstart.keyless import keyless_attack\n"
+                                      "app = ClientApp(mods=[keyless_attack, signing_mod])")],
+        "quickstart/server_app.py": [("min_available_nodes=2", f"min_available_nodes={NODES}")],
+    }
+    app = make_app("quickstart_message", tmp_path, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, hostile)
+    shutil.copy(APPS / "keyless.py", app / "quickstart" / "keyless.py")
+    with LocalSuperLink(log_dir=tmp_path) as link:
+        res = link.run(app, num_supernodes=NODES, run_config={"out-file": str(tmp_path / "w.npy")}, timeout=600)
+    assert res.ok, res.log.read_text()[-4000:]
     assert (tmp_path / "w.npy").exists(), "the run must finish every round"
+    (db,) = tmp_path.glob("ledger-*.db")
+    ledger = f"sqlite:///{db}"
 
     with open_ledger(ledger) as led:
         entries = [decode_entry(d) for d in led.entries()]
@@ -50,7 +51,7 @@ def test_keyless_nodes_cannot_crash_or_steer_the_federation(tmp_path):
     assert sum(reasons.values()) == (NODES - HONEST) * ROUNDS and reasons["malformed"] >= 8, reasons
 
     cli = [sys.executable, "-m", "flower_chain.cli", "ledger"]
-    v = subprocess.run(cli + ["verify", ledger], capture_output=True, text=True, env=env)
+    v = subprocess.run(cli + ["verify", ledger], capture_output=True, text=True)
     assert v.returncode == 0, v.stdout + v.stderr
-    a = subprocess.run(cli + ["audit", ledger, "--strict"], capture_output=True, text=True, env=env)
+    a = subprocess.run(cli + ["audit", ledger, "--strict"], capture_output=True, text=True)
     assert a.returncode == 0, a.stdout + a.stderr  # the model is exactly the honest nodes' aggregate

@@ -137,6 +137,9 @@ class LocalSuperLink:
     cwd : Path, optional
         Working directory of ``flwr run`` and so of the SuperLink (relative paths inside the apps
         resolve against it). Default: the current directory.
+    log_dir : Path, optional
+        Where each run's log goes unless :meth:`run` is given one. Default: a new temporary directory,
+        kept after the stop so the logs can be read.
 
     Examples
     --------
@@ -146,7 +149,7 @@ class LocalSuperLink:
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, home: Path | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, log_dir: Path | None = None) -> None:
         self._own_home = home is None
         # Short paths: Ray's session sockets live under RAY_TMPDIR and must stay under 107 bytes.
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="fc-flwr-", dir="/tmp"))
@@ -156,6 +159,7 @@ class LocalSuperLink:
         while self.control_port == self.http_port:
             self.control_port = free_port()
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
+        self._log_dir = Path(log_dir) if log_dir is not None else None
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
@@ -190,7 +194,7 @@ class LocalSuperLink:
         federation_config : Mapping, optional
             Further ``--federation-config`` values (``client-resources-num-cpus``, ``verbose`` ...).
         log : Path, optional
-            Where the streamed output goes (default: ``HOME/run-<n>.log``).
+            Where the streamed output goes (default: ``run-<n>.log`` in ``log_dir``).
         tee : IO[str], optional
             Also copy each output line there (e.g. ``sys.stdout`` for a verbose run).
         timeout : float, optional
@@ -203,7 +207,11 @@ class LocalSuperLink:
         cmd = ["flwr", "run", str(app), "local", "--stream", "--federation-config", config_arg(fed)]
         if run_config:
             cmd += ["--run-config", config_arg(run_config)]
-        log = Path(log) if log is not None else self.home / f"run-{len(self._runs) + 1}.log"
+        if log is None:
+            if self._log_dir is None:
+                self._log_dir = Path(tempfile.mkdtemp(prefix="fc-flwr-logs-"))
+            log = self._log_dir / f"run-{len(self._runs) + 1}.log"
+        log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         run_id = ""

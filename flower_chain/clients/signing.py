@@ -124,7 +124,7 @@ def key_path_for(context: Context) -> Path:
         if "partition-id" not in context.node_config:
             raise KeyFileError(f"{p} is a directory of keys but this node has no partition-id in its node config")
         name = f"client-{int(context.node_config['partition-id'])}.key"
-        if not (p / name).exists() and (p / "clients" / name).exists():
+        if not (p / name).exists() and (p / "clients").is_dir():
             p = p / "clients"  # the `keys init` directory itself: its clients/ holds the private keys
         p = p / name
     return p

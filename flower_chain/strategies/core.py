@@ -56,6 +56,16 @@ class AggregationError(LedgerError):
                          "ledger. Please report this: flower-chain's checks should have rejected the reply first")
 
 
+def flower_run_id() -> str:
+    """The running Flower app's run id (a ``{run_id}`` ledger URI), or a timestamp outside a run."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415
+
+        return str(int(TaskIdentity.run_id))
+    except Exception:  # noqa: BLE001 - outside a Flower run (tests, scripts)
+        return time.strftime("%Y%m%d-%H%M%S")
+
+
 class LedgerCore:
     """The server side of flower-chain: a judge, receipts and a recorder over one ledger.
 
@@ -107,6 +117,8 @@ class LedgerCore:
                  store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
                  verify_workers: int | None = None, witnesses: Sequence[tuple[str, str]] | None = None,
                  witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
+        if isinstance(ledger, str) and "{run_id}" in ledger:  # one new ledger per `flwr run`, both strategies
+            ledger = ledger.replace("{run_id}", flower_run_id())
         self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
         self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
         if isinstance(keyring, (str, Path)):

@@ -27,16 +27,6 @@ from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 
 
-def _run_id() -> str:
-    """The running Flower app's run id (a ``{run_id}`` ledger URI), or a timestamp outside a run."""
-    try:
-        from flwr.supercore.task_identity import TaskIdentity
-
-        return str(int(TaskIdentity.run_id))
-    except Exception:  # noqa: BLE001 - outside a Flower run (tests, scripts)
-        return time.strftime("%Y%m%d-%H%M%S")
-
-
 def _as_judged(msg: Message, reply) -> Message:
     """The accepted reply as the wrapped strategy gets it: the judged ArrayRecord and MetricRecord, under the
     names ``arrays`` and ``metrics`` (Flower's strategies require every reply to use the same names)."""
@@ -124,8 +114,6 @@ class LedgerStrategy(Strategy):
         self.strategy = strategy
         self.resume = resume
         self.min_accepted = int(min_accepted)
-        if isinstance(ledger, str) and "{run_id}" in ledger:
-            ledger = ledger.replace("{run_id}", _run_id())
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),

@@ -57,7 +57,8 @@ class LegacyLedgerStrategy(Strategy):
     """:class:`~flower_chain.strategies.LedgerStrategy` for the legacy strategy API.
 
     Wraps any ``flwr.server.strategy.Strategy`` (FedAvg, FedProx, Krum, ...);
-    same parameters as ``LedgerStrategy`` and the same verification core.
+    the parameters of ``LedgerStrategy`` (``{run_id}`` in the ledger URI included) but ``resume`` and
+    ``min_accepted``, and the same verification core.
     The signing mod puts the signed statement into ``FitRes.metrics`` under
     ``flower-chain.*`` keys; they are removed before the wrapped strategy
     sees the results.
