@@ -6,7 +6,7 @@
   wheel installed, not editable, into a fresh venv (``--system-site-packages`` for flwr, numpy, ...)
   and run from a temporary directory with no path to the repository has the ``flower-chain`` script,
   the contract artifact and the explorer page, and swaps into a plain Flower app as the README says
-  (``tests/apps/quickstart_message.py``); ``flower-chain ledger verify`` passes on its ledger.
+  (``tests/apps/quickstart_message/``, run by ``flwr run`` with the venv's interpreter); ``flower-chain ledger verify`` passes on its ledger.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_swap_in import APPS, MESSAGE_API_CHANGE, _apply
+from tests.test_swap_in import MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,22 +171,44 @@ def test_wheel_installs_outside_the_repository(installed_wheel, tmp_path):
     assert r.returncode == 0 and "ledger" in r.stdout and "keys" in r.stdout, r.stdout + r.stderr
 
 
+def _flwr_scripts_for(inst) -> None:
+    """Flower's console scripts bound to the venv's interpreter (they live in the system site-packages): ``flwr``
+    and the SuperLink, SuperExec and simulation processes it starts then import flower_chain from the wheel."""
+    from importlib import metadata
+
+    for ep in metadata.distribution("flwr").entry_points:
+        if ep.group != "console_scripts":
+            continue
+        module, _, attr = ep.value.partition(":")
+        script = inst["bin"] / ep.name
+        script.write_text(f"#!{inst['python']}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
+                          f"sys.exit({attr}())\n")
+        script.chmod(0o755)
+
+
 def test_wheel_swaps_into_a_flower_app(installed_wheel, tmp_path):
-    """The README's change to a plain Flower app, run with the installed wheel; the ledger verifies."""
+    """The README's recipe on a plain Flower App, run by `flwr run` with the installed wheel; the ledger verifies."""
+    from flower_chain.app.local_run import LocalSuperLink
+
     inst = installed_wheel
+    _flwr_scripts_for(inst)
     script = str(inst["bin"] / ("flower-chain.exe" if os.name == "nt" else "flower-chain"))
     n = 2
-    r = _in_venv(inst, script, "keys", "init", "keys", "--clients", str(n), cwd=tmp_path)
+    r = _in_venv(inst, script, "keys", "init", str(tmp_path / "keys"), "--clients", str(n), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    (tmp_path / "app.py").write_text(_apply((APPS / "quickstart_message.py").read_text(), MESSAGE_API_CHANGE)
-                                     + "\nimport flower_chain\nprint('flower_chain from', flower_chain.__file__)\n")
-    ledger = f"sqlite:///{tmp_path}/ledger.db"
-    r = _in_venv(inst, str(inst["python"]), "app.py", str(n), cwd=tmp_path, timeout=300, LEDGER=ledger,
-                 QUICKSTART_OUT=str(tmp_path / "w.npy"), FLOWER_CHAIN_SIGNING_KEY=str(tmp_path / "keys" / "clients"),
-                 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("flower_chain from"))
-    assert Path(line.split(" ", 2)[2]).resolve().is_relative_to(inst["purelib"].resolve()), line
+    where = {"quickstart/server_app.py": [("app = ServerApp()",
+                                           "import flower_chain\nfrom flwr.common.logger import log\n"
+                                           "log(20, 'flower_chain from %s', flower_chain.__file__)\n"
+                                           "app = ServerApp()")]}
+    app = make_app("quickstart_message", tmp_path, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, where)
+    env = _clean_env(PATH=f"{inst['bin']}{os.pathsep}{os.environ.get('PATH', '')}")
+    with LocalSuperLink(base_env=env, cwd=tmp_path, log_dir=tmp_path) as link:  # no path to the repository
+        res = link.run(app, num_supernodes=n, run_config={"out-file": str(tmp_path / "w.npy")}, timeout=600)
+    text = res.log.read_text()
+    assert res.ok, text[-4000:]
+    line = next(ln for ln in text.splitlines() if "flower_chain from" in ln)
+    assert Path(line.split("flower_chain from ", 1)[1].strip()).resolve().is_relative_to(inst["purelib"].resolve()), line
     assert (tmp_path / "w.npy").exists()
-    r = _in_venv(inst, script, "ledger", "verify", ledger, "--keys", "keys/keyring", cwd=tmp_path)
+    (db,) = tmp_path.glob("ledger-*.db")
+    r = _in_venv(inst, script, "ledger", "verify", f"sqlite:///{db}", "--keys", "keys/keyring", cwd=tmp_path)
     assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr

@@ -131,7 +131,9 @@ class LocalSuperLink:
     ----------
     env : Mapping[str, str], optional
         Extra environment for ``flwr run`` and so for the SuperLink it starts, the ServerApp and the
-        simulated ClientApps (they inherit it). The caller's environment is the base.
+        simulated ClientApps (they inherit it).
+    base_env : Mapping[str, str], optional
+        The environment ``env`` is added to (default: this process's).
     home : Path, optional
         The Flower home (``FLWR_HOME``). Default: a new short temporary directory, removed on stop.
     cwd : Path, optional
@@ -149,7 +151,8 @@ class LocalSuperLink:
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, home: Path | None = None,
-                 cwd: Path | None = None, log_dir: Path | None = None) -> None:
+                 cwd: Path | None = None, log_dir: Path | None = None,
+                 base_env: Mapping[str, str] | None = None) -> None:
         self._own_home = home is None
         # Short paths: Ray's session sockets live under RAY_TMPDIR and must stay under 107 bytes.
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="fc-flwr-", dir="/tmp"))
@@ -161,7 +164,7 @@ class LocalSuperLink:
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self.env = {
-            **os.environ,
+            **(os.environ if base_env is None else base_env),
             "FLWR_HOME": str(self.home),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
             "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
