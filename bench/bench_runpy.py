@@ -2,12 +2,21 @@
 """Wall time of the default ``python run.py`` through ``flwr run`` vs the previous in-process simulation.
 
     python bench/bench_runpy.py [--pairs 2] [--clients 10] [--rounds 5]
+    python bench/bench_runpy.py --deployment [--clients 2] [--rounds 4]
 
 ``flwr run``: ``run.py`` as it is (a local SuperLink of its own, the ServerApp and ClientApps in
 Flower's processes, everything stopped by PID). Baseline, in the same invocation: the same run config
 through ``flwr.simulation.run_simulation`` in one process, as ``run.py`` did before (deprecated in
 flwr 1.42). The two alternate (A B, B A, ...); reported: wall times, their ratio (medians), final
 accuracy and whether both end with the same model. JSON in ``bench/results/runpy.json``.
+
+``--deployment``: the per-message ClientApp process cost of the deployment mode (a SuperNode starts a
+``flwr-clientapp`` process for every message it is sent; flwr 1.42 has no long-lived ClientApp
+process: ``--isolation process`` still runs one ``flwr-clientapp`` per message token). Measured as the
+median round time from round 2 on (the demo sends each node one train message per round) of
+``--mode deployment`` minus that of the simulation, same config, same invocation,
+next to the time one ``flwr-clientapp`` process needs to import the ClientApp's modules.
+JSON in ``bench/results/deployment.json``.
 """
 
 from __future__ import annotations
@@ -75,9 +84,47 @@ def one(kind: str, common: list[str], out: Path) -> dict:
             "final_accuracy": doc["summary"]["final_accuracy"], "model_sha256": _digest(out / "model.npz")}
 
 
+def deployment(clients: int, rounds: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="fc-deploy-"))
+    common = ["--num-clients", str(clients), "--rounds", str(rounds), "--data-dir", str(work / "data"),
+              "--keys-dir", str(work / "keys")]
+    out = {}
+    for mode in ("simulation", "deployment"):
+        d = work / mode
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--mode", mode, "--out", str(d)],
+                           capture_output=True, text=True, cwd=ROOT)
+        if r.returncode:
+            raise RuntimeError(f"{mode}: {r.stdout[-1500:]}{r.stderr[-1500:]}")
+        rows = [x for x in json.loads((d / "metrics.json").read_text())["rounds"] if x["round"] >= 2]
+        out[mode] = {"wall_s": round(time.perf_counter() - t, 2),
+                     "round_s": [round(x["round_time_s"], 3) for x in rows],
+                     "median_round_s": round(statistics.median(x["round_time_s"] for x in rows), 3)}
+        print(json.dumps({mode: out[mode]}), flush=True)
+    imports = []
+    for _ in range(5):  # what every per-message ClientApp process pays before it can run: interpreter + imports
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import flwr.clientapp, torch, flower_chain.app.client_app"],
+                       check=True, cwd=ROOT)
+        imports.append(time.perf_counter() - t)
+    doc = {"what": f"run.py --num-clients {clients} --rounds {rounds}: deployment (one flwr-clientapp process per "
+                   "message) vs simulation (long-lived Ray actors), median round time from round 2 on",
+           "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}, **out,
+           "added_per_round_s": round(out["deployment"]["median_round_s"] - out["simulation"]["median_round_s"], 3),
+           "clientapp_process_import_s_median": round(statistics.median(imports), 3)}
+    (RESULTS.parent / "deployment.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+    return doc
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--baseline-child":
         return baseline_child(sys.argv[2:])
+    if "--deployment" in sys.argv:
+        args = sys.argv[1:]
+        val = lambda flag, d: int(args[args.index(flag) + 1]) if flag in args else d  # noqa: E731
+        deployment(val("--clients", 2), val("--rounds", 4))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--clients", type=int, default=10)
