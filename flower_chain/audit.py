@@ -74,7 +74,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.policy import strategy_metrics
-from flower_chain.ledger.text import safe_text
+from flower_chain.ledger.text import is_decimal, safe_text
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.writer import read_genesis
 from flower_chain.strategies.state import load_strategy_state, strategy_state
@@ -307,7 +307,7 @@ def _reply(entry: UpdateEntry, named: Sequence[tuple[str, np.ndarray]], server_r
     from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
     metrics = {k: v for k, v in strategy_metrics(entry.metrics).items() if _metric_value(v) is not None}
-    node = int(entry.node_id) if entry.node_id.isdigit() else 0
+    node = int(entry.node_id) if is_decimal(entry.node_id) else 0
     meta = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
                     group_id=str(server_round), created_at=0.0, ttl=0.0, message_type="train")
     return Message(content=RecordDict({"arrays": _record(named), "metrics": MetricRecord(metrics)}), metadata=meta)
@@ -375,7 +375,7 @@ def _replay_round(ledger: Ledger, factory: Callable[[], Any], server_round: int,
         load_strategy_state(strategy, state)
         minimum = max(int(getattr(strategy, "min_available_nodes", 0) or 0),
                       int(getattr(strategy, "min_train_nodes", 0) or 0), len(accepted), 1)
-        grid = _ReplayGrid([int(e.node_id) for e in accepted if e.node_id.isdigit()], minimum)
+        grid = _ReplayGrid([int(e.node_id) for e in accepted if is_decimal(e.node_id)], minimum)
         list(strategy.configure_train(server_round, _record(model), ConfigRecord({}), grid))
         replies = [_reply(e, u, server_round) for e, u in zip(accepted, updates)]
         try:

@@ -210,6 +210,27 @@ def test_revoke_appends_a_revocation(fed, tmp_path):
     rows = json.loads(cli("ledger", "export", fed.uri, "--format", "json", check_rc=0).stdout)
     assert rows[-1]["type"] == "revocation" and rows[-1]["key_id"] == kid
     cli("keys", "revoke", fed.uri, "ffffffffffffffff", "--server-key", priv, check_rc=2)
+    # another server key: a clear input error, nothing appended
+    other = tmp_path / "other.key"
+    cli("keys", "new", "--out", tmp_path, "--name", "other", check_rc=0)
+    n = json.loads(cli("ledger", "summary", fed.uri, "--json", check_rc=0).stdout)["blocks"]
+    r = cli("keys", "revoke", fed.uri, key_id(fed.client_keys[1]), "--server-key", other, check_rc=2)
+    assert "pass the ledger's own server key" in r.stderr
+    assert json.loads(cli("ledger", "summary", fed.uri, "--json", check_rc=0).stdout)["blocks"] == n
+
+
+def test_revoke_needs_no_flwr(fed, tmp_path):
+    """Revocation is the ledger writer's: the CLI command runs where flwr cannot be imported."""
+    priv = tmp_path / "server.key"
+    priv.write_bytes(fed.server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    fed.ledger.close()
+    code = ("import sys; sys.modules['flwr'] = None; sys.modules['torch'] = None\n"
+            "from flower_chain.cli import main; sys.argv = ['flower-chain', *sys.argv[1:]]; main()")
+    r = subprocess.run([sys.executable, "-c", code, "keys", "revoke", fed.uri, key_id(fed.client_keys[0]),
+                        "--server-key", str(priv)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli("ledger", "verify", fed.uri, check_rc=0)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

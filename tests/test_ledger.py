@@ -343,3 +343,14 @@ def test_sqlite_survives_kill_9_mid_append(tmp_path):
         p.wait()
         rep = verify(open_ledger(uri))
         assert rep.blocks >= 1 and rep.entries == 1 + 200 * (rep.blocks - 1)
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u0663", "1\u00b2", "\uff11"])
+def test_non_ascii_digits_are_not_a_checkpoint_size(size):
+    """str.isdigit() is true for these; int() refuses "²" and reads "٣" as 3: a parse error, never a crash."""
+    from flower_chain.ledger.checkpoint import Checkpoint
+    from flower_chain.ledger.errors import CheckpointError
+
+    body = f"example.com/log\n{size}\n{base64.b64encode(bytes(32)).decode()}\n"
+    with pytest.raises(CheckpointError, match="not a decimal number"):
+        Checkpoint.from_text(body)

@@ -11,6 +11,7 @@ from flwr.serverapp import strategy as flwr_strategies
 
 from flower_chain.ledger import UpdateEntry, decode_entry, open_ledger, verify
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.inspect import summary
 from flower_chain.ledger.keys import key_id
 from flower_chain.strategies import LedgerStrategy
 from flower_chain.strategies.core import TooFewAcceptedError
@@ -244,6 +245,7 @@ def test_equivocation_rejects_every_reply_of_the_key_and_keeps_both_statements()
     assert entries[0].statement != entries[1].statement and entries[0].key_id == entries[1].key_id == key_id(k0)
     report = verify(s.strategy.ledger, client_signatures=True)
     assert report.equivocating_keys == {key_id(k0)}
+    assert summary(s.strategy.ledger)["equivocating_keys"] == [key_id(k0)]  # `ledger summary` lists it too
     plain, _ = fedavg().aggregate_train(1, by_key(replies[2:]))
     for k in ("w", "b"):
         assert agg[k].numpy().tobytes() == plain[k].numpy().tobytes()

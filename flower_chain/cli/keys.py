@@ -91,12 +91,16 @@ def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
                 server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
                 reason: str = typer.Option("revoked by operator", "--reason")) -> None:
     """Append a revocation entry: later updates signed by KEYID are rejected."""
-    from flower_chain.strategies.core import LedgerCore
+    from flower_chain.ledger import verify
+    from flower_chain.ledger.keys import raw_public
+    from flower_chain.ledger.writer import LedgerWriter
 
     ledger = open_or_fail(uri)
-    try:
-        core = LedgerCore(ledger, {}, load_private(server_key))
-        core.revoke(kid, reason)
+    key = load_private(server_key)
+    try:  # the ledger writer alone (no strategy, no flwr): the server's key, a verified ledger, one block
+        writer = LedgerWriter(ledger, key)
+        verify(ledger, server_key=raw_public(key))
+        writer.revoke(kid, reason)
     except VerificationError as e:
         fail(f"the ledger does not verify, not revoking: {e}", EXIT_FAILED)
     out.print(f"revoked {kid} in {uri} (block {ledger.block_count() - 1})")

@@ -60,6 +60,9 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
               + (f" ({_counter_text(s['reasons'])})" if s["reasons"] else ""))
     t.add_row("evaluate replies", f"{s['evaluate_accepted']} accepted, {s['evaluate_rejected']} rejected"
               + (f" ({_counter_text(s['evaluate_reasons'])})" if s["evaluate_reasons"] else ""))
+    if s["equivocating_keys"]:
+        t.add_row("equivocating keys", ", ".join(s["equivocating_keys"])
+                  + f" (a stolen key? revoke: flower-chain keys revoke {uri} KEYID --server-key KEY)")
     for k in ("head_hash", "model_digest"):
         t.add_row(k, str(s[k]))
     out.print(t)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from flower_chain.ledger.errors import CheckpointError, KeyFileError
 from flower_chain.ledger.keys import public_from_raw, raw_public, verify_signature
+from flower_chain.ledger.text import is_decimal
 
 _ALG_ED25519 = 0x01
 _DASH = "\u2014"
@@ -48,7 +49,7 @@ class Checkpoint:
         origin, size_s, root_b64, *ext = lines
         if not origin or any(not e for e in ext):
             raise CheckpointError("empty line in checkpoint body")
-        if not size_s.isdigit() or (len(size_s) > 1 and size_s[0] == "0"):
+        if not is_decimal(size_s) or (len(size_s) > 1 and size_s[0] == "0"):
             raise CheckpointError(f"checkpoint size {size_s!r} is not a decimal number")
         try:
             root = base64.b64decode(root_b64, validate=True)

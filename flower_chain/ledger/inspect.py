@@ -43,6 +43,7 @@ class BlockRow:
     evaluate_accepted: int = 0
     evaluate_rejected: int = 0
     evaluate_reasons: Counter = field(default_factory=Counter)
+    equivocating: set = field(default_factory=set)  # keys that signed two different statements for the round
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     clients: list[tuple[str, str, str]] = field(default_factory=list)  # (key id, verdict, reason)
 
@@ -51,6 +52,7 @@ class BlockRow:
         d["reasons"] = dict(self.reasons)
         d["evaluate_reasons"] = dict(self.evaluate_reasons)
         d["clients"] = [list(c) for c in self.clients]
+        d["equivocating"] = sorted(self.equivocating)
         return d
 
 
@@ -70,6 +72,8 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
         row = BlockRow(h.height, h.round, h.entry_count, 0, 0, Counter(), h.model_after.hex(), _time(h.timestamp_ms),
                        h.timestamp_ms, h.log_size, block.hash.hex())
         for e in entries_of(ledger, h):
+            if isinstance(e, UpdateEntry) and e.reason == "equivocation" and e.key_id:
+                row.equivocating.add(e.key_id)
             if isinstance(e, UpdateEntry) and e.kind == "evaluate":
                 row.evaluate_replies += 1
                 if e.verdict == "accepted":
@@ -94,7 +98,8 @@ def summary(ledger: Ledger) -> dict[str, Any]:
 
     ``accepted``, ``rejected`` and ``reasons`` count replies to train instructions;
     ``evaluate_accepted``, ``evaluate_rejected`` and ``evaluate_reasons`` replies to evaluate
-    instructions; ``verdicts`` holds every verdict as ``{"train": {"ok": n, reason: n, ...},
+    instructions; ``equivocating_keys`` the keys that signed two different statements for one round;
+    ``verdicts`` holds every verdict as ``{"train": {"ok": n, reason: n, ...},
     "evaluate": {...}}`` ("ok" counts the accepted ones).
     """
     genesis = read_genesis(ledger)
@@ -103,7 +108,9 @@ def summary(ledger: Ledger) -> dict[str, Any]:
     reasons: Counter = Counter()
     ev_reasons: Counter = Counter()
     rounds = set()
+    equivocating: set = set()
     for row in block_rows(ledger, 1):
+        equivocating |= row.equivocating
         accepted += row.accepted
         rejected += row.rejected
         reasons.update(row.reasons)
@@ -130,6 +137,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "evaluate_rejected": ev_rejected,
         "evaluate_reasons": dict(ev_reasons),
         "verdicts": verdicts,
+        "equivocating_keys": sorted(equivocating),
         "head_hash": head.hash.hex(),
         "model_digest": head.header.model_after.hex(),
         "checkpoint": head.checkpoint,

@@ -77,3 +77,12 @@ def safe_label(value: object, limit: int = 24) -> str:
     if shown == text:
         return text
     return f"{shown}#{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def is_decimal(s: str) -> bool:
+    """``s`` is one or more ASCII digits 0-9.
+
+    ``str.isdigit()`` alone is true for "²" or "٣", which ``int()`` then refuses or reads as another
+    number: every decimal field read from the network or a file goes through this test.
+    """
+    return s.isascii() and s.isdigit()

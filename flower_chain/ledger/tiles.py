@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from flower_chain.ledger import merkle
 from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
 from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError
+from flower_chain.ledger.text import is_decimal
 
 __all__ = [
     "TILE_HEIGHT",
@@ -102,7 +103,7 @@ def tile_path(level: int | None, index: int, width: int = TILE_WIDTH) -> str:
 
 
 def _decimal(s: str, what: str) -> int:
-    if not s.isascii() or not s.isdigit() or (len(s) > 1 and s[0] == "0"):
+    if not is_decimal(s) or (len(s) > 1 and s[0] == "0"):
         raise TileError(f"{what} {s[:20]!r} is not a decimal number without leading zeros")
     return int(s)
 
@@ -139,7 +140,7 @@ def parse_tile_path(path: str) -> TilePath:
     for i, el in enumerate(rest):
         last = i == len(rest) - 1
         digits = el if last else (el[1:] if el.startswith("x") else None)
-        if digits is None or len(digits) != 3 or not digits.isascii() or not digits.isdigit():
+        if digits is None or len(digits) != 3 or not is_decimal(digits):
             raise TileError(f"tile index element {el[:10]!r} is not {'NNN' if last else 'xNNN'}")
         n = n * 1000 + int(digits)
     if len(rest) > 1 and rest[0] == "x000":

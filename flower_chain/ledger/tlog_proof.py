@@ -30,6 +30,7 @@ from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError
 from flower_chain.ledger.proofs import block_with_size, consistency_proof, entry_at, inclusion_proof
+from flower_chain.ledger.text import is_decimal
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 CONSISTENCY_FORMAT = "flower-chain/consistency-proof@v1"
@@ -60,7 +61,7 @@ class InclusionProof:
         try:
             if rest and rest[0].startswith("extra "):
                 entry = base64.b64decode(rest.pop(0)[6:], validate=True)
-            if not rest or not rest[0].startswith("index ") or not rest[0][6:].isdigit():
+            if not rest or not rest[0].startswith("index ") or not is_decimal(rest[0][6:]):
                 raise ProofError("tlog-proof has no 'index N' line")
             index = int(rest.pop(0)[6:])
             hashes = tuple(base64.b64decode(h, validate=True) for h in rest)

@@ -47,6 +47,7 @@ from flower_chain.ledger.tiles import (
     tile_hashes,
 )
 from flower_chain.ledger.writer import read_genesis
+from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger("flower_chain.serve")
 
@@ -289,7 +290,7 @@ def build_app(view: LogView):
         from flower_chain.ledger.tlog_proof import prove_inclusion
 
         s = request.path_params["index"]
-        if not s.isascii() or not s.isdigit() or len(s) > 18:
+        if not is_decimal(s) or len(s) > 18:
             return PlainTextResponse("entry index must be a decimal number\n", status_code=400)
         index = int(s)
         with view.lock:

@@ -38,6 +38,7 @@ from flower_chain.ledger import merkle
 from flower_chain.ledger.checkpoint import Checkpoint, open_note, parse_verifier_key
 from flower_chain.ledger.cosignature import cosigner_verifier_key, sign_cosignature
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
+from flower_chain.ledger.text import is_decimal
 
 MAX_PROOF_LINES = 63
 MAX_BODY_BYTES = 64 * 1024
@@ -202,7 +203,7 @@ class Witness:
         if not first.startswith("old "):
             return Reply(400, b"the first line must be 'old <size>'\n")
         size_s = first[4:]
-        if not size_s.isascii() or not size_s.isdigit() or (len(size_s) > 1 and size_s[0] == "0") or len(size_s) > 20:
+        if not is_decimal(size_s) or (len(size_s) > 1 and size_s[0] == "0") or len(size_s) > 20:
             return Reply(400, b"the old size must be a decimal number without leading zeros\n")
         old_size = int(size_s)
         proof_lines = lines[1:]
@@ -256,7 +257,7 @@ def build_app(witness: Witness):
 
     async def add_checkpoint(request: Request) -> Response:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        if declared is not None and (not is_decimal(declared) or int(declared) > MAX_BODY_BYTES):
             return PlainTextResponse("request body too large\n", status_code=413)
         body = b""
         async for chunk in request.stream():
@@ -264,7 +265,9 @@ def build_app(witness: Witness):
             if len(body) > MAX_BODY_BYTES:
                 return PlainTextResponse("request body too large\n", status_code=413)
         r = witness.add_checkpoint(body)
-        return Response(r.body, status_code=r.status, media_type=r.content_type)
+        # The content type exactly as given: Starlette would add "; charset=utf-8" to a text/* media type,
+        # and C2SP tlog-witness clients compare text/x.tlog.size for equality.
+        return Response(r.body, status_code=r.status, headers={"Content-Type": r.content_type})
 
     async def index(request: Request) -> Response:
         return PlainTextResponse(f"flower-chain tlog-witness\n{witness.verifier_key}\n"

@@ -24,6 +24,7 @@ from flower_chain.ledger.checkpoint import Checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, add_cosignatures, note_body, verify_cosignature
 from flower_chain.ledger.errors import CheckpointError, LedgerError
 from flower_chain.ledger.proofs import consistency_proof
+from flower_chain.ledger.text import is_decimal
 
 
 class WitnessError(Exception):
@@ -91,7 +92,7 @@ def submit(witness_url: str, checkpoint_note: str, old_size: int, proof: Sequenc
         if e.code == 409:
             s = body.strip()
             raise WitnessConflict(f"{witness_url}: 409 conflict, witness is at size {s}",
-                                  int(s) if s.isdigit() else None, body) from None
+                                  int(s) if is_decimal(s) else None, body) from None
         raise WitnessError(f"{witness_url}: HTTP {e.code}: {body.strip()[:200]}", e.code, body) from None
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise WitnessError(f"{witness_url}: {getattr(e, 'reason', e)}") from None

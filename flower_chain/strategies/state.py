@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.text import is_decimal
 
 STATE_ATTRS = ("m_t", "v_t", "momentum_vector", "clipping_norm")
 NamedArrays = Sequence[tuple[str, np.ndarray]]
@@ -85,7 +86,7 @@ def load_strategy_state(strategy: Any, named: NamedArrays) -> None:
     per_level: dict[int, dict[str, Any]] = {}
     for name, arr in named:
         parts = name.split("/", 3)
-        if len(parts) < 3 or not parts[0].isdigit():
+        if len(parts) < 3 or not is_decimal(parts[0]):
             raise StateError(f"stored strategy state has an unreadable name {name!r}")
         level, attr, kind = int(parts[0]), parts[1], parts[2]
         slot = per_level.setdefault(level, {})

@@ -58,6 +58,7 @@ from flower_chain.ledger.errors import (
     LedgerError,
     LedgerOpenError,
 )
+from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class PostgresLedger(Ledger):
                                   "a foreign schema, not a flower-chain ledger; use another database or schema")
         version = meta.get("schema_version", "")
         if version != str(SCHEMA_VERSION):
-            newer = version.isdigit() and int(version) > SCHEMA_VERSION
+            newer = is_decimal(version) and int(version) > SCHEMA_VERSION
             raise LedgerOpenError(
                 f"{self.uri}: ledger schema version {version!r}, this flower-chain reads version {SCHEMA_VERSION}"
                 + ("; upgrade flower-chain" if newer else ""))
