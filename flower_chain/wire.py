@@ -96,6 +96,10 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | str:
     return tuple(shape), bool(fortran), dtype
 
 
+MAX_DIMENSION = 2**62
+"""Largest NPY dimension accepted (numpy's own limit is below 2**63)."""
+
+
 def parse_npy(data: object) -> np.ndarray | str:
     """A read-only ndarray viewing NPY bytes exactly as ``np.load`` reads them, or why they are not valid NPY.
 
@@ -122,11 +126,16 @@ def parse_npy(data: object) -> np.ndarray | str:
     shape, fortran, dtype = parsed
     count = 1
     for d in shape:  # Python ints: no overflow, whatever the header claims
+        if d > MAX_DIMENSION:  # numpy cannot make such an array, even an empty one (a zero elsewhere)
+            return f"shape {shape} has a dimension over {MAX_DIMENSION}"
         count *= d
     if count * dtype.itemsize != len(data) - size:
         return f"NPY payload is {len(data) - size} bytes, shape {shape} of {dtype.str} needs {count * dtype.itemsize}"
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=size)
-    return flat.reshape(shape, order="F" if fortran else "C")
+    try:
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=size)
+        return flat.reshape(shape, order="F" if fortran else "C")
+    except (ValueError, TypeError, MemoryError) as e:  # never raises: whatever numpy refuses is a reason
+        return f"numpy cannot view shape {shape} of {dtype.str}: {e}"
 
 
 def ndarray_view(array: Any) -> np.ndarray:

@@ -98,3 +98,25 @@ def test_text_from_the_network_cannot_forge_log_lines(caplog):
     rejected = [decode_entry(d) for d in s.ledger.entries(s.ledger.head().header.first_index)]
     bad = [e for e in rejected if e.verdict == "rejected"]
     assert [e.reason for e in bad] == ["unknown-key"] and bad[0].key_id == ""  # a malformed key id is not recorded
+
+
+def _npy_with_header(shape: str, descr: str = "<f4", payload: bytes = b"") -> bytes:
+    h = ("{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)).encode()
+    h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + payload
+
+
+@pytest.mark.parametrize("shape,payload", [
+    ("(0, 2**70)", b""),                      # zero elements, but a dimension numpy cannot make
+    (f"(0, {2**70})", b""),
+    (f"({2**63}, 0)", b""),
+    (f"({2**40}, {2**40}, 0)", b""),
+    ("(-1, 3)", b""),
+    ("(2, 2)", b"\0" * 15),                   # one byte short
+    ("(" + "1, " * 70 + ")", b"\0" * 4),     # more dimensions than numpy allows
+])
+def test_parse_npy_never_raises_on_hostile_shapes(shape, payload):
+    from flower_chain.wire import parse_npy
+
+    got = parse_npy(_npy_with_header(shape, payload=payload))
+    assert isinstance(got, str), got  # a reason for the `malformed` verdict, not an exception
