@@ -334,6 +334,7 @@ def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     assert doc["not_rederived"] == {"client-error": 1} and doc["equivocating_keys"] == []
     r = cli("ledger", "verify", fed.uri, check_rc=0)
     assert "not re-derivable from the ledger: client-error 1" in r.stdout
+    assert f"of {doc['accepted']} accepted updates: add --blobs" in r.stdout  # what was not checked, said
     r = cli("ledger", "verify", fed.uri, "--strict", check_rc=1)
     assert "not re-derivable" in r.stderr
     assert json.loads(cli("ledger", "verify", fed.uri, "--strict", "--json", check_rc=1).stdout)["verified"] is False
@@ -342,6 +343,7 @@ def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     assert doc["blobs_checked"] is True and any("is not in the blob store" in p for p in doc["blob_problems"])
     r = cli("ledger", "verify", fed.uri, "--blobs", check_rc=0)
     assert "BLOB block 1: model_after" in r.stderr
+    assert "accepted updates whose arrays are not stored (--strict fails on this)" in r.stdout
     r = cli("ledger", "verify", fed.uri, "--blobs", "--strict", check_rc=1)
     assert "blobs are missing" in r.stderr
     # an altered blob is a failure without --strict

@@ -239,6 +239,10 @@ def ledger_verify(uri: str,
         (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
                                        + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
                                        highlight=False)
+    if unchecked and not failed:  # never a silent pass: say what this verify did not check
+        out.print(f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
+                  + ("updates: add --blobs to check them against the stored arrays" if not (blobs or strict)
+                     else "updates whose arrays are not stored (--strict fails on this)"), highlight=False)
     for kid in equivocating:
         err.print(f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
                   f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY", highlight=False)
