@@ -288,6 +288,16 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout:.0f}s")
 
 
+def wait_interruptibly(proc: subprocess.Popen) -> int:
+    """``proc.wait()`` in 0.5 s steps: a signal the kernel hands to another thread (the progress bar's) is
+    then still acted on by this one within 0.5 s, instead of after ``proc`` exits."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def stop_processes(procs: list[subprocess.Popen]) -> None:
     """Stop every started process and everything it started (process groups and descendants)."""
     from flower_chain.app.local_run import stop_process_trees
@@ -345,7 +355,7 @@ def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> 
             runner = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
                                       **({} if verbose else {"stdout": flog, "stderr": subprocess.STDOUT}))
             procs.append(runner)
-            rc = runner.wait()
+            rc = wait_interruptibly(runner)
         if rc != 0:
             print(f"[flower-chain] flwr run exited with code {rc}; logs in {logs}", file=sys.stderr)
             return rc

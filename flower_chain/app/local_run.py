@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ class LocalSuperLink:
     ----------
     env : Mapping[str, str], optional
         Extra environment for ``flwr run`` and so for the SuperLink it starts, the ServerApp and the
-        simulated ClientApps (they inherit it).
+        simulated ClientApps (they inherit it); it cannot change ``FLWR_HOME``, the two ports or
+        ``RAY_TMPDIR``.
     base_env : Mapping[str, str], optional
         The environment ``env`` is added to (default: this process's).
     home : Path, optional
@@ -174,8 +176,11 @@ class LocalSuperLink:
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences Ray's FutureWarning on CPU-only nodes
             "PYTHONUNBUFFERED": "1",
             "NO_COLOR": "1",
-            **(env or {}),
         }
+        own = {k: self.env[k] for k in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT",
+                                        "FLWR_LOCAL_CONTROL_API_PORT", "RAY_TMPDIR")}
+        self.env.update(env or {})
+        self.env.update(own)  # never overridden: they are what makes this SuperLink this object's own
         self._runs: list[subprocess.Popen] = []
         self._stopped = False
 
@@ -217,26 +222,38 @@ class LocalSuperLink:
         log = Path(log)
         log.parent.mkdir(parents=True, exist_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
-        run_id = ""
+        found: list[str] = []
         with open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     encoding="utf-8", errors="replace", env=self.env, cwd=self.cwd,
                                     start_new_session=True)
             self._runs.append(proc)
-            assert proc.stdout is not None
-            for line in proc.stdout:  # ends when flwr run exits (with --stream: when the run finishes)
-                line = _ANSI.sub("", line)
-                out.write(line)
-                out.flush()
-                if tee is not None:
-                    tee.write(line)
-                    tee.flush()
-                if not run_id and (m := _RUN_ID.search(line)):
-                    run_id = m.group(1)
-                if deadline is not None and time.monotonic() > deadline:
-                    stop_process_trees([proc.pid], grace=2)
-                    raise TimeoutError(f"flwr run {app} did not finish within {timeout:.0f}s; log in {log}")
-            rc = proc.wait()
+
+            def copy() -> None:  # on a thread: the caller's thread stays free for signals and the deadline
+                assert proc.stdout is not None
+                for line in proc.stdout:  # ends when flwr run exits (with --stream: when the run finishes)
+                    line = _ANSI.sub("", line)
+                    out.write(line)
+                    out.flush()
+                    if tee is not None:
+                        tee.write(line)
+                        tee.flush()
+                    if not found and (m := _RUN_ID.search(line)):
+                        found.append(m.group(1))
+
+            reader = threading.Thread(target=copy, daemon=True)
+            reader.start()
+            while True:  # a bounded wait: Ctrl-C (delivered to any thread) is acted on within 0.5 s
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() > deadline:
+                        stop_process_trees([proc.pid], grace=2)
+                        raise TimeoutError(f"flwr run {app} did not finish within {timeout:.0f}s; log in {log}") \
+                            from None
+            reader.join(timeout=10)
+        run_id = found[0] if found else ""
         return RunResult(rc, run_id, self.status(run_id) if run_id else "not-started", log)
 
     def status(self, run_id: str) -> str:
@@ -255,11 +272,15 @@ class LocalSuperLink:
         """PIDs of the SuperLink processes this object's ``flwr run`` started (found by their Flower home)."""
         import psutil  # noqa: PLC0415
 
-        home = str(self.home)
+        home, port = str(self.home), str(self.http_port)
         found = []
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmdline = p.info.get("cmdline") or []
-            if any(home in part for part in cmdline) and "flower-superlink" in " ".join(cmdline):
+            if not any(part.endswith("flower-superlink") for part in cmdline):
+                continue
+            ours = any(home in part for part in cmdline) or any(
+                a == "--port" and b == port for a, b in zip(cmdline, cmdline[1:]))
+            if ours:  # its log file is under our FLWR_HOME, or it serves our port
                 found.append(p.info["pid"])
         return found
 
