@@ -373,3 +373,21 @@ def test_run_id_in_the_ledger_uri_gives_each_run_its_own_ledger(tmp_path):
                        server_key=Ed25519PrivateKey.generate())
     assert s.ledger.uri.endswith(f"ledger-{TaskIdentity.run_id}.db") and (tmp_path / f"ledger-{TaskIdentity.run_id}.db").exists()
     s.close()
+
+
+def test_bad_keys_are_an_error_before_anything_is_written(tmp_path, monkeypatch):
+    """A missing server key or keyring (a relative path: named with the directory it was resolved against)
+    stops the strategy before the ledger file exists."""
+    from flower_chain.ledger.errors import KeyFileError
+
+    monkeypatch.chdir(tmp_path)
+    clients = Clients(2)
+    db = tmp_path / "ledger.db"
+    with pytest.raises(KeyFileError, match=f"relative path that does not exist in the working directory {tmp_path}"):
+        LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring="keys/keyring", server_key=Ed25519PrivateKey.generate())
+    with pytest.raises(KeyFileError, match="server_key 'keys/server/server.key' is a relative path"):
+        LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring, server_key="keys/server/server.key")
+    with pytest.raises(KeyFileError):
+        LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring,
+                       server_key=tmp_path / "missing" / "server.key")
+    assert not db.exists() and not list(tmp_path.iterdir()), sorted(tmp_path.iterdir())

@@ -10,6 +10,7 @@ Framework-neutral (neither torch nor flwr): replies arrive parsed
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ from flower_chain.ledger.arrays import cast_like
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.cosignature import check_client_cosignature
 from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
-from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.errors import KeyFileError, LedgerError
 from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
 from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS, OK
 from flower_chain.ledger.text import safe_text
@@ -54,6 +55,16 @@ class AggregationError(LedgerError):
         super().__init__(f"round {server_round}: {type(strategy).__name__} refused the accepted replies "
                          f"({type(cause).__name__}: {safe_text(cause, 300)}); every reply is recorded on the "
                          "ledger. Please report this: flower-chain's checks should have rejected the reply first")
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    """``path``, or a :class:`KeyFileError` naming the directory a relative path was resolved against."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        raise KeyFileError(f"{what} {str(p)!r} is a relative path that does not exist in the working directory "
+                           f"{os.getcwd()} (under `flwr run`, the local SuperLink's, not your app's): use an "
+                           "absolute path")
+    return p
 
 
 def flower_run_id() -> str:
@@ -119,11 +130,13 @@ class LedgerCore:
                  witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
         if isinstance(ledger, str) and "{run_id}" in ledger:  # one new ledger per `flwr run`, both strategies
             ledger = ledger.replace("{run_id}", flower_run_id())
-        self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
-        self.server_key = server_key if isinstance(server_key, Ed25519PrivateKey) else load_private(server_key)
+        # Keys first: a bad key or keyring is an error before anything is written (no empty ledger left behind).
+        self.server_key = (server_key if isinstance(server_key, Ed25519PrivateKey)
+                           else load_private(_existing(server_key, "server_key")))
         if isinstance(keyring, (str, Path)):
-            keyring = Keyring.from_path(keyring)
+            keyring = Keyring.from_path(_existing(keyring, "keyring"))
         keys = dict(keyring.keys if isinstance(keyring, Keyring) else keyring)
+        self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
         self.recorder = Recorder(self.ledger, self.server_key, store_models=store_models,
                                  store_client_updates=store_client_updates)
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
