@@ -128,12 +128,14 @@ def test_readme_recipe_with_flwr_run(tmp_path, kind, change):
     assert len(counts) == n and all(c["errors"] == 0 and c["receipts"] >= 3 for c in counts), counts
 
 
-def test_a_node_without_a_key_fails_the_run_loudly(tmp_path):
+@pytest.mark.parametrize("kind,change", [("quickstart_message", MESSAGE_API_CHANGE),
+                                         ("quickstart_legacy", LEGACY_CHANGE)], ids=["message-api", "legacy"])
+def test_a_node_without_a_key_fails_the_run_loudly(tmp_path, kind, change):
     """Negative control: keys for 2 of 3 nodes and ``min_accepted=3``: Flower reports the run failed."""
     _keys(tmp_path, 2)
     strict = {"quickstart/server_app.py": [("server_key='@WORK@/keys/server/server.key')",
                                             "server_key='@WORK@/keys/server/server.key', min_accepted=3)")]}
-    app = make_app("quickstart_message", tmp_path, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, strict)
+    app = make_app(kind, tmp_path, change, RUN_CONFIG_CHANGE, strict)
     with LocalSuperLink(log_dir=tmp_path) as link:
         res = link.run(app, num_supernodes=3, timeout=600)
     text = res.log.read_text()

@@ -43,6 +43,16 @@ __all__ = ["STORE_UPDATES_LIMIT", "AggregationError", "Judgement", "LedgerCore",
 class TooFewAcceptedError(LedgerError):
     """A round accepted fewer replies than ``min_accepted``: the run stops (the round is on the ledger)."""
 
+    @classmethod
+    def of(cls, server_round: int, judgements: Sequence[Judgement], min_accepted: int, uri: str
+           ) -> TooFewAcceptedError:
+        """The error for a round whose ``judgements`` accepted fewer than ``min_accepted`` replies."""
+        accepted = sum(1 for j in judgements if j.accepted)
+        reasons = Counter(j.reason for j in judgements if not j.accepted)
+        return cls(f"round {server_round}: {accepted} of {len(judgements)} replies accepted, min_accepted is "
+                   f"{min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
+                   f"). Every reply is on the ledger: flower-chain ledger show {uri} {server_round}")
+
 
 class AggregationError(LedgerError):
     """The wrapped strategy refused the accepted replies of a round (recorded on the ledger all the same).

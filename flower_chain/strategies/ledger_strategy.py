@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from pathlib import Path
@@ -206,11 +205,7 @@ class LedgerStrategy(Strategy):
         named = None
         if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
             self.core.commit_train(server_round, judgements, None, t_check, None)
-            reasons = Counter(j.reason for j in judgements if not j.accepted)
-            raise TooFewAcceptedError(
-                f"round {server_round}: {len(accepted)} of {len(judgements)} replies accepted, min_accepted is "
-                f"{self.min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
-                f"). Every reply is on the ledger: flower-chain ledger show {self.core.ledger.uri} {server_round}")
+            raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
         try:
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns

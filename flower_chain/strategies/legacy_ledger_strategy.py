@@ -28,7 +28,7 @@ from flwr.server.strategy import Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore
+from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
 from flower_chain.strategies.judge import Reply, all_finite
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.ledger.text import safe_text
@@ -57,8 +57,9 @@ class LegacyLedgerStrategy(Strategy):
     """:class:`~flower_chain.strategies.LedgerStrategy` for the legacy strategy API.
 
     Wraps any ``flwr.server.strategy.Strategy`` (FedAvg, FedProx, Krum, ...);
-    the parameters of ``LedgerStrategy`` (``{run_id}`` in the ledger URI included) but ``resume`` and
-    ``min_accepted``, and the same verification core.
+    the parameters of ``LedgerStrategy`` (``{run_id}`` in the ledger URI and ``min_accepted`` included)
+    but ``resume``, and the same verification core. The legacy loop has no end-of-run hook: the summary
+    is logged when ``min_accepted`` stops the run.
     The signing mod puts the signed statement into ``FitRes.metrics`` under
     ``flower-chain.*`` keys; they are removed before the wrapped strategy
     sees the results.
@@ -68,9 +69,10 @@ class LegacyLedgerStrategy(Strategy):
                  server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
                  store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
                  verify_workers: int | None = None, witnesses=None, witness_quorum: int = 0,
-                 witness_timeout: float = 2.0) -> None:
+                 witness_timeout: float = 2.0, min_accepted: int = 1) -> None:
         super().__init__()
         self.strategy = strategy
+        self.min_accepted = int(min_accepted)
         self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
                                strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
                                store_models=store_models, store_client_updates=store_client_updates,
@@ -122,6 +124,11 @@ class LegacyLedgerStrategy(Strategy):
         t_check = time.perf_counter() - t0
         parameters, metrics = None, {}
         named = None
+        if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
+            self.core.commit_train(server_round, judgements, None, t_check)
+            for line in self.core.summary_lines():  # the legacy loop has no end-of-run hook: say it here
+                log(INFO, "%s", line)
+            raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
         try:
             parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
             if parameters is not None:  # the global model keeps the initial dtypes
