@@ -255,7 +255,10 @@ def run_simulation(overrides: dict, num_clients: int, verbose: bool = False) -> 
 
     out = Path(overrides["out-dir"])
     log = out / "flwr-run.log"
-    with LocalSuperLink(cwd=ROOT) as link, \
+    # The demo's keys win over a FLOWER_CHAIN_SIGNING_KEY left exported in this shell (it outranks the run config).
+    keys = overrides.get("keys-dir")
+    env = {"FLOWER_CHAIN_SIGNING_KEY": str(Path(keys) / "clients")} if keys else {}
+    with LocalSuperLink(env=env, cwd=ROOT, log_dir=out) as link, \
             RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose):
         print(f"[flower-chain] flwr run . with {num_clients} simulated nodes on a local SuperLink of its own "
               f"(FLWR_HOME {link.home}; Flower's log: {log})", flush=True)
@@ -310,6 +313,7 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
 def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> int:
     """A SuperLink and ``num_clients`` SuperNodes on 127.0.0.1, then ``flwr run`` against them."""
     importlib.import_module("psutil")  # needed to stop what we start: fail before starting anything
+    t_start = time.time()
     from flower_chain.app.local_run import config_arg, free_port
 
     out = Path(overrides["out-dir"])
@@ -360,11 +364,19 @@ def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> 
             print(f"[flower-chain] flwr run exited with code {rc}; logs in {logs}", file=sys.stderr)
             return rc
         metrics = out / "metrics.json"
-        # flwr run --stream returns when the run finishes; wait for the ServerApp's final write.
+        # flwr run --stream returns when the run finishes (exit 0 even if the ServerApp failed): wait for this
+        # run's final write; a metrics.json older than this run (an earlier run in --out) does not count.
         deadline = time.time() + 60
-        while time.time() < deadline and not (metrics.exists() and "summary" in json.loads(metrics.read_text())):
+        while time.time() < deadline:
+            try:
+                if metrics.stat().st_mtime >= t_start and "summary" in json.loads(metrics.read_text()):
+                    return 0
+            except (OSError, ValueError):
+                pass
             time.sleep(0.5)
-        return 0
+        print(f"[flower-chain] the run ended without its summary (the ServerApp failed?); Flower's log: "
+              f"{logs / 'flwr-run.log'}", file=sys.stderr)
+        return 1
     finally:
         stop_processes(procs)
         print(f"[flower-chain] stopped {len(procs)} processes", flush=True)
@@ -465,9 +477,18 @@ def _subrun(args: argparse.Namespace, out: Path, **flags) -> dict:
             argv.append(f"--{k}")
         elif v not in (None, False, ""):
             argv += [f"--{k}", str(v)]
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"run {flags} failed: {r.stderr.strip().splitlines()[-1:]}")
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _stdout, stderr = child.communicate()
+    except KeyboardInterrupt:  # let the child stop what it started (its SuperLink) before it goes
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    if child.returncode != 0:
+        raise RuntimeError(f"run {flags} failed: {stderr.strip().splitlines()[-1:]}")
     ov = {"out-dir": str(out), "strategy": flags.get("strategy", "fedavg"), "attackers": flags.get("attackers", 0),
           "num-server-rounds": args.rounds, "min-nodes": args.num_clients}
     return {**outcome(ov, "plain" if flags.get("no-ledger") else "ledger"), "attack": flags.get("attack", "")}
@@ -509,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)  # stop what was started, as on Ctrl-C
+    # Ctrl-C even where it was ignored when this process started (a shell's background job inherits
+    # SIG_IGN, and Python then installs no KeyboardInterrupt handler): what run.py starts must be stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.scenario == "attacks":
             return attack_matrix(args)

@@ -70,6 +70,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def toml_value(v: Any) -> str:
     """One value of a ``--run-config`` / ``--federation-config`` override, in TOML."""
     if isinstance(v, bool):
@@ -210,6 +215,9 @@ class LocalSuperLink:
         """
         if self._stopped:
             raise RuntimeError("this LocalSuperLink was stopped; make a new one")
+        if not self._runs and (_listening(self.http_port) or _listening(self.control_port)):
+            raise RuntimeError(f"port {self.http_port} or {self.control_port} was taken since it was chosen; "
+                               "make a new LocalSuperLink")
         fed = {"num-supernodes": int(num_supernodes), "client-resources-num-cpus": 1,
                "client-resources-num-gpus": 0.0, **(federation_config or {})}
         cmd = ["flwr", "run", str(app), "local", "--stream", "--federation-config", config_arg(fed)]
@@ -243,27 +251,30 @@ class LocalSuperLink:
 
             reader = threading.Thread(target=copy, daemon=True)
             reader.start()
-            while True:  # a bounded wait: Ctrl-C (delivered to any thread) is acted on within 0.5 s
-                try:
-                    rc = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    if deadline is not None and time.monotonic() > deadline:
-                        stop_process_trees([proc.pid], grace=2)
-                        raise TimeoutError(f"flwr run {app} did not finish within {timeout:.0f}s; log in {log}") \
-                            from None
-            reader.join(timeout=10)
+            try:
+                while True:  # a bounded wait: Ctrl-C (delivered to any thread) is acted on within 0.5 s
+                    try:
+                        rc = proc.wait(timeout=0.5)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise TimeoutError(f"flwr run {app} did not finish within {timeout:.0f}s; log in "
+                                               f"{log}") from None
+            finally:  # interrupted or timed out: stop flwr run, and let the reader finish before the log closes
+                if proc.poll() is None:
+                    stop_process_trees([proc.pid], grace=2)
+                reader.join(timeout=10)
         run_id = found[0] if found else ""
         return RunResult(rc, run_id, self.status(run_id) if run_id else "not-started", log)
 
     def status(self, run_id: str) -> str:
         """The run's status as ``flwr ls`` reports it (``finished:completed``, ``finished:failed`` ...)."""
-        r = subprocess.run(["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"], env=self.env,
-                           cwd=self.cwd, capture_output=True, text=True, timeout=60)
         try:
+            r = subprocess.run(["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"], env=self.env,
+                               cwd=self.cwd, capture_output=True, text=True, timeout=60)
             runs = json.loads(r.stdout)["runs"]
             return str(runs[0]["status"])
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, OSError, subprocess.SubprocessError):
             return "unknown"
 
     # --- stopping -----------------------------------------------------------------------------------
@@ -272,15 +283,12 @@ class LocalSuperLink:
         """PIDs of the SuperLink processes this object's ``flwr run`` started (found by their Flower home)."""
         import psutil  # noqa: PLC0415
 
-        home, port = str(self.home), str(self.http_port)
+        home = str(self.home) + os.sep
         found = []
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmdline = p.info.get("cmdline") or []
-            if not any(part.endswith("flower-superlink") for part in cmdline):
-                continue
-            ours = any(home in part for part in cmdline) or any(
-                a == "--port" and b == port for a, b in zip(cmdline, cmdline[1:]))
-            if ours:  # its log file is under our FLWR_HOME, or it serves our port
+            if any(part.endswith("flower-superlink") for part in cmdline) and any(
+                    part.startswith(home) for part in cmdline):  # its --log-file / --database: our FLWR_HOME
                 found.append(p.info["pid"])
         return found
 
@@ -289,15 +297,23 @@ class LocalSuperLink:
         if self._stopped:
             return 0
         self._stopped = True
-        n = stop_process_trees([*self.pids(), *(p.pid for p in self._runs if p.poll() is None)])
-        for p in self._runs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-        if self._own_home:
-            shutil.rmtree(self.home, ignore_errors=True)
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a second Ctrl-C must not cut the stop short
+        try:
+            n = stop_process_trees([*self.pids(), *(p.pid for p in self._runs if p.poll() is None)])
+            for p in self._runs:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            superlink_log = self.home / "local-superlink" / "superlink.log"
+            if self._own_home and superlink_log.exists() and self._log_dir is not None:
+                shutil.copy(superlink_log, self._log_dir / "superlink.log")  # kept: flwr run's errors point to it
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            if self._own_home:
+                shutil.rmtree(self.home, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return n
 
     def __enter__(self) -> LocalSuperLink:
