@@ -274,32 +274,6 @@ def test_an_aggregate_the_server_did_not_compute_fails_audit_naming_round_and_bl
     assert "round 1 (block 1)" not in text and "round 2 (block 2)" not in text, out
 
 
-def test_a_train_block_without_its_base_model_fails_verify(strategy_ledger, tmp_path):
-    """A round-4 train block that names no ``model_before`` (only an unsigned rejection, so no verdict to
-    re-derive) and a model the server made up: the model chain itself must fail verify."""
-    from flower_chain.ledger.arrays import array_digest, encode_arrays
-    from flower_chain.ledger.entries import UpdateEntry
-
-    path, key, _clients = strategy_ledger
-    copy = tmp_path / "dishonest.db"
-    shutil.copy(path, copy)
-    uri = f"sqlite:///{copy}"
-    model = [("w", np.full((8, 4), 0.5, np.float32)), ("b", np.zeros(4, np.float32))]
-    fake = array_digest(model)
-    dishonest.put_blob(uri, fake, encode_arrays(model))
-
-    def edit(blocks):
-        last = blocks[-1][0]
-        e = UpdateEntry(kind="train", round=4, node_id="11", key_id="", verdict="rejected", reason="unsigned",
-                        detail="", num_examples=1, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
-        blocks.append([{**last, "round": 4, "model_before": b"", "model_after": fake}, [e]])
-    dishonest.rewrite(copy, key, edit)
-    for cmd in ("verify", "audit"):
-        code, out, err = cli("ledger", cmd, uri)
-        assert code == 1, out + err
-        assert "block 4: model_before is not the model_after of the previous round" in one_line(out + err), out + err
-
-
 # -- anchors: a rollback below what the chain has seen -----------------------------------------------------------
 
 

@@ -230,10 +230,8 @@ def verify(
                 raise VerificationError(f"checkpoint: {e}", height=height) from e
             if (cp.size, cp.root_hash) != (h.log_size, h.log_root):
                 raise VerificationError("the signed checkpoint does not match the header", height=height)
-            trains = any(e.kind == "train" for _, e in updates)  # such a block always names its base model
-            if full and last_model and (h.model_before or trains) and h.model_before != last_model:
-                raise VerificationError("model_before is not the model_after of the previous round"
-                                        + (" (a train block with no base model)" if not h.model_before else ""),
+            if full and h.model_before and last_model and h.model_before != last_model:
+                raise VerificationError("model_before is not the model_after of the previous round",
                                         height=height)
             if updates and client_signatures:  # the block is authentic: now, did the server follow its rules?
                 _rederive(ledger, h, updates, genesis, revoked_before, report, blobs)
