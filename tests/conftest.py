@@ -85,6 +85,11 @@ class Federation:
                     for j in range(rejected)]
         return self.writer.append(rnd, entries, model_before=before, model_after=self.rng.randbytes(32))
 
+    def add_block(self, rnd: int, entries):
+        """A block that leaves the model where it is (evaluation), as an honest server records it."""
+        model = self.writer.head.header.model_after
+        return self.writer.append(rnd, entries, model_before=model, model_after=model)
+
 
 @pytest.fixture(scope="session")
 def postgres_server():

@@ -105,7 +105,7 @@ def _race_process(uri: str, key_pem: bytes, me: int, rounds: int, barrier, out) 
         w = LedgerWriter(ledger, key)
         barrier.wait(60)
         try:
-            w.append(rnd, [], model_after=bytes([me]) * 32)
+            w.append(rnd, [], model_before=w.head.header.model_after, model_after=bytes([me]) * 32)
             out.put((rnd, me, "won"))
         except LedgerConflictError as e:
             out.put((rnd, me, "conflict: " + str(e)))
@@ -241,5 +241,6 @@ def test_loser_resumes_on_top_of_the_winner(federation_factory):
     with pytest.raises(LedgerConflictError):
         loser.append(1, [])
     resumed = LedgerWriter(open_ledger(f.uri, create=True), f.server_key)
-    resumed.append(2, [f.update(2, 0)])
+    base = resumed.head.header.model_after  # a train block names its base model: the previous round's
+    resumed.append(2, [f.update(2, 0, base=base)], model_before=base, model_after=f.rng.randbytes(32))
     assert verify(open_ledger(f.uri)).blocks == 3

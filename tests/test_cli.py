@@ -241,8 +241,8 @@ def test_report_matches_the_ledger_and_renders(fed, tmp_path):
     from flower_chain.report import collect
 
     for rnd, acc in ((1, 0.5), (2, 0.7), (3, 0.9)):
-        fed.writer.append(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
-                                                metrics={"accuracy": acc, "loss": 1 - acc})])
+        fed.add_block(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
+                                            metrics={"accuracy": acc, "loss": 1 - acc})])
     dest = tmp_path / "report.html"
     cli("report", fed.uri, "-o", dest, "--png", tmp_path / "png", check_rc=0)
     html = dest.read_text()

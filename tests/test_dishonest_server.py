@@ -274,6 +274,61 @@ def test_an_aggregate_the_server_did_not_compute_fails_audit_naming_round_and_bl
     assert "round 1 (block 1)" not in text and "round 2 (block 2)" not in text, out
 
 
+def _no_base_unsigned(last, fake):
+    """A round-4 train block naming no base model, holding only an unsigned rejection (nothing to re-derive)."""
+    from flower_chain.ledger.entries import UpdateEntry
+
+    e = UpdateEntry(kind="train", round=4, node_id="11", key_id="", verdict="rejected", reason="unsigned",
+                    detail="", num_examples=1, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
+    return [{**last, "round": 4, "model_before": b"", "model_after": fake}, [e]], \
+        "block 4: model_before is not the model_after of the previous round (the block names no base model)"
+
+
+def _no_base_empty(last, fake):
+    """A round-4 block with no entries at all, naming no base model, and a made-up model."""
+    return [{**last, "round": 4, "model_before": b"", "model_after": fake}, []], \
+        "block 4: model_before is not the model_after of the previous round (the block names no base model)"
+
+
+def _other_base_empty(last, fake):
+    """A round-4 block with no entries, starting from a model that never existed."""
+    return [{**last, "round": 4, "model_before": fake, "model_after": fake}, []], \
+        "block 4: model_before is not the model_after of the previous round"
+
+
+def _drops_the_model(last, fake):
+    """A block that starts from the model and leaves none (the next one may then name any base)."""
+    return [{**last, "round": 4, "model_before": last["model_after"], "model_after": b""}, []], \
+        "block 4: the block names no model_after"
+
+
+@pytest.mark.parametrize("block", [_no_base_unsigned, _no_base_empty, _other_base_empty, _drops_the_model],
+                         ids=["no-base-unsigned-only", "no-base-no-entries", "unknown-base", "drops-model"])
+def test_a_block_outside_the_model_chain_fails_verify_and_audit(strategy_ledger, tmp_path, block):
+    """Once a model exists every block starts from it and names the model it leaves: a block with nothing to
+    re-derive (no signed update) must not be a way to swap the model."""
+    from flower_chain.ledger.arrays import array_digest, encode_arrays
+
+    path, key, _clients = strategy_ledger
+    copy = tmp_path / "dishonest.db"
+    shutil.copy(path, copy)
+    uri = f"sqlite:///{copy}"
+    model = [("w", np.full((8, 4), 0.5, np.float32)), ("b", np.zeros(4, np.float32))]
+    fake = array_digest(model)
+    dishonest.put_blob(uri, fake, encode_arrays(model))
+    expected = []
+
+    def edit(blocks):
+        new, msg = block(blocks[-1][0], fake)
+        blocks.append(new)
+        expected.append(msg)
+    dishonest.rewrite(copy, key, edit)
+    for cmd in ("verify", "audit"):
+        code, out, err = cli("ledger", cmd, uri)
+        assert code == 1, out + err
+        assert expected[0] in one_line(out + err), out + err
+
+
 # -- anchors: a rollback below what the chain has seen -----------------------------------------------------------
 
 

@@ -217,7 +217,8 @@ def test_server_down_longer_than_the_retry_window_stops_cleanly(federation_facto
     rep = verify(open_ledger(f.uri))
     assert rep.blocks == 2  # nothing of block 2: no torn block, nothing lost
     resumed = LedgerWriter(open_ledger(f.uri, create=True), f.server_key)
-    resumed.append(2, [f.update(2, 0)])
+    base = resumed.head.header.model_after  # a train block names its base model: the previous round's
+    resumed.append(2, [f.update(2, 0, base=base)], model_before=base, model_after=f.rng.randbytes(32))
     assert verify(open_ledger(f.uri)).blocks == 3
 
 

@@ -30,8 +30,8 @@ def _nasty_ledger(fed):
                                    reason=text, detail=text, num_examples=-1, arrays_digest=b"",
                                    metrics={text: 1.0}, statement=b"", signature=b""))
     fed.writer.append(1, entries + [fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
-    fed.writer.append(1, [EvaluationEntry(round=1, source="centralized", num_replies=0,
-                                          metrics={"accuracy": 0.5, "loss": 0.5, **{t: 1.0 for t in NASTY}})])
+    fed.add_block(1, [EvaluationEntry(round=1, source="centralized", num_replies=0,
+                                      metrics={"accuracy": 0.5, "loss": 0.5, **{t: 1.0 for t in NASTY}})])
     return fed
 
 

@@ -33,8 +33,8 @@ def site(federation_factory):
     fed = federation_factory("sqlite")
     for rnd in range(1, 6):
         fed.add_round(rnd, 4, rejected=rnd % 2)
-        fed.writer.append(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
-                                                metrics={"accuracy": 0.5 + rnd / 12, "loss": 1 / rnd})])
+        fed.add_block(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
+                                            metrics={"accuracy": 0.5 + rnd / 12, "loss": 1 / rnd})])
     with ServerThread(build_app(LogView(fed.ledger, refresh_s=0.0))) as url:
         yield fed, url
 

@@ -13,9 +13,9 @@ log range, and checks, block by block:
 * genesis rules: block 0 is round 0, has zero ``prev_hash`` and exactly one
   entry, a genesis entry; no other block has one;
 * (``full``) every entry decodes; update entries belong to the block's round
-  and carry a known verdict and reason; the model digest chain
-  (``model_before`` of a block is the ``model_after`` of the last block that
-  had one);
+  and carry a known verdict and reason; the model digest chain (once a
+  block records a ``model_after``, every later block's ``model_before`` is
+  the ``model_after`` of the block before it, and none leaves it empty);
 * (``client_signatures``) every *accepted* update carries a valid statement
   signed by a key of the genesis keyring, not revoked before it, for this
   federation and round, matching the recorded digest and example count.
@@ -230,9 +230,15 @@ def verify(
                 raise VerificationError(f"checkpoint: {e}", height=height) from e
             if (cp.size, cp.root_hash) != (h.log_size, h.log_root):
                 raise VerificationError("the signed checkpoint does not match the header", height=height)
-            if full and h.model_before and last_model and h.model_before != last_model:
-                raise VerificationError("model_before is not the model_after of the previous round",
-                                        height=height)
+            if full and last_model:  # once a model exists, every block starts from it and ends with one
+                if h.model_before != last_model:
+                    raise VerificationError("model_before is not the model_after of the previous round"
+                                            + ("" if h.model_before else " (the block names no base model)"),
+                                            height=height)
+                if not h.model_after:
+                    raise VerificationError("the block names no model_after: a model exists since an earlier "
+                                            "block, and every later block says which model it leaves",
+                                            height=height)
             if updates and client_signatures:  # the block is authentic: now, did the server follow its rules?
                 _rederive(ledger, h, updates, genesis, revoked_before, report, blobs)
             if summaries and updates:  # a federated evaluation summary counts exactly the accepted evaluate replies

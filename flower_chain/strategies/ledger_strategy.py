@@ -34,9 +34,8 @@ def _as_judged(msg: Message, reply) -> Message:
     own = [k for k in metrics_rec.keys() if str(k).startswith(OWN_METRICS)]
     if own:  # flower-chain's receipt counters are the ledger's, not the strategy's (clients may differ in them)
         metrics_rec = MetricRecord(strategy_metrics(dict(metrics_rec.items())))
-    elif content.array_records.get(parse.ARRAYS_RECORD) is arrays_rec and \
-            content.metric_records.get(parse.METRICS_RECORD) is metrics_rec:
-        return msg  # already so (Flower's quickstarts use these names): no copy
+    elif content.get(parse.ARRAYS_RECORD) is arrays_rec and content.get(parse.METRICS_RECORD) is metrics_rec:
+        return msg  # already so (Flower's quickstarts use these names): no copy (nor Flower's filtered views)
     return make_message(metadata=msg.metadata, content=RecordDict(
         {parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec} if arrays_rec is not None
         else {parse.METRICS_RECORD: metrics_rec}))

@@ -74,6 +74,18 @@ class Malformed(Exception):
     """Internal: why a reply does not parse (turned into a ``malformed`` verdict, never propagated)."""
 
 
+class _MetricName:
+    """``metric '<name>'`` in an error message, made printable (escaped, bounded) only when one is raised."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return format(f"metric {safe_text(self.name, 40)!r}", spec)
+
+
 def _int(value: Any, what: str, lo: int = INT64[0], hi: int = INT64[1]) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise Malformed(f"{what} is a {type(value).__name__}, not an integer")
@@ -135,7 +147,7 @@ def _parse_metrics(items: Iterable[tuple[Any, Any]], legacy: bool) -> dict[str, 
             raise Malformed(f"metric name {safe_text(k, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
         if len(out) >= MAX_METRICS:
             raise Malformed(f"more than {MAX_METRICS} metrics")
-        what = f"metric {safe_text(k, 40)!r}"
+        what = _MetricName(k)  # the error text is built only for a malformed reply
         if isinstance(v, (list, tuple)):
             if len(v) > MAX_LIST:
                 raise Malformed(f"{what} is a list of {len(v)} values (at most {MAX_LIST})")
