@@ -391,3 +391,37 @@ def test_bad_keys_are_an_error_before_anything_is_written(tmp_path, monkeypatch)
         LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring,
                        server_key=tmp_path / "missing" / "server.key")
     assert not db.exists() and not list(tmp_path.iterdir()), sorted(tmp_path.iterdir())
+
+
+def test_the_cyclic_collector_is_paused_while_judging_and_recording_and_restored_after(monkeypatch):
+    """bench/bench_scale10k.py: a third of a 10,000-reply round went to the collector re-walking the replies."""
+    import gc
+
+    from flower_chain.strategies.core import LedgerCore
+    from flower_chain.strategies.recorder import Recorder
+
+    seen = []
+    for cls, name in ((LedgerCore, "judge_all"), (Recorder, "commit_train")):
+        original = getattr(cls, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            seen.append((_name, gc.isenabled()))
+            return _original(self, *a, **k)
+        monkeypatch.setattr(cls, name, spy)
+    s = Setup()
+    assert gc.isenabled()
+    s.aggregate(1, s.honest(1))
+    assert seen == [("judge_all", False), ("commit_train", False)] and gc.isenabled()
+    # a round that stops the run (too few accepted) still turns the collector back on
+    with pytest.raises(TooFewAcceptedError):
+        s.strategy.min_accepted = 5
+        s.aggregate(2, s.honest(2))
+    assert gc.isenabled()
+    # an application that runs with the collector off keeps it off
+    gc.disable()
+    try:
+        s.strategy.min_accepted = 1
+        s.aggregate(3, s.honest(3))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

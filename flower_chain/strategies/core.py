@@ -34,6 +34,7 @@ from flower_chain.strategies.judge import Judge, Judgement, Reply
 from flower_chain.strategies.receipts import ReceiptServer
 from flower_chain.strategies.recorder import STORE_UPDATES_LIMIT, Recorder
 from flower_chain.wire import LedgerContext
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
@@ -296,33 +297,35 @@ class LedgerCore:
         (:func:`flower_chain.strategies.state.strategy_state`), stored beside the
         model with its digest as the block's ``state_after``; ``None`` keeps the last.
         """
-        rules = self.judge.rules("train", server_round)
-        before = rules.base_digest if rules else self.model_digest
-        t0 = time.perf_counter()
-        block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
-                                           [j.entry for j in judgements] + self._cosignatures(server_round, judgements),
-                                           [(j.entry.arrays_digest, j.arrays) for j in judgements
-                                            if j.accepted and j.arrays is not None], aggregated, state,
-                                           [(j.entry.arrays_digest, j.arrays) for j in judgements
-                                            if not j.accepted and j.arrays is not None])
-        self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
-        reasons = Counter(j.reason for j in judgements if not j.accepted)
-        self.stats[int(server_round)] = {
-            "accepted": sum(j.accepted for j in judgements), "rejected": sum(not j.accepted for j in judgements),
-            "reasons": dict(reasons), "ledger_time_s": seconds + time.perf_counter() - t0,
-            "block_height": block.header.height, "log_size": block.header.log_size,
-        }
-        self._log_rejections(server_round, judgements)
+        with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
+            rules = self.judge.rules("train", server_round)
+            before = rules.base_digest if rules else self.model_digest
+            t0 = time.perf_counter()
+            entries = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
+            block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
+                                               entries, [(j.entry.arrays_digest, j.arrays) for j in judgements
+                                                         if j.accepted and j.arrays is not None], aggregated, state,
+                                               [(j.entry.arrays_digest, j.arrays) for j in judgements
+                                                if not j.accepted and j.arrays is not None])
+            self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
+            reasons = Counter(j.reason for j in judgements if not j.accepted)
+            self.stats[int(server_round)] = {
+                "accepted": sum(j.accepted for j in judgements), "rejected": sum(not j.accepted for j in judgements),
+                "reasons": dict(reasons), "ledger_time_s": seconds + time.perf_counter() - t0,
+                "block_height": block.header.height, "log_size": block.header.log_size,
+            }
+            self._log_rejections(server_round, judgements)
 
     def commit_evaluation(self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any],
                           judgements: Sequence[Judgement] = ()) -> None:
         """Append a block with an evaluation summary (and the judged evaluate replies, if any)."""
-        entries: list = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
-        entries.append(self.recorder.evaluation_entry(server_round, source, num_replies, metrics))
-        parent = self._parents.get(("evaluate", int(server_round))) if judgements else None
-        block = self.recorder.commit(server_round, entries, parent)
-        self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
-        self._log_rejections(server_round, judgements)
+        with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
+            entries: list = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
+            entries.append(self.recorder.evaluation_entry(server_round, source, num_replies, metrics))
+            parent = self._parents.get(("evaluate", int(server_round))) if judgements else None
+            block = self.recorder.commit(server_round, entries, parent)
+            self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
+            self._log_rejections(server_round, judgements)
 
     def _cosignatures(self, server_round: int, judgements: Sequence[Judgement]) -> list[CosignatureEntry]:
         """The clients' cosignatures of the checkpoint they were sent (the head this round was built on).

@@ -24,6 +24,7 @@ from flower_chain.strategies.judge import all_finite
 from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 
 def _as_judged(msg: Message, reply) -> Message:
@@ -180,18 +181,19 @@ class LedgerStrategy(Strategy):
         verdict; an accepted reply is handed on holding exactly the records that were judged, under
         fixed names, so the wrapped strategy aggregates what was checked.
         """
-        msgs = list(replies)
-        limit = self.core.max_array_bytes(kind, server_round)
-        weight_key = getattr(self.strategy, "weighted_by_key", None)
-        parsed = [parse.from_message(msg, kind, max_array_bytes=limit,
-                                     weight_key=weight_key if isinstance(weight_key, str) else None) for msg in msgs]
-        judgements = self.core.judge_all(kind, server_round, parsed)
-        kept = []
-        for msg, reply, j in zip(msgs, parsed, judgements):
-            if j.accepted:
-                kept.append((j.entry.key_id, _as_judged(msg, reply)))
-        kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
-        return [m for _, m in kept], judgements
+        with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
+            msgs = list(replies)
+            limit = self.core.max_array_bytes(kind, server_round)
+            weight_key = getattr(self.strategy, "weighted_by_key", None)
+            weight_key = weight_key if isinstance(weight_key, str) else None
+            parsed = [parse.from_message(msg, kind, max_array_bytes=limit, weight_key=weight_key) for msg in msgs]
+            judgements = self.core.judge_all(kind, server_round, parsed)
+            kept = []
+            for msg, reply, j in zip(msgs, parsed, judgements):
+                if j.accepted:
+                    kept.append((j.entry.key_id, _as_judged(msg, reply)))
+            kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
+            return [m for _, m in kept], judgements
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -33,6 +33,7 @@ from flower_chain.strategies.judge import Reply, all_finite
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.ledger.text import safe_text
 from flower_chain.wire import PREFIX
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 
 def _named(parameters: Parameters) -> list:
@@ -106,15 +107,16 @@ class LegacyLedgerStrategy(Strategy):
                                  self.strategy.configure_fit(server_round, parameters, client_manager))
 
     def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement]]:
-        limit = self.core.max_array_bytes(kind, server_round)
-        parsed = [parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
-                  for proxy, res in results]
-        parsed += [_failure_reply(failure) for failure in failures]
-        judgements = self.core.judge_all(kind, server_round, parsed)
-        kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
-                for (proxy, res), j in zip(results, judgements) if j.accepted]
-        kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
-        return [r for _, r in kept], judgements
+        with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
+            limit = self.core.max_array_bytes(kind, server_round)
+            parsed = [parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
+                      for proxy, res in results]
+            parsed += [_failure_reply(failure) for failure in failures]
+            judgements = self.core.judge_all(kind, server_round, parsed)
+            kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
+                    for (proxy, res), j in zip(results, judgements) if j.accepted]
+            kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
+            return [r for _, r in kept], judgements
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException],
