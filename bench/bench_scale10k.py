@@ -45,6 +45,18 @@ def _replies(cl, msgs, glob):
             for i, (m, k) in enumerate(zip(msgs, cl.keys))]
 
 
+def _proof_hashes(msg) -> int:
+    """Hashes in the receipts an instruction carries: the consistency proof and every inclusion proof."""
+    from flower_chain.ledger.tlog_proof import InclusionProof
+    from flower_chain.wire import CTX_CONSISTENCY, CTX_RECEIPT, RECEIPT_SEPARATOR
+
+    cfg = msg.content["config"]
+    n = len(cfg.get(CTX_CONSISTENCY, b"")) // 32
+    for text in filter(None, str(cfg.get(CTX_RECEIPT, "")).split(RECEIPT_SEPARATOR)):
+        n += len(InclusionProof.from_text(text).hashes)
+    return n
+
+
 def server_run(uri: str, clients: int, rounds: int) -> dict:
     """The server side: ``rounds`` rounds of ``clients`` signed replies through LedgerStrategy into ``uri``.
 
@@ -59,6 +71,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.task_identity import TaskIdentity
 
+    from flower_chain.ledger.keys import key_id
     from flower_chain.strategies import LedgerStrategy
     from tests.fl_helpers import Clients, FakeGrid
 
@@ -71,21 +84,42 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
     glob = ArrayRecord({"w": Array(rng.standard_normal((32, 10)).astype(np.float32)),
                         "b": Array(np.zeros(10, np.float32))})
     nodes = list(range(1, clients + 1))
-    per_round, ledger_s, configure_s = [], [], []
+    kids = [key_id(k) for k in cl.keys]
+    reads = {"n": 0}
+    if uri != "flower":  # count what builds the receipts: block and entry reads, and Merkle nodes read from storage
+        led = strat.core.ledger
+        for name in ("block", "entries"):
+            def counted(*a, _read=getattr(led, name), **k):
+                reads["n"] += 1
+                return _read(*a, **k)
+            setattr(led, name, counted)
+        node_cache = strat.core.receipts._node
+    per_round, ledger_s, configure_s, receipt_reads, log_size, proof_hashes = [], [], [], [], [], []
     for rnd in range(1, rounds + 1):
+        reads["n"], misses = 0, node_cache.cache_info().misses if uri != "flower" else 0
         t = time.perf_counter()
         msgs = sorted(strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
                       key=lambda m: m.metadata.dst_node_id)
         configure_s.append(time.perf_counter() - t)
+        if uri != "flower":
+            reads["n"] += node_cache.cache_info().misses - misses
+            proof_hashes.append(sum(_proof_hashes(m) for m in msgs) / clients)
+        receipt_reads.append(reads["n"] / clients)
+        log_size.append(0 if uri == "flower" else strat.core.writer.log_size)
         replies = _replies(cl, msgs, glob)
         t = time.perf_counter()
         glob, _ = strat.aggregate_train(rnd, replies)
         per_round.append(time.perf_counter() - t)
         if uri != "flower":
             ledger_s.append(strat.round_stats(rnd)["ledger_time_s"])
+            # what clients with a receipt keeper report (the synthetic replies carry no keeper state): each node
+            # verified the checkpoint it was sent and wants the inclusion proof of this round's update
+            for node, kid in zip(nodes, kids):
+                strat.core.receipts.observe(node, kid, True, log_size[-1], rnd)
         del replies, msgs
     out = {"round_s": per_round, "round_replies_per_s": clients * rounds / sum(per_round),
-           "configure_s": configure_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "configure_s": configure_s, "log_size_at_configure": log_size,
+           "ledger_reads_per_instruction": receipt_reads, "proof_hashes_per_instruction": proof_hashes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if uri != "flower":
         out.update(ledger_s=ledger_s, verified_replies_per_s=clients * rounds / sum(ledger_s),
                    accepted_last_round=strat.round_stats(rounds).get("accepted"))

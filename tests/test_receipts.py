@@ -68,8 +68,9 @@ def _tampered(msg, fn):
     return with_content(msg, RecordDict({"arrays": arrays_, "config": ConfigRecord(config)}))
 
 
-def test_honest_run_every_receipt_verifies(tmp_path):
-    w = World(tmp_path)
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_honest_run_every_receipt_verifies(tmp_path, backend):
+    w = World(tmp_path, ledger="memory:" if backend == "memory" else f"sqlite:///{tmp_path}/l.db")
     for rnd in (1, 2, 3, 4):
         w.round(rnd)
     for i in range(len(NODES)):
@@ -150,3 +151,25 @@ def test_server_restart_defers_once_then_delivers_every_receipt(tmp_path):
         assert w.counts(i) == {"receipts": 4, "errors": 0}, (w.dir(i) / "errors.log").read_text() \
             if (w.dir(i) / "errors.log").exists() else w.counts(i)
         assert sorted(p.name for p in w.dir(i).glob("round-*.proof")) == [f"round-{r}.proof" for r in (1, 2, 3, 4)]
+
+
+def test_receipts_read_through_the_node_cache_equal_proofs_from_storage(tmp_path):
+    """The server reads each stored subtree hash once for all nodes' receipts: the proofs it sends are the
+    very proofs built from storage, round after round (the cache never serves a proof to an older head)."""
+    from flower_chain.ledger import proofs
+    from flower_chain.ledger.tlog_proof import prove_inclusion
+
+    w = World(tmp_path, ledger=f"sqlite:///{tmp_path}/l.db")
+    receipts, ledger = w.strategy.core.receipts, w.strategy.core.ledger
+    for rnd in range(1, 7):
+        w.round(rnd)
+        head = ledger.head()
+        for seen in {b.header.log_size for b in ledger.blocks()}:
+            assert receipts._consistency_from(seen, head.header.log_size) == b"".join(
+                proofs.consistency_proof(ledger, seen)), (rnd, seen)
+        for index in range(head.header.log_size):
+            assert prove_inclusion(ledger, index, head=head, node=receipts._node) == prove_inclusion(ledger, index)
+    sizes = {b.header.log_size for b in ledger.blocks()}
+    unsigned = next(n for n in range(1, head.header.log_size) if n not in sizes)
+    assert receipts._consistency_from(unsigned, head.header.log_size) is None  # no checkpoint of that size
+    assert receipts._node.cache_info().hits > receipts._node.cache_info().misses

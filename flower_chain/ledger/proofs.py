@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import LedgerError
 
+NodeReader = Callable[[int, int], bytes]  # (level, index) -> stored perfect-subtree hash
 
-def inclusion_proof(ledger: Ledger, index: int, size: int | None = None) -> list[bytes]:
-    """Inclusion proof of log entry ``index`` in the log of ``size`` entries (default: the head's)."""
+
+def inclusion_proof(ledger: Ledger, index: int, size: int | None = None, *,
+                    node: NodeReader | None = None) -> list[bytes]:
+    """Inclusion proof of log entry ``index`` in the log of ``size`` entries (default: the head's).
+
+    ``node``: where the stored subtree hashes are read (default ``ledger.node``; a cache of it: they never change).
+    """
     size = ledger.log_size() if size is None else size
     if not 0 <= index < size <= ledger.log_size():
         raise LedgerError(f"entry {index} is not in a log of size {size} (the ledger has {ledger.log_size()})")
-    return merkle.inclusion_proof_from(merkle.range_from_nodes(ledger.node), index, size)
+    return merkle.inclusion_proof_from(merkle.range_from_nodes(node or ledger.node), index, size)
 
 
-def consistency_proof(ledger: Ledger, size1: int, size2: int | None = None) -> list[bytes]:
+def consistency_proof(ledger: Ledger, size1: int, size2: int | None = None, *,
+                      node: NodeReader | None = None) -> list[bytes]:
     """Consistency proof from the log of ``size1`` entries to the one of ``size2`` (default: the head's)."""
     size2 = ledger.log_size() if size2 is None else size2
     if not 0 <= size1 <= size2 <= ledger.log_size():
         raise LedgerError(f"cannot prove {size1} -> {size2} in a log of size {ledger.log_size()}")
-    return merkle.consistency_proof_from(merkle.range_from_nodes(ledger.node), size1, size2)
+    return merkle.consistency_proof_from(merkle.range_from_nodes(node or ledger.node), size1, size2)
 
 
 def entry_at(ledger: Ledger, index: int) -> bytes:

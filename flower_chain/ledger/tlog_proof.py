@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError
-from flower_chain.ledger.proofs import block_with_size, consistency_proof, entry_at, inclusion_proof
+from flower_chain.ledger.proofs import NodeReader, block_with_size, consistency_proof, entry_at, inclusion_proof
 from flower_chain.ledger.text import is_decimal
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
@@ -122,13 +123,17 @@ def parse_proof(text: str) -> InclusionProof | ConsistencyProof:
     raise ProofError(f"not a proof: expected a {TLOG_PROOF_HEADER} or {CONSISTENCY_FORMAT} document")
 
 
-def prove_inclusion(ledger: Ledger, index: int) -> InclusionProof:
-    """Inclusion proof of log entry ``index`` against the latest signed checkpoint."""
-    head = ledger.head()
+def prove_inclusion(ledger: Ledger, index: int, *, head: StoredBlock | None = None,
+                    node: NodeReader | None = None) -> InclusionProof:
+    """Inclusion proof of log entry ``index`` against the latest signed checkpoint (or ``head``'s).
+
+    ``node``: where the stored subtree hashes are read (:func:`flower_chain.ledger.proofs.inclusion_proof`).
+    """
+    head = ledger.head() if head is None else head
     if head is None:
         raise LedgerError("the ledger is empty")
     size = head.header.log_size
-    return InclusionProof(index, entry_at(ledger, index), tuple(inclusion_proof(ledger, index, size)),
+    return InclusionProof(index, entry_at(ledger, index), tuple(inclusion_proof(ledger, index, size, node=node)),
                           head.checkpoint)
 
 

@@ -16,6 +16,7 @@ Imports neither torch nor flwr.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from flower_chain.ledger import proofs
@@ -39,6 +40,8 @@ from flower_chain.wire import (
 MAX_RECEIPTS = 16
 #: Most entries indexed per (key, round): a key's replies beyond this in one round get no receipt.
 MAX_PER_ROUND = 8
+#: Stored subtree hashes kept in memory for receipts (32 bytes each, ~10 MB at most).
+NODE_CACHE = 1 << 16
 
 
 class ReceiptServer:
@@ -55,6 +58,11 @@ class ReceiptServer:
     def __init__(self, ledger: Ledger, server_public: bytes) -> None:
         self.ledger = ledger
         self.server_public = server_public
+        # A stored subtree hash never changes in an append-only log: read each once, whichever node's proof
+        # needs it (a round's instructions share the upper levels of every proof and the one consistency proof).
+        self._node = lru_cache(maxsize=NODE_CACHE)(ledger.node)
+        self._consistency: dict[int, bytes | None] = {}  # seen size -> proof to the head (None: not a checkpoint)
+        self._consistency_size = -1  # the head size those proofs lead to
         self.update_index: dict[tuple[str, int], list[int]] = {}  # (key id, round) -> log indices, in order
         self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
         self.node_pending: dict[str, tuple[str, int]] = {}  # node id -> (key id, round) it wants a receipt for
@@ -89,25 +97,35 @@ class ReceiptServer:
                                CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
         seen = self.node_seen.get(node)
         if seen is not None and 0 < seen <= head.header.log_size:
-            try:
-                proofs.block_with_size(self.ledger, seen)
-                out[CTX_CONSISTENCY] = b"".join(proofs.consistency_proof(self.ledger, seen))
+            proof = self._consistency_from(seen, head.header.log_size)
+            if proof is not None:  # None: not a checkpoint this ledger signed (the client will report it)
+                out[CTX_CONSISTENCY] = proof
                 out[CTX_CONSISTENCY_FROM] = seen
-            except LedgerError:
-                pass  # not a checkpoint this ledger signed: the client will report it
         pending = self.node_pending.get(node)
         if pending is not None:
             kid, first = pending
-            out[CTX_RECEIPT] = RECEIPT_SEPARATOR.join(self._proofs(kid, first))  # one text: legacy configs hold no lists
+            out[CTX_RECEIPT] = RECEIPT_SEPARATOR.join(self._proofs(kid, first, head))  # legacy configs hold no lists
         return out
 
-    def _proofs(self, kid: str, first: int) -> list[str]:
+    def _consistency_from(self, seen: int, size: int) -> bytes | None:
+        """The consistency proof from checkpoint size ``seen`` to ``size``, made once per head for all nodes."""
+        if self._consistency_size != size:  # the head moved on: proofs to the old head are no longer sent
+            self._consistency, self._consistency_size = {}, size
+        if seen not in self._consistency:
+            try:
+                proofs.block_with_size(self.ledger, seen)
+                self._consistency[seen] = b"".join(proofs.consistency_proof(self.ledger, seen, size, node=self._node))
+            except LedgerError:
+                self._consistency[seen] = None
+        return self._consistency[seen]
+
+    def _proofs(self, kid: str, first: int, head: StoredBlock) -> list[str]:
         texts: list[str] = []
         for rnd in range(max(first, 0), self.last_round + 1):
             for index in self.update_index.get((kid, rnd), ()):
                 if len(texts) >= MAX_RECEIPTS:
                     return texts
-                texts.append(prove_inclusion(self.ledger, index).to_text())
+                texts.append(prove_inclusion(self.ledger, index, head=head, node=self._node).to_text())
         return texts
 
     def committed(self, first_index: int, entries: Sequence[tuple[UpdateEntry, bool]]) -> None:
