@@ -13,14 +13,16 @@ NodeReader = Callable[[int, int], bytes]  # (level, index) -> stored perfect-sub
 
 
 def inclusion_proof(ledger: Ledger, index: int, size: int | None = None, *,
-                    node: NodeReader | None = None) -> list[bytes]:
+                    node: NodeReader | None = None, stored: int | None = None) -> list[bytes]:
     """Inclusion proof of log entry ``index`` in the log of ``size`` entries (default: the head's).
 
-    ``node``: where the stored subtree hashes are read (default ``ledger.node``; a cache of it: they never change).
+    ``node``: where the stored subtree hashes are read (default ``ledger.node``; a cache of it: they never
+    change). ``stored``: the ledger's log size when the caller has just read its head (saves reading it again).
     """
-    size = ledger.log_size() if size is None else size
-    if not 0 <= index < size <= ledger.log_size():
-        raise LedgerError(f"entry {index} is not in a log of size {size} (the ledger has {ledger.log_size()})")
+    stored = ledger.log_size() if stored is None else stored
+    size = stored if size is None else size
+    if not 0 <= index < size <= stored:
+        raise LedgerError(f"entry {index} is not in a log of size {size} (the ledger has {stored})")
     return merkle.inclusion_proof_from(merkle.range_from_nodes(node or ledger.node), index, size)
 
 

@@ -124,17 +124,19 @@ def parse_proof(text: str) -> InclusionProof | ConsistencyProof:
 
 
 def prove_inclusion(ledger: Ledger, index: int, *, head: StoredBlock | None = None,
-                    node: NodeReader | None = None) -> InclusionProof:
+                    node: NodeReader | None = None, entry: bytes | None = None) -> InclusionProof:
     """Inclusion proof of log entry ``index`` against the latest signed checkpoint (or ``head``'s).
 
-    ``node``: where the stored subtree hashes are read (:func:`flower_chain.ledger.proofs.inclusion_proof`).
+    ``head`` (a block of this ledger), ``node`` (where the stored subtree hashes are read,
+    :func:`flower_chain.ledger.proofs.inclusion_proof`) and ``entry`` (the entry's bytes) spare a caller that
+    has them the reads; the proof is the same.
     """
     head = ledger.head() if head is None else head
     if head is None:
         raise LedgerError("the ledger is empty")
     size = head.header.log_size
-    return InclusionProof(index, entry_at(ledger, index), tuple(inclusion_proof(ledger, index, size, node=node)),
-                          head.checkpoint)
+    hashes = inclusion_proof(ledger, index, size, node=node, stored=size)
+    return InclusionProof(index, entry_at(ledger, index) if entry is None else entry, tuple(hashes), head.checkpoint)
 
 
 def prove_consistency(ledger: Ledger, old_size: int) -> ConsistencyProof:
