@@ -47,6 +47,64 @@ def test_encoding_roundtrip_and_determinism():
     assert math.isnan(decode(encode(float("nan"))))
 
 
+def _spec_encode(v) -> bytes:
+    """CE1 as docs/ledger-format.md §2 specifies it, written independently of the encoder (slow, plain)."""
+    import struct
+
+    if v is None:
+        return b"\x00"
+    if isinstance(v, (bool, np.bool_)):
+        return b"\x02" if v else b"\x01"
+    if isinstance(v, (int, np.integer)):
+        if not -(2**63) <= int(v) < 2**63:
+            raise EncodingError("range")
+        return b"\x03" + struct.pack(">q", int(v))
+    if isinstance(v, (float, np.floating)):
+        return b"\x04" + (b"\x7f\xf8" + bytes(6) if math.isnan(v) else struct.pack(">d", float(v)))
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return b"\x05" + struct.pack(">I", len(bytes(v))) + bytes(v)
+    if isinstance(v, str):
+        return b"\x06" + struct.pack(">I", len(v.encode())) + v.encode()
+    if isinstance(v, (list, tuple)):
+        return b"\x07" + struct.pack(">I", len(v)) + b"".join(_spec_encode(x) for x in v)
+    items = sorted((k.encode(), _spec_encode(x)) for k, x in v.items())
+    return b"\x08" + struct.pack(">I", len(items)) + b"".join(struct.pack(">I", len(k)) + k + x for k, x in items)
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+def test_the_encoder_is_the_specification_for_every_value_type():
+    """The encoder's fast paths for exact built-in types and its general path give the specified bytes: nested
+    values of every type, subclasses, tuples, numpy scalars, NaN, infinities, integer bounds, non-ASCII keys."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True),
+        st.binary(max_size=40), st.text(max_size=20), st.builds(_Str, st.text(max_size=5)),
+        st.builds(_Int, st.integers(-5, 5)), st.integers(-100, 100).map(np.int64),
+        st.floats(width=32).map(np.float32), st.booleans().map(np.bool_), st.binary(max_size=8).map(bytearray))
+    values = st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.builds(_Str, st.text(max_size=3))), inner, max_size=4)),
+        max_leaves=25)
+
+    @settings(max_examples=1500, deadline=None, database=None)
+    @given(values)
+    def same(v):
+        assert encode(v) == _spec_encode(v)
+    same()
+    for bad in (2**63, -(2**63) - 1, {1: 2}, {"a": {1: 2}}, object(), [set()]):
+        with pytest.raises(EncodingError):
+            encode(bad)
+
+
 @pytest.mark.parametrize("bad", [
     b"\x09",                      # unknown tag
     b"\x03\x00\x00",              # truncated int

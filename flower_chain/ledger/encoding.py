@@ -58,8 +58,47 @@ def _len(n: int, out: bytearray) -> None:
 
 
 def _encode(v: Value, out: bytearray, depth: int) -> None:
+    """Append the encoding of ``v``: exact built-in types by a direct test of their type, anything else
+    (bool, subclasses, other mappings, numpy scalars) by :func:`_encode_general`, with the same bytes."""
     if depth > _MAX_DEPTH:
         raise EncodingError("value nested too deeply")
+    t = type(v)
+    if t is str:
+        b = v.encode("utf-8")
+        if len(b) > 0xFFFFFFFF:
+            raise EncodingError("value too long for canonical encoding")
+        out += _TEXT_TAG + _U32.pack(len(b)) + b
+    elif t is bytes:
+        if len(v) > 0xFFFFFFFF:
+            raise EncodingError("value too long for canonical encoding")
+        out += _BYTES_TAG + _U32.pack(len(v)) + v
+    elif t is int:
+        if not -(2**63) <= v < 2**63:
+            raise EncodingError(f"integer {v} outside the signed 64-bit range")
+        out += _INT_TAG + _I64.pack(v)
+    elif t is float:
+        out += _FLOAT_TAG + (_CANONICAL_NAN if v != v else _F64.pack(v))
+    elif t is dict:
+        keys = []
+        for k in v:
+            if not isinstance(k, str):
+                raise EncodingError(f"map keys must be text, got {type(k).__name__}")
+            keys.append((k.encode("utf-8"), k))
+        keys.sort()
+        out.append(_MAP)
+        _len(len(keys), out)
+        for kb, k in keys:
+            _len(len(kb), out)
+            out += kb
+            _encode(v[k], out, depth + 1)
+    else:
+        _encode_general(v, out, depth)
+
+
+_TEXT_TAG, _BYTES_TAG, _INT_TAG, _FLOAT_TAG = (bytes([t]) for t in (_TEXT, _BYTES, _INT, _FLOAT))
+
+
+def _encode_general(v: Value, out: bytearray, depth: int) -> None:
     if v is None:
         out.append(_NULL)
     elif v is True:
