@@ -79,23 +79,27 @@ def _encode(v: Value, out: bytearray, depth: int) -> None:
     elif t is float:
         out += _FLOAT_TAG + (_CANONICAL_NAN if v != v else _F64.pack(v))
     elif t is dict:
-        keys = []
-        for k in v:
-            if not isinstance(k, str):
-                raise EncodingError(f"map keys must be text, got {type(k).__name__}")
-            keys.append((k.encode("utf-8"), k))
-        keys.sort()
-        out.append(_MAP)
-        _len(len(keys), out)
-        for kb, k in keys:
-            _len(len(kb), out)
-            out += kb
-            _encode(v[k], out, depth + 1)
+        _encode_map(v, out, depth)
     else:
         _encode_general(v, out, depth)
 
 
 _TEXT_TAG, _BYTES_TAG, _INT_TAG, _FLOAT_TAG = (bytes([t]) for t in (_TEXT, _BYTES, _INT, _FLOAT))
+
+
+def _encode_map(v: Mapping, out: bytearray, depth: int) -> None:
+    keys = []
+    for k in v:
+        if not isinstance(k, str):
+            raise EncodingError(f"map keys must be text, got {type(k).__name__}")
+        keys.append((k.encode("utf-8"), k))
+    keys.sort()
+    out.append(_MAP)
+    _len(len(keys), out)
+    for kb, k in keys:
+        _len(len(kb), out)
+        out += kb
+        _encode(v[k], out, depth + 1)
 
 
 def _encode_general(v: Value, out: bytearray, depth: int) -> None:
@@ -129,18 +133,7 @@ def _encode_general(v: Value, out: bytearray, depth: int) -> None:
         for item in v:
             _encode(item, out, depth + 1)
     elif isinstance(v, Mapping):
-        keys = []
-        for k in v:
-            if not isinstance(k, str):
-                raise EncodingError(f"map keys must be text, got {type(k).__name__}")
-            keys.append((k.encode("utf-8"), k))
-        keys.sort()
-        out.append(_MAP)
-        _len(len(keys), out)
-        for kb, k in keys:
-            _len(len(kb), out)
-            out += kb
-            _encode(v[k], out, depth + 1)
+        _encode_map(v, out, depth)
     else:
         # numpy scalars and other number types: accept exact ints and floats only
         if hasattr(v, "item"):
