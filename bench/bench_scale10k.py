@@ -57,6 +57,27 @@ def _proof_hashes(msg) -> int:
     return n
 
 
+def _ed25519_floor(replies, cl) -> float:
+    """Seconds to verify every reply's Ed25519 signature alone, one thread per CPU: the physical floor of judging."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flower_chain.wire import SIG_RECORD, SIGNATURE, STATEMENT
+
+    jobs = [(k.public_key(), r.content[SIG_RECORD][SIGNATURE], r.content[SIG_RECORD][STATEMENT])
+            for r, k in zip(replies, cl.keys)]
+    workers = os.cpu_count() or 1
+    chunks = [jobs[i::workers] for i in range(workers)]
+
+    def run(chunk):
+        for pub, sig, st in chunk:
+            pub.verify(sig, st)
+
+    with ThreadPoolExecutor(workers) as pool:
+        t = time.perf_counter()
+        list(pool.map(run, chunks))
+        return time.perf_counter() - t
+
+
 def server_run(uri: str, clients: int, rounds: int) -> dict:
     """The server side: ``rounds`` rounds of ``clients`` signed replies through LedgerStrategy into ``uri``.
 
@@ -85,7 +106,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
                         "b": Array(np.zeros(10, np.float32))})
     nodes = list(range(1, clients + 1))
     kids = [key_id(k) for k in cl.keys]
-    reads = {"n": 0}
+    reads, timings, floor_s = {"n": 0}, {"judge": []}, 0.0
     if uri != "flower":  # count what builds the receipts: block and entry reads, and Merkle nodes read from storage
         led = strat.core.ledger
         for name in ("block", "entries"):
@@ -94,6 +115,15 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
                 return _read(*a, **k)
             setattr(led, name, counted)
         node_cache = strat.core.receipts._node
+        judge_all = strat.core.judge_all
+
+        def timed_judge(*a, **k):  # the verdicts alone: signatures and digests on the worker threads, the policy
+            t0 = time.perf_counter()
+            try:
+                return judge_all(*a, **k)
+            finally:
+                timings["judge"].append(time.perf_counter() - t0)
+        strat.core.judge_all = timed_judge
     per_round, ledger_s, configure_s, receipt_reads, log_size, proof_hashes = [], [], [], [], [], []
     for rnd in range(1, rounds + 1):
         reads["n"], misses = 0, node_cache.cache_info().misses if uri != "flower" else 0
@@ -107,6 +137,8 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
         receipt_reads.append(reads["n"] / clients)
         log_size.append(0 if uri == "flower" else strat.core.writer.log_size)
         replies = _replies(cl, msgs, glob)
+        if uri != "flower" and rnd == 1:
+            floor_s = _ed25519_floor(replies, cl)
         t = time.perf_counter()
         glob, _ = strat.aggregate_train(rnd, replies)
         per_round.append(time.perf_counter() - t)
@@ -121,6 +153,8 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
            "configure_s": configure_s, "log_size_at_configure": log_size,
            "ledger_reads_per_instruction": receipt_reads, "proof_hashes_per_instruction": proof_hashes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if uri != "flower":
+        judge_s = [t for t in timings["judge"]]
+        out.update(judge_s=judge_s, ed25519_floor_s=floor_s, judge_over_floor=min(judge_s) / floor_s)
         out.update(ledger_s=ledger_s, verified_replies_per_s=clients * rounds / sum(ledger_s),
                    accepted_last_round=strat.round_stats(rounds).get("accepted"))
         strat.close()
