@@ -187,7 +187,12 @@ def test_evaluation_block_that_changes_the_model_fails(tmp_path):
                        [EvaluationEntry(round=last["round"], source="centralized", num_replies=0,
                                         metrics={"accuracy": 0.9})]])
     dishonest.rewrite(uri, key, sneak)
-    rep = audited(uri)
+    for cmd in ("verify", "audit"):  # verify catches it now (a block without an accepted update keeps the model)
+        r = cli("ledger", cmd, uri)
+        assert r.returncode == 1 and "accepts no train update but changes the model" in r.stdout + r.stderr, \
+            r.stdout + r.stderr
+    with open_ledger(uri) as led:  # and the replay on its own still names it
+        rep = audit(led)
     assert rep.rounds[-1].status == MISMATCH and "records no train update" in rep.rounds[-1].detail
 
 

@@ -274,7 +274,7 @@ def test_an_aggregate_the_server_did_not_compute_fails_audit_naming_round_and_bl
     assert "round 1 (block 1)" not in text and "round 2 (block 2)" not in text, out
 
 
-def _no_base_unsigned(last, fake):
+def _no_base_unsigned(last, fake, keys=()):
     """A round-4 train block naming no base model, holding only an unsigned rejection (nothing to re-derive)."""
     from flower_chain.ledger.entries import UpdateEntry
 
@@ -284,29 +284,66 @@ def _no_base_unsigned(last, fake):
         "block 4: model_before is not the model_after of the previous round (the block names no base model)"
 
 
-def _no_base_empty(last, fake):
+def _no_base_empty(last, fake, keys=()):
     """A round-4 block with no entries at all, naming no base model, and a made-up model."""
     return [{**last, "round": 4, "model_before": b"", "model_after": fake}, []], \
         "block 4: model_before is not the model_after of the previous round (the block names no base model)"
 
 
-def _other_base_empty(last, fake):
+def _other_base_empty(last, fake, keys=()):
     """A round-4 block with no entries, starting from a model that never existed."""
     return [{**last, "round": 4, "model_before": fake, "model_after": fake}, []], \
         "block 4: model_before is not the model_after of the previous round"
 
 
-def _drops_the_model(last, fake):
+def _drops_the_model(last, fake, keys=()):
     """A block that starts from the model and leaves none (the next one may then name any base)."""
     return [{**last, "round": 4, "model_before": last["model_after"], "model_after": b""}, []], \
         "block 4: the block names no model_after"
 
 
-@pytest.mark.parametrize("block", [_no_base_unsigned, _no_base_empty, _other_base_empty, _drops_the_model],
-                         ids=["no-base-unsigned-only", "no-base-no-entries", "unknown-base", "drops-model"])
+_SWAP = "block 4: the block accepts no train update but changes the model"
+
+
+def _swap_empty(last, fake, keys=()):
+    """The right base, no entries, another model: nothing was aggregated, yet the model changed."""
+    return [{**last, "round": 4, "model_before": last["model_after"], "model_after": fake}, []], _SWAP
+
+
+def _swap_evaluation(last, fake, keys=()):
+    from flower_chain.ledger.entries import EvaluationEntry
+
+    return [{**last, "model_before": last["model_after"], "model_after": fake},
+            [EvaluationEntry(round=last["round"], source="centralized", num_replies=0, metrics={"acc": 0.9})]], _SWAP
+
+
+def _swap_revocation(last, fake, keys=()):
+    from flower_chain.ledger.entries import RevocationEntry
+
+    return [{**last, "model_before": last["model_after"], "model_after": fake},
+            [RevocationEntry(key_id=keys[0], reason="lost", created_ms=1)]], _SWAP
+
+
+def _swap_unsigned_only(last, fake, keys=()):
+    (block, entries), _ = _no_base_unsigned(last, fake)
+    return [{**block, "model_before": last["model_after"]}, entries], _SWAP
+
+
+def _swap_state(last, fake, keys=()):
+    """The model kept, the strategy state replaced, in a block that aggregated nothing."""
+    return [{**last, "round": 4, "model_before": last["model_after"], "state_after": fake}, []], \
+        "block 4: the block accepts no train update but changes the strategy state"
+
+
+@pytest.mark.parametrize("block", [_no_base_unsigned, _no_base_empty, _other_base_empty, _drops_the_model,
+                                   _swap_empty, _swap_evaluation, _swap_revocation, _swap_unsigned_only, _swap_state],
+                         ids=["no-base-unsigned-only", "no-base-no-entries", "unknown-base", "drops-model",
+                              "swap-no-entries", "swap-evaluation", "swap-revocation", "swap-unsigned-only",
+                              "swap-state"])
 def test_a_block_outside_the_model_chain_fails_verify_and_audit(strategy_ledger, tmp_path, block):
-    """Once a model exists every block starts from it and names the model it leaves: a block with nothing to
-    re-derive (no signed update) must not be a way to swap the model."""
+    """Once a model exists every block starts from it and names the model it leaves, and a block that accepts
+    no train update leaves model and strategy state as they were: a block with nothing to re-derive (no signed
+    update) must not be a way to swap the model."""
     from flower_chain.ledger.arrays import array_digest, encode_arrays
 
     path, key, _clients = strategy_ledger
@@ -319,7 +356,7 @@ def test_a_block_outside_the_model_chain_fails_verify_and_audit(strategy_ledger,
     expected = []
 
     def edit(blocks):
-        new, msg = block(blocks[-1][0], fake)
+        new, msg = block(blocks[-1][0], fake, sorted(blocks[0][1][0].client_keys))
         blocks.append(new)
         expected.append(msg)
     dishonest.rewrite(copy, key, edit)
@@ -327,6 +364,25 @@ def test_a_block_outside_the_model_chain_fails_verify_and_audit(strategy_ledger,
         code, out, err = cli("ledger", cmd, uri)
         assert code == 1, out + err
         assert expected[0] in one_line(out + err), out + err
+
+
+def test_a_revocation_of_a_key_outside_the_genesis_fails_verify(honest, tmp_path):
+    from flower_chain.ledger.entries import RevocationEntry
+
+    def edit(f, blocks):
+        last = blocks[-1][0]
+        blocks.append([{**last}, [RevocationEntry(key_id="not-a-key", reason="x", created_ms=1)]])
+    uri = rewritten(honest, tmp_path, edit)
+    code, out, err = cli("ledger", "verify", uri)
+    assert code == 1 and "revocation of key 'not-a-key', which is not in the genesis keyring" in one_line(out + err)
+
+
+def test_a_genesis_block_naming_a_model_fails_verify(honest, tmp_path):
+    def edit(f, blocks):
+        blocks[0][0]["model_after"] = b"\x07" * 32
+    uri = rewritten(honest, tmp_path, edit)
+    code, out, err = cli("ledger", "verify", uri)
+    assert code == 1 and "block 0: the genesis block names a model or a strategy state" in one_line(out + err), out + err
 
 
 # -- anchors: a rollback below what the chain has seen -----------------------------------------------------------

@@ -175,3 +175,28 @@ def test_receipts_read_through_the_node_cache_equal_proofs_from_storage(tmp_path
     unsigned = next(n for n in range(1, head.header.log_size) if n not in sizes)
     assert receipts._consistency_from(unsigned, head.header.log_size) is None  # no checkpoint of that size
     assert receipts._node.cache_info().hits > receipts._node.cache_info().misses
+
+
+def test_a_storage_error_is_not_remembered_as_a_missing_checkpoint(tmp_path):
+    """One failed read while building receipts costs that one node its consistency proof, not every node."""
+    from flower_chain.ledger.errors import LedgerError
+
+    w = World(tmp_path, ledger=f"sqlite:///{tmp_path}/l.db")
+    w.round(1)
+    w.round(2)
+    receipts, ledger = w.strategy.core.receipts, w.strategy.core.ledger
+    head = ledger.head()
+    seen = next(b.header.log_size for b in ledger.blocks() if b.header.height == 1)
+    real, calls = ledger.block, []
+
+    def flaky(height):
+        calls.append(height)
+        if len(calls) == 1:
+            raise LedgerError("database is locked")
+        return real(height)
+    ledger.block = flaky
+    try:
+        assert receipts._consistency_from(seen, head.header.log_size) is None
+        assert receipts._consistency_from(seen, head.header.log_size)  # read again, and now remembered
+    finally:
+        del ledger.block

@@ -425,3 +425,39 @@ def test_the_cyclic_collector_is_paused_while_judging_and_recording_and_restored
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_round_never_configured_is_judged_and_recorded_against_the_current_model(tmp_path):
+    """aggregate_train for a round configure_train never saw (direct API use): the block starts from the model
+    the ledger holds, as the auditor re-derives it, and the ledger still verifies."""
+    uri = f"sqlite:///{tmp_path}/l.db"
+    s = Setup(uri=uri)
+    msgs = s.instructions(1)
+    s.aggregate(1, s.honest(1, msgs))
+    model = s.strategy.ledger.head().header.model_after
+    stale = s.honest(1, msgs)  # replies to round 1's instructions, handed in as round 2's
+    with pytest.raises(TooFewAcceptedError):
+        s.strategy.aggregate_train(2, stale)
+    head = s.strategy.ledger.head().header
+    assert (head.round, head.model_before, head.model_after) == (2, model, model)
+    assert {e.reason for e in s.block_entries()} == {"wrong-round"}
+    s.strategy.close()
+    with open_ledger(uri) as led:
+        verify(led, client_signatures=True)
+
+
+def test_no_accepted_update_with_min_accepted_zero_leaves_model_and_state(tmp_path):
+    uri = f"sqlite:///{tmp_path}/l.db"
+    s = Setup(inner=flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+              uri=uri)
+    s.strategy.min_accepted = 0
+    s.aggregate(1, s.honest(1))
+    before = s.strategy.ledger.head().header
+    msgs = s.instructions(2)
+    agg, _ = s.strategy.aggregate_train(2, [signed_train_reply(m, None, arrays(1), 5) for m in msgs])
+    head = s.strategy.ledger.head().header
+    assert agg is None and head.model_before == head.model_after == before.model_after
+    assert head.state_after == before.state_after and before.state_after
+    s.strategy.close()
+    with open_ledger(uri) as led:
+        verify(led, client_signatures=True)

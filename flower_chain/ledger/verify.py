@@ -15,7 +15,9 @@ log range, and checks, block by block:
 * (``full``) every entry decodes; update entries belong to the block's round
   and carry a known verdict and reason; the model digest chain (once a
   block records a ``model_after``, every later block's ``model_before`` is
-  the ``model_after`` of the block before it, and none leaves it empty);
+  the ``model_after`` of the block before it, and none leaves it empty; a
+  block that accepts no train update keeps model and strategy state; the
+  genesis names neither); revocations name genesis keys;
 * (``client_signatures``) every *accepted* update carries a valid statement
   signed by a key of the genesis keyring, not revoked before it, for this
   federation and round, matching the recorded digest and example count.
@@ -239,6 +241,18 @@ def verify(
                     raise VerificationError("the block names no model_after: a model exists since an earlier "
                                             "block, and every later block says which model it leaves",
                                             height=height)
+            if full and height and not any(e.kind == "train" and e.verdict == ACCEPTED for _, e in updates):
+                # no accepted update, nothing to aggregate: the block leaves the model and the strategy state as
+                # they were (evaluation, revocation, a round where every reply was rejected)
+                if h.model_after != h.model_before:
+                    raise VerificationError("the block accepts no train update but changes the model "
+                                            f"({h.model_before.hex()[:16] or 'none'} -> "
+                                            f"{h.model_after.hex()[:16] or 'none'})", height=height)
+                if h.state_after != report.state_digest:
+                    raise VerificationError("the block accepts no train update but changes the strategy state",
+                                            height=height)
+            if height == 0 and (h.model_before or h.model_after or h.state_after):
+                raise VerificationError("the genesis block names a model or a strategy state", height=0)
             if updates and client_signatures:  # the block is authentic: now, did the server follow its rules?
                 _rederive(ledger, h, updates, genesis, revoked_before, report, blobs)
             if summaries and updates:  # a federated evaluation summary counts exactly the accepted evaluate replies
@@ -292,6 +306,9 @@ def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: 
     if isinstance(entry, GenesisEntry):
         raise VerificationError("a second genesis entry", height=h.height, entry=i)
     if isinstance(entry, RevocationEntry):
+        if entry.key_id not in genesis.client_keys:
+            raise VerificationError(f"revocation of key {entry.key_id!r}, which is not in the genesis keyring",
+                                    height=h.height, entry=i)
         revoked.add(entry.key_id)
         return
     if not isinstance(entry, UpdateEntry):

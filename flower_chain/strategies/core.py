@@ -273,8 +273,15 @@ class LedgerCore:
         """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
         replies = list(replies)
         if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
-            parent = self.writer.head_hash  # the head they would be recorded after, as the auditor re-derives them
-            self.judge.begin(self.federation_id, kind, server_round, parent, None)
+            parent = self.writer.head_hash  # the head they would be recorded after and the model the block starts
+            base = self.model_digest if kind == "train" else b""  # from, as the auditor re-derives them
+            model = None
+            if base and self.ledger.has_blob(base):
+                try:
+                    model = self.recorder.stored(base, "global model")
+                except LedgerError:
+                    model = None
+            self.judge.begin(self.federation_id, kind, server_round, parent, model, base_digest=base)
             self._parents[(kind, int(server_round))] = parent
         judgements = self.judge.judge_all(kind, server_round, replies)
         self.verdicts.update((kind, j.reason) for j in judgements)

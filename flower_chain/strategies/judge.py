@@ -110,11 +110,14 @@ class Judge:
         self._rounds: dict[tuple[str, int], policy.RoundRules] = {}
 
     def begin(self, federation_id: str, kind: str, server_round: int, parent: bytes,
-              arrays: NamedArrays | None) -> policy.RoundRules:
-        """Remember a round's rules: the head it was configured on and (train) the global model."""
+              arrays: NamedArrays | None, base_digest: bytes = b"") -> policy.RoundRules:
+        """Remember a round's rules: the head it was configured on and (train) the global model.
+
+        ``base_digest``: the global model's digest when its arrays are not at hand (no template then).
+        """
         rules = policy.RoundRules(
             federation_id=federation_id, kind=kind, round=int(server_round), parent=parent,
-            base_digest=array_digest(arrays) if arrays is not None else b"", keys=self.keys,
+            base_digest=array_digest(arrays) if arrays is not None else base_digest, keys=self.keys,
             revoked=frozenset(self.revoked), template=array_meta(arrays) if arrays is not None else None)
         self._rounds[(kind, int(server_round))] = rules
         return rules

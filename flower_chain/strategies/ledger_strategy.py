@@ -208,16 +208,17 @@ class LedgerStrategy(Strategy):
             self.core.commit_train(server_round, judgements, None, t_check, None)
             raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
         try:
-            arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
-            if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
-                views = arrays_of(arrays)
-                named = self.core.cast_aggregate(server_round, views)
-                if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
-                    named = None
-                    raise ValueError("the aggregate has non-finite values")
-                if any(c is not v for (_, c), (_, v) in zip(named, views)):  # re-serialize only what was cast
-                    arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
-            state = strategy_state(self.strategy)
+            if accepted:  # none accepted (min_accepted=0): nothing to aggregate; model and state stay, as verify checks
+                arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+                if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
+                    views = arrays_of(arrays)
+                    named = self.core.cast_aggregate(server_round, views)
+                    if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
+                        named = None
+                        raise ValueError("the aggregate has non-finite values")
+                    if any(c is not v for (_, c), (_, v) in zip(named, views)):  # re-serialize only what was cast
+                        arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
+                state = strategy_state(self.strategy)
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e
         finally:  # the replies are recorded even when the wrapped strategy fails

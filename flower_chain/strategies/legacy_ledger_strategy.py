@@ -132,13 +132,14 @@ class LegacyLedgerStrategy(Strategy):
                 log(INFO, "%s", line)
             raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
         try:
-            parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
-            if parameters is not None:  # the global model keeps the initial dtypes
-                named = self.core.cast_aggregate(server_round, _named(parameters))
-                if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
-                    named = None
-                    raise ValueError("the aggregate has non-finite values")
-                parameters = ndarrays_to_parameters([a for _, a in named])
+            if accepted:  # none accepted (min_accepted=0): nothing to aggregate, the model stays (verify checks it)
+                parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
+                if parameters is not None:  # the global model keeps the initial dtypes
+                    named = self.core.cast_aggregate(server_round, _named(parameters))
+                    if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
+                        named = None
+                        raise ValueError("the aggregate has non-finite values")
+                    parameters = ndarrays_to_parameters([a for _, a in named])
         except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
             raise AggregationError(server_round, self.strategy, e) from e
         finally:

@@ -66,7 +66,7 @@ class ReceiptServer:
         # needs it (a round's instructions share the upper levels of every proof and the one consistency proof).
         self._node = lru_cache(maxsize=NODE_CACHE)(ledger.node)
         self._entries: dict[int, bytes] = {}  # log index -> entry bytes, read a run at a time (a block's updates)
-        self._consistency: dict[int, bytes | None] = {}  # seen size -> proof to the head (None: not a checkpoint)
+        self._consistency: dict[int, bytes] = {}  # seen checkpoint size -> consistency proof to the head
         self._consistency_size = -1  # the head size those proofs lead to
         self.update_index: dict[tuple[str, int], list[int]] = {}  # (key id, round) -> log indices, in order
         self.node_seen: dict[str, int] = {}  # node id -> checkpoint size it last confirmed
@@ -113,16 +113,19 @@ class ReceiptServer:
         return out
 
     def _consistency_from(self, seen: int, size: int) -> bytes | None:
-        """The consistency proof from checkpoint size ``seen`` to ``size``, made once per head for all nodes."""
+        """The consistency proof from checkpoint size ``seen`` to ``size``, made once per head for all nodes
+        (None: ``seen`` is not the size of a checkpoint this ledger signed, or the ledger could not be read)."""
         if self._consistency_size != size:  # the head moved on: proofs to the old head are no longer sent
             self._consistency, self._consistency_size = {}, size
-        if seen not in self._consistency:
-            try:
-                proofs.block_with_size(self.ledger, seen)
-                self._consistency[seen] = b"".join(proofs.consistency_proof(self.ledger, seen, size, node=self._node))
-            except LedgerError:
-                self._consistency[seen] = None
-        return self._consistency[seen]
+        if seen in self._consistency:
+            return self._consistency[seen]
+        try:
+            proofs.block_with_size(self.ledger, seen)
+            proof = b"".join(proofs.consistency_proof(self.ledger, seen, size, node=self._node))
+        except LedgerError:  # not remembered: a storage error of this moment must not cost every node its proof
+            return None
+        self._consistency[seen] = proof
+        return proof
 
     def _proofs(self, kid: str, first: int, head: StoredBlock) -> list[str]:
         texts: list[str] = []
