@@ -83,7 +83,8 @@ class Federation:
         entries = [self.update(rnd, i, base=before) for i in range(n)]
         entries += [self.update(rnd, n + j, verdict="rejected", reason="bad-signature", base=before)
                     for j in range(rejected)]
-        return self.writer.append(rnd, entries, model_before=before, model_after=self.rng.randbytes(32))
+        after = self.rng.randbytes(32) if n else before  # nothing accepted, nothing aggregated: the model stays
+        return self.writer.append(rnd, entries, model_before=before, model_after=after)
 
     def add_block(self, rnd: int, entries):
         """A block that leaves the model where it is (evaluation), as an honest server records it."""
