@@ -153,7 +153,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
            "configure_s": configure_s, "log_size_at_configure": log_size,
            "ledger_reads_per_instruction": receipt_reads, "proof_hashes_per_instruction": proof_hashes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if uri != "flower":
-        judge_s = [t for t in timings["judge"]]
+        judge_s = list(timings["judge"])
         out.update(judge_s=judge_s, ed25519_floor_s=floor_s, judge_over_floor=min(judge_s) / floor_s)
         out.update(ledger_s=ledger_s, verified_replies_per_s=clients * rounds / sum(ledger_s),
                    accepted_last_round=strat.round_stats(rounds).get("accepted"))

@@ -275,12 +275,10 @@ class LedgerCore:
         if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
             parent = self.writer.head_hash  # the head they would be recorded after and the model the block starts
             base = self.model_digest if kind == "train" else b""  # from, as the auditor re-derives them
-            model = None
-            if base and self.ledger.has_blob(base):
-                try:
-                    model = self.recorder.stored(base, "global model")
-                except LedgerError:
-                    model = None
+            try:  # its arrays give the round's template; a model not stored leaves the template unknown
+                model = self.recorder.stored(base, "global model") if base else None
+            except LedgerError:
+                model = None
             self.judge.begin(self.federation_id, kind, server_round, parent, model, base_digest=base)
             self._parents[(kind, int(server_round))] = parent
         judgements = self.judge.judge_all(kind, server_round, replies)
