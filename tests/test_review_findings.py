@@ -374,3 +374,32 @@ def test_the_explorer_serves_a_ledger_holding_non_finite_metrics(tmp_path):
     with open_ledger(f"sqlite:///{tmp_path / 'x.db'}") as led:
         data = explorer_data(led, led.block_count() - 1)
     json.dumps(data, allow_nan=False)  # what Starlette's JSONResponse does
+
+
+def test_a_legacy_round_with_nothing_accepted_never_reaches_the_wrapped_strategy():
+    """min_accepted=0 and every reply unsigned: LegacyLedgerStrategy records the round with the model unchanged
+    and does not ask the wrapped strategy to aggregate nothing (verify requires exactly that)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    from flower_chain.strategies import LegacyLedgerStrategy
+    from tests.test_reply_fuzz import _Manager
+
+    class Spy(LegacyFedAvg):
+        calls = 0
+
+        def aggregate_fit(self, *a, **k):
+            Spy.calls += 1
+            return super().aggregate_fit(*a, **k)
+
+    clients = Clients(2)
+    s = LegacyLedgerStrategy(Spy(min_available_clients=2, min_fit_clients=2), ledger="memory:", min_accepted=0,
+                             keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    model = [np.zeros(3, np.float32)]
+    pairs = s.configure_fit(1, ndarrays_to_parameters(model), _Manager(2))
+    results = [(proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.ones(3, np.float32)]), 5, {}))
+               for proxy, _ in pairs]  # no flower-chain signature: every reply is rejected as unsigned
+    assert s.aggregate_fit(1, results, []) == (None, {})
+    h = s.ledger.head().header
+    assert Spy.calls == 0 and h.model_before == h.model_after and h.model_before
+    verify(s.ledger, client_signatures=True)
