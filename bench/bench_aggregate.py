@@ -35,7 +35,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from flower_chain.ledger.arrays import array_digest  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
-from tests.fl_helpers import Clients, FakeGrid, signed_train_reply  # noqa: E402
+from tests.support.fl_helpers import Clients, FakeGrid, signed_train_reply  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STORE_MODELS = True

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flower_chain.anchor.evm import EvmAnchor  # noqa: E402
-from tests.test_anchor import ANVIL_KEY, Anvil  # noqa: E402
+from tests.support.anvil import ANVIL_KEY, Anvil  # noqa: E402
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord  # noqa: E402
 from flwr.serverapp.strategy import FedAdam, FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from flower_chain.audit import OK, audit  # noqa: E402
+from flower_chain.audit.replay import OK, audit  # noqa: E402
 from flower_chain.ledger import open_ledger, verify  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
-from tests.fl_helpers import Clients, FakeGrid, signed_train_reply  # noqa: E402
+from tests.support.fl_helpers import Clients, FakeGrid, signed_train_reply  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [("conv1.weight", (32, 1, 5, 5)), ("conv1.bias", (32,)), ("conv2.weight", (64, 32, 5, 5)),

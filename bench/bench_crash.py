@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flower_chain.ledger import LedgerError, open_ledger, verify  # noqa: E402
-from tests.crash import crash_run, env, run_args  # noqa: E402
+from tests.support.crash import crash_run, env, run_args  # noqa: E402
 
 
 def main() -> None:

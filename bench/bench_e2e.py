@@ -99,7 +99,7 @@ def scale(clients: int, rounds: int) -> dict:
     from flwr.supercore.task_identity import TaskIdentity
 
     from flower_chain.strategies import LedgerStrategy
-    from tests.fl_helpers import Clients, FakeGrid, signed_train_reply
+    from tests.support.fl_helpers import Clients, FakeGrid, signed_train_reply
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     work = Path(tempfile.mkdtemp(prefix="fc-scale-"))

@@ -31,8 +31,8 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from flower_chain.ledger import decode_entry, verify  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
-from tests.fl_helpers import Clients, FakeGrid, arrays, fedavg, signed_train_reply  # noqa: E402
-from tests.test_reply_fuzz import mutate  # noqa: E402
+from tests.support.fl_helpers import Clients, FakeGrid, arrays, fedavg, signed_train_reply  # noqa: E402
+from tests.support.reply_mutations import mutate  # noqa: E402
 
 DETAILS = {
     "npy-truncate": lambda r: r.randrange(256),

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from bench.bench_ledger import make_entries  # noqa: E402
 from flower_chain.ledger import GenesisEntry, LedgerWriter, open_ledger, verify  # noqa: E402
 from flower_chain.ledger.keys import key_id, raw_public  # noqa: E402
-from tests.pgserver import PostgresServer, why_unavailable  # noqa: E402
+from tests.support.pgserver import PostgresServer, why_unavailable  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "postgres.json"
 

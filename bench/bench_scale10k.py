@@ -37,7 +37,7 @@ def _replies(cl, msgs, glob):
     import numpy as np
     from flwr.app import Array, ArrayRecord
 
-    from tests.fl_helpers import signed_train_reply
+    from tests.support.fl_helpers import signed_train_reply
 
     w, b = glob["w"].numpy(), glob["b"].numpy()
     return [signed_train_reply(m, k, ArrayRecord({"w": Array((w + 0.01 * i).astype(np.float32)),
@@ -94,7 +94,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
 
     from flower_chain.ledger.keys import key_id
     from flower_chain.strategies import LedgerStrategy
-    from tests.fl_helpers import Clients, FakeGrid
+    from tests.support.fl_helpers import Clients, FakeGrid
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     cl = Clients(clients)
@@ -171,7 +171,7 @@ def main() -> None:
     if args.server:
         print(json.dumps(server_run(args.server[0], int(args.server[1]), int(args.server[2]))))
         return
-    from tests.pgserver import PostgresServer, why_unavailable
+    from tests.support.pgserver import PostgresServer, why_unavailable
 
     work = Path(tempfile.mkdtemp(prefix="fc-s10k-"))
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

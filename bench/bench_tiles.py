@@ -49,9 +49,9 @@ from flower_chain.ledger.proofs import consistency_proof  # noqa: E402
 from flower_chain.ledger.tiles import TilesClient, tile_path  # noqa: E402
 from flower_chain.serve.app import LogView, build_app  # noqa: E402
 from flower_chain.serve.background import free_port  # noqa: E402
-from flower_chain.serve.witness import Witness, WitnessStore  # noqa: E402
-from flower_chain.serve.witness import build_app as witness_app  # noqa: E402
-from flower_chain.serve.witness_client import request_body, submit  # noqa: E402
+from flower_chain.witness.server import Witness, WitnessStore  # noqa: E402
+from flower_chain.witness.server import build_app as witness_app  # noqa: E402
+from flower_chain.witness.client import request_body, submit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -47,7 +47,7 @@ from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key  # n
 from flower_chain.ledger.cosignature import check_client_cosignature  # noqa: E402
 from flower_chain.ledger.keys import key_id, raw_public  # noqa: E402
 from flower_chain.serve.background import ServerThread  # noqa: E402
-from flower_chain.serve.witness import Witness, WitnessStore, build_app  # noqa: E402
+from flower_chain.witness.server import Witness, WitnessStore, build_app  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
 from flower_chain.wire import COSIGNATURE, CTX_CHECKPOINT, SIG_RECORD  # noqa: E402
 

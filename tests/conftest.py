@@ -98,7 +98,7 @@ def postgres_server():
 
     Skips with the reason only where the binaries or psycopg are not installed.
     """
-    from tests.pgserver import PostgresServer, why_unavailable
+    from tests.support.pgserver import PostgresServer, why_unavailable
 
     reason = why_unavailable()
     if reason:

@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
 from flower_chain.app.attacks import LABEL_FLIP, make_client_mod
-from flower_chain.config import resolve
+from flower_chain.app.config import resolve
 
 
 def _setup(msg: Message, context: Context, overrides: Mapping[str, Any] | None):

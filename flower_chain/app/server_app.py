@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrim
 
 from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
-from flower_chain.config import resolve
+from flower_chain.app.config import resolve
 
 
 STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum", "fedavgm", "fedadam")

@@ -2,7 +2,7 @@
 
 One module per command group: :mod:`~flower_chain.cli.keys`, :mod:`~flower_chain.cli.ledger`
 (with ``ledger audit`` in :mod:`~flower_chain.cli.audit`), :mod:`~flower_chain.cli.proof`,
-:mod:`~flower_chain.cli.report`; ``serve`` and ``witness`` come from :mod:`flower_chain.serve.cli`.
+:mod:`~flower_chain.cli.report`; ``serve`` and ``witness`` come from :mod:`flower_chain.cli.serve`.
 
 Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does not verify, a torn or
 tampered file); 2 usage or input error (missing file, not a ledger, unknown round or client, wrong
@@ -34,7 +34,7 @@ from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError,
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "app", "emit_json", "err", "fail", "handle_ledger_error", "main",
            "out"]
 
-_open = open_or_fail  # the name flower_chain.serve.cli (and older callers) use
+_open = open_or_fail  # the name flower_chain.cli.serve (and older callers) use
 
 VERIFICATION_FAILURES = (VerificationError, ProofError, CheckpointError)
 """Errors reported as ``NOT VERIFIED`` rather than ``error:``."""
@@ -82,7 +82,7 @@ from flower_chain.cli.keys import keys_app  # noqa: E402
 from flower_chain.cli.ledger import ledger_app  # noqa: E402
 from flower_chain.cli.proof import proof_app  # noqa: E402
 from flower_chain.cli.report import report_cmd  # noqa: E402
-from flower_chain.serve.cli import serve_command, witness_app  # noqa: E402
+from flower_chain.cli.serve import serve_command, witness_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")

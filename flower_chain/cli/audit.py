@@ -30,7 +30,7 @@ def ledger_audit(uri: str,
     Exit 1 when a round's recorded model_after or state_after is not what the recorded strategy computes
     from the round's accepted updates (or, with --strict, when a round cannot be re-derived).
     """
-    from flower_chain.audit import audit, load_class
+    from flower_chain.audit.replay import audit, load_class
 
     classes = [load_class(c) for c in strategy_class or []]  # AuditInputError: exit 2 by the CLI's handler
     ledger = open_or_fail(uri)

@@ -186,7 +186,7 @@ def ledger_verify(uri: str,
             anchors = verify_against_chain(ledger, _evm(ledger, anchor_url, contract, None, chain_id, False, "auto",
                                                         need_key=False), owner=owner)
         if witness:
-            from flower_chain.strategies.witnessing import verify_witnessed
+            from flower_chain.audit.witnessed import verify_witnessed
 
             try:
                 witnessed = verify_witnessed(ledger, list(witness), quorum=witness_quorum or 1)

@@ -15,7 +15,7 @@ def report_cmd(uri: str, dest: Path = typer.Option(Path("report.html"), "-o", "-
                png_dir: Optional[Path] = typer.Option(None, "--png", help="also write the plots as PNG files here"),
                ) -> None:
     """A self-contained HTML report: accuracy/loss, verdicts by reason, participation, timing, verification."""
-    from flower_chain.report import write_report
+    from flower_chain.audit.report import write_report
 
     ledger = open_or_fail(uri)
     try:

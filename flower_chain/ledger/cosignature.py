@@ -25,12 +25,17 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from flower_chain.ledger.checkpoint import Checkpoint, open_note
 from flower_chain.ledger.errors import CheckpointError, KeyFileError
 from flower_chain.ledger.keys import key_id, public_from_raw, raw_public, verify_signature
+
+if TYPE_CHECKING:
+    from flower_chain.ledger.backends.base import Ledger
+    from flower_chain.ledger.block import StoredBlock
 
 __all__ = [
     "COSIGNATURE_HEADER",
@@ -329,3 +334,19 @@ def check_client_cosignature(line: str, checkpoint_note: str, raw_client_key: by
     except (CheckpointError, KeyFileError):
         return False
     return True
+
+
+# The cosigned checkpoint a server stores beside each witnessed block (strategies/witnessing.py writes it).
+#: Domain tag of the blob address of a block's cosigned checkpoint.
+COSIGNED_DOMAIN = b"flower-chain:cosigned:v1\x00"
+def cosigned_address(block_hash: bytes) -> bytes:
+    """Blob address of a block's cosigned checkpoint: ``SHA-256(COSIGNED_DOMAIN || block hash)``."""
+    return hashlib.sha256(COSIGNED_DOMAIN + bytes(block_hash)).digest()
+
+
+def stored_cosigned_note(ledger: Ledger, block: StoredBlock) -> str | None:
+    """The cosigned checkpoint stored for ``block`` (``None`` when no witness cosigned it)."""
+    addr = cosigned_address(block.hash)
+    if not ledger.has_blob(addr):
+        return None
+    return ledger.get_blob(addr).decode("utf-8", errors="replace")

@@ -2,7 +2,7 @@
 
 After each durable block :class:`Witnessing` submits the block's signed
 checkpoint to every configured witness, with a consistency proof from the
-size that witness last cosigned (:class:`~flower_chain.serve.witness_client.WitnessPool`
+size that witness last cosigned (:class:`~flower_chain.witness.client.WitnessPool`
 keeps those sizes and learns them from a 409), verifies the returned
 ``cosignature/v1`` lines, and stores the cosigned note with the block.
 
@@ -42,6 +42,8 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.cosignature import (
+    cosigned_address,
+    stored_cosigned_note,
     CosignerKey,
     add_cosignatures,
     check_client_cosignature,
@@ -52,30 +54,14 @@ from flower_chain.ledger.cosignature import (
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, LedgerError
 from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.writer import read_genesis
-from flower_chain.serve.witness_client import WitnessEndpoint, WitnessPool, submit
+from flower_chain.witness.client import WitnessEndpoint, WitnessPool, submit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COSIGNED_DOMAIN", "Shortfall", "WitnessReport", "Witnessing", "check_client_cosignature",
-           "cosigned_address", "stored_cosigned_note", "verify_witnessed"]
+__all__ = ["Shortfall", "Witnessing"]
 
-#: Domain tag of the blob address of a block's cosigned checkpoint.
-COSIGNED_DOMAIN = b"flower-chain:cosigned:v1\x00"
 #: Most blocks whose cosigned notes are kept in memory (the head's is what clients are sent).
 _CACHE_BLOCKS = 8
-
-
-def cosigned_address(block_hash: bytes) -> bytes:
-    """Blob address of a block's cosigned checkpoint: ``SHA-256(COSIGNED_DOMAIN || block hash)``."""
-    return hashlib.sha256(COSIGNED_DOMAIN + bytes(block_hash)).digest()
-
-
-def stored_cosigned_note(ledger: Ledger, block: StoredBlock) -> str | None:
-    """The cosigned checkpoint stored for ``block`` (``None`` when no witness cosigned it)."""
-    addr = cosigned_address(block.hash)
-    if not ledger.has_blob(addr):
-        return None
-    return ledger.get_blob(addr).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -116,7 +102,7 @@ class Witnessing:
     timeout : float
         Seconds a block waits for its witnesses at most (and the per-request timeout).
     submit_fn : callable, optional
-        :func:`~flower_chain.serve.witness_client.submit`-compatible function (tests, benchmarks).
+        :func:`~flower_chain.witness.client.submit`-compatible function (tests, benchmarks).
 
     Raises
     ------
@@ -290,111 +276,3 @@ class Witnessing:
         self._drain()
         for ex in self._executors:
             ex.shutdown(wait=False, cancel_futures=True)
-
-
-
-@dataclass
-class WitnessReport:
-    """What :func:`verify_witnessed` found.
-
-    Attributes
-    ----------
-    blocks : int
-        Blocks checked.
-    quorum : int
-        Trusted cosignatures a checkpoint needs to count as witnessed.
-    counts : dict
-        Block height -> valid cosignatures by trusted witnesses on its stored note (0: none stored).
-    witnessed : list of int
-        Heights whose stored checkpoint has the quorum.
-    uncovered : list of int
-        Heights after the last witnessed checkpoint. A witnessed checkpoint of size S
-        vouches for every block up to S (the witness checked consistency with all it
-        cosigned before, and ``verify`` checks the log's continuity), so only these are unwitnessed.
-    problems : list of str
-        Stored notes that are for another checkpoint than their block's, not signed by the
-        log key, or carry a trusted witness's line that does not verify.
-    """
-
-    blocks: int = 0
-    quorum: int = 1
-    counts: dict[int, int] = field(default_factory=dict)
-    witnessed: list[int] = field(default_factory=list)
-    uncovered: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when no stored cosignature is bad and the head's checkpoint has the quorum."""
-        return self.blocks > 0 and not self.problems and not self.uncovered
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "blocks": self.blocks, "quorum": self.quorum, "witnessed": len(self.witnessed),
-                "uncovered": self.uncovered, "problems": self.problems}
-
-    def summary(self) -> str:
-        """One line for people."""
-        if self.ok:
-            return (f"witnessed: {len(self.witnessed)} of {self.blocks} checkpoints carry {self.quorum}+ trusted "
-                    f"cosignature(s); the head (height {self.blocks - 1}) is witnessed")
-        why = self.problems[0] if self.problems else (
-            f"blocks {self.uncovered[0]}..{self.uncovered[-1]} follow the last checkpoint with {self.quorum} trusted "
-            "cosignature(s)" if self.uncovered else "the ledger is empty")
-        return f"NOT witnessed: {why}"
-
-
-def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *,
-                     server_key: bytes | None = None) -> WitnessReport:
-    """Check the stored cosignatures of every block against trusted witness keys.
-
-    Parameters
-    ----------
-    ledger : Ledger
-        The ledger (its own integrity is :func:`flower_chain.ledger.verify`'s job).
-    witness_keys : sequence of str or CosignerKey
-        Trusted witnesses, as cosigner verifier keys ``NAME+KEYID+BASE64``.
-    quorum : int
-        Distinct trusted witnesses a checkpoint needs (at least 1).
-    server_key : bytes, optional
-        The log's raw Ed25519 key (default: the genesis's).
-
-    Returns
-    -------
-    WitnessReport
-        ``.ok`` when no stored note is bad and the head block's checkpoint has the quorum.
-
-    Raises
-    ------
-    KeyFileError
-        A witness key does not parse.
-    ValueError
-        A quorum below 1 or above the number of distinct trusted keys.
-    """
-    keys = [k if isinstance(k, CosignerKey) else parse_cosigner_key(str(k)) for k in witness_keys]
-    distinct = {(k.name, k.key_id) for k in keys}
-    if not 1 <= int(quorum) <= len(distinct):
-        raise ValueError(f"the witness quorum must be between 1 and {len(distinct)} (the trusted keys given)")
-    genesis = read_genesis(ledger)
-    log_key = bytes(server_key) if server_key is not None else genesis.server_key
-    report = WitnessReport(quorum=int(quorum))
-    last_witnessed = -1
-    for block in ledger.blocks():
-        h = block.header.height
-        report.blocks += 1
-        stored = stored_cosigned_note(ledger, block)
-        count = 0
-        if stored is not None:
-            try:
-                if note_body(stored) != note_body(block.checkpoint):
-                    raise CheckpointError("the stored cosigned note is for another checkpoint than the block's")
-                verify_checkpoint(stored, log_key, origin=genesis.origin)
-                count = len(verify_cosigned_checkpoint(stored, log_key, keys, 0, origin=genesis.origin)[1])
-            except (CheckpointError, KeyFileError) as e:
-                report.problems.append(f"block {h}: {safe_text(str(e), 300)}")
-                count = 0
-        report.counts[h] = count
-        if count >= report.quorum:
-            report.witnessed.append(h)
-            last_witnessed = h
-    report.uncovered = [h for h in sorted(report.counts) if h > last_witnessed]
-    return report
