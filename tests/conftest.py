@@ -15,6 +15,19 @@ from flower_chain.ledger import GenesisEntry, LedgerWriter, UpdateEntry, UpdateS
 from flower_chain.ledger.entries import metrics_digest
 from flower_chain.ledger.keys import key_id, raw_public
 
+#: What each test folder starts (registered as markers in pyproject.toml; ``pytest -m unit`` etc.).
+STAGES = ("unit", "integration", "e2e", "adversarial")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with the folder it lives in: ``tests/unit`` -> ``unit``, and so on."""
+    for item in items:
+        parts = item.path.parts
+        for stage in STAGES:
+            if stage in parts and parts[parts.index(stage) - 1] == "tests":
+                item.add_marker(getattr(pytest.mark, stage))
+                break
+
 
 @pytest.fixture(autouse=True)
 def _isolated_homes(tmp_path_factory, monkeypatch):
