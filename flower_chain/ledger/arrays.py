@@ -1,4 +1,4 @@
-"""Canonical array digest and the model blob format (docs/ledger-format.md §6).
+"""Canonical array digests (v1 and v2) and the model blob format (docs/ledger-format.md §6).
 
 The *array stream* of an ordered list of named arrays is::
 
@@ -8,25 +8,50 @@ The *array stream* of an ordered list of named arrays is::
                u32(ndim) || u64(dim) * ndim
                u64(nbytes) || raw little-endian C-order bytes
 
-(all integers big-endian). The **array digest** is SHA-256 of that stream;
-it does not depend on how Flower serializes arrays on the wire. Hashing
+(all integers big-endian). A model blob in the ledger's blob store *is* the
+array stream. Two digests of a stream exist; a ledger's genesis says which
+one all its digests use (``GenesisEntry.digest_version``):
+
+* **v1**: SHA-256 of the stream (one sequential hash).
+* **v2** (what new ledgers use): a stream of at most :data:`CHUNK_SIZE` bytes
+  is hashed exactly as v1; a longer stream is cut into :data:`CHUNK_SIZE`
+  chunks (the last one shorter), each chunk hashed as
+  ``SHA-256(LEAF_TAG || chunk)`` and the leaves combined as an RFC 9162
+  shaped Merkle tree with ``SHA-256(NODE_TAG || left || right)``. The leaves
+  are hashed on a thread pool sized to the machine (hashlib releases the GIL
+  for large buffers). The chunk size is fixed by the format, never chosen by
+  a sender.
+
+Neither digest depends on how Flower serializes arrays on the wire. Hashing
 feeds each array's buffer to SHA-256 through a ``memoryview`` (no copy
-unless an array is big-endian or not C-contiguous). A model blob in the
-ledger's blob store *is* the array stream, so its content address is its
-array digest.
+unless an array is big-endian or not C-contiguous). A blob's content address
+is :func:`stream_digest` of its bytes under the ledger's version, which
+equals :func:`array_digest` of the arrays it decodes to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from flower_chain.ledger.errors import EncodingError
 
 ARRAYS_DOMAIN = b"flower-chain:arrays:v1\x00"
+#: Array digest version new ledgers use; ledgers with v1 digests still verify.
+ARRAY_DIGEST_VERSION = 2
+#: Array digest versions this code computes.
+DIGEST_VERSIONS = (1, 2)
+#: v2 chunk size, fixed by the format (1 MiB).
+CHUNK_SIZE = 1 << 20
+#: v2 domain tags of a leaf (one chunk) and of an inner node.
+LEAF_TAG = b"flower-chain:arrays:v2:leaf\x00"
+NODE_TAG = b"flower-chain:arrays:v2:node\x00"
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -57,12 +82,143 @@ def _chunks(named: Iterable[tuple[str, np.ndarray]]) -> Iterator[bytes | memoryv
             yield memoryview(a.reshape(-1)).cast("B")
 
 
-def array_digest(named: Iterable[tuple[str, np.ndarray]]) -> bytes:
-    """SHA-256 of the array stream of ``named`` (name, array) pairs, in order."""
+def array_digest_v1(named: Iterable[tuple[str, np.ndarray]]) -> bytes:
+    """Array digest v1: SHA-256 of the array stream of ``named`` (name, array) pairs, in order."""
     h = hashlib.sha256()
     for chunk in _chunks(named):
         h.update(chunk)
     return h.digest()
+
+
+def array_digest_v2(named: Iterable[tuple[str, np.ndarray]], *, threads: int | None = None) -> bytes:
+    """Array digest v2 (the parallel tree hash) of the array stream of ``named``, in order.
+
+    Parameters
+    ----------
+    named : iterable of (str, ndarray)
+        The arrays.
+    threads : int, optional
+        Threads that hash the leaves (default :func:`default_threads`); 1 hashes on the caller's thread.
+    """
+    return _tree_digest(list(_chunks(named)), threads)
+
+
+def array_digest(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION, *,
+                 threads: int | None = None) -> bytes:
+    """The array digest of ``named`` under digest ``version`` (a ledger's ``GenesisEntry.digest_version``).
+
+    Every digest user calls this one function with the version of the ledger it works on; the
+    default is the version new ledgers use. Raises :class:`EncodingError` for an unknown version.
+    """
+    if check_version(version) == 1:
+        return array_digest_v1(named)
+    return array_digest_v2(named, threads=threads)
+
+
+def stream_digest(data: bytes | bytearray | memoryview, version: int = ARRAY_DIGEST_VERSION, *,
+                  threads: int | None = None) -> bytes:
+    """The digest of an array stream's bytes (a blob's content address) under digest ``version``.
+
+    Equal to :func:`array_digest` of the arrays the stream decodes to; it hashes the bytes as they
+    are, without decoding them (so it is defined for any bytes).
+    """
+    view = memoryview(data).cast("B")
+    if check_version(version) == 1:
+        return hashlib.sha256(view).digest()
+    return _tree_digest([view], threads)
+
+
+def check_version(version: object) -> int:
+    """``version`` when it is a known array digest version, else raise :class:`EncodingError`."""
+    if type(version) is not int or version not in DIGEST_VERSIONS:
+        raise EncodingError(f"unknown array digest version {version!r} (known: {', '.join(map(str, DIGEST_VERSIONS))})")
+    return version
+
+
+def default_threads() -> int:
+    """Threads the v2 digest hashes on by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="flower-chain-digest")
+        return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child the parent's pool threads do not exist: start new pools on first use."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _leaf_segments(pieces: Sequence[bytes | memoryview], count: int) -> list[list[bytes | memoryview]]:
+    """The stream's pieces cut into ``count`` chunks of :data:`CHUNK_SIZE` bytes (views, no copy)."""
+    chunks: list[list[bytes | memoryview]] = [[] for _ in range(count)]
+    index, room = 0, CHUNK_SIZE
+    for piece in pieces:
+        pos, size = 0, len(piece)
+        while pos < size:
+            take = min(room, size - pos)
+            chunks[index].append(piece if take == size else memoryview(piece)[pos : pos + take])
+            pos += take
+            room -= take
+            if room == 0:
+                index, room = index + 1, CHUNK_SIZE
+    return chunks
+
+
+def _leaves(group: Sequence[list[bytes | memoryview]]) -> list[bytes]:
+    out = []
+    for segments in group:
+        h = hashlib.sha256(LEAF_TAG)
+        for s in segments:
+            h.update(s)
+        out.append(h.digest())
+    return out
+
+
+def _root(leaves: Sequence[bytes], lo: int, hi: int) -> bytes:
+    """RFC 9162 shape: the left subtree holds the largest power of two below the leaf count."""
+    if hi - lo == 1:
+        return leaves[lo]
+    k = 1 << ((hi - lo - 1).bit_length() - 1)
+    return hashlib.sha256(NODE_TAG + _root(leaves, lo, lo + k) + _root(leaves, lo + k, hi)).digest()
+
+
+def _tree_digest(pieces: Sequence[bytes | memoryview], threads: int | None) -> bytes:
+    """Array digest v2 of the stream made of ``pieces`` (byte strings or byte views), in order."""
+    total = sum(len(p) for p in pieces)
+    if total <= CHUNK_SIZE:  # one chunk: exactly the v1 digest
+        h = hashlib.sha256()
+        for p in pieces:
+            h.update(p)
+        return h.digest()
+    count = -(-total // CHUNK_SIZE)
+    chunks = _leaf_segments(pieces, count)
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    groups = min(count, threads * 4)
+    if threads == 1 or groups == 1:
+        return _root(_leaves(chunks), 0, count)
+    bounds = [count * g // groups for g in range(groups + 1)]
+    parts = _pool(threads).map(_leaves, [chunks[bounds[g] : bounds[g + 1]] for g in range(groups)])
+    return _root([leaf for part in parts for leaf in part], 0, count)
 
 
 def encode_arrays(named: Iterable[tuple[str, np.ndarray]]) -> bytes:

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, check_version
 from flower_chain.ledger.encoding import decode_with_domain, encode, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
 
@@ -58,9 +59,15 @@ _PYTYPES = {"int": int, "str": str, "bytes": bytes, "dict": dict, "list": list, 
 
 class _Entry:
     TYPE: ClassVar[str]
+    #: Fields left out of the encoding when they hold this value (and read as it when absent), so
+    #: entries written before the field existed keep their bytes; a present field never holds it.
+    IMPLIED: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        for name, value in self.IMPLIED.items():
+            if d[name] == value and type(d[name]) is type(value):
+                del d[name]
         d["type"] = self.TYPE
         return d
 
@@ -70,6 +77,11 @@ class _Entry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        for name, value in cls.IMPLIED.items():
+            if name not in d:
+                d = {**d, name: value}
+            elif d[name] == value:
+                raise EncodingError(f"{cls.TYPE} entry: field {name!r} is {value!r}, which is written by leaving it out")
         extra = set(d) - set(names) - {"type"}
         missing = set(names) - set(d)
         if extra or missing:
@@ -87,9 +99,15 @@ class _Entry:
 @_register
 @dataclass(frozen=True)
 class GenesisEntry(_Entry):
-    """The first entry of a ledger: who may take part and who signs."""
+    """The first entry of a ledger: who may take part, who signs, and how arrays are digested.
+
+    ``digest_version`` is the array digest version (:func:`flower_chain.ledger.arrays.array_digest`)
+    of every digest in the ledger: 2 for new ledgers; a genesis without the field (written before
+    v2 existed) means 1. Decoding refuses a version this code does not know.
+    """
 
     TYPE: ClassVar[str] = "genesis"
+    IMPLIED: ClassVar[dict[str, Any]] = {"digest_version": 1}
     federation_id: str
     origin: str
     server_key: bytes
@@ -97,6 +115,10 @@ class GenesisEntry(_Entry):
     strategy: str
     config_digest: bytes
     created_ms: int
+    digest_version: int = ARRAY_DIGEST_VERSION
+
+    def __post_init__(self) -> None:
+        check_version(self.digest_version)
 
 
 @_register

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,6 +33,28 @@ def read_genesis(ledger: Ledger) -> GenesisEntry:
     if not isinstance(entry, GenesisEntry):
         raise LedgerError(f"{ledger.uri}: entry 0 is not a genesis entry")
     return entry
+
+
+_versions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def digest_version_of(ledger: Ledger) -> int:
+    """The array digest version every digest of ``ledger`` uses (its genesis' ``digest_version``).
+
+    What a reader passes to :func:`flower_chain.ledger.arrays.array_digest` and
+    :func:`~flower_chain.ledger.arrays.stream_digest`. Read once per ledger object (a genesis never
+    changes); raises :class:`LedgerError` when the ledger has no genesis.
+    """
+    try:
+        return _versions[ledger]
+    except (KeyError, TypeError):
+        pass
+    version = read_genesis(ledger).digest_version
+    try:
+        _versions[ledger] = version
+    except TypeError:  # a backend object that takes no weak reference: read it every time
+        pass
+    return version
 
 
 def origin_for(federation_id: str) -> str:
