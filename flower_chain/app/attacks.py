@@ -1,7 +1,7 @@
 """Adversarial clients for experiments: ``run.py --attack KIND --attackers K``.
 
 :func:`make_client_mod` returns the mod the bundled ClientApp uses: honest
-nodes sign through :data:`~flower_chain.clients.signing.signing_mod`; the
+nodes sign through :data:`~flower_chain.app.keys.demo_signing_mod`; the
 first ``K`` partitions misbehave as ``KIND`` says. Cryptographic attacks
 (the server must reject them, each with its reason code):
 
@@ -32,7 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from flower_chain.clients.receipts import ReceiptKeeper
-from flower_chain.clients.signing import _incoming, key_path_for, sign_reply, signing_mod
+from flower_chain.app.keys import demo_key_path as key_path_for
+from flower_chain.app.keys import demo_signing_mod as signing_mod
+from flower_chain.clients.signing import _incoming, sign_reply
 from flower_chain.ledger.keys import load_private
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 

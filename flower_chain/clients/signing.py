@@ -42,18 +42,28 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message
 
-from flower_chain.clients.receipts import AnchorReader, CheckResult, ReceiptKeeper
-from flower_chain.ledger.cosignature import CosignerKey, client_cosigner_name, note_body, parse_cosigner_key, \
-    sign_cosignature
+from flower_chain.anchor.reader import AnchorReader
+from flower_chain.clients.receipts import CheckResult, ReceiptKeeper
+from flower_chain.clients.settings import (  # noqa: F401 - the settings' names stay importable from here
+    ENV_KEY,
+    NODE_CONFIG_KEY,
+    RUN_CONFIG_KEYS,
+    KeyFallback,
+    anchor_settings,
+    key_path_for,
+    pinned_server_key,
+    receipts_dir as _receipts_dir,
+    witness_settings,
+)
+from flower_chain.ledger.cosignature import client_cosigner_name, note_body, sign_cosignature
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
-from flower_chain.ledger.keys import key_id, load_private, load_public, raw_public
+from flower_chain.ledger.keys import key_id, load_private, raw_public
 from flower_chain.wire import (
     LEGACY_LOSS,
     COSIGNATURE,
@@ -74,60 +84,6 @@ from flower_chain.wire import (
 )
 
 log = logging.getLogger(__name__)
-ENV_KEY = "FLOWER_CHAIN_SIGNING_KEY"
-NODE_CONFIG_KEY = "signing-key"
-RUN_CONFIG_KEYS = "flower-chain-keys"  # simulation/demo only: the `keys init` directory, for every node of the run
-ENV_RECEIPTS = "FLOWER_CHAIN_RECEIPTS"
-RECEIPTS_NODE_CONFIG = "receipts-dir"
-ENV_SERVER_KEY = "FLOWER_CHAIN_SERVER_KEY"
-SERVER_KEY_NODE_CONFIG = "server-key"
-ENV_WITNESS_KEYS = "FLOWER_CHAIN_WITNESS_KEYS"
-WITNESS_KEYS_NODE_CONFIG = "witness-keys"
-ENV_WITNESS_QUORUM = "FLOWER_CHAIN_WITNESS_QUORUM"
-WITNESS_QUORUM_NODE_CONFIG = "witness-quorum"
-ENV_ANCHOR = "FLOWER_CHAIN_ANCHOR"
-ANCHOR_NODE_CONFIG = "anchor"
-ENV_ANCHOR_CONTRACT = "FLOWER_CHAIN_ANCHOR_CONTRACT"
-ANCHOR_CONTRACT_NODE_CONFIG = "anchor-contract"
-ENV_ANCHOR_OWNER = "FLOWER_CHAIN_ANCHOR_OWNER"
-ANCHOR_OWNER_NODE_CONFIG = "anchor-owner"
-
-
-def key_path_for(context: Context) -> Path:
-    """Where this node's private key is.
-
-    In order: node config ``signing-key`` (a real node pins its own key), environment
-    ``FLOWER_CHAIN_SIGNING_KEY``, run config ``flower-chain-keys`` (simulation and demos only — every
-    node of the run reads the same setting) and, for the bundled demo app, the run config's
-    ``keys-dir`` (or ``out-dir``/keys). A directory means ``client-<partition-id>.key`` in it or in
-    its ``clients/`` (so the ``keys init`` directory and its ``clients/`` both work, everywhere).
-    """
-    value = context.node_config.get(NODE_CONFIG_KEY) or os.environ.get(ENV_KEY)
-    source = f"node config {NODE_CONFIG_KEY!r}" if context.node_config.get(NODE_CONFIG_KEY) else f"${ENV_KEY}"
-    for key, sub in ((RUN_CONFIG_KEYS, ""), ("keys-dir", "clients"), ("out-dir", "keys/clients")):
-        if value:
-            break
-        if context.run_config.get(key):
-            value, source = str(Path(str(context.run_config[key])) / sub), f"run config {key!r}"
-    if not value:
-        raise KeyFileError(
-            f"no signing key: set node config '{NODE_CONFIG_KEY}' (flower-supernode --node-config "
-            f"\"{NODE_CONFIG_KEY}='PATH'\"), the environment variable {ENV_KEY}, or (simulation) the run config "
-            f"'{RUN_CONFIG_KEYS}' to a key file or a directory of client-<partition-id>.key files (create them "
-            "with `flower-chain keys init DIR --clients N`)")
-    p = Path(str(value))
-    if not p.is_absolute() and not p.exists():
-        raise KeyFileError(f"{source} names the relative path {str(p)!r}, which does not exist in this ClientApp's "
-                           f"working directory {os.getcwd()} (under `flwr run`, the local SuperLink's): use an "
-                           "absolute path")
-    if p.is_dir():
-        if "partition-id" not in context.node_config:
-            raise KeyFileError(f"{p} is a directory of keys but this node has no partition-id in its node config")
-        name = f"client-{int(context.node_config['partition-id'])}.key"
-        if not (p / name).exists() and (p / "clients").is_dir():
-            p = p / "clients"  # the `keys init` directory itself: its clients/ holds the private keys
-        p = p / name
-    return p
 
 
 def _incoming(msg: Message):
@@ -250,61 +206,10 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
     return reply
 
 
-def _receipts_dir(context: Context, key_file: Path | None, kid: str) -> Path | None:
-    value = context.node_config.get(RECEIPTS_NODE_CONFIG) or os.environ.get(ENV_RECEIPTS)
-    if value:
-        return Path(str(value)) / kid
-    return key_file.parent / "receipts" / kid if key_file is not None else None
-
-
-def _pinned_server_key(context: Context) -> bytes | None:
-    value = context.node_config.get(SERVER_KEY_NODE_CONFIG) or os.environ.get(ENV_SERVER_KEY)
-    return raw_public(load_public(str(value))) if value else None
-
-
-def _setting(context: Context, node_key: str, env: str, given=None):
-    if given is not None:
-        return given
-    value = context.node_config.get(node_key)
-    return value if value not in (None, "") else (os.environ.get(env) or None)
-
-
-def witness_settings(context: Context, keys=None, quorum=None) -> tuple[list[CosignerKey], int]:
-    """Trusted witness keys and quorum: the arguments, else node config, else environment.
-
-    Raises
-    ------
-    KeyFileError
-        A key does not parse, or the quorum is not an integer between 1 and the number of keys.
-    """
-    raw = _setting(context, WITNESS_KEYS_NODE_CONFIG, ENV_WITNESS_KEYS, keys)
-    if raw is None:
-        return [], 0
-    items = [k.strip() for k in raw.split(",")] if isinstance(raw, str) else list(raw)
-    parsed = [k if isinstance(k, CosignerKey) else parse_cosigner_key(k) for k in items if k]
-    q = _setting(context, WITNESS_QUORUM_NODE_CONFIG, ENV_WITNESS_QUORUM, quorum)
-    try:
-        q = 1 if q is None else int(q)
-    except (TypeError, ValueError):
-        raise KeyFileError(f"witness-quorum {q!r} is not an integer") from None
-    if parsed and not 1 <= q <= len(parsed):
-        raise KeyFileError(f"witness-quorum {q} must be between 1 and the {len(parsed)} witness key(s) given")
-    return parsed, q if parsed else 0
-
-
-def anchor_settings(context: Context, url=None, contract=None, owner=None) -> AnchorReader | None:
-    """The anchor to check checkpoints against (arguments, node config, environment), or ``None``."""
-    url = _setting(context, ANCHOR_NODE_CONFIG, ENV_ANCHOR, url)
-    if not url:
-        return None
-    return AnchorReader(str(url), str(_setting(context, ANCHOR_CONTRACT_NODE_CONFIG, ENV_ANCHOR_CONTRACT, contract)
-                                     or ""),
-                        _setting(context, ANCHOR_OWNER_NODE_CONFIG, ENV_ANCHOR_OWNER, owner))
-
-
 def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None,
                      witness_keys=None, witness_quorum: int | None = None, anchor: str | None = None,
-                     anchor_contract: str | None = None, anchor_owner: str | None = None, cosign: bool = True):
+                     anchor_contract: str | None = None, anchor_owner: str | None = None, cosign: bool = True,
+                     key_fallback: KeyFallback | None = None):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
     Receipts are kept per key in ``receipts_dir/<key id>/`` (or under node config ``receipts-dir`` /
@@ -329,6 +234,9 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
         ``anchor-contract``, ``anchor-owner`` / their environment variables).
     cosign : bool
         Return the client's cosignature of every checkpoint whose checks all passed (default True).
+    key_fallback : callable, optional
+        An application's own key location when no setting names one
+        (:func:`~flower_chain.clients.settings.key_path_for`).
 
     Raises
     ------
@@ -344,7 +252,7 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
         ctx, config, received, _ = incoming
         if ctx is None:
             return call_next(msg, context)
-        path = fixed_path if fixed is not None else key_path_for(context)  # a missing key fails here
+        path = fixed_path if fixed is not None else key_path_for(context, key_fallback)  # a missing key fails here
         cache_key = str(path) if path is not None else "fixed"
         if cache_key not in cache:
             signer = fixed if fixed is not None else load_private(path)
@@ -355,7 +263,7 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             if where is None and (quorum or anchors is not None):
                 raise KeyFileError("witness and anchor checks need a receipts directory (make_signing_mod("
                                    "receipts_dir=...), node config 'receipts-dir' or FLOWER_CHAIN_RECEIPTS)")
-            keeper = ReceiptKeeper(where, _pinned_server_key(context), witnesses=witnesses,
+            keeper = ReceiptKeeper(where, pinned_server_key(context), witnesses=witnesses,
                                    witness_quorum=quorum) if where else None
             cache[cache_key] = (signer, keeper, anchors)
             log.info("flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
