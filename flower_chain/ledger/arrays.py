@@ -12,9 +12,11 @@ The *array stream* of an ordered list of named arrays is::
 array stream. Two digests of a stream exist; a ledger's genesis says which
 one all its digests use (``GenesisEntry.digest_version``):
 
-* **v1**: SHA-256 of the stream (one sequential hash).
-* **v2** (what new ledgers use): a stream of at most :data:`CHUNK_SIZE` bytes
-  is hashed exactly as v1; a longer stream is cut into :data:`CHUNK_SIZE`
+* **v1**: SHA-256 of the stream (one sequential hash). Its stream records a
+  0-d array as shape ``(1,)`` (a quirk kept so that v1 ledgers verify).
+* **v2** (what new ledgers use): the stream records every array with its own
+  shape (0-d included); a stream of at most :data:`CHUNK_SIZE` bytes is
+  hashed with one SHA-256 (as v1); a longer stream is cut into :data:`CHUNK_SIZE`
   chunks (the last one shorter), each chunk hashed as
   ``SHA-256(LEAF_TAG || chunk)`` and the leaves combined as an RFC 9162
   shaped Merkle tree with ``SHA-256(NODE_TAG || left || right)``. The leaves
@@ -58,20 +60,22 @@ _U64 = struct.Struct(">Q")
 NamedArrays = Sequence[tuple[str, np.ndarray]]
 
 
-def _canonical(a: np.ndarray) -> np.ndarray:
+def _canonical(a: np.ndarray, version: int) -> np.ndarray:
+    """Little-endian C-order; v1 (a quirk kept so v1 ledgers verify) records a 0-d array as shape (1,)."""
     a = np.asarray(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     if a.dtype.hasobject:
         raise EncodingError("object arrays have no canonical bytes")
-    return np.ascontiguousarray(a)
+    out = np.ascontiguousarray(a)  # always at least 1-d
+    return out.reshape(()) if a.ndim == 0 and version >= 2 else out
 
 
-def _chunks(named: Iterable[tuple[str, np.ndarray]]) -> Iterator[bytes | memoryview]:
+def _chunks(named: Iterable[tuple[str, np.ndarray]], version: int) -> Iterator[bytes | memoryview]:
     named = list(named)
     yield ARRAYS_DOMAIN + _U32.pack(len(named))
     for name, arr in named:
-        a = _canonical(arr)
+        a = _canonical(arr, version)
         nb = name.encode("utf-8")
         dt = a.dtype.str.encode()
         head = [_U32.pack(len(nb)), nb, _U32.pack(len(dt)), dt, _U32.pack(a.ndim)]
@@ -85,7 +89,7 @@ def _chunks(named: Iterable[tuple[str, np.ndarray]]) -> Iterator[bytes | memoryv
 def array_digest_v1(named: Iterable[tuple[str, np.ndarray]]) -> bytes:
     """Array digest v1: SHA-256 of the array stream of ``named`` (name, array) pairs, in order."""
     h = hashlib.sha256()
-    for chunk in _chunks(named):
+    for chunk in _chunks(named, 1):
         h.update(chunk)
     return h.digest()
 
@@ -100,7 +104,7 @@ def array_digest_v2(named: Iterable[tuple[str, np.ndarray]], *, threads: int | N
     threads : int, optional
         Threads that hash the leaves (default :func:`default_threads`); 1 hashes on the caller's thread.
     """
-    return _tree_digest(list(_chunks(named)), threads)
+    return _tree_digest(list(_chunks(named, 2)), threads)
 
 
 def array_digest(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION, *,
@@ -221,9 +225,12 @@ def _tree_digest(pieces: Sequence[bytes | memoryview], threads: int | None) -> b
     return _root([leaf for part in parts for leaf in part], 0, count)
 
 
-def encode_arrays(named: Iterable[tuple[str, np.ndarray]]) -> bytes:
-    """The array stream itself: the blob stored for a model."""
-    return b"".join(bytes(c) for c in _chunks(named))
+def encode_arrays(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> bytes:
+    """The array stream itself as digest ``version`` hashes it: the blob stored for a model.
+
+    Its :func:`stream_digest` under the same version is the :func:`array_digest` of ``named``.
+    """
+    return b"".join(bytes(c) for c in _chunks(named, check_version(version)))
 
 
 def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
