@@ -1,5 +1,13 @@
 """The recorder: opens or starts the ledger, appends each round's block, keeps the blobs, resumes.
 
+Accepted client updates are kept in the blob store for every round by default
+(``store_client_updates=None`` or ``True``), whatever their size, so that
+``flower-chain ledger audit`` can re-derive every round; ``False`` keeps none
+(the audit then says NOT AUDITED for those rounds). With ``audit_key`` (an
+auditor's X25519 public key) they are kept *sealed* to that key
+(:mod:`flower_chain.ledger.sealed`, docs/sealed-updates.md): the server's
+disk holds no plaintext update and the server cannot open what it stored.
+
 Imports neither torch nor flwr.
 """
 
@@ -19,13 +27,14 @@ from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.entries import Entry, EvaluationEntry, GenesisEntry, UpdateEntry
 from flower_chain.ledger.errors import AppendError, LedgerError
 from flower_chain.ledger.keys import raw_public
+from flower_chain.ledger.sealed import load_audit_public, seal, sealed_address
 from flower_chain.ledger.verify import VerifyReport, verify
 from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
 
 NamedArrays = Sequence[tuple[str, np.ndarray]]
 
-#: With ``store_client_updates=None`` (the default) a round's accepted updates are kept in the blob store
-#: when together they hold at most this many bytes of array data.
+#: The size cap (bytes of a round's updates) of the former default, which left larger rounds unauditable.
+#: Not applied any more: every round's accepted updates are stored unless ``store_client_updates=False``.
 STORE_UPDATES_LIMIT = 64 * 2**20
 
 
@@ -38,16 +47,24 @@ class Recorder:
         An open backend.
     server_key : Ed25519PrivateKey
         Signs blocks and checkpoints.
-    store_models, store_client_updates
-        See :class:`~flower_chain.strategies.LedgerStrategy`.
+    store_models : bool
+        Keep every round's global model and strategy state (default True).
+    store_client_updates : bool, optional
+        Keep the accepted updates of every round (``None``, the default, and ``True``), or of none
+        (``False``: no round can be re-derived by the audit).
+    audit_key : X25519PublicKey, str, bytes or Path, optional
+        The auditor's X25519 public key (the key, PEM, 64 hex digits, or a file of either): accepted
+        updates are stored sealed to it, never in plaintext. Loaded here, so a bad key fails before
+        anything is written (:class:`~flower_chain.ledger.sealed.SealedError`).
     """
 
     def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *, store_models: bool = True,
-                 store_client_updates: bool | None = None) -> None:
+                 store_client_updates: bool | None = None, audit_key=None) -> None:
         self.ledger = ledger
         self.server_key = server_key
         self.store_models = store_models
         self.store_client_updates = store_client_updates
+        self.audit_key = load_audit_public(audit_key) if audit_key is not None else None
         self.writer = LedgerWriter(ledger, server_key)
         self.last_round, self.model_digest, self.state_digest = 0, b"", b""
         self.revoked: set[str] = set()
@@ -95,19 +112,28 @@ class Recorder:
             self.ledger.put_blob(encode_arrays(arrays), digest)
         return digest
 
-    def _store_updates(self, updates: Sequence[tuple[bytes, NamedArrays]]) -> bool:
-        if self.store_client_updates is None:  # default: when the round's updates are small enough
-            size = sum(np.asarray(a).nbytes for _, arrays in updates for _, a in arrays)
-            return size <= STORE_UPDATES_LIMIT
-        return bool(self.store_client_updates)
+    @property
+    def stores_updates(self) -> bool:
+        """Whether accepted updates are kept (``store_client_updates`` is not ``False``)."""
+        return self.store_client_updates is None or bool(self.store_client_updates)
+
+    def _update_blobs(self, updates: Sequence[tuple[bytes, NamedArrays]]) -> list[tuple[bytes, bytes]]:
+        """(address, blob) of the accepted updates to store: plaintext under the array digest, or sealed."""
+        if not self.stores_updates:
+            return []
+        if self.audit_key is None:
+            return [(digest, encode_arrays(arrays)) for digest, arrays in updates]
+        origin = self.writer.genesis.origin
+        return [(sealed_address(origin, digest), seal(encode_arrays(arrays), self.audit_key, origin, digest))
+                for digest, arrays in updates]
 
     def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
                      updates: Sequence[tuple[bytes, NamedArrays]], aggregated: NamedArrays | None,
                      state: NamedArrays | None, evidence: Sequence[tuple[bytes, NamedArrays]] = ()) -> StoredBlock:
         """Append a train round's block: every reply judged, the model digests before and after.
 
-        ``updates``: (array digest, arrays) of the accepted updates, stored when ``store_client_updates``
-        says so. ``evidence``: the same for signed replies rejected as ``malformed`` (wrong shape, dtype, a
+        ``updates``: (array digest, arrays) of the accepted updates, stored unless ``store_client_updates``
+        is ``False`` (sealed when an ``audit_key`` is set). ``evidence``: the same for signed replies rejected as ``malformed`` (wrong shape, dtype, a
         non-finite value): always stored, whatever ``store_client_updates`` says — without them an auditor
         could not tell such a rejection from a valid update the server dropped. The digests were computed
         when the replies were judged; a blob's address is its array digest.
@@ -119,9 +145,9 @@ class Recorder:
             self.state_digest = array_digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        stored = list(updates) if self._store_updates(updates) else []
-        if stored or evidence:
-            self.ledger.put_blobs((digest, encode_arrays(arrays)) for digest, arrays in stored + list(evidence))
+        blobs = self._update_blobs(updates) + [(digest, encode_arrays(arrays)) for digest, arrays in evidence]
+        if blobs:
+            self.ledger.put_blobs(blobs)
         block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
                                    state_after=self.state_digest)
         self.model_digest, self.last_round = after, int(server_round)

@@ -1,0 +1,196 @@
+"""Rebuilding the recorded strategy: the genesis names its class, the blob store holds its settings.
+
+:func:`strategy_factory` returns a function making a fresh strategy configured
+as recorded, for the Message API (``flwr.serverapp.strategy``, the bundled
+app's partition-ordered variants, the differential-privacy wrappers without
+noise, a user's class that declares itself replayable) and for Flower's legacy
+API (``flwr.server.strategy``, what :class:`~flower_chain.strategies.LegacyLedgerStrategy`
+wraps: :func:`legacy_factory`). Anything else raises :class:`NotReplayable`
+with the reason, which the audit reports for every round.
+
+Recorded settings are storage, hence hostile input: only values of plain type
+are used, only the constructor's own parameters are passed, a recorded setting
+is set afterwards only where the fresh strategy already has a plain attribute
+of that name (never a method), and node counts are bounded.
+
+Imports flwr lazily (inside the functions), never torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flower_chain.ledger.errors import LedgerError
+
+#: Flower's Message-API strategies the replay rebuilds from their recorded settings.
+BUNDLED = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian", "FedTrimmedAvg",
+           "Krum", "MultiKrum", "Bulyan", "QFedAvg")
+#: Flower's differential-privacy wrappers: replayable without noise, when the wrapped strategy is recorded.
+DP_WRAPPERS = ("DifferentialPrivacyServerSideFixedClipping", "DifferentialPrivacyClientSideFixedClipping",
+               "DifferentialPrivacyServerSideAdaptiveClipping", "DifferentialPrivacyClientSideAdaptiveClipping")
+#: Flower's legacy strategies (``flwr.server.strategy``) the replay rebuilds (LegacyLedgerStrategy ledgers).
+LEGACY_BUNDLED = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian", "FedTrimmedAvg",
+                  "Krum", "Bulyan", "QFedAvg", "FaultTolerantFedAvg")
+#: Legacy strategies that need the initial model at construction (``initial_parameters``).
+LEGACY_NEEDS_MODEL = ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM")
+#: Settings only Flower's legacy strategies (``flwr.server.strategy``, LegacyLedgerStrategy) have.
+LEGACY_SETTINGS = ("fraction_fit", "min_fit_clients", "min_available_clients", "accept_failures")
+#: The class attribute a strategy of your own sets to ``True`` to be replayed (with ``from_ledger_config``).
+REPLAYABLE_ATTR = "flower_chain_replayable"
+#: Most nodes the replay's stand-in grid or client manager lists (a recorded minimum above it is refused).
+MAX_REPLAY_NODES = 1 << 20
+_PLAIN = (bool, int, float, str)
+
+
+class AuditInputError(LedgerError):
+    """The audit cannot start: a strategy class that cannot be imported, a ledger without a genesis."""
+
+
+class NotReplayable(Exception):
+    """The recorded strategy cannot be rebuilt or replayed deterministically (the message says why)."""
+
+
+def load_class(spec: str) -> type:
+    """Import ``module:Class`` (or ``module.Class``); raise :class:`AuditInputError` with what to fix."""
+    mod, sep, name = spec.partition(":")
+    if not sep:
+        mod, _, name = spec.rpartition(".")
+    if not mod or not name:
+        raise AuditInputError(f"--strategy-class {spec!r}: write it as package.module:ClassName")
+    try:
+        cls = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as e:
+        raise AuditInputError(f"cannot import the strategy class {spec!r}: {e}") from e
+    if not isinstance(cls, type):
+        raise AuditInputError(f"{spec!r} is not a class")
+    return cls
+
+
+def is_legacy(config: dict[str, Any]) -> bool:
+    """Whether recorded settings are those of a legacy strategy (``flwr.server.strategy``)."""
+    return bool(set(config) & set(LEGACY_SETTINGS))
+
+
+def _nested(config: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The settings of the strategy a wrapper wraps: keys ``strategy.<name>`` without the prefix (its class
+    name, ``strategy.class``, names it and is not a setting)."""
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "class"}
+
+
+def _bounded(name: str, config: dict[str, Any]) -> None:
+    """Refuse recorded settings of a non-plain type or node counts no replay can stand in for."""
+    for k, v in config.items():
+        if not isinstance(k, str) or not isinstance(v, _PLAIN):
+            raise NotReplayable(f"the recorded setting {str(k)[:40]!r} of {name} is a {type(v).__name__}, "
+                                "not a number, boolean or text")
+        if k.startswith("min_") and isinstance(v, int) and v > MAX_REPLAY_NODES:
+            raise NotReplayable(f"the recorded setting {k}={v} of {name} exceeds the {MAX_REPLAY_NODES} nodes a "
+                                "replay stands in for")
+
+
+def construct(cls: type, config: dict[str, Any], **extra: Any) -> Any:
+    """``cls(**kwargs)`` from the recorded settings its constructor takes, then the other recorded settings set.
+
+    Setting attributes afterwards reproduces what ``__init__`` derived (FedAvg sets
+    ``min_evaluate_nodes`` to 0 when ``fraction_evaluate`` is 0, and that is what was recorded);
+    only an attribute the fresh strategy already holds as a plain value is set, never a method.
+    """
+    _bounded(cls.__name__, config)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in config.items() if k in params and "." not in k and k not in extra}
+    if "initial_clipping_norm" in params and "clipping_norm" in config:
+        kwargs["initial_clipping_norm"] = config["clipping_norm"]
+    try:
+        obj = cls(**kwargs, **extra)
+    except (TypeError, ValueError) as e:
+        raise NotReplayable(f"{cls.__name__} cannot be rebuilt from the recorded settings: {e}") from e
+    for k, v in config.items():
+        if "." in k or k in kwargs:
+            continue
+        current = vars(obj).get(k, inspect)  # a sentinel: absent
+        if current is inspect or not (current is None or isinstance(current, _PLAIN)):
+            raise NotReplayable(f"{cls.__name__} has no plain setting {k[:40]!r} (the recorded settings are not "
+                                "this strategy's)")
+        setattr(obj, k, v)
+    return obj
+
+
+def _flwr_class(name: str, legacy: bool = False) -> type:
+    if legacy:
+        import flwr.server.strategy as legacy_strategies
+
+        return getattr(legacy_strategies, name)
+    import flwr.serverapp.strategy as flwr_strategies
+
+    return getattr(flwr_strategies, name)
+
+
+def _custom(cls: type, config: dict[str, Any]) -> Callable[[], Any]:
+    if not getattr(cls, REPLAYABLE_ATTR, False) or not callable(getattr(cls, "from_ledger_config", None)):
+        raise NotReplayable(f"{cls.__module__}.{cls.__name__} does not declare itself replayable (set the class "
+                            f"attribute {REPLAYABLE_ATTR} = True and define the classmethod from_ledger_config)")
+    return lambda: cls.from_ledger_config(dict(config))
+
+
+def strategy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = ()) -> Callable[[], Any]:
+    """A function returning a fresh Message-API strategy ``name`` configured as recorded.
+
+    Raises :class:`NotReplayable` (a legacy ledger goes to :func:`legacy_factory` instead).
+    """
+    from flower_chain.strategies.ordered import ORDERED
+
+    custom = {c.__name__: c for c in classes}
+    if name in custom:
+        return _custom(custom[name], config)
+    if is_legacy(config) and (name in BUNDLED or name in DP_WRAPPERS):
+        raise NotReplayable(f"the ledger was written through Flower's legacy API (flwr.server.strategy.{name}): "
+                            "replay it with legacy_factory")
+    if name in ORDERED:
+        factory = _custom(ORDERED[name], config)
+        factory()  # fail now, not once per round
+        return factory
+    if name in BUNDLED:
+        cls = _flwr_class(name)
+        construct(cls, config)
+        return lambda: construct(cls, config)
+    if name in DP_WRAPPERS:
+        noisy = [k for k in ("noise_multiplier", "clipped_count_stddev") if config.get(k)]
+        if noisy:
+            raise NotReplayable(f"{name} adds random noise ({', '.join(f'{k}={config[k]}' for k in noisy)}): "
+                                "its aggregate cannot be recomputed")
+        inner_name = config.get("strategy.class")
+        if not isinstance(inner_name, str):
+            raise NotReplayable(f"the genesis configuration of {name} does not record the strategy it wraps "
+                                "(no 'strategy.class' setting)")
+        inner = strategy_factory(inner_name, _nested(config, "strategy."), classes)
+        cls = _flwr_class(name)
+        construct(cls, config, strategy=inner())
+        return lambda: construct(cls, config, strategy=inner())
+    raise NotReplayable(f"{name or 'the recorded strategy'} is neither one of Flower's strategies the replay "
+                        "knows nor a strategy class given with --strategy-class that declares itself replayable")
+
+
+def legacy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = ()) -> Callable[[Any], Any]:
+    """A function ``make(initial_parameters)`` returning a fresh legacy strategy ``name`` configured as recorded.
+
+    ``initial_parameters`` (Flower ``Parameters``, the round-1 model recorded in the ledger) is passed to
+    the strategies that take it (FedOpt's family and FedAvgM). Raises :class:`NotReplayable`.
+    """
+    custom = {c.__name__: c for c in classes}
+    if name in custom:
+        make = _custom(custom[name], config)
+        return lambda initial: make()
+    if name not in LEGACY_BUNDLED:
+        raise NotReplayable(f"{name or 'the recorded strategy'} (Flower's legacy API) is neither one of the legacy "
+                            f"strategies the replay knows ({', '.join(LEGACY_BUNDLED)}) nor a strategy class given "
+                            "with --strategy-class that declares itself replayable")
+    cls = _flwr_class(name, legacy=True)
+
+    def make(initial: Any) -> Any:
+        extra = {"initial_parameters": initial} if name in LEGACY_NEEDS_MODEL else {}
+        return construct(cls, config, **extra)
+
+    return make
