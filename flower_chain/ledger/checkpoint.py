@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from flower_chain.ledger.errors import CheckpointError, KeyFileError
 from flower_chain.ledger.keys import public_from_raw, raw_public, verify_signature
-from flower_chain.ledger.text import is_decimal
+from flower_chain.ledger.text import is_decimal, terminal_text
 
 _ALG_ED25519 = 0x01
 _DASH = "\u2014"
@@ -95,35 +96,102 @@ def sign_note(body: str, name: str, key: Ed25519PrivateKey) -> str:
     return f"{body}\n{_DASH} {name} {blob}\n"
 
 
-def open_note(note: str, name: str, public: Ed25519PublicKey | bytes) -> str:
-    """Verify a signed note against one known key; return its body.
+MAX_NOTE_CHARS = 1 << 20
+"""Longest signed note read (a checkpoint with hundreds of cosignatures is a few tens of KiB)."""
+MAX_SIGNATURES = 100
+"""Most signature lines a note may carry (as the reference implementation allows)."""
 
-    Signature lines from unknown keys are ignored, as the signed-note spec
-    says; the note fails unless one line is a valid signature of ``name`` with
-    ``public``.
+
+@dataclass(frozen=True)
+class NoteSignature:
+    """One parsed signature line ``— NAME BASE64``: the key name, the 4-byte key id and the signature bytes."""
+
+    name: str
+    key_id: bytes
+    signature: bytes
+
+
+def _valid_key_name(name: str) -> bool:
+    """A key name: non-empty, no Unicode space (or other control/separator) and no ``+`` (signed-note spec)."""
+    return bool(name) and "+" not in name and not any(c.isspace() or not c.isprintable() for c in name)
+
+
+def parse_note(note: str) -> tuple[str, tuple[NoteSignature, ...]]:
+    """Split a signed note into its text and its signature lines, strictly per https://c2sp.org/signed-note.
+
+    Every line is checked before any signature is looked at, so the answer never depends on the order
+    of the lines: a note is refused when it is longer than :data:`MAX_NOTE_CHARS`, contains a control
+    character other than newline, has no blank line before its signatures, an empty text, a text or a
+    signature block not ending in a newline, a malformed signature line anywhere (not ``— NAME BASE64``,
+    a key name with a space or ``+``, base64 that does not decode to at least 5 bytes), more than
+    :data:`MAX_SIGNATURES` lines, or two lines for the same key name and key id.
+
+    Returns
+    -------
+    tuple
+        The text (ending in a newline) and the signature lines in note order.
+
+    Raises
+    ------
+    CheckpointError
+        The note is malformed (the message names the first defect; no part of the note is echoed raw).
     """
-    raw = public if isinstance(public, bytes) else raw_public(public)
-    public_from_raw(raw)
+    if not isinstance(note, str):
+        raise CheckpointError("a signed note must be text")
+    if len(note) > MAX_NOTE_CHARS:
+        raise CheckpointError(f"signed note longer than {MAX_NOTE_CHARS} characters")
+    bad = next((c for c in note if c != "\n" and unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise CheckpointError(f"signed note contains the control character U+{ord(bad):04X}")
     sep = note.rfind("\n\n")
     if sep < 0 or not note.endswith("\n"):
         raise CheckpointError("not a signed note: no blank line before the signatures")
-    body, sig_block = note[: sep + 1], note[sep + 2 :]
-    want = note_key_id(name, raw)
-    seen_names = []
-    for line in sig_block[:-1].split("\n"):
+    body, lines = note[: sep + 1], note[sep + 2 : -1].split("\n")
+    if body == "\n":
+        raise CheckpointError("signed note with an empty text")
+    if len(lines) > MAX_SIGNATURES:
+        raise CheckpointError(f"signed note with more than {MAX_SIGNATURES} signature lines")
+    sigs, seen = [], set()
+    for n, line in enumerate(lines, start=1):
         parts = line.split(" ")
-        if len(parts) != 3 or parts[0] != _DASH:
-            raise CheckpointError(f"malformed signature line {line!r}")
+        if len(parts) != 3 or parts[0] != _DASH or not _valid_key_name(parts[1]):
+            raise CheckpointError(f"malformed signature line {n}: not '{_DASH} NAME BASE64'")
         try:
             blob = base64.b64decode(parts[2], validate=True)
         except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
-            raise CheckpointError("signature is not base64") from e
-        seen_names.append(parts[1])
-        if parts[1] == name and blob[:4] == want:
-            if len(blob) != 68 or not verify_signature(raw, blob[4:], body.encode()):
-                raise CheckpointError(f"the signature of {name} does not verify")
-            return body
-    raise CheckpointError(f"no signature by {name} with the given key (signed by: {', '.join(seen_names) or 'nobody'})")
+            raise CheckpointError(f"signature line {n} is not base64") from e
+        if len(blob) < 5:
+            raise CheckpointError(f"signature line {n} is too short for a key id and a signature")
+        if (parts[1], blob[:4]) in seen:
+            raise CheckpointError(f"two signature lines for one key (line {n})")
+        seen.add((parts[1], blob[:4]))
+        sigs.append(NoteSignature(parts[1], blob[:4], blob[4:]))
+    return body, tuple(sigs)
+
+
+def open_note(note: str, name: str, public: Ed25519PublicKey | bytes) -> str:
+    """Verify a signed note against one known key; return its text.
+
+    The note is parsed strictly first (:func:`parse_note`: a malformed line anywhere refuses it, wherever
+    the valid signature is). Signature lines from unknown keys are then ignored, as the signed-note spec
+    says; the note fails unless the one line of ``name`` with ``public``'s key id is a valid signature.
+
+    Raises
+    ------
+    CheckpointError
+        Malformed, not signed by that key, or its signature does not verify.
+    """
+    raw = public if isinstance(public, bytes) else raw_public(public)
+    public_from_raw(raw)
+    body, sigs = parse_note(note)
+    want = note_key_id(name, raw)
+    mine = [s for s in sigs if s.name == name and s.key_id == want]
+    if not mine:
+        names = ", ".join(sorted({terminal_text(s.name) for s in sigs}))
+        raise CheckpointError(f"no signature by {terminal_text(name)} with the given key (signed by: {names})")
+    if len(mine[0].signature) != 64 or not verify_signature(raw, mine[0].signature, body.encode()):
+        raise CheckpointError(f"the signature of {terminal_text(name)} does not verify")
+    return body
 
 
 def sign_checkpoint(cp: Checkpoint, key: Ed25519PrivateKey) -> str:

@@ -7,6 +7,9 @@ control characters), change how a terminal shows the line (escape
 sequences, bidirectional overrides), or be read as markup by a plot
 (matplotlib's mathtext ``$...$``). HTML needs :func:`html.escape` on top.
 :func:`safe_label` also keeps distinct values distinct once shortened.
+:func:`terminal_text` is the unbounded form the CLI's consoles apply to every
+string they print (:mod:`flower_chain.cli.common`): only what a terminal would
+act on is escaped, so paths and formulas stay readable.
 """
 
 from __future__ import annotations
@@ -23,10 +26,42 @@ def _escape(ch: str) -> str:
         return "\\\\"
     if ch == "$":
         return "\\$"
-    if unicodedata.category(ch)[0] in "CZ" and ch != " ":  # controls, formats (bidi overrides), separators
-        code = ord(ch)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    if _is_control(ch):  # controls, formats (bidi overrides), separators
+        return _code(ch)
     return ch
+
+
+def _is_control(ch: str) -> bool:
+    """C0/C1 controls, format characters (bidi overrides, zero-width joiners), line/paragraph separators,
+    surrogates and unassigned code points: everything but the plain space that a terminal may act on."""
+    return unicodedata.category(ch)[0] in "CZ" and ch != " "
+
+
+def _code(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal_text(value: object) -> str:
+    """``value`` with every character a terminal could act on written as a visible escape.
+
+    Parameters
+    ----------
+    value : object
+        Any value; non-strings are rendered with ``str``.
+
+    Returns
+    -------
+    str
+        Newlines, carriage returns, ``ESC``, ``BEL``, C1 controls, bidirectional overrides and every
+        other control, format or separator character except the plain space as
+        ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN``; nothing else changed, nothing cut. The result is
+        one line that moves no cursor and changes no colour.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the common case: no character to escape (isprintable is false for all of them)
+        return text
+    return "".join(_code(ch) if _is_control(ch) else ch for ch in text)
 
 
 def safe_text(value: object, limit: int = DEFAULT_LIMIT) -> str:

@@ -9,8 +9,10 @@ and cosigns a new one only when it is consistent with it. Request body::
     \\n
     <signed checkpoint note>
 
-Answers (checked in this order): 400 malformed body or more than 63 proof
-lines; 404 unknown origin; 403 no valid signature by a trusted key; 400 old
+Answers (checked in this order): 400 malformed body, more than 63 proof
+lines, or a signed note the C2SP signed-note spec refuses (a malformed signature
+line anywhere, a control character, two lines for one key: every line is checked
+before any signature, so the answer never depends on line order); 404 unknown origin; 403 no valid signature by a trusted key; 400 old
 size larger than the checkpoint size; 409 old size differs from the stored
 size (body ``<stored size>\\n``, ``Content-Type: text/x.tlog.size``); 422 the
 consistency proof does not verify (or is not empty for old size 0); 409 equal
@@ -35,7 +37,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.ledger import merkle
-from flower_chain.ledger.checkpoint import Checkpoint, open_note, parse_verifier_key
+from flower_chain.ledger.checkpoint import Checkpoint, open_note, parse_note, parse_verifier_key
 from flower_chain.ledger.cosignature import cosigner_verifier_key, sign_cosignature
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
 from flower_chain.ledger.text import is_decimal
@@ -218,6 +220,10 @@ class Witness:
             if len(h) != merkle.HASH_SIZE:
                 return Reply(400, b"a consistency proof line is not a 32-byte hash\n")
             proof.append(h)
+        try:
+            parse_note(note)  # strictly, every line first: the answer never depends on their order
+        except CheckpointError as e:
+            return Reply(400, f"malformed signed note: {e}\n".encode())
         origin = note.split("\n", 1)[0]
         keys = self.logs.get(origin)
         if keys is None:
