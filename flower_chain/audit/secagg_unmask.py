@@ -1,0 +1,92 @@
+"""SecAgg+ unmasking: the code the server runs and the auditor re-runs on the transcript alone.
+
+Flower's primitives (Shamir over GF(2^128) chunks, ECDH + HKDF pairwise keys) and
+:mod:`flower_chain.ledger.secagg_masks` (generators, dequantization). Every function is total on hostile
+input: a problem comes back as text, never as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key, public_key_to_bytes
+
+from flower_chain.ledger.secagg import seed_digest
+from flower_chain.ledger.secagg_masks import add_mod, mask_vectors
+
+
+def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
+    """The secret of ``shares`` (at least ``threshold`` of them), or why it cannot be rebuilt."""
+    shares = [s for s in shares if isinstance(s, bytes)]
+    if len(shares) < threshold:
+        return f"{len(shares)} shares revealed, {threshold} needed"
+    lengths = {len(s) for s in shares}
+    if len(lengths) != 1 or (lengths.pop() - 4) % 16 or len(shares[0]) <= 4:
+        return "the shares have different or impossible lengths"
+    if len({s[:4] for s in shares}) != len(shares):
+        return "two shares have the same index"
+    try:
+        return combine_shares(list(shares))
+    except Exception as e:  # noqa: BLE001 - shares that do not reconstruct are a finding, never a crash
+        return f"the shares do not reconstruct ({type(e).__name__})"
+
+
+def check_seed(secret: bytes, committed: bytes) -> str | None:
+    """Problem if a rebuilt mask seed is not the one the node committed to in its masked-input statement."""
+    return None if seed_digest(secret) == committed else "the rebuilt mask seed is not the one the node committed"
+
+
+def check_key(secret: bytes, pk1: bytes) -> str | None:
+    """Problem if a rebuilt private key is not the one behind the node's stage 0 public key ``pk1``."""
+    try:
+        if public_key_to_bytes(bytes_to_private_key(secret).public_key()) == pk1:
+            return None
+    except Exception:  # noqa: BLE001 - not a key at all
+        return "the rebuilt secret is not a private key"
+    return "the rebuilt private key does not match the node's public key"
+
+
+def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, bytes], keys: Mapping[str, bytes],
+           pk1: Mapping[str, bytes], sources: Mapping[str, Sequence[str]], mod_range: int,
+           generator: str) -> list[np.ndarray] | str:
+    """The sum of the live nodes' inputs: their masked vectors minus their own masks and the pairwise masks
+    they shared with dropped nodes.
+
+    Parameters
+    ----------
+    vectors : mapping
+        Live node -> its masked vector (int64 arrays, the weight first).
+    seeds : mapping
+        Live node -> its rebuilt mask seed.
+    keys : mapping
+        Dropped node -> its rebuilt first private key.
+    pk1 : mapping
+        Node -> its first public key (stage 0).
+    sources : mapping
+        Live node -> the nodes whose shares it received (it added a pairwise mask with each).
+    """
+    live = sorted(vectors, key=int)
+    if not live:
+        return "no live input"
+    shapes = [np.asarray(a).shape for a in vectors[live[0]]]
+    total = [np.zeros(s, dtype=np.int64) for s in shapes]
+    try:
+        for nid in live:
+            total = add_mod(total, [np.asarray(a, dtype=np.int64) for a in vectors[nid]], mod_range)
+        for nid in live:
+            total = add_mod(total, mask_vectors(seeds[nid], mod_range, shapes, generator), mod_range, -1)
+        for v, secret in sorted(keys.items(), key=lambda t: int(t[0])):
+            sk = bytes_to_private_key(secret)
+            for u in live:
+                if v not in sources.get(u, ()):
+                    continue
+                shared = generate_shared_key(sk, bytes_to_public_key(pk1[u]))
+                # u added +mask when u > v, -mask otherwise: take it back out
+                total = add_mod(total, mask_vectors(shared, mod_range, shapes, generator), mod_range,
+                                -1 if int(u) > int(v) else 1)
+    except Exception as e:  # noqa: BLE001 - a missing seed, key or public key is a finding
+        return f"cannot unmask: {type(e).__name__}: {e}"
+    return total

@@ -1,0 +1,295 @@
+"""``secagg_mod``: the client side of flower-chain's SecAgg+ (Flower's protocol, every reply signed).
+
+Use it in a legacy ClientApp beside the signing mod::
+
+    app = ClientApp(client_fn=client_fn, mods=[signing_mod, secagg_mod])
+
+``signing_mod`` signs the evaluate replies as usual and lets the SecAgg+ stages through (they carry no
+plain ledger context); ``secagg_mod`` runs the four SecAgg+ stages of a train round with Flower's own
+primitives (key agreement, Shamir shares, Fernet, quantization) against a
+:class:`~flower_chain.strategies.LedgerSecAggPlusWorkflow` server and signs each stage reply over the
+request it answers (:class:`~flower_chain.ledger.secagg.StageStatement`). Before revealing any share it
+verifies that the live/dropped commitment is in the server's signed log, consistent with the checkpoint
+it verified at stage 0, and that what it is asked matches it (:mod:`flower_chain.clients.secagg_checks`);
+on a mismatch it sends a signed refusal instead of shares. The key is the signing mod's (node config
+``signing-key`` or ``FLOWER_CHAIN_SIGNING_KEY``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, parameters_multiply
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat, \
+    share_keys_plaintext_separate
+from flwr.common import parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key, generate_key_pairs, \
+    private_key_to_bytes, public_key_to_bytes
+
+from flower_chain.clients import secagg_checks as checks
+from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.encoding import decode, encode
+from flower_chain.ledger.keys import key_id, load_private
+from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, StageStatement, request_digest, seed_digest
+from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mod, mask_vectors
+
+log = logging.getLogger(__name__)
+RECORD = "flower-chain.secagg"  # the config record of every SecAgg+ instruction and reply
+STATE = "flower-chain.secagg-state"  # the node's protocol state in Context.state
+NEXT = {SETUP: SHARE_KEYS, SHARE_KEYS: MASKED, MASKED: UNMASK}
+
+
+class Refusal(Exception):
+    """A stage this node will not answer (the mod replies with the reason as a Flower error)."""
+
+
+def _load(context: Context) -> dict:
+    rec = context.state.config_records.get(STATE)
+    raw = rec.get("state") if rec is not None else None
+    return decode(raw) if isinstance(raw, bytes) else {"pins": {}}
+
+
+def _save(context: Context, state: dict) -> None:
+    context.state.config_records[STATE] = ConfigRecord({"state": encode(state)})
+
+
+def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server_key: bytes | None = None,
+                    allow_weak_generator: bool = True):
+    """A SecAgg+ mod signing with ``key`` (or each node's signing key when ``None``).
+
+    Parameters
+    ----------
+    key : Ed25519PrivateKey, str or Path, optional
+        The node's update-signing key; ``None``: node config ``signing-key`` / ``FLOWER_CHAIN_SIGNING_KEY``.
+    server_key : bytes, optional
+        The server's raw Ed25519 key; ``None``: the first key a federation's checkpoint names is pinned.
+    allow_weak_generator : bool
+        Take part in rounds using Flower's 32-bit mask generator (default True; refused when False).
+    """
+    fixed = load_private(key) if isinstance(key, (str, Path)) else key
+
+    def secagg_mod(msg: Message, context: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
+            return call_next(msg, context)
+        from flower_chain.clients.signing import key_path_for  # noqa: PLC0415 - one key per node, as signing_mod
+
+        signer = fixed if fixed is not None else load_private(key_path_for(context))
+        node = _Node(signer, server_key, allow_weak_generator, context)
+        try:
+            reply = node.answer(msg, call_next)
+        except Refusal as e:
+            log.error("flower-chain SecAgg+: node %s refuses: %s", context.node_id, e)
+            node.save()
+            raise
+        node.save()
+        return reply
+
+    return secagg_mod
+
+
+class _Node:
+    """One node answering one SecAgg+ instruction."""
+
+    def __init__(self, signer: Ed25519PrivateKey, server_key: bytes | None, allow_weak: bool,
+                 context: Context) -> None:
+        self.signer, self.kid, self.context = signer, key_id(signer), context
+        self.server_key, self.allow_weak = server_key, allow_weak
+        self.state = _load(context)
+
+    def save(self) -> None:
+        _save(self.context, self.state)
+
+    def answer(self, msg: Message, call_next) -> Message:
+        req = checks.parse_request(msg.content.config_records[RECORD].get("request"))
+        if isinstance(req, str):
+            raise Refusal(req)
+        stage, me = req["stage"], str(msg.metadata.dst_node_id)
+        if stage == SETUP:
+            reply, payload, content = self._setup(req, me), {}, RecordDict()
+        else:
+            rnd = self.state.get("round")
+            if rnd is None or req["round_id"] != rnd["round_id"] or rnd["node_id"] != me:
+                raise Refusal(f"a {stage} instruction for a round this node did not set up")
+            if NEXT.get(rnd["stage"]) != stage:
+                raise Refusal(f"a {stage} instruction after stage {rnd['stage']} (each stage is answered once)")
+            rnd["stage"] = stage
+            content = RecordDict()
+            if stage == SHARE_KEYS:
+                reply, payload = self._share_keys(req["content"], rnd)
+            elif stage == MASKED:
+                reply, payload, content = self._masked(req["content"], rnd, msg, call_next)
+            elif stage == UNMASK:
+                reply, payload = self._unmask(req, rnd), {}
+            else:
+                raise Refusal(f"unknown stage {stage!r}")
+        rnd = self.state["round"]
+        st = StageStatement(rnd["header"]["federation_id"], rnd["header"]["round"], rnd["round_id"], stage, me,
+                            self.kid, request_digest(stage, req["content"]), reply)
+        data = st.to_bytes()
+        content.config_records[RECORD] = ConfigRecord({"statement": data, "signature": self.signer.sign(data),
+                                                       "payload": encode(payload)})
+        return Message(content, reply_to=msg)
+
+    # -- stage 0 ------------------------------------------------------------------------------------
+    def _setup(self, req: dict, me: str) -> dict:
+        header, proof = req["content"].get("header"), req["proof"]
+        problem = checks.header_problem(header, me)
+        if problem:
+            raise Refusal(f"round header: {problem}")
+        if header["generator"] in WEAK_GENERATORS and not self.allow_weak:
+            raise Refusal(f"the round uses the weak mask generator {header['generator']}")
+        fid = header["federation_id"]
+        pin = self.state["pins"].get(fid)
+        server = self.server_key or (pin["server_key"] if pin else proof.get("server_key"))
+        if not isinstance(server, bytes):
+            raise Refusal("no server key to verify the checkpoint with")
+        last = (pin["size"], pin["root"]) if pin else None
+        proofs = proof.get("consistency") if isinstance(proof.get("consistency"), dict) else {}
+        cp, problem = checks.checkpoint_problem(proof.get("checkpoint"), server, fid, last,
+                                                proofs.get(str(last[0])) if last else b"")
+        if problem:
+            raise Refusal(problem)
+        self.state["pins"][fid] = {"server_key": server, "size": cp[0], "root": cp[1]}
+        sk1, pk1 = generate_key_pairs()
+        sk2, pk2 = generate_key_pairs()
+        self.state["round"] = {
+            "header": header, "round_id": req["round_id"], "node_id": me, "stage": SETUP,
+            "sk1": private_key_to_bytes(sk1), "pk1": public_key_to_bytes(pk1),
+            "sk2": private_key_to_bytes(sk2), "pk2": public_key_to_bytes(pk2),
+            "cp_size": cp[0], "cp_root": cp[1], "server_key": server,
+            "seed": b"", "seed_shares": {}, "key_shares": {}, "ss2": {}, "pks": {}, "masked_digest": b""}
+        return {"pk1": self.state["round"]["pk1"], "pk2": self.state["round"]["pk2"]}
+
+    # -- stage 1 ------------------------------------------------------------------------------------
+    def _share_keys(self, content: dict, rnd: dict) -> tuple[dict, dict]:
+        keys, me, header = content.get("keys"), rnd["node_id"], rnd["header"]
+        if not isinstance(keys, dict) or not all(isinstance(v, list) and len(v) == 2 and all(
+                isinstance(b, bytes) for b in v) for v in keys.values()):
+            raise Refusal("the share-keys request does not map node ids to two public keys")
+        neigh = set(checks.neighbours_of(header, me))
+        if not set(keys) <= neigh:
+            raise Refusal("the server forwards keys of nodes that are not this node's neighbours")
+        if keys.get(me) != [rnd["pk1"], rnd["pk2"]]:
+            raise Refusal("the server forwards other public keys for this node than it sent")
+        flat = [b for v in keys.values() for b in v]
+        if len(set(flat)) != len(flat):
+            raise Refusal("two forwarded public keys are identical")
+        if len(keys) < header["params"]["threshold"]:
+            raise Refusal("fewer neighbours than the threshold")
+        rnd["seed"] = os.urandom(32)
+        t, order = header["params"]["threshold"], sorted(keys, key=int)
+        seed_shares = create_shares(rnd["seed"], t, len(order))
+        key_shares = create_shares(rnd["sk1"], t, len(order))
+        sent, cts = {}, {}
+        sk2 = bytes_to_private_key(rnd["sk2"])
+        for i, nid in enumerate(order):
+            rnd["pks"][nid] = keys[nid]
+            if nid == me:
+                rnd["seed_shares"][me], rnd["key_shares"][me] = seed_shares[i], key_shares[i]
+                continue
+            try:
+                shared = generate_shared_key(sk2, bytes_to_public_key(keys[nid][1]))
+            except Exception as e:  # noqa: BLE001 - a key that is no EC point: refuse, never crash
+                raise Refusal(f"the public key of node {nid} is unusable: {type(e).__name__}") from e
+            rnd["ss2"][nid] = shared
+            ct = encrypt(shared, share_keys_plaintext_concat(int(me), int(nid), seed_shares[i], key_shares[i]))
+            cts[nid], sent[nid] = ct, hashlib.sha256(ct).digest()
+        return {"sent": sent}, {"ciphertexts": cts}
+
+    # -- stage 2 ------------------------------------------------------------------------------------
+    def _masked(self, content: dict, rnd: dict, msg: Message, call_next) -> tuple[dict, dict, RecordDict]:
+        cts, me, p = content.get("ciphertexts"), rnd["node_id"], rnd["header"]["params"]
+        if not isinstance(cts, dict):
+            raise Refusal("the masked-input request carries no ciphertexts")
+        sources = []
+        for src, ct in sorted(cts.items(), key=lambda t: int(t[0]) if t[0].isdigit() else -1):
+            if src not in rnd["ss2"] or not isinstance(ct, bytes):
+                continue  # never told this node's keys: no share, no pairwise mask
+            try:
+                real_src, dst, seed_share, key_share = share_keys_plaintext_separate(decrypt(rnd["ss2"][src], ct))
+            except Exception:  # noqa: BLE001 - a ciphertext that does not open is no share
+                continue
+            if str(real_src) != src or str(dst) != me:
+                continue
+            rnd["seed_shares"][src], rnd["key_shares"][src] = seed_share, key_share
+            sources.append(src)
+        if len(sources) + 1 < p["threshold"]:
+            raise Refusal("fewer neighbour shares than the threshold")
+        inner = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
+        out = call_next(_with(msg, inner), self.context)
+        fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
+        vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
+        named = [(str(i), a) for i, a in enumerate(vector)]
+        rnd["masked_digest"] = array_digest(named)
+        for arr_record in out.content.array_records.values():
+            arr_record.clear()
+        reply = {"digest": rnd["masked_digest"], "weight": int(vector[0].reshape(-1)[0]), "sources": sources,
+                 "seed_digest": seed_digest(rnd["seed"])}
+        return reply, {"vector": encode_arrays(named)}, out.content
+
+    def _mask(self, rnd: dict, num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
+        p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
+        q_ratio = round(num_examples / p["max_weight"] * p["quantization_range"])
+        params = parameters_multiply(params, q_ratio / p["quantization_range"])
+        vec = [np.asarray(a, dtype=np.int64) for a in factor_combine(q_ratio, quantize(
+            params, p["clipping_range"], p["quantization_range"]))]
+        shapes = [a.shape for a in vec]
+        vec = add_mod(vec, mask_vectors(rnd["seed"], p["mod_range"], shapes, gen), p["mod_range"])
+        sk1 = bytes_to_private_key(rnd["sk1"])
+        for src in sources:
+            shared = generate_shared_key(sk1, bytes_to_public_key(rnd["pks"][src][0]))
+            vec = add_mod(vec, mask_vectors(shared, p["mod_range"], shapes, gen), p["mod_range"],
+                          1 if me > int(src) else -1)
+        return vec
+
+    # -- stage 3 ------------------------------------------------------------------------------------
+    def _unmask(self, req: dict, rnd: dict) -> dict:
+        c = req["content"]
+        active, dead = c.get("active"), c.get("dead")
+        reply = {"active": active if isinstance(active, list) else [], "dead": dead if isinstance(dead, list) else [],
+                 "checkpoint_size": -1, "checkpoint_root": b"", "seed_shares": {}, "key_shares": {}, "refused": ""}
+        if not all(isinstance(x, str) and x.isdigit() for x in reply["active"] + reply["dead"]):
+            reply["active"], reply["dead"] = [], []
+        commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd)
+        if cp is not None:
+            reply["checkpoint_size"], reply["checkpoint_root"] = cp
+        if problem is None and c.get("log_size") != (cp[0] if cp else None):
+            problem = "the request names another log size than the checkpoint it proves"
+        if problem is None:
+            problem = checks.unmask_problem(commit, active, dead, rnd)
+        if problem is not None:
+            log.error("flower-chain SecAgg+: node %s reveals nothing in round %s: %s", rnd["node_id"],
+                      rnd["header"]["round"], problem)
+            reply["refused"] = problem
+            return reply
+        fid = rnd["header"]["federation_id"]
+        self.state["pins"][fid] = {"server_key": rnd["server_key"], "size": cp[0], "root": cp[1]}
+        reply["seed_shares"] = {nid: rnd["seed_shares"][nid] for nid in active}
+        reply["key_shares"] = {nid: rnd["key_shares"][nid] for nid in dead}
+        return reply
+
+
+def _with(msg: Message, content: RecordDict) -> Message:
+    """The instruction with ``content`` (the SecAgg+ record removed) for the app's own train function."""
+    from flwr.app import Metadata  # noqa: PLC0415
+
+    md = msg.metadata
+    meta = Metadata(run_id=md.run_id, message_id=md.message_id, src_node_id=md.src_node_id,
+                    dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id, group_id=md.group_id,
+                    created_at=md.created_at, ttl=md.ttl, message_type=md.message_type)
+    return Message(content=content, metadata=meta)
+
+
+#: The mod for ``ClientApp(client_fn=..., mods=[signing_mod, secagg_mod])``: each node's signing key.
+secagg_mod = make_secagg_mod()

@@ -1,0 +1,153 @@
+"""What a SecAgg+ node checks before it answers: the round header, the checkpoints, the committed lists.
+
+No flwr. Each check returns a problem (text) or ``None``; nothing here raises on hostile input.
+docs/secagg.md §5 lists the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flower_chain.ledger import merkle
+from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.encoding import decode
+from flower_chain.ledger.entries import decode_entry
+from flower_chain.ledger.errors import EncodingError, LedgerError
+from flower_chain.ledger.secagg import COMMIT, SecAggEntry, check_commit, check_header
+from flower_chain.ledger.secagg_masks import neighbour_graph
+from flower_chain.ledger.writer import origin_for
+
+
+def parse_request(raw: Any) -> dict | str:
+    """The request map of a SecAgg+ instruction, or the problem with it."""
+    if not isinstance(raw, bytes):
+        return "the instruction carries no flower-chain SecAgg+ request"
+    try:
+        req = decode(raw)
+    except EncodingError as e:
+        return f"the request does not decode: {e}"
+    want = {"stage": str, "round_id": bytes, "content": dict, "proof": dict}
+    if not isinstance(req, dict) or sorted(req) != sorted(want) or not all(isinstance(req[k], t)
+                                                                          for k, t in want.items()):
+        return "the request does not have the fields stage, round_id, content, proof"
+    return req
+
+
+def header_problem(header: Any, node_id: str) -> str | None:
+    """Why a round header cannot be taken part in, or ``None``."""
+    try:
+        check_header(header)
+    except EncodingError as e:
+        return str(e)
+    p = header["params"]
+    n = len(header["sampled"])
+    if node_id not in header["sampled"]:
+        return "this node is not among the round's sampled nodes"
+    if not 2 <= p["threshold"] <= min(p["num_shares"], n):
+        return f"threshold {p['threshold']} is not in [2, min(num_shares, sampled)]"
+    mod = p["mod_range"]
+    if mod < 2 or mod > 2**32 or mod & (mod - 1) or not 0 < p["quantization_range"] < mod:
+        return "mod_range must be a power of two up to 2**32 above quantization_range"
+    if not p["clipping_range"] > 0 or not p["max_weight"] > 0:
+        return "clipping_range and max_weight must be positive"
+    return None
+
+
+def neighbours_of(header: dict, node_id: str) -> list[str]:
+    """This node's neighbours (itself included) by the header's committed graph seed."""
+    graph = neighbour_graph(header["sampled"], header["params"]["num_shares"], header["graph_seed"])
+    return graph.get(node_id, [])
+
+
+def checkpoint_problem(note: Any, server_key: bytes, federation_id: str, last: tuple[int, bytes] | None,
+                       consistency: Any) -> tuple[tuple[int, bytes] | None, str | None]:
+    """Verify a checkpoint note and its consistency with the last one this node verified.
+
+    Returns ((size, root), None) or (None, problem).
+    """
+    if not isinstance(note, str):
+        return None, "no checkpoint"
+    try:
+        cp = verify_checkpoint(note, server_key, origin_for(federation_id))
+    except (LedgerError, ValueError) as e:
+        return None, f"the checkpoint does not verify: {e}"
+    if last is not None:
+        problem = _consistent(last, (cp.size, cp.root_hash), consistency)
+        if problem:
+            return None, problem
+    return (cp.size, cp.root_hash), None
+
+
+def _split(raw: Any) -> list[bytes] | None:
+    if not isinstance(raw, bytes) or len(raw) % 32:
+        return None
+    return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+
+
+def _consistent(old: tuple[int, bytes], new: tuple[int, bytes], proof: Any) -> str | None:
+    hashes = _split(proof)
+    if hashes is None:
+        return "the consistency proof is not a list of 32-byte hashes"
+    try:
+        merkle.verify_consistency(old[0], new[0], hashes, old[1], new[1])
+    except LedgerError as e:
+        return f"the log is not consistent with the checkpoint of size {old[0]} this node saw (a fork?): {e}"
+    return None
+
+
+def committed_lists(proof: dict, server_key: bytes, state: dict) -> tuple[dict | None, tuple | None, str | None]:
+    """Verify the commit block a stage 3 request points to; return (commitment, (size, root), problem).
+
+    The commitment entry must be in the log of a checkpoint signed by the server that extends the
+    checkpoint this node verified at stage 0, and commit this round.
+    """
+    fid = state["header"]["federation_id"]
+    last = (state["cp_size"], state["cp_root"])
+    cp, problem = checkpoint_problem(proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"))
+    if problem:
+        return None, None, problem
+    entry_bytes, index, path = proof.get("entry"), proof.get("index"), _split(proof.get("inclusion"))
+    if not isinstance(entry_bytes, bytes) or not isinstance(index, int) or path is None:
+        return None, cp, "the request does not carry the commitment entry with its inclusion proof"
+    try:
+        merkle.verify_inclusion(merkle.leaf_hash(entry_bytes), index, cp[0], path, cp[1])
+        entry = decode_entry(entry_bytes)
+    except LedgerError as e:
+        return None, cp, f"the commitment is not in the signed log: {e}"
+    if not isinstance(entry, SecAggEntry) or entry.stage != COMMIT or entry.round != state["header"]["round"]:
+        return None, cp, "the entry proved is not this round's live/dropped commitment"
+    try:
+        commit = check_commit(entry.data)
+    except EncodingError as e:
+        return None, cp, f"the commitment is malformed: {e}"
+    if commit["round_id"] != state["round_id"]:
+        return None, cp, "the commitment is for another round header"
+    return commit, cp, None
+
+
+def unmask_problem(commit: dict, told_active: Any, told_dead: Any, state: dict) -> str | None:
+    """Why the lists a node is told do not match the commitment, or what it must never reveal."""
+    me = state["node_id"]
+    if not (isinstance(told_active, list) and isinstance(told_dead, list)):
+        return "the request does not carry active and dead lists"
+    neigh = set(neighbours_of(state["header"], me))
+    live, dropped = set(commit["live"]), set(commit["dropped"])
+    if commit["masked"].get(me) != state.get("masked_digest"):
+        return "the commitment does not hold this node's masked input as it sent it"
+    if sorted(told_active) != sorted(neigh & live):
+        return "the active list differs from the committed live nodes among this node's neighbours"
+    if sorted(told_dead) != sorted(neigh & dropped):
+        return "the dead list differs from the committed dropped nodes among this node's neighbours"
+    for nid in told_dead:
+        if nid in commit["masked"] or nid in live:
+            return f"asked a key share of node {nid}, whose masked input is committed"
+        if nid not in state["key_shares"]:
+            return f"asked a key share of node {nid}, which never shared keys with this node"
+    for nid in told_active:
+        if nid in dropped:
+            return f"asked a seed share of node {nid}, which is committed as dropped"
+        if nid not in state["seed_shares"]:
+            return f"asked a seed share of node {nid}, which never shared keys with this node"
+    if len(told_active) < state["header"]["params"]["threshold"]:
+        return "fewer live neighbours than the threshold"
+    return None

@@ -1,0 +1,301 @@
+"""LedgerSecAggPlusWorkflow: Flower's SecAgg+ with every stage judged and recorded on the ledger.
+
+A drop-in for ``flwr.server.workflow.SecAggPlusWorkflow`` inside ``DefaultWorkflow``, with a
+:class:`~flower_chain.strategies.LegacyLedgerStrategy` as the ``ServerApp`` strategy and
+:data:`flower_chain.clients.secagg.secagg_mod` on the clients::
+
+    workflow = DefaultWorkflow(fit_workflow=LedgerSecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3))
+
+What it changes (docs/secagg.md): every stage reply is signed and judged (a rejected reply counts as a
+dropout, never an exception); the neighbour graph comes from a seed committed in the round header; the
+live/dropped sets are committed in a signed block before the unmask stage, and clients check it; a node
+dropping in stage 0 or 1 no longer halts the round; masks come from AES-256-CTR over the full seed unless
+``mask_generator="flwr-randomstate-32"`` (Flower's, recorded as such). The server never holds a
+plaintext update: the blob store gets masked vectors and the aggregate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, cast
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+
+from flower_chain.audit.secagg_unmask import check_key, check_seed, combine, unmask
+from flower_chain.ledger import proofs
+from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.encoding import encode
+from flower_chain.ledger.keys import raw_public
+from flower_chain.ledger.secagg import COMMIT, HEADER, MASKED, RESULT, SETUP, SHARE_KEYS, UNMASK, header_digest, \
+    server_record
+from flower_chain.ledger.secagg_masks import AES256_CTR_V1, GENERATORS, finish_aggregate, neighbour_graph
+from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
+from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
+
+log = logging.getLogger(__name__)
+
+
+class LedgerSecAggPlusWorkflow:
+    """SecAgg+ whose transcript is on the ledger (parameters as ``SecAggPlusWorkflow``'s, plus the generator).
+
+    Parameters
+    ----------
+    num_shares, reconstruction_threshold : int or float
+        As Flower's: shares per secret (a float: a fraction of the sampled nodes) and shares needed.
+    max_weight, clipping_range, quantization_range, modulus_range, timeout
+        As Flower's ``SecAggPlusWorkflow``.
+    mask_generator : str
+        ``"aes256-ctr-v1"`` (default) or ``"flwr-randomstate-32"`` (Flower's; ``audit`` warns).
+    """
+
+    def __init__(self, num_shares: int | float, reconstruction_threshold: int | float, *,
+                 max_weight: float = 1000.0, clipping_range: float = 8.0, quantization_range: int = 4194304,
+                 modulus_range: int = 4294967296, timeout: float | None = None,
+                 mask_generator: str = AES256_CTR_V1) -> None:
+        if mask_generator not in GENERATORS:
+            raise ValueError(f"mask_generator must be one of {GENERATORS}, not {mask_generator!r}")
+        if modulus_range > 2**32 or modulus_range & (modulus_range - 1) or modulus_range <= quantization_range:
+            raise ValueError("modulus_range must be a power of two up to 2**32 above quantization_range")
+        if max_weight <= 0 or clipping_range <= 0 or quantization_range <= 0:
+            raise ValueError("max_weight, clipping_range and quantization_range must be positive")
+        self.num_shares, self.reconstruction_threshold = num_shares, reconstruction_threshold
+        self.max_weight, self.clipping_range = float(max_weight), float(clipping_range)
+        self.quantization_range, self.modulus_range = int(quantization_range), int(modulus_range)
+        self.timeout, self.mask_generator = timeout, mask_generator
+        self.sent_sizes: dict[str, set[int]] = {}  # node -> checkpoint sizes it was sent (consistency proofs)
+        self.last_round: dict[str, Any] = {}  # figures of the last round (tests, bench)
+
+    def _shares(self, n: int) -> tuple[int, int]:
+        """(num_shares, threshold) for ``n`` sampled nodes, as Flower computes them."""
+        shares = self.num_shares
+        if isinstance(shares, float):
+            shares = round(shares * n)
+            if shares < n and shares % 2 == 0:
+                shares += 1
+            if shares <= 2:
+                shares = n
+        t = self.reconstruction_threshold
+        t = max(round(t * shares), 2) if isinstance(t, float) else int(t)
+        return int(shares), int(t)
+
+    def __call__(self, grid, context) -> None:
+        if not isinstance(context, LegacyContext):
+            raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
+        core = getattr(context.strategy, "core", None)
+        if core is None:
+            raise TypeError("LedgerSecAggPlusWorkflow needs a LegacyLedgerStrategy as the ServerApp strategy")
+        t0 = time.perf_counter()
+        rnd = _Round(self, grid, context, core)
+        if rnd.setup():
+            rnd.run()
+        self.last_round = {**rnd.figures, "seconds": time.perf_counter() - t0}
+
+
+class _Round:
+    """One SecAgg+ round: four stages, two blocks."""
+
+    def __init__(self, wf: LedgerSecAggPlusWorkflow, grid, context, core) -> None:
+        self.wf, self.grid, self.context, self.core = wf, grid, context, core
+        cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
+        self.round = int(cast(int, cfg[WorkflowKey.CURRENT_ROUND]))
+        self.entries: list = []
+        self.verdicts: dict[str, dict[str, Verdict]] = {s: {} for s in (SETUP, SHARE_KEYS, MASKED, UNMASK)}
+        self.figures: dict[str, Any] = {"round": self.round}
+
+    # -- messaging ----------------------------------------------------------------------------------
+    def _exchange(self, stage: str, requests: dict[str, tuple[dict, dict, RecordDict | None]],
+                  expect: dict[str, dict]) -> set[str]:
+        """Send each node its request, judge the replies; return the nodes whose reply was accepted."""
+        msgs = []
+        for nid, (content, proof, base) in requests.items():
+            body = RecordDict(dict(base.items())) if base is not None else RecordDict()
+            body.config_records[RECORD] = ConfigRecord({"request": encode(
+                {"stage": stage, "round_id": self.round_id, "content": content, "proof": proof})})
+            msgs.append(Message(content=body, dst_node_id=int(nid), message_type=MessageType.TRAIN,
+                                group_id=str(self.round)))
+        try:
+            replies = list(self.grid.send_and_receive(msgs, timeout=self.wf.timeout)) if msgs else []
+        except Exception as e:  # noqa: BLE001 - the transport failing is every node dropping, not a crash
+            log.error("round %d stage %s: sending failed (%s)", self.round, stage, e)
+            replies = []
+        got: dict[str, Verdict] = {}
+        for reply in replies:
+            nid = str(getattr(reply.metadata, "src_node_id", ""))
+            if nid not in requests:
+                continue  # not asked: nothing to judge it against
+            if reply.has_error():
+                v = self.judge.missing(stage, nid, "client-error", str(getattr(reply.error, "reason", "")))
+            else:
+                rec = reply.content.config_records.get(RECORD)
+                v = self.judge.judge(stage, nid, rec, requests[nid][0], expect.get(nid, {}))
+            if nid in got and got[nid].accepted:
+                v = self.judge.missing(stage, nid, "duplicate", "a second reply to this stage")
+                self.entries.append(v.entry)
+                continue
+            got[nid] = v
+        for nid in requests:
+            v = got.get(nid) or self.judge.missing(stage, nid)
+            self.verdicts[stage][nid] = v
+            self.entries.append(v.entry)
+        return {nid for nid, v in self.verdicts[stage].items() if v.accepted}
+
+    # -- stage 0 ------------------------------------------------------------------------------------
+    def setup(self) -> bool:
+        ctx = self.context
+        parameters = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        pairs = ctx.strategy.configure_fit(self.round, parameters, ctx.client_manager)
+        if not pairs:
+            log.info("configure_fit: no clients selected, cancel")
+            return False
+        config = dict(pairs[0][1].config)
+        self.fitins = {}
+        for proxy, ins in pairs:
+            plain = {k: v for k, v in ins.config.items() if not str(k).startswith(PREFIX)}
+            ins.config = plain
+            self.fitins[str(proxy.node_id)] = compat.fitins_to_recorddict(ins, True)
+        self.model = parameters_to_ndarrays(parameters)
+        sampled = sorted(self.fitins, key=int)
+        shares, t = self.wf._shares(len(sampled))
+        self.header = {
+            "federation_id": self.core.federation_id, "round": self.round,
+            "parent": bytes(config.get(CTX_PARENT, b"")), "base_digest": bytes(config.get(CTX_BASE, b"")),
+            "params": {"num_shares": shares, "threshold": t, "clipping_range": self.wf.clipping_range,
+                       "quantization_range": self.wf.quantization_range, "mod_range": self.wf.modulus_range,
+                       "max_weight": self.wf.max_weight},
+            "sampled": sampled, "graph_seed": os.urandom(32), "generator": self.wf.mask_generator,
+            "nonce": os.urandom(16)}
+        self.round_id = header_digest(self.header)
+        self.t = t
+        self.graph = neighbour_graph(sampled, shares, self.header["graph_seed"])
+        self.judge = StageJudge(self.core.federation_id, self.round, self.round_id, self.core.keys,
+                                self.core.revoked)
+        self.entries.append(server_record(self.round, HEADER, self.header))
+        head = self.core.writer.head
+        self.head_size = head.header.log_size
+        requests = {nid: ({"header": self.header}, self._proof0(nid, head), None) for nid in sampled}
+        self.a0 = self._exchange(SETUP, requests, {})
+        self.pks = {n: self.verdicts[SETUP][n].statement.reply for n in self.a0}
+        self.figures.update(sampled=len(sampled), setup=len(self.a0))
+        return True
+
+    def _proof0(self, nid: str, head) -> dict:
+        cons = {}
+        for size in sorted(self.wf.sent_sizes.get(nid, ())):
+            try:
+                cons[str(size)] = b"".join(proofs.consistency_proof(self.core.ledger, size, head.header.log_size))
+            except Exception:  # noqa: BLE001 - a size this ledger never had: the node will say so
+                continue
+        self.wf.sent_sizes[nid] = {head.header.log_size}
+        return {"checkpoint": head.checkpoint, "server_key": raw_public(self.core.writer.server_key),
+                "consistency": cons}
+
+    # -- stages 1-3 ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        a1 = self._exchange(SHARE_KEYS, {n: ({"keys": {m: [self.pks[m]["pk1"], self.pks[m]["pk2"]] for m in
+                                                        self.graph[n] if m in self.a0}}, {}, None)
+                                         for n in sorted(self.a0, key=int)},
+                            {n: {"to": [m for m in self.graph[n] if m in self.a0 and m != n]} for n in self.a0})
+        fwd: dict[str, dict[str, bytes]] = {n: {} for n in a1}
+        for src in a1:
+            for dst, ct in self.verdicts[SHARE_KEYS][src].payload["ciphertexts"].items():
+                if dst in fwd:
+                    fwd[dst][src] = ct
+        shapes = [(1,)] + [tuple(a.shape) for a in self.model]
+        a2 = self._exchange(MASKED, {n: ({"ciphertexts": fwd[n]}, {}, self.fitins[n]) for n in sorted(a1, key=int)},
+                            {n: {"shapes": shapes, "mod_range": self.wf.modulus_range, "sources": sorted(fwd[n])}
+                             for n in a1})
+        live, dropped = sorted(a2, key=int), sorted(a1 - a2, key=int)
+        self.figures.update(share_keys=len(a1), masked=len(a2), dropped=len(dropped))
+        masked = {n: self.verdicts[MASKED][n].statement.reply["digest"] for n in live}
+        self.core.ledger.put_blobs((masked[n], self.verdicts[MASKED][n].payload["vector"]) for n in live)
+        commit = server_record(self.round, COMMIT, {"round_id": self.round_id, "live": live, "dropped": dropped,
+                                                    "masked": masked})
+        self.entries.append(commit)
+        block = self.core.recorder.commit(self.round, self.entries)
+        index = block.header.first_index + len(self.entries) - 1
+        self.entries = []
+        size = block.header.log_size
+        inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
+        consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
+        proof = {"checkpoint": block.checkpoint, "entry": commit.to_bytes(), "index": index, "inclusion": inclusion,
+                 "consistency": consistency}
+        for n in live:
+            self.wf.sent_sizes.setdefault(n, set()).add(size)
+        requests = {n: ({"active": [m for m in self.graph[n] if m in a2],
+                         "dead": [m for m in self.graph[n] if m in dropped], "commit_index": index,
+                         "log_size": size}, proof, None) for n in live}
+        self._exchange(UNMASK, requests, {})
+        self._finish(live, dropped)
+
+    def _finish(self, live: list[str], dropped: list[str]) -> None:
+        named, failure = None, ""
+        seeds, keys = {}, {}
+        seed_sh: dict[str, list[bytes]] = {n: [] for n in live}
+        key_sh: dict[str, list[bytes]] = {n: [] for n in dropped}
+        for v in self.verdicts[UNMASK].values():
+            if v.accepted:
+                for owner, share in v.statement.reply["seed_shares"].items():
+                    seed_sh.setdefault(owner, []).append(share)
+                for owner, share in v.statement.reply["key_shares"].items():
+                    key_sh.setdefault(owner, []).append(share)
+        for n in live:
+            secret = combine(seed_sh.get(n, []), self.t)
+            problem = secret if isinstance(secret, str) else check_seed(
+                secret, self.verdicts[MASKED][n].statement.reply["seed_digest"])
+            failure = failure or (f"node {n}'s mask seed: {problem}" if problem else "")
+            seeds[n] = secret
+        for n in dropped:
+            secret = combine(key_sh.get(n, []), self.t)
+            problem = secret if isinstance(secret, str) else check_key(secret, self.pks[n]["pk1"])
+            failure = failure or (f"node {n}'s key: {problem}" if problem else "")
+            keys[n] = secret
+        agg_digest, total = b"", None
+        if not live:
+            failure = failure or "no masked input"
+        if not failure:
+            total = unmask({n: self.verdicts[MASKED][n].payload["arrays"] for n in live}, seeds, keys,
+                           {n: self.pks[n]["pk1"] for n in self.pks},
+                           {n: self.verdicts[MASKED][n].statement.reply["sources"] for n in live},
+                           self.wf.modulus_range, self.wf.mask_generator)
+            failure = total if isinstance(total, str) else ""
+        if not failure:
+            agg_digest = array_digest([(str(i), a) for i, a in enumerate(total)])
+            try:
+                avg = finish_aggregate(total, self.wf.clipping_range, self.wf.quantization_range, len(live))
+                named = self.core.cast_aggregate(self.round, [(str(i), a) for i, a in enumerate(avg)])
+            except ValueError as e:
+                failure = str(e)
+        self._commit_result(live, named, agg_digest, failure)
+
+    def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str) -> None:
+        before = self.core.recorder.model_digest
+        after = array_digest(named) if named is not None else before
+        self.entries.append(server_record(self.round, RESULT, {
+            "round_id": self.round_id, "live": live if not failure else [], "aggregate_digest": agg_digest,
+            "names": [n for n, _ in named] if named else [], "dtypes": [str(a.dtype) for _, a in named] if named
+            else [], "model_after": after, "failure": failure}))
+        self.core.recorder.commit_train(self.round, None, before, self.entries, [], named, None)
+        self.figures.update(failure=failure, unmasked=sum(v.accepted for v in self.verdicts[UNMASK].values()))
+        rejected = [e for s in self.verdicts.values() for e in (v.entry for v in s.values()) if e.verdict != "accepted"]
+        self.core.stats[self.round] = {"accepted": len(live) if not failure else 0, "rejected": len(rejected),
+                                       "reasons": {r: sum(e.reason == r for e in rejected)
+                                                   for r in sorted({e.reason for e in rejected})},
+                                       "block_height": self.core.writer.head.header.height,
+                                       "log_size": self.core.writer.log_size}
+        if failure:
+            log.error("[flower-chain] SecAgg+ round %d failed: %s (the model stays)", self.round, failure)
+            return
+        arrays = [a for _, a in named]
+        self.context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            ndarrays_to_parameters(arrays), True)
+        self.context.history.add_metrics_distributed_fit(server_round=self.round, metrics={})
+        log.info("[flower-chain] SecAgg+ round %d: aggregate of %d masked inputs (%d dropped)", self.round,
+                 len(live), self.figures.get("dropped", 0))
