@@ -10,5 +10,6 @@ from flower_chain.strategies.core import LedgerCore
 from flower_chain.strategies.judge import Judgement, Reply
 from flower_chain.strategies.ledger_strategy import LedgerStrategy
 from flower_chain.strategies.legacy_ledger_strategy import LegacyLedgerStrategy
+from flower_chain.strategies.secagg_workflow import LedgerSecAggPlusWorkflow
 
-__all__ = ["Judgement", "LedgerCore", "LedgerStrategy", "LegacyLedgerStrategy", "Reply"]
+__all__ = ["Judgement", "LedgerCore", "LedgerSecAggPlusWorkflow", "LedgerStrategy", "LegacyLedgerStrategy", "Reply"]
