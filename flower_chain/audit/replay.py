@@ -66,9 +66,10 @@ __all__ = ["BUNDLED", "DP_WRAPPERS", "LEGACY_SETTINGS", "MISMATCH", "NOT_REDERIV
 class RoundAudit:
     """The replay of one block: ``status`` is ``ok``, ``mismatch`` or ``not-rederivable``.
 
-    ``train`` is False for an evaluation summary, or for a block that records no train update
-    (evaluation, revocation) listed only because it changes the global model or the strategy state.
-    ``sealed`` is True when the round's updates are sealed to an auditor key that was not given.
+    ``kind`` is ``train`` (a train block), ``evaluate`` (a federated evaluation summary) or ``block``
+    (a block that records no train update, listed only because it changes the global model or the
+    strategy state); ``train`` is ``kind == "train"``. ``sealed`` is True when the round's updates are
+    sealed to an auditor key that was not given.
     """
 
     height: int
@@ -76,11 +77,15 @@ class RoundAudit:
     status: str
     detail: str = ""
     accepted: int = 0
-    train: bool = True
+    kind: str = "train"
     sealed: bool = False
 
+    @property
+    def train(self) -> bool:
+        return self.kind == "train"
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "train": self.train}
 
 
 @dataclass
@@ -94,8 +99,8 @@ class AuditReport:
     updates_replayed: int = 0
     sealed_opened: int = 0
 
-    def _of(self, status: str, train: bool | None = None) -> list[RoundAudit]:
-        return [r for r in self.rounds if r.status == status and (train is None or r.train == train)]
+    def _of(self, status: str, kind: str | None = None) -> list[RoundAudit]:
+        return [r for r in self.rounds if r.status == status and (kind is None or r.kind == kind)]
 
     @property
     def mismatches(self) -> list[RoundAudit]:
@@ -116,7 +121,12 @@ class AuditReport:
 
     @property
     def train_rederived(self) -> list[RoundAudit]:
-        return self._of(OK, train=True)
+        return self._of(OK, kind="train")
+
+    @property
+    def evaluations(self) -> list[RoundAudit]:
+        """One per federated evaluation summary replayed (its status whatever it is)."""
+        return [r for r in self.rounds if r.kind == "evaluate"]
 
     @property
     def audited(self) -> bool:
@@ -128,7 +138,7 @@ class AuditReport:
                 "updates_replayed": self.updates_replayed, "sealed_opened": self.sealed_opened,
                 "train_rounds": len(self.train_rounds),
                 "rounds_rederived": [r.round for r in self.train_rederived],
-                "evaluations_rederived": [r.round for r in self._of(OK, train=False)],
+                "evaluations_rederived": [r.round for r in self._of(OK, kind="evaluate")],
                 "mismatches": [r.to_dict() for r in self.mismatches],
                 "not_rederivable": [r.to_dict() for r in self.not_rederived],
                 "audited": self.audited, "ok": not self.mismatches}
@@ -199,7 +209,7 @@ class _Audit:
             if not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
                 # a block without train updates (evaluation, revocation, cosignatures, empty) must not change them
                 self._add(RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes "
-                                     "the global model or the strategy state", train=False))
+                                     "the global model or the strategy state", kind="block"))
             if train:
                 self._train(h, train, state_before)
             self._evaluation(h, [(i, e) for i, e in updates if e.kind == "evaluate"],
@@ -236,4 +246,4 @@ class _Audit:
             status, detail = replay_evaluation(self.factory, h.round, accepted, summaries[0])
         else:
             status, detail = NOT_REDERIVABLE, self.why
-        self._add(RoundAudit(h.height, h.round, status, detail, len(accepted), train=False))
+        self._add(RoundAudit(h.height, h.round, status, detail, len(accepted), kind="evaluate"))

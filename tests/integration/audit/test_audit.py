@@ -202,10 +202,12 @@ def test_missing_updates_are_not_rederivable_and_strict_fails(tmp_path):
         rep = audit(led)
     assert {r.status for r in rep.rounds} == {NOT_REDERIVABLE}
     assert "4 of 4 accepted client updates are not in the blob store" in rep.rounds[0].detail
-    r = cli("ledger", "audit", uri)
-    assert r.returncode == 0 and "aggregation not re-derivable for rounds 1, 2, 3" in r.stdout + r.stderr
+    r = cli("ledger", "audit", uri)  # never AUDITED when a round was not re-derived: NOT AUDITED, exit 3
+    assert r.returncode == 3 and "AUDITED" not in r.stdout, r.stdout + r.stderr
+    assert "NOT AUDITED" in r.stderr and "0 of 3 train rounds re-derived" in r.stderr, r.stderr
+    assert "not re-derived: rounds 1, 2, 3: 4 of 4 accepted client updates are not in the blob store" in r.stderr
     r = cli("ledger", "audit", uri, "--strict")
-    assert r.returncode == 1 and "not re-derivable" in r.stderr
+    assert r.returncode == 1 and "FAILED (--strict)" in r.stderr and "not re-derived: rounds 1, 2, 3" in r.stderr
 
 
 def test_config_not_stored_is_not_rederivable(federation_factory):
