@@ -219,7 +219,10 @@ class _Round:
         commit = server_record(self.round, COMMIT, {"round_id": self.round_id, "live": live, "dropped": dropped,
                                                     "masked": masked})
         self.entries.append(commit)
-        block = self.core.recorder.commit(self.round, self.entries)
+        base = self.header["base_digest"] or self.core.recorder.model_digest  # the block leaves the model as it is
+        self.core.writer.check_head()
+        block = self.core.writer.append(self.round, self.entries, model_before=base, model_after=base,
+                                        state_after=self.core.recorder.state_digest)
         index = block.header.first_index + len(self.entries) - 1
         self.entries = []
         size = block.header.log_size
@@ -276,7 +279,7 @@ class _Round:
         self._commit_result(live, named, agg_digest, failure)
 
     def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str) -> None:
-        before = self.core.recorder.model_digest
+        before = self.header["base_digest"] or self.core.recorder.model_digest
         after = array_digest(named) if named is not None else before
         self.entries.append(server_record(self.round, RESULT, {
             "round_id": self.round_id, "live": live if not failure else [], "aggregate_digest": agg_digest,
