@@ -1,15 +1,19 @@
-"""``flower-chain report``: one self-contained HTML file about a round ledger.
+"""``flower-chain report``: one self-contained HTML file about a round ledger, in the order an auditor reads it.
 
-Everything shown comes from the ledger (evaluation entries, verdicts, block
-times) and, when present, run.py's ``metrics.json`` beside it (ledger time
-per round). Plots are matplotlib PNGs embedded as data URIs, so the file
-opens without a network.
+1. **Status** (:mod:`flower_chain.audit.status`): VERIFIED / NOT VERIFIED and AUDITED / NOT AUDITED from
+   the strongest checks asked for, with what was checked and what was not. Green only with a pinned
+   server key; a ledger that does not verify is red with the reason.
+2. **Training**: federated metrics (each client computed and signed its own; the server aggregated
+   them, which the audit re-derives) and centralized ones (computed by the server alone: its unchecked
+   claim), labelled by who computed them.
+3. **Verdicts** per round, train and evaluate replies.
+4. **Clients** by the names their keys were created with (``--keys``), else by key id.
+5. **Timing** (round 1 includes start-up), and a collapsed appendix with the summary and checkpoint.
 
-Text in a ledger (key ids and reasons of updates, metric names, the
-federation id) may come from unauthenticated replies: it is shown through
-:func:`~flower_chain.ledger.text.safe_label` / ``safe_text`` (bounded, no
-control characters or bidi overrides, ``$`` escaped for matplotlib's
-mathtext) and, in the HTML, :func:`html.escape`.
+Round axes have integer ticks, each verdict has one colour everywhere (:func:`verdict_colour`), an
+empty plot says "no data". Plots are matplotlib PNGs embedded as data URIs: the file opens without a
+network. Ledger text (key ids, reasons, metric names, names) may come from unauthenticated replies:
+it goes through :func:`~flower_chain.ledger.text.safe_label` / ``safe_text`` and :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -22,14 +26,28 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from flower_chain.audit.status import AMBER, GREEN, Status, ledger_status
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.errors import VerificationError
-from flower_chain.ledger.inspect import block_rows, summary
+from flower_chain.ledger.entries import REASONS, UpdateEntry
+from flower_chain.ledger.inspect import block_rows, entries_of, summary
 from flower_chain.ledger.location import parse_ledger_uri
 from flower_chain.ledger.text import safe_label, safe_text
-from flower_chain.ledger.verify import verify
+from flower_chain.ledger.writer import read_genesis
 
 TEXT_LIMIT = 200  # characters of one ledger text shown in the HTML
+ACCEPTED_COLOUR = "#2e7d32"
+_REASON_COLOURS = ["#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#ad1457", "#4e342e", "#00838f", "#9e9d24",
+                   "#5d4037", "#283593", "#d84315", "#37474f", "#8e24aa", "#f9a825"]
+BANNER = {GREEN: "#2e7d32", AMBER: "#b26a00"}
+SOURCES = {"federated": ("federated (clients, signed; aggregate re-derived by audit)", "-", "o"),
+           "central": ("centralized (server only: unchecked claim)", "--", "s")}
+
+
+def verdict_colour(label: str) -> str:
+    """The one colour of a verdict in every plot: green for accepted, a fixed colour per reason code."""
+    if label == "accepted":
+        return ACCEPTED_COLOUR
+    return _REASON_COLOURS[REASONS.index(label) % len(_REASON_COLOURS)] if label in REASONS else "#9e9e9e"
 
 
 def _html(value: object, limit: int = TEXT_LIMIT) -> str:
@@ -38,44 +56,129 @@ def _html(value: object, limit: int = TEXT_LIMIT) -> str:
 
 
 def _labelled(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {safe_label(k): v for k, v in metrics.items()}
+    return {safe_label(k): v for k, v in metrics.items() if k not in ("source", "num_replies")}
 
 
-def collect(ledger: Ledger, metrics_path: Path | None = None) -> dict[str, Any]:
-    """The numbers the report shows (also used by tests to compare against the ledger)."""
-    rows = list(block_rows(ledger, 1))
-    central: dict[int, dict[str, float]] = {}
-    federated: dict[int, dict[str, float]] = {}
-    verdicts: dict[int, Counter] = defaultdict(Counter)
-    participation: dict[str, Counter] = defaultdict(Counter)
-    train_times: dict[int, int] = {}
-    for r in rows:
+def _client(e: UpdateEntry, names: dict[str, str]) -> str:
+    if not e.key_id:
+        return safe_label(f"unsigned (node {e.node_id})")
+    return safe_label(f"{names[e.key_id]} ({e.key_id[:8]})" if e.key_id in names else e.key_id)
+
+
+def _verdict(e: UpdateEntry) -> str:
+    return "accepted" if e.verdict == "accepted" else safe_label(e.reason)
+
+
+def _walk(ledger: Ledger, names: dict[str, str]) -> dict[str, Any]:
+    """Metrics, verdicts, clients and block times from every block."""
+    central: dict[int, dict] = {}
+    federated: dict[int, dict] = {}
+    verdicts: dict[str, dict[int, Counter]] = {"train": defaultdict(Counter), "evaluate": defaultdict(Counter)}
+    clients: dict[str, dict[str, Counter]] = defaultdict(lambda: {"train": Counter(), "evaluate": Counter()})
+    last_ms: dict[int, int] = {}
+    for r in block_rows(ledger, 1):
         for ev in r.evaluations:
             (central if ev["source"] == "centralized" else federated)[r.round] = _labelled(ev)
         if r.accepted or r.rejected:
-            verdicts[r.round]["accepted"] += r.accepted
-            for reason, n in r.reasons.items():
-                verdicts[r.round][safe_label(reason)] += n
-            train_times[r.round] = r.timestamp_ms
-            for kid, verdict, _reason in r.clients:
-                participation[safe_label(kid) if kid else "(unsigned)"][safe_label(verdict)] += 1
+            last_ms[r.round] = r.timestamp_ms
+    for block in ledger.blocks(1):
+        for e in entries_of(ledger, block.header):
+            if isinstance(e, UpdateEntry) and e.kind in verdicts:
+                verdicts[e.kind][e.round][_verdict(e)] += 1
+                clients[_client(e, names)][e.kind][_verdict(e)] += 1
+    return {"central": central, "federated": federated, "verdicts": verdicts, "clients": clients,
+            "last_ms": last_ms}
+
+
+def collect(ledger: Ledger, metrics_path: Path | None = None, *, status: Status | None = None,
+            names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The numbers the report shows (also used by tests to compare against the ledger).
+
+    ``verdicts`` and ``participation`` count train replies (round -> verdict -> n, client -> verdict -> n);
+    ``evaluate_verdicts`` and ``clients`` add the evaluate replies.
+    """
+    names = names or {}
+    status = status if status is not None else ledger_status(ledger)
+    w = _walk(ledger, names)
     ledger_time: dict[int, float] = {}
     if metrics_path is not None and metrics_path.is_file():
-        for row in json.loads(metrics_path.read_text()).get("rounds", []):
-            if "ledger_time_s" in row:
-                ledger_time[int(row["round"])] = float(row["ledger_time_s"])
-    try:
-        rep = verify(ledger, client_signatures=True)
-        status = {"verified": True, "text": f"VERIFIED: {rep.blocks} blocks, {rep.entries} entries, "
-                                            f"{rep.client_signatures_checked} client signatures checked"}
-    except VerificationError as e:
-        status = {"verified": False, "text": f"NOT VERIFIED: {safe_text(e, 500)}"}
-    rounds = sorted(train_times)
-    durations = {r: (train_times[r] - train_times[p]) / 1000 for p, r in zip(rounds, rounds[1:])}
-    return {"summary": summary(ledger), "central": central, "federated": federated,
-            "verdicts": {k: dict(v) for k, v in sorted(verdicts.items())},
-            "participation": {k: dict(v) for k, v in sorted(participation.items())},
-            "ledger_time": ledger_time, "round_durations": durations, "status": status}
+        try:
+            for row in json.loads(metrics_path.read_text()).get("rounds", []):
+                if "ledger_time_s" in row:
+                    ledger_time[int(row["round"])] = float(row["ledger_time_s"])
+        except (ValueError, TypeError, AttributeError, KeyError):
+            ledger_time = {}  # a metrics file that is not run.py's: the block times are shown instead
+    start = read_genesis(ledger).created_ms
+    durations, prev = {}, start
+    for rnd in sorted(w["last_ms"]):
+        durations[rnd] = max(0.0, (w["last_ms"][rnd] - prev) / 1000)
+        prev = w["last_ms"][rnd]
+    clients = {k: {kind: dict(c) for kind, c in v.items()} for k, v in sorted(w["clients"].items())}
+    return {"summary": summary(ledger), "status": status.to_dict(), "central": w["central"],
+            "federated": w["federated"],
+            "verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["train"].items())},
+            "evaluate_verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["evaluate"].items())},
+            "participation": {k: v["train"] for k, v in clients.items() if v["train"]},
+            "clients": clients, "ledger_time": ledger_time, "round_durations": durations}
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes, color="#57606a")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _round_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+
+
+def _training_figure(plt, data: dict[str, Any]):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, kind in zip(axes, ("acc", "loss")):
+        lines = 0
+        for source, (label, style, marker) in SOURCES.items():
+            series = data[source]
+            for metric in sorted({m for v in series.values() for m in v if kind in m.lower()}):
+                pts = [(r, series[r][metric]) for r in sorted(series)
+                       if isinstance(series[r].get(metric), (int, float)) and not isinstance(series[r][metric], bool)]
+                if pts:
+                    axis.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker=marker,
+                              label=f"{metric}: {label}")
+                    lines += 1
+        title = "accuracy" if kind == "acc" else "loss"
+        axis.set_title(f"{title} per round")
+        if lines:
+            _round_axis(axis)
+            axis.legend(fontsize=7)
+        else:
+            _no_data(axis, f"no {title} metric recorded")
+    return fig
+
+
+def _stacked(ax, per_round: dict[int, dict[str, int]], title: str, keys: list[str] | None = None) -> None:
+    xs = keys if keys is not None else sorted(per_round)
+    labels = sorted({k for v in per_round.values() for k in v}, key=lambda k: (k != "accepted", k))
+    ax.set_title(title)
+    if not labels:
+        _no_data(ax, "no replies recorded")
+        return
+    pos = list(range(len(xs))) if keys is not None else xs
+    bottom = [0] * len(xs)
+    for label in labels:
+        vals = [per_round[x].get(label, 0) for x in xs]
+        ax.bar(pos, vals, bottom=bottom, label=label, color=verdict_colour(label))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    if keys is None:
+        _round_axis(ax)
+    else:
+        ax.set_xticks(pos, xs, rotation=30 if len(xs) > 6 else 0, fontsize=7, ha="right" if len(xs) > 6 else "center")  # labels made safe in collect()
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
 
 
 def _figures(data: dict[str, Any]) -> dict[str, bytes]:
@@ -93,61 +196,27 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
         plt.close(fig)
         figs[name] = buf.getvalue()
 
+    save("training", _training_figure(plt, data))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for source, style in (("central", "o-"), ("federated", "s--")):
-        series = data[source]
-        xs = sorted(series)
-        for metric, axis in (("accuracy", ax[0]), ("loss", ax[1])):
-            ys = [series[x].get(metric, series[x].get(f"eval_{metric}")) for x in xs]
-            pts = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float))]
-            if pts:
-                axis.plot([p[0] for p in pts], [p[1] for p in pts], style, label=source)
-    for axis, title in ((ax[0], "accuracy"), (ax[1], "loss")):
-        axis.set_title(f"{title} per round")
-        axis.set_xlabel("round")
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    save("accuracy_loss", fig)
-
-    fig, ax = plt.subplots(figsize=(10, 3.6))
-    verdicts = data["verdicts"]
-    rounds = sorted(verdicts)
-    labels = sorted({k for v in verdicts.values() for k in v}, key=lambda k: (k != "accepted", k))
-    bottom = [0] * len(rounds)
-    for label in labels:
-        vals = [verdicts[r].get(label, 0) for r in rounds]
-        ax.bar(rounds, vals, bottom=bottom, label=label, color="tab:green" if label == "accepted" else None)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_title("updates per round: accepted and rejected by reason")
-    ax.set_xlabel("round")
-    if labels:
-        ax.legend(fontsize=8)
+    _stacked(ax[0], data["verdicts"], "train replies per round, by verdict")
+    _stacked(ax[1], data["evaluate_verdicts"], "evaluate replies per round, by verdict")
     save("verdicts", fig)
-
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
     part = data["participation"]
-    keys = list(part)
-    acc = [part[k].get("accepted", 0) for k in keys]
-    rej = [part[k].get("rejected", 0) for k in keys]
-    ax.bar(range(len(keys)), acc, label="accepted", color="tab:green")
-    ax.bar(range(len(keys)), rej, bottom=acc, label="rejected", color="tab:red")
-    ax.set_xticks(range(len(keys)), keys, rotation=60, fontsize=7)  # safe_label'ed in collect()
-    ax.set_title("participation per client key")
-    ax.legend()
-    save("participation", fig)
-
+    _stacked(ax, part, "train replies per client, by verdict", keys=list(part))
+    save("clients", fig)
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    if data["ledger_time"]:
-        xs = sorted(data["ledger_time"])
-        ax.bar(xs, [data["ledger_time"][x] * 1000 for x in xs])
-        ax.set_ylabel("ms")
-        ax.set_title("ledger time per round (verify + append)")
+    series, unit, title = ((data["ledger_time"], "ms", "ledger time per round (verify + append)")
+                           if data["ledger_time"] else
+                           (data["round_durations"], "s", "round duration from block times (round 1 includes start-up)"))
+    ax.set_title(title)
+    if series:
+        xs = sorted(series)
+        ax.bar(xs, [series[x] * (1000 if unit == "ms" else 1) for x in xs], color="#8250df")
+        ax.set_ylabel(unit)
+        _round_axis(ax)
     else:
-        xs = sorted(data["round_durations"])
-        ax.bar(xs, [data["round_durations"][x] for x in xs])
-        ax.set_ylabel("s")
-        ax.set_title("time between train blocks")
-    ax.set_xlabel("round")
+        _no_data(ax, "no train round recorded")
     save("timing", fig)
     return figs
 
@@ -159,44 +228,108 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None, png_dir: Path | None = None) -> dict:
-    """Write the HTML report (and PNGs on request); return the collected numbers."""
+def _counts(c: dict[str, int]) -> str:
+    ok = c.get("accepted", 0)
+    rest = ", ".join(f"{_html(k, 40)} {n}" for k, n in sorted(c.items()) if k != "accepted")
+    return f"{ok} accepted" + (f", {sum(n for k, n in c.items() if k != 'accepted')} rejected ({rest})" if rest else "")
+
+
+def _status_html(st: dict[str, Any]) -> str:
+    colour = BANNER.get(st["level"], "#c62828")
+    audit_colour = {True: "#2e7d32", False: "#c62828", None: "#57606a"}[st["audited"]]
+    reason = f": {_html(st['reason'], 500)}" if st["reason"] else ""
+    checked = "".join(f"<li>{_html(c, 400)}</li>" for c in st["checked"])
+    missing = "".join(f"<li>{_html(c, 400)}</li>" for c in st["not_checked"])
+    return (f'<section id="status-section"><p class="status" id="status" style="background:{colour}">'
+            f'{html.escape(st["headline"])}{reason}</p>'
+            f'<p class="status" id="audit-status" style="background:{audit_colour}">'
+            f'{html.escape(st["audit_headline"])}: {_html(st["audit_text"], 500)}</p>'
+            + (f"<h3>Checked</h3><ul id=\"checked\">{checked}</ul>" if checked else "")
+            + (f"<h3>Not checked</h3><ul id=\"not-checked\">{missing}</ul>" if missing else "") + "</section>")
+
+
+def _training_table(data: dict[str, Any]) -> str:
+    cols = [(src, m) for src in ("federated", "central") for m in sorted({k for v in data[src].values() for k in v})]
+    if not cols:
+        return '<p class="nodata">no data: no evaluation recorded</p>'
+    head = "".join(f"<th>{_html(m, 40)}<br><small>{'federated' if s == 'federated' else 'centralized (server)'}"
+                   f"</small></th>" for s, m in cols)
+    rows = ""
+    for r in sorted(set(data["federated"]) | set(data["central"])):
+        cells = "".join(f"<td>{_html(_num(data[s].get(r, {}).get(m)), 40)}</td>" for s, m in cols)
+        rows += f"<tr><td>{r}</td>{cells}</tr>"
+    return f'<table id="training"><tr><th>round</th>{head}</tr>{rows}</table>'
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _clients_table(data: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{_html(k, 60)}</td><td>{_counts(v['train'])}</td><td>{_counts(v['evaluate'])}</td></tr>"
+                   for k, v in data["clients"].items())
+    return (f'<table id="clients"><tr><th>client</th><th>train replies</th><th>evaluate replies</th></tr>{rows}'
+            "</table>") if rows else '<p class="nodata">no data: no client reply recorded</p>'
+
+
+def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None, png_dir: Path | None = None,
+                 status: Status | None = None, names: dict[str, str] | None = None) -> dict:
+    """Write the HTML report (and PNGs on request); return the collected numbers.
+
+    ``status`` is the outcome of the checks the user asked for (default: verify without a pinned key);
+    ``names`` maps key ids to the names they were created with.
+    """
     directory = parse_ledger_uri(ledger.uri).directory if metrics_path is None else None
     if directory is not None:  # a file-backed ledger: run.py's metrics.json beside it
         guess = directory / "metrics.json"
         metrics_path = guess if guess.is_file() else None
-    data = collect(ledger, metrics_path)
+    data = collect(ledger, metrics_path, status=status, names=names)
     figs = _figures(data)
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
         for name, png in figs.items():
             (png_dir / f"{name}.png").write_bytes(png)
+    img = {n: f'<figure><img alt="{n}" id="fig-{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+              "</figure>" for n, b in figs.items()}
     s = data["summary"]
-    ok = data["status"]["verified"]
-    img = "\n".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"></figure>'
-                    for n, b in figs.items())
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_html(_shown(s[k]), 1000)}</td></tr>" for k in (
-        "federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "accepted", "rejected",
-        "reasons", "head_hash", "model_digest"))
+        "federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "head_hash",
+        "model_digest"))
+    total = {kind: Counter() for kind in ("train", "evaluate")}
+    for kind, key in (("train", "verdicts"), ("evaluate", "evaluate_verdicts")):
+        for c in data[key].values():
+            total[kind].update(c)
     checkpoint = "\n".join(_html(line) for line in s["checkpoint"].split("\n"))
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {_html(s['federation_id'], 80)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-.status {{ padding: .8em 1em; border-radius: 6px; font-weight: 600; color: white;
-           background: {'#2e7d32' if ok else '#c62828'}; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
+.status {{ padding: .7em 1em; border-radius: 6px; font-weight: 600; color: white; margin: .4em 0; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ text-align: left; padding: .2em .8em;
-border-bottom: 1px solid #ddd; font-family: ui-monospace, monospace; font-size: 90%; }}
-pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }} img {{ max-width: 100%; }}
+border-bottom: 1px solid #ddd; font-size: 90%; }} .nodata {{ color: #57606a; }}
+pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }} img {{ max-width: 100%; }} figure {{ margin: 0; }}
 </style></head><body>
-<h1>flower-chain round ledger</h1>
-<p class="status" id="status">{html.escape(data['status']['text'])}</p>
+<h1>flower-chain round ledger: {_html(s['federation_id'], 80)}</h1>
+{_status_html(data['status'])}
+<h2>Training</h2>
+<p>Federated metrics are computed by each client on its own data and signed; the server aggregates them
+(the audit re-derives the aggregate). Centralized metrics are computed by the server alone: its claim, not
+checked by anyone.</p>
+{img['training']}
+{_training_table(data)}
+<h2>Verdicts</h2>
+<p id="verdict-totals">train replies: {_counts(total['train'])}; evaluate replies: {_counts(total['evaluate'])}</p>
+{img['verdicts']}
+<h2>Clients</h2>
+{img['clients']}
+{_clients_table(data)}
+<h2>Timing</h2>
+{img['timing']}
+<details id="appendix"><summary>Appendix: ledger summary and signed checkpoint</summary>
 <table id="summary">{rows}</table>
-<h2>Signed checkpoint</h2><pre id="checkpoint">{checkpoint}</pre>
-<h2>Plots</h2>
-{img}
-<h2>Data</h2><pre id="data">{html.escape(json.dumps({k: data[k] for k in ('central', 'verdicts', 'participation')},
-                                                  indent=1, default=str))}</pre>
+<pre id="checkpoint">{checkpoint}</pre></details>
 </body></html>
 """
     dest.parent.mkdir(parents=True, exist_ok=True)
