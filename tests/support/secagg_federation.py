@@ -108,13 +108,14 @@ class LocalGrid(Grid):
 class SecAggFederation:
     """``n`` nodes with fixed updates, a LegacyLedgerStrategy over ``uri`` and the SecAgg+ workflow."""
 
-    def __init__(self, uri: str, n: int = 6, *, seed: int = 0, num_shares=5, threshold=3, **workflow_kw) -> None:
+    def __init__(self, uri: str, n: int = 6, *, seed: int = 0, num_shares=5, threshold=3, shapes=SHAPES,
+                 **workflow_kw) -> None:
         rng = np.random.default_rng(seed)
         self.keys = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.server_key = Ed25519PrivateKey.generate()
         self.node_ids = [1000 + 7 * i for i in range(n)]
-        self.initial = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-        self.updates = {nid: [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in SHAPES]
+        self.initial = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        self.updates = {nid: [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in shapes]
                         for nid in self.node_ids}
         self.examples = {nid: 10 + 5 * i for i, nid in enumerate(self.node_ids)}
         apps = {}
