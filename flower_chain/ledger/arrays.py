@@ -38,7 +38,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -130,6 +130,29 @@ def stream_digest(data: bytes | bytearray | memoryview, version: int = ARRAY_DIG
     if check_version(version) == 1:
         return hashlib.sha256(view).digest()
     return _tree_digest([view], threads)
+
+
+def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> Future:
+    """Start :func:`array_digest` of ``named`` on a new daemon thread; ``.result()`` joins it.
+
+    For work that overlaps the digest of arrays already received with something else (a client
+    training while the global model it received is hashed). The future re-raises the digest's
+    error. The arrays must not change until the result is taken: Flower's received arrays are
+    read-only views of immutable bytes; a caller holding writable arrays passes copies.
+    """
+    named, version = list(named), check_version(version)
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(array_digest(named, version))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever takes the result
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="flower-chain-background-digest", daemon=True).start()
+    return future
 
 
 def check_version(version: object) -> int:

@@ -21,6 +21,7 @@ from flower_chain.ledger.arrays import (
     array_digest_v1,
     array_digest_v2,
     decode_arrays,
+    digest_in_background,
     encode_arrays,
     stream_digest,
 )
@@ -264,3 +265,27 @@ def test_any_arrays_hash_as_the_reference_says(specs, pad_mib):
     stream = ref_stream(named)
     assert array_digest(named) == ref_v2(stream) and array_digest_v1(named) == hashlib.sha256(ref_stream(named, 1)).digest()
     assert [(n, a.shape) for n, a in decode_arrays(encode_arrays(named))] == [(n, a.shape) for n, a in named]
+
+
+def test_a_background_digest_equals_the_digest_and_hands_back_its_error():
+    named = [("x", pat(5 * MIB + 7)), ("s", np.array(3.5, np.float32))]
+    future = digest_in_background(named)
+    assert future.result(timeout=60) == array_digest(named) == ref_v2(ref_stream(named))
+    assert digest_in_background(named, 1).result(timeout=60) == array_digest_v1(named)
+    with pytest.raises(EncodingError, match="object arrays"):
+        digest_in_background([("o", np.array([object()], dtype=object))]).result(timeout=60)
+    with pytest.raises(EncodingError, match="unknown array digest version"):
+        digest_in_background(named, 7)  # refused at once, no thread started
+
+
+def test_a_background_digest_runs_while_the_caller_works():
+    import threading
+
+    named = [("x", pat(64 * MIB))]
+    started = threading.Event()
+    future = digest_in_background(named, 1)  # one long SHA-256 call that releases the GIL
+    spins = 0
+    while not future.done():
+        spins += 1  # the caller keeps running Python code while the digest is hashed
+        started.set()
+    assert started.is_set() and spins > 10 and future.result() == array_digest_v1(named)
