@@ -64,6 +64,7 @@ class LocalGrid(Grid):
         self.tamper = None  # (node, stage, request, reply) -> reply
         self.rewrite = None  # (node, stage, request) -> request (a dishonest server's edits)
         self.sent: list[tuple[int, str]] = []
+        self._run = type("Run", (), {"run_id": 1})()
 
     def set_run(self, run) -> None:  # noqa: D102
         self._run = run
