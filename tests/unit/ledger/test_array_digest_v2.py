@@ -281,7 +281,7 @@ def test_a_background_digest_equals_the_digest_and_hands_back_its_error():
 def test_a_background_digest_runs_while_the_caller_works():
     import threading
 
-    named = [("x", pat(64 * MIB))]
+    named = [("x", np.full(32 * MIB, 7, np.uint8))]
     started = threading.Event()
     future = digest_in_background(named, 1)  # one long SHA-256 call that releases the GIL
     spins = 0
