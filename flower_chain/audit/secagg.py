@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, read_rounds
-from flower_chain.audit.secagg_unmask import check_key, check_seed, combine, unmask
+from flower_chain.audit.secagg_unmask import rebuild_all, unmask
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
@@ -98,7 +98,9 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
         before = t.result_block.header.model_before
         if t.result_block.header.model_after != before:
             found.append(Finding(r, "result", "", "a failed round changes the model"))
-        return f"round {r}: SecAgg+ failed ({t.result['failure']}); the model stays"
+        found.append(Finding(r, "result", "", f"the round failed: {t.result['failure']}; the model stays",
+                             "warning"))
+        return ""
     if _replay(t, acc, live, dropped, ledger, found):
         stage0 = len(t.header["sampled"]) - len(acc[SETUP])
         stage1 = len(acc[SETUP]) - len(acc[SHARE_KEYS])
@@ -233,26 +235,22 @@ def _check_unmask(t: RoundTranscript, acc: dict, graph: dict, found: list[Findin
 
 def _replay(t: RoundTranscript, acc: dict, live: list[str], dropped: list[str], ledger: Ledger,
             found: list[Finding]) -> bool:
-    r, p, th = t.round, t.header["params"], t.header["params"]["threshold"]
-    seeds, keys, vectors = {}, {}, {}
-    shares: dict[str, list[bytes]] = {}
-    for rec in t.accepted(UNMASK).values():
-        for owner, share in {**rec.statement.reply["seed_shares"], **rec.statement.reply["key_shares"]}.items():
-            shares.setdefault(owner, []).append(share)
-    for nid in live:
-        secret = combine(shares.get(nid, []), th)
-        problem = secret if isinstance(secret, str) else check_seed(
-            secret, acc[MASKED][nid].statement.reply["seed_digest"]) if nid in acc[MASKED] else "no statement"
-        seeds[nid] = secret
-        vectors[nid] = _masked_vector(ledger, t.commit["masked"][nid], found, r, nid)
-        if problem:
-            found.append(Finding(r, UNMASK, nid, f"mask seed not rebuilt: {problem}"))
-    for nid in dropped:
-        secret = combine(shares.get(nid, []), th)
-        problem = secret if isinstance(secret, str) else check_key(secret, acc[SETUP][nid].statement.reply["pk1"])
-        keys[nid] = secret
-        if problem:
-            found.append(Finding(r, UNMASK, nid, f"key not rebuilt: {problem}"))
+    r, p = t.round, t.header["params"]
+    replies = {n: rec.statement.reply for n, rec in t.accepted(UNMASK).items()}
+    missing = [n for n in live if n not in acc[MASKED]] + [n for n in dropped if n not in acc[SETUP]]
+    if missing:
+        found.append(Finding(r, "result", "", f"nodes {missing} have no signed statements to replay against"))
+        return False
+    seeds, keys, wrong, problem = rebuild_all(
+        replies, live, dropped, p["threshold"], {n: acc[MASKED][n].statement.reply["seed_digest"] for n in live},
+        {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()})
+    for owner, nodes in sorted(wrong.items()):
+        for nid in nodes:
+            found.append(Finding(r, UNMASK, nid, f"revealed a share of node {owner} that does not fit its "
+                                                 "commitment (the secret was rebuilt without it)", "warning"))
+    if problem:
+        found.append(Finding(r, UNMASK, problem.split("'")[0].split()[-1], f"not rebuilt: {problem}"))
+    vectors = {n: _masked_vector(ledger, t.commit["masked"][n], found, r, n) for n in live}
     if any(f.severity == "error" and f.round == r for f in found) or not live:
         found.append(Finding(r, "result", "", "the aggregate cannot be replayed (see above)"))
         return False

@@ -7,7 +7,8 @@ input: a problem comes back as text, never as an exception.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import combinations, islice
 
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
@@ -32,6 +33,35 @@ def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
         return combine_shares(list(shares))
     except Exception as e:  # noqa: BLE001 - shares that do not reconstruct are a finding, never a crash
         return f"the shares do not reconstruct ({type(e).__name__})"
+
+
+#: Most subsets of shares tried when the shares of one secret disagree (a node revealed a wrong share).
+MAX_SUBSETS = 2000
+
+
+def rebuild(shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes], str | None]
+            ) -> tuple[bytes | None, list[str], str]:
+    """Rebuild a secret from the shares revealed by each node, tolerating wrong shares.
+
+    Returns ``(secret, nodes whose share disagrees with it, problem)``: all the shares first; when
+    ``check`` (the node's commitment) refuses the result, subsets of ``threshold`` shares until one passes,
+    then each remaining share is tested with ``threshold - 1`` of that subset.
+    """
+    items = sorted(((n, s) for n, s in shares.items() if isinstance(s, bytes)), key=lambda t: int(t[0]))
+    secret = combine([s for _, s in items], threshold)
+    if isinstance(secret, bytes) and check(secret) is None:
+        return secret, [], ""
+    first = secret if isinstance(secret, str) else check(secret)
+    if len(items) <= threshold:
+        return None, [], first
+    for combo in islice(combinations(items, threshold), MAX_SUBSETS):
+        secret = combine([s for _, s in combo], threshold)
+        if isinstance(secret, bytes) and check(secret) is None:
+            good = {n for n, _ in combo}
+            base = [s for _, s in combo[:threshold - 1]]
+            bad = [n for n, s in items if n not in good and combine(base + [s], threshold) != secret]
+            return secret, bad, ""
+    return None, [], f"{first}; no {threshold} of the {len(items)} shares rebuild the committed secret"
 
 
 def check_seed(secret: bytes, committed: bytes) -> str | None:
@@ -90,3 +120,29 @@ def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, byte
     except Exception as e:  # noqa: BLE001 - a missing seed, key or public key is a finding
         return f"cannot unmask: {type(e).__name__}: {e}"
     return total
+
+
+def rebuild_all(replies: Mapping[str, dict], live: Sequence[str], dropped: Sequence[str], threshold: int,
+                seed_digests: Mapping[str, bytes], pk1: Mapping[str, bytes]
+                ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, list[str]], str]:
+    """Rebuild the live nodes' mask seeds and the dropped nodes' keys from the stage 3 replies.
+
+    ``replies``: revealing node -> its unmask statement reply. Returns ``(seeds, keys, wrong, problem)``
+    where ``wrong`` maps a secret's owner to the nodes that revealed a share of it that disagrees, and
+    ``problem`` names the first secret that could not be rebuilt ('' when all were).
+    """
+    seeds, keys, wrong, problem = {}, {}, {}, ""
+    for owner_set, field, out, check in (
+            (live, "seed_shares", seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
+            (dropped, "key_shares", keys, lambda n: lambda s: check_key(s, pk1.get(n, b"")))):
+        for n in owner_set:
+            shares = {r: rep[field][n] for r, rep in replies.items() if n in rep.get(field, {})}
+            secret, bad, why = rebuild(shares, threshold, check(n))
+            if bad:
+                wrong[n] = bad
+            if secret is None:
+                what = "mask seed" if field == "seed_shares" else "key"
+                problem = problem or f"node {n}'s {what}: {why}"
+            else:
+                out[n] = secret
+    return seeds, keys, wrong, problem

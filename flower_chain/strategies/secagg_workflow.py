@@ -29,7 +29,7 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
-from flower_chain.audit.secagg_unmask import check_key, check_seed, combine, unmask
+from flower_chain.audit.secagg_unmask import rebuild_all, unmask
 from flower_chain.ledger import proofs
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.encoding import encode
@@ -239,27 +239,14 @@ class _Round:
         self._finish(live, dropped)
 
     def _finish(self, live: list[str], dropped: list[str]) -> None:
-        named, failure = None, ""
-        seeds, keys = {}, {}
-        seed_sh: dict[str, list[bytes]] = {n: [] for n in live}
-        key_sh: dict[str, list[bytes]] = {n: [] for n in dropped}
-        for v in self.verdicts[UNMASK].values():
-            if v.accepted:
-                for owner, share in v.statement.reply["seed_shares"].items():
-                    seed_sh.setdefault(owner, []).append(share)
-                for owner, share in v.statement.reply["key_shares"].items():
-                    key_sh.setdefault(owner, []).append(share)
-        for n in live:
-            secret = combine(seed_sh.get(n, []), self.t)
-            problem = secret if isinstance(secret, str) else check_seed(
-                secret, self.verdicts[MASKED][n].statement.reply["seed_digest"])
-            failure = failure or (f"node {n}'s mask seed: {problem}" if problem else "")
-            seeds[n] = secret
-        for n in dropped:
-            secret = combine(key_sh.get(n, []), self.t)
-            problem = secret if isinstance(secret, str) else check_key(secret, self.pks[n]["pk1"])
-            failure = failure or (f"node {n}'s key: {problem}" if problem else "")
-            keys[n] = secret
+        named = None
+        replies = {n: v.statement.reply for n, v in self.verdicts[UNMASK].items() if v.accepted}
+        seeds, keys, wrong, failure = rebuild_all(
+            replies, live, dropped, self.t, {n: self.verdicts[MASKED][n].statement.reply["seed_digest"] for n in live},
+            {n: self.pks[n]["pk1"] for n in self.pks})
+        for owner, nodes in wrong.items():
+            log.warning("round %d: nodes %s revealed shares of node %s that do not fit its commitment", self.round,
+                        nodes, owner)
         agg_digest, total = b"", None
         if not live:
             failure = failure or "no masked input"
