@@ -23,7 +23,11 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, request_digest
-from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, finish_aggregate, neighbour_graph
+from flower_chain.ledger.secagg_masks import (
+    WEAK_GENERATORS,
+    finish_aggregate,
+    neighbour_graph,
+)
 from flower_chain.ledger.writer import read_genesis
 
 __all__ = ["Finding", "SecAggReport", "audit_secagg"]

@@ -10,10 +10,25 @@ from dataclasses import dataclass, field
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.entries import ACCEPTED, RevocationEntry, UpdateEntry, decode_entry
+from flower_chain.ledger.entries import (
+    ACCEPTED,
+    RevocationEntry,
+    UpdateEntry,
+    decode_entry,
+)
 from flower_chain.ledger.errors import EncodingError, LedgerError
-from flower_chain.ledger.secagg import CLIENT_STAGES, COMMIT, HEADER, RESULT, SecAggEntry, StageStatement, \
-    check_commit, check_header, check_result, header_digest
+from flower_chain.ledger.secagg import (
+    CLIENT_STAGES,
+    COMMIT,
+    HEADER,
+    RESULT,
+    SecAggEntry,
+    StageStatement,
+    check_commit,
+    check_header,
+    check_result,
+    header_digest,
+)
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,44 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, parameters_multiply
-from flwr.common.secure_aggregation.quantization import quantize
-from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat, \
-    share_keys_plaintext_separate
 from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+    decrypt,
+    encrypt,
+    generate_shared_key,
+)
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    parameters_multiply,
+)
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_utils import (
+    share_keys_plaintext_concat,
+    share_keys_plaintext_separate,
+)
 from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key, generate_key_pairs, \
-    private_key_to_bytes, public_key_to_bytes
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
 
 from flower_chain.clients import secagg_checks as checks
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.keys import key_id, load_private
-from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, StageStatement, request_digest, seed_digest
+from flower_chain.ledger.secagg import (
+    MASKED,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    StageStatement,
+    request_digest,
+    seed_digest,
+)
 from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mod, mask_vectors
 
 log = logging.getLogger(__name__)
@@ -82,7 +104,7 @@ def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server
     def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
             return call_next(msg, context)
-        from flower_chain.clients.signing import key_path_for  # noqa: PLC0415 - one key per node, as signing_mod
+        from flower_chain.clients.signing import key_path_for
 
         signer = fixed if fixed is not None else load_private(key_path_for(context))
         node = _Node(signer, server_key, allow_weak_generator, context)
@@ -200,7 +222,7 @@ class _Node:
                 continue
             try:
                 shared = generate_shared_key(sk2, bytes_to_public_key(keys[nid][1]))
-            except Exception as e:  # noqa: BLE001 - a key that is no EC point: refuse, never crash
+            except Exception as e:
                 raise Refusal(f"the public key of node {nid} is unusable: {type(e).__name__}") from e
             rnd["ss2"][nid] = shared
             ct = encrypt(shared, share_keys_plaintext_concat(int(me), int(nid), seed_shares[i], key_shares[i]))
@@ -218,7 +240,7 @@ class _Node:
                 continue  # never told this node's keys: no share, no pairwise mask
             try:
                 real_src, dst, seed_share, key_share = share_keys_plaintext_separate(decrypt(rnd["ss2"][src], ct))
-            except Exception:  # noqa: BLE001 - a ciphertext that does not open is no share
+            except Exception:  # noqa: BLE001, S112 - a ciphertext that does not open is no share
                 continue
             if str(real_src) != src or str(dst) != me:
                 continue
@@ -282,7 +304,7 @@ class _Node:
 
 def _with(msg: Message, content: RecordDict) -> Message:
     """The instruction with ``content`` (the SecAgg+ record removed) for the app's own train function."""
-    from flwr.app import Metadata  # noqa: PLC0415
+    from flwr.app import Metadata
 
     md = msg.metadata
     meta = Metadata(run_id=md.run_id, message_id=md.message_id, src_node_id=md.src_node_id,

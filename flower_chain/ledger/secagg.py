@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from flower_chain.ledger import entries as _entries
-from flower_chain.ledger.encoding import decode_with_domain, encode, encode_with_domain
+from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
 from flower_chain.ledger.secagg_masks import GENERATORS
 
@@ -33,9 +33,9 @@ REASONS = ("no-reply", "client-error", "unsigned", "bad-signature", "unknown-key
            "duplicate", "malformed", "mismatch", "refused")
 
 
-@_entries._register  # noqa: SLF001 - the registry of entry kinds (docs/ledger-format.md §3)
+@_entries._register
 @dataclass(frozen=True)
-class SecAggEntry(_entries._Entry):  # noqa: SLF001
+class SecAggEntry(_entries._Entry):
     """One record of a SecAgg+ round.
 
     Server records (``header``, ``commit``, ``result``) keep their content in ``data`` and leave the

@@ -22,8 +22,15 @@ from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import ACCEPTED, REJECTED
 from flower_chain.ledger.errors import EncodingError
 from flower_chain.ledger.keys import verify_signature
-from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, SecAggEntry, StageStatement, \
-    request_digest
+from flower_chain.ledger.secagg import (
+    MASKED,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    SecAggEntry,
+    StageStatement,
+    request_digest,
+)
 from flower_chain.ledger.text import safe_text
 
 RECORD = "flower-chain.secagg"

@@ -31,12 +31,26 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 
 from flower_chain.audit.secagg_unmask import rebuild_all, unmask
 from flower_chain.ledger import proofs
-from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.keys import raw_public
-from flower_chain.ledger.secagg import COMMIT, HEADER, MASKED, RESULT, SETUP, SHARE_KEYS, UNMASK, header_digest, \
-    server_record
-from flower_chain.ledger.secagg_masks import AES256_CTR_V1, GENERATORS, finish_aggregate, neighbour_graph
+from flower_chain.ledger.secagg import (
+    COMMIT,
+    HEADER,
+    MASKED,
+    RESULT,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    header_digest,
+    server_record,
+)
+from flower_chain.ledger.secagg_masks import (
+    AES256_CTR_V1,
+    GENERATORS,
+    finish_aggregate,
+    neighbour_graph,
+)
 from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
 from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 
@@ -56,7 +70,7 @@ class LedgerSecAggPlusWorkflow:
         ``"aes256-ctr-v1"`` (default) or ``"flwr-randomstate-32"`` (Flower's; ``audit`` warns).
     """
 
-    def __init__(self, num_shares: int | float, reconstruction_threshold: int | float, *,
+    def __init__(self, num_shares: float, reconstruction_threshold: float, *,
                  max_weight: float = 1000.0, clipping_range: float = 8.0, quantization_range: int = 4194304,
                  modulus_range: int = 4294967296, timeout: float | None = None,
                  mask_generator: str = AES256_CTR_V1) -> None:
@@ -191,7 +205,7 @@ class _Round:
         for size in sorted(self.wf.sent_sizes.get(nid, ())):
             try:
                 cons[str(size)] = b"".join(proofs.consistency_proof(self.core.ledger, size, head.header.log_size))
-            except Exception:  # noqa: BLE001 - a size this ledger never had: the node will say so
+            except Exception:  # noqa: BLE001, S112 - a size this ledger never had: the node will say so
                 continue
         self.wf.sent_sizes[nid] = {head.header.log_size}
         return {"checkpoint": head.checkpoint, "server_key": raw_public(self.core.writer.server_key),

@@ -16,13 +16,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 import flower_chain.strategies.secagg_workflow as workflow_module
 from flower_chain.audit.secagg import audit_secagg
 from flower_chain.clients.secagg import RECORD, STATE
-from flower_chain.ledger import proofs
+from flower_chain.ledger import open_ledger, proofs
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.secagg import COMMIT, SecAggEntry, StageStatement
 from flower_chain.ledger.writer import LedgerWriter
-from flower_chain.ledger import open_ledger
 from tests.support.secagg_federation import SecAggFederation
 
 pytestmark = pytest.mark.usefixtures("task_identity")

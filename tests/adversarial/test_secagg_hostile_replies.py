@@ -9,7 +9,13 @@ from flower_chain.audit.secagg import audit_secagg
 from flower_chain.clients.secagg import RECORD
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.entries import EvaluationEntry, decode_entry
-from flower_chain.ledger.secagg import COMMIT, HEADER, UNMASK, SecAggEntry, StageStatement
+from flower_chain.ledger.secagg import (
+    COMMIT,
+    HEADER,
+    UNMASK,
+    SecAggEntry,
+    StageStatement,
+)
 from tests.support.fl_helpers import with_content
 from tests.support.secagg_federation import SecAggFederation
 
@@ -107,7 +113,7 @@ def test_error_replies_and_wrong_senders_are_dropouts():
 def liars_flip_their_seed_shares(fed, liars):
     def tamper(nid, stage, msg, reply):
         if nid in liars and stage == UNMASK and not reply.has_error():
-            flip = lambda shares: {k: v[:4] + bytes(x ^ 0x5A for x in v[4:]) for k, v in shares.items()}  # noqa: E731
+            flip = lambda shares: {k: v[:4] + bytes(x ^ 0x5A for x in v[4:]) for k, v in shares.items()}
             return resigned(fed, nid, reply, lambda r: {**r, "seed_shares": flip(r["seed_shares"])})
         return reply
     return tamper

@@ -27,7 +27,7 @@ from flower_chain.clients.secagg import RECORD, make_secagg_mod
 from flower_chain.clients.signing import make_signing_mod
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.keys import key_id, raw_public
-from flower_chain.strategies import LegacyLedgerStrategy, LedgerSecAggPlusWorkflow
+from flower_chain.strategies import LedgerSecAggPlusWorkflow, LegacyLedgerStrategy
 
 SHAPES = [(6, 4), (4,)]
 
@@ -66,26 +66,26 @@ class LocalGrid(Grid):
         self.sent: list[tuple[int, str]] = []
         self._run = type("Run", (), {"run_id": 1})()
 
-    def set_run(self, run) -> None:  # noqa: D102
+    def set_run(self, run) -> None:
         self._run = run
 
     @property
-    def run(self):  # noqa: D102
+    def run(self):
         return self._run
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: D102
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
         return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
-    def get_node_ids(self):  # noqa: D102
+    def get_node_ids(self):
         return list(self.apps)
 
-    def push_messages(self, messages):  # noqa: D102
+    def push_messages(self, messages):
         raise NotImplementedError
 
-    def pull_messages(self, message_ids):  # noqa: D102
+    def pull_messages(self, message_ids):
         raise NotImplementedError
 
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+    def send_and_receive(self, messages, *, timeout=None):
         out = []
         for msg in messages:
             nid, stage = msg.metadata.dst_node_id, stage_of(msg)
@@ -150,7 +150,7 @@ class SecAggFederation:
     def model(self) -> list[np.ndarray]:
         """The global model the workflow left in the context."""
         params = compat.arrayrecord_to_parameters(self.context.state.array_records[MAIN_PARAMS_RECORD], True)
-        from flwr.common import parameters_to_ndarrays  # noqa: PLC0415
+        from flwr.common import parameters_to_ndarrays
 
         return parameters_to_ndarrays(params)
 

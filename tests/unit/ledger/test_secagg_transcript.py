@@ -10,11 +10,30 @@ import pytest
 from flower_chain.ledger.encoding import encode, encode_with_domain
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.errors import EncodingError
-from flower_chain.ledger.secagg import COMMIT, MASKED, SETUP, SHARE_KEYS, STAGE_DOMAIN, UNMASK, SecAggEntry, \
-    StageStatement, check_commit, check_header, check_reply, check_result, header_digest, request_digest, \
-    server_record
-from flower_chain.ledger.secagg_masks import AES256_CTR_V1, FLWR_RANDOMSTATE_32, finish_aggregate, mask_vectors, \
-    neighbour_graph
+from flower_chain.ledger.secagg import (
+    COMMIT,
+    MASKED,
+    SETUP,
+    SHARE_KEYS,
+    STAGE_DOMAIN,
+    UNMASK,
+    SecAggEntry,
+    StageStatement,
+    check_commit,
+    check_header,
+    check_reply,
+    check_result,
+    header_digest,
+    request_digest,
+    server_record,
+)
+from flower_chain.ledger.secagg_masks import (
+    AES256_CTR_V1,
+    FLWR_RANDOMSTATE_32,
+    finish_aggregate,
+    mask_vectors,
+    neighbour_graph,
+)
 
 REPLIES = {
     SETUP: {"pk1": b"a" * 10, "pk2": b"b" * 10},
