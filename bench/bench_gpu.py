@@ -39,7 +39,6 @@ seconds (default 330, so the whole run ends within 6 minutes on an H200) are ski
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -51,20 +50,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standalone_arrays import arrays, load as _load  # noqa: E402  (no cryptography, no flwr)
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# arrays.py's only project import is flower_chain.ledger.errors (no imports of its own): registered under
-# its own name, it is found without running the flower_chain.ledger package (which needs cryptography).
-_load("flower_chain.ledger.errors", ROOT / "flower_chain" / "ledger" / "errors.py")
-arrays = _load("flower_chain_bench_arrays", ROOT / "flower_chain" / "ledger" / "arrays.py")
 assert "flower_chain.ledger" not in sys.modules and "cryptography" not in sys.modules and "flwr" not in sys.modules
 
 import numpy as np  # noqa: E402
@@ -85,8 +73,8 @@ def models(smoke: bool) -> list[dict]:
     if smoke:
         return [
             dict(name="demo CNN", build=lambda: demo.Net((32, 32, 3)), images=64, side=32, batch=32),
-            dict(name="ResNet-18", build=lambda: resnet18(weights=None, num_classes=10), images=16, side=32, batch=8),
-            dict(name="ResNet-50", build=lambda: resnet50(weights=None, num_classes=10), images=16, side=32, batch=8),
+            dict(name="ResNet-18", build=lambda: resnet18(weights=None, num_classes=10), images=8, side=32, batch=8),
+            dict(name="ResNet-50", build=lambda: resnet50(weights=None, num_classes=10), images=8, side=32, batch=8),
             dict(name="ViT (tiny)", build=lambda: VisionTransformer(32, 16, 2, 2, 32, 64, num_classes=10), images=8,
                  side=32, batch=4),
         ]
