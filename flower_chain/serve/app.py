@@ -12,8 +12,9 @@ Routes
     Entry bundles (big-endian ``uint16`` length-prefixed entries), same caching.
 ``GET /``
     The explorer page (one HTML file with an inline script; no other host).
-``GET /api/summary``, ``/api/rounds``, ``/api/keys/<key id>``, ``/api/proof/<index>``
-    The explorer's JSON, and a C2SP tlog-proof download per log entry.
+``GET /api/status``, ``/api/summary``, ``/api/rounds``, ``/api/keys/<key id>``, ``/api/proof/<index>``
+    The explorer's JSON (the status: :func:`flower_chain.audit.status.ledger_status` run once per
+    head, with the checks the server was given), and a C2SP tlog-proof download per log entry.
 
 A malformed tile path is 400; a tile or bundle outside the current tree is
 404; nothing on bad input is a 500. The server follows a ledger another
@@ -26,16 +27,15 @@ key and the log did not shrink.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import Counter, defaultdict
+from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verify_checkpoint
-from flower_chain.ledger.entries import EvaluationEntry, RevocationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import CheckpointError, LedgerError
 from flower_chain.ledger.tiles import (
     TILE_HEIGHT,
@@ -48,6 +48,9 @@ from flower_chain.ledger.tiles import (
 )
 from flower_chain.ledger.writer import read_genesis
 from flower_chain.ledger.text import is_decimal
+from flower_chain.serve.explorer import explorer_data
+
+__all__ = ["LogView", "build_app", "explorer_data"]
 
 log = logging.getLogger("flower_chain.serve")
 
@@ -66,11 +69,29 @@ class LogView:
         The (already verified) ledger.
     refresh_s : float
         Minimum seconds between re-reads of the head.
+    server_key : bytes, optional
+        The pinned raw server public key the explorer's status verifies against (without it the page
+        says the key was not pinned and never shows a green VERIFIED).
+    keys : path, optional
+        A keyring directory: the genesis must hold exactly its keys, and clients are shown by the
+        names of their ``NAME.pub`` files.
+    witnesses : sequence of str
+        Trusted witness cosigner keys the status checks (``quorum`` of them on the head).
+    audit : bool
+        Also replay the aggregation for the status (once per head: slower on long ledgers).
     """
 
-    def __init__(self, ledger: Ledger, refresh_s: float = 0.5) -> None:
+    def __init__(self, ledger: Ledger, refresh_s: float = 0.5, *, server_key: bytes | None = None,
+                 keys: str | Path | None = None, witnesses: Sequence[str] = (), quorum: int = 1,
+                 audit: bool = False) -> None:
+        from flower_chain.audit.status import keyring_names
+
         self.ledger = ledger
         self.refresh_s = refresh_s
+        self.checks = {"server_key": server_key, "keys": keys, "witnesses": tuple(witnesses), "quorum": quorum,
+                       "run_audit": audit}
+        self.names = keyring_names(keys) if keys is not None else {}
+        self._status: tuple[int, dict[str, Any]] | None = None
         self.genesis = read_genesis(ledger)
         self.origin = f"flower-chain/{self.genesis.federation_id}"
         self.lock = threading.RLock()
@@ -140,80 +161,27 @@ class LogView:
         with self.lock:
             if self._explorer and self._explorer[0] == self.height:
                 return self._explorer[1]
-            data = explorer_data(self.ledger, self.height)
+            data = explorer_data(self.ledger, self.height, self.names)
             data["checkpoint"] = self.checkpoint
             self._explorer = (self.height, data)
             return data
 
+    def status(self) -> dict[str, Any]:
+        """The verification (and audit) status of the served head: the checks run once per head.
 
-def _json_value(v):
-    """A metric as JSON can carry it: a NaN or an infinity (recorded from some reply) becomes its name."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
+        The checks read the whole ledger as stored now; a block appended while they run is included in
+        them (and the next head is checked again).
+        """
+        from flower_chain.audit.status import ledger_status
 
-
-def explorer_data(ledger: Ledger, last_height: int) -> dict[str, Any]:
-    """Rounds, verdicts by reason, per-key history, accuracy and timing from blocks ``0..last_height``."""
-    genesis = read_genesis(ledger)
-    rounds: dict[int, dict[str, Any]] = {}
-    reasons: Counter = Counter()
-    keys: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    accuracy: list[dict[str, Any]] = []
-    blocks: list[dict[str, Any]] = []
-    prev_ts = None
-    for block in ledger.blocks(0, last_height + 1):
-        h = block.header
-        blocks.append({"height": h.height, "round": h.round, "entries": h.entry_count, "log_size": h.log_size,
-                       "timestamp_ms": h.timestamp_ms,
-                       "seconds_since_previous": None if prev_ts is None else (h.timestamp_ms - prev_ts) / 1000})
-        prev_ts = h.timestamp_ms
-        if h.height == 0:
-            continue
-        for i, data in enumerate(ledger.entries(h.first_index, h.log_size)):
-            e = decode_entry(data)
-            index = h.first_index + i
-            r = rounds.setdefault(h.round, {"round": h.round, "accepted": 0, "rejected": 0, "evaluate_replies": 0,
-                                            "reasons": Counter(), "first_ms": h.timestamp_ms, "last_ms": h.timestamp_ms,
-                                            "blocks": []})
-            r["last_ms"] = max(r["last_ms"], h.timestamp_ms)
-            if h.height not in r["blocks"]:
-                r["blocks"].append(h.height)
-            if isinstance(e, UpdateEntry):
-                if e.kind == "evaluate":
-                    r["evaluate_replies"] += 1
-                elif e.verdict == "accepted":
-                    r["accepted"] += 1
-                else:
-                    r["rejected"] += 1
-                    r["reasons"][e.reason] += 1
-                    reasons[e.reason] += 1
-                keys[e.key_id or "(unsigned)"].append({
-                    "index": index, "block": h.height, "round": e.round, "kind": e.kind, "verdict": e.verdict,
-                    "reason": e.reason, "num_examples": e.num_examples, "node_id": e.node_id,
-                    "metrics": {k: _json_value(v) for k, v in e.metrics.items()
-                                if isinstance(v, (int, float, str, bool))}})
-            elif isinstance(e, EvaluationEntry):
-                metrics = {k: _json_value(v) for k, v in e.metrics.items() if isinstance(v, (int, float))}
-                accuracy.append({"round": e.round, "source": e.source, "index": index, **metrics})
-            elif isinstance(e, RevocationEntry):
-                keys[e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",
-                                       "verdict": "revoked", "reason": e.reason})
-    prev_last = blocks[0]["timestamp_ms"] if blocks else None
-    round_rows = []
-    for rnd in sorted(rounds):
-        r = rounds[rnd]
-        r["reasons"] = dict(r["reasons"])
-        r["duration_s"] = None if prev_last is None else max(0.0, (r["last_ms"] - prev_last) / 1000)
-        prev_last = r["last_ms"]
-        round_rows.append(r)
-    return {
-        "federation_id": genesis.federation_id, "origin": f"flower-chain/{genesis.federation_id}",
-        "strategy": genesis.strategy, "allowed_keys": len(genesis.client_keys), "blocks": len(blocks),
-        "log_size": blocks[-1]["log_size"] if blocks else 0, "rounds": round_rows,
-        "reasons": dict(reasons), "keys": {k: v for k, v in sorted(keys.items())}, "accuracy": accuracy,
-        "block_times": blocks,
-    }
+        with self.lock:
+            if self._status and self._status[0] == self.height:
+                return self._status[1]
+            height = self.height
+            st = ledger_status(self.ledger, **self.checks).to_dict()
+            st["height"] = height
+            self._status = (height, st)
+            return st
 
 
 def build_app(view: LogView):
@@ -267,7 +235,15 @@ def build_app(view: LogView):
         except LedgerError as e:
             return _unavailable(e)
         return JSONResponse({k: d[k] for k in ("federation_id", "origin", "strategy", "allowed_keys", "blocks",
-                                               "log_size", "reasons", "checkpoint")} | {"keys": sorted(d["keys"])})
+                                               "log_size", "reasons", "evaluate_reasons", "checkpoint", "clients",
+                                               "key_names", "verdict_colours")} | {"keys": sorted(d["keys"])})
+
+    async def status(request: Request) -> Response:
+        view.refresh()
+        try:
+            return JSONResponse(view.status(), headers={"Cache-Control": "no-cache"})
+        except LedgerError as e:
+            return _unavailable(e)
 
     async def rounds(request: Request) -> Response:
         try:
@@ -307,7 +283,7 @@ def build_app(view: LogView):
 
     routes = [
         Route("/", index), Route("/checkpoint", checkpoint), Route("/tile/{rest:path}", tile),
-        Route("/api/summary", summary), Route("/api/rounds", rounds), Route("/api/keys/{kid}", key_history),
+        Route("/api/summary", summary), Route("/api/status", status), Route("/api/rounds", rounds), Route("/api/keys/{kid}", key_history),
         Route("/api/proof/{index}", proof),
     ]
     return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=1024)])
