@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import zipfile
 from typing import Any
@@ -64,7 +65,10 @@ def read_safetensors(data: bytes) -> list[tuple[str, np.ndarray]]:
     n = struct.unpack("<Q", data[:8])[0]
     if n > len(data) - 8:
         raise ValueError("header length beyond the end of the file")
-    header = json.loads(data[8:8 + n].decode("utf-8"))
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except RecursionError:  # a header nested deeper than the parser goes
+        raise ValueError("the header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     body, rows = data[8 + n:], []
@@ -78,7 +82,7 @@ def read_safetensors(data: bytes) -> list[tuple[str, np.ndarray]]:
                 or not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)):
             raise ValueError(f"tensor {name!r}: bad shape or data_offsets")
         dtype = np.dtype(_ST_DTYPES[t["dtype"]])
-        if not 0 <= offs[0] <= offs[1] <= len(body) or offs[1] - offs[0] != int(np.prod(shape)) * dtype.itemsize:
+        if not 0 <= offs[0] <= offs[1] <= len(body) or offs[1] - offs[0] != math.prod(shape) * dtype.itemsize:
             raise ValueError(f"tensor {name!r}: data_offsets do not match its shape")
         rows.append((offs[0], offs[1], name, np.frombuffer(body[offs[0]:offs[1]], dtype=dtype).reshape(shape)))
     rows.sort(key=lambda r: r[0])
@@ -95,6 +99,9 @@ def read_safetensors(data: bytes) -> list[tuple[str, np.ndarray]]:
 def read_npz(data: bytes) -> list[tuple[str, np.ndarray]]:
     """The arrays of an ``.npz`` in archive order (no pickles); :class:`ValueError` for anything malformed."""
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:  # stored members only: no decompression bomb
+            if any(i.compress_type != zipfile.ZIP_STORED or i.file_size > len(data) for i in zf.infolist()):
+                raise ValueError("a compressed or oversized member (this export writes stored members only)")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return [(name, z[name]) for name in z.files]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError) as e:

@@ -244,6 +244,8 @@ def read_envelope(directory: Path) -> dict[str, Any]:
         raise ProvenanceInputError(f"{directory} holds no {ENVELOPE}: not a `flower-chain model export` directory")
     try:
         env = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ProvenanceError(f"{ENVELOPE} is nested too deeply to be a DSSE envelope") from None
     except (ValueError, OSError) as e:
         raise ProvenanceError(f"{ENVELOPE} is not JSON: {e}") from None
     if not isinstance(env, dict) or not isinstance(env.get("signatures"), list) or not isinstance(
@@ -274,6 +276,8 @@ def open_envelope(env: dict[str, Any], server_key: bytes) -> dict[str, Any]:
                               f"(signatures by key ids: {', '.join(seen) or 'none'}; or the statement was changed)")
     try:
         st = json.loads(payload)
+    except RecursionError:
+        raise ProvenanceError("the signed statement is nested too deeply") from None
     except ValueError as e:
         raise ProvenanceError(f"the signed statement is not JSON: {e}") from None
     if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != PREDICATE_TYPE:
@@ -337,9 +341,9 @@ def _check_ledger(ledger: Ledger, server_key: bytes, dep: dict[str, Any], model:
         return [f"the given ledger does not verify under the pinned server key: {e}"], None
     head = ledger.head()
     height = ann["height"]
-    if height > head.header.height:
-        return [f"the statement names block {height}; the given ledger ends at block {head.header.height} "
-                "(another ledger of the same federation?)"], head.header.height
+    if not 0 < height <= head.header.height:
+        return [(f"the statement names block {height}; the given ledger has blocks 1..{head.header.height} "
+                 "(another ledger of the same federation?)")], head.header.height
     block = ledger.block(height)
     problems = []
     if block.hash.hex() != dep["digest"]["flowerChainBlock"]:

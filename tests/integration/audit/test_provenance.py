@@ -127,7 +127,7 @@ def test_one_changed_byte_of_a_model_file_fails(exported, name):
 
 
 def test_a_statement_from_another_ledger_fails(exported, tmp_path):
-    uri, key, _, pub, out, _ = exported
+    _, key, _, pub, out, _ = exported
     other_fed, _ = run(tmp_path, "b.db", key, fid="fed-b")
     r = cli("verify", out, "--server-key", pub, "--ledger", other_fed)
     assert r.exit_code == 1 and "the statement is from ledger 'flower-chain/fed-a'" in r.output, r.output
@@ -148,7 +148,7 @@ def test_a_ledger_that_grew_after_the_export_is_named(exported):
 
 
 def test_wrong_key_and_a_resigned_statement_fail(exported, tmp_path):
-    uri, key, priv, pub, out, _ = exported
+    uri, _, _, pub, out, _ = exported
     _, other_pub = write_key(Ed25519PrivateKey.generate(), tmp_path / "other.key")
     r = cli("verify", out, "--server-key", other_pub)
     assert r.exit_code == 1 and "not signed by the pinned server key" in r.output, r.output
@@ -171,7 +171,7 @@ def test_wrong_key_and_a_resigned_statement_fail(exported, tmp_path):
 
 
 def test_bad_input_is_one_error_line_and_exit_2(exported, tmp_path):
-    uri, _, priv, pub, out, _ = exported
+    uri, _, _, pub, out, _ = exported
     cases = [("verify", tmp_path / "nowhere", "--server-key", pub),
              ("verify", tmp_path, "--server-key", pub),  # a directory with no envelope
              ("verify", out, "--server-key", tmp_path / "missing.pub"),
@@ -183,6 +183,9 @@ def test_bad_input_is_one_error_line_and_exit_2(exported, tmp_path):
     (out / ENVELOPE).write_text("{ not json")
     r = cli("verify", out, "--server-key", pub)
     assert r.exit_code == 1 and "is not JSON" in r.output
+    (out / ENVELOPE).write_text("[" * 100_000)
+    r = cli("verify", out, "--server-key", pub)
+    assert r.exit_code == 1 and "nested too deeply" in r.output
 
 
 def test_a_ledger_without_a_model_cannot_be_exported(federation_factory, tmp_path):
@@ -207,7 +210,16 @@ def test_model_file_formats_round_trip_and_refuse_malformed_input():
                 st[:8] + b"[" + st[9:]):
         with pytest.raises(ValueError):
             read_safetensors(bad)
-    for bad in (b"", b"PK\x03\x04junk", npz_bytes(named)[:-5]):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:  # a decompression bomb is never inflated
+        zf.writestr("w.npy", b"\0" * 10_000_000)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_safetensors(len(deep).to_bytes(8, "little") + deep)
+    for bad in (b"", b"PK\x03\x04junk", npz_bytes(named)[:-5], buf.getvalue()):
         with pytest.raises(ValueError):
             read_npz(bad)
     with pytest.raises(ValueError, match="cannot be written as safetensors"):
