@@ -28,6 +28,7 @@ from flower_chain.ledger.errors import (
 )
 from flower_chain.ledger.verify import VerifyReport, verify
 from flower_chain.ledger.writer import LedgerWriter, read_genesis
+from flower_chain.ledger import secagg as _secagg  # noqa: F401, E402  (registers the "secagg" entry kind)
 
 __all__ = [
     "AppendError",
