@@ -52,6 +52,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from flower_chain.clients import secagg_checks as checks
+from flower_chain.clients.settings import key_path_for, witness_settings
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.keys import key_id, load_private
@@ -87,7 +88,7 @@ def _save(context: Context, state: dict) -> None:
 
 
 def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server_key: bytes | None = None,
-                    allow_weak_generator: bool = True):
+                    allow_weak_generator: bool = True, witness_keys=None, witness_quorum: int | None = None):
     """A SecAgg+ mod signing with ``key`` (or each node's signing key when ``None``).
 
     Parameters
@@ -98,16 +99,21 @@ def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server
         The server's raw Ed25519 key; ``None``: the first key a federation's checkpoint names is pinned.
     allow_weak_generator : bool
         Take part in rounds using Flower's 32-bit mask generator (default True; refused when False).
+    witness_keys : str or sequence, optional
+        Trusted witness verifier keys; every checkpoint (the commitment's included) must carry
+        ``witness_quorum`` of their cosignatures. Default: node config ``witness-keys`` /
+        ``FLOWER_CHAIN_WITNESS_KEYS`` (as ``signing_mod``).
+    witness_quorum : int, optional
+        Default: node config ``witness-quorum`` / ``FLOWER_CHAIN_WITNESS_QUORUM``, else 1.
     """
     fixed = load_private(key) if isinstance(key, (str, Path)) else key
 
     def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
             return call_next(msg, context)
-        from flower_chain.clients.signing import key_path_for
-
         signer = fixed if fixed is not None else load_private(key_path_for(context))
-        node = _Node(signer, server_key, allow_weak_generator, context)
+        witnesses = witness_settings(context, witness_keys, witness_quorum)
+        node = _Node(signer, server_key, allow_weak_generator, context, witnesses)
         try:
             reply = node.answer(msg, call_next)
         except Refusal as e:
@@ -124,8 +130,9 @@ class _Node:
     """One node answering one SecAgg+ instruction."""
 
     def __init__(self, signer: Ed25519PrivateKey, server_key: bytes | None, allow_weak: bool,
-                 context: Context) -> None:
+                 context: Context, witnesses: tuple) -> None:
         self.signer, self.kid, self.context = signer, key_id(signer), context
+        self.witnesses, self.quorum = witnesses
         self.server_key, self.allow_weak = server_key, allow_weak
         self.state = _load(context)
 
@@ -179,7 +186,8 @@ class _Node:
         last = (pin["size"], pin["root"]) if pin else None
         proofs = proof.get("consistency") if isinstance(proof.get("consistency"), dict) else {}
         cp, problem = checks.checkpoint_problem(proof.get("checkpoint"), server, fid, last,
-                                                proofs.get(str(last[0])) if last else b"")
+                                                proofs.get(str(last[0])) if last else b"", self.witnesses,
+                                                self.quorum)
         if problem:
             raise Refusal(problem)
         self.state["pins"][fid] = {"server_key": server, "size": cp[0], "root": cp[1]}
@@ -283,7 +291,8 @@ class _Node:
                  "checkpoint_size": -1, "checkpoint_root": b"", "seed_shares": {}, "key_shares": {}, "refused": ""}
         if not all(isinstance(x, str) and x.isdigit() for x in reply["active"] + reply["dead"]):
             reply["active"], reply["dead"] = [], []
-        commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd)
+        commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd, self.witnesses,
+                                                     self.quorum)
         if cp is not None:
             reply["checkpoint_size"], reply["checkpoint_root"] = cp
         if problem is None and c.get("log_size") != (cp[0] if cp else None):

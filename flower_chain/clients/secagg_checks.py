@@ -6,10 +6,12 @@ docs/secagg.md §5 lists the rules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.errors import EncodingError, LedgerError
@@ -60,15 +62,20 @@ def neighbours_of(header: dict, node_id: str) -> list[str]:
 
 
 def checkpoint_problem(note: Any, server_key: bytes, federation_id: str, last: tuple[int, bytes] | None,
-                       consistency: Any) -> tuple[tuple[int, bytes] | None, str | None]:
-    """Verify a checkpoint note and its consistency with the last one this node verified.
+                       consistency: Any, witnesses: Sequence[CosignerKey] = (), quorum: int = 0
+                       ) -> tuple[tuple[int, bytes] | None, str | None]:
+    """Verify a checkpoint note (cosigned by ``quorum`` of ``witnesses`` when asked) and its consistency with
+    the last one this node verified.
 
     Returns ((size, root), None) or (None, problem).
     """
     if not isinstance(note, str):
         return None, "no checkpoint"
     try:
-        cp = verify_checkpoint(note, server_key, origin_for(federation_id))
+        if quorum:
+            cp, _ = verify_cosigned_checkpoint(note, server_key, witnesses, quorum, origin=origin_for(federation_id))
+        else:
+            cp = verify_checkpoint(note, server_key, origin_for(federation_id))
     except (LedgerError, ValueError) as e:
         return None, f"the checkpoint does not verify: {e}"
     if last is not None:
@@ -95,15 +102,18 @@ def _consistent(old: tuple[int, bytes], new: tuple[int, bytes], proof: Any) -> s
     return None
 
 
-def committed_lists(proof: dict, server_key: bytes, state: dict) -> tuple[dict | None, tuple | None, str | None]:
+def committed_lists(proof: dict, server_key: bytes, state: dict, witnesses: Sequence[CosignerKey] = (),
+                    quorum: int = 0) -> tuple[dict | None, tuple | None, str | None]:
     """Verify the commit block a stage 3 request points to; return (commitment, (size, root), problem).
 
     The commitment entry must be in the log of a checkpoint signed by the server that extends the
-    checkpoint this node verified at stage 0, and commit this round.
+    checkpoint this node verified at stage 0 (with a witness quorum when configured: witnesses cosign one
+    history only, so a forked commitment cannot reach the quorum), and commit this round.
     """
     fid = state["header"]["federation_id"]
     last = (state["cp_size"], state["cp_root"])
-    cp, problem = checkpoint_problem(proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"))
+    cp, problem = checkpoint_problem(proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"),
+                                     witnesses, quorum)
     if problem:
         return None, None, problem
     entry_bytes, index, path = proof.get("entry"), proof.get("index"), _split(proof.get("inclusion"))

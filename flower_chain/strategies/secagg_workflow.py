@@ -208,8 +208,13 @@ class _Round:
             except Exception:  # noqa: BLE001, S112 - a size this ledger never had: the node will say so
                 continue
         self.wf.sent_sizes[nid] = {head.header.log_size}
-        return {"checkpoint": head.checkpoint, "server_key": raw_public(self.core.writer.server_key),
+        return {"checkpoint": self._note(head), "server_key": raw_public(self.core.writer.server_key),
                 "consistency": cons}
+
+    def _note(self, block) -> str:
+        """The block's checkpoint, with the witnesses' cosignatures when the strategy has witnesses."""
+        w = getattr(self.core, "witnessing", None)
+        return w.note(block) if w is not None else block.checkpoint
 
     # -- stages 1-3 ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -242,7 +247,7 @@ class _Round:
         size = block.header.log_size
         inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
         consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
-        proof = {"checkpoint": block.checkpoint, "entry": commit.to_bytes(), "index": index, "inclusion": inclusion,
+        proof = {"checkpoint": self._note(block), "entry": commit.to_bytes(), "index": index, "inclusion": inclusion,
                  "consistency": consistency}
         for n in live:
             self.wf.sent_sizes.setdefault(n, set()).add(size)

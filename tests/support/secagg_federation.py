@@ -110,10 +110,10 @@ class SecAggFederation:
     """``n`` nodes with fixed updates, a LegacyLedgerStrategy over ``uri`` and the SecAgg+ workflow."""
 
     def __init__(self, uri: str, n: int = 6, *, seed: int = 0, num_shares=5, threshold=3, shapes=SHAPES,
-                 **workflow_kw) -> None:
+                 strategy_kw=None, client_kw=None, server_key=None, **workflow_kw) -> None:
         rng = np.random.default_rng(seed)
         self.keys = [Ed25519PrivateKey.generate() for _ in range(n)]
-        self.server_key = Ed25519PrivateKey.generate()
+        self.server_key = server_key or Ed25519PrivateKey.generate()
         self.node_ids = [1000 + 7 * i for i in range(n)]
         self.initial = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         self.updates = {nid: [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in shapes]
@@ -121,13 +121,14 @@ class SecAggFederation:
         self.examples = {nid: 10 + 5 * i for i, nid in enumerate(self.node_ids)}
         apps = {}
         for nid, key in zip(self.node_ids, self.keys):
-            apps[nid] = ClientApp(client_fn=self._client_fn(nid), mods=[make_signing_mod(key), make_secagg_mod(key)])
+            apps[nid] = ClientApp(client_fn=self._client_fn(nid), mods=[make_signing_mod(key),
+                                                                           make_secagg_mod(key, **(client_kw or {}))])
         self.grid = LocalGrid(apps)
         self.strategy = LegacyLedgerStrategy(
             FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2,
                    initial_parameters=ndarrays_to_parameters(self.initial)),
             ledger=uri, keyring={key_id(k): raw_public(k) for k in self.keys}, server_key=self.server_key,
-            federation_id="fed-secagg")
+            federation_id="fed-secagg", **(strategy_kw or {}))
         self.workflow = LedgerSecAggPlusWorkflow(num_shares, threshold, **workflow_kw)
         manager = SimpleClientManager()
         for nid in self.node_ids:
