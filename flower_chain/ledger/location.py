@@ -26,8 +26,11 @@ FILE_SCHEMES = ("sqlite", "jsonl")
 ANCHOR_STATUS_SUFFIX = ".anchors.jsonl"
 """Suffix of the anchoring status file written beside a file-backed ledger."""
 
-__all__ = ["ANCHOR_STATUS_SUFFIX", "FILE_SCHEMES", "LedgerLocation", "anchor_status_path", "file_uri",
-           "parse_ledger_uri"]
+RUN_ID = "{run_id}"
+"""Placeholder in a ledger URI for the id of the run that opens it (one new ledger per ``flwr run``)."""
+
+__all__ = ["ANCHOR_STATUS_SUFFIX", "FILE_SCHEMES", "RUN_ID", "LedgerLocation", "anchor_status_path", "file_uri",
+           "parse_ledger_uri", "with_run_id"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,17 @@ class LedgerLocation:
     def anchor_status(self) -> Path | None:
         """The anchoring status file ``<ledger>.anchors.jsonl`` of a file-backed ledger, else ``None``."""
         return self.sibling(ANCHOR_STATUS_SUFFIX)
+
+
+def with_run_id(uri: str, run_id: str) -> str:
+    """``uri`` with every ``{run_id}`` replaced by ``run_id`` (unchanged when it has none).
+
+    Examples
+    --------
+    >>> with_run_id("sqlite:////srv/ledger-{run_id}.db", "42")
+    'sqlite:////srv/ledger-42.db'
+    """
+    return uri.replace(RUN_ID, str(run_id)) if RUN_ID in uri else uri
 
 
 def parse_ledger_uri(uri: str | Path) -> LedgerLocation:

@@ -10,11 +10,10 @@ Framework-neutral (neither torch nor flwr): replies arrive parsed
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,13 @@ from flower_chain.ledger.arrays import cast_like
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.cosignature import check_client_cosignature
 from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
-from flower_chain.ledger.errors import KeyFileError, LedgerError
-from flower_chain.ledger.keys import Keyring, load_private, raw_public, verify_signature
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.keys import Keyring, raw_public, verify_signature
 from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS, OK
 from flower_chain.ledger.text import safe_text
-from flower_chain.strategies.judge import Judge, Judgement, Reply
+from flower_chain.strategies.errors import AggregationError, TooFewAcceptedError
+from flower_chain.strategies.judge import Judge, Judgement, Reply, all_finite
+from flower_chain.strategies.options import LedgerOptions, flower_run_id  # noqa: F401 - flower_run_id: importable here
 from flower_chain.strategies.receipts import ReceiptServer
 from flower_chain.strategies.recorder import STORE_UPDATES_LIMIT, Recorder
 from flower_chain.wire import LedgerContext
@@ -38,54 +39,8 @@ from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
-__all__ = ["STORE_UPDATES_LIMIT", "AggregationError", "Judgement", "LedgerCore", "Reply", "TooFewAcceptedError"]
-
-
-class TooFewAcceptedError(LedgerError):
-    """A round accepted fewer replies than ``min_accepted``: the run stops (the round is on the ledger)."""
-
-    @classmethod
-    def of(cls, server_round: int, judgements: Sequence[Judgement], min_accepted: int, uri: str
-           ) -> TooFewAcceptedError:
-        """The error for a round whose ``judgements`` accepted fewer than ``min_accepted`` replies."""
-        accepted = sum(1 for j in judgements if j.accepted)
-        reasons = Counter(j.reason for j in judgements if not j.accepted)
-        return cls(f"round {server_round}: {accepted} of {len(judgements)} replies accepted, min_accepted is "
-                   f"{min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
-                   f"). Every reply is on the ledger: flower-chain ledger show {uri} {server_round}")
-
-
-class AggregationError(LedgerError):
-    """The wrapped strategy refused the accepted replies of a round (recorded on the ledger all the same).
-
-    The checks are meant to refuse, before the strategy sees it, whatever it would refuse; reaching
-    this is a gap in them: the run stops with the strategy's own reason rather than an anonymous crash.
-    """
-
-    def __init__(self, server_round: int, strategy: Any, cause: BaseException) -> None:
-        super().__init__(f"round {server_round}: {type(strategy).__name__} refused the accepted replies "
-                         f"({type(cause).__name__}: {safe_text(cause, 300)}); every reply is recorded on the "
-                         "ledger. Please report this: flower-chain's checks should have rejected the reply first")
-
-
-def _existing(path: str | Path, what: str) -> Path:
-    """``path``, or a :class:`KeyFileError` naming the directory a relative path was resolved against."""
-    p = Path(path)
-    if not p.is_absolute() and not p.exists():
-        raise KeyFileError(f"{what} {str(p)!r} is a relative path that does not exist in the working directory "
-                           f"{os.getcwd()} (under `flwr run`, the local SuperLink's, not your app's): use an "
-                           "absolute path")
-    return p
-
-
-def flower_run_id() -> str:
-    """The running Flower app's run id (a ``{run_id}`` ledger URI), or a timestamp outside a run."""
-    try:
-        from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415
-
-        return str(int(TaskIdentity.run_id))
-    except Exception:  # noqa: BLE001 - outside a Flower run (tests, scripts)
-        return time.strftime("%Y%m%d-%H%M%S")
+__all__ = ["STORE_UPDATES_LIMIT", "AggregationError", "Judgement", "LedgerCore", "LedgerOptions", "Reply",
+           "TooFewAcceptedError"]
 
 
 class LedgerCore:
@@ -98,58 +53,38 @@ class LedgerCore:
 
     Parameters
     ----------
-    ledger : Ledger or str
-        A backend or a ledger URI (created when absent).
-    keyring : Keyring, Mapping[str, bytes], str or Path
-        Allowed client public keys (a directory of ``*.pub`` files, one file,
-        or key id -> raw key). Recorded in the genesis of a new ledger; an
-        existing ledger keeps its genesis keyring.
-    server_key : Ed25519PrivateKey, str or Path
-        The key that signs blocks and checkpoints.
-    federation_id : str, optional
-        Id of a new federation (default: random); must match an existing ledger's.
+    ledger, keyring, server_key : optional
+        The first three :class:`~flower_chain.strategies.options.LedgerOptions` fields, positionally.
+    options : LedgerOptions, optional
+        The settings (:mod:`flower_chain.strategies.options`); keyword arguments named as its fields
+        are applied over it (``LedgerCore(uri, keyring, key, store_models=False)``).
     strategy_name : str
         Recorded in the genesis.
     strategy_config : Mapping, optional
         Digest recorded in the genesis.
-    store_models : bool
-        Keep the global model of every round in the blob store (default True).
-    store_client_updates : bool, optional
-        Keep every accepted client update in the blob store (what ``flower-chain ledger audit``
-        replays the aggregation from). ``None`` (default): for every round whose accepted updates
-        hold at most 64 MiB of array data; ``True``: always; ``False``: never.
-    anchor : AnchorPublisher or callable, optional
-        Publishes every appended block (``flower_chain.anchor``); a callable gets the federation id.
-    witnesses : sequence of (url, verifier key), optional
-        C2SP tlog-witnesses: after every block the server submits the checkpoint to each
-        (:mod:`flower_chain.strategies.witnessing`), stores the cosignatures and sends
-        clients the cosigned checkpoint.
-    witness_quorum : int
-        Cosignatures a checkpoint should gather; a shortfall is recorded and reported, never waited on
-        beyond ``witness_timeout`` seconds per block.
-    verify_workers : int, optional
-        Threads that hash the replies' arrays, check them for non-finite values and
-        verify their signatures (``hashlib``, numpy and ``cryptography`` release the
-        GIL). Default: the number of CPUs, at most 8; 1 keeps it on the calling thread.
+
+    Notes
+    -----
+    After every block the checkpoint goes to the ``witnesses`` (:mod:`flower_chain.strategies.witnessing`),
+    never waited on beyond ``witness_timeout``; ``verify_workers`` threads hash and verify the replies.
     """
 
-    def __init__(self, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
-                 server_key: Ed25519PrivateKey | str | Path, *, federation_id: str | None = None,
-                 strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None,
-                 store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
-                 verify_workers: int | None = None, witnesses: Sequence[tuple[str, str]] | None = None,
-                 witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
-        if isinstance(ledger, str) and "{run_id}" in ledger:  # one new ledger per `flwr run`, both strategies
-            ledger = ledger.replace("{run_id}", flower_run_id())
+    def __init__(self, ledger: Ledger | str | None = None,
+                 keyring: Keyring | Mapping[str, bytes] | str | Path | None = None,
+                 server_key: Ed25519PrivateKey | str | Path | None = None, *, options: LedgerOptions | None = None,
+                 strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None, **settings: Any) -> None:
+        for name, value in (("ledger", ledger), ("keyring", keyring), ("server_key", server_key)):
+            if value is not None:
+                settings[name] = value
+        self.options = opts = LedgerOptions.of(options, **settings)
+        federation_id, anchor = opts.federation_id, opts.anchor
         # Keys first: a bad key or keyring is an error before anything is written (no empty ledger left behind).
-        self.server_key = (server_key if isinstance(server_key, Ed25519PrivateKey)
-                           else load_private(_existing(server_key, "server_key")))
-        if isinstance(keyring, (str, Path)):
-            keyring = Keyring.from_path(_existing(keyring, "keyring"))
-        keys = dict(keyring.keys if isinstance(keyring, Keyring) else keyring)
-        self.ledger = open_ledger(ledger, create=True) if isinstance(ledger, str) else ledger
-        self.recorder = Recorder(self.ledger, self.server_key, store_models=store_models,
-                                 store_client_updates=store_client_updates)
+        self.server_key = opts.load_server_key()
+        keys = opts.load_keys()
+        target = opts.ledger_target()
+        self.ledger = open_ledger(target, create=True) if isinstance(target, str) else target
+        self.recorder = Recorder(self.ledger, self.server_key, store_models=opts.store_models,
+                                 store_client_updates=opts.store_client_updates)
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
         self.stats: dict[int, dict[str, Any]] = {}
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
@@ -173,16 +108,16 @@ class LedgerCore:
             self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
             self.recorder.start(fid, keys, strategy_name, strategy_config)
         self.keys = dict(self.writer.genesis.client_keys)
-        self.judge = Judge(self.keys, self.recorder.revoked, verify_workers)
+        self.judge = Judge(self.keys, self.recorder.revoked, opts.verify_workers)
         self.opened_at_round = self.last_round
         if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
             self._attach_anchor(anchor, self.federation_id)
         self.witnessing = None
-        if witnesses:  # after each block: cosignatures from the witnesses, stored and sent to the clients
+        if opts.witnesses:  # after each block: cosignatures from the witnesses, stored and sent to the clients
             from flower_chain.strategies.witnessing import Witnessing
 
-            self.witnessing = Witnessing(self.ledger, list(witnesses), quorum=int(witness_quorum),
-                                         timeout=float(witness_timeout))
+            self.witnessing = Witnessing(self.ledger, list(opts.witnesses), quorum=int(opts.witness_quorum),
+                                         timeout=float(opts.witness_timeout))
             self.witnessing.on_block(self.writer.head)  # the head this run starts from
             self.writer.listeners.append(self.witnessing.on_block)
 
@@ -291,6 +226,70 @@ class LedgerCore:
         """The aggregate in the dtypes of the round's global model (no reply can change them)."""
         dtypes = self._dtypes.get(int(server_round))
         return list(aggregated) if dtypes is None or len(dtypes) != len(aggregated) else cast_like(aggregated, dtypes)
+
+    # -- the round sequences (both wrappers) ---------------------------------------------------------
+    def train_round(self, server_round: int, judgements: Sequence[Judgement], accepted: int, seconds: float,
+                    strategy: Any, aggregate: Callable[[], tuple[NamedArrays | None, Any]],
+                    state: Callable[[], NamedArrays | None] | None = None,
+                    before_stop: Callable[[], None] | None = None) -> tuple[list | None, NamedArrays | None, Any]:
+        """A judged train round: too-few check, aggregate, cast back, finite check, and the block in ``finally``.
+
+        ``accepted`` replies below ``options.min_accepted``: the round is recorded, ``before_stop()`` called,
+        then :class:`TooFewAcceptedError`; at 0 nothing is aggregated (model and state stay). ``aggregate()``
+        runs the wrapped ``strategy``: ``(named arrays or None, what else it returned)``; ``state()`` is the
+        strategy's state after it (``state_after``; default: the last kept). ``seconds``: time spent judging.
+
+        Returns
+        -------
+        tuple
+            The aggregate cast to the round's dtypes (``None``: no new model), the arrays ``aggregate``
+            returned (to see whether casting changed them), and what else it returned.
+
+        Raises
+        ------
+        TooFewAcceptedError
+            Fewer than ``options.min_accepted`` accepted replies.
+        AggregationError
+            The wrapped strategy failed, or its aggregate has non-finite values (the model stays).
+        """
+        if accepted < self.options.min_accepted:  # record the round, then stop loudly: nothing to train on
+            self.commit_train(server_round, judgements, None, seconds, None)
+            if before_stop is not None:
+                before_stop()
+            raise TooFewAcceptedError.of(server_round, judgements, self.options.min_accepted, self.ledger.uri)
+        named, views, extra, after = None, None, None, None
+        try:
+            if accepted:  # none accepted (min_accepted=0): nothing to aggregate; model and state stay, as verify checks
+                views, extra = aggregate()
+                if views is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
+                    named = self.cast_aggregate(server_round, views)
+                    if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
+                        named = None
+                        raise ValueError("the aggregate has non-finite values")
+                after = state() if state is not None else None
+        except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
+            raise AggregationError(server_round, strategy, e) from e
+        finally:  # the replies are recorded even when the wrapped strategy fails
+            self.commit_train(server_round, judgements, named, seconds, after)
+        return named, views, extra
+
+    def evaluate_round(self, server_round: int, judgements: Sequence[Judgement], accepted: int, strategy: Any,
+                       aggregate: Callable[[], Any], summary: Callable[[Any], Mapping[str, Any]],
+                       record: bool = True) -> Any:
+        """A judged evaluate round: aggregate, and the block (``summary`` of the result) in ``finally``.
+
+        ``record`` False (no reply came back) appends no block. The wrapped strategy's failure is an
+        :class:`AggregationError`; every judged reply is on the ledger whatever it does.
+        """
+        result = None
+        try:
+            result = aggregate()
+        except Exception as e:  # noqa: BLE001 - recorded below, then the run stops with the reason
+            raise AggregationError(server_round, strategy, e) from e
+        finally:  # every judged reply is on the ledger, whatever the wrapped strategy does
+            if record:
+                self.commit_evaluation(server_round, "federated", accepted, summary(result), judgements)
+        return result
 
     # -- recording ---------------------------------------------------------------------------------
     def commit_train(self, server_round: int, judgements: Sequence[Judgement], aggregated: NamedArrays | None,

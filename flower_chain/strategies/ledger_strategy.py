@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from logging import INFO
-from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
@@ -17,11 +15,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.keys import Keyring
 from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.judge import all_finite
-from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
+from flower_chain.strategies.core import Judgement, LedgerCore
+from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 from flower_chain.strategies._gcpause import cyclic_gc_paused
@@ -68,57 +65,41 @@ class LedgerStrategy(Strategy):
     ----------
     strategy : Strategy
         The strategy to wrap (FedAvg, FedProx, FedAdam, FedMedian, Krum, a DP wrapper, ...).
-    ledger : Ledger or str
-        A ledger backend or URI (``sqlite:///ledger.db``, ``jsonl:///ledger.jsonl``, ``postgresql://...``,
-        ``memory:``). ``{run_id}`` in the URI becomes the Flower run id: one new ledger per ``flwr run``.
-    keyring : Keyring, Mapping[str, bytes], str or Path
-        Allowed client public keys (a directory of ``*.pub`` files, a file, or key id -> raw key).
-    server_key : Ed25519PrivateKey, str or Path
-        The server's signing key (or the path of its PEM file).
-    federation_id : str, optional
-        Id of a new federation; default random.
-    store_models : bool, optional
-        Keep every round's global model in the ledger's blob store (default True).
-    store_client_updates : bool, optional
-        Keep every accepted client update in the blob store, which ``flower-chain ledger audit``
-        replays the aggregation from. Default ``None``: for every round whose accepted updates hold
-        at most 64 MiB of array data; ``True`` always, ``False`` never.
-    resume : bool, optional
-        Continue the federation of a ledger that already records rounds, from
-        its last verified block (default False: such a ledger is refused).
-    anchor : AnchorPublisher or callable, optional
-        Publishes each appended block to a chain off the round's critical path
-        (``flower_chain.anchor``; a callable receives the federation id).
-    min_accepted : int, optional
-        Fewest accepted train replies a round needs (default 1). A round below it is still
-        recorded, then the run stops with :class:`~flower_chain.strategies.core.TooFewAcceptedError`
-        naming the reasons (e.g. every node lacks its key) instead of training on nothing.
-    verify_workers : int, optional
-        Threads hashing and scanning the replies' arrays and verifying their
-        signatures (default: CPUs, at most 8; 1 keeps all checks on the calling thread).
-    witnesses : sequence of (url, verifier key), optional
-        C2SP tlog-witnesses that cosign each block's checkpoint; clients are sent the cosigned one.
-    witness_quorum : int, optional
-        Cosignatures each checkpoint should gather (a shortfall is recorded and reported).
-    witness_timeout : float, optional
-        Seconds a block waits for its witnesses at most (a witness that is down never stalls a round).
+    options : LedgerOptions, optional
+        The settings (:class:`~flower_chain.strategies.options.LedgerOptions`).
+    **settings
+        Its fields as keyword arguments, applied over ``options``: ``ledger`` (a backend or URI;
+        ``{run_id}`` becomes the Flower run id), ``keyring``, ``server_key`` (required unless in
+        ``options``), ``federation_id``, ``store_models``, ``store_client_updates``, ``resume``
+        (continue the federation of a ledger that already records rounds), ``min_accepted`` (fewest
+        accepted train replies a round needs; below it the round is recorded, then the run stops with
+        :class:`~flower_chain.strategies.errors.TooFewAcceptedError`), ``anchor``, ``verify_workers``,
+        ``witnesses``, ``witness_quorum``, ``witness_timeout``.
     """
 
-    def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
-                 server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool | None = None, resume: bool = False,
-                 min_accepted: int = 1,
-                 anchor=None, verify_workers: int | None = None,
-                 witnesses=None, witness_quorum: int = 0, witness_timeout: float = 2.0) -> None:
+    def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, **settings: Any) -> None:
         self.strategy = strategy
-        self.resume = resume
-        self.min_accepted = int(min_accepted)
         self._offset = 0  # rounds already on the ledger when this run started (resume)
-        self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
-                               strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
-                               store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor, verify_workers=verify_workers, witnesses=witnesses,
-                               witness_quorum=witness_quorum, witness_timeout=witness_timeout)
+        self.core = LedgerCore(options=LedgerOptions.of(options, **settings), strategy_name=type(strategy).__name__,
+                               strategy_config=strategy_config(strategy))
+
+    @property
+    def options(self) -> LedgerOptions:
+        """The settings this strategy runs with."""
+        return self.core.options
+
+    @property
+    def resume(self) -> bool:
+        return self.core.options.resume
+
+    @property
+    def min_accepted(self) -> int:
+        """Fewest accepted train replies a round needs (settable)."""
+        return self.core.options.min_accepted
+
+    @min_accepted.setter
+    def min_accepted(self, value: int) -> None:
+        self.core.options.min_accepted = int(value)
 
     def __getattr__(self, name: str) -> Any:
         # Read-only access to the wrapped strategy's settings (fraction_train, weighted_by_key, ...).
@@ -201,28 +182,16 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         t0 = time.perf_counter()
         accepted, judgements = self._judge("train", server_round, replies)
-        t_check = time.perf_counter() - t0
-        arrays, metrics, state = None, None, None
-        named = None
-        if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
-            self.core.commit_train(server_round, judgements, None, t_check, None)
-            raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
-        try:
-            if accepted:  # none accepted (min_accepted=0): nothing to aggregate; model and state stay, as verify checks
-                arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
-                if arrays is not None:  # the global model keeps the initial dtypes, whatever the strategy returns
-                    views = arrays_of(arrays)
-                    named = self.core.cast_aggregate(server_round, views)
-                    if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
-                        named = None
-                        raise ValueError("the aggregate has non-finite values")
-                    if any(c is not v for (_, c), (_, v) in zip(named, views)):  # re-serialize only what was cast
-                        arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
-                state = strategy_state(self.strategy)
-        except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
-            raise AggregationError(server_round, self.strategy, e) from e
-        finally:  # the replies are recorded even when the wrapped strategy fails
-            self.core.commit_train(server_round, judgements, named, t_check, state)
+
+        def aggregate():
+            arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+            return (arrays_of(arrays) if arrays is not None else None), (arrays, metrics)
+
+        named, views, got = self.core.train_round(server_round, judgements, len(accepted), time.perf_counter() - t0,
+                                                  self.strategy, aggregate, lambda: strategy_state(self.strategy))
+        arrays, metrics = got if got is not None else (None, None)
+        if named is not None and any(c is not v for (_, c), (_, v) in zip(named, views)):
+            arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})  # re-serialize what was cast
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -237,16 +206,10 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         replies = list(replies)
         accepted, judgements = self._judge("evaluate", server_round, replies)
-        metrics = None
-        try:
-            metrics = self.strategy.aggregate_evaluate(server_round, accepted)
-        except Exception as e:  # noqa: BLE001 - recorded below, then the run stops with the reason
-            raise AggregationError(server_round, self.strategy, e) from e
-        finally:  # every judged reply is on the ledger, whatever the wrapped strategy does
-            if replies:
-                self.core.commit_evaluation(server_round, "federated", len(accepted),
-                                            dict(metrics.items()) if metrics is not None else {}, judgements)
-        return metrics
+        return self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
+                                        lambda: self.strategy.aggregate_evaluate(server_round, accepted),
+                                        lambda metrics: dict(metrics.items()) if metrics is not None else {},
+                                        record=bool(replies))
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,

@@ -6,10 +6,8 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from logging import INFO
-from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -26,10 +24,10 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.keys import Keyring
 from flower_chain.strategies import replies as parse
-from flower_chain.strategies.core import AggregationError, Judgement, LedgerCore, TooFewAcceptedError
-from flower_chain.strategies.judge import Reply, all_finite
+from flower_chain.strategies.core import Judgement, LedgerCore
+from flower_chain.strategies.judge import Reply
+from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.ledger.text import safe_text
 from flower_chain.wire import PREFIX
@@ -66,19 +64,28 @@ class LegacyLedgerStrategy(Strategy):
     sees the results.
     """
 
-    def __init__(self, strategy: Strategy, *, ledger: Ledger | str, keyring: Keyring | Mapping[str, bytes] | str | Path,
-                 server_key: Ed25519PrivateKey | str | Path, federation_id: str | None = None,
-                 store_models: bool = True, store_client_updates: bool | None = None, anchor=None,
-                 verify_workers: int | None = None, witnesses=None, witness_quorum: int = 0,
-                 witness_timeout: float = 2.0, min_accepted: int = 1) -> None:
+    def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, **settings: Any) -> None:
         super().__init__()
         self.strategy = strategy
-        self.min_accepted = int(min_accepted)
-        self.core = LedgerCore(ledger, keyring, server_key, federation_id=federation_id,
-                               strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy),
-                               store_models=store_models, store_client_updates=store_client_updates,
-                               anchor=anchor, verify_workers=verify_workers, witnesses=witnesses,
-                               witness_quorum=witness_quorum, witness_timeout=witness_timeout)
+        options = LedgerOptions.of(options, **settings)
+        if options.resume:
+            raise TypeError("LegacyLedgerStrategy does not resume a federation (resume=True): use LedgerStrategy")
+        self.core = LedgerCore(options=options, strategy_name=type(strategy).__name__,
+                               strategy_config=strategy_config(strategy))
+
+    @property
+    def options(self) -> LedgerOptions:
+        """The settings this strategy runs with."""
+        return self.core.options
+
+    @property
+    def min_accepted(self) -> int:
+        """Fewest accepted train replies a round needs (settable)."""
+        return self.core.options.min_accepted
+
+    @min_accepted.setter
+    def min_accepted(self, value: int) -> None:
+        self.core.options.min_accepted = int(value)
 
     def __repr__(self) -> str:
         return f"LegacyLedgerStrategy({self.strategy!r}, federation={self.core.federation_id!r})"
@@ -123,27 +130,20 @@ class LegacyLedgerStrategy(Strategy):
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
         t0 = time.perf_counter()
         accepted, judgements = self._judge("train", server_round, results, failures)
-        t_check = time.perf_counter() - t0
-        parameters, metrics = None, {}
-        named = None
-        if len(accepted) < self.min_accepted:  # record the round, then stop loudly: nothing to train on
-            self.core.commit_train(server_round, judgements, None, t_check)
-            for line in self.core.summary_lines():  # the legacy loop has no end-of-run hook: say it here
+
+        def aggregate():
+            parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
+            return (_named(parameters) if parameters is not None else None), (parameters, metrics)
+
+        def log_summary() -> None:  # the legacy loop has no end-of-run hook: say it before the run stops
+            for line in self.core.summary_lines():
                 log(INFO, "%s", line)
-            raise TooFewAcceptedError.of(server_round, judgements, self.min_accepted, self.core.ledger.uri)
-        try:
-            if accepted:  # none accepted (min_accepted=0): nothing to aggregate, the model stays (verify checks it)
-                parameters, metrics = self.strategy.aggregate_fit(server_round, accepted, failures)
-                if parameters is not None:  # the global model keeps the initial dtypes
-                    named = self.core.cast_aggregate(server_round, _named(parameters))
-                    if not all_finite(named):  # never a NaN model: the round keeps the model and the run stops
-                        named = None
-                        raise ValueError("the aggregate has non-finite values")
-                    parameters = ndarrays_to_parameters([a for _, a in named])
-        except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
-            raise AggregationError(server_round, self.strategy, e) from e
-        finally:
-            self.core.commit_train(server_round, judgements, named, t_check)
+
+        named, _, got = self.core.train_round(server_round, judgements, len(accepted), time.perf_counter() - t0,
+                                              self.strategy, aggregate, before_stop=log_summary)
+        parameters, metrics = got if got is not None else (None, {})
+        if named is not None:  # the global model keeps the initial dtypes
+            parameters = ndarrays_to_parameters([a for _, a in named])
         stats = self.core.stats[server_round]
         log(INFO, "[flower-chain] round %d: accepted %d, rejected %d", server_round, stats["accepted"],
             stats["rejected"])
@@ -158,18 +158,14 @@ class LegacyLedgerStrategy(Strategy):
                            failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
                            ) -> tuple[float | None, dict[str, Scalar]]:
         accepted, judgements = self._judge("evaluate", server_round, results, failures)
-        loss, metrics = None, {}
-        try:
-            loss, metrics = self.strategy.aggregate_evaluate(server_round, accepted, failures)
-        except Exception as e:  # noqa: BLE001 - recorded below, then the run stops with the reason
-            raise AggregationError(server_round, self.strategy, e) from e
-        finally:  # every judged reply is on the ledger, whatever the wrapped strategy does
-            if results or failures:
-                summary = dict(metrics or {})
-                if loss is not None:
-                    summary["loss"] = float(loss)
-                self.core.commit_evaluation(server_round, "federated", len(accepted), summary, judgements)
-        return loss, metrics
+
+        def summary(got) -> dict[str, Any]:
+            loss, metrics = got if got is not None else (None, {})
+            return {**dict(metrics or {}), **({"loss": float(loss)} if loss is not None else {})}
+
+        return self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
+                                        lambda: self.strategy.aggregate_evaluate(server_round, accepted, failures),
+                                        summary, record=bool(results or failures))
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         res = self.strategy.evaluate(server_round, parameters)
