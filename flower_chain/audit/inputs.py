@@ -8,9 +8,12 @@ auditor's private key; the opened array stream must hash to the digest the
 client signed (sealing needs only the public key, so the server could seal
 anything: the digest check is what binds the content to the client).
 
-Whatever is absent, altered or cannot be opened raises :class:`Missing` with
-the reason, naming the update's ledger entry and key; the round is then
-reported as not re-derived, never as verified.
+What is absent (or sealed to a key not given) raises :class:`Missing`: the
+round is reported as not re-derived. What is present but is not what the
+ledger names (bytes that do not hash to the digest, do not decode, a sealed
+blob that does not open under the auditor's own key) raises :class:`Altered`:
+the server's store contradicts what the clients signed, and the round fails.
+Both name the update's ledger entry and key.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.sealed import SealedError, open_sealed, parse_sealed, recipient_id, sealed_address
 
 Named = list[tuple[str, np.ndarray]]
+
+
+class Altered(Exception):
+    """A stored input is present but is not what the ledger names (altered, swapped, or sealed for another)."""
 
 
 class Missing(Exception):
@@ -89,14 +96,17 @@ class Inputs:
 
     def _decoded(self, data: bytes, digest: bytes, what: str) -> Named:
         if content_digest(data, self.version) != digest:
-            raise Missing(f"the {what} {digest.hex()[:16]} does not match its digest")
+            raise Altered(f"the {what} {digest.hex()[:16]} does not match its digest")
         try:
             return decode_arrays(data)
         except LedgerError as e:
-            raise Missing(f"the {what} {digest.hex()[:16]} does not decode: {e}") from None
+            raise Altered(f"the {what} {digest.hex()[:16]} does not decode: {e}") from None
 
     def update(self, entry: UpdateEntry, index: int) -> tuple[Named, bool]:
-        """(arrays, sealed) of an accepted update, from its plaintext or its sealed blob."""
+        """(arrays, sealed) of an accepted update, from its plaintext or its sealed blob.
+
+        Raises :class:`Missing` (absent, or sealed without the key) or :class:`Altered`.
+        """
         what = f"client update of {entry.key_id} (entry {index})"
         digest = entry.arrays_digest
         try:
@@ -106,9 +116,7 @@ class Inputs:
             if not self.ledger.has_blob(address):
                 raise Missing(f"the {what} is not in the blob store", absent=True)
             blob = self.ledger.get_blob(address)
-        except (LedgerError, ValueError) as e:
-            if isinstance(e, Missing):
-                raise
+        except LedgerError as e:
             raise Missing(f"the {what} cannot be read: {e}") from None
         return self._open(blob, digest, what), True
 
@@ -116,7 +124,7 @@ class Inputs:
         try:
             sealed = parse_sealed(blob)
         except SealedError as e:
-            raise Missing(f"the sealed {what} is not a sealed blob: {e}") from None
+            raise Altered(f"the sealed {what} is not a sealed blob: {e}") from None
         if self.audit_key is None:
             self.sealed_locked += 1
             raise Missing(f"accepted updates are sealed to the auditor key {sealed.recipient.hex()[:16]}: "
@@ -127,7 +135,7 @@ class Inputs:
             if sealed.recipient != recipient_id(self.audit_key):
                 self.sealed_locked += 1
                 raise Missing(f"the sealed {what} is {e}", sealed=True) from None
-            raise Missing(f"the sealed {what} {e}") from None
+            raise Altered(f"the sealed {what} {e}") from None
         arrays = self._decoded(plain, digest, f"opened {what}")
         self.sealed_opened += 1
         return arrays

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flower_chain.audit.inputs import Inputs, Missing, Named
+from flower_chain.audit.inputs import Altered, Inputs, Missing, Named
 from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, Indexed, compare, load_updates, metric_value, \
     sandbox, summary_matches
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
@@ -98,13 +98,11 @@ class LegacyReplay:
             if self.strategy is None:
                 self._start(model)
             updates = load_updates(self.inputs, accepted, model)
-        except Missing as m:
+        except (Missing, Altered) as m:
             if self.stateful:
                 self.broken = (f"the state of the legacy strategy after round {header.round} could not be "
                                f"re-derived ({m})")
-            return NOT_REDERIVABLE, str(m)
-        except ValueError as e:
-            return MISMATCH, str(e)
+            return (NOT_REDERIVABLE if isinstance(m, Missing) else MISMATCH), str(m)
         named, failed = self._aggregate(header.round, model, accepted, updates, failures)
         state_before = header.state_after  # the legacy wrapper records no state: only a recorded one is compared
         return compare(self.inputs, header, model, named, failed, state_before,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_chain.audit.inputs import Inputs, Missing, Named, array_rule_break
+from flower_chain.audit.inputs import Altered, Inputs, Missing, Named, array_rule_break
 from flower_chain.ledger.arrays import cast_like, first_nonfinite
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
@@ -107,31 +107,36 @@ def _message(entry: UpdateEntry, server_round: int, kind: str, named: Named | No
 
 
 def load_updates(inputs: Inputs, accepted: Indexed, model: Named | None) -> list[Named]:
-    """The accepted updates' arrays; :class:`Missing` naming every one absent or unusable.
+    """The accepted updates' arrays, each named by entry and key when it cannot be used.
 
-    A sealed update the audit opens is held to the round's array rules here (verify could not see it);
-    a break raises ``ValueError`` with the entry named: the server accepted what the policy rejects.
+    Raises :class:`Altered` when a stored update is not the one the client signed, or when a sealed
+    update the audit opens breaks the round's array rules (verify could not see it: the server accepted
+    what the policy rejects); :class:`Missing` when updates are absent or sealed without the key.
     """
-    updates, absent, bad, locked = [], 0, [], []
+    updates, absent, altered, locked = [], 0, [], []
     for index, e in accepted:
         try:
             arrays, sealed = inputs.update(e, index)
         except Missing as m:
             absent += m.absent
-            (locked if m.sealed else bad).extend([] if m.absent else [str(m)])
+            locked += [str(m)] if m.sealed else []
             continue
-        if sealed and model is not None:
-            why = array_rule_break(arrays, model)
-            if why is not None:
-                raise ValueError(f"the accepted update of {e.key_id} (entry {index}) breaks the array rules: {why}")
+        except Altered as a:
+            altered.append(str(a))
+            continue
+        why = array_rule_break(arrays, model) if sealed and model is not None else None
+        if why is not None:
+            altered.append(f"the accepted update of {e.key_id} (entry {index}) breaks the array rules: {why}")
         updates.append(arrays)
+    if altered:
+        raise Altered("; ".join(altered[:3]) + (f"; … ({len(altered)} in all)" if len(altered) > 3 else ""))
     what = [f"{absent} of {len(accepted)} accepted client updates are not in the blob store"] if absent else []
     if locked:
-        what.append(f"{len(locked)} of {len(accepted)} accepted client updates are {locked[0].split(' are ', 1)[-1]}"
-                    if all("sealed to the auditor key" in x for x in locked) else "; ".join(locked[:3]))
-    if what or bad:
-        raise Missing("; ".join(what + bad[:3]) + (f"; … ({len(bad)} unusable)" if len(bad) > 3 else ""),
-                      sealed=bool(locked))
+        same = all("sealed to the auditor key" in x for x in locked)
+        what.append(f"{len(locked)} of {len(accepted)} accepted client updates are "
+                    f"{locked[0].split(' are ', 1)[-1]}" if same else "; ".join(locked[:3]))
+    if what:
+        raise Missing("; ".join(what), sealed=bool(locked))
     return updates
 
 
@@ -145,8 +150,8 @@ def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: I
         updates = load_updates(inputs, accepted, model)
     except Missing as m:
         return NOT_REDERIVABLE, str(m)
-    except ValueError as e:
-        return MISMATCH, str(e)
+    except Altered as a:
+        return MISMATCH, str(a)
     strategy = factory()
     with sandbox():
         from flwr.app import ConfigRecord

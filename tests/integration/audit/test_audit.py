@@ -169,13 +169,17 @@ def test_dropped_accepted_update_fails(tmp_path):
 
 
 def test_swapped_update_blob_is_not_used(tmp_path):
-    """A server that stores other arrays under a client's digest: the blob fails its digest check."""
+    """A server that stores other arrays under a client's digest: the blob fails its digest check, and the
+    round fails (the store contradicts what the client signed), naming the entry."""
     uri, key, _ = honest(tmp_path, FedAvg(**kw()))
     entry = next(e for b in dishonest.train_blocks(dishonest.read_blocks(uri)) for e in b[1])
     dishonest.put_blob(uri, entry.arrays_digest, encode_arrays([("w", np.zeros((8, 4), np.float32)),
                                                                 ("b", np.zeros(4, np.float32))]))
     rep = audited(uri)
-    assert rep.rounds[0].status == NOT_REDERIVABLE and "does not match its digest" in rep.rounds[0].detail
+    assert rep.rounds[0].status == MISMATCH and "does not match its digest" in rep.rounds[0].detail
+    assert f"client update of {entry.key_id} (entry " in rep.rounds[0].detail
+    r = cli("ledger", "audit", uri)
+    assert r.returncode == 1 and "does not match its digest (altered)" in r.stderr, r.stderr  # verify --blobs first
 
 
 def test_evaluation_block_that_changes_the_model_fails(tmp_path):
