@@ -64,6 +64,7 @@ class LocalGrid(Grid):
         self.tamper = None  # (node, stage, request, reply) -> reply
         self.rewrite = None  # (node, stage, request) -> request (a dishonest server's edits)
         self.sent: list[tuple[int, str]] = []
+        self.errors: list[tuple[int, str, Exception]] = []  # exceptions the node apps raised
         self._run = type("Run", (), {"run_id": 1})()
 
     def set_run(self, run) -> None:
@@ -98,6 +99,7 @@ class LocalGrid(Grid):
             try:
                 reply = self.apps[nid](msg, self.contexts[nid])
             except Exception as e:  # noqa: BLE001 - what the Flower runtime does with a failing app
+                self.errors.append((nid, stage, e))
                 reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
             if self.tamper is not None:
                 reply = self.tamper(nid, stage, msg, reply)
