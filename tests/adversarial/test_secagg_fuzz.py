@@ -73,7 +73,7 @@ def test_hostile_signed_replies_are_verdicts(stage):
         fed = SecAggFederation("memory:", n=5, seed=trial)
         target = fed.node_ids[trial % 5]
 
-        def tamper(nid, s, msg, reply, target=target):
+        def tamper(nid, s, msg, reply, target=target, fed=fed):
             if nid != target or s != stage or reply.has_error():
                 return reply
             rec = dict(reply.content.config_records[RECORD].items())
