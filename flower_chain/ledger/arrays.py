@@ -33,6 +33,7 @@ equals :func:`array_digest` of the arrays it decodes to.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
@@ -163,11 +164,27 @@ def check_version(version: object) -> int:
 
 
 def default_threads() -> int:
-    """Threads the v2 digest hashes on by default: the CPUs this process may run on."""
+    """Threads the v2 digest hashes on by default: the CPUs this process may run on.
+
+    The CPUs in its affinity mask (Linux; else ``os.cpu_count()``), at most the CPU quota of its
+    cgroup (v2 ``cpu.max``), so a container limited to 2 CPUs of a 16-core host uses 2 threads.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _cgroup_cpus()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs granted by the cgroup v2 quota (``cpu.max``: "QUOTA PERIOD" or "max PERIOD"), a large number if none."""
+    try:
+        with open(path, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, "max" (no quota), or unreadable
+        return 1 << 16
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}

@@ -289,3 +289,15 @@ def test_a_background_digest_runs_while_the_caller_works():
         spins += 1  # the caller keeps running Python code while the digest is hashed
         started.set()
     assert started.is_set() and spins > 10 and future.result() == array_digest_v1(named)
+
+
+@pytest.mark.parametrize("text,cpus", [("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
+                                       ("max 100000", 1 << 16), ("garbage", 1 << 16), (None, 1 << 16)])
+def test_the_default_thread_count_respects_a_cgroup_cpu_quota(tmp_path, text, cpus):
+    from flower_chain.ledger import arrays
+
+    path = tmp_path / "cpu.max"
+    if text is not None:
+        path.write_text(text)
+    assert arrays._cgroup_cpus(str(path)) == cpus
+    assert 1 <= arrays.default_threads()
