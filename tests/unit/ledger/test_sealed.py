@@ -124,3 +124,60 @@ def test_keys_load_from_pem_hex_and_files(tmp_path):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     with pytest.raises(SealedError, match="Ed25519PublicKey, not an X25519"):
         load_audit_public(ed)
+
+
+# --- the bytes, as docs/sealed-updates.md specifies them, opened by an independent RFC 9180 implementation ---
+
+
+def _rfc9180_open(blob: bytes, sk: X25519PrivateKey, origin: str, digest: bytes) -> bytes:
+    """Base-mode single-shot Open of DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, written from
+    RFC 9180 §4.1, §5.1 and §7 with hmac/hashlib (not through cryptography's HPKE)."""
+    import hmac
+    import struct
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    def extract(salt, ikm):
+        return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+    def expand(prk, info, n):
+        out, t, i = b"", b"", 1
+        while len(out) < n:
+            t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+            out, i = out + t, i + 1
+        return out[:n]
+
+    def labeled_extract(suite, salt, label, ikm):
+        return extract(salt, b"HPKE-v1" + suite + label + ikm)
+
+    def labeled_expand(suite, prk, label, info, n):
+        return expand(prk, struct.pack(">H", n) + b"HPKE-v1" + suite + label + info, n)
+
+    assert blob[:8] == b"FCSEAL\x00\x01"
+    recipient, enc, ct = blob[8:40], blob[40:72], blob[72:]
+    pk_r = raw_x25519(sk.public_key())
+    assert recipient == hashlib.sha256(pk_r).digest()
+    kem_suite = b"KEM" + struct.pack(">H", 0x0020)
+    dh = sk.exchange(X25519PublicKey.from_public_bytes(enc))
+    eae_prk = labeled_extract(kem_suite, b"", b"eae_prk", dh)
+    shared = labeled_expand(kem_suite, eae_prk, b"shared_secret", enc + pk_r, 32)
+    suite = b"HPKE" + struct.pack(">HHH", 0x0020, 0x0001, 0x0003)
+    o = origin.encode()
+    info = b"flower-chain:sealed-update:v1\x00" + struct.pack(">H", len(o)) + o + digest
+    context = b"\x00" + labeled_extract(suite, b"", b"psk_id_hash", b"") + \
+        labeled_extract(suite, b"", b"info_hash", info)
+    secret = labeled_extract(suite, shared, b"secret", b"")
+    key = labeled_expand(suite, secret, b"key", context, 32)
+    nonce = labeled_expand(suite, secret, b"base_nonce", context, 12)
+    return ChaCha20Poly1305(key).decrypt(nonce, ct, b"")  # single shot: the AAD is empty, info binds
+
+
+def test_the_specified_bytes_open_with_an_independent_rfc9180_implementation():
+    key = X25519PrivateKey.generate()
+    _, stream, digest = update(3)
+    blob = seal(stream, key.public_key(), ORIGIN, digest)
+    assert _rfc9180_open(blob, key, ORIGIN, digest) == stream
+    expected = hashlib.sha256(b"flower-chain:sealed-address:v1\x00" + len(ORIGIN).to_bytes(2, "big")
+                              + ORIGIN.encode() + digest).digest()
+    assert sealed_address(ORIGIN, digest) == expected
