@@ -9,7 +9,8 @@ For models of 64 MB to 1 GB (float32 arrays of a ResNet-like mix of sizes), in t
   to show there is nothing to gain past the cores).
 
 Target (issue 21): v2 at the default thread count >= 1.7x the baseline on 2 cores. Every thread count
-must give the same digest (checked). Medians of ``--repeats`` runs after one warm-up.
+must give the same digest (checked). Medians of ``--repeats`` runs after one warm-up, the variants run
+round-robin so that other load on the machine hits them alike (the load average is recorded).
 
     python bench/bench_digest.py [--sizes-mb 64 256 1024] [--repeats 5]
 
@@ -66,35 +67,37 @@ def sha256_stream(named) -> bytes:
     return h.digest()
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (the thread pool starts, pages are touched)
-    times = []
+def timed(variants: dict, repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds and result of each variant, run round-robin (load changes hit every variant alike)."""
+    out = {name: fn() for name, fn in variants.items()}  # warm-up (the thread pools start, pages are touched)
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}, out
 
 
 def bench_size(size_mb: int, repeats: int, max_threads: int) -> dict:
     named = model_of(size_mb)
     nbytes = len(encode_arrays([])) + sum(31 + len(n.encode()) + a.nbytes for n, a in named)  # 1-d arrays
     mb = sum(a.nbytes for _, a in named) / 1e6
-    base_s, _ = timed(lambda: sha256_stream(named), repeats)
-    v1_s, _ = timed(lambda: array_digest_v1(named), repeats)
-    threads, digests = {}, set()
     counts = sorted({*range(1, max_threads + 1), 2 * max_threads})
-    for t in counts:
-        s, d = timed(lambda t=t: array_digest(named, threads=t), repeats)
-        digests.add(d)
-        threads[str(t)] = {"seconds": s, "MBps": mb / s, "ratio_to_sha256_stream": base_s / s}
-    default = threads[str(default_threads())] if str(default_threads()) in threads else None
+    variants = {"sha256_stream": lambda: sha256_stream(named), "v1": lambda: array_digest_v1(named)}
+    variants.update({f"v2_{t}": (lambda t=t: array_digest(named, threads=t)) for t in counts})
+    secs, digests = timed(variants, repeats)
+    base_s = secs["sha256_stream"]
+    threads = {str(t): {"seconds": secs[f"v2_{t}"], "MBps": mb / secs[f"v2_{t}"],
+                        "ratio_to_sha256_stream": base_s / secs[f"v2_{t}"]} for t in counts}
+    default = threads.get(str(default_threads()))
     return {"MB": mb, "arrays": len(named), "chunks": -(-nbytes // CHUNK_SIZE),
             "sha256_stream": {"seconds": base_s, "MBps": mb / base_s},
-            "array_digest_v1": {"seconds": v1_s, "MBps": mb / v1_s, "ratio_to_sha256_stream": base_s / v1_s},
+            "array_digest_v1": {"seconds": secs["v1"], "MBps": mb / secs["v1"],
+                                "ratio_to_sha256_stream": base_s / secs["v1"]},
             "array_digest_v2_by_threads": threads,
             "v2_default_threads_ratio": default["ratio_to_sha256_stream"] if default else None,
-            "same_digest_on_every_thread_count": len(digests) == 1}
+            "same_digest_on_every_thread_count": len({digests[f"v2_{t}"] for t in counts}) == 1}
 
 
 def main() -> None:
