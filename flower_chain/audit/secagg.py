@@ -279,6 +279,8 @@ def _masked_vector(ledger: Ledger, digest: bytes, found: list[Finding], r: int, 
         return []
     if array_digest(named) != digest:
         found.append(Finding(r, MASKED, nid, "the stored masked input does not match its committed digest"))
+    if any(a.dtype != np.uint32 for _, a in named):
+        found.append(Finding(r, MASKED, nid, "the stored masked input is not uint32"))
     return [np.asarray(a, dtype=np.int64) for _, a in named]
 
 

@@ -260,7 +260,7 @@ class _Node:
         out = call_next(_with(msg, inner), self.context)
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
-        named = [(str(i), a) for i, a in enumerate(vector)]
+        named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
         rnd["masked_digest"] = array_digest(named)
         for arr_record in out.content.array_records.values():
             arr_record.clear()

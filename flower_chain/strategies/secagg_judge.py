@@ -161,15 +161,15 @@ def _masked(reply: dict, payload: dict, expect: dict) -> str | None:
     if [n for n, _ in named] != [str(i) for i in range(len(named))] or shapes != expect["shapes"]:
         return "the masked vector does not have the model's layout (weight first)"
     mod = expect["mod_range"]
-    if any(a.dtype != np.int64 or (a.size and (a.min() < 0 or a.max() >= mod)) for _, a in named):
-        return f"the masked vector is not int64 in [0, {mod})"
+    if any(a.dtype != np.uint32 or (a.size and mod < 2**32 and a.max() >= mod) for _, a in named):
+        return f"the masked vector is not uint32 in [0, {mod})"
     if array_digest(named) != reply["digest"]:
         return "the masked vector's digest is not the signed one"
     if int(named[0][1].reshape(-1)[0]) != reply["weight"]:
         return "the masked weight is not the signed one"
     if not set(reply["sources"]) <= set(expect["sources"]):
         return "the node names shares from nodes it was not sent"
-    payload["arrays"] = [a for _, a in named]
+    payload["arrays"] = [a.astype(np.int64) for _, a in named]
     return None
 
 

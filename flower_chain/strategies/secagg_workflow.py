@@ -258,7 +258,7 @@ class _Round:
         self._finish(live, dropped)
 
     def _finish(self, live: list[str], dropped: list[str]) -> None:
-        named = None
+        t0, named = time.perf_counter(), None
         replies = {n: v.statement.reply for n, v in self.verdicts[UNMASK].items() if v.accepted}
         seeds, keys, wrong, failure = rebuild_all(
             replies, live, dropped, self.t, {n: self.verdicts[MASKED][n].statement.reply["seed_digest"] for n in live},
@@ -282,6 +282,7 @@ class _Round:
                 named = self.core.cast_aggregate(self.round, [(str(i), a) for i, a in enumerate(avg)])
             except ValueError as e:
                 failure = str(e)
+        self.figures["unmask_seconds"] = time.perf_counter() - t0  # rebuild secrets, unmask, dequantize
         self._commit_result(live, named, agg_digest, failure)
 
     def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str) -> None:

@@ -157,8 +157,8 @@ def test_commitment_that_drops_or_adds_a_masked_input_fails_audit(attack, monkey
                 data["masked"] = {k: v for k, v in data["masked"].items() if k != victim}
             else:
                 victim = data["dropped"][0]  # a node that sent nothing gets an input
-                fake = [("0", np.array([5], dtype=np.int64)), ("1", np.zeros((6, 4), dtype=np.int64)),
-                        ("2", np.zeros((4,), dtype=np.int64))]
+                fake = [("0", np.array([5], dtype=np.uint32)), ("1", np.zeros((6, 4), dtype=np.uint32)),
+                        ("2", np.zeros((4,), dtype=np.uint32))]
                 digest = array_digest(fake)
                 fed.ledger.put_blob(encode_arrays(fake), digest)
                 data["dropped"] = [m for m in data["dropped"] if m != victim]

@@ -9,6 +9,8 @@ workflow the way ``DefaultWorkflow`` does.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
@@ -96,8 +98,8 @@ class LocalGrid(Grid):
             drop_at = self.drop.get(nid)
             if drop_at is not None and self.STAGES.index(stage) >= self.STAGES.index(drop_at):
                 continue
-            try:
-                reply = self.apps[nid](msg, self.contexts[nid])
+            try:  # a copy, as the transport delivers one: nodes must not share the server's objects
+                reply = self.apps[nid](copy.deepcopy(msg), self.contexts[nid])
             except Exception as e:  # noqa: BLE001 - what the Flower runtime does with a failing app
                 self.errors.append((nid, stage, e))
                 reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)

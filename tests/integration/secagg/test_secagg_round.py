@@ -83,7 +83,7 @@ def test_no_blob_equals_or_correlates_with_a_plaintext_update(fed, tmp_path):
             named = decode_arrays(bytes(data))
         except Exception:  # noqa: BLE001, S112 - the strategy config blob, not arrays
             continue
-        assert all(a.dtype == np.int64 for _, a in named), "a non-model blob that is not a masked vector"
+        assert all(a.dtype == np.uint32 for _, a in named), "a non-model blob that is not a masked vector"
         vec = np.concatenate([a.reshape(-1) for _, a in named[1:]]).astype(np.float64)
         masked += 1
         for n in fed.node_ids:
