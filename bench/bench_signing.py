@@ -4,6 +4,10 @@
     python bench/bench_signing.py                       # sizes 1k, 100k, 1M float32 parameters
     python bench/bench_signing.py --rounds 40 --sizes 1000 1000000
     python bench/bench_signing.py --before 01b6f61       # also the mod of that commit (receipts as files)
+    python bench/bench_signing.py --sizes 1000000 10000000 100000000   # issue 21: 1M, 10M, 100M parameters
+
+Sizes over 1M parameters run fewer rounds (``--rounds`` x 1M / size, at least ``--min-rounds``): a 100M-parameter
+round moves 400 MB through the server, the mod and the aggregation.
 
 A LedgerStrategy server (memory ledger) and one client run train rounds; only
 the client's mod is timed (the server's work is not). Per message:
@@ -150,6 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
     p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--min-rounds", type=int, default=6, help="fewest rounds of a size over 1M parameters")
     p.add_argument("--before", default="", help="also time the signing mod of this git commit")
     p.add_argument("--out", type=Path, default=RESULTS / "signing.json")
     p.add_argument("--dirs", nargs="+", default=[None],
@@ -167,12 +172,13 @@ def main() -> None:
                 # the mods run in lockstep (alternating order each round), so load on the machine hits both alike
                 lanes = {name: Lane(size, factory, Path(tmp) / f"{i}-{size}") for i, (name, factory)
                          in enumerate(factories.items())}
-                for rnd in range(1, args.rounds + 1):
+                rounds = args.rounds if size <= 1_000_000 else max(args.min_rounds, args.rounds * 1_000_000 // size)
+                for rnd in range(1, rounds + 1):
                     order = list(lanes.values())
                     for lane in order if rnd % 2 else order[::-1]:
                         lane.step(rnd)
                 for name, lane in lanes.items():
-                    r = lane.result(skip=min(3, args.rounds // 4))  # first rounds: key loading, first-use pinning
+                    r = lane.result(skip=max(1, min(3, rounds // 4)))  # first rounds: key loading, first-use pinning
                     r["mod_version"] = name
                     r["receipts_dir"] = str(Path(tmp).parent)
                     rows.append(r)
