@@ -7,7 +7,9 @@ input: a problem comes back as text, never as an exception.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations, islice
 
 import numpy as np
@@ -22,7 +24,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from flower_chain.ledger.secagg import seed_digest
-from flower_chain.ledger.secagg_masks import add_mod, mask_vectors
+from flower_chain.ledger.secagg_masks import mask_vectors
 
 
 def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
@@ -110,22 +112,26 @@ def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, byte
     shapes = [np.asarray(a).shape for a in vectors[live[0]]]
     total = [np.zeros(s, dtype=np.int64) for s in shapes]
     try:
-        for nid in live:
-            total = add_mod(total, [np.asarray(a, dtype=np.int64) for a in vectors[nid]], mod_range)
-        for nid in live:
-            total = add_mod(total, mask_vectors(seeds[nid], mod_range, shapes, generator), mod_range, -1)
+        signed: list[tuple[bytes, int]] = [(seeds[nid], -1) for nid in live]
         for v, secret in sorted(keys.items(), key=lambda t: int(t[0])):
             sk = bytes_to_private_key(secret)
-            for u in live:
-                if v not in sources.get(u, ()):
-                    continue
-                shared = generate_shared_key(sk, bytes_to_public_key(pk1[u]))
-                # u added +mask when u > v, -mask otherwise: take it back out
-                total = add_mod(total, mask_vectors(shared, mod_range, shapes, generator), mod_range,
-                                -1 if int(u) > int(v) else 1)
+            for u in live:  # u added +mask when u > v, -mask otherwise: take it back out
+                if v in sources.get(u, ()):
+                    signed.append((generate_shared_key(sk, bytes_to_public_key(pk1[u])), -1 if int(u) > int(v) else 1))
+        for nid in live:  # every value is below 2**32: int64 sums of up to 2**31 terms cannot overflow
+            for acc, a in zip(total, vectors[nid]):
+                acc += a
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # AES runs outside the GIL
+            masks = pool.map(lambda t: (mask_vectors(t[0], mod_range, shapes, generator), t[1]), signed)
+            for mask, sign in masks:
+                for acc, m in zip(total, mask):
+                    if sign > 0:
+                        acc += m
+                    else:
+                        acc -= m
     except Exception as e:  # noqa: BLE001 - a missing seed, key or public key is a finding
         return f"cannot unmask: {type(e).__name__}: {e}"
-    return total
+    return [a & (mod_range - 1) for a in total]
 
 
 def rebuild_all(replies: Mapping[str, dict], live: Sequence[str], dropped: Sequence[str], threshold: int,
