@@ -11,13 +11,9 @@ height, the head's signed checkpoint) and the model's flower-chain array digest 
 statement is wrapped in a DSSE envelope signed with the server's Ed25519 key over DSSE's
 pre-authentication encoding (PAE), in ``provenance.intoto.jsonl`` (one envelope per line).
 
-:func:`verify_export` checks, with a pinned server key: the envelope's signature; each model file's
-SHA-256 against the statement; that both files decode to the arrays whose flower-chain digest the
-statement names; that the statement's checkpoint is signed by that key for the statement's origin;
-and, given the ledger, that the ledger verifies under that key, its block at the recorded height has
-the recorded hash and checkpoint, and the ledger's head still names that model as ``model_after``.
-Every difference is one line of the :class:`ProvenanceError` it raises (exit 1); missing input is
-:class:`ProvenanceInputError` (exit 2).
+:mod:`flower_chain.audit.provenance_check` verifies an export. With an ECDSA P-256 key the export also
+writes ``model.sig``, an OpenSSF model-signing bundle (:mod:`flower_chain.audit.model_signing`) whose
+public key the statement names.
 
 The model files are written and read by :mod:`flower_chain.audit.model_files`; an export of the
 same ledger head is byte-identical.
@@ -26,7 +22,6 @@ same ledger head is byte-identical.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
@@ -39,13 +34,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.audit.model_files import UnsupportedDtype, npz_bytes, read_npz, read_safetensors, safetensors_bytes
-from flower_chain.ledger.arrays import array_digest, decode_arrays, stream_digest
+from flower_chain.ledger.arrays import decode_arrays, stream_digest
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
-from flower_chain.ledger.errors import CheckpointError, EXIT_FAILED, EXIT_USAGE, LedgerError, VerificationError
-from flower_chain.ledger.keys import key_id, raw_public, verify_signature
+from flower_chain.ledger.errors import EXIT_FAILED, EXIT_USAGE, LedgerError
+from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.verify import verify
 from flower_chain.ledger.writer import read_genesis
 
@@ -57,6 +51,7 @@ NPZ, SAFETENSORS, ENVELOPE = "model.npz", "model.safetensors", "provenance.intot
 READERS = {NPZ: read_npz, SAFETENSORS: read_safetensors}
 LEDGER_DEP = "round-ledger"
 MODEL_PRODUCT = "global-model"
+SIGNING_KEY_PRODUCT = "openssf-model-signing-key"
 
 
 class ProvenanceError(LedgerError):
@@ -119,8 +114,12 @@ def _json_value(v: Any) -> Any:
     return v.hex() if isinstance(v, bytes) else str(v)
 
 
-def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
-    """The in-toto statement of ``files`` (name -> bytes) exported from ``ledger``'s head."""
+def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[str, np.ndarray]],
+                    signing_pem: bytes | None = None) -> dict[str, Any]:
+    """The in-toto statement of ``files`` (name -> bytes) exported from ``ledger``'s head.
+
+    ``signing_pem`` is the P-256 public key of an OpenSSF model-signing bundle written beside them.
+    """
     genesis, head = read_genesis(ledger), ledger.head()
     version = genesis.digest_version
     rounds, accepted, first = _history(ledger)
@@ -149,9 +148,18 @@ def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[s
                              "finishedOn": _rfc3339(head.header.timestamp_ms)},
                 "byproducts": [{"name": MODEL_PRODUCT, "digest": {digest_key(version): model},
                                 "annotations": {"arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)}
-                                                           for n, a in named]}}]},
+                                                           for n, a in named]}}, *_signing_product(signing_pem)]},
         },
     }
+
+
+def _signing_product(pem: bytes | None) -> list[dict[str, Any]]:
+    if pem is None:
+        return []
+    from flower_chain.audit.model_signing import SIGNATURE, key_hint
+
+    return [{"name": SIGNING_KEY_PRODUCT, "digest": {"sha256": key_hint(pem)},
+             "annotations": {"publicKeyPem": pem.decode(), "bundle": SIGNATURE}}]
 
 
 def sign_envelope(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
@@ -190,8 +198,11 @@ def head_model(ledger: Ledger) -> list[tuple[str, np.ndarray]]:
     return decode_arrays(data)
 
 
-def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path) -> Export:
+def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path, signing_key: Any = None) -> Export:
     """Verify ``ledger`` under ``key``'s public half, then write the head's model, its statement and envelope.
+
+    With ``signing_key`` (an ECDSA P-256 private key) also an OpenSSF model-signing bundle over all of
+    them (:mod:`flower_chain.audit.model_signing`), its public key named in the statement.
 
     Raises
     ------
@@ -213,175 +224,19 @@ def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path) -> Export:
         files = {NPZ: npz_bytes(named), SAFETENSORS: safetensors_bytes(named, meta)}
     except UnsupportedDtype as e:
         raise ProvenanceInputError(str(e)) from None
-    statement = build_statement(ledger, files, named)
+    pem = None
+    if signing_key is not None:
+        from flower_chain.audit.model_signing import public_pem
+
+        pem = public_pem(signing_key)
+    statement = build_statement(ledger, files, named, pem)
     dest.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (dest / name).write_bytes(data)
     (dest / ENVELOPE).write_text(json.dumps(sign_envelope(statement, key), separators=(",", ":")) + "\n")
+    if signing_key is not None:
+        from flower_chain.audit.model_signing import sign_directory
+
+        sign_directory(dest, [*files, ENVELOPE], signing_key)
     return Export(dest, {s["name"]: s["digest"]["sha256"] for s in statement["subject"]},
                   head.header.model_after.hex(), head.header.height, genesis.origin, statement)
-
-
-# -- verification ----------------------------------------------------------------------------------------
-@dataclass
-class Verified:
-    """What :func:`verify_export` checked."""
-
-    origin: str
-    height: int
-    model_digest: str
-    files: list[str]
-    ledger_checked: bool
-    head_height: int | None = None
-
-
-def read_envelope(directory: Path) -> dict[str, Any]:
-    """The DSSE envelope of an export directory, parsed (not yet checked)."""
-    if not directory.is_dir():
-        raise ProvenanceInputError(f"{directory} is not a directory (export one with `flower-chain model export`)")
-    path = directory / ENVELOPE
-    if not path.is_file():
-        raise ProvenanceInputError(f"{directory} holds no {ENVELOPE}: not a `flower-chain model export` directory")
-    try:
-        env = json.loads(path.read_bytes())
-    except RecursionError:
-        raise ProvenanceError(f"{ENVELOPE} is nested too deeply to be a DSSE envelope") from None
-    except (ValueError, OSError) as e:
-        raise ProvenanceError(f"{ENVELOPE} is not JSON: {e}") from None
-    if not isinstance(env, dict) or not isinstance(env.get("signatures"), list) or not isinstance(
-            env.get("payload"), str) or env.get("payloadType") != PAYLOAD_TYPE:
-        raise ProvenanceError(f"{ENVELOPE} is not a DSSE envelope of an in-toto statement")
-    return env
-
-
-def open_envelope(env: dict[str, Any], server_key: bytes) -> dict[str, Any]:
-    """The statement of ``env`` when one of its signatures verifies under ``server_key`` over the PAE."""
-    try:
-        payload = base64.b64decode(env["payload"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ProvenanceError(f"{ENVELOPE}: the payload is not base64") from None
-    message, seen = pae(PAYLOAD_TYPE, payload), []
-    for s in env["signatures"]:
-        if not isinstance(s, dict) or not isinstance(s.get("sig"), str):
-            continue
-        seen.append(str(s.get("keyid", "?"))[:40])
-        try:
-            sig = base64.b64decode(s["sig"], validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        if verify_signature(server_key, sig, message):
-            break
-    else:
-        raise ProvenanceError(f"the statement is not signed by the pinned server key {key_id(server_key)} "
-                              f"(signatures by key ids: {', '.join(seen) or 'none'}; or the statement was changed)")
-    try:
-        st = json.loads(payload)
-    except RecursionError:
-        raise ProvenanceError("the signed statement is nested too deeply") from None
-    except ValueError as e:
-        raise ProvenanceError(f"the signed statement is not JSON: {e}") from None
-    if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != PREDICATE_TYPE:
-        raise ProvenanceError("the signed payload is not an in-toto v1 statement with a SLSA v1 predicate")
-    return st
-
-
-def _facts(st: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], str, int]:
-    """(subject name -> sha256, the ledger dependency, model digest hex, digest version) of a statement."""
-    try:
-        pred = st["predicate"]
-        subjects = {s["name"]: s["digest"]["sha256"] for s in st["subject"]}
-        dep = next(d for d in pred["buildDefinition"]["resolvedDependencies"] if d.get("name") == LEDGER_DEP)
-        version = int(pred["buildDefinition"]["internalParameters"]["digestVersion"])
-        product = next(p for p in pred["runDetails"]["byproducts"] if p.get("name") == MODEL_PRODUCT)
-        model = product["digest"][digest_key(version)]
-        ann = dep["annotations"]
-        if not (isinstance(ann["origin"], str) and isinstance(ann["checkpoint"], str) and type(ann["height"]) is int
-                and isinstance(dep["digest"]["flowerChainBlock"], str) and isinstance(model, str)
-                and all(isinstance(v, str) for v in subjects.values()) and subjects):
-            raise TypeError("a field has the wrong type")
-    except (KeyError, TypeError, ValueError, StopIteration, AttributeError) as e:
-        raise ProvenanceError(f"the statement lacks what a flower-chain model export records ({e!r})") from None
-    return subjects, dep, model, version
-
-
-def _check_files(directory: Path, subjects: dict[str, str], model: str, version: int) -> list[str]:
-    problems = []
-    for name, want in subjects.items():
-        reader = READERS.get(name)
-        path = directory / name
-        if reader is None:
-            problems.append(f"{name!r}: not a model file name this export writes")
-            continue
-        if not path.is_file():
-            problems.append(f"{name}: missing from {directory}")
-            continue
-        data = path.read_bytes()
-        have = hashlib.sha256(data).hexdigest()
-        if have != want:
-            problems.append(f"{name}: sha256 {have[:16]}… differs from the statement's {want[:16]}… "
-                            "(the file was changed after the export)")
-        try:
-            arrays = array_digest(reader(data), version).hex()
-        except (ValueError, LedgerError) as e:
-            problems.append(f"{name}: does not decode: {e}")
-            continue
-        if arrays != model:
-            problems.append(f"{name}: its arrays have digest {arrays[:16]}…, the statement's model is {model[:16]}…")
-    return problems
-
-
-def _check_ledger(ledger: Ledger, server_key: bytes, dep: dict[str, Any], model: str) -> tuple[list[str], int | None]:
-    ann, origin = dep["annotations"], dep["annotations"]["origin"]
-    genesis = read_genesis(ledger)
-    if genesis.origin != origin:
-        return [f"the statement is from ledger {origin!r}, not from the given ledger {genesis.origin!r}"], None
-    try:
-        verify(ledger, server_key=server_key)
-    except VerificationError as e:
-        return [f"the given ledger does not verify under the pinned server key: {e}"], None
-    head = ledger.head()
-    height = ann["height"]
-    if not 0 < height <= head.header.height:
-        return [(f"the statement names block {height}; the given ledger has blocks 1..{head.header.height} "
-                 "(another ledger of the same federation?)")], head.header.height
-    block = ledger.block(height)
-    problems = []
-    if block.hash.hex() != dep["digest"]["flowerChainBlock"]:
-        problems.append(f"block {height} of the given ledger has hash {block.hash.hex()[:16]}…, the statement "
-                        f"names {dep['digest']['flowerChainBlock'][:16]}… (a statement from another ledger)")
-    elif block.checkpoint != ann["checkpoint"]:
-        problems.append(f"the checkpoint of block {height} differs from the statement's")
-    if head.header.model_after.hex() != model:
-        problems.append(f"the given ledger's head (block {head.header.height}) has model_after "
-                        f"{head.header.model_after.hex()[:16]}…, not the exported model {model[:16]}…"
-                        + (" (the ledger grew after the export)" if head.header.height > height else ""))
-    return problems, head.header.height
-
-
-def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = None) -> Verified:
-    """Check an export directory against its signed statement (and ``ledger`` when given).
-
-    Raises
-    ------
-    ProvenanceInputError
-        ``directory`` is not an export directory (exit 2).
-    ProvenanceError
-        Anything differs: one line per difference (exit 1).
-    """
-    statement = open_envelope(read_envelope(directory), server_key)
-    subjects, dep, model, version = _facts(statement)
-    problems = _check_files(directory, subjects, model, version)
-    ann = dep["annotations"]
-    try:
-        cp = verify_checkpoint(ann["checkpoint"], server_key, origin=ann["origin"])
-        if cp.size != ann.get("logSize"):
-            problems.append(f"the statement's checkpoint is of size {cp.size}, not {ann.get('logSize')}")
-    except CheckpointError as e:
-        problems.append(f"the statement's checkpoint does not verify under the pinned key: {e}")
-    head_height = None
-    if ledger is not None:
-        more, head_height = _check_ledger(ledger, server_key, dep, model)
-        problems += more
-    if problems:
-        raise ProvenanceError("; ".join(problems))
-    return Verified(ann["origin"], ann["height"], model, sorted(subjects), ledger is not None, head_height)

@@ -25,6 +25,10 @@ def model_export(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite://
                  dest: Path = typer.Option(..., "-o", "--out", help="directory to write the model files into"),
                  server_key: Path = typer.Option(..., "--server-key",
                                                  help="the server's private key (PEM): signs the statement"),
+                 model_signing_key: Optional[Path] = typer.Option(
+                     None, "--model-signing-key",
+                     help="an ECDSA P-256 private key (PEM): also write model.sig, an OpenSSF model-signing bundle "
+                          "over every file, its public key named in the server-signed statement"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Write the head's global model (.npz, .safetensors) and its DSSE-signed in-toto provenance into DIR."""
     from flower_chain.audit.provenance import ProvenanceInputError, export_model
@@ -32,11 +36,16 @@ def model_export(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite://
     from flower_chain.ledger.keys import load_private
 
     key = load_private(server_key)  # KeyFileError: exit 2 by the CLI's handler
+    signing = None
+    if model_signing_key is not None:
+        from flower_chain.audit.model_signing import load_signing_key
+
+        signing = load_signing_key(model_signing_key)
     ledger = open_or_fail(uri)
     if dest.exists() and not dest.is_dir():
         fail(f"{dest} exists and is not a directory")
     try:
-        res = export_model(ledger, key, dest)
+        res = export_model(ledger, key, dest, signing)
     except VerificationError as e:
         err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e} (nothing exported)", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
@@ -49,7 +58,9 @@ def model_export(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite://
                    "block": res.height, "origin": res.origin})
         return
     out.print(f"exported the model of block {res.height} of {res.origin} (model digest {res.model_digest[:16]}…) "
-              f"to {dest}: {', '.join(res.files)} and provenance.intoto.jsonl", highlight=False, soft_wrap=True)
+              f"to {dest}: {', '.join(res.files)}, provenance.intoto.jsonl"
+              + (" and model.sig (OpenSSF model-signing, P-256)" if signing is not None else ""),
+              highlight=False, soft_wrap=True)
 
 
 @model_app.command("verify")
@@ -61,7 +72,8 @@ def model_verify(directory: Path = typer.Argument(..., help="a directory written
                                                                "is its head's model_after"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Check the model files against the signed statement (and, with --ledger, against the ledger)."""
-    from flower_chain.audit.provenance import ProvenanceError, ProvenanceInputError, verify_export
+    from flower_chain.audit.provenance import ProvenanceError, ProvenanceInputError
+    from flower_chain.audit.provenance_check import verify_export
 
     pub = read_server_key(server_key)
     ledger = open_or_fail(ledger_uri) if ledger_uri else None

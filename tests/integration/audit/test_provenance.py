@@ -224,3 +224,78 @@ def test_model_file_formats_round_trip_and_refuse_malformed_input():
             read_npz(bad)
     with pytest.raises(ValueError, match="cannot be written as safetensors"):
         safetensors_bytes([("c", np.zeros(2, dtype=np.complex64))], {})
+
+
+# -- OpenSSF model-signing bundle (ECDSA P-256) ---------------------------------------------------------------
+def write_p256(path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key, pub
+
+
+@pytest.fixture
+def signed_export(exported, tmp_path):
+    uri, _, priv, pub, _, _ = exported
+    p256, p256_pub = write_p256(tmp_path / "ms.key")
+    out = tmp_path / "signed"
+    r = cli("export", uri, "-o", out, "--server-key", priv, "--model-signing-key", tmp_path / "ms.key")
+    assert r.exit_code == 0 and "model.sig (OpenSSF model-signing, P-256)" in r.output, r.output
+    return uri, pub, out, p256, p256_pub
+
+
+def test_the_model_signing_bundle_covers_every_file_and_its_key_is_named_in_the_signed_statement(signed_export):
+    from flower_chain.audit.model_signing import PREDICATE_TYPE, SIGNATURE, key_hint, public_pem
+
+    uri, pub, out, p256, _ = signed_export
+    bundle = json.loads((out / SIGNATURE).read_text())
+    assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
+    assert bundle["verificationMaterial"]["publicKey"]["hint"] == key_hint(public_pem(p256))
+    st = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    assert st["predicateType"] == PREDICATE_TYPE
+    assert {r["name"]: r["digest"] for r in st["predicate"]["resources"]} == {
+        n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in (ENVELOPE, NPZ, SAFETENSORS)}
+    env = json.loads((out / ENVELOPE).read_text())
+    prov = json.loads(base64.b64decode(env["payload"]))
+    named = [p for p in prov["predicate"]["runDetails"]["byproducts"] if p["name"] == "openssf-model-signing-key"]
+    assert named[0]["annotations"]["publicKeyPem"] == public_pem(p256).decode()
+    r = cli("verify", out, "--server-key", pub, "--ledger", uri)
+    assert r.exit_code == 0, r.output
+
+
+def test_a_changed_byte_or_a_resigned_bundle_fails_the_model_signing_check(signed_export, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from flower_chain.audit.model_signing import SIGNATURE, sign_directory
+
+    _, pub, out, _, _ = signed_export
+    bundle = (out / SIGNATURE).read_bytes()
+    data = bytearray((out / SAFETENSORS).read_bytes())
+    data[-1] ^= 0x01
+    (out / SAFETENSORS).write_bytes(bytes(data))
+    r = cli("verify", out, "--server-key", pub)
+    assert r.exit_code == 1 and "model.sig: model.safetensors differs from the signed sha256" in r.output, r.output
+    data[-1] ^= 0x01
+    (out / SAFETENSORS).write_bytes(bytes(data))
+    sign_directory(out, [ENVELOPE, NPZ, SAFETENSORS], ec.generate_private_key(ec.SECP256R1()))  # another key
+    r = cli("verify", out, "--server-key", pub)
+    assert r.exit_code == 1 and "signed by another model-signing key" in r.output, r.output
+    (out / SIGNATURE).write_bytes(bundle)
+    (out / "extra.bin").write_bytes(b"x")
+    r = cli("verify", out, "--server-key", pub)
+    assert r.exit_code == 1 and "extra.bin is not signed by it" in r.output, r.output
+    (out / "extra.bin").unlink()
+    (out / SIGNATURE).unlink()
+    r = cli("verify", out, "--server-key", pub)
+    assert r.exit_code == 1 and "model.sig: missing" in r.output, r.output
+
+
+def test_an_ed25519_key_is_refused_as_a_model_signing_key(exported, tmp_path):
+    uri, _, priv, _, _, _ = exported
+    r = cli("export", uri, "-o", tmp_path / "x", "--server-key", priv, "--model-signing-key", priv)
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "ECDSA P-256" in r.output, r.output
