@@ -17,6 +17,13 @@ from flower_chain.ledger.errors import EncodingError
 BLOCK_DOMAIN = b"flower-chain:block:v1\x00"
 ZERO_HASH = b"\x00" * 32
 FORMAT_VERSION = 1
+MAX_COUNT = 2**62
+"""Largest height, round, entry count and log size a header may carry."""
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+"""The last millisecond of year 9999 UTC: later times cannot be shown as dates (nor are they honest)."""
+DIGEST_BYTES = 32
+_HASHES = ("prev_hash", "entries_root", "log_root")  # always a SHA-256 digest
+_DIGESTS = ("model_before", "model_after", "state_after")  # a SHA-256 digest, or empty for none
 
 _FIELD_TYPES = {
     "version": int,
@@ -92,6 +99,7 @@ class BlockHeader:
         for name, typ in _FIELD_TYPES.items():
             if not isinstance(d[name], typ) or isinstance(d[name], bool):
                 raise EncodingError(f"block header field {name!r} must be {typ.__name__}")
+        _check_ranges(d)
         return cls(**d)
 
     @property
@@ -101,6 +109,24 @@ class BlockHeader:
 
 
 assert [f.name for f in fields(BlockHeader)] == list(_FIELD_TYPES)
+
+
+def _check_ranges(d: dict) -> None:
+    """Bound every decoded header field, so no reader computes with a negative count, an entry range
+    before the log's start, a date past year 9999 or a digest of the wrong length."""
+    for name in ("height", "round", "entry_count", "log_size"):
+        if not 0 <= d[name] <= MAX_COUNT:
+            raise EncodingError(f"block header field {name!r} is outside 0..2**62")
+    if d["entry_count"] > d["log_size"]:
+        raise EncodingError("block header counts more entries in the block than in the whole log")
+    if not 0 <= d["timestamp_ms"] <= MAX_TIMESTAMP_MS:
+        raise EncodingError("block header timestamp is before 1970 or after year 9999")
+    for name in _HASHES:
+        if len(d[name]) != DIGEST_BYTES:
+            raise EncodingError(f"block header field {name!r} is not a {DIGEST_BYTES}-byte hash")
+    for name in _DIGESTS:
+        if len(d[name]) not in (0, DIGEST_BYTES):
+            raise EncodingError(f"block header field {name!r} is neither empty nor a {DIGEST_BYTES}-byte digest")
 
 
 @dataclass(frozen=True)

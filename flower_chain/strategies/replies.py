@@ -10,7 +10,8 @@ protocol allows, and nothing else:
 * train: exactly one ArrayRecord of NPY arrays, exactly one MetricRecord,
   and the ``flower-chain`` ConfigRecord; evaluate: the same without arrays;
 * NPY validated in full (:func:`flower_chain.wire.parse_npy`); array names
-  at most 256 characters; at most ``max_array_bytes`` of array data;
+  at most 256 characters; at most ``max_array_bytes`` of array data and at
+  most ``max_arrays`` arrays (by default what that many bytes could hold);
 * metrics: at most 256, names of at most 256 characters, values int (signed
   64-bit), float, or lists of those (at most 4,096), legacy also bool, short
   text and bytes; num-examples a positive integer (an integral float is read
@@ -18,6 +19,11 @@ protocol allows, and nothing else:
 * the ``flower-chain`` record: ``statement`` bytes (≤ 4 KiB), ``signature``
   bytes (≤ 64), ``checkpoint-size`` and ``pending-round`` small ints, and
   optionally the client's ``cosignature`` of the checkpoint (one line).
+
+The work is bounded before it is done: the count of arrays, their total size, the count of metrics
+and of metric list values, and the total length of their names are checked on the record's sizes
+before a single array or value is parsed (a reply of thousands of tiny arrays or of a huge metric map
+is ``malformed`` for the price of a ``len``).
 
 The arrays handed on are the very views the checks read (``np.load`` reads
 the same bytes the same way; :func:`~flower_chain.wire.parse_npy` uses
@@ -62,8 +68,14 @@ MAX_LIST = 4096
 MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
 MAX_COSIGNATURE = 512
+MAX_RECORDS = 3
+"""Records a reply holds: the ArrayRecord (train), the MetricRecord and the ``flower-chain`` ConfigRecord."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in Flower/Ray error texts
 MAX_METRICS_BYTES = 16 * 1024
+MAX_METRIC_VALUES = MAX_METRICS_BYTES // 9
+"""Most metric list values in all: each encodes in 9 bytes, so more could never fit :data:`MAX_METRICS_BYTES`."""
+MIN_NPY_BYTES = 32
+"""No valid NPY array is shorter (magic, version, length and the smallest header dict numpy reads)."""
 INT64 = (-(2**63), 2**63 - 1)
 #: Names of the records a judged reply is handed on with (the aggregation replay uses the same).
 ARRAYS_RECORD = "arrays"
@@ -140,13 +152,28 @@ def parse_metrics(items: Iterable[tuple[Any, Any]], *, legacy: bool = False) -> 
     return out
 
 
+def _metric_sizes(items: Iterable[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """The metric pairs, after their counts and sizes alone were checked (before any value is read)."""
+    if isinstance(items, (Mapping, type({}.items()))) and len(items) > MAX_METRICS:
+        raise Malformed(f"more than {MAX_METRICS} metrics")
+    pairs, values, name_chars = [], 0, 0
+    for k, v in items:
+        if len(pairs) >= MAX_METRICS:
+            raise Malformed(f"more than {MAX_METRICS} metrics")
+        name_chars += len(k) if isinstance(k, str) else 0
+        values += len(v) if isinstance(v, (list, tuple)) else 1
+        if values > MAX_METRIC_VALUES or name_chars > MAX_METRICS_BYTES:
+            raise Malformed(f"metrics hold more than {MAX_METRIC_VALUES} values or {MAX_METRICS_BYTES} characters "
+                            f"of names: they cannot encode in {MAX_METRICS_BYTES} bytes")
+        pairs.append((k, v))
+    return pairs
+
+
 def _parse_metrics(items: Iterable[tuple[Any, Any]], legacy: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k, v in items:
+    for k, v in _metric_sizes(items):
         if not isinstance(k, str) or len(k) > MAX_NAME or not _utf8(k):
             raise Malformed(f"metric name {safe_text(k, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
-        if len(out) >= MAX_METRICS:
-            raise Malformed(f"more than {MAX_METRICS} metrics")
         what = _MetricName(k)  # the error text is built only for a malformed reply
         if isinstance(v, (list, tuple)):
             if len(v) > MAX_LIST:
@@ -205,21 +232,37 @@ def _cosignature(value: Any) -> str | None:
     return value
 
 
-def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int) -> list[tuple[str, np.ndarray]]:
-    """(name, validated NPY view) of each array, or :class:`Malformed`."""
-    out, total = [], 0
+def default_max_arrays(max_bytes: int) -> int:
+    """Most arrays ``max_bytes`` of array data can hold (each valid NPY array takes :data:`MIN_NPY_BYTES`)."""
+    return max(1, min(MAX_ARRAYS, int(max_bytes) // MIN_NPY_BYTES))
+
+
+def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int,
+                 max_arrays: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, validated NPY view) of each array, or :class:`Malformed`.
+
+    The count (at most ``max_arrays``, default :func:`default_max_arrays`) and the total size (at most
+    ``max_bytes``) of the arrays are checked first, on their lengths alone; only then is any array parsed.
+    """
+    limit = default_max_arrays(max_bytes) if max_arrays is None else int(max_arrays)
+    if isinstance(items, (Mapping, type({}.items()))) and len(items) > limit:
+        raise Malformed(f"more than {limit} arrays (the global model has fewer)")
+    pairs, total = [], 0
     for name, arr in items:
-        if not isinstance(name, str) or len(name) > MAX_NAME or not _utf8(name):
-            raise Malformed(f"array name {safe_text(name, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
-        if len(out) >= MAX_ARRAYS:
-            raise Malformed(f"more than {MAX_ARRAYS} arrays")
-        if getattr(arr, "stype", None) != "numpy.ndarray":
-            raise Malformed(f"array {safe_text(name, 40)!r} is serialized as "
-                            f"{safe_text(getattr(arr, 'stype', None), 40)!r}, not numpy.ndarray")
+        if len(pairs) >= limit:
+            raise Malformed(f"more than {limit} arrays (the global model has fewer)")
         data = getattr(arr, "data", None)
         total += len(data) if isinstance(data, bytes) else 0
         if total > max_bytes:
             raise Malformed(f"more than {max_bytes} bytes of arrays (the global model is far smaller)")
+        pairs.append((name, arr, data))
+    out = []
+    for name, arr, data in pairs:
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _utf8(name):
+            raise Malformed(f"array name {safe_text(name, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
+        if getattr(arr, "stype", None) != "numpy.ndarray":
+            raise Malformed(f"array {safe_text(name, 40)!r} is serialized as "
+                            f"{safe_text(getattr(arr, 'stype', None), 40)!r}, not numpy.ndarray")
         view = parse_npy(data)
         if isinstance(view, str):
             raise Malformed(f"array {safe_text(name, 40)!r}: {view}")
@@ -227,8 +270,10 @@ def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int) -> list[tuple
     return out
 
 
-def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str | None = None) -> Reply:
-    """Parse a Message-API reply; never raises. ``kind`` is ``train`` or ``evaluate``."""
+def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str | None = None,
+                 max_arrays: int | None = None) -> Reply:
+    """Parse a Message-API reply; never raises. ``kind`` is ``train`` or ``evaluate``; ``max_arrays``: the
+    global model's array count where known (default: :func:`default_max_arrays` of ``max_array_bytes``)."""
     try:
         node = int(msg.metadata.src_node_id)
     except Exception:  # noqa: BLE001 - metadata from the runtime; a broken one is still a verdict
@@ -238,16 +283,19 @@ def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str |
             err = msg.error
             reason = _ANSI.sub("", str(getattr(err, "reason", "")))
             return Reply(node_id=node, error=safe_text(f"{getattr(err, 'code', '?')}: {reason[-600:]}", 400))
-        return _parse_message(node, msg.content, kind, max_array_bytes, weight_key)
+        return _parse_message(node, msg.content, kind, max_array_bytes, weight_key, max_arrays)
     except Malformed as e:
         return Reply(node_id=node, malformed=str(e))
     except Exception as e:  # noqa: BLE001 - the boundary: whatever a reply does, it gets a verdict
         return Reply(node_id=node, malformed=f"reply does not parse: {type(e).__name__}: {safe_text(e, 200)}")
 
 
-def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, weight_key: str | None) -> Reply:
+def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, weight_key: str | None,
+                   max_arrays: int | None) -> Reply:
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
+    if len(content) > MAX_RECORDS:
+        raise Malformed(f"the reply holds {len(content)} records (a reply has at most 3)")
     arrays_recs, metric_recs, sig, other = [], [], None, []
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
@@ -267,6 +315,8 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
     seen = pending = -1
     if sig is not None:
         allowed = {STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE}
+        if len(sig) > len(allowed):
+            raise Malformed(f"the {SIG_RECORD!r} record holds {len(sig)} fields (at most {len(allowed)})")
         extra = [safe_text(k, 40) for k in sig.keys() if k not in allowed]
         if extra:
             raise Malformed(f"unexpected fields {extra} in the {SIG_RECORD!r} record")
@@ -275,14 +325,14 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
     metrics = parse_metrics(metric_recs[0].items())
     n = num_examples_in(metrics)
     check_weight(metrics, weight_key)
-    arrays = parse_arrays(arrays_recs[0].items(), max_array_bytes) if arrays_recs else None
+    arrays = parse_arrays(arrays_recs[0].items(), max_array_bytes, max_arrays) if arrays_recs else None
     return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
                  num_examples=n, seen_size=seen, pending_round=pending, cosignature=cosignature,
                  records=(arrays_recs[0] if arrays_recs else None, metric_recs[0]))
 
 
-def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> Reply:
-    """Parse a legacy ``FitRes``/``EvaluateRes``; never raises."""
+def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int, max_arrays: int | None = None) -> Reply:
+    """Parse a legacy ``FitRes``/``EvaluateRes``; never raises (``max_arrays`` as for :func:`from_message`)."""
     try:
         node = int(node_id)
     except Exception:  # noqa: BLE001
@@ -291,6 +341,8 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
         metrics_in = res.metrics or {}
         if not isinstance(metrics_in, Mapping):
             raise Malformed("metrics are not a mapping")
+        if len(metrics_in) > MAX_METRICS + 5:  # the app's metrics and the five flower-chain fields
+            raise Malformed(f"more than {MAX_METRICS} metrics")
         statement, signature, seen, pending = _sig_fields(
             metrics_in.get, LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND)
         known = (LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND, LEGACY_COSIGNATURE)
@@ -310,7 +362,11 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int) -> R
             params = res.parameters
             if getattr(params, "tensor_type", None) != "numpy.ndarray" or not isinstance(params.tensors, list):
                 raise Malformed("parameters are not a list of numpy.ndarray tensors")
-            arrays = parse_arrays(((str(i), _Tensor(t)) for i, t in enumerate(params.tensors)), max_array_bytes)
+            limit = default_max_arrays(max_array_bytes) if max_arrays is None else int(max_arrays)
+            if len(params.tensors) > limit:
+                raise Malformed(f"more than {limit} arrays (the global model has fewer)")
+            arrays = parse_arrays(((str(i), _Tensor(t)) for i, t in enumerate(params.tensors)), max_array_bytes,
+                                  limit)
         return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
                      num_examples=n, seen_size=seen, pending_round=pending,
                      cosignature=_cosignature(metrics_in.get(LEGACY_COSIGNATURE)))

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 
 from flower_chain.ledger.block import ZERO_HASH, StoredBlock
-from flower_chain.ledger.errors import AppendError, LedgerConflictError, LedgerError
+from flower_chain.ledger.errors import AppendError, LedgerConflictError, LedgerCorruptError, LedgerError
 
 Node = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree; level 0 = leaf hash
 
@@ -90,12 +90,20 @@ class Ledger(abc.ABC):
         n = self.block_count()
         if n == 0:
             return None
-        return next(self.blocks(n - 1, n))
+        return self._stored(n - 1, n)
 
     def block(self, height: int) -> StoredBlock:
-        if not 0 <= height < self.block_count():
-            raise LedgerError(f"no block at height {height} (the ledger has {self.block_count()} blocks)")
-        return next(self.blocks(height, height + 1))
+        n = self.block_count()
+        if not 0 <= height < n:
+            raise LedgerError(f"no block at height {height} (the ledger has {n} blocks)")
+        return self._stored(height, n)
+
+    def _stored(self, height: int, n: int) -> StoredBlock:
+        """The block at ``height``, which the stored count ``n`` says exists (storage that lacks it is corrupt)."""
+        block = next(self.blocks(height, height + 1), None)
+        if block is None:
+            raise LedgerCorruptError(f"{self.uri}: the ledger reports {n} blocks but holds no block {height}")
+        return block
 
     def log_size(self) -> int:
         h = self.head()

@@ -32,11 +32,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import EncodingError, LedgerCorruptError, LedgerError, LedgerOpenError
 from flower_chain.ledger.location import file_uri
 from flower_chain.ledger.merkle import CompactRange, leaf_hash
+from flower_chain.ledger.text import safe_text
 
 try:
     import fcntl
@@ -51,9 +53,12 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
-def _unb64(s: object, where: str) -> bytes:
+def _unb64(s: object, where: str, limit: int | None = None) -> bytes:
+    """Base64 text of at most ``limit`` decoded bytes (checked on the text's length, before decoding)."""
     if not isinstance(s, str):
         raise LedgerCorruptError(f"{where}: expected base64 text")
+    if limit is not None and len(s) > 4 * ((limit + 2) // 3):
+        raise LedgerCorruptError(f"{where}: more than the {limit} bytes allowed")
     try:
         return base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input
@@ -102,7 +107,7 @@ class JSONLLedger(Ledger):
         torn = lines.pop()  # bytes after the last newline: empty unless the last write was torn
         try:
             magic = json.loads(lines[0]) if lines else None
-        except ValueError:
+        except (ValueError, RecursionError):
             magic = None
         if magic != MAGIC:
             raise LedgerOpenError(f"{self.path} is not a flower-chain JSONL ledger (first line is not {MAGIC})")
@@ -110,8 +115,8 @@ class JSONLLedger(Ledger):
         for lineno, raw in enumerate(lines[1:], start=2):
             try:
                 rec = json.loads(raw)
-            except ValueError as e:
-                raise LedgerCorruptError(f"{self.path}: line {lineno} is not valid JSON") from e
+            except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
+                raise LedgerCorruptError(f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)") from None
             self._load_block(rec, lineno)
             offset += len(raw) + 1
         if torn:
@@ -130,9 +135,10 @@ class JSONLLedger(Ledger):
         where = f"{self.path}: line {lineno}"
         if not isinstance(rec, dict) or not isinstance(rec.get("entries"), list):
             raise LedgerCorruptError(f"{where}: not a block record")
-        block = StoredBlock(_unb64(rec.get("header"), where), _unb64(rec.get("signature"), where),
-                            rec.get("checkpoint") if isinstance(rec.get("checkpoint"), str) else "")
-        entries = [_unb64(e, f"{where} entry {i}") for i, e in enumerate(rec["entries"])]
+        block = cells.stored_block(_unb64(rec.get("header"), f"{where} header", cells.MAX_HEADER_BYTES),
+                                   _unb64(rec.get("signature"), f"{where} signature", cells.MAX_SIGNATURE_BYTES),
+                                   rec.get("checkpoint"), where)
+        entries = [_unb64(e, f"{where} entry {i}", cells.MAX_ENTRY_BYTES) for i, e in enumerate(rec["entries"])]
         self._check_readable(rec, block, where)
         self._index(block, entries)
 
@@ -149,10 +155,10 @@ class JSONLLedger(Ledger):
         for field in sorted(set(signed) | set(view)):
             if field not in view or field not in signed or view[field] != signed[field]:
                 raise LedgerCorruptError(
-                    f"{where}: readable field view.{field} = {view.get(field)!r} differs from the signed header "
-                    f"({signed.get(field)!r}): the line was edited; the signed header is authoritative")
+                    f"{where}: readable field view.{safe_text(field)} = {view.get(field)!r:.80} differs from the signed "
+                    f"header ({signed.get(field)!r:.80}): the line was edited; the signed header is authoritative")
         if rec.get("height") != signed["height"]:
-            raise LedgerCorruptError(f"{where}: readable field height = {rec.get('height')!r} differs from the "
+            raise LedgerCorruptError(f"{where}: readable field height = {rec.get('height')!r:.40} differs from the "
                                      f"signed header ({signed['height']!r}): the line was edited")
 
     def _index(self, block: StoredBlock, entries: Sequence[bytes]) -> None:

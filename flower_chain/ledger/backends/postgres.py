@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import (
@@ -336,8 +337,11 @@ class PostgresLedger(Ledger):
 
     # -- reading ---------------------------------------------------------------------------------
     def block_count(self) -> int:
-        return self._run("reading the head", lambda c: c.execute(
-            "SELECT block_count FROM fc_head WHERE id = 1").fetchone()[0])
+        row = self._run("reading the head", lambda c: c.execute(
+            "SELECT block_count FROM fc_head WHERE id = 1").fetchone())
+        if row is None:
+            raise LedgerCorruptError(f"{self.uri}: the head row of fc_head is missing")
+        return cells.count(row[0], f"{self.uri}: fc_head.block_count")
 
     def head(self) -> StoredBlock | None:
         def q(c):
@@ -345,29 +349,38 @@ class PostgresLedger(Ledger):
                 "SELECT b.header, b.signature, b.checkpoint FROM fc_head h JOIN fc_blocks b "
                 "ON b.height = h.block_count - 1 WHERE h.id = 1").fetchone()
         row = self._run("reading the head", q)
-        return StoredBlock(bytes(row[0]), bytes(row[1]), row[2]) if row else None
+        if row is None:
+            if self.block_count():
+                raise LedgerCorruptError(f"{self.uri}: fc_head counts blocks but its last block is not stored")
+            return None
+        return cells.stored_block(row[0], row[1], row[2], f"{self.uri}: head block")
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
         end = 2**62 if end is None else end
+        start = max(start, 0)
         while start < end:
             lo, hi = start, min(end, start + 1024)
             rows = self._run("reading blocks", lambda c, lo=lo, hi=hi: c.cursor(binary=True).execute(
                 "SELECT height, header, signature, checkpoint FROM fc_blocks WHERE height >= %s AND height < %s "
                 "ORDER BY height", (lo, hi)).fetchall())
-            for _height, header, sig, cp in rows:
-                yield StoredBlock(bytes(header), bytes(sig), cp)
+            for expected, (height, header, sig, cp) in enumerate(rows, start=lo):
+                if height != expected:
+                    raise LedgerCorruptError(f"{self.uri}: block {expected} is missing (the next stored height is "
+                                             f"{height})")
+                yield cells.stored_block(header, sig, cp, f"{self.uri}: block {height}")
             if len(rows) < hi - lo:
                 return
             start = hi
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = 2**62 if end is None else end
+        start = max(start, 0)
         while start < end:
             lo, hi = start, min(end, start + _PAGE)
             rows = self._run("reading entries", lambda c, lo=lo, hi=hi: c.cursor(binary=True).execute(
-                "SELECT data FROM fc_entries WHERE idx >= %s AND idx < %s ORDER BY idx", (lo, hi)).fetchall())
-            for (data,) in rows:
-                yield bytes(data)
+                "SELECT idx, data FROM fc_entries WHERE idx >= %s AND idx < %s ORDER BY idx", (lo, hi)).fetchall())
+            for idx, data in rows:
+                yield cells.blob(data, f"{self.uri}: entry {idx}", cells.MAX_ENTRY_BYTES)
             if len(rows) < hi - lo:
                 return
             start = hi
@@ -377,7 +390,7 @@ class PostgresLedger(Ledger):
             "SELECT hash FROM fc_nodes WHERE level = %s AND idx = %s", (level, index)).fetchone())
         if row is None:
             raise LedgerError(f"no subtree hash at level {level}, index {index}")
-        return bytes(row[0])
+        return cells.hash_cell(row[0], f"{self.uri}: subtree hash ({level}, {index})")
 
     # -- blobs -----------------------------------------------------------------------------------
     def _put_blob(self, digest: bytes, data: bytes) -> None:
@@ -403,7 +416,7 @@ class PostgresLedger(Ledger):
             "SELECT data FROM fc_blobs WHERE digest = %s", (digest,)).fetchone())
         if row is None:
             raise LedgerError(f"no blob {digest.hex()} in {self.uri}")
-        return bytes(row[0])
+        return cells.blob(row[0], f"{self.uri}: blob {digest.hex()[:16]}", None)
 
     def has_blob(self, digest: bytes) -> bool:
         return self._run("reading a blob", lambda c: c.execute(

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import LedgerConflictError, LedgerCorruptError, LedgerError, LedgerOpenError
@@ -119,13 +120,13 @@ class SQLiteLedger(Ledger):
 
     def _check_format(self) -> None:
         try:
-            rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            rows = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('format', 'version')").fetchall())
         except sqlite3.DatabaseError as e:
             raise LedgerOpenError(f"{self.path} is an SQLite file but not a flower-chain ledger") from e
         if rows.get("format") != FORMAT:
             raise LedgerOpenError(f"{self.path} is an SQLite file but not a flower-chain ledger")
         if rows.get("version") != VERSION:
-            raise LedgerOpenError(f"{self.path} has ledger format version {rows.get('version')}, expected {VERSION}")
+            raise LedgerOpenError(f"{self.path} has ledger format version {rows.get('version')!r:.40}, expected {VERSION}")
 
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
         h = block.header
@@ -137,7 +138,10 @@ class SQLiteLedger(Ledger):
                 db.execute("BEGIN IMMEDIATE")  # takes the write lock: the head read below cannot go stale
                 try:
                     row = db.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
-                    count, head = (row[0] + 1, hashlib.sha256(row[1]).digest()) if row else (0, None)
+                    count, head = ((cells.count(row[0], f"{self.path}: head height") + 1,
+                                    hashlib.sha256(cells.blob(row[1], f"{self.path}: head header",
+                                                              cells.MAX_HEADER_BYTES)).digest())
+                                   if row else (0, None))
                     self._check_extends(block, count, head)
                     db.executemany(
                         "INSERT INTO entries VALUES (?, ?, ?)",
@@ -158,8 +162,13 @@ class SQLiteLedger(Ledger):
                     raise
 
     def block_count(self) -> int:
+        """Number of blocks; the stored heights must be exactly ``0 .. count - 1`` (no gap, none negative)."""
         with _db_errors(self.path):
-            return self._conn.execute("SELECT COALESCE(MAX(height) + 1, 0) FROM blocks").fetchone()[0]
+            n, low, high = self._conn.execute("SELECT COUNT(*), MIN(height), MAX(height) FROM blocks").fetchone()
+        if n and (low != 0 or high != n - 1):
+            raise LedgerCorruptError(f"{self.path}: the stored block heights are not 0..{n - 1} (lowest {low}, "
+                                     f"highest {high}): rows were added or removed outside the ledger")
+        return n
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
         end = 2**62 if end is None else end
@@ -167,25 +176,31 @@ class SQLiteLedger(Ledger):
             cur = self._conn.execute(
                 "SELECT height, header, signature, checkpoint FROM blocks WHERE height >= ? AND height < ? "
                 "ORDER BY height",
-                (start, end),
+                (max(start, 0), end),
             )
-            for _height, header, sig, cp in cur:
-                yield StoredBlock(bytes(header), bytes(sig), cp)
+            expected = max(start, 0)
+            for height, header, sig, cp in cur:
+                if height != expected:
+                    raise LedgerCorruptError(f"{self.path}: block {expected} is missing (the next stored height is "
+                                             f"{height})")
+                yield cells.stored_block(header, sig, cp, f"{self.path}: block {height}")
+                expected += 1
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = 2**62 if end is None else end
         with _db_errors(self.path):
-            cur = self._conn.execute("SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
+            cur = self._conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                                     (max(start, 0), end))
             while rows := cur.fetchmany(4096):
-                for (data,) in rows:
-                    yield bytes(data)
+                for idx, data in rows:
+                    yield cells.blob(data, f"{self.path}: entry {idx}", cells.MAX_ENTRY_BYTES)
 
     def node(self, level: int, index: int) -> bytes:
         with _db_errors(self.path):
             row = self._conn.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
         if row is None:
             raise LedgerError(f"no subtree hash at level {level}, index {index}")
-        return bytes(row[0])
+        return cells.hash_cell(row[0], f"{self.path}: subtree hash ({level}, {index})")
 
     def _put_blob(self, digest: bytes, data: bytes) -> None:
         with self._lock, _db_errors(self.path):
@@ -212,7 +227,7 @@ class SQLiteLedger(Ledger):
             row = self._conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
         if row is None:
             raise LedgerError(f"no blob {digest.hex()} in {self.path}")
-        return bytes(row[0])
+        return cells.blob(row[0], f"{self.path}: blob {digest.hex()[:16]}", None)
 
     def has_blob(self, digest: bytes) -> bool:
         with _db_errors(self.path):
