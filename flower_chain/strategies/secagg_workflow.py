@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, cast
 
@@ -234,7 +235,6 @@ class _Round:
         live, dropped = sorted(a2, key=int), sorted(a1 - a2, key=int)
         self.figures.update(share_keys=len(a1), masked=len(a2), dropped=len(dropped))
         masked = {n: self.verdicts[MASKED][n].statement.reply["digest"] for n in live}
-        self.core.ledger.put_blobs((masked[n], self.verdicts[MASKED][n].payload["vector"]) for n in live)
         commit = server_record(self.round, COMMIT, {"round_id": self.round_id, "live": live, "dropped": dropped,
                                                     "masked": masked})
         self.entries.append(commit)
@@ -254,7 +254,13 @@ class _Round:
         requests = {n: ({"active": [m for m in self.graph[n] if m in a2],
                          "dead": [m for m in self.graph[n] if m in dropped], "commit_index": index,
                          "log_size": size}, proof, None) for n in live}
-        self._exchange(UNMASK, requests, {})
+        # the masked vectors go to the blob store while the nodes answer stage 3; durable before the result block
+        store = _Background(self.core.ledger.put_blobs,
+                            [(masked[n], self.verdicts[MASKED][n].payload.pop("vector")) for n in live])
+        try:
+            self._exchange(UNMASK, requests, {})
+        finally:
+            store.join()
         self._finish(live, dropped)
 
     def _finish(self, live: list[str], dropped: list[str]) -> None:
@@ -309,3 +315,23 @@ class _Round:
         self.context.history.add_metrics_distributed_fit(server_round=self.round, metrics={})
         log.info("[flower-chain] SecAgg+ round %d: aggregate of %d masked inputs (%d dropped)", self.round,
                  len(live), self.figures.get("dropped", 0))
+
+
+class _Background(threading.Thread):
+    """``fn(arg)`` on a thread; :meth:`join` re-raises what it raised (a storage failure stops the run)."""
+
+    def __init__(self, fn, arg) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.arg, self.error = fn, arg, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fn(self.arg)
+        except BaseException as e:  # noqa: BLE001 - handed to the round's thread
+            self.error = e
+
+    def join(self, timeout=None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
