@@ -35,6 +35,7 @@ from flower_chain.ledger.text import safe_label, safe_text
 from flower_chain.ledger.writer import read_genesis
 
 TEXT_LIMIT = 200  # characters of one ledger text shown in the HTML
+MAX_CLIENT_BARS = 40  # clients in the participation plot (the table lists all)
 ACCEPTED_COLOUR = "#2e7d32"
 _REASON_COLOURS = ["#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#ad1457", "#4e342e", "#00838f", "#9e9d24",
                    "#5d4037", "#283593", "#d84315", "#37474f", "#8e24aa", "#f9a825"]
@@ -203,7 +204,10 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
     save("verdicts", fig)
     fig, ax = plt.subplots(figsize=(10, 3.8))
     part = data["participation"]
-    _stacked(ax, part, "train replies per client, by verdict", keys=list(part))
+    shown = sorted(part, key=lambda k: (-sum(n for v, n in part[k].items() if v != "accepted"), k))[:MAX_CLIENT_BARS]
+    _stacked(ax, part, "train replies per client, by verdict" + (
+        f" ({len(shown)} of {len(part)} clients: the most rejected; all in the table)" if len(shown) < len(part)
+        else ""), keys=sorted(shown))
     save("clients", fig)
     fig, ax = plt.subplots(figsize=(10, 3.2))
     series, unit, title = ((data["ledger_time"], "ms", "ledger time per round (verify + append)")

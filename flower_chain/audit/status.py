@@ -147,6 +147,7 @@ def ledger_status(ledger: Ledger, *, server_key: bytes | None = None, keys: str 
             _check_witnesses(ledger, witnesses, quorum, server_key, st)
         else:
             st.not_checked.append("no witness cosignatures checked (--witness): a split view would go unseen")
+        st.not_checked.append("on-chain anchors were not checked (flower-chain ledger verify --anchor ... --contract ...)")
         if not blobs:
             st.not_checked.append("stored models and updates were not hashed against their digests (--blobs)")
         if rep.arrays_unchecked:

@@ -239,9 +239,11 @@ def build_app(view: LogView):
                                                "key_names", "verdict_colours")} | {"keys": sorted(d["keys"])})
 
     async def status(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
         view.refresh()
-        try:
-            return JSONResponse(view.status(), headers={"Cache-Control": "no-cache"})
+        try:  # verify (and audit) of a new head runs off the event loop
+            return JSONResponse(await run_in_threadpool(view.status), headers={"Cache-Control": "no-cache"})
         except LedgerError as e:
             return _unavailable(e)
 

@@ -153,3 +153,20 @@ def test_plots_have_integer_round_ticks_one_colour_per_verdict_and_no_empty_axes
     assert all(any(t.get_text().startswith("no data") for t in ax.texts) for ax in fig.axes)
     plt.close(fig)
     assert len(_figures(empty)) == 4
+    many = {**data, "participation": {f"k{i:03d}": {"accepted": 1, **({"unsigned": 1} if i % 7 == 0 else {})}
+                                      for i in range(100)}}
+    captured = {}
+    real = report._stacked
+
+    def spy(ax, per, title, keys=None):
+        if keys is not None:
+            captured["keys"], captured["title"] = keys, title
+        real(ax, per, title, keys)
+
+    report._stacked = spy
+    try:
+        _figures(many)
+    finally:
+        report._stacked = real
+    assert len(captured["keys"]) == report.MAX_CLIENT_BARS and "40 of 100 clients" in captured["title"]
+    assert {f"k{i:03d}" for i in range(0, 100, 7)} <= set(captured["keys"])  # every client with a rejection
