@@ -12,6 +12,11 @@ live/dropped sets are committed in a signed block before the unmask stage, and c
 dropping in stage 0 or 1 no longer halts the round; masks come from AES-256-CTR over the full seed unless
 ``mask_generator="flwr-randomstate-32"`` (Flower's, recorded as such). The server never holds a
 plaintext update: the blob store gets masked vectors and the aggregate.
+
+The new global model is the protocol's weighted average (Flower's SecAgg+ arithmetic: weights
+``num_examples / max_weight`` quantized), cast to the model's dtypes, exactly what the auditor re-derives;
+the wrapped strategy's ``aggregate_fit`` is not applied (server-side optimizers such as FedAdam are not
+supported under SecAgg+; FedAvg and FedProx are).
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
 from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 
 log = logging.getLogger(__name__)
+
+
+#: Wrapped strategies whose aggregation is the weighted average SecAgg+ computes (client-side differences only).
+_AVERAGING = ("FedAvg", "FedProx")
 
 
 class LedgerSecAggPlusWorkflow:
@@ -107,6 +116,11 @@ class LedgerSecAggPlusWorkflow:
         core = getattr(context.strategy, "core", None)
         if core is None:
             raise TypeError("LedgerSecAggPlusWorkflow needs a LegacyLedgerStrategy as the ServerApp strategy")
+        inner = type(getattr(context.strategy, "strategy", None)).__name__
+        if inner not in _AVERAGING and not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning("under SecAgg+ the new model is the protocol's weighted average (FedAvg): %s's own "
+                        "aggregate_fit is not applied", inner)
         t0 = time.perf_counter()
         rnd = _Round(self, grid, context, core)
         if rnd.setup():
@@ -178,6 +192,9 @@ class _Round:
             self.fitins[str(proxy.node_id)] = compat.fitins_to_recorddict(ins, True)
         self.model = parameters_to_ndarrays(parameters)
         sampled = sorted(self.fitins, key=int)
+        if len(sampled) < 2:
+            log.error("SecAgg+ needs at least 2 sampled nodes, got %d: the round is skipped", len(sampled))
+            return False
         shares, t = self.wf._shares(len(sampled))
         self.header = {
             "federation_id": self.core.federation_id, "round": self.round,
