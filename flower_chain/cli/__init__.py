@@ -7,8 +7,10 @@ One module per command group: :mod:`~flower_chain.cli.keys`, :mod:`~flower_chain
 Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does not verify, a torn or
 tampered file); 2 usage or input error (missing file, not a ledger, unknown round or client, wrong
 URI, bad key). They are carried by the error types (``exit_code`` of
-:class:`~flower_chain.ledger.errors.LedgerError` and its subclasses) and mapped in one place,
-:func:`handle_ledger_error`, for any ``LedgerError`` that escapes a command.
+:class:`~flower_chain.ledger.errors.FlowerChainError` and its subclasses) and mapped in one place:
+the root group catches what escapes a command and :func:`~flower_chain.cli.errors.handle_error`
+prints its one line and exits; a command declares what errors mean in it with
+:func:`~flower_chain.cli.errors.meanings`, it never catches them itself.
 """
 
 from __future__ import annotations
@@ -29,49 +31,30 @@ from flower_chain.cli.common import (
     open_or_fail,
     out,
 )
-from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError, VerificationError
+from flower_chain.cli.errors import VERIFICATION_FAILURES, handle_error, handles
+from flower_chain.ledger.errors import LedgerError
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "app", "emit_json", "err", "fail", "handle_ledger_error", "main",
-           "out"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "VERIFICATION_FAILURES", "app", "emit_json", "err", "fail",
+           "handle_error", "handle_ledger_error", "main", "out"]
 
 _open = open_or_fail  # the name flower_chain.cli.serve (and older callers) use
 
-VERIFICATION_FAILURES = (VerificationError, ProofError, CheckpointError)
-"""Errors reported as ``NOT VERIFIED`` rather than ``error:``."""
-
 
 def handle_ledger_error(error: LedgerError, uri: Optional[str] = None) -> NoReturn:
-    """Report a ``LedgerError`` that escaped a command on one stderr line and exit with its ``exit_code``.
-
-    Parameters
-    ----------
-    error : LedgerError
-        The error; its class's ``exit_code`` is the process's exit code.
-    uri : str, optional
-        The ledger the command worked on, named in a ``NOT VERIFIED`` line.
-
-    Raises
-    ------
-    typer.Exit
-        Always, with ``error.exit_code``.
-    """
-    code = int(getattr(error, "exit_code", EXIT_USAGE))
-    if isinstance(error, VERIFICATION_FAILURES):
-        where = f" {uri}:" if uri else ""
-        err.print(f"[bold red]NOT VERIFIED[/]{where} {error}", highlight=False)
-    else:
-        err.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(code)
+    """Report ``error`` on one stderr line and exit with its ``exit_code`` (:func:`handle_error`)."""
+    handle_error(error, {URI_META: uri} if uri else {})
 
 
 class _LedgerErrorGroup(TyperGroup):
-    """The root command group: runs a command and maps an escaping ``LedgerError`` to its exit code."""
+    """The root command group: runs a command and maps what escapes it to one line and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except LedgerError as e:
-            handle_ledger_error(e, ctx.meta.get(URI_META))
+        except Exception as e:  # a FlowerChainError, or an error the command declared a meaning for
+            if not handles(e, ctx.meta):
+                raise
+            handle_error(e, ctx.meta)
 
 
 app = typer.Typer(cls=_LedgerErrorGroup, help="flower-chain: auditable federated learning ledgers for Flower.",

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flower_chain.cli.common import EXIT_FAILED, emit_json, fail, open_or_fail, out
+from flower_chain.cli.common import EXIT_FAILED, EXIT_USAGE, emit_json, fail, open_or_fail, out
+from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.ledger.errors import KeyFileError, VerificationError
 from flower_chain.ledger.keys import key_id, load_private, load_public
 
@@ -15,20 +16,19 @@ keys_app = typer.Typer(help="Ed25519 keys for clients and the server.", no_args_
 
 
 @keys_app.command("new")
+@meanings(Meaning((OSError,), "", EXIT_USAGE))  # a KeyFileError (e.g. the pair exists) is exit 2 too
 def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write NAME.key and NAME.pub into"),
              name: str = typer.Option(..., "--name", help="key name, e.g. client-0"),
              force: bool = typer.Option(False, "--force", help="overwrite an existing pair")) -> None:
     """Write a new Ed25519 key pair (private key PEM with mode 0600, public key PEM)."""
     from flower_chain.ledger.keys import generate
 
-    try:
-        priv, pub = generate(out_dir, name, overwrite=force)
-    except OSError as e:  # a KeyFileError (e.g. the pair exists) goes to the CLI's handler: exit 2
-        fail(str(e))
+    priv, pub = generate(out_dir, name, overwrite=force)
     out.print(f"{key_id(load_public(pub))}  {priv}  {pub}", highlight=False)
 
 
 @keys_app.command("init")
+@meanings(Meaning((KeyFileError, OSError), "cannot write keys into {directory}: ", EXIT_USAGE, strerror=True))
 def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
               clients: int = typer.Option(..., "--clients", min=1, help="number of client key pairs"),
               as_json: bool = typer.Option(False, "--json")) -> None:
@@ -50,16 +50,13 @@ def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
         fail(f"{len(existing)} key files already exist (e.g. {existing[0]}); keys init never overwrites keys: "
              "choose another DIR or remove them first")
     rows = []
-    try:
-        for sub, name in names:
-            priv, pub = generate(directory / sub, name)
-            kid = key_id(load_public(pub))
-            if sub == "clients":
-                (directory / "keyring").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(pub, directory / "keyring" / pub.name)
-            rows.append({"name": name, "key_id": kid, "private": str(priv), "public": str(pub)})
-    except (KeyFileError, OSError) as e:
-        fail(f"cannot write keys into {directory}: {getattr(e, 'strerror', None) or e}")
+    for sub, name in names:
+        priv, pub = generate(directory / sub, name)
+        kid = key_id(load_public(pub))
+        if sub == "clients":
+            (directory / "keyring").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pub, directory / "keyring" / pub.name)
+        rows.append({"name": name, "key_id": kid, "private": str(priv), "public": str(pub)})
     if as_json:
         emit_json({"server": rows[0], "clients": rows[1:], "keyring": str(directory / "keyring")})
         return
@@ -87,6 +84,8 @@ def keys_list(directory: Path, as_json: bool = typer.Option(False, "--json")) ->
 
 
 @keys_app.command("revoke")
+@meanings(Meaning((VerificationError,), "the ledger does not verify, not revoking: ", EXIT_FAILED,
+                  not_verified=False))
 def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
                 server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
                 reason: str = typer.Option("revoked by operator", "--reason")) -> None:
@@ -97,10 +96,7 @@ def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
 
     ledger = open_or_fail(uri)
     key = load_private(server_key)
-    try:  # the ledger writer alone (no strategy, no flwr): the server's key, a verified ledger, one block
-        writer = LedgerWriter(ledger, key)
-        verify(ledger, server_key=raw_public(key))
-        writer.revoke(kid, reason)
-    except VerificationError as e:
-        fail(f"the ledger does not verify, not revoking: {e}", EXIT_FAILED)
+    writer = LedgerWriter(ledger, key)  # the ledger writer alone (no strategy, no flwr): the server's key,
+    verify(ledger, server_key=raw_public(key))  # a verified ledger, one block
+    writer.revoke(kid, reason)
     out.print(f"revoked {kid} in {uri} (block {ledger.block_count() - 1})")

@@ -1,8 +1,8 @@
 """``flower-chain ledger``: inspect, verify, prove, export, anchor and repair a round ledger.
 
-(``ledger audit`` is in :mod:`flower_chain.cli.audit`.) A ``LedgerError`` that escapes a command
-ends the process with its ``exit_code`` through :func:`flower_chain.cli.handle_ledger_error`; the
-commands below catch one only where the command gives it a meaning of its own (e.g. ``summary``,
+(``ledger audit`` is in :mod:`flower_chain.cli.audit`.) An error that escapes a command ends the
+process with its ``exit_code`` through :func:`flower_chain.cli.errors.handle_error`; a command
+declares with :func:`~flower_chain.cli.errors.meanings` where an error means more (``summary``,
 ``blocks`` and ``export`` read the whole ledger, so a failure there means the ledger is damaged: 1).
 """
 
@@ -18,6 +18,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -41,15 +42,12 @@ ledger_app = typer.Typer(help="Inspect, verify and prove things about a round le
 
 
 @ledger_app.command("summary")
+@meanings(Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
 def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Federation id, rounds, entries, every verdict (train and evaluate replies), head hash, checkpoint."""
     from flower_chain.ledger.inspect import summary
 
-    ledger = open_or_fail(uri)
-    try:
-        s = summary(ledger)
-    except LedgerError as e:
-        fail(f"{uri}: {e}", EXIT_FAILED if not isinstance(e, LedgerOpenError) else EXIT_USAGE)
+    s = summary(open_or_fail(uri))
     if as_json:
         emit_json(s)
         return
@@ -70,17 +68,14 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
 
 
 @ledger_app.command("blocks")
+@meanings(Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
 def ledger_blocks(uri: str, start: int = typer.Option(0, "--from", help="first height"),
                   end: Optional[int] = typer.Option(None, "--to", help="last height (inclusive)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """One row per block: height, round, entries, accepted, rejected, model digest, time."""
     from flower_chain.ledger.inspect import block_rows
 
-    ledger = open_or_fail(uri)
-    try:
-        rows = list(block_rows(ledger, start, None if end is None else end + 1))
-    except LedgerError as e:
-        fail(f"{uri}: {e}", EXIT_FAILED)
+    rows = list(block_rows(open_or_fail(uri), start, None if end is None else end + 1))
     if as_json:
         emit_json([r.to_dict() for r in rows])
         return
@@ -137,6 +132,7 @@ def _verdict_rows(verdicts: Any) -> list[dict[str, Any]]:
 
 
 @ledger_app.command("verify")
+@meanings(Meaning((ValueError,), "", EXIT_USAGE))
 def ledger_verify(uri: str,
                   keys: Optional[Path] = typer.Option(None, "--keys",
                                                       help="client keys the genesis must hold, no more, no fewer"),
@@ -170,80 +166,82 @@ def ledger_verify(uri: str,
     if witness_quorum and not witness:
         fail("--witness-quorum needs at least one --witness VKEY")
     ledger = open_or_fail(uri)
-    anchors = witnessed = None
-    try:
-        kwargs: dict[str, Any] = {"server_key": expected, "client_signatures": client_signatures}
-        if blobs or strict:  # --strict: nothing that could be checked goes unchecked
-            kwargs["blobs"] = True
-        report = verify(ledger, **kwargs)
-        if keys is not None:
-            problem = _keyring_difference(ledger, keys)
-            if problem:
-                raise VerificationError(problem, height=0, entry=0)
-        if anchor_url:
-            from flower_chain.anchor.publish import verify_against_chain
-
-            anchors = verify_against_chain(ledger, _evm(ledger, anchor_url, contract, None, chain_id, False, "auto",
-                                                        need_key=False), owner=owner)
-        if witness:
-            from flower_chain.audit.witnessed import verify_witnessed
-
-            try:
-                witnessed = verify_witnessed(ledger, list(witness), quorum=witness_quorum or 1)
-            except ValueError as e:
-                fail(str(e))
-            if not witnessed.ok:
-                raise VerificationError(f"witness cosignatures: {witnessed.summary()}")
-    except VerificationError as e:
-        if as_json:
-            emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what})
-        err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    not_rederived = getattr(report, "not_rederived", None) or {}
-    equivocating = sorted(getattr(report, "equivocating_keys", None) or ())
-    blob_problems = list(getattr(report, "blob_problems", None) or [])
-    unchecked = report.arrays_unchecked
-    failed = strict and bool(not_rederived or blob_problems or unchecked)
+    blobs = blobs or strict  # --strict: nothing that could be checked goes unchecked
+    report = verify(ledger, server_key=expected, client_signatures=client_signatures, blobs=blobs)
+    if keys is not None:
+        problem = _keyring_difference(ledger, keys)
+        if problem:
+            raise VerificationError(problem, height=0, entry=0)
+    anchors = _check_anchors(ledger, anchor_url, contract, owner, chain_id) if anchor_url else None
+    witnessed = _check_witnesses(ledger, witness, witness_quorum) if witness else None
+    failed = strict and bool(report.not_rederived or report.blob_problems or report.arrays_unchecked)
     if as_json:
-        emit_json({"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
-                   "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
-                   "rejected": report.rejected, "client_signatures_checked": report.client_signatures_checked,
-                   "verdicts": _verdict_rows(getattr(report, "verdicts", {}) or {}),
-                   "verdicts_rederived": getattr(report, "verdicts_rederived", 0),
-                   "not_rederived": dict(not_rederived), "equivocating_keys": equivocating,
-                   "blobs_checked": blobs or strict, "blob_problems": blob_problems, "strict": strict,
-                   "arrays_unchecked": unchecked,
-                   "client_cosignatures": report.client_cosignatures,
-                   "witnessed": witnessed.to_dict() if witnessed is not None else None,
-                   "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
-                   "server_key_id": report.server_key_id})
+        emit_json(_verify_json(report, anchors, witnessed, failed, blobs, strict))
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+    _print_verified(uri, report, anchors, witnessed, blobs, strict)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _check_anchors(ledger: Ledger, url: str, contract: Optional[str], owner: Optional[str],
+                   chain_id: Optional[int]) -> dict[str, Any]:
+    """Every block's anchor on chain (raises ``VerificationError`` on a mismatch)."""
+    from flower_chain.anchor.publish import verify_against_chain
+
+    return verify_against_chain(ledger, _evm(ledger, url, contract, None, chain_id, False, "auto", need_key=False),
+                                owner=owner)
+
+
+def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int) -> Any:
+    """The head's witness cosignatures (a ``ValueError`` for a bad witness key is a usage error, exit 2)."""
+    from flower_chain.audit.witnessed import verify_witnessed
+
+    witnessed = verify_witnessed(ledger, list(witness), quorum=quorum or 1)
+    if not witnessed.ok:
+        raise VerificationError(f"witness cosignatures: {witnessed.summary()}")
+    return witnessed
+
+
+def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs: bool, strict: bool) -> dict:
+    return {"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
+            "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
+            "rejected": report.rejected, "client_signatures_checked": report.client_signatures_checked,
+            "verdicts": _verdict_rows(report.verdicts), "verdicts_rederived": report.verdicts_rederived,
+            "not_rederived": dict(report.not_rederived), "equivocating_keys": sorted(report.equivocating_keys),
+            "blobs_checked": blobs, "blob_problems": list(report.blob_problems), "strict": strict,
+            "arrays_unchecked": report.arrays_unchecked, "client_cosignatures": report.client_cosignatures,
+            "witnessed": witnessed.to_dict() if witnessed is not None else None,
+            "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
+            "server_key_id": report.server_key_id}
+
+
+def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: bool, strict: bool) -> None:
+    """What verify checked, what it could not, and the verdict line (``NOT VERIFIED (--strict)`` on a gap)."""
+    not_rederived, blob_problems, unchecked = report.not_rederived, report.blob_problems, report.arrays_unchecked
+    failed = strict and bool(not_rederived or blob_problems or unchecked)
     if anchors is not None:
         todo = anchors["not_anchored"]
         out.print(f"anchors: contract {anchors['contract']} (owner {anchors['owner']}) on chain {anchors['chain_id']}: "
                   f"{len(anchors['anchored'])} heights match" + (f"; not anchored yet: {todo}" if todo else ""),
                   highlight=False)
-    verdicts = getattr(report, "verdicts", None) or {}
-    if verdicts:
-        for kind in sorted({k for k, _ in verdicts}):
-            row = {reason: n for (k, reason), n in verdicts.items() if k == kind}
-            out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
+    for kind in sorted({k for k, _ in report.verdicts}):
+        row = {reason: n for (k, reason), n in report.verdicts.items() if k == kind}
+        out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
     if witnessed is not None:
         out.print(f"witnesses: {witnessed.summary()}", highlight=False)
     if report.client_cosignatures:
         out.print(f"client cosignatures checked: {report.client_cosignatures}", highlight=False)
-    rederived = getattr(report, "verdicts_rederived", 0)
-    if rederived or not_rederived:
-        out.print(f"verdicts re-derived from the ledger: {rederived}", highlight=False)
+    if report.verdicts_rederived or not_rederived:
+        out.print(f"verdicts re-derived from the ledger: {report.verdicts_rederived}", highlight=False)
     if not_rederived:
         (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
                                        + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
                                        highlight=False)
     if unchecked and not failed:  # never a silent pass: say what this verify did not check
         out.print(f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
-                  + ("updates: add --blobs to check them against the stored arrays" if not (blobs or strict)
+                  + ("updates: add --blobs to check them against the stored arrays" if not blobs
                      else "updates whose arrays are not stored (--strict fails on this)"), highlight=False)
-    for kid in equivocating:
+    for kid in sorted(report.equivocating_keys):
         err.print(f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
                   f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY", highlight=False)
     for problem in blob_problems:  # an altered blob fails verify itself; these are blobs that are not stored
@@ -253,11 +251,11 @@ def ledger_verify(uri: str,
         gaps += [f"{len(blob_problems)} blobs are missing"] if blob_problems else []
         gaps += [f"{unchecked} accepted updates' arrays are not stored (their array rules unchecked)"] if unchecked else []
         err.print(f"[bold red]NOT VERIFIED (--strict)[/] {uri}: {'; '.join(gaps)}", highlight=False)
-        raise typer.Exit(EXIT_FAILED)
+        return
     out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
               f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
               f"{report.client_signatures_checked} client signatures checked"
-              + (", stored blobs checked" if blobs or strict else "") + f"), server key {report.server_key_id}",
+              + (", stored blobs checked" if blobs else "") + f"), server key {report.server_key_id}",
               highlight=False)
 
 
@@ -347,6 +345,7 @@ def ledger_consistency(uri: str, old_size: int = typer.Option(..., "--from", hel
 
 
 @ledger_app.command("export")
+@meanings(Meaning((LedgerError,), "", EXIT_FAILED, unless=(LedgerOpenError,)))
 def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="json or csv"),
                   dest: Optional[Path] = typer.Option(None, "--out")) -> None:
     """Every block and entry, flattened (one row per entry)."""
@@ -354,11 +353,7 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
 
     if fmt not in ("json", "csv"):
         fail(f"--format must be json or csv, not {fmt!r}")
-    ledger = open_or_fail(uri)
-    try:
-        rows = list(export_rows(ledger))
-    except LedgerError as e:
-        fail(str(e), EXIT_FAILED)
+    rows = list(export_rows(open_or_fail(uri)))
     if fmt == "json":
         text = json.dumps(rows, indent=1, default=str) + "\n"
     else:
@@ -375,14 +370,11 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
 
 
 @ledger_app.command("repair")
+@meanings(Meaning((VerificationError,), "still does not verify: ", EXIT_FAILED, not_verified=False),
+          Meaning((LedgerError,), "", EXIT_USAGE))
 def ledger_repair(uri: str) -> None:
     """Drop a torn last line of a JSONL ledger (an append interrupted by a crash), then verify."""
     location = parse_ledger_uri(uri)
-    try:
-        ledger = open_ledger(uri, create=True) if location.is_file and location.path.exists() else open_or_fail(uri)
-        report = verify(ledger)
-    except VerificationError as e:
-        fail(f"still does not verify: {e}", EXIT_FAILED)
-    except LedgerError as e:
-        fail(str(e))
+    ledger = open_ledger(uri, create=True) if location.is_file and location.path.exists() else open_or_fail(uri)
+    report = verify(ledger)
     out.print(f"{uri}: {report.blocks} blocks verify")

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
-from flower_chain.cli.common import EXIT_FAILED, err, fail, out, read_server_key
+from flower_chain.cli.common import EXIT_FAILED, fail, out, read_server_key
+from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.ledger.errors import ProofError
 
 proof_app = typer.Typer(help="Check proofs offline.", no_args_is_help=True)
 
 
 @proof_app.command("verify")
+@meanings(Meaning((ProofError, UnicodeDecodeError), "{proof_file}: ", EXIT_FAILED, not_verified=True))
 def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
                  server_key: str = typer.Option(..., "--server-key", help="server public key: PEM or verifier key")
                  ) -> None:
@@ -23,12 +25,8 @@ def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
     if not proof_file.is_file():
         fail(f"proof file {proof_file} not found")
     pub = read_server_key(server_key)
-    try:
-        proof = parse_proof(proof_file.read_text())
-        result = proof.verify(pub)
-    except (ProofError, UnicodeDecodeError) as e:
-        err.print(f"[bold red]NOT VERIFIED[/] {proof_file}: {e}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
+    proof = parse_proof(proof_file.read_text())
+    result = proof.verify(pub)
     if isinstance(proof, InclusionProof):
         entry = decode_entry(proof.entry)
         what = f"{entry.TYPE} entry" + (f" of client {entry.key_id}, round {entry.round}, {entry.verdict}"

@@ -12,6 +12,10 @@ from typing import List, Optional
 
 import typer
 
+from flower_chain.cli.common import EXIT_FAILED, EXIT_USAGE
+from flower_chain.cli.errors import Meaning, meanings
+from flower_chain.ledger.errors import KeyFileError, LedgerError, LedgerOpenError, VerificationError
+
 witness_app = typer.Typer(help="A C2SP tlog-witness that cosigns consistent checkpoints.", no_args_is_help=True)
 
 
@@ -27,27 +31,23 @@ def _run(app, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+@meanings(Meaning((VerificationError,), "{uri} does not verify, not serving it: ", EXIT_FAILED, not_verified=False),
+          Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
 def serve_command(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite:///ledger.db"),
                   host: str = typer.Option("127.0.0.1", "--host"),
                   port: int = typer.Option(7380, "--port"),
                   refresh: float = typer.Option(0.5, "--refresh", help="seconds between re-reads of the head"),
                   ) -> None:
     """Serve a ledger read-only: C2SP tlog-tiles (/checkpoint, /tile/...) and the explorer page at /."""
-    from flower_chain.cli.common import EXIT_FAILED, err
+    from flower_chain.cli.common import err
     from flower_chain.cli.common import open_or_fail as _open
     from flower_chain.ledger import verify
-    from flower_chain.ledger.errors import LedgerError, VerificationError
     from flower_chain.serve.app import LogView, build_app
 
     if not 0 < port < 65536:
         _fail(f"--port {port} is not a TCP port")
     ledger = _open(uri)
-    try:
-        report = verify(ledger)
-    except VerificationError as e:
-        _fail(f"{uri} does not verify, not serving it: {e}", EXIT_FAILED)
-    except LedgerError as e:
-        _fail(f"{uri}: {e}", EXIT_FAILED)
+    report = verify(ledger)
     view = LogView(ledger, refresh_s=refresh)
     err.print(f"serving {uri} ({report.blocks} blocks, {report.entries} entries, origin {view.origin}) "
               f"on http://{host}:{port}/", highlight=False)
@@ -55,6 +55,7 @@ def serve_command(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite:/
 
 
 @witness_app.command("serve")
+@meanings(Meaning((KeyFileError,), "", EXIT_USAGE), Meaning((sqlite3.Error, OSError), "--db {db}: ", EXIT_USAGE))
 def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed25519 private key (PEM)"),
                   db: str = typer.Option("sqlite:///witness.db", "--db", help="state: sqlite:///PATH"),
                   logs: List[str] = typer.Option(..., "--log", help="ORIGIN=VKEY of a log to witness (repeatable)"),
@@ -64,7 +65,6 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
                   port: int = typer.Option(7381, "--port")) -> None:
     """Cosign checkpoints of the configured logs (POST /add-checkpoint, C2SP tlog-witness)."""
     from flower_chain.cli.common import err, out
-    from flower_chain.ledger.errors import KeyFileError, LedgerOpenError
     from flower_chain.ledger.location import parse_ledger_uri
     from flower_chain.ledger.keys import key_id, load_private
     from flower_chain.witness.server import Witness, WitnessStore, build_app, parse_log_option
@@ -77,18 +77,12 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
         location = None
     if location is None or location.scheme != "sqlite":
         _fail(f"--db {db!r}: write sqlite:///relative/path or sqlite:////absolute/path")
-    try:
-        k = load_private(key)
-        configured: dict[str, list[tuple[str, bytes]]] = {}
-        for value in logs:
-            origin, vk = parse_log_option(value)
-            configured.setdefault(origin, []).append(vk)
-        store = WitnessStore(location.path)
-        witness = Witness(name or f"flower-chain-witness/{key_id(k)}", k, configured, store)
-    except KeyFileError as e:
-        _fail(str(e))
-    except (sqlite3.Error, OSError) as e:  # an unusable --db path
-        _fail(f"--db {db}: {e}")
+    k = load_private(key)
+    configured: dict[str, list[tuple[str, bytes]]] = {}
+    for value in logs:
+        origin, vk = parse_log_option(value)
+        configured.setdefault(origin, []).append(vk)
+    witness = Witness(name or f"flower-chain-witness/{key_id(k)}", k, configured, WitnessStore(location.path))
     out.print(witness.verifier_key, highlight=False)
     err.print(f"witnessing {', '.join(sorted(configured))} on http://{host}:{port}/add-checkpoint", highlight=False)
     _run(build_app(witness), host, port)
@@ -100,11 +94,7 @@ def witness_vkey(key: Path = typer.Option(..., "--key", help="the witness's Ed25
     """Print the witness's cosigner verifier key (what clients configure to check its cosignatures)."""
     from flower_chain.cli.common import out
     from flower_chain.ledger.cosignature import cosigner_verifier_key
-    from flower_chain.ledger.errors import KeyFileError
     from flower_chain.ledger.keys import key_id, load_public
 
-    try:
-        pub = load_public(key)
-    except KeyFileError as e:
-        _fail(str(e))
+    pub = load_public(key)  # a KeyFileError: one error line, exit 2 (flower_chain.cli.errors)
     out.print(cosigner_verifier_key(name or f"flower-chain-witness/{key_id(pub)}", pub), highlight=False)

@@ -27,6 +27,10 @@ from pathlib import Path
 
 from flower_chain.ledger.checkpoint import Checkpoint
 from flower_chain.ledger.text import safe_text
+from flower_chain.ledger.writer import origin_for
+
+__all__ = ["ERRORS_LOG", "MESSAGE_LIMIT", "METRIC_ERRORS", "METRIC_RECEIPTS", "SERVER_KEY_FILE", "STATE_FILE",
+           "ReceiptStore", "checkpoint_of", "origin_dir_name", "origin_for", "read_counts"]
 
 METRIC_RECEIPTS = "flower-chain-receipts"
 METRIC_ERRORS = "flower-chain-receipt-errors"
@@ -42,11 +46,6 @@ CREATE TABLE IF NOT EXISTS logs (origin TEXT PRIMARY KEY, checkpoint TEXT, defer
 CREATE TABLE IF NOT EXISTS pending (origin TEXT NOT NULL, round INTEGER NOT NULL, statement BLOB NOT NULL,
                                     PRIMARY KEY (origin, round));
 """
-
-
-def origin_for(federation_id: str) -> str:
-    """The checkpoint origin of a federation's log."""
-    return f"flower-chain/{federation_id}"
 
 
 def origin_dir_name(origin: str) -> str:

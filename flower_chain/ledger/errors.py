@@ -1,10 +1,12 @@
-"""Exception types of the ledger: one per kind of failure, all under :class:`LedgerError`.
+"""Exception types of flower-chain: one per kind of failure, all under :class:`FlowerChainError`.
 
 Every class carries the process exit code the ``flower-chain`` CLI ends with when such an error
 escapes a command (``exit_code``): :data:`EXIT_FAILED` (1) when something does not verify (a ledger,
 proof or checkpoint, a torn or tampered file), :data:`EXIT_USAGE` (2) for usage and input errors
 (a missing file, a wrong URI, a bad key, an unknown round or client). The CLI maps them in one place
-(:func:`flower_chain.cli.handle_ledger_error`).
+(:func:`flower_chain.cli.handle_error`). The ledger's own errors are :class:`LedgerError`; the
+packages above it (strategies, clients, anchors, the auditor) derive theirs from it or from
+:class:`FlowerChainError`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ EXIT_USAGE = 2
 """Exit code: a usage or input error."""
 
 
-class LedgerError(Exception):
-    """Base class of every error raised by :mod:`flower_chain.ledger`.
+class FlowerChainError(Exception):
+    """Base class of every error flower-chain raises on purpose.
 
     Attributes
     ----------
@@ -28,6 +30,11 @@ class LedgerError(Exception):
     """
 
     exit_code: int = EXIT_USAGE
+
+
+class LedgerError(FlowerChainError):
+    """Base class of every error raised by :mod:`flower_chain.ledger` (exit :data:`EXIT_USAGE` unless a
+    subclass says otherwise)."""
 
 
 class ProofError(LedgerError):

@@ -1,0 +1,68 @@
+"""Reading arrays back from a ledger's blob store: the one reader every consumer uses.
+
+A blob's address is the SHA-256 of its array stream
+(:func:`flower_chain.ledger.arrays.encode_arrays`). :func:`read_arrays`
+fetches it, checks it against its address and decodes it; what goes wrong is
+a :class:`BlobError` saying which of three things happened (not stored,
+altered, does not decode), so each caller decides what that means for it
+(verify: a missing blob is a gap, an altered one a failure; the auditor: a
+round it cannot replay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from flower_chain.ledger.arrays import decode_arrays
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.errors import EXIT_FAILED, LedgerError
+
+MISSING, ALTERED, UNDECODABLE = "missing", "altered", "undecodable"
+
+
+class BlobError(LedgerError):
+    """A blob cannot be read back as the arrays its address names.
+
+    Attributes
+    ----------
+    kind : str
+        ``missing`` (not in the blob store, or the store cannot be read), ``altered`` (its bytes do not hash
+        to its address) or ``undecodable`` (they do, but are not an array stream).
+    digest : bytes
+        The blob's address.
+    what : str
+        What the blob was read as (``global model``, ``strategy state``, ...).
+    reason : str
+        For ``undecodable``: why.
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, kind: str, digest: bytes, what: str, reason: str = "") -> None:
+        self.kind, self.digest, self.what, self.reason = kind, bytes(digest), what, reason
+        short = self.digest.hex()[:16]
+        super().__init__({MISSING: f"{what} {short} is not in the blob store",
+                          ALTERED: f"the stored {what} {short} does not match its digest",
+                          UNDECODABLE: f"the stored {what} {short} does not decode: {reason}"}[kind])
+
+
+def read_arrays(ledger: Ledger, digest: bytes, what: str = "blob") -> list[tuple[str, np.ndarray]]:
+    """The named arrays stored under ``digest``, the blob checked against its address.
+
+    Raises
+    ------
+    BlobError
+        Not stored (or unreadable), altered, or not an array stream (:attr:`BlobError.kind`).
+    """
+    try:
+        data = ledger.get_blob(digest)
+    except LedgerError:
+        raise BlobError(MISSING, digest, what) from None
+    if hashlib.sha256(data).digest() != digest:  # a blob's address is the SHA-256 of its array stream
+        raise BlobError(ALTERED, digest, what)
+    try:
+        return decode_arrays(data)
+    except LedgerError as e:
+        raise BlobError(UNDECODABLE, digest, what, str(e)) from None

@@ -1,0 +1,129 @@
+"""The entry rules :func:`flower_chain.ledger.verify.verify` checks (``full``): each entry decodes and is one
+the ledger format allows where it stands.
+
+Block 0 holds exactly one entry, the genesis (round 0, a 32-byte server key, client keys matching their
+ids); no other block holds one. Updates belong to their block's round, have a known kind, verdict and
+reason; revocations name genesis keys; a client's cosignature verifies, under its genesis key, over the
+checkpoint of the block before.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flower_chain.ledger import policy
+from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.entries import (
+    ACCEPTED,
+    REASONS,
+    REJECTED,
+    CosignatureEntry,
+    EvaluationEntry,
+    GenesisEntry,
+    RevocationEntry,
+    UpdateEntry,
+    decode_entry,
+)
+from flower_chain.ledger.errors import LedgerError, VerificationError
+from flower_chain.ledger.keys import key_id
+
+if TYPE_CHECKING:
+    from flower_chain.ledger.verify import VerifyReport, Walk
+
+
+def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
+                  ) -> tuple[list[tuple[int, UpdateEntry]], list[tuple[int, EvaluationEntry]]]:
+    """(genesis and ``full``) every entry decodes and follows the entry rules; the block's updates and summaries."""
+    updates: list[tuple[int, UpdateEntry]] = []
+    summaries: list[tuple[int, EvaluationEntry]] = []
+    if h.height and not w.full:
+        return updates, summaries
+    for i, data in enumerate(datas):
+        try:
+            entry = decode_entry(data)
+        except LedgerError as e:
+            raise VerificationError(f"entry does not decode: {e}", height=h.height, entry=i) from e
+        if h.height == 0:
+            w.genesis = _check_genesis(entry, h, w.server_key, i)
+            w.pub = w.genesis.server_key
+            w.report.federation_id = w.genesis.federation_id
+            w.report.server_key_id = key_id(w.pub)
+        elif isinstance(entry, CosignatureEntry):
+            _check_cosignature(entry, h, i, w.genesis, w.prev_block, w.report)
+        else:
+            _check_entry(entry, h, i, w.genesis, w.revoked, w.report)
+            if isinstance(entry, UpdateEntry):
+                updates.append((i, entry))
+            elif isinstance(entry, EvaluationEntry):
+                summaries.append((i, entry))
+            if w.visit is not None:
+                w.visit(first_index + i, entry)
+    return updates, summaries
+
+
+def _check_genesis(entry, h: BlockHeader, server_key: bytes | None, i: int) -> GenesisEntry:
+    if not isinstance(entry, GenesisEntry) or i != 0 or h.entry_count != 1:
+        raise VerificationError("block 0 must hold exactly one entry, a genesis entry", height=0, entry=i)
+    if h.round != 0:
+        raise VerificationError("the genesis block must be round 0", height=0)
+    if server_key is not None and entry.server_key != server_key:
+        raise VerificationError(
+            f"the genesis names server key {key_id(entry.server_key)}, not the expected {key_id(server_key)}",
+            height=0, entry=0)
+    if len(entry.server_key) != 32:
+        raise VerificationError("the genesis server key is not a 32-byte Ed25519 key", height=0, entry=0)
+    for kid, raw in entry.client_keys.items():
+        if not isinstance(raw, bytes) or key_id(raw) != kid:
+            raise VerificationError(f"client key {kid} does not match its key id", height=0, entry=0)
+    return entry
+
+
+def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str],
+                 report: VerifyReport) -> None:
+    report.entry_types[entry.TYPE] += 1
+    if isinstance(entry, GenesisEntry):
+        raise VerificationError("a second genesis entry", height=h.height, entry=i)
+    if isinstance(entry, RevocationEntry):
+        if entry.key_id not in genesis.client_keys:
+            raise VerificationError(f"revocation of key {entry.key_id!r}, which is not in the genesis keyring",
+                                    height=h.height, entry=i)
+        revoked.add(entry.key_id)
+        return
+    if not isinstance(entry, UpdateEntry):
+        return
+    if entry.round != h.round:
+        raise VerificationError(f"update of round {entry.round} in a block of round {h.round}",
+                                height=h.height, entry=i)
+    if entry.kind not in ("train", "evaluate"):
+        raise VerificationError(f"update of unknown kind {entry.kind!r}", height=h.height, entry=i)
+    if entry.verdict == REJECTED:
+        if entry.reason not in REASONS:
+            raise VerificationError(f"unknown rejection reason {entry.reason!r}", height=h.height, entry=i)
+        if entry.kind == "train":
+            report.rejected += 1
+            report.reasons[entry.reason] += 1
+        if entry.reason == "equivocation" and entry.key_id:
+            report.equivocating_keys.add(entry.key_id)
+    elif entry.verdict == ACCEPTED:
+        if entry.reason != policy.OK:
+            raise VerificationError(f"an accepted update with reason {entry.reason!r}", height=h.height, entry=i)
+        report.accepted += entry.kind == "train"
+    else:
+        raise VerificationError(f"unknown verdict {entry.verdict!r}", height=h.height, entry=i)
+    report.verdicts[(entry.kind, policy.recorded_reason(entry))] += 1
+
+
+def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis: GenesisEntry, prev_block,
+                       report: VerifyReport) -> None:
+    """A client's cosignature must verify, under its genesis key, over the checkpoint of the block before."""
+    from flower_chain.ledger.cosignature import check_client_cosignature
+
+    report.entry_types[entry.TYPE] += 1
+    raw = genesis.client_keys.get(entry.key_id)
+    if entry.round != h.round or prev_block is None or entry.size != prev_block.header.log_size:
+        raise VerificationError("a client cosignature of another round or checkpoint than the one the round was "
+                                "built on", height=h.height, entry=i)
+    if raw is None or not check_client_cosignature(entry.line, prev_block.checkpoint, raw, max_future_s=None):
+        raise VerificationError(f"the cosignature recorded for client {entry.key_id} does not verify over the "
+                                f"checkpoint of size {entry.size}", height=h.height, entry=i)
+    report.client_cosignatures += 1
