@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ConfigRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flower_chain.ledger import decode_entry, verify
 from flower_chain.strategies import LedgerStrategy
-from flower_chain.wire import PENDING_ROUND, SEEN_SIZE, SIG_RECORD, SIGNATURE, STATEMENT, parse_npy
+from flower_chain.wire import parse_npy
 from tests.support.fl_helpers import Clients, FakeGrid, arrays, fedavg, signed_train_reply, with_content
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "16000"))  # + a quarter of that on the legacy API

@@ -10,7 +10,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from hypothesis import strategies as st
 
-from flower_chain.wire import PENDING_ROUND, SEEN_SIZE, SIG_RECORD, SIGNATURE, STATEMENT, parse_npy
+from flower_chain.wire import PENDING_ROUND, SEEN_SIZE, SIG_RECORD, SIGNATURE, STATEMENT
+from tests.support.fl_helpers import arrays, signed_train_reply
 
 
 def npy(a: np.ndarray) -> bytes:

@@ -6,9 +6,6 @@ import base64
 import json
 import math
 import sqlite3
-import subprocess
-from pathlib import Path
-import sys
 import textwrap
 
 import numpy as np
