@@ -106,8 +106,14 @@ class Recorder:
             raise AppendError(f"{self.ledger.uri}: a block was appended while a round was open; its replies were "
                               "judged against another ledger head than the one they would be recorded after")
 
+    def digest(self, arrays: NamedArrays) -> bytes:
+        """The array digest of ``arrays`` under the ledger's digest version (its genesis says which)."""
+        genesis = getattr(self.writer, "genesis", None)
+        version = getattr(genesis, "digest_version", None)
+        return array_digest(arrays) if version is None else array_digest(arrays, version)
+
     def store_model(self, arrays: NamedArrays, digest: bytes | None = None) -> bytes:
-        digest = digest or array_digest(arrays)
+        digest = digest or self.digest(arrays)
         if self.store_models and not self.ledger.has_blob(digest):
             self.ledger.put_blob(encode_arrays(arrays), digest)
         return digest
@@ -142,7 +148,7 @@ class Recorder:
             self.check_parent(parent)
         after = self.store_model(aggregated) if aggregated is not None else before
         if state is not None:
-            self.state_digest = array_digest(state) if state else b""
+            self.state_digest = self.digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
                 self.ledger.put_blob(encode_arrays(state), self.state_digest)
         blobs = self._update_blobs(updates) + [(digest, encode_arrays(arrays)) for digest, arrays in evidence]
@@ -172,7 +178,7 @@ class Recorder:
         except LedgerError as e:
             raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
                               f"({e}); the run did not store global models (store_models=False)?") from e
-        if array_digest(arrays) != digest:
+        if self.digest(arrays) != digest:
             raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger")
         return arrays
 
