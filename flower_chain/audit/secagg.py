@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, read_rounds
-from flower_chain.audit.secagg_unmask import rebuild_all, unmask
+from flower_chain.audit.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
@@ -196,6 +196,12 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
     for nid in live:
         if nid not in acc[MASKED]:
             found.append(Finding(r, MASKED, nid, "a live masked input without the node's signed statement"))
+        elif not set(acc[MASKED][nid].statement.reply["sources"]) & (set(live) - {nid}):
+            found.append(Finding(r, MASKED, nid, "no live node shares a pairwise mask with this node: its mask "
+                                                 "seed and its masked input on the ledger expose its input"))
+    for u, w in one_sided_pairs({n: acc[MASKED][n].statement.reply["sources"] for n in live if n in acc[MASKED]}):
+        found.append(Finding(r, MASKED, u, f"masked with node {w}, which did not mask with it: the masks do not "
+                                           "cancel (ciphertexts withheld)"))
     for nid in dropped:
         if nid not in acc[SHARE_KEYS]:
             found.append(Finding(r, "commit", nid, "declared dropped without having shared keys"))

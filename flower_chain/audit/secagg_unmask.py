@@ -158,3 +158,10 @@ def rebuild_all(replies: Mapping[str, dict], live: Sequence[str], dropped: Seque
             else:
                 out[n] = secret
     return seeds, keys, wrong, problem
+
+
+def one_sided_pairs(sources: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """Live pairs ``(u, w)`` where ``u`` masked with ``w`` but ``w`` not with ``u``: their masks do not cancel."""
+    live = set(sources)
+    return sorted(((u, w) for u, srcs in sources.items() for w in srcs
+                   if w in live and u not in sources.get(w, ())), key=lambda t: (int(t[0]), int(t[1])))

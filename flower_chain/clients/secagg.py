@@ -261,7 +261,7 @@ class _Node:
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
-        rnd["masked_digest"] = array_digest(named)
+        rnd["masked_digest"], rnd["sources"] = array_digest(named), sources
         for arr_record in out.content.array_records.values():
             arr_record.clear()
         reply = {"digest": rnd["masked_digest"], "weight": int(vector[0].reshape(-1)[0]), "sources": sources,

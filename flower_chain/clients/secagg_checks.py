@@ -160,4 +160,8 @@ def unmask_problem(commit: dict, told_active: Any, told_dead: Any, state: dict) 
             return f"asked a seed share of node {nid}, which never shared keys with this node"
     if len(told_active) < state["header"]["params"]["threshold"]:
         return "fewer live neighbours than the threshold"
+    masking = set(told_active) & set(state.get("sources", ())) - {me}
+    if len(masking) < state["header"]["params"]["threshold"] - 1:
+        return (f"only {len(masking)} live neighbours share a pairwise mask with this node: revealing its seed "
+                "would expose its input")
     return None

@@ -35,7 +35,7 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
-from flower_chain.audit.secagg_unmask import rebuild_all, unmask
+from flower_chain.audit.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.ledger import proofs
 from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.encoding import encode
@@ -292,6 +292,9 @@ class _Round:
         agg_digest, total = b"", None
         if not live:
             failure = failure or "no masked input"
+        pairs = one_sided_pairs({n: self.verdicts[MASKED][n].statement.reply["sources"] for n in live})
+        if pairs:
+            failure = failure or f"nodes {pairs[0][0]} and {pairs[0][1]} did not both mask with each other"
         if not failure:
             total = unmask({n: self.verdicts[MASKED][n].payload["arrays"] for n in live}, seeds, keys,
                            {n: self.pks[n]["pk1"] for n in self.pks},

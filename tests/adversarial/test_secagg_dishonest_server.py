@@ -203,3 +203,34 @@ def test_substituted_aggregate_fails_audit(monkeypatch):
     report = audit_secagg(fed.ledger)
     assert not report.ok
     assert findings_of(report, round=1, stage="result")
+
+
+def test_withheld_ciphertexts_that_would_expose_an_input_are_refused_and_named(monkeypatch):
+    """The server forwards node o only the shares of nodes that then drop: o's input would carry no live
+    pairwise mask. o reveals nothing, the server fails the round (masks that do not cancel), audit names o."""
+    fed = SecAggFederation("memory:", n=6, num_shares=5, threshold=3)
+    o = fed.node_ids[0]
+    honest = workflow_module._Round._exchange
+
+    def exchange(self, stage, requests, expect):
+        if stage == "masked-input" and str(o) in requests:
+            cts = requests[str(o)][0]["ciphertexts"]
+            keep = sorted(cts, key=int)[:2]
+            requests[str(o)][0]["ciphertexts"] = {k: cts[k] for k in keep}
+            for k in keep:  # ... and those nodes drop before sending their own masked input
+                fed.grid.drop[int(k)] = "masked-input"
+        return honest(self, stage, requests, expect)
+
+    monkeypatch.setattr(workflow_module._Round, "_exchange", exchange)
+    replies: dict = {}
+    fed.grid.tamper = unmask_replies(replies)
+    before = fed.model()
+    figures = fed.run_round(1)
+    assert replies[o]["refused"] and not replies[o]["seed_shares"] and not replies[o]["key_shares"]
+    assert figures["failure"]  # the model stays
+    assert all((a == b).all() for a, b in zip(before, fed.model()))
+    report = audit_secagg(fed.ledger)
+    assert not report.ok
+    named = findings_of(report, round=1, stage="masked-input", node=str(o))
+    assert any("no live node shares a pairwise mask" in f.message for f in named), report.lines()
+    assert any("do not cancel" in f.message for f in report.findings if f.round == 1)
