@@ -170,3 +170,29 @@ def test_plots_have_integer_round_ticks_one_colour_per_verdict_and_no_empty_axes
         report._stacked = real
     assert len(captured["keys"]) == report.MAX_CLIENT_BARS and "40 of 100 clients" in captured["title"]
     assert {f"k{i:03d}" for i in range(0, 100, 7)} <= set(captured["keys"])  # every client with a rejection
+
+
+def test_a_keyring_that_differs_or_an_unwitnessed_head_is_not_verified(run, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from flower_chain.ledger.cosignature import cosigner_verifier_key
+
+    other = tmp_path / "keyring"
+    other.mkdir()
+    for f in run.keyring.glob("*.pub"):
+        (other / f.name).write_bytes(f.read_bytes())
+    (other / "stranger.pub").write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    dest = tmp_path / "r.html"
+    cli("report", run.uri, "-o", dest, "--server-key", run.server_pub, "--keys", other)
+    doc = dest.read_text()
+    assert 'id="status" style="background:#c62828">NOT VERIFIED: the genesis keyring differs' in doc
+    vkey = cosigner_verifier_key("w.example/w1", Ed25519PrivateKey.generate().public_key())
+    cli("report", run.uri, "-o", dest, "--server-key", run.server_pub, "--witness", vkey)
+    doc = dest.read_text()
+    assert 'id="status" style="background:#c62828">NOT VERIFIED: witness cosignatures: NOT witnessed' in doc
+    for bad in (["--witness", "not-a-vkey"], ["--witness-quorum", "2"], ["--witness", vkey, "--witness-quorum", "3"],
+                ["--keys", tmp_path / "nowhere"]):
+        r = cli("report", run.uri, "-o", dest, *bad)
+        assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, (bad, r.stderr)
