@@ -155,6 +155,8 @@ def ledger_status(ledger: Ledger, *, server_key: bytes | None = None, keys: str 
         st.verified = True
     except (VerificationError, LedgerError, ValueError) as e:
         st.verified, st.reason = False, safe_text(e, 500)
+        st.not_checked = ["the checks after the one that failed were not run"]
+        st.audit_text = "not run: the ledger does not verify"
         return st
     if run_audit:
         _audit(ledger, st)

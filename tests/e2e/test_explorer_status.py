@@ -80,6 +80,11 @@ def test_status_first_and_the_federated_accuracy_curve_of_a_real_run(run, tmp_pa
     assert "eval_acc — federated (clients, signed)" in acc and "accuracy — centralized (server's claim)" in acc
     assert acc.count("<circle") == 6 and [int(t) for t in re.findall(r'class="xtick"[^>]*>(\d+)<', acc)] == [1, 2, 3]
     assert "eval_loss — federated" in section(dom, "loss-plot", "</svg>")
+    for plot in ("train-verdict-plot", "evaluate-verdict-plot"):  # counts and rounds: integer ticks only
+        bars = section(dom, plot, "</svg>")
+        assert [int(t) for t in re.findall(r'class="ytick"[^>]*>([^<]+)<', bars)] == [0, 1, 2, 3, 4]
+        assert [int(t) for t in re.findall(r'class="xtick"[^>]*>([^<]+)<', bars)] == [1, 2, 3]
+        assert {v for v in re.findall(r'data-verdict="([^"]+)"', bars)} == {"accepted", "unsigned"}
     rounds = section(dom, "rounds", "</table>")
     assert rounds.count("<tr") == 4 and "(includes start-up)" in rounds and rounds.count("unsigned 1") == 6
     clients = section(dom, "clients", "</table>")
@@ -144,6 +149,8 @@ def test_a_ledger_that_stops_verifying_shows_not_verified_with_the_reason(federa
     banner = re.search(r'<div id="status" class="banner (\w+)">([^<]*)</div>', dom)
     assert banner.group(1) == "failed" and banner.group(2).startswith("NOT VERIFIED: ") and "block 2" in banner.group(2)
     assert "banner verified" not in dom
+    assert re.search(r'<div id="audit-status" class="banner not-audited">NOT AUDITED: not run: the ledger does not '
+                     r'verify</div>', dom)
 
 
 def test_a_reply_that_reports_no_examples_is_shown_as_not_reported(federation_factory):
