@@ -1,8 +1,9 @@
 """Reading arrays back from a ledger's blob store: the one reader every consumer uses.
 
-A blob's address is the SHA-256 of its array stream
-(:func:`flower_chain.ledger.arrays.encode_arrays`). :func:`read_arrays`
-fetches it, checks it against its address and decodes it; what goes wrong is
+A blob's address is the array digest of its stream under the ledger's digest
+version (:func:`flower_chain.ledger.arrays.stream_digest`, the genesis'
+``digest_version``). :func:`read_arrays` fetches it, checks it against its
+address and decodes it; what goes wrong is
 a :class:`BlobError` saying which of three things happened (not stored,
 altered, does not decode), so each caller decides what that means for it
 (verify: a missing blob is a gap, an altered one a failure; the auditor: a
@@ -11,13 +12,12 @@ round it cannot replay).
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from flower_chain.ledger.arrays import decode_arrays
+from flower_chain.ledger.arrays import decode_arrays, stream_digest
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import EXIT_FAILED, LedgerError
+from flower_chain.ledger.writer import digest_version_of
 
 MISSING, ALTERED, UNDECODABLE = "missing", "altered", "undecodable"
 
@@ -48,19 +48,33 @@ class BlobError(LedgerError):
                           UNDECODABLE: f"the stored {what} {short} does not decode: {reason}"}[kind])
 
 
-def read_arrays(ledger: Ledger, digest: bytes, what: str = "blob") -> list[tuple[str, np.ndarray]]:
+def read_arrays(ledger: Ledger, digest: bytes, what: str = "blob", version: int | None = None
+                ) -> list[tuple[str, np.ndarray]]:
     """The named arrays stored under ``digest``, the blob checked against its address.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger whose blob store holds it.
+    digest : bytes
+        The blob's address.
+    what : str
+        What it is read as, for the error's text.
+    version : int, optional
+        The array digest version of its address; default the ledger's (:func:`digest_version_of`).
 
     Raises
     ------
     BlobError
         Not stored (or unreadable), altered, or not an array stream (:attr:`BlobError.kind`).
+    LedgerError
+        ``version`` not given and the ledger has no genesis.
     """
     try:
         data = ledger.get_blob(digest)
     except LedgerError:
         raise BlobError(MISSING, digest, what) from None
-    if hashlib.sha256(data).digest() != digest:  # a blob's address is the SHA-256 of its array stream
+    if stream_digest(data, digest_version_of(ledger) if version is None else version) != digest:
         raise BlobError(ALTERED, digest, what)
     try:
         return decode_arrays(data)

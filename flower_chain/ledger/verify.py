@@ -49,7 +49,7 @@ from flower_chain.ledger.entry_checks import check_entries
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.rederive import rederive_block
-from flower_chain.ledger.writer import origin_for
+from flower_chain.ledger.writer import digest_version_of, origin_for
 
 
 @dataclass
@@ -324,6 +324,6 @@ def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
             arrays = decode_arrays(ledger.get_blob(digest))
         except LedgerError as e:
             raise VerificationError(f"the {what} blob does not decode: {e}", height=h.height) from e
-        if array_digest(arrays) != digest:
+        if array_digest(arrays, digest_version_of(ledger)) != digest:
             raise VerificationError(f"the {what} blob in the blob store does not match its digest (altered)",
                                     height=h.height)

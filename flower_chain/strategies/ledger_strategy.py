@@ -191,7 +191,7 @@ class LedgerStrategy(Strategy):
                                                   self.strategy, aggregate, lambda: strategy_state(self.strategy))
         arrays, metrics = got if got is not None else (None, None)
         if named is not None and any(c is not v for (_, c), (_, v) in zip(named, views)):
-            arrays = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})  # re-serialize what was cast
+            arrays = ArrayRecord({n: Array(np.asarray(a, order="C")) for n, a in named})  # re-serialize what was cast
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -252,7 +252,7 @@ class LedgerStrategy(Strategy):
 
     def resume_arrays(self) -> ArrayRecord:
         """The global model after the last recorded round, from the blob store, digest checked."""
-        return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in self.core.resume_arrays()})
+        return ArrayRecord({n: Array(np.asarray(a, order="C")) for n, a in self.core.resume_arrays()})
 
     def close(self) -> None:
         self.core.close()
