@@ -30,7 +30,7 @@ def get(url: str) -> tuple[int, bytes, dict]:
 
 @pytest.fixture
 def site(federation_factory):
-    fed = federation_factory("sqlite")
+    fed = federation_factory("sqlite", n_clients=5)  # one key per reply: a ledger that verifies
     for rnd in range(1, 6):
         fed.add_round(rnd, 4, rejected=rnd % 2)
         fed.add_block(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
@@ -61,6 +61,8 @@ def test_explorer_json_matches_the_ledger_and_proofs_download(site):
     for bad, want in (("api/proof/99999", 404), ("api/proof/abc", 400), ("api/proof/-1", 400),
                       ("api/keys/nobody", 404), ("api/nothing", 404)):
         assert get(f"{url}/{bad}")[0] == want, bad
+    status = json.loads(get(f"{url}/api/status")[1])  # verified, but under no pinned key: not green
+    assert status["verified"] and status["level"] == "unpinned" and status["audited"] is None
     fed.add_round(6, 2)  # the explorer follows the growing ledger
     assert [r["round"] for r in json.loads(get(f"{url}/api/rounds")[1])["rounds"]][-1] == 6
 
