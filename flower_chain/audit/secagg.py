@@ -191,7 +191,8 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
         if nid not in live:
             found.append(Finding(r, MASKED, nid, "a node with a signed masked input is not committed live"
                                                  + (" (declared dropped)" if nid in dropped else "")))
-        elif c["masked"][nid] != rec.statement.reply["digest"]:
+        elif c["masked"][nid] != rec.statement.reply["digest"] or \
+                c["statements"][nid] != [rec.entry.statement, rec.entry.signature]:
             found.append(Finding(r, MASKED, nid, "the committed masked input is not the one the node signed"))
     for nid in live:
         if nid not in acc[MASKED]:

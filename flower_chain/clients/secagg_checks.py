@@ -13,9 +13,10 @@ from flower_chain.ledger import merkle
 from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.encoding import decode
-from flower_chain.ledger.entries import decode_entry
+from flower_chain.ledger.entries import GenesisEntry, decode_entry
 from flower_chain.ledger.errors import EncodingError, LedgerError
-from flower_chain.ledger.secagg import COMMIT, SecAggEntry, check_commit, check_header
+from flower_chain.ledger.keys import verify_signature
+from flower_chain.ledger.secagg import COMMIT, MASKED, SecAggEntry, StageStatement, check_commit, check_header
 from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.ledger.writer import origin_for
 
@@ -132,7 +133,54 @@ def committed_lists(proof: dict, server_key: bytes, state: dict, witnesses: Sequ
         return None, cp, f"the commitment is malformed: {e}"
     if commit["round_id"] != state["round_id"]:
         return None, cp, "the commitment is for another round header"
-    return commit, cp, None
+    keyring, problem = _genesis_keys(proof, cp, fid)
+    if problem:
+        return None, cp, problem
+    return {**commit, "keyring": keyring}, cp, None
+
+
+def _genesis_keys(proof: dict, cp: tuple[int, bytes], fid: str) -> tuple[dict, str | None]:
+    """The genesis keyring, proved to be entry 0 of the same signed log."""
+    data, path = proof.get("genesis"), _split(proof.get("genesis_inclusion"))
+    if not isinstance(data, bytes) or path is None:
+        return {}, "the request does not carry the genesis entry with its inclusion proof"
+    try:
+        merkle.verify_inclusion(merkle.leaf_hash(data), 0, cp[0], path, cp[1])
+        genesis = decode_entry(data)
+    except LedgerError as e:
+        return {}, f"the genesis entry is not entry 0 of the signed log: {e}"
+    if not isinstance(genesis, GenesisEntry) or genesis.federation_id != fid:
+        return {}, "entry 0 is not this federation's genesis"
+    return dict(genesis.client_keys), None
+
+
+def sources_problem(commit: dict, told_active: list, state: dict) -> str | None:
+    """Refuse to reveal a live neighbour's seed share unless its own signed masked-input statement (in the
+    commitment) shows its input carries ``threshold - 1`` live pairwise masks, one with this node if this
+    node masked with it (else the neighbour's input, or the sum, would be exposed or broken)."""
+    me, t = state["node_id"], state["header"]["params"]["threshold"]
+    live, keyring, seen = set(commit["live"]), commit.get("keyring", {}), set()
+    for o in told_active:
+        if o == me:
+            continue
+        raw_st, sig = commit["statements"][o]
+        try:
+            st = StageStatement.from_bytes(raw_st)
+        except EncodingError as e:
+            return f"node {o}'s committed statement does not decode: {e}"
+        raw = keyring.get(st.key_id)
+        if raw is None or st.key_id in seen or not verify_signature(raw, sig, raw_st):
+            return f"node {o}'s committed statement is not signed by a key of the genesis keyring (once)"
+        seen.add(st.key_id)
+        if (st.stage, st.node_id, st.round_id, st.round) != (MASKED, o, state["round_id"], state["header"]["round"]) \
+                or st.reply["digest"] != commit["masked"][o]:
+            return f"node {o}'s committed statement is not its masked input of this round"
+        theirs = set(st.reply["sources"])
+        if o in state.get("sources", ()) and me not in theirs:
+            return f"node {o} did not mask with this node although this node masked with it (shares withheld)"
+        if len(theirs & live - {o}) < t - 1:
+            return f"node {o}'s input carries fewer than {t - 1} live pairwise masks: its seed would expose it"
+    return None
 
 
 def unmask_problem(commit: dict, told_active: Any, told_dead: Any, state: dict) -> str | None:
@@ -160,6 +208,10 @@ def unmask_problem(commit: dict, told_active: Any, told_dead: Any, state: dict) 
             return f"asked a seed share of node {nid}, which never shared keys with this node"
     if len(told_active) < state["header"]["params"]["threshold"]:
         return "fewer live neighbours than the threshold"
+    if "keyring" in commit:
+        problem = sources_problem(commit, told_active, state)
+        if problem:
+            return problem
     masking = set(told_active) & set(state.get("sources", ())) - {me}
     if len(masking) < state["header"]["params"]["threshold"] - 1:
         return (f"only {len(masking)} live neighbours share a pairwise mask with this node: revealing its seed "

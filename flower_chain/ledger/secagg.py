@@ -185,7 +185,7 @@ def check_header(data: Any) -> dict:
     return data
 
 
-_COMMIT = {"round_id": bytes, "live": list, "dropped": list, "masked": dict}
+_COMMIT = {"round_id": bytes, "live": list, "dropped": list, "masked": dict, "statements": dict}
 _RESULT = {"round_id": bytes, "live": list, "aggregate_digest": bytes, "names": list, "dtypes": list,
            "model_after": bytes, "failure": str}
 
@@ -199,6 +199,10 @@ def check_commit(data: Any) -> dict:
         raise EncodingError("the commitment names a node both live and dropped")
     if sorted(data["masked"]) != sorted(live):
         raise EncodingError("the commitment's masked inputs are not exactly its live nodes")
+    st = _id_map(data["statements"], "statements", list)
+    if sorted(st) != sorted(live) or not all(len(v) == 2 and all(isinstance(b, bytes) for b in v)
+                                             for v in st.values()):
+        raise EncodingError("the commitment's statements must map each live node to [statement, signature]")
     return data
 
 

@@ -252,8 +252,10 @@ class _Round:
         live, dropped = sorted(a2, key=int), sorted(a1 - a2, key=int)
         self.figures.update(share_keys=len(a1), masked=len(a2), dropped=len(dropped))
         masked = {n: self.verdicts[MASKED][n].statement.reply["digest"] for n in live}
+        signed = {n: [self.verdicts[MASKED][n].entry.statement, self.verdicts[MASKED][n].entry.signature]
+                  for n in live}  # each node checks its neighbours' signed sources before revealing their seeds
         commit = server_record(self.round, COMMIT, {"round_id": self.round_id, "live": live, "dropped": dropped,
-                                                    "masked": masked})
+                                                    "masked": masked, "statements": signed})
         self.entries.append(commit)
         base = self.header["base_digest"] or self.core.recorder.model_digest  # the block leaves the model as it is
         self.core.writer.check_head()
@@ -265,7 +267,8 @@ class _Round:
         inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
         consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
         proof = {"checkpoint": self._note(block), "entry": commit.to_bytes(), "index": index, "inclusion": inclusion,
-                 "consistency": consistency}
+                 "consistency": consistency, "genesis": next(self.core.ledger.entries(0, 1)),
+                 "genesis_inclusion": b"".join(proofs.inclusion_proof(self.core.ledger, 0, size))}
         for n in live:
             self.wf.sent_sizes.setdefault(n, set()).add(size)
         requests = {n: ({"active": [m for m in self.graph[n] if m in a2],

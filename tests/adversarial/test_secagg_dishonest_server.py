@@ -102,6 +102,7 @@ def test_forked_commit_is_detected_by_the_node_and_by_the_audit(tmp_path):
         data["live"] = [m for m in data["live"] if m != victim]
         data["dropped"] = sorted(data["dropped"] + [victim], key=int)
         data["masked"] = {k: v for k, v in data["masked"].items() if k != victim}
+        data["statements"] = {k: v for k, v in data["statements"].items() if k != victim}
         forked = SecAggEntry(**{**commit_entry.__dict__, "data": data})
         start = main.block(main.block_count() - 1).header.first_index
         others = [e for e in main.entries(start, req["proof"]["index"])]
@@ -116,7 +117,9 @@ def test_forked_commit_is_detected_by_the_node_and_by_the_audit(tmp_path):
         c["commit_index"], c["log_size"] = index, size
         req["proof"] = {"checkpoint": block.checkpoint, "entry": forked.to_bytes(), "index": index,
                         "inclusion": b"".join(proofs.inclusion_proof(state["fork"], index, size)),
-                        "consistency": b"".join(proofs.consistency_proof(state["fork"], seen, size))}
+                        "consistency": b"".join(proofs.consistency_proof(state["fork"], seen, size)),
+                        "genesis": req["proof"]["genesis"],
+                        "genesis_inclusion": b"".join(proofs.inclusion_proof(state["fork"], 0, size))}
         state.update(teller=str(nid), victim=victim)
         return with_request(msg, req)
 
@@ -155,6 +158,7 @@ def test_commitment_that_drops_or_adds_a_masked_input_fails_audit(attack, monkey
                 data["live"] = data["live"][1:]
                 data["dropped"] = sorted(data["dropped"] + [victim], key=int)
                 data["masked"] = {k: v for k, v in data["masked"].items() if k != victim}
+                data["statements"] = {k: v for k, v in data["statements"].items() if k != victim}
             else:
                 victim = data["dropped"][0]  # a node that sent nothing gets an input
                 fake = [("0", np.array([5], dtype=np.uint32)), ("1", np.zeros((6, 4), dtype=np.uint32)),
@@ -164,6 +168,7 @@ def test_commitment_that_drops_or_adds_a_masked_input_fails_audit(attack, monkey
                 data["dropped"] = [m for m in data["dropped"] if m != victim]
                 data["live"] = sorted(data["live"] + [victim], key=int)
                 data["masked"] = {**data["masked"], victim: digest}
+                data["statements"] = {**data["statements"], victim: [b"", b""]}
             named["victim"] = victim
         return honest(server_round, stage, data)
 

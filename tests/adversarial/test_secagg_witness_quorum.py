@@ -60,6 +60,7 @@ def test_fork_of_the_commitment_cannot_reach_the_witness_quorum(tmp_path):
             data["live"] = [m for m in data["live"] if m != victim]
             data["dropped"] = sorted(data["dropped"] + [victim], key=int)
             data["masked"] = {k: v for k, v in data["masked"].items() if k != victim}
+            data["statements"] = {k: v for k, v in data["statements"].items() if k != victim}
             forked = SecAggEntry(**{**commit.__dict__, "data": data})
             main = fed.ledger
             start = main.block(main.block_count() - 1).header.first_index
@@ -80,7 +81,9 @@ def test_fork_of_the_commitment_cannot_reach_the_witness_quorum(tmp_path):
             c["commit_index"], c["log_size"] = index, size
             req["proof"] = {"checkpoint": note, "entry": forked.to_bytes(), "index": index,
                             "inclusion": b"".join(proofs.inclusion_proof(fork, index, size)),
-                            "consistency": b"".join(proofs.consistency_proof(fork, seen, size))}
+                            "consistency": b"".join(proofs.consistency_proof(fork, seen, size)),
+                            "genesis": req["proof"]["genesis"],
+                            "genesis_inclusion": b"".join(proofs.inclusion_proof(fork, 0, size))}
             state.update(teller=str(nid), victim=victim)
             return with_request(msg, req)
 

@@ -90,3 +90,50 @@ def test_requests_that_do_not_parse_are_problems():
     assert isinstance(parse_request(encode({"stage": "setup"})), str)
     ok = {"stage": "setup", "round_id": b"", "content": {}, "proof": {}}
     assert parse_request(encode(ok)) == ok
+
+
+def signed_commit(state, commit, active, sources_of):
+    """The commitment with each live node's masked-input statement, signed by its key; the genesis keyring."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from flower_chain.ledger.keys import key_id, raw_public
+    from flower_chain.ledger.secagg import MASKED, StageStatement
+
+    keys, statements = {}, {}
+    for n in commit["live"]:
+        k = Ed25519PrivateKey.generate()
+        keys[key_id(k)] = raw_public(k)
+        st = StageStatement("fed", 1, state["round_id"], MASKED, n, key_id(k), b"r",
+                            {"digest": commit["masked"][n], "weight": 1, "sources": sources_of(n),
+                             "seed_digest": b"d"}).to_bytes()
+        statements[n] = [st, k.sign(st)]
+    return {**commit, "statements": statements, "keyring": keys}
+
+
+def test_neighbours_signed_sources_must_show_live_masks_both_ways():
+    from flower_chain.clients.secagg_checks import sources_problem
+
+    state, commit, active, dead = setting()
+    state["round_id"] = b"r"
+    me, live = state["node_id"], set(commit["live"])
+
+    def honest(n):
+        return [m for m in neighbours_of(state["header"], n) if m != n]
+
+    good = signed_commit(state, commit, active, honest)
+    assert sources_problem(good, active, state) is None
+    assert unmask_problem(good, active, dead, state) is None
+    victim = next(n for n in active if n != me)
+    # the server withheld this node's shares from the victim: the victim did not mask with it
+    one_sided = signed_commit(state, commit, active, lambda n: [m for m in honest(n) if not (n == victim and m == me)])
+    assert "did not mask with this node" in sources_problem(one_sided, active, state)
+    # the victim masked only with nodes that are committed dropped: its seed would expose its input
+    exposed = signed_commit(state, commit, active, lambda n: dead if n == victim else honest(n))
+    state_no = {**state, "sources": [m for m in state["sources"] if m != victim]}
+    assert "expose" in sources_problem(exposed, active, state_no)
+    # a statement not signed by its key, or of another round
+    forged = {**good, "statements": {**good["statements"], victim: [good["statements"][victim][0], bytes(64)]}}
+    assert "not signed" in sources_problem(forged, active, state)
+    other = signed_commit({**state, "round_id": b"another"}, commit, active, honest)
+    assert "not its masked input of this round" in sources_problem(other, active, state)
+    assert live  # the commitment names live nodes

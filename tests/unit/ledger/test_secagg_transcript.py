@@ -70,8 +70,10 @@ def test_server_records_decode_and_check():
     h = header()
     assert check_header(decode_entry(server_record(3, "header", h).to_bytes()).data) == h
     commit = {"round_id": header_digest(h), "live": ["11", "12"], "dropped": ["13"],
-              "masked": {"11": b"a", "12": b"b"}}
+              "masked": {"11": b"a", "12": b"b"}, "statements": {"11": [b"s", b"g"], "12": [b"t", b"h"]}}
     assert check_commit(commit) == commit
+    with pytest.raises(EncodingError):
+        check_commit({**commit, "statements": {"11": [b"s", b"g"]}})
     res = {"round_id": b"r", "live": ["11"], "aggregate_digest": b"d", "names": ["0"], "dtypes": ["float32"],
            "model_after": b"m", "failure": ""}
     assert check_result(res) == res
@@ -85,7 +87,7 @@ def test_server_records_decode_and_check():
 ])
 def test_commitment_that_counts_a_node_twice_or_wrongly_is_refused(bad):
     with pytest.raises(EncodingError):
-        check_commit({"round_id": b"r", **bad})
+        check_commit({"round_id": b"r", "statements": {n: [b"", b""] for n in bad["live"]}, **bad})
 
 
 @pytest.mark.parametrize("stage", [SETUP, SHARE_KEYS, MASKED, UNMASK])
@@ -114,7 +116,8 @@ def test_decoders_are_total_on_hostile_bytes():
     """Every mutation of a valid statement or entry decodes or raises EncodingError — nothing else."""
     rng = random.Random(7)
     samples = [statement(s).to_bytes() for s in REPLIES]
-    samples.append(server_record(3, COMMIT, {"round_id": b"r", "live": [], "dropped": [], "masked": {}}).to_bytes())
+    samples.append(server_record(3, COMMIT, {"round_id": b"r", "live": [], "dropped": [], "masked": {},
+                                             "statements": {}}).to_bytes())
     for data in samples:
         for _ in range(300):
             b = bytearray(data)
