@@ -25,6 +25,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,11 +108,20 @@ def _settings(ledger: Ledger, genesis) -> dict[str, Any]:
         config = None
     if not isinstance(config, dict):
         return {"strategySettingsNotRecorded": "the blob store holds no settings matching the genesis config_digest"}
-    return {"strategySettings": json.loads(json.dumps(config, default=_json_value))}
+    return {"strategySettings": _plain(config)}
 
 
-def _json_value(v: Any) -> Any:
-    return v.hex() if isinstance(v, bytes) else str(v)
+def _plain(v: Any) -> Any:
+    """A recorded setting as strict JSON: bytes as hex, a non-finite float as its name, other types as text."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
 
 
 def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[str, np.ndarray]],
@@ -164,7 +174,7 @@ def _signing_product(pem: bytes | None) -> list[dict[str, Any]]:
 
 def sign_envelope(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """A DSSE envelope of ``statement`` signed with ``key`` over the PAE."""
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
     return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
             "signatures": [{"keyid": key_id(key), "sig": base64.b64encode(sig).decode()}]}
@@ -196,6 +206,22 @@ def head_model(ledger: Ledger) -> list[tuple[str, np.ndarray]]:
     if stream_digest(data, read_genesis(ledger).digest_version) != digest:
         raise ProvenanceError(f"the stored model {digest.hex()[:16]} does not match its digest (altered)")
     return decode_arrays(data)
+
+
+def _prepare(dest: Path) -> None:
+    """Create ``dest``, or reuse it when it holds nothing but an earlier export's files (replaced)."""
+    from flower_chain.audit.model_signing import SIGNATURE
+
+    ours = {NPZ, SAFETENSORS, ENVELOPE, SIGNATURE}
+    if dest.exists():
+        if not dest.is_dir():
+            raise ProvenanceInputError(f"{dest} exists and is not a directory")
+        other = sorted(p.name for p in dest.iterdir() if p.name not in ours)
+        if other:
+            raise ProvenanceInputError(f"{dest} holds other files ({', '.join(other[:3])}): export into an empty "
+                                       "or new directory (every file of it is signed)")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / SIGNATURE).unlink(missing_ok=True)  # a bundle of an earlier export would not match
 
 
 def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path, signing_key: Any = None) -> Export:
@@ -230,7 +256,7 @@ def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path, signing_key
 
         pem = public_pem(signing_key)
     statement = build_statement(ledger, files, named, pem)
-    dest.mkdir(parents=True, exist_ok=True)
+    _prepare(dest)
     for name, data in files.items():
         (dest / name).write_bytes(data)
     (dest / ENVELOPE).write_text(json.dumps(sign_envelope(statement, key), separators=(",", ":")) + "\n")

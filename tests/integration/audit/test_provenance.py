@@ -299,3 +299,14 @@ def test_an_ed25519_key_is_refused_as_a_model_signing_key(exported, tmp_path):
     uri, _, priv, _, _, _ = exported
     r = cli("export", uri, "-o", tmp_path / "x", "--server-key", priv, "--model-signing-key", priv)
     assert r.exit_code == 2 and r.output.count("error:") == 1 and "ECDSA P-256" in r.output, r.output
+
+
+def test_export_refuses_a_directory_with_other_files_and_replaces_its_own(exported, tmp_path):
+    uri, _, priv, pub, out, _ = exported
+    (out / "notes.txt").write_text("mine")
+    r = cli("export", uri, "-o", out, "--server-key", priv)
+    assert r.exit_code == 2 and "holds other files (notes.txt)" in r.output, r.output
+    (out / "notes.txt").unlink()
+    (out / "model.sig").write_text("stale")
+    assert cli("export", uri, "-o", out, "--server-key", priv).exit_code == 0
+    assert not (out / "model.sig").exists() and cli("verify", out, "--server-key", pub).exit_code == 0
