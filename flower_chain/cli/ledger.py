@@ -212,7 +212,7 @@ def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs:
             "arrays_unchecked": report.arrays_unchecked, "client_cosignatures": report.client_cosignatures,
             "witnessed": witnessed.to_dict() if witnessed is not None else None,
             "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
-            "server_key_id": report.server_key_id}
+            "server_key_id": report.server_key_id, "secagg_rounds": report.secagg_rounds}
 
 
 def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: bool, strict: bool) -> None:
@@ -237,7 +237,10 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
         (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
                                        + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
                                        highlight=False)
-    if unchecked and not failed:  # never a silent pass: say what this verify did not check
+    if report.secagg_rounds:  # never a silent pass: say what this verify did not check
+        out.print(f"not checked: the aggregate of {report.secagg_rounds} SecAgg+ rounds (no plaintext update is "
+                  f"recorded): flower-chain ledger audit {uri} replays it", highlight=False)
+    if unchecked and not failed:
         out.print(f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
                   + ("updates: add --blobs to check them against the stored arrays" if not blobs
                      else "updates whose arrays are not stored (--strict fails on this)"), highlight=False)

@@ -2,7 +2,8 @@
 the ledger format allows where it stands.
 
 Block 0 holds exactly one entry, the genesis (round 0, a 32-byte server key, client keys matching their
-ids); no other block holds one. Updates belong to their block's round, have a known kind, verdict and
+ids); no other block holds one. A block holding a successful SecAgg+ result (:mod:`flower_chain.ledger.secagg`)
+is marked: its model changes without a plaintext update, which only the audit can replay. Updates belong to their block's round, have a known kind, verdict and
 reason; revocations name genesis keys; a client's cosignature verifies, under its genesis key, over the
 checkpoint of the block before.
 """
@@ -26,6 +27,7 @@ from flower_chain.ledger.entries import (
 )
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import key_id
+from flower_chain.ledger.secagg import SecAggEntry
 
 if TYPE_CHECKING:
     from flower_chain.ledger.verify import VerifyReport, Walk
@@ -56,6 +58,8 @@ def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
                 updates.append((i, entry))
             elif isinstance(entry, EvaluationEntry):
                 summaries.append((i, entry))
+            elif isinstance(entry, SecAggEntry) and entry.stage == "result" and not entry.data.get("failure"):
+                w.secagg_result = True  # a SecAgg+ aggregate: its model change is the audit's to replay
             if w.visit is not None:
                 w.visit(first_index + i, entry)
     return updates, summaries

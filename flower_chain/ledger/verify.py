@@ -89,6 +89,9 @@ class VerifyReport:
     arrays_unchecked: int = 0
     #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
     blob_problems: list = field(default_factory=list)
+    #: SecAgg+ rounds whose aggregate changed the model with no plaintext update: not checked by verify,
+    #: replayed by ``flower-chain ledger audit`` (:func:`flower_chain.audit.secagg.audit_secagg`)
+    secagg_rounds: int = 0
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Walk:
     pub: bytes = b""
     revoked: set[str] = field(default_factory=set)
     rounds: set[int] = field(default_factory=set)
+    secagg_result: bool = False  # the block being checked holds a successful SecAgg+ result
 
 
 def verify(
@@ -187,6 +191,7 @@ def check_block(ledger: Ledger, height: int, block: StoredBlock, w: Walk) -> Non
     datas = list(ledger.entries(w.log.size, h.log_size))  # one block's entries in memory at a time
     leaves = check_tree(ledger, h, datas, w)
     revoked_before = frozenset(w.revoked)
+    w.secagg_result = False
     updates, summaries = check_entries(h, datas, first_index, w)
     check_roots(h, datas, leaves, w)
     genesis = check_signatures(h, block, w)
@@ -276,7 +281,8 @@ def check_signatures(h: BlockHeader, block: StoredBlock, w: Walk) -> GenesisEntr
 
 def check_model_chain(h: BlockHeader, updates: list[tuple[int, UpdateEntry]], w: Walk) -> None:
     """(``full``) once a model exists every block starts from it and names the one it leaves; a block that
-    accepts no train update keeps model and strategy state; the genesis names neither."""
+    accepts no train update keeps model and strategy state (but a SecAgg+ result, counted in ``secagg_rounds``
+    for the audit); the genesis names neither."""
     if w.full and w.last_model:  # once a model exists, every block starts from it and ends with one
         if h.model_before != w.last_model:
             raise VerificationError("model_before is not the model_after of the previous round"
@@ -284,7 +290,9 @@ def check_model_chain(h: BlockHeader, updates: list[tuple[int, UpdateEntry]], w:
         if not h.model_after:
             raise VerificationError("the block names no model_after: a model exists since an earlier block, and "
                                     "every later block says which model it leaves", height=h.height)
-    if w.full and h.height and not any(e.kind == "train" and e.verdict == ACCEPTED for _, e in updates):
+    if w.secagg_result:  # the aggregate of masked updates: the audit replays it (said in the report)
+        w.report.secagg_rounds += 1
+    elif w.full and h.height and not any(e.kind == "train" and e.verdict == ACCEPTED for _, e in updates):
         # no accepted update, nothing to aggregate: the block leaves the model and the strategy state as
         # they were (evaluation, revocation, a round where every reply was rejected)
         if h.model_after != h.model_before:
