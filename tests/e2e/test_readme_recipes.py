@@ -19,6 +19,7 @@ must occur in the block it is replaced in, so a README that drops one fails here
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import venv
 from pathlib import Path
 
@@ -249,9 +251,15 @@ def _venv_with(wheel: Path, work: Path, app: Path) -> dict[str, str]:
     env = _clean_env(dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(env_dir)))
     env["VIRTUAL_ENV"] = str(env_dir)
     assert shutil.which("pip", path=env["PATH"]) == str(bindir / "pip")  # never the system's pip
-    # the app's dependency on the plugin is the README's file URL, and it names the wheel that was built
-    deps = (app / "pyproject.toml").read_text()
-    assert f'"flower-chain @ file://{work}/{WHEEL}"' in deps, deps
+    # the app's dependency on the plugin is the README's file URL; pip (no index) resolves it to the built wheel
+    deps = tomllib.loads((app / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if d.startswith("flower-chain")]
+    assert spec == f"flower-chain @ file://{work}/{WHEEL}", deps
+    r = subprocess.run([str(bindir / "python"), "-m", "pip", "install", "--no-index", "--dry-run", "--quiet",
+                        "--report", "-", spec], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (item,) = [i for i in json.loads(r.stdout)["install"] if i["metadata"]["name"] == "flower-chain"]
+    assert item["download_info"]["url"] == f"file://{work}/{WHEEL}" and item["metadata"]["version"] == "0.1.0", item
     return env
 
 
@@ -259,6 +267,9 @@ def test_message_api_recipe(wheel, tmp_path):
     work = tmp_path
     shutil.copy(wheel, work / WHEEL)
     app = plain_app("quickstart_message", work, "swap-pyproject", "swap-message-api")
+    with open(app / "quickstart" / "server_app.py", "a", encoding="utf-8") as f:  # the test's probe, not the README's
+        f.write("\nimport flower_chain\nfrom flwr.common.logger import log\n"
+                "log(20, 'flower_chain from %s', flower_chain.__file__)\n")
     env = _venv_with(wheel, work, app)
     link = LocalSuperLink(base_env=env, cwd=app, log_dir=work)
     try:
@@ -270,6 +281,10 @@ def test_message_api_recipe(wheel, tmp_path):
         out = bash(recipe("swap-run", "bash"), cwd=app, env=link.env, log=work / "flwr-run.log")
         run_id = run_id_of(out)
         assert link.status(run_id) == "finished:completed", out[-4000:]
+        line = next(ln for ln in out.splitlines() if "flower_chain from" in ln)  # the ServerApp ran the wheel
+        assert Path(line.split("flower_chain from ", 1)[1].strip()).resolve().is_relative_to((work / "venv").resolve())
+        # the end-of-run log names this run's ledger and the verify command
+        assert f"flower-chain ledger verify sqlite:///{work}/ledger-{run_id}.db" in out, out[-3000:]
         check_ledger(work, run_id, link.env, nodes=2)
         _stop_local(link, work)
     finally:
