@@ -212,7 +212,8 @@ def test_substituted_aggregate_fails_audit(monkeypatch):
 
 def test_withheld_ciphertexts_that_would_expose_an_input_are_refused_and_named(monkeypatch):
     """The server forwards node o only the shares of nodes that then drop: o's input would carry no live
-    pairwise mask. o reveals nothing, the server fails the round (masks that do not cancel), audit names o."""
+    pairwise mask. No node reveals o's seed (each checks o's signed sources in the commitment), the round
+    fails (masks that do not cancel), the audit names o."""
     fed = SecAggFederation("memory:", n=6, num_shares=5, threshold=3)
     o = fed.node_ids[0]
     honest = workflow_module._Round._exchange
@@ -232,6 +233,8 @@ def test_withheld_ciphertexts_that_would_expose_an_input_are_refused_and_named(m
     before = fed.model()
     figures = fed.run_round(1)
     assert replies[o]["refused"] and not replies[o]["seed_shares"] and not replies[o]["key_shares"]
+    revealed = [n for n, r in replies.items() if str(o) in r["seed_shares"]]
+    assert not revealed, f"nodes {revealed} revealed o's seed share: o's input would be exposed"
     assert figures["failure"]  # the model stays
     assert all((a == b).all() for a, b in zip(before, fed.model()))
     report = audit_secagg(fed.ledger)
