@@ -55,6 +55,7 @@ class Verified:
     files: list[str]
     ledger_checked: bool
     head_height: int | None = None
+    audited: bool = False
 
 
 def read_envelope(directory: Path) -> dict[str, Any]:
@@ -196,8 +197,12 @@ def _check_model_signing(directory: Path, st: dict[str, Any]) -> list[str]:
     return check_bundle(directory, pem)
 
 
-def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = None) -> Verified:
+def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = None, *,
+                  run_audit: bool = False) -> Verified:
     """Check an export directory against its signed statement (and ``ledger`` when given).
+
+    With ``run_audit`` (and a ledger) the ledger's aggregation is also replayed: the model must be
+    what the recorded strategy computes from the accepted updates, every train round re-derived.
 
     Raises
     ------
@@ -221,6 +226,18 @@ def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = No
     if ledger is not None:
         more, head_height = _check_ledger(ledger, server_key, dep, model)
         problems += more
+        if run_audit and not more:
+            problems += _check_audit(ledger, server_key)
     if problems:
         raise ProvenanceError("; ".join(problems))
-    return Verified(ann["origin"], ann["height"], model, sorted(subjects), ledger is not None, head_height)
+    return Verified(ann["origin"], ann["height"], model, sorted(subjects), ledger is not None, head_height,
+                    audited=bool(run_audit and ledger is not None))
+
+
+def _check_audit(ledger: Ledger, server_key: bytes) -> list[str]:
+    from flower_chain.audit.status import ledger_status
+
+    st = ledger_status(ledger, server_key=server_key, run_audit=True)
+    if st.audited:
+        return []
+    return [f"the ledger's aggregation is not re-derived ({st.audit_headline}): {st.audit_text}"]

@@ -70,15 +70,20 @@ def model_verify(directory: Path = typer.Argument(..., help="a directory written
                  ledger_uri: Optional[str] = typer.Option(None, "--ledger",
                                                           help="also check against this ledger: the exported model "
                                                                "is its head's model_after"),
+                 run_audit: bool = typer.Option(False, "--audit",
+                                                help="with --ledger: also replay every round's aggregation (the "
+                                                     "model is what the recorded strategy computes)"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Check the model files against the signed statement (and, with --ledger, against the ledger)."""
     from flower_chain.audit.provenance import ProvenanceError, ProvenanceInputError
     from flower_chain.audit.provenance_check import verify_export
 
     pub = read_server_key(server_key)
+    if run_audit and not ledger_uri:
+        fail("--audit needs --ledger URI (the aggregation is replayed from the ledger)")
     ledger = open_or_fail(ledger_uri) if ledger_uri else None
     try:
-        res = verify_export(directory, pub, ledger)
+        res = verify_export(directory, pub, ledger, run_audit=run_audit)
     except ProvenanceError as e:
         if as_json:
             emit_json({"verified": False, "problems": str(e).split("; ")})
@@ -88,10 +93,13 @@ def model_verify(directory: Path = typer.Argument(..., help="a directory written
         fail(str(e))
     if as_json:
         emit_json({"verified": True, "origin": res.origin, "block": res.height, "model_digest": res.model_digest,
-                   "files": res.files, "ledger_checked": res.ledger_checked, "ledger_head": res.head_height})
+                   "files": res.files, "ledger_checked": res.ledger_checked, "ledger_head": res.head_height,
+                   "audited": res.audited})
         return
     against = (f"; it is the model_after of the given ledger's head (block {res.head_height})" if res.ledger_checked
                else "; not checked against a ledger (add --ledger URI)")
+    against += ("; AUDITED: every train round re-derived bit for bit" if res.audited
+                else "; the aggregation was not replayed (add --audit)" if res.ledger_checked else "")
     out.print(f"[bold green]VERIFIED[/] {directory}: {', '.join(res.files)} match the statement signed by the "
               f"pinned server key for block {res.height} of {res.origin} (model digest {res.model_digest[:16]}…)"
               + against, highlight=False, soft_wrap=True)

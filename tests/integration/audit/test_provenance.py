@@ -310,3 +310,32 @@ def test_export_refuses_a_directory_with_other_files_and_replaces_its_own(export
     (out / "model.sig").write_text("stale")
     assert cli("export", uri, "-o", out, "--server-key", priv).exit_code == 0
     assert not (out / "model.sig").exists() and cli("verify", out, "--server-key", pub).exit_code == 0
+
+
+def test_audit_catches_a_substituted_model_that_verify_alone_accepts(tmp_path):
+    """A dishonest server records a model of its own as round 3's result and re-signs the whole ledger: the export
+    verifies (it is the head's model_after, every signature is right); only --audit finds it is not the aggregate."""
+    from flower_chain.ledger.arrays import array_digest, encode_arrays
+    from tests.integration.audit.test_audit import _substitute_model
+    from tests.support import dishonest
+
+    key = Ed25519PrivateKey.generate()
+    priv, pub = write_key(key, tmp_path / "server.key")
+    uri, _ = run(tmp_path, "d.db", key)
+    model = [("w", np.full((8, 4), 0.5, np.float32)), ("b", np.zeros(4, np.float32))]
+    fake = array_digest(model)
+    dishonest.put_blob(uri, fake, encode_arrays(model))
+    dishonest.rewrite(uri, key, _substitute_model(3, fake))
+    out = tmp_path / "m"
+    assert cli("export", uri, "-o", out, "--server-key", priv).exit_code == 0
+    r = cli("verify", out, "--server-key", pub, "--ledger", uri)
+    assert r.exit_code == 0 and "the aggregation was not replayed (add --audit)" in r.output, r.output
+    r = cli("verify", out, "--server-key", pub, "--ledger", uri, "--audit")
+    assert r.exit_code == 1 and "the ledger's aggregation is not re-derived (AUDIT FAILED): round 3" in r.output, \
+        r.output
+    honest_uri, _ = run(tmp_path, "h.db", key, fid="fed-h")
+    out = tmp_path / "h"
+    assert cli("export", honest_uri, "-o", out, "--server-key", priv).exit_code == 0
+    r = cli("verify", out, "--server-key", pub, "--ledger", honest_uri, "--audit")
+    assert r.exit_code == 0 and "AUDITED: every train round re-derived" in r.output, r.output
+    assert cli("verify", out, "--server-key", pub, "--audit").exit_code == 2  # --audit needs --ledger
