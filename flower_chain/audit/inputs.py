@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_chain.ledger import arrays as arrays_mod
-from flower_chain.ledger.arrays import array_meta, decode_arrays, first_nonfinite
+from flower_chain.ledger.arrays import array_digest, array_meta, decode_arrays, first_nonfinite, stream_digest
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import GenesisEntry, UpdateEntry
@@ -49,9 +48,6 @@ class Missing(Exception):
 
 def content_digest(data: bytes, version: int) -> bytes:
     """The address a blob of array-stream bytes must have under the ledger's digest ``version``."""
-    stream_digest = getattr(arrays_mod, "stream_digest", None)
-    if stream_digest is None or version == 1:
-        return hashlib.sha256(data).digest()
     return stream_digest(data, version)
 
 
@@ -77,14 +73,11 @@ class Inputs:
 
     @property
     def version(self) -> int:
-        return int(getattr(self.genesis, "digest_version", 1))
+        return int(self.genesis.digest_version)
 
     def digest(self, named: Named) -> bytes:
         """The array digest of ``named`` under the ledger's digest version."""
-        if self.version == 1:
-            v1 = getattr(arrays_mod, "array_digest_v1", None)
-            return v1(named) if v1 is not None else arrays_mod.array_digest(named)
-        return arrays_mod.array_digest(named, self.version)
+        return array_digest(named, self.version)
 
     def arrays(self, digest: bytes, what: str) -> Named:
         """Arrays stored (in plaintext) under ``digest``, the blob checked against it."""

@@ -128,14 +128,21 @@ class LegacyReplay:
         return [(str(i), a) for i, a in enumerate(parameters_to_ndarrays(parameters))], None
 
     def evaluate(self, server_round: int, accepted: Sequence[UpdateEntry], failures: int,
-                 summary: EvaluationEntry) -> tuple[str, str]:
-        """(status, detail) of a federated evaluation summary (the loss is recorded as the ``loss`` metric)."""
+                 summary: EvaluationEntry, model_digest: bytes) -> tuple[str, str]:
+        """(status, detail) of a federated evaluation summary (the loss is recorded as the ``loss`` metric).
+
+        ``model_digest`` is the global model the block records (the strategy is built from it when no
+        train round came before).
+        """
         from flwr.common import Code, EvaluateRes, Status
 
         from flower_chain.strategies.recorder import encodable_metrics
 
-        if self.strategy is None:
-            return NOT_REDERIVABLE, "a federated evaluation before any train round of a legacy ledger"
+        if self.strategy is None:  # no train round replayed yet (e.g. a SecAgg+ ledger: its rounds hold none)
+            try:
+                self._start(self.inputs.arrays(model_digest, "global model"))
+            except (Missing, Altered) as m:
+                return NOT_REDERIVABLE, f"the legacy strategy cannot be rebuilt for this evaluation: {m}"
         results = []
         for i, e in enumerate(accepted):
             loss = e.metrics.get(LEGACY_LOSS)

@@ -31,6 +31,10 @@ declares itself replayable::
 passed to :func:`audit` (``strategy_classes``) or named on the command line
 (``flower-chain ledger audit URI --strategy-class mypkg.module:MyStrategy``).
 
+Blocks of a SecAgg+ round (a ``secagg`` result entry, no plaintext update) are
+left to :func:`flower_chain.audit.secagg.audit_secagg`, which re-derives them
+from the protocol transcript (``ledger audit`` runs both).
+
 A round whose inputs are not all available (updates never stored,
 ``store_client_updates=False``, sealed without the auditor's key given) or
 whose strategy cannot be replayed is reported as *not re-derivable*, with the
@@ -53,6 +57,7 @@ from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, OK, quiet_flwr,
 from flower_chain.audit.strategies import (BUNDLED, DP_WRAPPERS, LEGACY_SETTINGS, REPLAYABLE_ATTR,
                                            AuditInputError, NotReplayable, is_legacy, legacy_factory, load_class,
                                            strategy_factory)
+from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.writer import read_genesis
@@ -98,6 +103,7 @@ class AuditReport:
     seconds: float = 0.0
     updates_replayed: int = 0
     sealed_opened: int = 0
+    secagg_blocks: int = 0
 
     def _of(self, status: str, kind: str | None = None) -> list[RoundAudit]:
         return [r for r in self.rounds if r.status == status and (kind is None or r.kind == kind)]
@@ -136,6 +142,7 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         return {"uri": self.uri, "strategy": self.strategy, "seconds": self.seconds,
                 "updates_replayed": self.updates_replayed, "sealed_opened": self.sealed_opened,
+                "secagg_blocks": self.secagg_blocks,
                 "train_rounds": len(self.train_rounds),
                 "rounds_rederived": [r.round for r in self.train_rederived],
                 "evaluations_rederived": [r.round for r in self._of(OK, kind="evaluate")],
@@ -167,6 +174,12 @@ def audit(ledger: Ledger, *, strategy_classes: Sequence[type] = (), audit_key: A
     """
     with quiet_flwr():
         return _Audit(ledger, strategy_classes, audit_key, progress).run()
+
+
+def _secagg_result(entry: Any) -> bool:
+    """A SecAgg+ round's successful result entry: the block changes the model with no plaintext update in it."""
+    return (getattr(entry, "TYPE", "") == "secagg" and getattr(entry, "stage", "") == "result"
+            and isinstance(entry.data, dict) and not entry.data.get("failure"))
 
 
 class _Audit:
@@ -206,7 +219,10 @@ class _Audit:
             entries = [(first + i, decode_entry(d)) for i, d in enumerate(self.ledger.entries(first, h.log_size))]
             updates = [(i, e) for i, e in entries if isinstance(e, UpdateEntry)]
             train = [(i, e) for i, e in updates if e.kind == "train"]
-            if not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
+            secagg = any(_secagg_result(e) for _, e in entries)  # audited from its transcript (audit_secagg)
+            if secagg and not train:
+                self.report.secagg_blocks += 1
+            elif not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
                 # a block without train updates (evaluation, revocation, cosignatures, empty) must not change them
                 self._add(RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes "
                                      "the global model or the strategy state", kind="block"))
@@ -241,7 +257,7 @@ class _Audit:
                                          key=lambda t: t[1].key_id)]
         if self.legacy is not None:
             failures = sum(1 for _, e in evaluate if e.reason == "client-error")
-            status, detail = self.legacy.evaluate(h.round, accepted, failures, summaries[0])
+            status, detail = self.legacy.evaluate(h.round, accepted, failures, summaries[0], h.model_after)
         elif self.factory is not None:
             status, detail = replay_evaluation(self.factory, h.round, accepted, summaries[0])
         else:

@@ -81,7 +81,7 @@ def quiet_flwr() -> Iterator[None]:
 def _record(named: Sequence[tuple[str, np.ndarray]]):
     from flwr.app import Array, ArrayRecord
 
-    return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in named})
+    return ArrayRecord({n: Array(np.asarray(a, order="C")) for n, a in named})  # keeps a 0-d array 0-d
 
 
 def metric_value(v: Any) -> Any:

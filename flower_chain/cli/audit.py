@@ -3,9 +3,14 @@
 Also ``flower-chain ledger audit-key DIR``: make the auditor's X25519 key pair that a server seals
 accepted updates to (``audit_key=``, docs/sealed-updates.md).
 
+SecAgg+ rounds are audited from their protocol transcript
+(:func:`flower_chain.audit.secagg.audit_secagg`), the other rounds by replaying the stored updates
+(:func:`flower_chain.audit.replay.audit`).
+
 Exit codes of ``audit``: 0 AUDITED (every train round and federated evaluation re-derived bit for
-bit); 1 AUDIT FAILED (the ledger does not verify, or a recorded model, state or evaluation summary is
-not what the recorded strategy computes, or ``--strict`` with any round not re-derived); 2 usage or
+bit, every SecAgg+ round proved); 1 AUDIT FAILED (the ledger does not verify, or a recorded model,
+state or evaluation summary is not what the recorded strategy computes, a SecAgg+ check fails, or
+``--strict`` with any round not re-derived or a SecAgg+ warning); 2 usage or
 input error; 3 NOT AUDITED (nothing contradicts the record, but some rounds could not be re-derived:
 their inputs are not stored, are sealed without ``--audit-key``, or the strategy cannot be replayed).
 """
@@ -64,13 +69,15 @@ def ledger_audit(uri: str,
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Verify the ledger, then recompute every round's global model from the stored accepted updates.
 
-    Exit 0 AUDITED: every train round (and federated evaluation) re-derived bit for bit. Exit 1 AUDIT
-    FAILED: the ledger does not verify, or a recorded model_after, state_after or evaluation summary is
-    not what the recorded strategy computes (or --strict and a round not re-derived). Exit 2: bad input.
+    SecAgg+ rounds are re-derived from their protocol transcript. Exit 0 AUDITED: every train round
+    (and federated evaluation) re-derived bit for bit. Exit 1 AUDIT FAILED: the ledger does not verify,
+    a recorded model_after, state_after or evaluation summary is not what the recorded strategy computes,
+    or a SecAgg+ check fails (--strict: also a round not re-derived, a SecAgg+ warning). Exit 2: bad input.
     Exit 3 NOT AUDITED: some rounds could not be re-derived (updates not stored, sealed without
     --audit-key, strategy not replayable); they are listed with the reason.
     """
     from flower_chain.audit.replay import audit, load_class
+    from flower_chain.audit.secagg import audit_secagg
     from flower_chain.ledger.sealed import load_audit_private
 
     classes = [load_class(c) for c in strategy_class or []]  # AuditInputError: exit 2 by the CLI's handler
@@ -84,6 +91,7 @@ def ledger_audit(uri: str,
     try:
         checked = verify(ledger, client_signatures=True, blobs=True)  # the replayed updates must obey the policy
         report = audit(ledger, strategy_classes=classes, audit_key=key)
+        secagg = audit_secagg(ledger)  # SecAgg+ rounds, from their transcript alone (none: rounds == 0)
     except VerificationError as e:
         if as_json:
             emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what, "ok": False,
@@ -95,20 +103,33 @@ def ledger_audit(uri: str,
     # accepted updates verify could not check (their arrays not in plaintext): those the audit opened it checked
     unchecked = max(0, checked.arrays_unchecked - report.sealed_opened)
     missing = report.not_rederived
-    audited = report.audited and not unchecked
-    code = EXIT_FAILED if report.mismatches or (strict and not audited) else EXIT_OK if audited else EXIT_NOT_AUDITED
+    secagg_failed = bool(secagg.rounds) and (not secagg.ok or (strict and bool(secagg.findings)))
+    audited = report.audited and not unchecked and not secagg_failed
+    code = EXIT_FAILED if report.mismatches or secagg_failed or (strict and not audited) else \
+        EXIT_OK if audited else EXIT_NOT_AUDITED
     if as_json:
         emit_json({"verified": True, **report.to_dict(), "arrays_unchecked": unchecked, "strict": strict,
-                   "audited": audited, "exit_code": code})
+                   "secagg": _secagg_json(secagg), "audited": audited, "exit_code": code})
         raise typer.Exit(code)
     _explain(report, missing, strict)
-    line = _summary(report, unchecked)
+    if secagg.rounds:  # one line per proved round, one per finding (warnings fail only with --strict)
+        for text in secagg.lines():
+            (out if secagg.ok and not (strict and secagg.findings) else err).print(text, highlight=False)
+    line = _summary(report, unchecked) + (f"; {secagg.rounds} SecAgg+ rounds audited from their transcript"
+                                          if secagg.rounds else "")
     if code == EXIT_OK:
         out.print(f"[bold green]AUDITED[/] {uri}: {line}", highlight=False)
         return
     label = "AUDIT FAILED" if code == EXIT_FAILED else "NOT AUDITED"
     err.print(f"[bold red]{label}[/] {uri}: {line}", highlight=False)
     raise typer.Exit(code)
+
+
+def _secagg_json(secagg) -> dict:
+    return {"rounds": secagg.rounds, "ok": secagg.ok, "proved": list(secagg.proved),
+            "replay_seconds": secagg.replay_seconds,
+            "findings": [{"round": f.round, "stage": f.stage, "node": f.node, "message": f.message,
+                          "severity": f.severity} for f in secagg.findings]}
 
 
 def _explain(report, missing, strict: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, array_digest, decode_arrays, encode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.encoding import encode
@@ -106,16 +106,24 @@ class Recorder:
             raise AppendError(f"{self.ledger.uri}: a block was appended while a round was open; its replies were "
                               "judged against another ledger head than the one they would be recorded after")
 
+    @property
+    def digest_version(self) -> int:
+        """The ledger's array digest version (its genesis'; new ledgers: the current one)."""
+        genesis = self.writer.genesis
+        return genesis.digest_version if genesis is not None else ARRAY_DIGEST_VERSION
+
     def digest(self, arrays: NamedArrays) -> bytes:
-        """The array digest of ``arrays`` under the ledger's digest version (its genesis says which)."""
-        genesis = getattr(self.writer, "genesis", None)
-        version = getattr(genesis, "digest_version", None)
-        return array_digest(arrays) if version is None else array_digest(arrays, version)
+        """The array digest of ``arrays`` under the ledger's digest version."""
+        return array_digest(arrays, self.digest_version)
+
+    def encode(self, arrays: NamedArrays) -> bytes:
+        """The blob of ``arrays`` in the ledger's digest version (its stream digest is :meth:`digest`)."""
+        return encode_arrays(arrays, self.digest_version)
 
     def store_model(self, arrays: NamedArrays, digest: bytes | None = None) -> bytes:
         digest = digest or self.digest(arrays)
         if self.store_models and not self.ledger.has_blob(digest):
-            self.ledger.put_blob(encode_arrays(arrays), digest)
+            self.ledger.put_blob(self.encode(arrays), digest)
         return digest
 
     @property
@@ -128,9 +136,9 @@ class Recorder:
         if not self.stores_updates:
             return []
         if self.audit_key is None:
-            return [(digest, encode_arrays(arrays)) for digest, arrays in updates]
+            return [(digest, self.encode(arrays)) for digest, arrays in updates]
         origin = self.writer.genesis.origin
-        return [(sealed_address(origin, digest), seal(encode_arrays(arrays), self.audit_key, origin, digest))
+        return [(sealed_address(origin, digest), seal(self.encode(arrays), self.audit_key, origin, digest))
                 for digest, arrays in updates]
 
     def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
@@ -150,8 +158,8 @@ class Recorder:
         if state is not None:
             self.state_digest = self.digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(self.state_digest):
-                self.ledger.put_blob(encode_arrays(state), self.state_digest)
-        blobs = self._update_blobs(updates) + [(digest, encode_arrays(arrays)) for digest, arrays in evidence]
+                self.ledger.put_blob(self.encode(state), self.state_digest)
+        blobs = self._update_blobs(updates) + [(digest, self.encode(arrays)) for digest, arrays in evidence]
         if blobs:
             self.ledger.put_blobs(blobs)
         block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
