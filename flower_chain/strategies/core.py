@@ -27,12 +27,13 @@ from flower_chain.ledger.cosignature import check_client_cosignature
 from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, raw_public, verify_signature
-from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS, OK
+from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.errors import AggregationError, TooFewAcceptedError
 from flower_chain.strategies.judge import Judge, Judgement, Reply, all_finite
 from flower_chain.strategies.options import LedgerOptions, flower_run_id  # noqa: F401 - flower_run_id: importable here
 from flower_chain.strategies.receipts import ReceiptServer
+from flower_chain.strategies.summary import summary_lines
 from flower_chain.strategies.recorder import STORE_UPDATES_LIMIT, Recorder
 from flower_chain.wire import LedgerContext
 from flower_chain.strategies._gcpause import cyclic_gc_paused
@@ -360,19 +361,9 @@ class LedgerCore:
                             safe_text(j.entry.node_id, 24), j.entry.key_id or "-", j.reason, safe_text(j.detail, 300))
 
     def summary_lines(self) -> list[str]:
-        """The end-of-run summary: this run's verdicts by kind and reason, where the ledger is, how to verify it."""
-        lines = [f"flower-chain: federation {self.federation_id}, ledger {self.ledger.uri} "
-                 f"({self.writer.head.header.height + 1} blocks, {self.writer.log_size} entries)"]
-        for kind in ("train", "evaluate"):
-            got = {r: n for (k, r), n in self.verdicts.items() if k == kind}
-            if got:
-                ok = got.pop(OK, 0)
-                rej = ", ".join(f"{r} {n}" for r, n in sorted(got.items(), key=lambda t: (-t[1], t[0])))
-                lines.append(f"  {kind} replies: {ok} accepted, {sum(got.values())} rejected" + (f" ({rej})" if rej else ""))
-        if not self.verdicts:
-            lines.append("  no replies were judged in this run")
-        lines.append(f"  verify it:  flower-chain ledger verify {self.ledger.uri}")
-        return lines
+        """The end-of-run summary (:func:`flower_chain.strategies.summary.summary_lines`)."""
+        return summary_lines(self.federation_id, self.ledger.uri, self.writer.head.header.height + 1,
+                             self.writer.log_size, self.verdicts, self.options)
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""

@@ -69,3 +69,18 @@ def test_the_aggregation_error_is_flowers_own():
 def test_run_id_substitution():
     assert with_run_id("sqlite:////srv/l-{run_id}.db", "42") == "sqlite:////srv/l-42.db"
     assert with_run_id("memory:", "42") == "memory:"
+
+
+def test_the_end_of_run_commands_pin_the_key_and_keyring_the_strategy_read(tmp_path):
+    from flower_chain.ledger.keys import generate
+
+    server_key, server_pub = generate(tmp_path / "server", "server")
+    _, client_pub = generate(tmp_path / "clients", "client-0")
+    (tmp_path / "keyring").mkdir()
+    (tmp_path / "keyring" / client_pub.name).write_bytes(client_pub.read_bytes())
+    s = LedgerStrategy(FedAvg(), ledger="memory:", keyring=tmp_path / "keyring", server_key=str(server_key))
+    lines = [line.strip() for line in s.core.summary_lines()]
+    s.close()
+    assert lines[-2] == "audit it:   flower-chain ledger audit memory:"
+    assert lines[-1] == (f"verify it:  flower-chain ledger verify memory: --server-key {server_pub.resolve()} "
+                         f"--keys {(tmp_path / 'keyring').resolve()}")
