@@ -24,8 +24,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flower_chain.audit.inputs import Altered, Inputs, Missing, Named
-from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, Indexed, compare, load_updates, metric_value, \
-    sandbox, summary_matches
+from flower_chain.audit.rounds import (
+    MISMATCH,
+    NOT_REDERIVABLE,
+    Indexed,
+    compare,
+    load_updates,
+    metric_value,
+    sandbox,
+    summary_matches,
+)
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.policy import strategy_metrics
 from flower_chain.ledger.text import safe_text

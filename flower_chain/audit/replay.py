@@ -54,9 +54,18 @@ from typing import Any
 from flower_chain.audit.inputs import Inputs, read_config
 from flower_chain.audit.legacy import LegacyReplay
 from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, OK, quiet_flwr, replay_evaluation, replay_train
-from flower_chain.audit.strategies import (BUNDLED, DP_WRAPPERS, LEGACY_SETTINGS, REPLAYABLE_ATTR,
-                                           AuditInputError, NotReplayable, is_legacy, legacy_factory, load_class,
-                                           strategy_factory)
+from flower_chain.audit.strategies import (
+    BUNDLED,
+    DP_WRAPPERS,
+    LEGACY_SETTINGS,
+    REPLAYABLE_ATTR,
+    AuditInputError,
+    NotReplayable,
+    is_legacy,
+    legacy_factory,
+    load_class,
+    strategy_factory,
+)
 from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry

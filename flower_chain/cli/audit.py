@@ -18,7 +18,6 @@ their inputs are not stored, are sealed without ``--audit-key``, or the strategy
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -61,9 +60,9 @@ def _summary(report, unchecked: int) -> str:
 def ledger_audit(uri: str,
                  strict: bool = typer.Option(False, "--strict",
                                              help="rounds that cannot be re-derived fail the audit (exit 1, not 3)"),
-                 strategy_class: Optional[list[str]] = typer.Option(
+                 strategy_class: list[str] | None = typer.Option(
                      None, "--strategy-class", help="a replayable strategy of your own: package.module:Class"),
-                 audit_key: Optional[str] = typer.Option(
+                 audit_key: str | None = typer.Option(
                      None, "--audit-key", help="the auditor's X25519 private key (PEM file or 64 hex digits): "
                      "opens the updates the server stored sealed to it"),
                  as_json: bool = typer.Option(False, "--json")) -> None:

@@ -19,8 +19,15 @@ from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.entries import UpdateStatement, decode_entry, metrics_digest
 from flower_chain.ledger.keys import key_id
 from flower_chain.strategies import LedgerStrategy
-from flower_chain.wire import CTX_BASE, CTX_FEDERATION, CTX_PARENT, CTX_ROUND, LEGACY_LOSS, LEGACY_SIGNATURE, \
-    LEGACY_STATEMENT
+from flower_chain.wire import (
+    CTX_BASE,
+    CTX_FEDERATION,
+    CTX_PARENT,
+    CTX_ROUND,
+    LEGACY_LOSS,
+    LEGACY_SIGNATURE,
+    LEGACY_STATEMENT,
+)
 from tests.integration.audit.test_audit import _substitute_model, cli
 from tests.support import dishonest
 from tests.support.fl_helpers import Clients, FakeGrid, arrays, context, train_reply

@@ -23,7 +23,8 @@ def test_bundled_strategies_are_auditable(make):
 
 def test_legacy_strategies_are_auditable():
     from flwr.common import ndarrays_to_parameters
-    from flwr.server.strategy import FedAdam as LegacyFedAdam, FedAvg as LegacyFedAvg
+    from flwr.server.strategy import FedAdam as LegacyFedAdam
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
 
     assert _check(LegacyFedAvg()) is None
     assert _check(LegacyFedAdam(initial_parameters=ndarrays_to_parameters([np.zeros(3, np.float32)]))) is None

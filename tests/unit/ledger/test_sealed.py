@@ -14,9 +14,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
-from flower_chain.ledger.sealed import (HEADER_LEN, MAGIC, TAG_LEN, SealedError, load_audit_private,
-                                        load_audit_public, open_sealed, parse_sealed, raw_x25519, recipient_id, seal,
-                                        sealed_address, write_audit_keypair)
+from flower_chain.ledger.sealed import (
+    HEADER_LEN,
+    MAGIC,
+    TAG_LEN,
+    SealedError,
+    load_audit_private,
+    load_audit_public,
+    open_sealed,
+    parse_sealed,
+    raw_x25519,
+    recipient_id,
+    seal,
+    sealed_address,
+    write_audit_keypair,
+)
 
 ORIGIN = "flower-chain/fed-a"
 
@@ -87,7 +99,7 @@ def test_anything_that_is_not_a_sealed_blob_is_a_sealed_error(data):
 def test_random_bytes_never_raise_anything_else():
     key = X25519PrivateKey.generate()
     rng = np.random.default_rng(7)
-    for n in range(300):
+    for _ in range(300):
         data = MAGIC + rng.bytes(int(rng.integers(0, 200)))
         with pytest.raises(SealedError):
             open_sealed(data, key, ORIGIN, b"\x01" * 32)
