@@ -2,7 +2,7 @@
 
 One module per command group: :mod:`~flower_chain.cli.keys`, :mod:`~flower_chain.cli.ledger`
 (with ``ledger audit`` in :mod:`~flower_chain.cli.audit`), :mod:`~flower_chain.cli.proof`,
-:mod:`~flower_chain.cli.report`; ``serve`` and ``witness`` come from :mod:`flower_chain.cli.serve`.
+:mod:`~flower_chain.cli.report`, :mod:`~flower_chain.cli.model`; ``serve`` and ``witness`` come from :mod:`flower_chain.cli.serve`.
 
 Exit codes: 0 ok; 1 verification failed (a ledger, proof or checkpoint does not verify, a torn or
 tampered file); 2 usage or input error (missing file, not a ledger, unknown round or client, wrong
@@ -63,12 +63,14 @@ app = typer.Typer(cls=_LedgerErrorGroup, help="flower-chain: auditable federated
 from flower_chain.cli import audit as _audit  # noqa: E402,F401 - registers `ledger audit` on ledger_app
 from flower_chain.cli.keys import keys_app  # noqa: E402
 from flower_chain.cli.ledger import ledger_app  # noqa: E402
+from flower_chain.cli.model import model_app  # noqa: E402
 from flower_chain.cli.proof import proof_app  # noqa: E402
 from flower_chain.cli.report import report_cmd  # noqa: E402
 from flower_chain.cli.serve import serve_command, witness_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(model_app, name="model")
 app.add_typer(proof_app, name="proof")
 app.command("report")(report_cmd)
 app.command("serve")(serve_command)

@@ -32,25 +32,38 @@ def _run(app, host: str, port: int) -> None:
 
 
 @meanings(Meaning((VerificationError,), "{uri} does not verify, not serving it: ", EXIT_FAILED, not_verified=False),
-          Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
+          Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError, KeyFileError)))
 def serve_command(uri: str = typer.Argument(..., help="ledger URI, e.g. sqlite:///ledger.db"),
                   host: str = typer.Option("127.0.0.1", "--host"),
                   port: int = typer.Option(7380, "--port"),
                   refresh: float = typer.Option(0.5, "--refresh", help="seconds between re-reads of the head"),
+                  server_key: Optional[str] = typer.Option(None, "--server-key",
+                                                           help="pin the server public key (PEM or verifier key): "
+                                                                "the page's status is VERIFIED only with it"),
+                  keys: Optional[Path] = typer.Option(None, "--keys",
+                                                      help="keyring directory: the genesis must hold exactly these "
+                                                           "keys; clients are shown by their file names"),
+                  witness: List[str] = typer.Option([], "--witness", help="a trusted witness verifier key (repeat)"),
+                  witness_quorum: int = typer.Option(0, "--witness-quorum"),
+                  audit: bool = typer.Option(False, "--audit",
+                                             help="also replay the aggregation for the status (once per head)"),
                   ) -> None:
     """Serve a ledger read-only: C2SP tlog-tiles (/checkpoint, /tile/...) and the explorer page at /."""
-    from flower_chain.cli.common import err
+    from flower_chain.cli.common import err, read_server_key
     from flower_chain.cli.common import open_or_fail as _open
     from flower_chain.ledger import verify
     from flower_chain.serve.app import LogView, build_app
 
     if not 0 < port < 65536:
         _fail(f"--port {port} is not a TCP port")
+    pinned = read_server_key(server_key) if server_key else None
     ledger = _open(uri)
-    report = verify(ledger)
-    view = LogView(ledger, refresh_s=refresh)
-    err.print(f"serving {uri} ({report.blocks} blocks, {report.entries} entries, origin {view.origin}) "
-              f"on http://{host}:{port}/", highlight=False)
+    report = verify(ledger, server_key=pinned)
+    view = LogView(ledger, refresh_s=refresh, server_key=pinned, keys=keys, witnesses=witness,
+                   quorum=witness_quorum or 1, audit=audit)
+    err.print(f"serving {uri} ({report.blocks} blocks, {report.entries} entries, origin {view.origin}, server key "
+              f"{report.server_key_id} {'pinned' if pinned else 'not pinned'}) on http://{host}:{port}/",
+              highlight=False)
     _run(build_app(view), host, port)
 
 
