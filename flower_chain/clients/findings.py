@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.checkpoint import Checkpoint
@@ -254,14 +255,14 @@ class AnchorMismatch(Finding):
     header: BlockHeader
     checkpoint: Checkpoint
     head_hash: bytes
-    anchored: object
+    anchored: Any  # the ChainAnchor read from the contract (flower_chain.anchor.evm)
 
     @property
     def message(self) -> str:
         a = self.anchored
         return (f"the checkpoint at height {self.header.height} (log size {self.checkpoint.size}, block "
-                f"{self.head_hash.hex()[:16]}) differs from the one anchored on chain (log size {a.log_size}, "  # type: ignore[attr-defined]
-                f"block {a.block_hash.hex()[:16]}): the server forked or rewrote its history")  # type: ignore[attr-defined]
+                f"{self.head_hash.hex()[:16]}) differs from the one anchored on chain (log size {a.log_size}, "
+                f"block {a.block_hash.hex()[:16]}): the server forked or rewrote its history")
 
 
 @dataclass(frozen=True)
