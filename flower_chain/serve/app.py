@@ -12,9 +12,11 @@ Routes
     Entry bundles (big-endian ``uint16`` length-prefixed entries), same caching.
 ``GET /``
     The explorer page (one HTML file with an inline script; no other host).
-``GET /api/status``, ``/api/summary``, ``/api/rounds``, ``/api/keys/<key id>``, ``/api/proof/<index>``
+``GET /api/status``, ``/api/summary``, ``/api/rounds``, ``/api/keys/<id>``, ``/api/proof/<index>``
     The explorer's JSON (the status: :func:`flower_chain.audit.status.ledger_status` run once per
-    head, with the checks the server was given), and a C2SP tlog-proof download per log entry.
+    head, with the checks the server was given), and a C2SP tlog-proof download per log entry. A
+    client's ``<id>`` is ``key:<key id>`` (a bare key id works too) or ``node:<node id>`` for replies
+    without a key.
 
 A malformed tile path is 400; a tile or bundle outside the current tree is
 404; nothing on bad input is a 500. The server follows a ledger another
@@ -257,7 +259,8 @@ def build_app(view: LogView):
     async def key_history(request: Request) -> Response:
         kid = request.path_params["kid"]
         try:
-            hist = _data()["keys"].get(kid)
+            keys = _data()["keys"]
+            hist = keys.get(kid, keys.get("key:" + kid))  # "key:<key id>", "node:<node id>", or a bare key id
         except LedgerError as e:
             return _unavailable(e)
         if hist is None:

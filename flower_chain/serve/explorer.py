@@ -29,9 +29,15 @@ def _json_value(v):
     return v
 
 
+KEY, NODE = "key:", "node:"
+
+
 def client_id(e: UpdateEntry) -> str:
-    """The explorer's id of who sent a reply: its key id, or ``unsigned-node-N`` for a reply without a key."""
-    return e.key_id or f"unsigned-node-{e.node_id}"
+    """The explorer's id of who sent a reply: ``key:<key id>``, or ``node:<node id>`` for a reply without a key.
+
+    Two namespaces, so a hostile reply whose recorded key id looks like a node's cannot pass for it.
+    """
+    return KEY + e.key_id if e.key_id else NODE + e.node_id
 
 
 def _new_round(rnd: int, ms: int) -> dict[str, Any]:
@@ -91,16 +97,17 @@ def _walk(ledger: Ledger, last_height: int) -> dict[str, Any]:
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "source")}
                 metrics.append({"round": e.round, "source": e.source, "index": index, **values})
             elif isinstance(e, RevocationEntry):
-                keys[e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",
+                keys[KEY + e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",
                                        "verdict": "revoked", "reason": e.reason, "num_examples": None})
     return {"rounds": rounds, "reasons": reasons, "keys": keys, "clients": clients, "metrics": metrics,
             "blocks": blocks}
 
 
 def _label(cid: str, names: dict[str, str]) -> str:
-    if cid.startswith("unsigned-node-"):
-        return f"unsigned (node {cid[len('unsigned-node-'):]})"
-    return names.get(cid, cid)
+    if cid.startswith(NODE):
+        return f"unsigned (node {cid[len(NODE):]})"
+    kid = cid[len(KEY):]
+    return names.get(kid, kid)
 
 
 def explorer_data(ledger: Ledger, last_height: int, names: dict[str, str] | None = None) -> dict[str, Any]:
@@ -122,8 +129,8 @@ def explorer_data(ledger: Ledger, last_height: int, names: dict[str, str] | None
         prev_last = r["last_ms"]
         round_rows.append(r)
     for kid in genesis.client_keys:  # allowed keys that never replied are clients too
-        w["clients"].setdefault(kid, {k: Counter() for k in KINDS})
-    clients = [{"id": cid, "name": _label(cid, names), "named": cid in names,
+        w["clients"].setdefault(KEY + kid, {k: Counter() for k in KINDS})
+    clients = [{"id": cid, "name": _label(cid, names), "named": cid[len(KEY):] in names and cid.startswith(KEY),
                 "train": dict(c["train"]), "evaluate": dict(c["evaluate"])}
                for cid, c in sorted(w["clients"].items(), key=lambda kv: (_label(kv[0], names), kv[0]))]
     return {

@@ -103,12 +103,12 @@ def test_status_first_and_the_federated_accuracy_curve_of_a_real_run(run, tmp_pa
 def test_unsigned_history_says_not_reported_and_unpinned_status_is_amber(run):
     with ServerThread(build_app(view(run))) as url:
         st = get_json(f"{url}/api/status")
-        hist = get_json(f"{url}/api/keys/unsigned-node-14")["entries"]
+        hist = get_json(f"{url}/api/keys/node:14")["entries"]
         summary = get_json(f"{url}/api/summary")
     assert st["level"] == "unpinned" and st["headline"] == "VERIFIED (server key not pinned)"
     assert st["audited"] is None and any("not pinned" in t for t in st["not_checked"])
     assert [h["num_examples"] for h in hist if h["kind"] == "evaluate"] == [13, 13, 13]  # it reported them
-    assert summary["key_names"]["unsigned-node-14"] == "unsigned (node 14)"
+    assert summary["key_names"]["node:14"] == "unsigned (node 14)"
     assert sorted(c["name"] for c in summary["clients"]) == ["client-0", "client-1", "client-2", "unsigned (node 14)"]
     assert summary["evaluate_reasons"] == {"unsigned": 3} and summary["reasons"] == {"unsigned": 3}
 
@@ -163,6 +163,10 @@ def test_a_reply_that_reports_no_examples_is_shown_as_not_reported(federation_fa
                          signature=b"")
     fed.writer.append(1, [failed, fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
     data = explorer_data(fed.ledger, fed.ledger.block_count() - 1)
-    assert data["keys"]["unsigned-node-77"][0]["num_examples"] is None
-    assert data["key_names"]["unsigned-node-77"] == "unsigned (node 77)"
+    assert data["keys"]["node:77"][0]["num_examples"] is None
+    assert data["key_names"]["node:77"] == "unsigned (node 77)"
     assert data["rounds"][0]["reasons"] == {"client-error": 1}
+    spoof = dataclasses.replace(failed, key_id="node:77", node_id="5")  # a hostile key id shaped like a node id
+    fed.writer.append(2, [spoof], model_before=bytes.fromhex("11" * 32), model_after=bytes.fromhex("11" * 32))
+    data = explorer_data(fed.ledger, fed.ledger.block_count() - 1)
+    assert len(data["keys"]["node:77"]) == 1 and data["key_names"]["key:node:77"] == "node:77"
