@@ -94,7 +94,7 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
         found.append(Finding(r, "commit", "", "no live/dropped commitment: the unmask stage is missing"))
         return ""
     live, dropped = _check_commit(t, acc, found)
-    _check_unmask(t, acc, graph, found)
+    _check_unmask(t, genesis, graph, found)
     if t.result is None:
         found.append(Finding(r, "result", "", "no result record: the round's outcome is missing"))
         return ""
@@ -110,7 +110,8 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
         stage1 = len(acc[SETUP]) - len(acc[SHARE_KEYS])
         return (f"round {r}: aggregate = sum of {len(live)} signed masked inputs ({len(dropped)} dropped in stage "
                 f"2, {stage1} in stage 1, {stage0} in stage 0); model_after re-derived bit for bit; "
-                "no individual update was revealed (no node had both secrets revealed)")
+                "no individual update was revealed (no node had both secrets revealed, every input carried a "
+                "live pairwise mask)")
     return ""
 
 
@@ -212,15 +213,17 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
     return list(live), list(dropped)
 
 
-def _check_unmask(t: RoundTranscript, acc: dict, graph: dict, found: list[Finding]) -> None:
+def _check_unmask(t: RoundTranscript, genesis, graph: dict, found: list[Finding]) -> None:
+    """Every signed unmask statement of this round (accepted or not: a refusal is evidence too)."""
     r, live, dropped = t.round, set(t.commit["live"]), set(t.commit["dropped"])
     cp = (t.commit_block.header.log_size, t.commit_block.header.log_root)
     seed_of: dict[str, list[str]] = {}
     key_of: dict[str, list[str]] = {}
     for rec in t.records[UNMASK]:
         st = rec.statement
-        if st is None:
-            continue
+        if st is None or _statement_problem(t, genesis, genesis.client_keys, UNMASK, rec.entry.node_id,
+                                            rec.entry, st) is not None:
+            continue  # not this node's signed reply to this round: the server rejected it, rightly
         nid, reply = rec.entry.node_id, st.reply
         if (reply["checkpoint_size"], reply["checkpoint_root"]) != cp and reply["checkpoint_size"] >= 0:
             found.append(Finding(r, UNMASK, nid, f"verified a checkpoint of size {reply['checkpoint_size']} that is "

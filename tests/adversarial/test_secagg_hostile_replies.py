@@ -43,8 +43,8 @@ def resigned(fed, nid, reply, edit):
 
 
 def test_replayed_stage_replies_are_rejected_and_the_round_goes_on():
-    fed = SecAggFederation("memory:", n=6)
-    a, b = fed.node_ids[0], fed.node_ids[3]
+    fed = SecAggFederation("memory:", n=7, num_shares=7, threshold=3)
+    a, b, c = fed.node_ids[0], fed.node_ids[3], fed.node_ids[5]
     kept: dict = {}
 
     def tamper(nid, stage, msg, reply):
@@ -58,6 +58,10 @@ def test_replayed_stage_replies_are_rejected_and_the_round_goes_on():
             if "masked" in kept:  # round 2: last round's signed masked input
                 return replace_record(reply, dict(kept["masked"].content.config_records[RECORD].items()))
             kept["masked"] = reply
+        if nid == c and stage == "unmask":
+            if "unmask" in kept:  # round 2: last round's signed unmask reply (another checkpoint, other lists)
+                return replace_record(reply, dict(kept["unmask"].content.config_records[RECORD].items()))
+            kept["unmask"] = reply
         return reply
 
     fed.grid.tamper = tamper
@@ -67,7 +71,9 @@ def test_replayed_stage_replies_are_rejected_and_the_round_goes_on():
     replayed = entries_of(fed, round=2, stage="masked-input", node_id=str(b))[0]
     assert replayed.reason == "replayed" and replayed.verdict == "rejected"
     assert str(b) in entries_of(fed, round=2, stage=COMMIT)[0].data["dropped"]
-    assert audit_secagg(fed.ledger).ok
+    assert entries_of(fed, round=2, stage=UNMASK, node_id=str(c))[0].reason == "replayed"
+    report = audit_secagg(fed.ledger)
+    assert report.ok and not report.findings, report.lines()  # a rightly rejected replay is no evidence of a fork
 
 
 @pytest.mark.parametrize("damage,reason", [
