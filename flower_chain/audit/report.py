@@ -61,9 +61,11 @@ def _labelled(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _client(e: UpdateEntry, names: dict[str, str]) -> str:
+    """A client's label: its name and key id, its key id, or ``unsigned (node N)`` (never one of another kind)."""
     if not e.key_id:
         return safe_label(f"unsigned (node {e.node_id})")
-    return safe_label(f"{names[e.key_id]} ({e.key_id[:8]})" if e.key_id in names else e.key_id)
+    label = safe_label(f"{names[e.key_id]} ({e.key_id[:8]})" if e.key_id in names else e.key_id)
+    return "key " + label if label.startswith("unsigned (") else label  # a recorded key id cannot pass for a node
 
 
 def _verdict(e: UpdateEntry) -> str:

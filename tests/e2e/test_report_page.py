@@ -196,3 +196,16 @@ def test_a_keyring_that_differs_or_an_unwitnessed_head_is_not_verified(run, tmp_
                 ["--keys", tmp_path / "nowhere"]):
         r = cli("report", run.uri, "-o", dest, *bad)
         assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_a_recorded_key_id_cannot_pass_for_a_keyless_node(federation_factory):
+    from flower_chain.ledger import UpdateEntry
+
+    fed = federation_factory("sqlite")
+    entries = [UpdateEntry(kind="train", round=1, node_id=node, key_id=kid, verdict="rejected", reason="unsigned",
+                           detail="", num_examples=-1, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
+               for node, kid in (("14", ""), ("5", "unsigned (node 14)"))]
+    fed.writer.append(1, [*entries, fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
+    data = collect(fed.ledger)
+    assert data["participation"]["unsigned (node 14)"] == {"unsigned": 1}
+    assert data["participation"]["key unsigned (node 14)"] == {"unsigned": 1}
