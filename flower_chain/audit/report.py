@@ -61,11 +61,15 @@ def _labelled(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _client(e: UpdateEntry, names: dict[str, str]) -> str:
-    """A client's label: its name and key id, its key id, or ``unsigned (node N)`` (never one of another kind)."""
+    """A client's label, never one of another kind: ``name (key id…)`` for a keyring key, the key id when it
+    has a key id's form (16 hex digits), ``unsigned (node N)`` without a key, else ``key <recorded text>``."""
     if not e.key_id:
         return safe_label(f"unsigned (node {e.node_id})")
-    label = safe_label(f"{names[e.key_id]} ({e.key_id[:8]})" if e.key_id in names else e.key_id)
-    return "key " + label if label.startswith("unsigned (") else label  # a recorded key id cannot pass for a node
+    if e.key_id in names:
+        return safe_label(f"{names[e.key_id]} ({e.key_id[:8]})")
+    if len(e.key_id) == 16 and all(c in "0123456789abcdef" for c in e.key_id):
+        return e.key_id
+    return safe_label("key " + e.key_id)  # recorded text of an unauthenticated reply cannot pass for another client
 
 
 def _verdict(e: UpdateEntry) -> str:

@@ -198,14 +198,18 @@ def test_a_keyring_that_differs_or_an_unwitnessed_head_is_not_verified(run, tmp_
         assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, (bad, r.stderr)
 
 
-def test_a_recorded_key_id_cannot_pass_for_a_keyless_node(federation_factory):
+def test_a_recorded_key_id_cannot_pass_for_another_client(federation_factory):
     from flower_chain.ledger import UpdateEntry
 
     fed = federation_factory("sqlite")
-    entries = [UpdateEntry(kind="train", round=1, node_id=node, key_id=kid, verdict="rejected", reason="unsigned",
-                           detail="", num_examples=-1, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
-               for node, kid in (("14", ""), ("5", "unsigned (node 14)"))]
-    fed.writer.append(1, [*entries, fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
-    data = collect(fed.ledger)
-    assert data["participation"]["unsigned (node 14)"] == {"unsigned": 1}
-    assert data["participation"]["key unsigned (node 14)"] == {"unsigned": 1}
+    real = fed.update(1, 0)
+    names = {real.key_id: "alice"}
+    spoofs = ("", "unsigned (node 14)", f"alice ({real.key_id[:8]})")
+    entries = [UpdateEntry(kind="train", round=1, node_id="14" if not kid else "5", key_id=kid, verdict="rejected",
+                           reason="unsigned", detail="", num_examples=-1, arrays_digest=b"", metrics={},
+                           statement=b"", signature=b"") for kid in spoofs]
+    fed.writer.append(1, [*entries, real], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
+    part = collect(fed.ledger, names=names)["participation"]
+    assert part["unsigned (node 14)"] == {"unsigned": 1} and part[f"alice ({real.key_id[:8]})"] == {"accepted": 1}
+    assert part["key unsigned (node 14)"] == {"unsigned": 1} and part[f"key alice ({real.key_id[:8]})"] == {
+        "unsigned": 1}
