@@ -150,8 +150,8 @@ def parse_note(note: str) -> tuple[str, tuple[NoteSignature, ...]]:
     if sep < 0 or not note.endswith("\n"):
         raise CheckpointError("not a signed note: no blank line before the signatures")
     body, lines = note[: sep + 1], note[sep + 2 : -1].split("\n")
-    if body == "\n":
-        raise CheckpointError("signed note with an empty text")
+    if body == "\n" or body.endswith("\n\n"):  # a text ending in a blank line reads two ways: neither is taken
+        raise CheckpointError("signed note with an empty text or an empty line before its blank line")
     if len(lines) > MAX_SIGNATURES:
         raise CheckpointError(f"signed note with more than {MAX_SIGNATURES} signature lines")
     sigs, seen = [], set()
