@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main() -> None:
                    "replay bit for bit",
         "note": "in process, one machine: every node's masking runs in the same process one after another "
                 "(as in a simulation); the ledger is a durable SQLite file",
+        "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "secagg.json").write_text(json.dumps(out, indent=1) + "\n")
