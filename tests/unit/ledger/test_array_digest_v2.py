@@ -278,17 +278,26 @@ def test_a_background_digest_equals_the_digest_and_hands_back_its_error():
         digest_in_background(named, 7)  # refused at once, no thread started
 
 
-def test_a_background_digest_runs_while_the_caller_works():
+def test_a_background_digest_runs_while_the_caller_works(monkeypatch):
     import threading
 
-    named = [("x", np.full(32 * MIB, 7, np.uint8))]
-    started = threading.Event()
-    future = digest_in_background(named, 1)  # one long SHA-256 call that releases the GIL
-    spins = 0
-    while not future.done():
-        spins += 1  # the caller keeps running Python code while the digest is hashed
-        started.set()
-    assert started.is_set() and spins > 10 and future.result() == array_digest_v1(named)
+    from flower_chain.ledger import arrays
+
+    release, seen = threading.Event(), []
+    real = arrays.array_digest
+
+    def held(named, version):  # the digest waits until the caller (still running) lets it finish
+        seen.append(threading.current_thread().name)
+        assert release.wait(30)
+        return real(named, version)
+
+    monkeypatch.setattr(arrays, "array_digest", held)
+    named = [("x", pat(2 * MIB))]
+    future = digest_in_background(named)
+    assert not future.done()  # the caller was not blocked: the digest is still waiting for it
+    release.set()
+    assert future.result(timeout=30) == ref_v2(ref_stream(named))
+    assert seen == ["flower-chain-background-digest"] and threading.current_thread().name != seen[0]
 
 
 @pytest.mark.parametrize("text,cpus", [("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
