@@ -244,6 +244,16 @@ def test_apply_diff_refuses_a_hunk_that_does_not_match(tmp_path):
     assert (tmp_path / "a.py").read_text() == "x = 1\ny = 3\n"
 
 
+def test_recipe_refuses_a_missing_placeholder_or_language():
+    """Negative control for the reader: a placeholder the block lacks, or the wrong language, fails."""
+    with pytest.raises(AssertionError, match="no longer has the placeholder 'RUN_ID'"):
+        recipe("stop", "bash", RUN_ID="1")
+    with pytest.raises(AssertionError, match="is a bash block"):
+        recipe("stop", "diff")
+    found = recipes("<!-- recipe: x -->\n   ```bash\n   echo a\n     echo b\n   ```\n")
+    assert found == {"x": ("bash", "echo a\n  echo b\n")}, found
+
+
 def _venv_with(wheel: Path, work: Path, app: Path) -> dict[str, str]:
     """A fresh venv (system site-packages for flwr, numpy ...) where the README's ``pip install`` puts the plugin;
     Flower's console scripts bound to its interpreter, so the local SuperLink and the apps import the wheel."""

@@ -1,4 +1,6 @@
-"""The README's swap recipe, followed on plain Flower Apps and run the supported way: ``flwr run`` on a local SuperLink.
+"""The swap recipe's edits applied programmatically to plain Flower Apps, run the supported way: ``flwr run`` on a local
+SuperLink. (The README's own text, block by block, is run by ``tests/e2e/test_readme_recipes.py``; this module keeps the
+checks that need more than one run: two runs on one SuperLink, receipts per log, the keyless negative control.)
 
 ``keys init`` → the README's edits (client_app.py, server_app.py, the run-config key in pyproject.toml)
 → ``flwr run`` → ``flwr run`` again (a new ledger per run: ``{run_id}``) → ``flower-chain ledger verify``
