@@ -309,4 +309,4 @@ def test_the_default_thread_count_respects_a_cgroup_cpu_quota(tmp_path, text, cp
     if text is not None:
         path.write_text(text)
     assert arrays._cgroup_cpus(str(path)) == cpus
-    assert 1 <= arrays.default_threads()
+    assert arrays.default_threads() >= 1
