@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flower_chain.audit.rounds import quiet_flwr
 from flower_chain.audit.strategies import NotReplayable, is_legacy, legacy_factory, strategy_factory
 
 #: The start of the warning line.
@@ -46,10 +47,9 @@ def why_not_auditable(strategy: Any, config: Mapping[str, Any], store_client_upd
     name = cls.__name__
     settings = dict(config)
     try:
-        if is_legacy(settings):
-            legacy_factory(name, settings, [cls] if getattr(cls, "flower_chain_replayable", False) else [])
-        else:
-            strategy_factory(name, settings, [cls] if getattr(cls, "flower_chain_replayable", False) else [])
+        own = [cls] if getattr(cls, "flower_chain_replayable", False) else []
+        with quiet_flwr():  # rebuilding a strategy makes Flower log its settings: not at the server's start
+            (legacy_factory if is_legacy(settings) else strategy_factory)(name, settings, own)
     except NotReplayable as e:
         return (f"{PREFIX} ({e}); use one of Flower's strategies, or declare {cls.__module__}.{name} replayable "
                 "(class attribute flower_chain_replayable = True and a from_ledger_config classmethod)")
