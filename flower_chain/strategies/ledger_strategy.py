@@ -90,7 +90,12 @@ class LedgerStrategy(Strategy):
 
     @property
     def resume(self) -> bool:
+        """Continue the federation of a ledger that already records rounds (settable before ``start``)."""
         return self.core.options.resume
+
+    @resume.setter
+    def resume(self, value: bool) -> None:
+        self.core.options.resume = bool(value)
 
     @property
     def min_accepted(self) -> int:
