@@ -94,6 +94,7 @@ class LogView:
                        "run_audit": audit}
         self.names = keyring_names(keys) if keys is not None else {}
         self._status: tuple[int, dict[str, Any]] | None = None
+        self._status_lock = threading.Lock()
         self.genesis = read_genesis(ledger)
         self.origin = f"flower-chain/{self.genesis.federation_id}"
         self.lock = threading.RLock()
@@ -171,18 +172,36 @@ class LogView:
     def status(self) -> dict[str, Any]:
         """The verification (and audit) status of the served head: the checks run once per head.
 
-        The checks read the whole ledger as stored now; a block appended while they run is included in
-        them (and the next head is checked again).
+        The checks read the ledger through a handle of their own when the backend can be reopened (a
+        file or database), so tiles and explorer data keep being served while a long ledger is
+        verified; one check runs at a time. They read the ledger as stored when they start: the head
+        they checked is reported as ``height`` (a newer head is checked on the next request).
         """
         from flower_chain.audit.status import ledger_status
+        from flower_chain.ledger import open_ledger
+        from flower_chain.ledger.location import parse_ledger_uri
 
-        with self.lock:
-            if self._status and self._status[0] == self.height:
-                return self._status[1]
-            height = self.height
-            st = ledger_status(self.ledger, **self.checks).to_dict()
+        with self._status_lock:
+            with self.lock:
+                if self._status and self._status[0] == self.height:
+                    return self._status[1]
+            own = None
+            try:
+                if parse_ledger_uri(self.ledger.uri).scheme != "memory":
+                    own = open_ledger(self.ledger.uri)
+            except (LedgerError, OSError):
+                own = None  # not reopenable here: check through the shared handle, under the lock
+            if own is not None:
+                with own:
+                    height = own.head().header.height
+                    st = ledger_status(own, **self.checks).to_dict()
+            else:
+                with self.lock:
+                    height = self.height
+                    st = ledger_status(self.ledger, **self.checks).to_dict()
             st["height"] = height
-            self._status = (height, st)
+            with self.lock:
+                self._status = (height, st)
             return st
 
 

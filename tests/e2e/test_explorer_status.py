@@ -170,3 +170,35 @@ def test_a_reply_that_reports_no_examples_is_shown_as_not_reported(federation_fa
     fed.writer.append(2, [spoof], model_before=bytes.fromhex("11" * 32), model_after=bytes.fromhex("11" * 32))
     data = explorer_data(fed.ledger, fed.ledger.block_count() - 1)
     assert len(data["keys"]["node:77"]) == 1 and data["key_names"]["key:node:77"] == "node:77"
+
+
+def test_the_status_check_does_not_hold_the_log_while_it_runs(run):
+    """A long verify runs on its own ledger handle: tiles and checkpoints are served meanwhile."""
+    import threading
+
+    from flower_chain.audit import status as status_module
+
+    started, release = threading.Event(), threading.Event()
+    real = status_module.ledger_status
+
+    def slow(ledger, **kw):
+        started.set()
+        assert release.wait(30)
+        return real(ledger, **kw)
+
+    v = view(run)
+    status_module.ledger_status = slow
+    try:
+        with ServerThread(build_app(v)) as url:
+            t = threading.Thread(target=lambda: get_json(f"{url}/api/status"))
+            t.start()
+            assert started.wait(30)
+            with urllib.request.urlopen(f"{url}/checkpoint", timeout=5) as r:  # served while the check runs
+                assert r.status == 200
+            assert get_json(f"{url}/api/rounds")["rounds"]
+            release.set()
+            t.join(30)
+            assert get_json(f"{url}/api/status")["height"] == run.strategy.ledger.head().header.height
+    finally:
+        status_module.ledger_status = real
+        release.set()
