@@ -20,7 +20,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Union
+from typing import Any, NoReturn
 
 import click
 import typer
@@ -61,8 +61,8 @@ class SafeConsole(Console):
     with ``COLUMNS``) the width is :data:`PIPE_WIDTH`, so nothing is hard-wrapped at 80 columns.
     """
 
-    def render_str(self, text: str, *, style: Union[str, Style] = "", markup: Optional[bool] = None,
-                   highlight: Optional[bool] = None, **kwargs: Any) -> Text:
+    def render_str(self, text: str, *, style: str | Style = "", markup: bool | None = None,
+                   highlight: bool | None = None, **kwargs: Any) -> Text:
         """Plain, escaped text with at most a leading verdict label styled (see the class)."""
         label = LABEL.match(text)
         rest = text[label.end():] if label else text
@@ -201,7 +201,7 @@ def write_lines(text: str) -> None:
     sys.stdout.write("\n".join(terminal_text(line) for line in text.split("\n")))
 
 
-def write_or_print(text: str, dest: Optional[Path]) -> None:
+def write_or_print(text: str, dest: Path | None) -> None:
     """Write ``text`` to ``dest`` (saying so on stderr), or to stdout when ``dest`` is ``None``
     (escaped by :func:`write_lines`: a file gets the bytes, a terminal never a control character)."""
     if dest is None:

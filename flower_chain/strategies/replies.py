@@ -45,13 +45,13 @@ from flower_chain.ledger.policy import MAX_SIGNATURE, MAX_STATEMENT
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies.judge import Reply
 from flower_chain.wire import (
+    COSIGNATURE,
     LEGACY_COSIGNATURE,
     LEGACY_LOSS,
     LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
     LEGACY_SIGNATURE,
     LEGACY_STATEMENT,
-    COSIGNATURE,
     NUM_EXAMPLES_KEYS,
     PENDING_ROUND,
     PREFIX,
@@ -317,7 +317,7 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
         allowed = {STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE}
         if len(sig) > len(allowed):
             raise Malformed(f"the {SIG_RECORD!r} record holds {len(sig)} fields (at most {len(allowed)})")
-        extra = [safe_text(k, 40) for k in sig.keys() if k not in allowed]
+        extra = [safe_text(k, 40) for k in sig if k not in allowed]
         if extra:
             raise Malformed(f"unexpected fields {extra} in the {SIG_RECORD!r} record")
         statement, signature, seen, pending = _sig_fields(sig.get, STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND)

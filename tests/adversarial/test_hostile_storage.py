@@ -17,18 +17,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import resource
 import shutil
 import sqlite3
 import tempfile
-import resource
 import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 import typer.main
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flower_chain.cli import app
 from flower_chain.ledger.block import BlockHeader

@@ -115,7 +115,7 @@ class JSONLLedger(Ledger):
         for lineno, raw in enumerate(lines[1:], start=2):
             try:
                 rec = json.loads(raw)
-            except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 raise LedgerCorruptError(f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)") from None
             self._load_block(rec, lineno)
             offset += len(raw) + 1

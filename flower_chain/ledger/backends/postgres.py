@@ -43,7 +43,6 @@ read-write.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,17 @@ from typing import Any
 
 from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
+from flower_chain.ledger.backends.pg_support import (  # the schema and message helpers
+    _CREATE_LOCK,
+    _PAGE,
+    _SCHEMA,
+    FORMAT,
+    SCHEMA_VERSION,
+    TABLES,
+    _hint,
+    _one_line,
+    redact,
+)
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import (
     LedgerConflictError,
@@ -63,47 +73,7 @@ from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger(__name__)
 
-FORMAT = "flower-chain-ledger"
-SCHEMA_VERSION = 1
-TABLES = ("fc_meta", "fc_head", "fc_blocks", "fc_entries", "fc_nodes", "fc_blobs")
-_PAGE = 8192  # entries fetched per query when streaming
-_CREATE_LOCK = 0x666C6F77  # advisory lock key held while creating the schema ("flow")
-
-_SCHEMA = """
-CREATE TABLE fc_meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE fc_head (id smallint PRIMARY KEY CHECK (id = 1), block_count bigint NOT NULL,
-                      head_hash bytea NOT NULL);
-CREATE TABLE fc_blocks (height bigint PRIMARY KEY, hash bytea NOT NULL UNIQUE, prev_hash bytea NOT NULL UNIQUE,
-                        header bytea NOT NULL, signature bytea NOT NULL, checkpoint text NOT NULL);
-CREATE TABLE fc_entries (idx bigint PRIMARY KEY, height bigint NOT NULL, data bytea NOT NULL);
-CREATE TABLE fc_nodes (level integer NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL, PRIMARY KEY (level, idx));
-CREATE TABLE fc_blobs (digest bytea PRIMARY KEY, data bytea NOT NULL);
-INSERT INTO fc_head VALUES (1, 0, '\\x');
-"""
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (for messages and ``Ledger.uri``)."""
-    uri = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", uri)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", uri)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
-
-
-def _hint(msg: str) -> str:
-    low = msg.lower()
-    if "password authentication failed" in low or "no password supplied" in low:
-        return "check the user and password (in the URI, PGPASSWORD or ~/.pgpass)"
-    if "does not exist" in low and "database" in low:
-        return "create the database first (createdb NAME) or fix its name in the URI"
-    if "role" in low and "does not exist" in low:
-        return "fix the user name in the URI or create the role"
-    if "refused" in low or "timeout" in low or "could not translate" in low or "no such file" in low:
-        return "check that PostgreSQL is running and that the host and port in the URI are right"
-    return "check the connection string"
+__all__ = ["FORMAT", "SCHEMA_VERSION", "TABLES", "PostgresLedger", "redact"]
 
 
 class PostgresLedger(Ledger):
