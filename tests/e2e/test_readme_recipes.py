@@ -11,7 +11,7 @@ must occur in the block it is replaced in, so a README that drops one fails here
   (the app lists it by file URL, as the README says), keys, the edits, ``flwr run . --stream`` with that venv's
   Flower, then ``summary``, ``verify`` with the pinned server key and ``audit``; the README's command stops the
   local SuperLink that ``flwr run`` started, and every process it started is gone.
-* Legacy API: the same with the repository's installed plugin.
+* Legacy API: the same with the repository's installed plugin (its end-of-run log is not checked: requests-H R2).
 * Deployment by hand: a SuperLink, two SuperNodes on one host (their own ``--port``), the SuperLink connection
   the recipe defines, ``flwr run . mine``, the after-run commands, then the README's stop command; every
   process is stopped by PID in any case (also when the test fails).
@@ -46,7 +46,6 @@ _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _MARK = re.compile(r"^[ \t]*<!-- recipe: ([a-z0-9-]+) -->[ \t]*\n(?:[ \t]*\n)?([ \t]*)```(\w+)\n(.*?)^\2```[ \t]*$",
                    re.S | re.M)
-
 
 
 # --- reading the README ----------------------------------------------------------------------------------------
@@ -200,6 +199,15 @@ def assert_log_has_the_commands(log: str, work: Path, run_id: str) -> None:
         assert line in log, f"the end-of-run log lacks the README's command {line!r}:\n{log[-3000:]}"
 
 
+def keys_only(work: Path) -> str:
+    """The install block without its ``pip install`` line: this test uses the repository's installed plugin (the
+    Message API test runs the whole block, into a venv)."""
+    text = recipe("swap-install", "bash", **{"/abs/path": str(work)})
+    line = f"pip install {work}/{WHEEL}\n"
+    assert text.count(line) == 1, text
+    return text.replace(line, "")
+
+
 def plain_app(kind: str, work: Path, *diffs: str) -> Path:
     app = work / "app"
     shutil.copytree(APPS / kind, app, ignore=shutil.ignore_patterns("__pycache__"))
@@ -254,7 +262,7 @@ def test_recipe_refuses_a_missing_placeholder_or_language():
     assert found == {"x": ("bash", "echo a\n  echo b\n")}, found
 
 
-def _venv_with(wheel: Path, work: Path, app: Path) -> dict[str, str]:
+def _venv_with(work: Path, app: Path) -> dict[str, str]:
     """A fresh venv (system site-packages for flwr, numpy ...) where the README's ``pip install`` puts the plugin;
     Flower's console scripts bound to its interpreter, so the local SuperLink and the apps import the wheel."""
     from importlib import metadata
@@ -290,7 +298,7 @@ def test_message_api_recipe(wheel, tmp_path):
     with open(app / "quickstart" / "server_app.py", "a", encoding="utf-8") as f:  # the test's probe, not the README's
         f.write("\nimport flower_chain\nfrom flwr.common.logger import log\n"
                 "log(20, 'flower_chain from %s', flower_chain.__file__)\n")
-    env = _venv_with(wheel, work, app)
+    env = _venv_with(work, app)
     link = LocalSuperLink(base_env=env, cwd=app, log_dir=work)
     try:
         bash(recipe("swap-install", "bash", **{"/abs/path": str(work)}), cwd=work, env=link.env,
@@ -315,8 +323,7 @@ def test_legacy_recipe(tmp_path):
     app = plain_app("quickstart_legacy", work, "swap-pyproject", "swap-legacy")
     link = LocalSuperLink(base_env=_clean_env(dict(os.environ)), cwd=app, log_dir=work)
     try:
-        bash(recipe("swap-install", "bash", **{"/abs/path": str(work)}).replace(
-            f"pip install {work}/{WHEEL}\n", ""), cwd=work, env=link.env, log=work / "keys.log")  # plugin: installed
+        bash(keys_only(work), cwd=work, env=link.env, log=work / "keys.log")
         out = bash(recipe("swap-run", "bash"), cwd=app, env=link.env, log=work / "flwr-run.log")
         run_id = run_id_of(out)
         assert link.status(run_id) == "finished:completed", out[-4000:]
@@ -362,8 +369,7 @@ def test_deployment_recipe(tmp_path):
     subs = {"/abs/path": str(work), "SERVER": "127.0.0.1", "9093": str(link_port), "9094": str(base)}
     started: list[int] = []  # process groups of the blocks, stopped in any case
     try:
-        bash(recipe("swap-install", "bash", **{"/abs/path": str(work)}).replace(
-            f"pip install {work}/{WHEEL}\n", ""), cwd=work, env=env, log=work / "keys.log")
+        bash(keys_only(work), cwd=work, env=env, log=work / "keys.log")
         bash(recipe("deployment-superlink", "bash", **{k: v for k, v in subs.items() if k in ("/abs/path", "9093")}),
              cwd=work, env=env, log=work / "superlink.log", background=started)
         wait_listening(link_port)
