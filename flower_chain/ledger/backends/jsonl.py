@@ -117,7 +117,10 @@ class JSONLLedger(Ledger):
                 rec = json.loads(raw)
             except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 raise LedgerCorruptError(f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)") from None
-            self._load_block(rec, lineno)
+            try:
+                self._load_block(rec, lineno)
+            except RecursionError:  # a value nested as deep as the parser allows, compared or shown
+                raise LedgerCorruptError(f"{self.path}: line {lineno} is nested too deeply") from None
             offset += len(raw) + 1
         if torn:
             msg = (f"{self.path}: the last line ({len(torn)} bytes at offset {offset}) is torn: an append was "
