@@ -212,7 +212,8 @@ def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs:
             "arrays_unchecked": report.arrays_unchecked, "client_cosignatures": report.client_cosignatures,
             "witnessed": witnessed.to_dict() if witnessed is not None else None,
             "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
-            "server_key_id": report.server_key_id, "secagg_rounds": report.secagg_rounds}
+            "server_key_id": report.server_key_id, "secagg_rounds": report.secagg_rounds,
+            "centralized_evaluations_unchecked": sorted(set(report.centralized_evaluations))}
 
 
 def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: bool, strict: bool) -> None:
@@ -240,6 +241,11 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
     if report.secagg_rounds:  # never a silent pass: say what this verify did not check
         out.print(f"not checked: the aggregate of {report.secagg_rounds} SecAgg+ rounds (no plaintext update is "
                   f"recorded): flower-chain ledger audit {uri} replays it", highlight=False)
+    central = report.centralized_evaluations
+    if central:  # the server evaluated its own model: no client signed these numbers
+        rounds = ", ".join(str(r) for r in sorted(set(central))[:20]) + (", ..." if len(set(central)) > 20 else "")
+        out.print(f"not checked: {len(central)} centralized evaluation results (rounds {rounds}) are unchecked "
+                  "claims of the server (no client signed them)", highlight=False)
     if unchecked and not failed:
         out.print(f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
                   + ("updates: add --blobs to check them against the stored arrays" if not blobs

@@ -155,7 +155,7 @@ class HeadWrongFederation(Finding):
 
 @dataclass(frozen=True)
 class ModelMismatch(Finding):
-    """A train instruction's global arrays are not the model the head block records."""
+    """A train or evaluate instruction's global arrays are not the model the head block records."""
 
     header: BlockHeader
     received_digest: bytes

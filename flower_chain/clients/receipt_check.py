@@ -8,7 +8,7 @@ node's previous updates. :class:`ReceiptChecker` asks, in order:
 1. **checkpoint** — is there one, under the pinned server key, for this log?
 2. **witnesses** — does it carry the quorum of trusted witnesses' cosignatures?
 3. **head** — is the signed head block the head of that log, for this
-   federation, and (train) does it record the global model received?
+   federation, and does it record the global model received (to train or evaluate)?
 4. **consistency** — does the log extend the last one this client saw?
 5. **receipts** — is every update this client sent since on the ledger, accepted?
 
@@ -218,7 +218,8 @@ class ReceiptChecker:
 
     def head(self, run: _Run) -> Step:
         """The head block header: signed by the server, the head of the checkpointed log, and (train) the
-        block whose ``model_after`` is the global model this client received. Its findings never stop the check."""
+        block whose ``model_after`` is the global model this client received (to train or to evaluate: an
+        evaluation of a model the ledger does not record is not bound to it). Its findings never stop the check."""
         cp = run.res.checkpoint
         assert cp is not None
         head = bytes(run.config.get(CTX_HEAD) or b"")
@@ -236,8 +237,8 @@ class ReceiptChecker:
         if header.federation_id != run.fid:
             return [HeadWrongFederation(header)], True
         run.res.header, run.res.head_hash = header, hashlib.sha256(head).digest()
-        if run.kind == "train" and header.model_after and run.received_digest is not None \
-                and run.received_digest != header.model_after:
+        if header.model_after and run.received_digest is not None \
+                and run.received_digest != header.model_after:  # train on it, or evaluate it: the same model
             return [ModelMismatch(header, run.received_digest)], True
         return [], True
 
@@ -292,7 +293,7 @@ class ReceiptChecker:
                 found.append(UpdateMissing(rnd, statement))
                 continue
             entry, text = got
-            self.store.save_receipt(run.fid, rnd, text)
+            self.store.save_receipt(run.fid, rnd, text, "evaluate" if entry.kind == "evaluate" else "train")
             if entry.verdict != ACCEPTED:
                 found.append(UpdateRejected(rnd, entry, text))
             else:

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flower_chain.ledger.checkpoint import Checkpoint
+from flower_chain.ledger.entries import UpdateStatement
+from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.writer import origin_for
 
@@ -45,7 +47,14 @@ CREATE TABLE IF NOT EXISTS counters (origin TEXT NOT NULL, name TEXT NOT NULL, n
 CREATE TABLE IF NOT EXISTS logs (origin TEXT PRIMARY KEY, checkpoint TEXT, deferred INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS pending (origin TEXT NOT NULL, round INTEGER NOT NULL, statement BLOB NOT NULL,
                                     PRIMARY KEY (origin, round));
+CREATE TABLE IF NOT EXISTS pending_replies (origin TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL,
+                                            statement BLOB NOT NULL, PRIMARY KEY (origin, round, kind));
+INSERT OR IGNORE INTO pending_replies (origin, round, kind, statement)
+    SELECT origin, round, 'train', statement FROM pending;
+DELETE FROM pending;
 """
+# ``pending`` (one train statement per round) is the table of stores written before evaluate replies got
+# receipts: its rows move to ``pending_replies`` (one statement per round and kind) when a store opens.
 
 
 def origin_dir_name(origin: str) -> str:
@@ -57,6 +66,14 @@ def origin_dir_name(origin: str) -> str:
     """
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", origin)[:48].lstrip(".") or "log"
     return f"{readable}-{hashlib.sha256(origin.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
+def _statement_kind(statement: bytes) -> str:
+    """The kind (``train``/``evaluate``) of a statement this client signed itself."""
+    try:
+        return UpdateStatement.from_bytes(bytes(statement)).kind
+    except (LedgerError, TypeError, ValueError):
+        return "train"
 
 
 def checkpoint_of(note: str) -> Checkpoint:
@@ -150,23 +167,27 @@ class ReceiptStore:
                          (origin, checkpoint, int(deferred)))
 
     def pending(self, origin: str) -> list[tuple[int, bytes]]:
-        """The (round, statement) pairs signed and not yet receipted, oldest first."""
-        rows = self._db.execute("SELECT round, statement FROM pending WHERE origin = ? ORDER BY round",
-                                (origin,)).fetchall()
+        """The (round, statement) pairs signed and not yet receipted (train and evaluate), oldest first."""
+        rows = self._db.execute("SELECT round, statement FROM pending_replies WHERE origin = ? ORDER BY round, kind "
+                                "DESC", (origin,)).fetchall()
         return [(int(r), bytes(s)) for r, s in rows]
 
     def drop_pending(self, origin: str, up_to_round: int) -> None:
         """Forget the pending statements of rounds up to ``up_to_round`` (their receipts were checked)."""
-        self._db.execute("DELETE FROM pending WHERE origin = ? AND round <= ?", (origin, int(up_to_round)))
+        self._db.execute("DELETE FROM pending_replies WHERE origin = ? AND round <= ?", (origin, int(up_to_round)))
 
     def record_pending(self, origin: str, server_round: int | None, statement: bytes | None) -> tuple[int, int]:
-        """Remember a signed train statement (if given); return (size last verified, first pending round)."""
+        """Remember a signed statement (train or evaluate, if given); return (size last verified, first pending
+        round)."""
+        kind = _statement_kind(statement) if statement is not None else ""
         with self._lock:  # single statements, each atomic: no explicit transaction needed
             if statement is not None:
-                self._db.execute("INSERT OR REPLACE INTO pending (origin, round, statement) VALUES (?, ?, ?)",
-                                 (origin, int(server_round), bytes(statement)))  # type: ignore[arg-type]
+                self._db.execute("INSERT OR REPLACE INTO pending_replies (origin, round, kind, statement) "
+                                 "VALUES (?, ?, ?, ?)",
+                                 (origin, int(server_round), kind, bytes(statement)))  # type: ignore[arg-type]
             note, _ = self.log_row(origin)
-            first = self._db.execute("SELECT MIN(round) FROM pending WHERE origin = ?", (origin,)).fetchone()[0]
+            first = self._db.execute("SELECT MIN(round) FROM pending_replies WHERE origin = ?",
+                                     (origin,)).fetchone()[0]
         seen = checkpoint_of(note).size if note else -1
         return seen, int(first) if first is not None else -1
 
@@ -207,9 +228,11 @@ class ReceiptStore:
                 self._log_dirs[federation_id] = d
         return d
 
-    def save_receipt(self, federation_id: str, server_round: int, text: str) -> None:
-        """Keep the receipt of a round's update as ``round-<R>.proof``."""
-        (self.log_dir(federation_id) / f"round-{int(server_round)}.proof").write_text(text)
+    def save_receipt(self, federation_id: str, server_round: int, text: str, kind: str = "train") -> None:
+        """Keep the receipt of a round's update as ``round-<R>.proof`` (an evaluate reply's as
+        ``round-<R>-evaluate.proof``)."""
+        name = f"round-{int(server_round)}" + ("" if kind == "train" else "-evaluate")
+        (self.log_dir(federation_id) / f"{name}.proof").write_text(text)
 
     def append_error(self, federation_id: str, message: str) -> str:
         """Count an error of a log and append it to its ``errors.log``; return the (escaped) line written."""

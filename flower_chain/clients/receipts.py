@@ -22,7 +22,7 @@ the directory of one client key (``receipts/<key id>/``):
   verify``) — and ``errors.log``, every problem found.
 
 An error is: a checkpoint or head header whose signature fails; a head
-header that is not the head of the checkpointed log; a train instruction
+header that is not the head of the checkpointed log; a train or evaluate instruction
 whose global model is not the one the head block records (``model_after``);
 a log that is not an extension of the last one seen (a rewritten or forked
 history); an update missing from the ledger (dropped) or recorded as
@@ -153,7 +153,7 @@ class ReceiptKeeper:
         return read_counts(self.dir, federation_id)
 
     def record(self, federation_id: str, server_round: int | None, statement: bytes | None) -> tuple[int, int]:
-        """Remember a signed train statement (if given) until its receipt arrives.
+        """Remember a signed statement (train or evaluate) (if given) until its receipt arrives.
 
         Returns
         -------
@@ -164,7 +164,7 @@ class ReceiptKeeper:
         return self.store.record_pending(origin_for(federation_id), server_round, statement)
 
     def remember(self, federation_id: str, server_round: int, statement: bytes) -> None:
-        """Record a signed train statement: its receipt is expected with a following instruction."""
+        """Record a signed statement (train or evaluate): its receipt is expected with a following instruction."""
         self.record(federation_id, server_round, statement)
 
     def seen_size(self, federation_id: str) -> int:

@@ -153,7 +153,7 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
         The client's signing key.
     keeper : ReceiptKeeper, optional
         When given, its receipt counters for the federation are added to the reply's metrics
-        before signing, and a train statement is remembered for its receipt.
+        before signing, and the statement (train or evaluate) is remembered for its receipt.
     base_digest : bytes, optional
         Array digest of the arrays ``msg`` carries, when the caller computed it already.
     incoming : tuple, optional
@@ -188,8 +188,9 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
     signature = key.sign(statement)
     seen, pending = -1, -1
     if keeper is not None:
-        train = kind == "train"
-        seen, pending = keeper.record(ctx.federation_id, ctx.round if train else None, statement if train else None)
+        # every signed reply, train or evaluate, waits for its receipt: a poor evaluation recorded as
+        # rejected or dropped is found like a censored update
+        seen, pending = keeper.record(ctx.federation_id, ctx.round, statement)
     if legacy:
         rec = _metrics_record(reply, kind, legacy)
         rec[LEGACY_STATEMENT] = statement

@@ -20,8 +20,9 @@ Rules, in order (the first that fails is the reply's reason):
 5. ``wrong-round`` (kind or round), ``wrong-federation``;
 6. ``stale-parent``: the statement names another ledger head than the one the
    round was configured on (the block's ``prev_hash``);
-7. ``wrong-base-model`` (train): the client trained on other arrays than the
-   round's global model (the block's ``model_before``);
+7. ``wrong-base-model``: the client trained on (train) or evaluated (evaluate) other arrays than
+   the round's global model (the block's ``model_before``; an evaluate block records the model it
+   evaluates as both ``model_before`` and ``model_after``);
 8. ``digest-mismatch`` (arrays), ``num-examples-mismatch``,
    ``digest-mismatch`` (metrics);
 9. ``malformed``: num-examples given but not positive; a metric that is not finite; (train) array names, shapes or
@@ -83,7 +84,8 @@ class RoundRules:
     parent : bytes
         Hash of the ledger head the round was configured on (the block's ``prev_hash``).
     base_digest : bytes
-        Array digest of the round's global model (train; the block's ``model_before``).
+        Array digest of the round's global model, the one trained on or evaluated (the block's
+        ``model_before``).
     keys : Mapping[str, bytes]
         The genesis keyring: key id -> raw Ed25519 public key.
     revoked : frozenset[str]
@@ -183,8 +185,9 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
         return v("wrong-round", f"statement is for round {st.round}, this is round {rules.round}")
     if st.parent != rules.parent:
         return v("stale-parent", "statement names another ledger head than the one this round was built on")
-    if rules.kind == "train" and st.base_digest != rules.base_digest:
-        return v("wrong-base-model", "the client trained on other arrays than this round's global model")
+    if st.base_digest != rules.base_digest:
+        did = "trained on" if rules.kind == "train" else "evaluated"
+        return v("wrong-base-model", f"the client {did} other arrays than this round's global model")
     if st.arrays_digest != ev.arrays_digest:
         return v("digest-mismatch", "the arrays differ from the ones the client signed")
     if st.num_examples != ev.num_examples:

@@ -69,7 +69,7 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
         with_arrays = blobs or any(signed_malformed)
         rules = policy.RoundRules(
             federation_id=genesis.federation_id, kind=kind, round=h.round, parent=h.prev_hash,
-            base_digest=h.model_before if kind == "train" else b"", keys=genesis.client_keys, revoked=revoked,
+            base_digest=h.model_before, keys=genesis.client_keys, revoked=revoked,
             template=_template(ledger, h.model_before, with_arrays) if kind == "train" else None)
         evidence = []
         for (_, e), evidence_needed in zip(group, signed_malformed):

@@ -49,6 +49,7 @@ from flower_chain.ledger.entry_checks import check_entries
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.rederive import rederive_block
+from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.writer import digest_version_of, origin_for
 
 
@@ -89,6 +90,9 @@ class VerifyReport:
     arrays_unchecked: int = 0
     #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
     blob_problems: list = field(default_factory=list)
+    #: centralized evaluation summaries: the server's own claim about the model (no client signed them), not
+    #: checked by verify; by round
+    centralized_evaluations: list = field(default_factory=list)
     #: SecAgg+ rounds whose aggregate changed the model with no plaintext update: not checked by verify,
     #: replayed by ``flower-chain ledger audit`` (:func:`flower_chain.audit.secagg.audit_secagg`)
     secagg_rounds: int = 0
@@ -115,6 +119,7 @@ class Walk:
     revoked: set[str] = field(default_factory=set)
     rounds: set[int] = field(default_factory=set)
     secagg_result: bool = False  # the block being checked holds a successful SecAgg+ result
+    evaluated_rounds: set[int] = field(default_factory=set)  # rounds whose federated evaluation summary was seen
 
 
 def verify(
@@ -198,7 +203,7 @@ def check_block(ledger: Ledger, height: int, block: StoredBlock, w: Walk) -> Non
     check_model_chain(h, updates, w)
     if updates and w.client_signatures:  # the block is authentic: now, did the server follow its rules?
         rederive_block(ledger, h, updates, genesis, revoked_before, w.report, w.blobs)
-    check_evaluation_summaries(h, updates, summaries)
+    check_evaluation_summaries(h, updates, summaries, w)
     if w.blobs and height:
         check_blobs(ledger, h, w.report)
     w.last_model = h.model_after or w.last_model
@@ -307,15 +312,46 @@ def check_model_chain(h: BlockHeader, updates: list[tuple[int, UpdateEntry]], w:
 
 
 def check_evaluation_summaries(h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
-                               summaries: list[tuple[int, EvaluationEntry]]) -> None:
-    """A federated evaluation summary counts exactly the block's accepted evaluate replies."""
-    if not (summaries and updates):
-        return
-    accepted_eval = sum(e.kind == "evaluate" and e.verdict == ACCEPTED for _, e in updates)
+                               summaries: list[tuple[int, EvaluationEntry]], w: Walk) -> None:
+    """(``full``) evaluation summaries are bound to their block: each names the block's round and a known
+    source; a block with evaluate replies holds exactly one ``federated`` summary, counting exactly its
+    accepted evaluate replies, and a round has at most one; a federated summary stands beside its evaluate
+    replies, a ``centralized`` one (the server's own claim, listed in ``centralized_evaluations``) beside none."""
+    evaluate = [e for _, e in updates if e.kind == "evaluate"]
+    federated = [(i, ev) for i, ev in summaries if ev.source == "federated"]
     for i, ev in summaries:
-        if ev.source == "federated" and ev.num_replies != accepted_eval:
-            raise VerificationError(f"the federated evaluation summary counts {ev.num_replies} replies, "
-                                    f"the block accepted {accepted_eval}", height=h.height, entry=i)
+        if ev.round != h.round:
+            raise VerificationError(f"an evaluation summary of round {ev.round} in a block of round {h.round}",
+                                    height=h.height, entry=i)
+        if ev.source not in ("federated", "centralized"):
+            raise VerificationError(f"an evaluation summary of unknown source {safe_text(ev.source, 40)!r}",
+                                    height=h.height, entry=i)
+        if ev.source == "centralized":
+            if evaluate or ev.num_replies:
+                raise VerificationError("a centralized evaluation summary beside evaluate replies or counting "
+                                        f"{ev.num_replies} of them: a federated result labelled as the server's",
+                                        height=h.height, entry=i)
+            w.report.centralized_evaluations.append(h.round)
+    if len(federated) > 1:
+        raise VerificationError(f"{len(federated)} federated evaluation summaries in one block (one per round)",
+                                height=h.height, entry=federated[1][0])
+    if evaluate and not federated:
+        raise VerificationError(f"the block records {len(evaluate)} evaluate replies but no federated evaluation "
+                                "summary of them", height=h.height)
+    if not federated:
+        return
+    i, ev = federated[0]
+    if not evaluate:
+        raise VerificationError("a federated evaluation summary in a block without evaluate replies: nothing "
+                                "the clients sent supports it", height=h.height, entry=i)
+    if h.round in w.evaluated_rounds:
+        raise VerificationError(f"a second federated evaluation summary for round {h.round}",
+                                height=h.height, entry=i)
+    w.evaluated_rounds.add(h.round)
+    accepted_eval = sum(e.verdict == ACCEPTED for e in evaluate)
+    if ev.num_replies != accepted_eval:
+        raise VerificationError(f"the federated evaluation summary counts {ev.num_replies} replies, "
+                                f"the block accepted {accepted_eval}", height=h.height, entry=i)
 
 
 def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:

@@ -188,7 +188,10 @@ class LedgerCore:
                 "give a new ledger (run.py: another --ledger or --out; in a Flower App a URI with {run_id}, e.g. "
                 "'sqlite:////absolute/path/ledger-{run_id}.db', makes one per run). Nothing was written")
         parent = self.writer.head_hash
-        rules = self.judge.begin(self.federation_id, kind, server_round, parent, arrays)
+        # an evaluate round is judged against the model the ledger records (its block's model_before/after),
+        # not against whatever arrays the strategy sends: an evaluation of another model is not bound
+        base = self.model_digest if kind == "evaluate" else b""
+        rules = self.judge.begin(self.federation_id, kind, server_round, parent, arrays, base_digest=base)
         self._parents[(kind, int(server_round))] = parent
         if kind == "train" and arrays is not None:
             self._dtypes[int(server_round)] = [np.asarray(a).dtype for _, a in arrays]
@@ -210,7 +213,7 @@ class LedgerCore:
         replies = list(replies)
         if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
             parent = self.writer.head_hash  # the head they would be recorded after and the model the block starts
-            base = self.model_digest if kind == "train" else b""  # from, as the auditor re-derives them
+            base = self.model_digest  # from, as the auditor re-derives them
             try:  # its arrays give the round's template; a model not stored leaves the template unknown
                 model = self.recorder.stored(base, "global model") if base else None
             except LedgerError:

@@ -113,11 +113,16 @@ class Judge:
               arrays: NamedArrays | None, base_digest: bytes = b"") -> policy.RoundRules:
         """Remember a round's rules: the head it was configured on and (train) the global model.
 
-        ``base_digest``: the global model's digest when its arrays are not at hand (no template then).
+        ``base_digest``: the global model's digest when its arrays are not at hand (no template then);
+        for an evaluate round, the recorded model's digest, which the rules keep whatever arrays are given.
         """
+        if kind == "evaluate" or arrays is None:
+            base = base_digest
+        else:
+            base = array_digest(arrays)
         rules = policy.RoundRules(
             federation_id=federation_id, kind=kind, round=int(server_round), parent=parent,
-            base_digest=array_digest(arrays) if arrays is not None else base_digest, keys=self.keys,
+            base_digest=base, keys=self.keys,
             revoked=frozenset(self.revoked), template=array_meta(arrays) if arrays is not None else None)
         self._rounds[(kind, int(server_round))] = rules
         return rules

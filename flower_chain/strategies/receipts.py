@@ -3,7 +3,7 @@
 * the signed checkpoint of the head and the head block's signed header (the
   client checks that the model it receives is the head's ``model_after``);
 * a consistency proof from the checkpoint size the node last confirmed;
-* C2SP tlog-proofs of the node's earlier train updates it asked for.
+* C2SP tlog-proofs of the node's earlier train and evaluate replies it asked for.
 
 Only replies whose signature verified move a node's state (an unverified
 reply naming a victim's key id gets nothing of the victim's). Updates are
@@ -49,7 +49,7 @@ ENTRY_RUN = 1024
 
 
 class ReceiptServer:
-    """Per-node receipt state and the (key id, round) index of train updates.
+    """Per-node receipt state and the (key id, round) index of train and evaluate updates.
 
     Parameters
     ----------
@@ -74,9 +74,9 @@ class ReceiptServer:
         self.last_round = 0
 
     def index_entry(self, index: int, entry: UpdateEntry, current: bool) -> None:
-        """Index a train update carrying its key's own statement for the round (``current``: it verified and
-        names this federation, round and kind — replays of older statements never crowd the slot)."""
-        if entry.kind == "train" and entry.key_id and current:
+        """Index a train or evaluate update carrying its key's own statement for the round (``current``: it
+        verified and names this federation, round and kind — replays of older statements never crowd the slot)."""
+        if entry.kind in ("train", "evaluate") and entry.key_id and current:
             slot = self.update_index.setdefault((entry.key_id, int(entry.round)), [])
             if len(slot) < MAX_PER_ROUND:
                 slot.append(index)

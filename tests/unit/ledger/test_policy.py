@@ -137,11 +137,15 @@ def test_rule_6_stale_parent(nodes):
     assert v.reason == "stale-parent" and v.statement_ok
 
 
-def test_rule_7_wrong_base_model_for_train_only(nodes):
+def test_rule_7_wrong_base_model_for_train_and_evaluate(nodes):
+    # issue 19 item 2: an evaluation of another model than the round's is not bound to the ledger (this test
+    # asserted [OK, OK, OK] for evaluate before: the rule was train-only)
     other_base = hashlib.sha256(b"another model").digest()
     assert only(nodes, nodes[0].evidence(base=other_base)).reason == "wrong-base-model"
     evaluate = [n.evidence(kind="evaluate", base=other_base if i == 0 else BASE) for i, n in enumerate(nodes)]
-    assert [v.reason for v in judge(nodes, evaluate, kind="evaluate")] == [OK, OK, OK]
+    got = judge(nodes, evaluate, kind="evaluate")
+    assert [v.reason for v in got] == ["wrong-base-model", OK, OK]
+    assert "evaluated other arrays" in got[0].detail
 
 
 def test_rule_8_digest_mismatch_of_the_arrays(nodes):
