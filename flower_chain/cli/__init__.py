@@ -65,6 +65,7 @@ from flower_chain.cli.keys import keys_app  # noqa: E402
 from flower_chain.cli.ledger import ledger_app  # noqa: E402
 from flower_chain.cli.model import model_app  # noqa: E402
 from flower_chain.cli.proof import proof_app  # noqa: E402
+from flower_chain.cli.receipts import receipts_app  # noqa: E402
 from flower_chain.cli.report import report_cmd  # noqa: E402
 from flower_chain.cli.serve import serve_command, witness_app  # noqa: E402
 
@@ -72,6 +73,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(model_app, name="model")
 app.add_typer(proof_app, name="proof")
+app.add_typer(receipts_app, name="receipts")
 app.command("report")(report_cmd)
 app.command("serve")(serve_command)
 app.add_typer(witness_app, name="witness")

@@ -127,6 +127,7 @@ class _Run:
     key: bytes = b""
     previous: str | None = None
     deferred: bool = False
+    deferring: bool = False  # this instruction's consistency check is deferred (the receipts step still runs)
 
     @property
     def origin(self) -> str:
@@ -249,12 +250,15 @@ class ReceiptChecker:
         sent_from = int(run.config.get(CTX_CONSISTENCY_FROM, -1))
         if previous is not None and sent_from == -1:
             # The server does not know this node yet (it restarted; node ids changed): it learns the
-            # checkpoint this client saw from the client's reply. Allowed once in a row, never twice.
-            if not run.deferred:
+            # checkpoint this client saw from the client's reply. Allowed once per log, never again (an old
+            # checkpoint sent again cannot re-arm it); the receipts it does send are still checked.
+            if not run.deferred and self.store.deferrals(run.origin) == 0:
                 self.store.set_log(run.origin, previous, True)
-                log.info("flower-chain: the server does not know this client yet; checks deferred to the next "
-                         "instruction")
-                return [], False
+                self.store.bump(run.origin, "deferrals")
+                log.info("flower-chain: the server does not know this client yet; the consistency check is "
+                         "deferred to the next instruction")
+                run.deferring = True
+                return [], True
             return [ForkSuspected(previous, note)], False
         if previous is not None and note != previous:
             blob = bytes(run.config.get(CTX_CONSISTENCY, b""))
@@ -290,7 +294,8 @@ class ReceiptChecker:
         for rnd, statement in pending:  # every update this client sent before this instruction must be on the ledger
             got = proven.get(statement)
             if got is None:
-                found.append(UpdateMissing(rnd, statement))
+                if not run.deferring:  # a server that does not know this node yet has not been asked: kept pending
+                    found.append(UpdateMissing(rnd, statement))
                 continue
             entry, text = got
             self.store.save_receipt(run.fid, rnd, text, "evaluate" if entry.kind == "evaluate" else "train")
@@ -298,7 +303,10 @@ class ReceiptChecker:
                 found.append(UpdateRejected(rnd, entry, text))
             else:
                 self.store.bump(run.origin, "receipts")
-        self.store.drop_pending(run.origin, pending[-1][0])
+            if run.deferring:
+                self.store.drop_statement(run.origin, rnd, statement)
+        if not run.deferring:
+            self.store.drop_pending(run.origin, pending[-1][0])
         return found, True
 
     def _receipt(self, run: _Run, text: str, found: list[Finding]) -> UpdateEntry | None:

@@ -176,6 +176,11 @@ class ReceiptStore:
         """Forget the pending statements of rounds up to ``up_to_round`` (their receipts were checked)."""
         self._db.execute("DELETE FROM pending_replies WHERE origin = ? AND round <= ?", (origin, int(up_to_round)))
 
+    def drop_statement(self, origin: str, server_round: int, statement: bytes) -> None:
+        """Forget one pending statement (its receipt was checked)."""
+        self._db.execute("DELETE FROM pending_replies WHERE origin = ? AND round = ? AND statement = ?",
+                         (origin, int(server_round), bytes(statement)))
+
     def record_pending(self, origin: str, server_round: int | None, statement: bytes | None) -> tuple[int, int]:
         """Remember a signed statement (train or evaluate, if given); return (size last verified, first pending
         round)."""
@@ -196,6 +201,12 @@ class ReceiptStore:
         """Add one to a counter (``receipts`` or ``errors``) of a log."""
         self._db.execute("INSERT INTO counters (origin, name, n) VALUES (?, ?, 1) "
                          "ON CONFLICT (origin, name) DO UPDATE SET n = n + 1", (origin, name))
+
+    def deferrals(self, origin: str) -> int:
+        """How often the check of this log was deferred (a server that did not know the client; inside
+        :meth:`transaction`)."""
+        row = self._db.execute("SELECT n FROM counters WHERE origin = ? AND name = 'deferrals'", (origin,)).fetchone()
+        return int(row[0]) if row else 0
 
     def counters(self, origin: str) -> dict[str, int]:
         """The counters of one log (one statement: a consistent read)."""
