@@ -73,8 +73,6 @@ def test_a_new_ledger_is_v2_and_its_models_are_addressed_by_the_v2_digest(tmp_pa
         ledger.close()
 
 
-@pytest.mark.xfail(strict=True, reason="verify.py checks blob addresses with hashlib.sha256 (v1): "
-                                       "needs /work/notes/requests-D.md R1; remove this marker once it lands")
 def test_a_v2_ledger_with_a_model_over_one_chunk_verifies_with_its_blobs(tmp_path):
     uri = f"sqlite:///{tmp_path}/v2-blobs.db"
     run_rounds(uri)
@@ -125,8 +123,16 @@ def test_a_0d_array_is_stored_with_its_shape_in_a_v2_blob(tmp_path):
         ledger.close()
 
 
-@pytest.mark.xfail(strict=True, reason="ledger_strategy.py re-serializes the aggregate with np.ascontiguousarray, "
-                                       "which makes a 0-d array shape (1,): every reply of round 2 is then rejected "
-                                       "as malformed; /work/notes/requests-D.md R8; remove this marker once it lands")
-def test_a_model_with_a_0d_array_trains_two_rounds(tmp_path):
-    run_rounds(f"sqlite:///{tmp_path}/v2-scalar-2.db", rounds=2, shapes=WITH_SCALAR)
+def test_a_model_with_a_0d_array_trains_two_rounds_verifies_and_replays(tmp_path):
+    from flower_chain.audit.replay import audit
+
+    uri = f"sqlite:///{tmp_path}/v2-scalar-2.db"
+    _, current = run_rounds(uri, rounds=2, shapes=WITH_SCALAR)
+    assert current["bn.num_batches_tracked"].shape == ()  # the global model keeps the 0-d counter's shape
+    ledger = open_ledger(uri)
+    try:
+        verify(ledger, client_signatures=True, blobs=True)
+        report = audit(ledger)
+        assert not report.mismatches and len(report.rederived) >= 2, report
+    finally:
+        ledger.close()
