@@ -4,6 +4,7 @@
     python run.py                                   # 10 clients, MNIST, 5 rounds, ledger on
     python run.py --dataset fashion-mnist --partition dirichlet --alpha 0.3
     python run.py --mode deployment --num-clients 2 --rounds 1
+    python run.py --secure-aggregation              # SecAgg+: the server never sees an update
 
 Writes ``metrics.json``, ``model.npz`` and (unless ``--no-ledger``) the round
 ledger into ``--out``. Bad input ends with one line on stderr and exit code 2.
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-fee", default="auto", help="auto | eip1559 | legacy | zero")
     p.add_argument("--verbose", action="store_true", help="print Flower's own log (default: one line per round; "
                    "the log goes to OUT/flwr-run.log)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="SecAgg+ (Flower's legacy path, every stage signed and on the ledger): the server sees\n"
+                   "only masked updates and their sum; needs the ledger, fedavg and at least 3 clients")
     p.add_argument("--scenario", default="", choices=["", "attacks"],
                    help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
     return p.parse_args(argv)
@@ -95,6 +99,8 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(f"unknown attack {args.attack!r}; choose one of {', '.join(ATTACKS)}")
     if args.attack and not 0 < args.attackers < args.num_clients:
         raise UsageError(f"--attackers must be between 1 and {args.num_clients - 1} with --attack")
+    if args.secure_aggregation:
+        secagg_usage(args)
     out = Path(args.out).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +146,7 @@ def validate(args: argparse.Namespace) -> dict:
         "anchor-confirmations": args.anchor_confirmations,
         "anchor-poa": bool(args.anchor_poa),
         "anchor-fee": args.anchor_fee,
+        "secure-aggregation": bool(args.secure_aggregation),
     }
     if args.anchor:
         try:
@@ -178,6 +185,18 @@ def validate(args: argparse.Namespace) -> dict:
             raise UsageError(str(e)) from e
         overrides.update({"ledger": ledger, "keys-dir": str(keys), "federation-id": "" if args.ledger else federation})
     return overrides
+
+
+def secagg_usage(args: argparse.Namespace) -> None:
+    """What ``--secure-aggregation`` cannot be combined with (a UsageError naming it)."""
+    clash = [flag for flag, on in (("--no-ledger", args.no_ledger), ("--attack", args.attack),
+                                   ("--resume", args.resume), ("--scenario", args.scenario)) if on]
+    if clash:
+        raise UsageError(f"--secure-aggregation cannot be combined with {', '.join(clash)}")
+    if args.strategy != "fedavg":
+        raise UsageError("--secure-aggregation aggregates by the protocol's weighted average: use --strategy fedavg")
+    if args.num_clients < 3:
+        raise UsageError(f"--secure-aggregation needs at least 3 clients, got {args.num_clients}")
 
 
 # --- simulation ------------------------------------------------------------------------------------------

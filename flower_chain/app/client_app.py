@@ -2,6 +2,8 @@
 
 Each node trains on the partition ``context.node_config["partition-id"]`` of
 ``["num-partitions"]``; dataset and hyper-parameters come from the run config.
+With ``secure-aggregation`` in the run config every message goes to the legacy
+SecAgg+ ClientApp of :mod:`flower_chain.app.secagg_client` instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ def _setup(msg: Message, context: Context, overrides: Mapping[str, Any] | None):
     return cfg, pid, part, net
 
 
+def _secure_aggregation_router(overrides: Mapping[str, Any] | None):
+    """A mod handing every message of a ``secure-aggregation`` run to the legacy SecAgg+ ClientApp.
+
+    One component (``[tool.flwr.app.components]``) serves both paths: the Message-API app below, and
+    :func:`flower_chain.app.secagg_client.make_secagg_client_app` (``NumPyClient``, ``mods=[signing_mod,
+    secagg_mod]``) when the run config turns secure aggregation on.
+    """
+    secagg_app: list[ClientApp] = []
+
+    def router(msg: Message, context: Context, call_next) -> Message:
+        if not resolve(context.run_config, overrides).get("secure-aggregation"):
+            return call_next(msg, context)
+        if not secagg_app:
+            from flower_chain.app.secagg_client import make_secagg_client_app  # noqa: PLC0415
+
+            secagg_app.append(make_secagg_client_app(overrides))
+        return secagg_app[0](msg, context)
+
+    return router
+
+
 def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence | None = None) -> ClientApp:
     """Build the ClientApp; ``overrides`` win over the run config.
 
@@ -41,7 +64,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence |
     if mods is None:
         ov = overrides or {}
         mods = [make_client_mod(ov.get("attack"), ov.get("attackers"))]
-    app = ClientApp(mods=list(mods))
+    app = ClientApp(mods=[_secure_aggregation_router(overrides), *mods])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

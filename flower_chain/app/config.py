@@ -40,6 +40,11 @@ DEFAULTS: dict[str, Any] = {
     "anchor-confirmations": 0,
     "anchor-poa": False,
     "anchor-fee": "auto",
+    "secure-aggregation": False,  # Flower's legacy SecAgg+ path (flower_chain.app.secagg_server)
+    "secagg-num-shares": 5,
+    "secagg-threshold": 3,
+    "secagg-drop": "",  # tests/demos: "STAGE:PARTITION ..." (flower_chain.app.secagg_client)
+    "secagg-plaintext-dir": "",  # tests only: where nodes save their plaintext models
 }
 
 

@@ -2,7 +2,9 @@
 
 The strategy is built by :func:`build_strategy`; with the ledger on (the
 default) FedAvg is wrapped in :class:`~flower_chain.strategies.LedgerStrategy`,
-with ``no-ledger`` it runs as plain Flower for comparison.
+with ``no-ledger`` it runs as plain Flower for comparison. With
+``secure-aggregation`` the run takes Flower's legacy SecAgg+ path instead
+(:mod:`flower_chain.app.secagg_server`).
 """
 
 from __future__ import annotations
@@ -126,7 +128,12 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = resolve(context.run_config, overrides)
-        run_federation(grid, cfg)
+        if cfg.get("secure-aggregation"):  # Flower's legacy SecAgg+ path (LegacyContext + DefaultWorkflow)
+            from flower_chain.app.secagg_server import run_secagg_federation  # noqa: PLC0415
+
+            run_secagg_federation(grid, context, cfg)
+        else:
+            run_federation(grid, cfg)
 
     return app
 

@@ -41,13 +41,12 @@ def prepare_keys(keys_dir: str | Path, num_clients: int) -> Path:
     return keyring
 
 
-def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
-                     num_nodes: int = 0) -> tuple[Strategy, dict[str, Any]]:
-    """``inner`` itself when ``no-ledger`` is set, else ``LedgerStrategy(inner)`` on the configured ledger."""
-    if cfg.get("no-ledger"):
-        return inner, {"ledger": None}
-    from flower_chain.strategies.ledger_strategy import LedgerStrategy
+def ledger_location(cfg: Mapping[str, Any], out_dir: Path, num_nodes: int = 0) -> tuple[str, str | None, Path]:
+    """``(ledger URI, federation id or None, keys directory)`` of the configured ledger.
 
+    Creates the demo keys on a federation's first run (``num_nodes`` of them) when ``keys-dir`` has none;
+    with no ``ledger`` in the config, a new SQLite ledger per run in ``out_dir``, named after its federation.
+    """
     keys = Path(str(cfg.get("keys-dir") or out_dir / "keys"))
     if not (keys / "keyring").is_dir() or not (keys / "server" / f"{SERVER_KEY}.key").is_file():
         if not num_nodes:
@@ -58,6 +57,17 @@ def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
     if not uri:  # a new ledger per run, named after its federation
         fed = fed or f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
         uri = file_uri("sqlite", out_dir / f"ledger-{fed}.db")
+    return uri, fed, keys
+
+
+def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
+                     num_nodes: int = 0) -> tuple[Strategy, dict[str, Any]]:
+    """``inner`` itself when ``no-ledger`` is set, else ``LedgerStrategy(inner)`` on the configured ledger."""
+    if cfg.get("no-ledger"):
+        return inner, {"ledger": None}
+    from flower_chain.strategies.ledger_strategy import LedgerStrategy
+
+    uri, fed, keys = ledger_location(cfg, out_dir, num_nodes)
     strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "keyring",
                               server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
                               store_client_updates=True if cfg.get("store-client-updates") else None,
