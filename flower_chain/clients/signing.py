@@ -17,6 +17,9 @@ server replies pass through untouched. The signed statement covers the
 federation, round, ledger head, the digest of the global arrays the client
 actually received, the digest of the arrays it returns, num-examples and a
 digest of its metrics. It needs neither torch nor a particular ML framework.
+The global model received is hashed on a background thread while the
+ClientApp trains, and checked (receipts) before the reply is signed, so only
+the update's digest is left after training.
 
 Clients as witnesses: when every receipt check of an instruction passed (the
 checkpoint verified and extends the last one this client saw), the reply also
@@ -60,6 +63,7 @@ from flower_chain.clients.settings import (  # noqa: F401 - the settings' names 
     receipts_dir as _receipts_dir,
     witness_settings,
 )
+from flower_chain.ledger.arrays import digest_in_background
 from flower_chain.ledger.cosignature import client_cosigner_name, note_body, sign_cosignature
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
@@ -78,6 +82,7 @@ from flower_chain.wire import (
     SIGNATURE,
     STATEMENT,
     LedgerContext,
+    arrays_of,
     num_examples_of,
     plain_metrics,
     record_digest,
@@ -270,14 +275,20 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             log.info("flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
                      path if path is not None else "given to make_signing_mod")
         signer, keeper, anchors = cache[cache_key]
-        base_digest = record_digest(received) if received is not None else b""  # hashed once: checked and signed
+        # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
+        # only the update's digest is left after training. The arrays are views of the message's immutable
+        # bytes, taken here before training (a ClientApp that replaces record entries changes nothing).
+        pending = digest_in_background(arrays_of(received)) if received is not None else None
         result: CheckResult | None = None
-        if keeper is not None:
-            result = keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
-                                  received_digest=base_digest if received is not None else None)
-            if anchors is not None:
-                keeper.check_anchor(ctx.federation_id, result, anchors)
-        reply = call_next(msg, context)
+        try:
+            reply = call_next(msg, context)
+        finally:  # checked before signing; the receipt checks are recorded even when the ClientApp raises
+            base_digest = pending.result() if pending is not None else b""  # hashed once: checked and signed
+            if keeper is not None:
+                result = keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
+                                      received_digest=base_digest if received is not None else None)
+                if anchors is not None:
+                    keeper.check_anchor(ctx.federation_id, result, anchors)
         if result is not None and not result.witnessed:
             log.error("flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",
                       ctx.round)

@@ -1,0 +1,75 @@
+"""The signing mod hashes the global model it received while the ClientApp trains (issue 21 §2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from flower_chain.clients import signing
+from flower_chain.ledger.entries import UpdateStatement
+from flower_chain.wire import SIG_RECORD, STATEMENT, record_digest
+from tests.support.fl_helpers import FakeGrid, context, fedavg, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _instruction():
+    from flower_chain.strategies import LedgerStrategy
+
+    key = Ed25519PrivateKey.generate()
+    from flower_chain.ledger.keys import key_id, raw_public
+
+    strategy = LedgerStrategy(fedavg(), ledger="memory:", keyring={key_id(key): raw_public(key)},
+                              server_key=Ed25519PrivateKey.generate(), federation_id="fed-bg")
+    msg = next(iter(strategy.configure_train(1, model(0), ConfigRecord({}), FakeGrid([101]))))
+    return strategy, key, msg
+
+
+def model(seed: int) -> ArrayRecord:
+    """2.4 MB (three v2 chunks) and a 0-d counter."""
+    return ArrayRecord({"w": Array(np.random.default_rng(seed).standard_normal(600_000).astype(np.float32)),
+                        "n": Array(np.asarray(seed, np.int64))})
+
+
+def test_the_received_model_is_hashed_before_training_ends_and_signed_in_the_ledger_version(monkeypatch):
+    strategy, key, msg = _instruction()
+    started = []
+    real = signing.digest_in_background
+
+    def spy(named, *version):
+        started.append(version or (2,))
+        return real(named, *version)
+
+    monkeypatch.setattr(signing, "digest_in_background", spy)
+    out = model(7)
+
+    def train(m, c):
+        assert started == [(2,)], "the received model's digest must start before training"
+        return train_reply(m, out, 10)
+
+    reply = signing.make_signing_mod(key)(msg, context(101), train)
+    st = UpdateStatement.from_bytes(reply.content[SIG_RECORD][STATEMENT])
+    assert st.base_digest == record_digest(msg.content["arrays"]) and st.arrays_digest == record_digest(out)
+    aggregated, _ = strategy.aggregate_train(1, [reply])  # accepted: the server hashes in the same version
+    assert aggregated is not None
+
+
+def test_receipt_checks_are_recorded_even_when_the_client_app_raises(tmp_path, monkeypatch):
+    _, key, msg = _instruction()
+    checked = []
+    real = signing.ReceiptKeeper.check
+
+    def spy(self, *a, **kw):
+        checked.append(kw.get("received_digest"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(signing.ReceiptKeeper, "check", spy)
+
+    def broken(m, c):
+        raise RuntimeError("training failed")
+
+    with pytest.raises(RuntimeError, match="training failed"):
+        signing.make_signing_mod(key, receipts_dir=tmp_path)(msg, context(101), broken)
+    assert checked == [record_digest(msg.content["arrays"])]
