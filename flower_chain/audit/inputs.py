@@ -26,6 +26,7 @@ import numpy as np
 
 from flower_chain.ledger.arrays import array_digest, array_meta, decode_arrays, first_nonfinite, stream_digest
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.blobs import MISSING, BlobError, read_arrays
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import GenesisEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
@@ -80,12 +81,13 @@ class Inputs:
         return array_digest(named, self.version)
 
     def arrays(self, digest: bytes, what: str) -> Named:
-        """Arrays stored (in plaintext) under ``digest``, the blob checked against it."""
+        """Arrays stored (in plaintext) under ``digest``, through the one blob reader (address checked)."""
         try:
-            data = self.ledger.get_blob(digest)
-        except LedgerError:
-            raise Missing(f"the {what} {digest.hex()[:16]} is not in the blob store", absent=True) from None
-        return self._decoded(data, digest, f"stored {what}")
+            return read_arrays(self.ledger, digest, what, self.version)
+        except BlobError as e:
+            if e.kind == MISSING:
+                raise Missing(f"the {e}", absent=True) from None
+            raise Altered(str(e)) from None
 
     def _decoded(self, data: bytes, digest: bytes, what: str) -> Named:
         if content_digest(data, self.version) != digest:
@@ -104,7 +106,7 @@ class Inputs:
         digest = entry.arrays_digest
         try:
             if self.ledger.has_blob(digest):
-                return self._decoded(self.ledger.get_blob(digest), digest, f"stored {what}"), False
+                return self.arrays(digest, what), False
             address = sealed_address(self.genesis.origin, digest)
             if not self.ledger.has_blob(address):
                 raise Missing(f"the {what} is not in the blob store", absent=True)

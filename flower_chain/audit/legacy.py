@@ -34,6 +34,7 @@ from flower_chain.audit.rounds import (
     sandbox,
     summary_matches,
 )
+from flower_chain.audit.strategies import NotReplayable
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.policy import strategy_metrics
 from flower_chain.ledger.text import safe_text
@@ -42,6 +43,10 @@ from flower_chain.wire import LEGACY_LOSS
 
 #: Legacy strategies whose aggregate depends on earlier rounds (through state the ledger does not record).
 STATEFUL = ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM")
+
+
+class _ConfigureFailed(Exception):
+    """The strategy's own configure step raised: the round cannot be replayed as the server ran it."""
 
 
 class _Proxy:
@@ -95,7 +100,11 @@ class LegacyReplay:
         from flwr.common import ndarrays_to_parameters
 
         self.strategy = self.make(ndarrays_to_parameters([a for _, a in model]))
-        self.strategy.initialize_parameters(_Clients(1))  # as the server loop does before round 1
+        try:
+            self.strategy.initialize_parameters(_Clients(1))  # as the server loop does before round 1
+        except Exception as exc:  # noqa: BLE001 - a strategy's own code
+            raise Missing(f"{type(self.strategy).__name__}.initialize_parameters raised {type(exc).__name__}: "
+                          f"{safe_text(exc, 200)}") from None
 
     def train(self, header, accepted: Indexed, failures: int) -> tuple[str, str]:
         """(status, detail) of one train block; carries the strategy's state to the next one."""
@@ -106,12 +115,18 @@ class LegacyReplay:
             if self.strategy is None:
                 self._start(model)
             updates = load_updates(self.inputs, accepted, model)
+        except NotReplayable as e:  # the recorded settings do not rebuild the strategy: no round can be replayed
+            self.broken = str(e)
+            return NOT_REDERIVABLE, self.broken
         except (Missing, Altered) as m:
             if self.stateful:
                 self.broken = (f"the state of the legacy strategy after round {header.round} could not be "
                                f"re-derived ({m})")
             return (NOT_REDERIVABLE if isinstance(m, Missing) else MISMATCH), str(m)
-        named, failed = self._aggregate(header.round, model, accepted, updates, failures)
+        try:
+            named, failed = self._aggregate(header.round, model, accepted, updates, failures)
+        except _ConfigureFailed as e:
+            return NOT_REDERIVABLE, str(e)
         state_before = header.state_after  # the legacy wrapper records no state: only a recorded one is compared
         return compare(self.inputs, header, model, named, failed, state_before,
                        lambda: strategy_state(self.strategy), len(accepted), state_checked=bool(header.state_after))
@@ -121,8 +136,12 @@ class LegacyReplay:
         from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
         with sandbox():
-            self.strategy.configure_fit(server_round, ndarrays_to_parameters([a for _, a in model]),
-                                        _Clients(max(len(accepted), 1)))
+            try:
+                self.strategy.configure_fit(server_round, ndarrays_to_parameters([a for _, a in model]),
+                                            _Clients(max(len(accepted), 1)))
+            except Exception as exc:  # noqa: BLE001 - a strategy's own code; the server would have stopped here
+                raise _ConfigureFailed(f"{type(self.strategy).__name__}.configure_fit raised {type(exc).__name__}: "
+                                       f"{safe_text(exc, 200)}") from None
             results = [(_Proxy(i + 1), FitRes(status=Status(Code.OK, "Success"),
                                               parameters=ndarrays_to_parameters([a for _, a in u]),
                                               num_examples=e.num_examples, metrics=_metrics(e)))
@@ -149,7 +168,7 @@ class LegacyReplay:
         if self.strategy is None:  # no train round replayed yet (e.g. a SecAgg+ ledger: its rounds hold none)
             try:
                 self._start(self.inputs.arrays(model_digest, "global model"))
-            except (Missing, Altered) as m:
+            except (Missing, Altered, NotReplayable) as m:
                 return NOT_REDERIVABLE, f"the legacy strategy cannot be rebuilt for this evaluation: {m}"
         results = []
         for i, e in enumerate(accepted):

@@ -206,7 +206,7 @@ class _Audit:
         if config is None:
             return
         try:
-            if is_legacy(config) and genesis.strategy not in {c.__name__ for c in classes}:
+            if is_legacy(config):  # a class of one's own (--strategy-class) included: the legacy replay runs it
                 self.legacy = LegacyReplay(self.inputs, legacy_factory(genesis.strategy, config, classes),
                                            genesis.strategy)
             else:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from flower_chain.audit.inputs import Altered, Inputs, Missing, Named, array_rule_break
+from flower_chain.audit.strategies import MAX_REPLAY_NODES, NotReplayable
 from flower_chain.ledger.arrays import cast_like, first_nonfinite
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
@@ -140,6 +141,11 @@ def load_updates(inputs: Inputs, accepted: Indexed, model: Named | None) -> list
     return updates
 
 
+def _count(strategy: Any, name: str) -> int:
+    value = getattr(strategy, name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: Indexed,
                  state_before: bytes) -> tuple[str, str]:
     """(status, detail) of one train block of a Message-API strategy."""
@@ -152,15 +158,25 @@ def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: I
         return NOT_REDERIVABLE, str(m)
     except Altered as a:
         return MISMATCH, str(a)
-    strategy = factory()
+    try:
+        strategy = factory()
+        load_strategy_state(strategy, state)
+    except NotReplayable as e:
+        return NOT_REDERIVABLE, str(e)
+    except LedgerError as e:  # the stored state (its digest checked) does not fit the recorded strategy
+        return MISMATCH, f"the recorded strategy state does not fit {type(strategy).__name__}: {e}"
+    minimum = max(_count(strategy, "min_available_nodes"), _count(strategy, "min_train_nodes"), len(accepted), 1)
+    if minimum > MAX_REPLAY_NODES:
+        return NOT_REDERIVABLE, f"{type(strategy).__name__} waits for {minimum} nodes, more than a replay stands in for"
     with sandbox():
         from flwr.app import ConfigRecord
 
-        load_strategy_state(strategy, state)
-        minimum = max(int(getattr(strategy, "min_available_nodes", 0) or 0),
-                      int(getattr(strategy, "min_train_nodes", 0) or 0), len(accepted), 1)
         grid = ReplayGrid([int(e.node_id) for _, e in accepted if is_decimal(e.node_id)], minimum)
-        list(strategy.configure_train(server_round, _record(model), ConfigRecord({}), grid))
+        try:
+            list(strategy.configure_train(server_round, _record(model), ConfigRecord({}), grid))
+        except Exception as exc:  # noqa: BLE001 - a strategy's own code; the server would have stopped here
+            return NOT_REDERIVABLE, (f"{type(strategy).__name__}.configure_train raised {type(exc).__name__}: "
+                                     f"{safe_text(exc, 200)}")
         replies = [_message(e, server_round, "train", u) for (_, e), u in zip(accepted, updates)]
         try:
             aggregated, _ = strategy.aggregate_train(server_round, replies)

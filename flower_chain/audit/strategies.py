@@ -129,10 +129,25 @@ def _flwr_class(name: str, legacy: bool = False) -> type:
 
 
 def _custom(cls: type, config: dict[str, Any]) -> Callable[[], Any]:
+    """A factory calling ``cls.from_ledger_config``; whatever that raises becomes :class:`NotReplayable`.
+
+    Called once here, so a class that cannot be rebuilt from the recorded settings is named before any round.
+    """
     if not getattr(cls, REPLAYABLE_ATTR, False) or not callable(getattr(cls, "from_ledger_config", None)):
         raise NotReplayable(f"{cls.__module__}.{cls.__name__} does not declare itself replayable (set the class "
                             f"attribute {REPLAYABLE_ATTR} = True and define the classmethod from_ledger_config)")
-    return lambda: cls.from_ledger_config(dict(config))
+
+    def make() -> Any:
+        try:
+            return cls.from_ledger_config(dict(config))
+        except NotReplayable:
+            raise
+        except Exception as e:  # noqa: BLE001 - a user's code: its failure is a finding, never a traceback
+            raise NotReplayable(f"{cls.__module__}.{cls.__name__}.from_ledger_config fails on the recorded settings: "
+                                f"{type(e).__name__}: {str(e)[:200]}") from e
+
+    make()
+    return make
 
 
 def strategy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = ()) -> Callable[[], Any]:
@@ -149,9 +164,7 @@ def strategy_factory(name: str, config: dict[str, Any], classes: Sequence[type] 
         raise NotReplayable(f"the ledger was written through Flower's legacy API (flwr.server.strategy.{name}): "
                             "replay it with legacy_factory")
     if name in ORDERED:
-        factory = _custom(ORDERED[name], config)
-        factory()  # fail now, not once per round
-        return factory
+        return _custom(ORDERED[name], config)
     if name in BUNDLED:
         cls = _flwr_class(name)
         construct(cls, config)

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, array_digest, decode_arrays, encode_arrays
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, array_digest, encode_arrays
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.blobs import MISSING, BlobError, read_arrays
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.entries import Entry, EvaluationEntry, GenesisEntry, UpdateEntry
@@ -180,15 +181,14 @@ class Recorder:
                                metrics=encodable_metrics(metrics))
 
     def stored(self, digest: bytes, what: str) -> list[tuple[str, np.ndarray]]:
-        """Arrays from the blob store, their digest checked."""
+        """Arrays from the blob store through the one blob reader (:func:`~flower_chain.ledger.blobs.read_arrays`)."""
         try:
-            arrays = decode_arrays(self.ledger.get_blob(digest))
-        except LedgerError as e:
-            raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
-                              f"({e}); the run did not store global models (store_models=False)?") from e
-        if self.digest(arrays) != digest:
-            raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger")
-        return arrays
+            return read_arrays(self.ledger, digest, what, self.digest_version)
+        except BlobError as e:
+            if e.kind == MISSING:
+                raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
+                                  f"({e}); the run did not store global models (store_models=False)?") from e
+            raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger ({e})") from e
 
 
 def encodable_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

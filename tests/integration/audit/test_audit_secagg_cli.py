@@ -31,8 +31,6 @@ def test_the_plain_replay_leaves_secagg_rounds_to_the_transcript_audit(secagg_ur
     assert rep.secagg_blocks == 2 and not rep.mismatches and not rep.not_rederived and rep.audited
 
 
-@pytest.mark.xfail(strict=True, reason="ledger verify rejects a SecAgg+ result block ('accepts no train update but "
-                   "changes the model') until /work/notes/requests-B.md #2 lands in flower_chain/ledger/verify.py")
 def test_secagg_rounds_are_audited_from_the_transcript(secagg_uri):
     uri, _ = secagg_uri
     r = cli("ledger", "audit", uri)

@@ -280,3 +280,51 @@ def test_not_replayable_strategy_is_not_audited_with_exit_3(tmp_path):
     assert r.returncode == 3 and "NOT AUDITED" in r.stderr and "0 of 3 train rounds re-derived" in r.stderr
     assert "not re-derived: rounds 1, 2, 3: Opaque is neither one of Flower's strategies" in r.stderr, r.stderr
     assert cli("ledger", "audit", uri, "--strict").returncode == 1
+
+
+def _saving_fedavg():
+    import flwr.server.strategy as legacy
+
+    class SavingFedAvg(legacy.FedAvg):
+        """A legacy FedAvg of one's own (requests-H R5): replayable, rebuilt from its recorded settings."""
+
+        flower_chain_replayable = True
+
+        def __init__(self, out_file: str = "x", **kw):
+            super().__init__(**kw)
+            self.out_file = out_file
+
+        @classmethod
+        def from_ledger_config(cls, config):
+            s = cls(out_file=config["out_file"])
+            for k, v in config.items():
+                setattr(s, k, v)
+            return s
+
+    return SavingFedAvg
+
+
+SavingFedAvg = _saving_fedavg()
+
+
+class BrokenRebuild(SavingFedAvg):
+    @classmethod
+    def from_ledger_config(cls, config):
+        return cls(**config, out_file="twice")  # TypeError: got multiple values for keyword argument 'out_file'
+
+
+def test_a_legacy_strategy_of_ones_own_replays_with_strategy_class(tmp_path):
+    uri, _, _ = run_legacy(tmp_path, lambda initial: SavingFedAvg(min_available_clients=3, min_fit_clients=3))
+    with open_ledger(uri) as led:
+        assert {r.status for r in audit(led, strategy_classes=[SavingFedAvg]).rounds} == {OK}
+        rep = audit(led)
+    assert {r.status for r in rep.rounds} == {NOT_REDERIVABLE} and "SavingFedAvg" in rep.rounds[0].detail
+    r = cli("ledger", "audit", uri, "--strategy-class", "tests.integration.audit.test_replay_bundled:SavingFedAvg")
+    assert r.returncode == 0 and "3 of 3 train rounds re-derived bit for bit with SavingFedAvg" in r.stdout, r.stderr
+
+
+def test_a_from_ledger_config_that_raises_is_not_audited_never_a_traceback(tmp_path):
+    uri, _, _ = run_legacy(tmp_path, lambda initial: BrokenRebuild(min_available_clients=3, min_fit_clients=3))
+    r = cli("ledger", "audit", uri, "--strategy-class", "tests.integration.audit.test_replay_bundled:BrokenRebuild")
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+    assert "BrokenRebuild.from_ledger_config fails on the recorded settings: TypeError" in r.stderr, r.stderr
