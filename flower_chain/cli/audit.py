@@ -99,6 +99,10 @@ def ledger_audit(uri: str,
         raise typer.Exit(EXIT_FAILED) from None
     except LedgerError as e:
         fail(f"{uri}: {e}", EXIT_FAILED)
+    from flower_chain.audit.settings_check import read_settings, settings_findings, settings_text
+
+    strategy, config, why = read_settings(ledger)  # printed: a replay is bit for bit whatever they say
+    setting_problems = settings_findings(config) if config is not None else []
     # accepted updates verify could not check (their arrays not in plaintext): those the audit opened it checked
     unchecked = max(0, checked.arrays_unchecked - report.sealed_opened)
     missing = report.not_rederived
@@ -108,8 +112,12 @@ def ledger_audit(uri: str,
         EXIT_OK if audited else EXIT_NOT_AUDITED
     if as_json:
         emit_json({"verified": True, **report.to_dict(), "arrays_unchecked": unchecked, "strict": strict,
-                   "secagg": _secagg_json(secagg), "audited": audited, "exit_code": code})
+                   "secagg": _secagg_json(secagg), "audited": audited, "exit_code": code,
+                   "settings": settings_text(strategy, config, why), "settings_findings": setting_problems})
         raise typer.Exit(code)
+    out.print(f"settings: {settings_text(strategy, config, why)}", highlight=False, markup=False)
+    for text in setting_problems:
+        say("SETTING", "bold yellow", text, stderr=True)
     _explain(report, missing, strict)
     if secagg.rounds:  # one line per proved round, one per finding (warnings fail only with --strict)
         for text in secagg.lines():

@@ -29,6 +29,7 @@ from flower_chain.cli.common import (
     open_or_fail,
     out,
     read_server_key,
+    say,
     write_or_print,
 )
 from flower_chain.ledger import open_ledger, verify
@@ -45,15 +46,21 @@ ledger_app = typer.Typer(help="Inspect, verify and prove things about a round le
 @meanings(Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
 def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Federation id, rounds, entries, every verdict (train and evaluate replies), head hash, checkpoint."""
+    from flower_chain.audit.settings_check import read_settings, settings_findings, settings_text
     from flower_chain.ledger.inspect import summary
 
-    s = summary(open_or_fail(uri))
+    ledger = open_or_fail(uri)
+    s = summary(ledger)
+    strategy, config, why = read_settings(ledger)
+    findings = settings_findings(config) if config is not None else []
     if as_json:
-        emit_json(s)
+        emit_json({**s, "settings": config, "settings_not_shown": why if config is None else "",
+                   "settings_findings": findings})
         return
     t = Table(show_header=False)
     for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries"):
         t.add_row(k, str(s[k]))
+    t.add_row("settings", settings_text(strategy, config, why))
     t.add_row("train replies", f"{s['accepted']} accepted, {s['rejected']} rejected"
               + (f" ({_counter_text(s['reasons'])})" if s["reasons"] else ""))
     t.add_row("evaluate replies", f"{s['evaluate_accepted']} accepted, {s['evaluate_rejected']} rejected"
@@ -64,6 +71,8 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     for k in ("head_hash", "model_digest"):
         t.add_row(k, str(s[k]))
     out.print(t)
+    for line in findings:  # settings that void or invert the clients' contributions: a replay is bit for bit anyway
+        say("SETTING", "bold yellow", line, stderr=True)
     sys.stdout.write("checkpoint:\n" + s["checkpoint"])
 
 
