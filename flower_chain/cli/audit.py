@@ -21,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from flower_chain.cli.common import EXIT_FAILED, EXIT_OK, emit_json, err, fail, open_or_fail, out
+from flower_chain.cli.common import EXIT_FAILED, EXIT_OK, emit_json, err, fail, open_or_fail, out, say
 from flower_chain.cli.ledger import ledger_app
 from flower_chain.ledger import verify
 from flower_chain.ledger.errors import EXIT_USAGE, LedgerError, VerificationError
@@ -95,7 +95,7 @@ def ledger_audit(uri: str,
         if as_json:
             emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what, "ok": False,
                        "audited": False})
-        err.print(f"[bold red]NOT VERIFIED[/] {uri}: {e}", highlight=False)
+        say("NOT VERIFIED", "bold red", f"{uri}: {e}", stderr=True)
         raise typer.Exit(EXIT_FAILED) from None
     except LedgerError as e:
         fail(f"{uri}: {e}", EXIT_FAILED)
@@ -125,10 +125,10 @@ def ledger_audit(uri: str,
     line = _summary(report, unchecked) + (f"; {secagg.rounds} SecAgg+ rounds audited from their transcript"
                                           if secagg.rounds else "")
     if code == EXIT_OK:
-        out.print(f"[bold green]AUDITED[/] {uri}: {line}", highlight=False)
+        say("AUDITED", "bold green", f"{uri}: {line}")
         return
     label = "AUDIT FAILED" if code == EXIT_FAILED else "NOT AUDITED"
-    err.print(f"[bold red]{label}[/] {uri}: {line}", highlight=False)
+    say(label, "bold red", f"{uri}: {line}", stderr=True)
     raise typer.Exit(code)
 
 
@@ -143,7 +143,7 @@ def _explain(report, missing, strict: bool) -> None:
     """The mismatches, then the rounds not re-derived grouped by reason (on stderr)."""
     for r in report.mismatches:
         what = {"train": "round", "evaluate": "evaluation of round"}.get(r.kind, "block of round")
-        err.print(f"[bold red]NOT RE-DERIVED[/] {what} {r.round} (block {r.height}): {r.detail}", highlight=False)
+        say("NOT RE-DERIVED", "bold red", f"{what} {r.round} (block {r.height}): {r.detail}", stderr=True)
     if report.mismatches:
         err.print("the recorded global model, strategy state or evaluation summary of these rounds is not what the "
                   "recorded strategy computes from their accepted updates: the server did not aggregate what it "
@@ -151,11 +151,14 @@ def _explain(report, missing, strict: bool) -> None:
     by_reason: dict[str, list[int]] = {}
     for r in missing:
         by_reason.setdefault(r.detail, []).append(r.round)
-    prefix = "[bold red]FAILED (--strict)[/] " if strict else ""
-    for reason, rounds in list(by_reason.items())[:5]:
-        err.print(f"{prefix}not re-derived: rounds {_rounds_text(rounds)}: {reason}", highlight=False)
+    lines = [f"not re-derived: rounds {_rounds_text(rounds)}: {reason}" for reason, rounds in list(by_reason.items())[:5]]
     if len(by_reason) > 5:
-        err.print(f"{prefix}… and {len(by_reason) - 5} other reasons (--json lists every round)", highlight=False)
+        lines.append(f"… and {len(by_reason) - 5} other reasons (--json lists every round)")
+    for text in lines:
+        if strict:
+            say("FAILED (--strict)", "bold red", text, stderr=True)
+        else:
+            err.print(text, highlight=False)
 
 
 @ledger_app.command("audit-key")
