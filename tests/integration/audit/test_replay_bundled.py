@@ -328,3 +328,19 @@ def test_a_from_ledger_config_that_raises_is_not_audited_never_a_traceback(tmp_p
     r = cli("ledger", "audit", uri, "--strategy-class", "tests.integration.audit.test_replay_bundled:BrokenRebuild")
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
     assert "BrokenRebuild.from_ledger_config fails on the recorded settings: TypeError" in r.stderr, r.stderr
+
+
+def test_counts_keep_train_rounds_and_evaluations_apart(tmp_path):
+    """Issue 19 item 8: a run with 1 train round and 1 federated evaluation said "2 of 1 train rounds"."""
+    from tests.adversarial.test_hostile_replies_and_records import _evaluated
+
+    _, uri = _evaluated(tmp_path)
+    with open_ledger(uri) as led:
+        rep = audit(led)
+    assert [(r.round, r.kind, r.status) for r in rep.rounds] == [(1, "train", OK), (1, "evaluate", OK)]
+    assert len(rep.train_rounds) == 1 and len(rep.train_rederived) == 1 and len(rep.evaluations) == 1
+    r = cli("ledger", "audit", uri)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 of 1 train rounds and 1 of 1 federated evaluations re-derived bit for bit" in r.stdout, r.stdout
+    j = json.loads(cli("ledger", "audit", uri, "--json").stdout)
+    assert j["rounds_rederived"] == [1] and j["evaluations_rederived"] == [1] and j["train_rounds"] == 1
