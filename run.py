@@ -423,6 +423,8 @@ def print_summary(overrides: dict) -> int:
         uri = summary["ledger"]
         print(f"ledger        {uri}  ({summary.get('ledger_blocks')} blocks, {summary.get('ledger_entries')} entries)")
         print(f"verdicts      {verdict_line(uri)}")
+        if summary.get("secure_aggregation"):
+            print(f"SecAgg+       {secagg_line(uri)}")
         print("inspect it:")
         for cmd in ("summary", "blocks", "verify"):
             print(f"  flower-chain ledger {cmd} {uri}")
@@ -444,6 +446,30 @@ def verdict_line(uri: str) -> str:
         return f"(unreadable: {e})"
     return "; ".join(f"{kind}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
                      for kind, counts in verdicts.items())
+
+
+def secagg_line(uri: str) -> str:
+    """The SecAgg+ stage replies of the ledger by stage and verdict reason, and the rounds that unmasked."""
+    from collections import Counter
+
+    from flower_chain.audit.secagg_transcript import read_rounds
+    from flower_chain.ledger import open_ledger
+    from flower_chain.ledger.errors import LedgerError
+
+    try:
+        with open_ledger(uri) as led:
+            rounds = read_rounds(led, [])
+    except LedgerError as e:
+        return f"(unreadable: {e})"
+    stages: dict[str, Counter] = {}
+    done = 0
+    for t in rounds.values():
+        done += bool(t.result and not t.result.get("failure"))
+        for stage, records in t.records.items():
+            stages.setdefault(stage, Counter()).update(r.entry.reason for r in records)
+    per_stage = "; ".join(f"{stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for stage, c in
+                          stages.items() if c)
+    return f"{done} of {len(rounds)} rounds unmasked; {per_stage}"
 
 
 def run_once(overrides: dict, args: argparse.Namespace) -> int:
