@@ -426,7 +426,7 @@ def print_summary(overrides: dict) -> int:
         if summary.get("secure_aggregation"):
             print(f"SecAgg+       {secagg_line(uri)}")
         print("inspect it:")
-        for cmd in ("summary", "blocks", "verify"):
+        for cmd in ("summary", "blocks", "verify") + (("audit --strict",) if summary.get("secure_aggregation") else ()):
             print(f"  flower-chain ledger {cmd} {uri}")
         print(f"  flower-chain ledger show {uri} 1")
         print(f"  flower-chain report {uri} -o {Path(overrides['out-dir']) / 'report.html'}")

@@ -76,6 +76,9 @@ def run_secagg_federation(grid: Grid, context: Context, cfg: Mapping[str, Any]) 
         raise ValueError("secure-aggregation runs with the ledger: no-ledger is not supported")
     if str(cfg.get("strategy", "fedavg")).lower() != "fedavg":
         raise ValueError("secure-aggregation computes the weighted average (FedAvg): strategy must be fedavg")
+    from flower_chain.app.secagg_client import parse_drops  # noqa: PLC0415
+
+    parse_drops(cfg.get("secagg-drop", ""))  # a bad value fails here, once, not on every node
     model_mod.seed_everything(int(cfg["seed"]))
     ds = data_mod.load(cfg["dataset"], str(cfg["data-dir"]))
     log(INFO, "[flower-chain] %s", ds.source)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.common.secure_aggregation.quantization import quantize
 
 from flower_chain.audit.secagg_transcript import read_rounds
 from flower_chain.ledger import open_ledger
@@ -167,6 +168,10 @@ def test_no_stored_blob_equals_or_correlates_with_a_plaintext_update(secagg_run)
                     r = np.corrcoef(flat, _flat(secret))[0, 1]
                     assert abs(r) < MAX_CORRELATION, f"masked input {digest.hex()[:16]} ~ partition {p}: r={r:.4f}"
     assert arrays_seen == {"global": 2, "masked": len(LIVE)}  # the lost reply of partition 3 never reached it
+    for _p, (model, update) in plain.items():  # the check has power: an unmasked quantized input is caught
+        for secret in (model, update):
+            quantized = quantize([np.asarray(a, np.float64) for a in secret], 8.0, 4194304)
+            assert np.corrcoef(_flat(quantized), _flat(secret))[0, 1] > 0.9
 
 
 def test_the_new_model_is_the_weighted_average_of_exactly_the_live_inputs(secagg_run):
