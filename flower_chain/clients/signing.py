@@ -45,10 +45,12 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
+from logging import INFO
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message
+from flwr.common.logger import log as flwr_log
 
 from flower_chain.anchor.reader import AnchorReader
 from flower_chain.clients.receipts import CheckResult, ReceiptKeeper
@@ -272,7 +274,8 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             keeper = ReceiptKeeper(where, pinned_server_key(context), witnesses=witnesses,
                                    witness_quorum=quorum) if where else None
             cache[cache_key] = (signer, keeper, anchors)
-            log.info("flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
+            # through Flower's logger, where a user sees it: once per key and ClientApp process, not per message
+            flwr_log(INFO, "flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
                      path if path is not None else "given to make_signing_mod")
         signer, keeper, anchors = cache[cache_key]
         # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
