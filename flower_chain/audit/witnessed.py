@@ -18,7 +18,7 @@ from flower_chain.ledger.errors import CheckpointError, KeyFileError
 from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.writer import read_genesis
 
-__all__ = ["WitnessReport", "verify_witnessed"]
+__all__ = ["WitnessReport", "height_ranges", "verify_witnessed"]
 
 
 @dataclass
@@ -42,6 +42,9 @@ class WitnessReport:
     problems : list of str
         Stored notes that are for another checkpoint than their block's, not signed by the
         log key, or carry a trusted witness's line that does not verify.
+    coverage : dict
+        Trusted witness (``NAME`` of its verifier key) -> heights whose stored note it validly cosigned,
+        each height once however often its line is repeated; a trusted key that never cosigned maps to [].
     """
 
     blocks: int = 0
@@ -50,6 +53,7 @@ class WitnessReport:
     witnessed: list[int] = field(default_factory=list)
     uncovered: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    coverage: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -58,7 +62,20 @@ class WitnessReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "blocks": self.blocks, "quorum": self.quorum, "witnessed": len(self.witnessed),
-                "uncovered": self.uncovered, "problems": self.problems}
+                "uncovered": self.uncovered, "problems": self.problems,
+                "coverage": {name: list(heights) for name, heights in self.coverage.items()}}
+
+    def coverage_lines(self) -> list[str]:
+        """One line per trusted witness: the heights it cosigned, or that it never did."""
+        out = []
+        for name, heights in sorted(self.coverage.items()):
+            label = safe_text(name, 80)
+            if heights:
+                out.append(f"witness {label}: cosigned {len(heights)} of {self.blocks} checkpoints "
+                           f"(heights {height_ranges(heights)})")
+            else:
+                out.append(f"witness {label}: never cosigned a checkpoint of this ledger")
+        return out
 
     def summary(self) -> str:
         """One line for people."""
@@ -69,6 +86,18 @@ class WitnessReport:
             f"blocks {self.uncovered[0]}..{self.uncovered[-1]} follow the last checkpoint with {self.quorum} trusted "
             "cosignature(s)" if self.uncovered else "the ledger is empty")
         return f"NOT witnessed: {why}"
+
+
+def height_ranges(heights: Sequence[int], most: int = 12) -> str:
+    """``0-4, 7, 9-12`` (at most ``most`` runs, then ``...``)."""
+    runs: list[list[int]] = []
+    for h in sorted(set(heights)):
+        if runs and h == runs[-1][1] + 1:
+            runs[-1][1] = h
+        else:
+            runs.append([h, h])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (", ..." if len(runs) > most else "")
 
 
 def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *,
@@ -104,7 +133,7 @@ def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], 
         raise ValueError(f"the witness quorum must be between 1 and {len(distinct)} (the trusted keys given)")
     genesis = read_genesis(ledger)
     log_key = bytes(server_key) if server_key is not None else genesis.server_key
-    report = WitnessReport(quorum=int(quorum))
+    report = WitnessReport(quorum=int(quorum), coverage={k.name: [] for k in keys})
     last_witnessed = -1
     for block in ledger.blocks():
         h = block.header.height
@@ -116,7 +145,10 @@ def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], 
                 if note_body(stored) != note_body(block.checkpoint):
                     raise CheckpointError("the stored cosigned note is for another checkpoint than the block's")
                 verify_checkpoint(stored, log_key, origin=genesis.origin)
-                count = len(verify_cosigned_checkpoint(stored, log_key, keys, 0, origin=genesis.origin)[1])
+                cosigners = verify_cosigned_checkpoint(stored, log_key, keys, 0, origin=genesis.origin)[1]
+                count = len(cosigners)  # by witness: a repeated line counts once
+                for name in cosigners:
+                    report.coverage.setdefault(name, []).append(h)
             except (CheckpointError, KeyFileError) as e:
                 report.problems.append(f"block {h}: {safe_text(str(e), 300)}")
                 count = 0

@@ -219,10 +219,23 @@ def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs:
             "not_rederived": dict(report.not_rederived), "equivocating_keys": sorted(report.equivocating_keys),
             "blobs_checked": blobs, "blob_problems": list(report.blob_problems), "strict": strict,
             "arrays_unchecked": report.arrays_unchecked, "client_cosignatures": report.client_cosignatures,
+            "client_cosigned_heights": {k: sorted(v) for k, v in report.cosigned.items()},
             "witnessed": witnessed.to_dict() if witnessed is not None else None,
             "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
             "server_key_id": report.server_key_id, "secagg_rounds": report.secagg_rounds,
             "centralized_evaluations_unchecked": sorted(set(report.centralized_evaluations))}
+
+
+def _client_coverage(report: Any) -> list[str]:
+    """Which keyring keys cosigned the checkpoints of which heights, and which never did."""
+    from flower_chain.audit.witnessed import height_ranges
+
+    lines = [f"key {kid}: cosigned {len(report.cosigned[kid])} checkpoints (heights "
+             f"{height_ranges(sorted(report.cosigned[kid]))})" for kid in sorted(report.cosigned)]
+    never = [kid for kid in report.keyring if kid not in report.cosigned]
+    if never:
+        lines.append(f"keys that never cosigned: {', '.join(never[:20])}" + (", ..." if len(never) > 20 else ""))
+    return lines
 
 
 def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: bool, strict: bool) -> None:
@@ -239,8 +252,12 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
         out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
     if witnessed is not None:
         out.print(f"witnesses: {witnessed.summary()}", highlight=False)
+        for line in witnessed.coverage_lines():
+            out.print(line, highlight=False, markup=False)
     if report.client_cosignatures:
         out.print(f"client cosignatures checked: {report.client_cosignatures}", highlight=False)
+        for line in _client_coverage(report):
+            out.print(line, highlight=False, markup=False)
     if report.verdicts_rederived or not_rederived:
         out.print(f"verdicts re-derived from the ledger: {report.verdicts_rederived}", highlight=False)
     if not_rederived:

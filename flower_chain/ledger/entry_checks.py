@@ -50,6 +50,7 @@ def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
             w.pub = w.genesis.server_key
             w.report.federation_id = w.genesis.federation_id
             w.report.server_key_id = key_id(w.pub)
+            w.report.keyring = sorted(w.genesis.client_keys)
         elif isinstance(entry, CosignatureEntry):
             _check_cosignature(entry, h, i, w.genesis, w.prev_block, w.report)
         else:
@@ -130,4 +131,7 @@ def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis:
     if raw is None or not check_client_cosignature(entry.line, prev_block.checkpoint, raw, max_future_s=None):
         raise VerificationError(f"the cosignature recorded for client {entry.key_id} does not verify over the "
                                 f"checkpoint of size {entry.size}", height=h.height, entry=i)
-    report.client_cosignatures += 1
+    heights = report.cosigned.setdefault(entry.key_id, set())
+    if prev_block.header.height not in heights:  # a repeated cosignature of one checkpoint counts once
+        heights.add(prev_block.header.height)
+        report.client_cosignatures += 1

@@ -83,8 +83,13 @@ class VerifyReport:
     not_rederived: Counter = field(default_factory=Counter)
     #: verdicts re-derived from ledger content and found equal to the recorded ones
     verdicts_rederived: int = 0
-    #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key
+    #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key (one per
+    #: key and checkpoint, however often it is recorded)
     client_cosignatures: int = 0
+    #: key id -> heights of the blocks whose checkpoint the key cosigned (clients as witnesses)
+    cosigned: dict = field(default_factory=dict)
+    #: the genesis keyring's key ids
+    keyring: list = field(default_factory=list)
     #: accepted train updates whose array rules (names, shapes, dtypes, finite values) were not re-derived:
     #: ``blobs=False``, or the update's arrays or the round's model not in the blob store
     arrays_unchecked: int = 0
