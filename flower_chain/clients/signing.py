@@ -10,6 +10,9 @@ The key comes from ``context.node_config["signing-key"]`` or the environment
 variable ``FLOWER_CHAIN_SIGNING_KEY``; where that names a directory, the node
 uses ``client-<partition-id>.key`` in it, so every virtual node of a
 simulation has its own key. :func:`make_signing_mod` takes a key directly.
+A node without a usable key does not train: its replies are errors (the
+server records ``client-error``), with one ERROR line per round naming the
+key it looked for, not one traceback per message.
 
 The mod signs only when the server sent a ledger context (a
 :class:`~flower_chain.strategies.LedgerStrategy` server); with a plain Flower
@@ -45,11 +48,12 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log as flwr_log
 
 from flower_chain.anchor.reader import AnchorReader
@@ -214,6 +218,22 @@ def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: Rec
     return reply
 
 
+def _keyless_reply(msg: Message, ctx: LedgerContext, error: KeyFileError, reported: dict) -> Message:
+    """The reply of a node that cannot sign: an error reply (the server records ``client-error``).
+
+    Flower logs the full traceback of every exception a ClientApp raises, once per message; a node without a
+    key would print one per instruction. Instead the problem is one ERROR line through Flower's logger, once
+    per round (train and evaluate of a round share it), and the reply is the error Flower itself would have
+    sent, with the key problem as its reason.
+    """
+    seen = (ctx.federation_id, str(error))
+    if reported.get(seen) != ctx.round:
+        reported[seen] = ctx.round
+        flwr_log(ERROR, "flower-chain: this node cannot sign round %d, its replies are errors (the server records "
+                 "client-error): %s", ctx.round, error)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"KeyFileError: {error}"), reply_to=msg)
+
+
 def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None,
                      witness_keys=None, witness_quorum: int | None = None, anchor: str | None = None,
                      anchor_contract: str | None = None, anchor_owner: str | None = None, cosign: bool = True,
@@ -254,16 +274,21 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
     fixed = load_private(key) if fixed_path is not None else key
     cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None]] = {}
+    reported: dict[tuple[str, str], int] = {}  # (federation, key error) -> the last round it was logged for
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
         incoming = _incoming(msg)
         ctx, config, received, _ = incoming
         if ctx is None:
             return call_next(msg, context)
-        path = fixed_path if fixed is not None else key_path_for(context, key_fallback)  # a missing key fails here
-        cache_key = str(path) if path is not None else "fixed"
+        try:  # a node without a usable key: one ERROR line per round and an error reply, not a traceback
+            path = fixed_path if fixed is not None else key_path_for(context, key_fallback)
+            cache_key = str(path) if path is not None else "fixed"
+            if cache_key not in cache:
+                signer = fixed if fixed is not None else load_private(path)
+        except KeyFileError as e:
+            return _keyless_reply(msg, ctx, e, reported)
         if cache_key not in cache:
-            signer = fixed if fixed is not None else load_private(path)
             kid = key_id(signer)
             where = Path(receipts_dir) / kid if receipts_dir is not None else _receipts_dir(context, path, kid)
             witnesses, quorum = witness_settings(context, witness_keys, witness_quorum)
