@@ -102,6 +102,7 @@ def log_entries(log: str, server_key: bytes) -> tuple[Iterator, str]:
 
         client = TilesClient(log, server_key)
         cp, _ = client.checkpoint()
+        client.verify_tree(cp)  # the tiles hash to the signed checkpoint's root: the entries below are the log's
         datas = list(client.entries(0, cp.size, cp.size))
         entries = [decode_entry(d) for d in datas]
         return iter(entries[1:]), entries[0] if entries else None

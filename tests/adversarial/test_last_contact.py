@@ -18,7 +18,7 @@ from flower_chain.clients.signing import make_signing_mod
 from flower_chain.ledger import open_ledger
 from flower_chain.ledger.keys import key_id
 from flower_chain.serve.app import LogView, build_app
-from flower_chain.serve.background import ServerThread
+from flower_chain.serve.background import ServerThread, free_port
 from flower_chain.strategies import LedgerStrategy
 from flower_chain.wire import SIG_RECORD, SIGNATURE
 from tests.support.fl_helpers import Clients, FakeGrid, arrays, context, fedavg, train_reply, with_content
@@ -117,7 +117,8 @@ def test_bad_input_is_one_error_line(tmp_path):
     run = Run(tmp_path, rounds=1)
     for args in ((tmp_path / "nowhere", "--log", run.uri),
                  (tmp_path, "--log", run.uri),  # not a key directory
-                 (run.keydir(0), "--log", f"sqlite:///{tmp_path}/missing.db")):
+                 (run.keydir(0), "--log", f"sqlite:///{tmp_path}/missing.db"),
+                 (run.keydir(0), "--log", f"http://127.0.0.1:{free_port()}/")):  # nothing serves the log there
         code, out = cli("receipts", "check", *args)
         lines = [line for line in out.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out
