@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -161,14 +162,17 @@ def verify_signature(public: Ed25519PublicKey | bytes, signature: bytes, message
 
     A small-order, non-canonical or off-curve public key never verifies anything.
     """
+    key: Ed25519PublicKey | None
     if isinstance(public, (bytes, bytearray)):
-        public = _key_object(bytes(public))
+        key = _key_object(bytes(public))
     elif public_key_problem(raw_public(public)) is not None:
-        public = None
-    if public is None:
+        key = None
+    else:
+        key = public
+    if key is None:
         return False
     try:
-        public.verify(bytes(signature), message)
+        key.verify(bytes(signature), message)
         return True
     except (InvalidSignature, ValueError):
         return False
@@ -288,7 +292,7 @@ class Keyring:
         return cls(keys)
 
     @classmethod
-    def from_raw(cls, raws) -> Keyring:
+    def from_raw(cls, raws: Iterable[bytes]) -> Keyring:
         """A keyring of raw 32-byte public keys; :class:`KeyFileError` for an unacceptable key."""
         keys: dict[str, bytes] = {}
         for r in raws:
