@@ -31,9 +31,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.app.keys import demo_key_path as key_path_for
 from flower_chain.app.keys import demo_signing_mod as signing_mod
+from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.clients.signing import _incoming, sign_reply
 from flower_chain.ledger.keys import load_private
 from flower_chain.wire import CTX_FEDERATION, arrays_of

@@ -26,7 +26,6 @@ from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
 from flower_chain.app.config import resolve
 
-
 STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum", "fedavgm", "fedadam")
 
 
