@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from flower_chain.ledger import entries as _entries
 from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
@@ -53,7 +53,7 @@ class SecAggEntry(_entries._Entry):
     detail: str
     statement: bytes
     signature: bytes
-    data: dict
+    data: dict[str, Any]
 
 
 def node_id_text(value: Any) -> str:
@@ -63,7 +63,7 @@ def node_id_text(value: Any) -> str:
     return str(value)
 
 
-def request_digest(stage: str, content: dict) -> bytes:
+def request_digest(stage: str, content: dict[str, Any]) -> bytes:
     """SHA-256 of what the server asked a node at ``stage`` (docs/secagg.md §3)."""
     return hashlib.sha256(encode_with_domain(REQUEST_DOMAIN, {"stage": stage, "content": content})).digest()
 
@@ -73,7 +73,7 @@ def seed_digest(seed: bytes) -> bytes:
     return hashlib.sha256(b"flower-chain:secagg-seed:v1\x00" + bytes(seed)).digest()
 
 
-def header_digest(header: dict) -> bytes:
+def header_digest(header: dict[str, Any]) -> bytes:
     """The round id: SHA-256 of the round header (every stage statement names it)."""
     return hashlib.sha256(encode_with_domain(HEADER_DOMAIN, header)).digest()
 
@@ -93,7 +93,7 @@ class StageStatement:
     node_id: str
     key_id: str
     request: bytes
-    reply: dict
+    reply: dict[str, Any]
 
     _FIELDS: ClassVar[tuple[tuple[str, type], ...]] = (
         ("federation_id", str), ("round", int), ("round_id", bytes), ("stage", str), ("node_id", str),
@@ -126,14 +126,14 @@ def _ids(value: Any, what: str) -> list[str]:
     return value
 
 
-def _id_map(value: Any, what: str, typ: type) -> dict:
+def _id_map(value: Any, what: str, typ: type) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(k.isdigit() and len(k) <= 20 and isinstance(v, typ)
                                               for k, v in value.items()):
         raise EncodingError(f"{what} must map node ids to {typ.__name__}")
     return value
 
 
-_REPLY_FIELDS = {
+_REPLY_FIELDS: dict[str, dict[str, type]] = {
     SETUP: {"pk1": bytes, "pk2": bytes},
     SHARE_KEYS: {"sent": dict},
     MASKED: {"digest": bytes, "weight": int, "sources": list, "seed_digest": bytes},
@@ -142,7 +142,7 @@ _REPLY_FIELDS = {
 }
 
 
-def check_reply(stage: str, reply: Any) -> dict:
+def check_reply(stage: str, reply: Any) -> dict[str, Any]:
     """Check the shape of a stage statement's ``reply``; raise :class:`EncodingError` if wrong."""
     want = _REPLY_FIELDS.get(stage)
     if want is None or not isinstance(reply, dict) or sorted(reply) != sorted(want):
@@ -162,13 +162,13 @@ def check_reply(stage: str, reply: Any) -> dict:
     return reply
 
 
-_PARAMS = {"num_shares": int, "threshold": int, "clipping_range": float, "quantization_range": int,
+_PARAMS: dict[str, type] = {"num_shares": int, "threshold": int, "clipping_range": float, "quantization_range": int,
            "mod_range": int, "max_weight": float}
-_HEADER = {"federation_id": str, "round": int, "parent": bytes, "base_digest": bytes, "params": dict,
+_HEADER: dict[str, type] = {"federation_id": str, "round": int, "parent": bytes, "base_digest": bytes, "params": dict,
            "sampled": list, "graph_seed": bytes, "generator": str, "nonce": bytes}
 
 
-def check_header(data: Any) -> dict:
+def check_header(data: Any) -> dict[str, Any]:
     """Check a round header's shape (docs/secagg.md §2.1); raise :class:`EncodingError` if wrong."""
     if not isinstance(data, dict) or sorted(data) != sorted(_HEADER):
         raise EncodingError(f"a round header must have exactly the fields {sorted(_HEADER)}")
@@ -185,12 +185,12 @@ def check_header(data: Any) -> dict:
     return data
 
 
-_COMMIT = {"round_id": bytes, "live": list, "dropped": list, "masked": dict, "statements": dict}
-_RESULT = {"round_id": bytes, "live": list, "aggregate_digest": bytes, "names": list, "dtypes": list,
+_COMMIT: dict[str, type] = {"round_id": bytes, "live": list, "dropped": list, "masked": dict, "statements": dict}
+_RESULT: dict[str, type] = {"round_id": bytes, "live": list, "aggregate_digest": bytes, "names": list, "dtypes": list,
            "model_after": bytes, "failure": str}
 
 
-def check_commit(data: Any) -> dict:
+def check_commit(data: Any) -> dict[str, Any]:
     """Check a live/dropped commitment's shape (docs/secagg.md §2.3); raise :class:`EncodingError`."""
     _fields(data, _COMMIT, "commitment")
     live, dropped = _ids(data["live"], "live"), _ids(data["dropped"], "dropped")
@@ -203,20 +203,20 @@ def check_commit(data: Any) -> dict:
     if sorted(st) != sorted(live) or not all(len(v) == 2 and all(isinstance(b, bytes) for b in v)
                                              for v in st.values()):
         raise EncodingError("the commitment's statements must map each live node to [statement, signature]")
-    return data
+    return cast(dict[str, Any], data)  # its shape was checked above
 
 
-def check_result(data: Any) -> dict:
+def check_result(data: Any) -> dict[str, Any]:
     """Check a round result's shape (docs/secagg.md §2.4); raise :class:`EncodingError` if wrong."""
     _fields(data, _RESULT, "result")
     _ids(data["live"], "live")
     if not all(isinstance(x, str) for x in data["names"] + data["dtypes"]) or \
             len(data["names"]) != len(data["dtypes"]):
         raise EncodingError("result names and dtypes must be lists of text of one length")
-    return data
+    return cast(dict[str, Any], data)  # its shape was checked above
 
 
-def _fields(data: Any, want: dict, what: str) -> None:
+def _fields(data: Any, want: dict[str, type], what: str) -> None:
     if not isinstance(data, dict) or sorted(data) != sorted(want):
         raise EncodingError(f"a {what} must have exactly the fields {sorted(want)}")
     for name, typ in want.items():
@@ -224,7 +224,7 @@ def _fields(data: Any, want: dict, what: str) -> None:
             raise EncodingError(f"{what} field {name!r} must be {typ.__name__}")
 
 
-def server_record(server_round: int, stage: str, data: dict) -> SecAggEntry:
+def server_record(server_round: int, stage: str, data: dict[str, Any]) -> SecAggEntry:
     """A server record (``header``, ``commit`` or ``result``) as an entry."""
     return SecAggEntry(round=int(server_round), stage=stage, node_id="", key_id="", verdict="", reason="",
                        detail="", statement=b"", signature=b"", data=data)
