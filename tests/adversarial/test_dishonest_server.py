@@ -71,9 +71,9 @@ def honest(tmp_path_factory):
     f.add_round(4, n=3, rejected=1)
     f.ledger.close()
     path = d / "honest.db"
-    for cmd in ("verify", "audit"):
-        code, out, _ = cli("ledger", cmd, f"sqlite:///{path}")
-        assert code == 0, out
+    for cmd, want in (("verify", 0), ("audit", 3)):  # audit: NOT AUDITED, the synthetic writer stores no
+        code, out, _ = cli("ledger", cmd, f"sqlite:///{path}")  # strategy settings nor updates to replay
+        assert code == want, out
     code, out, _ = cli("ledger", "verify", f"sqlite:///{path}")
     assert "train verdicts: ok 12, bad-signature 3, revoked-key 1" in out, out
     assert "verdicts re-derived from the ledger: 16" in out, out  # every update verdict of rounds 1-4
