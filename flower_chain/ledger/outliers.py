@@ -42,9 +42,9 @@ def update_distances(ledger: Ledger) -> dict[int, dict[str, float]]:
     return dict(out)
 
 
-def attribute_outliers(ledger: Ledger, k: int) -> list[dict]:
+def attribute_outliers(ledger: Ledger, k: int) -> list[dict[str, str | int]]:
     """The ``k`` keys most often among the ``k`` farthest updates of a round, with how often."""
-    flagged: Counter = Counter()
+    flagged: Counter[str] = Counter()
     distances = update_distances(ledger)
     for per_key in distances.values():
         for kid, _d in sorted(per_key.items(), key=lambda kv: -kv[1])[:k]:
