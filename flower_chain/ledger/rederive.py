@@ -13,11 +13,12 @@ over silently. Called by :func:`flower_chain.ledger.verify.verify`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from flower_chain.ledger import policy
-from flower_chain.ledger.arrays import array_meta, first_nonfinite
+from flower_chain.ledger.arrays import ArrayMeta, array_meta, first_nonfinite
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.blobs import MISSING, UNDECODABLE, BlobError, read_arrays
@@ -26,10 +27,12 @@ from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from flower_chain.ledger.verify import VerifyReport
 
 
-def stored_arrays(ledger: Ledger, digest: bytes):
+def stored_arrays(ledger: Ledger, digest: bytes) -> list[tuple[str, np.ndarray]] | None:
     """The arrays stored under ``digest`` (``None`` when not stored); an altered blob fails verification."""
     if not digest:
         return None
@@ -44,20 +47,20 @@ def stored_arrays(ledger: Ledger, digest: bytes):
         raise VerificationError(f"the blob {short} in the blob store does not match its digest (altered)") from e
 
 
-def _update_arrays(ledger: Ledger, entry: UpdateEntry):
+def _update_arrays(ledger: Ledger, entry: UpdateEntry) -> tuple[ArrayMeta | None, str | None]:
     """(array meta, first non-finite array) of an update whose arrays are in the blob store, else (None, None)."""
     arrays = stored_arrays(ledger, entry.arrays_digest)
     return (None, None) if arrays is None else (array_meta(arrays), first_nonfinite(arrays))
 
 
-def _template(ledger: Ledger, digest: bytes, wanted: bool):
+def _template(ledger: Ledger, digest: bytes, wanted: bool) -> ArrayMeta | None:
     """The round's global model template (names, shapes, dtypes) when wanted and stored."""
     arrays = stored_arrays(ledger, digest) if wanted else None
     return None if arrays is None else array_meta(arrays)
 
 
 def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
-                   genesis: GenesisEntry, revoked: frozenset, report: VerifyReport, blobs: bool) -> None:
+                   genesis: GenesisEntry, revoked: frozenset[str], report: VerifyReport, blobs: bool) -> None:
     """Re-derive the verdicts of one block's update entries with the policy the server used."""
     for kind in ("train", "evaluate"):
         group = [(i, e) for i, e in updates if e.kind == kind]
@@ -124,7 +127,8 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _signature_checks(evidence: list, keys: dict) -> dict:
+def _signature_checks(evidence: list[policy.Evidence], keys: Mapping[str, bytes]
+                      ) -> dict[tuple[bytes, bytes, bytes], bool]:
     """Ed25519 checks of a block's statements, on worker threads (``cryptography`` releases the GIL)."""
     todo = []
     for ev in evidence:
@@ -141,7 +145,7 @@ def _signature_checks(evidence: list, keys: dict) -> dict:
         _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="flower-chain-verify")
     size = -(-len(todo) // (4 * _POOL._max_workers))
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    out: dict = {}
+    out: dict[tuple[bytes, bytes, bytes], bool] = {}
     for chunk, results in zip(chunks, _POOL.map(lambda c: [verify_signature(*t) for t in c], chunks)):
         out.update(zip(chunk, results))
     return out
