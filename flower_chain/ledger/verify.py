@@ -44,7 +44,7 @@ from flower_chain.ledger.arrays import array_digest, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import ZERO_HASH, BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import verify_checkpoint
-from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, GenesisEntry, UpdateEntry
+from flower_chain.ledger.entries import ACCEPTED, Entry, EvaluationEntry, GenesisEntry, UpdateEntry
 from flower_chain.ledger.entry_checks import check_entries
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
@@ -68,36 +68,36 @@ class VerifyReport:
     server_key_id: str = ""
     accepted: int = 0  # replies to train instructions
     rejected: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    entry_types: Counter = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    entry_types: Counter[str] = field(default_factory=Counter)
     client_signatures_checked: int = 0
-    revoked: set = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
     last_round: int = 0
     model_digest: bytes = b""
     state_digest: bytes = b""  # the strategy state recorded last (state_after of the head)
     #: every update verdict by (kind, reason): ("train", "ok"), ("evaluate", "duplicate"), ...
-    verdicts: Counter = field(default_factory=Counter)
+    verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: keys that signed two different statements for one round (evidence of a stolen key)
-    equivocating_keys: set = field(default_factory=set)
+    equivocating_keys: set[str] = field(default_factory=set)
     #: recorded verdicts the ledger's content alone cannot re-derive, by reason (e.g. "client-error")
-    not_rederived: Counter = field(default_factory=Counter)
+    not_rederived: Counter[str] = field(default_factory=Counter)
     #: verdicts re-derived from ledger content and found equal to the recorded ones
     verdicts_rederived: int = 0
     #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key (one per
     #: key and checkpoint, however often it is recorded)
     client_cosignatures: int = 0
     #: key id -> heights of the blocks whose checkpoint the key cosigned (clients as witnesses)
-    cosigned: dict = field(default_factory=dict)
+    cosigned: dict[str, set[int]] = field(default_factory=dict)
     #: the genesis keyring's key ids
-    keyring: list = field(default_factory=list)
+    keyring: list[str] = field(default_factory=list)
     #: accepted train updates whose array rules (names, shapes, dtypes, finite values) were not re-derived:
     #: ``blobs=False``, or the update's arrays or the round's model not in the blob store
     arrays_unchecked: int = 0
     #: (with ``blobs=True``) problems with stored model, state and update blobs, one line each
-    blob_problems: list = field(default_factory=list)
+    blob_problems: list[str] = field(default_factory=list)
     #: centralized evaluation summaries: the server's own claim about the model (no client signed them), not
     #: checked by verify; by round
-    centralized_evaluations: list = field(default_factory=list)
+    centralized_evaluations: list[int] = field(default_factory=list)
     #: SecAgg+ rounds whose aggregate changed the model with no plaintext update: not checked by verify,
     #: replayed by ``flower-chain ledger audit`` (:func:`flower_chain.audit.secagg.audit_secagg`)
     secagg_rounds: int = 0
@@ -113,7 +113,7 @@ class Walk:
     client_signatures: bool = False
     nodes: bool = False
     blobs: bool = False
-    visit: Callable | None = None
+    visit: Callable[[int, Entry], object] | None = None
     log: merkle.CompactRange = field(default_factory=merkle.CompactRange)
     prev_hash: bytes = ZERO_HASH
     prev_ts: int = 0
@@ -135,7 +135,7 @@ def verify(
     client_signatures: bool = False,
     nodes: bool | None = None,
     blobs: bool = False,
-    visit=None,
+    visit: Callable[[int, Entry], object] | None = None,
 ) -> VerifyReport:
     """Verify ``ledger``; return a :class:`VerifyReport` or raise :class:`VerificationError`.
 
