@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flower_chain.ledger import policy
-from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.block import BlockHeader, StoredBlock
 from flower_chain.ledger.entries import (
     ACCEPTED,
     REASONS,
     REJECTED,
     CosignatureEntry,
+    Entry,
     EvaluationEntry,
     GenesisEntry,
     RevocationEntry,
@@ -51,6 +52,8 @@ def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
             w.report.federation_id = w.genesis.federation_id
             w.report.server_key_id = key_id(w.pub)
             w.report.keyring = sorted(w.genesis.client_keys)
+        elif w.genesis is None:  # blocks are walked from height 0, whose genesis entry sets it
+            raise VerificationError("an entry before the genesis entry", height=h.height, entry=i)
         elif isinstance(entry, CosignatureEntry):
             _check_cosignature(entry, h, i, w.genesis, w.prev_block, w.report)
         else:
@@ -66,7 +69,7 @@ def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
     return updates, summaries
 
 
-def _check_genesis(entry, h: BlockHeader, server_key: bytes | None, i: int) -> GenesisEntry:
+def _check_genesis(entry: Entry, h: BlockHeader, server_key: bytes | None, i: int) -> GenesisEntry:
     if not isinstance(entry, GenesisEntry) or i != 0 or h.entry_count != 1:
         raise VerificationError("block 0 must hold exactly one entry, a genesis entry", height=0, entry=i)
     if h.round != 0:
@@ -83,7 +86,7 @@ def _check_genesis(entry, h: BlockHeader, server_key: bytes | None, i: int) -> G
     return entry
 
 
-def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str],
+def _check_entry(entry: Entry | SecAggEntry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str],
                  report: VerifyReport) -> None:
     report.entry_types[entry.TYPE] += 1
     if isinstance(entry, GenesisEntry):
@@ -118,7 +121,8 @@ def _check_entry(entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: 
     report.verdicts[(entry.kind, policy.recorded_reason(entry))] += 1
 
 
-def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis: GenesisEntry, prev_block,
+def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis: GenesisEntry,
+                       prev_block: StoredBlock | None,
                        report: VerifyReport) -> None:
     """A client's cosignature must verify, under its genesis key, over the checkpoint of the block before."""
     from flower_chain.ledger.cosignature import check_client_cosignature
