@@ -33,7 +33,7 @@ class BlockRow:
     entries: int
     accepted: int
     rejected: int
-    reasons: Counter
+    reasons: Counter[str]
     model_after: str
     time: str
     timestamp_ms: int
@@ -42,8 +42,8 @@ class BlockRow:
     evaluate_replies: int = 0
     evaluate_accepted: int = 0
     evaluate_rejected: int = 0
-    evaluate_reasons: Counter = field(default_factory=Counter)
-    equivocating: set = field(default_factory=set)  # keys that signed two different statements for the round
+    evaluate_reasons: Counter[str] = field(default_factory=Counter)
+    equivocating: set[str] = field(default_factory=set)  # keys that signed two different statements for the round
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     clients: list[tuple[str, str, str]] = field(default_factory=list)  # (key id, verdict, reason)
 
@@ -104,11 +104,13 @@ def summary(ledger: Ledger) -> dict[str, Any]:
     """
     genesis = read_genesis(ledger)
     head = ledger.head()
+    if head is None:  # read_genesis raised for an empty ledger; a ledger emptied since is an error too
+        raise LedgerError(f"{ledger.uri}: the ledger is empty (no genesis block)")
     accepted = rejected = ev_accepted = ev_rejected = 0
-    reasons: Counter = Counter()
-    ev_reasons: Counter = Counter()
-    rounds = set()
-    equivocating: set = set()
+    reasons: Counter[str] = Counter()
+    ev_reasons: Counter[str] = Counter()
+    rounds: set[int] = set()
+    equivocating: set[str] = set()
     for row in block_rows(ledger, 1):
         equivocating |= row.equivocating
         accepted += row.accepted
