@@ -28,7 +28,7 @@ from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
-from flower_chain.ledger.entries import decode_entry
+from flower_chain.ledger.entries import UpdateEntry, decode_entry
 from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError
 from flower_chain.ledger.proofs import NodeReader, block_with_size, consistency_proof, entry_at, inclusion_proof
 from flower_chain.ledger.text import is_decimal
@@ -157,6 +157,6 @@ def find_update(ledger: Ledger, server_round: int, key_id: str) -> int:
             continue
         for i, data in enumerate(ledger.entries(h.first_index, h.log_size)):
             e = decode_entry(data)
-            if e.TYPE == "update" and e.kind == "train" and e.key_id == key_id:
+            if isinstance(e, UpdateEntry) and e.kind == "train" and e.key_id == key_id:
                 return h.first_index + i
     raise LedgerError(f"no update from client {key_id} in round {server_round}")
