@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from typing import Any
 
 from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
@@ -111,7 +112,7 @@ class BlockHeader:
 assert [f.name for f in fields(BlockHeader)] == list(_FIELD_TYPES)
 
 
-def _check_ranges(d: dict) -> None:
+def _check_ranges(d: dict[str, Any]) -> None:
     """Bound every decoded header field, so no reader computes with a negative count, an entry range
     before the log's start, a date past year 9999 or a digest of the wrong length."""
     for name in ("height", "round", "entry_count", "log_size"):
