@@ -209,7 +209,8 @@ def http_fetcher(base_url: str, timeout: float = 10.0) -> Callable[[str], bytes]
     def fetch(path: str) -> bytes:
         try:
             with urllib.request.urlopen(base + path.lstrip("/"), timeout=timeout) as r:  # noqa: S310 - caller's URL
-                return r.read()
+                body: bytes = r.read()
+                return body
         except urllib.error.HTTPError as e:
             raise TileError(f"GET {path}: HTTP {e.code}") from e
         except (urllib.error.URLError, OSError) as e:
