@@ -87,7 +87,7 @@ def _encode(v: Value, out: bytearray, depth: int) -> None:
 _TEXT_TAG, _BYTES_TAG, _INT_TAG, _FLOAT_TAG = (bytes([t]) for t in (_TEXT, _BYTES, _INT, _FLOAT))
 
 
-def _encode_map(v: Mapping, out: bytearray, depth: int) -> None:
+def _encode_map(v: Mapping[Any, Any], out: bytearray, depth: int) -> None:
     keys = []
     for k in v:
         if not isinstance(k, str):
