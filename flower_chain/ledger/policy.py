@@ -48,6 +48,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from flower_chain.ledger.arrays import ArrayMeta
 from flower_chain.ledger.entries import UpdateEntry, UpdateStatement, metrics_digest
@@ -101,7 +102,7 @@ class RoundRules:
     parent: bytes
     base_digest: bytes
     keys: Mapping[str, bytes]
-    revoked: frozenset = frozenset()
+    revoked: frozenset[str] = frozenset()
     template: ArrayMeta | None = None
 
 
@@ -118,7 +119,7 @@ class Evidence:
     signature: bytes = b""
     num_examples: int = -1
     arrays_digest: bytes = b""
-    metrics: Mapping = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     arrays_meta: ArrayMeta | None = None
     nonfinite: str | None = None
     precheck: tuple[str, str] | None = None
@@ -211,7 +212,7 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
     return v(OK)
 
 
-def _nonfinite_metric(metrics: Mapping) -> str | None:
+def _nonfinite_metric(metrics: Mapping[str, Any]) -> str | None:
     """The name of the first metric holding a NaN or infinite value, if any."""
     for name, value in metrics.items():
         values = value if isinstance(value, (list, tuple)) else (value,)
@@ -288,13 +289,13 @@ def judge_round(rules: RoundRules, evidence: Sequence[Evidence],
 OWN_METRICS = ("flower-chain-", "flower-chain.")
 
 
-def strategy_metrics(metrics: Mapping) -> dict:
+def strategy_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """A reply's metrics as the wrapped strategy gets them: without flower-chain's own (the server hands
     on exactly these; ``flower-chain ledger audit`` replays with exactly these)."""
     return {k: v for k, v in metrics.items() if not str(k).startswith(OWN_METRICS)}
 
 
-def metric_schema(metrics: Mapping) -> tuple:
+def metric_schema(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """What the accepted replies of a round must share: each metric's name and shape (number, list of n, ...)."""
     out = []
     for name, value in metrics.items():
@@ -312,7 +313,7 @@ def metric_schema(metrics: Mapping) -> tuple:
     return tuple(sorted(out))
 
 
-def _schema_text(schema: tuple) -> str:
+def _schema_text(schema: tuple[tuple[str, str], ...]) -> str:
     return "{" + ", ".join(f"{n}: {t}" for n, t in schema) + "}"
 
 
