@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, TypeVar, cast
 
 from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, check_version
 from flower_chain.ledger.encoding import decode_with_domain, encode, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
+
+if TYPE_CHECKING:
+    from flower_chain.ledger.secagg import SecAggEntry
 
 ENTRY_DOMAIN = b"flower-chain:entry:v1\x00"
 STATEMENT_DOMAIN = b"flower-chain:update:v1\x00"
@@ -46,15 +49,16 @@ def metrics_digest(metrics: dict[str, Any]) -> bytes:
     return hashlib.sha256(encode(dict(metrics))).digest()
 
 
-_TYPES: dict[str, type] = {}
+_TYPES: dict[str, type[_Entry]] = {}
+_E = TypeVar("_E", bound="_Entry")
 
 
-def _register(cls):
+def _register(cls: type[_E]) -> type[_E]:
     _TYPES[cls.TYPE] = cls
     return cls
 
 
-_PYTYPES = {"int": int, "str": str, "bytes": bytes, "dict": dict, "list": list, "float": float}
+_PYTYPES: dict[str, type] = {"int": int, "str": str, "bytes": bytes, "dict": dict, "list": list, "float": float}
 
 
 class _Entry:
@@ -75,7 +79,7 @@ class _Entry:
         return encode_with_domain(ENTRY_DOMAIN, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         for name, value in cls.IMPLIED.items():
             if name not in d:
@@ -87,7 +91,8 @@ class _Entry:
         if extra or missing:
             raise EncodingError(f"{cls.TYPE} entry: unexpected fields {sorted(extra)} / missing {sorted(missing)}")
         for name, f in names.items():
-            want = _PYTYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+            annotation = f.type if isinstance(f.type, str) else f.type.__name__
+            want = _PYTYPES[annotation.split("[", 1)[0]]  # "dict[str, Any]" is a dict
             v = d[name]
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 continue
@@ -111,7 +116,7 @@ class GenesisEntry(_Entry):
     federation_id: str
     origin: str
     server_key: bytes
-    client_keys: dict  # key id -> raw 32-byte Ed25519 public key
+    client_keys: dict[str, bytes]  # key id -> raw 32-byte Ed25519 public key
     strategy: str
     config_digest: bytes
     created_ms: int
@@ -141,7 +146,7 @@ class UpdateEntry(_Entry):
     detail: str
     num_examples: int
     arrays_digest: bytes
-    metrics: dict
+    metrics: dict[str, Any]
     statement: bytes
     signature: bytes
 
@@ -155,7 +160,7 @@ class EvaluationEntry(_Entry):
     round: int
     source: str
     num_replies: int
-    metrics: dict
+    metrics: dict[str, Any]
 
 
 @_register
@@ -186,7 +191,11 @@ class CosignatureEntry(_Entry):
     line: str
 
 
-Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry
+#: Every registered entry type (:class:`~flower_chain.ledger.secagg.SecAggEntry` registers itself on import).
+if TYPE_CHECKING:
+    Entry: TypeAlias = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | SecAggEntry
+else:  # secagg imports this module: its class is not importable here at run time
+    Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry
 
 
 def decode_entry(data: bytes) -> Entry:
@@ -197,7 +206,7 @@ def decode_entry(data: bytes) -> Entry:
     cls = _TYPES.get(d["type"])
     if cls is None:
         raise EncodingError(f"unknown entry type {d['type']!r}")
-    return cls.from_dict(d)
+    return cast(Entry, cls.from_dict(d))  # _TYPES holds exactly the registered entry types
 
 
 @dataclass(frozen=True)
