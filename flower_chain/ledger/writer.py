@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,7 +36,7 @@ def read_genesis(ledger: Ledger) -> GenesisEntry:
     return entry
 
 
-_versions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_versions: weakref.WeakKeyDictionary[Ledger, int] = weakref.WeakKeyDictionary()
 
 
 def digest_version_of(ledger: Ledger) -> int:
@@ -76,14 +77,15 @@ class LedgerWriter:
         Returns seconds since the epoch (for tests).
     """
 
-    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *, clock=time.time) -> None:
+    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ledger = ledger
         self.server_key = server_key
         self.clock = clock
         self.genesis: GenesisEntry | None = None
         self._range = merkle.CompactRange()
         self._head: StoredBlock | None = None
-        self.listeners: list = []  # called with each block once it is durable (e.g. an anchor publisher)
+        self.listeners: list[Callable[[StoredBlock], object]] = []  # called with each block once it is durable (e.g. an anchor publisher)
         if ledger.block_count():
             self._load()
 
@@ -95,6 +97,8 @@ class LedgerWriter:
                 f"not by this server key {key_id(self.server_key)}: pass the ledger's own server key"
             )
         self._head = self.ledger.head()
+        if self._head is None:  # read_genesis found a genesis block just above
+            raise LedgerError(f"{self.ledger.uri}: the ledger is empty (no genesis block)")
         h = self._head.header
         self._range = merkle.CompactRange.from_nodes(h.log_size, self.ledger.node)
         if self._range.root() != h.log_root:
@@ -215,7 +219,7 @@ def _last_model(ledger: Ledger, height: int) -> bytes:
     return b""
 
 
-def config_digest(config: dict) -> bytes:
+def config_digest(config: dict[str, Any]) -> bytes:
     """SHA-256 of the canonical encoding of a configuration map."""
     from flower_chain.ledger.encoding import encode
 
