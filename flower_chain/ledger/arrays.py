@@ -84,7 +84,8 @@ def _chunks(named: Iterable[tuple[str, np.ndarray]], version: int) -> Iterator[b
         head.append(_U64.pack(a.nbytes))
         yield b"".join(head)
         if a.nbytes:
-            yield memoryview(a.reshape(-1)).cast("B")
+            # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12; it is a buffer on 3.11 too
+            yield memoryview(a.reshape(-1)).cast("B")  # type: ignore[arg-type]
 
 
 def array_digest_v1(named: Iterable[tuple[str, np.ndarray]]) -> bytes:
@@ -133,7 +134,7 @@ def stream_digest(data: bytes | bytearray | memoryview, version: int = ARRAY_DIG
     return _tree_digest([view], threads)
 
 
-def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> Future:
+def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> Future[bytes]:
     """Start :func:`array_digest` of ``named`` on a new daemon thread; ``.result()`` joins it.
 
     For work that overlaps the digest of arrays already received with something else (a client
@@ -142,7 +143,7 @@ def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int =
     read-only views of immutable bytes; a caller holding writable arrays passes copies.
     """
     named, version = list(named), check_version(version)
-    future: Future = Future()
+    future: Future[bytes] = Future()
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
