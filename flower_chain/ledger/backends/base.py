@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from flower_chain.ledger.block import ZERO_HASH, StoredBlock
 from flower_chain.ledger.errors import AppendError, LedgerConflictError, LedgerCorruptError, LedgerError
@@ -60,7 +60,7 @@ class Ledger(abc.ABC):
             Hash of the stored head block (ignored when ``count`` is 0).
         """
         h = block.header
-        expected_prev = bytes(head_hash) if count else ZERO_HASH
+        expected_prev = bytes(head_hash) if count and head_hash is not None else ZERO_HASH
         if h.height == count and h.prev_hash == expected_prev:
             return
         stored = (f"its head is block {count - 1} with hash {expected_prev.hex()[:16]}" if count
@@ -127,7 +127,7 @@ class Ledger(abc.ABC):
             self._put_blob(digest, data)
         return digest
 
-    def put_blobs(self, items) -> None:
+    def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Store many ``(digest, data)`` blobs (a round's client updates); backends batch them in one transaction."""
         for digest, data in items:
             self.put_blob(data, digest)
@@ -141,7 +141,7 @@ class Ledger(abc.ABC):
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
