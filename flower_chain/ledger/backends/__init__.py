@@ -51,9 +51,9 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
         raise LedgerOpenError(f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH, postgresql://USER@HOST:PORT/DB or memory:")
     if scheme == "memory":
         return MemoryLedger(uri)
-    if scheme == "sqlite":
+    if scheme == "sqlite" and location.path is not None:  # parse_ledger_uri gives sqlite: a path
         return SQLiteLedger(location.path, create=create, uri=uri)
-    if scheme == "jsonl":
+    if scheme == "jsonl" and location.path is not None:  # and jsonl:
         return JSONLLedger(location.path, create=create, uri=uri, drop_torn_tail=create)
     if scheme == "postgresql":
         return PostgresLedger(uri, create=create)
