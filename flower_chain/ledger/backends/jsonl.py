@@ -31,6 +31,8 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
@@ -40,8 +42,11 @@ from flower_chain.ledger.location import file_uri
 from flower_chain.ledger.merkle import CompactRange, leaf_hash
 from flower_chain.ledger.text import safe_text
 
+fcntl: ModuleType | None
 try:
-    import fcntl
+    import fcntl as _fcntl
+
+    fcntl = _fcntl
 except ImportError:  # not POSIX: threads of one process are still serialized by the lock below
     fcntl = None
 
@@ -65,7 +70,7 @@ def _unb64(s: object, where: str, limit: int | None = None) -> bytes:
         raise LedgerCorruptError(f"{where}: not valid base64") from e
 
 
-def _view(block: StoredBlock) -> dict:
+def _view(block: StoredBlock) -> dict[str, Any]:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in block.header.__dict__.items()
             if not k.startswith("_")}
 
@@ -146,7 +151,7 @@ class JSONLLedger(Ledger):
         self._index(block, entries)
 
     @staticmethod
-    def _check_readable(rec: dict, block: StoredBlock, where: str) -> None:
+    def _check_readable(rec: dict[str, Any], block: StoredBlock, where: str) -> None:
         """The human-readable ``height`` and ``view`` must equal the signed header (what people read is what was signed)."""
         try:
             signed = _view(block)
