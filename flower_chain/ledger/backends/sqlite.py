@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS blobs (digest BLOB PRIMARY KEY, data BLOB NOT NULL);
 
 
 @contextmanager
-def _db_errors(path: Path):
+def _db_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as e:
@@ -168,7 +168,7 @@ class SQLiteLedger(Ledger):
         if n and (low != 0 or high != n - 1):
             raise LedgerCorruptError(f"{self.path}: the stored block heights are not 0..{n - 1} (lowest {low}, "
                                      f"highest {high}): rows were added or removed outside the ledger")
-        return n
+        return int(n)  # COUNT(*) is an integer
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
         end = 2**62 if end is None else end
@@ -207,7 +207,7 @@ class SQLiteLedger(Ledger):
             self._writable()
             self._conn.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
 
-    def put_blobs(self, items) -> None:
+    def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Many blobs in one transaction (one fsync, not one per blob)."""
         rows = [(bytes(d), bytes(data)) for d, data in items]
         if not rows:
