@@ -6,6 +6,15 @@ Kept apart from :mod:`flower_chain.ledger.backends.postgres` (the storage logic)
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from flower_chain.ledger.errors import LedgerCorruptError
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: A psycopg 3 connection (psycopg is imported only when a PostgreSQL ledger is opened).
+Connection: TypeAlias = "psycopg.Connection[Any]"
 
 FORMAT = "flower-chain-ledger"
 SCHEMA_VERSION = 1
@@ -48,3 +57,10 @@ def _hint(msg: str) -> str:
     if "refused" in low or "timeout" in low or "could not translate" in low or "no such file" in low:
         return "check that PostgreSQL is running and that the host and port in the URI are right"
     return "check the connection string"
+
+
+def head_row(row: tuple[Any, ...] | None, uri: str) -> tuple[Any, ...]:
+    """The ``fc_head`` row ``(block_count, head_hash)``; :class:`LedgerCorruptError` when it is missing."""
+    if row is None:
+        raise LedgerCorruptError(f"{uri}: the head row of fc_head is missing")
+    return row

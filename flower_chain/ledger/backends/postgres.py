@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flower_chain.ledger.backends import cells
@@ -57,8 +57,10 @@ from flower_chain.ledger.backends.pg_support import (  # the schema and message 
     FORMAT,
     SCHEMA_VERSION,
     TABLES,
+    Connection,
     _hint,
     _one_line,
+    head_row,
     redact,
 )
 from flower_chain.ledger.block import StoredBlock
@@ -112,9 +114,8 @@ class PostgresLedger(Ledger):
             self._connect_kwargs["connect_timeout"] = int(connect_timeout)
         self._read_only = not create
         self._lock = threading.RLock()
-        self._conn = None
         try:
-            self._conn = self._connect()
+            self._conn: Connection = self._connect()
         except psycopg.OperationalError as e:
             msg = _one_line(e)
             raise LedgerOpenError(f"cannot open ledger {self.uri}: {msg}; {_hint(msg)}") from e
@@ -128,7 +129,7 @@ class PostgresLedger(Ledger):
             raise
 
     # -- connection ------------------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self) -> Connection:
         conn = self._pg.connect(self._conninfo, **self._connect_kwargs)
         if self._read_only:
             conn.execute("SET default_transaction_read_only = on")
@@ -159,7 +160,7 @@ class PostgresLedger(Ledger):
             f"{self.retry_seconds:.0f} s ({_one_line(last)}). Nothing is half-written: each block is stored "
             "whole or not at all. When the database is back, restart the server with --resume") from cause
 
-    def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
+    def _run(self, what: str, fn: Callable[..., Any]) -> Any:
         """Run an idempotent read or write ``fn(conn)``, once more after a reconnect if the connection broke."""
         with self._lock:
             try:
@@ -190,9 +191,9 @@ class PostgresLedger(Ledger):
         return self._read_only
 
     # -- schema ----------------------------------------------------------------------------------
-    def _existing_tables(self, conn) -> set[str]:
+    def _existing_tables(self, conn: Connection) -> set[str]:
         row = conn.execute("SELECT current_schema()").fetchone()
-        if row[0] is None:
+        if row is None or row[0] is None:
             raise LedgerOpenError(f"{self.uri}: no schema on the search_path exists to hold the ledger; "
                                   "create it or fix the options=-csearch_path=... in the URI")
         rows = conn.execute(
@@ -263,7 +264,8 @@ class PostgresLedger(Ledger):
 
     def _stored_after_loss(self, block: StoredBlock) -> bool:
         """After a lost connection: True if the block was committed; raise if another writer's block is there."""
-        count, head = self._conn.execute("SELECT block_count, head_hash FROM fc_head WHERE id = 1").fetchone()
+        count, head = head_row(self._conn.execute("SELECT block_count, head_hash FROM fc_head WHERE id = 1").fetchone(),
+                               self.uri)
         if count == block.header.height + 1 and bytes(head) == block.hash:
             log.warning("%s: block %d was committed before the connection was lost", self.uri, block.header.height)
             return True
@@ -278,7 +280,7 @@ class PostgresLedger(Ledger):
             with conn.transaction(), conn.cursor() as cur:
                 # The compare-and-swap: the head row is locked for the rest of the transaction.
                 cur.execute("SELECT block_count, head_hash FROM fc_head WHERE id = 1 FOR UPDATE")
-                count, head = cur.fetchone()
+                count, head = head_row(cur.fetchone(), self.uri)
                 self._check_extends(block, count, bytes(head))
                 with cur.copy("COPY fc_entries (idx, height, data) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["int8", "int8", "bytea"])
@@ -314,7 +316,7 @@ class PostgresLedger(Ledger):
         return cells.count(row[0], f"{self.uri}: fc_head.block_count")
 
     def head(self) -> StoredBlock | None:
-        def q(c):
+        def q(c: Connection) -> tuple[Any, ...] | None:
             return c.cursor(binary=True).execute(
                 "SELECT b.header, b.signature, b.checkpoint FROM fc_head h JOIN fc_blocks b "
                 "ON b.height = h.block_count - 1 WHERE h.id = 1").fetchone()
@@ -368,14 +370,14 @@ class PostgresLedger(Ledger):
         self._run("storing a blob", lambda c: c.execute(
             "INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data))))
 
-    def put_blobs(self, items) -> None:
+    def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Many blobs in one transaction (idempotent: a retry after a reconnect inserts nothing twice)."""
         rows = [(bytes(d), bytes(data)) for d, data in items]
         if not rows:
             return
         self._writable()
 
-        def insert(c):
+        def insert(c: Connection) -> None:
             with c.transaction():
                 c.cursor().executemany("INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", rows)
 
