@@ -19,21 +19,21 @@ def proof_verify(proof_file: Path = typer.Argument(..., metavar="PROOF"),
                  server_key: str = typer.Option(..., "--server-key", help="server public key: PEM or verifier key")
                  ) -> None:
     """Check an inclusion (tlog-proof) or consistency proof with nothing but the server's public key."""
-    from flower_chain.ledger.entries import decode_entry
+    from flower_chain.ledger.entries import UpdateEntry, decode_entry
     from flower_chain.ledger.tlog_proof import InclusionProof, parse_proof
 
     if not proof_file.is_file():
         fail(f"proof file {proof_file} not found")
     pub = read_server_key(server_key)
     proof = parse_proof(proof_file.read_text())
-    result = proof.verify(pub)
     if isinstance(proof, InclusionProof):
+        result = proof.verify(pub)
         entry = decode_entry(proof.entry)
         what = f"{entry.TYPE} entry" + (f" of client {entry.key_id}, round {entry.round}, {entry.verdict}"
-                                         if entry.TYPE == "update" else "")
+                                         if isinstance(entry, UpdateEntry) else "")
         out.print(f"[bold green]VERIFIED[/] {what} is entry {proof.index} of the log "
                   f"{result.origin} at size {result.size}", highlight=False)
     else:
-        old, new = result
+        old, new = proof.verify(pub)
         out.print(f"[bold green]VERIFIED[/] {new.origin}: the log at size {new.size} extends the log at size "
                   f"{old.size}", highlight=False)
