@@ -18,13 +18,13 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from flower_chain.cli.common import EXIT_FAILED, fail, open_or_fail, read_server_key, say
 from flower_chain.cli.errors import Meaning, meanings
-from flower_chain.ledger.entries import ACCEPTED, GenesisEntry, UpdateEntry, UpdateStatement, decode_entry
+from flower_chain.ledger.entries import ACCEPTED, Entry, GenesisEntry, UpdateEntry, UpdateStatement, decode_entry
 from flower_chain.ledger.errors import LedgerError, ProofError, VerificationError
 from flower_chain.ledger.keys import public_key_problem, verify_signature
 from flower_chain.ledger.writer import origin_for
@@ -57,7 +57,7 @@ def read_pending(keydir: Path) -> list[Pending]:
         fail(f"{path}: {e}")
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         if "pending_replies" in tables:
             rows += db.execute("SELECT origin, round, kind, statement FROM pending_replies LIMIT ?",
                                (MAX_PENDING,)).fetchall()
@@ -94,7 +94,7 @@ def pinned_key(keydir: Path, given: Optional[str]) -> bytes:
     return key
 
 
-def log_entries(log: str, server_key: bytes) -> tuple[Iterator, str]:
+def log_entries(log: str, server_key: bytes) -> tuple[Iterator[Entry], Entry | None]:
     """(the log's decoded entries after the genesis, and its genesis) from a ledger URI or a tiles URL, each
     checked under ``server_key`` (a ledger: verified in full; tiles: against the signed checkpoint)."""
     if log.startswith(("http://", "https://")):
@@ -110,7 +110,7 @@ def log_entries(log: str, server_key: bytes) -> tuple[Iterator, str]:
 
     ledger = open_or_fail(log)
     try:
-        seen: list = []
+        seen: list[Entry] = []
         verify(ledger, server_key=server_key, visit=lambda _i, e: seen.append(e))
         genesis = decode_entry(next(iter(ledger.entries(0, 1))))
     finally:
@@ -118,7 +118,7 @@ def log_entries(log: str, server_key: bytes) -> tuple[Iterator, str]:
     return iter(seen), genesis
 
 
-def problems_of(pending: list[Pending], entries: Iterator, genesis: GenesisEntry) -> list[str]:
+def problems_of(pending: list[Pending], entries: Iterator[Entry], genesis: GenesisEntry) -> list[str]:
     """One line per pending statement that is not in the log, accepted."""
     copies: dict[bytes, list[UpdateEntry]] = {p.statement: [] for p in pending}
     for e in entries:
