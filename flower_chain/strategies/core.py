@@ -82,10 +82,11 @@ class LedgerCore:
         # Keys first: a bad key or keyring is an error before anything is written (no empty ledger left behind).
         self.server_key = opts.load_server_key()
         keys = opts.load_keys()
+        audit_key = opts.load_audit_key()  # a bad auditor key too
         target = opts.ledger_target()
         self.ledger = open_ledger(target, create=True) if isinstance(target, str) else target
         self.recorder = Recorder(self.ledger, self.server_key, store_models=opts.store_models,
-                                 store_client_updates=opts.store_client_updates)
+                                 store_client_updates=opts.store_client_updates, audit_key=audit_key)
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
         self.stats: dict[int, dict[str, Any]] = {}
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process

@@ -70,7 +70,12 @@ class LedgerStrategy(Strategy):
     **settings
         Its fields as keyword arguments, applied over ``options``: ``ledger`` (a backend or URI;
         ``{run_id}`` becomes the Flower run id), ``keyring``, ``server_key`` (required unless in
-        ``options``), ``federation_id``, ``store_models``, ``store_client_updates``, ``resume``
+        ``options``), ``federation_id``, ``store_models``, ``store_client_updates`` (``None``, the default, or
+        ``True``: every round's accepted updates, whatever their size, sealed to ``audit_key`` when one
+        is set; ``False``: none — `flower-chain ledger audit` then re-derives no round, NOT AUDITED),
+        ``audit_key`` (the auditor's X25519 public key — the key, PEM, 64 hex digits, or a file of
+        either, made by `flower-chain ledger audit-key DIR`: accepted updates are stored sealed to it,
+        never in plaintext; a bad key fails before anything is written), ``resume``
         (continue the federation of a ledger that already records rounds), ``min_accepted`` (fewest
         accepted train replies a round needs; below it the round is recorded, then the run stops with
         :class:`~flower_chain.strategies.errors.TooFewAcceptedError`), ``anchor``, ``verify_workers``,

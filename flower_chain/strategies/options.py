@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import Keyring, load_private
 from flower_chain.ledger.location import RUN_ID, with_run_id
+from flower_chain.ledger.sealed import load_audit_public
+
+_INLINE_KEY = re.compile(r"-----BEGIN.*|[0-9a-fA-F]{64}", re.DOTALL)  # audit key material given inline, not a path
 
 
 def existing(path: str | Path, what: str) -> Path:
@@ -69,8 +74,14 @@ class LedgerOptions:
         Keep every round's global model in the ledger's blob store (default True).
     store_client_updates : bool, optional
         Keep every accepted client update in the blob store, which ``flower-chain ledger audit`` replays
-        the aggregation from. ``None`` (default): for every round whose accepted updates hold at most
-        64 MiB of array data; ``True`` always, ``False`` never.
+        the aggregation from. ``None`` (default) or ``True``: every round's accepted updates, whatever their
+        size (sealed to ``audit_key`` when one is set); ``False``: none — `flower-chain ledger audit` then
+        re-derives no round (NOT AUDITED).
+    audit_key : X25519PublicKey, str, bytes or Path, optional
+        The auditor's X25519 public key (the key, PEM, 64 hex digits, or a file of either; make one with
+        `flower-chain ledger audit-key DIR`). Accepted updates are then stored sealed to it (HPKE,
+        docs/sealed-updates.md), never in plaintext: the server cannot open them, `flower-chain ledger
+        audit --audit-key PRIV` does. A bad key fails here, before anything is written.
     resume : bool
         Continue the federation of a ledger that already records rounds, from its last verified block
         (default False: such a ledger is refused). :class:`LedgerStrategy` only.
@@ -97,6 +108,7 @@ class LedgerOptions:
     federation_id: str | None = None
     store_models: bool = True
     store_client_updates: bool | None = None
+    audit_key: Any = None
     resume: bool = False
     min_accepted: int = 1
     anchor: Any = None
@@ -128,6 +140,23 @@ class LedgerOptions:
         if isinstance(self.server_key, Ed25519PrivateKey):
             return self.server_key
         return load_private(existing(self.server_key, "server_key"))
+
+    def load_audit_key(self) -> X25519PublicKey | None:
+        """The auditor's X25519 public key (loaded from its file when given as a path), or ``None``.
+
+        Raises
+        ------
+        KeyFileError
+            A relative path that does not exist in the working directory.
+        SealedError
+            The key does not load (:func:`flower_chain.ledger.sealed.load_audit_public`).
+        """
+        source = self.audit_key
+        if source is None:
+            return None
+        if isinstance(source, Path) or (isinstance(source, str) and not _INLINE_KEY.fullmatch(source.strip())):
+            source = existing(source, "audit_key")
+        return load_audit_public(source)
 
     def load_keys(self) -> dict[str, bytes]:
         """The allowed client keys, key id -> raw public key (read from the keyring path when given as one)."""

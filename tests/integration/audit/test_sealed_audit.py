@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAdam
 from flower_chain.audit.replay import NOT_REDERIVABLE, OK, audit
 from flower_chain.ledger import open_ledger, verify
 from flower_chain.ledger.entries import UpdateEntry, decode_entry
-from flower_chain.ledger.sealed import load_audit_private, load_audit_public, sealed_address
+from flower_chain.ledger.sealed import load_audit_private, sealed_address
 from flower_chain.ledger.writer import read_genesis
 from flower_chain.strategies import LedgerStrategy
 from tests.integration.audit.test_audit import cli, kw, run_rounds
@@ -25,13 +25,8 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def sealing_strategy(inner, audit_pub, **opts) -> LedgerStrategy:
-    """LedgerStrategy(inner, audit_key=...) — through the recorder until the option reaches LedgerOptions."""
-    try:
-        return LedgerStrategy(inner, audit_key=audit_pub, **opts)
-    except TypeError:
-        s = LedgerStrategy(inner, **opts)
-        s.core.recorder.audit_key = load_audit_public(audit_pub)
-        return s
+    """LedgerStrategy(inner, audit_key=...): accepted updates are stored sealed to the auditor's key."""
+    return LedgerStrategy(inner, audit_key=audit_pub, **opts)
 
 
 def auditor_keys(tmp_path: Path) -> tuple[Path, Path]:
@@ -144,3 +139,14 @@ def test_store_client_updates_false_opts_out_and_is_not_audited(tmp_path):
         origin = read_genesis(led).origin
     for _, e in accepted_entries(uri):  # the opt-out stores nothing to open, sealed or not
         assert e.arrays_digest not in addresses and sealed_address(origin, e.arrays_digest) not in addresses
+
+
+@pytest.mark.parametrize("bad", ["-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n", "missing.pub"])
+def test_a_bad_audit_key_fails_before_the_ledger_is_created(tmp_path, bad):
+    from flower_chain.ledger.errors import LedgerError
+
+    clients, path = Clients(2), tmp_path / "never.db"
+    with pytest.raises(LedgerError, match="audit"):
+        LedgerStrategy(FedAdam(**kw(eta=0.05, tau=1e-3)), audit_key=bad, ledger=f"sqlite:///{path}",
+                       keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    assert not path.exists()  # no empty ledger left behind
