@@ -13,7 +13,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
@@ -38,6 +38,9 @@ from flower_chain.ledger.checkpoint import verifier_key
 from flower_chain.ledger.errors import LedgerError, LedgerOpenError, VerificationError
 from flower_chain.ledger.keys import Keyring
 from flower_chain.ledger.location import parse_ledger_uri
+
+if TYPE_CHECKING:
+    from flower_chain.anchor.evm import EvmAnchor
 
 ledger_app = typer.Typer(help="Inspect, verify and prove things about a round ledger.", no_args_is_help=True)
 
@@ -211,7 +214,7 @@ def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int) -> Any:
     return witnessed
 
 
-def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs: bool, strict: bool) -> dict:
+def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs: bool, strict: bool) -> dict[str, Any]:
     return {"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
             "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
             "rejected": report.rejected, "client_signatures_checked": report.client_signatures_checked,
@@ -295,7 +298,7 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
 
 
 def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Optional[Path], chain_id: Optional[int],
-         poa: bool, fee: str, need_key: bool):
+         poa: bool, fee: str, need_key: bool) -> EvmAnchor:
     """Connect to the anchor contract; an ``AnchorError`` (exit 2) goes to the CLI's handler."""
     from flower_chain.ledger.writer import read_genesis
 
@@ -410,6 +413,6 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
 def ledger_repair(uri: str) -> None:
     """Drop a torn last line of a JSONL ledger (an append interrupted by a crash), then verify."""
     location = parse_ledger_uri(uri)
-    ledger = open_ledger(uri, create=True) if location.is_file and location.path.exists() else open_or_fail(uri)
+    ledger = open_ledger(uri, create=True) if location.path is not None and location.path.exists() else open_or_fail(uri)
     report = verify(ledger)
     out.print(f"{uri}: {report.blocks} blocks verify")
