@@ -58,9 +58,9 @@ class Meaning:
         return isinstance(error, self.types) and not isinstance(error, self.unless)
 
 
-def meanings(*items: Meaning) -> Callable:
+def meanings(*items: Meaning) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare what errors mean inside the decorated command (see :class:`Meaning`)."""
-    def decorate(command: Callable) -> Callable:
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context(silent=True)
