@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, NoReturn, Optional
 
 import typer
 
@@ -16,16 +16,19 @@ from flower_chain.cli.common import EXIT_FAILED, EXIT_USAGE
 from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.ledger.errors import KeyFileError, LedgerError, LedgerOpenError, VerificationError
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
 witness_app = typer.Typer(help="A C2SP tlog-witness that cosigns consistent checkpoints.", no_args_is_help=True)
 
 
-def _fail(message: str, code: int = 2):
+def _fail(message: str, code: int = 2) -> NoReturn:
     from flower_chain.cli.common import fail
 
     fail(message, code)
 
 
-def _run(app, host: str, port: int) -> None:
+def _run(app: Starlette, host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -88,7 +91,7 @@ def witness_serve(key: Path = typer.Option(..., "--key", help="the witness's Ed2
         location = parse_ledger_uri(db)
     except LedgerOpenError:
         location = None
-    if location is None or location.scheme != "sqlite":
+    if location is None or location.scheme != "sqlite" or location.path is None:
         _fail(f"--db {db!r}: write sqlite:///relative/path or sqlite:////absolute/path")
     k = load_private(key)
     configured: dict[str, list[tuple[str, bytes]]] = {}
