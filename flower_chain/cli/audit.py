@@ -18,6 +18,7 @@ their inputs are not stored, are sealed without ``--audit-key``, or the strategy
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -25,6 +26,10 @@ from flower_chain.cli.common import EXIT_FAILED, EXIT_OK, emit_json, err, fail, 
 from flower_chain.cli.ledger import ledger_app
 from flower_chain.ledger import verify
 from flower_chain.ledger.errors import EXIT_USAGE, LedgerError, VerificationError
+
+if TYPE_CHECKING:
+    from flower_chain.audit.replay import AuditReport, RoundAudit
+    from flower_chain.audit.secagg import SecAggReport
 
 #: ``audit``'s exit code when some rounds could not be re-derived and none contradicts the record.
 EXIT_NOT_AUDITED = 3
@@ -38,7 +43,7 @@ def _rounds_text(rounds: list[int]) -> str:
     return f"{', '.join(map(str, rounds[:10]))}, … {', '.join(map(str, rounds[-3:]))} ({len(rounds)} rounds)"
 
 
-def _summary(report, unchecked: int) -> str:
+def _summary(report: AuditReport, unchecked: int) -> str:
     """One line of counts: train rounds and evaluations re-derived out of those recorded, each counted once."""
     train = report.train_rounds
     evals = report.evaluations
@@ -132,14 +137,14 @@ def ledger_audit(uri: str,
     raise typer.Exit(code)
 
 
-def _secagg_json(secagg) -> dict:
+def _secagg_json(secagg: SecAggReport) -> dict[str, Any]:
     return {"rounds": secagg.rounds, "ok": secagg.ok, "proved": list(secagg.proved),
             "replay_seconds": secagg.replay_seconds,
             "findings": [{"round": f.round, "stage": f.stage, "node": f.node, "message": f.message,
                           "severity": f.severity} for f in secagg.findings]}
 
 
-def _explain(report, missing, strict: bool) -> None:
+def _explain(report: AuditReport, missing: list[RoundAudit], strict: bool) -> None:
     """The mismatches, then the rounds not re-derived grouped by reason (on stderr)."""
     for r in report.mismatches:
         what = {"train": "round", "evaluate": "evaluation of round"}.get(r.kind, "block of round")
