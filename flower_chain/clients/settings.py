@@ -23,8 +23,9 @@ config ``flower-chain-keys``: the ``keys init`` directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 
@@ -110,7 +111,7 @@ def pinned_server_key(context: Context) -> bytes | None:
     return raw_public(load_public(str(value))) if value else None
 
 
-def setting(context: Context, node_key: str, env: str, given=None):
+def setting(context: Context, node_key: str, env: str, given: Any = None) -> Any:
     """``given``, else the node config ``node_key`` (unless empty), else the environment ``env``, else ``None``."""
     if given is not None:
         return given
@@ -118,7 +119,8 @@ def setting(context: Context, node_key: str, env: str, given=None):
     return value if value not in (None, "") else (os.environ.get(env) or None)
 
 
-def witness_settings(context: Context, keys=None, quorum=None) -> tuple[list[CosignerKey], int]:
+def witness_settings(context: Context, keys: str | Iterable[str | CosignerKey] | None = None,
+                     quorum: int | str | None = None) -> tuple[list[CosignerKey], int]:
     """Trusted witness keys and quorum: the arguments, else node config, else environment.
 
     Raises
@@ -141,7 +143,8 @@ def witness_settings(context: Context, keys=None, quorum=None) -> tuple[list[Cos
     return parsed, q if parsed else 0
 
 
-def anchor_settings(context: Context, url=None, contract=None, owner=None) -> AnchorReader | None:
+def anchor_settings(context: Context, url: str | None = None, contract: str | None = None,
+                    owner: str | None = None) -> AnchorReader | None:
     """The anchor to check checkpoints against (arguments, node config, environment), or ``None``."""
     url = setting(context, ANCHOR_NODE_CONFIG, ENV_ANCHOR, url)
     if not url:
