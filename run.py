@@ -426,8 +426,11 @@ def print_summary(overrides: dict) -> int:
         if summary.get("secure_aggregation"):
             print(f"SecAgg+       {secagg_line(uri)}")
         print("inspect it:")
-        for cmd in ("summary", "blocks", "verify") + (("audit --strict",) if summary.get("secure_aggregation") else ()):
-            print(f"  flower-chain ledger {cmd} {uri}")
+        keys = Path(overrides.get("keys-dir") or Path(overrides["out-dir"]) / "keys")
+        pinned = f" --server-key {keys / 'server' / 'server.pub'} --keys {keys / 'keyring'}"  # not the genesis' key
+        for cmd, tail in (("summary", ""), ("blocks", ""), ("verify", pinned),
+                          ("audit --strict" if summary.get("secure_aggregation") else "audit", "")):
+            print(f"  flower-chain ledger {cmd} {uri}{tail}")
         print(f"  flower-chain ledger show {uri} 1")
         print(f"  flower-chain report {uri} -o {Path(overrides['out-dir']) / 'report.html'}")
     return 0
