@@ -21,7 +21,7 @@ from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.ledger.writer import origin_for
 
 
-def parse_request(raw: Any) -> dict | str:
+def parse_request(raw: Any) -> dict[str, Any] | str:
     """The request map of a SecAgg+ instruction, or the problem with it."""
     if not isinstance(raw, bytes):
         return "the instruction carries no flower-chain SecAgg+ request"
@@ -56,7 +56,7 @@ def header_problem(header: Any, node_id: str) -> str | None:
     return None
 
 
-def neighbours_of(header: dict, node_id: str) -> list[str]:
+def neighbours_of(header: dict[str, Any], node_id: str) -> list[str]:
     """This node's neighbours (itself included) by the header's committed graph seed."""
     graph = neighbour_graph(header["sampled"], header["params"]["num_shares"], header["graph_seed"])
     return graph.get(node_id, [])
@@ -103,8 +103,8 @@ def _consistent(old: tuple[int, bytes], new: tuple[int, bytes], proof: Any) -> s
     return None
 
 
-def committed_lists(proof: dict, server_key: bytes, state: dict, witnesses: Sequence[CosignerKey] = (),
-                    quorum: int = 0) -> tuple[dict | None, tuple | None, str | None]:
+def committed_lists(proof: dict[str, Any], server_key: bytes, state: dict[str, Any],
+                    witnesses: Sequence[CosignerKey] = (), quorum: int = 0) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None, str | None]:
     """Verify the commit block a stage 3 request points to; return (commitment, (size, root), problem).
 
     The commitment entry must be in the log of a checkpoint signed by the server that extends the
@@ -115,7 +115,7 @@ def committed_lists(proof: dict, server_key: bytes, state: dict, witnesses: Sequ
     last = (state["cp_size"], state["cp_root"])
     cp, problem = checkpoint_problem(proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"),
                                      witnesses, quorum)
-    if problem:
+    if cp is None:  # exactly when there is a problem
         return None, None, problem
     entry_bytes, index, path = proof.get("entry"), proof.get("index"), _split(proof.get("inclusion"))
     if not isinstance(entry_bytes, bytes) or not isinstance(index, int) or path is None:
@@ -139,7 +139,7 @@ def committed_lists(proof: dict, server_key: bytes, state: dict, witnesses: Sequ
     return {**commit, "keyring": keyring}, cp, None
 
 
-def _genesis_keys(proof: dict, cp: tuple[int, bytes], fid: str) -> tuple[dict, str | None]:
+def _genesis_keys(proof: dict[str, Any], cp: tuple[int, bytes], fid: str) -> tuple[dict[str, bytes], str | None]:
     """The genesis keyring, proved to be entry 0 of the same signed log."""
     data, path = proof.get("genesis"), _split(proof.get("genesis_inclusion"))
     if not isinstance(data, bytes) or path is None:
@@ -154,7 +154,7 @@ def _genesis_keys(proof: dict, cp: tuple[int, bytes], fid: str) -> tuple[dict, s
     return dict(genesis.client_keys), None
 
 
-def sources_problem(commit: dict, told_active: list, state: dict) -> str | None:
+def sources_problem(commit: dict[str, Any], told_active: list[str], state: dict[str, Any]) -> str | None:
     """Refuse to reveal a live neighbour's seed share unless its own signed masked-input statement (in the
     commitment) shows its input carries ``threshold - 1`` live pairwise masks, one with this node if this
     node masked with it (else the neighbour's input, or the sum, would be exposed or broken)."""
@@ -183,7 +183,7 @@ def sources_problem(commit: dict, told_active: list, state: dict) -> str | None:
     return None
 
 
-def unmask_problem(commit: dict, told_active: Any, told_dead: Any, state: dict) -> str | None:
+def unmask_problem(commit: dict[str, Any], told_active: Any, told_dead: Any, state: dict[str, Any]) -> str | None:
     """Why the lists a node is told do not match the commitment, or what it must never reveal."""
     me = state["node_id"]
     if not (isinstance(told_active, list) and isinstance(told_dead, list)):
