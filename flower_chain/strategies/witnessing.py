@@ -57,6 +57,8 @@ from flower_chain.ledger.writer import read_genesis
 from flower_chain.witness.client import WitnessEndpoint, WitnessPool, submit
 
 log = logging.getLogger(__name__)
+#: One endpoint's answer in flight: (cosigned note, errors by witness URL), as WitnessPool.cosign returns.
+_Cosigned = concurrent.futures.Future[tuple[str, dict[str, str]]]
 
 __all__ = ["Shortfall", "Witnessing"]
 
@@ -136,8 +138,8 @@ class Witnessing:
         self.shortfall: list[Shortfall] = []
         self.cosign_seconds: list[float] = []  # wall time each block waited for its witnesses
         self._notes: dict[bytes, str] = {}  # block hash -> best cosigned note (the last few blocks)
-        self._late: list[tuple[StoredBlock, concurrent.futures.Future]] = []  # answers after the deadline
-        self._inflight: list[concurrent.futures.Future | None] = [None] * len(endpoints)
+        self._late: list[tuple[StoredBlock, _Cosigned]] = []  # answers after the deadline
+        self._inflight: list[_Cosigned | None] = [None] * len(endpoints)
         self._lock = threading.Lock()
         self._executors = [concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"witness-{i}")
                            for i in range(len(endpoints))]
@@ -163,7 +165,7 @@ class Witnessing:
         t0 = time.perf_counter()
         self._drain()
         note = block.checkpoint
-        futs: dict[int, concurrent.futures.Future] = {}
+        futs: dict[int, _Cosigned] = {}
         errors: dict[str, str] = {}
         for i, pool in enumerate(self.pools):
             busy = self._inflight[i]
@@ -193,7 +195,7 @@ class Witnessing:
                      block.header.height, url, safe_text(why, 300))
 
     @staticmethod
-    def _collect(fut: concurrent.futures.Future, note: str, lines: list[str], errors: dict[str, str],
+    def _collect(fut: _Cosigned, note: str, lines: list[str], errors: dict[str, str],
                  url: str) -> None:
         try:
             got, errs = fut.result()
