@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from flower_chain.ledger import policy
-from flower_chain.ledger.arrays import array_digest, array_meta, first_nonfinite
+from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, first_nonfinite
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from cryptography.exceptions import InvalidSignature
@@ -76,7 +76,7 @@ def all_finite(arrays: NamedArrays) -> bool:
     return first_nonfinite(arrays) is None
 
 
-def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, policy.ArrayMeta | None]:
+def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, ArrayMeta | None]:
     """(array digest, first array with a non-finite value, template) of parsed arrays. Pure."""
     if arrays is None:
         return b"", None, None
@@ -171,7 +171,8 @@ class Judge:
                 sig = (ev.statement, ev.signature, ok)
         return ev, sig
 
-    def _prepare_all(self, replies: Sequence[Reply]) -> list:
+    def _prepare_all(self, replies: Sequence[Reply]
+                     ) -> list[tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]]:
         return [self._prepare(r) for r in replies]
 
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
