@@ -42,7 +42,7 @@ class Verdict:
 
     entry: SecAggEntry
     statement: StageStatement | None = None
-    payload: dict = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:
@@ -62,7 +62,7 @@ class StageJudge:
         Revoked key ids.
     """
 
-    def __init__(self, federation_id: str, server_round: int, round_id: bytes, keys: dict, revoked: set) -> None:
+    def __init__(self, federation_id: str, server_round: int, round_id: bytes, keys: dict[str, bytes], revoked: set[str]) -> None:
         self.fid, self.round, self.round_id = federation_id, int(server_round), round_id
         self.keys, self.revoked = keys, revoked
         self.node_key: dict[str, str] = {}  # node -> key id it set up with
@@ -77,14 +77,14 @@ class StageJudge:
     def missing(self, stage: str, nid: str, reason: str = "no-reply", detail: str = "") -> Verdict:
         return Verdict(self._entry(stage, nid, self.node_key.get(nid, ""), reason, detail or "no reply"))
 
-    def judge(self, stage: str, nid: str, record: Any, content: dict, expect: dict) -> Verdict:
+    def judge(self, stage: str, nid: str, record: Any, content: dict[str, Any], expect: dict[str, Any]) -> Verdict:
         """Judge the reply of node ``nid`` to the ``stage`` request ``content``; ``expect``: stage context."""
         try:
             return self._judge(stage, nid, record, content, expect)
         except Exception as e:  # noqa: BLE001 - the last line: whatever a reply does, it is a verdict
             return Verdict(self._entry(stage, nid, "", "malformed", f"unreadable reply: {type(e).__name__}"))
 
-    def _judge(self, stage: str, nid: str, record: Any, content: dict, expect: dict) -> Verdict:
+    def _judge(self, stage: str, nid: str, record: Any, content: dict[str, Any], expect: dict[str, Any]) -> Verdict:
         raw = record.get("statement") if record is not None else None
         sig = record.get("signature") if record is not None else None
         if not isinstance(raw, bytes) or not isinstance(sig, bytes) or not raw:
@@ -132,7 +132,7 @@ class StageJudge:
         return Verdict(self._entry(stage, nid, kid, "ok", "", raw, sig), st, payload)
 
 
-def _setup(reply: dict, payload: dict, expect: dict) -> str | None:
+def _setup(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any]) -> str | None:
     if payload:
         raise EncodingError("a setup payload must be empty")
     if not 0 < len(reply["pk1"]) <= 1024 or not 0 < len(reply["pk2"]) <= 1024 or reply["pk1"] == reply["pk2"]:
@@ -140,7 +140,7 @@ def _setup(reply: dict, payload: dict, expect: dict) -> str | None:
     return None
 
 
-def _share_keys(reply: dict, payload: dict, expect: dict) -> str | None:
+def _share_keys(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any]) -> str | None:
     cts = payload.get("ciphertexts")
     if sorted(payload) != ["ciphertexts"] or not isinstance(cts, dict) or not all(
             isinstance(c, bytes) for c in cts.values()):
@@ -153,7 +153,7 @@ def _share_keys(reply: dict, payload: dict, expect: dict) -> str | None:
     return None
 
 
-def _masked(reply: dict, payload: dict, expect: dict) -> str | None:
+def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any]) -> str | None:
     if sorted(payload) != ["vector"] or not isinstance(payload["vector"], bytes):
         raise EncodingError("a masked-input payload must hold the vector")
     named = decode_arrays(payload["vector"])
@@ -173,7 +173,7 @@ def _masked(reply: dict, payload: dict, expect: dict) -> str | None:
     return None
 
 
-def _unmask(reply: dict, payload: dict, expect: dict) -> str | None:
+def _unmask(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any]) -> str | None:
     if payload:
         raise EncodingError("an unmask payload must be empty")
     if reply["refused"]:
