@@ -16,11 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import VerificationError
 from flower_chain.ledger.location import anchor_status_path
+
+if TYPE_CHECKING:
+    from flower_chain.anchor.evm import EvmAnchor
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +48,19 @@ class AnchorPublisher:
         Attempts per block and the first delay between them (doubling).
     """
 
-    def __init__(self, connect: Callable, status: Path | None = None, retries: int = 3, backoff: float = 0.5) -> None:
+    def __init__(self, connect: Callable[[], EvmAnchor], status: Path | None = None, retries: int = 3,
+                 backoff: float = 0.5) -> None:
         self.connect, self.status, self.retries, self.backoff = connect, status, retries, backoff
-        self._anchor = None
-        self._queue: queue.Queue = queue.Queue()
-        self.results: list[dict] = []
+        self._anchor: EvmAnchor | None = None
+        self._queue: queue.Queue[StoredBlock | None] = queue.Queue()
+        self.results: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._run, name="flower-chain-anchor", daemon=True)
         self._thread.start()
 
     def submit(self, block: StoredBlock) -> None:
         self._queue.put(block)
 
-    def _record(self, row: dict) -> None:
+    def _record(self, row: dict[str, Any]) -> None:
         self.results.append(row)
         if self.status is not None:
             with open(self.status, "a") as f:
@@ -67,7 +72,7 @@ class AnchorPublisher:
             if block is None:
                 return
             h = block.header
-            row = {"height": h.height, "log_size": h.log_size, "time": time.time()}
+            row: dict[str, Any] = {"height": h.height, "log_size": h.log_size, "time": time.time()}
             delay, error = self.backoff, None
             for _ in range(self.retries):
                 t0 = time.perf_counter()
@@ -95,7 +100,7 @@ class AnchorPublisher:
         self._thread.join(timeout)
 
 
-def catch_up(ledger: Ledger, anchor) -> dict:
+def catch_up(ledger: Ledger, anchor: EvmAnchor) -> dict[str, Any]:
     """Anchor every block the chain does not have yet; returns counts."""
     done, already = 0, 0
     for block in ledger.blocks():
@@ -108,7 +113,7 @@ def catch_up(ledger: Ledger, anchor) -> dict:
     return {"anchored": done, "already_anchored": already, "contract": anchor.address}
 
 
-def verify_against_chain(ledger: Ledger, anchor, owner: str | None = None) -> dict:
+def verify_against_chain(ledger: Ledger, anchor: EvmAnchor, owner: str | None = None) -> dict[str, Any]:
     """Compare the local ledger with what the chain says; raise :class:`VerificationError` on any difference.
 
     Only the chain's answers count (the status file ``<ledger>.anchors.jsonl`` is a log of attempts, never
