@@ -9,9 +9,12 @@ the server); a foreign contract or another owner is an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flower_chain.ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from flower_chain.anchor.evm import ChainAnchor, EvmAnchor
 
 
 class AnchorUnavailable(LedgerError):
@@ -51,9 +54,9 @@ class AnchorReader:
         if not contract:
             raise AnchorError("the anchor check needs the contract address (node config 'anchor-contract')")
         self.url, self.contract, self.owner, self.timeout = str(url), str(contract), owner or None, float(timeout)
-        self._anchors: dict[str, Any] = {}
+        self._anchors: dict[str, EvmAnchor] = {}
 
-    def _anchor(self, federation_id: str):
+    def _anchor(self, federation_id: str) -> EvmAnchor:
         from flower_chain.anchor.evm import AnchorError, EvmAnchor
 
         got = self._anchors.get(federation_id)
@@ -71,7 +74,7 @@ class AnchorReader:
                 self._anchors[federation_id] = got
         return got
 
-    def get(self, federation_id: str, height: int):
+    def get(self, federation_id: str, height: int) -> ChainAnchor | None:
         """The anchor of block ``height`` (``ChainAnchor``), or ``None`` when not published yet.
 
         Raises
