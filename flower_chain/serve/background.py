@@ -5,13 +5,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class ServerThread:
@@ -28,7 +33,7 @@ class ServerThread:
         Seconds to wait for the server to accept connections.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 10.0) -> None:
         import uvicorn
 
         self.host = host
@@ -36,7 +41,6 @@ class ServerThread:
         self.config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="off",
                                      access_log=False)
         self.server = uvicorn.Server(self.config)
-        self.server.install_signal_handlers = lambda: None  # not the main thread
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
         self.start_timeout = start_timeout
 
@@ -60,5 +64,5 @@ class ServerThread:
     def __enter__(self) -> str:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
