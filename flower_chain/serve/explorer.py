@@ -22,7 +22,7 @@ from flower_chain.ledger.writer import read_genesis
 KINDS = ("train", "evaluate")
 
 
-def _json_value(v):
+def _json_value(v: int | float | str | bool) -> int | float | str | bool:
     """A metric as JSON can carry it: a NaN or an infinity (recorded from some reply) becomes its name."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
@@ -66,9 +66,9 @@ def _history_row(e: UpdateEntry, index: int, height: int) -> dict[str, Any]:
 
 def _walk(ledger: Ledger, last_height: int) -> dict[str, Any]:
     rounds: dict[int, dict[str, Any]] = {}
-    reasons = {k: Counter() for k in KINDS}
+    reasons: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
     keys: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    clients: dict[str, dict[str, Counter]] = defaultdict(lambda: {k: Counter() for k in KINDS})
+    clients: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: {k: Counter() for k in KINDS})
     metrics: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     prev_ts = None
@@ -120,7 +120,7 @@ def explorer_data(ledger: Ledger, last_height: int, names: dict[str, str] | None
     w = _walk(ledger, last_height)
     blocks = w["blocks"]
     prev_last = blocks[0]["timestamp_ms"] if blocks else None
-    round_rows = []
+    round_rows: list[dict[str, Any]] = []
     for rnd in sorted(w["rounds"]):
         r = w["rounds"][rnd]
         r["reasons"], r["evaluate_reasons"] = dict(r["reasons"]), dict(r["evaluate_reasons"])
