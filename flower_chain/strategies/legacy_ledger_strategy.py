@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Mapping
 from logging import INFO
@@ -42,6 +43,33 @@ def _strip(metrics: Mapping[str, Scalar]) -> dict[str, Scalar]:
     return {k: v for k, v in metrics.items() if not str(k).startswith(PREFIX)}
 
 
+def _legacy_loop_rounds() -> int | None:
+    """The number of rounds of the Flower loop calling this strategy, or None when it is not one Flower ships.
+
+    Flower's legacy loops, ``flwr.server.Server.fit`` (``ServerConfig``, ``server_fn``) and
+    ``flwr.server.workflow.DefaultWorkflow`` (``LegacyContext``, SecAgg+), run a fixed number of rounds but
+    never tell the strategy: it is read from the loop's own frame on this thread (its code object, not a
+    name, identifies it). Anything unexpected means unknown, never an error.
+    """
+    try:
+        from flwr.server import Server
+        from flwr.server.workflow import DefaultWorkflow
+
+        fit_code, workflow_code = Server.fit.__code__, DefaultWorkflow.__call__.__code__
+        frame = sys._getframe(1)
+        for _ in range(64):
+            if frame is None:
+                return None
+            if frame.f_code is fit_code:
+                return int(frame.f_locals["num_rounds"])
+            if frame.f_code is workflow_code:
+                return int(frame.f_locals["context"].config.num_rounds)
+            frame = frame.f_back
+    except Exception:  # noqa: BLE001 - a Flower whose loop differs: the number of rounds is unknown
+        return None
+    return None
+
+
 def _failure_reply(failure: tuple[ClientProxy, Any] | BaseException) -> Reply:
     if isinstance(failure, BaseException):
         return Reply(node_id=0, error=safe_text(f"{type(failure).__name__}: {failure}", 400))
@@ -57,16 +85,30 @@ class LegacyLedgerStrategy(Strategy):
 
     Wraps any ``flwr.server.strategy.Strategy`` (FedAvg, FedProx, Krum, ...);
     the parameters of ``LedgerStrategy`` (``{run_id}`` in the ledger URI and ``min_accepted`` included)
-    but ``resume``, and the same verification core. The legacy loop has no end-of-run hook: the summary
-    is logged when ``min_accepted`` stops the run.
+    but ``resume``, and the same verification core.
+
+    The run ends like a Message-API run: the summary (:func:`flower_chain.strategies.summary.summary_lines`:
+    the ledger, the train and evaluate verdicts, the ``audit`` and pinned ``verify`` commands) is logged
+    at INFO once the last round is done, or when ``min_accepted`` stops the run. The legacy API has no
+    end-of-run hook: the last round is the one Flower's legacy loop (``Server.fit`` with its
+    ``ServerConfig``, or ``DefaultWorkflow`` with its ``LegacyContext``) was started for, else
+    ``num_rounds`` given here; with neither (a loop of one's own) the summary is logged after every round,
+    as "so far".
     The signing mod puts the signed statement into ``FitRes.metrics`` under
     ``flower-chain.*`` keys; they are removed before the wrapped strategy
     sees the results.
     """
 
-    def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, **settings: Any) -> None:
+    def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, *, num_rounds: int | None = None,
+                 **settings: Any) -> None:
         super().__init__()
         self.strategy = strategy
+        if num_rounds is not None and (isinstance(num_rounds, bool) or int(num_rounds) != num_rounds
+                                       or num_rounds < 1):
+            raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
+        #: rounds of the run when the loop driving this strategy is not one of Flower's (else read from it)
+        self.num_rounds = int(num_rounds) if num_rounds is not None else None
+        self._summarized = 0  # the round after which the summary was last logged
         options = LedgerOptions.of(options, **settings)
         if options.resume:
             raise TypeError("LegacyLedgerStrategy does not resume a federation (resume=True): use LedgerStrategy")
@@ -151,8 +193,23 @@ class LegacyLedgerStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-        return self._add_context("evaluate", server_round, None,
-                                 self.strategy.configure_evaluate(server_round, parameters, client_manager))
+        out = self._add_context("evaluate", server_round, None,
+                                self.strategy.configure_evaluate(server_round, parameters, client_manager))
+        if not out:  # Flower's legacy loops skip federated evaluation: this round is done
+            self._round_done(server_round)
+        return out
+
+    def _round_done(self, server_round: int) -> None:
+        """Log the run's summary after its last round (every round, as "so far", when the last is unknown)."""
+        last = _legacy_loop_rounds() or self.num_rounds
+        if (last is not None and server_round != last) or self._summarized == server_round:
+            return
+        self._summarized = server_round
+        if last is None:
+            log(INFO, "flower-chain: so far, after round %d (the number of rounds is unknown to the strategy: "
+                "LegacyLedgerStrategy(num_rounds=...) logs this once, at the end)", server_round)
+        for line in self.core.summary_lines():
+            log(INFO, "%s", line)
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
@@ -163,9 +220,11 @@ class LegacyLedgerStrategy(Strategy):
             loss, metrics = got if got is not None else (None, {})
             return {**dict(metrics or {}), **({"loss": float(loss)} if loss is not None else {})}
 
-        return self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
-                                        lambda: self.strategy.aggregate_evaluate(server_round, accepted, failures),
-                                        summary, record=bool(results or failures))
+        got = self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
+                                       lambda: self.strategy.aggregate_evaluate(server_round, accepted, failures),
+                                       summary, record=bool(results or failures))
+        self._round_done(server_round)  # the last call of a round with federated evaluation
+        return got
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         res = self.strategy.evaluate(server_round, parameters)
