@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verify_checkpoint
@@ -52,6 +52,9 @@ from flower_chain.ledger.writer import read_genesis
 from flower_chain.ledger.text import is_decimal
 from flower_chain.serve.explorer import explorer_data
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
 __all__ = ["LogView", "build_app", "explorer_data"]
 
 log = logging.getLogger("flower_chain.serve")
@@ -60,6 +63,16 @@ CHECKPOINT_CACHE = "public, max-age=2"
 FULL_TILE_CACHE = "public, max-age=31536000, immutable"
 PARTIAL_TILE_CACHE = "public, max-age=10"
 _FULL_TILE_CACHE_ITEMS = 4096
+
+
+class _Checks(TypedDict):
+    """The checks ``/api/status`` runs: keyword arguments of :func:`flower_chain.audit.status.ledger_status`."""
+
+    server_key: bytes | None
+    keys: str | Path | None
+    witnesses: tuple[str, ...]
+    quorum: int
+    run_audit: bool
 
 
 class LogView:
@@ -90,7 +103,7 @@ class LogView:
 
         self.ledger = ledger
         self.refresh_s = refresh_s
-        self.checks = {"server_key": server_key, "keys": keys, "witnesses": tuple(witnesses), "quorum": quorum,
+        self.checks: _Checks = {"server_key": server_key, "keys": keys, "witnesses": tuple(witnesses), "quorum": quorum,
                        "run_audit": audit}
         self.names = keyring_names(keys) if keys is not None else {}
         self._status: tuple[int, dict[str, Any]] | None = None
@@ -99,6 +112,8 @@ class LogView:
         self.origin = f"flower-chain/{self.genesis.federation_id}"
         self.lock = threading.RLock()
         head = ledger.head()
+        if head is None:  # read_genesis found block 0 just above
+            raise LedgerError(f"{ledger.uri}: the ledger is empty (no genesis block)")
         self.checkpoint = head.checkpoint
         self.size = head.header.log_size
         self.height = head.header.height
@@ -193,7 +208,10 @@ class LogView:
                 own = None  # not reopenable here: check through the shared handle, under the lock
             if own is not None:
                 with own:
-                    height = own.head().header.height
+                    own_head = own.head()
+                    if own_head is None:
+                        raise LedgerError(f"{own.uri}: the ledger is empty (no genesis block)")
+                    height = own_head.header.height
                     st = ledger_status(own, **self.checks).to_dict()
             else:
                 with self.lock:
@@ -205,7 +223,7 @@ class LogView:
             return st
 
 
-def build_app(view: LogView):
+def build_app(view: LogView) -> Starlette:
     """The Starlette application serving ``view``."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
