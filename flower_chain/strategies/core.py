@@ -34,14 +34,13 @@ from flower_chain.strategies.judge import Judge, Judgement, Reply, all_finite
 from flower_chain.strategies.options import LedgerOptions, flower_run_id  # noqa: F401 - flower_run_id: importable here
 from flower_chain.strategies.receipts import ReceiptServer
 from flower_chain.strategies.summary import summary_lines
-from flower_chain.strategies.recorder import STORE_UPDATES_LIMIT, Recorder
+from flower_chain.strategies.recorder import Recorder
 from flower_chain.wire import LedgerContext
 from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
-__all__ = ["STORE_UPDATES_LIMIT", "AggregationError", "Judgement", "LedgerCore", "LedgerOptions", "Reply",
-           "TooFewAcceptedError"]
+__all__ = ["AggregationError", "Judgement", "LedgerCore", "LedgerOptions", "Reply", "TooFewAcceptedError"]
 
 
 class LedgerCore:

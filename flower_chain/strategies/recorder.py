@@ -34,10 +34,6 @@ from flower_chain.ledger.writer import LedgerWriter, config_digest, origin_for
 
 NamedArrays = Sequence[tuple[str, np.ndarray]]
 
-#: The size cap (bytes of a round's updates) of the former default, which left larger rounds unauditable.
-#: Not applied any more: every round's accepted updates are stored unless ``store_client_updates=False``.
-STORE_UPDATES_LIMIT = 64 * 2**20
-
 
 class Recorder:
     """Owns the ledger writer: genesis, one block per round, model/state/update blobs, resume.
