@@ -363,6 +363,12 @@ class LedgerCore:
                 log.warning("round %d: rejected %s reply from node %s (key %s): %s — %s", server_round, j.entry.kind,
                             safe_text(j.entry.node_id, 24), j.entry.key_id or "-", j.reason, safe_text(j.detail, 300))
 
+    def warn_if_not_auditable(self, strategy: Any, config: Mapping[str, Any]) -> None:
+        """Log one warning line, when a new ledger starts, if `flower-chain ledger audit` cannot re-derive the run."""
+        from flower_chain.audit.auditable import why_not_auditable  # noqa: PLC0415 - imports flwr lazily itself
+        if line := why_not_auditable(strategy, config, self.options.store_client_updates):
+            log.warning("%s", line)
+
     def summary_lines(self) -> list[str]:
         """The end-of-run summary (:func:`flower_chain.strategies.summary.summary_lines`)."""
         return summary_lines(self.federation_id, self.ledger.uri, self.writer.head.header.height + 1,

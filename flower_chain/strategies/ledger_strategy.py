@@ -87,6 +87,8 @@ class LedgerStrategy(Strategy):
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self.core = LedgerCore(options=LedgerOptions.of(options, **settings), strategy_name=type(strategy).__name__,
                                strategy_config=strategy_config(strategy))
+        if self.core.opened_at_round == 0 and self.core.writer.head.header.height == 0:  # a new ledger only
+            self.core.warn_if_not_auditable(strategy, strategy_config(strategy))
 
     @property
     def options(self) -> LedgerOptions:
