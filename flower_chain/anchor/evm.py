@@ -13,9 +13,13 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flower_chain.ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from web3 import EthereumTesterProvider
+    from web3.contract import Contract
 
 MAGIC = bytes.fromhex("666c6331")  # "flc1"
 KEY_ENV = "FLOWER_CHAIN_EVM_KEY"
@@ -26,9 +30,11 @@ class AnchorError(LedgerError):
     """Anchoring cannot be done: unreachable node, wrong chain, foreign contract, no funds, ..."""
 
 
-def artifact() -> dict:
+def artifact() -> dict[str, Any]:
     """ABI and bytecode of LedgerAnchor (checked in, built for the ``paris`` EVM)."""
-    return json.loads(resources.files("flower_chain.anchor").joinpath("LedgerAnchor.json").read_text())
+    data: dict[str, Any] = json.loads(
+        resources.files("flower_chain.anchor").joinpath("LedgerAnchor.json").read_text())
+    return data
 
 
 def read_private_key(key_file: str | Path | None = None) -> str:
@@ -49,10 +55,10 @@ def read_private_key(key_file: str | Path | None = None) -> str:
     return value
 
 
-_TESTER = []
+_TESTER: list[EthereumTesterProvider] = []
 
 
-def _tester_provider():
+def _tester_provider() -> EthereumTesterProvider:
     """One in-process eth-tester chain per process, shared by every ``evm+tester:`` anchor."""
     if not _TESTER:
         from web3 import EthereumTesterProvider
@@ -127,7 +133,7 @@ class EvmAnchor:
         self.contract = self._attach(contract) if contract else self._deploy()
 
     # -- contract ----------------------------------------------------------------------------------
-    def _attach(self, address: str):
+    def _attach(self, address: str) -> Contract:
         if not self.w3.is_address(address):
             raise AnchorError(f"{address!r} is not an Ethereum address")
         address = self.w3.to_checksum_address(address)
@@ -160,7 +166,7 @@ class EvmAnchor:
         tip = self.w3.to_wei(1, "gwei")
         return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
 
-    def _send(self, fn_or_ctor, gas: int) -> Any:
+    def _send(self, fn_or_ctor: Any, gas: int) -> Any:  # a web3 ContractFunction or ContractConstructor
         if self.account is None:
             raise AnchorError("no anchoring key: pass --anchor-key-file or set " + KEY_ENV)
         tx = fn_or_ctor.build_transaction({
@@ -182,7 +188,7 @@ class EvmAnchor:
             time.sleep(0.5)
         return receipt
 
-    def _deploy(self):
+    def _deploy(self) -> Contract:
         ctor = self.w3.eth.contract(abi=self._abi, bytecode=self._bytecode).constructor(self.federation)
         receipt = self._send(ctor, gas=1_000_000)
         return self._attach(receipt["contractAddress"])
@@ -202,7 +208,7 @@ class EvmAnchor:
             return None
         return ChainAnchor(int(size), bytes(root), bytes(block_hash))
 
-    def anchor(self, height: int, log_size: int, log_root: bytes, block_hash: bytes) -> dict:
+    def anchor(self, height: int, log_size: int, log_root: bytes, block_hash: bytes) -> dict[str, Any]:
         """Publish one block's checkpoint; returns the transaction hash, gas used and chain block."""
         if self.get(height) is not None:
             raise AnchorError(f"height {height} is already anchored")
