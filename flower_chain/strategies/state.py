@@ -27,7 +27,7 @@ container they came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ def strategy_state(strategy: Any) -> list[tuple[str, np.ndarray]]:
     named: list[tuple[str, np.ndarray]] = []
     for level, s in enumerate(_levels(strategy)):
         if callable(getattr(s, "state_dict", None)) and callable(getattr(s, "load_state_dict", None)):
-            items = dict(s.state_dict()).items()
+            items: Iterable[tuple[Any, Any]] = dict(s.state_dict()).items()
         else:
             attrs = getattr(s, "__dict__", {})
             items = [(a, attrs[a]) for a in STATE_ATTRS if attrs.get(a) is not None]
