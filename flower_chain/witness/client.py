@@ -86,7 +86,7 @@ def submit(witness_url: str, checkpoint_note: str, old_size: int, proof: Sequenc
                                  headers={"Content-Type": "text/plain; charset=utf-8"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - configured witness URL
-            text = r.read(65536).decode("utf-8", errors="replace")
+            text: str = r.read(65536).decode("utf-8", errors="replace")
     except urllib.error.HTTPError as e:
         body = e.read(4096).decode("utf-8", errors="replace")
         if e.code == 409:
