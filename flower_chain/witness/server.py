@@ -30,7 +30,7 @@ import base64
 import binascii
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +175,7 @@ class Witness:
     """
 
     def __init__(self, name: str, key: Ed25519PrivateKey, logs: Mapping[str, Sequence[tuple[str, bytes]]],
-                 store: WitnessStore, *, clock=time.time) -> None:
+                 store: WitnessStore, *, clock: Callable[[], float] = time.time) -> None:
         if not name or any(c.isspace() for c in name) or "+" in name:
             raise KeyFileError(f"witness name {name!r} must be non-empty, without spaces or '+'")
         self.name = name
