@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verify_checkpoint
@@ -60,7 +61,7 @@ class WitnessReport:
         """True when no stored cosignature is bad and the head's checkpoint has the quorum."""
         return self.blocks > 0 and not self.problems and not self.uncovered
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "blocks": self.blocks, "quorum": self.quorum, "witnessed": len(self.witnessed),
                 "uncovered": self.uncovered, "problems": self.problems,
                 "coverage": {name: list(heights) for name, heights in self.coverage.items()}}
