@@ -27,7 +27,7 @@ def pins(options: LedgerOptions) -> str:
     return out
 
 
-def summary_lines(federation_id: str, uri: str, blocks: int, entries: int, verdicts: Counter,
+def summary_lines(federation_id: str, uri: str, blocks: int, entries: int, verdicts: Counter[tuple[str, str]],
                   options: LedgerOptions) -> list[str]:
     """The lines: the ledger, this run's verdicts by kind and reason, how to audit and verify it.
 
