@@ -84,7 +84,8 @@ class SafeConsole(Console):
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)
+        # mypy models a property with a setter as an overloaded function; at run time it is a property
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
 
 out = SafeConsole(soft_wrap=True)
