@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -41,6 +42,9 @@ from flower_chain.ledger.checkpoint import Checkpoint, open_note, parse_note, pa
 from flower_chain.ledger.cosignature import cosigner_verifier_key, sign_cosignature
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
 from flower_chain.ledger.text import is_decimal
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 MAX_PROOF_LINES = 63
 MAX_BODY_BYTES = 64 * 1024
@@ -254,7 +258,7 @@ class Witness:
         return Reply(200, line.encode())
 
 
-def build_app(witness: Witness):
+def build_app(witness: Witness) -> Starlette:
     """The Starlette application: ``POST /add-checkpoint`` (and ``GET /`` with the witness's vkey)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
