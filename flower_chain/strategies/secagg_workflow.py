@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import flwr.compat.common.recorddict_compat as compat
@@ -38,6 +39,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flower_chain.audit.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.ledger import proofs
 from flower_chain.ledger.arrays import array_digest
+from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.keys import raw_public
 from flower_chain.ledger.secagg import (
@@ -48,6 +50,7 @@ from flower_chain.ledger.secagg import (
     SETUP,
     SHARE_KEYS,
     UNMASK,
+    SecAggEntry,
     header_digest,
     server_record,
 )
@@ -135,13 +138,13 @@ class _Round:
         self.wf, self.grid, self.context, self.core = wf, grid, context, core
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
         self.round = int(cast(int, cfg[WorkflowKey.CURRENT_ROUND]))
-        self.entries: list = []
+        self.entries: list[SecAggEntry] = []
         self.verdicts: dict[str, dict[str, Verdict]] = {s: {} for s in (SETUP, SHARE_KEYS, MASKED, UNMASK)}
         self.figures: dict[str, Any] = {"round": self.round}
 
     # -- messaging ----------------------------------------------------------------------------------
-    def _exchange(self, stage: str, requests: dict[str, tuple[dict, dict, RecordDict | None]],
-                  expect: dict[str, dict]) -> set[str]:
+    def _exchange(self, stage: str, requests: dict[str, tuple[dict[str, Any], dict[str, Any], RecordDict | None]],
+                  expect: dict[str, dict[str, Any]]) -> set[str]:
         """Send each node its request, judge the replies; return the nodes whose reply was accepted."""
         msgs = []
         for nid, (content, proof, base) in requests.items():
@@ -218,8 +221,8 @@ class _Round:
         self.figures.update(sampled=len(sampled), setup=len(self.a0))
         return True
 
-    def _proof0(self, nid: str, head) -> dict:
-        cons = {}
+    def _proof0(self, nid: str, head: StoredBlock) -> dict[str, Any]:
+        cons: dict[str, bytes] = {}
         for size in sorted(self.wf.sent_sizes.get(nid, ())):
             try:
                 cons[str(size)] = b"".join(proofs.consistency_proof(self.core.ledger, size, head.header.log_size))
@@ -229,10 +232,11 @@ class _Round:
         return {"checkpoint": self._note(head), "server_key": raw_public(self.core.writer.server_key),
                 "consistency": cons}
 
-    def _note(self, block) -> str:
+    def _note(self, block: StoredBlock) -> str:
         """The block's checkpoint, with the witnesses' cosignatures when the strategy has witnesses."""
         w = getattr(self.core, "witnessing", None)
-        return w.note(block) if w is not None else block.checkpoint
+        note: str = w.note(block) if w is not None else block.checkpoint
+        return note
 
     # -- stages 1-3 ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -343,9 +347,10 @@ class _Round:
 class _Background(threading.Thread):
     """``fn(arg)`` on a thread; :meth:`join` re-raises what it raised (a storage failure stops the run)."""
 
-    def __init__(self, fn, arg) -> None:
+    def __init__(self, fn: Callable[[Any], object], arg: Any) -> None:
         super().__init__(daemon=True)
-        self.fn, self.arg, self.error = fn, arg, None
+        self.fn, self.arg = fn, arg
+        self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
@@ -354,7 +359,7 @@ class _Background(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - handed to the round's thread
             self.error = e
 
-    def join(self, timeout=None) -> None:
+    def join(self, timeout: float | None = None) -> None:
         super().join(timeout)
         if self.error is not None:
             raise self.error
