@@ -21,11 +21,13 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
@@ -54,6 +56,7 @@ from flwr.supercore.primitives.asymmetric import (
 from flower_chain.clients import secagg_checks as checks
 from flower_chain.clients.settings import key_path_for, witness_settings
 from flower_chain.ledger.arrays import array_digest, encode_arrays
+from flower_chain.ledger.cosignature import CosignerKey
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.keys import key_id, load_private
 from flower_chain.ledger.secagg import (
@@ -77,13 +80,13 @@ class Refusal(Exception):
     """A stage this node will not answer (the mod replies with the reason as a Flower error)."""
 
 
-def _load(context: Context) -> dict:
+def _load(context: Context) -> dict[str, Any]:
     rec = context.state.config_records.get(STATE)
     raw = rec.get("state") if rec is not None else None
     return decode(raw) if isinstance(raw, bytes) else {"pins": {}}
 
 
-def _save(context: Context, state: dict) -> None:
+def _save(context: Context, state: dict[str, Any]) -> None:
     context.state.config_records[STATE] = ConfigRecord({"state": encode(state)})
 
 
@@ -108,7 +111,7 @@ def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server
     """
     fixed = load_private(key) if isinstance(key, (str, Path)) else key
 
-    def secagg_mod(msg: Message, context: Context, call_next) -> Message:
+    def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
             return call_next(msg, context)
         signer = fixed if fixed is not None else load_private(key_path_for(context))
@@ -130,7 +133,7 @@ class _Node:
     """One node answering one SecAgg+ instruction."""
 
     def __init__(self, signer: Ed25519PrivateKey, server_key: bytes | None, allow_weak: bool,
-                 context: Context, witnesses: tuple) -> None:
+                 context: Context, witnesses: tuple[list[CosignerKey], int]) -> None:
         self.signer, self.kid, self.context = signer, key_id(signer), context
         self.witnesses, self.quorum = witnesses
         self.server_key, self.allow_weak = server_key, allow_weak
@@ -139,7 +142,7 @@ class _Node:
     def save(self) -> None:
         _save(self.context, self.state)
 
-    def answer(self, msg: Message, call_next) -> Message:
+    def answer(self, msg: Message, call_next: ClientAppCallable) -> Message:
         req = checks.parse_request(msg.content.config_records[RECORD].get("request"))
         if isinstance(req, str):
             raise Refusal(req)
@@ -171,7 +174,7 @@ class _Node:
         return Message(content, reply_to=msg)
 
     # -- stage 0 ------------------------------------------------------------------------------------
-    def _setup(self, req: dict, me: str) -> dict:
+    def _setup(self, req: dict[str, Any], me: str) -> dict[str, Any]:
         header, proof = req["content"].get("header"), req["proof"]
         problem = checks.header_problem(header, me)
         if problem:
@@ -202,7 +205,7 @@ class _Node:
         return {"pk1": self.state["round"]["pk1"], "pk2": self.state["round"]["pk2"]}
 
     # -- stage 1 ------------------------------------------------------------------------------------
-    def _share_keys(self, content: dict, rnd: dict) -> tuple[dict, dict]:
+    def _share_keys(self, content: dict[str, Any], rnd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         keys, me, header = content.get("keys"), rnd["node_id"], rnd["header"]
         if not isinstance(keys, dict) or not all(isinstance(v, list) and len(v) == 2 and all(
                 isinstance(b, bytes) for b in v) for v in keys.values()):
@@ -238,7 +241,8 @@ class _Node:
         return {"sent": sent}, {"ciphertexts": cts}
 
     # -- stage 2 ------------------------------------------------------------------------------------
-    def _masked(self, content: dict, rnd: dict, msg: Message, call_next) -> tuple[dict, dict, RecordDict]:
+    def _masked(self, content: dict[str, Any], rnd: dict[str, Any], msg: Message, call_next: ClientAppCallable
+                ) -> tuple[dict[str, Any], dict[str, Any], RecordDict]:
         cts, me, p = content.get("ciphertexts"), rnd["node_id"], rnd["header"]["params"]
         if not isinstance(cts, dict):
             raise Refusal("the masked-input request carries no ciphertexts")
@@ -268,7 +272,7 @@ class _Node:
                  "seed_digest": seed_digest(rnd["seed"])}
         return reply, {"vector": encode_arrays(named)}, out.content
 
-    def _mask(self, rnd: dict, num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
+    def _mask(self, rnd: dict[str, Any], num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
         p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
         q_ratio = round(num_examples / p["max_weight"] * p["quantization_range"])
         params = parameters_multiply(params, q_ratio / p["quantization_range"])
@@ -284,7 +288,7 @@ class _Node:
         return vec
 
     # -- stage 3 ------------------------------------------------------------------------------------
-    def _unmask(self, req: dict, rnd: dict) -> dict:
+    def _unmask(self, req: dict[str, Any], rnd: dict[str, Any]) -> dict[str, Any]:
         c = req["content"]
         active, dead = c.get("active"), c.get("dead")
         reply = {"active": active if isinstance(active, list) else [], "dead": dead if isinstance(dead, list) else [],
