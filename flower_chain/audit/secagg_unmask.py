@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations, islice
+from typing import Any
 
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
@@ -59,7 +60,7 @@ def rebuild(shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes]
     secret = combine([s for _, s in items], threshold)
     if isinstance(secret, bytes) and check(secret) is None:
         return secret, [], ""
-    first = secret if isinstance(secret, str) else check(secret)
+    first = secret if isinstance(secret, str) else (check(secret) or "")  # check refused it just above
     if len(items) <= threshold:
         return None, [], first
     for combo in islice(combinations(items, threshold), MAX_SUBSETS):
@@ -134,7 +135,7 @@ def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, byte
     return [a & (mod_range - 1) for a in total]
 
 
-def rebuild_all(replies: Mapping[str, dict], live: Sequence[str], dropped: Sequence[str], threshold: int,
+def rebuild_all(replies: Mapping[str, dict[str, Any]], live: Sequence[str], dropped: Sequence[str], threshold: int,
                 seed_digests: Mapping[str, bytes], pk1: Mapping[str, bytes]
                 ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, list[str]], str]:
     """Rebuild the live nodes' mask seeds and the dropped nodes' keys from the stage 3 replies.
@@ -143,7 +144,10 @@ def rebuild_all(replies: Mapping[str, dict], live: Sequence[str], dropped: Seque
     where ``wrong`` maps a secret's owner to the nodes that revealed a share of it that disagrees, and
     ``problem`` names the first secret that could not be rebuilt ('' when all were).
     """
-    seeds, keys, wrong, problem = {}, {}, {}, ""
+    seeds: dict[str, bytes] = {}
+    keys: dict[str, bytes] = {}
+    wrong: dict[str, list[str]] = {}
+    problem = ""
     for owner_set, field, out, check in (
             (live, "seed_shares", seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
             (dropped, "key_shares", keys, lambda n: lambda s: check_key(s, pk1.get(n, b"")))):
