@@ -114,6 +114,8 @@ class LegacyLedgerStrategy(Strategy):
             raise TypeError("LegacyLedgerStrategy does not resume a federation (resume=True): use LedgerStrategy")
         self.core = LedgerCore(options=options, strategy_name=type(strategy).__name__,
                                strategy_config=strategy_config(strategy))
+        if self.core.opened_at_round == 0 and self.core.writer.head.header.height == 0:  # a new ledger only
+            self.core.warn_if_not_auditable(strategy, strategy_config(strategy))
 
     @property
     def options(self) -> LedgerOptions:
