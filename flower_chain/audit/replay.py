@@ -68,6 +68,7 @@ from flower_chain.audit.strategies import (
 )
 from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.writer import read_genesis
 
@@ -245,7 +246,7 @@ class _Audit:
         self.report.seconds = time.perf_counter() - t0
         return self.report
 
-    def _train(self, h, train: list, state_before: bytes) -> None:
+    def _train(self, h: BlockHeader, train: list[tuple[int, UpdateEntry]], state_before: bytes) -> None:
         accepted = sorted(((i, e) for i, e in train if e.verdict == ACCEPTED), key=lambda t: t[1].key_id)
         if self.legacy is not None:
             failures = sum(1 for _, e in train if e.reason == "client-error")
@@ -259,7 +260,8 @@ class _Audit:
         sealed = status == NOT_REDERIVABLE and "--audit-key" in detail
         self._add(RoundAudit(h.height, h.round, status, detail, len(accepted), sealed=sealed))
 
-    def _evaluation(self, h, evaluate: list, summaries: list[EvaluationEntry]) -> None:
+    def _evaluation(self, h: BlockHeader, evaluate: list[tuple[int, UpdateEntry]],
+                    summaries: list[EvaluationEntry]) -> None:
         if not (evaluate and summaries):
             return
         accepted = [e for _, e in sorted(((i, e) for i, e in evaluate if e.verdict == ACCEPTED),
