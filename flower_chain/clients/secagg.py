@@ -148,7 +148,7 @@ class _Node:
             raise Refusal(req)
         stage, me = req["stage"], str(msg.metadata.dst_node_id)
         if stage == SETUP:
-            reply, payload, content = self._setup(req, me), {}, RecordDict()
+            reply, payload = self._setup(req, me), {}
         else:
             rnd = self.state.get("round")
             if rnd is None or req["round_id"] != rnd["round_id"] or rnd["node_id"] != me:
@@ -156,11 +156,10 @@ class _Node:
             if NEXT.get(rnd["stage"]) != stage:
                 raise Refusal(f"a {stage} instruction after stage {rnd['stage']} (each stage is answered once)")
             rnd["stage"] = stage
-            content = RecordDict()
             if stage == SHARE_KEYS:
                 reply, payload = self._share_keys(req["content"], rnd)
             elif stage == MASKED:
-                reply, payload, content = self._masked(req["content"], rnd, msg, call_next)
+                reply, payload = self._masked(req["content"], rnd, msg, call_next)
             elif stage == UNMASK:
                 reply, payload = self._unmask(req, rnd), {}
             else:
@@ -169,8 +168,9 @@ class _Node:
         st = StageStatement(rnd["header"]["federation_id"], rnd["header"]["round"], rnd["round_id"], stage, me,
                             self.kid, request_digest(stage, req["content"]), reply)
         data = st.to_bytes()
-        content.config_records[RECORD] = ConfigRecord({"statement": data, "signature": self.signer.sign(data),
-                                                       "payload": encode(payload)})
+        # the SecAgg+ record and nothing else: the app's FitRes fields (example count, metrics) never leave the node
+        content = RecordDict({RECORD: ConfigRecord({"statement": data, "signature": self.signer.sign(data),
+                                                    "payload": encode(payload)})})
         return Message(content, reply_to=msg)
 
     # -- stage 0 ------------------------------------------------------------------------------------
@@ -242,7 +242,8 @@ class _Node:
 
     # -- stage 2 ------------------------------------------------------------------------------------
     def _masked(self, content: dict[str, Any], rnd: dict[str, Any], msg: Message, call_next: ClientAppCallable
-                ) -> tuple[dict[str, Any], dict[str, Any], RecordDict]:
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run the app's fit and mask its update; only the masked vector leaves (no count, no metrics)."""
         cts, me, p = content.get("ciphertexts"), rnd["node_id"], rnd["header"]["params"]
         if not isinstance(cts, dict):
             raise Refusal("the masked-input request carries no ciphertexts")
@@ -266,11 +267,9 @@ class _Node:
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
         rnd["masked_digest"], rnd["sources"] = array_digest(named), sources
-        for arr_record in out.content.array_records.values():
-            arr_record.clear()
         reply = {"digest": rnd["masked_digest"], "weight": int(vector[0].reshape(-1)[0]), "sources": sources,
                  "seed_digest": seed_digest(rnd["seed"])}
-        return reply, {"vector": encode_arrays(named)}, out.content
+        return reply, {"vector": encode_arrays(named)}
 
     def _mask(self, rnd: dict[str, Any], num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
         p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
