@@ -66,6 +66,9 @@ from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 log = logging.getLogger(__name__)
 
 
+#: The kind the stage verdicts are counted under in the core's verdict Counter (the end-of-run summary).
+SECAGG_KIND = "secagg"
+
 #: Wrapped strategies whose aggregation is the weighted average SecAgg+ computes (client-side differences only).
 _AVERAGING = ("FedAvg", "FedProx")
 
@@ -145,8 +148,12 @@ class _Round:
     # -- messaging ----------------------------------------------------------------------------------
     def _exchange(self, stage: str, requests: dict[str, tuple[dict[str, Any], dict[str, Any], RecordDict | None]],
                   expect: dict[str, dict[str, Any]]) -> set[str]:
-        """Send each node its request, judge the replies; return the nodes whose reply was accepted."""
-        msgs = []
+        """Send each node its request, judge the replies; return the nodes whose reply was accepted.
+
+        Every verdict (duplicates included) is counted in the core's ``(kind, reason)`` Counter under kind
+        ``"secagg"``, so the end-of-run summary reports the SecAgg+ stage replies this server judged.
+        """
+        first, msgs = len(self.entries), []
         for nid, (content, proof, base) in requests.items():
             body = RecordDict(dict(base.items())) if base is not None else RecordDict()
             body.config_records[RECORD] = ConfigRecord({"request": encode(
@@ -177,6 +184,7 @@ class _Round:
             v = got.get(nid) or self.judge.missing(stage, nid)
             self.verdicts[stage][nid] = v
             self.entries.append(v.entry)
+        self.core.verdicts.update((SECAGG_KIND, e.reason) for e in self.entries[first:])
         return {nid for nid, v in self.verdicts[stage].items() if v.accepted}
 
     # -- stage 0 ------------------------------------------------------------------------------------
