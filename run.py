@@ -27,8 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 EXIT_USAGE = 2
-ATTACKS = ("unsigned", "forged", "tamper", "replay", "cross-run", "stale", "duplicate", "malformed",
-           "num-examples-lie", "scale", "sign-flip", "label-flip")
+ATTACKS = (
+    "unsigned",
+    "forged",
+    "tamper",
+    "replay",
+    "cross-run",
+    "stale",
+    "duplicate",
+    "malformed",
+    "num-examples-lie",
+    "scale",
+    "sign-flip",
+    "label-flip",
+)
 
 
 class UsageError(Exception):
@@ -52,26 +64,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ledger", default="", help="ledger URI (default: sqlite:///OUT/ledger.db)")
     p.add_argument("--no-ledger", action="store_true", help="plain Flower FedAvg, no signing and no ledger")
     p.add_argument("--keys-dir", default="", help="client keys (default: OUT/keys, generated on first run)")
-    p.add_argument("--strategy", default="fedavg", help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum | fedavgm | fedadam")
+    p.add_argument(
+        "--strategy",
+        default="fedavg",
+        help="inner strategy: fedavg | fedtrimmedavg | fedmedian | multikrum | fedavgm | fedadam",
+    )
     p.add_argument("--attack", default="", help="make --attackers clients malicious: " + ", ".join(ATTACKS))
     p.add_argument("--attackers", type=int, default=0, help="number of malicious clients (partitions 0..K-1)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the federation of --ledger from its last verified block (after a crash)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the federation of --ledger from its last verified block (after a crash)",
+    )
     p.add_argument("--anchor", default="", help="publish every block to an EVM chain: evm+http://HOST:PORT")
     p.add_argument("--anchor-contract", default="", help="LedgerAnchor address (default: deploy one)")
-    p.add_argument("--anchor-key-file", default="", help="hex private key of the anchoring account "
-                   "(default: env FLOWER_CHAIN_EVM_KEY)")
+    p.add_argument(
+        "--anchor-key-file",
+        default="",
+        help="hex private key of the anchoring account (default: env FLOWER_CHAIN_EVM_KEY)",
+    )
     p.add_argument("--anchor-chain-id", type=int, default=0, help="expected chain id")
     p.add_argument("--anchor-confirmations", type=int, default=0)
     p.add_argument("--anchor-poa", action="store_true", help="proof-of-authority chain (Clique/QBFT)")
     p.add_argument("--anchor-fee", default="auto", help="auto | eip1559 | legacy | zero")
-    p.add_argument("--verbose", action="store_true", help="print Flower's own log (default: one line per round; "
-                   "the log goes to OUT/flwr-run.log)")
-    p.add_argument("--secure-aggregation", action="store_true",
-                   help="SecAgg+ (Flower's legacy path, every stage signed and on the ledger): the server sees\n"
-                   "only masked updates and their sum; needs the ledger, fedavg and at least 3 clients")
-    p.add_argument("--scenario", default="", choices=["", "attacks"],
-                   help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Flower's own log (default: one line per round; the log goes to OUT/flwr-run.log)",
+    )
+    p.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="SecAgg+ (Flower's legacy path, every stage signed and on the ledger): the server sees\n"
+        "only masked updates and their sum; needs the ledger, fedavg and at least 3 clients",
+    )
+    p.add_argument(
+        "--scenario",
+        default="",
+        choices=["", "attacks"],
+        help="attacks: run every attack with the ledger and with plain FedAvg; JSON + Markdown in --out",
+    )
     return p.parse_args(argv)
 
 
@@ -116,8 +148,10 @@ def validate(args: argparse.Namespace) -> dict:
     except data_mod.DatasetError as e:
         raise UsageError(str(e)) from e
     if args.num_clients * 2 > n_train:
-        raise UsageError(f"{args.num_clients} clients but only {n_train} training samples "
-                         "(each client needs at least 2); use fewer clients")
+        raise UsageError(
+            f"{args.num_clients} clients but only {n_train} training samples "
+            "(each client needs at least 2); use fewer clients"
+        )
     overrides = {
         "dataset": args.dataset,
         "num-server-rounds": args.rounds,
@@ -170,8 +204,10 @@ def validate(args: argparse.Namespace) -> dict:
                 rep = verify(led)
         except LedgerError as e:
             raise UsageError(f"cannot resume from {args.ledger}: {e}") from e
-        print(f"[flower-chain] resuming {rep.federation_id}: {rep.blocks} verified blocks, last round "
-              f"{rep.last_round}", flush=True)
+        print(
+            f"[flower-chain] resuming {rep.federation_id}: {rep.blocks} verified blocks, last round {rep.last_round}",
+            flush=True,
+        )
     if not args.no_ledger:
         from flower_chain.app.setup import prepare_keys
         from flower_chain.ledger.location import file_uri
@@ -189,8 +225,16 @@ def validate(args: argparse.Namespace) -> dict:
 
 def secagg_usage(args: argparse.Namespace) -> None:
     """What ``--secure-aggregation`` cannot be combined with (a UsageError naming it)."""
-    clash = [flag for flag, on in (("--no-ledger", args.no_ledger), ("--attack", args.attack),
-                                   ("--resume", args.resume), ("--scenario", args.scenario)) if on]
+    clash = [
+        flag
+        for flag, on in (
+            ("--no-ledger", args.no_ledger),
+            ("--attack", args.attack),
+            ("--resume", args.resume),
+            ("--scenario", args.scenario),
+        )
+        if on
+    ]
     if clash:
         raise UsageError(f"--secure-aggregation cannot be combined with {', '.join(clash)}")
     if args.strategy != "fedavg":
@@ -220,8 +264,14 @@ class RoundProgress:
         self.t0 = time.time()
         self.seen: set[int] = set()
         self.console = Console(highlight=False)
-        self.progress = Progress(TextColumn("[flower-chain] rounds"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self.console, transient=True)
+        self.progress = Progress(
+            TextColumn("[flower-chain] rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
         self.task = self.progress.add_task("rounds", total=total)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -246,12 +296,15 @@ class RoundProgress:
                 continue
             self.seen.add(r)
             counts = f"  accepted {row['accepted']:>3}  rejected {row['rejected']:>3}" if "accepted" in row else ""
-            self.progress.console.print(f"[flower-chain] round {r:>3}/{self.total}  accuracy {row['accuracy']:.4f}  "
-                                        f"loss {row['loss']:.4f}  time {row['round_time_s']:.1f}s{counts}",
-                                        markup=False, soft_wrap=True)
+            self.progress.console.print(
+                f"[flower-chain] round {r:>3}/{self.total}  accuracy {row['accuracy']:.4f}  "
+                f"loss {row['loss']:.4f}  time {row['round_time_s']:.1f}s{counts}",
+                markup=False,
+                soft_wrap=True,
+            )
             self.progress.update(self.task, completed=len(self.seen))
 
-    def __enter__(self) -> "RoundProgress":
+    def __enter__(self) -> RoundProgress:
         if self.enabled:
             self.progress.start()
             self._thread.start()
@@ -277,18 +330,27 @@ def run_simulation(overrides: dict, num_clients: int, verbose: bool = False) -> 
     # The demo's keys win over a FLOWER_CHAIN_SIGNING_KEY left exported in this shell (it outranks the run config).
     keys = overrides.get("keys-dir")
     env = {"FLOWER_CHAIN_SIGNING_KEY": str(Path(keys) / "clients")} if keys else {}
-    with LocalSuperLink(env=env, cwd=ROOT, log_dir=out) as link, \
-            RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose):
-        print(f"[flower-chain] flwr run . with {num_clients} simulated nodes on a local SuperLink of its own "
-              f"(FLWR_HOME {link.home}; Flower's log: {log})", flush=True)
-        result = link.run(ROOT, num_supernodes=num_clients, run_config=overrides, log=log,
-                          tee=sys.stdout if verbose else None)
+    with (
+        LocalSuperLink(env=env, cwd=ROOT, log_dir=out) as link,
+        RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose),
+    ):
+        print(
+            f"[flower-chain] flwr run . with {num_clients} simulated nodes on a local SuperLink of its own "
+            f"(FLWR_HOME {link.home}; Flower's log: {log})",
+            flush=True,
+        )
+        result = link.run(
+            ROOT, num_supernodes=num_clients, run_config=overrides, log=log, tee=sys.stdout if verbose else None
+        )
         pids = link.pids()
     print(f"[flower-chain] stopped the local SuperLink {' '.join(f'(pid {p})' for p in pids)}", flush=True)
     if not result.ok:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln][-3:]
-        print(f"[flower-chain] the Flower run {result.run_id or '(not started)'} ended {result.status} "
-              f"(flwr run exit code {result.returncode}); Flower's log: {log}", file=sys.stderr)
+        print(
+            f"[flower-chain] the Flower run {result.run_id or '(not started)'} ended {result.status} "
+            f"(flwr run exit code {result.returncode}); Flower's log: {log}",
+            file=sys.stderr,
+        )
         for ln in tail:
             print(f"  {ln.strip()}", file=sys.stderr)
         return 1
@@ -337,46 +399,79 @@ def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> 
 
     out = Path(overrides["out-dir"])
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=out))
-    env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1"
+    )
     link_port = free_port()
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "flower-chain"\n\n[superlink.flower-chain]\n'
-        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
     logs = out / "deployment-logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
 
     def start(cmd: list[str], log_name: str, extra_env: dict | None = None) -> subprocess.Popen:
         f = open(logs / log_name, "wb")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})},
-                             cwd=ROOT, start_new_session=True)
+        p = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})}, cwd=ROOT, start_new_session=True
+        )
         procs.append(p)
         return p
 
     try:
-        link = start(["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-                      "--database", str(flwr_home / "state.db"), "--disable-runtime-dependency-installation"],
-                     "superlink.log")
+        link = start(
+            [
+                "flower-superlink",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),
+                "--database",
+                str(flwr_home / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            "superlink.log",
+        )
         wait_for_port(link_port, link)
         print(f"[flower-chain] SuperLink on 127.0.0.1:{link_port} (pid {link.pid})", flush=True)
         for i in range(num_clients):
             node_env = {}
             if overrides.get("keys-dir"):
                 node_env["FLOWER_CHAIN_SIGNING_KEY"] = str(Path(overrides["keys-dir"]) / "clients")
-            node = start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                          "--port", str(free_port()),
-                          "--node-config", f"partition-id={i} num-partitions={num_clients}"],
-                         f"supernode-{i}.log", node_env)
+            node = start(
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"partition-id={i} num-partitions={num_clients}",
+                ],
+                f"supernode-{i}.log",
+                node_env,
+            )
             print(f"[flower-chain] SuperNode {i} (pid {node.pid})", flush=True)
         run_config = config_arg(overrides)
         cmd = ["flwr", "run", str(ROOT), "flower-chain", "--stream", "--run-config", run_config]
-        print(f"[flower-chain] {' '.join(cmd[:4])} --stream --run-config ... (Flower's log: {logs / 'flwr-run.log'})",
-              flush=True)
-        with open(logs / "flwr-run.log", "wb") as flog, \
-                RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose):
-            runner = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
-                                      **({} if verbose else {"stdout": flog, "stderr": subprocess.STDOUT}))
+        print(
+            f"[flower-chain] {' '.join(cmd[:4])} --stream --run-config ... (Flower's log: {logs / 'flwr-run.log'})",
+            flush=True,
+        )
+        with (
+            open(logs / "flwr-run.log", "wb") as flog,
+            RoundProgress(out / "metrics.json", int(overrides["num-server-rounds"]), enabled=not verbose),
+        ):
+            runner = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                **({} if verbose else {"stdout": flog, "stderr": subprocess.STDOUT}),
+            )
             procs.append(runner)
             rc = wait_interruptibly(runner)
         if rc != 0:
@@ -393,8 +488,11 @@ def run_deployment(overrides: dict, num_clients: int, verbose: bool = False) -> 
             except (OSError, ValueError):
                 pass
             time.sleep(0.5)
-        print(f"[flower-chain] the run ended without its summary (the ServerApp failed?); Flower's log: "
-              f"{logs / 'flwr-run.log'}", file=sys.stderr)
+        print(
+            f"[flower-chain] the run ended without its summary (the ServerApp failed?); Flower's log: "
+            f"{logs / 'flwr-run.log'}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         stop_processes(procs)
@@ -428,8 +526,12 @@ def print_summary(overrides: dict) -> int:
         print("inspect it:")
         keys = Path(overrides.get("keys-dir") or Path(overrides["out-dir"]) / "keys")
         pinned = f" --server-key {keys / 'server' / 'server.pub'} --keys {keys / 'keyring'}"  # not the genesis' key
-        for cmd, tail in (("summary", ""), ("blocks", ""), ("verify", pinned),
-                          ("audit --strict" if summary.get("secure_aggregation") else "audit", "")):
+        for cmd, tail in (
+            ("summary", ""),
+            ("blocks", ""),
+            ("verify", pinned),
+            ("audit --strict" if summary.get("secure_aggregation") else "audit", ""),
+        ):
             print(f"  flower-chain ledger {cmd} {uri}{tail}")
         print(f"  flower-chain ledger show {uri} 1")
         print(f"  flower-chain report {uri} -o {Path(overrides['out-dir']) / 'report.html'}")
@@ -447,8 +549,9 @@ def verdict_line(uri: str) -> str:
             verdicts = ledger_summary(led)["verdicts"]
     except LedgerError as e:
         return f"(unreadable: {e})"
-    return "; ".join(f"{kind}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
-                     for kind, counts in verdicts.items())
+    return "; ".join(
+        f"{kind}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none") for kind, counts in verdicts.items()
+    )
 
 
 def secagg_line(uri: str) -> str:
@@ -470,8 +573,9 @@ def secagg_line(uri: str) -> str:
         done += bool(t.result and not t.result.get("failure"))
         for stage, records in t.records.items():
             stages.setdefault(stage, Counter()).update(r.entry.reason for r in records)
-    per_stage = "; ".join(f"{stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for stage, c in
-                          stages.items() if c)
+    per_stage = "; ".join(
+        f"{stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for stage, c in stages.items() if c
+    )
     return f"{done} of {len(rounds)} rounds unmasked; {per_stage}"
 
 
@@ -493,8 +597,13 @@ def outcome(overrides: dict, label: str) -> dict:
 
         with open_ledger(summary["ledger"]) as led:
             s = ledger_summary(led)
-            row.update(received=s["accepted"] + s["rejected"], accepted=s["accepted"], rejected=s["rejected"],
-                       reasons=s["reasons"], ledger=summary["ledger"])
+            row.update(
+                received=s["accepted"] + s["rejected"],
+                accepted=s["accepted"],
+                rejected=s["rejected"],
+                reasons=s["reasons"],
+                ledger=summary["ledger"],
+            )
             if overrides.get("attackers"):
                 row["outliers"] = attribute_outliers(led, int(overrides["attackers"]))
     else:
@@ -504,22 +613,51 @@ def outcome(overrides: dict, label: str) -> dict:
 
 
 def attack_table(rows: list[dict]) -> str:
-    lines = ["| attack | run | strategy | received | accepted | rejected (by reason) | final accuracy |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| attack | run | strategy | received | accepted | rejected (by reason) | final accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) or "-"
-        lines.append(f"| {r.get('attack') or 'none'} | {r['run']} | {r['strategy']} | {r['received']} | "
-                     f"{r['accepted']} | {r['rejected']} ({reasons}) | {100 * r['final_accuracy']:.2f} % |")
+        lines.append(
+            f"| {r.get('attack') or 'none'} | {r['run']} | {r['strategy']} | {r['received']} | "
+            f"{r['accepted']} | {r['rejected']} ({reasons}) | {100 * r['final_accuracy']:.2f} % |"
+        )
     return "\n".join(lines)
 
 
 def _subrun(args: argparse.Namespace, out: Path, **flags) -> dict:
     """Run run.py again in a fresh process (Ray starts clean) and return its outcome."""
-    argv = [sys.executable, str(ROOT / "run.py"), "--dataset", args.dataset, "--num-clients", str(args.num_clients),
-            "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs), "--seed", str(args.seed),
-            "--partition", args.partition, "--alpha", str(args.alpha), "--data-dir", args.data_dir,
-            "--out", str(out), "--keys-dir", str(Path(args.keys_dir or Path(args.out) / "keys").resolve()),
-            "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate), "--mode", args.mode]
+    argv = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "--dataset",
+        args.dataset,
+        "--num-clients",
+        str(args.num_clients),
+        "--rounds",
+        str(args.rounds),
+        "--local-epochs",
+        str(args.local_epochs),
+        "--seed",
+        str(args.seed),
+        "--partition",
+        args.partition,
+        "--alpha",
+        str(args.alpha),
+        "--data-dir",
+        args.data_dir,
+        "--out",
+        str(out),
+        "--keys-dir",
+        str(Path(args.keys_dir or Path(args.out) / "keys").resolve()),
+        "--batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--mode",
+        args.mode,
+    ]
     for k, v in flags.items():
         if v is True:
             argv.append(f"--{k}")
@@ -537,8 +675,13 @@ def _subrun(args: argparse.Namespace, out: Path, **flags) -> dict:
         raise
     if child.returncode != 0:
         raise RuntimeError(f"run {flags} failed: {stderr.strip().splitlines()[-1:]}")
-    ov = {"out-dir": str(out), "strategy": flags.get("strategy", "fedavg"), "attackers": flags.get("attackers", 0),
-          "num-server-rounds": args.rounds, "min-nodes": args.num_clients}
+    ov = {
+        "out-dir": str(out),
+        "strategy": flags.get("strategy", "fedavg"),
+        "attackers": flags.get("attackers", 0),
+        "num-server-rounds": args.rounds,
+        "min-nodes": args.num_clients,
+    }
     return {**outcome(ov, "plain" if flags.get("no-ledger") else "ledger"), "attack": flags.get("attack", "")}
 
 
@@ -557,8 +700,14 @@ def attack_matrix(args: argparse.Namespace) -> int:
             rows.append(_subrun(args, out / f"{attack}-ledger-trimmed", **common, strategy="fedtrimmedavg"))
     for r in rows:
         r["accuracy_drop_points"] = 100 * (clean - r["final_accuracy"])
-    doc = {"num_clients": args.num_clients, "attackers": k, "rounds": args.rounds, "dataset": args.dataset,
-           "clean_accuracy": clean, "rows": rows}
+    doc = {
+        "num_clients": args.num_clients,
+        "attackers": k,
+        "rounds": args.rounds,
+        "dataset": args.dataset,
+        "clean_accuracy": clean,
+        "rows": rows,
+    }
     (out / "attacks.json").write_text(json.dumps(doc, indent=2))
     table = attack_table(rows)
     (out / "attacks.md").write_text(table + "\n")
@@ -574,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
     def on_sigterm(signum, _frame):
         raise KeyboardInterrupt
 
@@ -590,11 +740,20 @@ def main(argv: list[str] | None = None) -> int:
         rc = print_summary(overrides)
         if rc or not args.attack or args.no_ledger:
             return rc
-        print(f"\n[flower-chain] the same run with plain FedAvg (seed {args.seed}, {args.attackers} attackers) ...",
-              flush=True)
-        rows = [{**outcome(overrides, "ledger"), "attack": args.attack},
-                _subrun(args, Path(overrides["out-dir"]) / "plain", attack=args.attack, attackers=args.attackers,
-                        **{"no-ledger": True})]
+        print(
+            f"\n[flower-chain] the same run with plain FedAvg (seed {args.seed}, {args.attackers} attackers) ...",
+            flush=True,
+        )
+        rows = [
+            {**outcome(overrides, "ledger"), "attack": args.attack},
+            _subrun(
+                args,
+                Path(overrides["out-dir"]) / "plain",
+                attack=args.attack,
+                attackers=args.attackers,
+                **{"no-ledger": True},
+            ),
+        ]
         print(attack_table(rows))
         return 0
     except KeyboardInterrupt:

@@ -39,8 +39,14 @@ from tests.support.fl_helpers import Clients, FakeGrid, signed_train_reply  # no
 
 RESULTS = Path(__file__).parent / "results"
 STORE_MODELS = True
-SHAPES = [("conv1.weight", (64, 3, 5, 5)), ("conv1.bias", (64,)), ("conv2.weight", (128, 64, 5, 5)),
-          ("conv2.bias", (128,)), ("fc.weight", (10, 80000)), ("fc.bias", (10,))]
+SHAPES = [
+    ("conv1.weight", (64, 3, 5, 5)),
+    ("conv1.bias", (64,)),
+    ("conv2.weight", (128, 64, 5, 5)),
+    ("conv2.bias", (128,)),
+    ("fc.weight", (10, 80000)),
+    ("fc.bias", (10,)),
+]
 
 
 def model(seed: int) -> ArrayRecord:
@@ -62,8 +68,12 @@ def bench_digest(repeats: int) -> dict:
         t_dig.append(time.perf_counter() - t)
     mb = len(raw) / 1e6
     raw_s, dig_s = statistics.median(t_raw), statistics.median(t_dig)
-    return {"bytes": len(raw), "raw_sha256_MBps": mb / raw_s, "array_digest_MBps": mb / dig_s,
-            "throughput_ratio": raw_s / dig_s}
+    return {
+        "bytes": len(raw),
+        "raw_sha256_MBps": mb / raw_s,
+        "array_digest_MBps": mb / dig_s,
+        "throughput_ratio": raw_s / dig_s,
+    }
 
 
 def bench_aggregate(n_replies: int, repeats: int) -> dict:
@@ -81,21 +91,33 @@ def bench_aggregate(n_replies: int, repeats: int) -> dict:
         inner = FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
         fed = f"fed-agg-{rep}"
         strategies = {
-            name: LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
-                                 ledger=f"sqlite:///{tmp}/agg{rep}-{name}.db", keyring=clients.keyring,
-                                 server_key=server_key, federation_id=fed, store_models=STORE_MODELS,
-                                 verify_workers=workers)
-            for name, workers in (("ledger", None), ("ledger_1_thread", 1))}
-        msgs = {name: sorted(s.configure_train(1, glob, ConfigRecord({}), FakeGrid(nodes)),
-                             key=lambda m: m.metadata.dst_node_id) for name, s in strategies.items()}
-        replies = {name: [signed_train_reply(m, k, o, 100) for m, k, o in zip(msgs[name], clients.keys, outs)]
-                   for name in strategies}
-        replies["plain"] = [signed_train_reply(m, k, o, 100)
-                            for m, k, o in zip(msgs["ledger"], clients.keys, outs)]
+            name: LedgerStrategy(
+                FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+                ledger=f"sqlite:///{tmp}/agg{rep}-{name}.db",
+                keyring=clients.keyring,
+                server_key=server_key,
+                federation_id=fed,
+                store_models=STORE_MODELS,
+                verify_workers=workers,
+            )
+            for name, workers in (("ledger", None), ("ledger_1_thread", 1))
+        }
+        msgs = {
+            name: sorted(
+                s.configure_train(1, glob, ConfigRecord({}), FakeGrid(nodes)), key=lambda m: m.metadata.dst_node_id
+            )
+            for name, s in strategies.items()
+        }
+        replies = {
+            name: [signed_train_reply(m, k, o, 100) for m, k, o in zip(msgs[name], clients.keys, outs)]
+            for name in strategies
+        }
+        replies["plain"] = [signed_train_reply(m, k, o, 100) for m, k, o in zip(msgs["ledger"], clients.keys, outs)]
         # baseline: one SHA-256 pass over every reply's array bytes + one Ed25519 verify per reply
         payloads = [[a.data for a in r.content["arrays"].values()] for r in replies["plain"]]
-        sigs = [(r.content["flower-chain"]["statement"], r.content["flower-chain"]["signature"])
-                for r in replies["plain"]]
+        sigs = [
+            (r.content["flower-chain"]["statement"], r.content["flower-chain"]["signature"]) for r in replies["plain"]
+        ]
         pubs = [k.public_key() for k in clients.keys]
         t = time.perf_counter()
         for chunks, (st, sig), pub in zip(payloads, sigs, pubs):
@@ -117,13 +139,22 @@ def bench_aggregate(n_replies: int, repeats: int) -> dict:
             s.close()
     med = {name: statistics.median(t) for name, t in times.items()}
     base = statistics.median(base_t)
-    out = {"replies": n_replies, "parameters": params, "reply_MB": params * 4 / 1e6,
-           "verify_workers_default": min(8, os.cpu_count() or 1),
-           "plain_fedavg_s": med["plain"], "baseline_sha256_plus_ed25519_s": base}
+    out = {
+        "replies": n_replies,
+        "parameters": params,
+        "reply_MB": params * 4 / 1e6,
+        "verify_workers_default": min(8, os.cpu_count() or 1),
+        "plain_fedavg_s": med["plain"],
+        "baseline_sha256_plus_ed25519_s": base,
+    }
     for name in strategies:
         added = med[name] - med["plain"]
-        out[name] = {"ledger_fedavg_s": med[name], "added_s": added, "added_over_baseline": added / base,
-                     "target_added_le_1_2x_baseline": added <= 1.2 * base}
+        out[name] = {
+            "ledger_fedavg_s": med[name],
+            "added_s": added,
+            "added_over_baseline": added / base,
+            "target_added_le_1_2x_baseline": added <= 1.2 * base,
+        }
     out["raw"] = {**times, "baseline": base_t}
     return out
 

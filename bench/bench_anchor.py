@@ -46,20 +46,40 @@ def main() -> None:
         key.write_text(ANVIL_KEY)
         walls = {"on": [], "off": []}
         for i in range(args.pairs):
-            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
                 extra = ["--anchor", node.url, "--anchor-key-file", str(key)] if mode == "on" else []
                 out = work / f"{mode}{i}"
                 t = time.perf_counter()
-                subprocess.run([sys.executable, str(ROOT / "run.py"), "--num-clients", "3", "--rounds", "3",
-                                "--out", str(out), "--data-dir", str(ROOT / "data"), *extra], check=True,
-                               capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(ROOT / "run.py"),
+                        "--num-clients",
+                        "3",
+                        "--rounds",
+                        "3",
+                        "--out",
+                        str(out),
+                        "--data-dir",
+                        str(ROOT / "data"),
+                        *extra,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 walls[mode].append(json.loads((out / "metrics.json").read_text())["summary"]["total_time_s"])
     finally:
         node.stop()
-    res = {"anchors": args.anchors, "latency_ms_median": 1000 * statistics.median(lat),
-           "latency_ms_p95": 1000 * sorted(lat)[int(0.95 * len(lat))], "gas_median": statistics.median(gas),
-           "gas_first": gas[0], "run_time_s_on": walls["on"], "run_time_s_off": walls["off"],
-           "ratio_on_off": statistics.median(walls["on"]) / statistics.median(walls["off"])}
+    res = {
+        "anchors": args.anchors,
+        "latency_ms_median": 1000 * statistics.median(lat),
+        "latency_ms_p95": 1000 * sorted(lat)[int(0.95 * len(lat))],
+        "gas_median": statistics.median(gas),
+        "gas_first": gas[0],
+        "run_time_s_on": walls["on"],
+        "run_time_s_off": walls["off"],
+        "ratio_on_off": statistics.median(walls["on"]) / statistics.median(walls["off"]),
+    }
     out = ROOT / "bench" / "results" / "anchor.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))

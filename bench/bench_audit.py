@@ -42,8 +42,14 @@ from flower_chain.strategies import LedgerStrategy  # noqa: E402
 from tests.support.fl_helpers import Clients, FakeGrid, signed_train_reply  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-SHAPES = [("conv1.weight", (32, 1, 5, 5)), ("conv1.bias", (32,)), ("conv2.weight", (64, 32, 5, 5)),
-          ("conv2.bias", (64,)), ("fc.weight", (10, 4096)), ("fc.bias", (10,))]
+SHAPES = [
+    ("conv1.weight", (32, 1, 5, 5)),
+    ("conv1.bias", (32,)),
+    ("conv2.weight", (64, 32, 5, 5)),
+    ("conv2.bias", (64,)),
+    ("fc.weight", (10, 4096)),
+    ("fc.bias", (10,)),
+]
 
 
 def make_strategy(name: str):
@@ -58,8 +64,13 @@ def run(n_clients: int, rounds: int, strategy: str, path: Path) -> dict:
     nodes = list(range(1, n_clients + 1))
     rng = np.random.default_rng(0)
     glob = ArrayRecord({n: Array(rng.standard_normal(s).astype(np.float32) * 0.1) for n, s in SHAPES})
-    s = LedgerStrategy(make_strategy(strategy), ledger=f"sqlite:///{path}", keyring=clients.keyring,
-                       server_key=Ed25519PrivateKey.generate(), federation_id="fed-bench-audit")
+    s = LedgerStrategy(
+        make_strategy(strategy),
+        ledger=f"sqlite:///{path}",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        federation_id="fed-bench-audit",
+    )
     inner = s.strategy
     agg, inner_t = [], []
     original_aggregate = inner.aggregate_train
@@ -73,12 +84,17 @@ def run(n_clients: int, rounds: int, strategy: str, path: Path) -> dict:
 
     inner.aggregate_train = timed
     for rnd in range(1, rounds + 1):
-        msgs = sorted(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)), key=lambda m: m.metadata.dst_node_id
+        )
         replies = []
         for i, (m, k) in enumerate(zip(msgs, clients.keys)):
-            out = ArrayRecord({n: Array((a.numpy() + rng.standard_normal(a.shape).astype(np.float32) * 0.01)
-                                        .astype(np.float32)) for n, a in glob.items()})
+            out = ArrayRecord(
+                {
+                    n: Array((a.numpy() + rng.standard_normal(a.shape).astype(np.float32) * 0.01).astype(np.float32))
+                    for n, a in glob.items()
+                }
+            )
             replies.append(signed_train_reply(m, k, out, 50 + i))
         t = time.perf_counter()
         glob, _ = s.aggregate_train(rnd, replies)
@@ -109,7 +125,9 @@ def main() -> None:
     original_s = sum(original["aggregate_train_s"])
     res = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-        "clients": args.clients, "rounds": args.rounds, "strategy": args.strategy,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "strategy": args.strategy,
         "parameters": sum(int(np.prod(s)) for _, s in SHAPES),
         "updates_replayed": report.updates_replayed,
         "ledger_MB": path.stat().st_size / 1e6,

@@ -43,8 +43,12 @@ def main() -> None:
     keys, data = work / "keys", work / "data"
     ref_uri = f"sqlite:///{work}/ref.db"
     t = time.time()
-    subprocess.run(run_args(work / "ref", keys, data, args.rounds, args.clients) + ["--ledger", ref_uri] + strategy,
-                   check=True, capture_output=True, env=env())
+    subprocess.run(
+        run_args(work / "ref", keys, data, args.rounds, args.clients) + ["--ledger", ref_uri] + strategy,
+        check=True,
+        capture_output=True,
+        env=env(),
+    )
     with open_ledger(ref_uri) as led:
         ref = verify(led)
     ref_time = time.time() - t
@@ -69,20 +73,29 @@ def main() -> None:
         try:
             with open_ledger(uri) as led:
                 rep = verify(led, client_signatures=True)
-            row.update(final_round=rep.last_round, same_final_digest=rep.model_digest == ref.model_digest,
-                       same_final_state=rep.state_digest == ref.state_digest)
+            row.update(
+                final_round=rep.last_round,
+                same_final_digest=rep.model_digest == ref.model_digest,
+                same_final_state=rep.state_digest == ref.state_digest,
+            )
         except LedgerError as e:
             row.update(final_round=None, same_final_digest=False, same_final_state=False, error=str(e))
         trials.append(row)
         print(json.dumps(row), flush=True)
-    res = {"trials": len(trials), "rounds": args.rounds, "clients": args.clients, "strategy": args.strategy,
-           "strategy_keeps_state": bool(ref.state_digest),
-           "uninterrupted_run_s": ref_time,
-           "verified_after_every_kill": all(t["verified_after_kill"] for t in trials),
-           "resumed_to_final_round": sum(t["final_round"] == args.rounds for t in trials),
-           "same_final_digest": sum(bool(t["same_final_digest"]) for t in trials),
-           "same_final_state": sum(bool(t["same_final_state"]) for t in trials),
-           "killed_before_finishing": sum(t["blocks_at_kill"] != -1 for t in trials), "rows": trials}
+    res = {
+        "trials": len(trials),
+        "rounds": args.rounds,
+        "clients": args.clients,
+        "strategy": args.strategy,
+        "strategy_keeps_state": bool(ref.state_digest),
+        "uninterrupted_run_s": ref_time,
+        "verified_after_every_kill": all(t["verified_after_kill"] for t in trials),
+        "resumed_to_final_round": sum(t["final_round"] == args.rounds for t in trials),
+        "same_final_digest": sum(bool(t["same_final_digest"]) for t in trials),
+        "same_final_state": sum(bool(t["same_final_state"]) for t in trials),
+        "killed_before_finishing": sum(t["blocks_at_kill"] != -1 for t in trials),
+        "rows": trials,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}, indent=2))

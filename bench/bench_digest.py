@@ -48,8 +48,12 @@ def model_of(size_mb: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     out, total, i = [], 0, 0
     target = size_mb * 1_000_000
     while total < target:
-        for name, n in ((f"b{i}.conv.weight", 600_000), (f"b{i}.conv.bias", 256), (f"b{i}.fc.weight", 2_359_296),
-                        (f"b{i}.bn.running_mean", 512)):
+        for name, n in (
+            (f"b{i}.conv.weight", 600_000),
+            (f"b{i}.conv.bias", 256),
+            (f"b{i}.fc.weight", 2_359_296),
+            (f"b{i}.bn.running_mean", 512),
+        ):
             n = min(n, max(1, (target - total) // 4))
             out.append((name, rng.standard_normal(n, dtype=np.float32)))
             total += 4 * n
@@ -88,16 +92,29 @@ def bench_size(size_mb: int, repeats: int, max_threads: int) -> dict:
     variants.update({f"v2_{t}": (lambda t=t: array_digest(named, threads=t)) for t in counts})
     secs, digests = timed(variants, repeats)
     base_s = secs["sha256_stream"]
-    threads = {str(t): {"seconds": secs[f"v2_{t}"], "MBps": mb / secs[f"v2_{t}"],
-                        "ratio_to_sha256_stream": base_s / secs[f"v2_{t}"]} for t in counts}
+    threads = {
+        str(t): {
+            "seconds": secs[f"v2_{t}"],
+            "MBps": mb / secs[f"v2_{t}"],
+            "ratio_to_sha256_stream": base_s / secs[f"v2_{t}"],
+        }
+        for t in counts
+    }
     default = threads.get(str(default_threads()))
-    return {"MB": mb, "arrays": len(named), "chunks": -(-nbytes // CHUNK_SIZE),
-            "sha256_stream": {"seconds": base_s, "MBps": mb / base_s},
-            "array_digest_v1": {"seconds": secs["v1"], "MBps": mb / secs["v1"],
-                                "ratio_to_sha256_stream": base_s / secs["v1"]},
-            "array_digest_v2_by_threads": threads,
-            "v2_default_threads_ratio": default["ratio_to_sha256_stream"] if default else None,
-            "same_digest_on_every_thread_count": len({digests[f"v2_{t}"] for t in counts}) == 1}
+    return {
+        "MB": mb,
+        "arrays": len(named),
+        "chunks": -(-nbytes // CHUNK_SIZE),
+        "sha256_stream": {"seconds": base_s, "MBps": mb / base_s},
+        "array_digest_v1": {
+            "seconds": secs["v1"],
+            "MBps": mb / secs["v1"],
+            "ratio_to_sha256_stream": base_s / secs["v1"],
+        },
+        "array_digest_v2_by_threads": threads,
+        "v2_default_threads_ratio": default["ratio_to_sha256_stream"] if default else None,
+        "same_digest_on_every_thread_count": len({digests[f"v2_{t}"] for t in counts}) == 1,
+    }
 
 
 def main() -> None:
@@ -107,23 +124,38 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "digest.json"))
     args = ap.parse_args()
     cores = default_threads()
-    res = {"machine": {"cpus_usable": cores, "loadavg_at_start": os.getloadavg(), "processor": platform.processor() or platform.machine(),
-                       "python": platform.python_version(), "chunk_size": CHUNK_SIZE},
-           "sizes": {}}
+    res = {
+        "machine": {
+            "cpus_usable": cores,
+            "loadavg_at_start": os.getloadavg(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "chunk_size": CHUNK_SIZE,
+        },
+        "sizes": {},
+    }
     for size in args.sizes_mb:
-        res["sizes"][f"{size}MB"] = r = bench_size(size, args.repeats if size < 1000 else max(2, args.repeats // 2),
-                                                    cores)
-        print(f"{size:5d} MB  sha256 stream {r['sha256_stream']['MBps']:7.0f} MB/s  v1 "
-              f"{r['array_digest_v1']['MBps']:7.0f} MB/s  v2 " + "  ".join(
-                  f"{t}t {v['MBps']:6.0f} MB/s ({v['ratio_to_sha256_stream']:.2f}x)"
-                  for t, v in r["array_digest_v2_by_threads"].items()), flush=True)
+        res["sizes"][f"{size}MB"] = r = bench_size(
+            size, args.repeats if size < 1000 else max(2, args.repeats // 2), cores
+        )
+        print(
+            f"{size:5d} MB  sha256 stream {r['sha256_stream']['MBps']:7.0f} MB/s  v1 "
+            f"{r['array_digest_v1']['MBps']:7.0f} MB/s  v2 "
+            + "  ".join(
+                f"{t}t {v['MBps']:6.0f} MB/s ({v['ratio_to_sha256_stream']:.2f}x)"
+                for t, v in r["array_digest_v2_by_threads"].items()
+            ),
+            flush=True,
+        )
     res["machine"]["loadavg_at_end"] = os.getloadavg()  # other processes on the machine skew the figures
     ratios = [r["v2_default_threads_ratio"] for r in res["sizes"].values()]
-    res["summary"] = {"v2_default_threads_ratio_min": min(ratios), "v2_default_threads_ratio_max": max(ratios),
-                      "target": ">= 1.7x the sha256 stream on 2 cores",
-                      "target_met": min(ratios) >= 1.7 if cores == 2 else None,
-                      "same_digest_on_every_thread_count": all(r["same_digest_on_every_thread_count"]
-                                                               for r in res["sizes"].values())}
+    res["summary"] = {
+        "v2_default_threads_ratio_min": min(ratios),
+        "v2_default_threads_ratio_max": max(ratios),
+        "target": ">= 1.7x the sha256 stream on 2 cores",
+        "target_met": min(ratios) >= 1.7 if cores == 2 else None,
+        "same_digest_on_every_thread_count": all(r["same_digest_on_every_thread_count"] for r in res["sizes"].values()),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res["summary"], indent=2))

@@ -33,8 +33,12 @@ RESULTS = ROOT / "bench" / "results" / "e2e.json"
 
 def run(args: list[str], out: Path) -> dict:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, "--out", str(out)], capture_output=True,
-                       text=True, env={**__import__("os").environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"})
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"},
+    )
     wall = time.perf_counter() - t
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
@@ -45,9 +49,14 @@ def run(args: list[str], out: Path) -> dict:
     with np.load(model) as z:
         digest = hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
     rounds = [r for r in doc["rounds"] if r["round"] > 0]
-    return {"wall_s": wall, "loop_s": doc["summary"]["total_time_s"], "final_accuracy": doc["summary"]["final_accuracy"],
-            "round_s": [r["round_time_s"] for r in rounds],
-            "ledger_s": [r.get("ledger_time_s") for r in rounds], "model_sha256": digest}
+    return {
+        "wall_s": wall,
+        "loop_s": doc["summary"]["total_time_s"],
+        "final_accuracy": doc["summary"]["final_accuracy"],
+        "round_s": [r["round_time_s"] for r in rounds],
+        "ledger_s": [r.get("ledger_time_s") for r in rounds],
+        "model_sha256": digest,
+    }
 
 
 def paired(pairs: int, data_dir: str) -> dict:
@@ -69,26 +78,48 @@ def paired(pairs: int, data_dir: str) -> dict:
     # round 1 also starts the simulation's worker processes, which varies by seconds between runs.
     pair_loop = [a["loop_s"] / b["loop_s"] for a, b in zip(ledger, plain)]
     pair_steady = [sum(a["round_s"][1:]) / sum(b["round_s"][1:]) for a, b in zip(ledger, plain)]
-    return {"pairs": pairs, "ratio_loop_median": ratio_loop, "ratio_wall_median": ratio_wall,
-            "target_ratio_le_1_02": ratio_loop <= 1.02,
-            "ratio_loop_per_pair": pair_loop, "ratio_loop_per_pair_median": statistics.median(pair_loop),
-            "ratio_rounds_2_on_per_pair": pair_steady,
-            "ratio_rounds_2_on_per_pair_median": statistics.median(pair_steady),
-            "first_round_s_median": {"ledger": statistics.median(r["round_s"][0] for r in ledger),
-                                     "plain": statistics.median(r["round_s"][0] for r in plain)},
-            "ledger_time_per_round_ms_median": 1000 * statistics.median(per_round_ledger),
-            "round_time_s_median": statistics.median(per_round), "ledger": ledger, "plain": plain}
+    return {
+        "pairs": pairs,
+        "ratio_loop_median": ratio_loop,
+        "ratio_wall_median": ratio_wall,
+        "target_ratio_le_1_02": ratio_loop <= 1.02,
+        "ratio_loop_per_pair": pair_loop,
+        "ratio_loop_per_pair_median": statistics.median(pair_loop),
+        "ratio_rounds_2_on_per_pair": pair_steady,
+        "ratio_rounds_2_on_per_pair_median": statistics.median(pair_steady),
+        "first_round_s_median": {
+            "ledger": statistics.median(r["round_s"][0] for r in ledger),
+            "plain": statistics.median(r["round_s"][0] for r in plain),
+        },
+        "ledger_time_per_round_ms_median": 1000 * statistics.median(per_round_ledger),
+        "round_time_s_median": statistics.median(per_round),
+        "ledger": ledger,
+        "plain": plain,
+    }
 
 
 def fashion(data_dir: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fc-fashion-"))
-    base = ["--dataset", "fashion-mnist", "--num-clients", "10", "--rounds", "5", "--data-dir", data_dir,
-            "--keys-dir", str(work / "keys")]
+    base = [
+        "--dataset",
+        "fashion-mnist",
+        "--num-clients",
+        "10",
+        "--rounds",
+        "5",
+        "--data-dir",
+        data_dir,
+        "--keys-dir",
+        str(work / "keys"),
+    ]
     with_ledger = run(base, work / "ledger")
     without = run(base + ["--no-ledger"], work / "plain")
-    return {"ledger": with_ledger, "plain": without,
-            "target_accuracy_ge_85": with_ledger["final_accuracy"] >= 0.85,
-            "identical_final_model": with_ledger["model_sha256"] == without["model_sha256"]}
+    return {
+        "ledger": with_ledger,
+        "plain": without,
+        "target_accuracy_ge_85": with_ledger["final_accuracy"] >= 0.85,
+        "identical_final_model": with_ledger["model_sha256"] == without["model_sha256"],
+    }
 
 
 def scale(clients: int, rounds: int) -> dict:
@@ -105,20 +136,37 @@ def scale(clients: int, rounds: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fc-scale-"))
     uri = f"sqlite:///{work}/scale.db"
     cl = Clients(clients)
-    strat = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), ledger=uri,
-                           keyring=cl.keyring, server_key=Ed25519PrivateKey.generate())
+    strat = LedgerStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+        ledger=uri,
+        keyring=cl.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
     rng = np.random.default_rng(0)
-    glob = ArrayRecord({"w": Array(rng.standard_normal((32, 10)).astype(np.float32)),
-                        "b": Array(np.zeros(10, np.float32))})
+    glob = ArrayRecord(
+        {"w": Array(rng.standard_normal((32, 10)).astype(np.float32)), "b": Array(np.zeros(10, np.float32))}
+    )
     nodes = list(range(1, clients + 1))
     t_sign = t_agg = 0.0
     for rnd in range(1, rounds + 1):
-        msgs = sorted(strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)), key=lambda m: m.metadata.dst_node_id
+        )
         t = time.perf_counter()
-        replies = [signed_train_reply(m, k, ArrayRecord({"w": Array((glob["w"].numpy() + 0.01 * i).astype(np.float32)),
-                                                         "b": Array(glob["b"].numpy() + 0.01)}), 10)
-                   for i, (m, k) in enumerate(zip(msgs, cl.keys))]
+        replies = [
+            signed_train_reply(
+                m,
+                k,
+                ArrayRecord(
+                    {
+                        "w": Array((glob["w"].numpy() + 0.01 * i).astype(np.float32)),
+                        "b": Array(glob["b"].numpy() + 0.01),
+                    }
+                ),
+                10,
+            )
+            for i, (m, k) in enumerate(zip(msgs, cl.keys))
+        ]
         t_sign += time.perf_counter() - t
         t = time.perf_counter()
         agg, _ = strat.aggregate_train(rnd, replies)
@@ -127,16 +175,25 @@ def scale(clients: int, rounds: int) -> dict:
     strat.close()
     n = clients * rounds
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "flower_chain.cli", "ledger", "verify", uri, "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", "ledger", "verify", uri, "--json"], capture_output=True, text=True
+    )
     verify_s = time.perf_counter() - t
     ver = json.loads(r.stdout)
-    return {"clients": clients, "rounds": rounds, "replies": n, "client_signing_s": t_sign,
-            "aggregate_train_s": t_agg, "replies_per_s_through_aggregate_train": n / t_agg,
-            "verify_cli_s": verify_s, "verify_entries_per_s": ver["entries"] / verify_s, "verified": ver["verified"],
-            "verify_client_signatures_checked": ver["client_signatures_checked"],
-            "peak_rss_mb_server_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "ledger_file_mb": (work / "scale.db").stat().st_size / 1e6}
+    return {
+        "clients": clients,
+        "rounds": rounds,
+        "replies": n,
+        "client_signing_s": t_sign,
+        "aggregate_train_s": t_agg,
+        "replies_per_s_through_aggregate_train": n / t_agg,
+        "verify_cli_s": verify_s,
+        "verify_entries_per_s": ver["entries"] / verify_s,
+        "verified": ver["verified"],
+        "verify_client_signatures_checked": ver["client_signatures_checked"],
+        "peak_rss_mb_server_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ledger_file_mb": (work / "scale.db").stat().st_size / 1e6,
+    }
 
 
 def main() -> None:

@@ -37,15 +37,41 @@ from tests.support.reply_mutations import mutate  # noqa: E402
 DETAILS = {
     "npy-truncate": lambda r: r.randrange(256),
     "npy-extend": lambda r: r.randbytes(r.randint(1, 16)),
-    "npy-header": lambda r: r.choice(["negative-dim", "overflow", "zero-width", "object", "float128", "big-endian",
-                                      "fortran", "not-a-dict", "call", "float-dim", "structured"]),
+    "npy-header": lambda r: r.choice(
+        [
+            "negative-dim",
+            "overflow",
+            "zero-width",
+            "object",
+            "float128",
+            "big-endian",
+            "fortran",
+            "not-a-dict",
+            "call",
+            "float-dim",
+            "structured",
+        ]
+    ),
     "npy-random": lambda r: r.randbytes(r.randint(0, 300)),
     "npy-version": lambda r: r.randrange(256),
     "npy-hlen": lambda r: r.randrange(65536),
     "stype": lambda r: r.choice(["", "torch.Tensor", "numpy.ndarray ", "pickle"]),
     "num-examples": lambda r: r.choice([float("inf"), float("nan"), -5, 0, 2**63, 2**64 - 1, 1.5, "10", None, [1]]),
-    "metric-value": lambda r: r.choice([2**63, 2**64 - 1, -(2**63) - 1, float("inf"), "text", b"bytes", None, [2**70],
-                                        list(range(5000)), {"a": 1}, True]),
+    "metric-value": lambda r: r.choice(
+        [
+            2**63,
+            2**64 - 1,
+            -(2**63) - 1,
+            float("inf"),
+            "text",
+            b"bytes",
+            None,
+            [2**70],
+            list(range(5000)),
+            {"a": 1},
+            True,
+        ]
+    ),
     "metric-name": lambda r: r.choice(["x" * 300, "", "\n$x^2$\u202e", 7]),
     "statement": lambda r: (r.randrange(400), r.randbytes(r.randint(0, 8))),
     "signature": lambda r: r.randbytes(r.randint(0, 80)),
@@ -55,8 +81,18 @@ DETAILS = {
     "node-id": lambda r: r.choice([0, 2**64 - 1]),
     "array-count": lambda r: r.randrange(4),
 }
-KINDS = list(DETAILS) + ["extra-metric-record", "extra-config-record", "extra-array-record", "drop-arrays",
-                         "drop-metrics", "drop-sig", "metric-count", "nan", "wrong-dtype-signed", "legit"]
+KINDS = list(DETAILS) + [
+    "extra-metric-record",
+    "extra-config-record",
+    "extra-array-record",
+    "drop-arrays",
+    "drop-metrics",
+    "drop-sig",
+    "metric-count",
+    "nan",
+    "wrong-dtype-signed",
+    "legit",
+]
 
 
 def main() -> None:
@@ -70,8 +106,14 @@ def main() -> None:
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = 1, 1, 0
     rng = random.Random(args.seed)
     clients = Clients(args.batch)
-    s = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(),
-                       federation_id="fuzz-bench", store_client_updates=False)
+    s = LedgerStrategy(
+        fedavg(),
+        ledger="memory:",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        federation_id="fuzz-bench",
+        store_client_updates=False,
+    )
     nodes = list(range(1, args.batch + 1))
     glob, done, rnd = arrays(0), 0, 0
     kinds, reasons = collections.Counter(), collections.Counter()
@@ -80,8 +122,9 @@ def main() -> None:
     t0 = time.perf_counter()
     while done < args.replies:
         rnd += 1
-        msgs = sorted(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)), key=lambda m: m.metadata.dst_node_id
+        )
         replies = []
         for i, (m, k) in enumerate(zip(msgs, clients.keys)):
             if i < 2:  # two honest replies keep every round aggregating
@@ -115,12 +158,24 @@ def main() -> None:
     report = verify(s.ledger, client_signatures=True)
     t_verify = time.perf_counter() - t
     assert raised or report.verdicts_rederived + sum(report.not_rederived.values()) == done
-    res = {"replies": done, "rounds": rnd, "batch": args.batch, "seed": args.seed,
-           "server_replies_per_s": done / t_server, "end_to_end_replies_per_s": done / wall,
-           "note": "end to end includes building, signing and mutating each reply",
-           "server_raised": len(raised), "raised_examples": raised[:10], "verify_s": t_verify, "verdicts_rederived": report.verdicts_rederived,
-           "not_rederived": dict(report.not_rederived), "kinds": dict(kinds), "reasons": dict(reasons),
-           "python": platform.python_version(), "machine": platform.machine()}
+    res = {
+        "replies": done,
+        "rounds": rnd,
+        "batch": args.batch,
+        "seed": args.seed,
+        "server_replies_per_s": done / t_server,
+        "end_to_end_replies_per_s": done / wall,
+        "note": "end to end includes building, signing and mutating each reply",
+        "server_raised": len(raised),
+        "raised_examples": raised[:10],
+        "verify_s": t_verify,
+        "verdicts_rederived": report.verdicts_rederived,
+        "not_rederived": dict(report.not_rederived),
+        "kinds": dict(kinds),
+        "reasons": dict(reasons),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("kinds",)}, indent=2))
 

@@ -51,7 +51,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standalone_arrays import arrays, load as _load  # noqa: E402  (no cryptography, no flwr)
+from standalone_arrays import arrays  # noqa: E402  (no cryptography, no flwr)
+from standalone_arrays import load as _load
 
 assert "flower_chain.ledger" not in sys.modules and "cryptography" not in sys.modules and "flwr" not in sys.modules
 
@@ -75,8 +76,13 @@ def models(smoke: bool) -> list[dict]:
             dict(name="demo CNN", build=lambda: demo.Net((32, 32, 3)), images=64, side=32, batch=32),
             dict(name="ResNet-18", build=lambda: resnet18(weights=None, num_classes=10), images=8, side=32, batch=8),
             dict(name="ResNet-50", build=lambda: resnet50(weights=None, num_classes=10), images=8, side=32, batch=8),
-            dict(name="ViT (tiny)", build=lambda: VisionTransformer(32, 16, 2, 2, 32, 64, num_classes=10), images=8,
-                 side=32, batch=4),
+            dict(
+                name="ViT (tiny)",
+                build=lambda: VisionTransformer(32, 16, 2, 2, 32, 64, num_classes=10),
+                images=8,
+                side=32,
+                batch=4,
+            ),
         ]
     return [
         dict(name="demo CNN", build=lambda: demo.Net((32, 32, 3)), images=5000, side=32, batch=32),
@@ -122,6 +128,7 @@ def median_time(fn, repeats: int = 3) -> float:
 
 def server_work(reply, version: int, threads: int, workers: int, scan: bool = True) -> float:
     """Seconds for the judge's per-reply array work on REPLIES replies: the digest (and the finite scan)."""
+
     def one(_):
         arrays.array_digest(reply, version, threads=threads)
         return arrays.first_nonfinite(reply) if scan else None
@@ -160,42 +167,62 @@ def bench_model(spec: dict, dev: torch.device, cpus: int) -> dict:
     epoch_s = statistics.median(epochs)
     update = named_arrays(model)
     assert bg["digest"] == arrays.array_digest(received, 2, threads=1)
-    client = {f"v{v}": median_time(lambda v=v: (arrays.array_digest(received, v), arrays.array_digest(update, v)))
-              for v in (1, 2)}
+    client = {
+        f"v{v}": median_time(lambda v=v: (arrays.array_digest(received, v), arrays.array_digest(update, v)))
+        for v in (1, 2)
+    }
     update_v2 = median_time(lambda: arrays.array_digest(update, 2))
     judge_workers = min(8, cpus)
-    server = {"digests_v1_1_thread": server_work(update, 1, 1, 1, scan=False),
-              "digests_v2_1_thread": server_work(update, 2, 1, 1, scan=False),
-              "digests_v2_all_threads": server_work(update, 2, cpus, 1, scan=False),
-              f"judge_v1_{judge_workers}_reply_workers": server_work(update, 1, 1, judge_workers),
-              f"judge_v2_all_threads_{judge_workers}_reply_workers": server_work(update, 2, cpus, judge_workers)}
+    server = {
+        "digests_v1_1_thread": server_work(update, 1, 1, 1, scan=False),
+        "digests_v2_1_thread": server_work(update, 2, 1, 1, scan=False),
+        "digests_v2_all_threads": server_work(update, 2, cpus, 1, scan=False),
+        f"judge_v1_{judge_workers}_reply_workers": server_work(update, 1, 1, judge_workers),
+        f"judge_v2_all_threads_{judge_workers}_reply_workers": server_work(update, 2, cpus, judge_workers),
+    }
     pct = {f"client_2_digests_{k}": 100 * s / epoch_s for k, s in client.items()}
     pct["client_critical_path_v2_received_digested_during_training"] = 100 * update_v2 / epoch_s
     pct.update({f"server_10_replies_{k}": 100 * s / epoch_s for k, s in server.items()})
     del model, opt, x, y
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"model": spec["name"], "parameters": int(sum(a.size for _, a in received)), "MB": nbytes / 1e6,
-            "images": n, "side": side, "batch": spec["batch"], "epoch_s": epoch_s, "epochs_s": epochs,
-            "epoch_with_background_digest_s": with_bg, "background_digest_s": bg["seconds"],
-            "background_digest_done_before_epoch_end": bg["seconds"] <= with_bg,
-            "with_background_total_s": with_bg_total,
-            "client_2_digests_s": client, "client_update_digest_v2_s": update_v2, "server_10_replies_s": server,
-            "percent_of_epoch": pct}
+    return {
+        "model": spec["name"],
+        "parameters": int(sum(a.size for _, a in received)),
+        "MB": nbytes / 1e6,
+        "images": n,
+        "side": side,
+        "batch": spec["batch"],
+        "epoch_s": epoch_s,
+        "epochs_s": epochs,
+        "epoch_with_background_digest_s": with_bg,
+        "background_digest_s": bg["seconds"],
+        "background_digest_done_before_epoch_end": bg["seconds"] <= with_bg,
+        "with_background_total_s": with_bg_total,
+        "client_2_digests_s": client,
+        "client_update_digest_v2_s": update_v2,
+        "server_10_replies_s": server,
+        "percent_of_epoch": pct,
+    }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | MB | epoch s | client 2 digests v1 | v2 | client critical path v2 (received digested "
-            "during training) | server 10 digests v1, 1 thread | v2, 1 thread | v2, all threads | judge work "
-            "(digest + finite scan) v1, reply pool | v2, all threads |")
+    head = (
+        "| model | MB | epoch s | client 2 digests v1 | v2 | client critical path v2 (received digested "
+        "during training) | server 10 digests v1, 1 thread | v2, 1 thread | v2, all threads | judge work "
+        "(digest + finite scan) v1, reply pool | v2, all threads |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         p = r["percent_of_epoch"]
         keys = [k for k in p if k.startswith("server_")]
-        lines.append(f"| {r['model']} | {r['MB']:.1f} | {r['epoch_s']:.2f} | {p['client_2_digests_v1']:.1f} % | "
-                     f"{p['client_2_digests_v2']:.1f} % | "
-                     f"{p['client_critical_path_v2_received_digested_during_training']:.2f} % | "
-                     + " | ".join(f"{p[k]:.1f} %" for k in keys) + " |")
+        lines.append(
+            f"| {r['model']} | {r['MB']:.1f} | {r['epoch_s']:.2f} | {p['client_2_digests_v1']:.1f} % | "
+            f"{p['client_2_digests_v2']:.1f} % | "
+            f"{p['client_critical_path_v2_received_digested_during_training']:.2f} % | "
+            + " | ".join(f"{p[k]:.1f} %" for k in keys)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -214,28 +241,61 @@ def main() -> None:
             skipped.append(spec["name"])
             continue
         rows.append(bench_model(spec, dev, cpus))
-        print(f"{rows[-1]['model']}: epoch {rows[-1]['epoch_s']:.3f} s, {rows[-1]['MB']:.1f} MB "
-              f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
-    res = {"machine": {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                       "cpus_usable": cpus, "python": platform.python_version(), "torch": torch.__version__,
-                       "torchvision": torchvision.__version__, "numpy": np.__version__,
-                       "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                       "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32},
-           "smoke": args.smoke, "replies": REPLIES, "models": rows, "skipped_over_budget": skipped,
-           "total_s": time.perf_counter() - start,
-           "targets": {"client_le_1pct_resnet50_vit": all(
-               r["percent_of_epoch"]["client_critical_path_v2_received_digested_during_training"] <= 1.0
-               for r in rows if r["model"] in ("ResNet-50", "ViT-B/16")) if not args.smoke else None,
-               "server_le_5pct_all_threads": all(p <= 5.0 for r in rows for k, p in r["percent_of_epoch"].items()
-                                                 if k.startswith("server_10_replies_judge_v2_all")) if not args.smoke
-               else None}}
-    out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "gpu.json" if os.environ.get("OUT") else
-                                           RESULTS / ("gpu-smoke.json" if args.smoke else "gpu.json"))
+        print(
+            f"{rows[-1]['model']}: epoch {rows[-1]['epoch_s']:.3f} s, {rows[-1]['MB']:.1f} MB "
+            f"({time.perf_counter() - start:.0f} s elapsed)",
+            flush=True,
+        )
+    res = {
+        "machine": {
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "cpus_usable": cpus,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        },
+        "smoke": args.smoke,
+        "replies": REPLIES,
+        "models": rows,
+        "skipped_over_budget": skipped,
+        "total_s": time.perf_counter() - start,
+        "targets": {
+            "client_le_1pct_resnet50_vit": all(
+                r["percent_of_epoch"]["client_critical_path_v2_received_digested_during_training"] <= 1.0
+                for r in rows
+                if r["model"] in ("ResNet-50", "ViT-B/16")
+            )
+            if not args.smoke
+            else None,
+            "server_le_5pct_all_threads": all(
+                p <= 5.0
+                for r in rows
+                for k, p in r["percent_of_epoch"].items()
+                if k.startswith("server_10_replies_judge_v2_all")
+            )
+            if not args.smoke
+            else None,
+        },
+    }
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            Path(os.environ["OUT"]) / "gpu.json"
+            if os.environ.get("OUT")
+            else RESULTS / ("gpu-smoke.json" if args.smoke else "gpu.json")
+        )
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(table(rows))
-    print(f"skipped (over the {args.budget_s:.0f} s budget): {skipped or 'none'}; total {res['total_s']:.0f} s; "
-          f"JSON: {out}")
+    print(
+        f"skipped (over the {args.budget_s:.0f} s budget): {skipped or 'none'}; total {res['total_s']:.0f} s; "
+        f"JSON: {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from flower_chain.ledger import GenesisEntry, LedgerWriter, UpdateEntry, UpdateStatement, open_ledger  # noqa: E402
-from flower_chain.ledger import merkle, proofs  # noqa: E402
+from flower_chain.ledger import GenesisEntry, LedgerWriter, UpdateEntry, UpdateStatement, merkle, open_ledger, proofs  # noqa: E402  # noqa: E402
 from flower_chain.ledger.keys import key_id, raw_public  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,13 +42,29 @@ def make_entries(n: int, rnd: int, client_keys, rng: random.Random) -> list[tupl
     for i in range(n):
         k = client_keys[i % len(client_keys)]
         digest = rng.randbytes(32)
-        st = UpdateStatement("train", "bench", rnd, key_id(k), b"\x01" * 32, b"\x02" * 32, digest, 100 + i,
-                             b"\x03" * 32).to_bytes()
+        st = UpdateStatement(
+            "train", "bench", rnd, key_id(k), b"\x01" * 32, b"\x02" * 32, digest, 100 + i, b"\x03" * 32
+        ).to_bytes()
         sig = k.sign(st) if i < len(client_keys) else rng.randbytes(64)  # signing 1M times is not what we measure
-        out.append((UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=key_id(k), verdict="accepted",
-                               reason="ok", detail="", num_examples=100 + i, arrays_digest=digest,
-                               metrics={"train_loss": 0.5, "num-examples": 100 + i}, statement=st,
-                               signature=sig).to_bytes(), digest))
+        out.append(
+            (
+                UpdateEntry(
+                    kind="train",
+                    round=rnd,
+                    node_id=str(i),
+                    key_id=key_id(k),
+                    verdict="accepted",
+                    reason="ok",
+                    detail="",
+                    num_examples=100 + i,
+                    arrays_digest=digest,
+                    metrics={"train_loss": 0.5, "num-examples": 100 + i},
+                    statement=st,
+                    signature=sig,
+                ).to_bytes(),
+                digest,
+            )
+        )
     return out
 
 
@@ -77,9 +92,17 @@ def build(uri: str, total: int, block_size: int, rng: random.Random) -> tuple[fl
     clients = [Ed25519PrivateKey.generate() for _ in range(10)]
     ledger = open_ledger(uri, create=True)
     w = LedgerWriter(ledger, server)
-    w.init(GenesisEntry(federation_id="bench", origin="flower-chain/bench", server_key=raw_public(server),
-                        client_keys={key_id(k): raw_public(k) for k in clients}, strategy="FedAvg",
-                        config_digest=b"\x00" * 32, created_ms=0))
+    w.init(
+        GenesisEntry(
+            federation_id="bench",
+            origin="flower-chain/bench",
+            server_key=raw_public(server),
+            client_keys={key_id(k): raw_public(k) for k in clients},
+            strategy="FedAvg",
+            config_digest=b"\x00" * 32,
+            created_ms=0,
+        )
+    )
     template = [make_entries(block_size, r, clients, rng) for r in range(1, 6)]
     spent, done, rnd = 0.0, 0, 1
     while done < total:
@@ -111,8 +134,9 @@ print(json.dumps({"seconds": dt, "entries": rep.entries, "blocks": rep.blocks,
 
 def verify_in_child(uri: str, mode: str) -> dict:
     root = str(Path(__file__).resolve().parents[1])
-    r = subprocess.run([sys.executable, "-c", VERIFY_CHILD, uri, mode, root], capture_output=True, text=True,
-                       check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", VERIFY_CHILD, uri, mode, root], capture_output=True, text=True, check=True
+    )
     return json.loads(r.stdout)
 
 
@@ -146,8 +170,9 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(1)
     tmp = Path(tempfile.mkdtemp(prefix="fc-bench-"))
-    res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                             "platform": platform.platform()}}
+    res: dict = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    }
     sample = [e for e, _ in make_entries(2000, 1, [Ed25519PrivateKey.generate()], rng)]
     res["raw"] = raw_baselines(sample)
     res["entry_bytes_mean"] = statistics.mean(len(e) for e in sample)
@@ -155,8 +180,10 @@ def main() -> None:
     appends = {}
     for bs in (100, 1000):
         rate, _ = build(f"sqlite:///{tmp}/append-{bs}.db", 50_000, bs, rng)
-        appends[f"block_{bs}"] = {"entries_per_s": rate,
-                                  "ratio_to_raw_sha256": rate / res["raw"]["sha256_leaf_hashes_per_s"]}
+        appends[f"block_{bs}"] = {
+            "entries_per_s": rate,
+            "ratio_to_raw_sha256": rate / res["raw"]["sha256_leaf_hashes_per_s"],
+        }
     res["sqlite_durable_append"] = appends
 
     big = f"sqlite:///{tmp}/big.db"
@@ -165,11 +192,16 @@ def main() -> None:
     res["build"] = {"entries": args.entries, "append_entries_per_s": build_rate, "wall_s": time.perf_counter() - t}
     chain = verify_in_child(big, "chain")
     full = verify_in_child(big, "full")
-    res["verify_hashes_and_chain"] = {**chain, "entries_per_s": chain["entries"] / chain["seconds"],
-                                      "ratio_to_raw_sha256": chain["entries"] / chain["seconds"]
-                                      / res["raw"]["sha256_leaf_hashes_per_s"]}
-    res["verify_full_with_signatures"] = {**full, "entries_per_s": full["entries"] / full["seconds"],
-                                          "header_signatures": full["blocks"]}
+    res["verify_hashes_and_chain"] = {
+        **chain,
+        "entries_per_s": chain["entries"] / chain["seconds"],
+        "ratio_to_raw_sha256": chain["entries"] / chain["seconds"] / res["raw"]["sha256_leaf_hashes_per_s"],
+    }
+    res["verify_full_with_signatures"] = {
+        **full,
+        "entries_per_s": full["entries"] / full["seconds"],
+        "header_signatures": full["blocks"],
+    }
     res["proofs"] = proof_timings(big, rng)
     res["targets"] = {
         "append_ge_10k_per_s": min(a["entries_per_s"] for a in appends.values()) >= 10_000,

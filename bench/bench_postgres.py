@@ -40,9 +40,17 @@ RESULTS = ROOT / "bench" / "results" / "postgres.json"
 def build(uri: str, batches: list[list[bytes]], server_key, client_keys) -> dict:
     ledger = open_ledger(uri, create=True)
     w = LedgerWriter(ledger, server_key)
-    w.init(GenesisEntry(federation_id="bench", origin="flower-chain/bench", server_key=raw_public(server_key),
-                        client_keys={key_id(k): raw_public(k) for k in client_keys}, strategy="FedAvg",
-                        config_digest=b"\x00" * 32, created_ms=int(time.time() * 1000)))
+    w.init(
+        GenesisEntry(
+            federation_id="bench",
+            origin="flower-chain/bench",
+            server_key=raw_public(server_key),
+            client_keys={key_id(k): raw_public(k) for k in client_keys},
+            strategy="FedAvg",
+            config_digest=b"\x00" * 32,
+            created_ms=int(time.time() * 1000),
+        )
+    )
     t_append = 0.0
     for rnd, batch in enumerate(batches, start=1):
         t = time.perf_counter()
@@ -78,11 +86,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fc-bpg-"))
     server = PostgresServer(fsync=True)
     try:
-        res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                 "platform": platform.platform()},
-                     "entries": n_blocks * args.block, "block_size": args.block,
-                     "durability": {"sqlite": "WAL, synchronous=FULL", "postgresql": "fsync=on, synchronous_commit=on,"
-                                    " TCP loopback"}}
+        res: dict = {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "entries": n_blocks * args.block,
+            "block_size": args.block,
+            "durability": {
+                "sqlite": "WAL, synchronous=FULL",
+                "postgresql": "fsync=on, synchronous_commit=on, TCP loopback",
+            },
+        }
         uris = {"sqlite": f"sqlite:///{work}/bench.db", "postgresql": server.create_database("bench")}
         for name, uri in uris.items():
             res[name] = build(uri, batches, server_key, client_keys)

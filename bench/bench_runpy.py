@@ -60,9 +60,12 @@ def baseline_child(argv: list[str]) -> int:
         warnings.simplefilter("ignore")
         from flwr.simulation import run_simulation
 
-        run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(overrides),
-                       num_supernodes=args.num_clients,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+        run_simulation(
+            server_app=make_server_app(overrides),
+            client_app=make_client_app(overrides),
+            num_supernodes=args.num_clients,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        )
     return 0
 
 
@@ -80,38 +83,61 @@ def one(kind: str, common: list[str], out: Path) -> dict:
     if r.returncode:
         raise RuntimeError(f"{kind}: {r.stdout[-1500:]}{r.stderr[-1500:]}")
     doc = json.loads((out / "metrics.json").read_text())
-    return {"kind": kind, "wall_s": round(wall, 2), "loop_s": round(doc["summary"]["total_time_s"], 2),
-            "final_accuracy": doc["summary"]["final_accuracy"], "model_sha256": _digest(out / "model.npz")}
+    return {
+        "kind": kind,
+        "wall_s": round(wall, 2),
+        "loop_s": round(doc["summary"]["total_time_s"], 2),
+        "final_accuracy": doc["summary"]["final_accuracy"],
+        "model_sha256": _digest(out / "model.npz"),
+    }
 
 
 def deployment(clients: int, rounds: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fc-deploy-"))
-    common = ["--num-clients", str(clients), "--rounds", str(rounds), "--data-dir", str(work / "data"),
-              "--keys-dir", str(work / "keys")]
+    common = [
+        "--num-clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--data-dir",
+        str(work / "data"),
+        "--keys-dir",
+        str(work / "keys"),
+    ]
     out = {}
     for mode in ("simulation", "deployment"):
         d = work / mode
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "--mode", mode, "--out", str(d)],
-                           capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *common, "--mode", mode, "--out", str(d)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if r.returncode:
             raise RuntimeError(f"{mode}: {r.stdout[-1500:]}{r.stderr[-1500:]}")
         rows = [x for x in json.loads((d / "metrics.json").read_text())["rounds"] if x["round"] >= 2]
-        out[mode] = {"wall_s": round(time.perf_counter() - t, 2),
-                     "round_s": [round(x["round_time_s"], 3) for x in rows],
-                     "median_round_s": round(statistics.median(x["round_time_s"] for x in rows), 3)}
+        out[mode] = {
+            "wall_s": round(time.perf_counter() - t, 2),
+            "round_s": [round(x["round_time_s"], 3) for x in rows],
+            "median_round_s": round(statistics.median(x["round_time_s"] for x in rows), 3),
+        }
         print(json.dumps({mode: out[mode]}), flush=True)
     imports = []
     for _ in range(5):  # what every per-message ClientApp process pays before it can run: interpreter + imports
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import flwr.clientapp, torch, flower_chain.app.client_app"],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-c", "import flwr.clientapp, torch, flower_chain.app.client_app"], check=True, cwd=ROOT
+        )
         imports.append(time.perf_counter() - t)
-    doc = {"what": f"run.py --num-clients {clients} --rounds {rounds}: deployment (one flwr-clientapp process per "
-                   "message) vs simulation (long-lived Ray actors), median round time from round 2 on",
-           "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}, **out,
-           "added_per_round_s": round(out["deployment"]["median_round_s"] - out["simulation"]["median_round_s"], 3),
-           "clientapp_process_import_s_median": round(statistics.median(imports), 3)}
+    doc = {
+        "what": f"run.py --num-clients {clients} --rounds {rounds}: deployment (one flwr-clientapp process per "
+        "message) vs simulation (long-lived Ray actors), median round time from round 2 on",
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+        **out,
+        "added_per_round_s": round(out["deployment"]["median_round_s"] - out["simulation"]["median_round_s"], 3),
+        "clientapp_process_import_s_median": round(statistics.median(imports), 3),
+    }
     (RESULTS.parent / "deployment.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2))
     return doc
@@ -131,8 +157,16 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fc-runpy-"))
-    common = ["--num-clients", str(a.clients), "--rounds", str(a.rounds), "--data-dir", str(work / "data"),
-              "--keys-dir", str(work / "keys")]
+    common = [
+        "--num-clients",
+        str(a.clients),
+        "--rounds",
+        str(a.rounds),
+        "--data-dir",
+        str(work / "data"),
+        "--keys-dir",
+        str(work / "keys"),
+    ]
     runs = []
     for i in range(a.pairs):
         order = ["flwr-run", "run_simulation"] if i % 2 == 0 else ["run_simulation", "flwr-run"]
@@ -143,7 +177,7 @@ def main() -> int:
     old = [r["wall_s"] for r in runs if r["kind"] == "run_simulation"]
     doc = {
         "what": f"python run.py --num-clients {a.clients} --rounds {a.rounds} (the default run, ledger on), "
-                "wall time, flwr run + local SuperLink vs in-process run_simulation, alternating",
+        "wall time, flwr run + local SuperLink vs in-process run_simulation, alternating",
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "runs": runs,
         "flwr_run_wall_s_median": statistics.median(new),

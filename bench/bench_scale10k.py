@@ -40,9 +40,10 @@ def _replies(cl, msgs, glob):
     from tests.support.fl_helpers import signed_train_reply
 
     w, b = glob["w"].numpy(), glob["b"].numpy()
-    return [signed_train_reply(m, k, ArrayRecord({"w": Array((w + 0.01 * i).astype(np.float32)),
-                                                  "b": Array(b + 0.01)}), 10)
-            for i, (m, k) in enumerate(zip(msgs, cl.keys))]
+    return [
+        signed_train_reply(m, k, ArrayRecord({"w": Array((w + 0.01 * i).astype(np.float32)), "b": Array(b + 0.01)}), 10)
+        for i, (m, k) in enumerate(zip(msgs, cl.keys))
+    ]
 
 
 def _proof_hashes(msg) -> int:
@@ -63,8 +64,10 @@ def _ed25519_floor(replies, cl) -> float:
 
     from flower_chain.wire import SIG_RECORD, SIGNATURE, STATEMENT
 
-    jobs = [(k.public_key(), r.content[SIG_RECORD][SIGNATURE], r.content[SIG_RECORD][STATEMENT])
-            for r, k in zip(replies, cl.keys)]
+    jobs = [
+        (k.public_key(), r.content[SIG_RECORD][SIGNATURE], r.content[SIG_RECORD][STATEMENT])
+        for r, k in zip(replies, cl.keys)
+    ]
     workers = os.cpu_count() or 1
     chunks = [jobs[i::workers] for i in range(workers)]
 
@@ -99,20 +102,26 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     cl = Clients(clients)
     fedavg = FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
-    strat = fedavg if uri == "flower" else LedgerStrategy(fedavg, ledger=uri, keyring=cl.keyring,
-                                                          server_key=Ed25519PrivateKey.generate())
+    strat = (
+        fedavg
+        if uri == "flower"
+        else LedgerStrategy(fedavg, ledger=uri, keyring=cl.keyring, server_key=Ed25519PrivateKey.generate())
+    )
     rng = np.random.default_rng(0)
-    glob = ArrayRecord({"w": Array(rng.standard_normal((32, 10)).astype(np.float32)),
-                        "b": Array(np.zeros(10, np.float32))})
+    glob = ArrayRecord(
+        {"w": Array(rng.standard_normal((32, 10)).astype(np.float32)), "b": Array(np.zeros(10, np.float32))}
+    )
     nodes = list(range(1, clients + 1))
     kids = [key_id(k) for k in cl.keys]
     reads, timings, floor_s = {"n": 0}, {"judge": []}, 0.0
     if uri != "flower":  # count what builds the receipts: block and entry reads, and Merkle nodes read from storage
         led = strat.core.ledger
         for name in ("block", "entries"):
+
             def counted(*a, _read=getattr(led, name), **k):
                 reads["n"] += 1
                 return _read(*a, **k)
+
             setattr(led, name, counted)
         node_cache = strat.core.receipts._node
         judge_all = strat.core.judge_all
@@ -123,13 +132,15 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
                 return judge_all(*a, **k)
             finally:
                 timings["judge"].append(time.perf_counter() - t0)
+
         strat.core.judge_all = timed_judge
     per_round, ledger_s, configure_s, receipt_reads, log_size, proof_hashes = [], [], [], [], [], []
     for rnd in range(1, rounds + 1):
         reads["n"], misses = 0, node_cache.cache_info().misses if uri != "flower" else 0
         t = time.perf_counter()
-        msgs = sorted(strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            strat.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(nodes)), key=lambda m: m.metadata.dst_node_id
+        )
         configure_s.append(time.perf_counter() - t)
         if uri != "flower":
             reads["n"] += node_cache.cache_info().misses - misses
@@ -149,14 +160,23 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
             for node, kid in zip(nodes, kids):
                 strat.core.receipts.observe(node, kid, True, log_size[-1], rnd)
         del replies, msgs
-    out = {"round_s": per_round, "round_replies_per_s": clients * rounds / sum(per_round),
-           "configure_s": configure_s, "log_size_at_configure": log_size,
-           "ledger_reads_per_instruction": receipt_reads, "proof_hashes_per_instruction": proof_hashes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {
+        "round_s": per_round,
+        "round_replies_per_s": clients * rounds / sum(per_round),
+        "configure_s": configure_s,
+        "log_size_at_configure": log_size,
+        "ledger_reads_per_instruction": receipt_reads,
+        "proof_hashes_per_instruction": proof_hashes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if uri != "flower":
         judge_s = list(timings["judge"])
         out.update(judge_s=judge_s, ed25519_floor_s=floor_s, judge_over_floor=min(judge_s) / floor_s)
-        out.update(ledger_s=ledger_s, verified_replies_per_s=clients * rounds / sum(ledger_s),
-                   accepted_last_round=strat.round_stats(rounds).get("accepted"))
+        out.update(
+            ledger_s=ledger_s,
+            verified_replies_per_s=clients * rounds / sum(ledger_s),
+            accepted_last_round=strat.round_stats(rounds).get("accepted"),
+        )
         strat.close()
     return out
 
@@ -174,9 +194,12 @@ def main() -> None:
     from tests.support.pgserver import PostgresServer, why_unavailable
 
     work = Path(tempfile.mkdtemp(prefix="fc-s10k-"))
-    res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                             "platform": platform.platform()},
-                 "clients": args.clients, "rounds": args.rounds, "model": "w 32x10 + b 10, float32"}
+    res: dict = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "model": "w 32x10 + b 10, float32",
+    }
     server = None
     try:
         for backend in ["flower"] + args.backends.split(","):
@@ -191,8 +214,12 @@ def main() -> None:
                     continue
                 server = server or PostgresServer(fsync=True)
                 uri = server.create_database("scale")
-            r = subprocess.run([sys.executable, __file__, "--server", uri, str(args.clients), str(args.rounds)],
-                               capture_output=True, text=True, cwd=ROOT)
+            r = subprocess.run(
+                [sys.executable, __file__, "--server", uri, str(args.clients), str(args.rounds)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             if r.returncode:
                 raise RuntimeError(r.stderr[-3000:])
             out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -202,12 +229,20 @@ def main() -> None:
                 continue
             out["round_s_vs_flower_alone"] = sum(out["round_s"]) / sum(res["flower_fedavg_alone"]["round_s"])
             t = time.perf_counter()
-            v = subprocess.run([sys.executable, "-m", "flower_chain.cli", "ledger", "verify", uri,
-                                "--client-signatures", "--json"], capture_output=True, text=True, cwd=ROOT)
+            v = subprocess.run(
+                [sys.executable, "-m", "flower_chain.cli", "ledger", "verify", uri, "--client-signatures", "--json"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             verify_s = time.perf_counter() - t
             doc = json.loads(v.stdout) if v.stdout.strip().startswith("{") else {"error": v.stderr[-500:]}
-            out.update(verify_cli_s=verify_s, verified=doc.get("verified"), verify_error=doc.get("error"),
-                       client_signatures_checked=doc.get("client_signatures_checked"))
+            out.update(
+                verify_cli_s=verify_s,
+                verified=doc.get("verified"),
+                verify_error=doc.get("error"),
+                client_signatures_checked=doc.get("client_signatures_checked"),
+            )
             if backend == "sqlite":
                 out["ledger_mb"] = (work / "scale.db").stat().st_size / 1e6
             else:
@@ -219,7 +254,10 @@ def main() -> None:
         if server:
             server.close()
     res["target_verified_replies_per_s_ge_5000"] = {
-        b: res[b]["verified_replies_per_s"] >= 5000 for b in args.backends.split(",") if "verified_replies_per_s" in res[b]}
+        b: res[b]["verified_replies_per_s"] >= 5000
+        for b in args.backends.split(",")
+        if "verified_replies_per_s" in res[b]
+    }
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
 
 

@@ -54,7 +54,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def shapes_for(params: int) -> list[tuple[int, ...]]:
-    side = int(params ** 0.5)
+    side = int(params**0.5)
     return [(side, params // side), (params - side * (params // side),)] if params % side else [(side, params // side)]
 
 
@@ -83,10 +83,14 @@ def flower_round(fed: SecAggFederation, num_shares: int, threshold: int, drop: i
     for nid in fed.node_ids:
         manager.register(GridClientProxy(node_id=nid, grid=grid, run_id=1))
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2)
-    ctx = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                        strategy=strategy, client_manager=manager)
+    ctx = LegacyContext(
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=strategy,
+        client_manager=manager,
+    )
     ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters(fed.initial), True)
+        ndarrays_to_parameters(fed.initial), True
+    )
     ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
     wf = _TimedFlower(num_shares, threshold)
     t0 = time.perf_counter()
@@ -108,8 +112,14 @@ class _TimedFlower(SecAggPlusWorkflow):
 
 
 def ledger_round(nodes: int, params: int, num_shares: int, threshold: int, tmp: Path, i: int) -> dict:
-    fed = SecAggFederation(f"sqlite:///{tmp}/secagg-{i}.db", n=nodes, shapes=shapes_for(params),
-                           num_shares=num_shares, threshold=threshold, seed=i)
+    fed = SecAggFederation(
+        f"sqlite:///{tmp}/secagg-{i}.db",
+        n=nodes,
+        shapes=shapes_for(params),
+        num_shares=num_shares,
+        threshold=threshold,
+        seed=i,
+    )
     drop = fed.node_ids[1]
     fed.grid.drop[drop] = "masked-input"
     t0 = time.perf_counter()
@@ -124,11 +134,16 @@ def ledger_round(nodes: int, params: int, num_shares: int, threshold: int, tmp: 
     commit = next(e for e in map(decode_entry, entries) if e.stage == "commit")
     blob_bytes = sum(len(fed.ledger.get_blob(d)) for d in commit.data["masked"].values())
     flower_s, flower_unmask_s = flower_round(fed, num_shares, threshold, drop)
-    return {"ledger_round_s": seconds, "flower_round_s": flower_s, "flower_unmask_stage_s": flower_unmask_s,
-            "audit_s": audit_s,
-            "audit_replay_s": report.replay_seconds, "protocol_unmask_s": figures["unmask_seconds"],
-            "transcript_bytes_per_node": sum(len(d) for d in entries) / nodes,
-            "masked_vector_bytes_per_live_node": blob_bytes / len(commit.data["masked"])}
+    return {
+        "ledger_round_s": seconds,
+        "flower_round_s": flower_s,
+        "flower_unmask_stage_s": flower_unmask_s,
+        "audit_s": audit_s,
+        "audit_replay_s": report.replay_seconds,
+        "protocol_unmask_s": figures["unmask_seconds"],
+        "transcript_bytes_per_node": sum(len(d) for d in entries) / nodes,
+        "masked_vector_bytes_per_live_node": blob_bytes / len(commit.data["masked"]),
+    }
 
 
 def main() -> None:
@@ -147,23 +162,35 @@ def main() -> None:
             print(json.dumps(runs[-1]))
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out = {
-        "nodes": args.nodes, "params": args.params, "num_shares": args.num_shares, "threshold": args.threshold,
-        "dropped_in_stage_2": 1, "repeats": args.repeats, "runs": runs, "median": med,
-        "round_time_ratio": med["ledger_round_s"] / med["flower_round_s"], "round_time_target": 1.10,
+        "nodes": args.nodes,
+        "params": args.params,
+        "num_shares": args.num_shares,
+        "threshold": args.threshold,
+        "dropped_in_stage_2": 1,
+        "repeats": args.repeats,
+        "runs": runs,
+        "median": med,
+        "round_time_ratio": med["ledger_round_s"] / med["flower_round_s"],
+        "round_time_target": 1.10,
         "audit_vs_unmask_ratio": med["audit_s"] / med["protocol_unmask_s"],
         "audit_vs_flower_unmask_stage_ratio": med["audit_s"] / med["flower_unmask_stage_s"],
         "protocol_unmask_s": "rebuild the secrets, unmask, dequantize in LedgerSecAggPlusWorkflow (no messaging)",
         "flower_unmask_stage_s": "Flower's whole unmask stage: share requests to the nodes, rebuild, unmask",
         "audit_s": "audit_secagg on the ledger: every statement re-checked, masked vectors read and digested, "
-                   "replay bit for bit",
+        "replay bit for bit",
         "note": "in process, one machine: every node's masking runs in the same process one after another "
-                "(as in a simulation); the ledger is a durable SQLite file",
-        "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
+        "(as in a simulation); the ledger is a durable SQLite file",
+        "cpus": os.cpu_count(),
+        "load_average_1m_at_end": os.getloadavg()[0],
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "secagg.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: out[k] for k in ("round_time_ratio", "audit_vs_unmask_ratio",
-                                          "audit_vs_flower_unmask_stage_ratio")}), json.dumps(med))
+    print(
+        json.dumps(
+            {k: out[k] for k in ("round_time_ratio", "audit_vs_unmask_ratio", "audit_vs_flower_unmask_stage_ratio")}
+        ),
+        json.dumps(med),
+    )
 
 
 if __name__ == "__main__":

@@ -70,20 +70,33 @@ class _Grid:
 
 def _arrays(n: int, seed: int) -> ArrayRecord:
     rng = np.random.default_rng(seed)
-    return ArrayRecord({"w": Array(rng.standard_normal(n - n // 10).astype(np.float32)),
-                        "b": Array(rng.standard_normal(n // 10).astype(np.float32))})
+    return ArrayRecord(
+        {
+            "w": Array(rng.standard_normal(n - n // 10).astype(np.float32)),
+            "b": Array(rng.standard_normal(n // 10).astype(np.float32)),
+        }
+    )
 
 
 def _old_mod_factory(commit: str):
     """``make_signing_mod`` of an earlier commit, loaded from git beside the current package."""
     tmp = Path(tempfile.mkdtemp(prefix="fc-old-mod-"))
-    receipts = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:flower_chain/clients/receipts.py"],
-                              check=True, capture_output=True, text=True).stdout
-    signing = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:flower_chain/clients/signing.py"],
-                             check=True, capture_output=True, text=True).stdout
+    receipts = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{commit}:flower_chain/clients/receipts.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    signing = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{commit}:flower_chain/clients/signing.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     (tmp / "fc_old_receipts.py").write_text(receipts)
-    (tmp / "fc_old_signing.py").write_text(signing.replace("from flower_chain.clients.receipts import",
-                                                           "from fc_old_receipts import"))
+    (tmp / "fc_old_signing.py").write_text(
+        signing.replace("from flower_chain.clients.receipts import", "from fc_old_receipts import")
+    )
     sys.path.insert(0, str(tmp))
     spec = importlib.util.spec_from_file_location("fc_old_signing", tmp / "fc_old_signing.py")
     module = importlib.util.module_from_spec(spec)
@@ -104,12 +117,21 @@ class Lane:
         from flower_chain.strategies import LedgerStrategy
 
         self.client = Ed25519PrivateKey.generate()
-        self.strategy = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
-                                       ledger="memory:", keyring={key_id(self.client): raw_public(self.client)},
-                                       server_key=Ed25519PrivateKey.generate(), federation_id=f"bench-{size}")
+        self.strategy = LedgerStrategy(
+            FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+            ledger="memory:",
+            keyring={key_id(self.client): raw_public(self.client)},
+            server_key=Ed25519PrivateKey.generate(),
+            federation_id=f"bench-{size}",
+        )
         self.mod = factory(self.client, receipts_dir=workdir)
-        self.context = Context(run_id=1, node_id=NODE, node_config={"partition-id": 0, "num-partitions": 1},
-                               state=RecordDict(), run_config={})
+        self.context = Context(
+            run_id=1,
+            node_id=NODE,
+            node_config={"partition-id": 0, "num-partitions": 1},
+            state=RecordDict(),
+            run_config={},
+        )
         self.global_arrays = _arrays(size, 0)
         self.size = size
         self.t_mod: list[float] = []
@@ -123,8 +145,10 @@ class Lane:
         out = _arrays(self.size, rnd)
 
         def trained(m, c):
-            return Message(RecordDict({"arrays": out, "metrics": MetricRecord({"num-examples": 10,
-                                                                                 "train_loss": 0.25})}), reply_to=m)
+            return Message(
+                RecordDict({"arrays": out, "metrics": MetricRecord({"num-examples": 10, "train_loss": 0.25})}),
+                reply_to=m,
+            )
 
         t0 = time.perf_counter()
         trained(msg, self.context)
@@ -144,10 +168,16 @@ class Lane:
     def result(self, skip: int) -> dict:
         mod_s, reply_s, base_s = self.t_mod[skip:], self.t_reply[skip:], self.t_base[skip:]
         overhead = [m - r - b for m, r, b in zip(mod_s, reply_s, base_s)]
-        return {"parameters": self.size, "rounds_timed": len(mod_s), "mod": _stats(mod_s), "reply": _stats(reply_s),
-                "baseline": _stats(base_s), "overhead": _stats(overhead),
-                "overhead_over_baseline": round(statistics.median(overhead) / statistics.median(base_s), 3),
-                "receipt_errors_reported": self.errors}
+        return {
+            "parameters": self.size,
+            "rounds_timed": len(mod_s),
+            "mod": _stats(mod_s),
+            "reply": _stats(reply_s),
+            "baseline": _stats(base_s),
+            "overhead": _stats(overhead),
+            "overhead_over_baseline": round(statistics.median(overhead) / statistics.median(base_s), 3),
+            "receipt_errors_reported": self.errors,
+        }
 
 
 def main() -> None:
@@ -157,9 +187,13 @@ def main() -> None:
     p.add_argument("--min-rounds", type=int, default=6, help="fewest rounds of a size over 1M parameters")
     p.add_argument("--before", default="", help="also time the signing mod of this git commit")
     p.add_argument("--out", type=Path, default=RESULTS / "signing.json")
-    p.add_argument("--dirs", nargs="+", default=[None],
-                   help="where the receipts directories go, one run each (default: the system temp dir); "
-                        "e.g. --dirs /tmp /dev/shm separates the disk's latency from the CPU cost")
+    p.add_argument(
+        "--dirs",
+        nargs="+",
+        default=[None],
+        help="where the receipts directories go, one run each (default: the system temp dir); "
+        "e.g. --dirs /tmp /dev/shm separates the disk's latency from the CPU cost",
+    )
     args = p.parse_args()
     _task_identity()
     factories = {"current": make_signing_mod}
@@ -170,8 +204,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="fc-bench-signing-", dir=where) as tmp:
             for size in args.sizes:
                 # the mods run in lockstep (alternating order each round), so load on the machine hits both alike
-                lanes = {name: Lane(size, factory, Path(tmp) / f"{i}-{size}") for i, (name, factory)
-                         in enumerate(factories.items())}
+                lanes = {
+                    name: Lane(size, factory, Path(tmp) / f"{i}-{size}")
+                    for i, (name, factory) in enumerate(factories.items())
+                }
                 rounds = args.rounds if size <= 1_000_000 else max(args.min_rounds, args.rounds * 1_000_000 // size)
                 for rnd in range(1, rounds + 1):
                     order = list(lanes.values())
@@ -182,17 +218,28 @@ def main() -> None:
                     r["mod_version"] = name
                     r["receipts_dir"] = str(Path(tmp).parent)
                     rows.append(r)
-                    print(f"{name:>20} {size:>9} params in {r['receipts_dir']}: mod {r['mod']['median_us']:>9.1f} us"
-                          f"  baseline {r['baseline']['median_us']:>9.1f} us  overhead {r['overhead']['median_us']:>8.1f}"
-                          f" us ({r['overhead_over_baseline']:.2f}x baseline)  receipt errors "
-                          f"{r['receipt_errors_reported']}", flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    doc = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit,
-           "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                       "cpus": os.cpu_count(), "processor": platform.processor(),
-                       "load_average": os.getloadavg()},
-           "results": rows}
+                    print(
+                        f"{name:>20} {size:>9} params in {r['receipts_dir']}: mod {r['mod']['median_us']:>9.1f} us"
+                        f"  baseline {r['baseline']['median_us']:>9.1f} us  overhead {r['overhead']['median_us']:>8.1f}"
+                        f" us ({r['overhead_over_baseline']:.2f}x baseline)  receipt errors "
+                        f"{r['receipt_errors_reported']}",
+                        flush=True,
+                    )
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    doc = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": commit,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "load_average": os.getloadavg(),
+        },
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")

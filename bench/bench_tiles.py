@@ -49,9 +49,9 @@ from flower_chain.ledger.proofs import consistency_proof  # noqa: E402
 from flower_chain.ledger.tiles import TilesClient, tile_path  # noqa: E402
 from flower_chain.serve.app import LogView, build_app  # noqa: E402
 from flower_chain.serve.background import free_port  # noqa: E402
+from flower_chain.witness.client import request_body, submit  # noqa: E402
 from flower_chain.witness.server import Witness, WitnessStore  # noqa: E402
 from flower_chain.witness.server import build_app as witness_app  # noqa: E402
-from flower_chain.witness.client import request_body, submit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -59,15 +59,24 @@ RESULTS = Path(__file__).parent / "results"
 def _run_log_server(uri: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(LogView(open_ledger(uri), refresh_s=0.5)), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        build_app(LogView(open_ledger(uri), refresh_s=0.5)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def _run_witness(db: str, vkey: str, origin: str, seed: bytes, port: int) -> None:
     import uvicorn
 
-    w = Witness("bench.witness/w1", Ed25519PrivateKey.from_private_bytes(seed), {origin: [parse_verifier_key(vkey)]},
-                WitnessStore(db))
+    w = Witness(
+        "bench.witness/w1",
+        Ed25519PrivateKey.from_private_bytes(seed),
+        {origin: [parse_verifier_key(vkey)]},
+        WitnessStore(db),
+    )
     uvicorn.run(witness_app(w), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -100,9 +109,17 @@ def new_ledger(uri: str, fed: str = "bench"):
     client = Ed25519PrivateKey.generate()
     ledger = open_ledger(uri, create=True)
     w = LedgerWriter(ledger, key)
-    w.init(GenesisEntry(federation_id=fed, origin=f"flower-chain/{fed}", server_key=raw_public(key),
-                        client_keys={key_id(client): raw_public(client)}, strategy="FedAvg",
-                        config_digest=bytes(32), created_ms=int(time.time() * 1000)))
+    w.init(
+        GenesisEntry(
+            federation_id=fed,
+            origin=f"flower-chain/{fed}",
+            server_key=raw_public(key),
+            client_keys={key_id(client): raw_public(client)},
+            strategy="FedAvg",
+            config_digest=bytes(32),
+            created_ms=int(time.time() * 1000),
+        )
+    )
     return ledger, w, key
 
 
@@ -111,8 +128,12 @@ def bench_cosign(tmp: Path, n: int) -> dict:
     origin = w.origin
     seed = os.urandom(32)
     vkey = verifier_key(origin, key.public_key())
-    witness = Witness("bench.witness/w1", Ed25519PrivateKey.from_private_bytes(seed),
-                      {origin: [parse_verifier_key(vkey)]}, WitnessStore(tmp / "witness-unused.db"))
+    witness = Witness(
+        "bench.witness/w1",
+        Ed25519PrivateKey.from_private_bytes(seed),
+        {origin: [parse_verifier_key(vkey)]},
+        WitnessStore(tmp / "witness-unused.db"),
+    )
     ck = parse_cosigner_key(witness.verifier_key)
     rng = random.Random(1)
     http_ms, inproc_ms = [], []
@@ -139,10 +160,15 @@ def bench_cosign(tmp: Path, n: int) -> dict:
         assert w2.add_checkpoint(body).status == 200
         inproc_ms.append((time.perf_counter() - t0) * 1000)
         size = b.header.log_size
-    return {"submissions": n, "http_median_ms": statistics.median(http_ms),
-            "http_p90_ms": sorted(http_ms)[int(0.9 * n) - 1], "http_max_ms": max(http_ms),
-            "in_process_median_ms": statistics.median(inproc_ms), "entries_per_checkpoint": 10,
-            "witness_state": "SQLite WAL, synchronous=FULL, one BEGIN IMMEDIATE transaction per submission"}
+    return {
+        "submissions": n,
+        "http_median_ms": statistics.median(http_ms),
+        "http_p90_ms": sorted(http_ms)[int(0.9 * n) - 1],
+        "http_max_ms": max(http_ms),
+        "in_process_median_ms": statistics.median(inproc_ms),
+        "entries_per_checkpoint": 10,
+        "witness_state": "SQLite WAL, synchronous=FULL, one BEGIN IMMEDIATE transaction per submission",
+    }
 
 
 def build_large(tmp: Path, entries: int, block: int) -> tuple:
@@ -162,7 +188,7 @@ def build_large(tmp: Path, entries: int, block: int) -> tuple:
 
 
 def load(url: str, paths: list[str], clients: int, max_requests: int, max_seconds: float) -> dict:
-    host, port = url[len("http://"):].split(":")
+    host, port = url[len("http://") :].split(":")
     count = [0] * clients
     errors = [0] * clients
     stop = time.monotonic() + max_seconds
@@ -202,8 +228,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--out", default=str(RESULTS / "tiles.json"))
     args = ap.parse_args()
-    res = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                       "platform": platform.platform()}}
+    res = {
+        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         res["cosign"] = bench_cosign(tmp, args.cosign) | {"witness_db": f"on the disk of {tempfile.gettempdir()}"}
@@ -213,17 +240,25 @@ def main() -> None:
                 res["cosign_tmpfs"] = bench_cosign(Path(shm), args.cosign) | {"witness_db": "tmpfs (/dev/shm)"}
             print(json.dumps(res["cosign_tmpfs"]), flush=True)
         ledger, w, key, old_note, build_s = build_large(tmp, args.entries, args.block)
-        res["large_log"] = {"entries": w.log_size, "blocks": ledger.block_count(), "backend": "sqlite",
-                            "entries_per_block": args.block, "build_seconds": build_s}
+        res["large_log"] = {
+            "entries": w.log_size,
+            "blocks": ledger.block_count(),
+            "backend": "sqlite",
+            "entries_per_block": args.block,
+            "build_seconds": build_s,
+        }
         print(json.dumps(res["large_log"]), flush=True)
         full = [tile_path(0, n) for n in range(w.log_size // 256)]
         with ChildServer(_run_log_server, ledger.uri) as url:
             rng = random.Random(3)
             cold = rng.sample(full, min(len(full), 4096))  # distinct tiles: each read from SQLite once
-            res["tiles_cold"] = load(url, cold, 1, len(cold), args.seconds) | {"note": "distinct full level-0 "
-                                                                                "tiles, one client, from SQLite"}
+            res["tiles_cold"] = load(url, cold, 1, len(cold), args.seconds) | {
+                "note": "distinct full level-0 tiles, one client, from SQLite"
+            }
             res["tiles_warm"] = load(url, cold, args.clients, args.requests, args.seconds) | {
-                "clients": args.clients, "note": "random full level-0 tiles (the server caches 4096 full tiles)"}
+                "clients": args.clients,
+                "note": "random full level-0 tiles (the server caches 4096 full tiles)",
+            }
             print(json.dumps({"cold": res["tiles_cold"], "warm": res["tiles_warm"]}), flush=True)
             client = TilesClient(url, raw_public(key), origin=w.origin)
             t0 = time.perf_counter()
@@ -237,10 +272,14 @@ def main() -> None:
             entry = next(client.entries(idx, idx + 1, new_cp.size))
             client.verify_inclusion(entry, idx, new_cp)
             t_incl = time.perf_counter() - t1
-            res["client"] = {"old_size": old_cp.size, "new_size": new_cp.size,
-                             "consistency_seconds": t_cons, "consistency_fetches": fetched,
-                             "inclusion_seconds_warm_client": t_incl,
-                             "inclusion_fetches": client.fetches - fetched}
+            res["client"] = {
+                "old_size": old_cp.size,
+                "new_size": new_cp.size,
+                "consistency_seconds": t_cons,
+                "consistency_fetches": fetched,
+                "inclusion_seconds_warm_client": t_incl,
+                "inclusion_fetches": client.fetches - fetched,
+            }
             print(json.dumps(res["client"]), flush=True)
         ledger.close()
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

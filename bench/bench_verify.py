@@ -55,9 +55,17 @@ def build(uri: str, entries: int, block: int) -> float:
     kids = [key_id(k) for k in keys]
     ledger = open_ledger(uri, create=True)
     w = LedgerWriter(ledger, server)
-    w.init(GenesisEntry(federation_id="bench", origin="flower-chain/bench", server_key=raw_public(server),
-                        client_keys={kid: raw_public(k) for kid, k in zip(kids, keys)}, strategy="FedAvg",
-                        config_digest=b"\x00" * 32, created_ms=0))
+    w.init(
+        GenesisEntry(
+            federation_id="bench",
+            origin="flower-chain/bench",
+            server_key=raw_public(server),
+            client_keys={kid: raw_public(k) for kid, k in zip(kids, keys)},
+            strategy="FedAvg",
+            config_digest=b"\x00" * 32,
+            created_ms=0,
+        )
+    )
     metrics = {"train_loss": 0.5, "num-examples": 100}
     md = metrics_digest(metrics)
     t0, done, rnd, model = time.perf_counter(), 0, 0, b"\x05" * 32
@@ -68,9 +76,22 @@ def build(uri: str, entries: int, block: int) -> float:
         for i in range(n):
             digest = (done + i).to_bytes(32, "big")
             st = UpdateStatement("train", "bench", rnd, kids[i], w.head_hash, model, digest, 100, md).to_bytes()
-            out.append(UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=kids[i], verdict="accepted",
-                                   reason="ok", detail="", num_examples=100, arrays_digest=digest, metrics=metrics,
-                                   statement=st, signature=keys[i].sign(st)))
+            out.append(
+                UpdateEntry(
+                    kind="train",
+                    round=rnd,
+                    node_id=str(i),
+                    key_id=kids[i],
+                    verdict="accepted",
+                    reason="ok",
+                    detail="",
+                    num_examples=100,
+                    arrays_digest=digest,
+                    metrics=metrics,
+                    statement=st,
+                    signature=keys[i].sign(st),
+                )
+            )
         after = rnd.to_bytes(32, "big")
         w.append(rnd, out, model_before=model, model_after=after)
         model, done = after, done + n
@@ -79,8 +100,12 @@ def build(uri: str, entries: int, block: int) -> float:
 
 
 def run(src: str, uri: str, sigs: bool) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, src, uri, "1" if sigs else "0"], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=src))
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, src, uri, "1" if sigs else "0"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=src),
+    )
     if r.returncode:
         raise SystemExit(f"verify from {src} failed: {r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -95,19 +120,30 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         old = Path(d) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(old), args.baseline],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(old), args.baseline],
+            check=True,
+            capture_output=True,
+        )
         try:
             uri = f"sqlite:///{Path(d) / 'ledger.db'}"
             build_s = build(uri, args.entries, args.block)
-            res = {"entries": args.entries, "block": args.block, "baseline": args.baseline, "build_s": build_s,
-                   "cpus": os.cpu_count(), "python": platform.python_version()}
+            res = {
+                "entries": args.entries,
+                "block": args.block,
+                "baseline": args.baseline,
+                "build_s": build_s,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            }
             for name, src in (("this", str(ROOT)), ("baseline", str(old))):
                 res[name] = {"full": run(src, uri, False), "client_signatures": run(src, uri, True)}
             res["ratio_rederived_to_baseline_signature_verify"] = (
-                res["this"]["client_signatures"]["seconds"] / res["baseline"]["client_signatures"]["seconds"])
+                res["this"]["client_signatures"]["seconds"] / res["baseline"]["client_signatures"]["seconds"]
+            )
             res["ratio_rederived_to_baseline_full"] = (
-                res["this"]["client_signatures"]["seconds"] / res["baseline"]["full"]["seconds"])
+                res["this"]["client_signatures"]["seconds"] / res["baseline"]["full"]["seconds"]
+            )
             res["target_within_1_5x"] = res["ratio_rederived_to_baseline_signature_verify"] <= 1.5
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)

@@ -47,9 +47,9 @@ from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key  # n
 from flower_chain.ledger.cosignature import check_client_cosignature  # noqa: E402
 from flower_chain.ledger.keys import key_id, raw_public  # noqa: E402
 from flower_chain.serve.background import ServerThread  # noqa: E402
-from flower_chain.witness.server import Witness, WitnessStore, build_app  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
 from flower_chain.wire import COSIGNATURE, CTX_CHECKPOINT, SIG_RECORD  # noqa: E402
+from flower_chain.witness.server import Witness, WitnessStore, build_app  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FED = "fed-bench"
@@ -79,8 +79,16 @@ def _arrays(seed: int, params: int) -> ArrayRecord:
 class Federation:
     """One server and its clients in one mode."""
 
-    def __init__(self, mode: str, n: int, params: int, tmp: Path, witness_url: str | None, witness_vkey: str | None,
-                 server_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self,
+        mode: str,
+        n: int,
+        params: int,
+        tmp: Path,
+        witness_url: str | None,
+        witness_vkey: str | None,
+        server_key: Ed25519PrivateKey,
+    ) -> None:
         from flwr.serverapp.strategy import FedAvg
 
         self.mode, self.params = mode, params
@@ -88,11 +96,19 @@ class Federation:
         self.nodes = list(range(1001, 1001 + n))
         witnesses = [(witness_url, witness_vkey)] if mode == "witness" else None
         self.strategy = LedgerStrategy(
-            FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), ledger="memory:",
-            keyring={key_id(k): raw_public(k) for k in self.keys}, server_key=server_key, federation_id=FED,
-            verify_workers=1, witnesses=witnesses, witness_quorum=1, witness_timeout=2.0)
-        self.mods = [make_signing_mod(k, receipts_dir=tmp / mode, cosign=(mode == "client-witnesses"))
-                     for k in self.keys]
+            FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+            ledger="memory:",
+            keyring={key_id(k): raw_public(k) for k in self.keys},
+            server_key=server_key,
+            federation_id=FED,
+            verify_workers=1,
+            witnesses=witnesses,
+            witness_quorum=1,
+            witness_timeout=2.0,
+        )
+        self.mods = [
+            make_signing_mod(k, receipts_dir=tmp / mode, cosign=(mode == "client-witnesses")) for k in self.keys
+        ]
         self.global_arrays = _arrays(0, params)
         self.replies_out = [_arrays(1000 + i, params) for i in range(n)]
         self.rnd = 0
@@ -101,13 +117,21 @@ class Federation:
     def round(self) -> float:
         self.rnd += 1
         t0 = time.perf_counter()
-        msgs = sorted(self.strategy.configure_train(self.rnd, self.global_arrays, ConfigRecord({}),
-                                                    _Grid(self.nodes)), key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            self.strategy.configure_train(self.rnd, self.global_arrays, ConfigRecord({}), _Grid(self.nodes)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
         ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
         replies = []
         for i, (m, mod) in enumerate(zip(msgs, self.mods)):
-            reply = mod(m, ctx, lambda msg, c, i=i: Message(RecordDict({
-                "arrays": self.replies_out[i], "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg))
+            reply = mod(
+                m,
+                ctx,
+                lambda msg, c, i=i: Message(
+                    RecordDict({"arrays": self.replies_out[i], "metrics": MetricRecord({"num-examples": 10})}),
+                    reply_to=msg,
+                ),
+            )
             replies.append(reply)
         if self.mode == "client-witnesses":  # what the server does with them: check each against the key
             for m, reply, k in zip(msgs, replies, self.keys):
@@ -120,8 +144,11 @@ class Federation:
 
 
 def _stats(xs: list[float]) -> dict:
-    return {"median_ms": round(statistics.median(xs) * 1000, 3), "mean_ms": round(statistics.fmean(xs) * 1000, 3),
-            "p90_ms": round(sorted(xs)[int(0.9 * (len(xs) - 1))] * 1000, 3)}
+    return {
+        "median_ms": round(statistics.median(xs) * 1000, 3),
+        "mean_ms": round(statistics.fmean(xs) * 1000, 3),
+        "p90_ms": round(sorted(xs)[int(0.9 * (len(xs) - 1))] * 1000, 3),
+    }
 
 
 def main() -> None:
@@ -139,13 +166,17 @@ def main() -> None:
     server_key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        witness = Witness("bench.witness/w1", Ed25519PrivateKey.generate(),
-                          {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, server_key.public_key()))]},
-                          WitnessStore(tmp / "witness.db"))
+        witness = Witness(
+            "bench.witness/w1",
+            Ed25519PrivateKey.generate(),
+            {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, server_key.public_key()))]},
+            WitnessStore(tmp / "witness.db"),
+        )
         with ServerThread(build_app(witness)) as url:
             modes = ["none", "witness", "client-witnesses"]
-            feds = {m: Federation(m, args.clients, args.params, tmp, url, witness.verifier_key, server_key)
-                    for m in modes}
+            feds = {
+                m: Federation(m, args.clients, args.params, tmp, url, witness.verifier_key, server_key) for m in modes
+            }
             times: dict[str, list[float]] = {m: [] for m in modes}
             for r in range(args.warmup + args.rounds):
                 for m in modes:
@@ -161,9 +192,12 @@ def main() -> None:
 
             # cosigning latency per block: a fresh federation whose blocks are appended directly
             fed = Federation("none", 1, 10, tmp, url, witness.verifier_key, server_key)
-            fed_w = Witness("bench.witness/w2", Ed25519PrivateKey.generate(),
-                            {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, server_key.public_key()))]},
-                            WitnessStore(tmp / "witness2.db"))
+            fed_w = Witness(
+                "bench.witness/w2",
+                Ed25519PrivateKey.generate(),
+                {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, server_key.public_key()))]},
+                WitnessStore(tmp / "witness2.db"),
+            )
         with ServerThread(build_app(fed_w)) as url2:
             from flower_chain.strategies.witnessing import Witnessing
 
@@ -189,25 +223,42 @@ def main() -> None:
     base = statistics.median(times["none"])
     out = {
         "command": "bench_witnessing.py " + " ".join(sys.argv[1:]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average": list(os.getloadavg())},
-        "setup": {"clients": args.clients, "rounds_timed": args.rounds, "warmup": args.warmup,
-                  "parameters": args.params, "ledger": "memory:", "witness": "in-process HTTP on 127.0.0.1"},
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg()),
+        },
+        "setup": {
+            "clients": args.clients,
+            "rounds_timed": args.rounds,
+            "warmup": args.warmup,
+            "parameters": args.params,
+            "ledger": "memory:",
+            "witness": "in-process HTTP on 127.0.0.1",
+        },
         "round_time": {m: _stats(times[m]) for m in times},
         "ratio_vs_none": {m: round(statistics.median(times[m]) / base, 3) for m in times},
         "witness_shortfall_blocks": shortfall,
         "witness_wait_in_rounds": _stats(round_cosign),
         "client_cosignatures_checked": checked,
         "cosigning_latency_per_block": {"samples": len(per_block), **_stats(per_block)},
-        "client_cosignature": {"samples": len(client_times),
-                               "median_us": round(statistics.median(client_times) * 1e6, 1)},
+        "client_cosignature": {
+            "samples": len(client_times),
+            "median_us": round(statistics.median(client_times) * 1e6, 1),
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "witnessing.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: out[k] for k in ("round_time", "ratio_vs_none", "cosigning_latency_per_block",
-                                          "client_cosignature")}, indent=1))
+    print(
+        json.dumps(
+            {k: out[k] for k in ("round_time", "ratio_vs_none", "cosigning_latency_per_block", "client_cosignature")},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,20 +35,30 @@ def compile_artifact(solcjs: str) -> dict:
     request = {
         "language": "Solidity",
         "sources": {SOURCE.name: {"content": SOURCE.read_text()}},
-        "settings": {"optimizer": {"enabled": True, "runs": 200}, "evmVersion": EVM_VERSION,
-                     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}}},
+        "settings": {
+            "optimizer": {"enabled": True, "runs": 200},
+            "evmVersion": EVM_VERSION,
+            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
+        },
     }
-    r = subprocess.run([solcjs, "--standard-json"], input=json.dumps(request), check=True, capture_output=True,
-                       text=True)
-    out = json.loads(r.stdout[r.stdout.index("{"):])
+    r = subprocess.run(
+        [solcjs, "--standard-json"], input=json.dumps(request), check=True, capture_output=True, text=True
+    )
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     errors = [e for e in out.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise SystemExit("solc: " + "; ".join(e["formattedMessage"] for e in errors))
     contract = out["contracts"][SOURCE.name]["LedgerAnchor"]
     version = subprocess.run([solcjs, "--version"], check=True, capture_output=True, text=True).stdout.strip()
-    return {"contractName": "LedgerAnchor", "compiler": f"solc-js {version}", "evmVersion": EVM_VERSION,
-            "optimizer": {"enabled": True, "runs": 200}, "sourceSha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
-            "abi": contract["abi"], "bytecode": "0x" + contract["evm"]["bytecode"]["object"]}
+    return {
+        "contractName": "LedgerAnchor",
+        "compiler": f"solc-js {version}",
+        "evmVersion": EVM_VERSION,
+        "optimizer": {"enabled": True, "runs": 200},
+        "sourceSha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "abi": contract["abi"],
+        "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
+    }
 
 
 def main() -> int:

@@ -57,15 +57,23 @@ class LedgerContext:
     base_digest: bytes
 
     def to_config(self) -> dict[str, Any]:
-        return {CTX_FEDERATION: self.federation_id, CTX_ROUND: self.round, CTX_PARENT: self.parent,
-                CTX_BASE: self.base_digest}
+        return {
+            CTX_FEDERATION: self.federation_id,
+            CTX_ROUND: self.round,
+            CTX_PARENT: self.parent,
+            CTX_BASE: self.base_digest,
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LedgerContext | None:
         if CTX_FEDERATION not in config:
             return None
-        return cls(str(config[CTX_FEDERATION]), int(config[CTX_ROUND]), bytes(config[CTX_PARENT]),
-                   bytes(config.get(CTX_BASE, b"")))
+        return cls(
+            str(config[CTX_FEDERATION]),
+            int(config[CTX_ROUND]),
+            bytes(config[CTX_PARENT]),
+            bytes(config.get(CTX_BASE, b"")),
+        )
 
 
 #: Largest NPY header accepted (numpy writes at most a few hundred bytes for any sane array).
@@ -88,8 +96,13 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | str:
         return f"NPY header does not parse ({type(e).__name__})"
     if fp.tell() != len(header):
         return "NPY header length does not match its content"
-    if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_KINDS or dtype.fields is not None \
-            or dtype.subdtype is not None or dtype.itemsize == 0:
+    if (
+        not isinstance(dtype, np.dtype)
+        or dtype.kind not in NUMERIC_KINDS
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.itemsize == 0
+    ):
         return f"dtype {str(dtype)[:40]!r} is not a plain numeric dtype"
     if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
         return "shape has a negative or non-integer dimension"

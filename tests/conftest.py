@@ -66,11 +66,17 @@ class Federation:
         self.rng = random.Random(seed)
         self.ledger = open_ledger(uri, create=True)
         self.writer = LedgerWriter(self.ledger, self.server_key)
-        self.writer.init(GenesisEntry(
-            federation_id=federation_id, origin=f"flower-chain/{federation_id}",
-            server_key=raw_public(self.server_key),
-            client_keys={key_id(k): raw_public(k) for k in self.client_keys},
-            strategy="FedAvg", config_digest=b"\x00" * 32, created_ms=int(time.time() * 1000)))
+        self.writer.init(
+            GenesisEntry(
+                federation_id=federation_id,
+                origin=f"flower-chain/{federation_id}",
+                server_key=raw_public(self.server_key),
+                client_keys={key_id(k): raw_public(k) for k in self.client_keys},
+                strategy="FedAvg",
+                config_digest=b"\x00" * 32,
+                created_ms=int(time.time() * 1000),
+            )
+        )
 
     def update(self, rnd: int, i: int, *, verdict="accepted", reason="ok", base: bytes = b"") -> UpdateEntry:
         """Client i's train update of round rnd, as an honest server records it in the next block.
@@ -81,21 +87,42 @@ class Federation:
         k = self.client_keys[i % len(self.client_keys)]
         digest = self.rng.randbytes(32)
         metrics = {"train_loss": self.rng.random()}
-        st = UpdateStatement("train", self.federation_id, rnd, key_id(k), self.writer.head_hash,
-                             base, digest, 10 + i, metrics_digest(metrics))
+        st = UpdateStatement(
+            "train",
+            self.federation_id,
+            rnd,
+            key_id(k),
+            self.writer.head_hash,
+            base,
+            digest,
+            10 + i,
+            metrics_digest(metrics),
+        )
         sb = st.to_bytes()
         sig = bytearray(k.sign(sb))
         if reason == "bad-signature":
             sig[0] ^= 1
-        return UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=key_id(k), verdict=verdict, reason=reason, detail="",
-                           num_examples=10 + i, arrays_digest=digest, metrics=metrics, statement=sb,
-                           signature=bytes(sig))
+        return UpdateEntry(
+            kind="train",
+            round=rnd,
+            node_id=str(i),
+            key_id=key_id(k),
+            verdict=verdict,
+            reason=reason,
+            detail="",
+            num_examples=10 + i,
+            arrays_digest=digest,
+            metrics=metrics,
+            statement=sb,
+            signature=bytes(sig),
+        )
 
     def add_round(self, rnd: int, n: int = 3, rejected: int = 0):
         before = self.writer.head.header.model_after or bytes(32)
         entries = [self.update(rnd, i, base=before) for i in range(n)]
-        entries += [self.update(rnd, n + j, verdict="rejected", reason="bad-signature", base=before)
-                    for j in range(rejected)]
+        entries += [
+            self.update(rnd, n + j, verdict="rejected", reason="bad-signature", base=before) for j in range(rejected)
+        ]
         after = self.rng.randbytes(32) if n else before  # nothing accepted, nothing aggregated: the model stays
         return self.writer.append(rnd, entries, model_before=before, model_after=after)
 
@@ -135,12 +162,16 @@ def federation_factory(tmp_path, request):
     def make(backend: str = "sqlite", **kw) -> Federation:
         if backend == "postgresql":
             uri = request.getfixturevalue("postgres_server").create_database(
-                f"f{len(made)}_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-40:])
+                f"f{len(made)}_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-40:]
+            )
             f = Federation(uri, **kw)
             made.append(f)
             return f
-        uri = {"memory": "memory:", "sqlite": f"sqlite:///{tmp_path}/l{len(made)}.db",
-               "jsonl": f"jsonl:///{tmp_path}/l{len(made)}.jsonl"}[backend]
+        uri = {
+            "memory": "memory:",
+            "sqlite": f"sqlite:///{tmp_path}/l{len(made)}.db",
+            "jsonl": f"jsonl:///{tmp_path}/l{len(made)}.jsonl",
+        }[backend]
         f = Federation(uri, **kw)
         made.append(f)
         return f
@@ -148,4 +179,3 @@ def federation_factory(tmp_path, request):
     yield make
     for f in made:
         f.ledger.close()
-

@@ -32,8 +32,7 @@ class AnchorError(LedgerError):
 
 def artifact() -> dict[str, Any]:
     """ABI and bytecode of LedgerAnchor (checked in, built for the ``paris`` EVM)."""
-    data: dict[str, Any] = json.loads(
-        resources.files("flower_chain.anchor").joinpath("LedgerAnchor.json").read_text())
+    data: dict[str, Any] = json.loads(resources.files("flower_chain.anchor").joinpath("LedgerAnchor.json").read_text())
     return data
 
 
@@ -97,9 +96,19 @@ class EvmAnchor:
         ``auto`` / ``eip1559`` / ``legacy`` (gas price) / ``zero`` (free private chains).
     """
 
-    def __init__(self, url: str, *, federation_id: str, private_key: str | None = None, contract: str | None = None,
-                 chain_id: int | None = None, confirmations: int = 0, poa: bool = False, fee_mode: str = "auto",
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        federation_id: str,
+        private_key: str | None = None,
+        contract: str | None = None,
+        chain_id: int | None = None,
+        confirmations: int = 0,
+        poa: bool = False,
+        fee_mode: str = "auto",
+        timeout: float = 30.0,
+    ) -> None:
         try:
             from web3 import Web3
         except ImportError as e:  # pragma: no cover - depends on the extra
@@ -111,7 +120,7 @@ class EvmAnchor:
         if url.startswith("evm+tester:"):
             self.w3 = Web3(_tester_provider())
         elif url.startswith(("evm+http://", "evm+https://")):
-            self.w3 = Web3(Web3.HTTPProvider(url[len("evm+"):], request_kwargs={"timeout": timeout}))
+            self.w3 = Web3(Web3.HTTPProvider(url[len("evm+") :], request_kwargs={"timeout": timeout}))
         else:
             raise AnchorError(f"{url!r}: anchor URLs look like evm+http://HOST:PORT")
         if poa:
@@ -121,7 +130,7 @@ class EvmAnchor:
         try:
             actual_chain = self.w3.eth.chain_id
         except Exception as e:  # noqa: BLE001 - any transport failure means: not reachable
-            raise AnchorError(f"cannot reach the Ethereum node at {url[len('evm+'):]}: {type(e).__name__}") from e
+            raise AnchorError(f"cannot reach the Ethereum node at {url[len('evm+') :]}: {type(e).__name__}") from e
         if chain_id is not None and actual_chain != chain_id:
             raise AnchorError(f"the node at {url} is on chain {actual_chain}, not the expected chain {chain_id}")
         self.chain_id = actual_chain
@@ -141,8 +150,11 @@ class EvmAnchor:
             raise AnchorError(f"no contract at {address} on chain {self.chain_id}")
         c = self.w3.eth.contract(address=address, abi=self._abi)
         try:
-            magic, federation, owner = c.functions.MAGIC().call(), c.functions.federation().call(), \
-                c.functions.owner().call()
+            magic, federation, owner = (
+                c.functions.MAGIC().call(),
+                c.functions.federation().call(),
+                c.functions.owner().call(),
+            )
         except Exception as e:  # noqa: BLE001 - a foreign contract fails these calls in many ways
             raise AnchorError(f"the contract at {address} is not a flower-chain LedgerAnchor") from e
         if bytes(magic) != MAGIC:
@@ -169,14 +181,22 @@ class EvmAnchor:
     def _send(self, fn_or_ctor: Any, gas: int) -> Any:  # a web3 ContractFunction or ContractConstructor
         if self.account is None:
             raise AnchorError("no anchoring key: pass --anchor-key-file or set " + KEY_ENV)
-        tx = fn_or_ctor.build_transaction({
-            "from": self.account.address, "nonce": self.w3.eth.get_transaction_count(self.account.address),
-            "chainId": self.chain_id, "gas": gas, **self._fees()})
+        tx = fn_or_ctor.build_transaction(
+            {
+                "from": self.account.address,
+                "nonce": self.w3.eth.get_transaction_count(self.account.address),
+                "chainId": self.chain_id,
+                "gas": gas,
+                **self._fees(),
+            }
+        )
         price = tx.get("maxFeePerGas", tx.get("gasPrice", 0))
         balance = self.w3.eth.get_balance(self.account.address)
         if price and balance < gas * price:
-            raise AnchorError(f"account {self.account.address} cannot pay for gas (balance {balance} wei): fund it "
-                              "or use fee mode zero on a free private chain")
+            raise AnchorError(
+                f"account {self.account.address} cannot pay for gas (balance {balance} wei): fund it "
+                "or use fee mode zero on a free private chain"
+            )
         signed = self.account.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout)
@@ -214,5 +234,8 @@ class EvmAnchor:
             raise AnchorError(f"height {height} is already anchored")
         fn = self.contract.functions.anchor(height, log_size, log_root, block_hash)
         receipt = self._send(fn, gas=150_000)
-        return {"tx": receipt["transactionHash"].hex(), "gas_used": int(receipt["gasUsed"]),
-                "chain_block": int(receipt["blockNumber"])}
+        return {
+            "tx": receipt["transactionHash"].hex(),
+            "gas_used": int(receipt["gasUsed"]),
+            "chain_block": int(receipt["blockNumber"]),
+        }

@@ -48,8 +48,9 @@ class AnchorPublisher:
         Attempts per block and the first delay between them (doubling).
     """
 
-    def __init__(self, connect: Callable[[], EvmAnchor], status: Path | None = None, retries: int = 3,
-                 backoff: float = 0.5) -> None:
+    def __init__(
+        self, connect: Callable[[], EvmAnchor], status: Path | None = None, retries: int = 3, backoff: float = 0.5
+    ) -> None:
         self.connect, self.status, self.retries, self.backoff = connect, status, retries, backoff
         self._anchor: EvmAnchor | None = None
         self._queue: queue.Queue[StoredBlock | None] = queue.Queue()
@@ -79,8 +80,12 @@ class AnchorPublisher:
                 try:
                     if self._anchor is None:
                         self._anchor = self.connect()
-                    row.update(self._anchor.anchor(h.height, h.log_size, h.log_root, block.hash),
-                               ok=True, latency_s=time.perf_counter() - t0, contract=self._anchor.address)
+                    row.update(
+                        self._anchor.anchor(h.height, h.log_size, h.log_root, block.hash),
+                        ok=True,
+                        latency_s=time.perf_counter() - t0,
+                        contract=self._anchor.address,
+                    )
                     error = None
                     break
                 except Exception as e:  # noqa: BLE001 - record any failure; the ledger keeps going
@@ -90,8 +95,9 @@ class AnchorPublisher:
                     delay *= 2
             if error is not None:
                 row.update(ok=False, error=error)
-                log.error("anchoring block %d failed (%s); run `flower-chain ledger anchor --catch-up` later",
-                          h.height, error)
+                log.error(
+                    "anchoring block %d failed (%s); run `flower-chain ledger anchor --catch-up` later", h.height, error
+                )
             self._record(row)
 
     def close(self, timeout: float = 60.0) -> None:
@@ -139,9 +145,11 @@ def verify_against_chain(ledger: Ledger, anchor: EvmAnchor, owner: str | None = 
     """
     actual_owner = getattr(anchor, "owner", None)
     if owner is not None and (actual_owner is None or str(actual_owner).lower() != owner.lower()):
-        raise VerificationError(f"the anchor contract {anchor.address} on chain {anchor.chain_id} is owned by "
-                                f"{actual_owner}, not by the pinned owner {owner}: its anchors do not come from "
-                                "this server")
+        raise VerificationError(
+            f"the anchor contract {anchor.address} on chain {anchor.chain_id} is owned by "
+            f"{actual_owner}, not by the pinned owner {owner}: its anchors do not come from "
+            "this server"
+        )
     count, latest = anchor.latest()
     anchored, missing = [], []
     head = -1
@@ -153,13 +161,24 @@ def verify_against_chain(ledger: Ledger, anchor: EvmAnchor, owner: str | None = 
             missing.append(h.height)
             continue
         if (on_chain.log_size, on_chain.log_root, on_chain.block_hash) != (h.log_size, h.log_root, block.hash):
-            raise VerificationError(f"the local block differs from the anchor on chain {anchor.chain_id} "
-                                    f"(contract {anchor.address}): the ledger was rewritten after anchoring",
-                                    height=h.height)
+            raise VerificationError(
+                f"the local block differs from the anchor on chain {anchor.chain_id} "
+                f"(contract {anchor.address}): the ledger was rewritten after anchoring",
+                height=h.height,
+            )
         anchored.append(h.height)
     if count and latest > head:
-        raise VerificationError(f"contract {anchor.address} on chain {anchor.chain_id} anchors height {latest}, "
-                                f"beyond the local head (height {head}): the ledger was truncated or rolled back "
-                                "after anchoring", height=head + 1)
-    return {"anchored": anchored, "not_anchored": missing, "contract": anchor.address, "owner": actual_owner,
-            "chain_id": anchor.chain_id, "latest_height": latest if count else None}
+        raise VerificationError(
+            f"contract {anchor.address} on chain {anchor.chain_id} anchors height {latest}, "
+            f"beyond the local head (height {head}): the ledger was truncated or rolled back "
+            "after anchoring",
+            height=head + 1,
+        )
+    return {
+        "anchored": anchored,
+        "not_anchored": missing,
+        "contract": anchor.address,
+        "owner": actual_owner,
+        "chain_id": anchor.chain_id,
+        "latest_height": latest if count else None,
+    }

@@ -47,8 +47,10 @@ class AnchorReader:
         try:
             import web3  # noqa: F401 - only to fail early with a clear message
         except ImportError as e:
-            raise AnchorError("the client's anchor check needs web3: pip install 'flower-chain[evm]' "
-                              "(or remove the node config 'anchor')") from e
+            raise AnchorError(
+                "the client's anchor check needs web3: pip install 'flower-chain[evm]' "
+                "(or remove the node config 'anchor')"
+            ) from e
         if not str(url).startswith(("evm+http://", "evm+https://", "evm+tester:")):
             raise AnchorError(f"anchor {url!r}: anchor URLs look like evm+http://HOST:PORT")
         if not contract:
@@ -68,8 +70,10 @@ class AnchorReader:
                     raise AnchorUnavailable(str(e)) from e
                 raise
             if self.owner is not None and str(got.owner).lower() != self.owner.lower():
-                raise AnchorError(f"the anchor contract {got.address} is owned by {got.owner}, not by the "
-                                  f"configured owner {self.owner}")
+                raise AnchorError(
+                    f"the anchor contract {got.address} is owned by {got.owner}, not by the "
+                    f"configured owner {self.owner}"
+                )
             if len(self._anchors) < 16:
                 self._anchors[federation_id] = got
         return got

@@ -38,13 +38,30 @@ from flower_chain.clients.signing import _incoming, sign_reply
 from flower_chain.ledger.keys import load_private
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 
-CRYPTO_ATTACKS = ("unsigned", "forged", "tamper", "replay", "cross-run", "stale", "duplicate", "malformed",
-                  "num-examples-lie")
+CRYPTO_ATTACKS = (
+    "unsigned",
+    "forged",
+    "tamper",
+    "replay",
+    "cross-run",
+    "stale",
+    "duplicate",
+    "malformed",
+    "num-examples-lie",
+)
 POISONING_ATTACKS = ("scale", "sign-flip", "label-flip")
 ATTACKS = CRYPTO_ATTACKS + POISONING_ATTACKS
-EXPECTED_REASON = {"unsigned": "unsigned", "forged": "unknown-key", "tamper": "digest-mismatch",
-                   "replay": "wrong-round", "cross-run": "wrong-federation", "stale": "wrong-base-model",
-                   "duplicate": "equivocation", "malformed": "malformed", "num-examples-lie": "num-examples-mismatch"}
+EXPECTED_REASON = {
+    "unsigned": "unsigned",
+    "forged": "unknown-key",
+    "tamper": "digest-mismatch",
+    "replay": "wrong-round",
+    "cross-run": "wrong-federation",
+    "stale": "wrong-base-model",
+    "duplicate": "equivocation",
+    "malformed": "malformed",
+    "num-examples-lie": "num-examples-mismatch",
+}
 LABEL_FLIP = "flower-chain.attack.label-flip"
 STALE_KEY = "flower-chain.attack.stale"
 REPLAY_PREFIX = "flower-chain.attack.replay."
@@ -89,10 +106,14 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
         sign = signing_mod if ctx is not None else (lambda m, c, nxt: nxt(m, c))
         if received is None and msg.content.array_records:
             received = next(iter(msg.content.array_records.values()))
-        server_round = ctx.round if ctx is not None else int(
-            next((r.get("server-round", 0) for r in msg.content.config_records.values()), 0))
+        server_round = (
+            ctx.round
+            if ctx is not None
+            else int(next((r.get("server-round", 0) for r in msg.content.config_records.values()), 0))
+        )
         if attack == "unsigned" or (ctx is None and attack in ("forged", "cross-run", "duplicate")):
             return call_next(msg, context)
+
         def keeper() -> ReceiptKeeper:
             # attackers that sign themselves keep receipts too, so their metrics have the honest keys
             keepers = state.setdefault("keepers", {})
@@ -119,7 +140,7 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
                 return sign(msg, context, call_next)
             return sign(_with_arrays(msg, context.state[STALE_KEY]), context, call_next)
         if attack == "replay":
-            saved = {n[len(REPLAY_PREFIX):]: r for n, r in context.state.items() if n.startswith(REPLAY_PREFIX)}
+            saved = {n[len(REPLAY_PREFIX) :]: r for n, r in context.state.items() if n.startswith(REPLAY_PREFIX)}
             if saved:
                 return Message(RecordDict(saved), reply_to=msg)
             reply = sign(msg, context, call_next)
@@ -132,6 +153,7 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
                 break
             return sign(msg, context, call_next)
         if attack in ("scale", "sign-flip", "malformed"):
+
             def poisoned(m: Message, c: Context) -> Message:
                 reply = call_next(m, c)
                 name = _reply_arrays_name(reply)

@@ -26,8 +26,15 @@ def _setup(msg: Message, context: Context, overrides: Mapping[str, Any] | None):
     torch.set_num_threads(1)  # one core per virtual client; simulations run several side by side
     pid = int(context.node_config["partition-id"])
     n = int(context.node_config["num-partitions"])
-    part = data_mod.load_partition(cfg["dataset"], pid, n, data_dir=cfg["data-dir"], partition=cfg["partition"],
-                                   alpha=float(cfg["alpha"]), seed=int(cfg["seed"]))
+    part = data_mod.load_partition(
+        cfg["dataset"],
+        pid,
+        n,
+        data_dir=cfg["data-dir"],
+        partition=cfg["partition"],
+        alpha=float(cfg["alpha"]),
+        seed=int(cfg["seed"]),
+    )
     net = model_mod.Net(part.x_train.shape[1:])
     net.load_state_dict(msg.content.array_records[next(iter(msg.content.array_records))].to_torch_state_dict())
     return cfg, pid, part, net
@@ -75,8 +82,15 @@ def make_client_app(overrides: Mapping[str, Any] | None = None, mods: Sequence |
         labels = part.y_train
         if any(rec.get(LABEL_FLIP, False) for rec in msg.content.config_records.values()):
             labels = 9 - labels  # the label-flip attack (all three datasets have 10 classes)
-        loss = model_mod.train(net, part.x_train, labels, epochs=int(cfg["local-epochs"]),
-                               batch_size=int(cfg["batch-size"]), lr=float(cfg["learning-rate"]), seed=seed)
+        loss = model_mod.train(
+            net,
+            part.x_train,
+            labels,
+            epochs=int(cfg["local-epochs"]),
+            batch_size=int(cfg["batch-size"]),
+            lr=float(cfg["learning-rate"]),
+            seed=seed,
+        )
         metrics = MetricRecord({"train_loss": float(loss), "num-examples": len(part.x_train), "partition-id": pid})
         return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
 

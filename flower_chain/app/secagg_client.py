@@ -103,7 +103,8 @@ def demo_secagg_mod(msg: Message, context: Context, call_next) -> Message:
     keys = demo_keys(context)
     pub = Path(keys[0]).parent / "server" / "server.pub" if keys else None
     return _secagg_mod_for(str(demo_key_path(context)), str(pub) if pub and pub.is_file() else "")(
-        msg, context, call_next)
+        msg, context, call_next
+    )
 
 
 class TorchClient(NumPyClient):
@@ -113,9 +114,15 @@ class TorchClient(NumPyClient):
         self.cfg = resolve(context.run_config, overrides)
         self.pid = int(context.node_config["partition-id"])
         n = int(context.node_config["num-partitions"])
-        self.part = data_mod.load_partition(self.cfg["dataset"], self.pid, n, data_dir=self.cfg["data-dir"],
-                                            partition=self.cfg["partition"], alpha=float(self.cfg["alpha"]),
-                                            seed=int(self.cfg["seed"]))
+        self.part = data_mod.load_partition(
+            self.cfg["dataset"],
+            self.pid,
+            n,
+            data_dir=self.cfg["data-dir"],
+            partition=self.cfg["partition"],
+            alpha=float(self.cfg["alpha"]),
+            seed=int(self.cfg["seed"]),
+        )
         torch.set_num_threads(1)  # one core per virtual client; simulations run several side by side
         self.net = model_mod.Net(self.part.x_train.shape[1:])
         self.names = list(self.net.state_dict())
@@ -128,16 +135,24 @@ class TorchClient(NumPyClient):
         server_round = int(config.get("server-round", 0))
         seed = int(self.cfg["seed"]) * 1_000_003 + self.pid * 1009 + server_round
         model_mod.seed_everything(seed)
-        loss = model_mod.train(self.net, self.part.x_train, self.part.y_train, epochs=int(self.cfg["local-epochs"]),
-                               batch_size=int(self.cfg["batch-size"]), lr=float(config.get("lr", self.cfg["learning-rate"])),
-                               seed=seed)
+        loss = model_mod.train(
+            self.net,
+            self.part.x_train,
+            self.part.y_train,
+            epochs=int(self.cfg["local-epochs"]),
+            batch_size=int(self.cfg["batch-size"]),
+            lr=float(config.get("lr", self.cfg["learning-rate"])),
+            seed=seed,
+        )
         weights = [v.detach().cpu().numpy().copy() for v in self.net.state_dict().values()]
         dump = str(self.cfg.get("secagg-plaintext-dir") or "")
         if dump:  # test-only (module docstring): the plaintext the server must never hold
             Path(dump).mkdir(parents=True, exist_ok=True)
-            np.savez(Path(dump) / f"round{server_round}-partition{self.pid}.npz",
-                     **{f"base.{k}": np.asarray(p) for k, p in zip(self.names, parameters)},
-                     **{f"model.{k}": w for k, w in zip(self.names, weights)})
+            np.savez(
+                Path(dump) / f"round{server_round}-partition{self.pid}.npz",
+                **{f"base.{k}": np.asarray(p) for k, p in zip(self.names, parameters)},
+                **{f"model.{k}": w for k, w in zip(self.names, weights)},
+            )
         # no metrics: Flower's FitRes fields travel beside the masked vector in the clear (the loss would too)
         del loss
         return weights, len(self.part.x_train), {}

@@ -54,18 +54,31 @@ def secagg_parameters(cfg: Mapping[str, Any], num_nodes: int) -> tuple[int, int]
     return shares, max(2, min(threshold, min(shares, num_nodes) - 1))
 
 
-def build_legacy_strategy(cfg: Mapping[str, Any], out_dir: Path, num_nodes: int, initial: list[np.ndarray],
-                          evaluate_fn) -> LegacyLedgerStrategy:
+def build_legacy_strategy(
+    cfg: Mapping[str, Any], out_dir: Path, num_nodes: int, initial: list[np.ndarray], evaluate_fn
+) -> LegacyLedgerStrategy:
     """Legacy FedAvg over every node, evaluated centrally, wrapped in ``LegacyLedgerStrategy``."""
     min_nodes = max(1, int(cfg["min-nodes"]))
     lr = float(cfg["learning-rate"])
-    inner = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_nodes, min_evaluate_clients=0,
-                   min_available_clients=min_nodes, initial_parameters=ndarrays_to_parameters(initial),
-                   evaluate_fn=evaluate_fn, on_fit_config_fn=lambda r: {"lr": lr, "server-round": r})
+    inner = FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=min_nodes,
+        min_evaluate_clients=0,
+        min_available_clients=min_nodes,
+        initial_parameters=ndarrays_to_parameters(initial),
+        evaluate_fn=evaluate_fn,
+        on_fit_config_fn=lambda r: {"lr": lr, "server-round": r},
+    )
     uri, fed, keys = ledger_location(cfg, out_dir, num_nodes)
-    return LegacyLedgerStrategy(inner, ledger=uri, keyring=keys / "keyring",
-                                server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
-                                anchor=anchor_from_config(cfg, uri))
+    return LegacyLedgerStrategy(
+        inner,
+        ledger=uri,
+        keyring=keys / "keyring",
+        server_key=keys / "server" / f"{SERVER_KEY}.key",
+        federation_id=fed,
+        anchor=anchor_from_config(cfg, uri),
+    )
 
 
 def run_secagg_federation(grid: Grid, context: Context, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,11 +125,16 @@ def run_secagg_federation(grid: Grid, context: Context, cfg: Mapping[str, Any]) 
         failed = [r for r, s in sorted(strategy.core.stats.items()) if not s.get("accepted")]
         if failed:
             log(WARNING, "[flower-chain] SecAgg+ rounds %s aggregated nothing (the model stayed)", failed)
-        summary = {"final_accuracy": rounds.rounds[-1]["accuracy"] if rounds.rounds else None,
-                   "total_time_s": time.time() - rounds.t0, "dataset_source": ds.source,
-                   "ledger": strategy.ledger.uri, "federation_id": strategy.core.federation_id,
-                   "secure_aggregation": {"num_shares": shares, "threshold": threshold, "failed_rounds": failed},
-                   "ledger_blocks": strategy.ledger.block_count(), "ledger_entries": strategy.ledger.log_size()}
+        summary = {
+            "final_accuracy": rounds.rounds[-1]["accuracy"] if rounds.rounds else None,
+            "total_time_s": time.time() - rounds.t0,
+            "dataset_source": ds.source,
+            "ledger": strategy.ledger.uri,
+            "federation_id": strategy.core.federation_id,
+            "secure_aggregation": {"num_shares": shares, "threshold": threshold, "failed_rounds": failed},
+            "ledger_blocks": strategy.ledger.block_count(),
+            "ledger_entries": strategy.ledger.log_size(),
+        }
         for line in strategy.core.summary_lines():
             log(INFO, "%s", line)
     finally:

@@ -66,9 +66,13 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
     """The inner strategy (``strategy`` in the config), waiting for ``min-nodes`` nodes before each round."""
     min_nodes = max(1, int(cfg["min-nodes"]))
     fraction_evaluate = float(cfg["fraction-evaluate"])
-    common = dict(fraction_train=float(cfg["fraction-train"]), fraction_evaluate=fraction_evaluate,
-                  min_train_nodes=min_nodes, min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_nodes,
-                  min_available_nodes=min_nodes)
+    common = dict(
+        fraction_train=float(cfg["fraction-train"]),
+        fraction_evaluate=fraction_evaluate,
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_nodes,
+        min_available_nodes=min_nodes,
+    )
     name = str(cfg.get("strategy", "fedavg")).lower()
     if name == "fedavg":
         return OrderedFedAvg(**common)
@@ -98,8 +102,13 @@ class RoundLog:
 
     def record(self, server_round: int, loss: float, acc: float) -> None:
         now = time.time()
-        row = {"round": server_round, "accuracy": acc, "loss": loss, "round_time_s": now - self.t_last,
-               "elapsed_s": now - self.t0}
+        row = {
+            "round": server_round,
+            "accuracy": acc,
+            "loss": loss,
+            "round_time_s": now - self.t_last,
+            "elapsed_s": now - self.t0,
+        }
         if self.extra is not None and server_round > 0:
             row.update(self.extra(server_round))
         self.t_last = now
@@ -108,8 +117,16 @@ class RoundLog:
         counts = ""
         if "accepted" in row:
             counts = f"  accepted {row['accepted']:>3}  rejected {row['rejected']:>3}"
-        log(INFO, "[flower-chain] round %d/%d  accuracy %.4f  loss %.4f  time %.1fs%s",
-            server_round, total, acc, loss, row["round_time_s"], counts)
+        log(
+            INFO,
+            "[flower-chain] round %d/%d  accuracy %.4f  loss %.4f  time %.1fs%s",
+            server_round,
+            total,
+            acc,
+            loss,
+            row["round_time_s"],
+            counts,
+        )
         self.save()
 
     def save(self, **final: Any) -> None:
@@ -169,8 +186,12 @@ def run_federation(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else net.state_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "model.npz", **{k: v.cpu().numpy() for k, v in final.items()})
-    summary = {"final_accuracy": rounds.rounds[-1]["accuracy"] if rounds.rounds else None,
-               "total_time_s": time.time() - rounds.t0, "dataset_source": ds.source, **ledger_info}
+    summary = {
+        "final_accuracy": rounds.rounds[-1]["accuracy"] if rounds.rounds else None,
+        "total_time_s": time.time() - rounds.t0,
+        "dataset_source": ds.source,
+        **ledger_info,
+    }
     if ledger_info.get("ledger"):
         summary.update(ledger_blocks=strategy.ledger.block_count(), ledger_entries=strategy.ledger.log_size())
         strategy.close()

@@ -60,18 +60,25 @@ def ledger_location(cfg: Mapping[str, Any], out_dir: Path, num_nodes: int = 0) -
     return uri, fed, keys
 
 
-def wrap_with_ledger(inner: Strategy, cfg: Mapping[str, Any], out_dir: Path,
-                     num_nodes: int = 0) -> tuple[Strategy, dict[str, Any]]:
+def wrap_with_ledger(
+    inner: Strategy, cfg: Mapping[str, Any], out_dir: Path, num_nodes: int = 0
+) -> tuple[Strategy, dict[str, Any]]:
     """``inner`` itself when ``no-ledger`` is set, else ``LedgerStrategy(inner)`` on the configured ledger."""
     if cfg.get("no-ledger"):
         return inner, {"ledger": None}
     from flower_chain.strategies.ledger_strategy import LedgerStrategy
 
     uri, fed, keys = ledger_location(cfg, out_dir, num_nodes)
-    strategy = LedgerStrategy(inner, ledger=uri, keyring=keys / "keyring",
-                              server_key=keys / "server" / f"{SERVER_KEY}.key", federation_id=fed,
-                              store_client_updates=True if cfg.get("store-client-updates") else None,
-                              resume=bool(cfg.get("resume")), anchor=anchor_from_config(cfg, uri))
+    strategy = LedgerStrategy(
+        inner,
+        ledger=uri,
+        keyring=keys / "keyring",
+        server_key=keys / "server" / f"{SERVER_KEY}.key",
+        federation_id=fed,
+        store_client_updates=True if cfg.get("store-client-updates") else None,
+        resume=bool(cfg.get("resume")),
+        anchor=anchor_from_config(cfg, uri),
+    )
     return strategy, {"ledger": uri, "federation_id": strategy.federation_id}
 
 
@@ -90,11 +97,16 @@ def anchor_from_config(cfg: Mapping[str, Any], ledger_uri: str):
         deployed: dict[str, str] = {}
 
         def connect() -> EvmAnchor:
-            a = EvmAnchor(url, federation_id=federation_id, private_key=key,
-                          contract=str(cfg.get("anchor-contract") or "") or deployed.get("address"),
-                          chain_id=int(cfg["anchor-chain-id"]) if cfg.get("anchor-chain-id") else None,
-                          confirmations=int(cfg.get("anchor-confirmations") or 0), poa=bool(cfg.get("anchor-poa")),
-                          fee_mode=str(cfg.get("anchor-fee") or "auto"))
+            a = EvmAnchor(
+                url,
+                federation_id=federation_id,
+                private_key=key,
+                contract=str(cfg.get("anchor-contract") or "") or deployed.get("address"),
+                chain_id=int(cfg["anchor-chain-id"]) if cfg.get("anchor-chain-id") else None,
+                confirmations=int(cfg.get("anchor-confirmations") or 0),
+                poa=bool(cfg.get("anchor-poa")),
+                fee_mode=str(cfg.get("anchor-fee") or "auto"),
+            )
             deployed["address"] = a.address  # deploy once, reuse after a reconnect
             return a
 

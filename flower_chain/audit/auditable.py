@@ -40,9 +40,11 @@ def why_not_auditable(strategy: Any, config: Mapping[str, Any], store_client_upd
         replayable needs ``--strategy-class`` at audit time, which the line does not warn about).
     """
     if store_client_updates is not None and not store_client_updates:
-        return (f"{PREFIX}: store_client_updates=False keeps no client update, so `flower-chain ledger audit` "
-                "re-derives no round (NOT AUDITED); leave store_client_updates unset (every round's updates are "
-                "kept, sealed to the auditor with audit_key=) to make it auditable")
+        return (
+            f"{PREFIX}: store_client_updates=False keeps no client update, so `flower-chain ledger audit` "
+            "re-derives no round (NOT AUDITED); leave store_client_updates unset (every round's updates are "
+            "kept, sealed to the auditor with audit_key=) to make it auditable"
+        )
     cls = type(strategy)
     name = cls.__name__
     settings = dict(config)
@@ -51,9 +53,13 @@ def why_not_auditable(strategy: Any, config: Mapping[str, Any], store_client_upd
         with quiet_flwr():  # rebuilding a strategy makes Flower log its settings: not at the server's start
             (legacy_factory if is_legacy(settings) else strategy_factory)(name, settings, own)
     except NotReplayable as e:
-        return (f"{PREFIX} ({e}); use one of Flower's strategies, or declare {cls.__module__}.{name} replayable "
-                "(class attribute flower_chain_replayable = True and a from_ledger_config classmethod)")
+        return (
+            f"{PREFIX} ({e}); use one of Flower's strategies, or declare {cls.__module__}.{name} replayable "
+            "(class attribute flower_chain_replayable = True and a from_ledger_config classmethod)"
+        )
     except Exception as e:  # noqa: BLE001 - a strategy that cannot be rebuilt at all is not auditable either
-        return (f"{PREFIX} ({name} cannot be rebuilt from its recorded settings: {type(e).__name__}: {e}); "
-                f"declare {cls.__module__}.{name} replayable with a from_ledger_config classmethod")
+        return (
+            f"{PREFIX} ({name} cannot be rebuilt from its recorded settings: {type(e).__name__}: {e}); "
+            f"declare {cls.__module__}.{name} replayable with a from_ledger_config classmethod"
+        )
     return None

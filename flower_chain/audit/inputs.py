@@ -122,8 +122,11 @@ class Inputs:
             raise Altered(f"the sealed {what} is not a sealed blob: {e}") from None
         if self.audit_key is None:
             self.sealed_locked += 1
-            raise Missing(f"accepted updates are sealed to the auditor key {sealed.recipient.hex()[:16]}: "
-                          "give its private key with --audit-key", sealed=True)
+            raise Missing(
+                f"accepted updates are sealed to the auditor key {sealed.recipient.hex()[:16]}: "
+                "give its private key with --audit-key",
+                sealed=True,
+            )
         try:
             plain = open_sealed(blob, self.audit_key, self.genesis.origin, digest)
         except SealedError as e:
@@ -154,8 +157,10 @@ def read_config(ledger: Ledger, genesis: GenesisEntry) -> tuple[dict[str, Any] |
     try:
         data = ledger.get_blob(genesis.config_digest)
     except LedgerError:
-        return None, ("the strategy's settings (genesis config_digest) are not in the blob store: "
-                      "the ledger was written before they were stored")
+        return None, (
+            "the strategy's settings (genesis config_digest) are not in the blob store: "
+            "the ledger was written before they were stored"
+        )
     if hashlib.sha256(data).digest() != genesis.config_digest:
         return None, "the stored strategy settings do not match the genesis config_digest"
     try:

@@ -103,8 +103,10 @@ class LegacyReplay:
         try:
             self.strategy.initialize_parameters(_Clients(1))  # as the server loop does before round 1
         except Exception as exc:  # noqa: BLE001 - a strategy's own code
-            raise Missing(f"{type(self.strategy).__name__}.initialize_parameters raised {type(exc).__name__}: "
-                          f"{safe_text(exc, 200)}") from None
+            raise Missing(
+                f"{type(self.strategy).__name__}.initialize_parameters raised {type(exc).__name__}: "
+                f"{safe_text(exc, 200)}"
+            ) from None
 
     def train(self, header, accepted: Indexed, failures: int) -> tuple[str, str]:
         """(status, detail) of one train block; carries the strategy's state to the next one."""
@@ -120,32 +122,53 @@ class LegacyReplay:
             return NOT_REDERIVABLE, self.broken
         except (Missing, Altered) as m:
             if self.stateful:
-                self.broken = (f"the state of the legacy strategy after round {header.round} could not be "
-                               f"re-derived ({m})")
+                self.broken = (
+                    f"the state of the legacy strategy after round {header.round} could not be re-derived ({m})"
+                )
             return (NOT_REDERIVABLE if isinstance(m, Missing) else MISMATCH), str(m)
         try:
             named, failed = self._aggregate(header.round, model, accepted, updates, failures)
         except _ConfigureFailed as e:
             return NOT_REDERIVABLE, str(e)
         state_before = header.state_after  # the legacy wrapper records no state: only a recorded one is compared
-        return compare(self.inputs, header, model, named, failed, state_before,
-                       lambda: strategy_state(self.strategy), len(accepted), state_checked=bool(header.state_after))
+        return compare(
+            self.inputs,
+            header,
+            model,
+            named,
+            failed,
+            state_before,
+            lambda: strategy_state(self.strategy),
+            len(accepted),
+            state_checked=bool(header.state_after),
+        )
 
-    def _aggregate(self, server_round: int, model: Named, accepted: Indexed, updates: Sequence[Named],
-                   failures: int) -> tuple[Named | None, str | None]:
+    def _aggregate(
+        self, server_round: int, model: Named, accepted: Indexed, updates: Sequence[Named], failures: int
+    ) -> tuple[Named | None, str | None]:
         from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
         with sandbox():
             try:
-                self.strategy.configure_fit(server_round, ndarrays_to_parameters([a for _, a in model]),
-                                            _Clients(max(len(accepted), 1)))
+                self.strategy.configure_fit(
+                    server_round, ndarrays_to_parameters([a for _, a in model]), _Clients(max(len(accepted), 1))
+                )
             except Exception as exc:  # noqa: BLE001 - a strategy's own code; the server would have stopped here
-                raise _ConfigureFailed(f"{type(self.strategy).__name__}.configure_fit raised {type(exc).__name__}: "
-                                       f"{safe_text(exc, 200)}") from None
-            results = [(_Proxy(i + 1), FitRes(status=Status(Code.OK, "Success"),
-                                              parameters=ndarrays_to_parameters([a for _, a in u]),
-                                              num_examples=e.num_examples, metrics=_metrics(e)))
-                       for i, ((_, e), u) in enumerate(zip(accepted, updates))]
+                raise _ConfigureFailed(
+                    f"{type(self.strategy).__name__}.configure_fit raised {type(exc).__name__}: {safe_text(exc, 200)}"
+                ) from None
+            results = [
+                (
+                    _Proxy(i + 1),
+                    FitRes(
+                        status=Status(Code.OK, "Success"),
+                        parameters=ndarrays_to_parameters([a for _, a in u]),
+                        num_examples=e.num_examples,
+                        metrics=_metrics(e),
+                    ),
+                )
+                for i, ((_, e), u) in enumerate(zip(accepted, updates))
+            ]
             try:
                 parameters, _ = self.strategy.aggregate_fit(server_round, results, _failures(failures))
             except Exception as exc:  # noqa: BLE001 - the server records the round with the model unchanged
@@ -154,8 +177,14 @@ class LegacyReplay:
             return None, None
         return [(str(i), a) for i, a in enumerate(parameters_to_ndarrays(parameters))], None
 
-    def evaluate(self, server_round: int, accepted: Sequence[UpdateEntry], failures: int,
-                 summary: EvaluationEntry, model_digest: bytes) -> tuple[str, str]:
+    def evaluate(
+        self,
+        server_round: int,
+        accepted: Sequence[UpdateEntry],
+        failures: int,
+        summary: EvaluationEntry,
+        model_digest: bytes,
+    ) -> tuple[str, str]:
         """(status, detail) of a federated evaluation summary (the loss is recorded as the ``loss`` metric).
 
         ``model_digest`` is the global model the block records (the strategy is built from it when no
@@ -175,8 +204,17 @@ class LegacyReplay:
             loss = e.metrics.get(LEGACY_LOSS)
             if isinstance(loss, bool) or not isinstance(loss, (int, float)):
                 return MISMATCH, f"the accepted evaluate reply of {e.key_id} records no loss"
-            results.append((_Proxy(i + 1), EvaluateRes(status=Status(Code.OK, "Success"), loss=float(loss),
-                                                        num_examples=e.num_examples, metrics=_metrics(e))))
+            results.append(
+                (
+                    _Proxy(i + 1),
+                    EvaluateRes(
+                        status=Status(Code.OK, "Success"),
+                        loss=float(loss),
+                        num_examples=e.num_examples,
+                        metrics=_metrics(e),
+                    ),
+                )
+            )
         with sandbox():
             try:
                 loss, metrics = self.strategy.aggregate_evaluate(server_round, results, _failures(failures))

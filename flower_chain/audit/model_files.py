@@ -21,8 +21,20 @@ from typing import Any
 import numpy as np
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "|i1",
-              "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "|u1", "BOOL": "|b1"}
+_ST_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "|i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "|u1",
+    "BOOL": "|b1",
+}
 _NP_TO_ST = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
 
 
@@ -66,25 +78,30 @@ def read_safetensors(data: bytes) -> list[tuple[str, np.ndarray]]:
     if n > len(data) - 8:
         raise ValueError("header length beyond the end of the file")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except RecursionError:  # a header nested deeper than the parser goes
         raise ValueError("the header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
-    body, rows = data[8 + n:], []
+    body, rows = data[8 + n :], []
     for name, t in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(t, dict) or t.get("dtype") not in _ST_DTYPES:
             raise ValueError(f"tensor {name!r}: unknown dtype")
         shape, offs = t.get("shape"), t.get("data_offsets")
-        if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
-                or not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)):
+        if (
+            not isinstance(shape, list)
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(type(o) is int for o in offs)
+        ):
             raise ValueError(f"tensor {name!r}: bad shape or data_offsets")
         dtype = np.dtype(_ST_DTYPES[t["dtype"]])
         if not 0 <= offs[0] <= offs[1] <= len(body) or offs[1] - offs[0] != math.prod(shape) * dtype.itemsize:
             raise ValueError(f"tensor {name!r}: data_offsets do not match its shape")
-        rows.append((offs[0], offs[1], name, np.frombuffer(body[offs[0]:offs[1]], dtype=dtype).reshape(shape)))
+        rows.append((offs[0], offs[1], name, np.frombuffer(body[offs[0] : offs[1]], dtype=dtype).reshape(shape)))
     rows.sort(key=lambda r: r[0])
     end = 0
     for begin, stop, name, _ in rows:

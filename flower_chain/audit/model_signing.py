@@ -51,11 +51,14 @@ def load_signing_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(p.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        raise KeyFileError(f"{p}: not a readable unencrypted PEM private key ({getattr(e, 'strerror', None) or e})"
-                           ) from None
+        raise KeyFileError(
+            f"{p}: not a readable unencrypted PEM private key ({getattr(e, 'strerror', None) or e})"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise KeyFileError(f"{p}: OpenSSF model-signing needs an ECDSA P-256 key "
-                           "(openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY)")
+        raise KeyFileError(
+            f"{p}: OpenSSF model-signing needs an ECDSA P-256 key "
+            "(openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY)"
+        )
     return key
 
 
@@ -74,10 +77,15 @@ def statement(name: str, digests: dict[str, str]) -> dict[str, Any]:
     """The model-signing v1.0 in-toto statement of files (name -> sha256 hex)."""
     ordered = sorted(digests.items())
     root = hashlib.sha256(b"".join(bytes.fromhex(d) for _, d in ordered)).hexdigest()
-    return {"_type": "https://in-toto.io/Statement/v1", "subject": [{"name": name, "digest": {"sha256": root}}],
-            "predicateType": PREDICATE_TYPE,
-            "predicate": {"resources": [{"name": n, "algorithm": "sha256", "digest": d} for n, d in ordered],
-                          "serialization": dict(SERIALIZATION)}}
+    return {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": name, "digest": {"sha256": root}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "resources": [{"name": n, "algorithm": "sha256", "digest": d} for n, d in ordered],
+            "serialization": dict(SERIALIZATION),
+        },
+    }
 
 
 def sign_directory(directory: Path, files: list[str], key: ec.EllipticCurvePrivateKey) -> Path:
@@ -85,10 +93,15 @@ def sign_directory(directory: Path, files: list[str], key: ec.EllipticCurvePriva
     digests = {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in files}
     payload = json.dumps(statement(directory.resolve().name, digests), indent=2).encode()
     sig = key.sign(_pae(payload), ec.ECDSA(hashes.SHA256()))
-    bundle = {"mediaType": BUNDLE_MEDIA_TYPE,
-              "verificationMaterial": {"publicKey": {"hint": key_hint(public_pem(key))}, "tlogEntries": []},
-              "dsseEnvelope": {"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
-                               "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}]}}
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": key_hint(public_pem(key))}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}],
+        },
+    }
     path = directory / SIGNATURE
     path.write_text(json.dumps(bundle, indent=2) + "\n")
     return path
@@ -129,8 +142,11 @@ def check_bundle(directory: Path, pem: str) -> list[str]:
     problems = []
     if st.get("predicateType") != PREDICATE_TYPE or root != statement("", signed)["subject"][0]["digest"]["sha256"]:
         problems.append(f"{SIGNATURE}: the statement's root digest does not match its resources")
-    have = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()
-            if p.is_file() and p.name != SIGNATURE}
+    have = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.iterdir()
+        if p.is_file() and p.name != SIGNATURE
+    }
     for name in sorted(set(signed) | set(have)):
         if name not in have:
             problems.append(f"{SIGNATURE}: signs {name}, which is missing")

@@ -80,7 +80,7 @@ def digest_key(version: int) -> str:
 
 # -- the statement -------------------------------------------------------------------------------------
 def _rfc3339(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _history(ledger: Ledger) -> tuple[list[int], Counter, bytes]:
@@ -124,8 +124,9 @@ def _plain(v: Any) -> Any:
     return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
 
 
-def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[str, np.ndarray]],
-                    signing_pem: bytes | None = None) -> dict[str, Any]:
+def build_statement(
+    ledger: Ledger, files: dict[str, bytes], named: list[tuple[str, np.ndarray]], signing_pem: bytes | None = None
+) -> dict[str, Any]:
     """The in-toto statement of ``files`` (name -> bytes) exported from ``ledger``'s head.
 
     ``signing_pem`` is the P-256 public key of an OpenSSF model-signing bundle written beside them.
@@ -134,9 +135,20 @@ def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[s
     version = genesis.digest_version
     rounds, accepted, first = _history(ledger)
     model = head.header.model_after.hex()
-    deps = [{"name": LEDGER_DEP, "uri": f"flower-chain:{genesis.origin}", "digest": {"flowerChainBlock": head.hash.hex()},
-             "annotations": {"origin": genesis.origin, "height": head.header.height, "logSize": head.header.log_size,
-                             "checkpoint": head.checkpoint, "serverKeyId": key_id(genesis.server_key)}}]
+    deps = [
+        {
+            "name": LEDGER_DEP,
+            "uri": f"flower-chain:{genesis.origin}",
+            "digest": {"flowerChainBlock": head.hash.hex()},
+            "annotations": {
+                "origin": genesis.origin,
+                "height": head.header.height,
+                "logSize": head.header.log_size,
+                "checkpoint": head.checkpoint,
+                "serverKeyId": key_id(genesis.server_key),
+            },
+        }
+    ]
     if first:
         deps.append({"name": "initial-model", "digest": {digest_key(version): first.hex()}})
     return {
@@ -146,19 +158,38 @@ def build_statement(ledger: Ledger, files: dict[str, bytes], named: list[tuple[s
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"federationId": genesis.federation_id, "strategy": genesis.strategy,
-                                       **_settings(ledger, genesis), "rounds": len(rounds),
-                                       "lastRound": rounds[-1] if rounds else 0},
-                "internalParameters": {"allowedKeys": sorted(genesis.client_keys),
-                                       "acceptedKeys": dict(sorted(accepted.items())), "digestVersion": version},
-                "resolvedDependencies": deps},
+                "externalParameters": {
+                    "federationId": genesis.federation_id,
+                    "strategy": genesis.strategy,
+                    **_settings(ledger, genesis),
+                    "rounds": len(rounds),
+                    "lastRound": rounds[-1] if rounds else 0,
+                },
+                "internalParameters": {
+                    "allowedKeys": sorted(genesis.client_keys),
+                    "acceptedKeys": dict(sorted(accepted.items())),
+                    "digestVersion": version,
+                },
+                "resolvedDependencies": deps,
+            },
             "runDetails": {
                 "builder": {"id": f"urn:flower-chain:server-key:{key_id(genesis.server_key)}"},
-                "metadata": {"invocationId": genesis.origin, "startedOn": _rfc3339(genesis.created_ms),
-                             "finishedOn": _rfc3339(head.header.timestamp_ms)},
-                "byproducts": [{"name": MODEL_PRODUCT, "digest": {digest_key(version): model},
-                                "annotations": {"arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)}
-                                                           for n, a in named]}}, *_signing_product(signing_pem)]},
+                "metadata": {
+                    "invocationId": genesis.origin,
+                    "startedOn": _rfc3339(genesis.created_ms),
+                    "finishedOn": _rfc3339(head.header.timestamp_ms),
+                },
+                "byproducts": [
+                    {
+                        "name": MODEL_PRODUCT,
+                        "digest": {digest_key(version): model},
+                        "annotations": {
+                            "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in named]
+                        },
+                    },
+                    *_signing_product(signing_pem),
+                ],
+            },
         },
     }
 
@@ -168,16 +199,24 @@ def _signing_product(pem: bytes | None) -> list[dict[str, Any]]:
         return []
     from flower_chain.audit.model_signing import SIGNATURE, key_hint
 
-    return [{"name": SIGNING_KEY_PRODUCT, "digest": {"sha256": key_hint(pem)},
-             "annotations": {"publicKeyPem": pem.decode(), "bundle": SIGNATURE}}]
+    return [
+        {
+            "name": SIGNING_KEY_PRODUCT,
+            "digest": {"sha256": key_hint(pem)},
+            "annotations": {"publicKeyPem": pem.decode(), "bundle": SIGNATURE},
+        }
+    ]
 
 
 def sign_envelope(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """A DSSE envelope of ``statement`` signed with ``key`` over the PAE."""
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
-    return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
-            "signatures": [{"keyid": key_id(key), "sig": base64.b64encode(sig).decode()}]}
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"keyid": key_id(key), "sig": base64.b64encode(sig).decode()}],
+    }
 
 
 @dataclass
@@ -201,8 +240,9 @@ def head_model(ledger: Ledger) -> list[tuple[str, np.ndarray]]:
     try:
         data = ledger.get_blob(digest)
     except LedgerError:
-        raise ProvenanceInputError(f"{ledger.uri}: the model {digest.hex()[:16]} of block {head.header.height} "
-                                   "is not in the blob store") from None
+        raise ProvenanceInputError(
+            f"{ledger.uri}: the model {digest.hex()[:16]} of block {head.header.height} is not in the blob store"
+        ) from None
     if stream_digest(data, read_genesis(ledger).digest_version) != digest:
         raise ProvenanceError(f"the stored model {digest.hex()[:16]} does not match its digest (altered)")
     return decode_arrays(data)
@@ -218,8 +258,10 @@ def _prepare(dest: Path) -> None:
             raise ProvenanceInputError(f"{dest} exists and is not a directory")
         other = sorted(p.name for p in dest.iterdir() if p.name not in ours)
         if other:
-            raise ProvenanceInputError(f"{dest} holds other files ({', '.join(other[:3])}): export into an empty "
-                                       "or new directory (every file of it is signed)")
+            raise ProvenanceInputError(
+                f"{dest} holds other files ({', '.join(other[:3])}): export into an empty "
+                "or new directory (every file of it is signed)"
+            )
     dest.mkdir(parents=True, exist_ok=True)
     (dest / SIGNATURE).unlink(missing_ok=True)  # a bundle of an earlier export would not match
 
@@ -239,13 +281,18 @@ def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path, signing_key
     """
     genesis = read_genesis(ledger)
     if genesis.server_key != raw_public(key):
-        raise ProvenanceInputError(f"{ledger.uri} is signed by server key {key_id(genesis.server_key)}, not by "
-                                   f"the given key {key_id(key)}: export with the ledger's own server key")
+        raise ProvenanceInputError(
+            f"{ledger.uri} is signed by server key {key_id(genesis.server_key)}, not by "
+            f"the given key {key_id(key)}: export with the ledger's own server key"
+        )
     verify(ledger, server_key=genesis.server_key, client_signatures=True)
     named = head_model(ledger)
     head = ledger.head()
-    meta = {"flower_chain.origin": genesis.origin, "flower_chain.model_digest": head.header.model_after.hex(),
-            "flower_chain.block": str(head.header.height)}
+    meta = {
+        "flower_chain.origin": genesis.origin,
+        "flower_chain.model_digest": head.header.model_after.hex(),
+        "flower_chain.block": str(head.header.height),
+    }
     try:
         files = {NPZ: npz_bytes(named), SAFETENSORS: safetensors_bytes(named, meta)}
     except UnsupportedDtype as e:
@@ -264,5 +311,11 @@ def export_model(ledger: Ledger, key: Ed25519PrivateKey, dest: Path, signing_key
         from flower_chain.audit.model_signing import sign_directory
 
         sign_directory(dest, [*files, ENVELOPE], signing_key)
-    return Export(dest, {s["name"]: s["digest"]["sha256"] for s in statement["subject"]},
-                  head.header.model_after.hex(), head.header.height, genesis.origin, statement)
+    return Export(
+        dest,
+        {s["name"]: s["digest"]["sha256"] for s in statement["subject"]},
+        head.header.model_after.hex(),
+        head.header.height,
+        genesis.origin,
+        statement,
+    )

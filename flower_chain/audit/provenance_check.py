@@ -71,8 +71,12 @@ def read_envelope(directory: Path) -> dict[str, Any]:
         raise ProvenanceError(f"{ENVELOPE} is nested too deeply to be a DSSE envelope") from None
     except (ValueError, OSError) as e:
         raise ProvenanceError(f"{ENVELOPE} is not JSON: {e}") from None
-    if not isinstance(env, dict) or not isinstance(env.get("signatures"), list) or not isinstance(
-            env.get("payload"), str) or env.get("payloadType") != PAYLOAD_TYPE:
+    if (
+        not isinstance(env, dict)
+        or not isinstance(env.get("signatures"), list)
+        or not isinstance(env.get("payload"), str)
+        or env.get("payloadType") != PAYLOAD_TYPE
+    ):
         raise ProvenanceError(f"{ENVELOPE} is not a DSSE envelope of an in-toto statement")
     return env
 
@@ -95,8 +99,10 @@ def open_envelope(env: dict[str, Any], server_key: bytes) -> dict[str, Any]:
         if verify_signature(server_key, sig, message):
             break
     else:
-        raise ProvenanceError(f"the statement is not signed by the pinned server key {key_id(server_key)} "
-                              f"(signatures by key ids: {', '.join(seen) or 'none'}; or the statement was changed)")
+        raise ProvenanceError(
+            f"the statement is not signed by the pinned server key {key_id(server_key)} "
+            f"(signatures by key ids: {', '.join(seen) or 'none'}; or the statement was changed)"
+        )
     try:
         st = json.loads(payload)
     except RecursionError:
@@ -118,9 +124,15 @@ def _facts(st: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], str, int
         product = next(p for p in pred["runDetails"]["byproducts"] if p.get("name") == MODEL_PRODUCT)
         model = product["digest"][digest_key(version)]
         ann = dep["annotations"]
-        if not (isinstance(ann["origin"], str) and isinstance(ann["checkpoint"], str) and type(ann["height"]) is int
-                and isinstance(dep["digest"]["flowerChainBlock"], str) and isinstance(model, str)
-                and all(isinstance(v, str) for v in subjects.values()) and subjects):
+        if not (
+            isinstance(ann["origin"], str)
+            and isinstance(ann["checkpoint"], str)
+            and type(ann["height"]) is int
+            and isinstance(dep["digest"]["flowerChainBlock"], str)
+            and isinstance(model, str)
+            and all(isinstance(v, str) for v in subjects.values())
+            and subjects
+        ):
             raise TypeError("a field has the wrong type")
     except (KeyError, TypeError, ValueError, StopIteration, AttributeError) as e:
         raise ProvenanceError(f"the statement lacks what a flower-chain model export records ({e!r})") from None
@@ -141,8 +153,10 @@ def _check_files(directory: Path, subjects: dict[str, str], model: str, version:
         data = path.read_bytes()
         have = hashlib.sha256(data).hexdigest()
         if have != want:
-            problems.append(f"{name}: sha256 {have[:16]}… differs from the statement's {want[:16]}… "
-                            "(the file was changed after the export)")
+            problems.append(
+                f"{name}: sha256 {have[:16]}… differs from the statement's {want[:16]}… "
+                "(the file was changed after the export)"
+            )
         try:
             arrays = array_digest(reader(data), version).hex()
         except (ValueError, LedgerError) as e:
@@ -165,19 +179,27 @@ def _check_ledger(ledger: Ledger, server_key: bytes, dep: dict[str, Any], model:
     head = ledger.head()
     height = ann["height"]
     if not 0 < height <= head.header.height:
-        return [(f"the statement names block {height}; the given ledger has blocks 1..{head.header.height} "
-                 "(another ledger of the same federation?)")], head.header.height
+        return [
+            (
+                f"the statement names block {height}; the given ledger has blocks 1..{head.header.height} "
+                "(another ledger of the same federation?)"
+            )
+        ], head.header.height
     block = ledger.block(height)
     problems = []
     if block.hash.hex() != dep["digest"]["flowerChainBlock"]:
-        problems.append(f"block {height} of the given ledger has hash {block.hash.hex()[:16]}…, the statement "
-                        f"names {dep['digest']['flowerChainBlock'][:16]}… (a statement from another ledger)")
+        problems.append(
+            f"block {height} of the given ledger has hash {block.hash.hex()[:16]}…, the statement "
+            f"names {dep['digest']['flowerChainBlock'][:16]}… (a statement from another ledger)"
+        )
     elif block.checkpoint != ann["checkpoint"]:
         problems.append(f"the checkpoint of block {height} differs from the statement's")
     if head.header.model_after.hex() != model:
-        problems.append(f"the given ledger's head (block {head.header.height}) has model_after "
-                        f"{head.header.model_after.hex()[:16]}…, not the exported model {model[:16]}…"
-                        + (" (the ledger grew after the export)" if head.header.height > height else ""))
+        problems.append(
+            f"the given ledger's head (block {head.header.height}) has model_after "
+            f"{head.header.model_after.hex()[:16]}…, not the exported model {model[:16]}…"
+            + (" (the ledger grew after the export)" if head.header.height > height else "")
+        )
     return problems, head.header.height
 
 
@@ -197,8 +219,9 @@ def _check_model_signing(directory: Path, st: dict[str, Any]) -> list[str]:
     return check_bundle(directory, pem)
 
 
-def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = None, *,
-                  run_audit: bool = False) -> Verified:
+def verify_export(
+    directory: Path, server_key: bytes, ledger: Ledger | None = None, *, run_audit: bool = False
+) -> Verified:
     """Check an export directory against its signed statement (and ``ledger`` when given).
 
     With ``run_audit`` (and a ledger) the ledger's aggregation is also replayed: the model must be
@@ -230,8 +253,15 @@ def verify_export(directory: Path, server_key: bytes, ledger: Ledger | None = No
             problems += _check_audit(ledger, server_key)
     if problems:
         raise ProvenanceError("; ".join(problems))
-    return Verified(ann["origin"], ann["height"], model, sorted(subjects), ledger is not None, head_height,
-                    audited=bool(run_audit and ledger is not None))
+    return Verified(
+        ann["origin"],
+        ann["height"],
+        model,
+        sorted(subjects),
+        ledger is not None,
+        head_height,
+        audited=bool(run_audit and ledger is not None),
+    )
 
 
 def _check_audit(ledger: Ledger, server_key: bytes) -> list[str]:

@@ -72,9 +72,22 @@ from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.writer import read_genesis
 
-__all__ = ["BUNDLED", "DP_WRAPPERS", "LEGACY_SETTINGS", "MISMATCH", "NOT_REDERIVABLE", "OK", "REPLAYABLE_ATTR",
-           "AuditInputError", "AuditReport", "NotReplayable", "RoundAudit", "audit", "load_class",
-           "strategy_factory"]
+__all__ = [
+    "BUNDLED",
+    "DP_WRAPPERS",
+    "LEGACY_SETTINGS",
+    "MISMATCH",
+    "NOT_REDERIVABLE",
+    "OK",
+    "REPLAYABLE_ATTR",
+    "AuditInputError",
+    "AuditReport",
+    "NotReplayable",
+    "RoundAudit",
+    "audit",
+    "load_class",
+    "strategy_factory",
+]
 
 
 @dataclass
@@ -150,19 +163,30 @@ class AuditReport:
         return all(r.status == OK for r in self.rounds)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "strategy": self.strategy, "seconds": self.seconds,
-                "updates_replayed": self.updates_replayed, "sealed_opened": self.sealed_opened,
-                "secagg_blocks": self.secagg_blocks,
-                "train_rounds": len(self.train_rounds),
-                "rounds_rederived": [r.round for r in self.train_rederived],
-                "evaluations_rederived": [r.round for r in self._of(OK, kind="evaluate")],
-                "mismatches": [r.to_dict() for r in self.mismatches],
-                "not_rederivable": [r.to_dict() for r in self.not_rederived],
-                "audited": self.audited, "ok": not self.mismatches}
+        return {
+            "uri": self.uri,
+            "strategy": self.strategy,
+            "seconds": self.seconds,
+            "updates_replayed": self.updates_replayed,
+            "sealed_opened": self.sealed_opened,
+            "secagg_blocks": self.secagg_blocks,
+            "train_rounds": len(self.train_rounds),
+            "rounds_rederived": [r.round for r in self.train_rederived],
+            "evaluations_rederived": [r.round for r in self._of(OK, kind="evaluate")],
+            "mismatches": [r.to_dict() for r in self.mismatches],
+            "not_rederivable": [r.to_dict() for r in self.not_rederived],
+            "audited": self.audited,
+            "ok": not self.mismatches,
+        }
 
 
-def audit(ledger: Ledger, *, strategy_classes: Sequence[type] = (), audit_key: Any = None,
-          progress: Callable[[RoundAudit], None] | None = None) -> AuditReport:
+def audit(
+    ledger: Ledger,
+    *,
+    strategy_classes: Sequence[type] = (),
+    audit_key: Any = None,
+    progress: Callable[[RoundAudit], None] | None = None,
+) -> AuditReport:
     """Replay every train round (and federated evaluation) of ``ledger`` and compare with the record.
 
     Parameters
@@ -188,15 +212,20 @@ def audit(ledger: Ledger, *, strategy_classes: Sequence[type] = (), audit_key: A
 
 def _secagg_result(entry: Any) -> bool:
     """A SecAgg+ round's successful result entry: the block changes the model with no plaintext update in it."""
-    return (getattr(entry, "TYPE", "") == "secagg" and getattr(entry, "stage", "") == "result"
-            and isinstance(entry.data, dict) and not entry.data.get("failure"))
+    return (
+        getattr(entry, "TYPE", "") == "secagg"
+        and getattr(entry, "stage", "") == "result"
+        and isinstance(entry.data, dict)
+        and not entry.data.get("failure")
+    )
 
 
 class _Audit:
     """One pass over the ledger's blocks."""
 
-    def __init__(self, ledger: Ledger, classes: Sequence[type], audit_key: Any,
-                 progress: Callable[[RoundAudit], None] | None) -> None:
+    def __init__(
+        self, ledger: Ledger, classes: Sequence[type], audit_key: Any, progress: Callable[[RoundAudit], None] | None
+    ) -> None:
         genesis = read_genesis(ledger)
         self.ledger, self.progress = ledger, progress
         self.inputs = Inputs(ledger, genesis, audit_key)
@@ -208,8 +237,9 @@ class _Audit:
             return
         try:
             if is_legacy(config):  # a class of one's own (--strategy-class) included: the legacy replay runs it
-                self.legacy = LegacyReplay(self.inputs, legacy_factory(genesis.strategy, config, classes),
-                                           genesis.strategy)
+                self.legacy = LegacyReplay(
+                    self.inputs, legacy_factory(genesis.strategy, config, classes), genesis.strategy
+                )
             else:
                 self.factory = strategy_factory(genesis.strategy, config, classes)
         except NotReplayable as e:
@@ -234,12 +264,22 @@ class _Audit:
                 self.report.secagg_blocks += 1
             elif not train and (h.model_after != (h.model_before or model) or h.state_after != state_before):
                 # a block without train updates (evaluation, revocation, cosignatures, empty) must not change them
-                self._add(RoundAudit(h.height, h.round, MISMATCH, "the block records no train update but changes "
-                                     "the global model or the strategy state", kind="block"))
+                self._add(
+                    RoundAudit(
+                        h.height,
+                        h.round,
+                        MISMATCH,
+                        "the block records no train update but changes the global model or the strategy state",
+                        kind="block",
+                    )
+                )
             if train:
                 self._train(h, train, state_before)
-            self._evaluation(h, [(i, e) for i, e in updates if e.kind == "evaluate"],
-                             [e for _, e in entries if isinstance(e, EvaluationEntry) and e.source == "federated"])
+            self._evaluation(
+                h,
+                [(i, e) for i, e in updates if e.kind == "evaluate"],
+                [e for _, e in entries if isinstance(e, EvaluationEntry) and e.source == "federated"],
+            )
             state_before = h.state_after
             model = h.model_after or model
         self.report.sealed_opened = self.inputs.sealed_opened
@@ -260,12 +300,14 @@ class _Audit:
         sealed = status == NOT_REDERIVABLE and "--audit-key" in detail
         self._add(RoundAudit(h.height, h.round, status, detail, len(accepted), sealed=sealed))
 
-    def _evaluation(self, h: BlockHeader, evaluate: list[tuple[int, UpdateEntry]],
-                    summaries: list[EvaluationEntry]) -> None:
+    def _evaluation(
+        self, h: BlockHeader, evaluate: list[tuple[int, UpdateEntry]], summaries: list[EvaluationEntry]
+    ) -> None:
         if not (evaluate and summaries):
             return
-        accepted = [e for _, e in sorted(((i, e) for i, e in evaluate if e.verdict == ACCEPTED),
-                                         key=lambda t: t[1].key_id)]
+        accepted = [
+            e for _, e in sorted(((i, e) for i, e in evaluate if e.verdict == ACCEPTED), key=lambda t: t[1].key_id)
+        ]
         if self.legacy is not None:
             failures = sum(1 for _, e in evaluate if e.reason == "client-error")
             status, detail = self.legacy.evaluate(h.round, accepted, failures, summaries[0], h.model_after)

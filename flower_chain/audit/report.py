@@ -37,11 +37,27 @@ from flower_chain.ledger.writer import read_genesis
 TEXT_LIMIT = 200  # characters of one ledger text shown in the HTML
 MAX_CLIENT_BARS = 40  # clients in the participation plot (the table lists all)
 ACCEPTED_COLOUR = "#2e7d32"
-_REASON_COLOURS = ["#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#ad1457", "#4e342e", "#00838f", "#9e9d24",
-                   "#5d4037", "#283593", "#d84315", "#37474f", "#8e24aa", "#f9a825"]
+_REASON_COLOURS = [
+    "#c62828",
+    "#ef6c00",
+    "#6a1b9a",
+    "#1565c0",
+    "#ad1457",
+    "#4e342e",
+    "#00838f",
+    "#9e9d24",
+    "#5d4037",
+    "#283593",
+    "#d84315",
+    "#37474f",
+    "#8e24aa",
+    "#f9a825",
+]
 BANNER = {GREEN: "#2e7d32", AMBER: "#b26a00"}
-SOURCES = {"federated": ("federated (clients, signed; aggregate re-derived by audit)", "-", "o"),
-           "central": ("centralized (server only: unchecked claim)", "--", "s")}
+SOURCES = {
+    "federated": ("federated (clients, signed; aggregate re-derived by audit)", "-", "o"),
+    "central": ("centralized (server only: unchecked claim)", "--", "s"),
+}
 
 
 def verdict_colour(label: str) -> str:
@@ -93,12 +109,16 @@ def _walk(ledger: Ledger, names: dict[str, str]) -> dict[str, Any]:
             if isinstance(e, UpdateEntry) and e.kind in verdicts:
                 verdicts[e.kind][e.round][_verdict(e)] += 1
                 clients[_client(e, names)][e.kind][_verdict(e)] += 1
-    return {"central": central, "federated": federated, "verdicts": verdicts, "clients": clients,
-            "last_ms": last_ms}
+    return {"central": central, "federated": federated, "verdicts": verdicts, "clients": clients, "last_ms": last_ms}
 
 
-def collect(ledger: Ledger, metrics_path: Path | None = None, *, status: Status | None = None,
-            names: dict[str, str] | None = None) -> dict[str, Any]:
+def collect(
+    ledger: Ledger,
+    metrics_path: Path | None = None,
+    *,
+    status: Status | None = None,
+    names: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The numbers the report shows (also used by tests to compare against the ledger).
 
     ``verdicts`` and ``participation`` count train replies (round -> verdict -> n, client -> verdict -> n);
@@ -121,12 +141,18 @@ def collect(ledger: Ledger, metrics_path: Path | None = None, *, status: Status 
         durations[rnd] = max(0.0, (w["last_ms"][rnd] - prev) / 1000)
         prev = w["last_ms"][rnd]
     clients = {k: {kind: dict(c) for kind, c in v.items()} for k, v in sorted(w["clients"].items())}
-    return {"summary": summary(ledger), "status": status.to_dict(), "central": w["central"],
-            "federated": w["federated"],
-            "verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["train"].items())},
-            "evaluate_verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["evaluate"].items())},
-            "participation": {k: v["train"] for k, v in clients.items() if v["train"]},
-            "clients": clients, "ledger_time": ledger_time, "round_durations": durations}
+    return {
+        "summary": summary(ledger),
+        "status": status.to_dict(),
+        "central": w["central"],
+        "federated": w["federated"],
+        "verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["train"].items())},
+        "evaluate_verdicts": {r: dict(c) for r, c in sorted(w["verdicts"]["evaluate"].items())},
+        "participation": {k: v["train"] for k, v in clients.items() if v["train"]},
+        "clients": clients,
+        "ledger_time": ledger_time,
+        "round_durations": durations,
+    }
 
 
 def _no_data(ax, what: str) -> None:
@@ -149,11 +175,19 @@ def _training_figure(plt, data: dict[str, Any]):
         for source, (label, style, marker) in SOURCES.items():
             series = data[source]
             for metric in sorted({m for v in series.values() for m in v if kind in m.lower()}):
-                pts = [(r, series[r][metric]) for r in sorted(series)
-                       if isinstance(series[r].get(metric), (int, float)) and not isinstance(series[r][metric], bool)]
+                pts = [
+                    (r, series[r][metric])
+                    for r in sorted(series)
+                    if isinstance(series[r].get(metric), (int, float)) and not isinstance(series[r][metric], bool)
+                ]
                 if pts:
-                    axis.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker=marker,
-                              label=f"{metric}: {label}")
+                    axis.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        linestyle=style,
+                        marker=marker,
+                        label=f"{metric}: {label}",
+                    )
                     lines += 1
         title = "accuracy" if kind == "acc" else "loss"
         axis.set_title(f"{title} per round")
@@ -181,7 +215,9 @@ def _stacked(ax, per_round: dict[int, dict[str, int]], title: str, keys: list[st
     if keys is None:
         _round_axis(ax)
     else:
-        ax.set_xticks(pos, xs, rotation=30 if len(xs) > 6 else 0, fontsize=7, ha="right" if len(xs) > 6 else "center")  # labels made safe in collect()
+        ax.set_xticks(
+            pos, xs, rotation=30 if len(xs) > 6 else 0, fontsize=7, ha="right" if len(xs) > 6 else "center"
+        )  # labels made safe in collect()
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -211,14 +247,24 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(10, 3.8))
     part = data["participation"]
     shown = sorted(part, key=lambda k: (-sum(n for v, n in part[k].items() if v != "accepted"), k))[:MAX_CLIENT_BARS]
-    _stacked(ax, part, "train replies per client, by verdict" + (
-        f" ({len(shown)} of {len(part)} clients: the most rejected; all in the table)" if len(shown) < len(part)
-        else ""), keys=sorted(shown))
+    _stacked(
+        ax,
+        part,
+        "train replies per client, by verdict"
+        + (
+            f" ({len(shown)} of {len(part)} clients: the most rejected; all in the table)"
+            if len(shown) < len(part)
+            else ""
+        ),
+        keys=sorted(shown),
+    )
     save("clients", fig)
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    series, unit, title = ((data["ledger_time"], "ms", "ledger time per round (verify + append)")
-                           if data["ledger_time"] else
-                           (data["round_durations"], "s", "round duration from block times (round 1 includes start-up)"))
+    series, unit, title = (
+        (data["ledger_time"], "ms", "ledger time per round (verify + append)")
+        if data["ledger_time"]
+        else (data["round_durations"], "s", "round duration from block times (round 1 includes start-up)")
+    )
     ax.set_title(title)
     if series:
         xs = sorted(series)
@@ -250,20 +296,25 @@ def _status_html(st: dict[str, Any]) -> str:
     reason = f": {_html(st['reason'], 500)}" if st["reason"] else ""
     checked = "".join(f"<li>{_html(c, 400)}</li>" for c in st["checked"])
     missing = "".join(f"<li>{_html(c, 400)}</li>" for c in st["not_checked"])
-    return (f'<section id="status-section"><p class="status" id="status" style="background:{colour}">'
-            f'{html.escape(st["headline"])}{reason}</p>'
-            f'<p class="status" id="audit-status" style="background:{audit_colour}">'
-            f'{html.escape(st["audit_headline"])}: {_html(st["audit_text"], 500)}</p>'
-            + (f"<h3>Checked</h3><ul id=\"checked\">{checked}</ul>" if checked else "")
-            + (f"<h3>Not checked</h3><ul id=\"not-checked\">{missing}</ul>" if missing else "") + "</section>")
+    return (
+        f'<section id="status-section"><p class="status" id="status" style="background:{colour}">'
+        f"{html.escape(st['headline'])}{reason}</p>"
+        f'<p class="status" id="audit-status" style="background:{audit_colour}">'
+        f"{html.escape(st['audit_headline'])}: {_html(st['audit_text'], 500)}</p>"
+        + (f'<h3>Checked</h3><ul id="checked">{checked}</ul>' if checked else "")
+        + (f'<h3>Not checked</h3><ul id="not-checked">{missing}</ul>' if missing else "")
+        + "</section>"
+    )
 
 
 def _training_table(data: dict[str, Any]) -> str:
     cols = [(src, m) for src in ("federated", "central") for m in sorted({k for v in data[src].values() for k in v})]
     if not cols:
         return '<p class="nodata">no data: no evaluation recorded</p>'
-    head = "".join(f"<th>{_html(m, 40)}<br><small>{'federated' if s == 'federated' else 'centralized (server)'}"
-                   f"</small></th>" for s, m in cols)
+    head = "".join(
+        f"<th>{_html(m, 40)}<br><small>{'federated' if s == 'federated' else 'centralized (server)'}</small></th>"
+        for s, m in cols
+    )
     rows = ""
     for r in sorted(set(data["federated"]) | set(data["central"])):
         cells = "".join(f"<td>{_html(_num(data[s].get(r, {}).get(m)), 40)}</td>" for s, m in cols)
@@ -278,14 +329,26 @@ def _num(v: Any) -> str:
 
 
 def _clients_table(data: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{_html(k, 60)}</td><td>{_counts(v['train'])}</td><td>{_counts(v['evaluate'])}</td></tr>"
-                   for k, v in data["clients"].items())
-    return (f'<table id="clients"><tr><th>client</th><th>train replies</th><th>evaluate replies</th></tr>{rows}'
-            "</table>") if rows else '<p class="nodata">no data: no client reply recorded</p>'
+    rows = "".join(
+        f"<tr><td>{_html(k, 60)}</td><td>{_counts(v['train'])}</td><td>{_counts(v['evaluate'])}</td></tr>"
+        for k, v in data["clients"].items()
+    )
+    return (
+        (f'<table id="clients"><tr><th>client</th><th>train replies</th><th>evaluate replies</th></tr>{rows}</table>')
+        if rows
+        else '<p class="nodata">no data: no client reply recorded</p>'
+    )
 
 
-def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None, png_dir: Path | None = None,
-                 status: Status | None = None, names: dict[str, str] | None = None) -> dict:
+def write_report(
+    ledger: Ledger,
+    dest: Path,
+    *,
+    metrics_path: Path | None = None,
+    png_dir: Path | None = None,
+    status: Status | None = None,
+    names: dict[str, str] | None = None,
+) -> dict:
     """Write the HTML report (and PNGs on request); return the collected numbers.
 
     ``status`` is the outcome of the checks the user asked for (default: verify without a pinned key);
@@ -301,19 +364,32 @@ def write_report(ledger: Ledger, dest: Path, *, metrics_path: Path | None = None
         png_dir.mkdir(parents=True, exist_ok=True)
         for name, png in figs.items():
             (png_dir / f"{name}.png").write_bytes(png)
-    img = {n: f'<figure><img alt="{n}" id="fig-{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
-              "</figure>" for n, b in figs.items()}
+    img = {
+        n: f'<figure><img alt="{n}" id="fig-{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"></figure>'
+        for n, b in figs.items()
+    }
     s = data["summary"]
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_html(_shown(s[k]), 1000)}</td></tr>" for k in (
-        "federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries", "head_hash",
-        "model_digest"))
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{_html(_shown(s[k]), 1000)}</td></tr>"
+        for k in (
+            "federation_id",
+            "backend",
+            "strategy",
+            "allowed_keys",
+            "rounds",
+            "blocks",
+            "entries",
+            "head_hash",
+            "model_digest",
+        )
+    )
     total = {kind: Counter() for kind in ("train", "evaluate")}
     for kind, key in (("train", "verdicts"), ("evaluate", "evaluate_verdicts")):
         for c in data[key].values():
             total[kind].update(c)
     checkpoint = "\n".join(_html(line) for line in s["checkpoint"].split("\n"))
     doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {_html(s['federation_id'], 80)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {_html(s["federation_id"], 80)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
 .status {{ padding: .7em 1em; border-radius: 6px; font-weight: 600; color: white; margin: .4em 0; }}
@@ -321,22 +397,22 @@ table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ text-align: left
 border-bottom: 1px solid #ddd; font-size: 90%; }} .nodata {{ color: #57606a; }}
 pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }} img {{ max-width: 100%; }} figure {{ margin: 0; }}
 </style></head><body>
-<h1>flower-chain round ledger: {_html(s['federation_id'], 80)}</h1>
-{_status_html(data['status'])}
+<h1>flower-chain round ledger: {_html(s["federation_id"], 80)}</h1>
+{_status_html(data["status"])}
 <h2>Training</h2>
 <p>Federated metrics are computed by each client on its own data and signed; the server aggregates them
 (the audit re-derives the aggregate). Centralized metrics are computed by the server alone: its claim, not
 checked by anyone.</p>
-{img['training']}
+{img["training"]}
 {_training_table(data)}
 <h2>Verdicts</h2>
-<p id="verdict-totals">train replies: {_counts(total['train'])}; evaluate replies: {_counts(total['evaluate'])}</p>
-{img['verdicts']}
+<p id="verdict-totals">train replies: {_counts(total["train"])}; evaluate replies: {_counts(total["evaluate"])}</p>
+{img["verdicts"]}
 <h2>Clients</h2>
-{img['clients']}
+{img["clients"]}
 {_clients_table(data)}
 <h2>Timing</h2>
-{img['timing']}
+{img["timing"]}
 <details id="appendix"><summary>Appendix: ledger summary and signed checkpoint</summary>
 <table id="summary">{rows}</table>
 <pre id="checkpoint">{checkpoint}</pre></details>

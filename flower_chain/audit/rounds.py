@@ -100,10 +100,22 @@ def _message(entry: UpdateEntry, server_round: int, kind: str, named: Named | No
 
     metrics = {k: v for k, v in strategy_metrics(entry.metrics).items() if metric_value(v) is not None}
     node = int(entry.node_id) if is_decimal(entry.node_id) else 0
-    meta = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                    group_id=str(server_round), created_at=0.0, ttl=0.0, message_type=kind)
-    records = {"arrays": _record(named), "metrics": MetricRecord(metrics)} if named is not None else \
-        {"metrics": MetricRecord(metrics)}
+    meta = Metadata(
+        run_id=0,
+        message_id="",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=0.0,
+        ttl=0.0,
+        message_type=kind,
+    )
+    records = (
+        {"arrays": _record(named), "metrics": MetricRecord(metrics)}
+        if named is not None
+        else {"metrics": MetricRecord(metrics)}
+    )
     return Message(content=RecordDict(records), metadata=meta)
 
 
@@ -134,8 +146,11 @@ def load_updates(inputs: Inputs, accepted: Indexed, model: Named | None) -> list
     what = [f"{absent} of {len(accepted)} accepted client updates are not in the blob store"] if absent else []
     if locked:
         same = all("sealed to the auditor key" in x for x in locked)
-        what.append(f"{len(locked)} of {len(accepted)} accepted client updates are "
-                    f"{locked[0].split(' are ', 1)[-1]}" if same else "; ".join(locked[:3]))
+        what.append(
+            f"{len(locked)} of {len(accepted)} accepted client updates are {locked[0].split(' are ', 1)[-1]}"
+            if same
+            else "; ".join(locked[:3])
+        )
     if what:
         raise Missing("; ".join(what), sealed=bool(locked))
     return updates
@@ -146,8 +161,9 @@ def _count(strategy: Any, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: Indexed,
-                 state_before: bytes) -> tuple[str, str]:
+def replay_train(
+    inputs: Inputs, factory: Callable[[], Any], header, accepted: Indexed, state_before: bytes
+) -> tuple[str, str]:
     """(status, detail) of one train block of a Message-API strategy."""
     server_round = header.round
     try:
@@ -175,8 +191,9 @@ def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: I
         try:
             list(strategy.configure_train(server_round, _record(model), ConfigRecord({}), grid))
         except Exception as exc:  # noqa: BLE001 - a strategy's own code; the server would have stopped here
-            return NOT_REDERIVABLE, (f"{type(strategy).__name__}.configure_train raised {type(exc).__name__}: "
-                                     f"{safe_text(exc, 200)}")
+            return NOT_REDERIVABLE, (
+                f"{type(strategy).__name__}.configure_train raised {type(exc).__name__}: {safe_text(exc, 200)}"
+            )
         replies = [_message(e, server_round, "train", u) for (_, e), u in zip(accepted, updates)]
         try:
             aggregated, _ = strategy.aggregate_train(server_round, replies)
@@ -184,12 +201,20 @@ def replay_train(inputs: Inputs, factory: Callable[[], Any], header, accepted: I
         except Exception as exc:  # noqa: BLE001 - the server records the round with the model unchanged
             aggregated, failed = None, f"{type(exc).__name__}: {safe_text(exc, 200)}"
     named = [(k, v.numpy()) for k, v in aggregated.items()] if aggregated is not None else None
-    return compare(inputs, header, model, named, failed, state_before, lambda: strategy_state(strategy),
-                   len(accepted))
+    return compare(inputs, header, model, named, failed, state_before, lambda: strategy_state(strategy), len(accepted))
 
 
-def compare(inputs: Inputs, header, model: Named, aggregated: Named | None, failed: str | None, state_before: bytes,
-            state_of: Callable[[], Named], n: int, state_checked: bool = True) -> tuple[str, str]:
+def compare(
+    inputs: Inputs,
+    header,
+    model: Named,
+    aggregated: Named | None,
+    failed: str | None,
+    state_before: bytes,
+    state_of: Callable[[], Named],
+    n: int,
+    state_checked: bool = True,
+) -> tuple[str, str]:
     """(status, detail): the replayed aggregate (cast as the server casts) against the recorded header."""
     cast = None
     if aggregated is not None:
@@ -207,16 +232,21 @@ def compare(inputs: Inputs, header, model: Named, aggregated: Named | None, fail
         after, state_after = header.model_before, state_before
     if after != header.model_after:
         why = f" (the replayed strategy raised {failed}, so the model should not have changed)" if failed else ""
-        return MISMATCH, (f"model_after {header.model_after.hex()[:16]} is not the aggregate of the {n} "
-                          f"accepted updates, {after.hex()[:16]}{why}")
+        return MISMATCH, (
+            f"model_after {header.model_after.hex()[:16]} is not the aggregate of the {n} "
+            f"accepted updates, {after.hex()[:16]}{why}"
+        )
     if state_checked and state_after != header.state_after:
-        return MISMATCH, (f"state_after {header.state_after.hex()[:16] or '(none)'} is not the replayed strategy "
-                          f"state {state_after.hex()[:16] or '(none)'}")
+        return MISMATCH, (
+            f"state_after {header.state_after.hex()[:16] or '(none)'} is not the replayed strategy "
+            f"state {state_after.hex()[:16] or '(none)'}"
+        )
     return OK, ""
 
 
-def replay_evaluation(factory: Callable[[], Any], server_round: int, accepted: Sequence[UpdateEntry],
-                      summary: EvaluationEntry) -> tuple[str, str]:
+def replay_evaluation(
+    factory: Callable[[], Any], server_round: int, accepted: Sequence[UpdateEntry], summary: EvaluationEntry
+) -> tuple[str, str]:
     """(status, detail) of a federated evaluation summary: the recorded strategy's aggregate of the
     accepted evaluate replies (in key order, as the server hands them on) must be what the entry records."""
     from flower_chain.strategies.recorder import encodable_metrics
@@ -235,7 +265,9 @@ def replay_evaluation(factory: Callable[[], Any], server_round: int, accepted: S
 def summary_matches(summary: EvaluationEntry, accepted: Sequence[UpdateEntry], want: dict) -> tuple[str, str]:
     """(status, detail) of a recorded federated summary against the replayed one."""
     if summary.num_replies != len(accepted) or want != summary.metrics:
-        return MISMATCH, (f"the federated evaluation summary ({summary.num_replies} replies, "
-                          f"{safe_text(summary.metrics, 120)}) is not the recorded strategy's aggregate of the "
-                          f"{len(accepted)} accepted evaluate replies ({safe_text(want, 120)})")
+        return MISMATCH, (
+            f"the federated evaluation summary ({summary.num_replies} replies, "
+            f"{safe_text(summary.metrics, 120)}) is not the recorded strategy's aggregate of the "
+            f"{len(accepted)} accepted evaluate replies ({safe_text(want, 120)})"
+        )
     return OK, ""

@@ -50,8 +50,9 @@ class SecAggReport:
 
     def lines(self) -> list[str]:
         """The report as text lines: one per proved round, then one per finding."""
-        head = f"SecAgg+: {self.rounds} round(s) audited from the transcript alone, " + \
-            ("all checks passed" if self.ok else f"{sum(f.severity == 'error' for f in self.findings)} error(s)")
+        head = f"SecAgg+: {self.rounds} round(s) audited from the transcript alone, " + (
+            "all checks passed" if self.ok else f"{sum(f.severity == 'error' for f in self.findings)} error(s)"
+        )
         return [head] + [f"  {p}" for p in self.proved] + [f"  {f}" for f in self.findings]
 
 
@@ -84,8 +85,16 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
     if t.header["federation_id"] != genesis.federation_id or t.header["round"] != r:
         found.append(Finding(r, "header", "", "the header names another federation or round"))
     if t.header["generator"] in WEAK_GENERATORS:
-        found.append(Finding(r, "header", "", f"mask generator {t.header['generator']} folds seeds to 32 bits "
-                                              "(Flower issue #7522): masks can be brute-forced", "warning"))
+        found.append(
+            Finding(
+                r,
+                "header",
+                "",
+                f"mask generator {t.header['generator']} folds seeds to 32 bits "
+                "(Flower issue #7522): masks can be brute-forced",
+                "warning",
+            )
+        )
     if t.plain_updates:
         found.append(Finding(r, "header", "", f"{t.plain_updates} plain train updates in a SecAgg+ round"))
     graph = neighbour_graph(t.header["sampled"], t.header["params"]["num_shares"], t.header["graph_seed"])
@@ -102,16 +111,17 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
         before = t.result_block.header.model_before
         if t.result_block.header.model_after != before:
             found.append(Finding(r, "result", "", "a failed round changes the model"))
-        found.append(Finding(r, "result", "", f"the round failed: {t.result['failure']}; the model stays",
-                             "warning"))
+        found.append(Finding(r, "result", "", f"the round failed: {t.result['failure']}; the model stays", "warning"))
         return ""
     if _replay(t, acc, live, dropped, ledger, found):
         stage0 = len(t.header["sampled"]) - len(acc[SETUP])
         stage1 = len(acc[SETUP]) - len(acc[SHARE_KEYS])
-        return (f"round {r}: aggregate = sum of {len(live)} signed masked inputs ({len(dropped)} dropped in stage "
-                f"2, {stage1} in stage 1, {stage0} in stage 0); model_after re-derived bit for bit; "
-                "no individual update was revealed (no node had both secrets revealed, every input carried a "
-                "live pairwise mask)")
+        return (
+            f"round {r}: aggregate = sum of {len(live)} signed masked inputs ({len(dropped)} dropped in stage "
+            f"2, {stage1} in stage 1, {stage0} in stage 0); model_after re-derived bit for bit; "
+            "no individual update was revealed (no node had both secrets revealed, every input carried a "
+            "live pairwise mask)"
+        )
     return ""
 
 
@@ -155,7 +165,12 @@ def _statement_problem(t, genesis, keys, s, nid, e, st) -> str | None:
     if not verify_signature(raw, e.signature, e.statement):
         return "the signature does not verify"
     if (st.federation_id, st.round, st.round_id, st.stage, st.node_id) != (
-            genesis.federation_id, t.round, t.round_id, s, nid):
+        genesis.federation_id,
+        t.round,
+        t.round_id,
+        s,
+        nid,
+    ):
         return "the statement is bound to another federation, round, header, stage or node (a replay)"
     return None
 
@@ -178,9 +193,12 @@ def _request_problem(t: RoundTranscript, acc: dict, graph: dict, s: str, nid: st
 
 def _unmask_request(t: RoundTranscript, graph: dict, nid: str) -> dict:
     live, dropped = set(t.commit["live"]), set(t.commit["dropped"])
-    return {"active": [m for m in graph.get(nid, []) if m in live], "dead": [m for m in graph.get(nid, [])
-                                                                             if m in dropped],
-            "commit_index": t.commit_index, "log_size": t.commit_block.header.log_size}
+    return {
+        "active": [m for m in graph.get(nid, []) if m in live],
+        "dead": [m for m in graph.get(nid, []) if m in dropped],
+        "commit_index": t.commit_index,
+        "log_size": t.commit_block.header.log_size,
+    }
 
 
 def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[list[str], list[str]]:
@@ -190,20 +208,42 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
     live, dropped = c["live"], c["dropped"]
     for nid, rec in acc[MASKED].items():
         if nid not in live:
-            found.append(Finding(r, MASKED, nid, "a node with a signed masked input is not committed live"
-                                                 + (" (declared dropped)" if nid in dropped else "")))
-        elif c["masked"][nid] != rec.statement.reply["digest"] or \
-                c["statements"][nid] != [rec.entry.statement, rec.entry.signature]:
+            found.append(
+                Finding(
+                    r,
+                    MASKED,
+                    nid,
+                    "a node with a signed masked input is not committed live"
+                    + (" (declared dropped)" if nid in dropped else ""),
+                )
+            )
+        elif c["masked"][nid] != rec.statement.reply["digest"] or c["statements"][nid] != [
+            rec.entry.statement,
+            rec.entry.signature,
+        ]:
             found.append(Finding(r, MASKED, nid, "the committed masked input is not the one the node signed"))
     for nid in live:
         if nid not in acc[MASKED]:
             found.append(Finding(r, MASKED, nid, "a live masked input without the node's signed statement"))
         elif not set(acc[MASKED][nid].statement.reply["sources"]) & (set(live) - {nid}):
-            found.append(Finding(r, MASKED, nid, "no live node shares a pairwise mask with this node: its mask "
-                                                 "seed and its masked input on the ledger expose its input"))
+            found.append(
+                Finding(
+                    r,
+                    MASKED,
+                    nid,
+                    "no live node shares a pairwise mask with this node: its mask "
+                    "seed and its masked input on the ledger expose its input",
+                )
+            )
     for u, w in one_sided_pairs({n: acc[MASKED][n].statement.reply["sources"] for n in live if n in acc[MASKED]}):
-        found.append(Finding(r, MASKED, u, f"masked with node {w}, which did not mask with it: the masks do not "
-                                           "cancel (ciphertexts withheld)"))
+        found.append(
+            Finding(
+                r,
+                MASKED,
+                u,
+                f"masked with node {w}, which did not mask with it: the masks do not cancel (ciphertexts withheld)",
+            )
+        )
     for nid in dropped:
         if nid not in acc[SHARE_KEYS]:
             found.append(Finding(r, "commit", nid, "declared dropped without having shared keys"))
@@ -221,13 +261,22 @@ def _check_unmask(t: RoundTranscript, genesis, graph: dict, found: list[Finding]
     key_of: dict[str, list[str]] = {}
     for rec in t.records[UNMASK]:
         st = rec.statement
-        if st is None or _statement_problem(t, genesis, genesis.client_keys, UNMASK, rec.entry.node_id,
-                                            rec.entry, st) is not None:
+        if (
+            st is None
+            or _statement_problem(t, genesis, genesis.client_keys, UNMASK, rec.entry.node_id, rec.entry, st) is not None
+        ):
             continue  # not this node's signed reply to this round: the server rejected it, rightly
         nid, reply = rec.entry.node_id, st.reply
         if (reply["checkpoint_size"], reply["checkpoint_root"]) != cp and reply["checkpoint_size"] >= 0:
-            found.append(Finding(r, UNMASK, nid, f"verified a checkpoint of size {reply['checkpoint_size']} that is "
-                                                 "not the commit block's: a fork of the log"))
+            found.append(
+                Finding(
+                    r,
+                    UNMASK,
+                    nid,
+                    f"verified a checkpoint of size {reply['checkpoint_size']} that is "
+                    "not the commit block's: a fork of the log",
+                )
+            )
         expect = _unmask_request(t, graph, nid)
         if sorted(reply["active"]) != sorted(expect["active"]) or sorted(reply["dead"]) != sorted(expect["dead"]):
             found.append(Finding(r, UNMASK, nid, "was told live/dropped lists that differ from the commitment"))
@@ -242,13 +291,21 @@ def _check_unmask(t: RoundTranscript, genesis, graph: dict, found: list[Finding]
             if owner in live:
                 found.append(Finding(r, UNMASK, nid, f"revealed a key share of node {owner}, committed live"))
     for owner in sorted(set(seed_of) & set(key_of)):
-        found.append(Finding(r, UNMASK, owner, "both secrets of this node were revealed (seed shares by "
-                                               f"{sorted(seed_of[owner])}, key shares by {sorted(key_of[owner])}): "
-                                               "its individual update is exposed"))
+        found.append(
+            Finding(
+                r,
+                UNMASK,
+                owner,
+                "both secrets of this node were revealed (seed shares by "
+                f"{sorted(seed_of[owner])}, key shares by {sorted(key_of[owner])}): "
+                "its individual update is exposed",
+            )
+        )
 
 
-def _replay(t: RoundTranscript, acc: dict, live: list[str], dropped: list[str], ledger: Ledger,
-            found: list[Finding]) -> bool:
+def _replay(
+    t: RoundTranscript, acc: dict, live: list[str], dropped: list[str], ledger: Ledger, found: list[Finding]
+) -> bool:
     r, p = t.round, t.header["params"]
     replies = {n: rec.statement.reply for n, rec in t.accepted(UNMASK).items()}
     missing = [n for n in live if n not in acc[MASKED]] + [n for n in dropped if n not in acc[SETUP]]
@@ -256,12 +313,25 @@ def _replay(t: RoundTranscript, acc: dict, live: list[str], dropped: list[str], 
         found.append(Finding(r, "result", "", f"nodes {missing} have no signed statements to replay against"))
         return False
     seeds, keys, wrong, problem = rebuild_all(
-        replies, live, dropped, p["threshold"], {n: acc[MASKED][n].statement.reply["seed_digest"] for n in live},
-        {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()})
+        replies,
+        live,
+        dropped,
+        p["threshold"],
+        {n: acc[MASKED][n].statement.reply["seed_digest"] for n in live},
+        {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()},
+    )
     for owner, nodes in sorted(wrong.items()):
         for nid in nodes:
-            found.append(Finding(r, UNMASK, nid, f"revealed a share of node {owner} that does not fit its "
-                                                 "commitment (the secret was rebuilt without it)", "warning"))
+            found.append(
+                Finding(
+                    r,
+                    UNMASK,
+                    nid,
+                    f"revealed a share of node {owner} that does not fit its "
+                    "commitment (the secret was rebuilt without it)",
+                    "warning",
+                )
+            )
     if problem:
         found.append(Finding(r, UNMASK, problem.split("'")[0].split()[-1], f"not rebuilt: {problem}"))
     vectors = {n: _masked_vector(ledger, t.commit["masked"][n], found, r, n) for n in live}
@@ -272,9 +342,15 @@ def _replay(t: RoundTranscript, acc: dict, live: list[str], dropped: list[str], 
     if len(shapes) != 1:
         found.append(Finding(r, MASKED, "", "the masked vectors do not all have one layout"))
         return False
-    total = unmask(vectors, seeds, keys, {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()},
-                   {n: acc[MASKED][n].statement.reply["sources"] for n in live}, p["mod_range"],
-                   t.header["generator"])
+    total = unmask(
+        vectors,
+        seeds,
+        keys,
+        {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()},
+        {n: acc[MASKED][n].statement.reply["sources"] for n in live},
+        p["mod_range"],
+        t.header["generator"],
+    )
     if isinstance(total, str):
         found.append(Finding(r, "result", "", total))
         return False

@@ -118,8 +118,9 @@ def _take(data: bytes, index: int, block: StoredBlock, rounds: dict, revoked: se
     if not isinstance(entry, SecAggEntry):
         return
     if entry.round != r:
-        findings.append(Finding(r, entry.stage, entry.node_id, f"a record of round {entry.round} in a block of "
-                                                                 f"round {r}"))
+        findings.append(
+            Finding(r, entry.stage, entry.node_id, f"a record of round {entry.round} in a block of round {r}")
+        )
         return
     t = rounds.setdefault(r, RoundTranscript(r, revoked=frozenset(revoked)))
     if entry.stage in CLIENT_STAGES:

@@ -48,8 +48,9 @@ def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
 MAX_SUBSETS = 2000
 
 
-def rebuild(shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes], str | None]
-            ) -> tuple[bytes | None, list[str], str]:
+def rebuild(
+    shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes], str | None]
+) -> tuple[bytes | None, list[str], str]:
     """Rebuild a secret from the shares revealed by each node, tolerating wrong shares.
 
     Returns ``(secret, nodes whose share disagrees with it, problem)``: all the shares first; when
@@ -67,7 +68,7 @@ def rebuild(shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes]
         secret = combine([s for _, s in combo], threshold)
         if isinstance(secret, bytes) and check(secret) is None:
             good = {n for n, _ in combo}
-            base = [s for _, s in combo[:threshold - 1]]
+            base = [s for _, s in combo[: threshold - 1]]
             bad = [n for n, s in items if n not in good and combine(base + [s], threshold) != secret]
             return secret, bad, ""
     return None, [], f"{first}; no {threshold} of the {len(items)} shares rebuild the committed secret"
@@ -88,9 +89,15 @@ def check_key(secret: bytes, pk1: bytes) -> str | None:
     return "the rebuilt private key does not match the node's public key"
 
 
-def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, bytes], keys: Mapping[str, bytes],
-           pk1: Mapping[str, bytes], sources: Mapping[str, Sequence[str]], mod_range: int,
-           generator: str) -> list[np.ndarray] | str:
+def unmask(
+    vectors: Mapping[str, Sequence[np.ndarray]],
+    seeds: Mapping[str, bytes],
+    keys: Mapping[str, bytes],
+    pk1: Mapping[str, bytes],
+    sources: Mapping[str, Sequence[str]],
+    mod_range: int,
+    generator: str,
+) -> list[np.ndarray] | str:
     """The sum of the live nodes' inputs: their masked vectors minus their own masks and the pairwise masks
     they shared with dropped nodes.
 
@@ -135,9 +142,14 @@ def unmask(vectors: Mapping[str, Sequence[np.ndarray]], seeds: Mapping[str, byte
     return [a & (mod_range - 1) for a in total]
 
 
-def rebuild_all(replies: Mapping[str, dict[str, Any]], live: Sequence[str], dropped: Sequence[str], threshold: int,
-                seed_digests: Mapping[str, bytes], pk1: Mapping[str, bytes]
-                ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, list[str]], str]:
+def rebuild_all(
+    replies: Mapping[str, dict[str, Any]],
+    live: Sequence[str],
+    dropped: Sequence[str],
+    threshold: int,
+    seed_digests: Mapping[str, bytes],
+    pk1: Mapping[str, bytes],
+) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, list[str]], str]:
     """Rebuild the live nodes' mask seeds and the dropped nodes' keys from the stage 3 replies.
 
     ``replies``: revealing node -> its unmask statement reply. Returns ``(seeds, keys, wrong, problem)``
@@ -149,8 +161,9 @@ def rebuild_all(replies: Mapping[str, dict[str, Any]], live: Sequence[str], drop
     wrong: dict[str, list[str]] = {}
     problem = ""
     for owner_set, field, out, check in (
-            (live, "seed_shares", seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
-            (dropped, "key_shares", keys, lambda n: lambda s: check_key(s, pk1.get(n, b"")))):
+        (live, "seed_shares", seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
+        (dropped, "key_shares", keys, lambda n: lambda s: check_key(s, pk1.get(n, b""))),
+    ):
         for n in owner_set:
             shares = {r: rep[field][n] for r, rep in replies.items() if n in rep.get(field, {})}
             secret, bad, why = rebuild(shares, threshold, check(n))
@@ -167,5 +180,7 @@ def rebuild_all(replies: Mapping[str, dict[str, Any]], live: Sequence[str], drop
 def one_sided_pairs(sources: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
     """Live pairs ``(u, w)`` where ``u`` masked with ``w`` but ``w`` not with ``u``: their masks do not cancel."""
     live = set(sources)
-    return sorted(((u, w) for u, srcs in sources.items() for w in srcs
-                   if w in live and u not in sources.get(w, ())), key=lambda t: (int(t[0]), int(t[1])))
+    return sorted(
+        ((u, w) for u, srcs in sources.items() for w in srcs if w in live and u not in sources.get(w, ())),
+        key=lambda t: (int(t[0]), int(t[1])),
+    )

@@ -66,18 +66,28 @@ def settings_findings(config: Mapping[str, Any]) -> list[str]:
         if not math.isfinite(x):
             out.append(f"{shown}: not a finite number (the aggregate is NaN or infinite)")
         elif base in STEP and x <= 0:
-            out.append(f"{shown}: " + ("voids every client's contribution (the model never moves)" if x == 0 else
-                                       "inverts every client's contribution (the model moves against them)"))
+            out.append(
+                f"{shown}: "
+                + (
+                    "voids every client's contribution (the model never moves)"
+                    if x == 0
+                    else "inverts every client's contribution (the model moves against them)"
+                )
+            )
         elif base in UNIT_INTERVAL and not 0 <= x < 1:
-            out.append(f"{shown}: outside [0, 1): " + ("inverts past updates" if x < 0 else
-                                                        "the server's momentum never decays (the model runs away)"))
+            out.append(
+                f"{shown}: outside [0, 1): "
+                + ("inverts past updates" if x < 0 else "the server's momentum never decays (the model runs away)")
+            )
         elif base in POSITIVE and x <= 0:
             out.append(f"{shown}: must be positive (the adaptive step divides by it)")
         elif base in NON_NEGATIVE and x < 0:
             out.append(f"{shown}: negative, inverts what it weighs")
         elif base in FRACTIONS and not 0 < x <= 1:
-            out.append(f"{shown}: " + ("samples no node by fraction (only the minimum count)" if x == 0 else
-                                       "not a fraction in (0, 1]"))
+            out.append(
+                f"{shown}: "
+                + ("samples no node by fraction (only the minimum count)" if x == 0 else "not a fraction in (0, 1]")
+            )
     return out
 
 

@@ -60,10 +60,19 @@ class Status:
         return {True: "AUDITED", False: "AUDIT FAILED", None: "NOT AUDITED"}[self.audited]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verified": self.verified, "pinned": self.pinned, "level": self.level, "headline": self.headline,
-                "reason": self.reason, "audited": self.audited, "audit_headline": self.audit_headline,
-                "audit_text": self.audit_text, "checked": list(self.checked), "not_checked": list(self.not_checked),
-                "server_key_id": self.server_key_id}
+        return {
+            "verified": self.verified,
+            "pinned": self.pinned,
+            "level": self.level,
+            "headline": self.headline,
+            "reason": self.reason,
+            "audited": self.audited,
+            "audit_headline": self.audit_headline,
+            "audit_text": self.audit_text,
+            "checked": list(self.checked),
+            "not_checked": list(self.not_checked),
+            "server_key_id": self.server_key_id,
+        }
 
 
 def keyring_names(path: str | Path) -> dict[str, str]:
@@ -90,22 +99,35 @@ def _audit(ledger: Ledger, status: Status) -> None:
     if rep.mismatches:
         first = rep.mismatches[0]
         status.audited = False
-        status.audit_text = (f"round {first.round} (block {first.height}) is not what the recorded strategy computes: "
-                             f"{safe_text(first.detail, 300)}")
+        status.audit_text = (
+            f"round {first.round} (block {first.height}) is not what the recorded strategy computes: "
+            f"{safe_text(first.detail, 300)}"
+        )
     elif train and len(ok) == len(train) and rep.audited:
         status.audited = True
-        status.audit_text = (f"{len(ok)} of {len(train)} train rounds re-derived bit for bit with "
-                             f"{safe_text(rep.strategy, 80)} ({rep.updates_replayed} updates replayed)")
+        status.audit_text = (
+            f"{len(ok)} of {len(train)} train rounds re-derived bit for bit with "
+            f"{safe_text(rep.strategy, 80)} ({rep.updates_replayed} updates replayed)"
+        )
     else:
         why = sorted({safe_text(r.detail, 200) for r in rep.not_rederived})
-        status.audit_text = (f"{len(ok)} of {len(train)} train rounds re-derived"
-                             + (f"; not re-derivable: {'; '.join(why[:2])}" if why else "")
-                             + ("" if train else " (no train round recorded)"))
+        status.audit_text = (
+            f"{len(ok)} of {len(train)} train rounds re-derived"
+            + (f"; not re-derivable: {'; '.join(why[:2])}" if why else "")
+            + ("" if train else " (no train round recorded)")
+        )
 
 
-def ledger_status(ledger: Ledger, *, server_key: bytes | None = None, keys: str | Path | None = None,
-                  witnesses: Sequence[str] = (), quorum: int = 1, run_audit: bool = False,
-                  blobs: bool = False) -> Status:
+def ledger_status(
+    ledger: Ledger,
+    *,
+    server_key: bytes | None = None,
+    keys: str | Path | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int = 1,
+    run_audit: bool = False,
+    blobs: bool = False,
+) -> Status:
     """Run the requested checks on ``ledger`` and say what passed, what failed and what was not checked.
 
     Parameters
@@ -132,13 +154,17 @@ def ledger_status(ledger: Ledger, *, server_key: bytes | None = None, keys: str 
     try:
         rep = verify(ledger, server_key=server_key, client_signatures=True, blobs=blobs)
         st.server_key_id = rep.server_key_id
-        st.checked.append(f"{rep.blocks} blocks and {rep.entries} entries: hashes, Merkle log, server signatures, "
-                          f"every verdict's rules; {rep.client_signatures_checked} client signatures")
+        st.checked.append(
+            f"{rep.blocks} blocks and {rep.entries} entries: hashes, Merkle log, server signatures, "
+            f"every verdict's rules; {rep.client_signatures_checked} client signatures"
+        )
         if server_key is not None:
             st.checked.append(f"the server key is the pinned one ({rep.server_key_id})")
         else:
-            st.not_checked.append(f"the server key was not pinned: the ledger verifies under the key it names "
-                                  f"itself ({rep.server_key_id}); pass --server-key")
+            st.not_checked.append(
+                f"the server key was not pinned: the ledger verifies under the key it names "
+                f"itself ({rep.server_key_id}); pass --server-key"
+            )
         if keys is not None:
             _check_keys(ledger, keys, st)
         else:
@@ -147,7 +173,9 @@ def ledger_status(ledger: Ledger, *, server_key: bytes | None = None, keys: str 
             _check_witnesses(ledger, witnesses, quorum, server_key, st)
         else:
             st.not_checked.append("no witness cosignatures checked (--witness): a split view would go unseen")
-        st.not_checked.append("on-chain anchors were not checked (flower-chain ledger verify --anchor ... --contract ...)")
+        st.not_checked.append(
+            "on-chain anchors were not checked (flower-chain ledger verify --anchor ... --contract ...)"
+        )
         if not blobs:
             st.not_checked.append("stored models and updates were not hashed against their digests (--blobs)")
         if rep.arrays_unchecked:
@@ -169,14 +197,21 @@ def _check_keys(ledger: Ledger, keys: str | Path, st: Status) -> None:
     want, have = Keyring.from_path(keys).keys, read_genesis(ledger).client_keys
     lacks, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if lacks or extra:
-        raise VerificationError("the genesis keyring differs from " + str(keys) + ": "
-                                + "; ".join(([f"lacks {', '.join(lacks)}"] if lacks else [])
-                                            + ([f"also allows {', '.join(extra)}"] if extra else [])))
+        raise VerificationError(
+            "the genesis keyring differs from "
+            + str(keys)
+            + ": "
+            + "; ".join(
+                ([f"lacks {', '.join(lacks)}"] if lacks else [])
+                + ([f"also allows {', '.join(extra)}"] if extra else [])
+            )
+        )
     st.checked.append(f"the genesis allows exactly the {len(want)} keys of {keys}")
 
 
-def _check_witnesses(ledger: Ledger, witnesses: Sequence[str], quorum: int, server_key: bytes | None,
-                     st: Status) -> None:
+def _check_witnesses(
+    ledger: Ledger, witnesses: Sequence[str], quorum: int, server_key: bytes | None, st: Status
+) -> None:
     from flower_chain.audit.witnessed import verify_witnessed
 
     w = verify_witnessed(ledger, list(witnesses), quorum=quorum, server_key=server_key)

@@ -26,14 +26,42 @@ from typing import Any
 from flower_chain.ledger.errors import LedgerError
 
 #: Flower's Message-API strategies the replay rebuilds from their recorded settings.
-BUNDLED = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian", "FedTrimmedAvg",
-           "Krum", "MultiKrum", "Bulyan", "QFedAvg")
+BUNDLED = (
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "QFedAvg",
+)
 #: Flower's differential-privacy wrappers: replayable without noise, when the wrapped strategy is recorded.
-DP_WRAPPERS = ("DifferentialPrivacyServerSideFixedClipping", "DifferentialPrivacyClientSideFixedClipping",
-               "DifferentialPrivacyServerSideAdaptiveClipping", "DifferentialPrivacyClientSideAdaptiveClipping")
+DP_WRAPPERS = (
+    "DifferentialPrivacyServerSideFixedClipping",
+    "DifferentialPrivacyClientSideFixedClipping",
+    "DifferentialPrivacyServerSideAdaptiveClipping",
+    "DifferentialPrivacyClientSideAdaptiveClipping",
+)
 #: Flower's legacy strategies (``flwr.server.strategy``) the replay rebuilds (LegacyLedgerStrategy ledgers).
-LEGACY_BUNDLED = ("FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "FedMedian", "FedTrimmedAvg",
-                  "Krum", "Bulyan", "QFedAvg", "FaultTolerantFedAvg")
+LEGACY_BUNDLED = (
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "Bulyan",
+    "QFedAvg",
+    "FaultTolerantFedAvg",
+)
 #: Legacy strategies that need the initial model at construction (``initial_parameters``).
 LEGACY_NEEDS_MODEL = ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM")
 #: Settings only Flower's legacy strategies (``flwr.server.strategy``, LegacyLedgerStrategy) have.
@@ -77,18 +105,20 @@ def is_legacy(config: dict[str, Any]) -> bool:
 def _nested(config: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The settings of the strategy a wrapper wraps: keys ``strategy.<name>`` without the prefix (its class
     name, ``strategy.class``, names it and is not a setting)."""
-    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "class"}
+    return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "class"}
 
 
 def _bounded(name: str, config: dict[str, Any]) -> None:
     """Refuse recorded settings of a non-plain type or node counts no replay can stand in for."""
     for k, v in config.items():
         if not isinstance(k, str) or not isinstance(v, _PLAIN):
-            raise NotReplayable(f"the recorded setting {str(k)[:40]!r} of {name} is a {type(v).__name__}, "
-                                "not a number, boolean or text")
+            raise NotReplayable(
+                f"the recorded setting {str(k)[:40]!r} of {name} is a {type(v).__name__}, not a number, boolean or text"
+            )
         if k.startswith("min_") and isinstance(v, int) and v > MAX_REPLAY_NODES:
-            raise NotReplayable(f"the recorded setting {k}={v} of {name} exceeds the {MAX_REPLAY_NODES} nodes a "
-                                "replay stands in for")
+            raise NotReplayable(
+                f"the recorded setting {k}={v} of {name} exceeds the {MAX_REPLAY_NODES} nodes a replay stands in for"
+            )
 
 
 def construct(cls: type, config: dict[str, Any], **extra: Any) -> Any:
@@ -112,8 +142,9 @@ def construct(cls: type, config: dict[str, Any], **extra: Any) -> Any:
             continue
         current = vars(obj).get(k, inspect)  # a sentinel: absent
         if current is inspect or not (current is None or isinstance(current, _PLAIN)):
-            raise NotReplayable(f"{cls.__name__} has no plain setting {k[:40]!r} (the recorded settings are not "
-                                "this strategy's)")
+            raise NotReplayable(
+                f"{cls.__name__} has no plain setting {k[:40]!r} (the recorded settings are not this strategy's)"
+            )
         setattr(obj, k, v)
     return obj
 
@@ -134,8 +165,10 @@ def _custom(cls: type, config: dict[str, Any]) -> Callable[[], Any]:
     Called once here, so a class that cannot be rebuilt from the recorded settings is named before any round.
     """
     if not getattr(cls, REPLAYABLE_ATTR, False) or not callable(getattr(cls, "from_ledger_config", None)):
-        raise NotReplayable(f"{cls.__module__}.{cls.__name__} does not declare itself replayable (set the class "
-                            f"attribute {REPLAYABLE_ATTR} = True and define the classmethod from_ledger_config)")
+        raise NotReplayable(
+            f"{cls.__module__}.{cls.__name__} does not declare itself replayable (set the class "
+            f"attribute {REPLAYABLE_ATTR} = True and define the classmethod from_ledger_config)"
+        )
 
     def make() -> Any:
         try:
@@ -143,8 +176,10 @@ def _custom(cls: type, config: dict[str, Any]) -> Callable[[], Any]:
         except NotReplayable:
             raise
         except Exception as e:  # noqa: BLE001 - a user's code: its failure is a finding, never a traceback
-            raise NotReplayable(f"{cls.__module__}.{cls.__name__}.from_ledger_config fails on the recorded settings: "
-                                f"{type(e).__name__}: {str(e)[:200]}") from e
+            raise NotReplayable(
+                f"{cls.__module__}.{cls.__name__}.from_ledger_config fails on the recorded settings: "
+                f"{type(e).__name__}: {str(e)[:200]}"
+            ) from e
 
     make()
     return make
@@ -161,8 +196,10 @@ def strategy_factory(name: str, config: dict[str, Any], classes: Sequence[type] 
     if name in custom:
         return _custom(custom[name], config)
     if is_legacy(config) and (name in BUNDLED or name in DP_WRAPPERS):
-        raise NotReplayable(f"the ledger was written through Flower's legacy API (flwr.server.strategy.{name}): "
-                            "replay it with legacy_factory")
+        raise NotReplayable(
+            f"the ledger was written through Flower's legacy API (flwr.server.strategy.{name}): "
+            "replay it with legacy_factory"
+        )
     if name in ORDERED:
         return _custom(ORDERED[name], config)
     if name in BUNDLED:
@@ -172,18 +209,24 @@ def strategy_factory(name: str, config: dict[str, Any], classes: Sequence[type] 
     if name in DP_WRAPPERS:
         noisy = [k for k in ("noise_multiplier", "clipped_count_stddev") if config.get(k)]
         if noisy:
-            raise NotReplayable(f"{name} adds random noise ({', '.join(f'{k}={config[k]}' for k in noisy)}): "
-                                "its aggregate cannot be recomputed")
+            raise NotReplayable(
+                f"{name} adds random noise ({', '.join(f'{k}={config[k]}' for k in noisy)}): "
+                "its aggregate cannot be recomputed"
+            )
         inner_name = config.get("strategy.class")
         if not isinstance(inner_name, str):
-            raise NotReplayable(f"the genesis configuration of {name} does not record the strategy it wraps "
-                                "(no 'strategy.class' setting)")
+            raise NotReplayable(
+                f"the genesis configuration of {name} does not record the strategy it wraps "
+                "(no 'strategy.class' setting)"
+            )
         inner = strategy_factory(inner_name, _nested(config, "strategy."), classes)
         cls = _flwr_class(name)
         construct(cls, config, strategy=inner())
         return lambda: construct(cls, config, strategy=inner())
-    raise NotReplayable(f"{name or 'the recorded strategy'} is neither one of Flower's strategies the replay "
-                        "knows nor a strategy class given with --strategy-class that declares itself replayable")
+    raise NotReplayable(
+        f"{name or 'the recorded strategy'} is neither one of Flower's strategies the replay "
+        "knows nor a strategy class given with --strategy-class that declares itself replayable"
+    )
 
 
 def legacy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = ()) -> Callable[[Any], Any]:
@@ -197,9 +240,11 @@ def legacy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = 
         make = _custom(custom[name], config)
         return lambda initial: make()
     if name not in LEGACY_BUNDLED:
-        raise NotReplayable(f"{name or 'the recorded strategy'} (Flower's legacy API) is neither one of the legacy "
-                            f"strategies the replay knows ({', '.join(LEGACY_BUNDLED)}) nor a strategy class given "
-                            "with --strategy-class that declares itself replayable")
+        raise NotReplayable(
+            f"{name or 'the recorded strategy'} (Flower's legacy API) is neither one of the legacy "
+            f"strategies the replay knows ({', '.join(LEGACY_BUNDLED)}) nor a strategy class given "
+            "with --strategy-class that declares itself replayable"
+        )
     cls = _flwr_class(name, legacy=True)
 
     def make(initial: Any) -> Any:

@@ -62,9 +62,15 @@ class WitnessReport:
         return self.blocks > 0 and not self.problems and not self.uncovered
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "blocks": self.blocks, "quorum": self.quorum, "witnessed": len(self.witnessed),
-                "uncovered": self.uncovered, "problems": self.problems,
-                "coverage": {name: list(heights) for name, heights in self.coverage.items()}}
+        return {
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "quorum": self.quorum,
+            "witnessed": len(self.witnessed),
+            "uncovered": self.uncovered,
+            "problems": self.problems,
+            "coverage": {name: list(heights) for name, heights in self.coverage.items()},
+        }
 
     def coverage_lines(self) -> list[str]:
         """One line per trusted witness: the heights it cosigned, or that it never did."""
@@ -72,8 +78,10 @@ class WitnessReport:
         for name, heights in sorted(self.coverage.items()):
             label = safe_text(name, 80)
             if heights:
-                out.append(f"witness {label}: cosigned {len(heights)} of {self.blocks} checkpoints "
-                           f"(heights {height_ranges(heights)})")
+                out.append(
+                    f"witness {label}: cosigned {len(heights)} of {self.blocks} checkpoints "
+                    f"(heights {height_ranges(heights)})"
+                )
             else:
                 out.append(f"witness {label}: never cosigned a checkpoint of this ledger")
         return out
@@ -81,11 +89,20 @@ class WitnessReport:
     def summary(self) -> str:
         """One line for people."""
         if self.ok:
-            return (f"witnessed: {len(self.witnessed)} of {self.blocks} checkpoints carry {self.quorum}+ trusted "
-                    f"cosignature(s); the head (height {self.blocks - 1}) is witnessed")
-        why = self.problems[0] if self.problems else (
-            f"blocks {self.uncovered[0]}..{self.uncovered[-1]} follow the last checkpoint with {self.quorum} trusted "
-            "cosignature(s)" if self.uncovered else "the ledger is empty")
+            return (
+                f"witnessed: {len(self.witnessed)} of {self.blocks} checkpoints carry {self.quorum}+ trusted "
+                f"cosignature(s); the head (height {self.blocks - 1}) is witnessed"
+            )
+        why = (
+            self.problems[0]
+            if self.problems
+            else (
+                f"blocks {self.uncovered[0]}..{self.uncovered[-1]} follow the last checkpoint with {self.quorum} trusted "
+                "cosignature(s)"
+                if self.uncovered
+                else "the ledger is empty"
+            )
+        )
         return f"NOT witnessed: {why}"
 
 
@@ -101,8 +118,9 @@ def height_ranges(heights: Sequence[int], most: int = 12) -> str:
     return text + (", ..." if len(runs) > most else "")
 
 
-def verify_witnessed(ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *,
-                     server_key: bytes | None = None) -> WitnessReport:
+def verify_witnessed(
+    ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *, server_key: bytes | None = None
+) -> WitnessReport:
     """Check the stored cosignatures of every block against trusted witness keys.
 
     Parameters

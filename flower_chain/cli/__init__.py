@@ -15,7 +15,7 @@ prints its one line and exits; a command declares what errors mean in it with
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -34,13 +34,25 @@ from flower_chain.cli.common import (
 from flower_chain.cli.errors import VERIFICATION_FAILURES, handle_error, handles
 from flower_chain.ledger.errors import LedgerError
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "VERIFICATION_FAILURES", "app", "emit_json", "err", "fail",
-           "handle_error", "handle_ledger_error", "main", "out"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "VERIFICATION_FAILURES",
+    "app",
+    "emit_json",
+    "err",
+    "fail",
+    "handle_error",
+    "handle_ledger_error",
+    "main",
+    "out",
+]
 
 _open = open_or_fail  # the name flower_chain.cli.serve (and older callers) use
 
 
-def handle_ledger_error(error: LedgerError, uri: Optional[str] = None) -> NoReturn:
+def handle_ledger_error(error: LedgerError, uri: str | None = None) -> NoReturn:
     """Report ``error`` on one stderr line and exit with its ``exit_code`` (:func:`handle_error`)."""
     handle_error(error, {URI_META: uri} if uri else {})
 
@@ -57,8 +69,13 @@ class _LedgerErrorGroup(TyperGroup):
             handle_error(e, ctx.meta)
 
 
-app = typer.Typer(cls=_LedgerErrorGroup, help="flower-chain: auditable federated learning ledgers for Flower.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    cls=_LedgerErrorGroup,
+    help="flower-chain: auditable federated learning ledgers for Flower.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 from flower_chain.cli import audit as _audit  # noqa: E402,F401 - registers `ledger audit` on ledger_app
 from flower_chain.cli.keys import keys_app  # noqa: E402

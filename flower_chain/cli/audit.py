@@ -62,15 +62,22 @@ def _summary(report: AuditReport, unchecked: int) -> str:
 
 
 @ledger_app.command("audit")
-def ledger_audit(uri: str,
-                 strict: bool = typer.Option(False, "--strict",
-                                             help="rounds that cannot be re-derived fail the audit (exit 1, not 3)"),
-                 strategy_class: list[str] | None = typer.Option(
-                     None, "--strategy-class", help="a replayable strategy of your own: package.module:Class"),
-                 audit_key: str | None = typer.Option(
-                     None, "--audit-key", help="the auditor's X25519 private key (PEM file or 64 hex digits): "
-                     "opens the updates the server stored sealed to it"),
-                 as_json: bool = typer.Option(False, "--json")) -> None:
+def ledger_audit(
+    uri: str,
+    strict: bool = typer.Option(
+        False, "--strict", help="rounds that cannot be re-derived fail the audit (exit 1, not 3)"
+    ),
+    strategy_class: list[str] | None = typer.Option(
+        None, "--strategy-class", help="a replayable strategy of your own: package.module:Class"
+    ),
+    audit_key: str | None = typer.Option(
+        None,
+        "--audit-key",
+        help="the auditor's X25519 private key (PEM file or 64 hex digits): "
+        "opens the updates the server stored sealed to it",
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Verify the ledger, then recompute every round's global model from the stored accepted updates.
 
     SecAgg+ rounds are re-derived from their protocol transcript. Exit 0 AUDITED: every train round
@@ -98,8 +105,16 @@ def ledger_audit(uri: str,
         secagg = audit_secagg(ledger)  # SecAgg+ rounds, from their transcript alone (none: rounds == 0)
     except VerificationError as e:
         if as_json:
-            emit_json({"verified": False, "height": e.height, "entry": e.entry, "error": e.what, "ok": False,
-                       "audited": False})
+            emit_json(
+                {
+                    "verified": False,
+                    "height": e.height,
+                    "entry": e.entry,
+                    "error": e.what,
+                    "ok": False,
+                    "audited": False,
+                }
+            )
         say("NOT VERIFIED", "bold red", f"{uri}: {e}", stderr=True)
         raise typer.Exit(EXIT_FAILED) from None
     except LedgerError as e:
@@ -113,12 +128,27 @@ def ledger_audit(uri: str,
     missing = report.not_rederived
     secagg_failed = bool(secagg.rounds) and (not secagg.ok or (strict and bool(secagg.findings)))
     audited = report.audited and not unchecked and not secagg_failed
-    code = EXIT_FAILED if report.mismatches or secagg_failed or (strict and not audited) else \
-        EXIT_OK if audited else EXIT_NOT_AUDITED
+    code = (
+        EXIT_FAILED
+        if report.mismatches or secagg_failed or (strict and not audited)
+        else EXIT_OK
+        if audited
+        else EXIT_NOT_AUDITED
+    )
     if as_json:
-        emit_json({"verified": True, **report.to_dict(), "arrays_unchecked": unchecked, "strict": strict,
-                   "secagg": _secagg_json(secagg), "audited": audited, "exit_code": code,
-                   "settings": settings_text(strategy, config, why), "settings_findings": setting_problems})
+        emit_json(
+            {
+                "verified": True,
+                **report.to_dict(),
+                "arrays_unchecked": unchecked,
+                "strict": strict,
+                "secagg": _secagg_json(secagg),
+                "audited": audited,
+                "exit_code": code,
+                "settings": settings_text(strategy, config, why),
+                "settings_findings": setting_problems,
+            }
+        )
         raise typer.Exit(code)
     out.print(f"settings: {settings_text(strategy, config, why)}", highlight=False, markup=False)
     for text in setting_problems:
@@ -127,8 +157,9 @@ def ledger_audit(uri: str,
     if secagg.rounds:  # one line per proved round, one per finding (warnings fail only with --strict)
         for text in secagg.lines():
             (out if secagg.ok and not (strict and secagg.findings) else err).print(text, highlight=False)
-    line = _summary(report, unchecked) + (f"; {secagg.rounds} SecAgg+ rounds audited from their transcript"
-                                          if secagg.rounds else "")
+    line = _summary(report, unchecked) + (
+        f"; {secagg.rounds} SecAgg+ rounds audited from their transcript" if secagg.rounds else ""
+    )
     if code == EXIT_OK:
         say("AUDITED", "bold green", f"{uri}: {line}")
         return
@@ -138,10 +169,16 @@ def ledger_audit(uri: str,
 
 
 def _secagg_json(secagg: SecAggReport) -> dict[str, Any]:
-    return {"rounds": secagg.rounds, "ok": secagg.ok, "proved": list(secagg.proved),
-            "replay_seconds": secagg.replay_seconds,
-            "findings": [{"round": f.round, "stage": f.stage, "node": f.node, "message": f.message,
-                          "severity": f.severity} for f in secagg.findings]}
+    return {
+        "rounds": secagg.rounds,
+        "ok": secagg.ok,
+        "proved": list(secagg.proved),
+        "replay_seconds": secagg.replay_seconds,
+        "findings": [
+            {"round": f.round, "stage": f.stage, "node": f.node, "message": f.message, "severity": f.severity}
+            for f in secagg.findings
+        ],
+    }
 
 
 def _explain(report: AuditReport, missing: list[RoundAudit], strict: bool) -> None:
@@ -150,13 +187,18 @@ def _explain(report: AuditReport, missing: list[RoundAudit], strict: bool) -> No
         what = {"train": "round", "evaluate": "evaluation of round"}.get(r.kind, "block of round")
         say("NOT RE-DERIVED", "bold red", f"{what} {r.round} (block {r.height}): {r.detail}", stderr=True)
     if report.mismatches:
-        err.print("the recorded global model, strategy state or evaluation summary of these rounds is not what the "
-                  "recorded strategy computes from their accepted updates: the server did not aggregate what it "
-                  "recorded", highlight=False)
+        err.print(
+            "the recorded global model, strategy state or evaluation summary of these rounds is not what the "
+            "recorded strategy computes from their accepted updates: the server did not aggregate what it "
+            "recorded",
+            highlight=False,
+        )
     by_reason: dict[str, list[int]] = {}
     for r in missing:
         by_reason.setdefault(r.detail, []).append(r.round)
-    lines = [f"not re-derived: rounds {_rounds_text(rounds)}: {reason}" for reason, rounds in list(by_reason.items())[:5]]
+    lines = [
+        f"not re-derived: rounds {_rounds_text(rounds)}: {reason}" for reason, rounds in list(by_reason.items())[:5]
+    ]
     if len(by_reason) > 5:
         lines.append(f"… and {len(by_reason) - 5} other reasons (--json lists every round)")
     for text in lines:
@@ -167,8 +209,10 @@ def _explain(report: AuditReport, missing: list[RoundAudit], strict: bool) -> No
 
 
 @ledger_app.command("audit-key")
-def audit_key_init(directory: Path = typer.Argument(..., help="where to write NAME.audit.key and NAME.audit.pub"),
-                   name: str = typer.Option("audit", "--name", help="file name stem")) -> None:
+def audit_key_init(
+    directory: Path = typer.Argument(..., help="where to write NAME.audit.key and NAME.audit.pub"),
+    name: str = typer.Option("audit", "--name", help="file name stem"),
+) -> None:
     """Make an auditor's X25519 key pair: the server seals accepted updates to the public key (audit_key=),
     `ledger audit --audit-key NAME.audit.key` opens them. Keep the private key away from the server."""
     from flower_chain.ledger.sealed import load_audit_public, raw_x25519, write_audit_keypair
@@ -181,5 +225,7 @@ def audit_key_init(directory: Path = typer.Argument(..., help="where to write NA
         fail(str(e), EXIT_USAGE)
     out.print(f"wrote {priv} (private: give it to the auditor only) and {pub}", highlight=False)
     out.print(f"public key (hex): {raw_x25519(load_audit_public(pub)).hex()}", highlight=False)
-    out.print(f"server: LedgerStrategy(..., audit_key='{pub}'); auditor: flower-chain ledger audit URI "
-              f"--audit-key {priv}", highlight=False)
+    out.print(
+        f"server: LedgerStrategy(..., audit_key='{pub}'); auditor: flower-chain ledger audit URI --audit-key {priv}",
+        highlight=False,
+    )

@@ -35,8 +35,22 @@ from flower_chain.ledger.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from flower_chain.ledger.keys import load_public, raw_public
 from flower_chain.ledger.text import terminal_text
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "LABEL", "URI_META", "SafeConsole", "emit_json", "err", "fail",
-           "open_or_fail", "out", "read_server_key", "say", "write_or_print"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "LABEL",
+    "URI_META",
+    "SafeConsole",
+    "emit_json",
+    "err",
+    "fail",
+    "open_or_fail",
+    "out",
+    "read_server_key",
+    "say",
+    "write_or_print",
+]
 
 URI_META = "flower_chain.uri"
 """Key in the click context's ``meta`` under which the ledger URI a command works on is kept
@@ -61,13 +75,26 @@ class SafeConsole(Console):
     with ``COLUMNS``) the width is :data:`PIPE_WIDTH`, so nothing is hard-wrapped at 80 columns.
     """
 
-    def render_str(self, text: str, *, style: str | Style = "", markup: bool | None = None,
-                   highlight: bool | None = None, **kwargs: Any) -> Text:
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        **kwargs: Any,
+    ) -> Text:
         """Plain, escaped text with at most a leading verdict label styled (see the class)."""
         label = LABEL.match(text)
-        rest = text[label.end():] if label else text
-        rendered = super().render_str(terminal_text(rest), style=style, markup=False, emoji=False,
-                                      highlight=highlight, **{k: v for k, v in kwargs.items() if k != "emoji"})
+        rest = text[label.end() :] if label else text
+        rendered = super().render_str(
+            terminal_text(rest),
+            style=style,
+            markup=False,
+            emoji=False,
+            highlight=highlight,
+            **{k: v for k, v in kwargs.items() if k != "emoji"},
+        )
         if label is None:
             return rendered
         head = Text(terminal_text(label.group(2)), style=label.group(1))

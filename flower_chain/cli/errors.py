@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import click
 import typer
@@ -49,8 +49,8 @@ class Meaning:
 
     types: tuple[type[BaseException], ...]
     prefix: str = ""
-    code: Optional[int] = None
-    not_verified: Optional[bool] = None
+    code: int | None = None
+    not_verified: bool | None = None
     unless: tuple[type[BaseException], ...] = ()
     strerror: bool = False
 
@@ -60,6 +60,7 @@ class Meaning:
 
 def meanings(*items: Meaning) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare what errors mean inside the decorated command (see :class:`Meaning`)."""
+
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -67,11 +68,13 @@ def meanings(*items: Meaning) -> Callable[[Callable[..., Any]], Callable[..., An
             if ctx is not None:
                 ctx.meta[MEANINGS_META] = (items, kwargs)
             return command(*args, **kwargs)
+
         return run
+
     return decorate
 
 
-def declared(error: BaseException, meta: Mapping[str, Any]) -> Optional[Meaning]:
+def declared(error: BaseException, meta: Mapping[str, Any]) -> Meaning | None:
     """The running command's meaning of ``error``, if it declared one."""
     items, _ = meta.get(MEANINGS_META, ((), {}))
     return next((m for m in items if m.applies(error)), None)
@@ -99,8 +102,9 @@ def handle_error(error: BaseException, meta: Mapping[str, Any]) -> NoReturn:
     code = meaning.code if meaning.code is not None else int(getattr(error, "exit_code", EXIT_USAGE))
     text = (getattr(error, "strerror", None) or str(error)) if meaning.strerror else str(error)
     text = meaning.prefix.format(**{"uri": uri, **args}) + text
-    not_verified = meaning.not_verified if meaning.not_verified is not None else isinstance(error,
-                                                                                          VERIFICATION_FAILURES)
+    not_verified = (
+        meaning.not_verified if meaning.not_verified is not None else isinstance(error, VERIFICATION_FAILURES)
+    )
     if args.get("as_json") and isinstance(error, VerificationError):
         emit_json({"verified": False, "height": error.height, "entry": error.entry, "error": error.what})
     if not_verified:

@@ -17,9 +17,11 @@ keys_app = typer.Typer(help="Ed25519 keys for clients and the server.", no_args_
 
 @keys_app.command("new")
 @meanings(Meaning((OSError,), "", EXIT_USAGE))  # a KeyFileError (e.g. the pair exists) is exit 2 too
-def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write NAME.key and NAME.pub into"),
-             name: str = typer.Option(..., "--name", help="key name, e.g. client-0"),
-             force: bool = typer.Option(False, "--force", help="overwrite an existing pair")) -> None:
+def keys_new(
+    out_dir: Path = typer.Option(..., "--out", help="directory to write NAME.key and NAME.pub into"),
+    name: str = typer.Option(..., "--name", help="key name, e.g. client-0"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing pair"),
+) -> None:
     """Write a new Ed25519 key pair (private key PEM with mode 0600, public key PEM)."""
     from flower_chain.ledger.keys import generate
 
@@ -29,9 +31,11 @@ def keys_new(out_dir: Path = typer.Option(..., "--out", help="directory to write
 
 @keys_app.command("init")
 @meanings(Meaning((KeyFileError, OSError), "cannot write keys into {directory}: ", EXIT_USAGE, strerror=True))
-def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
-              clients: int = typer.Option(..., "--clients", min=1, help="number of client key pairs"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
+def keys_init(
+    directory: Path = typer.Argument(..., metavar="DIR"),
+    clients: int = typer.Option(..., "--clients", min=1, help="number of client key pairs"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Keys for a whole federation: DIR/server/server.key, DIR/clients/client-<i>.key, DIR/keyring/*.pub.
 
     ``DIR/keyring`` holds only the clients' public keys: give it to the server as its keyring
@@ -47,8 +51,10 @@ def keys_init(directory: Path = typer.Argument(..., metavar="DIR"),
     targets += [directory / "keyring" / f"client-{i}.pub" for i in range(clients)]
     existing = [str(t) for t in targets if t.exists()]
     if existing:
-        fail(f"{len(existing)} key files already exist (e.g. {existing[0]}); keys init never overwrites keys: "
-             "choose another DIR or remove them first")
+        fail(
+            f"{len(existing)} key files already exist (e.g. {existing[0]}); keys init never overwrites keys: "
+            "choose another DIR or remove them first"
+        )
     rows = []
     for sub, name in names:
         priv, pub = generate(directory / sub, name)
@@ -84,11 +90,13 @@ def keys_list(directory: Path, as_json: bool = typer.Option(False, "--json")) ->
 
 
 @keys_app.command("revoke")
-@meanings(Meaning((VerificationError,), "the ledger does not verify, not revoking: ", EXIT_FAILED,
-                  not_verified=False))
-def keys_revoke(uri: str, kid: str = typer.Argument(..., metavar="KEYID"),
-                server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
-                reason: str = typer.Option("revoked by operator", "--reason")) -> None:
+@meanings(Meaning((VerificationError,), "the ledger does not verify, not revoking: ", EXIT_FAILED, not_verified=False))
+def keys_revoke(
+    uri: str,
+    kid: str = typer.Argument(..., metavar="KEYID"),
+    server_key: Path = typer.Option(..., "--server-key", help="the server's private key (PEM)"),
+    reason: str = typer.Option("revoked by operator", "--reason"),
+) -> None:
     """Append a revocation entry: later updates signed by KEYID are rejected."""
     from flower_chain.ledger import verify
     from flower_chain.ledger.keys import raw_public

@@ -13,12 +13,11 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -32,6 +31,7 @@ from flower_chain.cli.common import (
     say,
     write_or_print,
 )
+from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.ledger import open_ledger, verify
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verifier_key
@@ -57,20 +57,35 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     strategy, config, why = read_settings(ledger)
     findings = settings_findings(config) if config is not None else []
     if as_json:
-        emit_json({**s, "settings": config, "settings_not_shown": why if config is None else "",
-                   "settings_findings": findings})
+        emit_json(
+            {
+                **s,
+                "settings": config,
+                "settings_not_shown": why if config is None else "",
+                "settings_findings": findings,
+            }
+        )
         return
     t = Table(show_header=False)
     for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries"):
         t.add_row(k, str(s[k]))
     t.add_row("settings", settings_text(strategy, config, why))
-    t.add_row("train replies", f"{s['accepted']} accepted, {s['rejected']} rejected"
-              + (f" ({_counter_text(s['reasons'])})" if s["reasons"] else ""))
-    t.add_row("evaluate replies", f"{s['evaluate_accepted']} accepted, {s['evaluate_rejected']} rejected"
-              + (f" ({_counter_text(s['evaluate_reasons'])})" if s["evaluate_reasons"] else ""))
+    t.add_row(
+        "train replies",
+        f"{s['accepted']} accepted, {s['rejected']} rejected"
+        + (f" ({_counter_text(s['reasons'])})" if s["reasons"] else ""),
+    )
+    t.add_row(
+        "evaluate replies",
+        f"{s['evaluate_accepted']} accepted, {s['evaluate_rejected']} rejected"
+        + (f" ({_counter_text(s['evaluate_reasons'])})" if s["evaluate_reasons"] else ""),
+    )
     if s["equivocating_keys"]:
-        t.add_row("equivocating keys", ", ".join(s["equivocating_keys"])
-                  + f" (a stolen key? revoke: flower-chain keys revoke {uri} KEYID --server-key KEY)")
+        t.add_row(
+            "equivocating keys",
+            ", ".join(s["equivocating_keys"])
+            + f" (a stolen key? revoke: flower-chain keys revoke {uri} KEYID --server-key KEY)",
+        )
     for k in ("head_hash", "model_digest"):
         t.add_row(k, str(s[k]))
     out.print(t)
@@ -81,9 +96,12 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
 
 @ledger_app.command("blocks")
 @meanings(Meaning((LedgerError,), "{uri}: ", EXIT_FAILED, unless=(LedgerOpenError,)))
-def ledger_blocks(uri: str, start: int = typer.Option(0, "--from", help="first height"),
-                  end: Optional[int] = typer.Option(None, "--to", help="last height (inclusive)"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+def ledger_blocks(
+    uri: str,
+    start: int = typer.Option(0, "--from", help="first height"),
+    end: int | None = typer.Option(None, "--to", help="last height (inclusive)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """One row per block: height, round, entries, accepted, rejected, model digest, time."""
     from flower_chain.ledger.inspect import block_rows
 
@@ -93,14 +111,16 @@ def ledger_blocks(uri: str, start: int = typer.Option(0, "--from", help="first h
         return
     t = Table("height", "round", "entries", "accepted", "rejected", "model digest", "time (UTC)")
     for r in rows:
-        t.add_row(str(r.height), str(r.round), str(r.entries), str(r.accepted), str(r.rejected),
-                  r.model_after[:16], r.time)
+        t.add_row(
+            str(r.height), str(r.round), str(r.entries), str(r.accepted), str(r.rejected), r.model_after[:16], r.time
+        )
     out.print(t)
 
 
 @ledger_app.command("show")
-def ledger_show(uri: str, server_round: int = typer.Argument(..., metavar="ROUND"),
-                as_json: bool = typer.Option(False, "--json")) -> None:
+def ledger_show(
+    uri: str, server_round: int = typer.Argument(..., metavar="ROUND"), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Every entry of a round: client key id, verdict, reason, num-examples, digests, metrics."""
     from flower_chain.ledger.inspect import round_entries
 
@@ -112,8 +132,17 @@ def ledger_show(uri: str, server_round: int = typer.Argument(..., metavar="ROUND
     t = Table("block", "index", "type", "client key", "verdict", "reason", "n", "arrays digest", "metrics")
     for r in rows:
         if r["type"] == "update":
-            t.add_row(str(r["block"]), str(r["index"]), "update", r["key_id"] or "-", r["verdict"], r["reason"],
-                      str(r["num_examples"]), r["arrays_digest"][:16], json.dumps(r["metrics"]))
+            t.add_row(
+                str(r["block"]),
+                str(r["index"]),
+                "update",
+                r["key_id"] or "-",
+                r["verdict"],
+                r["reason"],
+                str(r["num_examples"]),
+                r["arrays_digest"][:16],
+                json.dumps(r["metrics"]),
+            )
         else:
             extra = {k: v for k, v in r.items() if k not in ("block", "index", "type")}
             t.add_row(str(r["block"]), str(r["index"]), r["type"], "", "", "", "", "", json.dumps(extra))
@@ -145,30 +174,35 @@ def _verdict_rows(verdicts: Any) -> list[dict[str, Any]]:
 
 @ledger_app.command("verify")
 @meanings(Meaning((ValueError,), "", EXIT_USAGE))
-def ledger_verify(uri: str,
-                  keys: Optional[Path] = typer.Option(None, "--keys",
-                                                      help="client keys the genesis must hold, no more, no fewer"),
-                  server_key: Optional[str] = typer.Option(None, "--server-key",
-                                                           help="expected server public key (PEM or verifier key)"),
-                  client_signatures: bool = typer.Option(True, "--client-signatures/--no-client-signatures",
-                                                         help="re-check every accepted update's signature"),
-                  blobs: bool = typer.Option(False, "--blobs",
-                                             help="also check the stored models, states and updates against "
-                                                  "their digests"),
-                  strict: bool = typer.Option(False, "--strict",
-                                              help="implies --blobs; verdicts that cannot be re-derived from the "
-                                                   "ledger, blobs that are not stored and accepted updates whose "
-                                                   "arrays are not stored fail (exit 1)"),
-                  anchor_url: Optional[str] = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
-                  contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
-                  owner: Optional[str] = typer.Option(None, "--owner",
-                                                      help="the account that must own the anchor contract"),
-                  chain_id: Optional[int] = typer.Option(None, "--chain-id"),
-                  witness: list[str] = typer.Option([], "--witness",
-                                                    help="a witness verifier key (NAME+KEYID+BASE64); repeat for more"),
-                  witness_quorum: int = typer.Option(0, "--witness-quorum",
-                                                     help="cosignatures the head must carry (0: one)"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+def ledger_verify(
+    uri: str,
+    keys: Path | None = typer.Option(None, "--keys", help="client keys the genesis must hold, no more, no fewer"),
+    server_key: str | None = typer.Option(
+        None, "--server-key", help="expected server public key (PEM or verifier key)"
+    ),
+    client_signatures: bool = typer.Option(
+        True, "--client-signatures/--no-client-signatures", help="re-check every accepted update's signature"
+    ),
+    blobs: bool = typer.Option(
+        False, "--blobs", help="also check the stored models, states and updates against their digests"
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="implies --blobs; verdicts that cannot be re-derived from the "
+        "ledger, blobs that are not stored and accepted updates whose "
+        "arrays are not stored fail (exit 1)",
+    ),
+    anchor_url: str | None = typer.Option(None, "--anchor", help="also check anchors: evm+http://..."),
+    contract: str | None = typer.Option(None, "--contract", help="LedgerAnchor address"),
+    owner: str | None = typer.Option(None, "--owner", help="the account that must own the anchor contract"),
+    chain_id: int | None = typer.Option(None, "--chain-id"),
+    witness: list[str] = typer.Option(
+        [], "--witness", help="a witness verifier key (NAME+KEYID+BASE64); repeat for more"
+    ),
+    witness_quorum: int = typer.Option(0, "--witness-quorum", help="cosignatures the head must carry (0: one)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
     expected = read_server_key(server_key) if server_key else None
     if anchor_url and not contract:
@@ -195,13 +229,15 @@ def ledger_verify(uri: str,
         raise typer.Exit(EXIT_FAILED)
 
 
-def _check_anchors(ledger: Ledger, url: str, contract: Optional[str], owner: Optional[str],
-                   chain_id: Optional[int]) -> dict[str, Any]:
+def _check_anchors(
+    ledger: Ledger, url: str, contract: str | None, owner: str | None, chain_id: int | None
+) -> dict[str, Any]:
     """Every block's anchor on chain (raises ``VerificationError`` on a mismatch)."""
     from flower_chain.anchor.publish import verify_against_chain
 
-    return verify_against_chain(ledger, _evm(ledger, url, contract, None, chain_id, False, "auto", need_key=False),
-                                owner=owner)
+    return verify_against_chain(
+        ledger, _evm(ledger, url, contract, None, chain_id, False, "auto", need_key=False), owner=owner
+    )
 
 
 def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int) -> Any:
@@ -215,26 +251,43 @@ def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int) -> Any:
 
 
 def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs: bool, strict: bool) -> dict[str, Any]:
-    return {"verified": not failed, "anchors": anchors, "federation_id": report.federation_id,
-            "blocks": report.blocks, "entries": report.entries, "accepted": report.accepted,
-            "rejected": report.rejected, "client_signatures_checked": report.client_signatures_checked,
-            "verdicts": _verdict_rows(report.verdicts), "verdicts_rederived": report.verdicts_rederived,
-            "not_rederived": dict(report.not_rederived), "equivocating_keys": sorted(report.equivocating_keys),
-            "blobs_checked": blobs, "blob_problems": list(report.blob_problems), "strict": strict,
-            "arrays_unchecked": report.arrays_unchecked, "client_cosignatures": report.client_cosignatures,
-            "client_cosigned_heights": {k: sorted(v) for k, v in report.cosigned.items()},
-            "witnessed": witnessed.to_dict() if witnessed is not None else None,
-            "log_root": report.log_root.hex(), "head_hash": report.head_hash.hex(),
-            "server_key_id": report.server_key_id, "secagg_rounds": report.secagg_rounds,
-            "centralized_evaluations_unchecked": sorted(set(report.centralized_evaluations))}
+    return {
+        "verified": not failed,
+        "anchors": anchors,
+        "federation_id": report.federation_id,
+        "blocks": report.blocks,
+        "entries": report.entries,
+        "accepted": report.accepted,
+        "rejected": report.rejected,
+        "client_signatures_checked": report.client_signatures_checked,
+        "verdicts": _verdict_rows(report.verdicts),
+        "verdicts_rederived": report.verdicts_rederived,
+        "not_rederived": dict(report.not_rederived),
+        "equivocating_keys": sorted(report.equivocating_keys),
+        "blobs_checked": blobs,
+        "blob_problems": list(report.blob_problems),
+        "strict": strict,
+        "arrays_unchecked": report.arrays_unchecked,
+        "client_cosignatures": report.client_cosignatures,
+        "client_cosigned_heights": {k: sorted(v) for k, v in report.cosigned.items()},
+        "witnessed": witnessed.to_dict() if witnessed is not None else None,
+        "log_root": report.log_root.hex(),
+        "head_hash": report.head_hash.hex(),
+        "server_key_id": report.server_key_id,
+        "secagg_rounds": report.secagg_rounds,
+        "centralized_evaluations_unchecked": sorted(set(report.centralized_evaluations)),
+    }
 
 
 def _client_coverage(report: Any) -> list[str]:
     """Which keyring keys cosigned the checkpoints of which heights, and which never did."""
     from flower_chain.audit.witnessed import height_ranges
 
-    lines = [f"key {kid}: cosigned {len(report.cosigned[kid])} checkpoints (heights "
-             f"{height_ranges(sorted(report.cosigned[kid]))})" for kid in sorted(report.cosigned)]
+    lines = [
+        f"key {kid}: cosigned {len(report.cosigned[kid])} checkpoints (heights "
+        f"{height_ranges(sorted(report.cosigned[kid]))})"
+        for kid in sorted(report.cosigned)
+    ]
     never = [kid for kid in report.keyring if kid not in report.cosigned]
     if never:
         lines.append(f"keys that never cosigned: {', '.join(never[:20])}" + (", ..." if len(never) > 20 else ""))
@@ -247,9 +300,11 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
     failed = strict and bool(not_rederived or blob_problems or unchecked)
     if anchors is not None:
         todo = anchors["not_anchored"]
-        out.print(f"anchors: contract {anchors['contract']} (owner {anchors['owner']}) on chain {anchors['chain_id']}: "
-                  f"{len(anchors['anchored'])} heights match" + (f"; not anchored yet: {todo}" if todo else ""),
-                  highlight=False)
+        out.print(
+            f"anchors: contract {anchors['contract']} (owner {anchors['owner']}) on chain {anchors['chain_id']}: "
+            f"{len(anchors['anchored'])} heights match" + (f"; not anchored yet: {todo}" if todo else ""),
+            highlight=False,
+        )
     for kind in sorted({k for k, _ in report.verdicts}):
         row = {reason: n for (k, reason), n in report.verdicts.items() if k == kind}
         out.print(f"{kind} verdicts: {_counter_text(row)}", highlight=False)
@@ -264,41 +319,71 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
     if report.verdicts_rederived or not_rederived:
         out.print(f"verdicts re-derived from the ledger: {report.verdicts_rederived}", highlight=False)
     if not_rederived:
-        (err if strict else out).print(("[bold red]FAILED (--strict)[/] " if strict else "")
-                                       + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
-                                       highlight=False)
+        (err if strict else out).print(
+            ("[bold red]FAILED (--strict)[/] " if strict else "")
+            + f"not re-derivable from the ledger: {_counter_text(not_rederived)}",
+            highlight=False,
+        )
     if report.secagg_rounds:  # never a silent pass: say what this verify did not check
-        out.print(f"not checked: the aggregate of {report.secagg_rounds} SecAgg+ rounds (no plaintext update is "
-                  f"recorded): flower-chain ledger audit {uri} replays it", highlight=False)
+        out.print(
+            f"not checked: the aggregate of {report.secagg_rounds} SecAgg+ rounds (no plaintext update is "
+            f"recorded): flower-chain ledger audit {uri} replays it",
+            highlight=False,
+        )
     central = report.centralized_evaluations
     if central:  # the server evaluated its own model: no client signed these numbers
         rounds = ", ".join(str(r) for r in sorted(set(central))[:20]) + (", ..." if len(set(central)) > 20 else "")
-        out.print(f"not checked: {len(central)} centralized evaluation results (rounds {rounds}) are unchecked "
-                  "claims of the server (no client signed them)", highlight=False)
+        out.print(
+            f"not checked: {len(central)} centralized evaluation results (rounds {rounds}) are unchecked "
+            "claims of the server (no client signed them)",
+            highlight=False,
+        )
     if unchecked and not failed:
-        out.print(f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
-                  + ("updates: add --blobs to check them against the stored arrays" if not blobs
-                     else "updates whose arrays are not stored (--strict fails on this)"), highlight=False)
+        out.print(
+            f"not checked: the array rules (names, shapes, dtypes, finite values) of {unchecked} accepted "
+            + (
+                "updates: add --blobs to check them against the stored arrays"
+                if not blobs
+                else "updates whose arrays are not stored (--strict fails on this)"
+            ),
+            highlight=False,
+        )
     for kid in sorted(report.equivocating_keys):
-        err.print(f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
-                  f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY", highlight=False)
+        err.print(
+            f"[bold yellow]WARNING[/] key {kid} signed two different statements for one round (a stolen "
+            f"key?): revoke it with  flower-chain keys revoke {uri} {kid} --server-key KEY",
+            highlight=False,
+        )
     for problem in blob_problems:  # an altered blob fails verify itself; these are blobs that are not stored
         err.print(("[bold red]BLOB[/] " if strict else "[bold yellow]BLOB[/] ") + problem, highlight=False)
     if failed:
         gaps = [f"{sum(not_rederived.values())} verdicts cannot be re-derived from the ledger"] if not_rederived else []
         gaps += [f"{len(blob_problems)} blobs are missing"] if blob_problems else []
-        gaps += [f"{unchecked} accepted updates' arrays are not stored (their array rules unchecked)"] if unchecked else []
+        gaps += (
+            [f"{unchecked} accepted updates' arrays are not stored (their array rules unchecked)"] if unchecked else []
+        )
         err.print(f"[bold red]NOT VERIFIED (--strict)[/] {uri}: {'; '.join(gaps)}", highlight=False)
         return
-    out.print(f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
-              f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
-              f"{report.client_signatures_checked} client signatures checked"
-              + (", stored blobs checked" if blobs else "") + f"), server key {report.server_key_id}",
-              highlight=False)
+    out.print(
+        f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
+        f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
+        f"{report.client_signatures_checked} client signatures checked"
+        + (", stored blobs checked" if blobs else "")
+        + f"), server key {report.server_key_id}",
+        highlight=False,
+    )
 
 
-def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Optional[Path], chain_id: Optional[int],
-         poa: bool, fee: str, need_key: bool) -> EvmAnchor:
+def _evm(
+    uri_ledger: Ledger,
+    url: str,
+    contract: str | None,
+    key_file: Path | None,
+    chain_id: int | None,
+    poa: bool,
+    fee: str,
+    need_key: bool,
+) -> EvmAnchor:
     """Connect to the anchor contract; an ``AnchorError`` (exit 2) goes to the CLI's handler."""
     from flower_chain.ledger.writer import read_genesis
 
@@ -308,34 +393,47 @@ def _evm(uri_ledger: Ledger, url: str, contract: Optional[str], key_file: Option
         fail("anchoring needs web3: pip install 'flower-chain[evm]'")
     key = read_private_key(key_file) if (need_key or key_file) else None
     try:
-        return EvmAnchor(url, federation_id=read_genesis(uri_ledger).federation_id, private_key=key,
-                         contract=contract, chain_id=chain_id, poa=poa, fee_mode=fee)
+        return EvmAnchor(
+            url,
+            federation_id=read_genesis(uri_ledger).federation_id,
+            private_key=key,
+            contract=contract,
+            chain_id=chain_id,
+            poa=poa,
+            fee_mode=fee,
+        )
     except ImportError:
         fail("anchoring needs web3: pip install 'flower-chain[evm]'")
 
 
 @ledger_app.command("anchor")
-def ledger_anchor(uri: str, url: str = typer.Option(..., "--anchor", help="evm+http://HOST:PORT"),
-                  contract: Optional[str] = typer.Option(None, "--contract", help="LedgerAnchor address"),
-                  key_file: Optional[Path] = typer.Option(None, "--key-file",
-                                                          help="hex private key (default: FLOWER_CHAIN_EVM_KEY)"),
-                  chain_id: Optional[int] = typer.Option(None, "--chain-id"),
-                  poa: bool = typer.Option(False, "--poa"), fee: str = typer.Option("auto", "--fee"),
-                  catch_up_: bool = typer.Option(True, "--catch-up/--no-catch-up",
-                                                 help="publish every block not anchored yet")) -> None:
+def ledger_anchor(
+    uri: str,
+    url: str = typer.Option(..., "--anchor", help="evm+http://HOST:PORT"),
+    contract: str | None = typer.Option(None, "--contract", help="LedgerAnchor address"),
+    key_file: Path | None = typer.Option(None, "--key-file", help="hex private key (default: FLOWER_CHAIN_EVM_KEY)"),
+    chain_id: int | None = typer.Option(None, "--chain-id"),
+    poa: bool = typer.Option(False, "--poa"),
+    fee: str = typer.Option("auto", "--fee"),
+    catch_up_: bool = typer.Option(True, "--catch-up/--no-catch-up", help="publish every block not anchored yet"),
+) -> None:
     """Publish the ledger's block checkpoints to the anchor contract (deploying it when no --contract)."""
     from flower_chain.anchor.publish import catch_up
 
     ledger = open_or_fail(uri)
     anchor = _evm(ledger, url, contract, key_file, chain_id, poa, fee, need_key=True)
     res = catch_up(ledger, anchor) if catch_up_ else {"anchored": 0, "contract": anchor.address}
-    out.print(f"anchored {res['anchored']} blocks ({res.get('already_anchored', 0)} were already) in contract "
-              f"{res['contract']} on chain {anchor.chain_id}", highlight=False)
+    out.print(
+        f"anchored {res['anchored']} blocks ({res.get('already_anchored', 0)} were already) in contract "
+        f"{res['contract']} on chain {anchor.chain_id}",
+        highlight=False,
+    )
 
 
 @ledger_app.command("checkpoint")
-def ledger_checkpoint(uri: str, vkey: bool = typer.Option(False, "--verifier-key",
-                                                          help="also print the server's note verifier key")) -> None:
+def ledger_checkpoint(
+    uri: str, vkey: bool = typer.Option(False, "--verifier-key", help="also print the server's note verifier key")
+) -> None:
     """Print the current signed checkpoint (C2SP signed note)."""
     from flower_chain.ledger.writer import read_genesis
 
@@ -350,10 +448,13 @@ def ledger_checkpoint(uri: str, vkey: bool = typer.Option(False, "--verifier-key
 
 
 @ledger_app.command("prove")
-def ledger_prove(uri: str, server_round: int = typer.Option(..., "--round"),
-                 client: str = typer.Option(..., "--client", help="client key id"),
-                 dest: Optional[Path] = typer.Option(None, "--out", help="file (default: stdout)"),
-                 as_json: bool = typer.Option(False, "--json", help="JSON instead of C2SP tlog-proof")) -> None:
+def ledger_prove(
+    uri: str,
+    server_round: int = typer.Option(..., "--round"),
+    client: str = typer.Option(..., "--client", help="client key id"),
+    dest: Path | None = typer.Option(None, "--out", help="file (default: stdout)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of C2SP tlog-proof"),
+) -> None:
     """Inclusion proof of a client's update against the latest signed checkpoint (C2SP tlog-proof)."""
     import base64
 
@@ -362,18 +463,30 @@ def ledger_prove(uri: str, server_round: int = typer.Option(..., "--round"),
     ledger = open_or_fail(uri)
     proof = prove_inclusion(ledger, find_update(ledger, server_round, client))
     if as_json:
-        text = json.dumps({"format": "flower-chain/inclusion-proof@v1", "index": proof.index,
-                           "entry": base64.b64encode(proof.entry).decode(),
-                           "proof": [base64.b64encode(h).decode() for h in proof.hashes],
-                           "checkpoint": proof.checkpoint}, indent=2) + "\n"
+        text = (
+            json.dumps(
+                {
+                    "format": "flower-chain/inclusion-proof@v1",
+                    "index": proof.index,
+                    "entry": base64.b64encode(proof.entry).decode(),
+                    "proof": [base64.b64encode(h).decode() for h in proof.hashes],
+                    "checkpoint": proof.checkpoint,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     else:
         text = proof.to_text()
     write_or_print(text, dest)
 
 
 @ledger_app.command("consistency")
-def ledger_consistency(uri: str, old_size: int = typer.Option(..., "--from", help="log size of the older checkpoint"),
-                       dest: Optional[Path] = typer.Option(None, "--out")) -> None:
+def ledger_consistency(
+    uri: str,
+    old_size: int = typer.Option(..., "--from", help="log size of the older checkpoint"),
+    dest: Path | None = typer.Option(None, "--out"),
+) -> None:
     """Consistency proof from an older checkpoint (a block boundary) to the current one."""
     from flower_chain.ledger.tlog_proof import prove_consistency
 
@@ -384,8 +497,11 @@ def ledger_consistency(uri: str, old_size: int = typer.Option(..., "--from", hel
 
 @ledger_app.command("export")
 @meanings(Meaning((LedgerError,), "", EXIT_FAILED, unless=(LedgerOpenError,)))
-def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="json or csv"),
-                  dest: Optional[Path] = typer.Option(None, "--out")) -> None:
+def ledger_export(
+    uri: str,
+    fmt: str = typer.Option("json", "--format", help="json or csv"),
+    dest: Path | None = typer.Option(None, "--out"),
+) -> None:
     """Every block and entry, flattened (one row per entry)."""
     from flower_chain.ledger.inspect import export_rows
 
@@ -408,11 +524,15 @@ def ledger_export(uri: str, fmt: str = typer.Option("json", "--format", help="js
 
 
 @ledger_app.command("repair")
-@meanings(Meaning((VerificationError,), "still does not verify: ", EXIT_FAILED, not_verified=False),
-          Meaning((LedgerError,), "", EXIT_USAGE))
+@meanings(
+    Meaning((VerificationError,), "still does not verify: ", EXIT_FAILED, not_verified=False),
+    Meaning((LedgerError,), "", EXIT_USAGE),
+)
 def ledger_repair(uri: str) -> None:
     """Drop a torn last line of a JSONL ledger (an append interrupted by a crash), then verify."""
     location = parse_ledger_uri(uri)
-    ledger = open_ledger(uri, create=True) if location.path is not None and location.path.exists() else open_or_fail(uri)
+    ledger = (
+        open_ledger(uri, create=True) if location.path is not None and location.path.exists() else open_or_fail(uri)
+    )
     report = verify(ledger)
     out.print(f"{uri}: {report.blocks} blocks verify")

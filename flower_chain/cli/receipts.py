@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -59,25 +59,28 @@ def read_pending(keydir: Path) -> list[Pending]:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         rows: list[tuple[Any, ...]] = []
         if "pending_replies" in tables:
-            rows += db.execute("SELECT origin, round, kind, statement FROM pending_replies LIMIT ?",
-                               (MAX_PENDING,)).fetchall()
+            rows += db.execute(
+                "SELECT origin, round, kind, statement FROM pending_replies LIMIT ?", (MAX_PENDING,)
+            ).fetchall()
         if "pending" in tables:  # a store not opened since evaluate replies got receipts: train statements
-            rows += db.execute("SELECT origin, round, 'train', statement FROM pending LIMIT ?",
-                               (MAX_PENDING,)).fetchall()
+            rows += db.execute(
+                "SELECT origin, round, 'train', statement FROM pending LIMIT ?", (MAX_PENDING,)
+            ).fetchall()
     except sqlite3.Error as e:
         fail(f"{path}: not a receipt store ({e})")
     finally:
         db.close()
     out = []
     for origin, rnd, kind, statement in rows:
-        if not (isinstance(origin, str) and isinstance(rnd, int) and isinstance(kind, str)
-                and isinstance(statement, bytes)):
+        if not (
+            isinstance(origin, str) and isinstance(rnd, int) and isinstance(kind, str) and isinstance(statement, bytes)
+        ):
             fail(f"{path}: a pending row of the wrong type")
         out.append(Pending(origin, rnd, kind, statement))
     return sorted(out, key=lambda p: (p.origin, p.round, p.kind != "train"))
 
 
-def pinned_key(keydir: Path, given: Optional[str]) -> bytes:
+def pinned_key(keydir: Path, given: str | None) -> bytes:
     """The server key to check the log under: ``--server-key``, else the one the node pinned."""
     if given:
         return read_server_key(given)
@@ -138,19 +141,25 @@ def problems_of(pending: list[Pending], entries: Iterator[Entry], genesis: Genes
             e = found[0]
             raw = genesis.client_keys.get(kid)
             valid = raw is not None and verify_signature(raw, e.signature, p.statement)
-            sig = ("although its recorded signature is valid" if valid else
-                   "with a signature that is not the one this node made (recorded as unsigned or altered)")
+            sig = (
+                "although its recorded signature is valid"
+                if valid
+                else "with a signature that is not the one this node made (recorded as unsigned or altered)"
+            )
             out.append(f"{what}: recorded as rejected ({e.reason}) {sig}")
     return out
 
 
 @receipts_app.command("check")
-@meanings(Meaning((VerificationError, ProofError), "{log}: ", EXIT_FAILED, not_verified=True),
-          Meaning((LedgerError,), "{log}: "))
-def receipts_check(keydir: Path = typer.Argument(..., metavar="KEYDIR", help="a node's receipts/<key id> directory"),
-                   log: str = typer.Option(..., "--log", help="the published log: a ledger URI or its tiles URL"),
-                   server_key: Optional[str] = typer.Option(None, "--server-key",
-                                                            help="default: the key the node pinned")) -> None:
+@meanings(
+    Meaning((VerificationError, ProofError), "{log}: ", EXIT_FAILED, not_verified=True),
+    Meaning((LedgerError,), "{log}: "),
+)
+def receipts_check(
+    keydir: Path = typer.Argument(..., metavar="KEYDIR", help="a node's receipts/<key id> directory"),
+    log: str = typer.Option(..., "--log", help="the published log: a ledger URI or its tiles URL"),
+    server_key: str | None = typer.Option(None, "--server-key", help="default: the key the node pinned"),
+) -> None:
     """Fail on any statement this node signed that the published log lacks or records as rejected."""
     if not keydir.is_dir():
         fail(f"{keydir} is not a directory")
@@ -165,10 +174,19 @@ def receipts_check(keydir: Path = typer.Argument(..., metavar="KEYDIR", help="a 
     for line in problems:
         say("MISSING" if "absent" in line else "REJECTED", "bold red", line, stderr=True)
     if problems:
-        say("NOT VERIFIED", "bold red", f"{len(problems)} of the {len(mine)} statements this node signed for "
-            f"federation {genesis.federation_id} and holds no receipt for are not in the log, accepted", stderr=True)
+        say(
+            "NOT VERIFIED",
+            "bold red",
+            f"{len(problems)} of the {len(mine)} statements this node signed for "
+            f"federation {genesis.federation_id} and holds no receipt for are not in the log, accepted",
+            stderr=True,
+        )
         raise typer.Exit(EXIT_FAILED)
     others = len(pending) - len(mine)
-    say("VERIFIED", "bold green", f"all {len(mine)} statements this node signed for federation "
+    say(
+        "VERIFIED",
+        "bold green",
+        f"all {len(mine)} statements this node signed for federation "
         f"{genesis.federation_id} and holds no receipt for are in the log, accepted"
-        + (f" ({others} pending for other logs not checked)" if others else ""))
+        + (f" ({others} pending for other logs not checked)" if others else ""),
+    )

@@ -8,26 +8,28 @@ created with), ``--witness`` (cosignatures), ``--audit`` (aggregation replay), `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from flower_chain.cli.common import fail, open_or_fail, out, read_server_key
 
 
-def report_cmd(uri: str, dest: Path = typer.Option(Path("report.html"), "-o", "--out"),
-               metrics: Optional[Path] = typer.Option(None, "--metrics", help="run.py's metrics.json (optional)"),
-               png_dir: Optional[Path] = typer.Option(None, "--png", help="also write the plots as PNG files here"),
-               server_key: Optional[str] = typer.Option(None, "--server-key",
-                                                        help="pin the server public key (PEM or verifier key)"),
-               keys: Optional[Path] = typer.Option(None, "--keys",
-                                                   help="keyring directory: the genesis must hold exactly these "
-                                                        "keys; clients are shown by their file names"),
-               witness: list[str] = typer.Option([], "--witness", help="a trusted witness verifier key (repeat)"),
-               witness_quorum: int = typer.Option(0, "--witness-quorum", help="cosignatures the head needs (0: one)"),
-               run_audit: bool = typer.Option(False, "--audit", help="also replay every round's aggregation"),
-               blobs: bool = typer.Option(False, "--blobs", help="also hash stored models and updates"),
-               ) -> None:
+def report_cmd(
+    uri: str,
+    dest: Path = typer.Option(Path("report.html"), "-o", "--out"),
+    metrics: Path | None = typer.Option(None, "--metrics", help="run.py's metrics.json (optional)"),
+    png_dir: Path | None = typer.Option(None, "--png", help="also write the plots as PNG files here"),
+    server_key: str | None = typer.Option(None, "--server-key", help="pin the server public key (PEM or verifier key)"),
+    keys: Path | None = typer.Option(
+        None,
+        "--keys",
+        help="keyring directory: the genesis must hold exactly these keys; clients are shown by their file names",
+    ),
+    witness: list[str] = typer.Option([], "--witness", help="a trusted witness verifier key (repeat)"),
+    witness_quorum: int = typer.Option(0, "--witness-quorum", help="cosignatures the head needs (0: one)"),
+    run_audit: bool = typer.Option(False, "--audit", help="also replay every round's aggregation"),
+    blobs: bool = typer.Option(False, "--blobs", help="also hash stored models and updates"),
+) -> None:
     """A self-contained HTML report: status, training metrics, verdicts, clients by name, timing."""
     from flower_chain.audit.report import write_report
     from flower_chain.audit.status import keyring_names, ledger_status
@@ -44,8 +46,15 @@ def report_cmd(uri: str, dest: Path = typer.Option(Path("report.html"), "-o", "-
     if witness and not 0 <= witness_quorum <= len(set(witness)):
         fail(f"--witness-quorum must be between 1 and {len(set(witness))} (the witness keys given)")
     ledger = open_or_fail(uri)
-    status = ledger_status(ledger, server_key=pinned, keys=keys, witnesses=witness, quorum=witness_quorum or 1,
-                           run_audit=run_audit, blobs=blobs)
+    status = ledger_status(
+        ledger,
+        server_key=pinned,
+        keys=keys,
+        witnesses=witness,
+        quorum=witness_quorum or 1,
+        run_audit=run_audit,
+        blobs=blobs,
+    )
     try:
         write_report(ledger, dest, metrics_path=metrics, png_dir=png_dir, status=status, names=names)
     except OSError as e:  # a LedgerError goes to the CLI's handler (exit by its exit_code)

@@ -91,8 +91,10 @@ class Unwitnessed(Finding):
 
     @property
     def message(self) -> str:
-        return (f"UNWITNESSED: the checkpoint at size {self.checkpoint.size} lacks the quorum of trusted witnesses "
-                f"({self.reason}); this client does not sign updates for it (a split view?)")
+        return (
+            f"UNWITNESSED: the checkpoint at size {self.checkpoint.size} lacks the quorum of trusted witnesses "
+            f"({self.reason}); this client does not sign updates for it (a split view?)"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,10 @@ class HeadMissing(Finding):
 
     @property
     def message(self) -> str:
-        return ("the server sent a checkpoint but no head block header (flower-chain.head); a server this old "
-                "cannot prove which model its log records")
+        return (
+            "the server sent a checkpoint but no head block header (flower-chain.head); a server this old "
+            "cannot prove which model its log records"
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,10 @@ class HeadNotOfCheckpoint(Finding):
 
     @property
     def message(self) -> str:
-        return (f"the head block header (height {self.header.height}, log size {self.header.log_size}) is not "
-                f"the head of the checkpointed log (size {self.checkpoint.size})")
+        return (
+            f"the head block header (height {self.header.height}, log size {self.header.log_size}) is not "
+            f"the head of the checkpointed log (size {self.checkpoint.size})"
+        )
 
 
 @dataclass(frozen=True)
@@ -163,9 +169,11 @@ class ModelMismatch(Finding):
     @property
     def message(self) -> str:
         h = self.header
-        return (f"the server sent this client another global model than its log records: received arrays with "
-                f"digest {self.received_digest.hex()[:16]}, the head block (height {h.height}, round {h.round}) "
-                f"records model_after {h.model_after.hex()[:16]}")
+        return (
+            f"the server sent this client another global model than its log records: received arrays with "
+            f"digest {self.received_digest.hex()[:16]}, the head block (height {h.height}, round {h.round}) "
+            f"records model_after {h.model_after.hex()[:16]}"
+        )
 
 
 @dataclass(frozen=True)
@@ -205,8 +213,10 @@ class Fork(Finding):
 
     @property
     def message(self) -> str:
-        return (f"FORK: the server's log at size {self.size} is not an extension of the log this client saw "
-                f"before ({self.reason}); the server rewrote or forked its history")
+        return (
+            f"FORK: the server's log at size {self.size} is not an extension of the log this client saw "
+            f"before ({self.reason}); the server rewrote or forked its history"
+        )
 
 
 @dataclass(frozen=True)
@@ -230,8 +240,10 @@ class UpdateMissing(Finding):
 
     @property
     def message(self) -> str:
-        return (f"no valid receipt for this client's update of round {self.round}: the update is missing from "
-                "the ledger (dropped by the server)")
+        return (
+            f"no valid receipt for this client's update of round {self.round}: the update is missing from "
+            "the ledger (dropped by the server)"
+        )
 
 
 @dataclass(frozen=True)
@@ -244,8 +256,10 @@ class UpdateRejected(Finding):
 
     @property
     def message(self) -> str:
-        return (f"the server recorded this client's valid update of round {self.round} as rejected: "
-                f"{self.entry.reason} ({self.entry.detail})")
+        return (
+            f"the server recorded this client's valid update of round {self.round} as rejected: "
+            f"{self.entry.reason} ({self.entry.detail})"
+        )
 
 
 @dataclass(frozen=True)
@@ -260,9 +274,11 @@ class AnchorMismatch(Finding):
     @property
     def message(self) -> str:
         a = self.anchored
-        return (f"the checkpoint at height {self.header.height} (log size {self.checkpoint.size}, block "
-                f"{self.head_hash.hex()[:16]}) differs from the one anchored on chain (log size {a.log_size}, "
-                f"block {a.block_hash.hex()[:16]}): the server forked or rewrote its history")
+        return (
+            f"the checkpoint at height {self.header.height} (log size {self.checkpoint.size}, block "
+            f"{self.head_hash.hex()[:16]}) differs from the one anchored on chain (log size {a.log_size}, "
+            f"block {a.block_hash.hex()[:16]}): the server forked or rewrote its history"
+        )
 
 
 @dataclass(frozen=True)

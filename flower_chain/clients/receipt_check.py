@@ -149,15 +149,22 @@ class ReceiptChecker:
         Cosignatures by ``witnesses`` every checkpoint must carry (0: none required).
     """
 
-    def __init__(self, store: ReceiptStore, server_key: bytes | None = None, *,
-                 witnesses: Sequence[CosignerKey] = (), witness_quorum: int = 0) -> None:
+    def __init__(
+        self,
+        store: ReceiptStore,
+        server_key: bytes | None = None,
+        *,
+        witnesses: Sequence[CosignerKey] = (),
+        witness_quorum: int = 0,
+    ) -> None:
         self.store = store
         self.pinned = server_key
         self.witnesses = list(witnesses)
         self.witness_quorum = int(witness_quorum)
 
-    def check(self, fid: str, config: Mapping[str, Any], kind: str, received_digest: bytes | None,
-              res: CheckResult) -> None:
+    def check(
+        self, fid: str, config: Mapping[str, Any], kind: str, received_digest: bytes | None, res: CheckResult
+    ) -> None:
         """Run the steps in order into ``res`` (its ``findings`` grow as each step returns)."""
         run = _Run(str(fid), config, kind, received_digest, res)
         for step in (self.checkpoint, self.witnessed, self.head, self.consistency, self.receipts):
@@ -238,8 +245,9 @@ class ReceiptChecker:
         if header.federation_id != run.fid:
             return [HeadWrongFederation(header)], True
         run.res.header, run.res.head_hash = header, hashlib.sha256(head).digest()
-        if header.model_after and run.received_digest is not None \
-                and run.received_digest != header.model_after:  # train on it, or evaluate it: the same model
+        if (
+            header.model_after and run.received_digest is not None and run.received_digest != header.model_after
+        ):  # train on it, or evaluate it: the same model
             return [ModelMismatch(header, run.received_digest)], True
         return [], True
 
@@ -255,8 +263,10 @@ class ReceiptChecker:
             if not run.deferred and self.store.deferrals(run.origin) == 0:
                 self.store.set_log(run.origin, previous, True)
                 self.store.bump(run.origin, "deferrals")
-                log.info("flower-chain: the server does not know this client yet; the consistency check is "
-                         "deferred to the next instruction")
+                log.info(
+                    "flower-chain: the server does not know this client yet; the consistency check is "
+                    "deferred to the next instruction"
+                )
                 run.deferring = True
                 return [], True
             return [ForkSuspected(previous, note)], False
@@ -266,8 +276,9 @@ class ReceiptChecker:
             try:
                 old = checkpoint_of(previous)
                 if sent_from != old.size:
-                    raise LedgerError(f"the server proves consistency from size {sent_from}, "
-                                      f"but this client last saw size {old.size}")
+                    raise LedgerError(
+                        f"the server proves consistency from size {sent_from}, but this client last saw size {old.size}"
+                    )
                 merkle.verify_consistency(old.size, cp.size, list(proof), old.root_hash, cp.root_hash)
             except (LedgerError, ValueError) as e:
                 if run.deferred:
@@ -316,8 +327,9 @@ class ReceiptChecker:
         try:
             proof = InclusionProof.from_text(text)
             if proof.checkpoint == note:  # the checkpoint verified above: only the inclusion is left
-                merkle.verify_inclusion(merkle.leaf_hash(proof.entry), proof.index, cp.size, list(proof.hashes),
-                                        cp.root_hash)
+                merkle.verify_inclusion(
+                    merkle.leaf_hash(proof.entry), proof.index, cp.size, list(proof.hashes), cp.root_hash
+                )
             else:
                 got = proof.verify(run.key)
                 if (got.size, got.root_hash) != (cp.size, cp.root_hash):

@@ -31,8 +31,19 @@ from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.writer import origin_for
 
-__all__ = ["ERRORS_LOG", "MESSAGE_LIMIT", "METRIC_ERRORS", "METRIC_RECEIPTS", "SERVER_KEY_FILE", "STATE_FILE",
-           "ReceiptStore", "checkpoint_of", "origin_dir_name", "origin_for", "read_counts"]
+__all__ = [
+    "ERRORS_LOG",
+    "MESSAGE_LIMIT",
+    "METRIC_ERRORS",
+    "METRIC_RECEIPTS",
+    "SERVER_KEY_FILE",
+    "STATE_FILE",
+    "ReceiptStore",
+    "checkpoint_of",
+    "origin_dir_name",
+    "origin_for",
+    "read_counts",
+]
 
 METRIC_RECEIPTS = "flower-chain-receipts"
 METRIC_ERRORS = "flower-chain-receipt-errors"
@@ -162,14 +173,17 @@ class ReceiptStore:
 
     def set_log(self, origin: str, checkpoint: str | None, deferred: bool) -> None:
         """Remember the checkpoint note verified (and the deferral flag) of a log."""
-        self._db.execute("INSERT INTO logs (origin, checkpoint, deferred) VALUES (?, ?, ?) ON CONFLICT (origin) "
-                         "DO UPDATE SET checkpoint = excluded.checkpoint, deferred = excluded.deferred",
-                         (origin, checkpoint, int(deferred)))
+        self._db.execute(
+            "INSERT INTO logs (origin, checkpoint, deferred) VALUES (?, ?, ?) ON CONFLICT (origin) "
+            "DO UPDATE SET checkpoint = excluded.checkpoint, deferred = excluded.deferred",
+            (origin, checkpoint, int(deferred)),
+        )
 
     def pending(self, origin: str) -> list[tuple[int, bytes]]:
         """The (round, statement) pairs signed and not yet receipted (train and evaluate), oldest first."""
-        rows = self._db.execute("SELECT round, statement FROM pending_replies WHERE origin = ? ORDER BY round, kind "
-                                "DESC", (origin,)).fetchall()
+        rows = self._db.execute(
+            "SELECT round, statement FROM pending_replies WHERE origin = ? ORDER BY round, kind DESC", (origin,)
+        ).fetchall()
         return [(int(r), bytes(s)) for r, s in rows]
 
     def drop_pending(self, origin: str, up_to_round: int) -> None:
@@ -178,8 +192,10 @@ class ReceiptStore:
 
     def drop_statement(self, origin: str, server_round: int, statement: bytes) -> None:
         """Forget one pending statement (its receipt was checked)."""
-        self._db.execute("DELETE FROM pending_replies WHERE origin = ? AND round = ? AND statement = ?",
-                         (origin, int(server_round), bytes(statement)))
+        self._db.execute(
+            "DELETE FROM pending_replies WHERE origin = ? AND round = ? AND statement = ?",
+            (origin, int(server_round), bytes(statement)),
+        )
 
     def record_pending(self, origin: str, server_round: int | None, statement: bytes | None) -> tuple[int, int]:
         """Remember a signed statement (train or evaluate, if given); return (size last verified, first pending
@@ -187,20 +203,23 @@ class ReceiptStore:
         kind = _statement_kind(statement) if statement is not None else ""
         with self._lock:  # single statements, each atomic: no explicit transaction needed
             if statement is not None:
-                self._db.execute("INSERT OR REPLACE INTO pending_replies (origin, round, kind, statement) "
-                                 "VALUES (?, ?, ?, ?)",
-                                 (origin, int(server_round), kind, bytes(statement)))  # type: ignore[arg-type]
+                self._db.execute(
+                    "INSERT OR REPLACE INTO pending_replies (origin, round, kind, statement) VALUES (?, ?, ?, ?)",
+                    (origin, int(server_round), kind, bytes(statement)),  # type: ignore[arg-type]
+                )
             note, _ = self.log_row(origin)
-            first = self._db.execute("SELECT MIN(round) FROM pending_replies WHERE origin = ?",
-                                     (origin,)).fetchone()[0]
+            first = self._db.execute("SELECT MIN(round) FROM pending_replies WHERE origin = ?", (origin,)).fetchone()[0]
         seen = checkpoint_of(note).size if note else -1
         return seen, int(first) if first is not None else -1
 
     # -- counters ----------------------------------------------------------------------------------
     def bump(self, origin: str, name: str) -> None:
         """Add one to a counter (``receipts`` or ``errors``) of a log."""
-        self._db.execute("INSERT INTO counters (origin, name, n) VALUES (?, ?, 1) "
-                         "ON CONFLICT (origin, name) DO UPDATE SET n = n + 1", (origin, name))
+        self._db.execute(
+            "INSERT INTO counters (origin, name, n) VALUES (?, ?, 1) "
+            "ON CONFLICT (origin, name) DO UPDATE SET n = n + 1",
+            (origin, name),
+        )
 
     def deferrals(self, origin: str) -> int:
         """How often the check of this log was deferred (a server that did not know the client; inside
@@ -211,8 +230,10 @@ class ReceiptStore:
     def counters(self, origin: str) -> dict[str, int]:
         """The counters of one log (one statement: a consistent read)."""
         with self._lock:
-            return {str(k): int(v) for k, v in
-                    self._db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin,)).fetchall()}
+            return {
+                str(k): int(v)
+                for k, v in self._db.execute("SELECT name, n FROM counters WHERE origin = ?", (origin,)).fetchall()
+            }
 
     # -- files -------------------------------------------------------------------------------------
     def pinned_key(self) -> bytes | None:

@@ -75,9 +75,21 @@ from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import public_key_problem
 from flower_chain.ledger.text import safe_text
 
-__all__ = ["ERRORS_LOG", "MESSAGE_LIMIT", "METRIC_ERRORS", "METRIC_RECEIPTS", "SERVER_KEY_FILE", "STATE_FILE",
-           "AnchorReader", "AnchorUnavailable", "CheckResult", "ReceiptKeeper", "origin_dir_name", "origin_for",
-           "read_counts"]
+__all__ = [
+    "ERRORS_LOG",
+    "MESSAGE_LIMIT",
+    "METRIC_ERRORS",
+    "METRIC_RECEIPTS",
+    "SERVER_KEY_FILE",
+    "STATE_FILE",
+    "AnchorReader",
+    "AnchorUnavailable",
+    "CheckResult",
+    "ReceiptKeeper",
+    "origin_dir_name",
+    "origin_for",
+    "read_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +115,30 @@ class ReceiptKeeper:
     on it and no count is lost.
     """
 
-    def __init__(self, directory: str | Path, server_key: bytes | None = None, *,
-                 witnesses: Sequence[CosignerKey] = (), witness_quorum: int = 0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        server_key: bytes | None = None,
+        *,
+        witnesses: Sequence[CosignerKey] = (),
+        witness_quorum: int = 0,
+    ) -> None:
         witnesses = list(witnesses)
         quorum = int(witness_quorum)
         if quorum < 0 or quorum > len({(w.name, w.key_id) for w in witnesses}):
-            raise LedgerError(f"a witness quorum of {quorum} needs as many distinct witness keys "
-                              f"({len(witnesses)} given)")
+            raise LedgerError(
+                f"a witness quorum of {quorum} needs as many distinct witness keys ({len(witnesses)} given)"
+            )
         if server_key is not None and public_key_problem(bytes(server_key)) is not None:
             raise LedgerError(f"the given server key is {public_key_problem(bytes(server_key))}")
         self.store = ReceiptStore(directory)
         self.dir = self.store.dir
-        self.checker = ReceiptChecker(self.store, bytes(server_key) if server_key is not None else None,
-                                      witnesses=witnesses, witness_quorum=quorum)
+        self.checker = ReceiptChecker(
+            self.store,
+            bytes(server_key) if server_key is not None else None,
+            witnesses=witnesses,
+            witness_quorum=quorum,
+        )
 
     @property
     def pinned(self) -> bytes | None:
@@ -176,8 +199,14 @@ class ReceiptKeeper:
         return self.record(federation_id, None, None)[1]
 
     # -- checks ------------------------------------------------------------------------------------
-    def check(self, federation_id: str, config: Mapping[str, Any], *, kind: str = "train",
-              received_digest: bytes | None = None) -> CheckResult:
+    def check(
+        self,
+        federation_id: str,
+        config: Mapping[str, Any],
+        *,
+        kind: str = "train",
+        received_digest: bytes | None = None,
+    ) -> CheckResult:
         """Check what the server sent with an instruction; errors are logged and counted.
 
         Parameters
@@ -237,8 +266,11 @@ class ReceiptKeeper:
             if anchored is None:
                 log.debug("flower-chain anchor check: height %d of %s is not anchored yet", h.height, safe_text(fid))
                 return False
-            if (anchored.log_size, anchored.log_root, anchored.block_hash) != \
-                    (result.checkpoint.size, result.checkpoint.root_hash, result.head_hash):
+            if (anchored.log_size, anchored.log_root, anchored.block_hash) != (
+                result.checkpoint.size,
+                result.checkpoint.root_hash,
+                result.head_hash,
+            ):
                 finding = AnchorMismatch(h, result.checkpoint, result.head_hash, anchored)
         except AnchorUnavailable as e:
             log.warning("flower-chain anchor check (%s): %s", safe_text(fid), safe_text(str(e), 300))

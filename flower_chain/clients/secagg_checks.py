@@ -30,8 +30,11 @@ def parse_request(raw: Any) -> dict[str, Any] | str:
     except EncodingError as e:
         return f"the request does not decode: {e}"
     want = {"stage": str, "round_id": bytes, "content": dict, "proof": dict}
-    if not isinstance(req, dict) or sorted(req) != sorted(want) or not all(isinstance(req[k], t)
-                                                                          for k, t in want.items()):
+    if (
+        not isinstance(req, dict)
+        or sorted(req) != sorted(want)
+        or not all(isinstance(req[k], t) for k, t in want.items())
+    ):
         return "the request does not have the fields stage, round_id, content, proof"
     return req
 
@@ -62,9 +65,15 @@ def neighbours_of(header: dict[str, Any], node_id: str) -> list[str]:
     return graph.get(node_id, [])
 
 
-def checkpoint_problem(note: Any, server_key: bytes, federation_id: str, last: tuple[int, bytes] | None,
-                       consistency: Any, witnesses: Sequence[CosignerKey] = (), quorum: int = 0
-                       ) -> tuple[tuple[int, bytes] | None, str | None]:
+def checkpoint_problem(
+    note: Any,
+    server_key: bytes,
+    federation_id: str,
+    last: tuple[int, bytes] | None,
+    consistency: Any,
+    witnesses: Sequence[CosignerKey] = (),
+    quorum: int = 0,
+) -> tuple[tuple[int, bytes] | None, str | None]:
     """Verify a checkpoint note (cosigned by ``quorum`` of ``witnesses`` when asked) and its consistency with
     the last one this node verified.
 
@@ -89,7 +98,7 @@ def checkpoint_problem(note: Any, server_key: bytes, federation_id: str, last: t
 def _split(raw: Any) -> list[bytes] | None:
     if not isinstance(raw, bytes) or len(raw) % 32:
         return None
-    return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 
 def _consistent(old: tuple[int, bytes], new: tuple[int, bytes], proof: Any) -> str | None:
@@ -103,8 +112,13 @@ def _consistent(old: tuple[int, bytes], new: tuple[int, bytes], proof: Any) -> s
     return None
 
 
-def committed_lists(proof: dict[str, Any], server_key: bytes, state: dict[str, Any],
-                    witnesses: Sequence[CosignerKey] = (), quorum: int = 0) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None, str | None]:
+def committed_lists(
+    proof: dict[str, Any],
+    server_key: bytes,
+    state: dict[str, Any],
+    witnesses: Sequence[CosignerKey] = (),
+    quorum: int = 0,
+) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None, str | None]:
     """Verify the commit block a stage 3 request points to; return (commitment, (size, root), problem).
 
     The commitment entry must be in the log of a checkpoint signed by the server that extends the
@@ -113,8 +127,9 @@ def committed_lists(proof: dict[str, Any], server_key: bytes, state: dict[str, A
     """
     fid = state["header"]["federation_id"]
     last = (state["cp_size"], state["cp_root"])
-    cp, problem = checkpoint_problem(proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"),
-                                     witnesses, quorum)
+    cp, problem = checkpoint_problem(
+        proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"), witnesses, quorum
+    )
     if cp is None:  # exactly when there is a problem
         return None, None, problem
     entry_bytes, index, path = proof.get("entry"), proof.get("index"), _split(proof.get("inclusion"))
@@ -172,8 +187,12 @@ def sources_problem(commit: dict[str, Any], told_active: list[str], state: dict[
         if raw is None or st.key_id in seen or not verify_signature(raw, sig, raw_st):
             return f"node {o}'s committed statement is not signed by a key of the genesis keyring (once)"
         seen.add(st.key_id)
-        if (st.stage, st.node_id, st.round_id, st.round) != (MASKED, o, state["round_id"], state["header"]["round"]) \
-                or st.reply["digest"] != commit["masked"][o]:
+        if (st.stage, st.node_id, st.round_id, st.round) != (
+            MASKED,
+            o,
+            state["round_id"],
+            state["header"]["round"],
+        ) or st.reply["digest"] != commit["masked"][o]:
             return f"node {o}'s committed statement is not its masked input of this round"
         theirs = set(st.reply["sources"])
         if o in state.get("sources", ()) and me not in theirs:
@@ -214,6 +233,8 @@ def unmask_problem(commit: dict[str, Any], told_active: Any, told_dead: Any, sta
             return problem
     masking = set(told_active) & set(state.get("sources", ())) - {me}
     if len(masking) < state["header"]["params"]["threshold"] - 1:
-        return (f"only {len(masking)} live neighbours share a pairwise mask with this node: revealing its seed "
-                "would expose its input")
+        return (
+            f"only {len(masking)} live neighbours share a pairwise mask with this node: revealing its seed "
+            "would expose its input"
+        )
     return None

@@ -81,12 +81,15 @@ def key_path_for(context: Context, fallback: KeyFallback | None = None) -> Path:
             f"no signing key: set node config '{NODE_CONFIG_KEY}' (flower-supernode --node-config "
             f"\"{NODE_CONFIG_KEY}='PATH'\"), the environment variable {ENV_KEY}, or (simulation) the run config "
             f"'{RUN_CONFIG_KEYS}' to a key file or a directory of client-<partition-id>.key files (create them "
-            "with `flower-chain keys init DIR --clients N`)")
+            "with `flower-chain keys init DIR --clients N`)"
+        )
     p = Path(str(value))
     if not p.is_absolute() and not p.exists():
-        raise KeyFileError(f"{source} names the relative path {str(p)!r}, which does not exist in this ClientApp's "
-                           f"working directory {os.getcwd()} (under `flwr run`, the local SuperLink's): use an "
-                           "absolute path")
+        raise KeyFileError(
+            f"{source} names the relative path {str(p)!r}, which does not exist in this ClientApp's "
+            f"working directory {os.getcwd()} (under `flwr run`, the local SuperLink's): use an "
+            "absolute path"
+        )
     if p.is_dir():
         if "partition-id" not in context.node_config:
             raise KeyFileError(f"{p} is a directory of keys but this node has no partition-id in its node config")
@@ -119,8 +122,9 @@ def setting(context: Context, node_key: str, env: str, given: Any = None) -> Any
     return value if value not in (None, "") else (os.environ.get(env) or None)
 
 
-def witness_settings(context: Context, keys: str | Iterable[str | CosignerKey] | None = None,
-                     quorum: int | str | None = None) -> tuple[list[CosignerKey], int]:
+def witness_settings(
+    context: Context, keys: str | Iterable[str | CosignerKey] | None = None, quorum: int | str | None = None
+) -> tuple[list[CosignerKey], int]:
     """Trusted witness keys and quorum: the arguments, else node config, else environment.
 
     Raises
@@ -143,12 +147,15 @@ def witness_settings(context: Context, keys: str | Iterable[str | CosignerKey] |
     return parsed, q if parsed else 0
 
 
-def anchor_settings(context: Context, url: str | None = None, contract: str | None = None,
-                    owner: str | None = None) -> AnchorReader | None:
+def anchor_settings(
+    context: Context, url: str | None = None, contract: str | None = None, owner: str | None = None
+) -> AnchorReader | None:
     """The anchor to check checkpoints against (arguments, node config, environment), or ``None``."""
     url = setting(context, ANCHOR_NODE_CONFIG, ENV_ANCHOR, url)
     if not url:
         return None
-    return AnchorReader(str(url), str(setting(context, ANCHOR_CONTRACT_NODE_CONFIG, ENV_ANCHOR_CONTRACT, contract)
-                                     or ""),
-                        setting(context, ANCHOR_OWNER_NODE_CONFIG, ENV_ANCHOR_OWNER, owner))
+    return AnchorReader(
+        str(url),
+        str(setting(context, ANCHOR_CONTRACT_NODE_CONFIG, ENV_ANCHOR_CONTRACT, contract) or ""),
+        setting(context, ANCHOR_OWNER_NODE_CONFIG, ENV_ANCHOR_OWNER, owner),
+    )

@@ -66,8 +66,10 @@ from flower_chain.clients.settings import (  # noqa: F401 - the settings' names 
     anchor_settings,
     key_path_for,
     pinned_server_key,
-    receipts_dir as _receipts_dir,
     witness_settings,
+)
+from flower_chain.clients.settings import (
+    receipts_dir as _receipts_dir,
 )
 from flower_chain.ledger.arrays import digest_in_background
 from flower_chain.ledger.cosignature import client_cosigner_name, note_body, sign_cosignature
@@ -75,14 +77,14 @@ from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import key_id, load_private, raw_public
 from flower_chain.wire import (
-    LEGACY_LOSS,
     COSIGNATURE,
     LEGACY_COSIGNATURE,
+    LEGACY_LOSS,
     LEGACY_PENDING_ROUND,
     LEGACY_SEEN_SIZE,
-    PENDING_ROUND,
     LEGACY_SIGNATURE,
     LEGACY_STATEMENT,
+    PENDING_ROUND,
     SEEN_SIZE,
     SIG_RECORD,
     SIGNATURE,
@@ -152,8 +154,16 @@ def cosign_checkpoint(note: str, key: Ed25519PrivateKey) -> str:
     return sign_cosignature(note_body(note), client_cosigner_name(raw_public(key)), key).rstrip("\n")
 
 
-def sign_reply(msg: Message, reply: Message, key: Ed25519PrivateKey, keeper: ReceiptKeeper | None = None, *,
-               base_digest: bytes | None = None, incoming=None, cosignature: str | None = None) -> Message:
+def sign_reply(
+    msg: Message,
+    reply: Message,
+    key: Ed25519PrivateKey,
+    keeper: ReceiptKeeper | None = None,
+    *,
+    base_digest: bytes | None = None,
+    incoming=None,
+    cosignature: str | None = None,
+) -> Message:
     """Attach a signed update statement to ``reply`` (the reply to ``msg``); return it.
 
     Parameters
@@ -229,15 +239,28 @@ def _keyless_reply(msg: Message, ctx: LedgerContext, error: KeyFileError, report
     seen = (ctx.federation_id, str(error))
     if reported.get(seen) != ctx.round:
         reported[seen] = ctx.round
-        flwr_log(ERROR, "flower-chain: this node cannot sign round %d, its replies are errors (the server records "
-                 "client-error): %s", ctx.round, error)
+        flwr_log(
+            ERROR,
+            "flower-chain: this node cannot sign round %d, its replies are errors (the server records "
+            "client-error): %s",
+            ctx.round,
+            error,
+        )
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"KeyFileError: {error}"), reply_to=msg)
 
 
-def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, receipts_dir: str | Path | None = None,
-                     witness_keys=None, witness_quorum: int | None = None, anchor: str | None = None,
-                     anchor_contract: str | None = None, anchor_owner: str | None = None, cosign: bool = True,
-                     key_fallback: KeyFallback | None = None):
+def make_signing_mod(
+    key: Ed25519PrivateKey | str | Path | None = None,
+    *,
+    receipts_dir: str | Path | None = None,
+    witness_keys=None,
+    witness_quorum: int | None = None,
+    anchor: str | None = None,
+    anchor_contract: str | None = None,
+    anchor_owner: str | None = None,
+    cosign: bool = True,
+    key_fallback: KeyFallback | None = None,
+):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
     Receipts are kept per key in ``receipts_dir/<key id>/`` (or under node config ``receipts-dir`` /
@@ -294,14 +317,24 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
             witnesses, quorum = witness_settings(context, witness_keys, witness_quorum)
             anchors = anchor_settings(context, anchor, anchor_contract, anchor_owner)
             if where is None and (quorum or anchors is not None):
-                raise KeyFileError("witness and anchor checks need a receipts directory (make_signing_mod("
-                                   "receipts_dir=...), node config 'receipts-dir' or FLOWER_CHAIN_RECEIPTS)")
-            keeper = ReceiptKeeper(where, pinned_server_key(context), witnesses=witnesses,
-                                   witness_quorum=quorum) if where else None
+                raise KeyFileError(
+                    "witness and anchor checks need a receipts directory (make_signing_mod("
+                    "receipts_dir=...), node config 'receipts-dir' or FLOWER_CHAIN_RECEIPTS)"
+                )
+            keeper = (
+                ReceiptKeeper(where, pinned_server_key(context), witnesses=witnesses, witness_quorum=quorum)
+                if where
+                else None
+            )
             cache[cache_key] = (signer, keeper, anchors)
             # through Flower's logger, where a user sees it: once per key and ClientApp process, not per message
-            flwr_log(INFO, "flower-chain: node %s signs with key %s (%s)", context.node_id, kid,
-                     path if path is not None else "given to make_signing_mod")
+            flwr_log(
+                INFO,
+                "flower-chain: node %s signs with key %s (%s)",
+                context.node_id,
+                kid,
+                path if path is not None else "given to make_signing_mod",
+            )
         signer, keeper, anchors = cache[cache_key]
         # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
         # only the update's digest is left after training. The arrays are views of the message's immutable
@@ -313,16 +346,21 @@ def make_signing_mod(key: Ed25519PrivateKey | str | Path | None = None, *, recei
         finally:  # checked before signing; the receipt checks are recorded even when the ClientApp raises
             base_digest = pending.result() if pending is not None else b""  # hashed once: checked and signed
             if keeper is not None:
-                result = keeper.check(ctx.federation_id, config, kind=msg.metadata.message_type.split(".")[0],
-                                      received_digest=base_digest if received is not None else None)
+                result = keeper.check(
+                    ctx.federation_id,
+                    config,
+                    kind=msg.metadata.message_type.split(".")[0],
+                    received_digest=base_digest if received is not None else None,
+                )
                 if anchors is not None:
                     keeper.check_anchor(ctx.federation_id, result, anchors)
         if result is not None and not result.witnessed:
-            log.error("flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",
-                      ctx.round)
+            log.error(
+                "flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",
+                ctx.round,
+            )
             return reply  # unsigned: the server records it as such, the refusal is counted as a receipt error
-        cosig = cosign_checkpoint(result.note, signer) if cosign and result is not None and result.cosignable \
-            else None
+        cosig = cosign_checkpoint(result.note, signer) if cosign and result is not None and result.cosignable else None
         return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming, cosignature=cosig)
 
     return signing_mod

@@ -4,6 +4,7 @@ This package imports neither torch nor flwr, so an auditor can verify a
 ledger with only ``cryptography`` and ``numpy`` installed.
 """
 
+from flower_chain.ledger import secagg as _secagg  # noqa: F401, E402  (registers the "secagg" entry kind)
 from flower_chain.ledger.backends import Ledger, open_ledger
 from flower_chain.ledger.block import BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
@@ -28,7 +29,6 @@ from flower_chain.ledger.errors import (
 )
 from flower_chain.ledger.verify import VerifyReport, verify
 from flower_chain.ledger.writer import LedgerWriter, read_genesis
-from flower_chain.ledger import secagg as _secagg  # noqa: F401, E402  (registers the "secagg" entry kind)
 
 __all__ = [
     "AppendError",

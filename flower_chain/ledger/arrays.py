@@ -109,8 +109,9 @@ def array_digest_v2(named: Iterable[tuple[str, np.ndarray]], *, threads: int | N
     return _tree_digest(list(_chunks(named, 2)), threads)
 
 
-def array_digest(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION, *,
-                 threads: int | None = None) -> bytes:
+def array_digest(
+    named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION, *, threads: int | None = None
+) -> bytes:
     """The array digest of ``named`` under digest ``version`` (a ledger's ``GenesisEntry.digest_version``).
 
     Every digest user calls this one function with the version of the ledger it works on; the
@@ -121,8 +122,9 @@ def array_digest(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_D
     return array_digest_v2(named, threads=threads)
 
 
-def stream_digest(data: bytes | bytearray | memoryview, version: int = ARRAY_DIGEST_VERSION, *,
-                  threads: int | None = None) -> bytes:
+def stream_digest(
+    data: bytes | bytearray | memoryview, version: int = ARRAY_DIGEST_VERSION, *, threads: int | None = None
+) -> bytes:
     """The digest of an array stream's bytes (a blob's content address) under digest ``version``.
 
     Equal to :func:`array_digest` of the arrays the stream decodes to; it hashes the bytes as they
@@ -305,7 +307,9 @@ def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def cast_like(named: Iterable[tuple[str, np.ndarray]], dtypes: Sequence[np.dtype | str]) -> list[tuple[str, np.ndarray]]:
+def cast_like(
+    named: Iterable[tuple[str, np.ndarray]], dtypes: Sequence[np.dtype | str]
+) -> list[tuple[str, np.ndarray]]:
     """``named`` with each array cast to the dtype at the same position of ``dtypes``.
 
     The global model keeps the dtypes of the initial arrays: whatever dtype a

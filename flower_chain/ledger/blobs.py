@@ -43,13 +43,18 @@ class BlobError(LedgerError):
     def __init__(self, kind: str, digest: bytes, what: str, reason: str = "") -> None:
         self.kind, self.digest, self.what, self.reason = kind, bytes(digest), what, reason
         short = self.digest.hex()[:16]
-        super().__init__({MISSING: f"{what} {short} is not in the blob store",
-                          ALTERED: f"the stored {what} {short} does not match its digest",
-                          UNDECODABLE: f"the stored {what} {short} does not decode: {reason}"}[kind])
+        super().__init__(
+            {
+                MISSING: f"{what} {short} is not in the blob store",
+                ALTERED: f"the stored {what} {short} does not match its digest",
+                UNDECODABLE: f"the stored {what} {short} does not decode: {reason}",
+            }[kind]
+        )
 
 
-def read_arrays(ledger: Ledger, digest: bytes, what: str = "blob", version: int | None = None
-                ) -> list[tuple[str, np.ndarray]]:
+def read_arrays(
+    ledger: Ledger, digest: bytes, what: str = "blob", version: int | None = None
+) -> list[tuple[str, np.ndarray]]:
     """The named arrays stored under ``digest``, the blob checked against its address.
 
     Parameters

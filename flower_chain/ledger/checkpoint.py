@@ -92,8 +92,10 @@ def sign_note(body: str, name: str, key: Ed25519PrivateKey) -> str:
     if not body.endswith("\n"):
         raise CheckpointError("note body must end with a newline")
     if not _valid_key_name(name):
-        raise CheckpointError(f"key name {terminal_text(name)!r} is not a signed-note key name (non-empty, no space, "
-                              "no '+', no control character)")
+        raise CheckpointError(
+            f"key name {terminal_text(name)!r} is not a signed-note key name (non-empty, no space, "
+            "no '+', no control character)"
+        )
     sig = key.sign(body.encode())
     blob = base64.b64encode(note_key_id(name, key.public_key()) + sig).decode()
     return f"{body}\n{_DASH} {name} {blob}\n"

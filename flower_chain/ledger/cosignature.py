@@ -187,8 +187,9 @@ def parse_cosignature(line: str) -> Cosignature:
     return Cosignature(parts[1], blob[:4], ts, blob[12:])
 
 
-def verify_cosignature(note_or_body: str, line: str | Cosignature, cosigner: CosignerKey, *,
-                       max_future_s: int | None = 600) -> int:
+def verify_cosignature(
+    note_or_body: str, line: str | Cosignature, cosigner: CosignerKey, *, max_future_s: int | None = 600
+) -> int:
     """Verify one cosignature on a checkpoint; return its timestamp.
 
     Parameters
@@ -223,7 +224,7 @@ def add_cosignatures(note: str, lines: Iterable[str]) -> str:
     """Append cosignature lines to a signed note (skipping lines it already holds)."""
     if not note.endswith("\n"):
         raise CheckpointError("a signed note ends with a newline")
-    have = set(note[note.rfind("\n\n") + 2:].splitlines())
+    have = set(note[note.rfind("\n\n") + 2 :].splitlines())
     out = note
     for ln in lines:
         for one in ln.splitlines():
@@ -234,9 +235,15 @@ def add_cosignatures(note: str, lines: Iterable[str]) -> str:
     return out
 
 
-def verify_cosigned_checkpoint(note: str, log_public: Ed25519PublicKey | bytes, witnesses: Sequence[CosignerKey],
-                               quorum: int, *, origin: str | None = None,
-                               max_future_s: int | None = 600) -> tuple[Checkpoint, dict[str, int]]:
+def verify_cosigned_checkpoint(
+    note: str,
+    log_public: Ed25519PublicKey | bytes,
+    witnesses: Sequence[CosignerKey],
+    quorum: int,
+    *,
+    origin: str | None = None,
+    max_future_s: int | None = 600,
+) -> tuple[Checkpoint, dict[str, int]]:
     """Verify a checkpoint signed by the log and cosigned by at least ``quorum`` trusted witnesses.
 
     Signature lines of unknown keys are ignored, as the signed-note spec says.
@@ -272,7 +279,7 @@ def verify_cosigned_checkpoint(note: str, log_public: Ed25519PublicKey | bytes, 
     cp = Checkpoint.from_text(body)
     trusted = {(w.name, w.key_id): w for w in witnesses}
     valid: dict[str, int] = {}
-    for line in note[len(body) + 1:].splitlines():
+    for line in note[len(body) + 1 :].splitlines():
         parts = line.split(" ")
         if len(parts) != 3:
             continue
@@ -285,8 +292,10 @@ def verify_cosigned_checkpoint(note: str, log_public: Ed25519PublicKey | bytes, 
             continue  # another key (the log's own line, or an unknown witness)
         valid[w.name] = verify_cosignature(body, line, w, max_future_s=max_future_s)
     if len(valid) < quorum:
-        raise CheckpointError(f"checkpoint {cp.origin} at size {cp.size} has {len(valid)} valid cosignature(s) "
-                              f"from trusted witnesses, {quorum} required")
+        raise CheckpointError(
+            f"checkpoint {cp.origin} at size {cp.size} has {len(valid)} valid cosignature(s) "
+            f"from trusted witnesses, {quorum} required"
+        )
     return cp, valid
 
 
@@ -305,8 +314,9 @@ def client_cosigner(raw_client_key: bytes) -> CosignerKey:
     return CosignerKey(client_cosigner_name(raw), raw)
 
 
-def check_client_cosignature(line: str, checkpoint_note: str, raw_client_key: bytes, *,
-                             max_future_s: int | None = 600) -> bool:
+def check_client_cosignature(
+    line: str, checkpoint_note: str, raw_client_key: bytes, *, max_future_s: int | None = 600
+) -> bool:
     """Whether ``line`` is a valid cosignature/v1 of ``checkpoint_note`` by the client key ``raw_client_key``.
 
     Parameters
@@ -339,6 +349,8 @@ def check_client_cosignature(line: str, checkpoint_note: str, raw_client_key: by
 # The cosigned checkpoint a server stores beside each witnessed block (strategies/witnessing.py writes it).
 #: Domain tag of the blob address of a block's cosigned checkpoint.
 COSIGNED_DOMAIN = b"flower-chain:cosigned:v1\x00"
+
+
 def cosigned_address(block_hash: bytes) -> bytes:
     """Blob address of a block's cosigned checkpoint: ``SHA-256(COSIGNED_DOMAIN || block hash)``."""
     return hashlib.sha256(COSIGNED_DOMAIN + bytes(block_hash)).digest()

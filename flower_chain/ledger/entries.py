@@ -85,7 +85,9 @@ class _Entry:
             if name not in d:
                 d = {**d, name: value}
             elif d[name] == value:
-                raise EncodingError(f"{cls.TYPE} entry: field {name!r} is {value!r}, which is written by leaving it out")
+                raise EncodingError(
+                    f"{cls.TYPE} entry: field {name!r} is {value!r}, which is written by leaving it out"
+                )
         extra = set(d) - set(names) - {"type"}
         missing = set(names) - set(d)
         if extra or missing:
@@ -255,9 +257,17 @@ class UpdateStatement:
         if not isinstance(d, dict) or sorted(d) != sorted(names):
             raise EncodingError("update statement has the wrong fields")
         st = cls(**d)
-        for name, typ in (("kind", str), ("federation_id", str), ("round", int), ("key_id", str),
-                          ("parent", bytes), ("base_digest", bytes), ("arrays_digest", bytes),
-                          ("num_examples", int), ("metrics_digest", bytes)):
+        for name, typ in (
+            ("kind", str),
+            ("federation_id", str),
+            ("round", int),
+            ("key_id", str),
+            ("parent", bytes),
+            ("base_digest", bytes),
+            ("arrays_digest", bytes),
+            ("num_examples", int),
+            ("metrics_digest", bytes),
+        ):
             if not isinstance(getattr(st, name), typ):
                 raise EncodingError(f"update statement field {name!r} must be {typ.__name__}")
         return st

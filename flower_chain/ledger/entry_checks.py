@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from flower_chain.ledger.verify import VerifyReport, Walk
 
 
-def check_entries(h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
-                  ) -> tuple[list[tuple[int, UpdateEntry]], list[tuple[int, EvaluationEntry]]]:
+def check_entries(
+    h: BlockHeader, datas: list[bytes], first_index: int, w: Walk
+) -> tuple[list[tuple[int, UpdateEntry]], list[tuple[int, EvaluationEntry]]]:
     """(genesis and ``full``) every entry decodes and follows the entry rules; the block's updates and summaries."""
     updates: list[tuple[int, UpdateEntry]] = []
     summaries: list[tuple[int, EvaluationEntry]] = []
@@ -77,7 +78,9 @@ def _check_genesis(entry: Entry, h: BlockHeader, server_key: bytes | None, i: in
     if server_key is not None and entry.server_key != server_key:
         raise VerificationError(
             f"the genesis names server key {key_id(entry.server_key)}, not the expected {key_id(server_key)}",
-            height=0, entry=0)
+            height=0,
+            entry=0,
+        )
     if len(entry.server_key) != 32:
         raise VerificationError("the genesis server key is not a 32-byte Ed25519 key", height=0, entry=0)
     for kid, raw in entry.client_keys.items():
@@ -86,22 +89,25 @@ def _check_genesis(entry: Entry, h: BlockHeader, server_key: bytes | None, i: in
     return entry
 
 
-def _check_entry(entry: Entry | SecAggEntry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str],
-                 report: VerifyReport) -> None:
+def _check_entry(
+    entry: Entry | SecAggEntry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str], report: VerifyReport
+) -> None:
     report.entry_types[entry.TYPE] += 1
     if isinstance(entry, GenesisEntry):
         raise VerificationError("a second genesis entry", height=h.height, entry=i)
     if isinstance(entry, RevocationEntry):
         if entry.key_id not in genesis.client_keys:
-            raise VerificationError(f"revocation of key {entry.key_id!r}, which is not in the genesis keyring",
-                                    height=h.height, entry=i)
+            raise VerificationError(
+                f"revocation of key {entry.key_id!r}, which is not in the genesis keyring", height=h.height, entry=i
+            )
         revoked.add(entry.key_id)
         return
     if not isinstance(entry, UpdateEntry):
         return
     if entry.round != h.round:
-        raise VerificationError(f"update of round {entry.round} in a block of round {h.round}",
-                                height=h.height, entry=i)
+        raise VerificationError(
+            f"update of round {entry.round} in a block of round {h.round}", height=h.height, entry=i
+        )
     if entry.kind not in ("train", "evaluate"):
         raise VerificationError(f"update of unknown kind {entry.kind!r}", height=h.height, entry=i)
     if entry.verdict == REJECTED:
@@ -121,20 +127,32 @@ def _check_entry(entry: Entry | SecAggEntry, h: BlockHeader, i: int, genesis: Ge
     report.verdicts[(entry.kind, policy.recorded_reason(entry))] += 1
 
 
-def _check_cosignature(entry: CosignatureEntry, h: BlockHeader, i: int, genesis: GenesisEntry,
-                       prev_block: StoredBlock | None,
-                       report: VerifyReport) -> None:
+def _check_cosignature(
+    entry: CosignatureEntry,
+    h: BlockHeader,
+    i: int,
+    genesis: GenesisEntry,
+    prev_block: StoredBlock | None,
+    report: VerifyReport,
+) -> None:
     """A client's cosignature must verify, under its genesis key, over the checkpoint of the block before."""
     from flower_chain.ledger.cosignature import check_client_cosignature
 
     report.entry_types[entry.TYPE] += 1
     raw = genesis.client_keys.get(entry.key_id)
     if entry.round != h.round or prev_block is None or entry.size != prev_block.header.log_size:
-        raise VerificationError("a client cosignature of another round or checkpoint than the one the round was "
-                                "built on", height=h.height, entry=i)
+        raise VerificationError(
+            "a client cosignature of another round or checkpoint than the one the round was built on",
+            height=h.height,
+            entry=i,
+        )
     if raw is None or not check_client_cosignature(entry.line, prev_block.checkpoint, raw, max_future_s=None):
-        raise VerificationError(f"the cosignature recorded for client {entry.key_id} does not verify over the "
-                                f"checkpoint of size {entry.size}", height=h.height, entry=i)
+        raise VerificationError(
+            f"the cosignature recorded for client {entry.key_id} does not verify over the "
+            f"checkpoint of size {entry.size}",
+            height=h.height,
+            entry=i,
+        )
     heights = report.cosigned.setdefault(entry.key_id, set())
     if prev_block.header.height not in heights:  # a repeated cosignature of one checkpoint counts once
         heights.add(prev_block.header.height)

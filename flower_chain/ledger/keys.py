@@ -131,8 +131,10 @@ def check_public_raw(raw: bytes, where: str = "") -> bytes:
     """
     problem = public_key_problem(bytes(raw))
     if problem is not None:
-        raise KeyFileError(f"{where + ' holds ' if where else ''}{problem}; not accepted as a public key "
-                           "(create keys with `flower-chain keys new`)")
+        raise KeyFileError(
+            f"{where + ' holds ' if where else ''}{problem}; not accepted as a public key "
+            "(create keys with `flower-chain keys new`)"
+        )
     return bytes(raw)
 
 
@@ -186,9 +188,7 @@ def generate(directory: str | Path, name: str, *, overwrite: bool = False) -> tu
     if not overwrite and (priv_path.exists() or pub_path.exists()):
         raise KeyFileError(f"{priv_path} already exists; pick another --name or remove it first")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -269,7 +269,8 @@ class Keyring:
                         f"keyring directory {p} holds the private key {private[0]}"
                         f"{f' (and {len(private) - 1} more)' if len(private) > 1 else ''}: move private keys out "
                         f"of the keyring; the server needs only *{PUBLIC_SUFFIX} (each client keeps its own "
-                        f"*{PRIVATE_SUFFIX})")
+                        f"*{PRIVATE_SUFFIX})"
+                    )
             files = sorted(p.glob(f"*{PUBLIC_SUFFIX}"))
             if not files:
                 raise KeyFileError(f"no *{PUBLIC_SUFFIX} public keys in {p}; add clients with `flower-chain keys new`")
@@ -281,13 +282,16 @@ class Keyring:
         origin: dict[str, Path] = {}
         for f in files:
             if not allow_private_keys and b"PRIVATE KEY" in f.read_bytes():
-                raise KeyFileError(f"keyring file {f} holds a private key: move private keys out of the keyring; "
-                                   f"the server needs only the public key (*{PUBLIC_SUFFIX})")
+                raise KeyFileError(
+                    f"keyring file {f} holds a private key: move private keys out of the keyring; "
+                    f"the server needs only the public key (*{PUBLIC_SUFFIX})"
+                )
             raw = raw_public(load_public(f))
             kid = key_id(raw)
             if kid in keys:
-                raise KeyFileError(f"keyring {p}: {origin[kid]} and {f} hold the same key (key id {kid}); "
-                                   "remove one of them")
+                raise KeyFileError(
+                    f"keyring {p}: {origin[kid]} and {f} hold the same key (key id {kid}); remove one of them"
+                )
             keys[kid], origin[kid] = raw, f
         return cls(keys)
 

@@ -29,8 +29,16 @@ ANCHOR_STATUS_SUFFIX = ".anchors.jsonl"
 RUN_ID = "{run_id}"
 """Placeholder in a ledger URI for the id of the run that opens it (one new ledger per ``flwr run``)."""
 
-__all__ = ["ANCHOR_STATUS_SUFFIX", "FILE_SCHEMES", "RUN_ID", "LedgerLocation", "anchor_status_path", "file_uri",
-           "parse_ledger_uri", "with_run_id"]
+__all__ = [
+    "ANCHOR_STATUS_SUFFIX",
+    "FILE_SCHEMES",
+    "RUN_ID",
+    "LedgerLocation",
+    "anchor_status_path",
+    "file_uri",
+    "parse_ledger_uri",
+    "with_run_id",
+]
 
 
 @dataclass(frozen=True)
@@ -122,8 +130,7 @@ def parse_ledger_uri(uri: str | Path) -> LedgerLocation:
     if scheme in FILE_SCHEMES:
         if not rest.startswith("///") or len(rest) == 3:
             raise LedgerOpenError(
-                f"{uri!r}: write {scheme}:///relative/path or {scheme}:////absolute/path "
-                "(three slashes, then the path)"
+                f"{uri!r}: write {scheme}:///relative/path or {scheme}:////absolute/path (three slashes, then the path)"
             )
         return LedgerLocation(uri, scheme, Path(rest[3:]))
     return LedgerLocation(uri, scheme, None)

@@ -59,8 +59,19 @@ from flower_chain.ledger.text import safe_text
 OK = "ok"
 #: Verdicts :func:`judge_round` reaches only after the reply's signature verified under its genesis key
 #: (a reply with one of them may be attributed to the key it names: receipts, per-key history).
-VERIFIED_REASONS = frozenset({OK, "wrong-round", "wrong-federation", "stale-parent", "wrong-base-model",
-                              "digest-mismatch", "num-examples-mismatch", "duplicate", "equivocation"})
+VERIFIED_REASONS = frozenset(
+    {
+        OK,
+        "wrong-round",
+        "wrong-federation",
+        "stale-parent",
+        "wrong-base-model",
+        "digest-mismatch",
+        "num-examples-mismatch",
+        "duplicate",
+        "equivocation",
+    }
+)
 #: Of those, the verdicts of a statement for the round's own federation, round and kind: the key's reply to
 #: this round (``wrong-round``/``wrong-federation`` are replays of statements made for another).
 CURRENT_STATEMENT_REASONS = VERIFIED_REASONS - {"wrong-round", "wrong-federation"}
@@ -71,7 +82,6 @@ MAX_STATEMENT = 4096
 MAX_SIGNATURE = 64
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")  # 16 lowercase hex digits (flower_chain.ledger.keys.key_id)
-
 
 
 @dataclass(frozen=True)
@@ -234,8 +244,9 @@ def _template_difference(template: ArrayMeta, got: ArrayMeta) -> str:
     return "arrays differ from the global model"
 
 
-def judge_round(rules: RoundRules, evidence: Sequence[Evidence],
-                check: SignatureCheck = verify_signature) -> list[Verdict]:
+def judge_round(
+    rules: RoundRules, evidence: Sequence[Evidence], check: SignatureCheck = verify_signature
+) -> list[Verdict]:
     """The verdict on every reply of one round, in the order given (the order they are recorded in).
 
     Parameters
@@ -257,15 +268,22 @@ def judge_round(rules: RoundRules, evidence: Sequence[Evidence],
     equivocators = {k for k, s in statements.items() if len(s) > 1}
     for i, vd in enumerate(verdicts):
         if vd.statement_ok and vd.key_id in equivocators:
-            verdicts[i] = Verdict("equivocation", f"key {vd.key_id} signed {len(statements[vd.key_id])} different "
-                                  "statements for this round: stolen or misused; revoke it", vd.key_id, True, True)
+            verdicts[i] = Verdict(
+                "equivocation",
+                f"key {vd.key_id} signed {len(statements[vd.key_id])} different "
+                "statements for this round: stolen or misused; revoke it",
+                vd.key_id,
+                True,
+                True,
+            )
     # 11. one accepted reply per key
     seen: set[str] = set()
     for i, vd in enumerate(verdicts):
         if vd.accepted:
             if vd.key_id in seen:
-                verdicts[i] = Verdict("duplicate", f"a second copy of {vd.key_id}'s reply in this round",
-                                      vd.key_id, True, True)
+                verdicts[i] = Verdict(
+                    "duplicate", f"a second copy of {vd.key_id}'s reply in this round", vd.key_id, True, True
+                )
             seen.add(vd.key_id)
     # 12. the accepted set shares one metric schema (names, scalar or list, list lengths): Flower's strategies
     # aggregate metrics name by name and element by element. The schema most accepted replies share wins; on a
@@ -278,10 +296,14 @@ def judge_round(rules: RoundRules, evidence: Sequence[Evidence],
         best = leaders[0] if len(leaders) == 1 else None
         for i, vd in enumerate(verdicts):
             if vd.accepted and schemas[i] != best:
-                why = ("differ from the schema most of the round's replies share" if best is not None else
-                       "tie with another schema for the most replies: no schema is the round's")
-                verdicts[i] = Verdict("malformed", f"metrics {safe_text(_schema_text(schemas[i]), 200)} {why}",
-                                      vd.key_id, True, True)
+                why = (
+                    "differ from the schema most of the round's replies share"
+                    if best is not None
+                    else "tie with another schema for the most replies: no schema is the round's"
+                )
+                verdicts[i] = Verdict(
+                    "malformed", f"metrics {safe_text(_schema_text(schemas[i]), 200)} {why}", vd.key_id, True, True
+                )
     return verdicts
 
 
@@ -325,12 +347,24 @@ def equivocating_keys(verdicts: Sequence[Verdict]) -> set[str]:
 # -- the auditor's side ----------------------------------------------------------------------------------
 
 
-def evidence_of(entry: UpdateEntry, *, arrays_meta: ArrayMeta | None = None, nonfinite: str | None = None,
-                precheck: tuple[str, str] | None = None) -> Evidence:
+def evidence_of(
+    entry: UpdateEntry,
+    *,
+    arrays_meta: ArrayMeta | None = None,
+    nonfinite: str | None = None,
+    precheck: tuple[str, str] | None = None,
+) -> Evidence:
     """The evidence an update entry records (plus, where the update's blob is stored, its arrays' shape)."""
-    return Evidence(statement=entry.statement, signature=entry.signature, num_examples=entry.num_examples,
-                    arrays_digest=entry.arrays_digest, metrics=entry.metrics, arrays_meta=arrays_meta,
-                    nonfinite=nonfinite, precheck=precheck)
+    return Evidence(
+        statement=entry.statement,
+        signature=entry.signature,
+        num_examples=entry.num_examples,
+        arrays_digest=entry.arrays_digest,
+        metrics=entry.metrics,
+        arrays_meta=arrays_meta,
+        nonfinite=nonfinite,
+        precheck=precheck,
+    )
 
 
 def recorded_reason(entry: UpdateEntry) -> str:

@@ -12,8 +12,9 @@ from flower_chain.ledger.errors import LedgerError
 NodeReader = Callable[[int, int], bytes]  # (level, index) -> stored perfect-subtree hash
 
 
-def inclusion_proof(ledger: Ledger, index: int, size: int | None = None, *,
-                    node: NodeReader | None = None, stored: int | None = None) -> list[bytes]:
+def inclusion_proof(
+    ledger: Ledger, index: int, size: int | None = None, *, node: NodeReader | None = None, stored: int | None = None
+) -> list[bytes]:
     """Inclusion proof of log entry ``index`` in the log of ``size`` entries (default: the head's).
 
     ``node``: where the stored subtree hashes are read (default ``ledger.node``; a cache of it: they never
@@ -26,8 +27,9 @@ def inclusion_proof(ledger: Ledger, index: int, size: int | None = None, *,
     return merkle.inclusion_proof_from(merkle.range_from_nodes(node or ledger.node), index, size)
 
 
-def consistency_proof(ledger: Ledger, size1: int, size2: int | None = None, *,
-                      node: NodeReader | None = None) -> list[bytes]:
+def consistency_proof(
+    ledger: Ledger, size1: int, size2: int | None = None, *, node: NodeReader | None = None
+) -> list[bytes]:
     """Consistency proof from the log of ``size1`` entries to the one of ``size2`` (default: the head's)."""
     size2 = ledger.log_size() if size2 is None else size2
     if not 0 <= size1 <= size2 <= ledger.log_size():

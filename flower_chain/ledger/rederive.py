@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from flower_chain.ledger import policy
 from flower_chain.ledger.arrays import ArrayMeta, array_meta, first_nonfinite
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.blobs import MISSING, UNDECODABLE, BlobError, read_arrays
+from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, GenesisEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
@@ -59,8 +59,15 @@ def _template(ledger: Ledger, digest: bytes, wanted: bool) -> ArrayMeta | None:
     return None if arrays is None else array_meta(arrays)
 
 
-def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
-                   genesis: GenesisEntry, revoked: frozenset[str], report: VerifyReport, blobs: bool) -> None:
+def rederive_block(
+    ledger: Ledger,
+    h: BlockHeader,
+    updates: list[tuple[int, UpdateEntry]],
+    genesis: GenesisEntry,
+    revoked: frozenset[str],
+    report: VerifyReport,
+    blobs: bool,
+) -> None:
     """Re-derive the verdicts of one block's update entries with the policy the server used."""
     for kind in ("train", "evaluate"):
         group = [(i, e) for i, e in updates if e.kind == kind]
@@ -71,9 +78,15 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
         signed_malformed = [e.verdict == REJECTED and e.reason == "malformed" and bool(e.statement) for _, e in group]
         with_arrays = blobs or any(signed_malformed)
         rules = policy.RoundRules(
-            federation_id=genesis.federation_id, kind=kind, round=h.round, parent=h.prev_hash,
-            base_digest=h.model_before, keys=genesis.client_keys, revoked=revoked,
-            template=_template(ledger, h.model_before, with_arrays) if kind == "train" else None)
+            federation_id=genesis.federation_id,
+            kind=kind,
+            round=h.round,
+            parent=h.prev_hash,
+            base_digest=h.model_before,
+            keys=genesis.client_keys,
+            revoked=revoked,
+            template=_template(ledger, h.model_before, with_arrays) if kind == "train" else None,
+        )
         evidence = []
         for (_, e), evidence_needed in zip(group, signed_malformed):
             load = kind == "train" and ((blobs and e.verdict == ACCEPTED) or evidence_needed)
@@ -96,14 +109,22 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
         for j, ((i, e), d) in enumerate(zip(group, derived)):
             rec = policy.recorded_reason(e)
             if rec == "client-error" and (e.statement or e.signature):
-                raise VerificationError("a client-error entry carries a signed statement: a reply with content "
-                                        "was recorded as a Flower error", height=h.height, entry=i)
+                raise VerificationError(
+                    "a client-error entry carries a signed statement: a reply with content "
+                    "was recorded as a Flower error",
+                    height=h.height,
+                    entry=i,
+                )
             if rec in policy.PRECHECK_REASONS and d.reason != rec:
                 if e.statement:  # the server read a signed statement: the verdict must follow from the ledger
                     missing = " (its arrays are not in the blob store)" if evidence[j].arrays_meta is None else ""
-                    raise VerificationError(f"a signed {kind} update is recorded as {rec!r}, but the verdict policy "
-                                            f"derives {d.reason!r}{missing}: the rejection is not supported by the "
-                                            "ledger", height=h.height, entry=i)
+                    raise VerificationError(
+                        f"a signed {kind} update is recorded as {rec!r}, but the verdict policy "
+                        f"derives {d.reason!r}{missing}: the rejection is not supported by the "
+                        "ledger",
+                        height=h.height,
+                        entry=i,
+                    )
                 opaque.add(j)  # bytes the server could not read at all: nothing on the ledger to check them with
                 evidence[j] = policy.evidence_of(e, precheck=(rec, e.detail))
         if opaque:
@@ -114,12 +135,18 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
                 report.not_rederived[rec] += 1
                 continue
             if d.reason != rec:
-                raise VerificationError(f"{kind} update recorded as {rec!r}, but the verdict policy derives "
-                                        f"{d.reason!r} from the ledger ({d.detail or 'all rules pass'})",
-                                        height=h.height, entry=i)
+                raise VerificationError(
+                    f"{kind} update recorded as {rec!r}, but the verdict policy derives "
+                    f"{d.reason!r} from the ledger ({d.detail or 'all rules pass'})",
+                    height=h.height,
+                    entry=i,
+                )
             if e.key_id != d.key_id:
-                raise VerificationError(f"{kind} update recorded under key {e.key_id!r}, but its statement names "
-                                        f"{d.key_id!r}", height=h.height, entry=i)
+                raise VerificationError(
+                    f"{kind} update recorded under key {e.key_id!r}, but its statement names {d.key_id!r}",
+                    height=h.height,
+                    entry=i,
+                )
             report.verdicts_rederived += 1
             report.client_signatures_checked += d.accepted
 
@@ -127,8 +154,9 @@ def rederive_block(ledger: Ledger, h: BlockHeader, updates: list[tuple[int, Upda
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _signature_checks(evidence: list[policy.Evidence], keys: Mapping[str, bytes]
-                      ) -> dict[tuple[bytes, bytes, bytes], bool]:
+def _signature_checks(
+    evidence: list[policy.Evidence], keys: Mapping[str, bytes]
+) -> dict[tuple[bytes, bytes, bytes], bool]:
     """Ed25519 checks of a block's statements, on worker threads (``cryptography`` releases the GIL)."""
     todo = []
     for ev in evidence:
@@ -144,7 +172,7 @@ def _signature_checks(evidence: list[policy.Evidence], keys: Mapping[str, bytes]
     if _POOL is None:
         _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="flower-chain-verify")
     size = -(-len(todo) // (4 * _POOL._max_workers))
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     out: dict[tuple[bytes, bytes, bytes], bool] = {}
     for chunk, results in zip(chunks, _POOL.map(lambda c: [verify_signature(*t) for t in c], chunks)):
         out.update(zip(chunk, results))

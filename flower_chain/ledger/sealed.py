@@ -116,7 +116,7 @@ def parse_sealed(blob: bytes) -> SealedBlob:
     if len(data) < HEADER_LEN + TAG_LEN or not data.startswith(MAGIC):
         raise SealedError("not a sealed update blob (wrong magic or shorter than its fixed fields)")
     at = len(MAGIC)
-    return SealedBlob(data[at:at + ID_LEN], data[at + ID_LEN:HEADER_LEN], data[HEADER_LEN:])
+    return SealedBlob(data[at : at + ID_LEN], data[at + ID_LEN : HEADER_LEN], data[HEADER_LEN:])
 
 
 def open_sealed(blob: bytes, key: X25519PrivateKey, origin: str, digest: bytes) -> bytes:
@@ -127,8 +127,9 @@ def open_sealed(blob: bytes, key: X25519PrivateKey, origin: str, digest: bytes) 
     """
     parsed = parse_sealed(blob)
     if parsed.recipient != recipient_id(key):
-        raise SealedError(f"sealed to another auditor key ({parsed.recipient.hex()[:16]}, not "
-                          f"{recipient_id(key).hex()[:16]})")
+        raise SealedError(
+            f"sealed to another auditor key ({parsed.recipient.hex()[:16]}, not {recipient_id(key).hex()[:16]})"
+        )
     try:
         return SUITE.decrypt(parsed.enc + parsed.ciphertext, key, info=info_for(origin, digest))
     except (InvalidTag, ValueError) as e:
@@ -197,11 +198,11 @@ def write_audit_keypair(directory: str | Path, name: str = "audit") -> tuple[Pat
             raise SealedError(f"{p} exists: refusing to overwrite an audit key")
     d.mkdir(parents=True, exist_ok=True)
     key = X25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return priv_path, pub_path

@@ -29,8 +29,19 @@ SETUP, SHARE_KEYS, MASKED, UNMASK = "setup", "share-keys", "masked-input", "unma
 CLIENT_STAGES = (SETUP, SHARE_KEYS, MASKED, UNMASK)
 SERVER_RECORDS = (HEADER, COMMIT, RESULT)
 #: Reasons a stage reply is rejected (the node then counts as dropped from that stage on).
-REASONS = ("no-reply", "client-error", "unsigned", "bad-signature", "unknown-key", "revoked-key", "replayed",
-           "duplicate", "malformed", "mismatch", "refused")
+REASONS = (
+    "no-reply",
+    "client-error",
+    "unsigned",
+    "bad-signature",
+    "unknown-key",
+    "revoked-key",
+    "replayed",
+    "duplicate",
+    "malformed",
+    "mismatch",
+    "refused",
+)
 
 
 @_entries._register
@@ -96,8 +107,15 @@ class StageStatement:
     reply: dict[str, Any]
 
     _FIELDS: ClassVar[tuple[tuple[str, type], ...]] = (
-        ("federation_id", str), ("round", int), ("round_id", bytes), ("stage", str), ("node_id", str),
-        ("key_id", str), ("request", bytes), ("reply", dict))
+        ("federation_id", str),
+        ("round", int),
+        ("round_id", bytes),
+        ("stage", str),
+        ("node_id", str),
+        ("key_id", str),
+        ("request", bytes),
+        ("reply", dict),
+    )
 
     def to_bytes(self) -> bytes:
         return encode_with_domain(STAGE_DOMAIN, {n: getattr(self, n) for n, _ in self._FIELDS})
@@ -127,8 +145,9 @@ def _ids(value: Any, what: str) -> list[str]:
 
 
 def _id_map(value: Any, what: str, typ: type) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(k.isdigit() and len(k) <= 20 and isinstance(v, typ)
-                                              for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        k.isdigit() and len(k) <= 20 and isinstance(v, typ) for k, v in value.items()
+    ):
         raise EncodingError(f"{what} must map node ids to {typ.__name__}")
     return value
 
@@ -137,8 +156,15 @@ _REPLY_FIELDS: dict[str, dict[str, type]] = {
     SETUP: {"pk1": bytes, "pk2": bytes},
     SHARE_KEYS: {"sent": dict},
     MASKED: {"digest": bytes, "weight": int, "sources": list, "seed_digest": bytes},
-    UNMASK: {"active": list, "dead": list, "checkpoint_size": int, "checkpoint_root": bytes,
-             "seed_shares": dict, "key_shares": dict, "refused": str},
+    UNMASK: {
+        "active": list,
+        "dead": list,
+        "checkpoint_size": int,
+        "checkpoint_root": bytes,
+        "seed_shares": dict,
+        "key_shares": dict,
+        "refused": str,
+    },
 }
 
 
@@ -162,10 +188,25 @@ def check_reply(stage: str, reply: Any) -> dict[str, Any]:
     return reply
 
 
-_PARAMS: dict[str, type] = {"num_shares": int, "threshold": int, "clipping_range": float, "quantization_range": int,
-           "mod_range": int, "max_weight": float}
-_HEADER: dict[str, type] = {"federation_id": str, "round": int, "parent": bytes, "base_digest": bytes, "params": dict,
-           "sampled": list, "graph_seed": bytes, "generator": str, "nonce": bytes}
+_PARAMS: dict[str, type] = {
+    "num_shares": int,
+    "threshold": int,
+    "clipping_range": float,
+    "quantization_range": int,
+    "mod_range": int,
+    "max_weight": float,
+}
+_HEADER: dict[str, type] = {
+    "federation_id": str,
+    "round": int,
+    "parent": bytes,
+    "base_digest": bytes,
+    "params": dict,
+    "sampled": list,
+    "graph_seed": bytes,
+    "generator": str,
+    "nonce": bytes,
+}
 
 
 def check_header(data: Any) -> dict[str, Any]:
@@ -176,8 +217,9 @@ def check_header(data: Any) -> dict[str, Any]:
         if not isinstance(data[name], typ) or isinstance(data[name], bool):
             raise EncodingError(f"round header field {name!r} must be {typ.__name__}")
     p = data["params"]
-    if sorted(p) != sorted(_PARAMS) or not all(isinstance(p[k], t) and not isinstance(p[k], bool)
-                                               for k, t in _PARAMS.items()):
+    if sorted(p) != sorted(_PARAMS) or not all(
+        isinstance(p[k], t) and not isinstance(p[k], bool) for k, t in _PARAMS.items()
+    ):
         raise EncodingError(f"round header params must be exactly {sorted(_PARAMS)}")
     if data["generator"] not in GENERATORS:
         raise EncodingError(f"unknown mask generator {data['generator']!r}")
@@ -186,8 +228,15 @@ def check_header(data: Any) -> dict[str, Any]:
 
 
 _COMMIT: dict[str, type] = {"round_id": bytes, "live": list, "dropped": list, "masked": dict, "statements": dict}
-_RESULT: dict[str, type] = {"round_id": bytes, "live": list, "aggregate_digest": bytes, "names": list, "dtypes": list,
-           "model_after": bytes, "failure": str}
+_RESULT: dict[str, type] = {
+    "round_id": bytes,
+    "live": list,
+    "aggregate_digest": bytes,
+    "names": list,
+    "dtypes": list,
+    "model_after": bytes,
+    "failure": str,
+}
 
 
 def check_commit(data: Any) -> dict[str, Any]:
@@ -200,8 +249,7 @@ def check_commit(data: Any) -> dict[str, Any]:
     if sorted(data["masked"]) != sorted(live):
         raise EncodingError("the commitment's masked inputs are not exactly its live nodes")
     st = _id_map(data["statements"], "statements", list)
-    if sorted(st) != sorted(live) or not all(len(v) == 2 and all(isinstance(b, bytes) for b in v)
-                                             for v in st.values()):
+    if sorted(st) != sorted(live) or not all(len(v) == 2 and all(isinstance(b, bytes) for b in v) for v in st.values()):
         raise EncodingError("the commitment's statements must map each live node to [statement, signature]")
     return cast(dict[str, Any], data)  # its shape was checked above
 
@@ -210,8 +258,7 @@ def check_result(data: Any) -> dict[str, Any]:
     """Check a round result's shape (docs/secagg.md §2.4); raise :class:`EncodingError` if wrong."""
     _fields(data, _RESULT, "result")
     _ids(data["live"], "live")
-    if not all(isinstance(x, str) for x in data["names"] + data["dtypes"]) or \
-            len(data["names"]) != len(data["dtypes"]):
+    if not all(isinstance(x, str) for x in data["names"] + data["dtypes"]) or len(data["names"]) != len(data["dtypes"]):
         raise EncodingError("result names and dtypes must be lists of text of one length")
     return cast(dict[str, Any], data)  # its shape was checked above
 
@@ -226,5 +273,15 @@ def _fields(data: Any, want: dict[str, type], what: str) -> None:
 
 def server_record(server_round: int, stage: str, data: dict[str, Any]) -> SecAggEntry:
     """A server record (``header``, ``commit`` or ``result``) as an entry."""
-    return SecAggEntry(round=int(server_round), stage=stage, node_id="", key_id="", verdict="", reason="",
-                       detail="", statement=b"", signature=b"", data=data)
+    return SecAggEntry(
+        round=int(server_round),
+        stage=stage,
+        node_id="",
+        key_id="",
+        verdict="",
+        reason="",
+        detail="",
+        statement=b"",
+        signature=b"",
+        data=data,
+    )

@@ -72,7 +72,7 @@ def _randomstate_32(seed: bytes, num_range: int, shapes: Shapes) -> list[np.ndar
         raise ValueError("the 32-bit generator needs a seed whose length is a multiple of 4")
     seed32 = 0
     for i in range(0, len(seed), 4):
-        seed32 ^= int.from_bytes(seed[i:i + 4], "little")
+        seed32 ^= int.from_bytes(seed[i : i + 4], "little")
     gen = np.random.RandomState(seed32)
     out = []
     for shape in shapes:
@@ -93,7 +93,7 @@ def _aes_ctr(seed: bytes, mod_range: int, shapes: Shapes) -> list[np.ndarray]:
     words = np.frombuffer(stream, dtype="<u4").astype(np.int64) & (mod_range - 1)
     out, pos = [], 0
     for shape, size in zip(shapes, sizes):
-        out.append(words[pos:pos + size].reshape(shape))
+        out.append(words[pos : pos + size].reshape(shape))
         pos += size
     return out
 
@@ -106,8 +106,9 @@ def add_mod(acc: list[np.ndarray], other: Sequence[np.ndarray], mod_range: int, 
     return [(a - b) & mask for a, b in zip(acc, other)]
 
 
-def finish_aggregate(unmasked: Sequence[np.ndarray], clipping_range: float, quantization_range: int,
-                     live: int) -> list[np.ndarray]:
+def finish_aggregate(
+    unmasked: Sequence[np.ndarray], clipping_range: float, quantization_range: int, live: int
+) -> list[np.ndarray]:
     """Flower's dequantization of the unmasked sum of ``live`` inputs into the weighted average (float64).
 
     ``unmasked[0]`` is the sum of the quantized weights, the rest the sum of the quantized weighted

@@ -191,7 +191,7 @@ def decode_bundle(data: bytes) -> list[bytes]:
         (n,) = struct.unpack_from(">H", data, i)
         if i + 2 + n > len(data):
             raise TileError("entry bundle ends inside an entry")
-        out.append(bytes(data[i + 2: i + 2 + n]))
+        out.append(bytes(data[i + 2 : i + 2 + n]))
         i += 2 + n
     return out
 
@@ -199,7 +199,7 @@ def decode_bundle(data: bytes) -> list[bytes]:
 def _split_hashes(data: bytes, width: int, what: str) -> list[bytes]:
     if len(data) != width * merkle.HASH_SIZE:
         raise ProofError(f"{what} has {len(data)} bytes, expected {width * merkle.HASH_SIZE}")
-    return [data[i: i + merkle.HASH_SIZE] for i in range(0, len(data), merkle.HASH_SIZE)]
+    return [data[i : i + merkle.HASH_SIZE] for i in range(0, len(data), merkle.HASH_SIZE)]
 
 
 def http_fetcher(base_url: str, timeout: float = 10.0) -> Callable[[str], bytes]:
@@ -240,8 +240,9 @@ class TilesClient:
     checkpoint verified with ``log_key``, so the client trusts no tile.
     """
 
-    def __init__(self, source: str | Callable[[str], bytes], log_key: bytes, *, origin: str | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, source: str | Callable[[str], bytes], log_key: bytes, *, origin: str | None = None, timeout: float = 10.0
+    ) -> None:
         self.fetch = http_fetcher(source, timeout) if isinstance(source, str) else source
         self.log_key = log_key
         self.origin = origin
@@ -288,7 +289,7 @@ class TilesClient:
             first = index << r  # first tile-level-tl hash under this node
             t_index, off = divmod(first, TILE_WIDTH)
             hashes = self.tile(tl, t_index, size)
-            part = hashes[off: off + (1 << r)]
+            part = hashes[off : off + (1 << r)]
             if len(part) != 1 << r:
                 raise ProofError(f"subtree ({level}, {index}) is not complete in a tree of size {size}")
             return merkle.root(part)

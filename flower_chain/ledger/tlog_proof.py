@@ -89,9 +89,18 @@ class ConsistencyProof:
     hashes: tuple[bytes, ...]
 
     def to_text(self) -> str:
-        return json.dumps({"format": CONSISTENCY_FORMAT, "old_checkpoint": self.old_checkpoint,
-                           "new_checkpoint": self.new_checkpoint,
-                           "proof": [base64.b64encode(h).decode() for h in self.hashes]}, indent=2) + "\n"
+        return (
+            json.dumps(
+                {
+                    "format": CONSISTENCY_FORMAT,
+                    "old_checkpoint": self.old_checkpoint,
+                    "new_checkpoint": self.new_checkpoint,
+                    "proof": [base64.b64encode(h).decode() for h in self.hashes],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_text(cls, text: str) -> ConsistencyProof:
@@ -99,8 +108,9 @@ class ConsistencyProof:
             d = json.loads(text)
             if d.get("format") != CONSISTENCY_FORMAT:
                 raise ProofError(f"not a {CONSISTENCY_FORMAT} document")
-            return cls(d["old_checkpoint"], d["new_checkpoint"],
-                       tuple(base64.b64decode(h, validate=True) for h in d["proof"]))
+            return cls(
+                d["old_checkpoint"], d["new_checkpoint"], tuple(base64.b64decode(h, validate=True) for h in d["proof"])
+            )
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
             raise ProofError(f"malformed consistency proof: {e}") from e
 
@@ -123,8 +133,14 @@ def parse_proof(text: str) -> InclusionProof | ConsistencyProof:
     raise ProofError(f"not a proof: expected a {TLOG_PROOF_HEADER} or {CONSISTENCY_FORMAT} document")
 
 
-def prove_inclusion(ledger: Ledger, index: int, *, head: StoredBlock | None = None,
-                    node: NodeReader | None = None, entry: bytes | None = None) -> InclusionProof:
+def prove_inclusion(
+    ledger: Ledger,
+    index: int,
+    *,
+    head: StoredBlock | None = None,
+    node: NodeReader | None = None,
+    entry: bytes | None = None,
+) -> InclusionProof:
     """Inclusion proof of log entry ``index`` against the latest signed checkpoint (or ``head``'s).
 
     ``head`` (a block of this ledger), ``node`` (where the stored subtree hashes are read,
@@ -145,8 +161,9 @@ def prove_consistency(ledger: Ledger, old_size: int) -> ConsistencyProof:
     if head is None:
         raise LedgerError("the ledger is empty")
     old = block_with_size(ledger, old_size)
-    return ConsistencyProof(old.checkpoint, head.checkpoint,
-                            tuple(consistency_proof(ledger, old_size, head.header.log_size)))
+    return ConsistencyProof(
+        old.checkpoint, head.checkpoint, tuple(consistency_proof(ledger, old_size, head.header.log_size))
+    )
 
 
 def find_update(ledger: Ledger, server_round: int, key_id: str) -> int:

@@ -167,8 +167,15 @@ def verify(
         ``visit(index, entry)`` for every decoded entry after block 0 (the server builds
         its receipt index from it while it verifies).
     """
-    walk = Walk(VerifyReport(uri=ledger.uri), server_key, full, client_signatures,
-                client_signatures if nodes is None else nodes, blobs, visit)
+    walk = Walk(
+        VerifyReport(uri=ledger.uri),
+        server_key,
+        full,
+        client_signatures,
+        client_signatures if nodes is None else nodes,
+        blobs,
+        visit,
+    )
     try:
         n_blocks = ledger.block_count()
     except LedgerError as e:
@@ -236,7 +243,8 @@ def check_chain(height: int, block: StoredBlock, w: Walk) -> BlockHeader:
         raise VerificationError("timestamp goes back in time", height=height)
     if h.log_size != w.log.size + h.entry_count:
         raise VerificationError(
-            f"log_size {h.log_size} is not the previous size {w.log.size} + {h.entry_count} entries", height=height)
+            f"log_size {h.log_size} is not the previous size {w.log.size} + {h.entry_count} entries", height=height
+        )
     return h
 
 
@@ -253,17 +261,20 @@ def check_tree(ledger: Ledger, h: BlockHeader, datas: list[bytes], w: Walk) -> l
             except LedgerError:
                 stored = None
             if stored != node:
-                raise VerificationError(f"the stored Merkle node (level {level}, index {index}) differs from the "
-                                        "tree of the entries: proofs served from it would not verify",
-                                        height=h.height)
+                raise VerificationError(
+                    f"the stored Merkle node (level {level}, index {index}) differs from the "
+                    "tree of the entries: proofs served from it would not verify",
+                    height=h.height,
+                )
     return leaves
 
 
 def check_roots(h: BlockHeader, datas: list[bytes], leaves: list[bytes], w: Walk) -> None:
     """The header's entry count, ``entries_root`` and ``log_root`` are those of the entries stored."""
     if len(datas) != h.entry_count:
-        raise VerificationError(f"header counts {h.entry_count} entries, the ledger holds {len(datas)}",
-                                height=h.height)
+        raise VerificationError(
+            f"header counts {h.entry_count} entries, the ledger holds {len(datas)}", height=h.height
+        )
     if merkle.root(leaves) != h.entries_root:
         raise VerificationError("entries_root does not match the block's entries", height=h.height)
     if w.log.root() != h.log_root:
@@ -276,8 +287,9 @@ def check_signatures(h: BlockHeader, block: StoredBlock, w: Walk) -> GenesisEntr
     if genesis is None:
         raise VerificationError("block 0 has no genesis entry", height=0)
     if h.federation_id != genesis.federation_id:
-        raise VerificationError(f"block belongs to federation {h.federation_id!r}, not {genesis.federation_id!r}",
-                                height=h.height)
+        raise VerificationError(
+            f"block belongs to federation {h.federation_id!r}, not {genesis.federation_id!r}", height=h.height
+        )
     if not verify_signature(w.pub, block.signature, block.header_bytes):
         raise VerificationError("the server signature on the header does not verify", height=h.height)
     try:
@@ -295,29 +307,37 @@ def check_model_chain(h: BlockHeader, updates: list[tuple[int, UpdateEntry]], w:
     for the audit); the genesis names neither."""
     if w.full and w.last_model:  # once a model exists, every block starts from it and ends with one
         if h.model_before != w.last_model:
-            raise VerificationError("model_before is not the model_after of the previous round"
-                                    + ("" if h.model_before else " (the block names no base model)"), height=h.height)
+            raise VerificationError(
+                "model_before is not the model_after of the previous round"
+                + ("" if h.model_before else " (the block names no base model)"),
+                height=h.height,
+            )
         if not h.model_after:
-            raise VerificationError("the block names no model_after: a model exists since an earlier block, and "
-                                    "every later block says which model it leaves", height=h.height)
+            raise VerificationError(
+                "the block names no model_after: a model exists since an earlier block, and "
+                "every later block says which model it leaves",
+                height=h.height,
+            )
     if w.secagg_result:  # the aggregate of masked updates: the audit replays it (said in the report)
         w.report.secagg_rounds += 1
     elif w.full and h.height and not any(e.kind == "train" and e.verdict == ACCEPTED for _, e in updates):
         # no accepted update, nothing to aggregate: the block leaves the model and the strategy state as
         # they were (evaluation, revocation, a round where every reply was rejected)
         if h.model_after != h.model_before:
-            raise VerificationError("the block accepts no train update but changes the model "
-                                    f"({h.model_before.hex()[:16] or 'none'} -> {h.model_after.hex()[:16] or 'none'})",
-                                    height=h.height)
+            raise VerificationError(
+                "the block accepts no train update but changes the model "
+                f"({h.model_before.hex()[:16] or 'none'} -> {h.model_after.hex()[:16] or 'none'})",
+                height=h.height,
+            )
         if h.state_after != w.report.state_digest:
-            raise VerificationError("the block accepts no train update but changes the strategy state",
-                                    height=h.height)
+            raise VerificationError("the block accepts no train update but changes the strategy state", height=h.height)
     if h.height == 0 and (h.model_before or h.model_after or h.state_after):
         raise VerificationError("the genesis block names a model or a strategy state", height=0)
 
 
-def check_evaluation_summaries(h: BlockHeader, updates: list[tuple[int, UpdateEntry]],
-                               summaries: list[tuple[int, EvaluationEntry]], w: Walk) -> None:
+def check_evaluation_summaries(
+    h: BlockHeader, updates: list[tuple[int, UpdateEntry]], summaries: list[tuple[int, EvaluationEntry]], w: Walk
+) -> None:
     """(``full``) evaluation summaries are bound to their block: each names the block's round and a known
     source; a block with evaluate replies holds exactly one ``federated`` summary, counting exactly its
     accepted evaluate replies, and a round has at most one; a federated summary stands beside its evaluate
@@ -326,37 +346,52 @@ def check_evaluation_summaries(h: BlockHeader, updates: list[tuple[int, UpdateEn
     federated = [(i, ev) for i, ev in summaries if ev.source == "federated"]
     for i, ev in summaries:
         if ev.round != h.round:
-            raise VerificationError(f"an evaluation summary of round {ev.round} in a block of round {h.round}",
-                                    height=h.height, entry=i)
+            raise VerificationError(
+                f"an evaluation summary of round {ev.round} in a block of round {h.round}", height=h.height, entry=i
+            )
         if ev.source not in ("federated", "centralized"):
-            raise VerificationError(f"an evaluation summary of unknown source {safe_text(ev.source, 40)!r}",
-                                    height=h.height, entry=i)
+            raise VerificationError(
+                f"an evaluation summary of unknown source {safe_text(ev.source, 40)!r}", height=h.height, entry=i
+            )
         if ev.source == "centralized":
             if evaluate or ev.num_replies:
-                raise VerificationError("a centralized evaluation summary beside evaluate replies or counting "
-                                        f"{ev.num_replies} of them: a federated result labelled as the server's",
-                                        height=h.height, entry=i)
+                raise VerificationError(
+                    "a centralized evaluation summary beside evaluate replies or counting "
+                    f"{ev.num_replies} of them: a federated result labelled as the server's",
+                    height=h.height,
+                    entry=i,
+                )
             w.report.centralized_evaluations.append(h.round)
     if len(federated) > 1:
-        raise VerificationError(f"{len(federated)} federated evaluation summaries in one block (one per round)",
-                                height=h.height, entry=federated[1][0])
+        raise VerificationError(
+            f"{len(federated)} federated evaluation summaries in one block (one per round)",
+            height=h.height,
+            entry=federated[1][0],
+        )
     if evaluate and not federated:
-        raise VerificationError(f"the block records {len(evaluate)} evaluate replies but no federated evaluation "
-                                "summary of them", height=h.height)
+        raise VerificationError(
+            f"the block records {len(evaluate)} evaluate replies but no federated evaluation summary of them",
+            height=h.height,
+        )
     if not federated:
         return
     i, ev = federated[0]
     if not evaluate:
-        raise VerificationError("a federated evaluation summary in a block without evaluate replies: nothing "
-                                "the clients sent supports it", height=h.height, entry=i)
+        raise VerificationError(
+            "a federated evaluation summary in a block without evaluate replies: nothing the clients sent supports it",
+            height=h.height,
+            entry=i,
+        )
     if h.round in w.evaluated_rounds:
-        raise VerificationError(f"a second federated evaluation summary for round {h.round}",
-                                height=h.height, entry=i)
+        raise VerificationError(f"a second federated evaluation summary for round {h.round}", height=h.height, entry=i)
     w.evaluated_rounds.add(h.round)
     accepted_eval = sum(e.verdict == ACCEPTED for e in evaluate)
     if ev.num_replies != accepted_eval:
-        raise VerificationError(f"the federated evaluation summary counts {ev.num_replies} replies, "
-                                f"the block accepted {accepted_eval}", height=h.height, entry=i)
+        raise VerificationError(
+            f"the federated evaluation summary counts {ev.num_replies} replies, the block accepted {accepted_eval}",
+            height=h.height,
+            entry=i,
+        )
 
 
 def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
@@ -374,5 +409,6 @@ def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
         except LedgerError as e:
             raise VerificationError(f"the {what} blob does not decode: {e}", height=h.height) from e
         if array_digest(arrays, digest_version_of(ledger)) != digest:
-            raise VerificationError(f"the {what} blob in the blob store does not match its digest (altered)",
-                                    height=h.height)
+            raise VerificationError(
+                f"the {what} blob in the blob store does not match its digest (altered)", height=h.height
+            )

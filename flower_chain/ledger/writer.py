@@ -77,15 +77,18 @@ class LedgerWriter:
         Returns seconds since the epoch (for tests).
     """
 
-    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, ledger: Ledger, server_key: Ed25519PrivateKey, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.ledger = ledger
         self.server_key = server_key
         self.clock = clock
         self.genesis: GenesisEntry | None = None
         self._range = merkle.CompactRange()
         self._head: StoredBlock | None = None
-        self.listeners: list[Callable[[StoredBlock], object]] = []  # called with each block once it is durable (e.g. an anchor publisher)
+        self.listeners: list[
+            Callable[[StoredBlock], object]
+        ] = []  # called with each block once it is durable (e.g. an anchor publisher)
         if ledger.block_count():
             self._load()
 
@@ -148,8 +151,15 @@ class LedgerWriter:
         self.genesis = genesis
         return self.append(0, [genesis])
 
-    def append(self, round: int, entries: Sequence[Entry | bytes], *, model_before: bytes = b"",
-               model_after: bytes = b"", state_after: bytes = b"") -> StoredBlock:
+    def append(
+        self,
+        round: int,
+        entries: Sequence[Entry | bytes],
+        *,
+        model_before: bytes = b"",
+        model_after: bytes = b"",
+        state_after: bytes = b"",
+    ) -> StoredBlock:
         """Sign and append one block holding ``entries``; return it once it is durable."""
         if self.genesis is None:
             raise AppendError("append the genesis first (LedgerWriter.init)")
@@ -177,8 +187,9 @@ class LedgerWriter:
             log_root=log_range.root(),
         )
         hb = header.to_bytes()
-        cp = sign_checkpoint(Checkpoint(origin_for(header.federation_id), header.log_size, header.log_root),
-                             self.server_key)
+        cp = sign_checkpoint(
+            Checkpoint(origin_for(header.federation_id), header.log_size, header.log_root), self.server_key
+        )
         block = StoredBlock(hb, self.server_key.sign(hb), cp)
         self.ledger.append(block, data, nodes)
         self._range, self._head = log_range, block
@@ -199,9 +210,13 @@ class LedgerWriter:
         self.check_head()
         h = self._head.header
         model = h.model_after or _last_model(self.ledger, h.height)
-        return self.append(h.round, [RevocationEntry(key_id=kid, reason=str(reason),
-                                                     created_ms=int(self.clock() * 1000))],
-                           model_before=model, model_after=model, state_after=h.state_after)
+        return self.append(
+            h.round,
+            [RevocationEntry(key_id=kid, reason=str(reason), created_ms=int(self.clock() * 1000))],
+            model_before=model,
+            model_after=model,
+            state_after=h.state_after,
+        )
 
     def checkpoint(self) -> str:
         """The signed checkpoint of the log at the head."""

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.errors import CheckpointError, LedgerError
+from flower_chain.ledger.text import is_decimal
 from flower_chain.ledger.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
@@ -49,7 +50,6 @@ from flower_chain.ledger.tiles import (
     tile_hashes,
 )
 from flower_chain.ledger.writer import read_genesis
-from flower_chain.ledger.text import is_decimal
 from flower_chain.serve.explorer import explorer_data
 
 if TYPE_CHECKING:
@@ -96,15 +96,28 @@ class LogView:
         Also replay the aggregation for the status (once per head: slower on long ledgers).
     """
 
-    def __init__(self, ledger: Ledger, refresh_s: float = 0.5, *, server_key: bytes | None = None,
-                 keys: str | Path | None = None, witnesses: Sequence[str] = (), quorum: int = 1,
-                 audit: bool = False) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        refresh_s: float = 0.5,
+        *,
+        server_key: bytes | None = None,
+        keys: str | Path | None = None,
+        witnesses: Sequence[str] = (),
+        quorum: int = 1,
+        audit: bool = False,
+    ) -> None:
         from flower_chain.audit.status import keyring_names
 
         self.ledger = ledger
         self.refresh_s = refresh_s
-        self.checks: _Checks = {"server_key": server_key, "keys": keys, "witnesses": tuple(witnesses), "quorum": quorum,
-                       "run_audit": audit}
+        self.checks: _Checks = {
+            "server_key": server_key,
+            "keys": keys,
+            "witnesses": tuple(witnesses),
+            "quorum": quorum,
+            "run_audit": audit,
+        }
         self.names = keyring_names(keys) if keys is not None else {}
         self._status: tuple[int, dict[str, Any]] | None = None
         self._status_lock = threading.Lock()
@@ -142,8 +155,9 @@ class LogView:
                 log.error("not serving block %d: its checkpoint does not verify (%s)", head.header.height, e)
                 return
             if cp.size < self.size or head.header.height < self.height or cp.size != head.header.log_size:
-                log.error("not serving block %d: the log went from %d to %d entries", head.header.height,
-                          self.size, cp.size)
+                log.error(
+                    "not serving block %d: the log went from %d to %d entries", head.header.height, self.size, cp.size
+                )
                 return
             self.checkpoint, self.size, self.height = head.checkpoint, cp.size, head.header.height
 
@@ -236,8 +250,9 @@ def build_app(view: LogView) -> Starlette:
 
     async def checkpoint(request: Request) -> Response:
         view.refresh(force=True)
-        return Response(view.checkpoint, media_type="text/plain; charset=utf-8",
-                        headers={"Cache-Control": CHECKPOINT_CACHE})
+        return Response(
+            view.checkpoint, media_type="text/plain; charset=utf-8", headers={"Cache-Control": CHECKPOINT_CACHE}
+        )
 
     async def tile(request: Request) -> Response:
         try:
@@ -254,8 +269,11 @@ def build_app(view: LogView) -> Starlette:
             return PlainTextResponse("the ledger cannot be read\n", status_code=503)
         if data is None:
             return PlainTextResponse("no such tile in this log\n", status_code=404)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Cache-Control": PARTIAL_TILE_CACHE if t.is_partial else FULL_TILE_CACHE})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Cache-Control": PARTIAL_TILE_CACHE if t.is_partial else FULL_TILE_CACHE},
+        )
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
@@ -273,9 +291,26 @@ def build_app(view: LogView) -> Starlette:
             d = _data()
         except LedgerError as e:
             return _unavailable(e)
-        return JSONResponse({k: d[k] for k in ("federation_id", "origin", "strategy", "allowed_keys", "blocks",
-                                               "log_size", "reasons", "evaluate_reasons", "checkpoint", "clients",
-                                               "key_names", "verdict_colours")} | {"keys": sorted(d["keys"])})
+        return JSONResponse(
+            {
+                k: d[k]
+                for k in (
+                    "federation_id",
+                    "origin",
+                    "strategy",
+                    "allowed_keys",
+                    "blocks",
+                    "log_size",
+                    "reasons",
+                    "evaluate_reasons",
+                    "checkpoint",
+                    "clients",
+                    "key_names",
+                    "verdict_colours",
+                )
+            }
+            | {"keys": sorted(d["keys"])}
+        )
 
     async def status(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
@@ -319,13 +354,23 @@ def build_app(view: LogView) -> Starlette:
                 text = prove_inclusion(view.ledger, index).to_text()
             except LedgerError as e:
                 return PlainTextResponse(f"{e}\n", status_code=404)
-        return Response(text, media_type="text/plain; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="entry-{index}.tlog-proof"',
-                                 "Cache-Control": "no-cache"})
+        return Response(
+            text,
+            media_type="text/plain; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="entry-{index}.tlog-proof"',
+                "Cache-Control": "no-cache",
+            },
+        )
 
     routes = [
-        Route("/", index), Route("/checkpoint", checkpoint), Route("/tile/{rest:path}", tile),
-        Route("/api/summary", summary), Route("/api/status", status), Route("/api/rounds", rounds), Route("/api/keys/{kid}", key_history),
+        Route("/", index),
+        Route("/checkpoint", checkpoint),
+        Route("/tile/{rest:path}", tile),
+        Route("/api/summary", summary),
+        Route("/api/status", status),
+        Route("/api/rounds", rounds),
+        Route("/api/keys/{kid}", key_history),
         Route("/api/proof/{index}", proof),
     ]
     return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=1024)])

@@ -33,13 +33,16 @@ class ServerThread:
         Seconds to wait for the server to accept connections.
     """
 
-    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: Starlette, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 10.0
+    ) -> None:
         import uvicorn
 
         self.host = host
         self.port = port or free_port(host)
-        self.config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="off",
-                                     access_log=False)
+        self.config = uvicorn.Config(
+            app, host=host, port=self.port, log_level="warning", lifespan="off", access_log=False
+        )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
         self.start_timeout = start_timeout

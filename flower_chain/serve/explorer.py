@@ -41,9 +41,19 @@ def client_id(e: UpdateEntry) -> str:
 
 
 def _new_round(rnd: int, ms: int) -> dict[str, Any]:
-    return {"round": rnd, "accepted": 0, "rejected": 0, "reasons": Counter(), "evaluate_replies": 0,
-            "evaluate_accepted": 0, "evaluate_rejected": 0, "evaluate_reasons": Counter(), "first_ms": ms,
-            "last_ms": ms, "blocks": []}
+    return {
+        "round": rnd,
+        "accepted": 0,
+        "rejected": 0,
+        "reasons": Counter(),
+        "evaluate_replies": 0,
+        "evaluate_accepted": 0,
+        "evaluate_rejected": 0,
+        "evaluate_reasons": Counter(),
+        "first_ms": ms,
+        "last_ms": ms,
+        "blocks": [],
+    }
 
 
 def _count(r: dict[str, Any], e: UpdateEntry) -> None:
@@ -58,10 +68,17 @@ def _count(r: dict[str, Any], e: UpdateEntry) -> None:
 
 
 def _history_row(e: UpdateEntry, index: int, height: int) -> dict[str, Any]:
-    return {"index": index, "block": height, "round": e.round, "kind": e.kind, "verdict": e.verdict,
-            "reason": e.reason, "num_examples": e.num_examples if e.num_examples >= 0 else None,
-            "node_id": e.node_id,
-            "metrics": {k: _json_value(v) for k, v in e.metrics.items() if isinstance(v, (int, float, str, bool))}}
+    return {
+        "index": index,
+        "block": height,
+        "round": e.round,
+        "kind": e.kind,
+        "verdict": e.verdict,
+        "reason": e.reason,
+        "num_examples": e.num_examples if e.num_examples >= 0 else None,
+        "node_id": e.node_id,
+        "metrics": {k: _json_value(v) for k, v in e.metrics.items() if isinstance(v, (int, float, str, bool))},
+    }
 
 
 def _walk(ledger: Ledger, last_height: int) -> dict[str, Any]:
@@ -74,9 +91,16 @@ def _walk(ledger: Ledger, last_height: int) -> dict[str, Any]:
     prev_ts = None
     for block in ledger.blocks(0, last_height + 1):
         h = block.header
-        blocks.append({"height": h.height, "round": h.round, "entries": h.entry_count, "log_size": h.log_size,
-                       "timestamp_ms": h.timestamp_ms,
-                       "seconds_since_previous": None if prev_ts is None else (h.timestamp_ms - prev_ts) / 1000})
+        blocks.append(
+            {
+                "height": h.height,
+                "round": h.round,
+                "entries": h.entry_count,
+                "log_size": h.log_size,
+                "timestamp_ms": h.timestamp_ms,
+                "seconds_since_previous": None if prev_ts is None else (h.timestamp_ms - prev_ts) / 1000,
+            }
+        )
         prev_ts = h.timestamp_ms
         if h.height == 0:
             continue
@@ -93,20 +117,38 @@ def _walk(ledger: Ledger, last_height: int) -> dict[str, Any]:
                 keys[client_id(e)].append(_history_row(e, index, h.height))
                 clients[client_id(e)][e.kind]["accepted" if e.verdict == "accepted" else e.reason] += 1
             elif isinstance(e, EvaluationEntry):
-                values = {k: _json_value(v) for k, v in e.metrics.items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "source")}
+                values = {
+                    k: _json_value(v)
+                    for k, v in e.metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "source")
+                }
                 metrics.append({"round": e.round, "source": e.source, "index": index, **values})
             elif isinstance(e, RevocationEntry):
-                keys[KEY + e.key_id].append({"index": index, "block": h.height, "round": h.round, "kind": "revocation",
-                                       "verdict": "revoked", "reason": e.reason, "num_examples": None})
-    return {"rounds": rounds, "reasons": reasons, "keys": keys, "clients": clients, "metrics": metrics,
-            "blocks": blocks}
+                keys[KEY + e.key_id].append(
+                    {
+                        "index": index,
+                        "block": h.height,
+                        "round": h.round,
+                        "kind": "revocation",
+                        "verdict": "revoked",
+                        "reason": e.reason,
+                        "num_examples": None,
+                    }
+                )
+    return {
+        "rounds": rounds,
+        "reasons": reasons,
+        "keys": keys,
+        "clients": clients,
+        "metrics": metrics,
+        "blocks": blocks,
+    }
 
 
 def _label(cid: str, names: dict[str, str]) -> str:
     if cid.startswith(NODE):
-        return f"unsigned (node {cid[len(NODE):]})"
-    kid = cid[len(KEY):]
+        return f"unsigned (node {cid[len(NODE) :]})"
+    kid = cid[len(KEY) :]
     return names.get(kid, kid)
 
 
@@ -130,17 +172,32 @@ def explorer_data(ledger: Ledger, last_height: int, names: dict[str, str] | None
         round_rows.append(r)
     for kid in genesis.client_keys:  # allowed keys that never replied are clients too
         w["clients"].setdefault(KEY + kid, {k: Counter() for k in KINDS})
-    clients = [{"id": cid, "name": _label(cid, names), "named": cid[len(KEY):] in names and cid.startswith(KEY),
-                "train": dict(c["train"]), "evaluate": dict(c["evaluate"])}
-               for cid, c in sorted(w["clients"].items(), key=lambda kv: (_label(kv[0], names), kv[0]))]
+    clients = [
+        {
+            "id": cid,
+            "name": _label(cid, names),
+            "named": cid[len(KEY) :] in names and cid.startswith(KEY),
+            "train": dict(c["train"]),
+            "evaluate": dict(c["evaluate"]),
+        }
+        for cid, c in sorted(w["clients"].items(), key=lambda kv: (_label(kv[0], names), kv[0]))
+    ]
     return {
-        "federation_id": genesis.federation_id, "origin": f"flower-chain/{genesis.federation_id}",
-        "strategy": genesis.strategy, "allowed_keys": len(genesis.client_keys), "blocks": len(blocks),
-        "log_size": blocks[-1]["log_size"] if blocks else 0, "rounds": round_rows,
-        "reasons": dict(w["reasons"]["train"]), "evaluate_reasons": dict(w["reasons"]["evaluate"]),
+        "federation_id": genesis.federation_id,
+        "origin": f"flower-chain/{genesis.federation_id}",
+        "strategy": genesis.strategy,
+        "allowed_keys": len(genesis.client_keys),
+        "blocks": len(blocks),
+        "log_size": blocks[-1]["log_size"] if blocks else 0,
+        "rounds": round_rows,
+        "reasons": dict(w["reasons"]["train"]),
+        "evaluate_reasons": dict(w["reasons"]["evaluate"]),
         "keys": {k: v for k, v in sorted(w["keys"].items())},
         "key_names": {k: _label(k, names) for k in sorted(w["keys"])},
-        "clients": clients, "accuracy": w["metrics"], "block_times": blocks,
-        "verdict_colours": {label: verdict_colour(label) for label in
-                            {"accepted", *w["reasons"]["train"], *w["reasons"]["evaluate"]}},
+        "clients": clients,
+        "accuracy": w["metrics"],
+        "block_times": blocks,
+        "verdict_colours": {
+            label: verdict_colour(label) for label in {"accepted", *w["reasons"]["train"], *w["reasons"]["evaluate"]}
+        },
     }

@@ -29,14 +29,14 @@ from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, raw_public, verify_signature
 from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS
 from flower_chain.ledger.text import safe_text
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.errors import AggregationError, TooFewAcceptedError
 from flower_chain.strategies.judge import Judge, Judgement, Reply, all_finite
 from flower_chain.strategies.options import LedgerOptions, flower_run_id  # noqa: F401 - flower_run_id: importable here
 from flower_chain.strategies.receipts import ReceiptServer
-from flower_chain.strategies.summary import summary_lines
 from flower_chain.strategies.recorder import Recorder
+from flower_chain.strategies.summary import summary_lines
 from flower_chain.wire import LedgerContext
-from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 NamedArrays = Sequence[tuple[str, np.ndarray]]
@@ -69,10 +69,17 @@ class LedgerCore:
     never waited on beyond ``witness_timeout``; ``verify_workers`` threads hash and verify the replies.
     """
 
-    def __init__(self, ledger: Ledger | str | None = None,
-                 keyring: Keyring | Mapping[str, bytes] | str | Path | None = None,
-                 server_key: Ed25519PrivateKey | str | Path | None = None, *, options: LedgerOptions | None = None,
-                 strategy_name: str = "", strategy_config: Mapping[str, Any] | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        ledger: Ledger | str | None = None,
+        keyring: Keyring | Mapping[str, bytes] | str | Path | None = None,
+        server_key: Ed25519PrivateKey | str | Path | None = None,
+        *,
+        options: LedgerOptions | None = None,
+        strategy_name: str = "",
+        strategy_config: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
         for name, value in (("ledger", ledger), ("keyring", keyring), ("server_key", server_key)):
             if value is not None:
                 settings[name] = value
@@ -84,8 +91,13 @@ class LedgerCore:
         audit_key = opts.load_audit_key()  # a bad auditor key too
         target = opts.ledger_target()
         self.ledger = open_ledger(target, create=True) if isinstance(target, str) else target
-        self.recorder = Recorder(self.ledger, self.server_key, store_models=opts.store_models,
-                                 store_client_updates=opts.store_client_updates, audit_key=audit_key)
+        self.recorder = Recorder(
+            self.ledger,
+            self.server_key,
+            store_models=opts.store_models,
+            store_client_updates=opts.store_client_updates,
+            audit_key=audit_key,
+        )
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
         self.stats: dict[int, dict[str, Any]] = {}
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
@@ -97,8 +109,9 @@ class LedgerCore:
             self.recorder.open_existing(visit=self._index_existing)
             genesis = self.writer.genesis
             if federation_id and federation_id != genesis.federation_id:
-                raise LedgerError(f"{self.ledger.uri} records federation {genesis.federation_id!r}, "
-                                  f"not {federation_id!r}")
+                raise LedgerError(
+                    f"{self.ledger.uri} records federation {genesis.federation_id!r}, not {federation_id!r}"
+                )
             extra = set(keys) - set(genesis.client_keys)
             if extra:
                 log.warning("keys %s are not in the ledger's genesis keyring and will be rejected", sorted(extra))
@@ -117,8 +130,9 @@ class LedgerCore:
         if opts.witnesses:  # after each block: cosignatures from the witnesses, stored and sent to the clients
             from flower_chain.strategies.witnessing import Witnessing
 
-            self.witnessing = Witnessing(self.ledger, list(opts.witnesses), quorum=int(opts.witness_quorum),
-                                         timeout=float(opts.witness_timeout))
+            self.witnessing = Witnessing(
+                self.ledger, list(opts.witnesses), quorum=int(opts.witness_quorum), timeout=float(opts.witness_timeout)
+            )
             self.witnessing.on_block(self.writer.head)  # the head this run starts from
             self.writer.listeners.append(self.witnessing.on_block)
 
@@ -127,8 +141,10 @@ class LedgerCore:
         if isinstance(entry, UpdateEntry):
             raw = self.writer.genesis.client_keys.get(entry.key_id)
             current = entry.reason in CURRENT_STATEMENT_REASONS or (
-                entry.reason == "malformed" and raw is not None
-                and verify_signature(raw, entry.signature, entry.statement))
+                entry.reason == "malformed"
+                and raw is not None
+                and verify_signature(raw, entry.signature, entry.statement)
+            )
             self.receipts.index_entry(index, entry, current)
 
     def _attach_anchor(self, anchor, federation_id: str) -> None:
@@ -186,7 +202,8 @@ class LedgerCore:
                 f"{self.ledger.uri} already records round {self.last_round} of federation {self.federation_id}: "
                 "to continue that federation pass resume=True to LedgerStrategy (run.py: --resume); for a new run "
                 "give a new ledger (run.py: another --ledger or --out; in a Flower App a URI with {run_id}, e.g. "
-                "'sqlite:////absolute/path/ledger-{run_id}.db', makes one per run). Nothing was written")
+                "'sqlite:////absolute/path/ledger-{run_id}.db', makes one per run). Nothing was written"
+            )
         parent = self.writer.head_hash
         # an evaluate round is judged against the model the ledger records (its block's model_before/after),
         # not against whatever arrays the strategy sends: an evaluation of another model is not bound
@@ -232,10 +249,17 @@ class LedgerCore:
         return list(aggregated) if dtypes is None or len(dtypes) != len(aggregated) else cast_like(aggregated, dtypes)
 
     # -- the round sequences (both wrappers) ---------------------------------------------------------
-    def train_round(self, server_round: int, judgements: Sequence[Judgement], accepted: int, seconds: float,
-                    strategy: Any, aggregate: Callable[[], tuple[NamedArrays | None, Any]],
-                    state: Callable[[], NamedArrays | None] | None = None,
-                    before_stop: Callable[[], None] | None = None) -> tuple[list | None, NamedArrays | None, Any]:
+    def train_round(
+        self,
+        server_round: int,
+        judgements: Sequence[Judgement],
+        accepted: int,
+        seconds: float,
+        strategy: Any,
+        aggregate: Callable[[], tuple[NamedArrays | None, Any]],
+        state: Callable[[], NamedArrays | None] | None = None,
+        before_stop: Callable[[], None] | None = None,
+    ) -> tuple[list | None, NamedArrays | None, Any]:
         """A judged train round: too-few check, aggregate, cast back, finite check, and the block in ``finally``.
 
         ``accepted`` replies below ``options.min_accepted``: the round is recorded, ``before_stop()`` called,
@@ -277,9 +301,16 @@ class LedgerCore:
             self.commit_train(server_round, judgements, named, seconds, after)
         return named, views, extra
 
-    def evaluate_round(self, server_round: int, judgements: Sequence[Judgement], accepted: int, strategy: Any,
-                       aggregate: Callable[[], Any], summary: Callable[[Any], Mapping[str, Any]],
-                       record: bool = True) -> Any:
+    def evaluate_round(
+        self,
+        server_round: int,
+        judgements: Sequence[Judgement],
+        accepted: int,
+        strategy: Any,
+        aggregate: Callable[[], Any],
+        summary: Callable[[Any], Mapping[str, Any]],
+        record: bool = True,
+    ) -> Any:
         """A judged evaluate round: aggregate, and the block (``summary`` of the result) in ``finally``.
 
         ``record`` False (no reply came back) appends no block. The wrapped strategy's failure is an
@@ -296,8 +327,14 @@ class LedgerCore:
         return result
 
     # -- recording ---------------------------------------------------------------------------------
-    def commit_train(self, server_round: int, judgements: Sequence[Judgement], aggregated: NamedArrays | None,
-                     seconds: float, state: NamedArrays | None = None) -> None:
+    def commit_train(
+        self,
+        server_round: int,
+        judgements: Sequence[Judgement],
+        aggregated: NamedArrays | None,
+        seconds: float,
+        state: NamedArrays | None = None,
+    ) -> None:
         """Append the round's block: every reply judged, the model digests before and after.
 
         ``aggregated`` must already be in the round's dtypes (:meth:`cast_aggregate`).
@@ -310,22 +347,36 @@ class LedgerCore:
             before = rules.base_digest if rules else self.model_digest
             t0 = time.perf_counter()
             entries = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
-            block = self.recorder.commit_train(server_round, self._parents.get(("train", int(server_round))), before,
-                                               entries, [(j.entry.arrays_digest, j.arrays) for j in judgements
-                                                         if j.accepted and j.arrays is not None], aggregated, state,
-                                               [(j.entry.arrays_digest, j.arrays) for j in judgements
-                                                if not j.accepted and j.arrays is not None])
+            block = self.recorder.commit_train(
+                server_round,
+                self._parents.get(("train", int(server_round))),
+                before,
+                entries,
+                [(j.entry.arrays_digest, j.arrays) for j in judgements if j.accepted and j.arrays is not None],
+                aggregated,
+                state,
+                [(j.entry.arrays_digest, j.arrays) for j in judgements if not j.accepted and j.arrays is not None],
+            )
             self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
             reasons = Counter(j.reason for j in judgements if not j.accepted)
             self.stats[int(server_round)] = {
-                "accepted": sum(j.accepted for j in judgements), "rejected": sum(not j.accepted for j in judgements),
-                "reasons": dict(reasons), "ledger_time_s": seconds + time.perf_counter() - t0,
-                "block_height": block.header.height, "log_size": block.header.log_size,
+                "accepted": sum(j.accepted for j in judgements),
+                "rejected": sum(not j.accepted for j in judgements),
+                "reasons": dict(reasons),
+                "ledger_time_s": seconds + time.perf_counter() - t0,
+                "block_height": block.header.height,
+                "log_size": block.header.log_size,
             }
             self._log_rejections(server_round, judgements)
 
-    def commit_evaluation(self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any],
-                          judgements: Sequence[Judgement] = ()) -> None:
+    def commit_evaluation(
+        self,
+        server_round: int,
+        source: str,
+        num_replies: int,
+        metrics: Mapping[str, Any],
+        judgements: Sequence[Judgement] = (),
+    ) -> None:
         """Append a block with an evaluation summary (and the judged evaluate replies, if any)."""
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             entries: list = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
@@ -348,31 +399,53 @@ class LedgerCore:
                 continue
             raw = self.keys.get(j.entry.key_id)
             if raw is not None and check_client_cosignature(j.cosignature, head.checkpoint, raw):
-                out.append(CosignatureEntry(key_id=j.entry.key_id, round=int(server_round),
-                                            size=head.header.log_size, line=j.cosignature))
+                out.append(
+                    CosignatureEntry(
+                        key_id=j.entry.key_id, round=int(server_round), size=head.header.log_size, line=j.cosignature
+                    )
+                )
             else:
-                log.warning("round %d: node %s (key %s) sent a cosignature that does not verify over the checkpoint "
-                            "of size %d it was sent", server_round, safe_text(j.entry.node_id, 24), j.entry.key_id,
-                            head.header.log_size)
+                log.warning(
+                    "round %d: node %s (key %s) sent a cosignature that does not verify over the checkpoint "
+                    "of size %d it was sent",
+                    server_round,
+                    safe_text(j.entry.node_id, 24),
+                    j.entry.key_id,
+                    head.header.log_size,
+                )
         return out
 
     @staticmethod
     def _log_rejections(server_round: int, judgements: Sequence[Judgement]) -> None:
         for j in judgements:
             if not j.accepted:
-                log.warning("round %d: rejected %s reply from node %s (key %s): %s — %s", server_round, j.entry.kind,
-                            safe_text(j.entry.node_id, 24), j.entry.key_id or "-", j.reason, safe_text(j.detail, 300))
+                log.warning(
+                    "round %d: rejected %s reply from node %s (key %s): %s — %s",
+                    server_round,
+                    j.entry.kind,
+                    safe_text(j.entry.node_id, 24),
+                    j.entry.key_id or "-",
+                    j.reason,
+                    safe_text(j.detail, 300),
+                )
 
     def warn_if_not_auditable(self, strategy: Any, config: Mapping[str, Any]) -> None:
         """Log one warning line, when a new ledger starts, if `flower-chain ledger audit` cannot re-derive the run."""
         from flower_chain.audit.auditable import why_not_auditable  # noqa: PLC0415 - imports flwr lazily itself
+
         if line := why_not_auditable(strategy, config, self.options.store_client_updates):
             log.warning("%s", line)
 
     def summary_lines(self) -> list[str]:
         """The end-of-run summary (:func:`flower_chain.strategies.summary.summary_lines`)."""
-        return summary_lines(self.federation_id, self.ledger.uri, self.writer.head.header.height + 1,
-                             self.writer.log_size, self.verdicts, self.options)
+        return summary_lines(
+            self.federation_id,
+            self.ledger.uri,
+            self.writer.head.header.height + 1,
+            self.writer.log_size,
+            self.verdicts,
+            self.options,
+        )
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""
@@ -396,4 +469,3 @@ class LedgerCore:
         if self.anchor is not None:
             self.anchor.close()
         self.ledger.close()
-

@@ -22,14 +22,15 @@ class TooFewAcceptedError(LedgerError):
     """A round accepted fewer replies than ``min_accepted``: the run stops (the round is on the ledger)."""
 
     @classmethod
-    def of(cls, server_round: int, judgements: Sequence[Judgement], min_accepted: int, uri: str
-           ) -> TooFewAcceptedError:
+    def of(cls, server_round: int, judgements: Sequence[Judgement], min_accepted: int, uri: str) -> TooFewAcceptedError:
         """The error for a round whose ``judgements`` accepted fewer than ``min_accepted`` replies."""
         accepted = sum(1 for j in judgements if j.accepted)
         reasons = Counter(j.reason for j in judgements if not j.accepted)
-        return cls(f"round {server_round}: {accepted} of {len(judgements)} replies accepted, min_accepted is "
-                   f"{min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
-                   f"). Every reply is on the ledger: flower-chain ledger show {uri} {server_round}")
+        return cls(
+            f"round {server_round}: {accepted} of {len(judgements)} replies accepted, min_accepted is "
+            f"{min_accepted} (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common()) or 'none'}"
+            f"). Every reply is on the ledger: flower-chain ledger show {uri} {server_round}"
+        )
 
 
 class AggregationError(LedgerError, FlowerAggregationError):
@@ -43,7 +44,10 @@ class AggregationError(LedgerError, FlowerAggregationError):
     exit_code = FlowerAggregationError.exit_code
 
     def __init__(self, server_round: int, strategy: Any, cause: BaseException) -> None:
-        LedgerError.__init__(self, f"round {server_round}: {type(strategy).__name__} refused the accepted replies "
-                                   f"({type(cause).__name__}: {safe_text(cause, 300)}); every reply is recorded on "
-                                   "the ledger. Please report this: flower-chain's checks should have rejected the "
-                                   "reply first")
+        LedgerError.__init__(
+            self,
+            f"round {server_round}: {type(strategy).__name__} refused the accepted replies "
+            f"({type(cause).__name__}: {safe_text(cause, 300)}); every reply is recorded on "
+            "the ledger. Please report this: flower-chain's checks should have rejected the "
+            "reply first",
+        )

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 
 from flower_chain.ledger import policy
 from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, first_nonfinite
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
-from cryptography.exceptions import InvalidSignature
-
 from flower_chain.ledger.keys import _key_object, verify_signature
 from flower_chain.ledger.text import safe_text
 
@@ -109,8 +108,15 @@ class Judge:
         self._pool: ThreadPoolExecutor | None = None
         self._rounds: dict[tuple[str, int], policy.RoundRules] = {}
 
-    def begin(self, federation_id: str, kind: str, server_round: int, parent: bytes,
-              arrays: NamedArrays | None, base_digest: bytes = b"") -> policy.RoundRules:
+    def begin(
+        self,
+        federation_id: str,
+        kind: str,
+        server_round: int,
+        parent: bytes,
+        arrays: NamedArrays | None,
+        base_digest: bytes = b"",
+    ) -> policy.RoundRules:
         """Remember a round's rules: the head it was configured on and (train) the global model.
 
         ``base_digest``: the global model's digest when its arrays are not at hand (no template then);
@@ -121,9 +127,15 @@ class Judge:
         else:
             base = array_digest(arrays)
         rules = policy.RoundRules(
-            federation_id=federation_id, kind=kind, round=int(server_round), parent=parent,
-            base_digest=base, keys=self.keys,
-            revoked=frozenset(self.revoked), template=array_meta(arrays) if arrays is not None else None)
+            federation_id=federation_id,
+            kind=kind,
+            round=int(server_round),
+            parent=parent,
+            base_digest=base,
+            keys=self.keys,
+            revoked=frozenset(self.revoked),
+            template=array_meta(arrays) if arrays is not None else None,
+        )
         self._rounds[(kind, int(server_round))] = rules
         return rules
 
@@ -152,10 +164,15 @@ class Judge:
             except (LedgerError, TypeError, ValueError) as e:
                 precheck = ("malformed", f"arrays do not hash: {safe_text(e, 200)}")
         ev = policy.Evidence(
-            statement=bytes(reply.statement or b""), signature=bytes(reply.signature or b""),
+            statement=bytes(reply.statement or b""),
+            signature=bytes(reply.signature or b""),
             num_examples=int(reply.num_examples) if reply.num_examples is not None else -1,
-            arrays_digest=digest, metrics=dict(reply.metrics) if precheck is None else {},
-            arrays_meta=meta, nonfinite=bad, precheck=precheck)
+            arrays_digest=digest,
+            metrics=dict(reply.metrics) if precheck is None else {},
+            arrays_meta=meta,
+            nonfinite=bad,
+            precheck=precheck,
+        )
         sig = None
         if precheck is None and ev.statement and len(ev.signature) == policy.MAX_SIGNATURE:
             try:
@@ -171,8 +188,7 @@ class Judge:
                 sig = (ev.statement, ev.signature, ok)
         return ev, sig
 
-    def _prepare_all(self, replies: Sequence[Reply]
-                     ) -> list[tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]]:
+    def _prepare_all(self, replies: Sequence[Reply]) -> list[tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]]:
         return [self._prepare(r) for r in replies]
 
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
@@ -186,7 +202,7 @@ class Judge:
                 self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
             # a few chunks per worker: large replies spread evenly, small ones cost no per-task overhead
             size = max(1, -(-len(replies) // (4 * self.verify_workers)))
-            chunks = [replies[i:i + size] for i in range(0, len(replies), size)]
+            chunks = [replies[i : i + size] for i in range(0, len(replies), size)]
             prepared = [p for chunk in self._pool.map(self._prepare_all, chunks) for p in chunk]
         else:
             prepared = self._prepare_all(replies)
@@ -201,14 +217,33 @@ class Judge:
         out = []
         for reply, ev, vd in zip(replies, evidence, verdicts):
             entry = UpdateEntry(
-                kind=kind, round=int(server_round), node_id=str(reply.node_id), key_id=vd.key_id,
-                verdict=ACCEPTED if vd.accepted else REJECTED, reason=vd.reason, detail=vd.detail[:500],
-                num_examples=ev.num_examples, arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics),
-                statement=ev.statement, signature=ev.signature)
+                kind=kind,
+                round=int(server_round),
+                node_id=str(reply.node_id),
+                key_id=vd.key_id,
+                verdict=ACCEPTED if vd.accepted else REJECTED,
+                reason=vd.reason,
+                detail=vd.detail[:500],
+                num_examples=ev.num_examples,
+                arrays_digest=ev.arrays_digest,
+                metrics=dict(ev.metrics),
+                statement=ev.statement,
+                signature=ev.signature,
+            )
             keep = ev.arrays_digest and (vd.accepted or (vd.reason == "malformed" and ev.statement))
             proof = reply.arrays if keep else None
-            out.append(Judgement(vd.accepted, vd.reason, entry.detail, entry, vd.verified,
-                                 reply.cosignature if vd.verified else None, proof, vd.statement_ok))
+            out.append(
+                Judgement(
+                    vd.accepted,
+                    vd.reason,
+                    entry.detail,
+                    entry,
+                    vd.verified,
+                    reply.cosignature if vd.verified else None,
+                    proof,
+                    vd.statement_ok,
+                )
+            )
         return out
 
     def close(self) -> None:

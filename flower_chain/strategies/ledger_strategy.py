@@ -17,11 +17,11 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
 from flower_chain.strategies import replies as parse
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
-from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 
 def _as_judged(msg: Message, reply) -> Message:
@@ -29,21 +29,29 @@ def _as_judged(msg: Message, reply) -> Message:
     names ``arrays`` and ``metrics`` (Flower's strategies require every reply to use the same names)."""
     arrays_rec, metrics_rec = reply.records
     content = msg.content
-    own = [k for k in metrics_rec.keys() if str(k).startswith(OWN_METRICS)]
+    own = [k for k in metrics_rec if str(k).startswith(OWN_METRICS)]
     if own:  # flower-chain's receipt counters are the ledger's, not the strategy's (clients may differ in them)
         metrics_rec = MetricRecord(strategy_metrics(dict(metrics_rec.items())))
     elif content.get(parse.ARRAYS_RECORD) is arrays_rec and content.get(parse.METRICS_RECORD) is metrics_rec:
         return msg  # already so (Flower's quickstarts use these names): no copy (nor Flower's filtered views)
-    return make_message(metadata=msg.metadata, content=RecordDict(
-        {parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec} if arrays_rec is not None
-        else {parse.METRICS_RECORD: metrics_rec}))
+    return make_message(
+        metadata=msg.metadata,
+        content=RecordDict(
+            {parse.ARRAYS_RECORD: arrays_rec, parse.METRICS_RECORD: metrics_rec}
+            if arrays_rec is not None
+            else {parse.METRICS_RECORD: metrics_rec}
+        ),
+    )
 
 
 def strategy_config(strategy: Any) -> dict[str, Any]:
     """The plain settings of a strategy, and of the one it wraps (``strategy.<name>``, e.g. a DP wrapper's
     inner FedAvg): recorded in the blob store, their digest in the genesis, for ``flower-chain ledger audit``."""
-    out = {k: v for k, v in sorted(vars(strategy).items())
-           if isinstance(v, (bool, int, float, str)) and not k.startswith("_")}
+    out = {
+        k: v
+        for k, v in sorted(vars(strategy).items())
+        if isinstance(v, (bool, int, float, str)) and not k.startswith("_")
+    }
     inner = vars(strategy).get("strategy")
     if inner is not None and inner is not strategy:
         out["strategy.class"] = type(inner).__name__
@@ -85,8 +93,11 @@ class LedgerStrategy(Strategy):
     def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, **settings: Any) -> None:
         self.strategy = strategy
         self._offset = 0  # rounds already on the ledger when this run started (resume)
-        self.core = LedgerCore(options=LedgerOptions.of(options, **settings), strategy_name=type(strategy).__name__,
-                               strategy_config=strategy_config(strategy))
+        self.core = LedgerCore(
+            options=LedgerOptions.of(options, **settings),
+            strategy_name=type(strategy).__name__,
+            strategy_config=strategy_config(strategy),
+        )
         if self.core.opened_at_round == 0 and self.core.writer.head.header.height == 0:  # a new ledger only
             self.core.warn_if_not_auditable(strategy, strategy_config(strategy))
 
@@ -132,12 +143,22 @@ class LedgerStrategy(Strategy):
         return dict(self.core.stats.get(server_round, {}))
 
     def summary(self) -> None:
-        log(INFO, "\t├──> flower-chain LedgerStrategy: federation %s, ledger %s, %d allowed keys",
-            self.federation_id, self.core.ledger.uri, len(self.core.keys))
+        log(
+            INFO,
+            "\t├──> flower-chain LedgerStrategy: federation %s, ledger %s, %d allowed keys",
+            self.federation_id,
+            self.core.ledger.uri,
+            len(self.core.keys),
+        )
         self.strategy.summary()
 
-    def _with_context(self, kind: str, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord,
-                      ) -> ConfigRecord:
+    def _with_context(
+        self,
+        kind: str,
+        server_round: int,
+        arrays: ArrayRecord | None,
+        config: ConfigRecord,
+    ) -> ConfigRecord:
         ctx = self.core.begin(kind, server_round, arrays_of(arrays) if arrays is not None else None)
         merged = ConfigRecord(dict(config.items()))
         for k, v in ctx.to_config().items():
@@ -151,23 +172,33 @@ class LedgerStrategy(Strategy):
             content = RecordDict()
             for name, record in m.content.items():
                 if isinstance(record, ConfigRecord) and CTX_FEDERATION in record:
-                    record = ConfigRecord({**dict(record.items()),
-                                           **self.core.receipt_config(m.metadata.dst_node_id)})
+                    record = ConfigRecord({**dict(record.items()), **self.core.receipt_config(m.metadata.dst_node_id)})
                 content[name] = record
-            out.append(Message(content=content, dst_node_id=m.metadata.dst_node_id,
-                               message_type=m.metadata.message_type, group_id=m.metadata.group_id,
-                               ttl=m.metadata.ttl))
+            out.append(
+                Message(
+                    content=content,
+                    dst_node_id=m.metadata.dst_node_id,
+                    message_type=m.metadata.message_type,
+                    group_id=m.metadata.group_id,
+                    ttl=m.metadata.ttl,
+                )
+            )
         return out
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Add the ledger context to the train config, delegate, then add each node's receipt."""
         server_round += self._offset
         config = self._with_context("train", server_round, arrays, config)
         return self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
 
-    def _judge(self, kind: str, server_round: int, replies: Iterable[Message],
-               ) -> tuple[list[Message], list[Judgement]]:
+    def _judge(
+        self,
+        kind: str,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[list[Message], list[Judgement]]:
         """Accepted messages (in key order) and every judgement.
 
         Every reply goes through the total parser (:mod:`flower_chain.strategies.replies`) and gets a
@@ -188,8 +219,11 @@ class LedgerStrategy(Strategy):
             kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
             return [m for _, m in kept], judgements
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
         server_round += self._offset
         t0 = time.perf_counter()
@@ -199,15 +233,23 @@ class LedgerStrategy(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             return (arrays_of(arrays) if arrays is not None else None), (arrays, metrics)
 
-        named, views, got = self.core.train_round(server_round, judgements, len(accepted), time.perf_counter() - t0,
-                                                  self.strategy, aggregate, lambda: strategy_state(self.strategy))
+        named, views, got = self.core.train_round(
+            server_round,
+            judgements,
+            len(accepted),
+            time.perf_counter() - t0,
+            self.strategy,
+            aggregate,
+            lambda: strategy_state(self.strategy),
+        )
         arrays, metrics = got if got is not None else (None, None)
         if named is not None and any(c is not v for (_, c), (_, v) in zip(named, views)):
             arrays = ArrayRecord({n: Array(np.asarray(a, order="C")) for n, a in named})  # re-serialize what was cast
         return arrays, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Add the ledger context to the evaluate config, then delegate."""
         server_round += self._offset
         config = self._with_context("evaluate", server_round, None, config)
@@ -218,14 +260,26 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         replies = list(replies)
         accepted, judgements = self._judge("evaluate", server_round, replies)
-        return self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
-                                        lambda: self.strategy.aggregate_evaluate(server_round, accepted),
-                                        lambda metrics: dict(metrics.items()) if metrics is not None else {},
-                                        record=bool(replies))
+        return self.core.evaluate_round(
+            server_round,
+            judgements,
+            len(accepted),
+            self.strategy,
+            lambda: self.strategy.aggregate_evaluate(server_round, accepted),
+            lambda metrics: dict(metrics.items()) if metrics is not None else {},
+            record=bool(replies),
+        )
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
         """Run Flower's strategy loop; centralized evaluation results are recorded on the ledger too.
 
         On a ledger that already records rounds, the run resumes: the global
@@ -238,15 +292,26 @@ class LedgerStrategy(Strategy):
             initial_arrays = self.resume_arrays()
             state = self.core.resume_state()
             load_strategy_state(self.strategy, state)
-            log(INFO, "[flower-chain] resuming federation %s after round %d%s", self.federation_id, self._offset,
-                f" with the strategy state of {len(state)} arrays" if state else "")
+            log(
+                INFO,
+                "[flower-chain] resuming federation %s after round %d%s",
+                self.federation_id,
+                self._offset,
+                f" with the strategy state of {len(state)} arrays" if state else "",
+            )
             if self._offset >= num_rounds:  # num_rounds counts every round of the federation, not extra ones
-                log(INFO, "[flower-chain] nothing to do: %s already records round %d and num_rounds is %d "
-                    "(it counts all rounds: pass a larger num_rounds to continue)", self.core.ledger.uri,
-                    self._offset, num_rounds)
+                log(
+                    INFO,
+                    "[flower-chain] nothing to do: %s already records round %d and num_rounds is %d "
+                    "(it counts all rounds: pass a larger num_rounds to continue)",
+                    self.core.ledger.uri,
+                    self._offset,
+                    num_rounds,
+                )
                 for line in self.core.summary_lines():
                     log(INFO, "%s", line)
                 return Result(arrays=initial_arrays)
+
         def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             server_round += self._offset
             res = evaluate_fn(server_round, arrays)
@@ -256,8 +321,15 @@ class LedgerStrategy(Strategy):
             return res
 
         try:
-            return super().start(grid, initial_arrays, num_rounds - self._offset, timeout, train_config,
-                                 evaluate_config, recording_fn if evaluate_fn is not None else None)
+            return super().start(
+                grid,
+                initial_arrays,
+                num_rounds - self._offset,
+                timeout,
+                train_config,
+                evaluate_config,
+                recording_fn if evaluate_fn is not None else None,
+            )
         finally:  # where the ledger is and how to check it, whether the run finished or failed
             for line in self.core.summary_lines():
                 log(INFO, "%s", line)

@@ -25,14 +25,14 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.text import safe_text
 from flower_chain.strategies import replies as parse
+from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.judge import Reply
-from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.ledger_strategy import strategy_config
-from flower_chain.ledger.text import safe_text
+from flower_chain.strategies.options import LedgerOptions
 from flower_chain.wire import PREFIX
-from flower_chain.strategies._gcpause import cyclic_gc_paused
 
 
 def _named(parameters: Parameters) -> list:
@@ -99,12 +99,17 @@ class LegacyLedgerStrategy(Strategy):
     sees the results.
     """
 
-    def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, *, num_rounds: int | None = None,
-                 **settings: Any) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        options: LedgerOptions | None = None,
+        *,
+        num_rounds: int | None = None,
+        **settings: Any,
+    ) -> None:
         super().__init__()
         self.strategy = strategy
-        if num_rounds is not None and (isinstance(num_rounds, bool) or int(num_rounds) != num_rounds
-                                       or num_rounds < 1):
+        if num_rounds is not None and (isinstance(num_rounds, bool) or int(num_rounds) != num_rounds or num_rounds < 1):
             raise ValueError(f"num_rounds must be a positive integer, got {num_rounds!r}")
         #: rounds of the run when the loop driving this strategy is not one of Flower's (else read from it)
         self.num_rounds = int(num_rounds) if num_rounds is not None else None
@@ -112,8 +117,9 @@ class LegacyLedgerStrategy(Strategy):
         options = LedgerOptions.of(options, **settings)
         if options.resume:
             raise TypeError("LegacyLedgerStrategy does not resume a federation (resume=True): use LedgerStrategy")
-        self.core = LedgerCore(options=options, strategy_name=type(strategy).__name__,
-                               strategy_config=strategy_config(strategy))
+        self.core = LedgerCore(
+            options=options, strategy_name=type(strategy).__name__, strategy_config=strategy_config(strategy)
+        )
         if self.core.opened_at_round == 0 and self.core.writer.head.header.height == 0:  # a new ledger only
             self.core.warn_if_not_auditable(strategy, strategy_config(strategy))
 
@@ -152,26 +158,36 @@ class LegacyLedgerStrategy(Strategy):
             out.append((proxy, dataclasses.replace(ins, config=config)))
         return out
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-        return self._add_context("train", server_round, parameters,
-                                 self.strategy.configure_fit(server_round, parameters, client_manager))
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return self._add_context(
+            "train", server_round, parameters, self.strategy.configure_fit(server_round, parameters, client_manager)
+        )
 
     def _judge(self, kind: str, server_round: int, results, failures) -> tuple[list, list[Judgement]]:
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             limit = self.core.max_array_bytes(kind, server_round)
-            parsed = [parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
-                      for proxy, res in results]
+            parsed = [
+                parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
+                for proxy, res in results
+            ]
             parsed += [_failure_reply(failure) for failure in failures]
             judgements = self.core.judge_all(kind, server_round, parsed)
-            kept = [(j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
-                    for (proxy, res), j in zip(results, judgements) if j.accepted]
+            kept = [
+                (j.entry.key_id, (proxy, dataclasses.replace(res, metrics=_strip(res.metrics or {}))))
+                for (proxy, res), j in zip(results, judgements)
+                if j.accepted
+            ]
             kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
             return [r for _, r in kept], judgements
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         t0 = time.perf_counter()
         accepted, judgements = self._judge("train", server_round, results, failures)
 
@@ -183,20 +199,34 @@ class LegacyLedgerStrategy(Strategy):
             for line in self.core.summary_lines():
                 log(INFO, "%s", line)
 
-        named, _, got = self.core.train_round(server_round, judgements, len(accepted), time.perf_counter() - t0,
-                                              self.strategy, aggregate, before_stop=log_summary)
+        named, _, got = self.core.train_round(
+            server_round,
+            judgements,
+            len(accepted),
+            time.perf_counter() - t0,
+            self.strategy,
+            aggregate,
+            before_stop=log_summary,
+        )
         parameters, metrics = got if got is not None else (None, {})
         if named is not None:  # the global model keeps the initial dtypes
             parameters = ndarrays_to_parameters([a for _, a in named])
         stats = self.core.stats[server_round]
-        log(INFO, "[flower-chain] round %d: accepted %d, rejected %d", server_round, stats["accepted"],
-            stats["rejected"])
+        log(
+            INFO,
+            "[flower-chain] round %d: accepted %d, rejected %d",
+            server_round,
+            stats["accepted"],
+            stats["rejected"],
+        )
         return parameters, metrics
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-        out = self._add_context("evaluate", server_round, None,
-                                self.strategy.configure_evaluate(server_round, parameters, client_manager))
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        out = self._add_context(
+            "evaluate", server_round, None, self.strategy.configure_evaluate(server_round, parameters, client_manager)
+        )
         if not out:  # Flower's legacy loops skip federated evaluation: this round is done
             self._round_done(server_round)
         return out
@@ -208,23 +238,36 @@ class LegacyLedgerStrategy(Strategy):
             return
         self._summarized = server_round
         if last is None:
-            log(INFO, "flower-chain: so far, after round %d (the number of rounds is unknown to the strategy: "
-                "LegacyLedgerStrategy(num_rounds=...) logs this once, at the end)", server_round)
+            log(
+                INFO,
+                "flower-chain: so far, after round %d (the number of rounds is unknown to the strategy: "
+                "LegacyLedgerStrategy(num_rounds=...) logs this once, at the end)",
+                server_round,
+            )
         for line in self.core.summary_lines():
             log(INFO, "%s", line)
 
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
         accepted, judgements = self._judge("evaluate", server_round, results, failures)
 
         def summary(got) -> dict[str, Any]:
             loss, metrics = got if got is not None else (None, {})
             return {**dict(metrics or {}), **({"loss": float(loss)} if loss is not None else {})}
 
-        got = self.core.evaluate_round(server_round, judgements, len(accepted), self.strategy,
-                                       lambda: self.strategy.aggregate_evaluate(server_round, accepted, failures),
-                                       summary, record=bool(results or failures))
+        got = self.core.evaluate_round(
+            server_round,
+            judgements,
+            len(accepted),
+            self.strategy,
+            lambda: self.strategy.aggregate_evaluate(server_round, accepted, failures),
+            summary,
+            record=bool(results or failures),
+        )
         self._round_done(server_round)  # the last call of a round with federated evaluation
         return got
 

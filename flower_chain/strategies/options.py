@@ -37,9 +37,11 @@ def existing(path: str | Path, what: str) -> Path:
     """``path``, or a :class:`KeyFileError` naming the directory a relative path was resolved against."""
     p = Path(path)
     if not p.is_absolute() and not p.exists():
-        raise KeyFileError(f"{what} {str(p)!r} is a relative path that does not exist in the working directory "
-                           f"{os.getcwd()} (under `flwr run`, the local SuperLink's, not your app's): use an "
-                           "absolute path")
+        raise KeyFileError(
+            f"{what} {str(p)!r} is a relative path that does not exist in the working directory "
+            f"{os.getcwd()} (under `flwr run`, the local SuperLink's, not your app's): use an "
+            "absolute path"
+        )
     return p
 
 

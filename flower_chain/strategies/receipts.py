@@ -97,9 +97,14 @@ class ReceiptServer:
     def config(self, node_id: int | str, head: StoredBlock, checkpoint: str | None = None) -> dict[str, Any]:
         """The receipt a node gets with its next instruction (``checkpoint``: the head's, cosigned if witnessed)."""
         node = str(node_id)
-        out: dict[str, Any] = {CTX_CHECKPOINT: checkpoint or head.checkpoint, CTX_SERVER_KEY: self.server_public,
-                               CTX_HEAD: head.header_bytes, CTX_HEAD_SIGNATURE: head.signature,
-                               CTX_CONSISTENCY: b"", CTX_CONSISTENCY_FROM: -1}
+        out: dict[str, Any] = {
+            CTX_CHECKPOINT: checkpoint or head.checkpoint,
+            CTX_SERVER_KEY: self.server_public,
+            CTX_HEAD: head.header_bytes,
+            CTX_HEAD_SIGNATURE: head.signature,
+            CTX_CONSISTENCY: b"",
+            CTX_CONSISTENCY_FROM: -1,
+        }
         seen = self.node_seen.get(node)
         if seen is not None and 0 < seen <= head.header.log_size:
             proof = self._consistency_from(seen, head.header.log_size)
@@ -133,8 +138,11 @@ class ReceiptServer:
             for index in self.update_index.get((kid, rnd), ()):
                 if len(texts) >= MAX_RECEIPTS:
                     return texts
-                texts.append(prove_inclusion(self.ledger, index, head=head, node=self._node,
-                                             entry=self._entry(index, head.header.log_size)).to_text())
+                texts.append(
+                    prove_inclusion(
+                        self.ledger, index, head=head, node=self._node, entry=self._entry(index, head.header.log_size)
+                    ).to_text()
+                )
         return texts
 
     def _entry(self, index: int, size: int) -> bytes:
@@ -155,4 +163,3 @@ class ReceiptServer:
         """Index a freshly appended block's (entry, current) pairs."""
         for i, (entry, verified) in enumerate(entries):
             self.index_entry(first_index + i, entry, verified)
-

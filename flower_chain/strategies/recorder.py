@@ -55,8 +55,15 @@ class Recorder:
         anything is written (:class:`~flower_chain.ledger.sealed.SealedError`).
     """
 
-    def __init__(self, ledger: Ledger, server_key: Ed25519PrivateKey, *, store_models: bool = True,
-                 store_client_updates: bool | None = None, audit_key=None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        server_key: Ed25519PrivateKey,
+        *,
+        store_models: bool = True,
+        store_client_updates: bool | None = None,
+        audit_key=None,
+    ) -> None:
         self.ledger = ledger
         self.server_key = server_key
         self.store_models = store_models
@@ -78,19 +85,31 @@ class Recorder:
         """Verify the ledger this server continues (``visit(index, entry)`` sees every update entry)."""
         report = verify(self.ledger, server_key=raw_public(self.server_key), visit=visit)
         self.revoked.update(report.revoked)
-        self.last_round, self.model_digest, self.state_digest = report.last_round, report.model_digest, \
-            report.state_digest
+        self.last_round, self.model_digest, self.state_digest = (
+            report.last_round,
+            report.model_digest,
+            report.state_digest,
+        )
         return report
 
-    def start(self, fid: str, keys: Mapping[str, bytes], strategy_name: str,
-              strategy_config: Mapping[str, Any] | None) -> None:
+    def start(
+        self, fid: str, keys: Mapping[str, bytes], strategy_name: str, strategy_config: Mapping[str, Any] | None
+    ) -> None:
         """Append the genesis of federation ``fid``; the strategy's config goes to the blob store."""
         config = {str(k): v for k, v in dict(strategy_config or {}).items()}
         digest = config_digest(config)
         self.ledger.put_blob(encode(config), digest)  # the replay (`ledger audit`) rebuilds the strategy from it
-        self.writer.init(GenesisEntry(
-            federation_id=fid, origin=origin_for(fid), server_key=raw_public(self.server_key), client_keys=dict(keys),
-            strategy=strategy_name, config_digest=digest, created_ms=int(time.time() * 1000)))
+        self.writer.init(
+            GenesisEntry(
+                federation_id=fid,
+                origin=origin_for(fid),
+                server_key=raw_public(self.server_key),
+                client_keys=dict(keys),
+                strategy=strategy_name,
+                config_digest=digest,
+                created_ms=int(time.time() * 1000),
+            )
+        )
 
     def check_parent(self, parent: bytes) -> None:
         """Raise :class:`AppendError` unless the head is still the block a round was configured on.
@@ -100,8 +119,10 @@ class Recorder:
         the recorded verdicts disagree with it.
         """
         if parent != self.writer.head_hash:
-            raise AppendError(f"{self.ledger.uri}: a block was appended while a round was open; its replies were "
-                              "judged against another ledger head than the one they would be recorded after")
+            raise AppendError(
+                f"{self.ledger.uri}: a block was appended while a round was open; its replies were "
+                "judged against another ledger head than the one they would be recorded after"
+            )
 
     @property
     def digest_version(self) -> int:
@@ -135,12 +156,22 @@ class Recorder:
         if self.audit_key is None:
             return [(digest, self.encode(arrays)) for digest, arrays in updates]
         origin = self.writer.genesis.origin
-        return [(sealed_address(origin, digest), seal(self.encode(arrays), self.audit_key, origin, digest))
-                for digest, arrays in updates]
+        return [
+            (sealed_address(origin, digest), seal(self.encode(arrays), self.audit_key, origin, digest))
+            for digest, arrays in updates
+        ]
 
-    def commit_train(self, server_round: int, parent: bytes | None, before: bytes, entries: Sequence[UpdateEntry],
-                     updates: Sequence[tuple[bytes, NamedArrays]], aggregated: NamedArrays | None,
-                     state: NamedArrays | None, evidence: Sequence[tuple[bytes, NamedArrays]] = ()) -> StoredBlock:
+    def commit_train(
+        self,
+        server_round: int,
+        parent: bytes | None,
+        before: bytes,
+        entries: Sequence[UpdateEntry],
+        updates: Sequence[tuple[bytes, NamedArrays]],
+        aggregated: NamedArrays | None,
+        state: NamedArrays | None,
+        evidence: Sequence[tuple[bytes, NamedArrays]] = (),
+    ) -> StoredBlock:
         """Append a train round's block: every reply judged, the model digests before and after.
 
         ``updates``: (array digest, arrays) of the accepted updates, stored unless ``store_client_updates``
@@ -159,8 +190,9 @@ class Recorder:
         blobs = self._update_blobs(updates) + [(digest, self.encode(arrays)) for digest, arrays in evidence]
         if blobs:
             self.ledger.put_blobs(blobs)
-        block = self.writer.append(server_round, list(entries), model_before=before, model_after=after,
-                                   state_after=self.state_digest)
+        block = self.writer.append(
+            server_round, list(entries), model_before=before, model_after=after, state_after=self.state_digest
+        )
         self.model_digest, self.last_round = after, int(server_round)
         return block
 
@@ -168,13 +200,20 @@ class Recorder:
         """Append a block that leaves the model as it is (evaluation, revocation)."""
         if parent is not None:
             self.check_parent(parent)
-        return self.writer.append(server_round, list(entries), model_before=self.model_digest,
-                                  model_after=self.model_digest, state_after=self.state_digest)
+        return self.writer.append(
+            server_round,
+            list(entries),
+            model_before=self.model_digest,
+            model_after=self.model_digest,
+            state_after=self.state_digest,
+        )
 
-    def evaluation_entry(self, server_round: int, source: str, num_replies: int,
-                         metrics: Mapping[str, Any]) -> EvaluationEntry:
-        return EvaluationEntry(round=int(server_round), source=source, num_replies=int(num_replies),
-                               metrics=encodable_metrics(metrics))
+    def evaluation_entry(
+        self, server_round: int, source: str, num_replies: int, metrics: Mapping[str, Any]
+    ) -> EvaluationEntry:
+        return EvaluationEntry(
+            round=int(server_round), source=source, num_replies=int(num_replies), metrics=encodable_metrics(metrics)
+        )
 
     def stored(self, digest: bytes, what: str) -> list[tuple[str, np.ndarray]]:
         """Arrays from the blob store through the one blob reader (:func:`~flower_chain.ledger.blobs.read_arrays`)."""
@@ -182,8 +221,10 @@ class Recorder:
             return read_arrays(self.ledger, digest, what, self.digest_version)
         except BlobError as e:
             if e.kind == MISSING:
-                raise LedgerError(f"cannot resume: the {what} recorded in the ledger is not in its blob store "
-                                  f"({e}); the run did not store global models (store_models=False)?") from e
+                raise LedgerError(
+                    f"cannot resume: the {what} recorded in the ledger is not in its blob store "
+                    f"({e}); the run did not store global models (store_models=False)?"
+                ) from e
             raise LedgerError(f"cannot resume: the stored {what} does not match the digest in the ledger ({e})") from e
 
 
@@ -195,7 +236,8 @@ def encodable_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
             v = v.item()
         if isinstance(v, bool) or (isinstance(v, int) and -(2**63) <= v < 2**63) or isinstance(v, (float, str)):
             out[str(k)] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                  and -(2**63) <= x < 2**63 for x in v):
+        elif isinstance(v, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and -(2**63) <= x < 2**63 for x in v
+        ):
             out[str(k)] = [x.item() if hasattr(x, "item") else x for x in v]
     return out

@@ -163,8 +163,10 @@ def _metric_sizes(items: Iterable[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         name_chars += len(k) if isinstance(k, str) else 0
         values += len(v) if isinstance(v, (list, tuple)) else 1
         if values > MAX_METRIC_VALUES or name_chars > MAX_METRICS_BYTES:
-            raise Malformed(f"metrics hold more than {MAX_METRIC_VALUES} values or {MAX_METRICS_BYTES} characters "
-                            f"of names: they cannot encode in {MAX_METRICS_BYTES} bytes")
+            raise Malformed(
+                f"metrics hold more than {MAX_METRIC_VALUES} values or {MAX_METRICS_BYTES} characters "
+                f"of names: they cannot encode in {MAX_METRICS_BYTES} bytes"
+            )
         pairs.append((k, v))
     return pairs
 
@@ -207,8 +209,10 @@ def check_weight(metrics: Mapping[str, Any], key: str | None) -> None:
         return
     v = metrics.get(key)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise Malformed(f"metric {safe_text(key, 40)!r}, which the strategy weighs replies by, is "
-                        f"{'missing' if v is None else 'not a positive finite number'}")
+        raise Malformed(
+            f"metric {safe_text(key, 40)!r}, which the strategy weighs replies by, is "
+            f"{'missing' if v is None else 'not a positive finite number'}"
+        )
 
 
 def _sig_fields(get, statement_key: str, signature_key: str, seen_key: str, pending_key: str):
@@ -237,8 +241,9 @@ def default_max_arrays(max_bytes: int) -> int:
     return max(1, min(MAX_ARRAYS, int(max_bytes) // MIN_NPY_BYTES))
 
 
-def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int,
-                 max_arrays: int | None = None) -> list[tuple[str, np.ndarray]]:
+def parse_arrays(
+    items: Iterable[tuple[Any, Any]], max_bytes: int, max_arrays: int | None = None
+) -> list[tuple[str, np.ndarray]]:
     """(name, validated NPY view) of each array, or :class:`Malformed`.
 
     The count (at most ``max_arrays``, default :func:`default_max_arrays`) and the total size (at most
@@ -261,8 +266,10 @@ def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int,
         if not isinstance(name, str) or len(name) > MAX_NAME or not _utf8(name):
             raise Malformed(f"array name {safe_text(name, 40)!r} is not UTF-8 text of at most {MAX_NAME} characters")
         if getattr(arr, "stype", None) != "numpy.ndarray":
-            raise Malformed(f"array {safe_text(name, 40)!r} is serialized as "
-                            f"{safe_text(getattr(arr, 'stype', None), 40)!r}, not numpy.ndarray")
+            raise Malformed(
+                f"array {safe_text(name, 40)!r} is serialized as "
+                f"{safe_text(getattr(arr, 'stype', None), 40)!r}, not numpy.ndarray"
+            )
         view = parse_npy(data)
         if isinstance(view, str):
             raise Malformed(f"array {safe_text(name, 40)!r}: {view}")
@@ -270,8 +277,9 @@ def parse_arrays(items: Iterable[tuple[Any, Any]], max_bytes: int,
     return out
 
 
-def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str | None = None,
-                 max_arrays: int | None = None) -> Reply:
+def from_message(
+    msg: Any, kind: str, *, max_array_bytes: int, weight_key: str | None = None, max_arrays: int | None = None
+) -> Reply:
     """Parse a Message-API reply; never raises. ``kind`` is ``train`` or ``evaluate``; ``max_arrays``: the
     global model's array count where known (default: :func:`default_max_arrays` of ``max_array_bytes``)."""
     try:
@@ -290,8 +298,9 @@ def from_message(msg: Any, kind: str, *, max_array_bytes: int, weight_key: str |
         return Reply(node_id=node, malformed=f"reply does not parse: {type(e).__name__}: {safe_text(e, 200)}")
 
 
-def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, weight_key: str | None,
-                   max_arrays: int | None) -> Reply:
+def _parse_message(
+    node: int, content: Any, kind: str, max_array_bytes: int, weight_key: str | None, max_arrays: int | None
+) -> Reply:
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
     if len(content) > MAX_RECORDS:
@@ -308,9 +317,11 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
             other.append(safe_text(name, 40))
     want_arrays = 1 if kind == "train" else 0
     if other or len(arrays_recs) != want_arrays or len(metric_recs) != 1:
-        raise Malformed(f"the reply holds {len(arrays_recs)} ArrayRecord(s), {len(metric_recs)} MetricRecord(s)"
-                        f"{' and ' + ', '.join(other) if other else ''}; a {kind} reply has exactly "
-                        f"{want_arrays} ArrayRecord, 1 MetricRecord and the {SIG_RECORD!r} ConfigRecord")
+        raise Malformed(
+            f"the reply holds {len(arrays_recs)} ArrayRecord(s), {len(metric_recs)} MetricRecord(s)"
+            f"{' and ' + ', '.join(other) if other else ''}; a {kind} reply has exactly "
+            f"{want_arrays} ArrayRecord, 1 MetricRecord and the {SIG_RECORD!r} ConfigRecord"
+        )
     statement = signature = cosignature = None
     seen = pending = -1
     if sig is not None:
@@ -326,9 +337,18 @@ def _parse_message(node: int, content: Any, kind: str, max_array_bytes: int, wei
     n = num_examples_in(metrics)
     check_weight(metrics, weight_key)
     arrays = parse_arrays(arrays_recs[0].items(), max_array_bytes, max_arrays) if arrays_recs else None
-    return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
-                 num_examples=n, seen_size=seen, pending_round=pending, cosignature=cosignature,
-                 records=(arrays_recs[0] if arrays_recs else None, metric_recs[0]))
+    return Reply(
+        node_id=node,
+        statement=statement,
+        signature=signature,
+        arrays=arrays,
+        metrics=metrics,
+        num_examples=n,
+        seen_size=seen,
+        pending_round=pending,
+        cosignature=cosignature,
+        records=(arrays_recs[0] if arrays_recs else None, metric_recs[0]),
+    )
 
 
 def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int, max_arrays: int | None = None) -> Reply:
@@ -344,13 +364,15 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int, max_
         if len(metrics_in) > MAX_METRICS + 5:  # the app's metrics and the five flower-chain fields
             raise Malformed(f"more than {MAX_METRICS} metrics")
         statement, signature, seen, pending = _sig_fields(
-            metrics_in.get, LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND)
+            metrics_in.get, LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND
+        )
         known = (LEGACY_STATEMENT, LEGACY_SIGNATURE, LEGACY_SEEN_SIZE, LEGACY_PENDING_ROUND, LEGACY_COSIGNATURE)
         extra = [safe_text(k, 40) for k in metrics_in if isinstance(k, str) and k.startswith(PREFIX) and k not in known]
         if extra:
             raise Malformed(f"unexpected flower-chain fields {extra}")
-        metrics = parse_metrics(((k, v) for k, v in metrics_in.items()
-                                 if not (isinstance(k, str) and k.startswith(PREFIX))), legacy=True)
+        metrics = parse_metrics(
+            ((k, v) for k, v in metrics_in.items() if not (isinstance(k, str) and k.startswith(PREFIX))), legacy=True
+        )
         n = _int(res.num_examples, "num-examples", 1)  # legacy strategies weigh by it: a positive count
         loss = getattr(res, "loss", None) if kind == "evaluate" else None
         if loss is not None:  # the client signed it with the metrics (flower_chain.wire.LEGACY_LOSS)
@@ -365,11 +387,18 @@ def from_legacy(node_id: Any, res: Any, kind: str, *, max_array_bytes: int, max_
             limit = default_max_arrays(max_array_bytes) if max_arrays is None else int(max_arrays)
             if len(params.tensors) > limit:
                 raise Malformed(f"more than {limit} arrays (the global model has fewer)")
-            arrays = parse_arrays(((str(i), _Tensor(t)) for i, t in enumerate(params.tensors)), max_array_bytes,
-                                  limit)
-        return Reply(node_id=node, statement=statement, signature=signature, arrays=arrays, metrics=metrics,
-                     num_examples=n, seen_size=seen, pending_round=pending,
-                     cosignature=_cosignature(metrics_in.get(LEGACY_COSIGNATURE)))
+            arrays = parse_arrays(((str(i), _Tensor(t)) for i, t in enumerate(params.tensors)), max_array_bytes, limit)
+        return Reply(
+            node_id=node,
+            statement=statement,
+            signature=signature,
+            arrays=arrays,
+            metrics=metrics,
+            num_examples=n,
+            seen_size=seen,
+            pending_round=pending,
+            cosignature=_cosignature(metrics_in.get(LEGACY_COSIGNATURE)),
+        )
     except Malformed as e:
         return Reply(node_id=node, malformed=str(e))
     except Exception as e:  # noqa: BLE001 - the boundary

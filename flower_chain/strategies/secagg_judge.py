@@ -62,17 +62,29 @@ class StageJudge:
         Revoked key ids.
     """
 
-    def __init__(self, federation_id: str, server_round: int, round_id: bytes, keys: dict[str, bytes], revoked: set[str]) -> None:
+    def __init__(
+        self, federation_id: str, server_round: int, round_id: bytes, keys: dict[str, bytes], revoked: set[str]
+    ) -> None:
         self.fid, self.round, self.round_id = federation_id, int(server_round), round_id
         self.keys, self.revoked = keys, revoked
         self.node_key: dict[str, str] = {}  # node -> key id it set up with
         self.seen: set[tuple[str, str]] = set()  # (stage, node) answered
 
-    def _entry(self, stage: str, nid: str, kid: str, reason: str, detail: str, st: bytes = b"",
-               sig: bytes = b"") -> SecAggEntry:
-        return SecAggEntry(round=self.round, stage=stage, node_id=nid, key_id=kid,
-                           verdict=ACCEPTED if reason == "ok" else REJECTED, reason=reason,
-                           detail=safe_text(detail, 300), statement=st, signature=sig, data={})
+    def _entry(
+        self, stage: str, nid: str, kid: str, reason: str, detail: str, st: bytes = b"", sig: bytes = b""
+    ) -> SecAggEntry:
+        return SecAggEntry(
+            round=self.round,
+            stage=stage,
+            node_id=nid,
+            key_id=kid,
+            verdict=ACCEPTED if reason == "ok" else REJECTED,
+            reason=reason,
+            detail=safe_text(detail, 300),
+            statement=st,
+            signature=sig,
+            data={},
+        )
 
     def missing(self, stage: str, nid: str, reason: str = "no-reply", detail: str = "") -> Verdict:
         return Verdict(self._entry(stage, nid, self.node_key.get(nid, ""), reason, detail or "no reply"))
@@ -101,20 +113,25 @@ class StageJudge:
             return Verdict(self._entry(stage, nid, kid, "revoked-key", "the key is revoked", raw, sig))
         if not verify_signature(pub, sig, raw):
             return Verdict(self._entry(stage, nid, kid, "bad-signature", "the signature does not verify", raw, sig))
-        for name, got, want in (("federation", st.federation_id, self.fid), ("round", st.round, self.round),
-                                ("round header", st.round_id, self.round_id), ("stage", st.stage, stage),
-                                ("node", st.node_id, nid), ("request", st.request, request_digest(stage, content))):
+        for name, got, want in (
+            ("federation", st.federation_id, self.fid),
+            ("round", st.round, self.round),
+            ("round header", st.round_id, self.round_id),
+            ("stage", st.stage, stage),
+            ("node", st.node_id, nid),
+            ("request", st.request, request_digest(stage, content)),
+        ):
             if got != want:
-                return Verdict(self._entry(stage, nid, kid, "replayed", f"the statement answers another {name}",
-                                           raw, sig))
+                return Verdict(
+                    self._entry(stage, nid, kid, "replayed", f"the statement answers another {name}", raw, sig)
+                )
         if (stage, nid) in self.seen:
             return Verdict(self._entry(stage, nid, kid, "duplicate", "a second reply to this stage", raw, sig))
         if stage == SETUP:
             if kid in self.node_key.values():
                 return Verdict(self._entry(stage, nid, kid, "duplicate", "the key set up another node", raw, sig))
         elif self.node_key.get(nid) != kid:
-            return Verdict(self._entry(stage, nid, kid, "mismatch", "another key than the node set up with",
-                                       raw, sig))
+            return Verdict(self._entry(stage, nid, kid, "mismatch", "another key than the node set up with", raw, sig))
         try:
             payload = decode(record.get("payload")) if isinstance(record.get("payload"), bytes) else None
             if not isinstance(payload, dict):
@@ -142,11 +159,15 @@ def _setup(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any
 
 def _share_keys(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any]) -> str | None:
     cts = payload.get("ciphertexts")
-    if sorted(payload) != ["ciphertexts"] or not isinstance(cts, dict) or not all(
-            isinstance(c, bytes) for c in cts.values()):
+    if (
+        sorted(payload) != ["ciphertexts"]
+        or not isinstance(cts, dict)
+        or not all(isinstance(c, bytes) for c in cts.values())
+    ):
         raise EncodingError("a share-keys payload must map node ids to ciphertexts")
-    if sorted(cts) != sorted(reply["sent"]) or any(hashlib.sha256(c).digest() != reply["sent"][d]
-                                                   for d, c in cts.items()):
+    if sorted(cts) != sorted(reply["sent"]) or any(
+        hashlib.sha256(c).digest() != reply["sent"][d] for d, c in cts.items()
+    ):
         return "the ciphertexts are not the ones the statement names"
     if not set(cts) <= set(expect["to"]):
         return "ciphertexts for nodes that were not this node's neighbours"
@@ -178,8 +199,7 @@ def _unmask(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
         raise EncodingError("an unmask payload must be empty")
     if reply["refused"]:
         return None
-    if sorted(reply["seed_shares"]) != sorted(reply["active"]) or sorted(reply["key_shares"]) != sorted(
-            reply["dead"]):
+    if sorted(reply["seed_shares"]) != sorted(reply["active"]) or sorted(reply["key_shares"]) != sorted(reply["dead"]):
         return "the shares revealed are not the ones asked"
     return None
 

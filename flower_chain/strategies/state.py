@@ -61,8 +61,10 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, np.ndarray]]:
         return [(f"{prefix}/list/{i}", np.asarray(v)) for i, v in enumerate(value)]
     if isinstance(value, (bool, int, float, np.number)):
         return [(f"{prefix}/scalar", np.asarray(value))]
-    raise StateError(f"strategy state {prefix!r} has a value of type {type(value).__name__}, which the ledger "
-                     "cannot store: use arrays, dicts or lists of arrays, or numbers")
+    raise StateError(
+        f"strategy state {prefix!r} has a value of type {type(value).__name__}, which the ledger "
+        "cannot store: use arrays, dicts or lists of arrays, or numbers"
+    )
 
 
 def strategy_state(strategy: Any) -> list[tuple[str, np.ndarray]]:
@@ -103,16 +105,20 @@ def load_strategy_state(strategy: Any, named: NamedArrays) -> None:
     levels = _levels(strategy)
     for level, values in per_level.items():
         if level >= len(levels):
-            raise StateError(f"the ledger holds state for {level + 1} nested strategies, but "
-                             f"{type(strategy).__name__} wraps only {len(levels)}: resume with the "
-                             "strategy the federation was started with")
+            raise StateError(
+                f"the ledger holds state for {level + 1} nested strategies, but "
+                f"{type(strategy).__name__} wraps only {len(levels)}: resume with the "
+                "strategy the federation was started with"
+            )
         s = levels[level]
         if callable(getattr(s, "state_dict", None)) and callable(getattr(s, "load_state_dict", None)):
             s.load_state_dict(values)
             continue
         unknown = set(values) - set(STATE_ATTRS)
         if unknown or not all(hasattr(s, a) for a in values):
-            raise StateError(f"the stored state {sorted(values)} does not fit {type(s).__name__}: "
-                             "resume with the strategy the federation was started with")
+            raise StateError(
+                f"the stored state {sorted(values)} does not fit {type(s).__name__}: "
+                "resume with the strategy the federation was started with"
+            )
         for attr, value in values.items():
             setattr(s, attr, value)

@@ -27,8 +27,9 @@ def pins(options: LedgerOptions) -> str:
     return out
 
 
-def summary_lines(federation_id: str, uri: str, blocks: int, entries: int, verdicts: Counter[tuple[str, str]],
-                  options: LedgerOptions) -> list[str]:
+def summary_lines(
+    federation_id: str, uri: str, blocks: int, entries: int, verdicts: Counter[tuple[str, str]], options: LedgerOptions
+) -> list[str]:
     """The lines: the ledger, this run's verdicts by kind and reason, how to audit and verify it.
 
     Parameters
@@ -48,7 +49,9 @@ def summary_lines(federation_id: str, uri: str, blocks: int, entries: int, verdi
         if got:
             ok = got.pop(OK, 0)
             rej = ", ".join(f"{r} {n}" for r, n in sorted(got.items(), key=lambda t: (-t[1], t[0])))
-            lines.append(f"  {kind} replies: {ok} accepted, {sum(got.values())} rejected" + (f" ({rej})" if rej else ""))
+            lines.append(
+                f"  {kind} replies: {ok} accepted, {sum(got.values())} rejected" + (f" ({rej})" if rej else "")
+            )
     if not verdicts:
         lines.append("  no replies were judged in this run")
     lines.append(f"  audit it:   flower-chain ledger audit {uri}")

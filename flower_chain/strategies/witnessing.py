@@ -31,24 +31,21 @@ Time
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.cosignature import (
-    cosigned_address,
-    stored_cosigned_note,
     CosignerKey,
     add_cosignatures,
-    check_client_cosignature,
+    cosigned_address,
     note_body,
     parse_cosigner_key,
+    stored_cosigned_note,
     verify_cosigned_checkpoint,
 )
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, LedgerError
@@ -114,8 +111,15 @@ class Witnessing:
         No witness, a quorum above the number of witnesses, or a non-positive timeout.
     """
 
-    def __init__(self, ledger: Ledger, witnesses: Sequence[tuple[str, str]], *, quorum: int = 0,
-                 timeout: float = 2.0, submit_fn: Callable[..., str] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        witnesses: Sequence[tuple[str, str]],
+        *,
+        quorum: int = 0,
+        timeout: float = 2.0,
+        submit_fn: Callable[..., str] | None = None,
+    ) -> None:
         if not witnesses:
             raise ValueError("witnessing needs at least one witness (url, verifier key)")
         if timeout <= 0:
@@ -126,8 +130,9 @@ class Witnessing:
             endpoints.append(WitnessEndpoint(str(url), key))
         self.quorum = len(endpoints) if int(quorum) <= 0 else int(quorum)
         if self.quorum > len(endpoints):
-            raise ValueError(f"a quorum of {self.quorum} needs at least {self.quorum} witnesses, "
-                             f"{len(endpoints)} configured")
+            raise ValueError(
+                f"a quorum of {self.quorum} needs at least {self.quorum} witnesses, {len(endpoints)} configured"
+            )
         self.ledger = ledger
         self.timeout = float(timeout)
         fn = submit_fn or submit
@@ -141,8 +146,10 @@ class Witnessing:
         self._late: list[tuple[StoredBlock, _Cosigned]] = []  # answers after the deadline
         self._inflight: list[_Cosigned | None] = [None] * len(endpoints)
         self._lock = threading.Lock()
-        self._executors = [concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"witness-{i}")
-                           for i in range(len(endpoints))]
+        self._executors = [
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"witness-{i}")
+            for i in range(len(endpoints))
+        ]
         self._closed = False
         self._server_key: bytes | None = None
 
@@ -191,12 +198,15 @@ class Witnessing:
         if got < self.quorum:
             self._record_shortfall(block, got, errors)
         for url, why in errors.items() if got >= self.quorum else ():
-            log.info("flower-chain witnessing: block %d: witness %s did not cosign (%s); quorum met",
-                     block.header.height, url, safe_text(why, 300))
+            log.info(
+                "flower-chain witnessing: block %d: witness %s did not cosign (%s); quorum met",
+                block.header.height,
+                url,
+                safe_text(why, 300),
+            )
 
     @staticmethod
-    def _collect(fut: _Cosigned, note: str, lines: list[str], errors: dict[str, str],
-                 url: str) -> None:
+    def _collect(fut: _Cosigned, note: str, lines: list[str], errors: dict[str, str], url: str) -> None:
         try:
             got, errs = fut.result()
         except Exception as e:  # noqa: BLE001 - a witness problem must never fail the round
@@ -205,7 +215,7 @@ class Witnessing:
         if errs:
             errors.update(errs)
         elif len(got) > len(note):
-            lines.append(got[len(note):])
+            lines.append(got[len(note) :])
 
     def _drain(self) -> None:
         """Add the cosignatures that arrived after their block's deadline."""
@@ -235,7 +245,7 @@ class Witnessing:
 
     def _store(self, block: StoredBlock, note: str) -> None:
         best = self._notes.get(block.hash)
-        merged = add_cosignatures(best, [note[len(block.checkpoint):]]) if best and note != best else note
+        merged = add_cosignatures(best, [note[len(block.checkpoint) :]]) if best and note != best else note
         self._notes[block.hash] = merged
         while len(self._notes) > _CACHE_BLOCKS:
             self._notes.pop(next(iter(self._notes)))
@@ -244,15 +254,24 @@ class Witnessing:
             if not self.ledger.has_blob(addr):
                 self.ledger.put_blob(merged.encode(), addr)
         except LedgerError as e:
-            log.warning("flower-chain witnessing: cannot store the cosigned checkpoint of block %d: %s",
-                        block.header.height, e)
+            log.warning(
+                "flower-chain witnessing: cannot store the cosigned checkpoint of block %d: %s", block.header.height, e
+            )
 
     def _record_shortfall(self, block: StoredBlock, got: int, errors: dict[str, str]) -> None:
         h = block.header
         self.shortfall.append(Shortfall(h.height, h.log_size, got, self.quorum, dict(errors)))
         for url, why in (errors or {"-": "cosignature did not verify"}).items():
-            log.warning("flower-chain witnessing: block %d (log size %d) has %d of %d cosignatures: witness %s "
-                        "did not cosign: %s", h.height, h.log_size, got, self.quorum, url, safe_text(why, 300))
+            log.warning(
+                "flower-chain witnessing: block %d (log size %d) has %d of %d cosignatures: witness %s "
+                "did not cosign: %s",
+                h.height,
+                h.log_size,
+                got,
+                self.quorum,
+                url,
+                safe_text(why, 300),
+            )
 
     # -- what clients are sent ---------------------------------------------------------------------
     def note(self, head: StoredBlock) -> str:

@@ -52,8 +52,9 @@ def request_body(checkpoint_note: str, old_size: int, proof: Sequence[bytes]) ->
     return ("\n".join(lines) + "\n\n" + checkpoint_note).encode()
 
 
-def submit(witness_url: str, checkpoint_note: str, old_size: int, proof: Sequence[bytes], *,
-           timeout: float = 5.0) -> str:
+def submit(
+    witness_url: str, checkpoint_note: str, old_size: int, proof: Sequence[bytes], *, timeout: float = 5.0
+) -> str:
     """POST ``<witness_url>/add-checkpoint``; return the witness's signature line(s).
 
     Parameters
@@ -81,9 +82,12 @@ def submit(witness_url: str, checkpoint_note: str, old_size: int, proof: Sequenc
     WitnessError
         Any other status, a malformed answer, or a network error / timeout.
     """
-    req = urllib.request.Request(witness_url.rstrip("/") + "/add-checkpoint",
-                                 data=request_body(checkpoint_note, old_size, proof), method="POST",
-                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+    req = urllib.request.Request(
+        witness_url.rstrip("/") + "/add-checkpoint",
+        data=request_body(checkpoint_note, old_size, proof),
+        method="POST",
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - configured witness URL
             text: str = r.read(65536).decode("utf-8", errors="replace")
@@ -91,8 +95,9 @@ def submit(witness_url: str, checkpoint_note: str, old_size: int, proof: Sequenc
         body = e.read(4096).decode("utf-8", errors="replace")
         if e.code == 409:
             s = body.strip()
-            raise WitnessConflict(f"{witness_url}: 409 conflict, witness is at size {s}",
-                                  int(s) if is_decimal(s) else None, body) from None
+            raise WitnessConflict(
+                f"{witness_url}: 409 conflict, witness is at size {s}", int(s) if is_decimal(s) else None, body
+            ) from None
         raise WitnessError(f"{witness_url}: HTTP {e.code}: {body.strip()[:200]}", e.code, body) from None
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise WitnessError(f"{witness_url}: {getattr(e, 'reason', e)}") from None

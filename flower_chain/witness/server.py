@@ -117,8 +117,9 @@ class WitnessStore:
             db.close()
         return row[0] if row else None
 
-    def compare_and_update(self, origin: str, old_size: int, proof: Sequence[bytes], cp: Checkpoint,
-                           note: str) -> Reply | None:
+    def compare_and_update(
+        self, origin: str, old_size: int, proof: Sequence[bytes], cp: Checkpoint, note: str
+    ) -> Reply | None:
         """Atomically: check ``old_size`` against the stored size, the proof, then store ``cp``.
 
         Returns ``None`` when ``cp`` was stored, else the refusal (409 or 422).
@@ -147,9 +148,11 @@ class WitnessStore:
                 if row is None:
                     db.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (origin, cp.size, cp.root_hash, note, now))
                 else:
-                    cur = db.execute("UPDATE logs SET size = ?, root = ?, checkpoint = ?, updated = ? "
-                                     "WHERE origin = ? AND size = ? AND root = ?",
-                                     (cp.size, cp.root_hash, note, now, origin, size, root))
+                    cur = db.execute(
+                        "UPDATE logs SET size = ?, root = ?, checkpoint = ?, updated = ? "
+                        "WHERE origin = ? AND size = ? AND root = ?",
+                        (cp.size, cp.root_hash, note, now, origin, size, root),
+                    )
                     if cur.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; refuse rather than roll back
                         db.execute("ROLLBACK")
                         return Reply(409, f"{self.get(origin)[0]}\n".encode(), SIZE_CONTENT_TYPE)
@@ -178,8 +181,15 @@ class Witness:
         Persistent state.
     """
 
-    def __init__(self, name: str, key: Ed25519PrivateKey, logs: Mapping[str, Sequence[tuple[str, bytes]]],
-                 store: WitnessStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: Ed25519PrivateKey,
+        logs: Mapping[str, Sequence[tuple[str, bytes]]],
+        store: WitnessStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not name or any(c.isspace() for c in name) or "+" in name:
             raise KeyFileError(f"witness name {name!r} must be non-empty, without spaces or '+'")
         self.name = name
@@ -280,8 +290,10 @@ def build_app(witness: Witness) -> Starlette:
         return Response(r.body, status_code=r.status, headers={"Content-Type": r.content_type})
 
     async def index(request: Request) -> Response:
-        return PlainTextResponse(f"flower-chain tlog-witness\n{witness.verifier_key}\n"
-                                 f"logs: {', '.join(sorted(witness.logs))}\n")
+        return PlainTextResponse(
+            f"flower-chain tlog-witness\n{witness.verifier_key}\nlogs: {', '.join(sorted(witness.logs))}\n"
+        )
 
-    return Starlette(routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
-                             Route("/", index, methods=["GET"])])
+    return Starlette(
+        routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]), Route("/", index, methods=["GET"])]
+    )

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Context, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from flower_chain.app.attacks import CRYPTO_ATTACKS, EXPECTED_REASON, make_client_mod
+from flower_chain.app.setup import prepare_keys
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.keys import Keyring, key_id, load_private
 from flower_chain.ledger.outliers import attribute_outliers
 from flower_chain.strategies import LedgerStrategy
-from flower_chain.app.setup import prepare_keys
 from tests.support.fl_helpers import FakeGrid, arrays, fedavg, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -24,28 +24,44 @@ NODES = list(range(201, 201 + N))
 def run_rounds(tmp_path, attack, rounds=2, strategy=None, fresh_mods=False):
     keyring = Keyring.from_path(prepare_keys(tmp_path / "keys", N))
     clients_dir = tmp_path / "keys" / "clients"
-    s = LedgerStrategy(strategy or fedavg(), ledger="memory:", keyring=keyring,
-                       server_key=tmp_path / "keys" / "server" / "server.key", store_client_updates=True)
+    s = LedgerStrategy(
+        strategy or fedavg(),
+        ledger="memory:",
+        keyring=keyring,
+        server_key=tmp_path / "keys" / "server" / "server.key",
+        store_client_updates=True,
+    )
     if fresh_mods:  # a new copy of the mod for every message, as a simulation's worker processes may have
+
         def mod(msg, ctx, nxt):
             return make_client_mod(attack, K)(msg, ctx, nxt)
     else:
         mod = make_client_mod(attack, K)
     glob = arrays(0)
     rng = np.random.default_rng(1)
-    contexts = [Context(run_id=1, node_id=NODES[pid], state=RecordDict(), run_config={},  # one per node, kept
-                        node_config={"partition-id": pid, "num-partitions": N, "signing-key": str(clients_dir)})
-                for pid in range(N)]
+    contexts = [
+        Context(
+            run_id=1,
+            node_id=NODES[pid],
+            state=RecordDict(),
+            run_config={},  # one per node, kept
+            node_config={"partition-id": pid, "num-partitions": N, "signing-key": str(clients_dir)},
+        )
+        for pid in range(N)
+    ]
     for rnd in range(1, rounds + 1):
-        msgs = sorted(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
+        )
         replies = []
         for pid, m in enumerate(msgs):
             ctx = contexts[pid]
 
             def train(msg, c, pid=pid):  # an honest small step away from the global model
-                step = {k: v.numpy() + 0.01 * rng.standard_normal(v.numpy().shape).astype(np.float32)
-                        for k, v in next(iter(msg.content.array_records.values())).items()}
+                step = {
+                    k: v.numpy() + 0.01 * rng.standard_normal(v.numpy().shape).astype(np.float32)
+                    for k, v in next(iter(msg.content.array_records.values())).items()
+                }
                 from flwr.app import Array, ArrayRecord
 
                 return train_reply(msg, ArrayRecord({k: Array(v) for k, v in step.items()}), 10)

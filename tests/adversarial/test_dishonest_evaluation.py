@@ -48,11 +48,23 @@ def evaluate_entry(f: Federation, rnd: int, i: int, base: bytes, *, verdict="acc
     """Client i's signed evaluate reply of round ``rnd`` on the model ``base``, as the next block records it."""
     k = f.client_keys[i]
     metrics = {"eval_loss": 0.5 + i}
-    st = UpdateStatement("evaluate", f.federation_id, rnd, key_id(k), f.writer.head_hash, base, b"", 20 + i,
-                         metrics_digest(metrics)).to_bytes()
-    return UpdateEntry(kind="evaluate", round=rnd, node_id=str(i), key_id=key_id(k), verdict=verdict, reason=reason,
-                       detail="", num_examples=20 + i, arrays_digest=b"", metrics=metrics, statement=st,
-                       signature=k.sign(st))
+    st = UpdateStatement(
+        "evaluate", f.federation_id, rnd, key_id(k), f.writer.head_hash, base, b"", 20 + i, metrics_digest(metrics)
+    ).to_bytes()
+    return UpdateEntry(
+        kind="evaluate",
+        round=rnd,
+        node_id=str(i),
+        key_id=key_id(k),
+        verdict=verdict,
+        reason=reason,
+        detail="",
+        num_examples=20 + i,
+        arrays_digest=b"",
+        metrics=metrics,
+        statement=st,
+        signature=k.sign(st),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +77,20 @@ def honest(tmp_path_factory):
     f.add_round(1, n=3)
     f.add_block(1, [EvaluationEntry(round=1, source="centralized", num_replies=0, metrics={"accuracy": 0.9})])
     model = f.writer.head.header.model_after
-    f.add_block(1, [evaluate_entry(f, 1, i, model) for i in range(3)]
-                + [EvaluationEntry(round=1, source="federated", num_replies=3, metrics={"eval_loss": 1.5})])
+    f.add_block(
+        1,
+        [evaluate_entry(f, 1, i, model) for i in range(3)]
+        + [EvaluationEntry(round=1, source="federated", num_replies=3, metrics={"eval_loss": 1.5})],
+    )
     f.add_round(2, n=3)
     model = f.writer.head.header.model_after
     other = bytes(32)
-    f.add_block(2, [evaluate_entry(f, 2, 0, other, verdict="rejected", reason="wrong-base-model")]
-                + [evaluate_entry(f, 2, i, model) for i in (1, 2)]
-                + [EvaluationEntry(round=2, source="federated", num_replies=2, metrics={"eval_loss": 2.0})])
+    f.add_block(
+        2,
+        [evaluate_entry(f, 2, 0, other, verdict="rejected", reason="wrong-base-model")]
+        + [evaluate_entry(f, 2, i, model) for i in (1, 2)]
+        + [EvaluationEntry(round=2, source="federated", num_replies=2, metrics={"eval_loss": 2.0})],
+    )
     f.ledger.close()
     path = d / "honest.db"
     code, out = cli("ledger", "verify", f"sqlite:///{path}")
@@ -99,6 +117,7 @@ def test_evaluation_of_another_model_recorded_as_accepted_fails_verify(honest, t
     def accept(blocks):
         blocks[5][1][0] = dataclasses.replace(blocks[5][1][0], verdict="accepted", reason="ok")
         blocks[5][1][-1] = dataclasses.replace(blocks[5][1][-1], num_replies=3)
+
     uri = rewritten(honest, tmp_path, accept)
     code, out = cli("ledger", "verify", "--no-client-signatures", uri)
     assert code == 0, out  # the re-signed rewrite holds together: only the re-derivation catches it
@@ -109,8 +128,10 @@ def test_evaluation_of_another_model_recorded_as_accepted_fails_verify(honest, t
 
 def test_evaluation_bound_to_another_model_in_the_header_fails_verify(honest, tmp_path):
     """The server re-labels the evaluate block with the model the clients evaluated: the model chain breaks."""
+
     def relabel(blocks):
         blocks[5][0]["model_before"] = blocks[5][0]["model_after"] = bytes(32)
+
     code, out = cli("ledger", "verify", rewritten(honest, tmp_path, relabel))
     assert code == 1 and "block 5" in out, out
 
@@ -121,22 +142,37 @@ SUMMARY_EDITS = {
     # a second federated summary of round 1 in a block of its own
     "second-block": (lambda b: b.insert(4, [dict(b[3][0]), [b[3][1][-1]]]), 4, "a block without evaluate replies"),
     # a federated summary added to the train block of round 2 (no evaluate reply supports it)
-    "added": (lambda b: b[4][1].append(EvaluationEntry(round=2, source="federated", num_replies=0, metrics={})), 4,
-              "a federated evaluation summary in a block without evaluate replies"),
+    "added": (
+        lambda b: b[4][1].append(EvaluationEntry(round=2, source="federated", num_replies=0, metrics={})),
+        4,
+        "a federated evaluation summary in a block without evaluate replies",
+    ),
     # the summary of round 1 labelled round 2
-    "round": (lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], round=2)), 3,
-              "an evaluation summary of round 2 in a block of round 1"),
+    "round": (
+        lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], round=2)),
+        3,
+        "an evaluation summary of round 2 in a block of round 1",
+    ),
     # the federated summary labelled centralized (the clients' results passed off as the server's)
-    "source-centralized": (lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], source="centralized")),
-                           3, "a centralized evaluation summary beside evaluate replies"),
+    "source-centralized": (
+        lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], source="centralized")),
+        3,
+        "a centralized evaluation summary beside evaluate replies",
+    ),
     # an unknown source
-    "source-unknown": (lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], source="clients")), 3,
-                       "unknown source 'clients'"),
+    "source-unknown": (
+        lambda b: b[3][1].__setitem__(-1, dataclasses.replace(b[3][1][-1], source="clients")),
+        3,
+        "unknown source 'clients'",
+    ),
     # the evaluate replies kept, their summary dropped
     "dropped": (lambda b: [b[3][1].pop(), None][1], 3, "3 evaluate replies but no federated evaluation summary"),
     # a centralized result claiming clients' replies
-    "centralized-count": (lambda b: b[2][1].__setitem__(0, dataclasses.replace(b[2][1][0], num_replies=3)), 2,
-                          "a centralized evaluation summary beside evaluate replies or counting 3"),
+    "centralized-count": (
+        lambda b: b[2][1].__setitem__(0, dataclasses.replace(b[2][1][0], num_replies=3)),
+        2,
+        "a centralized evaluation summary beside evaluate replies or counting 3",
+    ),
 }
 
 
@@ -162,9 +198,13 @@ class World:
         self.tmp = tmp_path
         self.clients = Clients(len(NODES))
         self.uri = f"sqlite:///{tmp_path}/l.db"
-        self.strategy = LedgerStrategy(fedavg(fraction_evaluate=1.0, min_evaluate_nodes=1),
-                                       ledger=self.uri, keyring=self.clients.keyring,
-                                       server_key=Ed25519PrivateKey.generate(), federation_id="fed-ev")
+        self.strategy = LedgerStrategy(
+            fedavg(fraction_evaluate=1.0, min_evaluate_nodes=1),
+            ledger=self.uri,
+            keyring=self.clients.keyring,
+            server_key=Ed25519PrivateKey.generate(),
+            federation_id="fed-ev",
+        )
         self.mods = [make_signing_mod(k, receipts_dir=tmp_path / "receipts") for k in self.clients.keys]
         self.global_arrays = arrays(0)
 
@@ -176,15 +216,21 @@ class World:
         return p.read_text() if p.exists() else ""
 
     def train(self, rnd):
-        msgs = sorted(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
-        replies = [mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
-                   for i, (m, mod) in enumerate(zip(msgs, self.mods))]
+        msgs = sorted(
+            self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
+        replies = [
+            mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
+            for i, (m, mod) in enumerate(zip(msgs, self.mods))
+        ]
         self.global_arrays, _ = self.strategy.aggregate_train(rnd, replies)
 
     def evaluate(self, rnd, *, model=None, tamper_reply=None):
-        msgs = sorted(self.strategy.configure_evaluate(rnd, model or self.global_arrays, ConfigRecord({}),
-                                                       FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            self.strategy.configure_evaluate(rnd, model or self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
         replies = [mod(m, context(), lambda msg, c: eval_reply(msg, 20)) for m, mod in zip(msgs, self.mods)]
         if tamper_reply is not None:
             replies[0] = tamper_reply(replies[0])
@@ -234,8 +280,7 @@ def _other_metrics(reply: Message) -> Message:
     return with_content(reply, content)
 
 
-@pytest.mark.parametrize("tamper,phrase", [(_bad_signature, "missing from the ledger"),
-                                           (_other_metrics, "rejected")])
+@pytest.mark.parametrize("tamper,phrase", [(_bad_signature, "missing from the ledger"), (_other_metrics, "rejected")])
 def test_honest_evaluate_reply_recorded_as_rejected_is_a_receipt_error(tmp_path, tamper, phrase):
     w = World(tmp_path)
     w.train(1)

@@ -23,26 +23,34 @@ NODES = [101, 102, 103, 104]
 
 
 def reply(msg, key, out, metrics):
-    return make_signing_mod(key)(msg, context(), lambda m, c: Message(
-        RecordDict({"arrays": out, "metrics": MetricRecord(metrics)}), reply_to=m))
+    return make_signing_mod(key)(
+        msg, context(), lambda m, c: Message(RecordDict({"arrays": out, "metrics": MetricRecord(metrics)}), reply_to=m)
+    )
 
 
 class S:
     def __init__(self, n=4, uri="memory:", inner=None, **kw):
         self.clients = Clients(n)
         self.key = Ed25519PrivateKey.generate()
-        self.strategy = LedgerStrategy(inner or fedavg(), ledger=uri, keyring=self.clients.keyring,
-                                       server_key=self.key, federation_id="rf", **kw)
+        self.strategy = LedgerStrategy(
+            inner or fedavg(), ledger=uri, keyring=self.clients.keyring, server_key=self.key, federation_id="rf", **kw
+        )
 
     def instructions(self, rnd, glob=None):
-        return sorted(self.strategy.configure_train(rnd, glob or arrays(0), ConfigRecord({}),
-                                                    FakeGrid(NODES[: len(self.clients.keys)])),
-                      key=lambda m: m.metadata.dst_node_id)
+        return sorted(
+            self.strategy.configure_train(
+                rnd, glob or arrays(0), ConfigRecord({}), FakeGrid(NODES[: len(self.clients.keys)])
+            ),
+            key=lambda m: m.metadata.dst_node_id,
+        )
 
     def entries(self):
         h = self.strategy.ledger.head().header
-        return [e for e in (decode_entry(d) for d in self.strategy.ledger.entries(h.first_index, h.log_size))
-                if e.TYPE == "update"]
+        return [
+            e
+            for e in (decode_entry(d) for d in self.strategy.ledger.entries(h.first_index, h.log_size))
+            if e.TYPE == "update"
+        ]
 
 
 @pytest.mark.parametrize("variant", ["list-vs-number", "list-lengths", "weight-key-alias"])
@@ -53,9 +61,11 @@ def test_a_key_holders_metric_shape_cannot_crash_the_strategy(variant):
     for i, (m, k) in enumerate(zip(msgs, s.clients.keys)):
         met = {"num-examples": 10 + i, "acc": [0.5, 0.6] if variant == "list-lengths" else 0.5}
         if i == 0:
-            met = {"list-vs-number": {"num-examples": 10, "acc": [0.5, 0.5]},
-                   "list-lengths": {"num-examples": 10, "acc": [0.5]},
-                   "weight-key-alias": {"num_examples": 10, "acc": 0.5}}[variant]
+            met = {
+                "list-vs-number": {"num-examples": 10, "acc": [0.5, 0.5]},
+                "list-lengths": {"num-examples": 10, "acc": [0.5]},
+                "weight-key-alias": {"num_examples": 10, "acc": 0.5},
+            }[variant]
         reps.append(reply(m, k, arrays(10 + i), met))
     agg, _ = s.strategy.aggregate_train(1, reps)  # no exception escapes
     assert agg is not None
@@ -66,8 +76,10 @@ def test_a_tie_between_metric_schemas_rejects_both_sides():
     """Two clients, two schemas: neither outvotes the other (before: the one that sorted first won)."""
     s = S(n=2)
     msgs = s.instructions(1)
-    reps = [reply(msgs[0], s.clients.keys[0], arrays(1), {"a": 0.0, "num-examples": 5}),
-            reply(msgs[1], s.clients.keys[1], arrays(2), {"train_loss": 0.3, "num-examples": 5})]
+    reps = [
+        reply(msgs[0], s.clients.keys[0], arrays(1), {"a": 0.0, "num-examples": 5}),
+        reply(msgs[1], s.clients.keys[1], arrays(2), {"train_loss": 0.3, "num-examples": 5}),
+    ]
     with pytest.raises(TooFewAcceptedError):
         s.strategy.aggregate_train(1, reps)
     assert [e.reason for e in s.entries()] == ["malformed", "malformed"]
@@ -89,9 +101,16 @@ def test_clients_with_and_without_receipt_counters_are_all_accepted(tmp_path):
     s = S(n=2)
     msgs = s.instructions(1)
     with_receipts = make_signing_mod(s.clients.keys[1], receipts_dir=tmp_path / "r")
-    reps = [reply(msgs[0], s.clients.keys[0], arrays(1), {"num-examples": 5}),
-            with_receipts(msgs[1], context(), lambda m, c: Message(
-                RecordDict({"arrays": arrays(2), "metrics": MetricRecord({"num-examples": 5})}), reply_to=m))]
+    reps = [
+        reply(msgs[0], s.clients.keys[0], arrays(1), {"num-examples": 5}),
+        with_receipts(
+            msgs[1],
+            context(),
+            lambda m, c: Message(
+                RecordDict({"arrays": arrays(2), "metrics": MetricRecord({"num-examples": 5})}), reply_to=m
+            ),
+        ),
+    ]
     agg, _ = s.strategy.aggregate_train(1, reps)
     assert agg is not None and [e.reason for e in s.entries()] == ["ok", "ok"]
 
@@ -103,8 +122,14 @@ def test_an_evaluate_round_the_strategy_refuses_is_still_recorded():
 
     s = S(inner=FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
     msgs = list(s.strategy.configure_evaluate(1, arrays(0), ConfigRecord({}), FakeGrid(NODES)))
-    reps = [make_signing_mod(k)(m, context(), lambda mm, c: Message(RecordDict({"metrics": MetricRecord(
-        {"num-examples": 5, "acc": 0.3})}), reply_to=mm)) for m, k in zip(msgs, s.clients.keys)]
+    reps = [
+        make_signing_mod(k)(
+            m,
+            context(),
+            lambda mm, c: Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "acc": 0.3})}), reply_to=mm),
+        )
+        for m, k in zip(msgs, s.clients.keys)
+    ]
     before = s.strategy.ledger.block_count()
     boom = s.strategy.strategy.aggregate_evaluate
 
@@ -198,13 +223,16 @@ def test_a_legacy_evaluate_loss_changed_in_transit_is_a_digest_mismatch():
     from flower_chain.ledger.entries import UpdateStatement, metrics_digest
     from flower_chain.ledger.keys import key_id
     from flower_chain.strategies import LegacyLedgerStrategy
-    from flower_chain.wire import (CTX_FEDERATION, CTX_PARENT, CTX_ROUND, LEGACY_LOSS, LEGACY_SIGNATURE,
-                                   LEGACY_STATEMENT)
+    from flower_chain.wire import CTX_FEDERATION, CTX_PARENT, CTX_ROUND, LEGACY_LOSS, LEGACY_SIGNATURE, LEGACY_STATEMENT
     from tests.adversarial.test_reply_fuzz import _Manager
 
     clients = Clients(2)
-    s = LegacyLedgerStrategy(LegacyFedAvg(min_available_clients=2, min_evaluate_clients=2), ledger="memory:",
-                             keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    s = LegacyLedgerStrategy(
+        LegacyFedAvg(min_available_clients=2, min_evaluate_clients=2),
+        ledger="memory:",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
     from flwr.common import ndarrays_to_parameters
 
     pairs = s.configure_evaluate(1, ndarrays_to_parameters([np.zeros(3, np.float32)]), _Manager(2))
@@ -212,16 +240,31 @@ def test_a_legacy_evaluate_loss_changed_in_transit_is_a_digest_mismatch():
     for (proxy, ins), k in zip(pairs, clients.keys):
         metrics = {"acc": 0.5}
         cfg = ins.config
-        st = UpdateStatement("evaluate", str(cfg[CTX_FEDERATION]), int(cfg[CTX_ROUND]), key_id(k),
-                             bytes(cfg[CTX_PARENT]), b"", b"", 7, metrics_digest({**metrics, LEGACY_LOSS: 0.25})
-                             ).to_bytes()
-        results.append((proxy, EvaluateRes(Status(Code.OK, ""), 0.25, 7,
-                                           {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: k.sign(st)})))
+        st = UpdateStatement(
+            "evaluate",
+            str(cfg[CTX_FEDERATION]),
+            int(cfg[CTX_ROUND]),
+            key_id(k),
+            bytes(cfg[CTX_PARENT]),
+            b"",
+            b"",
+            7,
+            metrics_digest({**metrics, LEGACY_LOSS: 0.25}),
+        ).to_bytes()
+        results.append(
+            (
+                proxy,
+                EvaluateRes(
+                    Status(Code.OK, ""), 0.25, 7, {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: k.sign(st)}
+                ),
+            )
+        )
     results[1][1].loss = 0.0001  # a better loss, written in transit
     s.aggregate_evaluate(1, results, [])
     h = s.ledger.head().header
-    reasons = [e.reason for e in (decode_entry(d) for d in s.ledger.entries(h.first_index, h.log_size))
-               if e.TYPE == "update"]
+    reasons = [
+        e.reason for e in (decode_entry(d) for d in s.ledger.entries(h.first_index, h.log_size)) if e.TYPE == "update"
+    ]
     assert reasons == ["ok", "digest-mismatch"]
 
 
@@ -234,8 +277,9 @@ def test_strict_verify_and_audit_fail_where_accepted_arrays_were_not_checked(tmp
 
     s = S(uri=f"sqlite:///{tmp_path / 'l.db'}", store_client_updates=False)
     msgs = s.instructions(1)
-    s.strategy.aggregate_train(1, [reply(m, k, arrays(i), {"num-examples": 5})
-                                   for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+    s.strategy.aggregate_train(
+        1, [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    )
     s.strategy.close()
     uri = f"sqlite:///{tmp_path / 'l.db'}"
     run = CliRunner().invoke
@@ -252,14 +296,29 @@ def _evaluated(tmp_path):
     """Round 1 trained and evaluated by two honest clients (acc 0.5 each) on an SQLite ledger."""
     from flwr.serverapp.strategy import FedAvg
 
-    s = S(n=2, uri=f"sqlite:///{tmp_path / 'e.db'}",
-          inner=FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1))
+    s = S(
+        n=2,
+        uri=f"sqlite:///{tmp_path / 'e.db'}",
+        inner=FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1),
+    )
     msgs = s.instructions(1)
-    glob, _ = s.strategy.aggregate_train(1, [reply(m, k, arrays(5 + i), {"num-examples": 5})
-                                             for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+    glob, _ = s.strategy.aggregate_train(
+        1, [reply(m, k, arrays(5 + i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    )
     msgs = list(s.strategy.configure_evaluate(1, glob, ConfigRecord({}), FakeGrid(NODES[:2])))
-    s.strategy.aggregate_evaluate(1, [make_signing_mod(k)(m, context(), lambda mm, c: Message(RecordDict(
-        {"metrics": MetricRecord({"num-examples": 5, "acc": 0.5})}), reply_to=mm)) for m, k in zip(msgs, s.clients.keys)])
+    s.strategy.aggregate_evaluate(
+        1,
+        [
+            make_signing_mod(k)(
+                m,
+                context(),
+                lambda mm, c: Message(
+                    RecordDict({"metrics": MetricRecord({"num-examples": 5, "acc": 0.5})}), reply_to=mm
+                ),
+            )
+            for m, k in zip(msgs, s.clients.keys)
+        ],
+    )
     s.strategy.close()
     return s, f"sqlite:///{tmp_path / 'e.db'}"
 
@@ -281,8 +340,9 @@ def test_a_made_up_federated_evaluation_summary_is_caught(tmp_path, lie):
         for _, entries in blocks:
             for i, e in enumerate(entries):
                 if isinstance(e, EvaluationEntry) and e.source == "federated":
-                    entries[i] = dataclasses.replace(e, **({"num_replies": 7} if lie == "count" else
-                                                           {"metrics": {"acc": 0.99}}))
+                    entries[i] = dataclasses.replace(
+                        e, **({"num_replies": 7} if lie == "count" else {"metrics": {"acc": 0.99}})
+                    )
 
     rewrite(uri, s.key, edit)
     if lie == "count":
@@ -296,11 +356,12 @@ def test_a_made_up_federated_evaluation_summary_is_caught(tmp_path, lie):
 def test_a_nan_metric_is_malformed_and_cannot_poison_qfedavg():
     from flwr.serverapp.strategy import QFedAvg
 
-    s = S(n=3, inner=QFedAvg(client_learning_rate=0.1, min_available_nodes=1, min_train_nodes=1,
-                             fraction_evaluate=0.0))
+    s = S(n=3, inner=QFedAvg(client_learning_rate=0.1, min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0))
     msgs = s.instructions(1)
-    reps = [reply(m, k, arrays(i), {"num-examples": 5, "train_loss": float("nan") if i == 0 else 0.3})
-            for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+    reps = [
+        reply(m, k, arrays(i), {"num-examples": 5, "train_loss": float("nan") if i == 0 else 0.3})
+        for i, (m, k) in enumerate(zip(msgs, s.clients.keys))
+    ]
     agg, _ = s.strategy.aggregate_train(1, reps)
     assert [e.reason for e in s.entries()] == ["malformed", "ok", "ok"]
     assert all(np.isfinite(a.numpy()).all() for a in agg.values())
@@ -320,8 +381,9 @@ def test_a_non_finite_aggregate_keeps_the_model_and_stops_the_run():
     s = S(n=2, inner=Diverging(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0))
     msgs = s.instructions(1)
     with pytest.raises(AggregationError, match="non-finite"):
-        s.strategy.aggregate_train(1, [reply(m, k, arrays(i), {"num-examples": 5})
-                                       for i, (m, k) in enumerate(zip(msgs, s.clients.keys))])
+        s.strategy.aggregate_train(
+            1, [reply(m, k, arrays(i), {"num-examples": 5}) for i, (m, k) in enumerate(zip(msgs, s.clients.keys))]
+        )
     head = s.strategy.ledger.head().header
     assert head.model_after == head.model_before and [e.reason for e in s.entries()] == ["ok", "ok"]
 
@@ -393,12 +455,19 @@ def test_a_legacy_round_with_nothing_accepted_never_reaches_the_wrapped_strategy
             return super().aggregate_fit(*a, **k)
 
     clients = Clients(2)
-    s = LegacyLedgerStrategy(Spy(min_available_clients=2, min_fit_clients=2), ledger="memory:", min_accepted=0,
-                             keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    s = LegacyLedgerStrategy(
+        Spy(min_available_clients=2, min_fit_clients=2),
+        ledger="memory:",
+        min_accepted=0,
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
     model = [np.zeros(3, np.float32)]
     pairs = s.configure_fit(1, ndarrays_to_parameters(model), _Manager(2))
-    results = [(proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.ones(3, np.float32)]), 5, {}))
-               for proxy, _ in pairs]  # no flower-chain signature: every reply is rejected as unsigned
+    results = [
+        (proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.ones(3, np.float32)]), 5, {}))
+        for proxy, _ in pairs
+    ]  # no flower-chain signature: every reply is rejected as unsigned
     assert s.aggregate_fit(1, results, []) == (None, {})
     h = s.ledger.head().header
     assert Spy.calls == 0 and h.model_before == h.model_after and h.model_before

@@ -39,13 +39,20 @@ RSS_LIMIT_KB = 512 * 1024  # growth of the process's peak resident memory over t
 RUNNER = CliRunner()
 BASE_RSS_KB = [0]  # the process's peak RSS when the honest ledgers were made (set by that fixture)
 COMMAND = typer.main.get_command(app)  # built once: typer rebuilds the click group on every invoke
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                      HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 SIZES = st.sampled_from([0, 1, 31, 32, 33, 64, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, -1, -(2**63)])
 CELL = st.one_of(
-    st.none(), st.booleans(), SIZES, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True),
-    st.text(max_size=64), st.binary(max_size=256),
+    st.none(),
+    st.booleans(),
+    SIZES,
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True),
+    st.text(max_size=64),
+    st.binary(max_size=256),
     st.sampled_from(["\x1b[2K\r\x1b[1;32mVERIFIED", "[bold green]VERIFIED[/]", "\u202e", "\x85\x9b31m"]),
 )
 
@@ -62,8 +69,9 @@ def run_cli(*args: str, measure: bool = False) -> tuple[int, str, str, int]:
         if measure:
             tracemalloc.stop()
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{args[:2]} raised {type(result.exception).__name__}: {result.exception}") \
-            from result.exception
+        raise AssertionError(
+            f"{args[:2]} raised {type(result.exception).__name__}: {result.exception}"
+        ) from result.exception
     return result.exit_code, result.stdout, result.stderr, peak
 
 
@@ -104,13 +112,23 @@ def _scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="fc-hostile-"))
 
 
-SQLITE_CELLS = {"blocks": ("height", "header", "signature", "checkpoint"), "entries": ("idx", "height", "data"),
-                "nodes": ("level", "idx", "hash"), "meta": ("key", "value"), "blobs": ("digest", "data")}
+SQLITE_CELLS = {
+    "blocks": ("height", "header", "signature", "checkpoint"),
+    "entries": ("idx", "height", "data"),
+    "nodes": ("level", "idx", "hash"),
+    "meta": ("key", "value"),
+    "blobs": ("digest", "data"),
+}
 
 
 @settings(max_examples=900, **SETTINGS)
-@given(table=st.sampled_from(sorted(SQLITE_CELLS)), column=st.integers(0, 3), row=st.integers(0, 50), value=CELL,
-       delete=st.booleans())
+@given(
+    table=st.sampled_from(sorted(SQLITE_CELLS)),
+    column=st.integers(0, 3),
+    row=st.integers(0, 50),
+    value=CELL,
+    delete=st.booleans(),
+)
 def test_sqlite_any_cell_keeps_the_exit_code_contract(honest, table, column, row, value, delete):
     d = _scratch()
     try:
@@ -143,16 +161,23 @@ def test_sqlite_any_cell_keeps_the_exit_code_contract(honest, table, column, row
         shutil.rmtree(d, ignore_errors=True)
 
 
-JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                      max_size=4), max_leaves=12)
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 JSONL_FIELDS = ("height", "header", "signature", "checkpoint", "entries", "view", "extra")
 
 
 @settings(max_examples=900, **SETTINGS)
-@given(line=st.integers(0, 10), field=st.sampled_from(JSONL_FIELDS), value=st.one_of(CELL.filter(
-    lambda v: not isinstance(v, bytes)), JSON_VALUE), how=st.sampled_from(["field", "line", "nest", "entry"]),
-       depth=st.integers(1, 200_000), text=st.text(max_size=80))
+@given(
+    line=st.integers(0, 10),
+    field=st.sampled_from(JSONL_FIELDS),
+    value=st.one_of(CELL.filter(lambda v: not isinstance(v, bytes)), JSON_VALUE),
+    how=st.sampled_from(["field", "line", "nest", "entry"]),
+    depth=st.integers(1, 200_000),
+    text=st.text(max_size=80),
+)
 def test_jsonl_any_value_keeps_the_exit_code_contract(honest, line, field, value, how, depth, text):
     d = _scratch()
     try:
@@ -193,9 +218,20 @@ def _resign(f: Federation, path: Path, at: int, changes: dict) -> None:
     db.close()
 
 
-@pytest.mark.parametrize("changes", [{"timestamp_ms": 2**62}, {"timestamp_ms": -1}, {"timestamp_ms": 10**17},
-                                     {"round": -3}, {"entry_count": 2**40}, {"log_size": -1},
-                                     {"height": 2**63 - 1}, {"prev_hash": b"\x00" * 5}, {"model_after": b"x" * 40}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"timestamp_ms": 2**62},
+        {"timestamp_ms": -1},
+        {"timestamp_ms": 10**17},
+        {"round": -3},
+        {"entry_count": 2**40},
+        {"log_size": -1},
+        {"height": 2**63 - 1},
+        {"prev_hash": b"\x00" * 5},
+        {"model_after": b"x" * 40},
+    ],
+)
 def test_a_resigned_header_with_values_out_of_range_is_one_line(honest, tmp_path, changes):
     path = tmp_path / "t.db"
     shutil.copy(honest["sqlite"][0], path)
@@ -231,9 +267,16 @@ def test_a_height_gap_is_one_line_in_every_command(honest, tmp_path, height):
         assert code == 1 and "block" in err and len(err.strip().splitlines()) == 1, (command, code, err)
 
 
-PG_CELLS = [("fc_blocks", "header", "bytes"), ("fc_blocks", "signature", "bytes"), ("fc_blocks", "checkpoint", "text"),
-            ("fc_blocks", "height", "int"), ("fc_entries", "data", "bytes"), ("fc_nodes", "hash", "bytes"),
-            ("fc_head", "block_count", "int"), ("fc_head", "head_hash", "bytes")]
+PG_CELLS = [
+    ("fc_blocks", "header", "bytes"),
+    ("fc_blocks", "signature", "bytes"),
+    ("fc_blocks", "checkpoint", "text"),
+    ("fc_blocks", "height", "int"),
+    ("fc_entries", "data", "bytes"),
+    ("fc_nodes", "hash", "bytes"),
+    ("fc_head", "block_count", "int"),
+    ("fc_head", "head_hash", "bytes"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +295,13 @@ def test_postgres_any_typed_value_keeps_the_exit_code_contract(pg_honest, cell, 
     import psycopg
 
     table, column, kind = cell
-    value = data.draw({"bytes": st.binary(max_size=200), "text": st.text(max_size=200).map(
-        lambda s: s.replace("\x00", "")), "int": SIZES | st.integers(-(2**63), 2**63 - 1)}[kind])
+    value = data.draw(
+        {
+            "bytes": st.binary(max_size=200),
+            "text": st.text(max_size=200).map(lambda s: s.replace("\x00", "")),
+            "int": SIZES | st.integers(-(2**63), 2**63 - 1),
+        }[kind]
+    )
     with psycopg.connect(pg_honest, autocommit=True) as conn:
         keys = conn.execute(f"SELECT ctid FROM {table} ORDER BY ctid").fetchall()
         (ctid,) = keys[row % len(keys)]

@@ -36,8 +36,9 @@ class Counter:
 
 
 def message(arrays: dict | None, metrics: dict, extra_records: int = 0):
-    content = RecordDict({"metrics": MetricRecord(metrics),
-                          SIG_RECORD: ConfigRecord({STATEMENT: b"s", SIGNATURE: b"x" * 64})})
+    content = RecordDict(
+        {"metrics": MetricRecord(metrics), SIG_RECORD: ConfigRecord({STATEMENT: b"s", SIGNATURE: b"x" * 64})}
+    )
     if arrays is not None:
         content["arrays"] = ArrayRecord(arrays)
     for i in range(extra_records):
@@ -68,31 +69,39 @@ def test_a_legacy_reply_of_thousands_of_tensors_is_refused_before_one_is_parsed(
     assert parsed.calls == 0
 
 
-@pytest.mark.parametrize("metrics", [
-    {f"m{i}": 0.5 for i in range(300)},  # more metrics than allowed
-    {f"m{i}": [0.5] * 4096 for i in range(10)},  # lists that could never encode in 16 KiB
-    {"x" * 256 + str(i): 1 for i in range(100)},  # names that could never encode in 16 KiB
-])
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {f"m{i}": 0.5 for i in range(300)},  # more metrics than allowed
+        {f"m{i}": [0.5] * 4096 for i in range(10)},  # lists that could never encode in 16 KiB
+        {"x" * 256 + str(i): 1 for i in range(100)},  # names that could never encode in 16 KiB
+    ],
+)
 def test_a_huge_metric_map_is_refused_before_one_value_is_read(monkeypatch, metrics):
     read = Counter(monkeypatch, "_scalar")
-    reply = replies.from_message(message(None, {**metrics, "num-examples": 10}), "evaluate",
-                                 max_array_bytes=MODEL_BUDGET)
+    reply = replies.from_message(
+        message(None, {**metrics, "num-examples": 10}), "evaluate", max_array_bytes=MODEL_BUDGET
+    )
     assert reply.malformed is not None and "metric" in reply.malformed
     assert read.calls == 0
 
 
 def test_a_reply_of_many_records_is_refused_on_its_count(monkeypatch):
     named = Counter(monkeypatch, "safe_text")
-    reply = replies.from_message(message(tiny(2), {"num-examples": 10}, extra_records=5_000), "train",
-                                 max_array_bytes=MODEL_BUDGET)
+    reply = replies.from_message(
+        message(tiny(2), {"num-examples": 10}, extra_records=5_000), "train", max_array_bytes=MODEL_BUDGET
+    )
     assert reply.malformed is not None and "records" in reply.malformed
     assert named.calls == 0
 
 
 def test_an_honest_reply_still_parses_within_the_bounds():
     shapes = {"w": np.ones((8, 4), dtype=np.float32), "b": np.ones(4, dtype=np.float32)}
-    reply = replies.from_message(message({k: Array(v) for k, v in shapes.items()},
-                                         {"num-examples": 10, "loss": [0.5] * 1000}), "train",
-                                 max_array_bytes=MODEL_BUDGET, max_arrays=2)
+    reply = replies.from_message(
+        message({k: Array(v) for k, v in shapes.items()}, {"num-examples": 10, "loss": [0.5] * 1000}),
+        "train",
+        max_array_bytes=MODEL_BUDGET,
+        max_arrays=2,
+    )
     assert reply.malformed is None, reply.malformed
     assert [name for name, _ in reply.arrays] == ["w", "b"] and reply.num_examples == 10

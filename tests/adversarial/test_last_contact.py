@@ -57,15 +57,24 @@ class Run:
         self.tmp = tmp_path
         self.clients = Clients(len(NODES))
         self.uri = f"sqlite:///{tmp_path}/l.db"
-        strategy = LedgerStrategy(fedavg(), ledger=self.uri, keyring=self.clients.keyring,
-                                  server_key=Ed25519PrivateKey.generate(), federation_id="fed-last")
+        strategy = LedgerStrategy(
+            fedavg(),
+            ledger=self.uri,
+            keyring=self.clients.keyring,
+            server_key=Ed25519PrivateKey.generate(),
+            federation_id="fed-last",
+        )
         mods = [make_signing_mod(k, receipts_dir=tmp_path / "receipts") for k in self.clients.keys]
         model = arrays(0)
         for rnd in range(1, rounds + 1):
-            msgs = sorted(strategy.configure_train(rnd, model, ConfigRecord({}), FakeGrid(NODES)),
-                          key=lambda m: m.metadata.dst_node_id)
-            replies = [mod(m, context(), lambda msg, c, i=i, r=rnd: train_reply(msg, arrays(100 * r + i), 10))
-                       for i, (m, mod) in enumerate(zip(msgs, mods))]
+            msgs = sorted(
+                strategy.configure_train(rnd, model, ConfigRecord({}), FakeGrid(NODES)),
+                key=lambda m: m.metadata.dst_node_id,
+            )
+            replies = [
+                mod(m, context(), lambda msg, c, i=i, r=rnd: train_reply(msg, arrays(100 * r + i), 10))
+                for i, (m, mod) in enumerate(zip(msgs, mods))
+            ]
             if rnd == rounds and final is not None:
                 replies = final(replies)
             model, _ = strategy.aggregate_train(rnd, replies)
@@ -102,10 +111,13 @@ def test_final_round_update_dropped_is_named(tmp_path):
     assert code == 0, out
 
 
-@pytest.mark.parametrize("spoil,phrase", [
-    (bad_signature, "recorded as rejected (bad-signature) with a signature that is not the one this node made"),
-    (unsigned, "the signed statement is absent from the log"),  # recorded as unsigned: no statement at all
-])
+@pytest.mark.parametrize(
+    "spoil,phrase",
+    [
+        (bad_signature, "recorded as rejected (bad-signature) with a signature that is not the one this node made"),
+        (unsigned, "the signed statement is absent from the log"),  # recorded as unsigned: no statement at all
+    ],
+)
 def test_final_round_update_recorded_as_rejected_is_named(tmp_path, spoil, phrase):
     run = Run(tmp_path, final=lambda replies: [spoil(replies[0]), *replies[1:]])
     code, out = cli("receipts", "check", run.keydir(0), "--log", run.uri)
@@ -115,10 +127,12 @@ def test_final_round_update_recorded_as_rejected_is_named(tmp_path, spoil, phras
 
 def test_bad_input_is_one_error_line(tmp_path):
     run = Run(tmp_path, rounds=1)
-    for args in ((tmp_path / "nowhere", "--log", run.uri),
-                 (tmp_path, "--log", run.uri),  # not a key directory
-                 (run.keydir(0), "--log", f"sqlite:///{tmp_path}/missing.db"),
-                 (run.keydir(0), "--log", f"http://127.0.0.1:{free_port()}/")):  # nothing serves the log there
+    for args in (
+        (tmp_path / "nowhere", "--log", run.uri),
+        (tmp_path, "--log", run.uri),  # not a key directory
+        (run.keydir(0), "--log", f"sqlite:///{tmp_path}/missing.db"),
+        (run.keydir(0), "--log", f"http://127.0.0.1:{free_port()}/"),
+    ):  # nothing serves the log there
         code, out = cli("receipts", "check", *args)
         lines = [line for line in out.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out

@@ -22,8 +22,9 @@ NODES = [21, 22, 23]
 
 def setup(n=3):
     clients = Clients(n)
-    s = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(),
-                       federation_id="tb")
+    s = LedgerStrategy(
+        fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(), federation_id="tb"
+    )
     return s, clients
 
 
@@ -57,7 +58,9 @@ def test_an_unverified_pending_round_moves_nothing():
     glob = arrays(0)
     for rnd in (1, 2, 3):
         msgs = instructions(s, rnd, glob)
-        replies = [signed_train_reply(m, k, arrays(10 * rnd + i), 10) for i, (m, k) in enumerate(zip(msgs, clients.keys))]
+        replies = [
+            signed_train_reply(m, k, arrays(10 * rnd + i), 10) for i, (m, k) in enumerate(zip(msgs, clients.keys))
+        ]
         unsigned = signed_train_reply(msgs[2], None, arrays(7), 10)
         from flwr.app import ConfigRecord as CR
 
@@ -86,8 +89,17 @@ def test_text_from_the_network_cannot_forge_log_lines(caplog):
     msgs = instructions(s, 1, arrays(0))
     replies = [signed_train_reply(m, k, arrays(i + 1), 10) for i, (m, k) in enumerate(zip(msgs, clients.keys))]
     st = UpdateStatement.from_bytes(replies[1].content[SIG_RECORD][STATEMENT])
-    forged = UpdateStatement(st.kind, st.federation_id, st.round, "x\nERROR forged line $x^2$", st.parent,
-                             st.base_digest, st.arrays_digest, st.num_examples, st.metrics_digest).to_bytes()
+    forged = UpdateStatement(
+        st.kind,
+        st.federation_id,
+        st.round,
+        "x\nERROR forged line $x^2$",
+        st.parent,
+        st.base_digest,
+        st.arrays_digest,
+        st.num_examples,
+        st.metrics_digest,
+    ).to_bytes()
     replies[1].content[SIG_RECORD][STATEMENT] = forged
     with caplog.at_level(logging.WARNING):
         s.aggregate_train(1, replies)
@@ -106,15 +118,18 @@ def _npy_with_header(shape: str, descr: str = "<f4", payload: bytes = b"") -> by
     return b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + payload
 
 
-@pytest.mark.parametrize("shape,payload", [
-    ("(0, 2**70)", b""),                      # zero elements, but a dimension numpy cannot make
-    (f"(0, {2**70})", b""),
-    (f"({2**63}, 0)", b""),
-    (f"({2**40}, {2**40}, 0)", b""),
-    ("(-1, 3)", b""),
-    ("(2, 2)", b"\0" * 15),                   # one byte short
-    ("(" + "1, " * 70 + ")", b"\0" * 4),     # more dimensions than numpy allows
-])
+@pytest.mark.parametrize(
+    "shape,payload",
+    [
+        ("(0, 2**70)", b""),  # zero elements, but a dimension numpy cannot make
+        (f"(0, {2**70})", b""),
+        (f"({2**63}, 0)", b""),
+        (f"({2**40}, {2**40}, 0)", b""),
+        ("(-1, 3)", b""),
+        ("(2, 2)", b"\0" * 15),  # one byte short
+        ("(" + "1, " * 70 + ")", b"\0" * 4),  # more dimensions than numpy allows
+    ],
+)
 def test_parse_npy_never_raises_on_hostile_shapes(shape, payload):
     from flower_chain.wire import parse_npy
 

@@ -29,8 +29,9 @@ def sealed_ledger(tmp_path):
     auditor = X25519PrivateKey.generate()
     clients, key = Clients(4), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path / 'd.db'}"
-    s = sealing_strategy(FedAvg(**kw()), auditor.public_key(), ledger=uri, keyring=clients.keyring,
-                         server_key=key, federation_id="fed-d")
+    s = sealing_strategy(
+        FedAvg(**kw()), auditor.public_key(), ledger=uri, keyring=clients.keyring, server_key=key, federation_id="fed-d"
+    )
     run_rounds(s, clients, [1, 2, 3], arrays(0))
     s.close()
     with open_ledger(uri) as led:
@@ -62,8 +63,9 @@ def test_a_sealed_blob_swapped_for_another_updates_fails_naming_round_and_entry(
     (vi, victim), (_, other) = accepted[5], accepted[6]  # two updates of round 2
     assert _round_of(uri, vi) == 2
     blobs = dict(all_blobs(uri))
-    dishonest.put_blob(uri, sealed_address(origin, victim.arrays_digest), blobs[sealed_address(origin,
-                                                                                              other.arrays_digest)])
+    dishonest.put_blob(
+        uri, sealed_address(origin, victim.arrays_digest), blobs[sealed_address(origin, other.arrays_digest)]
+    )
     rep = _audit(uri, auditor)
     assert [(r.round, r.status) for r in rep.rounds] == [(1, OK), (2, MISMATCH), (3, OK)]
     detail = rep.rounds[1].detail
@@ -80,8 +82,11 @@ def test_other_arrays_sealed_under_the_signed_digest_fail(sealed_ledger):
     uri, auditor, origin = sealed_ledger
     vi, victim = accepted_entries(uri)[0]
     fake = encode_arrays([("w", np.zeros((8, 4), np.float32)), ("b", np.zeros(4, np.float32))])
-    dishonest.put_blob(uri, sealed_address(origin, victim.arrays_digest),
-                       seal(fake, auditor.public_key(), origin, victim.arrays_digest))
+    dishonest.put_blob(
+        uri,
+        sealed_address(origin, victim.arrays_digest),
+        seal(fake, auditor.public_key(), origin, victim.arrays_digest),
+    )
     rep = _audit(uri, auditor)
     assert rep.rounds[0].status == MISMATCH
     assert f"opened client update of {victim.key_id} (entry {vi})" in rep.rounds[0].detail
@@ -104,8 +109,9 @@ def test_garbage_and_truncated_blobs_fail_without_a_traceback(sealed_ledger):
     (vi, victim), (wi, wrong) = accepted_entries(uri)[:2]
     blobs = dict(all_blobs(uri))
     dishonest.put_blob(uri, sealed_address(origin, victim.arrays_digest), b"\x00garbage")
-    dishonest.put_blob(uri, sealed_address(origin, wrong.arrays_digest),
-                       blobs[sealed_address(origin, wrong.arrays_digest)][:-1])
+    dishonest.put_blob(
+        uri, sealed_address(origin, wrong.arrays_digest), blobs[sealed_address(origin, wrong.arrays_digest)][:-1]
+    )
     rep = _audit(uri, auditor)
     assert rep.rounds[0].status == MISMATCH
     assert f"entry {vi}" in rep.rounds[0].detail and "not a sealed blob" in rep.rounds[0].detail

@@ -41,10 +41,12 @@ def with_request(msg: Message, req: dict) -> Message:
 
 def unmask_replies(collected: dict):
     """A grid hook collecting each node's stage 3 statement reply as it leaves the node."""
+
     def tamper(nid, stage, msg, reply):
         if stage == "unmask" and not reply.has_error():
             collected[nid] = StageStatement.from_bytes(reply.content.config_records[RECORD]["statement"]).reply
         return reply
+
     return tamper
 
 
@@ -115,11 +117,15 @@ def test_forked_commit_is_detected_by_the_node_and_by_the_audit(tmp_path):
         c["active"] = [m for m in c["active"] if m != victim]
         c["dead"] = sorted(c["dead"] + [victim])
         c["commit_index"], c["log_size"] = index, size
-        req["proof"] = {"checkpoint": block.checkpoint, "entry": forked.to_bytes(), "index": index,
-                        "inclusion": b"".join(proofs.inclusion_proof(state["fork"], index, size)),
-                        "consistency": b"".join(proofs.consistency_proof(state["fork"], seen, size)),
-                        "genesis": req["proof"]["genesis"],
-                        "genesis_inclusion": b"".join(proofs.inclusion_proof(state["fork"], 0, size))}
+        req["proof"] = {
+            "checkpoint": block.checkpoint,
+            "entry": forked.to_bytes(),
+            "index": index,
+            "inclusion": b"".join(proofs.inclusion_proof(state["fork"], index, size)),
+            "consistency": b"".join(proofs.consistency_proof(state["fork"], seen, size)),
+            "genesis": req["proof"]["genesis"],
+            "genesis_inclusion": b"".join(proofs.inclusion_proof(state["fork"], 0, size)),
+        }
         state.update(teller=str(nid), victim=victim)
         return with_request(msg, req)
 
@@ -161,8 +167,11 @@ def test_commitment_that_drops_or_adds_a_masked_input_fails_audit(attack, monkey
                 data["statements"] = {k: v for k, v in data["statements"].items() if k != victim}
             else:
                 victim = data["dropped"][0]  # a node that sent nothing gets an input
-                fake = [("0", np.array([5], dtype=np.uint32)), ("1", np.zeros((6, 4), dtype=np.uint32)),
-                        ("2", np.zeros((4,), dtype=np.uint32))]
+                fake = [
+                    ("0", np.array([5], dtype=np.uint32)),
+                    ("1", np.zeros((6, 4), dtype=np.uint32)),
+                    ("2", np.zeros((4,), dtype=np.uint32)),
+                ]
                 digest = array_digest(fake)
                 fed.ledger.put_blob(encode_arrays(fake), digest)
                 data["dropped"] = [m for m in data["dropped"] if m != victim]
@@ -182,8 +191,7 @@ def test_commitment_that_drops_or_adds_a_masked_input_fails_audit(attack, monkey
 def test_masked_input_reused_from_an_earlier_round_fails_audit(monkeypatch):
     fed = SecAggFederation("memory:", n=5)
     fed.run_round(1)
-    first = next(e for e in map(decode_entry, fed.ledger.entries()) if isinstance(e, SecAggEntry)
-                 and e.stage == COMMIT)
+    first = next(e for e in map(decode_entry, fed.ledger.entries()) if isinstance(e, SecAggEntry) and e.stage == COMMIT)
     victim, old = next(iter(first.data["masked"].items()))
     honest = workflow_module.server_record
 

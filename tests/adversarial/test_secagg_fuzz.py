@@ -33,7 +33,7 @@ def mutate(value, rng: random.Random):
         return {**value, key: mutate(value[key], rng)}
     if isinstance(value, list) and value and rng.random() < 0.7:
         i = rng.randrange(len(value))
-        return value[:i] + [mutate(value[i], rng)] + value[i + 1:]
+        return value[:i] + [mutate(value[i], rng)] + value[i + 1 :]
     if isinstance(value, bytes) and value and rng.random() < 0.5:
         b = bytearray(value)
         b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
@@ -53,9 +53,11 @@ def test_hostile_requests_are_answered_or_refused(stage):
                 return msg
             if rng.random() < 0.1:  # not even CE1
                 from flwr.app import ConfigRecord, RecordDict
+
                 content = RecordDict(dict(msg.content.items()))
                 content.config_records[RECORD] = ConfigRecord({"request": bytes(rng.randrange(256) for _ in range(9))})
                 from tests.support.fl_helpers import with_content
+
                 return with_content(msg, content)
             return with_request(msg, mutate(request_of(msg), rng))
 
@@ -77,7 +79,7 @@ def test_hostile_signed_replies_are_verdicts(stage):
             if nid != target or s != stage or reply.has_error():
                 return reply
             rec = dict(reply.content.config_records[RECORD].items())
-            st = decode(rec["statement"][len(b"flower-chain:secagg-stage:v1\x00"):])
+            st = decode(rec["statement"][len(b"flower-chain:secagg-stage:v1\x00") :])
             if rng.random() < 0.5:
                 st = mutate(st, rng)
                 new = b"flower-chain:secagg-stage:v1\x00" + encode(st)
@@ -102,11 +104,13 @@ def test_statement_decoder_sees_every_mutation_as_encoding_error_or_value():
     from flower_chain.ledger.entries import decode_entry
     from flower_chain.ledger.errors import EncodingError
     from flower_chain.ledger.secagg import SecAggEntry
-    statements = [e.statement for e in map(decode_entry, fed.ledger.entries())
-                  if isinstance(e, SecAggEntry) and e.statement]
+
+    statements = [
+        e.statement for e in map(decode_entry, fed.ledger.entries()) if isinstance(e, SecAggEntry) and e.statement
+    ]
     for raw in statements:
         for _ in range(20):
-            d = decode(raw[len(b"flower-chain:secagg-stage:v1\x00"):])
+            d = decode(raw[len(b"flower-chain:secagg-stage:v1\x00") :])
             try:
                 StageStatement.from_bytes(b"flower-chain:secagg-stage:v1\x00" + encode(mutate(d, rng)))
             except EncodingError:

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def entries_of(fed, **where):
-    return [e for e in map(decode_entry, fed.ledger.entries()) if isinstance(e, SecAggEntry)
-            and all(getattr(e, k) == v for k, v in where.items())]
+    return [
+        e
+        for e in map(decode_entry, fed.ledger.entries())
+        if isinstance(e, SecAggEntry) and all(getattr(e, k) == v for k, v in where.items())
+    ]
 
 
 def replace_record(reply, record: dict):
@@ -76,14 +79,17 @@ def test_replayed_stage_replies_are_rejected_and_the_round_goes_on():
     assert report.ok and not report.findings, report.lines()  # a rightly rejected replay is no evidence of a fork
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda r: {}, "unsigned"),
-    (lambda r: {**r, "statement": b"\x00garbage"}, "malformed"),
-    (lambda r: {**r, "signature": bytes(64)}, "bad-signature"),
-    (lambda r: {**r, "payload": b"\xff\xff"}, "malformed"),
-    (lambda r: {**r, "payload": encode({"vector": b"not arrays"})}, "malformed"),
-    (lambda r: {"statement": 5, "signature": "x", "payload": 1.5}, "unsigned"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda r: {}, "unsigned"),
+        (lambda r: {**r, "statement": b"\x00garbage"}, "malformed"),
+        (lambda r: {**r, "signature": bytes(64)}, "bad-signature"),
+        (lambda r: {**r, "payload": b"\xff\xff"}, "malformed"),
+        (lambda r: {**r, "payload": encode({"vector": b"not arrays"})}, "malformed"),
+        (lambda r: {"statement": 5, "signature": "x", "payload": 1.5}, "unsigned"),
+    ],
+)
 def test_malformed_masked_input_is_a_verdict(damage, reason):
     fed = SecAggFederation("memory:", n=6)
     bad = fed.node_ids[2]
@@ -122,6 +128,7 @@ def liars_flip_their_seed_shares(fed, liars):
             flip = lambda shares: {k: v[:4] + bytes(x ^ 0x5A for x in v[4:]) for k, v in shares.items()}
             return resigned(fed, nid, reply, lambda r: {**r, "seed_shares": flip(r["seed_shares"])})
         return reply
+
     return tamper
 
 
@@ -170,13 +177,16 @@ class Hiding:
                 yield data
 
 
-@pytest.mark.parametrize("hide,stage,node", [
-    (lambda e: e.stage == HEADER, "header", False),
-    (lambda e: e.stage == COMMIT, "commit", False),
-    (lambda e: e.stage == "result", "result", False),
-    (lambda e: e.stage == UNMASK, "unmask", True),
-    (lambda e: e.stage == "masked-input", "masked-input", True),
-])
+@pytest.mark.parametrize(
+    "hide,stage,node",
+    [
+        (lambda e: e.stage == HEADER, "header", False),
+        (lambda e: e.stage == COMMIT, "commit", False),
+        (lambda e: e.stage == "result", "result", False),
+        (lambda e: e.stage == UNMASK, "unmask", True),
+        (lambda e: e.stage == "masked-input", "masked-input", True),
+    ],
+)
 def test_transcript_with_a_missing_stage_is_a_finding(hide, stage, node):
     fed = SecAggFederation("memory:", n=5)
     fed.run_round(1)

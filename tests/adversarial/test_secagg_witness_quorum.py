@@ -33,15 +33,22 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 def test_fork_of_the_commitment_cannot_reach_the_witness_quorum(tmp_path):
     server_key = Ed25519PrivateKey.generate()
     origin = origin_for("fed-secagg")
-    witness = Witness("witness.test/w1", Ed25519PrivateKey.generate(),
-                      {origin: [parse_verifier_key(verifier_key(origin, server_key.public_key()))]},
-                      WitnessStore(tmp_path / "w.db"))
+    witness = Witness(
+        "witness.test/w1",
+        Ed25519PrivateKey.generate(),
+        {origin: [parse_verifier_key(verifier_key(origin, server_key.public_key()))]},
+        WitnessStore(tmp_path / "w.db"),
+    )
     vkey = witness.verifier_key
     db = tmp_path / "ledger.db"
     with ServerThread(witness_app(witness)) as url:
-        fed = SecAggFederation(f"sqlite:///{db}", n=6, server_key=server_key,
-                               strategy_kw={"witnesses": [(url, vkey)], "witness_quorum": 1, "witness_timeout": 5},
-                               client_kw={"witness_keys": vkey, "witness_quorum": 1})
+        fed = SecAggFederation(
+            f"sqlite:///{db}",
+            n=6,
+            server_key=server_key,
+            strategy_kw={"witnesses": [(url, vkey)], "witness_quorum": 1, "witness_timeout": 5},
+            client_kw={"witness_keys": vkey, "witness_quorum": 1},
+        )
         assert fed.run_round(1)["failure"] == ""  # honest round: every checkpoint cosigned, every node takes part
         state: dict = {}
 
@@ -68,8 +75,9 @@ def test_fork_of_the_commitment_cannot_reach_the_witness_quorum(tmp_path):
             fork = state["fork"]
             seen = fork.log_size()
             base = main.block(main.block_count() - 1).header.model_before
-            block = LedgerWriter(fork, server_key).append(2, others + [forked.to_bytes()], model_before=base,
-                                                          model_after=base)
+            block = LedgerWriter(fork, server_key).append(
+                2, others + [forked.to_bytes()], model_before=base, model_after=base
+            )
             # the dishonest server asks the witness to cosign its fork: refused (it cosigned the real log)
             pool = WitnessPool([WitnessEndpoint(url, parse_cosigner_key(vkey))], timeout=5)
             note, errors = pool.cosign(fork, block.checkpoint)
@@ -79,11 +87,15 @@ def test_fork_of_the_commitment_cannot_reach_the_witness_quorum(tmp_path):
             c["active"] = [m for m in c["active"] if m != victim]
             c["dead"] = sorted(c["dead"] + [victim])
             c["commit_index"], c["log_size"] = index, size
-            req["proof"] = {"checkpoint": note, "entry": forked.to_bytes(), "index": index,
-                            "inclusion": b"".join(proofs.inclusion_proof(fork, index, size)),
-                            "consistency": b"".join(proofs.consistency_proof(fork, seen, size)),
-                            "genesis": req["proof"]["genesis"],
-                            "genesis_inclusion": b"".join(proofs.inclusion_proof(fork, 0, size))}
+            req["proof"] = {
+                "checkpoint": note,
+                "entry": forked.to_bytes(),
+                "index": index,
+                "inclusion": b"".join(proofs.inclusion_proof(fork, index, size)),
+                "consistency": b"".join(proofs.consistency_proof(fork, seen, size)),
+                "genesis": req["proof"]["genesis"],
+                "genesis_inclusion": b"".join(proofs.inclusion_proof(fork, 0, size)),
+            }
             state.update(teller=str(nid), victim=victim)
             return with_request(msg, req)
 

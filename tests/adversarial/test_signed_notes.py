@@ -33,7 +33,7 @@ def note(extensions: tuple[str, ...] = (), size: int = 5) -> str:
 
 def split(n: str) -> tuple[str, list[str]]:
     sep = n.rfind("\n\n")
-    return n[: sep + 1], n[sep + 2:-1].split("\n")
+    return n[: sep + 1], n[sep + 2 : -1].split("\n")
 
 
 def join(body: str, lines: list[str]) -> str:
@@ -44,15 +44,24 @@ def unknown_line(name: str = "other.example/w") -> str:
     return f"{DASH} {name} " + base64.b64encode(b"\x01\x02\x03\x04" + b"\x00" * 64).decode()
 
 
-MALFORMED = [f"{DASH} only-two-fields", f"{DASH} name not base64!", f"{DASH} name AAAA",  # < 5 bytes
-             f"- {ORIGIN} " + base64.b64encode(b"\x00" * 68).decode(),  # not an em dash
-             f"{DASH} na+me " + base64.b64encode(b"\x00" * 68).decode(), ""]
+MALFORMED = [
+    f"{DASH} only-two-fields",
+    f"{DASH} name not base64!",
+    f"{DASH} name AAAA",  # < 5 bytes
+    f"- {ORIGIN} " + base64.b64encode(b"\x00" * 68).decode(),  # not an em dash
+    f"{DASH} na+me " + base64.b64encode(b"\x00" * 68).decode(),
+    "",
+]
 
 
 @pytest.fixture
 def witness(tmp_path):
-    return Witness("witness.example/w1", Ed25519PrivateKey.generate(), {ORIGIN: [(ORIGIN, raw_public(LOG_KEY))]},
-                   WitnessStore(tmp_path / "w.db"))
+    return Witness(
+        "witness.example/w1",
+        Ed25519PrivateKey.generate(),
+        {ORIGIN: [(ORIGIN, raw_public(LOG_KEY))]},
+        WitnessStore(tmp_path / "w.db"),
+    )
 
 
 def submit(w: Witness, text: str) -> int:
@@ -87,14 +96,22 @@ def test_two_lines_for_one_key_are_refused_in_either_order(witness):
 
 
 @settings(max_examples=25, deadline=None)
-@given(extra=st.lists(st.sampled_from([unknown_line(), unknown_line("b.example/w"), *MALFORMED[:3]]),
-                      max_size=3, unique=True), data=st.data())
+@given(
+    extra=st.lists(
+        st.sampled_from([unknown_line(), unknown_line("b.example/w"), *MALFORMED[:3]]), max_size=3, unique=True
+    ),
+    data=st.data(),
+)
 def test_the_answer_never_depends_on_line_order(tmp_path_factory, extra, data):
     body, lines = split(note())
     answers = set()
     for order in itertools.islice(itertools.permutations(lines + extra), 12):
-        w = Witness("witness.example/w1", Ed25519PrivateKey.generate(), {ORIGIN: [(ORIGIN, raw_public(LOG_KEY))]},
-                    WitnessStore(tmp_path_factory.mktemp("w") / "w.db"))
+        w = Witness(
+            "witness.example/w1",
+            Ed25519PrivateKey.generate(),
+            {ORIGIN: [(ORIGIN, raw_public(LOG_KEY))]},
+            WitnessStore(tmp_path_factory.mktemp("w") / "w.db"),
+        )
         answers.add(submit(w, join(body, list(order))))
     assert len(answers) == 1, answers
     assert answers == ({200} if all(x.startswith(f"{DASH} ") and "." in x.split(" ")[1] for x in extra) else {400})

@@ -24,9 +24,9 @@ from flower_chain.ledger.tiles import TilesClient
 from flower_chain.serve.app import LogView
 from flower_chain.serve.app import build_app as log_app
 from flower_chain.serve.background import ServerThread
+from flower_chain.witness.client import WitnessEndpoint, WitnessPool, request_body
 from flower_chain.witness.server import Witness, WitnessStore
 from flower_chain.witness.server import build_app as witness_app
-from flower_chain.witness.client import WitnessEndpoint, WitnessPool, request_body
 
 ORIGIN = "flower-chain/fed-test"
 
@@ -52,9 +52,12 @@ def forks(federation_factory, tmp_path):
 def test_witness_refuses_the_second_fork_and_a_checker_detects_it(forks, tmp_path):
     a, b = forks
     wkey = Ed25519PrivateKey.generate()
-    witness = Witness("witness.test/split", wkey,
-                      {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, a.server_key.public_key()))]},
-                      WitnessStore(tmp_path / "w.db"))
+    witness = Witness(
+        "witness.test/split",
+        wkey,
+        {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, a.server_key.public_key()))]},
+        WitnessStore(tmp_path / "w.db"),
+    )
     ck = parse_cosigner_key(witness.verifier_key)
     server_pub = raw_public(a.server_key)
     with ServerThread(witness_app(witness)) as wurl:
@@ -80,7 +83,7 @@ def test_witness_refuses_the_second_fork_and_a_checker_detects_it(forks, tmp_pat
     with pytest.raises(CheckpointError, match="0 valid cosignature"):
         verify_cosigned_checkpoint(note_b, server_pub, [ck], quorum=1, origin=ORIGIN)
     # copying A's cosignature onto B does not help: it does not verify on B's body
-    a_line = note_a[len(a.writer.checkpoint()):]
+    a_line = note_a[len(a.writer.checkpoint()) :]
     with pytest.raises(CheckpointError, match="does not verify"):
         verify_cosigned_checkpoint(add_cosignatures(b.writer.checkpoint(), [a_line]), server_pub, [ck], quorum=1)
     # a client that holds the cosigned A and is served fork B's tiles detects the fork from tiles alone
@@ -95,9 +98,12 @@ def test_witness_refuses_the_second_fork_and_a_checker_detects_it(forks, tmp_pat
 
 def test_fork_a_keeps_being_cosigned(forks, tmp_path):
     a, b = forks
-    witness = Witness("witness.test/split", Ed25519PrivateKey.generate(),
-                      {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, a.server_key.public_key()))]},
-                      WitnessStore(tmp_path / "w.db"))
+    witness = Witness(
+        "witness.test/split",
+        Ed25519PrivateKey.generate(),
+        {ORIGIN: [parse_verifier_key(verifier_key(ORIGIN, a.server_key.public_key()))]},
+        WitnessStore(tmp_path / "w.db"),
+    )
     ck = parse_cosigner_key(witness.verifier_key)
     with ServerThread(witness_app(witness)) as wurl:
         pool = WitnessPool([WitnessEndpoint(wurl, ck)], timeout=5)
@@ -108,8 +114,12 @@ def test_fork_a_keeps_being_cosigned(forks, tmp_path):
             assert errors == {}
             verify_cosigned_checkpoint(note, raw_public(a.server_key), [ck], quorum=1)
         try:
-            urllib.request.urlopen(urllib.request.Request(wurl + "/add-checkpoint", method="POST",
-                                                          data=request_body(b.writer.checkpoint(), 0, [])), timeout=5)
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    wurl + "/add-checkpoint", method="POST", data=request_body(b.writer.checkpoint(), 0, [])
+                ),
+                timeout=5,
+            )
             status = 200
         except urllib.error.HTTPError as e:
             status = e.code

@@ -65,13 +65,17 @@ def _flip(data: bytes, pos: int, bit: int) -> bytes:
     return bytes(b)
 
 
-COLUMNS = {"entry": ("entries", "data", "idx"), "header": ("blocks", "header", "height"),
-           "signature": ("blocks", "signature", "height")}
+COLUMNS = {
+    "entry": ("entries", "data", "idx"),
+    "header": ("blocks", "header", "height"),
+    "signature": ("blocks", "signature", "height"),
+}
 
 
 @SETTINGS
-@given(what=st.sampled_from(sorted(COLUMNS)), row=st.integers(0, 10_000), pos=st.integers(0, 10_000),
-       bit=st.integers(0, 7))
+@given(
+    what=st.sampled_from(sorted(COLUMNS)), row=st.integers(0, 10_000), pos=st.integers(0, 10_000), bit=st.integers(0, 7)
+)
 def test_sqlite_any_flipped_bit_is_caught(pristine, tmp_path, what, row, pos, bit):
     path = _copy(pristine["sqlite"][0], tmp_path, "t.db")
     table, col, key = COLUMNS[what]
@@ -88,8 +92,12 @@ def test_sqlite_any_flipped_bit_is_caught(pristine, tmp_path, what, row, pos, bi
 
 
 @SETTINGS
-@given(line=st.integers(1, 10_000), field=st.sampled_from(["header", "signature", "entries", "checkpoint"]),
-       pos=st.integers(0, 10_000), bit=st.integers(0, 7))
+@given(
+    line=st.integers(1, 10_000),
+    field=st.sampled_from(["header", "signature", "entries", "checkpoint"]),
+    pos=st.integers(0, 10_000),
+    bit=st.integers(0, 7),
+)
 def test_jsonl_any_flipped_bit_in_a_record_is_caught(pristine, tmp_path, line, field, pos, bit):
     path = _copy(pristine["jsonl"][0], tmp_path, "t.jsonl")
     lines = path.read_text().splitlines()

@@ -41,8 +41,9 @@ RICH_SGR = re.compile("\x1b\\[[0-9;]*m")  # the colours rich itself adds around 
 def cli(*args: str) -> tuple[int, str, str]:
     result = RUNNER.invoke(COMMAND, list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{args[:2]} raised {type(result.exception).__name__}: {result.exception}") \
-            from result.exception
+        raise AssertionError(
+            f"{args[:2]} raised {type(result.exception).__name__}: {result.exception}"
+        ) from result.exception
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -61,12 +62,24 @@ def hostile_update(f: Federation, rnd: int, i: int, base: bytes, metric: str, **
     k = f.client_keys[i]
     metrics = {metric: 0.5, "train_loss": 0.25}
     digest = f.rng.randbytes(32)
-    st = UpdateStatement("train", f.federation_id, rnd, key_id(k), f.writer.head_hash, base, digest, 10,
-                         metrics_digest(metrics))
+    st = UpdateStatement(
+        "train", f.federation_id, rnd, key_id(k), f.writer.head_hash, base, digest, 10, metrics_digest(metrics)
+    )
     sb = st.to_bytes()
-    return UpdateEntry(kind="train", round=rnd, node_id=str(i), key_id=key_id(k), verdict=kw.get("verdict", "accepted"),
-                       reason=kw.get("reason", "ok"), detail=kw.get("detail", ""), num_examples=10,
-                       arrays_digest=digest, metrics=metrics, statement=sb, signature=k.sign(sb))
+    return UpdateEntry(
+        kind="train",
+        round=rnd,
+        node_id=str(i),
+        key_id=key_id(k),
+        verdict=kw.get("verdict", "accepted"),
+        reason=kw.get("reason", "ok"),
+        detail=kw.get("detail", ""),
+        num_examples=10,
+        arrays_digest=digest,
+        metrics=metrics,
+        statement=sb,
+        signature=k.sign(sb),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +87,22 @@ def ledgers(tmp_path_factory):
     d = tmp_path_factory.mktemp("term")
     markup = Federation(f"sqlite:///{d}/markup.db", federation_id=MARKUP_ID)
     before = bytes(32)
-    markup.writer.append(1, [hostile_update(markup, 1, i, before, HOSTILE) for i in range(2)],
-                         model_before=before, model_after=markup.rng.randbytes(32))
+    markup.writer.append(
+        1,
+        [hostile_update(markup, 1, i, before, HOSTILE) for i in range(2)],
+        model_before=before,
+        model_after=markup.rng.randbytes(32),
+    )
     markup.ledger.close()
     # A server-recorded reason carrying the same text: the ledger does not verify (the detail is not the
     # policy's), so its NOT VERIFIED line must stay what it is.
     forged = Federation(f"sqlite:///{d}/forged.db", federation_id=MARKUP_ID)
-    forged.writer.append(1, [hostile_update(forged, 1, 0, before, HOSTILE, verdict="rejected", reason=HOSTILE,
-                                            detail=HOSTILE)], model_before=before, model_after=before)
+    forged.writer.append(
+        1,
+        [hostile_update(forged, 1, 0, before, HOSTILE, verdict="rejected", reason=HOSTILE, detail=HOSTILE)],
+        model_before=before,
+        model_after=before,
+    )
     forged.ledger.close()
     return {"markup": (d / "markup.db", markup), "forged": (d / "forged.db", forged), "dir": d}
 
@@ -93,8 +114,14 @@ def test_markup_in_a_federation_id_and_controls_in_metric_names_reach_no_termina
     assert code == 0, err
     assert verdicts(out) == [line for line in out.splitlines() if line.startswith("VERIFIED ")]
     assert len(verdicts(out)) == 1 and MARKUP_ID in out  # the brackets are printed as text
-    for args in (("summary", uri), ("blocks", uri), ("show", uri, "1"), ("export", uri), ("checkpoint", uri),
-                 ("export", uri, "--format", "csv")):
+    for args in (
+        ("summary", uri),
+        ("blocks", uri),
+        ("show", uri, "1"),
+        ("export", uri),
+        ("checkpoint", uri),
+        ("export", uri, "--format", "csv"),
+    ):
         code, out, err = cli("ledger", *args)
         assert_clean(out, err)
         assert code == 0, (args, err)
@@ -138,8 +165,7 @@ def test_a_hostile_proof_file_is_one_clean_not_verified_line(ledgers, tmp_path):
     code, out, err = cli("ledger", "checkpoint", f"sqlite:///{path}", "--verifier-key")
     vkey = out.strip().splitlines()[-1]
     key.write_text(vkey)
-    code, text, err = cli("ledger", "prove", f"sqlite:///{path}", "--round", "1", "--client",
-                          key_id(f.client_keys[0]))
+    code, text, err = cli("ledger", "prove", f"sqlite:///{path}", "--round", "1", "--client", key_id(f.client_keys[0]))
     assert code == 0, err
     for hostile in (text.replace("\n", "\n" + HOSTILE, 2), HOSTILE + "\n" + text, text + HOSTILE):
         proof.write_text(hostile)
@@ -155,8 +181,14 @@ def test_a_hostile_proof_file_is_one_clean_not_verified_line(ledgers, tmp_path):
 
 
 def _process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_as_a_process_piped_and_with_colours_forced(ledgers, tmp_path):

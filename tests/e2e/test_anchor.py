@@ -60,7 +60,7 @@ def test_not_yet_anchored_heights_are_reported(fed):
 def _rewrite_tail(f, from_height: int) -> None:
     """The server itself rewrites history from ``from_height``: re-signed with its own key, so the
     ledger verifies on its own, but no longer matches the anchors."""
-    path = f.uri[len("sqlite:///"):]
+    path = f.uri[len("sqlite:///") :]
     f.ledger.close()
     import sqlite3
 
@@ -144,8 +144,9 @@ def test_checked_in_artifact_matches_the_source():
     solcjs = ROOT / "node_modules" / ".bin" / "solcjs"
     if not solcjs.exists() and not shutil.which("solcjs"):
         pytest.skip("solc-js is not installed (npm install solc@0.8.37; .ci/run does)")
-    r = subprocess.run([sys.executable, str(ROOT / "contracts" / "build.py"), "--check"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "contracts" / "build.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert artifact()["evmVersion"] == "paris"
 
@@ -166,21 +167,52 @@ def _run(tmp_path, anvil, *extra):
     key = tmp_path / "evm.key"
     key.write_text(ANVIL_KEY)
     uri = f"sqlite:///{tmp_path}/ledger.db"
-    args = [sys.executable, str(ROOT / "run.py"), "--num-clients", "3", "--rounds", "3", "--out", str(tmp_path / "out"),
-            "--data-dir", str(tmp_path / "data"), "--ledger", uri, "--anchor", anvil.url, "--anchor-key-file", str(key),
-            "--anchor-chain-id", "31337", *extra]
-    return uri, key, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0"))
+    args = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "--num-clients",
+        "3",
+        "--rounds",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--ledger",
+        uri,
+        "--anchor",
+        anvil.url,
+        "--anchor-key-file",
+        str(key),
+        "--anchor-chain-id",
+        "31337",
+        *extra,
+    ]
+    return (
+        uri,
+        key,
+        subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0"),
+        ),
+    )
 
 
 def _status(uri: str) -> list[dict]:
-    p = Path(uri[len("sqlite:///"):] + ".anchors.jsonl")
+    p = Path(uri[len("sqlite:///") :] + ".anchors.jsonl")
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"))
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
 
 
 def test_full_run_anchors_every_block_on_anvil_and_rewrite_is_caught(tmp_path, anvil):
@@ -299,7 +331,7 @@ def test_cli_anchor_checks_on_anvil_rollback_owner_and_status_file(fed, tmp_path
     _drop_last_blocks(fed, 1)
     fed.ledger.close()
     assert _cli("ledger", "verify", uri).returncode == 0  # on its own it verifies
-    status = Path(uri[len("sqlite:///"):] + ".anchors.jsonl")  # a status file claiming all is well changes nothing
+    status = Path(uri[len("sqlite:///") :] + ".anchors.jsonl")  # a status file claiming all is well changes nothing
     status.write_text("".join(json.dumps({"height": h, "ok": True, "contract": contract}) + "\n" for h in range(3)))
     r = _cli("ledger", "verify", uri, "--anchor", anvil.url, "--contract", contract, "--json")
     assert r.returncode == 1 and "truncated or rolled back" in json.loads(r.stdout)["error"], r.stdout + r.stderr

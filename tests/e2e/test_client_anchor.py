@@ -18,9 +18,9 @@ from flower_chain.clients.signing import make_signing_mod  # noqa: E402
 from flower_chain.serve.background import free_port  # noqa: E402
 from flower_chain.strategies import LedgerStrategy  # noqa: E402
 from flower_chain.wire import COSIGNATURE, SIG_RECORD  # noqa: E402
-from tests.support.fl_helpers import Clients, fedavg  # noqa: E402
 from tests.e2e.test_anchor import ANVIL_KEY, TESTER_KEY, anvil  # noqa: E402,F401 - the anvil fixture
 from tests.integration.witness.test_witnessing import FED, Side, counts, errors_log, fork_of  # noqa: E402
+from tests.support.fl_helpers import Clients, fedavg  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -30,14 +30,26 @@ def _run_split_view(tmp_path, url: str, key: str, *, owner_override: str | None 
     server_key = Ed25519PrivateKey.generate()
     clients = Clients(6)
     receipts = tmp_path / "receipts"
-    a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path / 'a.db'}", keyring=clients.keyring,
-                       server_key=server_key, federation_id=FED)
-    b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                       server_key=server_key, federation_id=FED)
+    a = LedgerStrategy(
+        fedavg(),
+        ledger=f"sqlite:///{tmp_path / 'a.db'}",
+        keyring=clients.keyring,
+        server_key=server_key,
+        federation_id=FED,
+    )
+    b = LedgerStrategy(
+        fedavg(),
+        ledger=fork_of(a, tmp_path / "b.db"),
+        keyring=clients.keyring,
+        server_key=server_key,
+        federation_id=FED,
+    )
     chain = EvmAnchor(url, federation_id=FED, private_key=key)
     owner = owner_override or chain.account.address
-    mods = [make_signing_mod(k, receipts_dir=receipts, anchor=url, anchor_contract=chain.address, anchor_owner=owner)
-            for k in clients.keys]
+    mods = [
+        make_signing_mod(k, receipts_dir=receipts, anchor=url, anchor_contract=chain.address, anchor_owner=owner)
+        for k in clients.keys
+    ]
     side_a = Side(a, clients.keys[:3], mods[:3], [{}] * 3)
     side_b = Side(b, clients.keys[3:], mods[3:], [{}] * 3)
     catch_up(a.ledger, chain)  # the genesis (common to both forks)
@@ -76,8 +88,9 @@ def test_split_view_against_the_anchor_anvil(tmp_path, anvil, caplog):  # noqa: 
 
 
 def test_a_contract_of_another_owner_or_federation_is_an_error(tmp_path):
-    a, b, chain, side_a, side_b, receipts = _run_split_view(tmp_path, "evm+tester:", TESTER_KEY,
-                                                            owner_override="0x" + "11" * 20)
+    a, b, chain, side_a, side_b, receipts = _run_split_view(
+        tmp_path, "evm+tester:", TESTER_KEY, owner_override="0x" + "11" * 20
+    )
     try:
         side_a.round(1)
         for k in side_a.keys:
@@ -85,8 +98,9 @@ def test_a_contract_of_another_owner_or_federation_is_an_error(tmp_path):
             assert "is owned by" in errors_log(receipts, k) and "not by the configured owner" in errors_log(receipts, k)
         # a LedgerAnchor of another federation
         other = EvmAnchor("evm+tester:", federation_id="fed-other", private_key=TESTER_KEY)
-        mod = make_signing_mod(side_b.keys[0], receipts_dir=receipts, anchor="evm+tester:",
-                               anchor_contract=other.address)
+        mod = make_signing_mod(
+            side_b.keys[0], receipts_dir=receipts, anchor="evm+tester:", anchor_contract=other.address
+        )
         side_b.mods = [mod]
         side_b.keys = side_b.keys[:1]
         side_b.node_configs = [{}]
@@ -100,12 +114,21 @@ def test_a_contract_of_another_owner_or_federation_is_an_error(tmp_path):
 
 def test_an_unreachable_node_is_a_warning_not_an_error(tmp_path, caplog):
     clients = Clients(1)
-    s = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(),
-                       federation_id=FED)
+    s = LedgerStrategy(
+        fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(), federation_id=FED
+    )
     try:
         url = f"evm+http://127.0.0.1:{free_port()}"
-        side = Side(s, clients.keys, [make_signing_mod(clients.keys[0], receipts_dir=tmp_path / "r", anchor=url,
-                                                       anchor_contract="0x" + "22" * 20)], [{}])
+        side = Side(
+            s,
+            clients.keys,
+            [
+                make_signing_mod(
+                    clients.keys[0], receipts_dir=tmp_path / "r", anchor=url, anchor_contract="0x" + "22" * 20
+                )
+            ],
+            [{}],
+        )
         with caplog.at_level(logging.WARNING, logger="flower_chain.clients.receipts"):
             reply = side.round(1, nodes=[201])[0]
         assert "cannot reach" in caplog.text

@@ -25,8 +25,13 @@ def final_digest(uri: str) -> bytes:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
-    r = subprocess.run(run_args(d / "out", d / "keys", d / "data", ROUNDS, CLIENTS), capture_output=True,
-                       text=True, env=env(), timeout=900)
+    r = subprocess.run(
+        run_args(d / "out", d / "keys", d / "data", ROUNDS, CLIENTS),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     uri = json.loads((d / "out" / "metrics.json").read_text())["summary"]["ledger"]
     return d, final_digest(uri)

@@ -25,11 +25,25 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 
 
 def chromium(url: str, tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=15000",
-                           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *extra, url],
-                          capture_output=True, timeout=180)
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=15000",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def get_json(url: str):
@@ -38,15 +52,18 @@ def get_json(url: str):
 
 
 def section(dom: str, ident: str, end: str) -> str:
-    part = dom[dom.index(f'id="{ident}"'):]
-    return part[:part.index(end)]
+    part = dom[dom.index(f'id="{ident}"') :]
+    return part[: part.index(end)]
 
 
 def share(img, hex_colour: str, rows: slice, tol=0.08) -> float:
-    rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
     sub = img[rows, :, :3]
-    return float(((abs(sub[..., 0] - rgb[0]) < tol) & (abs(sub[..., 1] - rgb[1]) < tol)
-                  & (abs(sub[..., 2] - rgb[2]) < tol)).mean())
+    return float(
+        (
+            (abs(sub[..., 0] - rgb[0]) < tol) & (abs(sub[..., 1] - rgb[1]) < tol) & (abs(sub[..., 2] - rgb[2]) < tol)
+        ).mean()
+    )
 
 
 @pytest.fixture
@@ -70,8 +87,13 @@ def test_status_first_and_the_federated_accuracy_curve_of_a_real_run(run, tmp_pa
         shot = tmp_path / "explorer.png"
         chromium(f"{url}/", tmp_path, "--window-size=1200,1300", f"--screenshot={shot}")
     assert 'data-ready="1"' in dom
-    assert dom.index('id="status"') < dom.index('id="accuracy-plot"') < dom.index('id="rounds"') < \
-        dom.index('id="clients"') < dom.index('id="key-history"')
+    assert (
+        dom.index('id="status"')
+        < dom.index('id="accuracy-plot"')
+        < dom.index('id="rounds"')
+        < dom.index('id="clients"')
+        < dom.index('id="key-history"')
+    )
     assert re.search(r'<div id="status" class="banner verified">VERIFIED</div>', dom)
     assert re.search(r'<div id="audit-status" class="banner audited">AUDITED: 3 of 3 train rounds re-derived', dom)
     assert "the server key is the pinned one" in dom and "no witness cosignatures checked" in dom
@@ -149,8 +171,11 @@ def test_a_ledger_that_stops_verifying_shows_not_verified_with_the_reason(federa
     banner = re.search(r'<div id="status" class="banner (\w+)">([^<]*)</div>', dom)
     assert banner.group(1) == "failed" and banner.group(2).startswith("NOT VERIFIED: ") and "block 2" in banner.group(2)
     assert "banner verified" not in dom
-    assert re.search(r'<div id="audit-status" class="banner not-audited">NOT AUDITED: not run: the ledger does not '
-                     r'verify</div>', dom)
+    assert re.search(
+        r'<div id="audit-status" class="banner not-audited">NOT AUDITED: not run: the ledger does not '
+        r"verify</div>",
+        dom,
+    )
 
 
 def test_a_reply_that_reports_no_examples_is_shown_as_not_reported(federation_factory):
@@ -158,9 +183,20 @@ def test_a_reply_that_reports_no_examples_is_shown_as_not_reported(federation_fa
     from flower_chain.serve.app import explorer_data
 
     fed = federation_factory("sqlite")
-    failed = UpdateEntry(kind="train", round=1, node_id="77", key_id="", verdict="rejected", reason="client-error",
-                         detail="the node has no key", num_examples=-1, arrays_digest=b"", metrics={}, statement=b"",
-                         signature=b"")
+    failed = UpdateEntry(
+        kind="train",
+        round=1,
+        node_id="77",
+        key_id="",
+        verdict="rejected",
+        reason="client-error",
+        detail="the node has no key",
+        num_examples=-1,
+        arrays_digest=b"",
+        metrics={},
+        statement=b"",
+        signature=b"",
+    )
     fed.writer.append(1, [failed, fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
     data = explorer_data(fed.ledger, fed.ledger.block_count() - 1)
     assert data["keys"]["node:77"][0]["num_examples"] is None

@@ -25,9 +25,12 @@ HONEST, NODES, ROUNDS = 2, 7, 3
 def test_keyless_nodes_cannot_crash_or_steer_the_federation(tmp_path):
     _keys(tmp_path, HONEST)  # keys for the honest partitions only
     hostile = {
-        "quickstart/client_app.py": [("app = ClientApp(mods=[signing_mod])",
-                                      "from quickstart.keyless import keyless_attack\n"
-                                      "app = ClientApp(mods=[keyless_attack, signing_mod])")],
+        "quickstart/client_app.py": [
+            (
+                "app = ClientApp(mods=[signing_mod])",
+                "from quickstart.keyless import keyless_attack\napp = ClientApp(mods=[keyless_attack, signing_mod])",
+            )
+        ],
         "quickstart/server_app.py": [("min_available_nodes=2", f"min_available_nodes={NODES}")],
     }
     app = make_app("quickstart_message", tmp_path, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, hostile)

@@ -31,8 +31,12 @@ def test_openssf_model_signing_verifies_the_bundle_and_refuses_a_changed_byte(si
     _, _, out, _, p256_pub = signed_export
 
     def openssf():
-        return subprocess.run([BIN, "verify", "key", "--public_key", str(p256_pub), "--signature",
-                               str(out / "model.sig"), str(out)], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [BIN, "verify", "key", "--public_key", str(p256_pub), "--signature", str(out / "model.sig"), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     r = openssf()
     assert r.returncode == 0 and "Verification succeeded" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -36,9 +36,14 @@ NO_TORCH_PRELUDE = textwrap.dedent(f"""
 
 
 def _run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH_PRELUDE + textwrap.dedent(code)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200"))
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH_PRELUDE + textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200"),
+    )
 
 
 def test_plugin_imports_and_runs_without_torch(tmp_path, federation_factory):
@@ -101,8 +106,13 @@ def installed_wheel(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
     dist = work / "dist"
     # --no-isolation: use the installed setuptools instead of fetching a build environment
-    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                       capture_output=True, text=True, timeout=300, cwd=work)
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     wheels, sdists = sorted(dist.glob("flower_chain-*.whl")), sorted(dist.glob("flower_chain-*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in dist.iterdir())
@@ -112,18 +122,44 @@ def installed_wheel(tmp_path_factory):
     # pip of this interpreter installs into the venv (--prefix); --ignore-installed: a copy in the venv even though
     # the repository's editable install is visible through the system site-packages; --no-deps: the dependencies
     # come from the system site-packages (checked below against the wheel's metadata).
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    r = subprocess.run([str(py), "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed",
-                        "--no-compile", "--disable-pip-version-check", str(wheels[0])],
-                       capture_output=True, text=True, timeout=300, cwd=work, env=_clean_env())
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    r = subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--ignore-installed",
+            "--no-compile",
+            "--disable-pip-version-check",
+            str(wheels[0]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+        env=_clean_env(),
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return {"python": py, "bin": py.parent, "purelib": Path(purelib), "work": work, "wheel": wheels[0]}
 
 
 def _in_venv(inst, *args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env=_clean_env(PATH=f"{inst['bin']}{os.pathsep}{os.environ.get('PATH', '')}", **env))
+    return subprocess.run(
+        [*args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=_clean_env(PATH=f"{inst['bin']}{os.pathsep}{os.environ.get('PATH', '')}", **env),
+    )
 
 
 def test_wheel_installs_outside_the_repository(installed_wheel, tmp_path):
@@ -163,8 +199,12 @@ def test_wheel_installs_outside_the_repository(installed_wheel, tmp_path):
     assert info["anchor"] and info["explorer"], info
     assert not info["unmet"], info["unmet"]
     runtime = [s for s in info["requires"] if "extra ==" not in s]
-    assert not [s for s in runtime if s.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
-                in ("torch", "torchvision", "mlxtend", "flwr-datasets")], runtime
+    assert not [
+        s
+        for s in runtime
+        if s.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
+        in ("torch", "torchvision", "mlxtend", "flwr-datasets")
+    ], runtime
     script = inst["bin"] / ("flower-chain.exe" if os.name == "nt" else "flower-chain")
     assert script.is_file(), sorted(p.name for p in inst["bin"].iterdir())
     r = _in_venv(inst, str(script), "--help", cwd=tmp_path)
@@ -181,8 +221,9 @@ def _flwr_scripts_for(inst) -> None:
             continue
         module, _, attr = ep.value.partition(":")
         script = inst["bin"] / ep.name
-        script.write_text(f"#!{inst['python']}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
-                          f"sys.exit({attr}())\n")
+        script.write_text(
+            f"#!{inst['python']}\nimport sys\nfrom {module} import {attr.split('.')[0]}\nsys.exit({attr}())\n"
+        )
         script.chmod(0o755)
 
 
@@ -196,10 +237,16 @@ def test_wheel_swaps_into_a_flower_app(installed_wheel, tmp_path):
     n = 2
     r = _in_venv(inst, script, "keys", "init", str(tmp_path / "keys"), "--clients", str(n), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    where = {"quickstart/server_app.py": [("app = ServerApp()",
-                                           "import flower_chain\nfrom flwr.common.logger import log\n"
-                                           "log(20, 'flower_chain from %s', flower_chain.__file__)\n"
-                                           "app = ServerApp()")]}
+    where = {
+        "quickstart/server_app.py": [
+            (
+                "app = ServerApp()",
+                "import flower_chain\nfrom flwr.common.logger import log\n"
+                "log(20, 'flower_chain from %s', flower_chain.__file__)\n"
+                "app = ServerApp()",
+            )
+        ]
+    }
     app = make_app("quickstart_message", tmp_path, MESSAGE_API_CHANGE, RUN_CONFIG_CHANGE, where)
     env = _clean_env(PATH=f"{inst['bin']}{os.pathsep}{os.environ.get('PATH', '')}")
     with LocalSuperLink(base_env=env, cwd=tmp_path, log_dir=tmp_path) as link:  # no path to the repository
@@ -207,7 +254,9 @@ def test_wheel_swaps_into_a_flower_app(installed_wheel, tmp_path):
     text = res.log.read_text()
     assert res.ok, text[-4000:]
     line = next(ln for ln in text.splitlines() if "flower_chain from" in ln)
-    assert Path(line.split("flower_chain from ", 1)[1].strip()).resolve().is_relative_to(inst["purelib"].resolve()), line
+    assert Path(line.split("flower_chain from ", 1)[1].strip()).resolve().is_relative_to(inst["purelib"].resolve()), (
+        line
+    )
     assert (tmp_path / "w.npy").exists()
     (db,) = tmp_path.glob("ledger-*.db")
     r = _in_venv(inst, script, "ledger", "verify", f"sqlite:///{db}", "--keys", "keys/keyring", cwd=tmp_path)

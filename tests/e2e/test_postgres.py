@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def _sql(uri: str, *stmts: str) -> list:
@@ -71,15 +76,20 @@ def test_read_only_commands_use_read_only_transactions(federation_factory):
     assert _sql(empty, "SELECT to_regclass('fc_meta')") == [[(None,)]]
 
 
-@pytest.mark.parametrize("what,match", [
-    ("password", "password authentication failed.*check the user and password"),
-    ("database", "does not exist.*create the database"),
-    ("unreachable", "refused.*check that PostgreSQL is running"),
-])
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("password", "password authentication failed.*check the user and password"),
+        ("database", "does not exist.*create the database"),
+        ("unreachable", "refused.*check that PostgreSQL is running"),
+    ],
+)
 def test_bad_connection_string_is_one_clear_error(postgres_server, what, match):
-    uri = {"password": postgres_server.uri("postgres", password="wrong-secret"),
-           "database": postgres_server.uri("no_such_db"),
-           "unreachable": "postgresql://fc:pw@127.0.0.1:1/postgres"}[what]
+    uri = {
+        "password": postgres_server.uri("postgres", password="wrong-secret"),
+        "database": postgres_server.uri("no_such_db"),
+        "unreachable": "postgresql://fc:pw@127.0.0.1:1/postgres",
+    }[what]
     with pytest.raises(LedgerOpenError, match=match) as e:
         open_ledger(uri, create=True)  # what a server does before any training
     assert "wrong-secret" not in str(e.value)
@@ -104,8 +114,12 @@ def test_a_strategy_fails_before_any_round_on_a_wrong_password(postgres_server):
     from flower_chain.strategies import LedgerStrategy
 
     with pytest.raises(LedgerOpenError, match="password authentication failed"):
-        LedgerStrategy(FedAvg(), ledger=postgres_server.uri("postgres", password="nope"),
-                       keyring=_keyring(), server_key=Ed25519PrivateKey.generate())
+        LedgerStrategy(
+            FedAvg(),
+            ledger=postgres_server.uri("postgres", password="nope"),
+            keyring=_keyring(),
+            server_key=Ed25519PrivateKey.generate(),
+        )
 
 
 def test_password_is_redacted_in_the_ledger_uri():
@@ -113,17 +127,30 @@ def test_password_is_redacted_in_the_ledger_uri():
     assert redact("postgresql://h/db?user=fc&password=s3cret&x=1") == "postgresql://h/db?user=fc&password=***&x=1"
 
 
-@pytest.mark.parametrize("setup,match", [
-    (["CREATE TABLE fc_blocks (x int)"], "no fc_meta: a foreign or damaged schema"),
-    (["CREATE TABLE fc_meta (key text, value text)", "INSERT INTO fc_meta VALUES ('format', 'other-app')"],
-     "names format 'other-app'.*foreign schema"),
-    (["CREATE TABLE fc_meta (key text, value text)",
-      "INSERT INTO fc_meta VALUES ('format', 'flower-chain-ledger'), ('schema_version', '99')"],
-     "schema version '99'.*upgrade flower-chain"),
-    (["CREATE TABLE fc_meta (key text, value text)",
-      "INSERT INTO fc_meta VALUES ('format', 'flower-chain-ledger'), ('schema_version', '1')"],
-     "without tables fc_blobs, fc_blocks"),
-])
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (["CREATE TABLE fc_blocks (x int)"], "no fc_meta: a foreign or damaged schema"),
+        (
+            ["CREATE TABLE fc_meta (key text, value text)", "INSERT INTO fc_meta VALUES ('format', 'other-app')"],
+            "names format 'other-app'.*foreign schema",
+        ),
+        (
+            [
+                "CREATE TABLE fc_meta (key text, value text)",
+                "INSERT INTO fc_meta VALUES ('format', 'flower-chain-ledger'), ('schema_version', '99')",
+            ],
+            "schema version '99'.*upgrade flower-chain",
+        ),
+        (
+            [
+                "CREATE TABLE fc_meta (key text, value text)",
+                "INSERT INTO fc_meta VALUES ('format', 'flower-chain-ledger'), ('schema_version', '1')",
+            ],
+            "without tables fc_blobs, fc_blocks",
+        ),
+    ],
+)
 def test_foreign_schema_is_refused_and_left_alone(pg_uri, setup, match):
     _sql(pg_uri, *setup)
     before = _sql(pg_uri, "SELECT relname FROM pg_class WHERE relname LIKE 'fc%' ORDER BY relname")
@@ -144,13 +171,11 @@ def test_another_federations_ledger_is_refused(federation_factory):
     with pytest.raises(LedgerError, match="server key"):  # another federation's server, same database
         LedgerStrategy(FedAvg(), ledger=f.uri, keyring=_keyring(), server_key=Ed25519PrivateKey.generate())
     with pytest.raises(LedgerError, match="records federation 'fed-test', not 'fed-other'"):
-        LedgerStrategy(FedAvg(), ledger=f.uri, keyring=_keyring(), server_key=f.server_key,
-                       federation_id="fed-other")
+        LedgerStrategy(FedAvg(), ledger=f.uri, keyring=_keyring(), server_key=f.server_key, federation_id="fed-other")
     assert verify(open_ledger(f.uri)).blocks == 2
 
 
-def test_connection_lost_mid_append_is_recovered_without_a_torn_block(federation_factory, postgres_server,
-                                                                        monkeypatch):
+def test_connection_lost_mid_append_is_recovered_without_a_torn_block(federation_factory, postgres_server, monkeypatch):
     f = federation_factory("postgresql")
     f.add_round(1)
     led = f.ledger
@@ -235,8 +260,13 @@ WRITER = textwrap.dedent("""
 
 def test_postgres_restarted_mid_run_the_writer_retries(pg_uri, postgres_server):
     rounds = 60
-    p = subprocess.Popen([sys.executable, "-c", WRITER, pg_uri, str(rounds)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, pg_uri, str(rounds)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "ready"
         assert int(p.stdout.readline()) >= 1
@@ -274,8 +304,14 @@ def test_failover_kill_9_then_resume_elsewhere_matches_uninterrupted_run(postgre
     rounds, clients = 3, 3
     ref_uri = postgres_server.create_database("failover_ref")
     keys, data = tmp_path / "keys", tmp_path / "data"
-    r = subprocess.run(run_args(tmp_path / "ref", keys, data, rounds, clients) + ["--ledger", ref_uri],
-                       capture_output=True, text=True, env=env(), timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        run_args(tmp_path / "ref", keys, data, rounds, clients) + ["--ledger", ref_uri],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     reference = _final(ref_uri)
     assert reference[2] == rounds
@@ -284,8 +320,9 @@ def test_failover_kill_9_then_resume_elsewhere_matches_uninterrupted_run(postgre
     first_dir = tmp_path / "machine-a"
     first_dir.mkdir()
     args = run_args(first_dir / "out", keys, data, rounds, clients) + ["--ledger", uri]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=first_dir,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=first_dir, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and _pg_blocks(uri) < 3:

@@ -44,11 +44,13 @@ README = ROOT / "README.md"
 WHEEL = "flower_chain-0.1.0-py3-none-any.whl"  # the name the README gives; the build must produce it
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_MARK = re.compile(r"^[ \t]*<!-- recipe: ([a-z0-9-]+) -->[ \t]*\n(?:[ \t]*\n)?([ \t]*)```(\w+)\n(.*?)^\2```[ \t]*$",
-                   re.S | re.M)
+_MARK = re.compile(
+    r"^[ \t]*<!-- recipe: ([a-z0-9-]+) -->[ \t]*\n(?:[ \t]*\n)?([ \t]*)```(\w+)\n(.*?)^\2```[ \t]*$", re.S | re.M
+)
 
 
 # --- reading the README ----------------------------------------------------------------------------------------
+
 
 def recipes(text: str | None = None) -> dict[str, tuple[str, str]]:
     """Every marked block of the README: ``{name: (language, text)}``, indentation of a list item removed."""
@@ -59,7 +61,7 @@ def recipes(text: str | None = None) -> dict[str, tuple[str, str]]:
         assert name not in found, f"two README blocks are marked recipe: {name}"
         lines = body.splitlines(keepends=True)
         assert all(ln.startswith(indent) or not ln.strip() for ln in lines), f"recipe {name}: ragged indentation"
-        found[name] = (lang, "".join(ln[len(indent):] if ln.strip() else "\n" for ln in lines))
+        found[name] = (lang, "".join(ln[len(indent) :] if ln.strip() else "\n" for ln in lines))
     return found
 
 
@@ -108,8 +110,10 @@ def apply_diff(app: Path, diff: str) -> None:
 
 # --- running it ------------------------------------------------------------------------------------------------
 
-def bash(script: str, *, cwd: Path, env: dict[str, str], log: Path, timeout: float = 600,
-         background: list[int] | None = None) -> str:
+
+def bash(
+    script: str, *, cwd: Path, env: dict[str, str], log: Path, timeout: float = 600, background: list[int] | None = None
+) -> str:
     """Run ``script`` in ``bash -e`` (its own session), output to ``log``; returns the output (ANSI removed).
 
     Processes the script leaves running in the background keep the log open, so the output goes to a file, never
@@ -118,8 +122,9 @@ def bash(script: str, *, cwd: Path, env: dict[str, str], log: Path, timeout: flo
     path.write_text(script, encoding="utf-8")
     with open(log, "ab") as out:
         start = out.tell()
-        proc = subprocess.Popen(["bash", "-e", str(path)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-e", str(path)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         if background is not None:
             background.append(proc.pid)
         try:
@@ -177,8 +182,12 @@ def assert_all_gone(procs: list, timeout: float = 45) -> None:
 
 def check_ledger(work: Path, run_id: str, env: dict[str, str], *, nodes: int) -> str:
     """The README's after-run commands on this run's ledger; all three must succeed."""
-    out = bash(recipe("after-run", "bash", **{"/abs/path": str(work), "RUN_ID": run_id}), cwd=work, env=env,
-               log=work / "after-run.log")
+    out = bash(
+        recipe("after-run", "bash", **{"/abs/path": str(work), "RUN_ID": run_id}),
+        cwd=work,
+        env=env,
+        log=work / "after-run.log",
+    )
     assert "VERIFIED" in out and "NOT VERIFIED" not in out, out[-3000:]
     assert "AUDITED" in out and "NOT AUDITED" not in out, out[-3000:]
     with open_ledger(f"sqlite:///{work}/ledger-{run_id}.db") as led:
@@ -192,8 +201,11 @@ def check_ledger(work: Path, run_id: str, env: dict[str, str], *, nodes: int) ->
 def assert_log_has_the_commands(log: str, work: Path, run_id: str) -> None:
     """LedgerStrategy's end-of-run log has the README's ``verify`` (server key pinned) and ``audit`` lines."""
     text = recipe("after-run", "bash", **{"/abs/path": str(work), "RUN_ID": run_id})
-    wanted = [ln.strip() for ln in text.splitlines() if ln.startswith(("flower-chain ledger verify",
-                                                                          "flower-chain ledger audit"))]
+    wanted = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.startswith(("flower-chain ledger verify", "flower-chain ledger audit"))
+    ]
     assert len(wanted) == 2 and "--server-key" in wanted[0], wanted
     for line in wanted:
         assert line in log, f"the end-of-run log lacks the README's command {line!r}:\n{log[-3000:]}"
@@ -221,8 +233,13 @@ def wheel(tmp_path_factory) -> Path:
     """The plugin's wheel, built from this repository as the README says (``python -m build --wheel``)."""
     pytest.importorskip("build", reason="python -m build needs the `build` package (dev extra)")
     dist = tmp_path_factory.mktemp("dist")
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                       capture_output=True, text=True, timeout=300, cwd=dist)
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=dist,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert [p.name for p in dist.glob("*.whl")] == [WHEEL], "the README names the wheel " + WHEEL
     return dist / WHEEL
@@ -235,12 +252,23 @@ def _clean_env(base: dict[str, str]) -> dict[str, str]:
 
 # --- the recipes -----------------------------------------------------------------------------------------------
 
+
 def test_readme_marks_every_recipe():
     """The blocks the tests below run are in the README, in the languages they are run as."""
     got = {name: lang for name, (lang, _text) in recipes().items()}
-    assert got == {"swap-install": "bash", "swap-pyproject": "diff", "swap-message-api": "diff",
-                   "swap-legacy": "diff", "swap-run": "bash", "after-run": "bash", "deployment-superlink": "bash",
-                   "deployment-supernodes": "bash", "deployment-run": "bash", "stop": "bash", "stop-local": "bash"}, got
+    assert got == {
+        "swap-install": "bash",
+        "swap-pyproject": "diff",
+        "swap-message-api": "diff",
+        "swap-legacy": "diff",
+        "swap-run": "bash",
+        "after-run": "bash",
+        "deployment-superlink": "bash",
+        "deployment-supernodes": "bash",
+        "deployment-run": "bash",
+        "stop": "bash",
+        "stop-local": "bash",
+    }, got
 
 
 def test_apply_diff_refuses_a_hunk_that_does_not_match(tmp_path):
@@ -273,8 +301,9 @@ def _venv_with(work: Path, app: Path) -> dict[str, str]:
     for ep in metadata.distribution("flwr").entry_points:
         if ep.group == "console_scripts":
             module, _, attr = ep.value.partition(":")
-            (bindir / ep.name).write_text(f"#!{bindir / 'python'}\nimport sys\nfrom {module} import "
-                                          f"{attr.split('.')[0]}\nsys.exit({attr}())\n")
+            (bindir / ep.name).write_text(
+                f"#!{bindir / 'python'}\nimport sys\nfrom {module} import {attr.split('.')[0]}\nsys.exit({attr}())\n"
+            )
             (bindir / ep.name).chmod(0o755)
     env = _clean_env(dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(env_dir)))
     env["VIRTUAL_ENV"] = str(env_dir)
@@ -283,8 +312,14 @@ def _venv_with(work: Path, app: Path) -> dict[str, str]:
     deps = tomllib.loads((app / "pyproject.toml").read_text())["project"]["dependencies"]
     (spec,) = [d for d in deps if d.startswith("flower-chain")]
     assert spec == f"flower-chain @ file://{work}/{WHEEL}", deps
-    r = subprocess.run([str(bindir / "python"), "-m", "pip", "install", "--no-index", "--dry-run", "--quiet",
-                        "--report", "-", spec], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    r = subprocess.run(
+        [str(bindir / "python"), "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", "--report", "-", spec],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (item,) = [i for i in json.loads(r.stdout)["install"] if i["metadata"]["name"] == "flower-chain"]
     assert item["download_info"]["url"] == f"file://{work}/{WHEEL}" and item["metadata"]["version"] == "0.1.0", item
@@ -296,15 +331,23 @@ def test_message_api_recipe(wheel, tmp_path):
     shutil.copy(wheel, work / WHEEL)
     app = plain_app("quickstart_message", work, "swap-pyproject", "swap-message-api")
     with open(app / "quickstart" / "server_app.py", "a", encoding="utf-8") as f:  # the test's probe, not the README's
-        f.write("\nimport flower_chain\nfrom flwr.common.logger import log\n"
-                "log(20, 'flower_chain from %s', flower_chain.__file__)\n")
+        f.write(
+            "\nimport flower_chain\nfrom flwr.common.logger import log\n"
+            "log(20, 'flower_chain from %s', flower_chain.__file__)\n"
+        )
     env = _venv_with(work, app)
     link = LocalSuperLink(base_env=env, cwd=app, log_dir=work)
     try:
-        bash(recipe("swap-install", "bash", **{"/abs/path": str(work)}), cwd=work, env=link.env,
-             log=work / "install.log")
-        probe = subprocess.run([str(work / "venv/bin/python"), "-c", "import flower_chain; print(flower_chain.__file__)"],
-                               capture_output=True, text=True, env=link.env, cwd=work)
+        bash(
+            recipe("swap-install", "bash", **{"/abs/path": str(work)}), cwd=work, env=link.env, log=work / "install.log"
+        )
+        probe = subprocess.run(
+            [str(work / "venv/bin/python"), "-c", "import flower_chain; print(flower_chain.__file__)"],
+            capture_output=True,
+            text=True,
+            env=link.env,
+            cwd=work,
+        )
         assert Path(probe.stdout.strip()).resolve().is_relative_to((work / "venv").resolve()), probe
         out = bash(recipe("swap-run", "bash"), cwd=app, env=link.env, log=work / "flwr-run.log")
         run_id = run_id_of(out)
@@ -370,15 +413,30 @@ def test_deployment_recipe(tmp_path):
     started: list[int] = []  # process groups of the blocks, stopped in any case
     try:
         bash(keys_only(work), cwd=work, env=env, log=work / "keys.log")
-        bash(recipe("deployment-superlink", "bash", **{k: v for k, v in subs.items() if k in ("/abs/path", "9093")}),
-             cwd=work, env=env, log=work / "superlink.log", background=started)
+        bash(
+            recipe("deployment-superlink", "bash", **{k: v for k, v in subs.items() if k in ("/abs/path", "9093")}),
+            cwd=work,
+            env=env,
+            log=work / "superlink.log",
+            background=started,
+        )
         wait_listening(link_port)
-        bash(recipe("deployment-supernodes", "bash", **subs), cwd=work, env=env, log=work / "supernodes.log",
-             background=started)
+        bash(
+            recipe("deployment-supernodes", "bash", **subs),
+            cwd=work,
+            env=env,
+            log=work / "supernodes.log",
+            background=started,
+        )
         for port in (base, base + 1):  # each node's own --port
             wait_listening(port)
-        out = bash(recipe("deployment-run", "bash", **{k: v for k, v in subs.items() if k in ("SERVER", "9093")}),
-                   cwd=app, env=env, log=work / "flwr-run.log", timeout=600)
+        out = bash(
+            recipe("deployment-run", "bash", **{k: v for k, v in subs.items() if k in ("SERVER", "9093")}),
+            cwd=app,
+            env=env,
+            log=work / "flwr-run.log",
+            timeout=600,
+        )
         assert "[superlink.mine]" in (home / "config.toml").read_text()
         run_id = run_id_of(out)
         assert_log_has_the_commands(out, work, run_id)

@@ -25,21 +25,43 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, COLUMNS="200"))
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, COLUMNS="200"),
+    )
 
 
 def chromium(url: str, tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'chrome'}", *extra, url], capture_output=True, timeout=120)
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def colour_share(img, hex_colour: str, region=(slice(None), slice(None)), tol=0.06) -> float:
-    rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
     sub = img[region]
-    return float(((abs(sub[..., 0] - rgb[0]) < tol) & (abs(sub[..., 1] - rgb[1]) < tol)
-                  & (abs(sub[..., 2] - rgb[2]) < tol)).mean())
+    return float(
+        (
+            (abs(sub[..., 0] - rgb[0]) < tol) & (abs(sub[..., 1] - rgb[1]) < tol) & (abs(sub[..., 2] - rgb[2]) < tol)
+        ).mean()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +113,13 @@ def test_numbers_match_the_ledger(run):
     assert {r: v["eval_acc"] for r, v in data["federated"].items()} == pytest.approx(want)
     assert {r: v["accuracy"] for r, v in data["central"].items()} == pytest.approx({1: 0.49, 2: 0.63, 3: 0.77})
     assert data["verdicts"] == data["evaluate_verdicts"] == {r: {"accepted": 3, "unsigned": 1} for r in (1, 2, 3)}
-    assert sorted(data["clients"]) == [*(f"client-{i} ({k[:8]})" for i, k in enumerate(
-        sorted(keyring_names(run.keyring), key=keyring_names(run.keyring).get))), "unsigned (node 14)"]
+    assert sorted(data["clients"]) == [
+        *(
+            f"client-{i} ({k[:8]})"
+            for i, k in enumerate(sorted(keyring_names(run.keyring), key=keyring_names(run.keyring).get))
+        ),
+        "unsigned (node 14)",
+    ]
     assert sorted(data["round_durations"]) == [1, 2, 3]  # round 1 too (from the genesis: includes start-up)
 
 
@@ -111,7 +138,7 @@ def test_without_a_pinned_key_the_banner_is_not_green_and_says_what_was_not_chec
 
 def test_a_ledger_that_does_not_verify_is_red_with_the_reason(run, tmp_path):
     copy = tmp_path / "copy.db"
-    shutil.copy(run.uri[len("sqlite:///"):], copy)
+    shutil.copy(run.uri[len("sqlite:///") :], copy)
     db = sqlite3.connect(copy)
     db.execute("UPDATE blocks SET signature = zeroblob(64) WHERE height = 2")
     db.commit()
@@ -121,7 +148,7 @@ def test_a_ledger_that_does_not_verify_is_red_with_the_reason(run, tmp_path):
     doc = dest.read_text()
     status = re.search(r'<p class="status" id="status" style="background:(#\w+)">([^<]*)</p>', doc)
     assert status.group(1) == "#c62828" and status.group(2).startswith("NOT VERIFIED: ") and "block 2" in doc
-    assert "#2e7d32\">VERIFIED" not in doc
+    assert '#2e7d32">VERIFIED' not in doc
 
 
 def test_plots_have_integer_round_ticks_one_colour_per_verdict_and_no_empty_axes(run, tmp_path):
@@ -153,8 +180,10 @@ def test_plots_have_integer_round_ticks_one_colour_per_verdict_and_no_empty_axes
     assert all(any(t.get_text().startswith("no data") for t in ax.texts) for ax in fig.axes)
     plt.close(fig)
     assert len(_figures(empty)) == 4
-    many = {**data, "participation": {f"k{i:03d}": {"accepted": 1, **({"unsigned": 1} if i % 7 == 0 else {})}
-                                      for i in range(100)}}
+    many = {
+        **data,
+        "participation": {f"k{i:03d}": {"accepted": 1, **({"unsigned": 1} if i % 7 == 0 else {})} for i in range(100)},
+    }
     captured = {}
     real = report._stacked
 
@@ -182,8 +211,11 @@ def test_a_keyring_that_differs_or_an_unwitnessed_head_is_not_verified(run, tmp_
     other.mkdir()
     for f in run.keyring.glob("*.pub"):
         (other / f.name).write_bytes(f.read_bytes())
-    (other / "stranger.pub").write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (other / "stranger.pub").write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     dest = tmp_path / "r.html"
     cli("report", run.uri, "-o", dest, "--server-key", run.server_pub, "--keys", other)
     doc = dest.read_text()
@@ -192,8 +224,12 @@ def test_a_keyring_that_differs_or_an_unwitnessed_head_is_not_verified(run, tmp_
     cli("report", run.uri, "-o", dest, "--server-key", run.server_pub, "--witness", vkey)
     doc = dest.read_text()
     assert 'id="status" style="background:#c62828">NOT VERIFIED: witness cosignatures: NOT witnessed' in doc
-    for bad in (["--witness", "not-a-vkey"], ["--witness-quorum", "2"], ["--witness", vkey, "--witness-quorum", "3"],
-                ["--keys", tmp_path / "nowhere"]):
+    for bad in (
+        ["--witness", "not-a-vkey"],
+        ["--witness-quorum", "2"],
+        ["--witness", vkey, "--witness-quorum", "3"],
+        ["--keys", tmp_path / "nowhere"],
+    ):
         r = cli("report", run.uri, "-o", dest, *bad)
         assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, (bad, r.stderr)
 
@@ -205,11 +241,26 @@ def test_a_recorded_key_id_cannot_pass_for_another_client(federation_factory):
     real = fed.update(1, 0)
     names = {real.key_id: "alice"}
     spoofs = ("", "unsigned (node 14)", f"alice ({real.key_id[:8]})")
-    entries = [UpdateEntry(kind="train", round=1, node_id="14" if not kid else "5", key_id=kid, verdict="rejected",
-                           reason="unsigned", detail="", num_examples=-1, arrays_digest=b"", metrics={},
-                           statement=b"", signature=b"") for kid in spoofs]
+    entries = [
+        UpdateEntry(
+            kind="train",
+            round=1,
+            node_id="14" if not kid else "5",
+            key_id=kid,
+            verdict="rejected",
+            reason="unsigned",
+            detail="",
+            num_examples=-1,
+            arrays_digest=b"",
+            metrics={},
+            statement=b"",
+            signature=b"",
+        )
+        for kid in spoofs
+    ]
     fed.writer.append(1, [*entries, real], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
     part = collect(fed.ledger, names=names)["participation"]
     assert part["unsigned (node 14)"] == {"unsigned": 1} and part[f"alice ({real.key_id[:8]})"] == {"accepted": 1}
     assert part["key unsigned (node 14)"] == {"unsigned": 1} and part[f"key alice ({real.key_id[:8]})"] == {
-        "unsigned": 1}
+        "unsigned": 1
+    }

@@ -8,9 +8,9 @@ import re
 import subprocess
 import sys
 
+from flower_chain.audit.report import write_report
 from flower_chain.ledger import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.text import safe_label, safe_text
-from flower_chain.audit.report import write_report
 
 NASTY = [
     "line one\nFORGED 2099-01-01 everything verified",
@@ -26,12 +26,34 @@ NASTY = [
 def _nasty_ledger(fed):
     entries = []
     for i, text in enumerate(NASTY):
-        entries.append(UpdateEntry(kind="train", round=1, node_id=text, key_id=text, verdict="rejected",
-                                   reason=text, detail=text, num_examples=-1, arrays_digest=b"",
-                                   metrics={text: 1.0}, statement=b"", signature=b""))
+        entries.append(
+            UpdateEntry(
+                kind="train",
+                round=1,
+                node_id=text,
+                key_id=text,
+                verdict="rejected",
+                reason=text,
+                detail=text,
+                num_examples=-1,
+                arrays_digest=b"",
+                metrics={text: 1.0},
+                statement=b"",
+                signature=b"",
+            )
+        )
     fed.writer.append(1, entries + [fed.update(1, 0)], model_before=bytes(32), model_after=bytes.fromhex("11" * 32))
-    fed.add_block(1, [EvaluationEntry(round=1, source="centralized", num_replies=0,
-                                      metrics={"accuracy": 0.5, "loss": 0.5, **{t: 1.0 for t in NASTY}})])
+    fed.add_block(
+        1,
+        [
+            EvaluationEntry(
+                round=1,
+                source="centralized",
+                num_replies=0,
+                metrics={"accuracy": 0.5, "loss": 0.5, **{t: 1.0 for t in NASTY}},
+            )
+        ],
+    )
     return fed
 
 
@@ -56,8 +78,13 @@ def test_flower_chain_report_command_succeeds(federation_factory, tmp_path):
     fed = _nasty_ledger(federation_factory("sqlite"))
     fed.ledger.close()
     dest = tmp_path / "r.html"
-    r = subprocess.run([sys.executable, "-m", "flower_chain.cli", "report", fed.uri, "-o", str(dest)],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="200"))
+    r = subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", "report", fed.uri, "-o", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, COLUMNS="200"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "<script" not in dest.read_text().lower()
 

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_py(*args, timeout=900, **kw):
     env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
+    )
 
 
 def _ledger_uri(out: Path) -> str:
@@ -70,9 +71,24 @@ def test_simulation_two_clients_one_round(ledger_run):
 def test_simulation_ctrl_c_stops_the_local_superlink(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
-    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--num-clients", "2", "--rounds", "50",
-                          "--out", str(out), "--data-dir", str(tmp_path / "data")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--num-clients",
+            "2",
+            "--rounds",
+            "50",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     home = None
     deadline = time.time() + 300
     for line in p.stdout:
@@ -90,8 +106,9 @@ def test_simulation_ctrl_c_stops_the_local_superlink(tmp_path):
 
 def test_simulation_without_ledger_gives_the_same_model(tmp_path, ledger_run):
     out = tmp_path / "out"
-    r = run_py("--num-clients", "2", "--rounds", "1", "--out", str(out), "--no-ledger",
-               "--data-dir", str(tmp_path / "data"))
+    r = run_py(
+        "--num-clients", "2", "--rounds", "1", "--out", str(out), "--no-ledger", "--data-dir", str(tmp_path / "data")
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["summary"]["ledger"] is None and "accepted" not in doc["rounds"][1]
@@ -123,8 +140,18 @@ def _procs_mentioning(text: str) -> list[str]:
 
 def test_deployment_superlink_and_two_supernodes(tmp_path):
     out = tmp_path / "out"
-    r = run_py("--mode", "deployment", "--num-clients", "2", "--rounds", "1", "--out", str(out),
-               "--data-dir", str(tmp_path / "data"))
+    r = run_py(
+        "--mode",
+        "deployment",
+        "--num-clients",
+        "2",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "data"),
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", r.stdout)]
     port = re.search(r"SuperLink on 127\.0\.0\.1:(\d+)", r.stdout).group(1)
@@ -140,9 +167,26 @@ def test_deployment_superlink_and_two_supernodes(tmp_path):
 def test_deployment_ctrl_c_stops_everything(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
-    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--mode", "deployment", "--num-clients", "2",
-                          "--rounds", "50", "--out", str(out), "--data-dir", str(tmp_path / "data")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--mode",
+            "deployment",
+            "--num-clients",
+            "2",
+            "--rounds",
+            "50",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     pids, port = [], None
     deadline = time.time() + 180
     for line in p.stdout:
@@ -164,14 +208,17 @@ def test_deployment_ctrl_c_stops_everything(tmp_path):
     assert not _procs_mentioning(f"127.0.0.1:{port}")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--dataset", "imagenet"], "unknown dataset"),
-    (["--num-clients", "0"], "at least 1"),
-    (["--num-clients", "3000"], "training samples"),
-    (["--rounds", "0"], "at least 1"),
-    (["--partition", "pathological"], "unknown partition"),
-    (["--dataset", "cifar10"], "cifar-10-python.tar.gz"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "imagenet"], "unknown dataset"),
+        (["--num-clients", "0"], "at least 1"),
+        (["--num-clients", "3000"], "training samples"),
+        (["--rounds", "0"], "at least 1"),
+        (["--partition", "pathological"], "unknown partition"),
+        (["--dataset", "cifar10"], "cifar-10-python.tar.gz"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     r = run_py(*args, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), timeout=300)
     assert r.returncode == 2, r.stdout + r.stderr

@@ -37,8 +37,14 @@ MAX_CORRELATION = 0.02  # |r| of independent vectors of ~185k elements: about 0.
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=dict(os.environ, COLUMNS="1000"))
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, COLUMNS="1000"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +53,25 @@ def secagg_run(tmp_path_factory):
     import run  # noqa: PLC0415 - the demo's own entry point (run.py at the repository root)
 
     d = tmp_path_factory.mktemp("secagg")
-    args = run.parse_args(["--secure-aggregation", "--num-clients", str(NODES), "--rounds", "1",
-                           "--batch-size", "64", "--out", str(d / "out"), "--data-dir", str(d / "data")])
+    args = run.parse_args(
+        [
+            "--secure-aggregation",
+            "--num-clients",
+            str(NODES),
+            "--rounds",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            str(d / "out"),
+            "--data-dir",
+            str(d / "data"),
+        ]
+    )
     overrides = run.validate(args)
-    overrides.update({"secagg-drop": f"setup:{STAGE0_DROP} masked-input:{STAGE2_DROP}",
-                      "secagg-plaintext-dir": str(d / "plaintext")})
+    overrides.update(
+        {"secagg-drop": f"setup:{STAGE0_DROP} masked-input:{STAGE2_DROP}", "secagg-plaintext-dir": str(d / "plaintext")}
+    )
     old = os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
     os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
     try:
@@ -71,7 +91,7 @@ def _plaintexts(d: Path) -> dict[int, tuple[list[np.ndarray], list[np.ndarray]]]
     got = {}
     for f in sorted((d / "plaintext").glob("round1-partition*.npz")):
         with np.load(f) as z:
-            names = [k[len("model."):] for k in z.files if k.startswith("model.")]
+            names = [k[len("model.") :] for k in z.files if k.startswith("model.")]
             model = [z[f"model.{n}"] for n in names]
             got[int(f.stem.rsplit("partition", 1)[1])] = (model, [m - z[f"base.{n}"] for m, n in zip(model, names)])
     return got
@@ -130,12 +150,14 @@ def test_audit_strict_re_derives_the_round_from_the_transcript(secagg_run):
     uri = doc["summary"]["ledger"]
     r = cli("ledger", "audit", "--strict", uri)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (f"aggregate = sum of {len(LIVE)} signed masked inputs (1 dropped in stage 2, 0 in stage 1, 1 in "
-            "stage 0)") in r.stdout
+    assert (
+        f"aggregate = sum of {len(LIVE)} signed masked inputs (1 dropped in stage 2, 0 in stage 1, 1 in stage 0)"
+    ) in r.stdout
     assert "no individual update was revealed" in r.stdout and "AUDITED" in r.stdout
     keys = out / "keys"
-    v = cli("ledger", "verify", uri, "--server-key", str(keys / "server" / "server.pub"), "--keys",
-            str(keys / "keyring"))
+    v = cli(
+        "ledger", "verify", uri, "--server-key", str(keys / "server" / "server.pub"), "--keys", str(keys / "keyring")
+    )
     assert v.returncode == 0 and "VERIFIED" in v.stdout, v.stdout + v.stderr
 
 
@@ -167,8 +189,9 @@ def test_no_stored_blob_equals_or_correlates_with_a_plaintext_update(secagg_run)
         flat = _flat(arrays)
         for p, (model, update) in plain.items():
             for secret in (model, update):
-                assert not any(a.shape == s.shape and np.array_equal(a, s) for a in arrays for s in secret
-                               if s.size > 16), f"blob {digest.hex()[:16]} holds an array of partition {p}"
+                assert not any(
+                    a.shape == s.shape and np.array_equal(a, s) for a in arrays for s in secret if s.size > 16
+                ), f"blob {digest.hex()[:16]} holds an array of partition {p}"
                 if digest in masked:  # a global model is the public average; a masked input must look random
                     r = np.corrcoef(flat, _flat(secret))[0, 1]
                     assert abs(r) < MAX_CORRELATION, f"masked input {digest.hex()[:16]} ~ partition {p}: r={r:.4f}"
@@ -201,6 +224,13 @@ def _partition_size(out: Path, p: int) -> int:
     from flower_chain.app import data as data_mod  # noqa: PLC0415
 
     cfg = json.loads((out / "metrics.json").read_text())["config"]
-    part = data_mod.load_partition(cfg["dataset"], p, NODES, data_dir=cfg["data-dir"], partition=cfg["partition"],
-                                   alpha=float(cfg["alpha"]), seed=int(cfg["seed"]))
+    part = data_mod.load_partition(
+        cfg["dataset"],
+        p,
+        NODES,
+        data_dir=cfg["data-dir"],
+        partition=cfg["partition"],
+        alpha=float(cfg["alpha"]),
+        seed=int(cfg["seed"]),
+    )
     return len(part.x_train)

@@ -33,8 +33,17 @@ def site(federation_factory):
     fed = federation_factory("sqlite", n_clients=5)  # one key per reply: a ledger that verifies
     for rnd in range(1, 6):
         fed.add_round(rnd, 4, rejected=rnd % 2)
-        fed.add_block(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
-                                            metrics={"accuracy": 0.5 + rnd / 12, "loss": 1 / rnd})])
+        fed.add_block(
+            rnd,
+            [
+                EvaluationEntry(
+                    round=rnd,
+                    source="centralized",
+                    num_replies=0,
+                    metrics={"accuracy": 0.5 + rnd / 12, "loss": 1 / rnd},
+                )
+            ],
+        )
     with ServerThread(build_app(LogView(fed.ledger, refresh_s=0.0))) as url:
         yield fed, url
 
@@ -58,8 +67,13 @@ def test_explorer_json_matches_the_ledger_and_proofs_download(site):
     proof = InclusionProof.from_text(body.decode())
     cp = proof.verify(raw_public(fed.server_key))
     assert proof.index == hist[0]["index"] and cp.size == fed.writer.log_size
-    for bad, want in (("api/proof/99999", 404), ("api/proof/abc", 400), ("api/proof/-1", 400),
-                      ("api/keys/nobody", 404), ("api/nothing", 404)):
+    for bad, want in (
+        ("api/proof/99999", 404),
+        ("api/proof/abc", 400),
+        ("api/proof/-1", 400),
+        ("api/keys/nobody", 404),
+        ("api/nothing", 404),
+    ):
         assert get(f"{url}/{bad}")[0] == want, bad
     status = json.loads(get(f"{url}/api/status")[1])  # verified, but under no pinned key: not green
     assert status["verified"] and status["level"] == "unpinned" and status["audited"] is None
@@ -76,11 +90,25 @@ def test_page_has_no_reference_to_another_host(site):
 
 
 def _chromium(url: str, tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000",
-                           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *extra, url],
-                          capture_output=True, timeout=120)
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=10000",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_explorer_renders_in_headless_chromium_without_other_hosts(site, tmp_path):
@@ -91,23 +119,26 @@ def test_explorer_renders_in_headless_chromium_without_other_hosts(site, tmp_pat
     res = _chromium(f"{url}/", tmp_path, "--dump-dom", f"--log-net-log={netlog}")
     dom = res.stdout.decode()
     assert res.returncode == 0 and 'data-ready="1"' in dom, res.stderr.decode()[-2000:]
-    rounds = dom[dom.index('id="rounds"'):]
-    rounds = rounds[:rounds.index("</table>")]
+    rounds = dom[dom.index('id="rounds"') :]
+    rounds = rounds[: rounds.index("</table>")]
     assert rounds.count("<tr") == 6  # the header and rounds 1..5
-    plot = dom[dom.index('id="accuracy-plot"'):]
-    plot = plot[:plot.index("</svg>")]
+    plot = dom[dom.index('id="accuracy-plot"') :]
+    plot = plot[: plot.index("</svg>")]
     assert 'class="series"' in plot and plot.count("<circle") == 5
-    timing = dom[dom.index('id="timing-plot"'):]
-    assert timing[:timing.index("</svg>")].count("<circle") == 5
+    timing = dom[dom.index('id="timing-plot"') :]
+    assert timing[: timing.index("</svg>")].count("<circle") == 5
     assert "bad-signature" in dom and "tlog-proof" in dom
     # every request the page made went to the server it came from (Chromium's own update and
     # account checks carry no page initiator and are blocked by the resolver rule above)
     log = json.loads(netlog.read_text())
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    page = [e["params"]["url"] for e in log["events"] if e["type"] == start_job
-            and e.get("params", {}).get("initiator", "not an origin") != "not an origin"]
+    page = [
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start_job and e.get("params", {}).get("initiator", "not an origin") != "not an origin"
+    ]
     assert len(page) >= 3 and all(u.startswith(url + "/") for u in page), page
-    assert {u[len(url):] for u in page} >= {"/api/summary", "/api/rounds"}
+    assert {u[len(url) :] for u in page} >= {"/api/summary", "/api/rounds"}
 
     shot = tmp_path / "shot.png"
     _chromium(f"{url}/", tmp_path, "--window-size=1200,1400", f"--screenshot={shot}")
@@ -115,8 +146,11 @@ def test_explorer_renders_in_headless_chromium_without_other_hosts(site, tmp_pat
 
     img = matplotlib.image.imread(shot)
     assert img.shape[0] >= 1000 and img.std() > 0.05, "the screenshot is blank"
-    blue = ((abs(img[..., 0] - 0x09 / 255) < 0.1) & (abs(img[..., 1] - 0x69 / 255) < 0.1)
-            & (abs(img[..., 2] - 0xDA / 255) < 0.1)).mean()
+    blue = (
+        (abs(img[..., 0] - 0x09 / 255) < 0.1)
+        & (abs(img[..., 1] - 0x69 / 255) < 0.1)
+        & (abs(img[..., 2] - 0xDA / 255) < 0.1)
+    ).mean()
     assert blue > 0.0003, "the accuracy line is not visible"
 
 

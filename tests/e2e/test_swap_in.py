@@ -29,34 +29,46 @@ APPS = Path(__file__).resolve().parents[1] / "support" / "apps"
 # The README's edits, as (old, new) text replacements per file of the app; PLACEHOLDERS are absolute paths.
 MESSAGE_API_CHANGE = {
     "quickstart/client_app.py": [
-        ("from flwr.clientapp import ClientApp\n",
-         "from flwr.clientapp import ClientApp\nfrom flower_chain.clients import signing_mod\n"),
+        (
+            "from flwr.clientapp import ClientApp\n",
+            "from flwr.clientapp import ClientApp\nfrom flower_chain.clients import signing_mod\n",
+        ),
         ("app = ClientApp()", "app = ClientApp(mods=[signing_mod])"),
     ],
     "quickstart/server_app.py": [
-        ("from flwr.serverapp.strategy import FedAvg\n",
-         "from flwr.serverapp.strategy import FedAvg\nfrom flower_chain.strategies import LedgerStrategy\n"),
-        ("    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2)",
-         "    strategy = LedgerStrategy(FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2),\n"
-         "                              ledger='sqlite:///@WORK@/ledger-{run_id}.db',\n"
-         "                              keyring='@WORK@/keys/keyring',\n"
-         "                              server_key='@WORK@/keys/server/server.key')"),
+        (
+            "from flwr.serverapp.strategy import FedAvg\n",
+            "from flwr.serverapp.strategy import FedAvg\nfrom flower_chain.strategies import LedgerStrategy\n",
+        ),
+        (
+            "    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2)",
+            "    strategy = LedgerStrategy(FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2),\n"
+            "                              ledger='sqlite:///@WORK@/ledger-{run_id}.db',\n"
+            "                              keyring='@WORK@/keys/keyring',\n"
+            "                              server_key='@WORK@/keys/server/server.key')",
+        ),
     ],
 }
 LEGACY_CHANGE = {
     "quickstart/client_app.py": [
-        ("from flwr.clientapp import ClientApp\n",
-         "from flwr.clientapp import ClientApp\nfrom flower_chain.clients import signing_mod\n"),
+        (
+            "from flwr.clientapp import ClientApp\n",
+            "from flwr.clientapp import ClientApp\nfrom flower_chain.clients import signing_mod\n",
+        ),
         ("app = ClientApp(client_fn=client_fn)", "app = ClientApp(client_fn=client_fn, mods=[signing_mod])"),
     ],
     "quickstart/server_app.py": [
-        ("from flwr.server.strategy import FedAvg\n",
-         "from flwr.server.strategy import FedAvg\nfrom flower_chain.strategies import LegacyLedgerStrategy\n"),
-        ("    return ServerAppComponents(strategy=strategy,",
-         "    strategy = LegacyLedgerStrategy(strategy, ledger='sqlite:///@WORK@/ledger-{run_id}.db',\n"
-         "                                    keyring='@WORK@/keys/keyring',\n"
-         "                                    server_key='@WORK@/keys/server/server.key')\n"
-         "    return ServerAppComponents(strategy=strategy,"),
+        (
+            "from flwr.server.strategy import FedAvg\n",
+            "from flwr.server.strategy import FedAvg\nfrom flower_chain.strategies import LegacyLedgerStrategy\n",
+        ),
+        (
+            "    return ServerAppComponents(strategy=strategy,",
+            "    strategy = LegacyLedgerStrategy(strategy, ledger='sqlite:///@WORK@/ledger-{run_id}.db',\n"
+            "                                    keyring='@WORK@/keys/keyring',\n"
+            "                                    server_key='@WORK@/keys/server/server.key')\n"
+            "    return ServerAppComponents(strategy=strategy,",
+        ),
     ],
 }
 # README step 3: every simulated node reads keys/clients/client-<partition-id>.key
@@ -83,16 +95,22 @@ def make_app(kind: str, work: Path, *changes: dict) -> Path:
 
 def _keys(workdir: Path, n: int) -> None:
     """The README's one key command: server key, the clients' private keys, and a keyring of public keys."""
-    subprocess.run([sys.executable, "-m", "flower_chain.cli", "keys", "init", str(workdir / "keys"), "--clients",
-                    str(n)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", "keys", "init", str(workdir / "keys"), "--clients", str(n)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flower_chain.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("kind,change", [("quickstart_message", MESSAGE_API_CHANGE),
-                                         ("quickstart_legacy", LEGACY_CHANGE)], ids=["message-api", "legacy"])
+@pytest.mark.parametrize(
+    "kind,change",
+    [("quickstart_message", MESSAGE_API_CHANGE), ("quickstart_legacy", LEGACY_CHANGE)],
+    ids=["message-api", "legacy"],
+)
 def test_readme_recipe_with_flwr_run(tmp_path, kind, change):
     n = 3
     _keys(tmp_path, n)
@@ -107,7 +125,9 @@ def test_readme_recipe_with_flwr_run(tmp_path, kind, change):
     assert [p.name for p in ledgers] == sorted(f"ledger-{r.run_id}.db" for r in (first, again))
     # LedgerStrategy's end-of-run summary names the ledger and the verify command (in Flower's log; the
     # legacy loop has no end-of-run hook)
-    assert kind == "quickstart_legacy" or f"flower-chain ledger verify sqlite:///{ledgers[0]}" in (first.log.read_text() + again.log.read_text())
+    assert kind == "quickstart_legacy" or f"flower-chain ledger verify sqlite:///{ledgers[0]}" in (
+        first.log.read_text() + again.log.read_text()
+    )
 
     for db in ledgers:
         uri = f"sqlite:///{db}"
@@ -117,8 +137,15 @@ def test_readme_recipe_with_flwr_run(tmp_path, kind, change):
         assert s["rounds"] == 3 and s["accepted"] == 3 * n and s["rejected"] == 0, s
         assert s["evaluate_accepted"] == 3 * n and s["evaluate_rejected"] == 0, s
         assert rep.client_signatures_checked >= 2 * 3 * n  # train and evaluate replies
-        r = _cli("ledger", "verify", uri, "--server-key", str(tmp_path / "keys/server/server.pub"),
-                 "--keys", str(tmp_path / "keys"))
+        r = _cli(
+            "ledger",
+            "verify",
+            uri,
+            "--server-key",
+            str(tmp_path / "keys/server/server.pub"),
+            "--keys",
+            str(tmp_path / "keys"),
+        )
         assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr
         r = _cli("ledger", "summary", uri, "--json")
         assert r.returncode == 0, r.stderr
@@ -130,13 +157,22 @@ def test_readme_recipe_with_flwr_run(tmp_path, kind, change):
     assert len(counts) == n and all(c["errors"] == 0 and c["receipts"] >= 3 for c in counts), counts
 
 
-@pytest.mark.parametrize("kind,change", [("quickstart_message", MESSAGE_API_CHANGE),
-                                         ("quickstart_legacy", LEGACY_CHANGE)], ids=["message-api", "legacy"])
+@pytest.mark.parametrize(
+    "kind,change",
+    [("quickstart_message", MESSAGE_API_CHANGE), ("quickstart_legacy", LEGACY_CHANGE)],
+    ids=["message-api", "legacy"],
+)
 def test_a_node_without_a_key_fails_the_run_loudly(tmp_path, kind, change):
     """Negative control: keys for 2 of 3 nodes and ``min_accepted=3``: Flower reports the run failed."""
     _keys(tmp_path, 2)
-    strict = {"quickstart/server_app.py": [("server_key='@WORK@/keys/server/server.key')",
-                                            "server_key='@WORK@/keys/server/server.key', min_accepted=3)")]}
+    strict = {
+        "quickstart/server_app.py": [
+            (
+                "server_key='@WORK@/keys/server/server.key')",
+                "server_key='@WORK@/keys/server/server.key', min_accepted=3)",
+            )
+        ]
+    }
     app = make_app(kind, tmp_path, change, RUN_CONFIG_CHANGE, strict)
     with LocalSuperLink(log_dir=tmp_path) as link:
         res = link.run(app, num_supernodes=3, timeout=600)

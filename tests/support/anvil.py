@@ -32,9 +32,23 @@ class Anvil:
         self.proc = None
 
     def start(self) -> Anvil:
-        self.proc = subprocess.Popen([_anvil_bin(), "--port", str(self.port), "--host", "127.0.0.1",
-                                      "--state", str(self.state), "--state-interval", "1", "--silent"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                _anvil_bin(),
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+                "--state",
+                str(self.state),
+                "--state-interval",
+                "1",
+                "--silent",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 30
         while time.time() < deadline:
             with socket.socket() as s:

@@ -16,8 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_args(out: Path, keys: Path, data: Path, rounds: int, clients: int, seed: int = 7) -> list[str]:
-    return [sys.executable, str(ROOT / "run.py"), "--num-clients", str(clients), "--rounds", str(rounds),
-            "--seed", str(seed), "--out", str(out), "--keys-dir", str(keys), "--data-dir", str(data)]
+    return [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "--num-clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--keys-dir",
+        str(keys),
+        "--data-dir",
+        str(data),
+    ]
 
 
 def env() -> dict:
@@ -59,8 +73,7 @@ def crash_run(args: list[str], db: Path, after_blocks: int, extra_delay: float, 
     """Start ``args``, SIGKILL it ``extra_delay`` s after the ledger holds ``after_blocks`` blocks.
 
     Returns the number of blocks when killed (or -1 if the run finished first)."""
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-                         start_new_session=True)
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:

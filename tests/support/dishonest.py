@@ -44,16 +44,18 @@ def read_blocks(ledger_path: str | Path) -> list[Block]:
         blocks = []
         for height, header in db.execute("SELECT height, header FROM blocks ORDER BY height"):
             h = BlockHeader.from_bytes(bytes(header))
-            datas = [bytes(d) for (d,) in db.execute("SELECT data FROM entries WHERE height = ? ORDER BY idx",
-                                                     (height,))]
+            datas = [
+                bytes(d) for (d,) in db.execute("SELECT data FROM entries WHERE height = ? ORDER BY idx", (height,))
+            ]
             blocks.append([dataclasses.asdict(h), [decode_entry(d) for d in datas]])
         return blocks
     finally:
         db.close()
 
 
-def rewrite(ledger_path: str | Path, server_key: Ed25519PrivateKey,
-            edit_fn: Callable[[list[Block]], list[Block] | None]) -> list[Block]:
+def rewrite(
+    ledger_path: str | Path, server_key: Ed25519PrivateKey, edit_fn: Callable[[list[Block]], list[Block] | None]
+) -> list[Block]:
     """Rewrite an SQLite ledger's history with ``edit_fn`` and re-sign all of it with ``server_key``.
 
     Parameters
@@ -83,8 +85,17 @@ def rewrite(ledger_path: str | Path, server_key: Ed25519PrivateKey,
         for lh in leaves:
             for level, idx, h in log.append(lh):
                 rows_nodes[(level, idx)] = h
-        header = BlockHeader(**{**fields, "height": height, "prev_hash": prev, "entries_root": merkle.root(leaves),
-                                "entry_count": len(datas), "log_size": log.size, "log_root": log.root()})
+        header = BlockHeader(
+            **{
+                **fields,
+                "height": height,
+                "prev_hash": prev,
+                "entries_root": merkle.root(leaves),
+                "entry_count": len(datas),
+                "log_size": log.size,
+                "log_root": log.root(),
+            }
+        )
         hb = header.to_bytes()
         cp = sign_checkpoint(Checkpoint(origin_for(header.federation_id), log.size, log.root()), server_key)
         block = StoredBlock(hb, server_key.sign(hb), cp)

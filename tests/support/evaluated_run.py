@@ -53,21 +53,29 @@ class EvaluatedRun:
             (self.keyring / f"client-{i}.pub").write_bytes(_pem_public(k))
         self.server_pub = directory / "server.pub"
         self.server_pub.write_bytes(_pem_public(self.server_key))
-        self.strategy = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1),
-                                       ledger=self.uri, keyring=self.clients.keyring, server_key=self.server_key,
-                                       federation_id=federation_id)
+        self.strategy = LedgerStrategy(
+            FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1),
+            ledger=self.uri,
+            keyring=self.clients.keyring,
+            server_key=self.server_key,
+            federation_id=federation_id,
+        )
         self.model = arrays(0)
         self.rounds = 0
 
     def round(self) -> None:
         s, rnd = self.strategy, self.rounds + 1
         keys = [*self.clients.keys, None]
-        msgs = sorted(s.configure_train(rnd, self.model, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
-        self.model, _ = s.aggregate_train(rnd, [signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i)
-                                                for i, (m, k) in enumerate(zip(msgs, keys))])
-        msgs = sorted(s.configure_evaluate(rnd, self.model, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            s.configure_train(rnd, self.model, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
+        )
+        self.model, _ = s.aggregate_train(
+            rnd, [signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i) for i, (m, k) in enumerate(zip(msgs, keys))]
+        )
+        msgs = sorted(
+            s.configure_evaluate(rnd, self.model, ConfigRecord({}), FakeGrid(NODES)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
         s.aggregate_evaluate(rnd, [_evaluate_reply(m, k, rnd, i) for i, (m, k) in enumerate(zip(msgs, keys))])
         s.core.commit_evaluation(rnd, "centralized", 0, {"accuracy": 0.35 + 0.14 * rnd, "loss": 1.4 - 0.3 * rnd})
         self.rounds = rnd

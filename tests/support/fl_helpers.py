@@ -26,8 +26,13 @@ def arrays(seed: int, shapes=(("w", (8, 4)), ("b", (4,)))) -> ArrayRecord:
 
 
 def context(node_id: int = 1, partition_id: int = 0) -> Context:
-    return Context(run_id=1, node_id=node_id, node_config={"partition-id": partition_id, "num-partitions": 10},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config={"partition-id": partition_id, "num-partitions": 10},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def train_reply(msg: Message, out: ArrayRecord, n: int, extra_metrics=None) -> Message:
@@ -61,9 +66,17 @@ def copy_config(msg: Message) -> Message:
 def with_content(msg: Message, content: RecordDict) -> Message:
     """The same message (same metadata) with other content."""
     md = msg.metadata
-    meta = Metadata(run_id=md.run_id, message_id=md.message_id, src_node_id=md.src_node_id,
-                    dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id, group_id=md.group_id,
-                    created_at=md.created_at, ttl=md.ttl, message_type=md.message_type)
+    meta = Metadata(
+        run_id=md.run_id,
+        message_id=md.message_id,
+        src_node_id=md.src_node_id,
+        dst_node_id=md.dst_node_id,
+        reply_to_message_id=md.reply_to_message_id,
+        group_id=md.group_id,
+        created_at=md.created_at,
+        ttl=md.ttl,
+        message_type=md.message_type,
+    )
     return Message(content=content, metadata=meta)
 
 

@@ -40,7 +40,9 @@ def why_unavailable() -> str | None:
     except ImportError:
         return "psycopg 3 is not installed (pip install 'psycopg[binary]'; .ci/run does)"
     if find_bin_dir() is None:
-        return "PostgreSQL server binaries (initdb, pg_ctl) are not installed (apt-get install postgresql; .ci/run does)"
+        return (
+            "PostgreSQL server binaries (initdb, pg_ctl) are not installed (apt-get install postgresql; .ci/run does)"
+        )
     return None
 
 
@@ -59,8 +61,11 @@ def _service_user() -> str | None:
             return name
         except KeyError:
             pass
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "flowerchain-pg"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "flowerchain-pg"],
+        check=True,
+        capture_output=True,
+    )
     return "flowerchain-pg"
 
 
@@ -89,8 +94,22 @@ class PostgresServer:
             pw = pwd.getpwnam(self.user)
             for p in (self.dir, pwfile):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
-        self._as_user([str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--pwfile", str(pwfile),
-                       "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
+        self._as_user(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                USER,
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
         pwfile.unlink()
         self.start()
 
@@ -104,10 +123,25 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start the server (again) on the same port and wait until it accepts connections."""
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}"
-                " -c max_connections=50 -c shared_buffers=64MB")
-        self._as_user([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
-                       "-w", "-t", "60", "start"])
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}"
+            " -c max_connections=50 -c shared_buffers=64MB"
+        )
+        self._as_user(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.pid = int((self.data / "postmaster.pid").read_text().split("\n")[0])
 
     def stop(self, mode: str = "fast", timeout: float = 30) -> None:

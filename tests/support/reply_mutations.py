@@ -50,30 +50,83 @@ def header_variant(kind: str) -> bytes:
     }[kind]
     h = body.encode("latin1")
     h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
-    payload = good[len(good) - 128:]
+    payload = good[len(good) - 128 :]
     return base[:8] + struct.pack("<H", len(h)) + h + payload
 
 
 @st.composite
 def mutation(draw):
-    kind = draw(st.sampled_from([
-        "npy-truncate", "npy-extend", "npy-header", "npy-random", "npy-version", "npy-hlen", "stype",
-        "extra-metric-record", "extra-config-record", "extra-array-record", "drop-arrays", "drop-metrics",
-        "drop-sig", "num-examples", "metric-value", "metric-name", "metric-count", "statement", "signature",
-        "sig-extra", "seen-size", "array-name", "node-id", "array-count", "nan", "wrong-dtype-signed",
-        "legit"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "npy-truncate",
+                "npy-extend",
+                "npy-header",
+                "npy-random",
+                "npy-version",
+                "npy-hlen",
+                "stype",
+                "extra-metric-record",
+                "extra-config-record",
+                "extra-array-record",
+                "drop-arrays",
+                "drop-metrics",
+                "drop-sig",
+                "num-examples",
+                "metric-value",
+                "metric-name",
+                "metric-count",
+                "statement",
+                "signature",
+                "sig-extra",
+                "seen-size",
+                "array-name",
+                "node-id",
+                "array-count",
+                "nan",
+                "wrong-dtype-signed",
+                "legit",
+            ]
+        )
+    )
     detail = {
         "npy-truncate": st.integers(0, 255),
         "npy-extend": st.binary(min_size=1, max_size=16),
-        "npy-header": st.sampled_from(["negative-dim", "overflow", "zero-width", "object", "float128", "big-endian",
-                                       "fortran", "not-a-dict", "call", "float-dim", "structured"]),
+        "npy-header": st.sampled_from(
+            [
+                "negative-dim",
+                "overflow",
+                "zero-width",
+                "object",
+                "float128",
+                "big-endian",
+                "fortran",
+                "not-a-dict",
+                "call",
+                "float-dim",
+                "structured",
+            ]
+        ),
         "npy-random": st.binary(max_size=300),
         "npy-version": st.integers(0, 255),
         "npy-hlen": st.integers(0, 65535),
         "stype": st.sampled_from(["", "torch.Tensor", "numpy.ndarray ", "pickle"]),
         "num-examples": st.sampled_from([float("inf"), float("nan"), -5, 0, 2**63, 2**64 - 1, 1.5, "10", None, [1]]),
-        "metric-value": st.sampled_from([2**63, 2**64 - 1, -(2**63) - 1, float("inf"), "text", b"bytes", None,
-                                         [2**70], list(range(5000)), {"a": 1}, True]),
+        "metric-value": st.sampled_from(
+            [
+                2**63,
+                2**64 - 1,
+                -(2**63) - 1,
+                float("inf"),
+                "text",
+                b"bytes",
+                None,
+                [2**70],
+                list(range(5000)),
+                {"a": 1},
+                True,
+            ]
+        ),
         "metric-name": st.sampled_from(["x" * 300, "", "\n$x^2$\u202e", 7]),
         "statement": st.tuples(st.integers(0, 400), st.binary(max_size=8)),
         "signature": st.binary(max_size=80),

@@ -60,8 +60,9 @@ class LocalGrid(Grid):
 
     def __init__(self, apps: dict[int, ClientApp]) -> None:
         self.apps = apps
-        self.contexts = {nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config={})
-                         for nid in apps}
+        self.contexts = {
+            nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config={}) for nid in apps
+        }
         self.drop: dict[int, str] = {}
         self.tamper = None  # (node, stage, request, reply) -> reply
         self.rewrite = None  # (node, stage, request) -> request (a dishonest server's edits)
@@ -113,39 +114,67 @@ class LocalGrid(Grid):
 class SecAggFederation:
     """``n`` nodes with fixed updates, a LegacyLedgerStrategy over ``uri`` and the SecAgg+ workflow."""
 
-    def __init__(self, uri: str, n: int = 6, *, seed: int = 0, num_shares=5, threshold=3, shapes=SHAPES,
-                 strategy_kw=None, client_kw=None, server_key=None, **workflow_kw) -> None:
+    def __init__(
+        self,
+        uri: str,
+        n: int = 6,
+        *,
+        seed: int = 0,
+        num_shares=5,
+        threshold=3,
+        shapes=SHAPES,
+        strategy_kw=None,
+        client_kw=None,
+        server_key=None,
+        **workflow_kw,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.keys = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.server_key = server_key or Ed25519PrivateKey.generate()
         self.node_ids = [1000 + 7 * i for i in range(n)]
         self.initial = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        self.updates = {nid: [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in shapes]
-                        for nid in self.node_ids}
+        self.updates = {
+            nid: [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in shapes] for nid in self.node_ids
+        }
         self.examples = {nid: 10 + 5 * i for i, nid in enumerate(self.node_ids)}
         apps = {}
         for nid, key in zip(self.node_ids, self.keys):
-            apps[nid] = ClientApp(client_fn=self._client_fn(nid), mods=[make_signing_mod(key),
-                                                                           make_secagg_mod(key, **(client_kw or {}))])
+            apps[nid] = ClientApp(
+                client_fn=self._client_fn(nid), mods=[make_signing_mod(key), make_secagg_mod(key, **(client_kw or {}))]
+            )
         self.grid = LocalGrid(apps)
         self.strategy = LegacyLedgerStrategy(
-            FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2,
-                   initial_parameters=ndarrays_to_parameters(self.initial)),
-            ledger=uri, keyring={key_id(k): raw_public(k) for k in self.keys}, server_key=self.server_key,
-            federation_id="fed-secagg", **(strategy_kw or {}))
+            FedAvg(
+                fraction_fit=1.0,
+                fraction_evaluate=0.0,
+                min_fit_clients=2,
+                min_available_clients=2,
+                initial_parameters=ndarrays_to_parameters(self.initial),
+            ),
+            ledger=uri,
+            keyring={key_id(k): raw_public(k) for k in self.keys},
+            server_key=self.server_key,
+            federation_id="fed-secagg",
+            **(strategy_kw or {}),
+        )
         self.workflow = LedgerSecAggPlusWorkflow(num_shares, threshold, **workflow_kw)
         manager = SimpleClientManager()
         for nid in self.node_ids:
             manager.register(GridClientProxy(node_id=nid, grid=self.grid, run_id=1))
-        self.context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                                     strategy=self.strategy, client_manager=manager)
+        self.context = LegacyContext(
+            Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+            strategy=self.strategy,
+            client_manager=manager,
+        )
         self.context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters(self.initial), True)
+            ndarrays_to_parameters(self.initial), True
+        )
         self.context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord()
 
     def _client_fn(self, nid: int):
         def client_fn(context: Context):
             return FixedClient(self.updates[nid], self.examples[nid]).to_client()
+
         return client_fn
 
     @property
@@ -168,5 +197,7 @@ class SecAggFederation:
         """The exact weighted average of the live nodes' updated models (what quantization approximates)."""
         w = {n: round(self.examples[n] / 1000.0 * 4194304) / 4194304 for n in live}
         total = sum(w.values())
-        return [sum(w[n] * (base[i].astype(np.float64) + self.updates[n][i]) for n in live) / total
-                for i in range(len(base))]
+        return [
+            sum(w[n] * (base[i].astype(np.float64) + self.updates[n][i]) for n in live) / total
+            for i in range(len(base))
+        ]

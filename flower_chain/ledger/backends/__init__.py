@@ -29,8 +29,15 @@ from flower_chain.ledger.location import parse_ledger_uri
 
 ENTRY_POINT_GROUP = "flower_chain.ledgers"
 
-__all__ = ["ENTRY_POINT_GROUP", "JSONLLedger", "Ledger", "MemoryLedger", "PostgresLedger", "SQLiteLedger",
-           "open_ledger"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "JSONLLedger",
+    "Ledger",
+    "MemoryLedger",
+    "PostgresLedger",
+    "SQLiteLedger",
+    "open_ledger",
+]
 
 
 def open_ledger(uri: str, *, create: bool = False) -> Ledger:
@@ -48,7 +55,9 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
             return JSONLLedger(p, create=create, drop_torn_tail=create)
         if p.suffix in (".db", ".sqlite", ".sqlite3") or (p.exists() and not create):
             return SQLiteLedger(p, create=create)
-        raise LedgerOpenError(f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH, postgresql://USER@HOST:PORT/DB or memory:")
+        raise LedgerOpenError(
+            f"{uri!r}: not a ledger URI; use sqlite:///PATH, jsonl:///PATH, postgresql://USER@HOST:PORT/DB or memory:"
+        )
     if scheme == "memory":
         return MemoryLedger(uri)
     if scheme == "sqlite" and location.path is not None:  # parse_ledger_uri gives sqlite: a path
@@ -63,5 +72,7 @@ def open_ledger(uri: str, *, create: bool = False) -> Ledger:
             if not isinstance(ledger, Ledger):
                 raise LedgerOpenError(f"backend {scheme!r} ({ep.value}) did not return a Ledger")
             return ledger
-    known = ["memory", "sqlite", "jsonl", "postgresql"] + sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    known = ["memory", "sqlite", "jsonl", "postgresql"] + sorted(
+        {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    )
     raise LedgerOpenError(f"{uri!r}: unknown ledger scheme {scheme!r}; known: {', '.join(known)}")

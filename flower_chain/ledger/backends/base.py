@@ -63,12 +63,12 @@ class Ledger(abc.ABC):
         expected_prev = bytes(head_hash) if count and head_hash is not None else ZERO_HASH
         if h.height == count and h.prev_hash == expected_prev:
             return
-        stored = (f"its head is block {count - 1} with hash {expected_prev.hex()[:16]}" if count
-                  else "it is empty")
+        stored = f"its head is block {count - 1} with hash {expected_prev.hex()[:16]}" if count else "it is empty"
         raise LedgerConflictError(
             f"{self.uri}: block {h.height} (prev_hash {h.prev_hash.hex()[:16]}) does not extend the stored "
             f"ledger: {stored}. Another writer appended to this ledger; only one server may write it. Stop "
-            "this server, run `flower-chain ledger verify`, and resume from the verified ledger")
+            "this server, run `flower-chain ledger verify`, and resume from the verified ledger"
+        )
 
     # -- reading ---------------------------------------------------------------------------------
     @abc.abstractmethod

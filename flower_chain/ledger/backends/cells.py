@@ -15,8 +15,18 @@ from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.checkpoint import MAX_NOTE_CHARS
 from flower_chain.ledger.errors import LedgerCorruptError
 
-__all__ = ["MAX_COUNT", "MAX_ENTRY_BYTES", "MAX_HEADER_BYTES", "MAX_SIGNATURE_BYTES", "HASH_BYTES", "blob", "count",
-           "hash_cell", "note_text", "stored_block"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_ENTRY_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_SIGNATURE_BYTES",
+    "HASH_BYTES",
+    "blob",
+    "count",
+    "hash_cell",
+    "note_text",
+    "stored_block",
+]
 
 MAX_HEADER_BYTES = 64 * 1024
 """Largest block header read (a header is a few hundred bytes: digests, counts and the federation id)."""
@@ -83,6 +93,8 @@ def note_text(value: object, where: str) -> str:
 
 def stored_block(header: object, signature: object, checkpoint: object, where: str) -> StoredBlock:
     """A :class:`StoredBlock` from three stored cells, each typed and bounded first."""
-    return StoredBlock(blob(header, f"{where} header", MAX_HEADER_BYTES),
-                       blob(signature, f"{where} signature", MAX_SIGNATURE_BYTES),
-                       note_text(checkpoint, f"{where} checkpoint"))
+    return StoredBlock(
+        blob(header, f"{where} header", MAX_HEADER_BYTES),
+        blob(signature, f"{where} signature", MAX_SIGNATURE_BYTES),
+        note_text(checkpoint, f"{where} checkpoint"),
+    )

@@ -71,15 +71,17 @@ def _unb64(s: object, where: str, limit: int | None = None) -> bytes:
 
 
 def _view(block: StoredBlock) -> dict[str, Any]:
-    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in block.header.__dict__.items()
-            if not k.startswith("_")}
+    return {
+        k: (v.hex() if isinstance(v, bytes) else v) for k, v in block.header.__dict__.items() if not k.startswith("_")
+    }
 
 
 class JSONLLedger(Ledger):
     """All blocks in memory after open (this backend is for readability, not for millions of entries)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, uri: str | None = None,
-                 drop_torn_tail: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, create: bool = True, uri: str | None = None, drop_torn_tail: bool = False
+    ) -> None:
         self.path = Path(path)
         self.uri = uri or file_uri("jsonl", self.path)
         self.blob_dir = self.path.with_name(self.path.name + ".blobs")
@@ -92,8 +94,11 @@ class JSONLLedger(Ledger):
             raise LedgerOpenError(f"{self.path} is a directory, not a ledger file")
         if not self.path.exists() or self.path.stat().st_size == 0:
             if not create:
-                raise LedgerOpenError(f"ledger file {self.path} not found" if not self.path.exists()
-                                      else f"ledger file {self.path} is empty")
+                raise LedgerOpenError(
+                    f"ledger file {self.path} not found"
+                    if not self.path.exists()
+                    else f"ledger file {self.path} is empty"
+                )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write_line(json.dumps(MAGIC))
         else:
@@ -121,18 +126,24 @@ class JSONLLedger(Ledger):
             try:
                 rec = json.loads(raw)
             except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-                raise LedgerCorruptError(f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)") from None
+                raise LedgerCorruptError(
+                    f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)"
+                ) from None
             try:
                 self._load_block(rec, lineno)
             except RecursionError:  # a value nested as deep as the parser allows, compared or shown
                 raise LedgerCorruptError(f"{self.path}: line {lineno} is nested too deeply") from None
             offset += len(raw) + 1
         if torn:
-            msg = (f"{self.path}: the last line ({len(torn)} bytes at offset {offset}) is torn: an append was "
-                   "interrupted before it completed")
+            msg = (
+                f"{self.path}: the last line ({len(torn)} bytes at offset {offset}) is torn: an append was "
+                "interrupted before it completed"
+            )
             if not drop_torn_tail:
-                raise LedgerCorruptError(msg + "; the blocks before it are intact. Run "
-                                         "`flower-chain ledger repair` (or reopen it for writing) to drop it")
+                raise LedgerCorruptError(
+                    msg + "; the blocks before it are intact. Run "
+                    "`flower-chain ledger repair` (or reopen it for writing) to drop it"
+                )
             log.warning("%s; dropping it (it was never acknowledged)", msg)
             with open(self.path, "r+b") as f:
                 f.truncate(offset)
@@ -143,9 +154,12 @@ class JSONLLedger(Ledger):
         where = f"{self.path}: line {lineno}"
         if not isinstance(rec, dict) or not isinstance(rec.get("entries"), list):
             raise LedgerCorruptError(f"{where}: not a block record")
-        block = cells.stored_block(_unb64(rec.get("header"), f"{where} header", cells.MAX_HEADER_BYTES),
-                                   _unb64(rec.get("signature"), f"{where} signature", cells.MAX_SIGNATURE_BYTES),
-                                   rec.get("checkpoint"), where)
+        block = cells.stored_block(
+            _unb64(rec.get("header"), f"{where} header", cells.MAX_HEADER_BYTES),
+            _unb64(rec.get("signature"), f"{where} signature", cells.MAX_SIGNATURE_BYTES),
+            rec.get("checkpoint"),
+            where,
+        )
         entries = [_unb64(e, f"{where} entry {i}", cells.MAX_ENTRY_BYTES) for i, e in enumerate(rec["entries"])]
         self._check_readable(rec, block, where)
         self._index(block, entries)
@@ -164,10 +178,13 @@ class JSONLLedger(Ledger):
             if field not in view or field not in signed or view[field] != signed[field]:
                 raise LedgerCorruptError(
                     f"{where}: readable field view.{safe_text(field)} = {view.get(field)!r:.80} differs from the signed "
-                    f"header ({signed.get(field)!r:.80}): the line was edited; the signed header is authoritative")
+                    f"header ({signed.get(field)!r:.80}): the line was edited; the signed header is authoritative"
+                )
         if rec.get("height") != signed["height"]:
-            raise LedgerCorruptError(f"{where}: readable field height = {rec.get('height')!r:.40} differs from the "
-                                     f"signed header ({signed['height']!r}): the line was edited")
+            raise LedgerCorruptError(
+                f"{where}: readable field height = {rec.get('height')!r:.40} differs from the "
+                f"signed header ({signed['height']!r}): the line was edited"
+            )
 
     def _index(self, block: StoredBlock, entries: Sequence[bytes]) -> None:
         for e in entries:

@@ -94,13 +94,14 @@ class PostgresLedger(Ledger):
         Seconds libpq waits for the server at each connection attempt (unless the URI sets it).
     """
 
-    def __init__(self, uri: str, *, create: bool = True, retry_seconds: float = 30.0,
-                 connect_timeout: int = 5) -> None:
+    def __init__(self, uri: str, *, create: bool = True, retry_seconds: float = 30.0, connect_timeout: int = 5) -> None:
         try:
             import psycopg  # noqa: PLC0415 - optional dependency, only for this backend
         except ImportError as e:
-            raise LedgerOpenError("the postgresql ledger backend needs psycopg 3: "
-                                  "pip install 'flower-chain[postgres]' (or 'psycopg[binary]')") from e
+            raise LedgerOpenError(
+                "the postgresql ledger backend needs psycopg 3: "
+                "pip install 'flower-chain[postgres]' (or 'psycopg[binary]')"
+            ) from e
         self._pg = psycopg
         self._conninfo = str(uri)
         self.uri = redact(self._conninfo)
@@ -139,8 +140,13 @@ class PostgresLedger(Ledger):
         """Replace a broken connection, retrying for ``retry_seconds``; else :class:`LedgerConnectionError`."""
         deadline = time.monotonic() + self.retry_seconds
         delay, last = 0.1, cause
-        log.warning("%s: lost the connection while %s (%s); reconnecting for up to %.0f s",
-                    self.uri, what, _one_line(cause), self.retry_seconds)
+        log.warning(
+            "%s: lost the connection while %s (%s); reconnecting for up to %.0f s",
+            self.uri,
+            what,
+            _one_line(cause),
+            self.retry_seconds,
+        )
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - the old connection is gone either way
@@ -158,7 +164,8 @@ class PostgresLedger(Ledger):
         raise LedgerConnectionError(
             f"{self.uri}: lost the connection to PostgreSQL while {what} and could not reconnect within "
             f"{self.retry_seconds:.0f} s ({_one_line(last)}). Nothing is half-written: each block is stored "
-            "whole or not at all. When the database is back, restart the server with --resume") from cause
+            "whole or not at all. When the database is back, restart the server with --resume"
+        ) from cause
 
     def _run(self, what: str, fn: Callable[..., Any]) -> Any:
         """Run an idempotent read or write ``fn(conn)``, once more after a reconnect if the connection broke."""
@@ -172,8 +179,9 @@ class PostgresLedger(Ledger):
                 try:
                     return fn(self._conn)
                 except self._pg.OperationalError as e2:
-                    raise LedgerConnectionError(f"{self.uri}: {what} failed again after reconnecting "
-                                                f"({_one_line(e2)})") from e2
+                    raise LedgerConnectionError(
+                        f"{self.uri}: {what} failed again after reconnecting ({_one_line(e2)})"
+                    ) from e2
             except self._pg.Error as e:
                 raise self._db_error(what, e) from e
 
@@ -194,11 +202,15 @@ class PostgresLedger(Ledger):
     def _existing_tables(self, conn: Connection) -> set[str]:
         row = conn.execute("SELECT current_schema()").fetchone()
         if row is None or row[0] is None:
-            raise LedgerOpenError(f"{self.uri}: no schema on the search_path exists to hold the ledger; "
-                                  "create it or fix the options=-csearch_path=... in the URI")
+            raise LedgerOpenError(
+                f"{self.uri}: no schema on the search_path exists to hold the ledger; "
+                "create it or fix the options=-csearch_path=... in the URI"
+            )
         rows = conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relname = ANY(%s)", (list(TABLES),)).fetchall()
+            "WHERE n.nspname = current_schema() AND c.relname = ANY(%s)",
+            (list(TABLES),),
+        ).fetchall()
         return {r[0] for r in rows}
 
     def _open_schema(self, create: bool) -> None:
@@ -206,34 +218,45 @@ class PostgresLedger(Ledger):
         found = self._existing_tables(conn)
         if not found:
             if not create:
-                raise LedgerOpenError(f"{self.uri}: the database holds no flower-chain ledger (no fc_meta "
-                                      "table); a server creates one on first use (--ledger URI)")
+                raise LedgerOpenError(
+                    f"{self.uri}: the database holds no flower-chain ledger (no fc_meta "
+                    "table); a server creates one on first use (--ledger URI)"
+                )
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))  # two servers starting at once
                 if not self._existing_tables(conn):
                     for stmt in filter(str.strip, _SCHEMA.split(";")):
                         conn.execute(stmt)
-                    conn.execute("INSERT INTO fc_meta VALUES ('format', %s), ('schema_version', %s)",
-                                 (FORMAT, str(SCHEMA_VERSION)))
+                    conn.execute(
+                        "INSERT INTO fc_meta VALUES ('format', %s), ('schema_version', %s)",
+                        (FORMAT, str(SCHEMA_VERSION)),
+                    )
             found = self._existing_tables(conn)
         if "fc_meta" not in found:
-            raise LedgerOpenError(f"{self.uri}: the database has tables {', '.join(sorted(found))} but no fc_meta: "
-                                  "a foreign or damaged schema, not a flower-chain ledger; use another database "
-                                  "or schema")
+            raise LedgerOpenError(
+                f"{self.uri}: the database has tables {', '.join(sorted(found))} but no fc_meta: "
+                "a foreign or damaged schema, not a flower-chain ledger; use another database "
+                "or schema"
+            )
         meta = dict(conn.execute("SELECT key, value FROM fc_meta").fetchall())
         if meta.get("format") != FORMAT:
-            raise LedgerOpenError(f"{self.uri}: fc_meta names format {meta.get('format')!r}, not {FORMAT!r}: "
-                                  "a foreign schema, not a flower-chain ledger; use another database or schema")
+            raise LedgerOpenError(
+                f"{self.uri}: fc_meta names format {meta.get('format')!r}, not {FORMAT!r}: "
+                "a foreign schema, not a flower-chain ledger; use another database or schema"
+            )
         version = meta.get("schema_version", "")
         if version != str(SCHEMA_VERSION):
             newer = is_decimal(version) and int(version) > SCHEMA_VERSION
             raise LedgerOpenError(
                 f"{self.uri}: ledger schema version {version!r}, this flower-chain reads version {SCHEMA_VERSION}"
-                + ("; upgrade flower-chain" if newer else ""))
+                + ("; upgrade flower-chain" if newer else "")
+            )
         missing = set(TABLES) - found
         if missing:
-            raise LedgerOpenError(f"{self.uri}: a flower-chain ledger schema without tables "
-                                  f"{', '.join(sorted(missing))}: damaged; restore it from a backup")
+            raise LedgerOpenError(
+                f"{self.uri}: a flower-chain ledger schema without tables "
+                f"{', '.join(sorted(missing))}: damaged; restore it from a backup"
+            )
 
     # -- writing ---------------------------------------------------------------------------------
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
@@ -252,7 +275,8 @@ class PostgresLedger(Ledger):
                         raise LedgerConnectionError(
                             f"{self.uri}: {what} kept failing for {self.retry_seconds:.0f} s ({_one_line(e)}); "
                             "nothing of it is half-written. Restart the server with --resume when the database "
-                            "is stable") from e
+                            "is stable"
+                        ) from e
                     self._reconnect(what, e)  # raises LedgerConnectionError if the server stays away
                     try:
                         if self._stored_after_loss(block):
@@ -264,8 +288,9 @@ class PostgresLedger(Ledger):
 
     def _stored_after_loss(self, block: StoredBlock) -> bool:
         """After a lost connection: True if the block was committed; raise if another writer's block is there."""
-        count, head = head_row(self._conn.execute("SELECT block_count, head_hash FROM fc_head WHERE id = 1").fetchone(),
-                               self.uri)
+        count, head = head_row(
+            self._conn.execute("SELECT block_count, head_hash FROM fc_head WHERE id = 1").fetchone(), self.uri
+        )
         if count == block.header.height + 1 and bytes(head) == block.hash:
             log.warning("%s: block %d was committed before the connection was lost", self.uri, block.header.height)
             return True
@@ -291,35 +316,48 @@ class PostgresLedger(Ledger):
                         cp.set_types(["int4", "int8", "bytea"])
                         for node in nodes:
                             cp.write_row(node)
-                cur.execute("INSERT INTO fc_blocks VALUES (%s, %s, %s, %s, %s, %s)",
-                            (h.height, block.hash, h.prev_hash, block.header_bytes, block.signature,
-                             block.checkpoint))
-                cur.execute("UPDATE fc_head SET block_count = %s, head_hash = %s "
-                            "WHERE id = 1 AND block_count = %s AND head_hash = %s",
-                            (count + 1, block.hash, count, head))
+                cur.execute(
+                    "INSERT INTO fc_blocks VALUES (%s, %s, %s, %s, %s, %s)",
+                    (h.height, block.hash, h.prev_hash, block.header_bytes, block.signature, block.checkpoint),
+                )
+                cur.execute(
+                    "UPDATE fc_head SET block_count = %s, head_hash = %s "
+                    "WHERE id = 1 AND block_count = %s AND head_hash = %s",
+                    (count + 1, block.hash, count, head),
+                )
                 if cur.rowcount != 1:
                     raise LedgerConflictError(f"{self.uri}: the head moved during the append of block {h.height}")
         except self._pg.errors.IntegrityError as e:
             raise LedgerConflictError(
                 f"{self.uri}: block {h.height} collides with stored data ({_one_line(e)}): another writer "
-                "appended to this ledger; only one server may write it") from e
+                "appended to this ledger; only one server may write it"
+            ) from e
         except self._pg.errors.ReadOnlySqlTransaction as e:
-            raise LedgerError(f"{self.uri}: the database refuses writes ({_one_line(e)}): connect to the "
-                              "primary server, not a read-only replica") from e
+            raise LedgerError(
+                f"{self.uri}: the database refuses writes ({_one_line(e)}): connect to the "
+                "primary server, not a read-only replica"
+            ) from e
 
     # -- reading ---------------------------------------------------------------------------------
     def block_count(self) -> int:
-        row = self._run("reading the head", lambda c: c.execute(
-            "SELECT block_count FROM fc_head WHERE id = 1").fetchone())
+        row = self._run(
+            "reading the head", lambda c: c.execute("SELECT block_count FROM fc_head WHERE id = 1").fetchone()
+        )
         if row is None:
             raise LedgerCorruptError(f"{self.uri}: the head row of fc_head is missing")
         return cells.count(row[0], f"{self.uri}: fc_head.block_count")
 
     def head(self) -> StoredBlock | None:
         def q(c: Connection) -> tuple[Any, ...] | None:
-            return c.cursor(binary=True).execute(
-                "SELECT b.header, b.signature, b.checkpoint FROM fc_head h JOIN fc_blocks b "
-                "ON b.height = h.block_count - 1 WHERE h.id = 1").fetchone()
+            return (
+                c.cursor(binary=True)
+                .execute(
+                    "SELECT b.header, b.signature, b.checkpoint FROM fc_head h JOIN fc_blocks b "
+                    "ON b.height = h.block_count - 1 WHERE h.id = 1"
+                )
+                .fetchone()
+            )
+
         row = self._run("reading the head", q)
         if row is None:
             if self.block_count():
@@ -332,13 +370,23 @@ class PostgresLedger(Ledger):
         start = max(start, 0)
         while start < end:
             lo, hi = start, min(end, start + 1024)
-            rows = self._run("reading blocks", lambda c, lo=lo, hi=hi: c.cursor(binary=True).execute(
-                "SELECT height, header, signature, checkpoint FROM fc_blocks WHERE height >= %s AND height < %s "
-                "ORDER BY height", (lo, hi)).fetchall())
+            rows = self._run(
+                "reading blocks",
+                lambda c, lo=lo, hi=hi: (
+                    c.cursor(binary=True)
+                    .execute(
+                        "SELECT height, header, signature, checkpoint FROM fc_blocks WHERE height >= %s AND height < %s "
+                        "ORDER BY height",
+                        (lo, hi),
+                    )
+                    .fetchall()
+                ),
+            )
             for expected, (height, header, sig, cp) in enumerate(rows, start=lo):
                 if height != expected:
-                    raise LedgerCorruptError(f"{self.uri}: block {expected} is missing (the next stored height is "
-                                             f"{height})")
+                    raise LedgerCorruptError(
+                        f"{self.uri}: block {expected} is missing (the next stored height is {height})"
+                    )
                 yield cells.stored_block(header, sig, cp, f"{self.uri}: block {height}")
             if len(rows) < hi - lo:
                 return
@@ -349,8 +397,14 @@ class PostgresLedger(Ledger):
         start = max(start, 0)
         while start < end:
             lo, hi = start, min(end, start + _PAGE)
-            rows = self._run("reading entries", lambda c, lo=lo, hi=hi: c.cursor(binary=True).execute(
-                "SELECT idx, data FROM fc_entries WHERE idx >= %s AND idx < %s ORDER BY idx", (lo, hi)).fetchall())
+            rows = self._run(
+                "reading entries",
+                lambda c, lo=lo, hi=hi: (
+                    c.cursor(binary=True)
+                    .execute("SELECT idx, data FROM fc_entries WHERE idx >= %s AND idx < %s ORDER BY idx", (lo, hi))
+                    .fetchall()
+                ),
+            )
             for idx, data in rows:
                 yield cells.blob(data, f"{self.uri}: entry {idx}", cells.MAX_ENTRY_BYTES)
             if len(rows) < hi - lo:
@@ -358,8 +412,14 @@ class PostgresLedger(Ledger):
             start = hi
 
     def node(self, level: int, index: int) -> bytes:
-        row = self._run("reading a subtree hash", lambda c: c.cursor(binary=True).execute(
-            "SELECT hash FROM fc_nodes WHERE level = %s AND idx = %s", (level, index)).fetchone())
+        row = self._run(
+            "reading a subtree hash",
+            lambda c: (
+                c.cursor(binary=True)
+                .execute("SELECT hash FROM fc_nodes WHERE level = %s AND idx = %s", (level, index))
+                .fetchone()
+            ),
+        )
         if row is None:
             raise LedgerError(f"no subtree hash at level {level}, index {index}")
         return cells.hash_cell(row[0], f"{self.uri}: subtree hash ({level}, {index})")
@@ -367,8 +427,12 @@ class PostgresLedger(Ledger):
     # -- blobs -----------------------------------------------------------------------------------
     def _put_blob(self, digest: bytes, data: bytes) -> None:
         self._writable()
-        self._run("storing a blob", lambda c: c.execute(
-            "INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data))))
+        self._run(
+            "storing a blob",
+            lambda c: c.execute(
+                "INSERT INTO fc_blobs VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data))
+            ),
+        )
 
     def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Many blobs in one transaction (idempotent: a retry after a reconnect inserts nothing twice)."""
@@ -384,15 +448,23 @@ class PostgresLedger(Ledger):
         self._run("storing blobs", insert)
 
     def get_blob(self, digest: bytes) -> bytes:
-        row = self._run("reading a blob", lambda c: c.cursor(binary=True).execute(
-            "SELECT data FROM fc_blobs WHERE digest = %s", (digest,)).fetchone())
+        row = self._run(
+            "reading a blob",
+            lambda c: (
+                c.cursor(binary=True).execute("SELECT data FROM fc_blobs WHERE digest = %s", (digest,)).fetchone()
+            ),
+        )
         if row is None:
             raise LedgerError(f"no blob {digest.hex()} in {self.uri}")
         return cells.blob(row[0], f"{self.uri}: blob {digest.hex()[:16]}", None)
 
     def has_blob(self, digest: bytes) -> bool:
-        return self._run("reading a blob", lambda c: c.execute(
-            "SELECT 1 FROM fc_blobs WHERE digest = %s", (digest,)).fetchone()) is not None
+        return (
+            self._run(
+                "reading a blob", lambda c: c.execute("SELECT 1 FROM fc_blobs WHERE digest = %s", (digest,)).fetchone()
+            )
+            is not None
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -52,8 +52,10 @@ def _db_errors(path: Path) -> Iterator[None]:
         yield
     except sqlite3.OperationalError as e:
         if "locked" in str(e) or "busy" in str(e):
-            raise LedgerError(f"{path}: another process has held the database's write lock for 30 s ({e}); "
-                              "only one server may write a ledger") from e
+            raise LedgerError(
+                f"{path}: another process has held the database's write lock for 30 s ({e}); "
+                "only one server may write a ledger"
+            ) from e
         raise LedgerCorruptError(f"{path}: the SQLite database is damaged or unreadable ({e})") from e
     except sqlite3.DatabaseError as e:
         raise LedgerCorruptError(f"{path}: the SQLite database is damaged ({e})") from e
@@ -69,16 +71,21 @@ class SQLiteLedger(Ledger):
             raise LedgerOpenError(f"{self.path} is a directory, not a ledger file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
-            raise LedgerOpenError(f"ledger file {self.path} is empty" if self.path.exists()
-                                  else f"ledger file {self.path} not found")
+            raise LedgerOpenError(
+                f"ledger file {self.path} is empty" if self.path.exists() else f"ledger file {self.path} not found"
+            )
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._read_only = exists and not create
         try:
             if self._read_only:
-                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro".replace("file://", "file:", 1),
-                                           uri=True, isolation_level=None, check_same_thread=False)
+                self._conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro".replace("file://", "file:", 1),
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 self._check_format()
                 return
             self._conn = self._connect_rw()
@@ -86,9 +93,7 @@ class SQLiteLedger(Ledger):
                 self._check_format()
             else:
                 self._conn.executescript(_SCHEMA)
-                self._conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)]
-                )
+                self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)])
         except sqlite3.DatabaseError as e:
             raise LedgerOpenError(f"{self.path} is not a flower-chain SQLite ledger ({e})") from e
 
@@ -126,7 +131,9 @@ class SQLiteLedger(Ledger):
         if rows.get("format") != FORMAT:
             raise LedgerOpenError(f"{self.path} is an SQLite file but not a flower-chain ledger")
         if rows.get("version") != VERSION:
-            raise LedgerOpenError(f"{self.path} has ledger format version {rows.get('version')!r:.40}, expected {VERSION}")
+            raise LedgerOpenError(
+                f"{self.path} has ledger format version {rows.get('version')!r:.40}, expected {VERSION}"
+            )
 
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
         h = block.header
@@ -138,10 +145,16 @@ class SQLiteLedger(Ledger):
                 db.execute("BEGIN IMMEDIATE")  # takes the write lock: the head read below cannot go stale
                 try:
                     row = db.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
-                    count, head = ((cells.count(row[0], f"{self.path}: head height") + 1,
-                                    hashlib.sha256(cells.blob(row[1], f"{self.path}: head header",
-                                                              cells.MAX_HEADER_BYTES)).digest())
-                                   if row else (0, None))
+                    count, head = (
+                        (
+                            cells.count(row[0], f"{self.path}: head height") + 1,
+                            hashlib.sha256(
+                                cells.blob(row[1], f"{self.path}: head header", cells.MAX_HEADER_BYTES)
+                            ).digest(),
+                        )
+                        if row
+                        else (0, None)
+                    )
                     self._check_extends(block, count, head)
                     db.executemany(
                         "INSERT INTO entries VALUES (?, ?, ?)",
@@ -155,8 +168,10 @@ class SQLiteLedger(Ledger):
                     db.execute("COMMIT")
                 except sqlite3.IntegrityError as e:
                     db.execute("ROLLBACK")
-                    raise LedgerConflictError(f"{self.path}: block {h.height} collides with stored data ({e}); "
-                                              "another writer appended to this ledger") from e
+                    raise LedgerConflictError(
+                        f"{self.path}: block {h.height} collides with stored data ({e}); "
+                        "another writer appended to this ledger"
+                    ) from e
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
@@ -166,8 +181,10 @@ class SQLiteLedger(Ledger):
         with _db_errors(self.path):
             n, low, high = self._conn.execute("SELECT COUNT(*), MIN(height), MAX(height) FROM blocks").fetchone()
         if n and (low != 0 or high != n - 1):
-            raise LedgerCorruptError(f"{self.path}: the stored block heights are not 0..{n - 1} (lowest {low}, "
-                                     f"highest {high}): rows were added or removed outside the ledger")
+            raise LedgerCorruptError(
+                f"{self.path}: the stored block heights are not 0..{n - 1} (lowest {low}, "
+                f"highest {high}): rows were added or removed outside the ledger"
+            )
         return int(n)  # COUNT(*) is an integer
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
@@ -181,16 +198,18 @@ class SQLiteLedger(Ledger):
             expected = max(start, 0)
             for height, header, sig, cp in cur:
                 if height != expected:
-                    raise LedgerCorruptError(f"{self.path}: block {expected} is missing (the next stored height is "
-                                             f"{height})")
+                    raise LedgerCorruptError(
+                        f"{self.path}: block {expected} is missing (the next stored height is {height})"
+                    )
                 yield cells.stored_block(header, sig, cp, f"{self.path}: block {height}")
                 expected += 1
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = 2**62 if end is None else end
         with _db_errors(self.path):
-            cur = self._conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-                                     (max(start, 0), end))
+            cur = self._conn.execute(
+                "SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (max(start, 0), end)
+            )
             while rows := cur.fetchmany(4096):
                 for idx, data in rows:
                     yield cells.blob(data, f"{self.path}: entry {idx}", cells.MAX_ENTRY_BYTES)

@@ -31,8 +31,13 @@ NODES = [11, 12, 13, 14]
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        timeout=300,
+    )
 
 
 def kw(**extra):
@@ -41,10 +46,12 @@ def kw(**extra):
 
 def run_rounds(strategy: LedgerStrategy, clients: Clients, rounds, glob):
     for rnd in rounds:
-        msgs = sorted(strategy.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
-        replies = [signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i)
-                   for i, (m, k) in enumerate(zip(msgs, clients.keys))]
+        msgs = sorted(
+            strategy.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
+        )
+        replies = [
+            signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i) for i, (m, k) in enumerate(zip(msgs, clients.keys))
+        ]
         replies.reverse()  # arrival order must not matter: the server sorts accepted replies by key id
         glob, _ = strategy.aggregate_train(rnd, replies)
     return glob
@@ -72,9 +79,15 @@ def audited(uri, verified=True):
         return audit(led)
 
 
-@pytest.mark.parametrize("make", [lambda: FedAvg(**kw()), lambda: FedTrimmedAvg(**kw(beta=0.25)),
-                                  lambda: MultiKrum(**kw(num_malicious_nodes=1, num_nodes_to_select=2))],
-                         ids=["fedavg", "fedtrimmedavg", "multikrum"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FedAvg(**kw()),
+        lambda: FedTrimmedAvg(**kw(beta=0.25)),
+        lambda: MultiKrum(**kw(num_malicious_nodes=1, num_nodes_to_select=2)),
+    ],
+    ids=["fedavg", "fedtrimmedavg", "multikrum"],
+)
 def test_honest_runs_are_rederived(tmp_path, make):
     uri, _, _ = honest(tmp_path, make())
     rep = audited(uri)
@@ -109,6 +122,7 @@ def test_fedadam_with_resume_is_rederived(tmp_path):
         for fields, _ in dishonest.train_blocks(blocks):
             if fields["round"] == 2:
                 fields["state_after"] = fake
+
     dishonest.rewrite(uri, key, edit)
     rep = audited(uri, verified=False)
     assert [(r.round, r.status) for r in rep.rounds] == [(1, OK), (2, MISMATCH), (3, MISMATCH), (4, OK)]
@@ -117,6 +131,7 @@ def test_fedadam_with_resume_is_rederived(tmp_path):
 
 def _substitute_model(server_round, fake):
     """Record ``fake`` as the model after ``server_round`` (and as the next round's input model)."""
+
     def edit(blocks):
         old = None
         for fields, entries in blocks:
@@ -125,6 +140,7 @@ def _substitute_model(server_round, fake):
             elif old is not None:
                 fields["model_before"] = fake if fields["model_before"] == old else fields["model_before"]
                 fields["model_after"] = fake if fields["model_after"] == old else fields["model_after"]
+
     return edit
 
 
@@ -162,6 +178,7 @@ def test_dropped_accepted_update_fails(tmp_path):
         for fields, entries in dishonest.train_blocks(blocks):
             if fields["round"] == 3:
                 entries[:] = [e for e in entries if e.key_id != victim]
+
     dishonest.rewrite(uri, key, drop)
     rep = audited(uri)
     assert [(r.round, r.status, r.accepted) for r in rep.rounds] == [(1, OK, 4), (2, OK, 4), (3, MISMATCH, 3)]
@@ -173,8 +190,9 @@ def test_swapped_update_blob_is_not_used(tmp_path):
     round fails (the store contradicts what the client signed), naming the entry."""
     uri, key, _ = honest(tmp_path, FedAvg(**kw()))
     entry = next(e for b in dishonest.train_blocks(dishonest.read_blocks(uri)) for e in b[1])
-    dishonest.put_blob(uri, entry.arrays_digest, encode_arrays([("w", np.zeros((8, 4), np.float32)),
-                                                                ("b", np.zeros(4, np.float32))]))
+    dishonest.put_blob(
+        uri, entry.arrays_digest, encode_arrays([("w", np.zeros((8, 4), np.float32)), ("b", np.zeros(4, np.float32))])
+    )
     rep = audited(uri)
     assert rep.rounds[0].status == MISMATCH and "does not match its digest" in rep.rounds[0].detail
     assert f"client update of {entry.key_id} (entry " in rep.rounds[0].detail
@@ -187,14 +205,19 @@ def test_evaluation_block_that_changes_the_model_fails(tmp_path):
 
     def sneak(blocks):
         last = blocks[-1][0]
-        blocks.append([{**last, "model_before": last["model_after"], "model_after": b"\x07" * 32},
-                       [EvaluationEntry(round=last["round"], source="centralized", num_replies=0,
-                                        metrics={"accuracy": 0.9})]])
+        blocks.append(
+            [
+                {**last, "model_before": last["model_after"], "model_after": b"\x07" * 32},
+                [EvaluationEntry(round=last["round"], source="centralized", num_replies=0, metrics={"accuracy": 0.9})],
+            ]
+        )
+
     dishonest.rewrite(uri, key, sneak)
     for cmd in ("verify", "audit"):  # verify catches it now (a block without an accepted update keeps the model)
         r = cli("ledger", cmd, uri)
-        assert r.returncode == 1 and "accepts no train update but changes the model" in r.stdout + r.stderr, \
+        assert r.returncode == 1 and "accepts no train update but changes the model" in r.stdout + r.stderr, (
             r.stdout + r.stderr
+        )
     with open_ledger(uri) as led:  # and the replay on its own still names it
         rep = audit(led)
     assert rep.rounds[-1].status == MISMATCH and "records no train update" in rep.rounds[-1].detail
@@ -270,9 +293,16 @@ def test_noisy_dp_and_unrecorded_wrapped_strategy_are_not_replayable():
         strategy_factory("DifferentialPrivacyServerSideFixedClipping", {"noise_multiplier": 1.0})
     with pytest.raises(NotReplayable, match="does not record the strategy it wraps"):
         strategy_factory("DifferentialPrivacyServerSideFixedClipping", {"noise_multiplier": 0.0})
-    dp = strategy_factory("DifferentialPrivacyServerSideFixedClipping",
-                          {"noise_multiplier": 0.0, "clipping_norm": 2.0, "num_sampled_clients": 4,
-                           "strategy.class": "FedAvg", "strategy.fraction_train": 0.5})()
+    dp = strategy_factory(
+        "DifferentialPrivacyServerSideFixedClipping",
+        {
+            "noise_multiplier": 0.0,
+            "clipping_norm": 2.0,
+            "num_sampled_clients": 4,
+            "strategy.class": "FedAvg",
+            "strategy.fraction_train": 0.5,
+        },
+    )()
     assert dp.clipping_norm == 2.0 and dp.strategy.fraction_train == 0.5
     with pytest.raises(NotReplayable, match="neither one of Flower's strategies"):
         strategy_factory("SomethingElse", {})
@@ -289,8 +319,9 @@ def test_noisy_dp_and_unrecorded_wrapped_strategy_are_not_replayable():
 def test_dp_fixed_clipping_is_rederived_without_noise(tmp_path, noise):
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
-    dp = DifferentialPrivacyServerSideFixedClipping(FedAvg(**kw()), noise_multiplier=noise, clipping_norm=0.5,
-                                                    num_sampled_clients=4)
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(**kw()), noise_multiplier=noise, clipping_norm=0.5, num_sampled_clients=4
+    )
     uri, _, _ = honest(tmp_path, dp, rounds=2)
     rep = audited(uri)
     if noise:

@@ -44,9 +44,12 @@ def test_a_substituted_secagg_aggregate_fails_the_audit(secagg_uri):
 
     def substitute(blocks):
         for fields, entries in blocks:
-            if any(getattr(e, "TYPE", "") == "secagg" and e.stage == "result" for e in entries) \
-                    and fields["round"] == 2:
+            if (
+                any(getattr(e, "TYPE", "") == "secagg" and e.stage == "result" for e in entries)
+                and fields["round"] == 2
+            ):
                 fields["model_after"] = b"\x07" * 32
+
     dishonest.rewrite(uri, key, substitute)
     r = cli("ledger", "audit", uri)
     assert r.returncode == 1 and "AUDITED" not in r.stdout, r.stdout + r.stderr

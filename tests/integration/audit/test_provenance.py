@@ -26,8 +26,8 @@ from flower_chain.ledger import open_ledger
 from flower_chain.ledger.arrays import decode_arrays
 from flower_chain.ledger.entries import EvaluationEntry
 from flower_chain.strategies import LedgerStrategy
-from tests.support.fl_helpers import Clients, arrays, fedavg
 from tests.integration.audit.test_audit import run_rounds
+from tests.support.fl_helpers import Clients, arrays, fedavg
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -40,11 +40,13 @@ def cli(*args):
 
 
 def write_key(key: Ed25519PrivateKey, path):
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     pub = path.with_suffix(".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return path, pub
 
 
@@ -84,7 +86,8 @@ def test_round_trip_offline_and_against_the_ledger(exported):
     st = json.loads(payload)
     assert st["_type"] == "https://in-toto.io/Statement/v1" and st["predicateType"] == "https://slsa.dev/provenance/v1"
     assert {s["name"]: s["digest"]["sha256"] for s in st["subject"]} == {
-        n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in (NPZ, SAFETENSORS)}
+        n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in (NPZ, SAFETENSORS)
+    }
     pred = st["predicate"]
     ext, internal = pred["buildDefinition"]["externalParameters"], pred["buildDefinition"]["internalParameters"]
     assert ext["strategy"] == "FedAvg" and ext["rounds"] == 3 and ext["lastRound"] == 3
@@ -94,8 +97,10 @@ def test_round_trip_offline_and_against_the_ledger(exported):
     with open_ledger(uri) as led:
         assert dep["digest"]["flowerChainBlock"] == led.head().hash.hex()
         assert dep["annotations"]["checkpoint"] == led.head().checkpoint
-    assert pred["runDetails"]["byproducts"][0]["digest"][f"flowerChainArraysV{internal['digestVersion']}"] == \
-        head.model_after.hex()
+    assert (
+        pred["runDetails"]["byproducts"][0]["digest"][f"flowerChainArraysV{internal['digestVersion']}"]
+        == head.model_after.hex()
+    )
 
     r = cli("verify", out, "--server-key", pub)
     assert r.exit_code == 0 and "VERIFIED" in r.output and "not checked against a ledger" in r.output, r.output
@@ -172,11 +177,13 @@ def test_wrong_key_and_a_resigned_statement_fail(exported, tmp_path):
 
 def test_bad_input_is_one_error_line_and_exit_2(exported, tmp_path):
     uri, _, _, pub, out, _ = exported
-    cases = [("verify", tmp_path / "nowhere", "--server-key", pub),
-             ("verify", tmp_path, "--server-key", pub),  # a directory with no envelope
-             ("verify", out, "--server-key", tmp_path / "missing.pub"),
-             ("verify", out, "--server-key", pub, "--ledger", "mysql://x"),
-             ("export", uri, "-o", tmp_path / "e", "--server-key", tmp_path / "missing.key")]
+    cases = [
+        ("verify", tmp_path / "nowhere", "--server-key", pub),
+        ("verify", tmp_path, "--server-key", pub),  # a directory with no envelope
+        ("verify", out, "--server-key", tmp_path / "missing.pub"),
+        ("verify", out, "--server-key", pub, "--ledger", "mysql://x"),
+        ("export", uri, "-o", tmp_path / "e", "--server-key", tmp_path / "missing.key"),
+    ]
     for args in cases:
         r = cli(*args)
         assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output, (args, r.output)
@@ -197,17 +204,20 @@ def test_a_ledger_without_a_model_cannot_be_exported(federation_factory, tmp_pat
 
 
 def test_model_file_formats_round_trip_and_refuse_malformed_input():
-    named = [("w", np.arange(12, dtype=np.float32).reshape(3, 4)), ("b", np.array([1, -2], dtype=np.int64)),
-             ("flag", np.array([True, False])), ("scalar", np.float64(2.5).reshape(()))]
+    named = [
+        ("w", np.arange(12, dtype=np.float32).reshape(3, 4)),
+        ("b", np.array([1, -2], dtype=np.int64)),
+        ("flag", np.array([True, False])),
+        ("scalar", np.float64(2.5).reshape(())),
+    ]
     st = safetensors_bytes(named, {"k": "v"})
     n = int.from_bytes(st[:8], "little")
-    assert n % 8 == 0 and json.loads(st[8:8 + n])["__metadata__"] == {"k": "v"}
+    assert n % 8 == 0 and json.loads(st[8 : 8 + n])["__metadata__"] == {"k": "v"}
     for got in (read_safetensors(st), read_npz(npz_bytes(named))):
         assert [x for x, _ in got] == [x for x, _ in named]
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for (_, a), (_, b) in zip(got, named))
     assert npz_bytes(named) == npz_bytes(named)
-    for bad in (b"", st[:7], (1 << 60).to_bytes(8, "little") + st[8:], st[:-1], st + b"\0",
-                st[:8] + b"[" + st[9:]):
+    for bad in (b"", st[:7], (1 << 60).to_bytes(8, "little") + st[8:], st[:-1], st + b"\0", st[:8] + b"[" + st[9:]):
         with pytest.raises(ValueError):
             read_safetensors(bad)
     import io
@@ -231,11 +241,13 @@ def write_p256(path):
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     pub = path.with_suffix(".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return key, pub
 
 
@@ -259,7 +271,8 @@ def test_the_model_signing_bundle_covers_every_file_and_its_key_is_named_in_the_
     st = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     assert st["predicateType"] == PREDICATE_TYPE
     assert {r["name"]: r["digest"] for r in st["predicate"]["resources"]} == {
-        n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in (ENVELOPE, NPZ, SAFETENSORS)}
+        n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in (ENVELOPE, NPZ, SAFETENSORS)
+    }
     env = json.loads((out / ENVELOPE).read_text())
     prov = json.loads(base64.b64decode(env["payload"]))
     named = [p for p in prov["predicate"]["runDetails"]["byproducts"] if p["name"] == "openssf-model-signing-key"]
@@ -331,8 +344,9 @@ def test_audit_catches_a_substituted_model_that_verify_alone_accepts(tmp_path):
     r = cli("verify", out, "--server-key", pub, "--ledger", uri)
     assert r.exit_code == 0 and "the aggregation was not replayed (add --audit)" in r.output, r.output
     r = cli("verify", out, "--server-key", pub, "--ledger", uri, "--audit")
-    assert r.exit_code == 1 and "the ledger's aggregation is not re-derived (AUDIT FAILED): round 3" in r.output, \
+    assert r.exit_code == 1 and "the ledger's aggregation is not re-derived (AUDIT FAILED): round 3" in r.output, (
         r.output
+    )
     honest_uri, _ = run(tmp_path, "h.db", key, fid="fed-h")
     out = tmp_path / "h"
     assert cli("export", honest_uri, "-o", out, "--server-key", priv).exit_code == 0

@@ -51,11 +51,14 @@ def run_demo(tmp_path, name: str, rounds: int = 3, **opts):
     glob = arrays(0)
     order = sorted(range(4), key=lambda i: key_id(clients.keys[i]))
     for rnd in range(1, rounds + 1):
-        msgs = sorted(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
+        )
         # partitions run against key order, so the partition sort changes the order of the float sums
-        replies = [partition_reply(m, k, arrays(100 * rnd + i), 10 + 7 * i, 3 - order.index(i))
-                   for i, (m, k) in enumerate(zip(msgs, clients.keys))]
+        replies = [
+            partition_reply(m, k, arrays(100 * rnd + i), 10 + 7 * i, 3 - order.index(i))
+            for i, (m, k) in enumerate(zip(msgs, clients.keys))
+        ]
         glob, _ = s.aggregate_train(rnd, replies[::-1])
     s.close()
     return uri, key, type(inner).__name__
@@ -111,14 +114,23 @@ def test_a_round_over_64_mib_is_stored_and_audited(tmp_path):
     uri = f"sqlite:///{tmp_path / 'big.db'}"
     from flwr.serverapp.strategy import FedAvg
 
-    s = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), ledger=uri,
-                       keyring=clients.keyring, server_key=key)
+    s = LedgerStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+        ledger=uri,
+        keyring=clients.keyring,
+        server_key=key,
+    )
     size = 17 * 2**20 // 4  # float32 values per update: 4 x 17 MiB = 68 MiB in the round
     glob = ArrayRecord({"w": Array(np.zeros(size, np.float32))})
     msgs = sorted(s.configure_train(1, glob, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id)
-    replies = [make_signing_mod(k)(m, context(), lambda mm, c, i=i: train_reply(
-        mm, ArrayRecord({"w": Array(np.full(size, i + 1, np.float32))}), 10)) for i, (m, k) in
-        enumerate(zip(msgs, clients.keys))]
+    replies = [
+        make_signing_mod(k)(
+            m,
+            context(),
+            lambda mm, c, i=i: train_reply(mm, ArrayRecord({"w": Array(np.full(size, i + 1, np.float32))}), 10),
+        )
+        for i, (m, k) in enumerate(zip(msgs, clients.keys))
+    ]
     s.aggregate_train(1, replies)
     s.close()
     with open_ledger(uri) as led:
@@ -153,11 +165,23 @@ def legacy_fit_res(ins, key, out, n):
 
     metrics = {"loss": 0.5}
     cfg = ins.config
-    st = UpdateStatement("train", str(cfg[CTX_FEDERATION]), int(cfg[CTX_ROUND]), key_id(key), bytes(cfg[CTX_PARENT]),
-                         bytes(cfg[CTX_BASE]), array_digest([(str(i), a) for i, a in enumerate(out)]), n,
-                         metrics_digest(metrics)).to_bytes()
-    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(out), n,
-                  {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: key.sign(st)})
+    st = UpdateStatement(
+        "train",
+        str(cfg[CTX_FEDERATION]),
+        int(cfg[CTX_ROUND]),
+        key_id(key),
+        bytes(cfg[CTX_PARENT]),
+        bytes(cfg[CTX_BASE]),
+        array_digest([(str(i), a) for i, a in enumerate(out)]),
+        n,
+        metrics_digest(metrics),
+    ).to_bytes()
+    return FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(out),
+        n,
+        {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: key.sign(st)},
+    )
 
 
 def legacy_eval_res(ins, key, loss, n):
@@ -165,8 +189,17 @@ def legacy_eval_res(ins, key, loss, n):
 
     metrics = {"acc": 0.5 + loss}
     cfg = ins.config
-    st = UpdateStatement("evaluate", str(cfg[CTX_FEDERATION]), int(cfg[CTX_ROUND]), key_id(key),
-                         bytes(cfg[CTX_PARENT]), b"", b"", n, metrics_digest({**metrics, LEGACY_LOSS: loss})).to_bytes()
+    st = UpdateStatement(
+        "evaluate",
+        str(cfg[CTX_FEDERATION]),
+        int(cfg[CTX_ROUND]),
+        key_id(key),
+        bytes(cfg[CTX_PARENT]),
+        b"",
+        b"",
+        n,
+        metrics_digest({**metrics, LEGACY_LOSS: loss}),
+    ).to_bytes()
     return EvaluateRes(Status(Code.OK, ""), loss, n, {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: key.sign(st)})
 
 
@@ -178,22 +211,43 @@ def run_legacy(tmp_path, make, rounds=3, failures_in=(), evaluate=False, **opts)
     clients, key = Clients(3), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path / 'legacy.db'}"
     model = [np.ones((8, 4), np.float32), np.zeros(4, np.float32)]
-    s = LegacyLedgerStrategy(make(ndarrays_to_parameters(model)), ledger=uri, keyring=clients.keyring,
-                             server_key=key, federation_id="legacy", **opts)
+    s = LegacyLedgerStrategy(
+        make(ndarrays_to_parameters(model)),
+        ledger=uri,
+        keyring=clients.keyring,
+        server_key=key,
+        federation_id="legacy",
+        **opts,
+    )
     params = s.initialize_parameters(_Manager(3)) or ndarrays_to_parameters(model)
     for rnd in range(1, rounds + 1):
         pairs = s.configure_fit(rnd, params, _Manager(3))
         rng = np.random.default_rng(rnd)
-        results = [(proxy, legacy_fit_res(ins, k, [rng.standard_normal((8, 4)).astype(np.float32),
-                                                   rng.standard_normal(4).astype(np.float32)], 5 + 3 * i))
-                   for i, ((proxy, ins), k) in enumerate(zip(pairs, clients.keys))]
+        results = [
+            (
+                proxy,
+                legacy_fit_res(
+                    ins,
+                    k,
+                    [rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)],
+                    5 + 3 * i,
+                ),
+            )
+            for i, ((proxy, ins), k) in enumerate(zip(pairs, clients.keys))
+        ]
         failures = [RuntimeError("node lost")] if rnd in failures_in else []
         new, _ = s.aggregate_fit(rnd, results, failures)
         params = new if new is not None else params
         if evaluate:
             pairs = s.configure_evaluate(rnd, params, _Manager(3))
-            s.aggregate_evaluate(rnd, [(proxy, legacy_eval_res(ins, k, 0.1 * (i + 1) / rnd, 4 + i)) for i, ((proxy, ins), k)
-                                       in enumerate(zip(pairs, clients.keys))], [])
+            s.aggregate_evaluate(
+                rnd,
+                [
+                    (proxy, legacy_eval_res(ins, k, 0.1 * (i + 1) / rnd, 4 + i))
+                    for i, ((proxy, ins), k) in enumerate(zip(pairs, clients.keys))
+                ],
+                [],
+            )
     s.close()
     return uri, key, parameters_to_ndarrays(params)
 
@@ -202,17 +256,27 @@ def _legacy(name, **kw):
     import flwr.server.strategy as legacy
 
     base = {"min_available_clients": 3, "min_fit_clients": 3, "min_evaluate_clients": 3}
-    return lambda initial: getattr(legacy, name)(**base, **kw, **(
-        {"initial_parameters": initial} if name in ("FedAdam", "FedAvgM", "FedYogi", "FedAdagrad") else {}))
+    return lambda initial: getattr(legacy, name)(
+        **base,
+        **kw,
+        **({"initial_parameters": initial} if name in ("FedAdam", "FedAvgM", "FedYogi", "FedAdagrad") else {}),
+    )
 
 
-@pytest.mark.parametrize("name,kw", [("FedAvg", {}), ("FedAvg", {"accept_failures": False}),
-                                     ("FedAdam", {"eta": 0.05, "tau": 1e-3}), ("FedYogi", {"eta": 0.05}),
-                                     ("FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 0.7}),
-                                     ("FedMedian", {}), ("FedTrimmedAvg", {"beta": 0.34}),
-                                     ("Krum", {"num_malicious_clients": 0, "num_clients_to_keep": 2})],
-                         ids=["fedavg", "fedavg-no-failures", "fedadam", "fedyogi", "fedavgm", "fedmedian",
-                              "fedtrimmedavg", "krum"])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("FedAvg", {}),
+        ("FedAvg", {"accept_failures": False}),
+        ("FedAdam", {"eta": 0.05, "tau": 1e-3}),
+        ("FedYogi", {"eta": 0.05}),
+        ("FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 0.7}),
+        ("FedMedian", {}),
+        ("FedTrimmedAvg", {"beta": 0.34}),
+        ("Krum", {"num_malicious_clients": 0, "num_clients_to_keep": 2}),
+    ],
+    ids=["fedavg", "fedavg-no-failures", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum"],
+)
 def test_legacy_ledgers_are_audited_bit_for_bit(tmp_path, name, kw):
     uri, _, _ = run_legacy(tmp_path, _legacy(name, **kw), failures_in=(2,))
     with open_ledger(uri) as led:
@@ -228,8 +292,13 @@ def test_legacy_federated_evaluation_is_replayed_and_a_changed_summary_fails(tmp
     with open_ledger(uri) as led:
         rep = audit(led)
     assert [(r.round, r.kind, r.status) for r in rep.rounds] == [
-        (1, "train", OK), (1, "evaluate", OK), (2, "train", OK), (2, "evaluate", OK), (3, "train", OK),
-        (3, "evaluate", OK)], rep.rounds
+        (1, "train", OK),
+        (1, "evaluate", OK),
+        (2, "train", OK),
+        (2, "evaluate", OK),
+        (3, "train", OK),
+        (3, "evaluate", OK),
+    ], rep.rounds
     r = cli("ledger", "audit", uri)
     assert r.returncode == 0 and "3 of 3 train rounds and 3 of 3 federated evaluations re-derived" in r.stdout
 
@@ -237,8 +306,10 @@ def test_legacy_federated_evaluation_is_replayed_and_a_changed_summary_fails(tmp
         for _, entries in blocks:
             for i, e in enumerate(entries):
                 if e.TYPE == "evaluation" and e.round == 2:
-                    entries[i] = type(e)(round=e.round, source=e.source, num_replies=e.num_replies,
-                                         metrics={**e.metrics, "loss": 0.001})
+                    entries[i] = type(e)(
+                        round=e.round, source=e.source, num_replies=e.num_replies, metrics={**e.metrics, "loss": 0.001}
+                    )
+
     dishonest.rewrite(uri, key, better_loss)
     with open_ledger(uri) as led:
         rep = audit(led)

@@ -38,8 +38,14 @@ def auditor_keys(tmp_path: Path) -> tuple[Path, Path]:
 def sealed_run(tmp_path, pub, rounds=3, name="s.db"):
     clients, key = Clients(4), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path / name}"
-    s = sealing_strategy(FedAdam(**kw(eta=0.05, tau=1e-3)), pub, ledger=uri, keyring=clients.keyring,
-                         server_key=key, federation_id="fed-sealed")
+    s = sealing_strategy(
+        FedAdam(**kw(eta=0.05, tau=1e-3)),
+        pub,
+        ledger=uri,
+        keyring=clients.keyring,
+        server_key=key,
+        federation_id="fed-sealed",
+    )
     run_rounds(s, clients, range(1, rounds + 1), arrays(0))
     s.close()
     return uri, key
@@ -81,8 +87,10 @@ def test_no_plaintext_update_is_stored_and_audit_needs_the_key(tmp_path):
         locked = audit(led)
         opened = audit(led, audit_key=load_audit_private(priv))
     assert {(r.status, r.sealed) for r in locked.rounds} == {(NOT_REDERIVABLE, True)}
-    assert "4 of 4 accepted client updates are sealed to the auditor key" \
-        in locked.rounds[0].detail and "--audit-key" in locked.rounds[0].detail
+    assert (
+        "4 of 4 accepted client updates are sealed to the auditor key" in locked.rounds[0].detail
+        and "--audit-key" in locked.rounds[0].detail
+    )
     assert [(r.round, r.status) for r in opened.rounds] == [(1, OK), (2, OK), (3, OK)]
     assert opened.sealed_opened == 12 and opened.audited
 
@@ -126,8 +134,14 @@ def test_store_client_updates_false_opts_out_and_is_not_audited(tmp_path):
     _, pub = auditor_keys(tmp_path)
     clients, key = Clients(4), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path / 'none.db'}"
-    s = sealing_strategy(FedAdam(**kw(eta=0.05, tau=1e-3)), pub, ledger=uri, keyring=clients.keyring,
-                         server_key=key, store_client_updates=False)
+    s = sealing_strategy(
+        FedAdam(**kw(eta=0.05, tau=1e-3)),
+        pub,
+        ledger=uri,
+        keyring=clients.keyring,
+        server_key=key,
+        store_client_updates=False,
+    )
     run_rounds(s, clients, [1, 2], arrays(0))
     s.close()
     with open_ledger(uri) as led:
@@ -147,6 +161,11 @@ def test_a_bad_audit_key_fails_before_the_ledger_is_created(tmp_path, bad):
 
     clients, path = Clients(2), tmp_path / "never.db"
     with pytest.raises(LedgerError, match="audit"):
-        LedgerStrategy(FedAdam(**kw(eta=0.05, tau=1e-3)), audit_key=bad, ledger=f"sqlite:///{path}",
-                       keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+        LedgerStrategy(
+            FedAdam(**kw(eta=0.05, tau=1e-3)),
+            audit_key=bad,
+            ledger=f"sqlite:///{path}",
+            keyring=clients.keyring,
+            server_key=Ed25519PrivateKey.generate(),
+        )
     assert not path.exists()  # no empty ledger left behind

@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(*args, check_rc=None):
-    r = subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True, text=True,
-                       env=dict(os.environ, COLUMNS="200"), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        timeout=300,
+    )
     if check_rc is not None:
         assert r.returncode == check_rc, (r.returncode, r.stdout, r.stderr)
     return r
@@ -34,8 +39,11 @@ def fed(federation_factory, tmp_path):
     for rnd in range(1, 4):
         f.add_round(rnd, n=3, rejected=1 if rnd == 2 else 0)
     pub = tmp_path / "server.pub"
-    pub.write_bytes(f.server_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        f.server_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     f.pub = pub
     return f
 
@@ -86,8 +94,9 @@ def test_verify_ok_and_failures(fed, tmp_path):
     r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
     assert "lacks keys" in r.stderr and "allows keys" in r.stderr  # both directions
     for i, k in enumerate(fed.client_keys):
-        (ring / f"client-{i}.pub").write_bytes(k.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (ring / f"client-{i}.pub").write_bytes(
+            k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
     r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
     assert "lacks keys " + key_id(load_public(ring / "client-x.pub")) in r.stderr and "allows keys" not in r.stderr
     (ring / "client-x.pub").unlink()
@@ -95,12 +104,15 @@ def test_verify_ok_and_failures(fed, tmp_path):
     r = cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=1)
     assert f"allows keys {key_id(fed.client_keys[0])} that are not in" in r.stderr
     shutil.copy(other / "client-x.pub", ring / "client-x.pub")
-    (ring / "client-0.pub").write_bytes(fed.client_keys[0].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (ring / "client-0.pub").write_bytes(
+        fed.client_keys[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (ring / "client-x.pub").unlink()
     cli("ledger", "verify", fed.uri, "--keys", ring, check_rc=0)  # exactly the genesis keyring
     fed.ledger.close()
-    db = sqlite3.connect(fed.uri[len("sqlite:///"):])
+    db = sqlite3.connect(fed.uri[len("sqlite:///") :])
     db.execute("UPDATE entries SET data = CAST(data || x'00' AS BLOB) WHERE idx = 6")
     db.commit()
     db.close()
@@ -168,12 +180,15 @@ def test_proof_for_a_different_log_fails(fed, federation_factory, tmp_path):
     cli("proof", "verify", tmp_path / "swapped", "--server-key", fed.pub, check_rc=1)
 
 
-@pytest.mark.parametrize("make,code", [
-    (lambda d: d / "missing.db", 2),
-    (lambda d: d, 2),
-    (lambda d: (d / "other.db").write_text("not sqlite at all, just text") or d / "other.db", 2),
-    (lambda d: (d / "empty.jsonl").write_text("") or d / "empty.jsonl", 2),
-])
+@pytest.mark.parametrize(
+    "make,code",
+    [
+        (lambda d: d / "missing.db", 2),
+        (lambda d: d, 2),
+        (lambda d: (d / "other.db").write_text("not sqlite at all, just text") or d / "other.db", 2),
+        (lambda d: (d / "empty.jsonl").write_text("") or d / "empty.jsonl", 2),
+    ],
+)
 def test_bad_ledger_inputs(tmp_path, make, code):
     target = make(tmp_path)
     for cmd in (["ledger", "summary"], ["ledger", "verify"], ["ledger", "blocks"]):
@@ -185,7 +200,7 @@ def test_truncated_jsonl_ledger_fails_verification(federation_factory):
     f = federation_factory("jsonl")
     f.add_round(1)
     f.add_round(2)
-    path = Path(f.uri[len("jsonl:///"):])
+    path = Path(f.uri[len("jsonl:///") :])
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 200])
     r = cli("ledger", "verify", f.uri, check_rc=1)
@@ -201,8 +216,11 @@ def test_unknown_uri_scheme():
 
 def test_revoke_appends_a_revocation(fed, tmp_path):
     priv = tmp_path / "server.key"
-    priv.write_bytes(fed.server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    priv.write_bytes(
+        fed.server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     kid = key_id(fed.client_keys[2])
     fed.ledger.close()
     cli("keys", "revoke", fed.uri, kid, "--server-key", priv, check_rc=0)
@@ -222,13 +240,22 @@ def test_revoke_appends_a_revocation(fed, tmp_path):
 def test_revoke_needs_no_flwr(fed, tmp_path):
     """Revocation is the ledger writer's: the CLI command runs where flwr cannot be imported."""
     priv = tmp_path / "server.key"
-    priv.write_bytes(fed.server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    priv.write_bytes(
+        fed.server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     fed.ledger.close()
-    code = ("import sys; sys.modules['flwr'] = None; sys.modules['torch'] = None\n"
-            "from flower_chain.cli import main; sys.argv = ['flower-chain', *sys.argv[1:]]; main()")
-    r = subprocess.run([sys.executable, "-c", code, "keys", "revoke", fed.uri, key_id(fed.client_keys[0]),
-                        "--server-key", str(priv)], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; sys.modules['flwr'] = None; sys.modules['torch'] = None\n"
+        "from flower_chain.cli import main; sys.argv = ['flower-chain', *sys.argv[1:]]; main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "keys", "revoke", fed.uri, key_id(fed.client_keys[0]), "--server-key", str(priv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     cli("ledger", "verify", fed.uri, check_rc=0)
 
@@ -237,12 +264,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_report_matches_the_ledger_and_renders(fed, tmp_path):
-    from flower_chain.ledger import EvaluationEntry
     from flower_chain.audit.report import collect
+    from flower_chain.ledger import EvaluationEntry
 
     for rnd, acc in ((1, 0.5), (2, 0.7), (3, 0.9)):
-        fed.add_block(rnd, [EvaluationEntry(round=rnd, source="centralized", num_replies=0,
-                                            metrics={"accuracy": acc, "loss": 1 - acc})])
+        fed.add_block(
+            rnd,
+            [
+                EvaluationEntry(
+                    round=rnd, source="centralized", num_replies=0, metrics={"accuracy": acc, "loss": 1 - acc}
+                )
+            ],
+        )
     dest = tmp_path / "report.html"
     cli("report", fed.uri, "-o", dest, "--png", tmp_path / "png", check_rc=0)
     html = dest.read_text()
@@ -256,10 +289,24 @@ def test_report_matches_the_ledger_and_renders(fed, tmp_path):
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install chromium): the screenshot part cannot run")
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", dest.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            dest.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists()
     import matplotlib.image
 
@@ -271,7 +318,7 @@ def test_report_matches_the_ledger_and_renders(fed, tmp_path):
 
 def test_report_shows_a_failed_verification(fed, tmp_path):
     fed.ledger.close()
-    db = sqlite3.connect(fed.uri[len("sqlite:///"):])
+    db = sqlite3.connect(fed.uri[len("sqlite:///") :])
     db.execute("UPDATE blocks SET signature = zeroblob(64) WHERE height = 3")
     db.commit()
     db.close()
@@ -289,8 +336,9 @@ def test_keys_init_writes_a_federation_and_never_overwrites(tmp_path):
         assert (d / "clients" / f"client-{i}.key").is_file()
         assert (d / "keyring" / f"client-{i}.pub").read_bytes() == (d / "clients" / f"client-{i}.pub").read_bytes()
     assert sorted(p.name for p in (d / "keyring").iterdir()) == ["client-0.pub", "client-1.pub", "client-2.pub"]
-    assert [c["key_id"] for c in doc["clients"]] == [key_id(load_public(d / "keyring" / f"client-{i}.pub"))
-                                                     for i in range(3)]
+    assert [c["key_id"] for c in doc["clients"]] == [
+        key_id(load_public(d / "keyring" / f"client-{i}.pub")) for i in range(3)
+    ]
     from flower_chain.ledger.keys import Keyring
 
     assert len(Keyring.from_path(d / "keyring").keys) == 3  # usable as the server's keyring as it is
@@ -308,11 +356,26 @@ def test_keys_init_writes_a_federation_and_never_overwrites(tmp_path):
 def test_summary_counts_train_and_evaluate_verdicts(fed):
     from flower_chain.ledger import UpdateEntry
 
-    ev = [UpdateEntry(kind="evaluate", round=3, node_id=str(i), key_id="", verdict=v, reason=why, detail="",
-                      num_examples=5, arrays_digest=b"", metrics={}, statement=b"", signature=b"")
-          for i, (v, why) in enumerate([("accepted", "ok"), ("accepted", "ok"), ("rejected", "unsigned")])]
-    fed.writer.append(3, ev, model_before=fed.writer.head.header.model_after,
-                      model_after=fed.writer.head.header.model_after)
+    ev = [
+        UpdateEntry(
+            kind="evaluate",
+            round=3,
+            node_id=str(i),
+            key_id="",
+            verdict=v,
+            reason=why,
+            detail="",
+            num_examples=5,
+            arrays_digest=b"",
+            metrics={},
+            statement=b"",
+            signature=b"",
+        )
+        for i, (v, why) in enumerate([("accepted", "ok"), ("accepted", "ok"), ("rejected", "unsigned")])
+    ]
+    fed.writer.append(
+        3, ev, model_before=fed.writer.head.header.model_after, model_after=fed.writer.head.header.model_after
+    )
     s = json.loads(cli("ledger", "summary", fed.uri, "--json", check_rc=0).stdout)
     assert (s["accepted"], s["rejected"], s["evaluate_accepted"], s["evaluate_rejected"]) == (9, 1, 2, 1)
     assert s["verdicts"] == {"train": {"ok": 9, "bad-signature": 1}, "evaluate": {"ok": 2, "unsigned": 1}}
@@ -324,11 +387,23 @@ def test_summary_counts_train_and_evaluate_verdicts(fed):
 def test_verify_reports_verdicts_rederivation_and_blobs(fed):
     from flower_chain.ledger import UpdateEntry
 
-    err_entry = UpdateEntry(kind="train", round=4, node_id="9", key_id="", verdict="rejected", reason="client-error",
-                            detail="boom", num_examples=-1, arrays_digest=b"", metrics={}, statement=b"",
-                            signature=b"")
-    fed.writer.append(4, [err_entry], model_before=fed.writer.head.header.model_after,
-                      model_after=fed.writer.head.header.model_after)
+    err_entry = UpdateEntry(
+        kind="train",
+        round=4,
+        node_id="9",
+        key_id="",
+        verdict="rejected",
+        reason="client-error",
+        detail="boom",
+        num_examples=-1,
+        arrays_digest=b"",
+        metrics={},
+        statement=b"",
+        signature=b"",
+    )
+    fed.writer.append(
+        4, [err_entry], model_before=fed.writer.head.header.model_after, model_after=fed.writer.head.header.model_after
+    )
     doc = json.loads(cli("ledger", "verify", fed.uri, "--json", check_rc=0).stdout)
     assert {"kind": "train", "reason": "client-error", "count": 1} in doc["verdicts"]
     assert doc["not_rederived"] == {"client-error": 1} and doc["equivocating_keys"] == []

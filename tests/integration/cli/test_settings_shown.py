@@ -26,9 +26,13 @@ def cli(*args):
 
 def ledger_with(tmp_path, **settings) -> str:
     uri = f"sqlite:///{tmp_path}/l.db"
-    s = LedgerStrategy(FedAvgM(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0, **settings),
-                       ledger=uri, keyring=Clients(2).keyring, server_key=Ed25519PrivateKey.generate(),
-                       federation_id="fed-s")
+    s = LedgerStrategy(
+        FedAvgM(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0, **settings),
+        ledger=uri,
+        keyring=Clients(2).keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        federation_id="fed-s",
+    )
     s.core.close()
     return uri
 

@@ -20,8 +20,8 @@ from flower_chain.clients.receipts import (
 )
 from flower_chain.ledger.keys import key_id
 from flower_chain.wire import CTX_CHECKPOINT, CTX_FEDERATION, CTX_HEAD, CTX_HEAD_SIGNATURE, SIG_RECORD
-from tests.support.fl_helpers import Clients, arrays, with_content
 from tests.integration.clients.test_receipts import NODES, World
+from tests.support.fl_helpers import Clients, arrays, with_content
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -63,8 +63,13 @@ def test_a_server_that_records_a_valid_update_as_rejected_is_caught(tmp_path):
     # the server (or someone on its side of the wire) changes node 1's reported metrics, so the ledger
     # records node 1's validly signed update as rejected (digest-mismatch)
     good = replies[1]
-    changed = RecordDict({"arrays": good.content["arrays"], SIG_RECORD: good.content[SIG_RECORD],
-                          "metrics": MetricRecord({**dict(good.content["metrics"].items()), "train_loss": 9.0})})
+    changed = RecordDict(
+        {
+            "arrays": good.content["arrays"],
+            SIG_RECORD: good.content[SIG_RECORD],
+            "metrics": MetricRecord({**dict(good.content["metrics"].items()), "train_loss": 9.0}),
+        }
+    )
     replies[1] = with_content(good, changed)
     w.global_arrays, _ = w.strategy.aggregate_train(2, replies)
     w.round(3)
@@ -85,11 +90,14 @@ def test_missing_or_forged_head_header_is_an_error(tmp_path):
         return config
 
     w.round(2, tamper={2: keep})
-    w.round(3, tamper={
-        0: lambda c: {k: v for k, v in c.items() if k not in (CTX_HEAD, CTX_HEAD_SIGNATURE)},   # no head at all
-        1: lambda c: {**c, CTX_HEAD_SIGNATURE: bytes(64)},                                      # bad signature
-        2: lambda c: {**c, CTX_HEAD: old[CTX_HEAD], CTX_HEAD_SIGNATURE: old[CTX_HEAD_SIGNATURE]},  # stale head
-    })
+    w.round(
+        3,
+        tamper={
+            0: lambda c: {k: v for k, v in c.items() if k not in (CTX_HEAD, CTX_HEAD_SIGNATURE)},  # no head at all
+            1: lambda c: {**c, CTX_HEAD_SIGNATURE: bytes(64)},  # bad signature
+            2: lambda c: {**c, CTX_HEAD: old[CTX_HEAD], CTX_HEAD_SIGNATURE: old[CTX_HEAD_SIGNATURE]},  # stale head
+        },
+    )
     assert "no head block header" in _errors(w, 0)
     assert "signature does not verify" in _errors(w, 1)
     assert "is not the head of the checkpointed log" in _errors(w, 2)
@@ -118,8 +126,16 @@ def test_two_federations_with_the_same_keys_count_no_error(tmp_path):
 
 
 def test_origin_directories_are_filesystem_safe_and_distinct():
-    names = {origin_dir_name(o) for o in ("flower-chain/a/b", "flower-chain/a_b", "flower-chain/../..",
-                                          "flower-chain/" + "x" * 500, "flower-chain/\n$x^2$")}
+    names = {
+        origin_dir_name(o)
+        for o in (
+            "flower-chain/a/b",
+            "flower-chain/a_b",
+            "flower-chain/../..",
+            "flower-chain/" + "x" * 500,
+            "flower-chain/\n$x^2$",
+        )
+    }
     assert len(names) == 5
     for n in names:
         assert "/" not in n and "\n" not in n and not n.startswith(".") and len(n) <= 61

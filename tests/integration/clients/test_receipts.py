@@ -29,8 +29,9 @@ class World:
         self.federation = federation
         self.clients = clients or Clients(len(NODES))
         self.server_key = server_key or Ed25519PrivateKey.generate()
-        self.strategy = LedgerStrategy(fedavg(), ledger=ledger, keyring=self.clients.keyring,
-                                       server_key=self.server_key, federation_id=federation)
+        self.strategy = LedgerStrategy(
+            fedavg(), ledger=ledger, keyring=self.clients.keyring, server_key=self.server_key, federation_id=federation
+        )
         self.mods = [make_signing_mod(k, receipts_dir=tmp_path / "receipts") for k in self.clients.keys]
         self.global_arrays = arrays(0)
         self.replies = {}
@@ -48,11 +49,15 @@ class World:
     def round(self, rnd, *, aggregate=True, tamper=None):
         """One train round; ``tamper`` maps a client index to a function that rewrites the config dict
         (and may return ``(config, arrays)``) of that client's instruction: a dishonest server."""
-        msgs = sorted(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(NODES)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
         msgs = [_tampered(m, (tamper or {}).get(i)) for i, m in enumerate(msgs)]
-        replies = [mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
-                   for i, (m, mod) in enumerate(zip(msgs, self.mods))]
+        replies = [
+            mod(m, context(), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
+            for i, (m, mod) in enumerate(zip(msgs, self.mods))
+        ]
         self.replies[rnd] = replies
         if aggregate:
             agg, _ = self.strategy.aggregate_train(rnd, replies)
@@ -148,8 +153,9 @@ def test_server_restart_defers_once_then_delivers_every_receipt(tmp_path):
     again.round(4)
     again.round(5)
     for i in range(len(NODES)):
-        assert w.counts(i) == {"receipts": 4, "errors": 0}, (w.dir(i) / "errors.log").read_text() \
-            if (w.dir(i) / "errors.log").exists() else w.counts(i)
+        assert w.counts(i) == {"receipts": 4, "errors": 0}, (
+            (w.dir(i) / "errors.log").read_text() if (w.dir(i) / "errors.log").exists() else w.counts(i)
+        )
         assert sorted(p.name for p in w.dir(i).glob("round-*.proof")) == [f"round-{r}.proof" for r in (1, 2, 3, 4)]
 
 
@@ -166,10 +172,12 @@ def test_receipts_read_through_the_node_cache_equal_proofs_from_storage(tmp_path
         head = ledger.head()
         for seen in {b.header.log_size for b in ledger.blocks()}:
             assert receipts._consistency_from(seen, head.header.log_size) == b"".join(
-                proofs.consistency_proof(ledger, seen)), (rnd, seen)
+                proofs.consistency_proof(ledger, seen)
+            ), (rnd, seen)
         for index in range(head.header.log_size):
-            cached = prove_inclusion(ledger, index, head=head, node=receipts._node,
-                                     entry=receipts._entry(index, head.header.log_size))
+            cached = prove_inclusion(
+                ledger, index, head=head, node=receipts._node, entry=receipts._entry(index, head.header.log_size)
+            )
             assert cached == prove_inclusion(ledger, index), (rnd, index)
     sizes = {b.header.log_size for b in ledger.blocks()}
     unsigned = next(n for n in range(1, head.header.log_size) if n not in sizes)
@@ -194,6 +202,7 @@ def test_a_storage_error_is_not_remembered_as_a_missing_checkpoint(tmp_path):
         if len(calls) == 1:
             raise LedgerError("database is locked")
         return real(height)
+
     ledger.block = flaky
     try:
         assert receipts._consistency_from(seen, head.header.log_size) is None

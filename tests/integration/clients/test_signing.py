@@ -20,14 +20,20 @@ def _instruction(ledger: bool):
 
     inner = fedavg()
     if ledger:
-        inner = LedgerStrategy(inner, ledger="memory:", keyring=Clients(1).keyring,
-                               server_key=Ed25519PrivateKey.generate())
+        inner = LedgerStrategy(
+            inner, ledger="memory:", keyring=Clients(1).keyring, server_key=Ed25519PrivateKey.generate()
+        )
     return list(inner.configure_train(1, arrays(0), ConfigRecord({}), FakeGrid([7])))[0]
 
 
 def _ctx(**node_config):
-    return Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1, **node_config},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0, "num-partitions": 1, **node_config},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def test_plain_flower_server_replies_pass_through_unsigned(monkeypatch):
@@ -41,6 +47,7 @@ def test_missing_key_is_a_clear_error_at_the_first_message(monkeypatch, tmp_path
     monkeypatch.delenv(ENV_KEY, raising=False)
     msg = _instruction(ledger=True)
     trained = []
+
     # an error reply whose reason is the KeyFileError (the server records client-error), not an exception whose
     # traceback Flower would log once per message (issue 22; tests/integration/clients/test_signing_log.py)
     def key_error(reply):
@@ -48,13 +55,22 @@ def test_missing_key_is_a_clear_error_at_the_first_message(monkeypatch, tmp_path
         return reply.error.reason
 
     assert "signing-key" in key_error(
-        signing_mod(msg, _ctx(), lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5)))
-    assert "not found" in key_error(signing_mod(msg, _ctx(**{"signing-key": str(tmp_path / "nope.key")}),
-                                                lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5)))
+        signing_mod(msg, _ctx(), lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5))
+    )
+    assert "not found" in key_error(
+        signing_mod(
+            msg,
+            _ctx(**{"signing-key": str(tmp_path / "nope.key")}),
+            lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5),
+        )
+    )
     bad = tmp_path / "bad.key"
     bad.write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
-    assert "not a readable" in key_error(signing_mod(msg, _ctx(**{"signing-key": str(bad)}),
-                                                     lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5)))
+    assert "not a readable" in key_error(
+        signing_mod(
+            msg, _ctx(**{"signing-key": str(bad)}), lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5)
+        )
+    )
     assert trained == [], "a key problem must stop the node before it trains"
 
 
@@ -74,17 +90,28 @@ def test_key_discovery_from_the_run_config_and_relative_paths(tmp_path, monkeypa
 
     monkeypatch.delenv(ENV_KEY, raising=False)
     generate(tmp_path / "keys" / "clients", "client-3")
-    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
-                  run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys")})
+    ctx = Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 3},
+        state=RecordDict(),
+        run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys")},
+    )
     assert key_path_for(ctx) == tmp_path / "keys" / "clients" / "client-3.key"
     monkeypatch.chdir(tmp_path / "keys")
-    rel = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
-                  run_config={RUN_CONFIG_KEYS: "keys"})
+    rel = Context(
+        run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(), run_config={RUN_CONFIG_KEYS: "keys"}
+    )
     with pytest.raises(KeyFileError, match=f"relative path 'keys'.*{tmp_path / 'keys'}.*absolute path"):
         key_path_for(rel)
     # the run config may name the `keys init` directory or its clients/ (as FLOWER_CHAIN_SIGNING_KEY may)
-    clients = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(),
-                      run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys" / "clients")})
+    clients = Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 3},
+        state=RecordDict(),
+        run_config={RUN_CONFIG_KEYS: str(tmp_path / "keys" / "clients")},
+    )
     assert key_path_for(clients) == tmp_path / "keys" / "clients" / "client-3.key"
     monkeypatch.setenv("FLOWER_CHAIN_SIGNING_KEY", str(tmp_path / "keys"))
     assert key_path_for(rel) == tmp_path / "keys" / "clients" / "client-3.key"  # and the environment beats it

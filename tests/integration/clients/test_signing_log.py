@@ -24,8 +24,13 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 @pytest.fixture
 def strategy():
-    s = LedgerStrategy(fedavg(fraction_evaluate=1.0, min_evaluate_nodes=1), ledger="memory:",
-                       keyring=Clients(1).keyring, server_key=Ed25519PrivateKey.generate(), min_accepted=0)
+    s = LedgerStrategy(
+        fedavg(fraction_evaluate=1.0, min_evaluate_nodes=1),
+        ledger="memory:",
+        keyring=Clients(1).keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        min_accepted=0,
+    )
     yield s
     s.core.close()
 
@@ -35,8 +40,13 @@ def _instruction(strategy, rnd: int = 1):
 
 
 def _ctx(**node_config):
-    return Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1, **node_config},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0, "num-partitions": 1, **node_config},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def _flwr_lines(caplog, level):
@@ -66,8 +76,13 @@ def test_each_key_of_a_simulation_process_is_named_once(strategy, tmp_path, monk
     with caplog.at_level(logging.INFO, logger="flwr"):
         for _ in range(2):
             for i in range(2):
-                ctx = Context(run_id=1, node_id=7, node_config={"partition-id": i, "num-partitions": 2},
-                              state=RecordDict(), run_config={})
+                ctx = Context(
+                    run_id=1,
+                    node_id=7,
+                    node_config={"partition-id": i, "num-partitions": 2},
+                    state=RecordDict(),
+                    run_config={},
+                )
                 mod(msg, ctx, lambda m, c: train_reply(m, arrays(1), 5))
     lines = sorted(x for x in _flwr_lines(caplog, logging.INFO) if "signs with key" in x)
     assert lines == sorted(f"flower-chain: node 7 signs with key {key_id(load_private(p))} ({p})" for p in paths)
@@ -83,10 +98,13 @@ def _keyless_round(mod, strategy, rnd, ctx, trained):
     return [mod(m, ctx, lambda m, c: trained.append(1) or train_reply(m, arrays(1), 5)) for m in (train, evaluate)]
 
 
-@pytest.mark.parametrize("setting, reason", [
-    ({}, "no signing key: set node config 'signing-key'"),
-    ({"signing-key": "/nonexistent/keys/client-2.key"}, "/nonexistent/keys/client-2.key not found"),
-])
+@pytest.mark.parametrize(
+    "setting, reason",
+    [
+        ({}, "no signing key: set node config 'signing-key'"),
+        ({"signing-key": "/nonexistent/keys/client-2.key"}, "/nonexistent/keys/client-2.key not found"),
+    ],
+)
 def test_a_node_without_a_key_replies_errors_with_one_line_per_round(strategy, monkeypatch, caplog, setting, reason):
     """No traceback: nothing is raised (Flower would log each exception's traceback, once per message)."""
     monkeypatch.delenv(ENV_KEY, raising=False)
@@ -100,8 +118,13 @@ def test_a_node_without_a_key_replies_errors_with_one_line_per_round(strategy, m
     errors = _flwr_lines(caplog, logging.ERROR)
     assert len(errors) == 2, errors  # one per round, train and evaluate of a round share it
     for rnd, line in zip((1, 2), errors):
-        assert line.startswith(f"flower-chain: this node cannot sign round {rnd}, its replies are errors "
-                               "(the server records client-error): ") and reason in line, line
+        assert (
+            line.startswith(
+                f"flower-chain: this node cannot sign round {rnd}, its replies are errors "
+                "(the server records client-error): "
+            )
+            and reason in line
+        ), line
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
 
 
@@ -111,8 +134,9 @@ def test_the_server_records_a_keyless_reply_as_client_error(strategy, monkeypatc
 
     monkeypatch.delenv(ENV_KEY, raising=False)
     msg = _instruction(strategy)
-    reply = make_signing_mod()(msg, _ctx(**{"signing-key": "/nonexistent/client-2.key"}),
-                               lambda m, c: train_reply(m, arrays(1), 5))
+    reply = make_signing_mod()(
+        msg, _ctx(**{"signing-key": "/nonexistent/client-2.key"}), lambda m, c: train_reply(m, arrays(1), 5)
+    )
     strategy.aggregate_train(1, [reply])
     entries = [decode_entry(d) for d in strategy.core.ledger.entries()]
     train = [e for e in entries if getattr(e, "kind", None) == "train"]

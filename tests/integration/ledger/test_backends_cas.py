@@ -132,8 +132,9 @@ def test_two_writer_processes_race_exactly_one_wins_every_block(backend, federat
     assert all(p.exitcode == 0 for p in procs)
     for rnd in range(1, rounds + 1):
         outcomes = sorted(r[2] for r in results if r[0] == rnd)
-        assert outcomes[1] == "won" and outcomes[0].startswith("conflict: ") and "Another writer" in outcomes[0], \
+        assert outcomes[1] == "won" and outcomes[0].startswith("conflict: ") and "Another writer" in outcomes[0], (
             outcomes
+        )
     f.ledger = open_ledger(f.uri)
     rep = verify(f.ledger)
     assert rep.blocks == 1 + rounds
@@ -143,8 +144,13 @@ def test_two_writer_processes_race_exactly_one_wins_every_block(backend, federat
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flower_chain.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flower_chain.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def _snapshot(path: Path) -> tuple:
@@ -176,7 +182,7 @@ def test_read_only_commands_leave_a_rollback_journal_ledger_untouched(federation
     f = federation_factory("sqlite")
     f.add_round(1)
     f.ledger.close()
-    path = Path(f.uri[len("sqlite:///"):])
+    path = Path(f.uri[len("sqlite:///") :])
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
     db.close()
@@ -220,7 +226,7 @@ def test_jsonl_edited_readable_field_fails_naming_the_line(federation_factory, t
     f = federation_factory("jsonl")
     f.add_round(1)
     f.add_round(2)
-    path = Path(f.uri[len("jsonl:///"):])
+    path = Path(f.uri[len("jsonl:///") :])
     fields = 0
     for field, text in _edited_copies(path):
         edited = tmp_path / f"edited-{field}.jsonl"

@@ -42,14 +42,23 @@ def run_rounds(uri: str, rounds: int = 2, shapes=SHAPES):
     from flower_chain.strategies import LedgerStrategy
 
     clients = Clients(len(NODES))
-    strategy = LedgerStrategy(fedavg(), ledger=uri, keyring=clients.keyring,
-                              server_key=Ed25519PrivateKey.generate(), federation_id="fed-digest")
+    strategy = LedgerStrategy(
+        fedavg(),
+        ledger=uri,
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        federation_id="fed-digest",
+    )
     current = model(0, shapes)
     for rnd in range(1, rounds + 1):
-        msgs = sorted(strategy.configure_train(rnd, current, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
-        replies = [signed_train_reply(m, k, model(10 * rnd + i, shapes), 10 + i)
-                   for i, (m, k) in enumerate(zip(msgs, clients.keys))]
+        msgs = sorted(
+            strategy.configure_train(rnd, current, ConfigRecord({}), FakeGrid(NODES)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
+        replies = [
+            signed_train_reply(m, k, model(10 * rnd + i, shapes), 10 + i)
+            for i, (m, k) in enumerate(zip(msgs, clients.keys))
+        ]
         current, _ = strategy.aggregate_train(rnd, replies)
         assert current is not None, f"round {rnd}: nothing accepted"
     return strategy, current
@@ -62,8 +71,11 @@ def test_a_new_ledger_is_v2_and_its_models_are_addressed_by_the_v2_digest(tmp_pa
     try:
         assert read_genesis(ledger).digest_version == 2 == digest_version_of(ledger)
         head = ledger.head().header
-        assert head.model_after == record_digest(current) == array_digest([(k, np.asarray(v.numpy()))
-                                                                           for k, v in current.items()])
+        assert (
+            head.model_after
+            == record_digest(current)
+            == array_digest([(k, np.asarray(v.numpy())) for k, v in current.items()])
+        )
         assert head.model_after != array_digest_v1([(k, v.numpy()) for k, v in current.items()])
         blob = ledger.get_blob(head.model_after)
         assert len(blob) > CHUNK_SIZE and stream_digest(blob) == head.model_after

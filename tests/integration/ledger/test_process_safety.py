@@ -12,9 +12,11 @@ from flower_chain.ledger import open_ledger, verify
 
 
 def test_ledger_imports_neither_torch_nor_flwr():
-    code = ("import sys, flower_chain.ledger, flower_chain.ledger.verify, flower_chain.ledger.arrays;"
-            "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','flwr','torchvision')];"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, flower_chain.ledger, flower_chain.ledger.verify, flower_chain.ledger.arrays;"
+        "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','flwr','torchvision')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -36,14 +36,16 @@ class TalkativeClient(NumPyClient):
 def _client_fn(fed: SecAggFederation, nid: int):
     def client_fn(context: Context):
         return TalkativeClient(fed.updates[nid], fed.examples[nid]).to_client()
+
     return client_fn
 
 
 def _talkative(fed: SecAggFederation) -> dict[tuple[int, str], object]:
     """Give every node a TalkativeClient and record each reply as the server receives it."""
     for nid, key in zip(fed.node_ids, fed.keys):
-        fed.grid.apps[nid] = ClientApp(client_fn=_client_fn(fed, nid),
-                                       mods=[make_signing_mod(key), make_secagg_mod(key)])
+        fed.grid.apps[nid] = ClientApp(
+            client_fn=_client_fn(fed, nid), mods=[make_signing_mod(key), make_secagg_mod(key)]
+        )
     seen: dict[tuple[int, str], object] = {}
 
     def tamper(nid, stage, request, reply):

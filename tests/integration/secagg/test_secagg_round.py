@@ -23,8 +23,8 @@ def secagg_entries(ledger):
 @pytest.fixture
 def fed(tmp_path):
     f = SecAggFederation(f"sqlite:///{tmp_path}/ledger.db", n=6, shapes=[(200, 100), (100,)])
-    f.grid.drop[f.node_ids[4]] = "setup"          # never answers: dropped in stage 0
-    f.grid.drop[f.node_ids[1]] = "masked-input"    # shares keys, then drops: dropped in stage 2
+    f.grid.drop[f.node_ids[4]] = "setup"  # never answers: dropped in stage 0
+    f.grid.drop[f.node_ids[1]] = "masked-input"  # shares keys, then drops: dropped in stage 2
     return f
 
 
@@ -40,8 +40,10 @@ def test_round_completes_with_dropouts_in_stage_0_and_2_and_audit_proves_it(fed)
     report = audit_secagg(fed.ledger)
     assert report.ok, report.lines()
     assert report.rounds == 1 and not report.findings
-    assert ("round 1: aggregate = sum of 4 signed masked inputs (1 dropped in stage 2, 0 in stage 1, 1 in stage 0)"
-            in report.proved[0])
+    assert (
+        "round 1: aggregate = sum of 4 signed masked inputs (1 dropped in stage 2, 0 in stage 1, 1 in stage 0)"
+        in report.proved[0]
+    )
     assert "no individual update was revealed" in report.proved[0]
     by = {(e.stage, e.node_id): e for e in secagg_entries(fed.ledger)}
     assert by[("setup", str(fed.node_ids[4]))].reason == "no-reply"
@@ -69,8 +71,9 @@ def test_no_blob_equals_or_correlates_with_a_plaintext_update(fed, tmp_path):
     conn = sqlite3.connect(tmp_path / "ledger.db")
     blobs = conn.execute("SELECT digest, data FROM blobs").fetchall()
     conn.close()
-    plain = {n: np.concatenate([(p + u).reshape(-1) for p, u in zip(fed.initial, upd)])
-             for n, upd in fed.updates.items()}
+    plain = {
+        n: np.concatenate([(p + u).reshape(-1) for p, u in zip(fed.initial, upd)]) for n, upd in fed.updates.items()
+    }
     deltas = {n: np.concatenate([u.reshape(-1) for u in upd]) for n, upd in fed.updates.items()}
     masked = 0
     for digest, data in blobs:
@@ -108,8 +111,9 @@ def test_drop_in_for_secaggplus_workflow_inside_default_workflow():
     from flwr.server.workflow import DefaultWorkflow
 
     fed = SecAggFederation("memory:", n=5)
-    context = LegacyContext(fed.context, config=ServerConfig(num_rounds=2), strategy=fed.strategy,
-                            client_manager=SimpleClientManager())  # DefaultWorkflow registers the grid's nodes
+    context = LegacyContext(
+        fed.context, config=ServerConfig(num_rounds=2), strategy=fed.strategy, client_manager=SimpleClientManager()
+    )  # DefaultWorkflow registers the grid's nodes
     DefaultWorkflow(fit_workflow=fed.workflow)(fed.grid, context)
     report = audit_secagg(fed.ledger)
     assert report.ok and report.rounds == 2, report.lines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flower_chain.ledger.inspect import summary
 from flower_chain.strategies.secagg_workflow import SECAGG_KIND
 from tests.support.secagg_federation import SecAggFederation
 
@@ -42,3 +43,10 @@ def test_a_duplicate_reply_is_counted_too(fed):
     assert fed.run_round(1)["failure"] == ""
     assert fed.strategy.core.verdicts == {(SECAGG_KIND, "ok"): 24, (SECAGG_KIND, "duplicate"): 4}
 
+
+def test_summary_of_a_secagg_ledger_counts_stage_verdicts(fed):
+    fed.run_round(1)
+    s = summary(fed.ledger)
+    assert s["secagg"] == {"setup": {"ok": 5, "no-reply": 1}, "share-keys": {"ok": 5},
+                           "masked-input": {"ok": 4, "no-reply": 1}, "unmask": {"ok": 4}}
+    assert s["verdicts"] == {"train": {}, "evaluate": {}}

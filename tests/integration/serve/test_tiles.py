@@ -54,12 +54,33 @@ def test_index_encoding_follows_the_spec_example_and_round_trips():
             assert (t.level, t.index, t.width) == (level, n, width)
 
 
-@pytest.mark.parametrize("bad", [
-    "tile/00/000", "tile/64/000", "tile/-1/000", "tile/a/000", "tile/0/00", "tile/0/0000", "tile/0/x001",
-    "tile/0/001/234", "tile/0/x1/234", "tile/0/x000/001", "tile/0/000.p/0", "tile/0/000.p/256", "tile/0/000.p/01",
-    "tile/0/000.p/", "tile/0/000.q/5", "tile/entries/", "tile/0/", "tiles/0/000", "tile/0/+01", "tile/0/１２３",
-    "tile/0/x001/x002/x003/x004/x005/x006/x007/x008/009", "tile/entries/000.p/999",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "tile/00/000",
+        "tile/64/000",
+        "tile/-1/000",
+        "tile/a/000",
+        "tile/0/00",
+        "tile/0/0000",
+        "tile/0/x001",
+        "tile/0/001/234",
+        "tile/0/x1/234",
+        "tile/0/x000/001",
+        "tile/0/000.p/0",
+        "tile/0/000.p/256",
+        "tile/0/000.p/01",
+        "tile/0/000.p/",
+        "tile/0/000.q/5",
+        "tile/entries/",
+        "tile/0/",
+        "tiles/0/000",
+        "tile/0/+01",
+        "tile/0/１２３",
+        "tile/0/x001/x002/x003/x004/x005/x006/x007/x008/009",
+        "tile/entries/000.p/999",
+    ],
+)
 def test_malformed_tile_paths_are_refused(bad):
     with pytest.raises(TileError):
         parse_tile_path(bad)
@@ -131,24 +152,46 @@ def test_partial_tiles_at_the_right_edge_and_caching_headers(served):
     assert status == 200 and len(body) == 8192 and "immutable" in headers["cache-control"]
     assert body[:32] == merkle.leaf_hash(next(fed.ledger.entries(0, 1)))
     status, body, _ = get(f"{url}/tile/1/000.p/1")  # level 1: the hash of the one full level-0 tile
-    assert status == 200 and body == merkle.root([body_i for body_i in
-                                                   (get(f"{url}/tile/0/000")[1][i:i + 32] for i in range(0, 8192, 32))])
+    assert status == 200 and body == merkle.root(
+        [body_i for body_i in (get(f"{url}/tile/0/000")[1][i : i + 32] for i in range(0, 8192, 32))]
+    )
     status, body, _ = get(f"{url}/tile/entries/001.p/18")
-    assert status == 200 and [merkle.leaf_hash(e) for e in decode_bundle(body)] == \
-        [fed.ledger.node(0, 256 + i) for i in range(18)]
+    assert status == 200 and [merkle.leaf_hash(e) for e in decode_bundle(body)] == [
+        fed.ledger.node(0, 256 + i) for i in range(18)
+    ]
     status, body, headers = get(f"{url}/checkpoint")
     assert status == 200 and body.decode() == fed.writer.checkpoint()
     assert headers["content-type"] == "text/plain; charset=utf-8" and headers["cache-control"] == "public, max-age=2"
-    for missing in ("tile/0/001", "tile/0/001.p/19", "tile/0/002.p/1", "tile/1/000", "tile/2/000.p/1",
-                    "tile/entries/001", "tile/entries/002.p/1", "tile/0/x001/000"):
+    for missing in (
+        "tile/0/001",
+        "tile/0/001.p/19",
+        "tile/0/002.p/1",
+        "tile/1/000",
+        "tile/2/000.p/1",
+        "tile/entries/001",
+        "tile/entries/002.p/1",
+        "tile/0/x001/000",
+    ):
         assert get(f"{url}/{missing}")[0] == 404, missing
     assert size == 274
 
 
 def test_malformed_tile_requests_are_400_and_never_500(served):
     _, url = served
-    for bad in ("tile/", "tile/0", "tile/00/000", "tile/64/000", "tile/0/0000", "tile/0/000.p/0", "tile/0/000.p/256",
-                "tile/0/x000/001", "tile/entries/abc", "tile/0/000.p/01", "tile/0/%00", "tile/0/000/../000"):
+    for bad in (
+        "tile/",
+        "tile/0",
+        "tile/00/000",
+        "tile/64/000",
+        "tile/0/0000",
+        "tile/0/000.p/0",
+        "tile/0/000.p/256",
+        "tile/0/x000/001",
+        "tile/entries/abc",
+        "tile/0/000.p/01",
+        "tile/0/%00",
+        "tile/0/000/../000",
+    ):
         status, _, _ = get(f"{url}/{bad}")
         assert status in (400, 404), (bad, status)
     assert get(f"{url}/tile/0/000.p/1")[0] == 200  # a partial tile of an earlier size is still served
@@ -191,7 +234,7 @@ def test_serve_refuses_a_ledger_that_does_not_verify(federation_factory):
 
     fed = federation_factory("sqlite")
     fed.add_round(1, 3)
-    path = fed.uri[len("sqlite:///"):]
+    path = fed.uri[len("sqlite:///") :]
     db = sqlite3.connect(path)
     db.execute("UPDATE entries SET data = data || x'00' WHERE idx = 2")
     db.commit()
@@ -206,8 +249,12 @@ def test_serve_command_serves_the_checkpoint(federation_factory):
     fed = federation_factory("sqlite")
     fed.add_round(1, 5)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flower_chain.cli", "serve", fed.uri, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flower_chain.cli", "serve", fed.uri, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -224,7 +271,9 @@ def test_serve_command_serves_the_checkpoint(federation_factory):
 
 
 def test_tiles_and_cosignature_modules_import_neither_flwr_nor_torch_nor_a_web_framework():
-    code = ("import sys, flower_chain.ledger.tiles, flower_chain.ledger.cosignature, flower_chain.witness.client;"
-            "print(sorted(m for m in ('flwr', 'torch', 'starlette', 'uvicorn') if m in sys.modules))")
+    code = (
+        "import sys, flower_chain.ledger.tiles, flower_chain.ledger.cosignature, flower_chain.witness.client;"
+        "print(sorted(m for m in ('flwr', 'torch', 'starlette', 'uvicorn') if m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

@@ -13,15 +13,23 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "will not be auditable" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "will not be auditable" in r.getMessage()
+    ]
 
 
 def start(tmp_path, caplog, **opts) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        s = LedgerStrategy(FedAvg(), ledger=f"sqlite:///{tmp_path / 'l.db'}", keyring=Clients(2).keyring,
-                           server_key=Ed25519PrivateKey.generate(), **opts)
+        s = LedgerStrategy(
+            FedAvg(),
+            ledger=f"sqlite:///{tmp_path / 'l.db'}",
+            keyring=Clients(2).keyring,
+            server_key=Ed25519PrivateKey.generate(),
+            **opts,
+        )
     s.close()
     return warnings_of(caplog)
 
@@ -44,8 +52,13 @@ def start_legacy(tmp_path, caplog, **opts) -> list[str]:
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        s = LegacyLedgerStrategy(LegacyFedAvg(), ledger=f"sqlite:///{tmp_path / 'legacy.db'}",
-                                 keyring=Clients(2).keyring, server_key=Ed25519PrivateKey.generate(), **opts)
+        s = LegacyLedgerStrategy(
+            LegacyFedAvg(),
+            ledger=f"sqlite:///{tmp_path / 'legacy.db'}",
+            keyring=Clients(2).keyring,
+            server_key=Ed25519PrivateKey.generate(),
+            **opts,
+        )
     s.core.close()
     return warnings_of(caplog)
 

@@ -49,11 +49,21 @@ class SigningProxy(ClientProxy):
 
         cfg, metrics, loss = ins.config, {"acc": 0.75}, 0.25
         base = array_digest([(str(i), a) for i, a in enumerate(parameters_to_ndarrays(ins.parameters))])
-        st = UpdateStatement("evaluate", str(cfg[CTX_FEDERATION]), int(cfg[CTX_ROUND]), key_id(self.key),
-                             bytes(cfg[CTX_PARENT]), base, b"", 4, metrics_digest({**metrics, LEGACY_LOSS: loss}))
+        st = UpdateStatement(
+            "evaluate",
+            str(cfg[CTX_FEDERATION]),
+            int(cfg[CTX_ROUND]),
+            key_id(self.key),
+            bytes(cfg[CTX_PARENT]),
+            base,
+            b"",
+            4,
+            metrics_digest({**metrics, LEGACY_LOSS: loss}),
+        )
         st = st.to_bytes()
-        return EvaluateRes(Status(Code.OK, ""), loss, 4,
-                           {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: self.key.sign(st)})
+        return EvaluateRes(
+            Status(Code.OK, ""), loss, 4, {**metrics, LEGACY_STATEMENT: st, LEGACY_SIGNATURE: self.key.sign(st)}
+        )
 
     def get_properties(self, ins, timeout, group_id):
         raise NotImplementedError
@@ -81,10 +91,21 @@ def _strategy(tmp_path, keys, *, evaluate: bool, **kw):
     from flwr.server.strategy import FedAvg
 
     server, ring, _ = keys
-    inner = FedAvg(min_available_clients=3, min_fit_clients=3, min_evaluate_clients=3,
-                   fraction_evaluate=1.0 if evaluate else 0.0, initial_parameters=ndarrays_to_parameters(MODEL))
-    return LegacyLedgerStrategy(inner, ledger=f"sqlite:///{tmp_path / 'ledger.db'}", server_key=str(server),
-                                keyring=str(ring), federation_id="legacy-summary", **kw)
+    inner = FedAvg(
+        min_available_clients=3,
+        min_fit_clients=3,
+        min_evaluate_clients=3,
+        fraction_evaluate=1.0 if evaluate else 0.0,
+        initial_parameters=ndarrays_to_parameters(MODEL),
+    )
+    return LegacyLedgerStrategy(
+        inner,
+        ledger=f"sqlite:///{tmp_path / 'ledger.db'}",
+        server_key=str(server),
+        keyring=str(ring),
+        federation_id="legacy-summary",
+        **kw,
+    )
 
 
 def _run_flower_loop(strategy, clients, rounds):
@@ -156,7 +177,9 @@ def test_a_loop_of_ones_own_with_num_rounds_logs_once_at_the_end(tmp_path, keys,
     with caplog.at_level(logging.INFO, logger="flwr"):
         _own_loop(strategy, keys[2], 3)
     (summary,) = _summaries(caplog)
-    assert "  train replies: 9 accepted, 0 rejected" in summary and "  evaluate replies: 9 accepted, 0 rejected" in summary
+    assert (
+        "  train replies: 9 accepted, 0 rejected" in summary and "  evaluate replies: 9 accepted, 0 rejected" in summary
+    )
     strategy.close()
 
 
@@ -165,9 +188,15 @@ def test_a_loop_of_ones_own_without_num_rounds_says_so_far_after_every_round(tmp
     with caplog.at_level(logging.INFO, logger="flwr"):
         _own_loop(strategy, keys[2], 2)
     summaries = _summaries(caplog)
-    assert [s[1] for s in summaries] == ["  train replies: 3 accepted, 0 rejected", "  train replies: 6 accepted, 0 rejected"]
+    assert [s[1] for s in summaries] == [
+        "  train replies: 3 accepted, 0 rejected",
+        "  train replies: 6 accepted, 0 rejected",
+    ]
     so_far = [r.getMessage() for r in caplog.records if "so far" in r.getMessage()]
-    assert [m.split(" (")[0] for m in so_far] == ["flower-chain: so far, after round 1", "flower-chain: so far, after round 2"]
+    assert [m.split(" (")[0] for m in so_far] == [
+        "flower-chain: so far, after round 1",
+        "flower-chain: so far, after round 2",
+    ]
     assert "num_rounds=" in so_far[0]
     strategy.close()
 

@@ -36,20 +36,30 @@ class Setup:
     def __init__(self, inner=None, uri="memory:", n=4, verify_workers=None):
         self.clients = Clients(n)
         self.server_key = Ed25519PrivateKey.generate()
-        self.strategy = LedgerStrategy(inner or fedavg(), ledger=uri, keyring=self.clients.keyring,
-                                       server_key=self.server_key, federation_id="fed-a",
-                                       verify_workers=verify_workers)
+        self.strategy = LedgerStrategy(
+            inner or fedavg(),
+            ledger=uri,
+            keyring=self.clients.keyring,
+            server_key=self.server_key,
+            federation_id="fed-a",
+            verify_workers=verify_workers,
+        )
         self.global_arrays = arrays(0)
 
     def instructions(self, rnd):
-        msgs = list(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({"lr": 0.1}),
-                                                  FakeGrid(NODES[: len(self.clients.keys)])))
+        msgs = list(
+            self.strategy.configure_train(
+                rnd, self.global_arrays, ConfigRecord({"lr": 0.1}), FakeGrid(NODES[: len(self.clients.keys)])
+            )
+        )
         return sorted(msgs, key=lambda m: m.metadata.dst_node_id)
 
     def honest(self, rnd, msgs=None):
         msgs = msgs or self.instructions(rnd)
-        return [signed_train_reply(m, k, arrays(10 * rnd + i), 10 + i)
-                for i, (m, k) in enumerate(zip(msgs, self.clients.keys))]
+        return [
+            signed_train_reply(m, k, arrays(10 * rnd + i), 10 + i)
+            for i, (m, k) in enumerate(zip(msgs, self.clients.keys))
+        ]
 
     def aggregate(self, rnd, replies):
         """aggregate_train, then send the result next round, as Flower's strategy loop does."""
@@ -80,8 +90,9 @@ def test_honest_round_all_accepted_and_bitwise_equal_to_fedavg():
     agg, metrics = s.strategy.aggregate_train(1, replies)
     plain, plain_metrics = fedavg().aggregate_train(1, by_key(replies))
     assert all(np.array_equal(a, b) for a, b in zip(_flat(agg).values(), _flat(plain).values()))
-    assert {k: np.asarray(v).tobytes() for k, v in _flat(agg).items()} == \
-        {k: np.asarray(v).tobytes() for k, v in _flat(plain).items()}
+    assert {k: np.asarray(v).tobytes() for k, v in _flat(agg).items()} == {
+        k: np.asarray(v).tobytes() for k, v in _flat(plain).items()
+    }
     assert dict(metrics) == dict(plain_metrics)
     entries = s.block_entries()
     assert [e.verdict for e in entries] == ["accepted"] * 4
@@ -151,9 +162,22 @@ def _attack(s: Setup, rnd: int, kind: str):
     return replies
 
 
-REASONS = ["unsigned", "bad-signature", "unknown-key", "revoked-key", "wrong-federation", "wrong-round",
-           "stale-parent", "wrong-base-model", "digest-mismatch", "num-examples-mismatch", "duplicate",
-           "malformed-shape", "malformed-nan", "client-error"]
+REASONS = [
+    "unsigned",
+    "bad-signature",
+    "unknown-key",
+    "revoked-key",
+    "wrong-federation",
+    "wrong-round",
+    "stale-parent",
+    "wrong-base-model",
+    "digest-mismatch",
+    "num-examples-mismatch",
+    "duplicate",
+    "malformed-shape",
+    "malformed-nan",
+    "client-error",
+]
 
 
 @pytest.mark.parametrize("workers", [1, 3], ids=["one-thread", "three-threads"])
@@ -221,8 +245,9 @@ def test_an_aggregate_in_another_dtype_is_cast_back():
     """FedAdam under NumPy 2 returns float64: the global model (and its digest) stay float32."""
     from flwr.serverapp.strategy import FedAdam
 
-    s = Setup(inner=FedAdam(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1,
-                            eta=0.1))
+    s = Setup(
+        inner=FedAdam(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1, eta=0.1)
+    )
     msgs = s.instructions(1)
     agg, _ = s.strategy.aggregate_train(1, s.honest(1, msgs))
     assert {a.numpy().dtype for a in agg.values()} == {np.dtype(np.float32)}
@@ -314,21 +339,27 @@ def test_reopening_a_ledger_verifies_it_and_refuses_a_broken_one(tmp_path):
 
 
 def _dp():
-    return flwr_strategies.DifferentialPrivacyServerSideFixedClipping(fedavg(), noise_multiplier=0.0,
-                                                                        clipping_norm=100.0, num_sampled_clients=4)
+    return flwr_strategies.DifferentialPrivacyServerSideFixedClipping(
+        fedavg(), noise_multiplier=0.0, clipping_norm=100.0, num_sampled_clients=4
+    )
 
 
-@pytest.mark.parametrize("make", [
-    fedavg,
-    lambda: flwr_strategies.FedProx(min_available_nodes=1, min_train_nodes=1, proximal_mu=0.1),
-    lambda: flwr_strategies.FedMedian(min_available_nodes=1, min_train_nodes=1),
-    lambda: flwr_strategies.FedTrimmedAvg(min_available_nodes=1, min_train_nodes=1, beta=0.25),
-    lambda: flwr_strategies.Krum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1),
-    lambda: flwr_strategies.MultiKrum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1,
-                                      num_nodes_to_select=2),
-    lambda: flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1),
-    _dp,
-], ids=["FedAvg", "FedProx", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "FedAdam", "DPFixedClipping"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        fedavg,
+        lambda: flwr_strategies.FedProx(min_available_nodes=1, min_train_nodes=1, proximal_mu=0.1),
+        lambda: flwr_strategies.FedMedian(min_available_nodes=1, min_train_nodes=1),
+        lambda: flwr_strategies.FedTrimmedAvg(min_available_nodes=1, min_train_nodes=1, beta=0.25),
+        lambda: flwr_strategies.Krum(min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1),
+        lambda: flwr_strategies.MultiKrum(
+            min_available_nodes=1, min_train_nodes=1, num_malicious_nodes=1, num_nodes_to_select=2
+        ),
+        lambda: flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1),
+        _dp,
+    ],
+    ids=["FedAvg", "FedProx", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "FedAdam", "DPFixedClipping"],
+)
 def test_wraps_flower_strategies_and_matches_them(make):
     s = Setup(inner=make())
     msgs = s.instructions(1)
@@ -369,9 +400,16 @@ def test_run_id_in_the_ledger_uri_gives_each_run_its_own_ledger(tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
 
     clients = Clients(2)
-    s = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path}/ledger-{{run_id}}.db", keyring=clients.keyring,
-                       server_key=Ed25519PrivateKey.generate())
-    assert s.ledger.uri.endswith(f"ledger-{TaskIdentity.run_id}.db") and (tmp_path / f"ledger-{TaskIdentity.run_id}.db").exists()
+    s = LedgerStrategy(
+        fedavg(),
+        ledger=f"sqlite:///{tmp_path}/ledger-{{run_id}}.db",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
+    assert (
+        s.ledger.uri.endswith(f"ledger-{TaskIdentity.run_id}.db")
+        and (tmp_path / f"ledger-{TaskIdentity.run_id}.db").exists()
+    )
     s.close()
 
 
@@ -384,12 +422,15 @@ def test_bad_keys_are_an_error_before_anything_is_written(tmp_path, monkeypatch)
     clients = Clients(2)
     db = tmp_path / "ledger.db"
     with pytest.raises(KeyFileError, match=f"relative path that does not exist in the working directory {tmp_path}"):
-        LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring="keys/keyring", server_key=Ed25519PrivateKey.generate())
+        LedgerStrategy(
+            fedavg(), ledger=f"sqlite:///{db}", keyring="keys/keyring", server_key=Ed25519PrivateKey.generate()
+        )
     with pytest.raises(KeyFileError, match="server_key 'keys/server/server.key' is a relative path"):
         LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring, server_key="keys/server/server.key")
     with pytest.raises(KeyFileError):
-        LedgerStrategy(fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring,
-                       server_key=tmp_path / "missing" / "server.key")
+        LedgerStrategy(
+            fedavg(), ledger=f"sqlite:///{db}", keyring=clients.keyring, server_key=tmp_path / "missing" / "server.key"
+        )
     assert not db.exists() and not list(tmp_path.iterdir()), sorted(tmp_path.iterdir())
 
 
@@ -407,6 +448,7 @@ def test_the_cyclic_collector_is_paused_while_judging_and_recording_and_restored
         def spy(self, *a, _original=original, _name=name, **k):
             seen.append((_name, gc.isenabled()))
             return _original(self, *a, **k)
+
         monkeypatch.setattr(cls, name, spy)
     s = Setup()
     assert gc.isenabled()
@@ -448,8 +490,7 @@ def test_a_round_never_configured_is_judged_and_recorded_against_the_current_mod
 
 def test_no_accepted_update_with_min_accepted_zero_leaves_model_and_state(tmp_path):
     uri = f"sqlite:///{tmp_path}/l.db"
-    s = Setup(inner=flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
-              uri=uri)
+    s = Setup(inner=flwr_strategies.FedAdam(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), uri=uri)
     s.strategy.min_accepted = 0
     s.aggregate(1, s.honest(1))
     before = s.strategy.ledger.head().header

@@ -37,10 +37,12 @@ def fedadam():
 
 def run_rounds(strategy: LedgerStrategy, clients: Clients, rounds, glob):
     for rnd in rounds:
-        msgs = sorted(strategy.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)),
-                      key=lambda m: m.metadata.dst_node_id)
-        replies = [signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i)
-                   for i, (m, k) in enumerate(zip(msgs, clients.keys))]
+        msgs = sorted(
+            strategy.configure_train(rnd, glob, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
+        )
+        replies = [
+            signed_train_reply(m, k, arrays(100 * rnd + i), 10 + i) for i, (m, k) in enumerate(zip(msgs, clients.keys))
+        ]
         glob, _ = strategy.aggregate_train(rnd, replies)
     return glob
 
@@ -92,8 +94,9 @@ def test_resumed_fedadam_continues_exactly(tmp_path):
     assert same(named(got), named(want))
     assert same(strategy_state(second.strategy), strategy_state(one.strategy))
 
-    fresh = LedgerStrategy(fedadam(), ledger=f"sqlite:///{tmp_path / 'f.db'}", keyring=clients.keyring,
-                           server_key=key)  # what a resume without the state would compute
+    fresh = LedgerStrategy(
+        fedadam(), ledger=f"sqlite:///{tmp_path / 'f.db'}", keyring=clients.keyring, server_key=key
+    )  # what a resume without the state would compute
     run_rounds(fresh, clients, [1, 2], arrays(0))
     fresh.strategy.m_t = fresh.strategy.v_t = None
     lost = run_rounds(fresh, clients, [3], fresh.resume_arrays())
@@ -102,16 +105,21 @@ def test_resumed_fedadam_continues_exactly(tmp_path):
 
 def test_stateless_strategies_record_no_state():
     clients = Clients(3)
-    s = LedgerStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0), ledger="memory:",
-                       keyring=clients.keyring, server_key=Ed25519PrivateKey.generate())
+    s = LedgerStrategy(
+        FedAvg(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0),
+        ledger="memory:",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
     run_rounds(s, clients, [1], arrays(0))
     assert s.ledger.head().header.state_after == b"" and s.core.resume_state() == []
 
 
 def test_fedavgm_and_nested_dp_clipping_norm_round_trip():
     def dp(norm=0.1):
-        return DifferentialPrivacyServerSideAdaptiveClipping(FedAvgM(server_momentum=0.9), noise_multiplier=0.1,
-                                                             num_sampled_clients=3, initial_clipping_norm=norm)
+        return DifferentialPrivacyServerSideAdaptiveClipping(
+            FedAvgM(server_momentum=0.9), noise_multiplier=0.1, num_sampled_clients=3, initial_clipping_norm=norm
+        )
 
     m = FedAvgM(server_momentum=0.9)
     m.momentum_vector = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float64)]
@@ -195,8 +203,13 @@ def test_run_py_fedadam_resume_matches_uninterrupted_run(tmp_path):
     keys, data = tmp_path / "keys", tmp_path / "data"
 
     def run(out, rounds, *extra):
-        r = subprocess.run(run_args(out, keys, data, rounds, 3) + ["--strategy", "fedadam", *extra],
-                           capture_output=True, text=True, env=env(), timeout=900)
+        r = subprocess.run(
+            run_args(out, keys, data, rounds, 3) + ["--strategy", "fedadam", *extra],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=900,
+        )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         return r
 

@@ -33,7 +33,6 @@ from flower_chain.ledger.errors import CheckpointError, KeyFileError
 from flower_chain.ledger.keys import raw_public
 from flower_chain.ledger.proofs import consistency_proof
 from flower_chain.serve.background import ServerThread, free_port
-from flower_chain.witness.server import Witness, WitnessStore, build_app
 from flower_chain.witness.client import (
     WitnessConflict,
     WitnessEndpoint,
@@ -42,6 +41,7 @@ from flower_chain.witness.client import (
     request_body,
     submit,
 )
+from flower_chain.witness.server import Witness, WitnessStore, build_app
 
 ORIGIN = "flower-chain/fed-test"
 
@@ -101,8 +101,11 @@ def test_cosignature_bytes_follow_the_spec():
     for bad in ("— w1 AAAA", "w1 " + line.split(" ")[2], "— w1 !!!", ""):
         with pytest.raises(CheckpointError):
             parse_cosignature(bad)
-    for bad in ("w+00+AAAA", "w+" + ck.vkey().split("+", 1)[1].replace("+", "", 1),
-                verifier_key("w", pub)):  # an ordinary 0x01 note key is not a cosigner key
+    for bad in (
+        "w+00+AAAA",
+        "w+" + ck.vkey().split("+", 1)[1].replace("+", "", 1),
+        verifier_key("w", pub),
+    ):  # an ordinary 0x01 note key is not a cosigner key
         with pytest.raises(KeyFileError):
             parse_cosigner_key(bad)
 
@@ -125,8 +128,10 @@ def test_every_status_code_and_no_state_change_on_refusal(setup, tmp_path):
     other_key = Ed25519PrivateKey.generate()
     cp2 = Checkpoint.from_text(note2[: note2.index("\n\n") + 1])
     refusals = {
-        "unknown origin": (404, request_body(sign_checkpoint(Checkpoint("example.com/other", 1, b"\x01" * 32),
-                                                             other_key), 0, [])),
+        "unknown origin": (
+            404,
+            request_body(sign_checkpoint(Checkpoint("example.com/other", 1, b"\x01" * 32), other_key), 0, []),
+        ),
         "forged signature": (403, request_body(sign_checkpoint(cp2, other_key), size1, proof)),
         "tampered body": (403, request_body(note2.replace(f"\n{size2}\n", f"\n{size2 + 1}\n"), size1, proof)),
         "old larger than size": (400, request_body(note2, size2 + 1, proof)),
@@ -162,11 +167,19 @@ def test_malformed_and_oversized_bodies_are_400_and_change_nothing(setup):
     note = fed.writer.checkpoint()
     h = base64.b64encode(b"\x00" * 32).decode()
     bad = [
-        b"", b"\n\n", b"old 0\n", b"old 0" + note.encode(), b"old 00\n\n" + note.encode(),
-        b"old -1\n\n" + note.encode(), b"old x\n\n" + note.encode(), b"new 0\n\n" + note.encode(),
-        b"old  0\n\n" + note.encode(), b"old 0\nnot base64!\n\n" + note.encode(),
+        b"",
+        b"\n\n",
+        b"old 0\n",
+        b"old 0" + note.encode(),
+        b"old 00\n\n" + note.encode(),
+        b"old -1\n\n" + note.encode(),
+        b"old x\n\n" + note.encode(),
+        b"new 0\n\n" + note.encode(),
+        b"old  0\n\n" + note.encode(),
+        b"old 0\nnot base64!\n\n" + note.encode(),
         b"old 0\n" + base64.b64encode(b"short") + b"\n\n" + note.encode(),
-        b"old 0\n\xff\xfe\n\n" + note.encode(), b"\xff" * 100,
+        b"old 0\n\xff\xfe\n\n" + note.encode(),
+        b"\xff" * 100,
         ("old 5\n" + (h + "\n") * 64 + "\n" + note).encode(),  # 64 proof lines: more than 63
         b"old 99999999999999999999999\n\n" + note.encode(),
         b"old 0\n\n" + note.encode().replace(b"\n\n", b"\n"),  # checkpoint without its signature block
@@ -194,8 +207,10 @@ def test_concurrent_submissions_for_one_log_exactly_one_succeeds(setup, tmp_path
         note_a, size_a = fed.writer.checkpoint(), fed.writer.log_size
         fed.add_round(11 + 2 * trial, 3)
         note_b, size_b = fed.writer.checkpoint(), fed.writer.log_size
-        bodies = [request_body(note_a, base, consistency_proof(fed.ledger, base, size_a)),
-                  request_body(note_b, base, consistency_proof(fed.ledger, base, size_b))]
+        bodies = [
+            request_body(note_a, base, consistency_proof(fed.ledger, base, size_a)),
+            request_body(note_b, base, consistency_proof(fed.ledger, base, size_b)),
+        ]
         barrier = threading.Barrier(2)
         results = [None, None]
 
@@ -225,8 +240,10 @@ def test_concurrent_submissions_for_one_log_exactly_one_succeeds(setup, tmp_path
         barrier.wait()
         out[i] = twins[i].add_checkpoint(request_body(note, base, consistency_proof(fed.ledger, base, size))).status
 
-    threads = [threading.Thread(target=direct, args=(0, note_a, size_a)),
-               threading.Thread(target=direct, args=(1, note_b, size_b))]
+    threads = [
+        threading.Thread(target=direct, args=(0, note_a, size_a)),
+        threading.Thread(target=direct, args=(1, note_b, size_b)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -245,10 +262,28 @@ def test_state_survives_a_restart_of_the_witness_command(federation_factory, tmp
 
     def start():
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "flower_chain.cli", "witness", "serve", "--key", str(priv),
-                                 "--db", db, "--log", f"{ORIGIN}={vkey}", "--name", "witness.test/cli",
-                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, "COLUMNS": "300"})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flower_chain.cli",
+                "witness",
+                "serve",
+                "--key",
+                str(priv),
+                "--db",
+                db,
+                "--log",
+                f"{ORIGIN}={vkey}",
+                "--name",
+                "witness.test/cli",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "300"},
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -288,12 +323,14 @@ def test_witness_command_refuses_bad_input(tmp_path):
     priv, pub = generate(tmp_path, "w")
     good_log = f"{ORIGIN}={verifier_key(ORIGIN, raw_public(Ed25519PrivateKey.generate()))}"
     runner = CliRunner()
-    for args in (["--key", str(priv), "--log", "no-equals-sign"],
-                 ["--key", str(priv), "--log", "o=name+0000+AAAA"],
-                 ["--key", str(tmp_path / "missing.key"), "--log", f"{ORIGIN}=x"],
-                 ["--key", str(priv), "--log", good_log, "--db", "witness.db"],
-                 ["--key", str(priv), "--log", good_log, "--db", f"sqlite:///{tmp_path}"],  # a directory
-                 ["--key", str(priv), "--log", good_log, "--port", "0"]):
+    for args in (
+        ["--key", str(priv), "--log", "no-equals-sign"],
+        ["--key", str(priv), "--log", "o=name+0000+AAAA"],
+        ["--key", str(tmp_path / "missing.key"), "--log", f"{ORIGIN}=x"],
+        ["--key", str(priv), "--log", good_log, "--db", "witness.db"],
+        ["--key", str(priv), "--log", good_log, "--db", f"sqlite:///{tmp_path}"],  # a directory
+        ["--key", str(priv), "--log", good_log, "--port", "0"],
+    ):
         res = runner.invoke(app, ["witness", "serve", *args])
         assert res.exit_code == 2 and "error:" in res.output, (args, res.output)
     res = runner.invoke(app, ["witness", "vkey", "--key", str(pub), "--name", "w.example/1"])
@@ -341,8 +378,14 @@ def test_submit_times_out_and_reports_unreachable_witnesses(setup):
         with pytest.raises(WitnessError):
             submit(dead, fed.writer.checkpoint(), 0, [], timeout=0.5)
         ck = parse_cosigner_key(witness.verifier_key)
-        pool = WitnessPool([WitnessEndpoint(url, ck), WitnessEndpoint(dead, ck),
-                            WitnessEndpoint(f"http://127.0.0.1:{silent.getsockname()[1]}", ck)], timeout=0.5)
+        pool = WitnessPool(
+            [
+                WitnessEndpoint(url, ck),
+                WitnessEndpoint(dead, ck),
+                WitnessEndpoint(f"http://127.0.0.1:{silent.getsockname()[1]}", ck),
+            ],
+            timeout=0.5,
+        )
         t0 = time.monotonic()
         note, errors = pool.cosign(fed.ledger, fed.writer.checkpoint())
         assert time.monotonic() - t0 < 5 and set(errors) == {dead, f"http://127.0.0.1:{silent.getsockname()[1]}"}
@@ -368,17 +411,24 @@ def test_interop_with_the_aics_witness_implementation(federation_factory, tmp_pa
     try:
         from aics_tlog.cosign import verify_cosignature as aics_verify
         from aics_tlog.note import parse_vkey
-        from aics_witness import LogConfig, WitnessStore as AicsStore
+        from aics_witness import LogConfig
         from aics_witness import Witness as AicsWitness
         from aics_witness import WitnessError as AicsError
+        from aics_witness import WitnessStore as AicsStore
     except ImportError:
-        pytest.skip(f"aics-witness is not installed (it requires Python >= 3.12; this is "
-                    f"{sys.version_info.major}.{sys.version_info.minor}): `pip install aics-witness` to run this")
+        pytest.skip(
+            f"aics-witness is not installed (it requires Python >= 3.12; this is "
+            f"{sys.version_info.major}.{sys.version_info.minor}): `pip install aics-witness` to run this"
+        )
     fed = federation_factory("sqlite")
     fed.add_round(1, 3)
     wkey = Ed25519PrivateKey.generate()
-    theirs = AicsWitness("aics.test/w", wkey, AicsStore(tmp_path / "aics.db", create=True),
-                         [LogConfig(ORIGIN, (parse_vkey(verifier_key(ORIGIN, fed.server_key.public_key())),))])
+    theirs = AicsWitness(
+        "aics.test/w",
+        wkey,
+        AicsStore(tmp_path / "aics.db", create=True),
+        [LogConfig(ORIGIN, (parse_vkey(verifier_key(ORIGIN, fed.server_key.public_key())),))],
+    )
     ck = parse_cosigner_key(theirs.vkey_text)  # their vkey text parses as ours
 
     def their_submit(url, note, old, proof, timeout):

@@ -68,10 +68,15 @@ def test_client_cosignature_coverage_per_keyring_key_and_a_repeated_one_counted_
     head = f.writer.head
     before = head.header.model_after
     k0, k1, k2 = f.client_keys
-    cos = [CosignatureEntry(key_id=key_id(k), round=2, size=head.header.log_size,
-                            line=cosign_checkpoint(head.checkpoint, k)) for k in (k0, k0, k0, k1)]  # k0's thrice
-    f.writer.append(2, [f.update(2, i, base=before) for i in range(2)] + cos, model_before=before,
-                    model_after=f.rng.randbytes(32))
+    cos = [
+        CosignatureEntry(
+            key_id=key_id(k), round=2, size=head.header.log_size, line=cosign_checkpoint(head.checkpoint, k)
+        )
+        for k in (k0, k0, k0, k1)
+    ]  # k0's thrice
+    f.writer.append(
+        2, [f.update(2, i, base=before) for i in range(2)] + cos, model_before=before, model_after=f.rng.randbytes(32)
+    )
     f.ledger.close()
     code, out = cli("ledger", "verify", uri)
     text = " ".join(out.split())

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from flower_chain.audit.witnessed import verify_witnessed
 from flower_chain.clients.receipts import ERRORS_LOG, METRIC_ERRORS, origin_dir_name, origin_for, read_counts
 from flower_chain.clients.signing import make_signing_mod
 from flower_chain.ledger import decode_entry, merkle, open_ledger, verify
@@ -19,19 +20,19 @@ from flower_chain.ledger.checkpoint import parse_verifier_key, verifier_key
 from flower_chain.ledger.cosignature import (
     check_client_cosignature,
     client_cosigner,
+    cosigned_address,
     parse_cosigner_key,
+    stored_cosigned_note,
     verify_cosigned_checkpoint,
 )
 from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.serve.background import ServerThread, free_port
-from flower_chain.witness.server import Witness, WitnessStore
-from flower_chain.witness.server import build_app as witness_app
 from flower_chain.strategies import LedgerStrategy
-from flower_chain.audit.witnessed import verify_witnessed
-from flower_chain.ledger.cosignature import cosigned_address, stored_cosigned_note
 from flower_chain.strategies.witnessing import Witnessing
 from flower_chain.wire import COSIGNATURE, CTX_CHECKPOINT, LEGACY_COSIGNATURE, SIG_RECORD
+from flower_chain.witness.server import Witness, WitnessStore
+from flower_chain.witness.server import build_app as witness_app
 from tests.support.fl_helpers import Clients, FakeGrid, arrays, fedavg, train_reply, with_content
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -47,8 +48,13 @@ def make_witness(tmp_path, server_key, name="witness.test/w1"):
 
 
 def ctx(node_id, **node_config):
-    return Context(run_id=1, node_id=node_id, node_config={"partition-id": 0, "num-partitions": 10, **node_config},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config={"partition-id": 0, "num-partitions": 10, **node_config},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 class Side:
@@ -61,11 +67,15 @@ class Side:
         self.sent = {}
 
     def round(self, rnd, nodes=NODES):
-        msgs = sorted(self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(nodes)),
-                      key=lambda m: m.metadata.dst_node_id)
+        msgs = sorted(
+            self.strategy.configure_train(rnd, self.global_arrays, ConfigRecord({}), FakeGrid(nodes)),
+            key=lambda m: m.metadata.dst_node_id,
+        )
         self.sent[rnd] = [str(m.content["config"][CTX_CHECKPOINT]) for m in msgs]
-        replies = [mod(m, ctx(nodes[i], **cfg), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
-                   for i, (m, mod, cfg) in enumerate(zip(msgs, self.mods, self.node_configs))]
+        replies = [
+            mod(m, ctx(nodes[i], **cfg), lambda msg, c, i=i: train_reply(msg, arrays(100 * rnd + i), 10))
+            for i, (m, mod, cfg) in enumerate(zip(msgs, self.mods, self.node_configs))
+        ]
         self.replies[rnd] = replies
         agg, _ = self.strategy.aggregate_train(rnd, replies)
         if agg is not None:
@@ -113,17 +123,37 @@ def test_split_view_the_witness_refuses_fork_b_and_its_clients_refuse_to_sign(tm
     receipts = tmp_path / "receipts"
     with ServerThread(witness_app(witness)) as url:
         wit = [(url, vkey)]
-        a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path / 'a.db'}", keyring=clients.keyring,
-                           server_key=server_key, federation_id=FED, witnesses=wit, witness_quorum=1)
-        b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                           server_key=server_key, federation_id=FED, witnesses=wit, witness_quorum=1,
-                           min_accepted=0)  # the fork's server keeps going with no accepted update, to show it
+        a = LedgerStrategy(
+            fedavg(),
+            ledger=f"sqlite:///{tmp_path / 'a.db'}",
+            keyring=clients.keyring,
+            server_key=server_key,
+            federation_id=FED,
+            witnesses=wit,
+            witness_quorum=1,
+        )
+        b = LedgerStrategy(
+            fedavg(),
+            ledger=fork_of(a, tmp_path / "b.db"),
+            keyring=clients.keyring,
+            server_key=server_key,
+            federation_id=FED,
+            witnesses=wit,
+            witness_quorum=1,
+            min_accepted=0,
+        )  # the fork's server keeps going with no accepted update, to show it
         try:
             # every client trusts the witness, quorum 1, configured through its node config (group B)
             # or make_signing_mod's arguments (group A)
-            side_a = Side(a, clients.keys[:3], [make_signing_mod(k, receipts_dir=receipts, witness_keys=vkey,
-                                                                 witness_quorum=1) for k in clients.keys[:3]],
-                          [{}] * 3)
+            side_a = Side(
+                a,
+                clients.keys[:3],
+                [
+                    make_signing_mod(k, receipts_dir=receipts, witness_keys=vkey, witness_quorum=1)
+                    for k in clients.keys[:3]
+                ],
+                [{}] * 3,
+            )
             cfg_b = {"receipts-dir": str(receipts), "witness-keys": vkey, "witness-quorum": 1}
             side_b = Side(b, clients.keys[3:], [make_signing_mod(k) for k in clients.keys[3:]], [cfg_b] * 3)
 
@@ -191,11 +221,23 @@ def test_copied_cosignatures_do_not_witness_a_fork(tmp_path):
     clients = Clients(3)
     witness = make_witness(tmp_path, server_key)
     with ServerThread(witness_app(witness)) as url:
-        a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path / 'a.db'}", keyring=clients.keyring,
-                           server_key=server_key, federation_id=FED, witnesses=[(url, witness.verifier_key)],
-                           witness_quorum=1, witness_timeout=5)
-        b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                           server_key=server_key, federation_id=FED)
+        a = LedgerStrategy(
+            fedavg(),
+            ledger=f"sqlite:///{tmp_path / 'a.db'}",
+            keyring=clients.keyring,
+            server_key=server_key,
+            federation_id=FED,
+            witnesses=[(url, witness.verifier_key)],
+            witness_quorum=1,
+            witness_timeout=5,
+        )
+        b = LedgerStrategy(
+            fedavg(),
+            ledger=fork_of(a, tmp_path / "b.db"),
+            keyring=clients.keyring,
+            server_key=server_key,
+            federation_id=FED,
+        )
         try:
             sa = Side(a, clients.keys, [make_signing_mod(k) for k in clients.keys], [{}] * 3)
             sb = Side(b, clients.keys, [make_signing_mod(k) for k in clients.keys], [{}] * 3)
@@ -208,7 +250,7 @@ def test_copied_cosignatures_do_not_witness_a_fork(tmp_path):
             note_a1, note_a2 = stored_cosigned_note(a.ledger, a1), stored_cosigned_note(a.ledger, a2)
             # block 1: A's whole cosigned note (another checkpoint); block 2: A's cosignature lines on B's body
             b.ledger.put_blob(note_a1.encode(), cosigned_address(b1.hash))
-            b.ledger.put_blob((b2.checkpoint + note_a2[len(a2.checkpoint):]).encode(), cosigned_address(b2.hash))
+            b.ledger.put_blob((b2.checkpoint + note_a2[len(a2.checkpoint) :]).encode(), cosigned_address(b2.hash))
             rep = verify_witnessed(b.ledger, [witness.verifier_key], 1)
             assert not rep.ok and rep.witnessed == [] and rep.uncovered == [0, 1, 2]  # B had no witness
             assert "block 1: the stored cosigned note is for another checkpoint" in rep.problems[0]
@@ -226,10 +268,20 @@ def test_clients_cosign_what_they_verified_and_detect_the_fork_when_the_views_me
     server_key = Ed25519PrivateKey.generate()
     clients = Clients(6)
     receipts = tmp_path / "receipts"
-    a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{tmp_path / 'a.db'}", keyring=clients.keyring,
-                       server_key=server_key, federation_id=FED)
-    b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                       server_key=server_key, federation_id=FED)
+    a = LedgerStrategy(
+        fedavg(),
+        ledger=f"sqlite:///{tmp_path / 'a.db'}",
+        keyring=clients.keyring,
+        server_key=server_key,
+        federation_id=FED,
+    )
+    b = LedgerStrategy(
+        fedavg(),
+        ledger=fork_of(a, tmp_path / "b.db"),
+        keyring=clients.keyring,
+        server_key=server_key,
+        federation_id=FED,
+    )
     try:
         mods = [make_signing_mod(k, receipts_dir=receipts) for k in clients.keys]
         side_a = Side(a, clients.keys[:3], mods[:3], [{}] * 3)
@@ -250,8 +302,11 @@ def test_clients_cosign_what_they_verified_and_detect_the_fork_when_the_views_me
         assert sorted(e.key_id for e in recorded) == sorted(key_id(k) for k in clients.keys[:3])
         assert verify(a.ledger, client_signatures=True).client_cosignatures == 3 + 3  # rounds 2 (and 1's head)
         # a cosignature by A's client on A's checkpoint is no cosignature of B's checkpoint of the same size
-        line_a, note_a, note_b = side_a.replies[2][0].content[SIG_RECORD][COSIGNATURE], side_a.sent[2][0], \
-            side_b.sent[2][0]
+        line_a, note_a, note_b = (
+            side_a.replies[2][0].content[SIG_RECORD][COSIGNATURE],
+            side_a.sent[2][0],
+            side_b.sent[2][0],
+        )
         assert note_a.split("\n")[1] == note_b.split("\n")[1] and note_a != note_b  # same size, other root
         assert not check_client_cosignature(line_a, note_b, raw_public(clients.keys[0]))
         tampered = line_a[:-4] + ("AAAA" if not line_a.endswith("AAAA") else "BBBB")
@@ -278,10 +333,14 @@ def test_a_server_that_pretends_not_to_know_the_client_is_caught_at_the_second_m
     server_key = Ed25519PrivateKey.generate()
     clients = Clients(4)
     receipts = tmp_path / "receipts"
-    a = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key,
-                       federation_id=FED)
-    b = LedgerStrategy(fedavg(), ledger=fork_of(a, tmp_path / "b.db"), keyring=clients.keyring,
-                       server_key=server_key, federation_id=FED)
+    a = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key, federation_id=FED)
+    b = LedgerStrategy(
+        fedavg(),
+        ledger=fork_of(a, tmp_path / "b.db"),
+        keyring=clients.keyring,
+        server_key=server_key,
+        federation_id=FED,
+    )
     try:
         mods = [make_signing_mod(k, receipts_dir=receipts) for k in clients.keys]
         side_a = Side(a, clients.keys[:1], mods[:1], [{}])
@@ -305,23 +364,33 @@ def test_a_server_that_pretends_not_to_know_the_client_is_caught_at_the_second_m
 def test_legacy_replies_carry_the_cosignature_in_the_metrics(tmp_path):
     clients = Clients(1)
     key = clients.keys[0]
-    strategy = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring,
-                              server_key=Ed25519PrivateKey.generate(), federation_id=FED)
+    strategy = LedgerStrategy(
+        fedavg(), ledger="memory:", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate(), federation_id=FED
+    )
     try:
         mod = make_signing_mod(key, receipts_dir=tmp_path / "r")
         msg = next(iter(strategy.configure_train(1, arrays(0), ConfigRecord({}), FakeGrid([201]))))
-        legacy = with_content(msg, RecordDict({"fitins.parameters": msg.content["arrays"],
-                                               "fitins.config": msg.content["config"]}))
+        legacy = with_content(
+            msg, RecordDict({"fitins.parameters": msg.content["arrays"], "fitins.config": msg.content["config"]})
+        )
 
         def fit(m, c):
             return Message(
-                RecordDict({"fitres.parameters": arrays(1), "fitres.metrics": ConfigRecord({"loss": 0.5}),
-                            "fitres.num_examples": MetricRecord({"num_examples": 10})}), reply_to=m)
+                RecordDict(
+                    {
+                        "fitres.parameters": arrays(1),
+                        "fitres.metrics": ConfigRecord({"loss": 0.5}),
+                        "fitres.num_examples": MetricRecord({"num_examples": 10}),
+                    }
+                ),
+                reply_to=m,
+            )
 
         reply = mod(legacy, ctx(201), fit)
         rec = reply.content["fitres.metrics"]
-        assert check_client_cosignature(rec[LEGACY_COSIGNATURE], str(msg.content["config"][CTX_CHECKPOINT]),
-                                         raw_public(key))
+        assert check_client_cosignature(
+            rec[LEGACY_COSIGNATURE], str(msg.content["config"][CTX_CHECKPOINT]), raw_public(key)
+        )
     finally:
         strategy.core.close()
 
@@ -330,8 +399,9 @@ def test_client_witness_configuration_errors(tmp_path, monkeypatch):
     server_key = Ed25519PrivateKey.generate()
     clients = Clients(1)
     witness = make_witness(tmp_path, server_key)
-    strategy = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key,
-                              federation_id=FED)
+    strategy = LedgerStrategy(
+        fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key, federation_id=FED
+    )
     try:
         msg = next(iter(strategy.configure_train(1, arrays(0), ConfigRecord({}), FakeGrid([201]))))
 
@@ -339,8 +409,10 @@ def test_client_witness_configuration_errors(tmp_path, monkeypatch):
             return mod(msg, ctx(201, **cfg), lambda m, c: train_reply(m, arrays(1), 10))
 
         with pytest.raises(KeyFileError, match="witness-quorum 2"):
-            run(make_signing_mod(clients.keys[0], receipts_dir=tmp_path / "r1"), **{
-                "witness-keys": witness.verifier_key, "witness-quorum": 2})
+            run(
+                make_signing_mod(clients.keys[0], receipts_dir=tmp_path / "r1"),
+                **{"witness-keys": witness.verifier_key, "witness-quorum": 2},
+            )
         with pytest.raises(KeyFileError):
             run(make_signing_mod(clients.keys[0], receipts_dir=tmp_path / "r2"), **{"witness-keys": "nonsense"})
         with pytest.raises(KeyFileError, match="receipts directory"):
@@ -373,12 +445,20 @@ def test_a_down_or_hanging_witness_costs_at_most_the_timeout_and_is_recorded(tmp
     try:
         with ServerThread(witness_app(witness)) as url:
             t0 = time.perf_counter()
-            s = LedgerStrategy(fedavg(), ledger="memory:", keyring=clients.keyring, server_key=server_key,
-                               federation_id=FED, witness_quorum=2, witness_timeout=timeout,
-                               witnesses=[(url, witness.verifier_key),
-                                          (down_url,
-                                           make_witness(tmp_path, server_key, "witness.test/w2").verifier_key),
-                                   (hang_url, make_witness(tmp_path, server_key, "witness.test/w3").verifier_key)])
+            s = LedgerStrategy(
+                fedavg(),
+                ledger="memory:",
+                keyring=clients.keyring,
+                server_key=server_key,
+                federation_id=FED,
+                witness_quorum=2,
+                witness_timeout=timeout,
+                witnesses=[
+                    (url, witness.verifier_key),
+                    (down_url, make_witness(tmp_path, server_key, "witness.test/w2").verifier_key),
+                    (hang_url, make_witness(tmp_path, server_key, "witness.test/w3").verifier_key),
+                ],
+            )
             try:
                 side = Side(s, clients.keys, [make_signing_mod(k) for k in clients.keys], [{}] * 3)
                 for rnd in (1, 2):
@@ -394,8 +474,9 @@ def test_a_down_or_hanging_witness_costs_at_most_the_timeout_and_is_recorded(tmp
                 assert max(w.cosign_seconds) < timeout + 0.5
                 # what the clients are sent: the head's checkpoint with the one cosignature it got
                 note = s.core.receipt_config(201)[CTX_CHECKPOINT]
-                _, valid = verify_cosigned_checkpoint(note, raw_public(server_key),
-                                                      [parse_cosigner_key(witness.verifier_key)], 1)
+                _, valid = verify_cosigned_checkpoint(
+                    note, raw_public(server_key), [parse_cosigner_key(witness.verifier_key)], 1
+                )
                 assert list(valid) == ["witness.test/w1"]
             finally:
                 s.core.close()
@@ -427,8 +508,9 @@ def test_verify_fails_on_a_cosignature_the_client_did_not_make(tmp_path):
     server_key = Ed25519PrivateKey.generate()
     clients = Clients(3)
     path = tmp_path / "a.db"
-    a = LedgerStrategy(fedavg(), ledger=f"sqlite:///{path}", keyring=clients.keyring, server_key=server_key,
-                       federation_id=FED)
+    a = LedgerStrategy(
+        fedavg(), ledger=f"sqlite:///{path}", keyring=clients.keyring, server_key=server_key, federation_id=FED
+    )
     mods = [make_signing_mod(k, receipts_dir=tmp_path / "r") for k in clients.keys]
     side = Side(a, clients.keys, mods, [{}] * 3)
     for rnd in (1, 2):

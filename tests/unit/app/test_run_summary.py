@@ -14,9 +14,21 @@ def _summary(tmp_path, capsys, secure_aggregation=False, keys_dir=None):
     out = tmp_path / "out"
     out.mkdir()
     uri = f"sqlite:///{tmp_path / 'no-ledger-here.db'}"
-    (out / "metrics.json").write_text(json.dumps({"summary": {
-        "dataset_source": "synthetic", "final_accuracy": 0.5, "total_time_s": 1.0, "ledger": uri,
-        "ledger_blocks": 3, "ledger_entries": 6, "secure_aggregation": secure_aggregation}}))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "summary": {
+                    "dataset_source": "synthetic",
+                    "final_accuracy": 0.5,
+                    "total_time_s": 1.0,
+                    "ledger": uri,
+                    "ledger_blocks": 3,
+                    "ledger_entries": 6,
+                    "secure_aggregation": secure_aggregation,
+                }
+            }
+        )
+    )
     overrides = {"out-dir": str(out), "dataset": "synthetic", "num-server-rounds": 2}
     if keys_dir is not None:
         overrides["keys-dir"] = str(keys_dir)

@@ -39,23 +39,34 @@ def test_secagg_parameters_keep_one_dropout_per_neighbourhood():
     assert secagg_parameters({"secagg-num-shares": 3, "secagg-threshold": 3}, 10) == (3, 2)
 
 
-@pytest.mark.parametrize("cfg,n", [({"secagg-num-shares": 5, "secagg-threshold": 3}, 2),
-                                   ({"secagg-num-shares": 1, "secagg-threshold": 3}, 10),
-                                   ({"secagg-num-shares": 5, "secagg-threshold": 1}, 10)])
+@pytest.mark.parametrize(
+    "cfg,n",
+    [
+        ({"secagg-num-shares": 5, "secagg-threshold": 3}, 2),
+        ({"secagg-num-shares": 1, "secagg-threshold": 3}, 10),
+        ({"secagg-num-shares": 5, "secagg-threshold": 1}, 10),
+    ],
+)
 def test_secagg_parameters_refuse_what_protects_nothing(cfg, n):
     with pytest.raises(ValueError):
         secagg_parameters(cfg, n)
 
 
 def _stage_msg(stage: str) -> Message:
-    body = RecordDict({RECORD: ConfigRecord({"request": encode({"stage": stage, "round_id": b"r", "content": {},
-                                                                "proof": {}})})})
+    body = RecordDict(
+        {RECORD: ConfigRecord({"request": encode({"stage": stage, "round_id": b"r", "content": {}, "proof": {}})})}
+    )
     return Message(content=body, dst_node_id=7, message_type="train", group_id="1")
 
 
 def _ctx(partition: int, run_config: dict) -> Context:
-    return Context(run_id=1, node_id=7, node_config={"partition-id": partition, "num-partitions": 6},
-                   state=RecordDict(), run_config=run_config)
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": partition, "num-partitions": 6},
+        state=RecordDict(),
+        run_config=run_config,
+    )
 
 
 def test_the_dropout_mod_fails_only_the_named_stage_of_the_named_partition():
@@ -83,8 +94,11 @@ def test_the_router_hands_secure_aggregation_runs_to_the_legacy_app(monkeypatch)
     import flower_chain.app.secagg_client as secagg_client
 
     seen = []
-    monkeypatch.setattr(secagg_client, "make_secagg_client_app",
-                        lambda overrides: lambda msg, ctx: seen.append(("secagg", msg)) or "secagg reply")
+    monkeypatch.setattr(
+        secagg_client,
+        "make_secagg_client_app",
+        lambda overrides: lambda msg, ctx: seen.append(("secagg", msg)) or "secagg reply",
+    )
     router = _secure_aggregation_router(None)
     msg = _stage_msg("setup")
     assert router(msg, _ctx(0, {"secure-aggregation": False}), lambda m, c: "message api") == "message api"
@@ -92,12 +106,15 @@ def test_the_router_hands_secure_aggregation_runs_to_the_legacy_app(monkeypatch)
     assert seen == [("secagg", msg)]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--num-clients", "2"], "needs at least 3 clients"),
-    (["--no-ledger"], "cannot be combined with --no-ledger"),
-    (["--attack", "scale", "--attackers", "1"], "cannot be combined with --attack"),
-    (["--strategy", "fedmedian"], "use --strategy fedavg"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--num-clients", "2"], "needs at least 3 clients"),
+        (["--no-ledger"], "cannot be combined with --no-ledger"),
+        (["--attack", "scale", "--attackers", "1"], "cannot be combined with --attack"),
+        (["--strategy", "fedmedian"], "use --strategy fedavg"),
+    ],
+)
 def test_run_py_refuses_what_secure_aggregation_cannot_do(extra, message, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     import run

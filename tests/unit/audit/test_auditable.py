@@ -51,9 +51,11 @@ def test_unknown_and_noisy_strategies_are_named():
     line = _check(Mine())
     assert line.startswith(PREFIX) and "flower_chain_replayable = True" in line and "Mine" in line
     assert _check(MineReplayable()) is None
-    dp = DifferentialPrivacyServerSideFixedClipping(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0,
-                                                    num_sampled_clients=2)
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2
+    )
     assert "random noise" in _check(dp)
-    quiet = DifferentialPrivacyServerSideFixedClipping(FedAvg(), noise_multiplier=0.0, clipping_norm=1.0,
-                                                       num_sampled_clients=2)
+    quiet = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(), noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=2
+    )
     assert _check(quiet) is None

@@ -21,16 +21,25 @@ def _instruction():
     key = Ed25519PrivateKey.generate()
     from flower_chain.ledger.keys import key_id, raw_public
 
-    strategy = LedgerStrategy(fedavg(), ledger="memory:", keyring={key_id(key): raw_public(key)},
-                              server_key=Ed25519PrivateKey.generate(), federation_id="fed-bg")
+    strategy = LedgerStrategy(
+        fedavg(),
+        ledger="memory:",
+        keyring={key_id(key): raw_public(key)},
+        server_key=Ed25519PrivateKey.generate(),
+        federation_id="fed-bg",
+    )
     msg = next(iter(strategy.configure_train(1, model(0), ConfigRecord({}), FakeGrid([101]))))
     return strategy, key, msg
 
 
 def model(seed: int) -> ArrayRecord:
     """2.4 MB (three v2 chunks) and a 0-d counter."""
-    return ArrayRecord({"w": Array(np.random.default_rng(seed).standard_normal(600_000).astype(np.float32)),
-                        "n": Array(np.asarray(seed, np.int64))})
+    return ArrayRecord(
+        {
+            "w": Array(np.random.default_rng(seed).standard_normal(600_000).astype(np.float32)),
+            "n": Array(np.asarray(seed, np.int64)),
+        }
+    )
 
 
 def test_the_received_model_is_hashed_before_training_ends_and_signed_in_the_ledger_version(monkeypatch):

@@ -12,8 +12,14 @@ from flower_chain.ledger import open_ledger, proofs
 from flower_chain.ledger.entries import GenesisEntry
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.writer import LedgerWriter
-from flower_chain.wire import CTX_CHECKPOINT, CTX_CONSISTENCY, CTX_CONSISTENCY_FROM, CTX_HEAD, CTX_HEAD_SIGNATURE, \
-    CTX_SERVER_KEY
+from flower_chain.wire import (
+    CTX_CHECKPOINT,
+    CTX_CONSISTENCY,
+    CTX_CONSISTENCY_FROM,
+    CTX_HEAD,
+    CTX_HEAD_SIGNATURE,
+    CTX_SERVER_KEY,
+)
 from tests.conftest import Federation
 
 FED = "fed-u"
@@ -21,9 +27,14 @@ FED = "fed-u"
 
 def _config(writer: LedgerWriter, consistency_from: int = -1, proof: bytes = b"") -> dict:
     head = writer.head
-    return {CTX_CHECKPOINT: head.checkpoint, CTX_SERVER_KEY: raw_public(writer.server_key),
-            CTX_HEAD: head.header_bytes, CTX_HEAD_SIGNATURE: head.signature,
-            CTX_CONSISTENCY_FROM: consistency_from, CTX_CONSISTENCY: proof}
+    return {
+        CTX_CHECKPOINT: head.checkpoint,
+        CTX_SERVER_KEY: raw_public(writer.server_key),
+        CTX_HEAD: head.header_bytes,
+        CTX_HEAD_SIGNATURE: head.signature,
+        CTX_CONSISTENCY_FROM: consistency_from,
+        CTX_CONSISTENCY: proof,
+    }
 
 
 @pytest.fixture
@@ -31,9 +42,17 @@ def logs():
     """An honest log and a second log of the same federation under the same server key (a split view)."""
     honest = Federation("memory:", federation_id=FED)
     other = LedgerWriter(open_ledger("memory:", create=True), honest.server_key)
-    other.init(GenesisEntry(federation_id=FED, origin=f"flower-chain/{FED}", server_key=raw_public(honest.server_key),
-                            client_keys={key_id(k): raw_public(k) for k in honest.client_keys}, strategy="FedAvg",
-                            config_digest=b"\x01" * 32, created_ms=int(time.time() * 1000) + 1))
+    other.init(
+        GenesisEntry(
+            federation_id=FED,
+            origin=f"flower-chain/{FED}",
+            server_key=raw_public(honest.server_key),
+            client_keys={key_id(k): raw_public(k) for k in honest.client_keys},
+            strategy="FedAvg",
+            config_digest=b"\x01" * 32,
+            created_ms=int(time.time() * 1000) + 1,
+        )
+    )
     return honest, other
 
 
@@ -71,6 +90,7 @@ def test_another_server_key_is_a_finding_with_both_keys(tmp_path, logs):
     stranger = Federation("memory:", federation_id=FED)
     res = keeper.check(FED, _config(stranger.writer), kind="evaluate")
     changed = [f for f in res.findings if isinstance(f, ServerKeyChanged)]
-    assert [(c.pinned, c.offered) for c in changed] == [(raw_public(honest.server_key),
-                                                          raw_public(stranger.server_key))]
+    assert [(c.pinned, c.offered) for c in changed] == [
+        (raw_public(honest.server_key), raw_public(stranger.server_key))
+    ]
     assert res.errors == len(res.findings) >= 2  # and the checkpoint does not verify under the pinned key

@@ -12,10 +12,25 @@ NODES = [str(n) for n in range(101, 108)]
 
 
 def header(**params):
-    return {"federation_id": "fed", "round": 1, "parent": b"", "base_digest": b"",
-            "params": {"num_shares": 5, "threshold": 3, "clipping_range": 8.0, "quantization_range": 2**22,
-                       "mod_range": 2**32, "max_weight": 1000.0, **params},
-            "sampled": NODES, "graph_seed": b"\x01" * 32, "generator": AES256_CTR_V1, "nonce": b""}
+    return {
+        "federation_id": "fed",
+        "round": 1,
+        "parent": b"",
+        "base_digest": b"",
+        "params": {
+            "num_shares": 5,
+            "threshold": 3,
+            "clipping_range": 8.0,
+            "quantization_range": 2**22,
+            "mod_range": 2**32,
+            "max_weight": 1000.0,
+            **params,
+        },
+        "sampled": NODES,
+        "graph_seed": b"\x01" * 32,
+        "generator": AES256_CTR_V1,
+        "nonce": b"",
+    }
 
 
 def setting():
@@ -23,12 +38,22 @@ def setting():
     me = NODES[0]
     neigh = neighbours_of(h, me)
     others = [n for n in neigh if n != me]
-    state = {"header": h, "node_id": me, "masked_digest": b"mine", "sources": others,
-             "seed_shares": {n: b"s" for n in neigh}, "key_shares": {n: b"k" for n in neigh}}
+    state = {
+        "header": h,
+        "node_id": me,
+        "masked_digest": b"mine",
+        "sources": others,
+        "seed_shares": {n: b"s" for n in neigh},
+        "key_shares": {n: b"k" for n in neigh},
+    }
     dropped = [others[0]]
     live = [n for n in NODES if n not in dropped]
-    commit = {"round_id": b"r", "live": live, "dropped": dropped,
-              "masked": {n: (b"mine" if n == me else b"x") for n in live}}
+    commit = {
+        "round_id": b"r",
+        "live": live,
+        "dropped": dropped,
+        "masked": {n: (b"mine" if n == me else b"x") for n in live},
+    }
     active = sorted(set(neigh) & set(live))
     dead = sorted(set(neigh) & set(dropped))
     return state, commit, active, dead
@@ -74,9 +99,16 @@ def test_shares_never_received_are_refused():
     assert "never shared keys" in unmask_problem(commit, active, dead, state)
 
 
-@pytest.mark.parametrize("params,part", [({"threshold": 1}, "threshold"), ({"threshold": 9}, "threshold"),
-                                         ({"mod_range": 3 * 2**20}, "mod_range"), ({"max_weight": -1.0}, "positive"),
-                                         ({"quantization_range": 2**33}, "mod_range")])
+@pytest.mark.parametrize(
+    "params,part",
+    [
+        ({"threshold": 1}, "threshold"),
+        ({"threshold": 9}, "threshold"),
+        ({"mod_range": 3 * 2**20}, "mod_range"),
+        ({"max_weight": -1.0}, "positive"),
+        ({"quantization_range": 2**33}, "mod_range"),
+    ],
+)
 def test_unsafe_round_headers_are_refused(params, part):
     assert part in header_problem(header(**params), NODES[0])
     assert "not among" in header_problem(header(), "999")
@@ -103,9 +135,16 @@ def signed_commit(state, commit, active, sources_of):
     for n in commit["live"]:
         k = Ed25519PrivateKey.generate()
         keys[key_id(k)] = raw_public(k)
-        st = StageStatement("fed", 1, state["round_id"], MASKED, n, key_id(k), b"r",
-                            {"digest": commit["masked"][n], "weight": 1, "sources": sources_of(n),
-                             "seed_digest": b"d"}).to_bytes()
+        st = StageStatement(
+            "fed",
+            1,
+            state["round_id"],
+            MASKED,
+            n,
+            key_id(k),
+            b"r",
+            {"digest": commit["masked"][n], "weight": 1, "sources": sources_of(n), "seed_digest": b"d"},
+        ).to_bytes()
         statements[n] = [st, k.sign(st)]
     return {**commit, "statements": statements, "keyring": keys}
 

@@ -71,23 +71,49 @@ def pat(n: int) -> np.ndarray:
 # -- the spec's test vectors ----------------------------------------------------------------------------------
 VECTORS = [
     ([], 27, "e60c842058b7ed09bc2e4494d7887b3ce99c0b4052a7dc68be6bb161ac4b48d4", None),
-    ([("empty", np.zeros((0, 3), np.float32))], 71,
-     "7367dfecb9b8fd891999eeadf20054f11cca32c0f9f44ed855e4461d2266a721", None),
-    ([("w", np.arange(6, dtype=np.float32).reshape(2, 3)), ("b", np.array([1, -2], np.int64))], 139,
-     "514774b323f3d5a406d018a7a1361151c0b124c00161813df30e0469472b23b5", None),
-    ([("step", np.array(7, np.int64)), ("w", np.arange(3, dtype=np.float32))], 106,
-     "630a4a9d91c2b54dc04613828c65d63717ff3b4e0458644a8e70d0d66979444c",
-     "32e3e7ee00f8fdbbebde56c93a2835f4f7e10033ea49be1152c88228f31b449d"),
+    (
+        [("empty", np.zeros((0, 3), np.float32))],
+        71,
+        "7367dfecb9b8fd891999eeadf20054f11cca32c0f9f44ed855e4461d2266a721",
+        None,
+    ),
+    (
+        [("w", np.arange(6, dtype=np.float32).reshape(2, 3)), ("b", np.array([1, -2], np.int64))],
+        139,
+        "514774b323f3d5a406d018a7a1361151c0b124c00161813df30e0469472b23b5",
+        None,
+    ),
+    (
+        [("step", np.array(7, np.int64)), ("w", np.arange(3, dtype=np.float32))],
+        106,
+        "630a4a9d91c2b54dc04613828c65d63717ff3b4e0458644a8e70d0d66979444c",
+        "32e3e7ee00f8fdbbebde56c93a2835f4f7e10033ea49be1152c88228f31b449d",
+    ),
     ([("x", pat(1048517))], 1048576, "f1a8f62667998c5b89b643edfbc1298fba266d420b2fdb852d65380097b2d4b3", None),
-    ([("x", pat(1048518))], 1048577, "b9128facebd6a4db0165d6d258593bb0766298d7509982ce3377973e80d426e9",
-     "03251b9848973651933a906474e21ed5f861e73d9d863fdfadbaa2b1583b1dfb"),
-    ([("x", pat(2097093))], 2097152, "97f01178d32af05a533974b2d5aa59cfbe6815fb30d4f13883ec2bd45c375b25",
-     "05df4264f0ca741b087b33d3fe1bba378af973538ff0569b807ae39b82df7b93"),
-    ([("x", pat(2098152))], 2098211, "3751384139672c53591f8521caaa8010bf2732fb283b57eafd6639f0471c2915",
-     "d352feee9aa70d28524c388bf0bfd6217a574b7c00c5fd5e6716b9a3c02ce352"),
-    ([("a", pat(3145728)), ("b", pat(1060921))], 4206740,
-     "f5c13f16bd6f48bae0e4e3c72031ad205fecf1bc29845be313390e6c645a05c4",
-     "7fc222842b7481626227df24e25326b82f0e300ff924d6a0e22f158d4b860667"),
+    (
+        [("x", pat(1048518))],
+        1048577,
+        "b9128facebd6a4db0165d6d258593bb0766298d7509982ce3377973e80d426e9",
+        "03251b9848973651933a906474e21ed5f861e73d9d863fdfadbaa2b1583b1dfb",
+    ),
+    (
+        [("x", pat(2097093))],
+        2097152,
+        "97f01178d32af05a533974b2d5aa59cfbe6815fb30d4f13883ec2bd45c375b25",
+        "05df4264f0ca741b087b33d3fe1bba378af973538ff0569b807ae39b82df7b93",
+    ),
+    (
+        [("x", pat(2098152))],
+        2098211,
+        "3751384139672c53591f8521caaa8010bf2732fb283b57eafd6639f0471c2915",
+        "d352feee9aa70d28524c388bf0bfd6217a574b7c00c5fd5e6716b9a3c02ce352",
+    ),
+    (
+        [("a", pat(3145728)), ("b", pat(1060921))],
+        4206740,
+        "f5c13f16bd6f48bae0e4e3c72031ad205fecf1bc29845be313390e6c645a05c4",
+        "7fc222842b7481626227df24e25326b82f0e300ff924d6a0e22f158d4b860667",
+    ),
 ]
 
 
@@ -116,8 +142,9 @@ def test_exact_chunk_boundaries_match_the_reference(chunks, delta):
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_thread_count_never_changes_the_digest(threads):
-    named = [(f"a{i}", np.random.default_rng(i).standard_normal(300_000 + 17 * i).astype(np.float32))
-             for i in range(6)]  # 7.2 MB: chunks span arrays and headers
+    named = [
+        (f"a{i}", np.random.default_rng(i).standard_normal(300_000 + 17 * i).astype(np.float32)) for i in range(6)
+    ]  # 7.2 MB: chunks span arrays and headers
     want = ref_v2(ref_stream(named))
     assert array_digest(named, threads=threads) == want
     assert stream_digest(encode_arrays(named), threads=threads) == want
@@ -189,8 +216,16 @@ def test_threads_below_one_are_refused():
 
 
 def _genesis(**kw) -> GenesisEntry:
-    return GenesisEntry(federation_id="f", origin="flower-chain/f", server_key=b"k" * 32, client_keys={},
-                        strategy="FedAvg", config_digest=b"c" * 32, created_ms=1, **kw)
+    return GenesisEntry(
+        federation_id="f",
+        origin="flower-chain/f",
+        server_key=b"k" * 32,
+        client_keys={},
+        strategy="FedAvg",
+        config_digest=b"c" * 32,
+        created_ms=1,
+        **kw,
+    )
 
 
 def test_the_genesis_names_the_digest_version_and_a_v1_genesis_keeps_its_bytes():
@@ -207,8 +242,12 @@ def test_a_genesis_with_an_explicit_v1_or_an_unknown_version_does_not_decode():
     from flower_chain.ledger.entries import ENTRY_DOMAIN
 
     d = _genesis().to_dict()
-    for bad, why in ((1, "written by leaving it out"), (3, "unknown array digest version"),
-                     (True, "written by leaving it out"), ("2", "must be int")):
+    for bad, why in (
+        (1, "written by leaving it out"),
+        (3, "unknown array digest version"),
+        (True, "written by leaving it out"),
+        ("2", "must be int"),
+    ):
         with pytest.raises(EncodingError, match=why):
             decode_entry(encode_with_domain(ENTRY_DOMAIN, {**d, "digest_version": bad}))
     with pytest.raises(EncodingError, match="unknown array digest version"):
@@ -225,9 +264,18 @@ def test_the_ledger_reader_finds_the_version_in_the_genesis(tmp_path):
     for version in (1, 2):
         key = Ed25519PrivateKey.generate()
         ledger = open_ledger(f"sqlite:///{tmp_path}/v{version}.db", create=True)
-        LedgerWriter(ledger, key).init(GenesisEntry(
-            federation_id="f", origin="flower-chain/f", server_key=raw_public(key), client_keys={}, strategy="s",
-            config_digest=b"c" * 32, created_ms=1, digest_version=version))
+        LedgerWriter(ledger, key).init(
+            GenesisEntry(
+                federation_id="f",
+                origin="flower-chain/f",
+                server_key=raw_public(key),
+                client_keys={},
+                strategy="s",
+                config_digest=b"c" * 32,
+                created_ms=1,
+                digest_version=version,
+            )
+        )
         assert digest_version_of(ledger) == version
         ledger.close()
         reopened = open_ledger(f"sqlite:///{tmp_path}/v{version}.db")
@@ -256,14 +304,19 @@ _dtypes = st.sampled_from(["<f4", ">f4", "<f8", ">f8", "<i8", ">i4", "|u1", "|b1
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.text(max_size=8), _dtypes, st.lists(st.integers(0, 40), max_size=3)), max_size=4),
-       st.integers(0, 3))
+@given(
+    st.lists(st.tuples(st.text(max_size=8), _dtypes, st.lists(st.integers(0, 40), max_size=3)), max_size=4),
+    st.integers(0, 3),
+)
 def test_any_arrays_hash_as_the_reference_says(specs, pad_mib):
     rng = np.random.default_rng(len(specs))
     named = [(name, rng.integers(0, 255, size=shape).astype(dt)) for name, dt, shape in specs]
     named.append(("pad", pat(pad_mib * MIB + 3)))  # 0..3 MiB more: one to four chunks
     stream = ref_stream(named)
-    assert array_digest(named) == ref_v2(stream) and array_digest_v1(named) == hashlib.sha256(ref_stream(named, 1)).digest()
+    assert (
+        array_digest(named) == ref_v2(stream)
+        and array_digest_v1(named) == hashlib.sha256(ref_stream(named, 1)).digest()
+    )
     assert [(n, a.shape) for n, a in decode_arrays(encode_arrays(named))] == [(n, a.shape) for n, a in named]
 
 
@@ -300,8 +353,17 @@ def test_a_background_digest_runs_while_the_caller_works(monkeypatch):
     assert seen == ["flower-chain-background-digest"] and threading.current_thread().name != seen[0]
 
 
-@pytest.mark.parametrize("text,cpus", [("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
-                                       ("max 100000", 1 << 16), ("garbage", 1 << 16), (None, 1 << 16)])
+@pytest.mark.parametrize(
+    "text,cpus",
+    [
+        ("200000 100000\n", 2),
+        ("150000 100000", 2),
+        ("50000 100000", 1),
+        ("max 100000", 1 << 16),
+        ("garbage", 1 << 16),
+        (None, 1 << 16),
+    ],
+)
 def test_the_default_thread_count_respects_a_cgroup_cpu_quota(tmp_path, text, cpus):
     from flower_chain.ledger import arrays
 

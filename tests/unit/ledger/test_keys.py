@@ -52,8 +52,9 @@ FIXED_SIGNATURE = IDENTITY + bytes(32)
 
 
 def _pem(raw: bytes) -> bytes:
-    return Ed25519PublicKey.from_public_bytes(raw).public_bytes(serialization.Encoding.PEM,
-                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    return Ed25519PublicKey.from_public_bytes(raw).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def test_the_fixed_signature_is_a_real_danger_without_the_check():

@@ -21,12 +21,19 @@ from flower_chain.ledger import (
     LedgerWriter,
     VerificationError,
     decode_entry,
+    merkle,
     open_ledger,
+    proofs,
     verify,
 )
-from flower_chain.ledger import merkle, proofs
 from flower_chain.ledger.arrays import array_digest, decode_arrays, encode_arrays
-from flower_chain.ledger.checkpoint import Checkpoint, parse_verifier_key, sign_checkpoint, verifier_key, verify_checkpoint
+from flower_chain.ledger.checkpoint import (
+    Checkpoint,
+    parse_verifier_key,
+    sign_checkpoint,
+    verifier_key,
+    verify_checkpoint,
+)
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.keys import raw_public
 
@@ -84,34 +91,52 @@ def test_the_encoder_is_the_specification_for_every_value_type():
     from hypothesis import strategies as st
 
     scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True),
-        st.binary(max_size=40), st.text(max_size=20), st.builds(_Str, st.text(max_size=5)),
-        st.builds(_Int, st.integers(-5, 5)), st.integers(-100, 100).map(np.int64),
-        st.floats(width=32).map(np.float32), st.booleans().map(np.bool_), st.binary(max_size=8).map(bytearray))
-    values = st.recursive(scalars, lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
-        st.dictionaries(st.one_of(st.text(max_size=6), st.builds(_Str, st.text(max_size=3))), inner, max_size=4)),
-        max_leaves=25)
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=True),
+        st.binary(max_size=40),
+        st.text(max_size=20),
+        st.builds(_Str, st.text(max_size=5)),
+        st.builds(_Int, st.integers(-5, 5)),
+        st.integers(-100, 100).map(np.int64),
+        st.floats(width=32).map(np.float32),
+        st.booleans().map(np.bool_),
+        st.binary(max_size=8).map(bytearray),
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4),
+            st.lists(inner, max_size=3).map(tuple),
+            st.dictionaries(st.one_of(st.text(max_size=6), st.builds(_Str, st.text(max_size=3))), inner, max_size=4),
+        ),
+        max_leaves=25,
+    )
 
     @settings(max_examples=1500, deadline=None, database=None)
     @given(values)
     def same(v):
         assert encode(v) == _spec_encode(v)
+
     same()
     for bad in (2**63, -(2**63) - 1, {1: 2}, {"a": {1: 2}}, object(), [set()]):
         with pytest.raises(EncodingError):
             encode(bad)
 
 
-@pytest.mark.parametrize("bad", [
-    b"\x09",                      # unknown tag
-    b"\x03\x00\x00",              # truncated int
-    b"\x00\x00",                  # trailing byte
-    b"\x06\x00\x00\x00\x01\xff",  # invalid UTF-8
-    b"\x08\x00\x00\x00\x02\x00\x00\x00\x01b\x00\x00\x00\x00\x01a\x00",  # unsorted keys
-    b"\x08\x00\x00\x00\x02\x00\x00\x00\x01a\x00\x00\x00\x00\x01a\x00",  # duplicate keys
-    b"\x04\x7f\xf8\x00\x00\x00\x00\x00\x01",  # non-canonical NaN
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x09",  # unknown tag
+        b"\x03\x00\x00",  # truncated int
+        b"\x00\x00",  # trailing byte
+        b"\x06\x00\x00\x00\x01\xff",  # invalid UTF-8
+        b"\x08\x00\x00\x00\x02\x00\x00\x00\x01b\x00\x00\x00\x00\x01a\x00",  # unsorted keys
+        b"\x08\x00\x00\x00\x02\x00\x00\x00\x01a\x00\x00\x00\x00\x01a\x00",  # duplicate keys
+        b"\x04\x7f\xf8\x00\x00\x00\x00\x00\x01",  # non-canonical NaN
+    ],
+)
 def test_decoder_rejects_non_canonical(bad):
     with pytest.raises(EncodingError):
         decode(bad)
@@ -122,7 +147,7 @@ def test_entry_decoding_rejects_wrong_domain_and_fields(federation_factory):
     e = f.update(1, 0)
     assert decode_entry(e.to_bytes()) == e
     with pytest.raises(EncodingError):
-        decode_entry(b"flower-chain:block:v1\x00" + e.to_bytes()[len(b"flower-chain:entry:v1\x00"):])
+        decode_entry(b"flower-chain:block:v1\x00" + e.to_bytes()[len(b"flower-chain:entry:v1\x00") :])
     d = e.to_dict()
     d["num_examples"] = "10"
     with pytest.raises(EncodingError):
@@ -247,19 +272,22 @@ def _tamper_sqlite(path, sql, params=()):
     db.close()
 
 
-@pytest.mark.parametrize("what,match", [
-    ("entry", "entries_root|unknown verdict"),
-    ("header", "decode|prev_hash|signature|entries_root"),
-    ("signature", "signature"),
-    ("delete-last-entry", "counts"),
-    ("checkpoint", "checkpoint"),
-])
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("entry", "entries_root|unknown verdict"),
+        ("header", "decode|prev_hash|signature|entries_root"),
+        ("signature", "signature"),
+        ("delete-last-entry", "counts"),
+        ("checkpoint", "checkpoint"),
+    ],
+)
 def test_sqlite_tampering_is_caught(what, match, federation_factory, tmp_path):
     f = federation_factory("sqlite")
     for r in range(1, 4):
         f.add_round(r)
     f.ledger.close()
-    path = f.uri[len("sqlite:///"):]
+    path = f.uri[len("sqlite:///") :]
     if what == "entry":
         row = sqlite3.connect(path).execute("SELECT data FROM entries WHERE idx = 5").fetchone()[0]
         bad = bytearray(row)
@@ -287,7 +315,7 @@ def test_jsonl_torn_last_line_is_reported_then_dropped_by_writer(federation_fact
     f.add_round(1)
     f.add_round(2)
     f.ledger.close()
-    path = f.uri[len("jsonl:///"):]
+    path = f.uri[len("jsonl:///") :]
     data = open(path, "rb").read()
     open(path, "ab").write(b'{"height": 3, "header": "AAAA')  # an append cut short by a crash
     with pytest.raises(LedgerCorruptError, match="torn"):
@@ -300,7 +328,7 @@ def test_jsonl_torn_last_line_is_reported_then_dropped_by_writer(federation_fact
 def test_jsonl_is_human_readable_and_edits_are_caught(federation_factory):
     f = federation_factory("jsonl")
     f.add_round(1)
-    path = f.uri[len("jsonl:///"):]
+    path = f.uri[len("jsonl:///") :]
     lines = open(path).read().splitlines()
     rec = json.loads(lines[2])
     assert rec["view"]["round"] == 1 and rec["view"]["entry_count"] == 3
@@ -311,11 +339,14 @@ def test_jsonl_is_human_readable_and_edits_are_caught(federation_factory):
         verify(open_ledger(f.uri))
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "empty"),
-    (b"hello world\n", "not a flower-chain"),
-    (b"SQLite format 3\x00" + b"\x00" * 100, "not a flower-chain|damaged"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "empty"),
+        (b"hello world\n", "not a flower-chain"),
+        (b"SQLite format 3\x00" + b"\x00" * 100, "not a flower-chain|damaged"),
+    ],
+)
 def test_foreign_and_empty_files_are_clear_errors(content, match, tmp_path):
     for suffix in (".jsonl", ".db"):
         p = tmp_path / f"f{suffix}"
@@ -326,7 +357,8 @@ def test_foreign_and_empty_files_are_clear_errors(content, match, tmp_path):
     p.write_bytes(content)
     with pytest.raises(LedgerError, match=match):
         open_ledger(f"jsonl:///{p}") if content != b"SQLite format 3\x00" + b"\x00" * 100 else open_ledger(
-            f"sqlite:///{p}")
+            f"sqlite:///{p}"
+        )
 
 
 def test_uri_errors(tmp_path):
@@ -345,7 +377,8 @@ def test_third_party_backend_via_entry_point(tmp_path, monkeypatch, federation_f
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fc-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[flower_chain.ledgers]\nplugmem = fc_plugin:factory\n")
-    (tmp_path / "site" / "fc_plugin.py").write_text(textwrap.dedent("""
+    (tmp_path / "site" / "fc_plugin.py").write_text(
+        textwrap.dedent("""
         from flower_chain.ledger.backends import MemoryLedger
         STORE = {}
         def factory(uri, *, create):
@@ -354,7 +387,8 @@ def test_third_party_backend_via_entry_point(tmp_path, monkeypatch, federation_f
                     raise FileNotFoundError(uri)
                 STORE[uri] = MemoryLedger(uri)
             return STORE[uri]
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     from tests.conftest import Federation
 

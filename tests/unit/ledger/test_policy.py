@@ -39,19 +39,45 @@ class Node:
         self.kid = key_id(self.sk)
         self.raw = raw_public(self.sk)
 
-    def evidence(self, *, kind="train", round=3, federation=FED, parent=PARENT, base=BASE, digest=None,
-                 num_examples=10, metrics=None, signed_metrics=None, reply_examples=None, reply_digest=None,
-                 **extra) -> Evidence:
+    def evidence(
+        self,
+        *,
+        kind="train",
+        round=3,
+        federation=FED,
+        parent=PARENT,
+        base=BASE,
+        digest=None,
+        num_examples=10,
+        metrics=None,
+        signed_metrics=None,
+        reply_examples=None,
+        reply_digest=None,
+        **extra,
+    ) -> Evidence:
         digest = digest if digest is not None else hashlib.sha256(self.kid.encode()).digest()
         metrics = {"loss": 0.5} if metrics is None else metrics
-        st = UpdateStatement(kind=kind, federation_id=federation, round=round, key_id=self.kid, parent=parent,
-                             base_digest=base, arrays_digest=digest, num_examples=num_examples,
-                             metrics_digest=metrics_digest(signed_metrics if signed_metrics is not None else metrics))
+        st = UpdateStatement(
+            kind=kind,
+            federation_id=federation,
+            round=round,
+            key_id=self.kid,
+            parent=parent,
+            base_digest=base,
+            arrays_digest=digest,
+            num_examples=num_examples,
+            metrics_digest=metrics_digest(signed_metrics if signed_metrics is not None else metrics),
+        )
         data = st.to_bytes()
-        return Evidence(statement=data, signature=self.sk.sign(data),
-                        num_examples=num_examples if reply_examples is None else reply_examples,
-                        arrays_digest=digest if reply_digest is None else reply_digest, metrics=metrics,
-                        arrays_meta=extra.pop("arrays_meta", TEMPLATE), **extra)
+        return Evidence(
+            statement=data,
+            signature=self.sk.sign(data),
+            num_examples=num_examples if reply_examples is None else reply_examples,
+            arrays_digest=digest if reply_digest is None else reply_digest,
+            metrics=metrics,
+            arrays_meta=extra.pop("arrays_meta", TEMPLATE),
+            **extra,
+        )
 
 
 @pytest.fixture
@@ -60,8 +86,16 @@ def nodes():
 
 
 def rules(nodes, kind="train", revoked=()) -> RoundRules:
-    return RoundRules(federation_id=FED, kind=kind, round=3, parent=PARENT, base_digest=BASE,
-                      keys={n.kid: n.raw for n in nodes}, revoked=frozenset(revoked), template=TEMPLATE)
+    return RoundRules(
+        federation_id=FED,
+        kind=kind,
+        round=3,
+        parent=PARENT,
+        base_digest=BASE,
+        keys={n.kid: n.raw for n in nodes},
+        revoked=frozenset(revoked),
+        template=TEMPLATE,
+    )
 
 
 def judge(nodes, evidence, **kw):
@@ -174,12 +208,15 @@ def test_rule_9_a_metric_that_is_not_finite(nodes):
     assert v.reason == "malformed" and "not finite" in v.detail
 
 
-@pytest.mark.parametrize("meta, words", [
-    ((("w", (2, 2), "<f4"),), "1 arrays"),
-    ((("v", (2, 2), "<f4"), ("b", (2,), "<f4")), "'v'"),
-    ((("w", (4,), "<f4"), ("b", (2,), "<f4")), "shape"),
-    ((("w", (2, 2), "<f8"), ("b", (2,), "<f4")), "dtype"),
-])
+@pytest.mark.parametrize(
+    "meta, words",
+    [
+        ((("w", (2, 2), "<f4"),), "1 arrays"),
+        ((("v", (2, 2), "<f4"), ("b", (2,), "<f4")), "'v'"),
+        ((("w", (4,), "<f4"), ("b", (2,), "<f4")), "shape"),
+        ((("w", (2, 2), "<f8"), ("b", (2,), "<f4")), "dtype"),
+    ],
+)
 def test_rule_9_arrays_other_than_the_global_models(nodes, meta, words):
     v = only(nodes, nodes[0].evidence(arrays_meta=meta))
     assert v.reason == "malformed" and words in v.detail
@@ -236,9 +273,20 @@ def test_the_first_failing_rule_is_the_reason(nodes):
 
 def test_the_auditor_reads_the_same_evidence_from_an_entry(nodes):
     ev = nodes[0].evidence()
-    entry = UpdateEntry(round=3, kind="train", node_id=7, key_id=nodes[0].kid, verdict="accepted", reason="ok",
-                        detail="", statement=ev.statement, signature=ev.signature, num_examples=ev.num_examples,
-                        arrays_digest=ev.arrays_digest, metrics=dict(ev.metrics))
+    entry = UpdateEntry(
+        round=3,
+        kind="train",
+        node_id=7,
+        key_id=nodes[0].kid,
+        verdict="accepted",
+        reason="ok",
+        detail="",
+        statement=ev.statement,
+        signature=ev.signature,
+        num_examples=ev.num_examples,
+        arrays_digest=ev.arrays_digest,
+        metrics=dict(ev.metrics),
+    )
     assert recorded_reason(entry) == OK
     again = evidence_of(entry, arrays_meta=TEMPLATE)
     assert judge(nodes, [again])[0].reason == OK

@@ -58,7 +58,7 @@ def test_wrong_key_is_named():
     with pytest.raises(SealedError, match="sealed to another auditor key"):
         open_sealed(blob, other, ORIGIN, digest)
     # a blob whose recipient id was rewritten to the other key still does not open under it
-    forged = MAGIC + recipient_id(other) + blob[len(MAGIC) + 32:]
+    forged = MAGIC + recipient_id(other) + blob[len(MAGIC) + 32 :]
     with pytest.raises(SealedError, match="does not open"):
         open_sealed(forged, other, ORIGIN, digest)
 
@@ -120,8 +120,9 @@ def test_keys_load_from_pem_hex_and_files(tmp_path):
     assert recipient_id(priv) == recipient_id(pub)
     assert load_audit_public(str(pub_path)).public_bytes_raw() == pub.public_bytes_raw()
     assert load_audit_public(raw_x25519(pub).hex()).public_bytes_raw() == pub.public_bytes_raw()
-    raw_priv = priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                  serialization.NoEncryption())
+    raw_priv = priv.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     assert recipient_id(load_audit_private(raw_priv.hex())) == recipient_id(pub)
     with pytest.raises(SealedError, match="refusing to overwrite"):
         write_audit_keypair(tmp_path, "auditor")
@@ -132,8 +133,11 @@ def test_keys_load_from_pem_hex_and_files(tmp_path):
     ed = tmp_path / "ed.pem"
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    ed.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ed.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(SealedError, match="Ed25519PublicKey, not an X25519"):
         load_audit_public(ed)
 
@@ -177,8 +181,9 @@ def _rfc9180_open(blob: bytes, sk: X25519PrivateKey, origin: str, digest: bytes)
     suite = b"HPKE" + struct.pack(">HHH", 0x0020, 0x0001, 0x0003)
     o = origin.encode()
     info = b"flower-chain:sealed-update:v1\x00" + struct.pack(">H", len(o)) + o + digest
-    context = b"\x00" + labeled_extract(suite, b"", b"psk_id_hash", b"") + \
-        labeled_extract(suite, b"", b"info_hash", info)
+    context = (
+        b"\x00" + labeled_extract(suite, b"", b"psk_id_hash", b"") + labeled_extract(suite, b"", b"info_hash", info)
+    )
     secret = labeled_extract(suite, shared, b"secret", b"")
     key = labeled_expand(suite, secret, b"key", context, 32)
     nonce = labeled_expand(suite, secret, b"base_nonce", context, 12)
@@ -190,6 +195,7 @@ def test_the_specified_bytes_open_with_an_independent_rfc9180_implementation():
     _, stream, digest = update(3)
     blob = seal(stream, key.public_key(), ORIGIN, digest)
     assert _rfc9180_open(blob, key, ORIGIN, digest) == stream
-    expected = hashlib.sha256(b"flower-chain:sealed-address:v1\x00" + len(ORIGIN).to_bytes(2, "big")
-                              + ORIGIN.encode() + digest).digest()
+    expected = hashlib.sha256(
+        b"flower-chain:sealed-address:v1\x00" + len(ORIGIN).to_bytes(2, "big") + ORIGIN.encode() + digest
+    ).digest()
     assert sealed_address(ORIGIN, digest) == expected

@@ -39,52 +39,96 @@ REPLIES = {
     SETUP: {"pk1": b"a" * 10, "pk2": b"b" * 10},
     SHARE_KEYS: {"sent": {"12": b"\x01" * 32}},
     MASKED: {"digest": b"\x02" * 32, "weight": 7, "sources": ["12", "13"], "seed_digest": b"\x03" * 32},
-    UNMASK: {"active": ["11", "12"], "dead": ["13"], "checkpoint_size": 9, "checkpoint_root": b"\x04" * 32,
-             "seed_shares": {"11": b"s", "12": b"t"}, "key_shares": {"13": b"k"}, "refused": ""},
+    UNMASK: {
+        "active": ["11", "12"],
+        "dead": ["13"],
+        "checkpoint_size": 9,
+        "checkpoint_root": b"\x04" * 32,
+        "seed_shares": {"11": b"s", "12": b"t"},
+        "key_shares": {"13": b"k"},
+        "refused": "",
+    },
 }
 
 
 def header():
-    return {"federation_id": "fed", "round": 3, "parent": b"\x00" * 32, "base_digest": b"\x01" * 32,
-            "params": {"num_shares": 5, "threshold": 3, "clipping_range": 8.0, "quantization_range": 2**22,
-                       "mod_range": 2**32, "max_weight": 1000.0},
-            "sampled": ["11", "12", "13"], "graph_seed": b"\x05" * 32, "generator": AES256_CTR_V1,
-            "nonce": b"\x06" * 16}
+    return {
+        "federation_id": "fed",
+        "round": 3,
+        "parent": b"\x00" * 32,
+        "base_digest": b"\x01" * 32,
+        "params": {
+            "num_shares": 5,
+            "threshold": 3,
+            "clipping_range": 8.0,
+            "quantization_range": 2**22,
+            "mod_range": 2**32,
+            "max_weight": 1000.0,
+        },
+        "sampled": ["11", "12", "13"],
+        "graph_seed": b"\x05" * 32,
+        "generator": AES256_CTR_V1,
+        "nonce": b"\x06" * 16,
+    }
 
 
 def statement(stage):
-    return StageStatement("fed", 3, b"\x07" * 32, stage, "11", "kid", request_digest(stage, {"x": 1}),
-                          REPLIES[stage])
+    return StageStatement("fed", 3, b"\x07" * 32, stage, "11", "kid", request_digest(stage, {"x": 1}), REPLIES[stage])
 
 
 @pytest.mark.parametrize("stage", [SETUP, SHARE_KEYS, MASKED, UNMASK])
 def test_statement_round_trips_and_entry_decodes(stage):
     st = statement(stage)
     assert StageStatement.from_bytes(st.to_bytes()) == st
-    entry = SecAggEntry(round=3, stage=stage, node_id="11", key_id="kid", verdict="accepted", reason="ok",
-                        detail="", statement=st.to_bytes(), signature=b"s" * 64, data={})
+    entry = SecAggEntry(
+        round=3,
+        stage=stage,
+        node_id="11",
+        key_id="kid",
+        verdict="accepted",
+        reason="ok",
+        detail="",
+        statement=st.to_bytes(),
+        signature=b"s" * 64,
+        data={},
+    )
     assert decode_entry(entry.to_bytes()) == entry
 
 
 def test_server_records_decode_and_check():
     h = header()
     assert check_header(decode_entry(server_record(3, "header", h).to_bytes()).data) == h
-    commit = {"round_id": header_digest(h), "live": ["11", "12"], "dropped": ["13"],
-              "masked": {"11": b"a", "12": b"b"}, "statements": {"11": [b"s", b"g"], "12": [b"t", b"h"]}}
+    commit = {
+        "round_id": header_digest(h),
+        "live": ["11", "12"],
+        "dropped": ["13"],
+        "masked": {"11": b"a", "12": b"b"},
+        "statements": {"11": [b"s", b"g"], "12": [b"t", b"h"]},
+    }
     assert check_commit(commit) == commit
     with pytest.raises(EncodingError):
         check_commit({**commit, "statements": {"11": [b"s", b"g"]}})
-    res = {"round_id": b"r", "live": ["11"], "aggregate_digest": b"d", "names": ["0"], "dtypes": ["float32"],
-           "model_after": b"m", "failure": ""}
+    res = {
+        "round_id": b"r",
+        "live": ["11"],
+        "aggregate_digest": b"d",
+        "names": ["0"],
+        "dtypes": ["float32"],
+        "model_after": b"m",
+        "failure": "",
+    }
     assert check_result(res) == res
 
 
-@pytest.mark.parametrize("bad", [
-    {"live": ["11"], "dropped": ["11"], "masked": {"11": b"a"}},           # live and dropped
-    {"live": ["11", "12"], "dropped": [], "masked": {"11": b"a"}},          # a live node without its input
-    {"live": ["11", "11"], "dropped": [], "masked": {"11": b"a"}},          # counted twice
-    {"live": ["x1"], "dropped": [], "masked": {"x1": b"a"}},                # not a node id
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"live": ["11"], "dropped": ["11"], "masked": {"11": b"a"}},  # live and dropped
+        {"live": ["11", "12"], "dropped": [], "masked": {"11": b"a"}},  # a live node without its input
+        {"live": ["11", "11"], "dropped": [], "masked": {"11": b"a"}},  # counted twice
+        {"live": ["x1"], "dropped": [], "masked": {"x1": b"a"}},  # not a node id
+    ],
+)
 def test_commitment_that_counts_a_node_twice_or_wrongly_is_refused(bad):
     with pytest.raises(EncodingError):
         check_commit({"round_id": b"r", "statements": {n: [b"", b""] for n in bad["live"]}, **bad})
@@ -116,8 +160,11 @@ def test_decoders_are_total_on_hostile_bytes():
     """Every mutation of a valid statement or entry decodes or raises EncodingError — nothing else."""
     rng = random.Random(7)
     samples = [statement(s).to_bytes() for s in REPLIES]
-    samples.append(server_record(3, COMMIT, {"round_id": b"r", "live": [], "dropped": [], "masked": {},
-                                             "statements": {}}).to_bytes())
+    samples.append(
+        server_record(
+            3, COMMIT, {"round_id": b"r", "live": [], "dropped": [], "masked": {}, "statements": {}}
+        ).to_bytes()
+    )
     for data in samples:
         for _ in range(300):
             b = bytearray(data)
@@ -127,7 +174,7 @@ def test_decoders_are_total_on_hostile_bytes():
                 if op < 0.6:
                     b[i] = rng.randrange(256)
                 elif op < 0.8:
-                    del b[i:i + rng.randint(1, 8)]
+                    del b[i : i + rng.randint(1, 8)]
                 else:
                     b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
             for decoder in (StageStatement.from_bytes, decode_entry):
@@ -176,10 +223,12 @@ def test_aes_generator_uses_the_whole_seed():
     assert not np.array_equal(a[1], b[1])
     # Flower's generator folds to 32 bits: two seeds with the same XOR fold give the same mask
     s1, s2 = b"\x01\x00\x00\x00\x01\x00\x00\x00", b"\x02\x00\x00\x00\x02\x00\x00\x00"
-    assert np.array_equal(mask_vectors(s1, 2**32, shapes, FLWR_RANDOMSTATE_32)[1],
-                          mask_vectors(s2, 2**32, shapes, FLWR_RANDOMSTATE_32)[1])
-    assert not np.array_equal(mask_vectors(s1, 2**32, shapes, AES256_CTR_V1)[1],
-                              mask_vectors(s2, 2**32, shapes, AES256_CTR_V1)[1])
+    assert np.array_equal(
+        mask_vectors(s1, 2**32, shapes, FLWR_RANDOMSTATE_32)[1], mask_vectors(s2, 2**32, shapes, FLWR_RANDOMSTATE_32)[1]
+    )
+    assert not np.array_equal(
+        mask_vectors(s1, 2**32, shapes, AES256_CTR_V1)[1], mask_vectors(s2, 2**32, shapes, AES256_CTR_V1)[1]
+    )
     assert a[1].dtype == np.int64 and a[1].min() >= 0 and a[1].max() < 2**32
     small = mask_vectors(b"k", 2**16, shapes, AES256_CTR_V1)
     assert small[1].max() < 2**16

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.serverapp.exception import AggregationError as FlowerAggregationError
 from flwr.serverapp.strategy import FedAvg
-from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.location import with_run_id
@@ -19,8 +19,11 @@ from flower_chain.strategies.options import LedgerOptions
 @pytest.fixture
 def settings():
     client = Ed25519PrivateKey.generate()
-    return {"ledger": "memory:", "keyring": {key_id(client): raw_public(client)},
-            "server_key": Ed25519PrivateKey.generate()}
+    return {
+        "ledger": "memory:",
+        "keyring": {key_id(client): raw_public(client)},
+        "server_key": Ed25519PrivateKey.generate(),
+    }
 
 
 def test_settings_over_options_replace_fields_and_leave_the_original(settings):
@@ -82,5 +85,7 @@ def test_the_end_of_run_commands_pin_the_key_and_keyring_the_strategy_read(tmp_p
     lines = [line.strip() for line in s.core.summary_lines()]
     s.close()
     assert lines[-2] == "audit it:   flower-chain ledger audit memory:"
-    assert lines[-1] == (f"verify it:  flower-chain ledger verify memory: --server-key {server_pub.resolve()} "
-                         f"--keys {(tmp_path / 'keyring').resolve()}")
+    assert lines[-1] == (
+        f"verify it:  flower-chain ledger verify memory: --server-key {server_pub.resolve()} "
+        f"--keys {(tmp_path / 'keyring').resolve()}"
+    )
