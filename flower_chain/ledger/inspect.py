@@ -16,6 +16,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import Entry, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.secagg import CLIENT_STAGES, SecAggEntry
 from flower_chain.ledger.writer import read_genesis
 
 
@@ -25,7 +26,7 @@ class BlockRow:
 
     ``accepted``/``rejected``/``reasons`` count replies to train instructions, ``evaluate_accepted``/
     ``evaluate_rejected``/``evaluate_reasons`` replies to evaluate instructions (``evaluate_replies`` is
-    their sum).
+    their sum). ``secagg`` counts the SecAgg+ node records by stage and reason (``"ok"``: accepted).
     """
 
     height: int
@@ -46,6 +47,7 @@ class BlockRow:
     equivocating: set[str] = field(default_factory=set)  # keys that signed two different statements for the round
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     clients: list[tuple[str, str, str]] = field(default_factory=list)  # (key id, verdict, reason)
+    secagg: dict[str, Counter[str]] = field(default_factory=dict)  # stage -> reason -> node records
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -53,6 +55,7 @@ class BlockRow:
         d["evaluate_reasons"] = dict(self.evaluate_reasons)
         d["clients"] = [list(c) for c in self.clients]
         d["equivocating"] = sorted(self.equivocating)
+        d["secagg"] = {stage: dict(c) for stage, c in self.secagg.items()}
         return d
 
 
@@ -90,6 +93,8 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
                 row.clients.append((e.key_id, e.verdict, e.reason))
             elif isinstance(e, EvaluationEntry):
                 row.evaluations.append({"source": e.source, "num_replies": e.num_replies, **e.metrics})
+            elif isinstance(e, SecAggEntry) and e.stage in CLIENT_STAGES:
+                row.secagg.setdefault(e.stage, Counter())[e.reason] += 1
         yield row
 
 
@@ -100,7 +105,8 @@ def summary(ledger: Ledger) -> dict[str, Any]:
     ``evaluate_accepted``, ``evaluate_rejected`` and ``evaluate_reasons`` replies to evaluate
     instructions; ``equivocating_keys`` the keys that signed two different statements for one round;
     ``verdicts`` holds every verdict as ``{"train": {"ok": n, reason: n, ...},
-    "evaluate": {...}}`` ("ok" counts the accepted ones).
+    "evaluate": {...}}`` ("ok" counts the accepted ones); ``secagg`` the SecAgg+ node records as
+    ``{stage: {"ok": n, reason: n, ...}}`` in protocol order (``{}`` for a ledger without SecAgg+ rounds).
     """
     genesis = read_genesis(ledger)
     head = ledger.head()
@@ -111,15 +117,18 @@ def summary(ledger: Ledger) -> dict[str, Any]:
     ev_reasons: Counter[str] = Counter()
     rounds: set[int] = set()
     equivocating: set[str] = set()
+    secagg: dict[str, Counter[str]] = {}
     for row in block_rows(ledger, 1):
         equivocating |= row.equivocating
+        for stage, counts in row.secagg.items():
+            secagg.setdefault(stage, Counter()).update(counts)
         accepted += row.accepted
         rejected += row.rejected
         reasons.update(row.reasons)
         ev_accepted += row.evaluate_accepted
         ev_rejected += row.evaluate_rejected
         ev_reasons.update(row.evaluate_reasons)
-        if row.accepted or row.rejected:
+        if row.accepted or row.rejected or row.secagg:
             rounds.add(row.round)
     verdicts = {kind: {**({"ok": ok} if ok else {}), **dict(sorted(why.items()))}
                 for kind, ok, why in (("train", accepted, reasons), ("evaluate", ev_accepted, ev_reasons))}
@@ -139,11 +148,18 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "evaluate_rejected": ev_rejected,
         "evaluate_reasons": dict(ev_reasons),
         "verdicts": verdicts,
+        "secagg": {stage: _ok_first(secagg[stage]) for stage in CLIENT_STAGES if stage in secagg},
         "equivocating_keys": sorted(equivocating),
         "head_hash": head.hash.hex(),
         "model_digest": head.header.model_after.hex(),
         "checkpoint": head.checkpoint,
     }
+
+
+def _ok_first(counts: Counter[str]) -> dict[str, int]:
+    """``{"ok": n, reason: n, ...}``: the accepted first, then the reasons in order (as ``verdicts``)."""
+    return {**({"ok": counts["ok"]} if counts.get("ok") else {}),
+            **dict(sorted((r, n) for r, n in counts.items() if r != "ok"))}
 
 
 def round_entries(ledger: Ledger, server_round: int) -> list[dict[str, Any]]:

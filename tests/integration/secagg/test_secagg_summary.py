@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from flower_chain.ledger.inspect import summary
+from flower_chain.ledger.inspect import block_rows, summary
 from flower_chain.strategies.secagg_workflow import SECAGG_KIND
 from tests.support.secagg_federation import SecAggFederation
 
@@ -49,4 +51,20 @@ def test_summary_of_a_secagg_ledger_counts_stage_verdicts(fed):
     s = summary(fed.ledger)
     assert s["secagg"] == {"setup": {"ok": 5, "no-reply": 1}, "share-keys": {"ok": 5},
                            "masked-input": {"ok": 4, "no-reply": 1}, "unmask": {"ok": 4}}
+    assert list(s["secagg"]) == ["setup", "share-keys", "masked-input", "unmask"]  # protocol order
+    assert list(s["secagg"]["setup"]) == ["ok", "no-reply"]  # accepted first, as in "verdicts"
     assert s["verdicts"] == {"train": {}, "evaluate": {}}
+    assert s["rounds"] == 1
+    json.dumps(s)  # what `ledger summary --json` prints
+    rows = [r.to_dict() for r in block_rows(fed.ledger, 1)]
+    json.dumps(rows)  # what `ledger blocks --json` prints
+    assert [r["secagg"] for r in rows] == [  # the commit block: stages 0-2; the result block: stage 3
+        {"setup": {"ok": 5, "no-reply": 1}, "share-keys": {"ok": 5}, "masked-input": {"ok": 4, "no-reply": 1}},
+        {"unmask": {"ok": 4}}]
+
+
+def test_summary_of_a_ledger_without_secagg_has_an_empty_secagg_key(federation_factory):
+    f = federation_factory("sqlite")
+    f.add_round(1, n=3, rejected=1)
+    s = summary(f.ledger)
+    assert s["secagg"] == {} and s["rounds"] == 1 and s["verdicts"]["train"] == {"ok": 3, "bad-signature": 1}
