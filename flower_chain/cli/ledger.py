@@ -364,9 +364,12 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
         )
         err.print(f"[bold red]NOT VERIFIED (--strict)[/] {uri}: {'; '.join(gaps)}", highlight=False)
         return
+    ev_accepted = sum(n for (kind, reason), n in report.verdicts.items() if kind == "evaluate" and reason == "ok")
+    ev_rejected = sum(n for (kind, reason), n in report.verdicts.items() if kind == "evaluate" and reason != "ok")
     out.print(
         f"[bold green]VERIFIED[/] {uri}: federation {report.federation_id}, {report.blocks} blocks, "
-        f"{report.entries} entries ({report.accepted} accepted, {report.rejected} rejected updates, "
+        f"{report.entries} entries (train: {report.accepted} accepted, {report.rejected} rejected; "
+        f"evaluate: {ev_accepted} accepted, {ev_rejected} rejected; "
         f"{report.client_signatures_checked} client signatures checked"
         + (", stored blobs checked" if blobs else "")
         + f"), server key {report.server_key_id}",
