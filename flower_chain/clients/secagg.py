@@ -90,8 +90,14 @@ def _save(context: Context, state: dict[str, Any]) -> None:
     context.state.config_records[STATE] = ConfigRecord({"state": encode(state)})
 
 
-def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server_key: bytes | None = None,
-                    allow_weak_generator: bool = True, witness_keys=None, witness_quorum: int | None = None):
+def make_secagg_mod(
+    key: Ed25519PrivateKey | str | Path | None = None,
+    *,
+    server_key: bytes | None = None,
+    allow_weak_generator: bool = True,
+    witness_keys=None,
+    witness_quorum: int | None = None,
+):
     """A SecAgg+ mod signing with ``key`` (or each node's signing key when ``None``).
 
     Parameters
@@ -132,8 +138,14 @@ def make_secagg_mod(key: Ed25519PrivateKey | str | Path | None = None, *, server
 class _Node:
     """One node answering one SecAgg+ instruction."""
 
-    def __init__(self, signer: Ed25519PrivateKey, server_key: bytes | None, allow_weak: bool,
-                 context: Context, witnesses: tuple[list[CosignerKey], int]) -> None:
+    def __init__(
+        self,
+        signer: Ed25519PrivateKey,
+        server_key: bytes | None,
+        allow_weak: bool,
+        context: Context,
+        witnesses: tuple[list[CosignerKey], int],
+    ) -> None:
         self.signer, self.kid, self.context = signer, key_id(signer), context
         self.witnesses, self.quorum = witnesses
         self.server_key, self.allow_weak = server_key, allow_weak
@@ -165,12 +177,21 @@ class _Node:
             else:
                 raise Refusal(f"unknown stage {stage!r}")
         rnd = self.state["round"]
-        st = StageStatement(rnd["header"]["federation_id"], rnd["header"]["round"], rnd["round_id"], stage, me,
-                            self.kid, request_digest(stage, req["content"]), reply)
+        st = StageStatement(
+            rnd["header"]["federation_id"],
+            rnd["header"]["round"],
+            rnd["round_id"],
+            stage,
+            me,
+            self.kid,
+            request_digest(stage, req["content"]),
+            reply,
+        )
         data = st.to_bytes()
         # the SecAgg+ record and nothing else: the app's FitRes fields (example count, metrics) never leave the node
-        content = RecordDict({RECORD: ConfigRecord({"statement": data, "signature": self.signer.sign(data),
-                                                    "payload": encode(payload)})})
+        content = RecordDict(
+            {RECORD: ConfigRecord({"statement": data, "signature": self.signer.sign(data), "payload": encode(payload)})}
+        )
         return Message(content, reply_to=msg)
 
     # -- stage 0 ------------------------------------------------------------------------------------
@@ -188,27 +209,47 @@ class _Node:
             raise Refusal("no server key to verify the checkpoint with")
         last = (pin["size"], pin["root"]) if pin else None
         proofs = proof.get("consistency") if isinstance(proof.get("consistency"), dict) else {}
-        cp, problem = checks.checkpoint_problem(proof.get("checkpoint"), server, fid, last,
-                                                proofs.get(str(last[0])) if last else b"", self.witnesses,
-                                                self.quorum)
+        cp, problem = checks.checkpoint_problem(
+            proof.get("checkpoint"),
+            server,
+            fid,
+            last,
+            proofs.get(str(last[0])) if last else b"",
+            self.witnesses,
+            self.quorum,
+        )
         if problem:
             raise Refusal(problem)
         self.state["pins"][fid] = {"server_key": server, "size": cp[0], "root": cp[1]}
         sk1, pk1 = generate_key_pairs()
         sk2, pk2 = generate_key_pairs()
         self.state["round"] = {
-            "header": header, "round_id": req["round_id"], "node_id": me, "stage": SETUP,
-            "sk1": private_key_to_bytes(sk1), "pk1": public_key_to_bytes(pk1),
-            "sk2": private_key_to_bytes(sk2), "pk2": public_key_to_bytes(pk2),
-            "cp_size": cp[0], "cp_root": cp[1], "server_key": server,
-            "seed": b"", "seed_shares": {}, "key_shares": {}, "ss2": {}, "pks": {}, "masked_digest": b""}
+            "header": header,
+            "round_id": req["round_id"],
+            "node_id": me,
+            "stage": SETUP,
+            "sk1": private_key_to_bytes(sk1),
+            "pk1": public_key_to_bytes(pk1),
+            "sk2": private_key_to_bytes(sk2),
+            "pk2": public_key_to_bytes(pk2),
+            "cp_size": cp[0],
+            "cp_root": cp[1],
+            "server_key": server,
+            "seed": b"",
+            "seed_shares": {},
+            "key_shares": {},
+            "ss2": {},
+            "pks": {},
+            "masked_digest": b"",
+        }
         return {"pk1": self.state["round"]["pk1"], "pk2": self.state["round"]["pk2"]}
 
     # -- stage 1 ------------------------------------------------------------------------------------
     def _share_keys(self, content: dict[str, Any], rnd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         keys, me, header = content.get("keys"), rnd["node_id"], rnd["header"]
-        if not isinstance(keys, dict) or not all(isinstance(v, list) and len(v) == 2 and all(
-                isinstance(b, bytes) for b in v) for v in keys.values()):
+        if not isinstance(keys, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(b, bytes) for b in v) for v in keys.values()
+        ):
             raise Refusal("the share-keys request does not map node ids to two public keys")
         neigh = set(checks.neighbours_of(header, me))
         if not set(keys) <= neigh:
@@ -241,8 +282,9 @@ class _Node:
         return {"sent": sent}, {"ciphertexts": cts}
 
     # -- stage 2 ------------------------------------------------------------------------------------
-    def _masked(self, content: dict[str, Any], rnd: dict[str, Any], msg: Message, call_next: ClientAppCallable
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _masked(
+        self, content: dict[str, Any], rnd: dict[str, Any], msg: Message, call_next: ClientAppCallable
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run the app's fit and mask its update; only the masked vector leaves (no count, no metrics)."""
         cts, me, p = content.get("ciphertexts"), rnd["node_id"], rnd["header"]["params"]
         if not isinstance(cts, dict):
@@ -267,35 +309,48 @@ class _Node:
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
         rnd["masked_digest"], rnd["sources"] = array_digest(named), sources
-        reply = {"digest": rnd["masked_digest"], "weight": int(vector[0].reshape(-1)[0]), "sources": sources,
-                 "seed_digest": seed_digest(rnd["seed"])}
+        reply = {
+            "digest": rnd["masked_digest"],
+            "weight": int(vector[0].reshape(-1)[0]),
+            "sources": sources,
+            "seed_digest": seed_digest(rnd["seed"]),
+        }
         return reply, {"vector": encode_arrays(named)}
 
     def _mask(self, rnd: dict[str, Any], num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
         p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
         q_ratio = round(num_examples / p["max_weight"] * p["quantization_range"])
         params = parameters_multiply(params, q_ratio / p["quantization_range"])
-        vec = [np.asarray(a, dtype=np.int64) for a in factor_combine(q_ratio, quantize(
-            params, p["clipping_range"], p["quantization_range"]))]
+        vec = [
+            np.asarray(a, dtype=np.int64)
+            for a in factor_combine(q_ratio, quantize(params, p["clipping_range"], p["quantization_range"]))
+        ]
         shapes = [a.shape for a in vec]
         vec = add_mod(vec, mask_vectors(rnd["seed"], p["mod_range"], shapes, gen), p["mod_range"])
         sk1 = bytes_to_private_key(rnd["sk1"])
         for src in sources:
             shared = generate_shared_key(sk1, bytes_to_public_key(rnd["pks"][src][0]))
-            vec = add_mod(vec, mask_vectors(shared, p["mod_range"], shapes, gen), p["mod_range"],
-                          1 if me > int(src) else -1)
+            vec = add_mod(
+                vec, mask_vectors(shared, p["mod_range"], shapes, gen), p["mod_range"], 1 if me > int(src) else -1
+            )
         return vec
 
     # -- stage 3 ------------------------------------------------------------------------------------
     def _unmask(self, req: dict[str, Any], rnd: dict[str, Any]) -> dict[str, Any]:
         c = req["content"]
         active, dead = c.get("active"), c.get("dead")
-        reply = {"active": active if isinstance(active, list) else [], "dead": dead if isinstance(dead, list) else [],
-                 "checkpoint_size": -1, "checkpoint_root": b"", "seed_shares": {}, "key_shares": {}, "refused": ""}
+        reply = {
+            "active": active if isinstance(active, list) else [],
+            "dead": dead if isinstance(dead, list) else [],
+            "checkpoint_size": -1,
+            "checkpoint_root": b"",
+            "seed_shares": {},
+            "key_shares": {},
+            "refused": "",
+        }
         if not all(isinstance(x, str) and x.isdigit() for x in reply["active"] + reply["dead"]):
             reply["active"], reply["dead"] = [], []
-        commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd, self.witnesses,
-                                                     self.quorum)
+        commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd, self.witnesses, self.quorum)
         if cp is not None:
             reply["checkpoint_size"], reply["checkpoint_root"] = cp
         if problem is None and c.get("log_size") != (cp[0] if cp else None):
@@ -303,8 +358,12 @@ class _Node:
         if problem is None:
             problem = checks.unmask_problem(commit, active, dead, rnd)
         if problem is not None:
-            log.error("flower-chain SecAgg+: node %s reveals nothing in round %s: %s", rnd["node_id"],
-                      rnd["header"]["round"], problem)
+            log.error(
+                "flower-chain SecAgg+: node %s reveals nothing in round %s: %s",
+                rnd["node_id"],
+                rnd["header"]["round"],
+                problem,
+            )
             reply["refused"] = problem
             return reply
         fid = rnd["header"]["federation_id"]
@@ -319,9 +378,17 @@ def _with(msg: Message, content: RecordDict) -> Message:
     from flwr.app import Metadata
 
     md = msg.metadata
-    meta = Metadata(run_id=md.run_id, message_id=md.message_id, src_node_id=md.src_node_id,
-                    dst_node_id=md.dst_node_id, reply_to_message_id=md.reply_to_message_id, group_id=md.group_id,
-                    created_at=md.created_at, ttl=md.ttl, message_type=md.message_type)
+    meta = Metadata(
+        run_id=md.run_id,
+        message_id=md.message_id,
+        src_node_id=md.src_node_id,
+        dst_node_id=md.dst_node_id,
+        reply_to_message_id=md.reply_to_message_id,
+        group_id=md.group_id,
+        created_at=md.created_at,
+        ttl=md.ttl,
+        message_type=md.message_type,
+    )
     return Message(content=content, metadata=meta)
 
 

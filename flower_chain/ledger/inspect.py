@@ -60,7 +60,7 @@ class BlockRow:
 
 
 def _time(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def entries_of(ledger: Ledger, header: BlockHeader) -> Iterator[Entry]:
@@ -72,8 +72,19 @@ def block_rows(ledger: Ledger, start: int = 0, end: int | None = None) -> Iterat
     """One :class:`BlockRow` per block with ``start <= height < end``."""
     for block in ledger.blocks(start, end):
         h = block.header
-        row = BlockRow(h.height, h.round, h.entry_count, 0, 0, Counter(), h.model_after.hex(), _time(h.timestamp_ms),
-                       h.timestamp_ms, h.log_size, block.hash.hex())
+        row = BlockRow(
+            h.height,
+            h.round,
+            h.entry_count,
+            0,
+            0,
+            Counter(),
+            h.model_after.hex(),
+            _time(h.timestamp_ms),
+            h.timestamp_ms,
+            h.log_size,
+            block.hash.hex(),
+        )
         for e in entries_of(ledger, h):
             if isinstance(e, UpdateEntry) and e.reason == "equivocation" and e.key_id:
                 row.equivocating.add(e.key_id)
@@ -130,8 +141,10 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         ev_reasons.update(row.evaluate_reasons)
         if row.accepted or row.rejected or row.secagg:
             rounds.add(row.round)
-    verdicts = {kind: {**({"ok": ok} if ok else {}), **dict(sorted(why.items()))}
-                for kind, ok, why in (("train", accepted, reasons), ("evaluate", ev_accepted, ev_reasons))}
+    verdicts = {
+        kind: {**({"ok": ok} if ok else {}), **dict(sorted(why.items()))}
+        for kind, ok, why in (("train", accepted, reasons), ("evaluate", ev_accepted, ev_reasons))
+    }
     return {
         "uri": ledger.uri,
         "backend": ledger.backend,
@@ -158,8 +171,10 @@ def summary(ledger: Ledger) -> dict[str, Any]:
 
 def _ok_first(counts: Counter[str]) -> dict[str, int]:
     """``{"ok": n, reason: n, ...}``: the accepted first, then the reasons in order (as ``verdicts``)."""
-    return {**({"ok": counts["ok"]} if counts.get("ok") else {}),
-            **dict(sorted((r, n) for r, n in counts.items() if r != "ok"))}
+    return {
+        **({"ok": counts["ok"]} if counts.get("ok") else {}),
+        **dict(sorted((r, n) for r, n in counts.items() if r != "ok")),
+    }
 
 
 def round_entries(ledger: Ledger, server_round: int) -> list[dict[str, Any]]:
@@ -193,9 +208,17 @@ def export_rows(ledger: Ledger) -> Iterator[dict[str, Any]]:
     """Every entry with its block's header fields: one flat row each (for CSV/JSON export)."""
     for block in ledger.blocks():
         h = block.header
-        base = {"block_height": h.height, "block_round": h.round, "block_time": _time(h.timestamp_ms),
-                "block_hash": block.hash.hex(), "prev_hash": h.prev_hash.hex(), "model_before": h.model_before.hex(),
-                "model_after": h.model_after.hex(), "state_after": h.state_after.hex(), "log_size": h.log_size,
-                "log_root": h.log_root.hex()}
+        base = {
+            "block_height": h.height,
+            "block_round": h.round,
+            "block_time": _time(h.timestamp_ms),
+            "block_hash": block.hash.hex(),
+            "prev_hash": h.prev_hash.hex(),
+            "model_before": h.model_before.hex(),
+            "model_after": h.model_after.hex(),
+            "state_after": h.state_after.hex(),
+            "log_size": h.log_size,
+            "log_root": h.log_root.hex(),
+        }
         for i, e in enumerate(entries_of(ledger, h)):
             yield {**base, **entry_dict(e, h.height, h.first_index + i)}

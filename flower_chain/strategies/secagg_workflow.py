@@ -86,10 +86,18 @@ class LedgerSecAggPlusWorkflow:
         ``"aes256-ctr-v1"`` (default) or ``"flwr-randomstate-32"`` (Flower's; ``audit`` warns).
     """
 
-    def __init__(self, num_shares: float, reconstruction_threshold: float, *,
-                 max_weight: float = 1000.0, clipping_range: float = 8.0, quantization_range: int = 4194304,
-                 modulus_range: int = 4294967296, timeout: float | None = None,
-                 mask_generator: str = AES256_CTR_V1) -> None:
+    def __init__(
+        self,
+        num_shares: float,
+        reconstruction_threshold: float,
+        *,
+        max_weight: float = 1000.0,
+        clipping_range: float = 8.0,
+        quantization_range: int = 4194304,
+        modulus_range: int = 4294967296,
+        timeout: float | None = None,
+        mask_generator: str = AES256_CTR_V1,
+    ) -> None:
         if mask_generator not in GENERATORS:
             raise ValueError(f"mask_generator must be one of {GENERATORS}, not {mask_generator!r}")
         if modulus_range > 2**32 or modulus_range & (modulus_range - 1) or modulus_range <= quantization_range:
@@ -125,8 +133,11 @@ class LedgerSecAggPlusWorkflow:
         inner = type(getattr(context.strategy, "strategy", None)).__name__
         if inner not in _AVERAGING and not getattr(self, "_warned", False):
             self._warned = True
-            log.warning("under SecAgg+ the new model is the protocol's weighted average (FedAvg): %s's own "
-                        "aggregate_fit is not applied", inner)
+            log.warning(
+                "under SecAgg+ the new model is the protocol's weighted average (FedAvg): %s's own "
+                "aggregate_fit is not applied",
+                inner,
+            )
         t0 = time.perf_counter()
         rnd = _Round(self, grid, context, core)
         if rnd.setup():
@@ -146,8 +157,12 @@ class _Round:
         self.figures: dict[str, Any] = {"round": self.round}
 
     # -- messaging ----------------------------------------------------------------------------------
-    def _exchange(self, stage: str, requests: dict[str, tuple[dict[str, Any], dict[str, Any], RecordDict | None]],
-                  expect: dict[str, dict[str, Any]]) -> set[str]:
+    def _exchange(
+        self,
+        stage: str,
+        requests: dict[str, tuple[dict[str, Any], dict[str, Any], RecordDict | None]],
+        expect: dict[str, dict[str, Any]],
+    ) -> set[str]:
         """Send each node its request, judge the replies; return the nodes whose reply was accepted.
 
         Every verdict (duplicates included) is counted in the core's ``(kind, reason)`` Counter under kind
@@ -156,10 +171,12 @@ class _Round:
         first, msgs = len(self.entries), []
         for nid, (content, proof, base) in requests.items():
             body = RecordDict(dict(base.items())) if base is not None else RecordDict()
-            body.config_records[RECORD] = ConfigRecord({"request": encode(
-                {"stage": stage, "round_id": self.round_id, "content": content, "proof": proof})})
-            msgs.append(Message(content=body, dst_node_id=int(nid), message_type=MessageType.TRAIN,
-                                group_id=str(self.round)))
+            body.config_records[RECORD] = ConfigRecord(
+                {"request": encode({"stage": stage, "round_id": self.round_id, "content": content, "proof": proof})}
+            )
+            msgs.append(
+                Message(content=body, dst_node_id=int(nid), message_type=MessageType.TRAIN, group_id=str(self.round))
+            )
         try:
             replies = list(self.grid.send_and_receive(msgs, timeout=self.wf.timeout)) if msgs else []
         except Exception as e:  # noqa: BLE001 - the transport failing is every node dropping, not a crash
@@ -208,18 +225,27 @@ class _Round:
             return False
         shares, t = self.wf._shares(len(sampled))
         self.header = {
-            "federation_id": self.core.federation_id, "round": self.round,
-            "parent": bytes(config.get(CTX_PARENT, b"")), "base_digest": bytes(config.get(CTX_BASE, b"")),
-            "params": {"num_shares": shares, "threshold": t, "clipping_range": self.wf.clipping_range,
-                       "quantization_range": self.wf.quantization_range, "mod_range": self.wf.modulus_range,
-                       "max_weight": self.wf.max_weight},
-            "sampled": sampled, "graph_seed": os.urandom(32), "generator": self.wf.mask_generator,
-            "nonce": os.urandom(16)}
+            "federation_id": self.core.federation_id,
+            "round": self.round,
+            "parent": bytes(config.get(CTX_PARENT, b"")),
+            "base_digest": bytes(config.get(CTX_BASE, b"")),
+            "params": {
+                "num_shares": shares,
+                "threshold": t,
+                "clipping_range": self.wf.clipping_range,
+                "quantization_range": self.wf.quantization_range,
+                "mod_range": self.wf.modulus_range,
+                "max_weight": self.wf.max_weight,
+            },
+            "sampled": sampled,
+            "graph_seed": os.urandom(32),
+            "generator": self.wf.mask_generator,
+            "nonce": os.urandom(16),
+        }
         self.round_id = header_digest(self.header)
         self.t = t
         self.graph = neighbour_graph(sampled, shares, self.header["graph_seed"])
-        self.judge = StageJudge(self.core.federation_id, self.round, self.round_id, self.core.keys,
-                                self.core.revoked)
+        self.judge = StageJudge(self.core.federation_id, self.round, self.round_id, self.core.keys, self.core.revoked)
         self.entries.append(server_record(self.round, HEADER, self.header))
         head = self.core.writer.head
         self.head_size = head.header.log_size
@@ -237,8 +263,11 @@ class _Round:
             except Exception:  # noqa: BLE001, S112 - a size this ledger never had: the node will say so
                 continue
         self.wf.sent_sizes[nid] = {head.header.log_size}
-        return {"checkpoint": self._note(head), "server_key": raw_public(self.core.writer.server_key),
-                "consistency": cons}
+        return {
+            "checkpoint": self._note(head),
+            "server_key": raw_public(self.core.writer.server_key),
+            "consistency": cons,
+        }
 
     def _note(self, block: StoredBlock) -> str:
         """The block's checkpoint, with the witnesses' cosignatures when the strategy has witnesses."""
@@ -248,47 +277,79 @@ class _Round:
 
     # -- stages 1-3 ---------------------------------------------------------------------------------
     def run(self) -> None:
-        a1 = self._exchange(SHARE_KEYS, {n: ({"keys": {m: [self.pks[m]["pk1"], self.pks[m]["pk2"]] for m in
-                                                        self.graph[n] if m in self.a0}}, {}, None)
-                                         for n in sorted(self.a0, key=int)},
-                            {n: {"to": [m for m in self.graph[n] if m in self.a0 and m != n]} for n in self.a0})
+        a1 = self._exchange(
+            SHARE_KEYS,
+            {
+                n: (
+                    {"keys": {m: [self.pks[m]["pk1"], self.pks[m]["pk2"]] for m in self.graph[n] if m in self.a0}},
+                    {},
+                    None,
+                )
+                for n in sorted(self.a0, key=int)
+            },
+            {n: {"to": [m for m in self.graph[n] if m in self.a0 and m != n]} for n in self.a0},
+        )
         fwd: dict[str, dict[str, bytes]] = {n: {} for n in a1}
         for src in a1:
             for dst, ct in self.verdicts[SHARE_KEYS][src].payload["ciphertexts"].items():
                 if dst in fwd:
                     fwd[dst][src] = ct
         shapes = [(1,)] + [tuple(a.shape) for a in self.model]
-        a2 = self._exchange(MASKED, {n: ({"ciphertexts": fwd[n]}, {}, self.fitins[n]) for n in sorted(a1, key=int)},
-                            {n: {"shapes": shapes, "mod_range": self.wf.modulus_range, "sources": sorted(fwd[n])}
-                             for n in a1})
+        a2 = self._exchange(
+            MASKED,
+            {n: ({"ciphertexts": fwd[n]}, {}, self.fitins[n]) for n in sorted(a1, key=int)},
+            {n: {"shapes": shapes, "mod_range": self.wf.modulus_range, "sources": sorted(fwd[n])} for n in a1},
+        )
         live, dropped = sorted(a2, key=int), sorted(a1 - a2, key=int)
         self.figures.update(share_keys=len(a1), masked=len(a2), dropped=len(dropped))
         masked = {n: self.verdicts[MASKED][n].statement.reply["digest"] for n in live}
-        signed = {n: [self.verdicts[MASKED][n].entry.statement, self.verdicts[MASKED][n].entry.signature]
-                  for n in live}  # each node checks its neighbours' signed sources before revealing their seeds
-        commit = server_record(self.round, COMMIT, {"round_id": self.round_id, "live": live, "dropped": dropped,
-                                                    "masked": masked, "statements": signed})
+        signed = {
+            n: [self.verdicts[MASKED][n].entry.statement, self.verdicts[MASKED][n].entry.signature] for n in live
+        }  # each node checks its neighbours' signed sources before revealing their seeds
+        commit = server_record(
+            self.round,
+            COMMIT,
+            {"round_id": self.round_id, "live": live, "dropped": dropped, "masked": masked, "statements": signed},
+        )
         self.entries.append(commit)
         base = self.header["base_digest"] or self.core.recorder.model_digest  # the block leaves the model as it is
         self.core.writer.check_head()
-        block = self.core.writer.append(self.round, self.entries, model_before=base, model_after=base,
-                                        state_after=self.core.recorder.state_digest)
+        block = self.core.writer.append(
+            self.round, self.entries, model_before=base, model_after=base, state_after=self.core.recorder.state_digest
+        )
         index = block.header.first_index + len(self.entries) - 1
         self.entries = []
         size = block.header.log_size
         inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
         consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
-        proof = {"checkpoint": self._note(block), "entry": commit.to_bytes(), "index": index, "inclusion": inclusion,
-                 "consistency": consistency, "genesis": next(self.core.ledger.entries(0, 1)),
-                 "genesis_inclusion": b"".join(proofs.inclusion_proof(self.core.ledger, 0, size))}
+        proof = {
+            "checkpoint": self._note(block),
+            "entry": commit.to_bytes(),
+            "index": index,
+            "inclusion": inclusion,
+            "consistency": consistency,
+            "genesis": next(self.core.ledger.entries(0, 1)),
+            "genesis_inclusion": b"".join(proofs.inclusion_proof(self.core.ledger, 0, size)),
+        }
         for n in live:
             self.wf.sent_sizes.setdefault(n, set()).add(size)
-        requests = {n: ({"active": [m for m in self.graph[n] if m in a2],
-                         "dead": [m for m in self.graph[n] if m in dropped], "commit_index": index,
-                         "log_size": size}, proof, None) for n in live}
+        requests = {
+            n: (
+                {
+                    "active": [m for m in self.graph[n] if m in a2],
+                    "dead": [m for m in self.graph[n] if m in dropped],
+                    "commit_index": index,
+                    "log_size": size,
+                },
+                proof,
+                None,
+            )
+            for n in live
+        }
         # the masked vectors go to the blob store while the nodes answer stage 3; durable before the result block
-        store = _Background(self.core.ledger.put_blobs,
-                            [(masked[n], self.verdicts[MASKED][n].payload.pop("vector")) for n in live])
+        store = _Background(
+            self.core.ledger.put_blobs, [(masked[n], self.verdicts[MASKED][n].payload.pop("vector")) for n in live]
+        )
         try:
             self._exchange(UNMASK, requests, {})
         finally:
@@ -299,11 +360,17 @@ class _Round:
         t0, named = time.perf_counter(), None
         replies = {n: v.statement.reply for n, v in self.verdicts[UNMASK].items() if v.accepted}
         seeds, keys, wrong, failure = rebuild_all(
-            replies, live, dropped, self.t, {n: self.verdicts[MASKED][n].statement.reply["seed_digest"] for n in live},
-            {n: self.pks[n]["pk1"] for n in self.pks})
+            replies,
+            live,
+            dropped,
+            self.t,
+            {n: self.verdicts[MASKED][n].statement.reply["seed_digest"] for n in live},
+            {n: self.pks[n]["pk1"] for n in self.pks},
+        )
         for owner, nodes in wrong.items():
-            log.warning("round %d: nodes %s revealed shares of node %s that do not fit its commitment", self.round,
-                        nodes, owner)
+            log.warning(
+                "round %d: nodes %s revealed shares of node %s that do not fit its commitment", self.round, nodes, owner
+            )
         agg_digest, total = b"", None
         if not live:
             failure = failure or "no masked input"
@@ -311,10 +378,15 @@ class _Round:
         if pairs:
             failure = failure or f"nodes {pairs[0][0]} and {pairs[0][1]} did not both mask with each other"
         if not failure:
-            total = unmask({n: self.verdicts[MASKED][n].payload["arrays"] for n in live}, seeds, keys,
-                           {n: self.pks[n]["pk1"] for n in self.pks},
-                           {n: self.verdicts[MASKED][n].statement.reply["sources"] for n in live},
-                           self.wf.modulus_range, self.wf.mask_generator)
+            total = unmask(
+                {n: self.verdicts[MASKED][n].payload["arrays"] for n in live},
+                seeds,
+                keys,
+                {n: self.pks[n]["pk1"] for n in self.pks},
+                {n: self.verdicts[MASKED][n].statement.reply["sources"] for n in live},
+                self.wf.modulus_range,
+                self.wf.mask_generator,
+            )
             failure = total if isinstance(total, str) else ""
         if not failure:
             agg_digest = array_digest([(str(i), a) for i, a in enumerate(total)])
@@ -329,27 +401,45 @@ class _Round:
     def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str) -> None:
         before = self.header["base_digest"] or self.core.recorder.model_digest
         after = array_digest(named) if named is not None else before
-        self.entries.append(server_record(self.round, RESULT, {
-            "round_id": self.round_id, "live": live if not failure else [], "aggregate_digest": agg_digest,
-            "names": [n for n, _ in named] if named else [], "dtypes": [str(a.dtype) for _, a in named] if named
-            else [], "model_after": after, "failure": failure}))
+        self.entries.append(
+            server_record(
+                self.round,
+                RESULT,
+                {
+                    "round_id": self.round_id,
+                    "live": live if not failure else [],
+                    "aggregate_digest": agg_digest,
+                    "names": [n for n, _ in named] if named else [],
+                    "dtypes": [str(a.dtype) for _, a in named] if named else [],
+                    "model_after": after,
+                    "failure": failure,
+                },
+            )
+        )
         self.core.recorder.commit_train(self.round, None, before, self.entries, [], named, None)
         self.figures.update(failure=failure, unmasked=sum(v.accepted for v in self.verdicts[UNMASK].values()))
         rejected = [e for s in self.verdicts.values() for e in (v.entry for v in s.values()) if e.verdict != "accepted"]
-        self.core.stats[self.round] = {"accepted": len(live) if not failure else 0, "rejected": len(rejected),
-                                       "reasons": {r: sum(e.reason == r for e in rejected)
-                                                   for r in sorted({e.reason for e in rejected})},
-                                       "block_height": self.core.writer.head.header.height,
-                                       "log_size": self.core.writer.log_size}
+        self.core.stats[self.round] = {
+            "accepted": len(live) if not failure else 0,
+            "rejected": len(rejected),
+            "reasons": {r: sum(e.reason == r for e in rejected) for r in sorted({e.reason for e in rejected})},
+            "block_height": self.core.writer.head.header.height,
+            "log_size": self.core.writer.log_size,
+        }
         if failure:
             log.error("[flower-chain] SecAgg+ round %d failed: %s (the model stays)", self.round, failure)
             return
         arrays = [a for _, a in named]
         self.context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters(arrays), True)
+            ndarrays_to_parameters(arrays), True
+        )
         self.context.history.add_metrics_distributed_fit(server_round=self.round, metrics={})
-        log.info("[flower-chain] SecAgg+ round %d: aggregate of %d masked inputs (%d dropped)", self.round,
-                 len(live), self.figures.get("dropped", 0))
+        log.info(
+            "[flower-chain] SecAgg+ round %d: aggregate of %d masked inputs (%d dropped)",
+            self.round,
+            len(live),
+            self.figures.get("dropped", 0),
+        )
 
 
 class _Background(threading.Thread):

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 @pytest.fixture
 def fed(tmp_path):
     f = SecAggFederation(f"sqlite:///{tmp_path}/ledger.db", n=6)
-    f.grid.drop[f.node_ids[4]] = "setup"          # no-reply in stage 0
-    f.grid.drop[f.node_ids[1]] = "masked-input"    # no-reply in stage 2
+    f.grid.drop[f.node_ids[4]] = "setup"  # no-reply in stage 0
+    f.grid.drop[f.node_ids[1]] = "masked-input"  # no-reply in stage 2
     return f
 
 
@@ -49,8 +49,12 @@ def test_a_duplicate_reply_is_counted_too(fed):
 def test_summary_of_a_secagg_ledger_counts_stage_verdicts(fed):
     fed.run_round(1)
     s = summary(fed.ledger)
-    assert s["secagg"] == {"setup": {"ok": 5, "no-reply": 1}, "share-keys": {"ok": 5},
-                           "masked-input": {"ok": 4, "no-reply": 1}, "unmask": {"ok": 4}}
+    assert s["secagg"] == {
+        "setup": {"ok": 5, "no-reply": 1},
+        "share-keys": {"ok": 5},
+        "masked-input": {"ok": 4, "no-reply": 1},
+        "unmask": {"ok": 4},
+    }
     assert list(s["secagg"]) == ["setup", "share-keys", "masked-input", "unmask"]  # protocol order
     assert list(s["secagg"]["setup"]) == ["ok", "no-reply"]  # accepted first, as in "verdicts"
     assert s["verdicts"] == {"train": {}, "evaluate": {}}
@@ -60,7 +64,8 @@ def test_summary_of_a_secagg_ledger_counts_stage_verdicts(fed):
     json.dumps(rows)  # what `ledger blocks --json` prints
     assert [r["secagg"] for r in rows] == [  # the commit block: stages 0-2; the result block: stage 3
         {"setup": {"ok": 5, "no-reply": 1}, "share-keys": {"ok": 5}, "masked-input": {"ok": 4, "no-reply": 1}},
-        {"unmask": {"ok": 4}}]
+        {"unmask": {"ok": 4}},
+    ]
 
 
 def test_summary_of_a_ledger_without_secagg_has_an_empty_secagg_key(federation_factory):
