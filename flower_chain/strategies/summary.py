@@ -44,13 +44,14 @@ def summary_lines(
         What the strategy was configured with (the paths the commands pin).
     """
     lines = [f"flower-chain: federation {federation_id}, ledger {uri} ({blocks} blocks, {entries} entries)"]
-    for kind in ("train", "evaluate"):
+    for kind in ("train", "evaluate", "secagg"):  # secagg: SecAgg+ stage replies (LedgerSecAggPlusWorkflow)
         got = {r: n for (k, r), n in verdicts.items() if k == kind}
         if got:
             ok = got.pop(OK, 0)
             rej = ", ".join(f"{r} {n}" for r, n in sorted(got.items(), key=lambda t: (-t[1], t[0])))
             lines.append(
-                f"  {kind} replies: {ok} accepted, {sum(got.values())} rejected" + (f" ({rej})" if rej else "")
+                f"  {'secagg stage' if kind == 'secagg' else kind} replies: {ok} accepted, {sum(got.values())} rejected"
+                + (f" ({rej})" if rej else "")
             )
     if not verdicts:
         lines.append("  no replies were judged in this run")
