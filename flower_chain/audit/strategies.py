@@ -19,11 +19,13 @@ Imports flwr lazily (inside the functions), never torch.
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.strategies.rebuild import MAX_REPLAY_NODES as MAX_REPLAY_NODES  # re-exported
+from flower_chain.strategies.rebuild import NotReplayable as NotReplayable  # re-exported
+from flower_chain.strategies.rebuild import construct
 
 #: Flower's Message-API strategies the replay rebuilds from their recorded settings.
 BUNDLED = (
@@ -68,17 +70,10 @@ LEGACY_NEEDS_MODEL = ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM")
 LEGACY_SETTINGS = ("fraction_fit", "min_fit_clients", "min_available_clients", "accept_failures")
 #: The class attribute a strategy of your own sets to ``True`` to be replayed (with ``from_ledger_config``).
 REPLAYABLE_ATTR = "flower_chain_replayable"
-#: Most nodes the replay's stand-in grid or client manager lists (a recorded minimum above it is refused).
-MAX_REPLAY_NODES = 1 << 20
-_PLAIN = (bool, int, float, str)
 
 
 class AuditInputError(LedgerError):
     """The audit cannot start: a strategy class that cannot be imported, a ledger without a genesis."""
-
-
-class NotReplayable(Exception):
-    """The recorded strategy cannot be rebuilt or replayed deterministically (the message says why)."""
 
 
 def load_class(spec: str) -> type:
@@ -106,47 +101,6 @@ def _nested(config: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The settings of the strategy a wrapper wraps: keys ``strategy.<name>`` without the prefix (its class
     name, ``strategy.class``, names it and is not a setting)."""
     return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "class"}
-
-
-def _bounded(name: str, config: dict[str, Any]) -> None:
-    """Refuse recorded settings of a non-plain type or node counts no replay can stand in for."""
-    for k, v in config.items():
-        if not isinstance(k, str) or not isinstance(v, _PLAIN):
-            raise NotReplayable(
-                f"the recorded setting {str(k)[:40]!r} of {name} is a {type(v).__name__}, not a number, boolean or text"
-            )
-        if k.startswith("min_") and isinstance(v, int) and v > MAX_REPLAY_NODES:
-            raise NotReplayable(
-                f"the recorded setting {k}={v} of {name} exceeds the {MAX_REPLAY_NODES} nodes a replay stands in for"
-            )
-
-
-def construct(cls: type, config: dict[str, Any], **extra: Any) -> Any:
-    """``cls(**kwargs)`` from the recorded settings its constructor takes, then the other recorded settings set.
-
-    Setting attributes afterwards reproduces what ``__init__`` derived (FedAvg sets
-    ``min_evaluate_nodes`` to 0 when ``fraction_evaluate`` is 0, and that is what was recorded);
-    only an attribute the fresh strategy already holds as a plain value is set, never a method.
-    """
-    _bounded(cls.__name__, config)
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in config.items() if k in params and "." not in k and k not in extra}
-    if "initial_clipping_norm" in params and "clipping_norm" in config:
-        kwargs["initial_clipping_norm"] = config["clipping_norm"]
-    try:
-        obj = cls(**kwargs, **extra)
-    except (TypeError, ValueError) as e:
-        raise NotReplayable(f"{cls.__name__} cannot be rebuilt from the recorded settings: {e}") from e
-    for k, v in config.items():
-        if "." in k or k in kwargs:
-            continue
-        current = vars(obj).get(k, inspect)  # a sentinel: absent
-        if current is inspect or not (current is None or isinstance(current, _PLAIN)):
-            raise NotReplayable(
-                f"{cls.__name__} has no plain setting {k[:40]!r} (the recorded settings are not this strategy's)"
-            )
-        setattr(obj, k, v)
-    return obj
 
 
 def _flwr_class(name: str, legacy: bool = False) -> type:

@@ -17,6 +17,8 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
+from flower_chain.strategies.rebuild import construct
+
 #: The metric the bundled clients report their partition in.
 PARTITION_METRIC = "partition-id"
 
@@ -50,8 +52,6 @@ class PartitionOrdered:
     @classmethod
     def from_ledger_config(cls, config: dict[str, Any]) -> PartitionOrdered:
         """The strategy as recorded: constructor settings passed, derived ones (e.g. ``min_evaluate_nodes``) set."""
-        from flower_chain.audit.strategies import construct  # noqa: PLC0415 - the auditor's one rebuild rule
-
         return construct(cls, config)
 
 
