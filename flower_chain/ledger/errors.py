@@ -68,9 +68,13 @@ class LedgerOpenError(LedgerError):
 
 
 class LedgerCorruptError(LedgerError):
-    """Stored ledger data is damaged: a torn or unparsable record."""
+    """Stored ledger data is damaged: a torn or unparsable record.
+
+    ``height`` names the first damaged block where the storage can tell (``None`` otherwise).
+    """
 
     exit_code = EXIT_FAILED
+    height: int | None = None
 
 
 class AppendError(LedgerError):

@@ -129,7 +129,7 @@ def verify(
     try:
         n_blocks = ledger.block_count()
     except LedgerError as e:
-        raise VerificationError(str(e)) from e
+        raise VerificationError(str(e), height=getattr(e, "height", None)) from e
     if n_blocks == 0:
         raise VerificationError("the ledger is empty: it has no genesis block")
     height, at = -1, 0  # ``at``: the block being read when a storage error interrupts

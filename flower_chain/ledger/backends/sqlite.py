@@ -181,11 +181,23 @@ class SQLiteLedger(Ledger):
         with _db_errors(self.path):
             n, low, high = self._conn.execute("SELECT COUNT(*), MIN(height), MAX(height) FROM blocks").fetchone()
         if n and (low != 0 or high != n - 1):
-            raise LedgerCorruptError(
+            err = LedgerCorruptError(
                 f"{self.path}: the stored block heights are not 0..{n - 1} (lowest {low}, "
                 f"highest {high}): rows were added or removed outside the ledger"
             )
+            err.height = 0 if low != 0 else self._first_missing_height()  # verify names the block
+            raise err
         return int(n)  # COUNT(*) is an integer
+
+    def _first_missing_height(self) -> int | None:
+        """The lowest height above 0 with no stored block below the highest stored one (a deleted block)."""
+        with _db_errors(self.path):
+            row = self._conn.execute(
+                "SELECT MIN(height + 1) FROM blocks WHERE height + 1 NOT IN (SELECT height FROM blocks) "
+                "AND height < (SELECT MAX(height) FROM blocks)"
+            ).fetchone()
+        value = row[0] if row else None
+        return value if isinstance(value, int) else None
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[StoredBlock]:
         end = 2**62 if end is None else end
