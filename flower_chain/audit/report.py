@@ -26,15 +26,17 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from flower_chain.audit.status import AMBER, GREEN, Status, ledger_status
+from flower_chain.audit.report_tables import BANNER as BANNER  # re-exported
+from flower_chain.audit.report_tables import TEXT_LIMIT as TEXT_LIMIT  # re-exported
+from flower_chain.audit.report_tables import _clients_table, _counts, _html, _shown, _status_html, _training_table
+from flower_chain.audit.status import Status, ledger_status
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.entries import REASONS, UpdateEntry
 from flower_chain.ledger.inspect import block_rows, entries_of, summary
 from flower_chain.ledger.location import parse_ledger_uri
-from flower_chain.ledger.text import safe_label, safe_text
+from flower_chain.ledger.text import safe_label
 from flower_chain.ledger.writer import read_genesis
 
-TEXT_LIMIT = 200  # characters of one ledger text shown in the HTML
 MAX_CLIENT_BARS = 40  # clients in the participation plot (the table lists all)
 ACCEPTED_COLOUR = "#2e7d32"
 _REASON_COLOURS = [
@@ -53,7 +55,6 @@ _REASON_COLOURS = [
     "#8e24aa",
     "#f9a825",
 ]
-BANNER = {GREEN: "#2e7d32", AMBER: "#b26a00"}
 SOURCES = {
     "federated": ("federated (clients, signed; aggregate re-derived by audit)", "-", "o"),
     "central": ("centralized (server only: unchecked claim)", "--", "s"),
@@ -65,11 +66,6 @@ def verdict_colour(label: str) -> str:
     if label == "accepted":
         return ACCEPTED_COLOUR
     return _REASON_COLOURS[REASONS.index(label) % len(_REASON_COLOURS)] if label in REASONS else "#9e9e9e"
-
-
-def _html(value: object, limit: int = TEXT_LIMIT) -> str:
-    """Ledger text for the HTML: made printable and bounded, then escaped."""
-    return html.escape(safe_text(value, limit))
 
 
 def _labelled(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -275,69 +271,6 @@ def _figures(data: dict[str, Any]) -> dict[str, bytes]:
         _no_data(ax, "no train round recorded")
     save("timing", fig)
     return figs
-
-
-def _shown(value: Any) -> str:
-    """A summary value as text; the keys of a dict (reason codes) as labels."""
-    if isinstance(value, dict):
-        return ", ".join(f"{safe_label(k)}: {v}" for k, v in value.items())
-    return str(value)
-
-
-def _counts(c: dict[str, int]) -> str:
-    ok = c.get("accepted", 0)
-    rest = ", ".join(f"{_html(k, 40)} {n}" for k, n in sorted(c.items()) if k != "accepted")
-    return f"{ok} accepted" + (f", {sum(n for k, n in c.items() if k != 'accepted')} rejected ({rest})" if rest else "")
-
-
-def _status_html(st: dict[str, Any]) -> str:
-    colour = BANNER.get(st["level"], "#c62828")
-    audit_colour = {True: "#2e7d32", False: "#c62828", None: "#57606a"}[st["audited"]]
-    reason = f": {_html(st['reason'], 500)}" if st["reason"] else ""
-    checked = "".join(f"<li>{_html(c, 400)}</li>" for c in st["checked"])
-    missing = "".join(f"<li>{_html(c, 400)}</li>" for c in st["not_checked"])
-    return (
-        f'<section id="status-section"><p class="status" id="status" style="background:{colour}">'
-        f"{html.escape(st['headline'])}{reason}</p>"
-        f'<p class="status" id="audit-status" style="background:{audit_colour}">'
-        f"{html.escape(st['audit_headline'])}: {_html(st['audit_text'], 500)}</p>"
-        + (f'<h3>Checked</h3><ul id="checked">{checked}</ul>' if checked else "")
-        + (f'<h3>Not checked</h3><ul id="not-checked">{missing}</ul>' if missing else "")
-        + "</section>"
-    )
-
-
-def _training_table(data: dict[str, Any]) -> str:
-    cols = [(src, m) for src in ("federated", "central") for m in sorted({k for v in data[src].values() for k in v})]
-    if not cols:
-        return '<p class="nodata">no data: no evaluation recorded</p>'
-    head = "".join(
-        f"<th>{_html(m, 40)}<br><small>{'federated' if s == 'federated' else 'centralized (server)'}</small></th>"
-        for s, m in cols
-    )
-    rows = ""
-    for r in sorted(set(data["federated"]) | set(data["central"])):
-        cells = "".join(f"<td>{_html(_num(data[s].get(r, {}).get(m)), 40)}</td>" for s, m in cols)
-        rows += f"<tr><td>{r}</td>{cells}</tr>"
-    return f'<table id="training"><tr><th>round</th>{head}</tr>{rows}</table>'
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _clients_table(data: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{_html(k, 60)}</td><td>{_counts(v['train'])}</td><td>{_counts(v['evaluate'])}</td></tr>"
-        for k, v in data["clients"].items()
-    )
-    return (
-        (f'<table id="clients"><tr><th>client</th><th>train replies</th><th>evaluate replies</th></tr>{rows}</table>')
-        if rows
-        else '<p class="nodata">no data: no client reply recorded</p>'
-    )
 
 
 def write_report(
