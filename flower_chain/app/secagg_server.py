@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
 from flower_chain.app.setup import SERVER_KEY, anchor_from_config, ledger_location
+from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.strategies import LedgerSecAggPlusWorkflow, LegacyLedgerStrategy
 
 
@@ -38,8 +39,8 @@ def secagg_parameters(cfg: Mapping[str, Any], num_nodes: int) -> tuple[int, int]
     """``(num_shares, reconstruction_threshold)`` for ``num_nodes`` sampled nodes.
 
     ``secagg-num-shares`` and ``secagg-threshold`` from the config; the threshold is lowered to one less
-    than the neighbourhood (``min(num_shares, num_nodes)``), never below 2, so a round survives one
-    dropout in every neighbourhood.
+    than the neighbourhood (its width by ``neighbour_graph``), so a round survives one dropout in every
+    neighbourhood, and raised to a strict majority of it (the rule every node enforces).
 
     Raises
     ------
@@ -51,7 +52,10 @@ def secagg_parameters(cfg: Mapping[str, Any], num_nodes: int) -> tuple[int, int]
         raise ValueError(f"secure aggregation needs at least 3 nodes, got {num_nodes}")
     if shares < 2 or threshold < 2:
         raise ValueError(f"secagg-num-shares ({shares}) and secagg-threshold ({threshold}) must be at least 2")
-    return shares, max(2, min(threshold, min(shares, num_nodes) - 1))
+    width = len(neighbour_graph([str(i) for i in range(num_nodes)], shares, b"")["0"])
+    # at most one less than the neighbourhood (one dropout survives), at least a strict majority of it
+    # (nodes refuse less: two disjoint groups could then reveal both secrets of a node, docs/secagg.md §7)
+    return shares, max(width // 2 + 1, min(threshold, width - 1))
 
 
 def build_legacy_strategy(

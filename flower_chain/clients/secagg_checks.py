@@ -51,6 +51,11 @@ def header_problem(header: Any, node_id: str) -> str | None:
         return "this node is not among the round's sampled nodes"
     if not 2 <= p["threshold"] <= min(p["num_shares"], n):
         return f"threshold {p['threshold']} is not in [2, min(num_shares, sampled)]"
+    width = len(neighbours_of(header, node_id))
+    if 2 * p["threshold"] <= width:
+        # the holders of this node's shares are its neighbourhood (itself included); each reveals one of the
+        # two secrets, so two disjoint groups of ``threshold`` holders must not fit in it (docs/secagg.md §7)
+        return f"threshold {p['threshold']} is not a strict majority of this node's {width} share holders"
     mod = p["mod_range"]
     if mod < 2 or mod > 2**32 or mod & (mod - 1) or not 0 < p["quantization_range"] < mod:
         return "mod_range must be a power of two up to 2**32 above quantization_range"

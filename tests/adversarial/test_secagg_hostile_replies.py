@@ -46,7 +46,7 @@ def resigned(fed, nid, reply, edit):
 
 
 def test_replayed_stage_replies_are_rejected_and_the_round_goes_on():
-    fed = SecAggFederation("memory:", n=7, num_shares=7, threshold=3)
+    fed = SecAggFederation("memory:", n=7, num_shares=7, threshold=4)  # a strict majority of 7
     a, b, c = fed.node_ids[0], fed.node_ids[3], fed.node_ids[5]
     kept: dict = {}
 

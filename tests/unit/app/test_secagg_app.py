@@ -39,6 +39,13 @@ def test_secagg_parameters_keep_one_dropout_per_neighbourhood():
     assert secagg_parameters({"secagg-num-shares": 3, "secagg-threshold": 3}, 10) == (3, 2)
 
 
+def test_secagg_parameters_raise_the_threshold_to_a_strict_majority_of_the_neighbourhood():
+    # nodes refuse a threshold t with 2t <= neighbourhood width (docs/secagg.md §7): the demo never picks one
+    assert secagg_parameters({"secagg-num-shares": 10, "secagg-threshold": 2}, 10) == (10, 6)
+    assert secagg_parameters({"secagg-num-shares": 5, "secagg-threshold": 2}, 10) == (5, 3)
+    assert secagg_parameters({"secagg-num-shares": 5, "secagg-threshold": 2}, 4) == (5, 3)
+
+
 @pytest.mark.parametrize(
     "cfg,n",
     [
