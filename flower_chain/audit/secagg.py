@@ -267,14 +267,15 @@ def _check_unmask(t: RoundTranscript, genesis, graph: dict, found: list[Finding]
         ):
             continue  # not this node's signed reply to this round: the server rejected it, rightly
         nid, reply = rec.entry.node_id, st.reply
-        if (reply["checkpoint_size"], reply["checkpoint_root"]) != cp and reply["checkpoint_size"] >= 0:
+        seen = (reply["checkpoint_size"], reply["checkpoint_root"])
+        if seen != cp and reply["checkpoint_size"] >= 0:
+            how = "a second commit for the round" if seen in t.later_commits else "a fork of the log"
             found.append(
                 Finding(
                     r,
                     UNMASK,
                     nid,
-                    f"verified a checkpoint of size {reply['checkpoint_size']} that is "
-                    "not the commit block's: a fork of the log",
+                    f"verified a checkpoint of size {reply['checkpoint_size']} that is not the first commit block's: {how}",
                 )
             )
         expect = _unmask_request(t, graph, nid)

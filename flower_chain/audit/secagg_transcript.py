@@ -66,6 +66,7 @@ class RoundTranscript:
     commit: dict | None = None
     commit_index: int = -1
     commit_block: StoredBlock | None = None
+    later_commits: list[tuple[int, bytes]] = field(default_factory=list)  # (log size, root) of second commit blocks
     result: dict | None = None
     result_block: StoredBlock | None = None
     revoked: frozenset = frozenset()
@@ -136,6 +137,8 @@ def _take(data: bytes, index: int, block: StoredBlock, rounds: dict, revoked: se
         if t.header is not None:
             t.round_id = header_digest(t.header)
     elif entry.stage == COMMIT:
+        if t.commit is not None:
+            t.later_commits.append((block.header.log_size, block.header.log_root))
         if _server(t, "commit", entry, findings, check_commit):
             t.commit_index, t.commit_block = index, block
     elif entry.stage == RESULT:
@@ -147,7 +150,8 @@ def _take(data: bytes, index: int, block: StoredBlock, rounds: dict, revoked: se
 
 def _server(t: RoundTranscript, name: str, entry: SecAggEntry, findings: list, check) -> bool:
     if getattr(t, name) is not None:
-        findings.append(Finding(t.round, name, "", f"a second {name} record"))
+        what = "a second commit for the round" if name == "commit" else f"a second {name} record"
+        findings.append(Finding(t.round, name, "", what))
         return False
     try:
         setattr(t, name, check(entry.data))

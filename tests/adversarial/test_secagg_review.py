@@ -116,3 +116,17 @@ def test_a_second_commit_reveals_no_second_secret_of_the_victim(n, shares, t):
     both = isinstance(combine(seed_sh, t), bytes) and isinstance(combine(key_sh, t), bytes)
     assert not both, f"{len(seed_sh)} seed shares and {len(key_sh)} key shares of the victim were revealed"
     assert len(seed_sh) < t or len(key_sh) < t
+
+
+def test_the_auditor_names_a_second_commit_for_the_round_not_a_fork():
+    from flower_chain.audit.secagg import audit_secagg
+
+    _, key_sh, fed = _double_commit(6, 5, 3)
+    assert key_sh, "group B was shown the second commit and answered it"
+    rep = audit_secagg(fed.ledger)
+    assert not rep.ok
+    msgs = [(f.stage, f.message) for f in rep.findings]
+    assert ("commit", "a second commit for the round") in msgs
+    told = [m for s, m in msgs if s == "unmask" and "checkpoint of size" in m]
+    assert told and all(m.endswith("a second commit for the round") for m in told)
+    assert not any("fork" in m for _, m in msgs)
