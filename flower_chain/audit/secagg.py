@@ -103,6 +103,8 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
         found.append(Finding(r, "commit", "", "no live/dropped commitment: the unmask stage is missing"))
         return ""
     live, dropped = _check_commit(t, acc, found)
+    if t.commit_block is not None and t.header["base_digest"] != t.commit_block.header.model_before:
+        found.append(Finding(r, "header", "", "the header's base_digest is not the commit block's model_before"))
     _check_unmask(t, genesis, graph, found)
     if t.result is None:
         found.append(Finding(r, "result", "", "no result record: the round's outcome is missing"))

@@ -303,6 +303,9 @@ class _Node:
             sources.append(src)
         if len(sources) + 1 < p["threshold"]:
             raise Refusal("fewer neighbour shares than the threshold")
+        problem = checks.base_problem(msg.content.array_records.get("fitins.parameters"), rnd["header"]["base_digest"])
+        if problem:
+            raise Refusal(problem)
         inner = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
         out = call_next(_with(msg, inner), self.context)
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)

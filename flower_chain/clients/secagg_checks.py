@@ -19,6 +19,7 @@ from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.secagg import COMMIT, MASKED, SecAggEntry, StageStatement, check_commit, check_header
 from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.ledger.writer import origin_for
+from flower_chain.wire import record_digest
 
 
 def parse_request(raw: Any) -> dict[str, Any] | str:
@@ -61,6 +62,21 @@ def header_problem(header: Any, node_id: str) -> str | None:
         return "mod_range must be a power of two up to 2**32 above quantization_range"
     if not p["clipping_range"] > 0 or not p["max_weight"] > 0:
         return "clipping_range and max_weight must be positive"
+    return None
+
+
+def base_problem(record: Any, base_digest: bytes) -> str | None:
+    """Why the model a masked-input instruction carries (its ``fitins.parameters`` ArrayRecord) is not the
+    round header's ``base_digest``, or ``None``: else the server could send each node another model (a
+    model-inconsistency attack) while the header, the aggregate and the audit name one."""
+    if record is None:
+        return "the masked-input instruction carries no model (fitins.parameters)"
+    try:
+        digest = record_digest(record)
+    except Exception as e:  # noqa: BLE001 - hostile arrays: a refusal, never a crash
+        return f"the model sent does not digest: {type(e).__name__}"
+    if digest != base_digest:
+        return "the model sent is not the round header's base model (base_digest)"
     return None
 
 

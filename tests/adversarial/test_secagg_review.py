@@ -130,3 +130,75 @@ def test_the_auditor_names_a_second_commit_for_the_round_not_a_fork():
     told = [m for s, m in msgs if s == "unmask" and "checkpoint of size" in m]
     assert told and all(m.endswith("a second commit for the round") for m in told)
     assert not any("fork" in m for _, m in msgs)
+
+
+def test_a_node_sent_another_model_than_base_digest_refuses():
+    """/tmp/r1/attack_model_inconsistency.py: every node but one trains on an all-zero model."""
+    import numpy as np
+    from flwr.app import RecordDict
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from tests.support.fl_helpers import with_content
+
+    fed = SecAggFederation("memory:", n=6, num_shares=5, threshold=3)
+    victim, rewritten, answered = fed.node_ids[0], set(), {}
+
+    def rewrite(nid, stage, msg):
+        if stage != "masked-input" or nid == victim:
+            return msg
+        content = RecordDict(dict(msg.content.items()))
+        arrs = compat.arrayrecord_to_parameters(content.array_records["fitins.parameters"], keep_input=True)
+        zeros = [np.zeros_like(a) for a in parameters_to_ndarrays(arrs)]
+        content.array_records["fitins.parameters"] = compat.parameters_to_arrayrecord(
+            ndarrays_to_parameters(zeros), True
+        )
+        rewritten.add(nid)
+        return with_content(msg, content)
+
+    def tamper(nid, stage, msg, reply):
+        if stage == "masked-input":
+            answered[nid] = not reply.has_error()
+        return reply
+
+    fed.grid.rewrite, fed.grid.tamper = rewrite, tamper
+    base = fed.model()
+    try:
+        fed.run_round(1)
+    except Exception:  # noqa: BLE001, S110 - too few masked inputs may end the round; the refusals are what counts
+        pass
+    assert rewritten == set(fed.node_ids) - {victim}
+    assert answered[victim] is True
+    assert not any(answered[n] for n in rewritten)
+    assert all(np.array_equal(a, b) for a, b in zip(fed.model(), base))  # no model from the rewritten inputs
+
+
+def test_the_auditor_fails_a_header_whose_base_digest_is_not_model_before():
+    from flower_chain.audit.secagg import audit_secagg
+
+    fed = SecAggFederation("memory:", n=5)
+    writer = fed.strategy.core.writer
+    append = writer.append
+
+    def lying_append(rnd, entries, **kw):
+        if any(isinstance(e, SecAggEntry) and e.stage == "commit" for e in entries):
+            kw["model_before"] = bytes(32)  # the block says the round trained on another model than the header's
+        return append(rnd, entries, **kw)
+
+    writer.append = lying_append
+    fed.run_round(1)
+    rep = audit_secagg(fed.ledger)
+    assert not rep.ok
+    assert any(
+        f.stage == "header" and f.message == "the header's base_digest is not the commit block's model_before"
+        for f in rep.findings
+    )
+
+
+def test_base_problem_never_raises_on_a_hostile_model():
+    class Hostile:
+        def items(self):
+            raise ValueError("boom")
+
+    assert checks.base_problem(None, bytes(32)) is not None
+    assert "does not digest" in checks.base_problem(Hostile(), bytes(32))
