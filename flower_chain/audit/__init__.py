@@ -2,7 +2,7 @@
 
 * :mod:`~flower_chain.audit.replay` (with :mod:`.rounds`, :mod:`.inputs`, :mod:`.strategies`, :mod:`.legacy`)
   re-derives every round's aggregation bit for bit; :mod:`.auditable` says before a run whether it will be;
-* :mod:`~flower_chain.audit.secagg` (with :mod:`.secagg_transcript`, :mod:`.secagg_unmask`) replays SecAgg+
+* :mod:`~flower_chain.audit.secagg` (with :mod:`.secagg_transcript`; the unmasking in :mod:`flower_chain.strategies.secagg_unmask`) replays SecAgg+
   rounds from their signed transcript alone and checks the protocol;
 * :mod:`~flower_chain.audit.witnessed` checks the cosigned checkpoints against trusted witness keys;
 * :mod:`~flower_chain.audit.status` decides the verdict's wording (VERIFIED / NOT VERIFIED, AUDITED / NOT

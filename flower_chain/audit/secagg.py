@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, read_rounds
-from flower_chain.audit.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
@@ -29,6 +28,7 @@ from flower_chain.ledger.secagg_masks import (
     neighbour_graph,
 )
 from flower_chain.ledger.writer import read_genesis
+from flower_chain.strategies.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 
 __all__ = ["Finding", "SecAggReport", "audit_secagg"]
 _ORDER = (SETUP, SHARE_KEYS, MASKED, UNMASK)

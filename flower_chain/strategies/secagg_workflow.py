@@ -36,7 +36,6 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
-from flower_chain.audit.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.ledger import proofs
 from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.block import StoredBlock
@@ -61,6 +60,7 @@ from flower_chain.ledger.secagg_masks import (
     neighbour_graph,
 )
 from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
+from flower_chain.strategies.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from flower_chain.audit.secagg_unmask import combine
 from flower_chain.clients import secagg_checks as checks
 from flower_chain.clients.secagg import RECORD, STATE
 from flower_chain.ledger import proofs
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.secagg import SecAggEntry, StageStatement
+from flower_chain.strategies.secagg_unmask import combine
 from tests.adversarial.test_secagg_dishonest_server import request_of, with_request
 from tests.support.secagg_federation import SecAggFederation
 
