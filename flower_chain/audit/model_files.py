@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from flower_chain.ledger import json_input
+from flower_chain.ledger.json_input import JSONInputError
+
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _ST_DTYPES = {
     "F64": "<f8",
@@ -78,9 +81,9 @@ def read_safetensors(data: bytes) -> list[tuple[str, np.ndarray]]:
     if n > len(data) - 8:
         raise ValueError("header length beyond the end of the file")
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except RecursionError:  # a header nested deeper than the parser goes
-        raise ValueError("the header is nested too deeply") from None
+        header = json_input.loads(data[8 : 8 + n])
+    except JSONInputError as e:
+        raise ValueError(f"the header {e}") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     body, rows = data[8 + n :], []

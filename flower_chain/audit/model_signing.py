@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from flower_chain.ledger import json_input
 from flower_chain.ledger.errors import KeyFileError
 
 SIGNATURE = "model.sig"
@@ -119,7 +120,7 @@ def check_bundle(directory: Path, pem: str) -> list[str]:
         return [f"{SIGNATURE}: missing (the statement names an OpenSSF model-signing key)"]
     try:
         public = serialization.load_pem_public_key(pem.encode())
-        bundle = json.loads(path.read_bytes())
+        bundle = json_input.loads(path.read_bytes())
         env = bundle["dsseEnvelope"]
         payload = base64.b64decode(env["payload"], validate=True)
         sig = base64.b64decode(env["signatures"][0]["sig"], validate=True)
@@ -132,7 +133,7 @@ def check_bundle(directory: Path, pem: str) -> list[str]:
         return [f"{SIGNATURE}: signed by another model-signing key than the one the statement names"]
     try:
         public.verify(sig, _pae(payload), ec.ECDSA(hashes.SHA256()))
-        st = json.loads(payload)
+        st = json_input.loads(payload)
         signed = {r["name"]: r["digest"] for r in st["predicate"]["resources"]}
         root = st["subject"][0]["digest"]["sha256"]
     except InvalidSignature:

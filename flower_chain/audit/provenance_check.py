@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,12 @@ from flower_chain.audit.provenance import (
     digest_key,
     pae,
 )
+from flower_chain.ledger import json_input
 from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.errors import CheckpointError, LedgerError, VerificationError
+from flower_chain.ledger.json_input import JSONInputError
 from flower_chain.ledger.keys import key_id, verify_signature
 from flower_chain.ledger.verify import verify
 from flower_chain.ledger.writer import read_genesis
@@ -66,11 +67,11 @@ def read_envelope(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ProvenanceInputError(f"{directory} holds no {ENVELOPE}: not a `flower-chain model export` directory")
     try:
-        env = json.loads(path.read_bytes())
-    except RecursionError:
-        raise ProvenanceError(f"{ENVELOPE} is nested too deeply to be a DSSE envelope") from None
-    except (ValueError, OSError) as e:
-        raise ProvenanceError(f"{ENVELOPE} is not JSON: {e}") from None
+        env = json_input.loads(path.read_bytes())
+    except JSONInputError as e:
+        raise ProvenanceError(f"{ENVELOPE} {e}") from None
+    except OSError as e:
+        raise ProvenanceError(f"{ENVELOPE} cannot be read: {e}") from None
     if (
         not isinstance(env, dict)
         or not isinstance(env.get("signatures"), list)
@@ -104,11 +105,9 @@ def open_envelope(env: dict[str, Any], server_key: bytes) -> dict[str, Any]:
             f"(signatures by key ids: {', '.join(seen) or 'none'}; or the statement was changed)"
         )
     try:
-        st = json.loads(payload)
-    except RecursionError:
-        raise ProvenanceError("the signed statement is nested too deeply") from None
-    except ValueError as e:
-        raise ProvenanceError(f"the signed statement is not JSON: {e}") from None
+        st = json_input.loads(payload)
+    except JSONInputError as e:
+        raise ProvenanceError(f"the signed statement {e}") from None
     if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != PREDICATE_TYPE:
         raise ProvenanceError("the signed payload is not an in-toto v1 statement with a SLSA v1 predicate")
     return st

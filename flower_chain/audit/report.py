@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from flower_chain.audit.report_tables import BANNER as BANNER  # re-exported
 from flower_chain.audit.report_tables import TEXT_LIMIT as TEXT_LIMIT  # re-exported
 from flower_chain.audit.report_tables import _clients_table, _counts, _html, _shown, _status_html, _training_table
 from flower_chain.audit.status import Status, ledger_status
+from flower_chain.ledger import json_input
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.entries import REASONS, UpdateEntry
 from flower_chain.ledger.inspect import block_rows, entries_of, summary
@@ -126,7 +126,7 @@ def collect(
     ledger_time: dict[int, float] = {}
     if metrics_path is not None and metrics_path.is_file():
         try:
-            for row in json.loads(metrics_path.read_text()).get("rounds", []):
+            for row in json_input.loads(metrics_path.read_bytes()).get("rounds", []):
                 if "ledger_time_s" in row:
                     ledger_time[int(row["round"])] = float(row["ledger_time_s"])
         except (ValueError, TypeError, AttributeError, KeyError):

@@ -24,7 +24,7 @@ import binascii
 import json
 from dataclasses import dataclass
 
-from flower_chain.ledger import merkle
+from flower_chain.ledger import json_input, merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
@@ -105,7 +105,7 @@ class ConsistencyProof:
     @classmethod
     def from_text(cls, text: str) -> ConsistencyProof:
         try:
-            d = json.loads(text)
+            d = json_input.loads(text)
             if d.get("format") != CONSISTENCY_FORMAT:
                 raise ProofError(f"not a {CONSISTENCY_FORMAT} document")
             return cls(

@@ -34,10 +34,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from flower_chain.ledger import json_input
 from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import EncodingError, LedgerCorruptError, LedgerError, LedgerOpenError
+from flower_chain.ledger.json_input import JSONInputError
 from flower_chain.ledger.location import file_uri
 from flower_chain.ledger.merkle import CompactRange, leaf_hash
 from flower_chain.ledger.text import safe_text
@@ -116,19 +118,17 @@ class JSONLLedger(Ledger):
         lines = data.split(b"\n")
         torn = lines.pop()  # bytes after the last newline: empty unless the last write was torn
         try:
-            magic = json.loads(lines[0]) if lines else None
-        except (ValueError, RecursionError):
+            magic = json_input.loads(lines[0]) if lines else None
+        except JSONInputError:
             magic = None
         if magic != MAGIC:
             raise LedgerOpenError(f"{self.path} is not a flower-chain JSONL ledger (first line is not {MAGIC})")
         offset = len(lines[0]) + 1
         for lineno, raw in enumerate(lines[1:], start=2):
             try:
-                rec = json.loads(raw)
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-                raise LedgerCorruptError(
-                    f"{self.path}: line {lineno} is not valid JSON (or nested too deeply)"
-                ) from None
+                rec = json_input.loads(raw)
+            except JSONInputError as e:
+                raise LedgerCorruptError(f"{self.path}: line {lineno} {e}") from None
             try:
                 self._load_block(rec, lineno)
             except RecursionError:  # a value nested as deep as the parser allows, compared or shown
