@@ -301,6 +301,14 @@ def write_report(
         n: f'<figure><img alt="{n}" id="fig-{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"></figure>'
         for n, b in figs.items()
     }
+    doc = _document(data, img)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(doc)
+    return data
+
+
+def _document(data: dict, img: dict[str, str]) -> str:
+    """The report's HTML page from the collected numbers and the figures' ``<figure>`` elements."""
     s = data["summary"]
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{_html(_shown(s[k]), 1000)}</td></tr>"
@@ -321,7 +329,7 @@ def write_report(
         for c in data[key].values():
             total[kind].update(c)
     checkpoint = "\n".join(_html(line) for line in s["checkpoint"].split("\n"))
-    doc = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flower-chain report: {_html(s["federation_id"], 80)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
@@ -351,6 +359,3 @@ checked by anyone.</p>
 <pre id="checkpoint">{checkpoint}</pre></details>
 </body></html>
 """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(doc)
-    return data

@@ -103,52 +103,75 @@ def rederive_block(
             return cache[k]
 
         derived = policy.judge_round(rules, evidence, check)
-        # What only the server saw (a Flower error reply, bytes that did not parse) cannot be re-derived:
-        # take the recorded verdict as a precheck for those and derive the rest of the round around them.
-        opaque = set()
-        for j, ((i, e), d) in enumerate(zip(group, derived)):
-            rec = policy.recorded_reason(e)
-            if rec == "client-error" and (e.statement or e.signature):
-                raise VerificationError(
-                    "a client-error entry carries a signed statement: a reply with content "
-                    "was recorded as a Flower error",
-                    height=h.height,
-                    entry=i,
-                )
-            if rec in policy.PRECHECK_REASONS and d.reason != rec:
-                if e.statement:  # the server read a signed statement: the verdict must follow from the ledger
-                    missing = " (its arrays are not in the blob store)" if evidence[j].arrays_meta is None else ""
-                    raise VerificationError(
-                        f"a signed {kind} update is recorded as {rec!r}, but the verdict policy "
-                        f"derives {d.reason!r}{missing}: the rejection is not supported by the "
-                        "ledger",
-                        height=h.height,
-                        entry=i,
-                    )
-                opaque.add(j)  # bytes the server could not read at all: nothing on the ledger to check them with
-                evidence[j] = policy.evidence_of(e, precheck=(rec, e.detail))
+        opaque = _take_opaque_prechecks(h, kind, group, derived, evidence)
         if opaque:
             derived = policy.judge_round(rules, evidence, check)
-        for j, ((i, e), d) in enumerate(zip(group, derived)):
-            rec = policy.recorded_reason(e)
-            if j in opaque:
-                report.not_rederived[rec] += 1
-                continue
-            if d.reason != rec:
+        _compare_verdicts(h, kind, group, derived, opaque, report)
+
+
+def _take_opaque_prechecks(
+    h: BlockHeader,
+    kind: str,
+    group: list[tuple[int, UpdateEntry]],
+    derived: list[policy.Verdict],
+    evidence: list[policy.Evidence],
+) -> set[int]:
+    """What only the server saw (a Flower error reply, bytes that did not parse) cannot be re-derived: take
+    the recorded verdict as a precheck for those (``evidence`` is updated in place) and return their indices,
+    so the rest of the round is derived around them. A signed statement recorded so is an error."""
+    opaque = set()
+    for j, ((i, e), d) in enumerate(zip(group, derived)):
+        rec = policy.recorded_reason(e)
+        if rec == "client-error" and (e.statement or e.signature):
+            raise VerificationError(
+                "a client-error entry carries a signed statement: a reply with content was recorded as a Flower error",
+                height=h.height,
+                entry=i,
+            )
+        if rec in policy.PRECHECK_REASONS and d.reason != rec:
+            if e.statement:  # the server read a signed statement: the verdict must follow from the ledger
+                missing = " (its arrays are not in the blob store)" if evidence[j].arrays_meta is None else ""
                 raise VerificationError(
-                    f"{kind} update recorded as {rec!r}, but the verdict policy derives "
-                    f"{d.reason!r} from the ledger ({d.detail or 'all rules pass'})",
+                    f"a signed {kind} update is recorded as {rec!r}, but the verdict policy "
+                    f"derives {d.reason!r}{missing}: the rejection is not supported by the "
+                    "ledger",
                     height=h.height,
                     entry=i,
                 )
-            if e.key_id != d.key_id:
-                raise VerificationError(
-                    f"{kind} update recorded under key {e.key_id!r}, but its statement names {d.key_id!r}",
-                    height=h.height,
-                    entry=i,
-                )
-            report.verdicts_rederived += 1
-            report.client_signatures_checked += d.accepted
+            opaque.add(j)  # bytes the server could not read at all: nothing on the ledger to check them with
+            evidence[j] = policy.evidence_of(e, precheck=(rec, e.detail))
+    return opaque
+
+
+def _compare_verdicts(
+    h: BlockHeader,
+    kind: str,
+    group: list[tuple[int, UpdateEntry]],
+    derived: list[policy.Verdict],
+    opaque: set[int],
+    report: VerifyReport,
+) -> None:
+    """Each recorded verdict must be the derived one (opaque entries are counted as not re-derived)."""
+    for j, ((i, e), d) in enumerate(zip(group, derived)):
+        rec = policy.recorded_reason(e)
+        if j in opaque:
+            report.not_rederived[rec] += 1
+            continue
+        if d.reason != rec:
+            raise VerificationError(
+                f"{kind} update recorded as {rec!r}, but the verdict policy derives "
+                f"{d.reason!r} from the ledger ({d.detail or 'all rules pass'})",
+                height=h.height,
+                entry=i,
+            )
+        if e.key_id != d.key_id:
+            raise VerificationError(
+                f"{kind} update recorded under key {e.key_id!r}, but its statement names {d.key_id!r}",
+                height=h.height,
+                entry=i,
+            )
+        report.verdicts_rederived += 1
+        report.client_signatures_checked += d.accepted
 
 
 _POOL: ThreadPoolExecutor | None = None

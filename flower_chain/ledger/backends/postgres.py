@@ -5,14 +5,7 @@ URI is opened. The URI is handed to libpq as is, so everything libpq accepts wor
 ``?sslmode=require``, ``?options=-csearch_path%3Dfed1`` (one ledger per schema),
 passwords from ``PGPASSWORD`` or ``~/.pgpass``. Passwords are never shown in messages.
 
-Layout (schema version 1, created on first use by a writer, recorded in ``fc_meta``)::
-
-    fc_meta    (key, value)                          format, schema_version
-    fc_head    (id = 1, block_count, head_hash)      one row: the compare-and-swap target
-    fc_blocks  (height PK, hash UNIQUE, prev_hash UNIQUE, header, signature, checkpoint)
-    fc_entries (idx PK, height, data)
-    fc_nodes   (level, idx, hash)  PK (level, idx)
-    fc_blobs   (digest PK, data)                     models and strategy state, in the database
+The tables and their schema: :mod:`flower_chain.ledger.backends.pg_support`.
 
 Single writer, never a fork. Each block is one transaction that first takes the row lock
 on the one-row head table (``SELECT ... FROM fc_head WHERE id = 1 FOR UPDATE``) and
@@ -51,9 +44,7 @@ from typing import Any
 from flower_chain.ledger.backends import cells
 from flower_chain.ledger.backends.base import Ledger, Node
 from flower_chain.ledger.backends.pg_support import (  # the schema and message helpers
-    _CREATE_LOCK,
     _PAGE,
-    _SCHEMA,
     FORMAT,
     SCHEMA_VERSION,
     TABLES,
@@ -61,6 +52,7 @@ from flower_chain.ledger.backends.pg_support import (  # the schema and message 
     _hint,
     _one_line,
     head_row,
+    open_schema,
     redact,
 )
 from flower_chain.ledger.block import StoredBlock
@@ -71,7 +63,6 @@ from flower_chain.ledger.errors import (
     LedgerError,
     LedgerOpenError,
 )
-from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +112,7 @@ class PostgresLedger(Ledger):
             msg = _one_line(e)
             raise LedgerOpenError(f"cannot open ledger {self.uri}: {msg}; {_hint(msg)}") from e
         try:
-            self._open_schema(create)
+            open_schema(self._conn, self.uri, create)
         except psycopg.Error as e:
             self._conn.close()
             raise LedgerOpenError(f"{self.uri}: cannot read the ledger schema ({_one_line(e)})") from e
@@ -140,13 +131,8 @@ class PostgresLedger(Ledger):
         """Replace a broken connection, retrying for ``retry_seconds``; else :class:`LedgerConnectionError`."""
         deadline = time.monotonic() + self.retry_seconds
         delay, last = 0.1, cause
-        log.warning(
-            "%s: lost the connection while %s (%s); reconnecting for up to %.0f s",
-            self.uri,
-            what,
-            _one_line(cause),
-            self.retry_seconds,
-        )
+        msg = "%s: lost the connection while %s (%s); reconnecting for up to %.0f s"
+        log.warning(msg, self.uri, what, _one_line(cause), self.retry_seconds)
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - the old connection is gone either way
@@ -197,66 +183,6 @@ class PostgresLedger(Ledger):
     def read_only(self) -> bool:
         """True while this handle has only read (opened with ``create=False`` and no write yet)."""
         return self._read_only
-
-    # -- schema ----------------------------------------------------------------------------------
-    def _existing_tables(self, conn: Connection) -> set[str]:
-        row = conn.execute("SELECT current_schema()").fetchone()
-        if row is None or row[0] is None:
-            raise LedgerOpenError(
-                f"{self.uri}: no schema on the search_path exists to hold the ledger; "
-                "create it or fix the options=-csearch_path=... in the URI"
-            )
-        rows = conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relname = ANY(%s)",
-            (list(TABLES),),
-        ).fetchall()
-        return {r[0] for r in rows}
-
-    def _open_schema(self, create: bool) -> None:
-        conn = self._conn
-        found = self._existing_tables(conn)
-        if not found:
-            if not create:
-                raise LedgerOpenError(
-                    f"{self.uri}: the database holds no flower-chain ledger (no fc_meta "
-                    "table); a server creates one on first use (--ledger URI)"
-                )
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))  # two servers starting at once
-                if not self._existing_tables(conn):
-                    for stmt in filter(str.strip, _SCHEMA.split(";")):
-                        conn.execute(stmt)
-                    conn.execute(
-                        "INSERT INTO fc_meta VALUES ('format', %s), ('schema_version', %s)",
-                        (FORMAT, str(SCHEMA_VERSION)),
-                    )
-            found = self._existing_tables(conn)
-        if "fc_meta" not in found:
-            raise LedgerOpenError(
-                f"{self.uri}: the database has tables {', '.join(sorted(found))} but no fc_meta: "
-                "a foreign or damaged schema, not a flower-chain ledger; use another database "
-                "or schema"
-            )
-        meta = dict(conn.execute("SELECT key, value FROM fc_meta").fetchall())
-        if meta.get("format") != FORMAT:
-            raise LedgerOpenError(
-                f"{self.uri}: fc_meta names format {meta.get('format')!r}, not {FORMAT!r}: "
-                "a foreign schema, not a flower-chain ledger; use another database or schema"
-            )
-        version = meta.get("schema_version", "")
-        if version != str(SCHEMA_VERSION):
-            newer = is_decimal(version) and int(version) > SCHEMA_VERSION
-            raise LedgerOpenError(
-                f"{self.uri}: ledger schema version {version!r}, this flower-chain reads version {SCHEMA_VERSION}"
-                + ("; upgrade flower-chain" if newer else "")
-            )
-        missing = set(TABLES) - found
-        if missing:
-            raise LedgerOpenError(
-                f"{self.uri}: a flower-chain ledger schema without tables "
-                f"{', '.join(sorted(missing))}: damaged; restore it from a backup"
-            )
 
     # -- writing ---------------------------------------------------------------------------------
     def _append(self, block: StoredBlock, entries: Sequence[bytes], nodes: Sequence[Node]) -> None:
