@@ -57,6 +57,9 @@ def _verify_json(report: Any, anchors: Any, witnessed: Any, failed: bool, blobs:
         "client_signatures_checked": report.client_signatures_checked,
         "verdicts": _verdict_rows(report.verdicts),
         "verdicts_rederived": report.verdicts_rederived,
+        "accepted_proven_by_client_signatures": report.accepted_proven,
+        "rejected_proven_by_client_signatures": report.rejected_proven,
+        "rejected_on_server_evidence": dict(report.rejected_on_server_evidence),
         "not_rederived": dict(report.not_rederived),
         "equivocating_keys": sorted(report.equivocating_keys),
         "blobs_checked": blobs,
@@ -89,6 +92,15 @@ def _client_coverage(report: Any) -> list[str]:
     return lines
 
 
+def _proof_line(report: Any) -> str:
+    """Verdicts that follow from the ledger, and which of them a client's own signature proves."""
+    proven = report.accepted_proven + report.rejected_proven
+    return (
+        f"verdicts re-derived from the ledger: {report.verdicts_rederived}; proven by client signatures: "
+        f"{proven} (accepted {report.accepted_proven}, rejected {report.rejected_proven})"
+    )
+
+
 def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: bool, strict: bool) -> None:
     """What verify checked, what it could not, and the verdict line (``NOT VERIFIED (--strict)`` on a gap)."""
     not_rederived, blob_problems, unchecked = report.not_rederived, report.blob_problems, report.arrays_unchecked
@@ -112,7 +124,14 @@ def _print_verified(uri: str, report: Any, anchors: Any, witnessed: Any, blobs: 
         for line in _client_coverage(report):
             out.print(line, highlight=False, markup=False)
     if report.verdicts_rederived or not_rederived:
-        out.print(f"verdicts re-derived from the ledger: {report.verdicts_rederived}", highlight=False)
+        out.print(_proof_line(report), highlight=False)
+        server_only = report.rejected_on_server_evidence
+        if server_only:
+            out.print(
+                f"rejected on evidence only the server recorded: {_counter_text(server_only)} (consistent with "
+                "the ledger, not proven by it: no valid client signature; each node's receipts check its own)",
+                highlight=False,
+            )
     if not_rederived:
         (err if strict else out).print(
             ("[bold red]FAILED (--strict)[/] " if strict else "")

@@ -172,6 +172,12 @@ def _compare_verdicts(
             )
         report.verdicts_rederived += 1
         report.client_signatures_checked += d.accepted
+        if d.accepted:
+            report.accepted_proven += 1
+        elif d.verified:
+            report.rejected_proven += 1
+        else:
+            report.rejected_on_server_evidence[d.reason] += 1
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -81,6 +81,10 @@ def honest(tmp_path_factory):
     code, out, _ = cli("ledger", "verify", f"sqlite:///{path}")
     assert "train verdicts: ok 12, bad-signature 3, revoked-key 1" in out, out
     assert "verdicts re-derived from the ledger: 16" in out, out  # every update verdict of rounds 1-4
+    # ... but only the accepted ones are proven by the clients' signatures; the rejections rest on what the
+    # server recorded (a signature it could have damaged, a revocation it signed itself)
+    assert "proven by client signatures: 12 (accepted 12, rejected 0)" in out, out
+    assert "rejected on evidence only the server recorded: bad-signature 3, revoked-key 1" in out, out
     resigned = d / "resigned.db"
     shutil.copy(path, resigned)
     dishonest.rewrite(resigned, f.server_key, lambda blocks: None)  # re-signing alone changes nothing
@@ -590,3 +594,29 @@ def test_a_rollback_under_an_anchor_fails_verify_naming_the_height(honest, tmp_p
         f"(height {HEAD - 1}): the ledger was truncated or rolled back after anchoring"
         in text
     ), out
+
+
+def test_a_stripped_signature_is_consistent_but_never_counted_as_proven(honest, tmp_path):
+    """A server that strips a valid update's signature (recording it ``unsigned``) writes a ledger that the
+    verdict policy cannot contradict: verify passes, but says the rejection rests on the server's evidence
+    alone; a rejection the client's own signed statement supports (signed for another round) is proven."""
+    path, f = honest
+
+    def edit(fed, blocks):
+        fields, entries = blocks[HEAD]
+        entries[0] = dataclasses.replace(
+            entries[0], verdict="rejected", reason="unsigned", key_id="", statement=b"", signature=b""
+        )
+        late = fed.update(3, 1, base=fields["model_before"])  # client 1 signed round 3; the server got it in round 4
+        entries.append(dataclasses.replace(late, round=4, verdict="rejected", reason="wrong-round", node_id="9"))
+
+    uri = rewritten(honest, tmp_path, edit)
+    code, out, stdout = cli("ledger", "verify", uri)
+    assert code == 0 and "VERIFIED" in out, out
+    text = one_line(stdout)
+    assert "proven by client signatures: 12 (accepted 11, rejected 1)" in text, text
+    assert "rejected on evidence only the server recorded: bad-signature 3, revoked-key 1, unsigned 1" in text, text
+    code, out, _ = cli("ledger", "verify", uri, "--json")
+    doc = json.loads(out)
+    assert doc["rejected_on_server_evidence"] == {"bad-signature": 3, "revoked-key": 1, "unsigned": 1}, doc
+    assert doc["accepted_proven_by_client_signatures"] == 11, doc
