@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, read_rounds
+from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, content_problem, read_rounds
 from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import verify_signature
-from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, request_digest
+from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, overflow_problem, request_digest
 from flower_chain.ledger.secagg_masks import (
     WEAK_GENERATORS,
     finish_aggregate,
@@ -95,6 +95,9 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
                 "warning",
             )
         )
+    overflow = overflow_problem(t.header["params"], len(t.header["sampled"]))
+    if overflow:
+        found.append(Finding(r, "header", "", overflow))
     if t.plain_updates:
         found.append(Finding(r, "header", "", f"{t.plain_updates} plain train updates in a SecAgg+ round"))
     graph = neighbour_graph(t.header["sampled"], t.header["params"]["num_shares"], t.header["graph_seed"])
@@ -150,7 +153,7 @@ def _check_statements(t: RoundTranscript, genesis, graph: dict, found: list[Find
             if problem is None and s != SETUP and nid not in acc[_ORDER[_ORDER.index(s) - 1]]:
                 problem = f"accepted without an accepted {_ORDER[_ORDER.index(s) - 1]} record"
             if problem is None:
-                problem = _request_problem(t, acc, graph, s, nid, st)
+                problem = _request_problem(t, acc, graph, s, nid, st) or content_problem(t, s, nid, st.reply)
             if problem:
                 found.append(Finding(r, s, nid, problem))
     return acc
@@ -322,16 +325,18 @@ def _replay(
         p["threshold"],
         {n: acc[MASKED][n].statement.reply["seed_digest"] for n in live},
         {n: rec.statement.reply["pk1"] for n, rec in acc[SETUP].items()},
+        {n: acc[SHARE_KEYS][n].statement.reply["shares"] for n in [*live, *dropped] if n in acc[SHARE_KEYS]},
     )
     for owner, nodes in sorted(wrong.items()):
         for nid in nodes:
+            what = "rebuilt from the verified shares only" if owner in seeds or owner in keys else "not rebuilt"
             found.append(
                 Finding(
                     r,
                     UNMASK,
                     nid,
-                    f"revealed a share of node {owner} that does not fit its "
-                    "commitment (the secret was rebuilt without it)",
+                    f"revealed a share of node {owner} other than the one {owner} committed to "
+                    f"for it at share-keys (the secret was {what})",
                     "warning",
                 )
             )

@@ -21,7 +21,10 @@ from flower_chain.ledger.secagg import (
     CLIENT_STAGES,
     COMMIT,
     HEADER,
+    MASKED,
     RESULT,
+    SETUP,
+    SHARE_KEYS,
     SecAggEntry,
     StageStatement,
     check_commit,
@@ -29,6 +32,7 @@ from flower_chain.ledger.secagg import (
     check_result,
     header_digest,
 )
+from flower_chain.strategies.secagg_unmask import public_key_problem
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,17 @@ def _server(t: RoundTranscript, name: str, entry: SecAggEntry, findings: list, c
         findings.append(Finding(t.round, name, "", f"malformed {name}: {e}"))
         return False
     return True
+
+
+def content_problem(t: RoundTranscript, stage: str, nid: str, reply: dict) -> str | None:
+    """What is wrong with the signed content of an accepted reply itself (the server must have rejected it)."""
+    if stage == SETUP:
+        for name in ("pk1", "pk2"):  # parsed as the neighbours parse it
+            problem = public_key_problem(reply[name])
+            if problem:
+                return f"accepted a public key {name} that {problem}: its neighbours cannot use it"
+    if stage == SHARE_KEYS and sorted(reply["shares"]) != sorted(set(reply["sent"]) | {nid}):
+        return "accepted without a share commitment for each node it sent shares to and itself"
+    if stage == MASKED and t.header is not None and reply["base_digest"] != t.header["base_digest"]:
+        return "the signed masked input names another base model than the header's base_digest"
+    return None

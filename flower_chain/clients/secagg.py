@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
@@ -67,6 +67,7 @@ from flower_chain.ledger.secagg import (
     StageStatement,
     request_digest,
     seed_digest,
+    share_digest,
 )
 from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mod, mask_vectors
 
@@ -247,39 +248,29 @@ class _Node:
     # -- stage 1 ------------------------------------------------------------------------------------
     def _share_keys(self, content: dict[str, Any], rnd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         keys, me, header = content.get("keys"), rnd["node_id"], rnd["header"]
-        if not isinstance(keys, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(b, bytes) for b in v) for v in keys.values()
-        ):
-            raise Refusal("the share-keys request does not map node ids to two public keys")
-        neigh = set(checks.neighbours_of(header, me))
-        if not set(keys) <= neigh:
-            raise Refusal("the server forwards keys of nodes that are not this node's neighbours")
-        if keys.get(me) != [rnd["pk1"], rnd["pk2"]]:
-            raise Refusal("the server forwards other public keys for this node than it sent")
-        flat = [b for v in keys.values() for b in v]
-        if len(set(flat)) != len(flat):
-            raise Refusal("two forwarded public keys are identical")
-        if len(keys) < header["params"]["threshold"]:
-            raise Refusal("fewer neighbours than the threshold")
-        rnd["seed"] = os.urandom(32)
+        problem = checks.share_keys_problem(keys, rnd)
+        if problem:
+            raise Refusal(problem)
         t, order = header["params"]["threshold"], sorted(keys, key=int)
+        sk1, sk2 = bytes_to_private_key(rnd["sk1"]), bytes_to_private_key(rnd["sk2"])
+        for nid in order:  # every key is used now as it will be: one that does not parse is a refusal, not a crash
+            if nid != me:
+                _agree(sk1, keys[nid][0], f"the public key pk1 of node {nid}")
+                rnd["ss2"][nid] = _agree(sk2, keys[nid][1], f"the public key pk2 of node {nid}")
+        rnd["seed"] = os.urandom(32)
         seed_shares = create_shares(rnd["seed"], t, len(order))
         key_shares = create_shares(rnd["sk1"], t, len(order))
-        sent, cts = {}, {}
-        sk2 = bytes_to_private_key(rnd["sk2"])
+        sent, cts, commits = {}, {}, {}
         for i, nid in enumerate(order):
             rnd["pks"][nid] = keys[nid]
+            commits[nid] = [share_digest(seed_shares[i]), share_digest(key_shares[i])]  # checked at unmask
             if nid == me:
                 rnd["seed_shares"][me], rnd["key_shares"][me] = seed_shares[i], key_shares[i]
                 continue
-            try:
-                shared = generate_shared_key(sk2, bytes_to_public_key(keys[nid][1]))
-            except Exception as e:
-                raise Refusal(f"the public key of node {nid} is unusable: {type(e).__name__}") from e
-            rnd["ss2"][nid] = shared
-            ct = encrypt(shared, share_keys_plaintext_concat(int(me), int(nid), seed_shares[i], key_shares[i]))
+            plain = share_keys_plaintext_concat(int(me), int(nid), seed_shares[i], key_shares[i])
+            ct = encrypt(rnd["ss2"][nid], plain)
             cts[nid], sent[nid] = ct, hashlib.sha256(ct).digest()
-        return {"sent": sent}, {"ciphertexts": cts}
+        return {"sent": sent, "shares": commits}, {"ciphertexts": cts}
 
     # -- stage 2 ------------------------------------------------------------------------------------
     def _masked(
@@ -309,6 +300,8 @@ class _Node:
         inner = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
         out = call_next(_with(msg, inner), self.context)
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
+        if not 0 <= fitres.num_examples <= p["max_weight"]:  # a weight above quantization_range could wrap the sum
+            raise Refusal(f"num_examples {fitres.num_examples} is not in [0, max_weight {p['max_weight']}]")
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
         rnd["masked_digest"], rnd["sources"] = array_digest(named), sources
@@ -317,6 +310,7 @@ class _Node:
             "weight": int(vector[0].reshape(-1)[0]),
             "sources": sources,
             "seed_digest": seed_digest(rnd["seed"]),
+            "base_digest": rnd["header"]["base_digest"],  # the model it checked it was sent and trained on
         }
         return reply, {"vector": encode_arrays(named)}
 
@@ -376,10 +370,16 @@ class _Node:
         return reply
 
 
+def _agree(sk: Any, raw: bytes, what: str) -> bytes:
+    """ECDH + HKDF with a neighbour's public key (Flower's calls); a key that does not parse is a refusal."""
+    try:
+        return generate_shared_key(sk, bytes_to_public_key(raw))
+    except Exception as e:  # noqa: BLE001 - a hostile key is the server's doing: named, never a crash
+        raise Refusal(f"{what} does not parse as a public key ({type(e).__name__})") from e
+
+
 def _with(msg: Message, content: RecordDict) -> Message:
     """The instruction with ``content`` (the SecAgg+ record removed) for the app's own train function."""
-    from flwr.app import Metadata
-
     md = msg.metadata
     meta = Metadata(
         run_id=md.run_id,

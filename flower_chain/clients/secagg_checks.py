@@ -16,7 +16,15 @@ from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import GenesisEntry, decode_entry
 from flower_chain.ledger.errors import EncodingError, LedgerError
 from flower_chain.ledger.keys import verify_signature
-from flower_chain.ledger.secagg import COMMIT, MASKED, SecAggEntry, StageStatement, check_commit, check_header
+from flower_chain.ledger.secagg import (
+    COMMIT,
+    MASKED,
+    SecAggEntry,
+    StageStatement,
+    check_commit,
+    check_header,
+    overflow_problem,
+)
 from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.ledger.writer import origin_for
 from flower_chain.wire import record_digest
@@ -60,6 +68,9 @@ def header_problem(header: Any, node_id: str) -> str | None:
     mod = p["mod_range"]
     if mod < 2 or mod > 2**32 or mod & (mod - 1) or not 0 < p["quantization_range"] < mod:
         return "mod_range must be a power of two up to 2**32 above quantization_range"
+    overflow = overflow_problem(p, n)  # at most n live inputs: their sum must not wrap
+    if overflow:
+        return overflow
     if not p["clipping_range"] > 0 or not p["max_weight"] > 0:
         return "clipping_range and max_weight must be positive"
     return None
@@ -77,6 +88,25 @@ def base_problem(record: Any, base_digest: bytes) -> str | None:
         return f"the model sent does not digest: {type(e).__name__}"
     if digest != base_digest:
         return "the model sent is not the round header's base model (base_digest)"
+    return None
+
+
+def share_keys_problem(keys: Any, state: dict[str, Any]) -> str | None:
+    """Why the public keys a share-keys request forwards cannot be taken (docs/secagg.md §5), or ``None``."""
+    me = state["node_id"]
+    if not isinstance(keys, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(b, bytes) for b in v) for v in keys.values()
+    ):
+        return "the share-keys request does not map node ids to two public keys"
+    if not set(keys) <= set(neighbours_of(state["header"], me)):
+        return "the server forwards keys of nodes that are not this node's neighbours"
+    if keys.get(me) != [state["pk1"], state["pk2"]]:
+        return "the server forwards other public keys for this node than it sent"
+    flat = [b for v in keys.values() for b in v]
+    if len(set(flat)) != len(flat):
+        return "two forwarded public keys are identical"
+    if len(keys) < state["header"]["params"]["threshold"]:
+        return "fewer neighbours than the threshold"
     return None
 
 
@@ -208,11 +238,12 @@ def sources_problem(commit: dict[str, Any], told_active: list[str], state: dict[
         if raw is None or st.key_id in seen or not verify_signature(raw, sig, raw_st):
             return f"node {o}'s committed statement is not signed by a key of the genesis keyring (once)"
         seen.add(st.key_id)
-        if (st.stage, st.node_id, st.round_id, st.round) != (
+        if (st.stage, st.node_id, st.round_id, st.round, st.reply["base_digest"]) != (
             MASKED,
             o,
             state["round_id"],
             state["header"]["round"],
+            state["header"]["base_digest"],
         ) or st.reply["digest"] != commit["masked"][o]:
             return f"node {o}'s committed statement is not its masked input of this round"
         theirs = set(st.reply["sources"])

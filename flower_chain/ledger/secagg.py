@@ -23,6 +23,7 @@ from flower_chain.ledger.secagg_masks import GENERATORS
 STAGE_DOMAIN = b"flower-chain:secagg-stage:v1\x00"
 REQUEST_DOMAIN = b"flower-chain:secagg-request:v1\x00"
 HEADER_DOMAIN = b"flower-chain:secagg-header:v1\x00"
+SHARE_DOMAIN = b"flower-chain:secagg-share:v1\x00"
 
 HEADER, COMMIT, RESULT = "header", "commit", "result"
 SETUP, SHARE_KEYS, MASKED, UNMASK = "setup", "share-keys", "masked-input", "unmask"
@@ -82,6 +83,28 @@ def request_digest(stage: str, content: dict[str, Any]) -> bytes:
 def seed_digest(seed: bytes) -> bytes:
     """What a node commits to its private mask seed in its masked-input statement (the seed stays secret)."""
     return hashlib.sha256(b"flower-chain:secagg-seed:v1\x00" + bytes(seed)).digest()
+
+
+def share_digest(share: bytes) -> bytes:
+    """What a node commits, at share-keys, to each Shamir share it creates (docs/secagg.md §3): a share
+    revealed at unmask is checked against it, so a wrong share is named and left out, one pass, no search."""
+    return hashlib.sha256(SHARE_DOMAIN + bytes(share)).digest()
+
+
+def overflow_problem(params: dict[str, Any], nodes: int) -> str | None:
+    """Why the masked sum of ``nodes`` inputs could wrap modulo ``mod_range``, or ``None``.
+
+    Each quantized element of an input (its weight included, when ``num_examples <= max_weight``) is at
+    most ``quantization_range``, so the sum of ``nodes`` inputs stays below ``mod_range`` exactly when
+    ``nodes * quantization_range < mod_range``; else the unmasked aggregate is silently wrong.
+    """
+    q, mod = params["quantization_range"], params["mod_range"]
+    if nodes * q >= mod:
+        return (
+            f"{nodes} inputs of quantization_range {q} can sum to {nodes * q}, not below mod_range {mod}: "
+            "the masked sum could wrap"
+        )
+    return None
 
 
 def header_digest(header: dict[str, Any]) -> bytes:
@@ -154,8 +177,8 @@ def _id_map(value: Any, what: str, typ: type) -> dict[str, Any]:
 
 _REPLY_FIELDS: dict[str, dict[str, type]] = {
     SETUP: {"pk1": bytes, "pk2": bytes},
-    SHARE_KEYS: {"sent": dict},
-    MASKED: {"digest": bytes, "weight": int, "sources": list, "seed_digest": bytes},
+    SHARE_KEYS: {"sent": dict, "shares": dict},
+    MASKED: {"digest": bytes, "weight": int, "sources": list, "seed_digest": bytes, "base_digest": bytes},
     UNMASK: {
         "active": list,
         "dead": list,
@@ -178,6 +201,9 @@ def check_reply(stage: str, reply: Any) -> dict[str, Any]:
             raise EncodingError(f"{stage} reply field {name!r} must be {typ.__name__}")
     if stage == SHARE_KEYS:
         _id_map(reply["sent"], "sent", bytes)
+        shares = _id_map(reply["shares"], "shares", list)
+        if not all(len(v) == 2 and all(isinstance(d, bytes) and len(d) == 32 for d in v) for v in shares.values()):
+            raise EncodingError("shares must map node ids to [seed share digest, key share digest]")
     elif stage == MASKED:
         _ids(reply["sources"], "sources")
     elif stage == UNMASK:

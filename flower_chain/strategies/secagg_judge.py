@@ -32,6 +32,7 @@ from flower_chain.ledger.secagg import (
     request_digest,
 )
 from flower_chain.ledger.text import safe_text
+from flower_chain.strategies.secagg_unmask import public_key_problem
 
 RECORD = "flower-chain.secagg"
 
@@ -60,12 +61,22 @@ class StageJudge:
         The genesis keyring (key id -> raw Ed25519 key).
     revoked : set
         Revoked key ids.
+    base_digest : bytes
+        The round header's base model: every masked-input statement must name it.
     """
 
     def __init__(
-        self, federation_id: str, server_round: int, round_id: bytes, keys: dict[str, bytes], revoked: set[str]
+        self,
+        federation_id: str,
+        server_round: int,
+        round_id: bytes,
+        keys: dict[str, bytes],
+        revoked: set[str],
+        *,
+        base_digest: bytes,
     ) -> None:
         self.fid, self.round, self.round_id = federation_id, int(server_round), round_id
+        self.base_digest = base_digest
         self.keys, self.revoked = keys, revoked
         self.node_key: dict[str, str] = {}  # node -> key id it set up with
         self.seen: set[tuple[str, str]] = set()  # (stage, node) answered
@@ -136,9 +147,9 @@ class StageJudge:
             payload = decode(record.get("payload")) if isinstance(record.get("payload"), bytes) else None
             if not isinstance(payload, dict):
                 raise EncodingError("the payload is not a map")
-            problem = _PAYLOAD[stage](st.reply, payload, expect)
+            problem = _PAYLOAD[stage](st.reply, payload, {**expect, "node": nid, "base_digest": self.base_digest})
         except EncodingError as e:
-            return Verdict(self._entry(stage, nid, kid, "malformed", f"payload: {e}", raw, sig))
+            return Verdict(self._entry(stage, nid, kid, "malformed", f"reply: {e}", raw, sig))
         if problem:
             return Verdict(self._entry(stage, nid, kid, "mismatch", problem, raw, sig))
         self.seen.add((stage, nid))
@@ -154,6 +165,10 @@ def _setup(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, Any
         raise EncodingError("a setup payload must be empty")
     if not 0 < len(reply["pk1"]) <= 1024 or not 0 < len(reply["pk2"]) <= 1024 or reply["pk1"] == reply["pk2"]:
         return "the two public keys are empty, too long or equal"
+    for name in ("pk1", "pk2"):  # parsed and used as the neighbours will: a bad key never reaches them
+        problem = public_key_problem(reply[name])
+        if problem:
+            raise EncodingError(f"the signed public key {name} {problem}")
     return None
 
 
@@ -171,6 +186,8 @@ def _share_keys(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str
         return "the ciphertexts are not the ones the statement names"
     if not set(cts) <= set(expect["to"]):
         return "ciphertexts for nodes that were not this node's neighbours"
+    if sorted(reply["shares"]) != sorted(set(cts) | {expect["node"]}):
+        return "the share commitments are not exactly for the nodes it sent shares to and itself"
     return None
 
 
@@ -188,6 +205,8 @@ def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
         return "the masked vector's digest is not the signed one"
     if int(named[0][1].reshape(-1)[0]) != reply["weight"]:
         return "the masked weight is not the signed one"
+    if reply["base_digest"] != expect["base_digest"]:
+        return "the statement names another base model than the round header's base_digest"
     if not set(reply["sources"]) <= set(expect["sources"]):
         return "the node names shares from nodes it was not sent"
     payload["arrays"] = [a.astype(np.int64) for _, a in named]

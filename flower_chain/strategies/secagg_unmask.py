@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import combinations, islice
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     generate_shared_key,
@@ -21,10 +21,11 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
     bytes_to_public_key,
+    generate_key_pairs,
     public_key_to_bytes,
 )
 
-from flower_chain.ledger.secagg import seed_digest
+from flower_chain.ledger.secagg import seed_digest, share_digest
 from flower_chain.ledger.secagg_masks import mask_vectors
 
 
@@ -44,34 +45,55 @@ def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
         return f"the shares do not reconstruct ({type(e).__name__})"
 
 
-#: Most subsets of shares tried when the shares of one secret disagree (a node revealed a wrong share).
-MAX_SUBSETS = 2000
-
-
 def rebuild(
-    shares: Mapping[str, bytes], threshold: int, check: Callable[[bytes], str | None]
+    shares: Mapping[str, bytes],
+    committed: Mapping[str, bytes],
+    threshold: int,
+    check: Callable[[bytes], str | None],
 ) -> tuple[bytes | None, list[str], str]:
-    """Rebuild a secret from the shares revealed by each node, tolerating wrong shares.
+    """Rebuild a secret from the shares revealed by each node, in one pass.
 
-    Returns ``(secret, nodes whose share disagrees with it, problem)``: all the shares first; when
-    ``check`` (the node's commitment) refuses the result, subsets of ``threshold`` shares until one passes,
-    then each remaining share is tested with ``threshold - 1`` of that subset.
+    ``committed`` maps each holder to the digest (:func:`share_digest`) of the share the owner created for
+    it and signed at share-keys. A revealed share whose digest is not that one is wrong: it is named and
+    left out; the secret is combined from the verified shares only, then ``check`` (the owner's commitment
+    to the secret) must accept it. Returns ``(secret, holders whose share is wrong, problem)``.
     """
     items = sorted(((n, s) for n, s in shares.items() if isinstance(s, bytes)), key=lambda t: int(t[0]))
-    secret = combine([s for _, s in items], threshold)
-    if isinstance(secret, bytes) and check(secret) is None:
-        return secret, [], ""
-    first = secret if isinstance(secret, str) else (check(secret) or "")  # check refused it just above
-    if len(items) <= threshold:
-        return None, [], first
-    for combo in islice(combinations(items, threshold), MAX_SUBSETS):
-        secret = combine([s for _, s in combo], threshold)
-        if isinstance(secret, bytes) and check(secret) is None:
-            good = {n for n, _ in combo}
-            base = [s for _, s in combo[: threshold - 1]]
-            bad = [n for n, s in items if n not in good and combine(base + [s], threshold) != secret]
-            return secret, bad, ""
-    return None, [], f"{first}; no {threshold} of the {len(items)} shares rebuild the committed secret"
+    good = [s for n, s in items if committed.get(n) == share_digest(s)]
+    bad = [n for n, s in items if committed.get(n) != share_digest(s)]
+    if len(good) < threshold:
+        return None, bad, f"{len(good)} of the {len(items)} shares revealed are the committed ones, {threshold} needed"
+    secret = combine(good, threshold)
+    if isinstance(secret, str):
+        return None, bad, f"{secret} (the owner's committed shares are inconsistent)"
+    problem = check(secret)
+    if problem:
+        return None, bad, f"{problem} (the owner's committed shares are inconsistent)"
+    return secret, bad, ""
+
+
+def public_key_problem(raw: bytes) -> str | None:
+    """Why a stage 0 public key is unusable, or ``None``: it is parsed and used exactly as the nodes will
+    (``bytes_to_public_key``, then ECDH + HKDF with ``generate_shared_key``), so a key that passes here
+    cannot fail at a neighbour."""
+    try:
+        key = bytes_to_public_key(raw)
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+            return f"is not a SECP384R1 public key ({type(key).__name__})"
+        generate_shared_key(_probe(), key)
+    except Exception as e:  # noqa: BLE001 - whatever a hostile key does, it is a verdict
+        return f"does not parse as a public key ({type(e).__name__})"
+    return None
+
+
+_PROBE: list[ec.EllipticCurvePrivateKey] = []
+
+
+def _probe() -> ec.EllipticCurvePrivateKey:
+    """A throwaway private key to try the key agreement with (made once)."""
+    if not _PROBE:
+        _PROBE.append(generate_key_pairs()[0])
+    return _PROBE[0]
 
 
 def check_seed(secret: bytes, committed: bytes) -> str | None:
@@ -149,24 +171,27 @@ def rebuild_all(
     threshold: int,
     seed_digests: Mapping[str, bytes],
     pk1: Mapping[str, bytes],
+    committed: Mapping[str, Mapping[str, Sequence[bytes]]],
 ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, list[str]], str]:
     """Rebuild the live nodes' mask seeds and the dropped nodes' keys from the stage 3 replies.
 
-    ``replies``: revealing node -> its unmask statement reply. Returns ``(seeds, keys, wrong, problem)``
-    where ``wrong`` maps a secret's owner to the nodes that revealed a share of it that disagrees, and
-    ``problem`` names the first secret that could not be rebuilt ('' when all were).
+    ``replies``: revealing node -> its unmask statement reply; ``committed``: owner -> its share-keys
+    ``shares`` (holder -> [seed share digest, key share digest]). Returns ``(seeds, keys, wrong, problem)``
+    where ``wrong`` maps a secret's owner to the nodes that revealed a share of it other than the committed
+    one, and ``problem`` names the first secret that could not be rebuilt ('' when all were).
     """
     seeds: dict[str, bytes] = {}
     keys: dict[str, bytes] = {}
     wrong: dict[str, list[str]] = {}
     problem = ""
-    for owner_set, field, out, check in (
-        (live, "seed_shares", seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
-        (dropped, "key_shares", keys, lambda n: lambda s: check_key(s, pk1.get(n, b""))),
+    for owner_set, field, slot, out, check in (
+        (live, "seed_shares", 0, seeds, lambda n: lambda s: check_seed(s, seed_digests.get(n, b""))),
+        (dropped, "key_shares", 1, keys, lambda n: lambda s: check_key(s, pk1.get(n, b""))),
     ):
         for n in owner_set:
             shares = {r: rep[field][n] for r, rep in replies.items() if n in rep.get(field, {})}
-            secret, bad, why = rebuild(shares, threshold, check(n))
+            digests = {h: d[slot] for h, d in committed.get(n, {}).items() if len(d) == 2}
+            secret, bad, why = rebuild(shares, digests, threshold, check(n))
             if bad:
                 wrong[n] = bad
             if secret is None:

@@ -51,6 +51,7 @@ from flower_chain.ledger.secagg import (
     UNMASK,
     SecAggEntry,
     header_digest,
+    overflow_problem,
     server_record,
 )
 from flower_chain.ledger.secagg_masks import (
@@ -224,6 +225,12 @@ class _Round:
             log.error("SecAgg+ needs at least 2 sampled nodes, got %d: the round is skipped", len(sampled))
             return False
         shares, t = self.wf._shares(len(sampled))
+        overflow = overflow_problem(
+            {"quantization_range": self.wf.quantization_range, "mod_range": self.wf.modulus_range}, len(sampled)
+        )
+        if overflow:  # docs/secagg.md §4: the nodes would refuse this header, the auditor would fail it
+            log.error("SecAgg+ round %d is skipped: %s", self.round, overflow)
+            return False
         self.header = {
             "federation_id": self.core.federation_id,
             "round": self.round,
@@ -245,7 +252,14 @@ class _Round:
         self.round_id = header_digest(self.header)
         self.t = t
         self.graph = neighbour_graph(sampled, shares, self.header["graph_seed"])
-        self.judge = StageJudge(self.core.federation_id, self.round, self.round_id, self.core.keys, self.core.revoked)
+        self.judge = StageJudge(
+            self.core.federation_id,
+            self.round,
+            self.round_id,
+            self.core.keys,
+            self.core.revoked,
+            base_digest=self.header["base_digest"],
+        )
         self.entries.append(server_record(self.round, HEADER, self.header))
         head = self.core.writer.head
         self.head_size = head.header.log_size
@@ -366,6 +380,7 @@ class _Round:
             self.t,
             {n: self.verdicts[MASKED][n].statement.reply["seed_digest"] for n in live},
             {n: self.pks[n]["pk1"] for n in self.pks},
+            {n: self.verdicts[SHARE_KEYS][n].statement.reply["shares"] for n in live + dropped},  # share digests
         )
         for owner, nodes in wrong.items():
             log.warning(

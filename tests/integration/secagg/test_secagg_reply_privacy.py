@@ -77,7 +77,7 @@ def test_every_stage_reply_carries_only_the_secagg_record_and_no_count_or_metric
         rec = reply.content.config_records[RECORD]
         assert list(decode(rec["payload"])) == ["vector"]
         signed = StageStatement.from_bytes(rec["statement"]).reply
-        assert sorted(signed) == ["digest", "seed_digest", "sources", "weight"]
+        assert sorted(signed) == ["base_digest", "digest", "seed_digest", "sources", "weight"]
         q = round(fed.examples[nid] / 1000.0 * 4194304)  # the quantized weight the mask hides
         assert signed["weight"] != q
 

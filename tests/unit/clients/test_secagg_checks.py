@@ -143,7 +143,13 @@ def signed_commit(state, commit, active, sources_of):
             n,
             key_id(k),
             b"r",
-            {"digest": commit["masked"][n], "weight": 1, "sources": sources_of(n), "seed_digest": b"d"},
+            {
+                "digest": commit["masked"][n],
+                "weight": 1,
+                "sources": sources_of(n),
+                "seed_digest": b"d",
+                "base_digest": b"",
+            },
         ).to_bytes()
         statements[n] = [st, k.sign(st)]
     return {**commit, "statements": statements, "keyring": keys}

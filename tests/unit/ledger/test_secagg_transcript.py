@@ -37,8 +37,14 @@ from flower_chain.ledger.secagg_masks import (
 
 REPLIES = {
     SETUP: {"pk1": b"a" * 10, "pk2": b"b" * 10},
-    SHARE_KEYS: {"sent": {"12": b"\x01" * 32}},
-    MASKED: {"digest": b"\x02" * 32, "weight": 7, "sources": ["12", "13"], "seed_digest": b"\x03" * 32},
+    SHARE_KEYS: {"sent": {"12": b"\x01" * 32}, "shares": {"11": [b"\x05" * 32, b"\x06" * 32]}},
+    MASKED: {
+        "digest": b"\x02" * 32,
+        "weight": 7,
+        "sources": ["12", "13"],
+        "seed_digest": b"\x03" * 32,
+        "base_digest": b"\x07" * 32,
+    },
     UNMASK: {
         "active": ["11", "12"],
         "dead": ["13"],
