@@ -246,7 +246,8 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
                 r,
                 MASKED,
                 u,
-                f"masked with node {w}, which did not mask with it: the masks do not cancel (ciphertexts withheld)",
+                f"masked with node {w}, which did not mask with it: the masks do not cancel (ciphertexts withheld, "
+                "or shares other than this node committed to)",
             )
         )
     for nid in dropped:

@@ -277,9 +277,9 @@ class _Node:
         self, content: dict[str, Any], rnd: dict[str, Any], msg: Message, call_next: ClientAppCallable
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run the app's fit and mask its update; only the masked vector leaves (no count, no metrics)."""
-        cts, me, p = content.get("ciphertexts"), rnd["node_id"], rnd["header"]["params"]
-        if not isinstance(cts, dict):
-            raise Refusal("the masked-input request carries no ciphertexts")
+        cts, commits, me, p = content.get("ciphertexts"), content.get("shares"), rnd["node_id"], rnd["header"]["params"]
+        if not isinstance(cts, dict) or not isinstance(commits, dict):
+            raise Refusal("the masked-input request carries no ciphertexts and share commitments")
         sources = []
         for src, ct in sorted(cts.items(), key=lambda t: int(t[0]) if t[0].isdigit() else -1):
             if src not in rnd["ss2"] or not isinstance(ct, bytes):
@@ -288,7 +288,8 @@ class _Node:
                 real_src, dst, seed_share, key_share = share_keys_plaintext_separate(decrypt(rnd["ss2"][src], ct))
             except Exception:  # noqa: BLE001, S112 - a ciphertext that does not open is no share
                 continue
-            if str(real_src) != src or str(dst) != me:
+            shares = [share_digest(seed_share), share_digest(key_share)]  # at unmask, it is never framed:
+            if (str(real_src), str(dst)) != (src, me) or commits.get(src) != shares:  # not the committed ones
                 continue
             rnd["seed_shares"][src], rnd["key_shares"][src] = seed_share, key_share
             sources.append(src)

@@ -311,7 +311,10 @@ class _Round:
         shapes = [(1,)] + [tuple(a.shape) for a in self.model]
         a2 = self._exchange(
             MASKED,
-            {n: ({"ciphertexts": fwd[n]}, {}, self.fitins[n]) for n in sorted(a1, key=int)},
+            {
+                n: ({"ciphertexts": fwd[n], "shares": self._commitments(n, fwd[n])}, {}, self.fitins[n])
+                for n in sorted(a1, key=int)
+            },
             {n: {"shapes": shapes, "mod_range": self.wf.modulus_range, "sources": sorted(fwd[n])} for n in a1},
         )
         live, dropped = sorted(a2, key=int), sorted(a1 - a2, key=int)
@@ -369,6 +372,10 @@ class _Round:
         finally:
             store.join()
         self._finish(live, dropped)
+
+    def _commitments(self, holder: str, sources: dict[str, bytes]) -> dict[str, list[bytes]]:
+        """What each source committed, at share-keys, for the shares it sent ``holder`` (checked by the holder)."""
+        return {s: self.verdicts[SHARE_KEYS][s].statement.reply["shares"].get(holder, []) for s in sources}
 
     def _finish(self, live: list[str], dropped: list[str]) -> None:
         t0, named = time.perf_counter(), None

@@ -20,7 +20,7 @@ import flower_chain.strategies.secagg_judge as judge_module
 import flower_chain.strategies.secagg_unmask as unmask_module
 from flower_chain.audit.secagg import audit_secagg
 from flower_chain.clients.secagg import Refusal
-from flower_chain.ledger.secagg import SETUP, SHARE_KEYS, UNMASK, seed_digest, share_digest
+from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, StageStatement, seed_digest, share_digest
 from flower_chain.strategies.secagg_unmask import check_seed, public_key_problem, rebuild
 from tests.adversarial.test_secagg_dishonest_server import findings_of, request_of, with_request
 from tests.adversarial.test_secagg_hostile_replies import entries_of, resigned
@@ -164,3 +164,27 @@ def test_public_key_problem_is_total_on_hostile_keys():
     assert public_key_problem(pem) is None
     for raw in (b"", b"\x00" * 215, pem[:-10], off_curve(pem), pem.replace(b"PUBLIC", b"PRIVATE")):
         assert isinstance(public_key_problem(raw), str)
+
+
+def test_an_owner_cannot_frame_a_holder_with_a_commitment_other_than_the_share_it_sent():
+    """The owner signs, at share-keys, a digest for ``holder`` that is not the share it encrypted for it: the
+    holder (forwarded the commitments at masked-input) takes no share and no mask from it, so it never reveals
+    a share that would name it; the owner's input is the one whose masks do not cancel, and it is named."""
+    fed = SecAggFederation("memory:", n=5, num_shares=5, threshold=3)
+    owner, holder = fed.node_ids[1], str(fed.node_ids[3])
+
+    def tamper(nid, stage, msg, reply):
+        if nid == owner and stage == SHARE_KEYS and not reply.has_error():
+            lie = lambda r: {**r, "shares": {**r["shares"], holder: [b"\x5a" * 32, r["shares"][holder][1]]}}
+            return resigned(fed, nid, reply, lie)
+        return reply
+
+    fed.grid.tamper = tamper
+    figures = fed.run_round(1)
+    (entry,) = entries_of(fed, round=1, stage=MASKED, node_id=holder)
+    assert str(owner) not in StageStatement.from_bytes(entry.statement).reply["sources"]
+    assert f"nodes {owner} and {holder} did not both mask" in figures["failure"]
+    report = audit_secagg(fed.ledger)
+    blamed = [f for f in findings_of(report, round=1, stage=UNMASK, node=holder) if "committed to" in f.message]
+    assert not blamed, report.lines()  # it refused to reveal the owner's seed (it holds no share of it)
+    assert any(f"masked with node {holder}" in f.message for f in findings_of(report, round=1, node=str(owner)))
