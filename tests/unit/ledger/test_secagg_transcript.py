@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -25,7 +26,9 @@ from flower_chain.ledger.secagg import (
     check_result,
     header_digest,
     request_digest,
+    seed_digest,
     server_record,
+    share_digest,
 )
 from flower_chain.ledger.secagg_masks import (
     AES256_CTR_V1,
@@ -150,6 +153,20 @@ def test_replies_with_missing_extra_or_mistyped_fields_are_refused(stage):
     first = next(iter(reply))
     with pytest.raises(EncodingError):
         check_reply(stage, {**reply, first: True})
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [{"11": [b"\x05" * 32]}, {"11": [b"\x05" * 32, b"\x06" * 31]}, {"11": [b"\x05" * 32, "x"]}, {"x": []}, []],
+)
+def test_share_commitments_must_be_two_32_byte_digests_per_holder(shares):
+    with pytest.raises(EncodingError):
+        check_reply(SHARE_KEYS, {**REPLIES[SHARE_KEYS], "shares": shares})
+
+
+def test_share_digest_is_domain_separated_sha256():
+    assert share_digest(b"\x01\x02") == hashlib.sha256(b"flower-chain:secagg-share:v1\x00\x01\x02").digest()
+    assert share_digest(b"a") != share_digest(b"b") and share_digest(b"a") != seed_digest(b"a")
 
 
 def test_header_with_unknown_generator_or_bad_params_is_refused():
