@@ -11,7 +11,8 @@ dropout, never an exception); the neighbour graph comes from a seed committed in
 live/dropped sets are committed in a signed block before the unmask stage, and clients check it; a node
 dropping in stage 0 or 1 no longer halts the round; masks come from AES-256-CTR over the full seed unless
 ``mask_generator="flwr-randomstate-32"`` (Flower's, recorded as such). The server never holds a
-plaintext update: the blob store gets masked vectors and the aggregate.
+plaintext update: the blob store gets masked vectors and the aggregate. The round's ledger writes (commit
+block and proofs, the masked vectors' blob write, result block) are in :mod:`.secagg_record`.
 
 The new global model is the protocol's weighted average (Flower's SecAgg+ arithmetic: weights
 ``num_examples / max_weight`` quantized), cast to the model's dtypes, exactly what the auditor re-derives;
@@ -23,15 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import parameters_to_ndarrays
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
@@ -45,7 +44,6 @@ from flower_chain.ledger.secagg import (
     COMMIT,
     HEADER,
     MASKED,
-    RESULT,
     SETUP,
     SHARE_KEYS,
     UNMASK,
@@ -61,6 +59,7 @@ from flower_chain.ledger.secagg_masks import (
     neighbour_graph,
 )
 from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
+from flower_chain.strategies.secagg_record import Background, RoundRecording
 from flower_chain.strategies.secagg_unmask import one_sided_pairs, rebuild_all, unmask
 from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 
@@ -146,7 +145,7 @@ class LedgerSecAggPlusWorkflow:
         self.last_round = {**rnd.figures, "seconds": time.perf_counter() - t0}
 
 
-class _Round:
+class _Round(RoundRecording):
     """One SecAgg+ round: four stages, two blocks."""
 
     def __init__(self, wf: LedgerSecAggPlusWorkflow, grid, context, core) -> None:
@@ -283,12 +282,6 @@ class _Round:
             "consistency": cons,
         }
 
-    def _note(self, block: StoredBlock) -> str:
-        """The block's checkpoint, with the witnesses' cosignatures when the strategy has witnesses."""
-        w = getattr(self.core, "witnessing", None)
-        note: str = w.note(block) if w is not None else block.checkpoint
-        return note
-
     # -- stages 1-3 ---------------------------------------------------------------------------------
     def run(self) -> None:
         a1 = self._exchange(
@@ -328,26 +321,7 @@ class _Round:
             COMMIT,
             {"round_id": self.round_id, "live": live, "dropped": dropped, "masked": masked, "statements": signed},
         )
-        self.entries.append(commit)
-        base = self.header["base_digest"] or self.core.recorder.model_digest  # the block leaves the model as it is
-        self.core.writer.check_head()
-        block = self.core.writer.append(
-            self.round, self.entries, model_before=base, model_after=base, state_after=self.core.recorder.state_digest
-        )
-        index = block.header.first_index + len(self.entries) - 1
-        self.entries = []
-        size = block.header.log_size
-        inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
-        consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
-        proof = {
-            "checkpoint": self._note(block),
-            "entry": commit.to_bytes(),
-            "index": index,
-            "inclusion": inclusion,
-            "consistency": consistency,
-            "genesis": next(self.core.ledger.entries(0, 1)),
-            "genesis_inclusion": b"".join(proofs.inclusion_proof(self.core.ledger, 0, size)),
-        }
+        index, size, proof = self._commit_block(commit)
         for n in live:
             self.wf.sent_sizes.setdefault(n, set()).add(size)
         requests = {
@@ -363,21 +337,20 @@ class _Round:
             )
             for n in live
         }
-        # the masked vectors go to the blob store while the nodes answer stage 3; durable before the result block
-        store = _Background(
-            self.core.ledger.put_blobs, [(masked[n], self.verdicts[MASKED][n].payload.pop("vector")) for n in live]
-        )
+        # the masked vectors go to the blob store while the nodes answer stage 3 and the server unmasks; the
+        # result block waits for them (secagg_record), so they are durable before it names their aggregate
+        store = self._store_masked(live, masked)
         try:
             self._exchange(UNMASK, requests, {})
+            self._finish(live, dropped, store)
         finally:
             store.join()
-        self._finish(live, dropped)
 
     def _commitments(self, holder: str, sources: dict[str, bytes]) -> dict[str, list[bytes]]:
         """What each source committed, at share-keys, for the shares it sent ``holder`` (checked by the holder)."""
         return {s: self.verdicts[SHARE_KEYS][s].statement.reply["shares"].get(holder, []) for s in sources}
 
-    def _finish(self, live: list[str], dropped: list[str]) -> None:
+    def _finish(self, live: list[str], dropped: list[str], store: Background) -> None:
         t0, named = time.perf_counter(), None
         replies = {n: v.statement.reply for n, v in self.verdicts[UNMASK].items() if v.accepted}
         seeds, keys, wrong, failure = rebuild_all(
@@ -418,68 +391,4 @@ class _Round:
             except ValueError as e:
                 failure = str(e)
         self.figures["unmask_seconds"] = time.perf_counter() - t0  # rebuild secrets, unmask, dequantize
-        self._commit_result(live, named, agg_digest, failure)
-
-    def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str) -> None:
-        before = self.header["base_digest"] or self.core.recorder.model_digest
-        after = array_digest(named) if named is not None else before
-        self.entries.append(
-            server_record(
-                self.round,
-                RESULT,
-                {
-                    "round_id": self.round_id,
-                    "live": live if not failure else [],
-                    "aggregate_digest": agg_digest,
-                    "names": [n for n, _ in named] if named else [],
-                    "dtypes": [str(a.dtype) for _, a in named] if named else [],
-                    "model_after": after,
-                    "failure": failure,
-                },
-            )
-        )
-        self.core.recorder.commit_train(self.round, None, before, self.entries, [], named, None)
-        self.figures.update(failure=failure, unmasked=sum(v.accepted for v in self.verdicts[UNMASK].values()))
-        rejected = [e for s in self.verdicts.values() for e in (v.entry for v in s.values()) if e.verdict != "accepted"]
-        self.core.stats[self.round] = {
-            "accepted": len(live) if not failure else 0,
-            "rejected": len(rejected),
-            "reasons": {r: sum(e.reason == r for e in rejected) for r in sorted({e.reason for e in rejected})},
-            "block_height": self.core.writer.head.header.height,
-            "log_size": self.core.writer.log_size,
-        }
-        if failure:
-            log.error("[flower-chain] SecAgg+ round %d failed: %s (the model stays)", self.round, failure)
-            return
-        arrays = [a for _, a in named]
-        self.context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters(arrays), True
-        )
-        self.context.history.add_metrics_distributed_fit(server_round=self.round, metrics={})
-        log.info(
-            "[flower-chain] SecAgg+ round %d: aggregate of %d masked inputs (%d dropped)",
-            self.round,
-            len(live),
-            self.figures.get("dropped", 0),
-        )
-
-
-class _Background(threading.Thread):
-    """``fn(arg)`` on a thread; :meth:`join` re-raises what it raised (a storage failure stops the run)."""
-
-    def __init__(self, fn: Callable[[Any], object], arg: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.arg = fn, arg
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.fn(self.arg)
-        except BaseException as e:  # noqa: BLE001 - handed to the round's thread
-            self.error = e
-
-    def join(self, timeout: float | None = None) -> None:
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
+        self._commit_result(live, named, agg_digest, failure, store)
