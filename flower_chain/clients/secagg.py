@@ -301,8 +301,8 @@ class _Node:
         inner = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
         out = call_next(_with(msg, inner), self.context)
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
-        if not 0 <= fitres.num_examples <= p["max_weight"]:  # a weight above quantization_range could wrap the sum
-            raise Refusal(f"num_examples {fitres.num_examples} is not in [0, max_weight {p['max_weight']}]")
+        if problem := checks.weight_problem(fitres.num_examples, rnd["header"]):  # its weight must not wrap the sum
+            raise Refusal(problem)
         vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
         rnd["masked_digest"], rnd["sources"] = array_digest(named), sources

@@ -76,6 +76,22 @@ def header_problem(header: Any, node_id: str) -> str | None:
     return None
 
 
+def weight_problem(num_examples: Any, header: dict[str, Any]) -> str | None:
+    """Why this node's quantized weight ``q = round(num_examples / max_weight * quantization_range)`` (element 0
+    of its input) could make the sum of the ``n`` sampled nodes' weights wrap modulo ``mod_range``
+    (``n * q >= mod_range``), or ``None``. Its other elements are at most ``quantization_range`` (§4)."""
+    p, n = header["params"], len(header["sampled"])
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
+        return f"num_examples {num_examples!r} is not a count"
+    q = round(num_examples / p["max_weight"] * p["quantization_range"])
+    if n * q >= p["mod_range"]:
+        return (
+            f"num_examples {num_examples} with max_weight {p['max_weight']} gives weight {q}: {n} such weights "
+            f"reach mod_range {p['mod_range']}, the masked sum could wrap (raise max_weight)"
+        )
+    return None
+
+
 def base_problem(record: Any, base_digest: bytes) -> str | None:
     """Why the model a masked-input instruction carries (its ``fitins.parameters`` ArrayRecord) is not the
     round header's ``base_digest``, or ``None``: else the server could send each node another model (a

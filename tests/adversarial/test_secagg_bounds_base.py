@@ -56,14 +56,31 @@ def test_the_auditor_fails_a_header_whose_sum_could_wrap(monkeypatch):
     assert any("could wrap" in f.message for f in named), named
 
 
-def test_a_node_whose_weight_exceeds_max_weight_refuses_to_mask():
-    fed = SecAggFederation("memory:", n=5, num_shares=5, threshold=3, max_weight=20.0)
-    heavy = [n for n in fed.node_ids if fed.examples[n] > 20]  # examples 10, 15, 20, 25, 30
+def test_a_node_whose_weight_could_wrap_the_sum_refuses_to_mask():
+    fed = SecAggFederation("memory:", n=5, num_shares=5, threshold=3, max_weight=0.1)
+    # examples 10, 15, 20, 25, 30: weights 100..300 * 2**22; 5 of them reach 2**32 from 204.8 * 2**22 on
+    heavy = [n for n in fed.node_ids if 5 * round(fed.examples[n] / 0.1 * 2**22) >= 2**32]
+    assert len(heavy) == 2
     figures = fed.run_round(1)
-    refused = {(nid, stage) for nid, stage, e in fed.grid.errors if isinstance(e, Refusal) and "max_weight" in str(e)}
+    refused = {(nid, stage) for nid, stage, e in fed.grid.errors if isinstance(e, Refusal) and "could wrap" in str(e)}
     assert refused == {(n, MASKED) for n in heavy}
     assert figures["failure"] == "" and figures["masked"] == 3 and figures["dropped"] == 2
     assert audit_secagg(fed.ledger).ok
+
+
+def test_a_weight_above_max_weight_that_cannot_wrap_is_taken():
+    """Flower only warns when num_examples > max_weight; the sum cannot wrap here (5 * 3 * 2**22 < 2**32)."""
+    fed = SecAggFederation("memory:", n=5, num_shares=5, threshold=3, max_weight=10.0)
+    figures = fed.run_round(1)
+    assert fed.grid.errors == [] and figures["failure"] == "" and figures["masked"] == 5
+    assert audit_secagg(fed.ledger).ok
+
+
+def test_weight_problem_is_total():
+    hdr = _header(3, 3, 2)
+    for bad in (-1, True, 1.5, "7", None):
+        assert "not a count" in (checks_module.weight_problem(bad, hdr) or "")
+    assert checks_module.weight_problem(0, hdr) is None
 
 
 def another_base_from(fed, liar):
