@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy
 
-from flower_chain.ledger.arrays import array_digest
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, DIGEST_VERSIONS, array_digest
 
 PREFIX = "flower-chain."
 CTX_FEDERATION = PREFIX + "federation"
 CTX_ROUND = PREFIX + "round"
 CTX_PARENT = PREFIX + "parent"
 CTX_BASE = PREFIX + "base"
+CTX_DIGEST_VERSION = PREFIX + "digest-version"  # the ledger's array digest version (its genesis'): 1 or 2
 CTX_RECEIPT = PREFIX + "receipt"  # tlog-proof texts of this node's updates it asked receipts for
 RECEIPT_SEPARATOR = "\x1e"  # between the tlog-proofs in CTX_RECEIPT
 CTX_CHECKPOINT = PREFIX + "checkpoint"  # signed checkpoint note of the ledger head
@@ -49,12 +50,19 @@ NUM_EXAMPLES_KEYS = ("num-examples", "num_examples")
 
 @dataclass(frozen=True)
 class LedgerContext:
-    """The ledger context a server sends with each instruction."""
+    """The ledger context a server sends with each instruction.
+
+    ``digest_version`` is the array digest version of the server's ledger (its genesis'
+    ``digest_version``, docs/ledger-format.md §6): the client digests the model it receives and the
+    arrays it returns under it. A context without the field (a server older than the field) means
+    :data:`~flower_chain.ledger.arrays.ARRAY_DIGEST_VERSION`, the version such servers judged with.
+    """
 
     federation_id: str
     round: int
     parent: bytes
     base_digest: bytes
+    digest_version: int = ARRAY_DIGEST_VERSION
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -62,18 +70,67 @@ class LedgerContext:
             CTX_ROUND: self.round,
             CTX_PARENT: self.parent,
             CTX_BASE: self.base_digest,
+            CTX_DIGEST_VERSION: self.digest_version,
         }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LedgerContext | None:
+        """The context of ``config`` (``None``: none sent); raises :class:`ValueError` when it is malformed."""
+        got = parse_context(config)
+        if isinstance(got, ContextProblem):
+            raise ValueError(got.reason)
+        return got
+
+
+@dataclass(frozen=True)
+class ContextProblem:
+    """A ledger context a client cannot use: it does not sign the instruction (``reason`` says why).
+
+    ``federation_id`` is the federation the context names (as text, possibly empty); ``field`` the
+    context key at fault and ``value`` a short ``repr`` of what the server sent there.
+    """
+
+    federation_id: str
+    field: str
+    value: str
+    reason: str
+
+
+def parse_context(config: Mapping[str, Any]) -> LedgerContext | ContextProblem | None:
+    """The ledger context of an instruction's config; never raises.
+
+    ``None`` when there is none (a plain Flower server: the client does not sign); a
+    :class:`ContextProblem` when a field is missing or of the wrong type, or the digest version is
+    not one this code computes (an unknown version is never guessed: the client would sign digests
+    the server's ledger cannot check).
+    """
+    try:
         if CTX_FEDERATION not in config:
             return None
-        return cls(
-            str(config[CTX_FEDERATION]),
-            int(config[CTX_ROUND]),
-            bytes(config[CTX_PARENT]),
-            bytes(config.get(CTX_BASE, b"")),
-        )
+        fid = config[CTX_FEDERATION]
+        fid_text = fid if isinstance(fid, str) else ""
+
+        def problem(key: str, reason: str) -> ContextProblem:
+            value = repr(config.get(key, None))
+            return ContextProblem(fid_text, key, value[:60] + ("..." if len(value) > 60 else ""), reason)
+
+        if not isinstance(fid, str):
+            return problem(CTX_FEDERATION, "the federation id is not text")
+        rnd = config.get(CTX_ROUND)
+        if type(rnd) is not int:
+            return problem(CTX_ROUND, "the round is missing or not an integer")
+        parent, base = config.get(CTX_PARENT), config.get(CTX_BASE, b"")
+        if not isinstance(parent, bytes) or not isinstance(base, bytes):
+            return problem(
+                CTX_PARENT if not isinstance(parent, bytes) else CTX_BASE, "the ledger head or base digest is not bytes"
+            )
+        version = config.get(CTX_DIGEST_VERSION, ARRAY_DIGEST_VERSION)
+        if type(version) is not int or version not in DIGEST_VERSIONS:
+            known = ", ".join(map(str, DIGEST_VERSIONS))
+            return problem(CTX_DIGEST_VERSION, f"not an array digest version this client computes (known: {known})")
+        return LedgerContext(fid, rnd, parent, base, version)
+    except Exception as e:  # noqa: BLE001 - a hostile config mapping (its own __contains__/get raising) is a problem
+        return ContextProblem("", CTX_FEDERATION, "", f"the config does not read ({type(e).__name__})")
 
 
 #: Largest NPY header accepted (numpy writes at most a few hundred bytes for any sane array).
@@ -171,9 +228,13 @@ def arrays_of(record: Any) -> list[tuple[str, np.ndarray]]:
     return [(str(k), ndarray_view(v)) for k, v in record.items()]
 
 
-def record_digest(record: Any) -> bytes:
-    """The canonical array digest of a Flower ArrayRecord."""
-    return array_digest(arrays_of(record))
+def record_digest(record: Any, version: int = ARRAY_DIGEST_VERSION) -> bytes:
+    """The canonical array digest of a Flower ArrayRecord under digest ``version``.
+
+    Pass the version of the ledger the digest is for (a context's ``digest_version``, a genesis'); the
+    default is the version new ledgers use.
+    """
+    return array_digest(arrays_of(record), version)
 
 
 def plain_metrics(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,12 @@ The mod signs only when the server sent a ledger context (a
 server replies pass through untouched. The signed statement covers the
 federation, round, ledger head, the digest of the global arrays the client
 actually received, the digest of the arrays it returns, num-examples and a
-digest of its metrics. It needs neither torch nor a particular ML framework.
+digest of its metrics. Both array digests use the digest version the context
+names (``flower-chain.digest-version``: the server's ledger's, from its
+genesis; absent: the current version). A context the client cannot use — a
+version it does not compute, a malformed field — is a finding and the
+instruction is refused with an error reply, untrained and unsigned
+(:mod:`flower_chain.clients.refusals`). It needs neither torch nor a particular ML framework.
 The global model received is hashed on a background thread while the
 ClientApp trains, and checked (receipts) before the reply is signed, so only
 the update's digest is left after training.
@@ -48,16 +53,16 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
-from logging import ERROR, INFO
+from logging import INFO
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context, Error, Message
-from flwr.common.constant import ErrorCode
+from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log as flwr_log
 
 from flower_chain.anchor.reader import AnchorReader
 from flower_chain.clients.receipts import CheckResult, ReceiptKeeper
+from flower_chain.clients.refusals import keyless_reply, refused_reply
 from flower_chain.clients.settings import (  # noqa: F401 - the settings' names stay importable from here
     ENV_KEY,
     NODE_CONFIG_KEY,
@@ -89,9 +94,11 @@ from flower_chain.wire import (
     SIG_RECORD,
     SIGNATURE,
     STATEMENT,
+    ContextProblem,
     LedgerContext,
     arrays_of,
     num_examples_of,
+    parse_context,
     plain_metrics,
     record_digest,
 )
@@ -100,12 +107,16 @@ log = logging.getLogger(__name__)
 
 
 def _incoming(msg: Message):
-    """(ledger context, its config record, incoming arrays record, legacy?) of a train/evaluate instruction."""
+    """(ledger context, its config record, incoming arrays record, legacy?) of a train/evaluate instruction.
+
+    The context is ``None`` when the server sent none, a :class:`~flower_chain.wire.ContextProblem` when
+    it is unusable (:func:`~flower_chain.wire.parse_context`, which never raises): nothing is signed then.
+    """
     if msg.metadata.message_type.split(".")[0] not in ("train", "evaluate"):
         return None, None, None, False
     content = msg.content
     for name, cfg in content.config_records.items():
-        ctx = LedgerContext.from_config(cfg)
+        ctx = parse_context(cfg)
         if ctx is not None:
             legacy = name in ("fitins.config", "evaluateins.config")
             arrays = None
@@ -176,7 +187,8 @@ def sign_reply(
         When given, its receipt counters for the federation are added to the reply's metrics
         before signing, and the statement (train or evaluate) is remembered for its receipt.
     base_digest : bytes, optional
-        Array digest of the arrays ``msg`` carries, when the caller computed it already.
+        Array digest of the arrays ``msg`` carries (under the context's ``digest_version``), when the
+        caller computed it already.
     incoming : tuple, optional
         ``_incoming(msg)``, when the caller computed it already.
     cosignature : str, optional
@@ -184,7 +196,7 @@ def sign_reply(
         sent beside the signature.
     """
     ctx, _cfg, received, legacy = incoming if incoming is not None else _incoming(msg)
-    if ctx is None or reply.has_error():
+    if not isinstance(ctx, LedgerContext) or reply.has_error():  # no context, or one the client cannot use
         return reply
     kind = msg.metadata.message_type.split(".")[0]
     if keeper is not None:
@@ -193,8 +205,9 @@ def sign_reply(
             for k, v in keeper.metrics_for(ctx.federation_id).items():
                 rec[k] = v
     arrays, metrics, n = _reply_parts(reply, kind, legacy)
+    version = ctx.digest_version  # the server's ledger's (its genesis'): the digests it records and judges
     if base_digest is None:
-        base_digest = record_digest(received) if received is not None else b""
+        base_digest = record_digest(received, version) if received is not None else b""
     statement = UpdateStatement(
         kind=kind,
         federation_id=ctx.federation_id,
@@ -202,7 +215,7 @@ def sign_reply(
         key_id=key_id(key),
         parent=ctx.parent,
         base_digest=base_digest,
-        arrays_digest=record_digest(arrays) if arrays is not None else b"",
+        arrays_digest=record_digest(arrays, version) if arrays is not None else b"",
         num_examples=-1 if n is None else n,
         metrics_digest=metrics_digest(metrics),
     ).to_bytes()
@@ -226,27 +239,6 @@ def sign_reply(
             fields[COSIGNATURE] = cosignature
         reply.content[SIG_RECORD] = ConfigRecord(fields)
     return reply
-
-
-def _keyless_reply(msg: Message, ctx: LedgerContext, error: KeyFileError, reported: dict) -> Message:
-    """The reply of a node that cannot sign: an error reply (the server records ``client-error``).
-
-    Flower logs the full traceback of every exception a ClientApp raises, once per message; a node without a
-    key would print one per instruction. Instead the problem is one ERROR line through Flower's logger, once
-    per round (train and evaluate of a round share it), and the reply is the error Flower itself would have
-    sent, with the key problem as its reason.
-    """
-    seen = (ctx.federation_id, str(error))
-    if reported.get(seen) != ctx.round:
-        reported[seen] = ctx.round
-        flwr_log(
-            ERROR,
-            "flower-chain: this node cannot sign round %d, its replies are errors (the server records "
-            "client-error): %s",
-            ctx.round,
-            error,
-        )
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"KeyFileError: {error}"), reply_to=msg)
 
 
 def make_signing_mod(
@@ -297,7 +289,7 @@ def make_signing_mod(
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
     fixed = load_private(key) if fixed_path is not None else key
     cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None]] = {}
-    reported: dict[tuple[str, str], int] = {}  # (federation, key error) -> the last round it was logged for
+    reported: dict[tuple[str, str], int] = {}  # (federation, key or context error) -> the last round it was logged
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
         incoming = _incoming(msg)
@@ -310,7 +302,9 @@ def make_signing_mod(
             if cache_key not in cache:
                 signer = fixed if fixed is not None else load_private(path)
         except KeyFileError as e:
-            return _keyless_reply(msg, ctx, e, reported)
+            if isinstance(ctx, ContextProblem):
+                return refused_reply(msg, ctx, None, reported)
+            return keyless_reply(msg, ctx, e, reported)
         if cache_key not in cache:
             kid = key_id(signer)
             where = Path(receipts_dir) / kid if receipts_dir is not None else _receipts_dir(context, path, kid)
@@ -336,10 +330,15 @@ def make_signing_mod(
                 path if path is not None else "given to make_signing_mod",
             )
         signer, keeper, anchors = cache[cache_key]
+        if isinstance(
+            ctx, ContextProblem
+        ):  # e.g. a digest version this client does not know: no training, no signature
+            return refused_reply(msg, ctx, keeper, reported)
         # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
         # only the update's digest is left after training. The arrays are views of the message's immutable
-        # bytes, taken here before training (a ClientApp that replaces record entries changes nothing).
-        pending = digest_in_background(arrays_of(received)) if received is not None else None
+        # bytes, taken here before training (a ClientApp that replaces record entries changes nothing). Under
+        # the digest version of the server's ledger, as the update's digest in sign_reply.
+        pending = digest_in_background(arrays_of(received), ctx.digest_version) if received is not None else None
         result: CheckResult | None = None
         try:
             reply = call_next(msg, context)

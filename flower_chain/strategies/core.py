@@ -122,7 +122,10 @@ class LedgerCore:
             self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
             self.recorder.start(fid, keys, strategy_name, strategy_config)
         self.keys = dict(self.writer.genesis.client_keys)
-        self.judge = Judge(self.keys, self.recorder.revoked, opts.verify_workers)
+        # one owner of the digest version: the ledger's genesis (the recorder's), for the judge and the clients
+        self.judge = Judge(
+            self.keys, self.recorder.revoked, opts.verify_workers, digest_version=self.recorder.digest_version
+        )
         self.opened_at_round = self.last_round
         if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
             self._attach_anchor(anchor, self.federation_id)
@@ -213,7 +216,9 @@ class LedgerCore:
         if kind == "train" and arrays is not None:
             self._dtypes[int(server_round)] = [np.asarray(a).dtype for _, a in arrays]
             self.recorder.store_model(arrays, rules.base_digest)  # usually stored already, as last round's result
-        return LedgerContext(self.federation_id, int(server_round), parent, rules.base_digest)
+        return LedgerContext(
+            self.federation_id, int(server_round), parent, rules.base_digest, self.recorder.digest_version
+        )
 
     def max_array_bytes(self, kind: str, server_round: int) -> int:
         """Most array bytes a reply of the round may carry (the parser's bound)."""

@@ -2,7 +2,8 @@
 
 It keeps what each round was configured with (ledger head, global model,
 its array names, shapes and dtypes) and turns parsed replies into policy
-evidence. The per-reply work that does not depend on other replies — the
+evidence, every digest under the ledger's digest version (its genesis').
+The per-reply work that does not depend on other replies — the
 array digest, the finiteness scan and the Ed25519 verification — runs on
 ``verify_workers`` threads (hashlib, NumPy and ``cryptography`` release the
 GIL); the verdicts themselves are decided by :func:`~flower_chain.ledger.policy.judge_round`
@@ -21,7 +22,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 
 from flower_chain.ledger import policy
-from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, first_nonfinite
+from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, check_version, first_nonfinite
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import _key_object, verify_signature
@@ -75,11 +76,11 @@ def all_finite(arrays: NamedArrays) -> bool:
     return first_nonfinite(arrays) is None
 
 
-def scan(arrays: NamedArrays | None) -> tuple[bytes, str | None, ArrayMeta | None]:
-    """(array digest, first array with a non-finite value, template) of parsed arrays. Pure."""
+def scan(arrays: NamedArrays | None, version: int) -> tuple[bytes, str | None, ArrayMeta | None]:
+    """(array digest under digest ``version``, first array with a non-finite value, template) of parsed arrays. Pure."""
     if arrays is None:
         return b"", None, None
-    return array_digest(arrays), first_nonfinite(arrays), array_meta(arrays)
+    return array_digest(arrays, version), first_nonfinite(arrays), array_meta(arrays)
 
 
 class Judge:
@@ -93,9 +94,22 @@ class Judge:
         Revoked key ids (kept current by the owner).
     verify_workers : int, optional
         Threads for the per-reply digest, scan and signature work (default: CPUs, at most 8).
+    digest_version : int
+        The array digest version of the ledger the verdicts are recorded in (its genesis'
+        ``digest_version``): every digest the judge computes — the global model's, each reply's — uses
+        it, as the recorder and the auditor do. No default: a judge on a v1 ledger digesting under v2
+        would reject every honest reply as ``digest-mismatch``.
     """
 
-    def __init__(self, keys: Mapping[str, bytes], revoked: set[str], verify_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, bytes],
+        revoked: set[str],
+        verify_workers: int | None = None,
+        *,
+        digest_version: int,
+    ) -> None:
+        self.digest_version = check_version(digest_version)
         if verify_workers is None:
             verify_workers = min(8, os.cpu_count() or 1)
         if int(verify_workers) < 1:
@@ -125,7 +139,7 @@ class Judge:
         if kind == "evaluate" or arrays is None:
             base = base_digest
         else:
-            base = array_digest(arrays)
+            base = array_digest(arrays, self.digest_version)
         rules = policy.RoundRules(
             federation_id=federation_id,
             kind=kind,
@@ -160,7 +174,7 @@ class Judge:
         digest, bad, meta = b"", None, None
         if precheck is None and reply.arrays is not None:
             try:
-                digest, bad, meta = scan(reply.arrays)
+                digest, bad, meta = scan(reply.arrays, self.digest_version)
             except (LedgerError, TypeError, ValueError) as e:
                 precheck = ("malformed", f"arrays do not hash: {safe_text(e, 200)}")
         ev = policy.Evidence(
