@@ -376,7 +376,7 @@ def _masked_vector(ledger: Ledger, digest: bytes, found: list[Finding], r: int, 
         found.append(Finding(r, MASKED, nid, "the stored masked input does not match its committed digest"))
     if any(a.dtype != np.uint32 for _, a in named):
         found.append(Finding(r, MASKED, nid, "the stored masked input is not uint32"))
-    return [np.asarray(a, dtype=np.int64) for _, a in named]
+    return [a for _, a in named]  # uint32 (checked above): unmask accumulates into int64 exactly
 
 
 def _check_result(t: RoundTranscript, total: list, n_live: int, found: list[Finding]) -> bool:

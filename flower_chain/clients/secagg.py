@@ -69,7 +69,7 @@ from flower_chain.ledger.secagg import (
     seed_digest,
     share_digest,
 )
-from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mod, mask_vectors
+from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mask
 
 log = logging.getLogger(__name__)
 RECORD = "flower-chain.secagg"  # the config record of every SecAgg+ instruction and reply
@@ -319,18 +319,17 @@ class _Node:
         p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
         q_ratio = round(num_examples / p["max_weight"] * p["quantization_range"])
         params = parameters_multiply(params, q_ratio / p["quantization_range"])
-        vec = [
-            np.asarray(a, dtype=np.int64)
+        vec = [  # private C-contiguous int64 copies the masks are added into
+            np.array(a, dtype=np.int64, order="C")
             for a in factor_combine(q_ratio, quantize(params, p["clipping_range"], p["quantization_range"]))
         ]
-        shapes = [a.shape for a in vec]
-        vec = add_mod(vec, mask_vectors(rnd["seed"], p["mod_range"], shapes, gen), p["mod_range"])
+        add_mask(vec, rnd["seed"], p["mod_range"], gen)
         sk1 = bytes_to_private_key(rnd["sk1"])
         for src in sources:
             shared = generate_shared_key(sk1, bytes_to_public_key(rnd["pks"][src][0]))
-            vec = add_mod(
-                vec, mask_vectors(shared, p["mod_range"], shapes, gen), p["mod_range"], 1 if me > int(src) else -1
-            )
+            add_mask(vec, shared, p["mod_range"], gen, 1 if me > int(src) else -1)
+        for a in vec:  # one reduction at the end: mod 2**k arithmetic, the same bits as reducing after each mask
+            np.bitwise_and(a, p["mod_range"] - 1, out=a)
         return vec
 
     # -- stage 3 ------------------------------------------------------------------------------------

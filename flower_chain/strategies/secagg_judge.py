@@ -209,7 +209,7 @@ def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
         return "the statement names another base model than the round header's base_digest"
     if not set(reply["sources"]) <= set(expect["sources"]):
         return "the node names shares from nodes it was not sent"
-    payload["arrays"] = [a.astype(np.int64) for _, a in named]
+    payload["arrays"] = [a for _, a in named]  # uint32: unmask accumulates into int64 (exact, no copy)
     return None
 
 

@@ -7,9 +7,7 @@ input: a problem comes back as text, never as an exception.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from flower_chain.ledger.secagg import seed_digest, share_digest
-from flower_chain.ledger.secagg_masks import mask_vectors
+from flower_chain.ledger.secagg_masks import add_mask
 
 
 def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
@@ -151,14 +149,8 @@ def unmask(
         for nid in live:  # every value is below 2**32: int64 sums of up to 2**31 terms cannot overflow
             for acc, a in zip(total, vectors[nid]):
                 acc += a
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # AES runs outside the GIL
-            masks = pool.map(lambda t: (mask_vectors(t[0], mod_range, shapes, generator), t[1]), signed)
-            for mask, sign in masks:
-                for acc, m in zip(total, mask):
-                    if sign > 0:
-                        acc += m
-                    else:
-                        acc -= m
+        for secret, sign in signed:  # the keystream added where it lands: no mask array per secret
+            add_mask(total, secret, mod_range, generator, sign)
     except Exception as e:  # noqa: BLE001 - a missing seed, key or public key is a finding
         return f"cannot unmask: {type(e).__name__}: {e}"
     return [a & (mod_range - 1) for a in total]
