@@ -20,6 +20,7 @@ from flower_chain.strategies import replies as parse
 from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.options import LedgerOptions
+from flower_chain.strategies.rounds import evaluate_round, train_round
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 from flower_chain.wire import CTX_FEDERATION, arrays_of
 
@@ -233,7 +234,8 @@ class LedgerStrategy(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
             return (arrays_of(arrays) if arrays is not None else None), (arrays, metrics)
 
-        named, views, got = self.core.train_round(
+        named, views, got = train_round(
+            self.core,
             server_round,
             judgements,
             len(accepted),
@@ -260,7 +262,8 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         replies = list(replies)
         accepted, judgements = self._judge("evaluate", server_round, replies)
-        return self.core.evaluate_round(
+        return evaluate_round(
+            self.core,
             server_round,
             judgements,
             len(accepted),

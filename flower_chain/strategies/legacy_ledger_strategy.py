@@ -32,6 +32,7 @@ from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.judge import Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.strategies.options import LedgerOptions
+from flower_chain.strategies.rounds import evaluate_round, train_round
 from flower_chain.wire import PREFIX
 
 
@@ -199,7 +200,8 @@ class LegacyLedgerStrategy(Strategy):
             for line in self.core.summary_lines():
                 log(INFO, "%s", line)
 
-        named, _, got = self.core.train_round(
+        named, _, got = train_round(
+            self.core,
             server_round,
             judgements,
             len(accepted),
@@ -259,7 +261,8 @@ class LegacyLedgerStrategy(Strategy):
             loss, metrics = got if got is not None else (None, {})
             return {**dict(metrics or {}), **({"loss": float(loss)} if loss is not None else {})}
 
-        got = self.core.evaluate_round(
+        got = evaluate_round(
+            self.core,
             server_round,
             judgements,
             len(accepted),
