@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.checkpoint import Checkpoint, HeadMismatchError, check_head, verify_checkpoint
 from flower_chain.ledger.cosignature import (
     CosignerKey,
     note_body,
@@ -46,6 +47,10 @@ class WitnessReport:
     coverage : dict
         Trusted witness (``NAME`` of its verifier key) -> heights whose stored note it validly cosigned,
         each height once however often its line is repeated; a trusted key that never cosigned maps to [].
+    head_mismatches : list of HeadMismatchError
+        Checkpoints (stored or cosigned) whose head line names another block than the ledger's block at
+        their size, or that lack one after the log started naming its head: each carries the height, the
+        ledger's block hash and what the checkpoint names (also in ``problems``).
     """
 
     blocks: int = 0
@@ -55,6 +60,7 @@ class WitnessReport:
     uncovered: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     coverage: dict[str, list[int]] = field(default_factory=dict)
+    head_mismatches: list[HeadMismatchError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +76,15 @@ class WitnessReport:
             "uncovered": self.uncovered,
             "problems": self.problems,
             "coverage": {name: list(heights) for name, heights in self.coverage.items()},
+            "head_mismatches": [
+                {
+                    "height": m.height,
+                    "ledger_block_hash": m.block_hash.hex(),
+                    "named_height": m.named.height if m.named else None,
+                    "named_block_hash": m.named.block_hash.hex() if m.named else None,
+                }
+                for m in self.head_mismatches
+            ],
         }
 
     def coverage_lines(self) -> list[str]:
@@ -153,21 +168,28 @@ def verify_witnessed(
     genesis = read_genesis(ledger)
     log_key = bytes(server_key) if server_key is not None else genesis.server_key
     report = WitnessReport(quorum=int(quorum), coverage={k.name: [] for k in keys})
-    last_witnessed = -1
+    last_witnessed, bound = -1, False
     for block in ledger.blocks():
         h = block.header.height
         report.blocks += 1
         stored = stored_cosigned_note(ledger, block)
         count = 0
+        try:  # the block's own checkpoint names it (once one checkpoint names its head block, every later one must)
+            bound = check_head(Checkpoint.from_text(note_body(block.checkpoint)), h, block.hash, required=bound)
+        except (CheckpointError, KeyFileError) as e:
+            _head_problem(report, h, "the stored checkpoint", e)
         if stored is not None:
             try:
                 if note_body(stored) != note_body(block.checkpoint):
+                    _witnessed_head(report, block, stored, bound)
                     raise CheckpointError("the stored cosigned note is for another checkpoint than the block's")
                 verify_checkpoint(stored, log_key, origin=genesis.origin)
                 cosigners = verify_cosigned_checkpoint(stored, log_key, keys, 0, origin=genesis.origin)[1]
                 count = len(cosigners)  # by witness: a repeated line counts once
                 for name in cosigners:
                     report.coverage.setdefault(name, []).append(h)
+            except _Reported:
+                count = 0
             except (CheckpointError, KeyFileError) as e:
                 report.problems.append(f"block {h}: {safe_text(str(e), 300)}")
                 count = 0
@@ -177,3 +199,28 @@ def verify_witnessed(
             last_witnessed = h
     report.uncovered = [h for h in sorted(report.counts) if h > last_witnessed]
     return report
+
+
+class _Reported(Exception):
+    """A problem already added to the report (the cosigned note does not count)."""
+
+
+def _witnessed_head(report: WitnessReport, block: StoredBlock, stored: str, bound: bool) -> None:
+    """A cosigned note of this block's log size and root that names another head block than this one: the
+    header was re-signed after the witnesses cosigned (raises :class:`_Reported` once the problem is added)."""
+    cp = Checkpoint.from_text(note_body(stored))
+    if (cp.size, cp.root_hash) != (block.header.log_size, block.header.log_root):
+        return  # another checkpoint altogether (a fork): the caller says so
+    try:
+        check_head(cp, block.header.height, block.hash, required=bound)
+    except CheckpointError as e:
+        raise _Reported(_head_problem(report, block.header.height, "the witnessed checkpoint", e)) from e
+
+
+def _head_problem(report: WitnessReport, height: int, what: str, e: Exception) -> str:
+    """Add a head line problem of block ``height`` to ``report`` (NOT VERIFIED: names both hashes)."""
+    text = f"block {height}: {what} does not name the ledger's block: {safe_text(str(e), 400)}"
+    report.problems.append(text)
+    if isinstance(e, HeadMismatchError):
+        report.head_mismatches.append(e)
+    return text

@@ -11,6 +11,7 @@ client logs, appends to ``errors.log`` and counts.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,76 @@ class HeadWrongFederation(Finding):
     @property
     def message(self) -> str:
         return f"the head block header is for federation {self.header.federation_id!r}"
+
+
+@dataclass(frozen=True)
+class HeadNotNamed(Finding):
+    """The checkpoint's head line names another block than the signed head header sent with it (or names none,
+    on a log whose checkpoints named their head before): what a cosignature would vouch for is not this head.
+
+    Attributes
+    ----------
+    header : BlockHeader
+        The head header sent (server-signed).
+    head_hash : bytes
+        Its block hash.
+    named_height : int or None
+        The height the checkpoint names (``None``: no head line).
+    named_hash : bytes
+        The block hash the checkpoint names (empty: no head line).
+    """
+
+    header: BlockHeader
+    head_hash: bytes
+    named_height: int | None
+    named_hash: bytes
+
+    @property
+    def message(self) -> str:
+        if self.named_height is None:
+            return (
+                f"the checkpoint names no head block (flower-chain/head) though this log's checkpoints did "
+                f"before; the head sent is block {self.header.height} with hash {self.head_hash.hex()}"
+            )
+        return (
+            f"the checkpoint names head block {self.named_height} with hash {self.named_hash.hex()}, the head "
+            f"header sent is block {self.header.height} with hash {self.head_hash.hex()}"
+        )
+
+
+@dataclass(frozen=True)
+class HeadFork(Finding):
+    """Two server-signed head headers that cannot both be in one chain: the same height with another hash,
+    or the next height not linking to the one this client verified (the server rewrote a block).
+
+    Attributes
+    ----------
+    kept_header, kept_signature : bytes
+        The header this client verified before, as sent, and its signature.
+    header, signature : bytes
+        The header received now, as sent, and its signature.
+    """
+
+    kept_header: bytes
+    kept_signature: bytes
+    header: bytes
+    signature: bytes
+
+    @property
+    def message(self) -> str:
+        kept, now = BlockHeader.from_bytes(self.kept_header), BlockHeader.from_bytes(self.header)
+        kept_hash, now_hash = hashlib.sha256(self.kept_header).hexdigest(), hashlib.sha256(self.header).hexdigest()
+        if kept.height == now.height:
+            why = (
+                f"block {now.height} now has hash {now_hash} (model_after {now.model_after.hex()[:16]}), this "
+                f"client verified it with hash {kept_hash} (model_after {kept.model_after.hex()[:16]})"
+            )
+        else:
+            why = (
+                f"block {now.height} (hash {now_hash}) links to prev_hash {now.prev_hash.hex()}, this client "
+                f"verified block {kept.height} with hash {kept_hash}"
+            )
+        return f"FORK: {why}: the server rewrote its history (both headers are signed by it)"
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ node's previous updates. :class:`ReceiptChecker` asks, in order:
 1. **checkpoint** — is there one, under the pinned server key, for this log?
 2. **witnesses** — does it carry the quorum of trusted witnesses' cosignatures?
 3. **head** — is the signed head block the head of that log, for this
-   federation, and does it record the global model received (to train or evaluate)?
+   federation, the block its checkpoint names (``flower-chain/head``), and
+   does it record the global model received (to train or evaluate)?
 4. **consistency** — does the log extend the last one this client saw?
-5. **receipts** — is every update this client sent since on the ledger, accepted?
+5. **history** — is the head no rewrite of a block header this client verified
+   before (same height, another hash; or the next block linking to another)?
+6. **receipts** — is every update this client sent since on the ledger, accepted?
 
 Each step returns the :mod:`~flower_chain.clients.findings` it made (each
 carrying its evidence) and whether the next steps can run; the checker never
@@ -32,7 +35,9 @@ from flower_chain.clients.findings import (
     Finding,
     Fork,
     ForkSuspected,
+    HeadFork,
     HeadMissing,
+    HeadNotNamed,
     HeadNotOfCheckpoint,
     HeadSignatureInvalid,
     HeadUndecodable,
@@ -49,7 +54,7 @@ from flower_chain.clients.findings import (
 from flower_chain.clients.receipt_store import ReceiptStore, checkpoint_of, origin_for
 from flower_chain.ledger import merkle
 from flower_chain.ledger.block import BlockHeader
-from flower_chain.ledger.checkpoint import Checkpoint, verify_checkpoint
+from flower_chain.ledger.checkpoint import Checkpoint, head_of, verify_checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.entries import ACCEPTED, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
@@ -128,6 +133,8 @@ class _Run:
     previous: str | None = None
     deferred: bool = False
     deferring: bool = False  # this instruction's consistency check is deferred (the receipts step still runs)
+    head: tuple[bytes, bytes] | None = None  # the head header verified (bytes, signature), kept after consistency
+    named: bool = False  # the checkpoint named that head (flower-chain/head line)
 
     @property
     def origin(self) -> str:
@@ -167,7 +174,7 @@ class ReceiptChecker:
     ) -> None:
         """Run the steps in order into ``res`` (its ``findings`` grow as each step returns)."""
         run = _Run(str(fid), config, kind, received_digest, res)
-        for step in (self.checkpoint, self.witnessed, self.head, self.consistency, self.receipts):
+        for step in (self.checkpoint, self.witnessed, self.head, self.consistency, self.history, self.receipts):
             findings, go_on = step(run)
             res.findings.extend(findings)
             res.errors = len(res.findings)
@@ -244,11 +251,48 @@ class ReceiptChecker:
             return [HeadNotOfCheckpoint(header, cp)], True
         if header.federation_id != run.fid:
             return [HeadWrongFederation(header)], True
+        named = self._head_named(run, header, head)
+        if named is not None:  # another head than the checkpoint names: not what a cosignature vouches for
+            return [named], True
         run.res.header, run.res.head_hash = header, hashlib.sha256(head).digest()
+        run.head = (head, signature)
         if (
             header.model_after and run.received_digest is not None and run.received_digest != header.model_after
         ):  # train on it, or evaluate it: the same model
             return [ModelMismatch(header, run.received_digest)], True
+        return [], True
+
+    def _head_named(self, run: _Run, header: BlockHeader, head: bytes) -> Finding | None:
+        """The checkpoint's head line names this header (required once this log's checkpoints named their head)."""
+        cp, note = run.res.checkpoint, run.res.note
+        assert cp is not None and note is not None
+        block_hash = hashlib.sha256(head).digest()
+        try:
+            named = head_of(cp)
+        except LedgerError as e:
+            return CheckpointInvalid(note, str(e))
+        if named is None:
+            run.named = False
+            return HeadNotNamed(header, block_hash, None, b"") if self.store.head_bound(run.origin) else None
+        if (named.height, named.block_hash) != (header.height, block_hash):
+            return HeadNotNamed(header, block_hash, named.height, named.block_hash)
+        run.named = True
+        return None
+
+    def history(self, run: _Run) -> Step:
+        """On a consistent log, the head header is no rewrite of a block this client verified before (the same
+        height with another hash, or the next height linking to another): then it is kept as evidence."""
+        header = run.res.header
+        if header is None or run.head is None or run.deferring:
+            return [], True
+        head, signature = run.head
+        for height in (header.height, header.height - 1):  # the same block, and the one it links to
+            kept = self.store.head_at(run.origin, height) if height >= 0 else None
+            want = run.res.head_hash if height == header.height else header.prev_hash
+            if kept is not None and hashlib.sha256(kept[0]).digest() != want:
+                run.res.header, run.res.head_hash = None, b""
+                return [HeadFork(kept[0], kept[1], head, signature)], True
+        self.store.save_head(run.origin, header.height, head, signature, run.named)
         return [], True
 
     def consistency(self, run: _Run) -> Step:

@@ -4,7 +4,9 @@ In the directory of one client key (``receipts/<key id>/``):
 
 * ``server-key`` — the server's Ed25519 key, pinned on first use unless given;
 * ``state.sqlite`` — per log origin (``flower-chain/<federation id>``): the
-  last checkpoint verified (and whether a check was deferred), the statements
+  last checkpoint verified (and whether a check was deferred), every head block
+  header verified (with its signature, and whether its checkpoint named it: the
+  evidence of a fork when another header of the same height comes), the statements
   signed and not yet receipted, and the counters (receipts, errors); shared
   safely by every process of the node (each check is one SQLite transaction,
   counters only ever grow);
@@ -56,6 +58,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (origin TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
                                      PRIMARY KEY (origin, name));
 CREATE TABLE IF NOT EXISTS logs (origin TEXT PRIMARY KEY, checkpoint TEXT, deferred INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS heads (origin TEXT NOT NULL, height INTEGER NOT NULL, header BLOB NOT NULL,
+                                  signature BLOB NOT NULL, bound INTEGER NOT NULL, PRIMARY KEY (origin, height));
 CREATE TABLE IF NOT EXISTS pending (origin TEXT NOT NULL, round INTEGER NOT NULL, statement BLOB NOT NULL,
                                     PRIMARY KEY (origin, round));
 CREATE TABLE IF NOT EXISTS pending_replies (origin TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL,
@@ -177,6 +181,24 @@ class ReceiptStore:
             "INSERT INTO logs (origin, checkpoint, deferred) VALUES (?, ?, ?) ON CONFLICT (origin) "
             "DO UPDATE SET checkpoint = excluded.checkpoint, deferred = excluded.deferred",
             (origin, checkpoint, int(deferred)),
+        )
+
+    def head_at(self, origin: str, height: int) -> tuple[bytes, bytes] | None:
+        """The head block header (and its signature) verified at ``height`` of a log, if any."""
+        row = self._db.execute(
+            "SELECT header, signature FROM heads WHERE origin = ? AND height = ?", (origin, int(height))
+        ).fetchone()
+        return (bytes(row[0]), bytes(row[1])) if row else None
+
+    def head_bound(self, origin: str) -> bool:
+        """Whether a checkpoint of this log already named its head block (flower-chain/head line)."""
+        return self._db.execute("SELECT 1 FROM heads WHERE origin = ? AND bound = 1", (origin,)).fetchone() is not None
+
+    def save_head(self, origin: str, height: int, header: bytes, signature: bytes, bound: bool) -> None:
+        """Keep a verified head block header (the first one of each height stays: it is the evidence)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO heads (origin, height, header, signature, bound) VALUES (?, ?, ?, ?, ?)",
+            (origin, int(height), bytes(header), bytes(signature), int(bound)),
         )
 
     def pending(self, origin: str) -> list[tuple[int, bytes]]:

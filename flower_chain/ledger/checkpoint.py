@@ -61,6 +61,98 @@ class Checkpoint:
         return cls(origin, int(size_s), root, tuple(ext))
 
 
+HEAD_TAG = "flower-chain/head"
+"""First word of the checkpoint extension line naming the log's head block (docs/ledger-format.md §5.1)."""
+
+
+def head_line(height: int, block_hash: bytes) -> str:
+    """The extension line ``flower-chain/head <height> <base64 block hash>`` (no newline)."""
+    if len(block_hash) != 32 or not 0 <= int(height) < 2**63:
+        raise CheckpointError("a head line names a height in 0..2**63-1 and a 32-byte block hash")
+    return f"{HEAD_TAG} {int(height)} {base64.b64encode(bytes(block_hash)).decode()}"
+
+
+@dataclass(frozen=True)
+class HeadLine:
+    """What a checkpoint's head line names: the height and hash of the block the log ends with."""
+
+    height: int
+    block_hash: bytes
+
+
+def head_of(cp: Checkpoint) -> HeadLine | None:
+    """The head line of a checkpoint (``None`` when it has none).
+
+    Raises
+    ------
+    CheckpointError
+        A line starting with ``flower-chain/head`` that is not exactly ``flower-chain/head HEIGHT BASE64``
+        (decimal without leading zeros, canonical padded base64 of 32 bytes), or more than one.
+    """
+    lines = [e for e in cp.extensions if e.split(" ", 1)[0] == HEAD_TAG]
+    if not lines:
+        return None
+    if len(lines) > 1:
+        raise CheckpointError("the checkpoint has more than one head line")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not is_decimal(parts[1]) or (len(parts[1]) > 1 and parts[1][0] == "0"):
+        raise CheckpointError(f"malformed head line: not '{HEAD_TAG} HEIGHT BASE64'")
+    try:
+        block_hash = base64.b64decode(parts[2], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise CheckpointError("the head line's block hash is not base64") from e
+    if len(block_hash) != 32 or base64.b64encode(block_hash).decode() != parts[2] or int(parts[1]) >= 2**63:
+        raise CheckpointError("the head line's block hash is not the canonical base64 of 32 bytes")
+    return HeadLine(int(parts[1]), block_hash)
+
+
+class HeadMismatchError(CheckpointError):
+    """A checkpoint's head line names another block than the ledger's block at its size (or none at all).
+
+    Attributes
+    ----------
+    height : int
+        The ledger's block whose checkpoint it is.
+    block_hash : bytes
+        That block's hash in the ledger.
+    named : HeadLine or None
+        What the checkpoint names (``None``: no head line where one is required).
+    """
+
+    def __init__(self, height: int, block_hash: bytes, named: HeadLine | None) -> None:
+        self.height, self.block_hash, self.named = height, bytes(block_hash), named
+        if named is None:
+            why = (
+                f"the checkpoint of block {height} has no {HEAD_TAG} line, but an earlier checkpoint of this "
+                f"log has one (every later checkpoint must; the ledger's block {height} has hash {block_hash.hex()})"
+            )
+        else:
+            why = (
+                f"the checkpoint names head block {named.height} with hash {named.block_hash.hex()}, the "
+                f"ledger's block {height} at its size has hash {block_hash.hex()}"
+            )
+        super().__init__(why)
+
+
+def check_head(cp: Checkpoint, height: int, block_hash: bytes, *, required: bool) -> bool:
+    """Check that ``cp`` names block ``height`` with hash ``block_hash``; return whether it has a head line.
+
+    ``required``: an earlier checkpoint of the log had a head line (then this one must have it too).
+
+    Raises
+    ------
+    CheckpointError
+        A malformed head line; :class:`HeadMismatchError` when it names another block or is missing
+        while ``required``.
+    """
+    named = head_of(cp)
+    if named is None and not required:
+        return False
+    if named is None or (named.height, named.block_hash) != (int(height), bytes(block_hash)):
+        raise HeadMismatchError(int(height), block_hash, named)
+    return True
+
+
 def note_key_id(name: str, public: Ed25519PublicKey | bytes) -> bytes:
     raw = public if isinstance(public, bytes) else raw_public(public)
     return hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + raw).digest()[:4]

@@ -42,7 +42,7 @@ from flower_chain.ledger import merkle
 from flower_chain.ledger.arrays import array_digest, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import ZERO_HASH, BlockHeader, StoredBlock
-from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.checkpoint import check_head, verify_checkpoint
 from flower_chain.ledger.entries import ACCEPTED, Entry, EvaluationEntry, GenesisEntry, UpdateEntry
 from flower_chain.ledger.entry_checks import check_entries
 from flower_chain.ledger.errors import LedgerError, VerificationError
@@ -75,6 +75,7 @@ class Walk:
     rounds: set[int] = field(default_factory=set)
     secagg_result: bool = False  # the block being checked holds a successful SecAgg+ result
     evaluated_rounds: set[int] = field(default_factory=set)  # rounds whose federated evaluation summary was seen
+    head_bound: bool = False  # a checkpoint so far named its head block: every later one must (check_head)
 
 
 def verify(
@@ -248,6 +249,10 @@ def check_signatures(h: BlockHeader, block: StoredBlock, w: Walk) -> GenesisEntr
         raise VerificationError(f"checkpoint: {e}", height=h.height) from e
     if (cp.size, cp.root_hash) != (h.log_size, h.log_root):
         raise VerificationError("the signed checkpoint does not match the header", height=h.height)
+    try:  # the head line (ledger-format §5.1): the checkpoint names this block
+        w.head_bound = check_head(cp, h.height, block.hash, required=w.head_bound)
+    except LedgerError as e:
+        raise VerificationError(f"checkpoint: {e}", height=h.height) from e
     return genesis
 
 

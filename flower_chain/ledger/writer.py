@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import FORMAT_VERSION, ZERO_HASH, BlockHeader, StoredBlock
-from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint
+from flower_chain.ledger.checkpoint import Checkpoint, head_line, sign_checkpoint
 from flower_chain.ledger.entries import Entry, GenesisEntry, RevocationEntry, decode_entry
 from flower_chain.ledger.errors import AppendError, LedgerError
 from flower_chain.ledger.keys import key_id, raw_public
@@ -187,8 +187,9 @@ class LedgerWriter:
             log_root=log_range.root(),
         )
         hb = header.to_bytes()
+        head = head_line(header.height, hashlib.sha256(hb).digest())  # cosigners vouch for the head block too
         cp = sign_checkpoint(
-            Checkpoint(origin_for(header.federation_id), header.log_size, header.log_root), self.server_key
+            Checkpoint(origin_for(header.federation_id), header.log_size, header.log_root, (head,)), self.server_key
         )
         block = StoredBlock(hb, self.server_key.sign(hb), cp)
         self.ledger.append(block, data, nodes)
