@@ -42,10 +42,11 @@ def named(record: ArrayRecord):
     return [(k, np.asarray(v.numpy())) for k, v in record.items()]
 
 
-def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int) -> None:
+def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int, strategy=None) -> None:
     """A ledger holding only a genesis naming digest ``version`` (1: as ledgers written before v2), written
-    as the recorder writes one (the strategy config in the blob store under the genesis' config digest)."""
-    config = strategy_config(fedavg())
+    as the recorder writes one (``strategy``'s config, default :func:`fedavg`'s, in the blob store under the
+    genesis' config digest)."""
+    config = strategy_config(strategy if strategy is not None else fedavg())
     ledger = open_ledger(uri, create=True)
     try:
         ledger.put_blob(encode(config), config_digest(config))
@@ -66,18 +67,20 @@ def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int) ->
         ledger.close()
 
 
-def strategy_on(tmp_path, version: int) -> tuple[LedgerStrategy, Clients, str]:
+def strategy_on(tmp_path, version: int, **fedavg_settings) -> tuple[LedgerStrategy, Clients, str]:
+    """A LedgerStrategy around :func:`fedavg` (with ``fedavg_settings``) on a new ledger whose genesis names
+    ``version``: (strategy, the clients of its keyring, the ledger URI)."""
     clients, server_key = Clients(len(NODES)), Ed25519PrivateKey.generate()
     uri = f"sqlite:///{tmp_path}/v{version}.db"
-    ledger_with_genesis(uri, clients, server_key, version)
-    strategy = LedgerStrategy(fedavg(), ledger=uri, keyring=clients.keyring, server_key=server_key)
+    ledger_with_genesis(uri, clients, server_key, version, fedavg(**fedavg_settings))
+    strategy = LedgerStrategy(fedavg(**fedavg_settings), ledger=uri, keyring=clients.keyring, server_key=server_key)
     return strategy, clients, uri
 
 
-def instructions(strategy: LedgerStrategy, rnd: int, current: ArrayRecord):
-    return sorted(
-        strategy.configure_train(rnd, current, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id
-    )
+def instructions(strategy: LedgerStrategy, rnd: int, current: ArrayRecord, kind: str = "train"):
+    """The round's train (or evaluate) instructions to :data:`NODES`, in node order."""
+    configure = strategy.configure_train if kind == "train" else strategy.configure_evaluate
+    return sorted(configure(rnd, current, ConfigRecord({}), FakeGrid(NODES)), key=lambda m: m.metadata.dst_node_id)
 
 
 def cli(*args) -> tuple[int, str]:

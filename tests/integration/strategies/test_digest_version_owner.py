@@ -10,6 +10,7 @@ The model carries a 0-d array, so its v1 and v2 digests differ (a 1 MiB model wo
 from __future__ import annotations
 
 import pytest
+from flwr.app import Message, MetricRecord, RecordDict
 
 from flower_chain.clients.receipts import read_counts
 from flower_chain.clients.signing import make_signing_mod, sign_reply
@@ -26,12 +27,16 @@ from tests.support.fl_helpers import context, copy_config, train_reply
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
+def evaluate_reply(msg: Message, _ctx) -> Message:
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "eval_loss": 0.5})}), reply_to=msg)
+
+
 def test_the_model_digests_differently_under_v1_and_v2():  # what makes the tests below mean something
     assert array_digest(named(model(0)), 1) != array_digest(named(model(0)), 2)
 
 
 def test_a_v1_ledger_continued_by_todays_server_accepts_honest_replies_and_verifies_and_audits(tmp_path):
-    strategy, clients, uri = strategy_on(tmp_path, 1)
+    strategy, clients, uri = strategy_on(tmp_path, 1, fraction_evaluate=1.0, min_evaluate_nodes=1)
     mods = [make_signing_mod(k, receipts_dir=tmp_path / f"receipts-{i}") for i, k in enumerate(clients.keys)]
     current = model(0)
     for rnd in (1, 2):
@@ -44,6 +49,10 @@ def test_a_v1_ledger_continued_by_todays_server_accepts_honest_replies_and_verif
         current, _ = strategy.aggregate_train(rnd, replies)
         stats = strategy.round_stats(rnd)
         assert stats["accepted"] == 3 and stats["rejected"] == 0, stats
+        msgs = instructions(strategy, rnd, current, "evaluate")  # evaluated: the base digest is v1 too
+        replies = [mod(m, context(), evaluate_reply) for m, mod in zip(msgs, mods)]
+        assert strategy.aggregate_evaluate(rnd, replies) is not None
+        assert strategy.core.verdicts[("evaluate", "ok")] == 3 * rnd, strategy.core.verdicts
     strategy.close()
     # the clients' receipt checks agree: the model each received is the one the head block records (v1 digests)
     assert all(read_counts(tmp_path / f"receipts-{i}")["errors"] == 0 for i in range(3))
