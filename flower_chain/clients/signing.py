@@ -24,10 +24,10 @@ names (``flower-chain.digest-version``: the server's ledger's, from its
 genesis; absent: the current version). A context the client cannot use — a
 version it does not compute, a malformed field — is a finding and the
 instruction is refused with an error reply, untrained and unsigned
-(:mod:`flower_chain.clients.refusals`). It needs neither torch nor a particular ML framework.
-The global model received is hashed on a background thread while the
-ClientApp trains, and checked (receipts) before the reply is signed, so only
-the update's digest is left after training.
+(:mod:`flower_chain.clients.refusals`). It needs neither torch nor a
+particular ML framework. The global model received is hashed on a background
+thread while the ClientApp trains, and checked (receipts) before the reply is
+signed, so only the update's digest is left after training.
 
 Clients as witnesses: when every receipt check of an instruction passed (the
 checkpoint verified and extends the last one this client saw), the reply also
