@@ -16,7 +16,10 @@ before any signature, so the answer never depends on line order); 404 unknown or
 size larger than the checkpoint size; 409 old size differs from the stored
 size (body ``<stored size>\\n``, ``Content-Type: text/x.tlog.size``); 422 the
 consistency proof does not verify (or is not empty for old size 0); 409 equal
-sizes with another root; 200 with one ``cosignature/v1`` line.
+sizes with another root; the ``flower-chain/head`` line (docs/ledger-format.md
+§5.1): 400 malformed, 422 missing after a cosigned checkpoint of the log had one,
+409 equal size and root naming another block of the same or a lower height (a
+re-signed header); 200 with one ``cosignature/v1`` line.
 
 The compare of the old size with the stored one and the save of the new
 checkpoint run in one ``BEGIN IMMEDIATE`` SQLite transaction whose ``UPDATE``
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.ledger import merkle
-from flower_chain.ledger.checkpoint import Checkpoint, open_note, parse_note, parse_verifier_key
+from flower_chain.ledger.checkpoint import Checkpoint, head_of, open_note, parse_note, parse_verifier_key
 from flower_chain.ledger.cosignature import cosigner_verifier_key, sign_cosignature
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
 from flower_chain.ledger.text import is_decimal
@@ -128,7 +131,7 @@ class WitnessStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT size, root FROM logs WHERE origin = ?", (origin,)).fetchone()
+                row = db.execute("SELECT size, root, checkpoint FROM logs WHERE origin = ?", (origin,)).fetchone()
                 size, root = (row[0], bytes(row[1])) if row else (0, merkle.EMPTY_ROOT)
                 if old_size != size:
                     db.execute("ROLLBACK")
@@ -144,6 +147,10 @@ class WitnessStore:
                 except ProofError as e:
                     db.execute("ROLLBACK")
                     return Reply(422, f"consistency proof: {e}\n".encode())
+                head_refused = _head_refusal(row[2] if row else None, size, cp)
+                if head_refused is not None:
+                    db.execute("ROLLBACK")
+                    return head_refused
                 now = int(time.time())
                 if row is None:
                     db.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (origin, cp.size, cp.root_hash, note, now))
@@ -164,6 +171,30 @@ class WitnessStore:
                 raise
         finally:
             db.close()
+
+
+def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint) -> Reply | None:
+    """The head line rules (docs/ledger-format.md §5.1) against the latest checkpoint cosigned for the log.
+
+    Once a cosigned checkpoint of a log named its head block, every later one must (422); at the same size
+    and root, a checkpoint naming another block of the same or a lower height than the one cosigned is a
+    re-signed header (409: the witness keeps what it cosigned). A later height at the same size is an empty
+    block appended.
+    """
+    if stored_note is None:
+        return None
+    try:
+        before = head_of(Checkpoint.from_text(stored_note[: stored_note.rfind("\n\n") + 1]))
+        now = head_of(cp)
+    except CheckpointError:
+        return Reply(400, b"malformed flower-chain/head line\n")
+    if before is None:
+        return None
+    if now is None:
+        return Reply(422, b"this log's checkpoints name their head block (flower-chain/head); this one does not\n")
+    if cp.size == size and now.height <= before.height and now != before:
+        return Reply(409, f"{size}\n".encode(), SIZE_CONTENT_TYPE)
+    return None
 
 
 class Witness:
@@ -261,6 +292,10 @@ class Witness:
             return Reply(400, b"checkpoint size does not fit in 63 bits\n")
         if old_size > cp.size:
             return Reply(400, b"the old size is larger than the checkpoint size\n")
+        try:
+            head_of(cp)
+        except CheckpointError as e:
+            return Reply(400, f"checkpoint: {e}\n".encode())
         refused = self.store.compare_and_update(origin, old_size, proof, cp, note)
         if refused is not None:
             return refused
