@@ -164,3 +164,19 @@ def test_a_checkpoint_without_the_head_line_after_one_with_it_fails_verify(tmp_p
     db.close()
     code, out = cli("ledger", "verify", uri)
     assert code == 1 and f"block {height}" in out and "flower-chain/head" in out, out
+
+
+def test_an_old_format_ledger_appended_by_this_writer_names_the_heads_it_adds_and_verifies(tmp_path):
+    from flower_chain.ledger.writer import LedgerWriter
+
+    f, uri, path, vkey = _witnessed_ledger(tmp_path, old_format=True)
+    f.ledger = open_ledger(uri)
+    f.writer = LedgerWriter(f.ledger, f.server_key)
+    f.add_round(4, n=2)
+    blocks = list(f.ledger.blocks())
+    f.ledger.close()
+    assert [len(Checkpoint.from_text(note_body(b.checkpoint)).extensions) for b in blocks] == [0, 0, 0, 0, 1]
+    code, out = cli("ledger", "verify", uri)
+    assert code == 0, out
+    code, out = cli("ledger", "verify", uri, "--witness", vkey)
+    assert code == 1 and "blocks 4..4 follow the last checkpoint" in out, out  # block 4 is not witnessed yet
