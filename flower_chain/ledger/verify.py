@@ -9,7 +9,8 @@ log range, and checks, block by block:
 * every entry's leaf hash: the block's ``entries_root`` and ``entry_count``,
   and the running RFC 9162 log (``log_size``, ``log_root``) after the block;
 * the server's Ed25519 signature on every header, and the signed C2SP
-  checkpoint stored with each block (same size and root);
+  checkpoint stored with each block (same size and root; its head line names
+  the block, required once a checkpoint had one: ledger-format §5.1);
 * genesis rules: block 0 is round 0, has zero ``prev_hash`` and exactly one
   entry, a genesis entry; no other block has one;
 * (``full``) every entry decodes; update entries belong to the block's round

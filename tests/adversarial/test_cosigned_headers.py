@@ -10,7 +10,9 @@ two tests fail: the rewrite verifies).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import sqlite3
 
 import pytest
@@ -29,7 +31,7 @@ from flower_chain.ledger.cosignature import (
     note_body,
     sign_cosignature,
 )
-from flower_chain.ledger.writer import origin_for
+from flower_chain.ledger.writer import LedgerWriter, origin_for
 from tests.conftest import Federation
 
 WITNESS = "witness.test/headers"
@@ -74,9 +76,8 @@ def _rewrite_head(f: Federation, uri: str, path: str, *, resign_checkpoint: bool
     hb = forged.to_bytes()
     checkpoint = head.checkpoint
     if resign_checkpoint:
-        body = note_body(head.checkpoint).replace(
-            _b64(head.hash), _b64(__import__("hashlib").sha256(hb).digest())
-        )  # the head line (if any) names the new block
+        new_hash = hashlib.sha256(hb).digest()  # the head line (if any) names the new block
+        body = note_body(head.checkpoint).replace(_b64(head.hash), _b64(new_hash))
         checkpoint = sign_checkpoint(Checkpoint.from_text(body), f.server_key)
     db = sqlite3.connect(path)
     with db:
@@ -94,8 +95,6 @@ def _rewrite_head(f: Federation, uri: str, path: str, *, resign_checkpoint: bool
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode()
 
 
@@ -167,8 +166,6 @@ def test_a_checkpoint_without_the_head_line_after_one_with_it_fails_verify(tmp_p
 
 
 def test_an_old_format_ledger_appended_by_this_writer_names_the_heads_it_adds_and_verifies(tmp_path):
-    from flower_chain.ledger.writer import LedgerWriter
-
     f, uri, path, vkey = _witnessed_ledger(tmp_path, old_format=True)
     f.ledger = open_ledger(uri)
     f.writer = LedgerWriter(f.ledger, f.server_key)
