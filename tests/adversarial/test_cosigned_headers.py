@@ -123,6 +123,13 @@ def test_a_head_rewritten_after_witnessing_fails_verify_witness_naming_block_and
         ledger.close()
     assert not rep.ok and rep.problems and rep.problems[0].startswith("block 3: the witnessed checkpoint")
     assert 3 not in rep.witnessed and rep.uncovered == [3]
+    [m] = rep.to_dict()["head_mismatches"]  # the evidence, structured (the report page and --json)
+    assert m == {
+        "height": 3,
+        "ledger_block_hash": new_hash.hex(),
+        "named_height": 3,
+        "named_block_hash": old_hash.hex(),
+    }
 
 
 def test_a_head_rewritten_without_resigning_its_checkpoint_fails_plain_verify(tmp_path):
