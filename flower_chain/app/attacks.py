@@ -36,7 +36,7 @@ from flower_chain.app.keys import demo_signing_mod as signing_mod
 from flower_chain.clients.receipts import ReceiptKeeper
 from flower_chain.clients.signing import _incoming, sign_reply
 from flower_chain.ledger.keys import load_private
-from flower_chain.wire import CTX_FEDERATION, arrays_of
+from flower_chain.wire import CTX_FEDERATION, LedgerContext, arrays_of
 
 CRYPTO_ATTACKS = (
     "unsigned",
@@ -101,17 +101,18 @@ def make_client_mod(attack: str | None = None, attackers: int | None = None):
         if not attack or pid >= attackers or pid < 0 or kind != "train":
             return signing_mod(msg, context, call_next)
         ctx, config, received, _legacy = _incoming(msg)
+        ledger = isinstance(ctx, LedgerContext)  # not None (a plain server) nor a ContextProblem (unusable)
         # Against a plain Flower server (no ledger context) nothing is signed, but every attack that
         # changes what is sent still happens: that is the comparison run.
-        sign = signing_mod if ctx is not None else (lambda m, c, nxt: nxt(m, c))
+        sign = signing_mod if ledger else (lambda m, c, nxt: nxt(m, c))
         if received is None and msg.content.array_records:
             received = next(iter(msg.content.array_records.values()))
         server_round = (
             ctx.round
-            if ctx is not None
+            if isinstance(ctx, LedgerContext)
             else int(next((r.get("server-round", 0) for r in msg.content.config_records.values()), 0))
         )
-        if attack == "unsigned" or (ctx is None and attack in ("forged", "cross-run", "duplicate")):
+        if attack == "unsigned" or (not ledger and attack in ("forged", "cross-run", "duplicate")):
             return call_next(msg, context)
 
         def keeper() -> ReceiptKeeper:
