@@ -16,15 +16,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flower_chain.audit.secagg_result import check_result, masked_vector
 from flower_chain.audit.secagg_transcript import Finding, RoundTranscript, content_problem, read_rounds
-from flower_chain.ledger.arrays import array_digest, cast_like, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import verify_signature
-from flower_chain.ledger.secagg import MASKED, SETUP, SHARE_KEYS, UNMASK, overflow_problem, request_digest
+from flower_chain.ledger.secagg import (
+    MASKED,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
+    header_digest_version,
+    overflow_problem,
+    request_digest,
+)
 from flower_chain.ledger.secagg_masks import (
     WEAK_GENERATORS,
-    finish_aggregate,
     neighbour_graph,
 )
 from flower_chain.ledger.writer import read_genesis
@@ -98,6 +105,10 @@ def _audit_round(t: RoundTranscript, genesis, ledger: Ledger, found: list[Findin
     overflow = overflow_problem(t.header["params"], len(t.header["sampled"]))
     if overflow:
         found.append(Finding(r, "header", "", overflow))
+    t.digest_version = genesis.digest_version  # the ledger's: every digest the replay compares uses it (§6.1)
+    if header_digest_version(t.header) != genesis.digest_version:
+        what = f"array digest version {header_digest_version(t.header)}, the ledger's is {genesis.digest_version}"
+        found.append(Finding(r, "header", "", f"the header names {what}: its nodes digested under another"))
     if t.plain_updates:
         found.append(Finding(r, "header", "", f"{t.plain_updates} plain train updates in a SecAgg+ round"))
     graph = neighbour_graph(t.header["sampled"], t.header["params"]["num_shares"], t.header["graph_seed"])
@@ -343,7 +354,7 @@ def _replay(
             )
     if problem:
         found.append(Finding(r, UNMASK, problem.split("'")[0].split()[-1], f"not rebuilt: {problem}"))
-    vectors = {n: _masked_vector(ledger, t.commit["masked"][n], found, r, n) for n in live}
+    vectors = {n: masked_vector(ledger, t.commit["masked"][n], found, r, n, t.digest_version) for n in live}
     if any(f.severity == "error" and f.round == r for f in found) or not live:
         found.append(Finding(r, "result", "", "the aggregate cannot be replayed (see above)"))
         return False
@@ -363,38 +374,4 @@ def _replay(
     if isinstance(total, str):
         found.append(Finding(r, "result", "", total))
         return False
-    return _check_result(t, total, len(live), found)
-
-
-def _masked_vector(ledger: Ledger, digest: bytes, found: list[Finding], r: int, nid: str) -> list:
-    try:
-        named = decode_arrays(ledger.get_blob(digest))
-    except LedgerError as e:
-        found.append(Finding(r, MASKED, nid, f"the masked input is not in the blob store: {e}"))
-        return []
-    if array_digest(named) != digest:
-        found.append(Finding(r, MASKED, nid, "the stored masked input does not match its committed digest"))
-    if any(a.dtype != np.uint32 for _, a in named):
-        found.append(Finding(r, MASKED, nid, "the stored masked input is not uint32"))
-    return [a for _, a in named]  # uint32 (checked above): unmask accumulates into int64 exactly
-
-
-def _check_result(t: RoundTranscript, total: list, n_live: int, found: list[Finding]) -> bool:
-    r, res, p = t.round, t.result, t.header["params"]
-    if sorted(res["live"]) != sorted(t.commit["live"]):
-        found.append(Finding(r, "result", "", "the result counts other live nodes than the commitment"))
-    if array_digest([(str(i), a) for i, a in enumerate(total)]) != res["aggregate_digest"]:
-        found.append(Finding(r, "result", "", "the recorded aggregate is not the sum of the signed masked inputs"))
-        return False
-    try:
-        avg = finish_aggregate(total, p["clipping_range"], p["quantization_range"], n_live)
-        named = cast_like(list(zip(res["names"], avg)), res["dtypes"])
-    except (ValueError, TypeError, LedgerError) as e:
-        found.append(Finding(r, "result", "", f"the aggregate does not dequantize: {e}"))
-        return False
-    after = array_digest(named)
-    block_after = t.result_block.header.model_after
-    if after != res["model_after"] or after != block_after:
-        found.append(Finding(r, "result", "", "model_after is not the dequantized aggregate (substituted)"))
-        return False
-    return True
+    return check_result(t, total, len(live), found)

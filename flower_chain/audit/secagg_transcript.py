@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.entries import (
@@ -75,6 +76,7 @@ class RoundTranscript:
     result_block: StoredBlock | None = None
     revoked: frozenset = frozenset()
     plain_updates: int = 0
+    digest_version: int = ARRAY_DIGEST_VERSION  # the ledger's (its genesis'), set by the auditor
 
     def accepted(self, stage: str) -> dict[str, Record]:
         """The accepted records of a stage by node (the first one of a node when the ledger has more)."""

@@ -35,11 +35,6 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     encrypt,
     generate_shared_key,
 )
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    factor_combine,
-    parameters_multiply,
-)
-from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
     share_keys_plaintext_separate,
@@ -54,6 +49,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from flower_chain.clients import secagg_checks as checks
+from flower_chain.clients.secagg_input import mask_input
 from flower_chain.clients.settings import key_path_for, witness_settings
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.cosignature import CosignerKey
@@ -65,11 +61,12 @@ from flower_chain.ledger.secagg import (
     SHARE_KEYS,
     UNMASK,
     StageStatement,
+    header_digest_version,
     request_digest,
     seed_digest,
     share_digest,
 )
-from flower_chain.ledger.secagg_masks import WEAK_GENERATORS, add_mask
+from flower_chain.ledger.secagg_masks import WEAK_GENERATORS
 
 log = logging.getLogger(__name__)
 RECORD = "flower-chain.secagg"  # the config record of every SecAgg+ instruction and reply
@@ -295,7 +292,10 @@ class _Node:
             sources.append(src)
         if len(sources) + 1 < p["threshold"]:
             raise Refusal("fewer neighbour shares than the threshold")
-        problem = checks.base_problem(msg.content.array_records.get("fitins.parameters"), rnd["header"]["base_digest"])
+        version = header_digest_version(rnd["header"])  # the ledger's: every digest it holds or compares uses it
+        problem = checks.base_problem(
+            msg.content.array_records.get("fitins.parameters"), rnd["header"]["base_digest"], version
+        )
         if problem:
             raise Refusal(problem)
         inner = RecordDict({k: v for k, v in msg.content.items() if k != RECORD})
@@ -303,9 +303,9 @@ class _Node:
         fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
         if problem := checks.weight_problem(fitres.num_examples, rnd["header"]):  # its weight must not wrap the sum
             raise Refusal(problem)
-        vector = self._mask(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
+        vector = mask_input(rnd, fitres.num_examples, parameters_to_ndarrays(fitres.parameters), sources)
         named = [(str(i), a.astype(np.uint32)) for i, a in enumerate(vector)]  # mod_range <= 2**32: 4 bytes each
-        rnd["masked_digest"], rnd["sources"] = array_digest(named), sources
+        rnd["masked_digest"], rnd["sources"] = array_digest(named, version), sources
         reply = {
             "digest": rnd["masked_digest"],
             "weight": int(vector[0].reshape(-1)[0]),
@@ -313,24 +313,7 @@ class _Node:
             "seed_digest": seed_digest(rnd["seed"]),
             "base_digest": rnd["header"]["base_digest"],  # the model it checked it was sent and trained on
         }
-        return reply, {"vector": encode_arrays(named)}
-
-    def _mask(self, rnd: dict[str, Any], num_examples: int, params: list, sources: list[str]) -> list[np.ndarray]:
-        p, me, gen = rnd["header"]["params"], int(rnd["node_id"]), rnd["header"]["generator"]
-        q_ratio = round(num_examples / p["max_weight"] * p["quantization_range"])
-        params = parameters_multiply(params, q_ratio / p["quantization_range"])
-        vec = [  # private C-contiguous int64 copies the masks are added into
-            np.array(a, dtype=np.int64, order="C")
-            for a in factor_combine(q_ratio, quantize(params, p["clipping_range"], p["quantization_range"]))
-        ]
-        add_mask(vec, rnd["seed"], p["mod_range"], gen)
-        sk1 = bytes_to_private_key(rnd["sk1"])
-        for src in sources:
-            shared = generate_shared_key(sk1, bytes_to_public_key(rnd["pks"][src][0]))
-            add_mask(vec, shared, p["mod_range"], gen, 1 if me > int(src) else -1)
-        for a in vec:  # one reduction at the end: mod 2**k arithmetic, the same bits as reducing after each mask
-            np.bitwise_and(a, p["mod_range"] - 1, out=a)
-        return vec
+        return reply, {"vector": encode_arrays(named, version)}
 
     # -- stage 3 ------------------------------------------------------------------------------------
     def _unmask(self, req: dict[str, Any], rnd: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flower_chain.ledger import merkle
+from flower_chain.ledger.arrays import DIGEST_VERSIONS
 from flower_chain.ledger.checkpoint import verify_checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.encoding import decode
@@ -23,6 +24,7 @@ from flower_chain.ledger.secagg import (
     StageStatement,
     check_commit,
     check_header,
+    header_digest_version,
     overflow_problem,
 )
 from flower_chain.ledger.secagg_masks import neighbour_graph
@@ -54,6 +56,8 @@ def header_problem(header: Any, node_id: str) -> str | None:
         check_header(header)
     except EncodingError as e:
         return str(e)
+    if header_digest_version(header) not in DIGEST_VERSIONS:  # as wire.parse_context: never guessed
+        return f"unknown array digest version {header_digest_version(header)} (known: {list(DIGEST_VERSIONS)})"
     p = header["params"]
     n = len(header["sampled"])
     if node_id not in header["sampled"]:
@@ -92,14 +96,15 @@ def weight_problem(num_examples: Any, header: dict[str, Any]) -> str | None:
     return None
 
 
-def base_problem(record: Any, base_digest: bytes) -> str | None:
-    """Why the model a masked-input instruction carries (its ``fitins.parameters`` ArrayRecord) is not the
-    round header's ``base_digest``, or ``None``: else the server could send each node another model (a
-    model-inconsistency attack) while the header, the aggregate and the audit name one."""
+def base_problem(record: Any, base_digest: bytes, version: int) -> str | None:
+    """Why the model a masked-input instruction carries (its ``fitins.parameters`` ArrayRecord), digested
+    under the header's array digest ``version`` (the ledger's), is not the round header's ``base_digest``, or
+    ``None``: else the server could send each node another model (a model-inconsistency attack) while the
+    header, the aggregate and the audit name one."""
     if record is None:
         return "the masked-input instruction carries no model (fitins.parameters)"
     try:
-        digest = record_digest(record)
+        digest = record_digest(record, version)
     except Exception as e:  # noqa: BLE001 - hostile arrays: a refusal, never a crash
         return f"the model sent does not digest: {type(e).__name__}"
     if digest != base_digest:

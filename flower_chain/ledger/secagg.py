@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from flower_chain.ledger import entries as _entries
+from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION
 from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
 from flower_chain.ledger.secagg_masks import GENERATORS
@@ -233,13 +234,22 @@ _HEADER: dict[str, type] = {
     "generator": str,
     "nonce": bytes,
 }
+VERSION_FIELD = "digest_version"  # the ledger's array digest version (docs/secagg.md §2.1); absent = 2
+
+
+def header_digest_version(header: dict[str, Any]) -> int:
+    """The array digest version a checked round header names (absent: 2, what headers before it used)."""
+    return cast(int, header.get(VERSION_FIELD, ARRAY_DIGEST_VERSION))
 
 
 def check_header(data: Any) -> dict[str, Any]:
-    """Check a round header's shape (docs/secagg.md §2.1); raise :class:`EncodingError` if wrong."""
-    if not isinstance(data, dict) or sorted(data) != sorted(_HEADER):
-        raise EncodingError(f"a round header must have exactly the fields {sorted(_HEADER)}")
-    for name, typ in _HEADER.items():
+    """Check a round header's shape (docs/secagg.md §2.1); raise :class:`EncodingError` if wrong.
+
+    ``digest_version`` is an integer when present (whether it is a known version is the reader's check)."""
+    want = dict(_HEADER, **({VERSION_FIELD: int} if isinstance(data, dict) and VERSION_FIELD in data else {}))
+    if not isinstance(data, dict) or sorted(data) != sorted(want):
+        raise EncodingError(f"a round header must have exactly the fields {sorted(_HEADER)} (and {VERSION_FIELD})")
+    for name, typ in want.items():
         if not isinstance(data[name], typ) or isinstance(data[name], bool):
             raise EncodingError(f"round header field {name!r} must be {typ.__name__}")
     p = data["params"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_chain.ledger.arrays import array_digest, decode_arrays
+from flower_chain.ledger.arrays import array_digest, check_version, decode_arrays
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import ACCEPTED, REJECTED
 from flower_chain.ledger.errors import EncodingError
@@ -63,6 +63,8 @@ class StageJudge:
         Revoked key ids.
     base_digest : bytes
         The round header's base model: every masked-input statement must name it.
+    digest_version : int
+        The ledger's array digest version (the round header's): every masked vector is digested under it.
     """
 
     def __init__(
@@ -74,9 +76,10 @@ class StageJudge:
         revoked: set[str],
         *,
         base_digest: bytes,
+        digest_version: int,
     ) -> None:
         self.fid, self.round, self.round_id = federation_id, int(server_round), round_id
-        self.base_digest = base_digest
+        self.base_digest, self.digest_version = base_digest, check_version(digest_version)
         self.keys, self.revoked = keys, revoked
         self.node_key: dict[str, str] = {}  # node -> key id it set up with
         self.seen: set[tuple[str, str]] = set()  # (stage, node) answered
@@ -147,7 +150,11 @@ class StageJudge:
             payload = decode(record.get("payload")) if isinstance(record.get("payload"), bytes) else None
             if not isinstance(payload, dict):
                 raise EncodingError("the payload is not a map")
-            problem = _PAYLOAD[stage](st.reply, payload, {**expect, "node": nid, "base_digest": self.base_digest})
+            problem = _PAYLOAD[stage](
+                st.reply,
+                payload,
+                {**expect, "node": nid, "base_digest": self.base_digest, "version": self.digest_version},
+            )
         except EncodingError as e:
             return Verdict(self._entry(stage, nid, kid, "malformed", f"reply: {e}", raw, sig))
         if problem:
@@ -201,7 +208,7 @@ def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
     mod = expect["mod_range"]
     if any(a.dtype != np.uint32 or (a.size and mod < 2**32 and a.max() >= mod) for _, a in named):
         return f"the masked vector is not uint32 in [0, {mod})"
-    if array_digest(named) != reply["digest"]:
+    if array_digest(named, expect["version"]) != reply["digest"]:
         return "the masked vector's digest is not the signed one"
     if int(named[0][1].reshape(-1)[0]) != reply["weight"]:
         return "the masked weight is not the signed one"

@@ -19,7 +19,6 @@ from flwr.common import ndarrays_to_parameters
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from flower_chain.ledger import proofs
-from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.secagg import MASKED, RESULT, UNMASK, SecAggEntry, server_record
 from flower_chain.strategies.secagg_judge import Verdict
@@ -80,7 +79,7 @@ class RoundRecording:
     def _commit_result(self, live: list[str], named, agg_digest: bytes, failure: str, store: Background) -> None:
         store.join()  # the masked vectors are durable before the result block names their aggregate
         before = self.header["base_digest"] or self.core.recorder.model_digest
-        after = array_digest(named) if named is not None else before
+        after = self.core.recorder.digest(named) if named is not None else before  # the genesis' version
         self.entries.append(
             server_record(
                 self.round,

@@ -36,7 +36,6 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from flower_chain.ledger import proofs
-from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.keys import raw_public
@@ -47,6 +46,7 @@ from flower_chain.ledger.secagg import (
     SETUP,
     SHARE_KEYS,
     UNMASK,
+    VERSION_FIELD,
     SecAggEntry,
     header_digest,
     overflow_problem,
@@ -247,6 +247,7 @@ class _Round(RoundRecording):
             "graph_seed": os.urandom(32),
             "generator": self.wf.mask_generator,
             "nonce": os.urandom(16),
+            VERSION_FIELD: self.core.recorder.digest_version,  # the genesis': every digest of the round uses it
         }
         self.round_id = header_digest(self.header)
         self.t = t
@@ -258,6 +259,7 @@ class _Round(RoundRecording):
             self.core.keys,
             self.core.revoked,
             base_digest=self.header["base_digest"],
+            digest_version=self.header[VERSION_FIELD],
         )
         self.entries.append(server_record(self.round, HEADER, self.header))
         head = self.core.writer.head
@@ -384,7 +386,7 @@ class _Round(RoundRecording):
             )
             failure = total if isinstance(total, str) else ""
         if not failure:
-            agg_digest = array_digest([(str(i), a) for i, a in enumerate(total)])
+            agg_digest = self.core.recorder.digest([(str(i), a) for i, a in enumerate(total)])
             try:
                 avg = finish_aggregate(total, self.wf.clipping_range, self.wf.quantization_range, len(live))
                 named = self.core.cast_aggregate(self.round, [(str(i), a) for i, a in enumerate(avg)])

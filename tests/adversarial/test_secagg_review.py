@@ -200,5 +200,5 @@ def test_base_problem_never_raises_on_a_hostile_model():
         def items(self):
             raise ValueError("boom")
 
-    assert checks.base_problem(None, bytes(32)) is not None
-    assert "does not digest" in checks.base_problem(Hostile(), bytes(32))
+    assert checks.base_problem(None, bytes(32), 2) is not None
+    assert "does not digest" in checks.base_problem(Hostile(), bytes(32), 2)

@@ -126,10 +126,11 @@ class SecAggFederation:
         strategy_kw=None,
         client_kw=None,
         server_key=None,
+        keys=None,
         **workflow_kw,
     ) -> None:
         rng = np.random.default_rng(seed)
-        self.keys = [Ed25519PrivateKey.generate() for _ in range(n)]
+        self.keys = list(keys) if keys is not None else [Ed25519PrivateKey.generate() for _ in range(n)]
         self.server_key = server_key or Ed25519PrivateKey.generate()
         self.node_ids = [1000 + 7 * i for i in range(n)]
         self.initial = [rng.standard_normal(s).astype(np.float32) for s in shapes]

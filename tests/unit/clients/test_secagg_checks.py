@@ -182,3 +182,19 @@ def test_neighbours_signed_sources_must_show_live_masks_both_ways():
     other = signed_commit({**state, "round_id": b"another"}, commit, active, honest)
     assert "not its masked input of this round" in sources_problem(other, active, state)
     assert live  # the commitment names live nodes
+
+
+@pytest.mark.parametrize("version", [3, 0, -1, 2**70])
+def test_a_header_naming_an_unknown_digest_version_is_refused(version):
+    assert "unknown array digest version" in header_problem({**header(), "digest_version": version}, NODES[0])
+
+
+@pytest.mark.parametrize("version", [True, "1", 1.0, b"\x01"])
+def test_a_header_whose_digest_version_is_no_integer_is_refused(version):
+    assert "digest_version" in header_problem({**header(), "digest_version": version}, NODES[0])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_header_naming_a_known_digest_version_or_none_is_taken(version):
+    assert header_problem({**header(), "digest_version": version}, NODES[0]) is None
+    assert header_problem(header(), NODES[0]) is None  # headers before the field: version 2
