@@ -34,10 +34,10 @@ from flower_chain.audit.rounds import (
     sandbox,
     summary_matches,
 )
-from flower_chain.audit.strategies import NotReplayable
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.policy import strategy_metrics
 from flower_chain.ledger.text import safe_text
+from flower_chain.strategies.replayable import NotReplayable
 from flower_chain.strategies.state import strategy_state
 from flower_chain.wire import LEGACY_LOSS
 
@@ -85,7 +85,7 @@ class LegacyReplay:
     inputs : Inputs
         The ledger's blobs.
     make : callable
-        ``make(initial_parameters)`` returns the strategy as recorded (:func:`~flower_chain.audit.strategies.legacy_factory`).
+        ``make(initial_parameters)`` returns the strategy as recorded (:func:`~flower_chain.strategies.replayable.legacy_factory`).
     name : str
         The recorded class name (decides whether a missing round breaks the chain).
     """

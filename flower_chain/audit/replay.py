@@ -16,7 +16,7 @@ in the genesis, its settings in the blob store under the genesis'
 * Legacy ledgers (:class:`~flower_chain.strategies.LegacyLedgerStrategy`): one
   strategy object through every round in order (:mod:`flower_chain.audit.legacy`).
 
-Which strategies can be rebuilt: :mod:`flower_chain.audit.strategies` — Flower's
+Which strategies can be rebuilt: :mod:`flower_chain.strategies.replayable` — Flower's
 strategies of both APIs, the bundled app's partition-ordered FedAvg, FedAvgM
 and FedAdam, the DP wrappers without noise, and a strategy of your own that
 declares itself replayable::
@@ -53,8 +53,13 @@ from typing import Any
 
 from flower_chain.audit.inputs import Inputs, read_config
 from flower_chain.audit.legacy import LegacyReplay
-from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, OK, quiet_flwr, replay_evaluation, replay_train
-from flower_chain.audit.strategies import (
+from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, OK, replay_evaluation, replay_train
+from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
+from flower_chain.ledger.backends.base import Ledger
+from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
+from flower_chain.ledger.writer import read_genesis
+from flower_chain.strategies.replayable import (
     BUNDLED,
     DP_WRAPPERS,
     LEGACY_SETTINGS,
@@ -64,13 +69,9 @@ from flower_chain.audit.strategies import (
     is_legacy,
     legacy_factory,
     load_class,
+    quiet_flwr,
     strategy_factory,
 )
-from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
-from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.block import BlockHeader
-from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry
-from flower_chain.ledger.writer import read_genesis
 
 __all__ = [
     "BUNDLED",

@@ -14,7 +14,6 @@ Imports flwr lazily (inside the functions), never torch.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -22,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from flower_chain.audit.inputs import Altered, Inputs, Missing, Named, array_rule_break
-from flower_chain.audit.strategies import MAX_REPLAY_NODES, NotReplayable
 from flower_chain.ledger.arrays import cast_like, first_nonfinite
 from flower_chain.ledger.entries import EvaluationEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.policy import strategy_metrics
 from flower_chain.ledger.text import is_decimal, safe_text
+from flower_chain.strategies.replayable import MAX_REPLAY_NODES, NotReplayable
 from flower_chain.strategies.state import load_strategy_state, strategy_state
 
 OK, MISMATCH, NOT_REDERIVABLE = "ok", "mismatch", "not-rederivable"
@@ -42,7 +41,7 @@ class ReplayGrid:
         ids = list(dict.fromkeys(node_ids))
         taken = set(ids)
         filler = (n for n in range(1, 1 << 62) if n not in taken)
-        while len(ids) < minimum:  # the minimum is bounded by audit.strategies.MAX_REPLAY_NODES
+        while len(ids) < minimum:  # the minimum is bounded by strategies.replayable.MAX_REPLAY_NODES
             ids.append(next(filler))
         self.node_ids = ids
 
@@ -65,18 +64,6 @@ def sandbox() -> Iterator[None]:
         TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def quiet_flwr() -> Iterator[None]:
-    """Flower's strategies log every configure/aggregate call; a replay of hundreds of rounds stays quiet."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _record(named: Sequence[tuple[str, np.ndarray]]):

@@ -359,7 +359,7 @@ class LedgerCore:
 
     def warn_if_not_auditable(self, strategy: Any, config: Mapping[str, Any]) -> None:
         """Log one warning line, when a new ledger starts, if `flower-chain ledger audit` cannot re-derive the run."""
-        from flower_chain.audit.auditable import why_not_auditable  # noqa: PLC0415 - imports flwr lazily itself
+        from flower_chain.strategies.auditable import why_not_auditable  # noqa: PLC0415 - imports flwr lazily itself
 
         if line := why_not_auditable(strategy, config, self.options.store_client_updates):
             log.warning("%s", line)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from flower_chain.audit.strategies import MAX_REPLAY_NODES, NotReplayable, legacy_factory, strategy_factory
 from flower_chain.strategies.ledger_strategy import strategy_config
+from flower_chain.strategies.replayable import MAX_REPLAY_NODES, NotReplayable, legacy_factory, strategy_factory
 
 
 def test_a_huge_node_minimum_is_refused_not_padded():

@@ -1,7 +1,7 @@
 """Will this run be auditable? The one warning line a server logs when it starts a ledger that will not be.
 
 :func:`why_not_auditable` answers with the same rules ``flower-chain ledger
-audit`` applies (:mod:`flower_chain.audit.strategies`): the strategy must be
+audit`` applies (:mod:`flower_chain.strategies.replayable`): the strategy must be
 one the replay rebuilds from its recorded settings, and the accepted updates
 must be kept. It returns the warning (with the option that changes it) or
 ``None``. The wrappers call it once, when they start a new ledger.
@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flower_chain.audit.rounds import quiet_flwr
-from flower_chain.audit.strategies import NotReplayable, is_legacy, legacy_factory, strategy_factory
+from flower_chain.strategies.replayable import NotReplayable, is_legacy, legacy_factory, quiet_flwr, strategy_factory
 
 #: The start of the warning line.
 PREFIX = "flower-chain: this run will not be auditable"

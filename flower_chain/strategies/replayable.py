@@ -18,8 +18,10 @@ Imports flwr lazily (inside the functions), never torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from flower_chain.ledger.errors import LedgerError
@@ -206,3 +208,15 @@ def legacy_factory(name: str, config: dict[str, Any], classes: Sequence[type] = 
         return construct(cls, config, **extra)
 
     return make
+
+
+@contextlib.contextmanager
+def quiet_flwr() -> Iterator[None]:
+    """Flower's strategies log every configure/aggregate call; a replay of hundreds of rounds stays quiet."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

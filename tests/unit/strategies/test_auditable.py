@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
-from flower_chain.audit.auditable import PREFIX, why_not_auditable
+from flower_chain.strategies.auditable import PREFIX, why_not_auditable
 from flower_chain.strategies.ledger_strategy import strategy_config
 from flower_chain.strategies.ordered import OrderedFedAdam, OrderedFedAvg, OrderedFedAvgM
 
