@@ -38,6 +38,13 @@ SCRIPT = textwrap.dedent(
         JSONLLedger(p)
     except LedgerError as e:
         seen.append(("jsonl-magic", str(e)))
+    # UTF-16: U+2200 is the bytes 00 22, a quote to a byte-level count (json.loads(bytes) guesses UTF-16)
+    hidden = ('["\\u2200",' + "[" * {DEEP} + "]" * {DEEP} + "]").encode("utf-16-le")
+    p.write_bytes(json.dumps(MAGIC).encode() + b"\\n" + hidden.replace(b"\\n", b"") + b"\\n")
+    try:
+        JSONLLedger(p)
+    except LedgerError as e:
+        seen.append(("jsonl-utf16", str(e)))
 
     from flower_chain.ledger.tlog_proof import ConsistencyProof
     from flower_chain.ledger.errors import ProofError
@@ -75,7 +82,10 @@ def test_every_json_reader_refuses_deep_nesting_without_crashing_under_a_raised_
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     lines = dict(line.split(" | ", 1) for line in r.stdout.splitlines())
-    assert set(lines) == {"jsonl", "jsonl-magic", "consistency", "safetensors", "bundle", "envelope"}, r.stdout
+    assert set(lines) == {"jsonl", "jsonl-magic", "jsonl-utf16", "consistency", "safetensors", "bundle", "envelope"}, (
+        r.stdout
+    )
+    assert "is not JSON" in lines["jsonl-utf16"], lines["jsonl-utf16"]
     for name in ("jsonl", "consistency", "safetensors", "envelope"):
         assert "nested too deeply" in lines[name], (name, lines[name])
     assert "is not a flower-chain JSONL ledger" in lines["jsonl-magic"]
