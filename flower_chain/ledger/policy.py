@@ -75,6 +75,13 @@ VERIFIED_REASONS = frozenset(
 #: Of those, the verdicts of a statement for the round's own federation, round and kind: the key's reply to
 #: this round (``wrong-round``/``wrong-federation`` are replays of statements made for another).
 CURRENT_STATEMENT_REASONS = VERIFIED_REASONS - {"wrong-round", "wrong-federation"}
+#: Rejections a client's own valid signature proves: they follow from what the client signed for this round
+#: (the parent and base model it named, a second or contradicting statement of its key, arrays whose signed
+#: digest the stored blob matches but whose layout or values break the rules). Every other rejection rests
+#: on evidence only the server recorded: no valid signature, the digest or example count the server says it
+#: received (``digest-mismatch``, ``num-examples-mismatch``), or an old statement the server filed under this
+#: round (``wrong-round``, ``wrong-federation``) — consistent with the ledger, not proven by it.
+PROVEN_REJECTIONS = frozenset({"stale-parent", "wrong-base-model", "duplicate", "equivocation", "malformed"})
 #: Verdicts only the server can reach (the ledger does not hold what they depend on).
 PRECHECK_REASONS = ("client-error", "malformed")
 #: Upper bound on a statement's size (a real one is ~300 bytes).

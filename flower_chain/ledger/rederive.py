@@ -174,7 +174,7 @@ def _compare_verdicts(
         report.client_signatures_checked += d.accepted
         if d.accepted:
             report.accepted_proven += 1
-        elif d.verified:
+        elif d.verified and d.reason in policy.PROVEN_REJECTIONS:
             report.rejected_proven += 1
         else:
             report.rejected_on_server_evidence[d.reason] += 1

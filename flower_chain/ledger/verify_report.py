@@ -37,12 +37,12 @@ class VerifyReport:
     #: verdicts re-derived from ledger content and found equal to the recorded ones
     verdicts_rederived: int = 0
     #: of those, the verdicts a client's valid signature proves (the client signed what the ledger shows):
-    #: accepted updates, and rejections that follow from the client's own signed statement (wrong round, ...)
+    #: accepted updates, and rejections that follow from its signed statement (``policy.PROVEN_REJECTIONS``)
     accepted_proven: int = 0
     rejected_proven: int = 0
-    #: of those, rejections that rest on evidence only the server recorded (no valid client signature:
-    #: unsigned, bad-signature, unknown-key ...), by reason: consistent with the ledger, not proven by it (a
-    #: server could have stripped or damaged the signature; each node's receipts check its own replies)
+    #: of those, rejections that rest on evidence only the server recorded, by reason (no valid client
+    #: signature; the digest or count the server says it received; an old statement filed under this round):
+    #: consistent with the ledger, not proven by it (each node's receipts check its own replies)
     rejected_on_server_evidence: Counter[str] = field(default_factory=Counter)
     #: clients' cosignatures of the checkpoints they were sent, each verified under its genesis key (one per
     #: key and checkpoint, however often it is recorded)

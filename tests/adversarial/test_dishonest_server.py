@@ -596,10 +596,11 @@ def test_a_rollback_under_an_anchor_fails_verify_naming_the_height(honest, tmp_p
     ), out
 
 
-def test_a_stripped_signature_is_consistent_but_never_counted_as_proven(honest, tmp_path):
-    """A server that strips a valid update's signature (recording it ``unsigned``) writes a ledger that the
-    verdict policy cannot contradict: verify passes, but says the rejection rests on the server's evidence
-    alone; a rejection the client's own signed statement supports (signed for another round) is proven."""
+def test_rejections_on_server_evidence_are_consistent_but_never_counted_as_proven(honest, tmp_path):
+    """Rejections the verdict policy cannot contradict but a client's signature does not prove: a stripped
+    signature (``unsigned``), a digest the server says it received (``digest-mismatch``), an old statement
+    filed under this round (``wrong-round``). verify passes and prints them apart; a rejection the client's own
+    signed statement supports (the same statement twice: ``duplicate``) is proven."""
     path, f = honest
 
     def edit(fed, blocks):
@@ -607,16 +608,27 @@ def test_a_stripped_signature_is_consistent_but_never_counted_as_proven(honest, 
         entries[0] = dataclasses.replace(
             entries[0], verdict="rejected", reason="unsigned", key_id="", statement=b"", signature=b""
         )
-        late = fed.update(3, 1, base=fields["model_before"])  # client 1 signed round 3; the server got it in round 4
+        entries[2] = dataclasses.replace(
+            entries[2], verdict="rejected", reason="digest-mismatch", arrays_digest=b"\x11" * 32
+        )
+        entries.append(dataclasses.replace(entries[1], verdict="rejected", reason="duplicate", node_id="8"))
+        late = fed.update(3, 1, base=fields["model_before"])  # client 1 signed round 3; filed under round 4
         entries.append(dataclasses.replace(late, round=4, verdict="rejected", reason="wrong-round", node_id="9"))
 
     uri = rewritten(honest, tmp_path, edit)
     code, out, stdout = cli("ledger", "verify", uri)
     assert code == 0 and "VERIFIED" in out, out
     text = one_line(stdout)
-    assert "proven by client signatures: 12 (accepted 11, rejected 1)" in text, text
-    assert "rejected on evidence only the server recorded: bad-signature 3, revoked-key 1, unsigned 1" in text, text
+    assert "proven by client signatures: 11 (accepted 10, rejected 1)" in text, text
+    server = "bad-signature 3, digest-mismatch 1, revoked-key 1, unsigned 1, wrong-round 1"
+    assert f"rejected on evidence only the server recorded: {server}" in text, text
     code, out, _ = cli("ledger", "verify", uri, "--json")
     doc = json.loads(out)
-    assert doc["rejected_on_server_evidence"] == {"bad-signature": 3, "revoked-key": 1, "unsigned": 1}, doc
-    assert doc["accepted_proven_by_client_signatures"] == 11, doc
+    assert doc["rejected_on_server_evidence"] == {
+        "bad-signature": 3,
+        "revoked-key": 1,
+        "unsigned": 1,
+        "digest-mismatch": 1,
+        "wrong-round": 1,
+    }, doc
+    assert doc["accepted_proven_by_client_signatures"] == 10 and doc["rejected_proven_by_client_signatures"] == 1
