@@ -215,10 +215,13 @@ class _Node:
             proofs.get(str(last[0])) if last else b"",
             self.witnesses,
             self.quorum,
+            proof=proof,
+            head_required=bool(pin and pin.get("named")),  # once a checkpoint named its head, every one must
         )
         if problem:
             raise Refusal(problem)
-        self.state["pins"][fid] = {"server_key": server, "size": cp[0], "root": cp[1]}
+        named = cp.named or bool(pin and pin.get("named"))
+        self.state["pins"][fid] = {"server_key": server, "size": cp.size, "root": cp.root, "named": named}
         sk1, pk1 = generate_key_pairs()
         sk2, pk2 = generate_key_pairs()
         self.state["round"] = {
@@ -230,8 +233,9 @@ class _Node:
             "pk1": public_key_to_bytes(pk1),
             "sk2": private_key_to_bytes(sk2),
             "pk2": public_key_to_bytes(pk2),
-            "cp_size": cp[0],
-            "cp_root": cp[1],
+            "cp_size": cp.size,
+            "cp_root": cp.root,
+            "head_named": named,
             "server_key": server,
             "seed": b"",
             "seed_shares": {},
@@ -332,7 +336,7 @@ class _Node:
             reply["active"], reply["dead"] = [], []
         commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd, self.witnesses, self.quorum)
         if cp is not None:
-            reply["checkpoint_size"], reply["checkpoint_root"] = cp
+            reply["checkpoint_size"], reply["checkpoint_root"] = cp.size, cp.root
         if problem is None and c.get("log_size") != (cp[0] if cp else None):
             problem = "the request names another log size than the checkpoint it proves"
         if problem is None:
@@ -347,7 +351,8 @@ class _Node:
             reply["refused"] = problem
             return reply
         fid = rnd["header"]["federation_id"]
-        self.state["pins"][fid] = {"server_key": rnd["server_key"], "size": cp[0], "root": cp[1]}
+        named = cp.named or rnd.get("head_named", False)
+        self.state["pins"][fid] = {"server_key": rnd["server_key"], "size": cp.size, "root": cp.root, "named": named}
         reply["seed_shares"] = {nid: rnd["seed_shares"][nid] for nid in active}
         reply["key_shares"] = {nid: rnd["key_shares"][nid] for nid in dead}
         return reply

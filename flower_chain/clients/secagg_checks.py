@@ -6,12 +6,14 @@ docs/secagg.md §5 lists the rules.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.arrays import DIGEST_VERSIONS
-from flower_chain.ledger.checkpoint import verify_checkpoint
+from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.checkpoint import Checkpoint, check_head, head_of, verify_checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.encoding import decode
 from flower_chain.ledger.entries import GenesisEntry, decode_entry
@@ -137,6 +139,14 @@ def neighbours_of(header: dict[str, Any], node_id: str) -> list[str]:
     return graph.get(node_id, [])
 
 
+class Verified(NamedTuple):
+    """A checkpoint a node verified: its log size and root, and whether it named its head block (§5.1)."""
+
+    size: int
+    root: bytes
+    named: bool
+
+
 def checkpoint_problem(
     note: Any,
     server_key: bytes,
@@ -145,11 +155,15 @@ def checkpoint_problem(
     consistency: Any,
     witnesses: Sequence[CosignerKey] = (),
     quorum: int = 0,
-) -> tuple[tuple[int, bytes] | None, str | None]:
-    """Verify a checkpoint note (cosigned by ``quorum`` of ``witnesses`` when asked) and its consistency with
-    the last one this node verified.
+    *,
+    proof: Any = None,
+    head_required: bool = False,
+) -> tuple[Verified | None, str | None]:
+    """Verify a checkpoint note (cosigned by ``quorum`` of ``witnesses`` when asked), its head line against
+    the signed block header ``proof`` carries (:func:`head_problem`) and its consistency with the last one
+    this node verified.
 
-    Returns ((size, root), None) or (None, problem).
+    Returns (Verified, None) or (None, problem).
     """
     if not isinstance(note, str):
         return None, "no checkpoint"
@@ -160,11 +174,50 @@ def checkpoint_problem(
             cp = verify_checkpoint(note, server_key, origin_for(federation_id))
     except (LedgerError, ValueError) as e:
         return None, f"the checkpoint does not verify: {e}"
+    named, problem = head_problem(
+        cp, proof if isinstance(proof, dict) else {}, server_key, federation_id, head_required
+    )
+    if problem:
+        return None, problem
     if last is not None:
         problem = _consistent(last, (cp.size, cp.root_hash), consistency)
         if problem:
             return None, problem
-    return (cp.size, cp.root_hash), None
+    return Verified(cp.size, cp.root_hash, named), None
+
+
+def head_problem(
+    cp: Checkpoint, proof: dict[str, Any], server_key: bytes, fid: str, required: bool
+) -> tuple[bool, str | None]:
+    """Check the checkpoint's ``flower-chain/head`` line (docs/ledger-format.md §5.1) against the signed block
+    header the request carries (``proof["head"]``, ``proof["head_signature"]``): the head of that log, of this
+    federation, the block the line names. ``required``: a checkpoint this node verified before named its head
+    (then every later one must). Returns (whether the checkpoint names its head, problem or ``None``)."""
+    try:
+        named = head_of(cp)
+    except LedgerError as e:
+        return False, f"the checkpoint's head line is malformed: {e}"
+    if named is None and not required:
+        return False, None  # a log written before head lines: nothing to bind
+    head, sig = proof.get("head"), proof.get("head_signature")
+    if not isinstance(head, bytes) or not isinstance(sig, bytes) or not verify_signature(server_key, sig, head):
+        return False, "the request carries no block header signed by the server key for the checkpoint's head"
+    try:
+        header = BlockHeader.from_bytes(head)
+    except LedgerError as e:
+        return False, f"the signed head block header does not decode: {e}"
+    block_hash = hashlib.sha256(head).digest()
+    if (header.log_size, header.log_root, header.federation_id) != (cp.size, cp.root_hash, fid):
+        return False, f"the signed head block {header.height} is not the head of this federation's checkpointed log"
+    try:
+        check_head(cp, header.height, block_hash, required=required)
+    except LedgerError as e:
+        what = f"block {named.height} {named.block_hash.hex()}" if named is not None else "no block"
+        return False, (
+            f"the checkpoint names {what}, the server sent the signed header of block {header.height} "
+            f"{block_hash.hex()}: {e}"
+        )
+    return True, None
 
 
 def _split(raw: Any) -> list[bytes] | None:
@@ -190,7 +243,7 @@ def committed_lists(
     state: dict[str, Any],
     witnesses: Sequence[CosignerKey] = (),
     quorum: int = 0,
-) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None, str | None]:
+) -> tuple[dict[str, Any] | None, Verified | None, str | None]:
     """Verify the commit block a stage 3 request points to; return (commitment, (size, root), problem).
 
     The commitment entry must be in the log of a checkpoint signed by the server that extends the
@@ -200,7 +253,15 @@ def committed_lists(
     fid = state["header"]["federation_id"]
     last = (state["cp_size"], state["cp_root"])
     cp, problem = checkpoint_problem(
-        proof.get("checkpoint"), server_key, fid, last, proof.get("consistency"), witnesses, quorum
+        proof.get("checkpoint"),
+        server_key,
+        fid,
+        last,
+        proof.get("consistency"),
+        witnesses,
+        quorum,
+        proof=proof,
+        head_required=bool(state.get("head_named")),
     )
     if cp is None:  # exactly when there is a problem
         return None, None, problem
@@ -226,7 +287,7 @@ def committed_lists(
     return {**commit, "keyring": keyring}, cp, None
 
 
-def _genesis_keys(proof: dict[str, Any], cp: tuple[int, bytes], fid: str) -> tuple[dict[str, bytes], str | None]:
+def _genesis_keys(proof: dict[str, Any], cp: Verified, fid: str) -> tuple[dict[str, bytes], str | None]:
     """The genesis keyring, proved to be entry 0 of the same signed log."""
     data, path = proof.get("genesis"), _split(proof.get("genesis_inclusion"))
     if not isinstance(data, bytes) or path is None:

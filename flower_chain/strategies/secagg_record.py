@@ -46,6 +46,10 @@ class RoundRecording:
         note: str = w.note(block) if w is not None else block.checkpoint
         return note
 
+    def _signed(self, block: StoredBlock) -> dict[str, Any]:
+        """The block's checkpoint and its signed header (the head its ``flower-chain/head`` line names)."""
+        return {"checkpoint": self._note(block), "head": block.header_bytes, "head_signature": block.signature}
+
     def _commit_block(self, commit: SecAggEntry) -> tuple[int, int, dict[str, Any]]:
         """Append the commit block (stages 0-2 and the ``commit`` record); its index, log size and the proof."""
         self.entries.append(commit)
@@ -60,7 +64,7 @@ class RoundRecording:
         inclusion = b"".join(proofs.inclusion_proof(self.core.ledger, index, size))
         consistency = b"".join(proofs.consistency_proof(self.core.ledger, self.head_size, size))
         proof = {
-            "checkpoint": self._note(block),
+            **self._signed(block),
             "entry": commit.to_bytes(),
             "index": index,
             "inclusion": inclusion,

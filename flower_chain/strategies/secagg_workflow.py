@@ -279,7 +279,7 @@ class _Round(RoundRecording):
                 continue
         self.wf.sent_sizes[nid] = {head.header.log_size}
         return {
-            "checkpoint": self._note(head),
+            **self._signed(head),
             "server_key": raw_public(self.core.writer.server_key),
             "consistency": cons,
         }

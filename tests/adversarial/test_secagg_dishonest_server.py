@@ -119,6 +119,8 @@ def test_forked_commit_is_detected_by_the_node_and_by_the_audit(tmp_path):
         c["commit_index"], c["log_size"] = index, size
         req["proof"] = {
             "checkpoint": block.checkpoint,
+            "head": block.header_bytes,  # the fork's signed head, as its checkpoint's head line names it
+            "head_signature": block.signature,
             "entry": forked.to_bytes(),
             "index": index,
             "inclusion": b"".join(proofs.inclusion_proof(state["fork"], index, size)),

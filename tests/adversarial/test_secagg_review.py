@@ -86,6 +86,8 @@ def _double_commit(n: int, shares: int, t: int) -> tuple[list, list, SecAggFeder
         c["commit_index"], c["log_size"] = index, size
         req["proof"] = {
             "checkpoint": blk.checkpoint,
+            "head": blk.header_bytes,  # the second commit block's signed header, as its checkpoint names it
+            "head_signature": blk.signature,
             "entry": b.to_bytes(),
             "index": index,
             "inclusion": b"".join(proofs.inclusion_proof(fed.ledger, index, size)),

@@ -1,0 +1,123 @@
+"""A SecAgg+ node checks the checkpoint's ``flower-chain/head`` line (docs/ledger-format.md §5.1) against the
+signed block header it is sent with it, at stage 0 and with the commitment at stage 3: a head re-signed under
+the same log (another ``model_after``), a checkpoint without the line once one had it, or no header at all is
+refused, naming both block hashes; nothing is revealed. An honest run passes these checks (test_secagg_round)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from flower_chain.clients.secagg import RECORD
+from flower_chain.ledger.block import BlockHeader
+from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from flower_chain.ledger.encoding import decode, encode
+from flower_chain.ledger.secagg import StageStatement
+from flower_chain.ledger.writer import origin_for
+from tests.support.fl_helpers import with_content
+from tests.support.secagg_federation import SecAggFederation
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def edit_proof(stage: str, edit):
+    """A dishonest server's rewrite: ``edit(proof, fed)`` changes the proof of every ``stage`` instruction."""
+
+    def rewrite(nid, st, msg: Message) -> Message:
+        if st != stage:
+            return msg
+        req = decode(msg.content.config_records[RECORD]["request"])
+        edit(req["proof"])
+        content = RecordDict(dict(msg.content.items()))
+        content.config_records[RECORD] = ConfigRecord({"request": encode(req)})
+        return with_content(msg, content)
+
+    return rewrite
+
+
+def resigned_head(fed: SecAggFederation):
+    """Edit: the head header re-signed by the server key with another ``model_after`` (same height, log)."""
+
+    def edit(proof):
+        header = BlockHeader.from_bytes(proof["head"])
+        other = dataclasses.replace(header, model_after=hashlib.sha256(b"another model").digest()).to_bytes()
+        proof["head"], proof["head_signature"] = other, fed.server_key.sign(other)
+
+    return edit
+
+
+def unnamed_checkpoint(fed: SecAggFederation):
+    """Edit: the checkpoint re-signed by the server key without its head line (same size and root)."""
+
+    def edit(proof):
+        cp = verify_checkpoint(proof["checkpoint"], fed.server_key.public_key())
+        proof["checkpoint"] = sign_checkpoint(
+            Checkpoint(origin_for("fed-secagg"), cp.size, cp.root_hash), fed.server_key
+        )
+
+    return edit
+
+
+def no_header(fed: SecAggFederation):
+    def edit(proof):
+        del proof["head"]
+
+    return edit
+
+
+def refusals(fed: SecAggFederation, stage: str) -> list[str]:
+    return [str(e) for _, st, e in fed.grid.errors if st == stage]
+
+
+@pytest.mark.parametrize("attack", [resigned_head, no_header])
+def test_at_setup_a_head_other_than_the_checkpoint_names_is_refused(attack):
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    head = fed.ledger.head()
+    fed.grid.rewrite = edit_proof("setup", attack(fed))
+    figures = fed.run_round(1)
+    assert figures.get("setup", 0) == 0 and len(refusals(fed, "setup")) == 4, (figures, fed.grid.errors)
+    why = refusals(fed, "setup")[0]
+    if attack is resigned_head:  # both hashes named: the one the checkpoint names and the one sent
+        assert head.hash.hex() in why and "the server sent the signed header of block" in why, why
+    else:
+        assert "no block header signed by the server key" in why, why
+
+
+def test_a_checkpoint_without_the_head_line_after_one_with_it_is_refused():
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    assert fed.run_round(1)["failure"] == ""  # every node saw checkpoints naming their head
+    fed.grid.rewrite = edit_proof("setup", unnamed_checkpoint(fed))
+    figures = fed.run_round(2)
+    assert figures.get("setup", 0) == 0, figures
+    why = refusals(fed, "setup")
+    assert len(why) == 4 and all("checkpoint names no block" in w for w in why), why
+
+
+def test_a_checkpoint_without_the_head_line_is_taken_from_a_node_that_never_saw_one():
+    """Ledgers from before §5.1: nothing to bind, the round completes."""
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    fed.grid.rewrite = edit_proof("setup", unnamed_checkpoint(fed))
+    assert fed.run_round(1)["failure"] == "", fed.grid.errors
+
+
+@pytest.mark.parametrize("attack", [resigned_head, unnamed_checkpoint, no_header])
+def test_at_unmask_a_commit_checkpoint_whose_head_is_not_the_header_sent_reveals_nothing(attack):
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    replies: dict = {}
+
+    def tamper(nid, stage, msg, reply):
+        if stage == "unmask" and not reply.has_error():
+            replies[nid] = StageStatement.from_bytes(reply.content.config_records[RECORD]["statement"]).reply
+        return reply
+
+    fed.grid.rewrite, fed.grid.tamper = edit_proof("unmask", attack(fed)), tamper
+    figures = fed.run_round(1)
+    assert figures["failure"], figures
+    assert len(replies) == 4 and all(r["refused"] for r in replies.values()), replies
+    assert not any(r["seed_shares"] or r["key_shares"] for r in replies.values())
+    want = {resigned_head: "the server sent the signed header", unnamed_checkpoint: "checkpoint names no block"}
+    want[no_header] = "no block header signed by the server key"
+    assert all(want[attack] in r["refused"] for r in replies.values()), replies
