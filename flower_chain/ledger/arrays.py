@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -276,8 +278,30 @@ def encode_arrays(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_
     return b"".join(bytes(c) for c in _chunks(named, check_version(version)))
 
 
+_DTYPE_TEXT = re.compile(r"[<|][?a-zA-Z][0-9]{1,6}(\[[0-9a-z]{1,3}\])?")  # numpy dtype.str as _chunks writes it
+
+
+def _stream_dtype(text: bytes) -> np.dtype:
+    """The dtype an array stream names: a little-endian or byte-order-free ``dtype.str``, never object, never
+    zero-sized (:class:`EncodingError` otherwise, whatever the bytes)."""
+    try:
+        s = text.decode("ascii")
+        if not _DTYPE_TEXT.fullmatch(s):
+            raise ValueError
+        dtype = np.dtype(s)
+    except (ValueError, TypeError):
+        raise EncodingError(f"dtype {text[:40]!r} is not one an array stream holds") from None
+    if dtype.hasobject or dtype.itemsize == 0 or dtype.str != s:
+        raise EncodingError(f"dtype {s!r} is not one an array stream holds")
+    return dtype
+
+
 def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
-    """Parse an array stream back into (name, array) pairs; raise :class:`EncodingError` if malformed."""
+    """Parse an array stream back into (name, array) pairs; raise :class:`EncodingError` if malformed.
+
+    Total: any bytes end in a list or in :class:`EncodingError` (names that are not UTF-8, dtypes outside
+    what :func:`encode_arrays` writes, shapes whose size does not match the byte count, in Python integers).
+    """
     mv = memoryview(data)
     pos = len(ARRAYS_DOMAIN)
     if bytes(mv[:pos]) != ARRAYS_DOMAIN:
@@ -294,13 +318,18 @@ def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
     count = _U32.unpack(take(4))[0]
     out = []
     for _ in range(count):
-        name = bytes(take(_U32.unpack(take(4))[0])).decode("utf-8")
-        dtype = np.dtype(bytes(take(_U32.unpack(take(4))[0])).decode())
+        try:
+            name = bytes(take(_U32.unpack(take(4))[0])).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodingError("an array name is not UTF-8") from None
+        dtype = _stream_dtype(bytes(take(_U32.unpack(take(4))[0])))
         ndim = _U32.unpack(take(4))[0]
+        if ndim > 64:  # numpy's limit
+            raise EncodingError(f"array {name[:40]!r}: {ndim} dimensions")
         shape = tuple(_U64.unpack(take(8))[0] for _ in range(ndim))
         nbytes = _U64.unpack(take(8))[0]
-        if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise EncodingError(f"array {name!r}: byte count does not match shape and dtype")
+        if nbytes != math.prod(shape) * dtype.itemsize:  # Python integers: no wrap-around
+            raise EncodingError(f"array {name[:40]!r}: byte count does not match shape and dtype")
         out.append((name, np.frombuffer(bytes(take(nbytes)), dtype=dtype).reshape(shape)))
     if pos != len(mv):
         raise EncodingError("trailing bytes after the array stream")
