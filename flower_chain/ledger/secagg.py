@@ -20,6 +20,7 @@ from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION
 from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
 from flower_chain.ledger.secagg_masks import GENERATORS
+from flower_chain.ledger.text import is_decimal
 
 STAGE_DOMAIN = b"flower-chain:secagg-stage:v1\x00"
 REQUEST_DOMAIN = b"flower-chain:secagg-request:v1\x00"
@@ -77,8 +78,25 @@ def node_id_text(value: Any) -> str:
 
 
 def request_digest(stage: str, content: dict[str, Any]) -> bytes:
-    """SHA-256 of what the server asked a node at ``stage`` (docs/secagg.md §3)."""
+    """SHA-256 of what the server asked a node at ``stage`` (docs/secagg.md §3).
+
+    At the masked-input stage the forwarded ciphertexts enter by their SHA-256 (what each owner signed in
+    ``sent``), so the digest, commitments included, is recomputable from the share-keys statements on the
+    ledger: a node's signature binds the commitments it checked its shares against (review F4).
+    """
+    if stage == MASKED and isinstance(content, dict) and isinstance(content.get("ciphertexts"), dict):
+        cts = content["ciphertexts"]
+        digests = {k: hashlib.sha256(v).digest() if isinstance(v, bytes) else v for k, v in cts.items()}
+        rest = {k: v for k, v in content.items() if k != "ciphertexts"}
+        content = {**rest, "ciphertext_digests": digests}
     return hashlib.sha256(encode_with_domain(REQUEST_DOMAIN, {"stage": stage, "content": content})).digest()
+
+
+def masked_request_digest(ciphertext_digests: dict[str, bytes], shares: dict[str, Any]) -> bytes:
+    """:func:`request_digest` of a masked-input request from what the ledger holds: each source's signed
+    ciphertext digest (``sent``) and share commitments (``shares``) for this holder."""
+    content = {"shares": shares, "ciphertext_digests": ciphertext_digests}
+    return hashlib.sha256(encode_with_domain(REQUEST_DOMAIN, {"stage": MASKED, "content": content})).digest()
 
 
 def seed_digest(seed: bytes) -> bytes:
@@ -156,12 +174,14 @@ class StageStatement:
                 raise EncodingError(f"stage statement field {name!r} must be {typ.__name__}")
         if d["stage"] not in CLIENT_STAGES:
             raise EncodingError(f"unknown stage {d['stage']!r}")
+        if not is_decimal(d["node_id"]) or len(d["node_id"]) > 20:
+            raise EncodingError("a stage statement's node_id must be a decimal node id")
         check_reply(d["stage"], d["reply"])
         return cls(**d)
 
 
 def _ids(value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.isdigit() and len(v) <= 20 for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and is_decimal(v) and len(v) <= 20 for v in value):
         raise EncodingError(f"{what} must be a list of node ids")
     if len(set(value)) != len(value):
         raise EncodingError(f"{what} names a node twice")
@@ -170,7 +190,7 @@ def _ids(value: Any, what: str) -> list[str]:
 
 def _id_map(value: Any, what: str, typ: type) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(
-        k.isdigit() and len(k) <= 20 and isinstance(v, typ) for k, v in value.items()
+        isinstance(k, str) and is_decimal(k) and len(k) <= 20 and isinstance(v, typ) for k, v in value.items()
     ):
         raise EncodingError(f"{what} must map node ids to {typ.__name__}")
     return value

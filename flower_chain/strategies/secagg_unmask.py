@@ -27,6 +27,11 @@ from flower_chain.ledger.secagg import seed_digest, share_digest
 from flower_chain.ledger.secagg_masks import add_mask
 
 
+def id_order(node_id: str) -> tuple[int, str]:
+    """A total sort key for node ids: numeric order for decimal text, never an exception on other text."""
+    return (len(node_id), node_id) if isinstance(node_id, str) else (0, "")
+
+
 def combine(shares: Sequence[bytes], threshold: int) -> bytes | str:
     """The secret of ``shares`` (at least ``threshold`` of them), or why it cannot be rebuilt."""
     shares = [s for s in shares if isinstance(s, bytes)]
@@ -56,7 +61,7 @@ def rebuild(
     left out; the secret is combined from the verified shares only, then ``check`` (the owner's commitment
     to the secret) must accept it. Returns ``(secret, holders whose share is wrong, problem)``.
     """
-    items = sorted(((n, s) for n, s in shares.items() if isinstance(s, bytes)), key=lambda t: int(t[0]))
+    items = sorted(((n, s) for n, s in shares.items() if isinstance(s, bytes)), key=lambda t: id_order(t[0]))
     good = [s for n, s in items if committed.get(n) == share_digest(s)]
     bad = [n for n, s in items if committed.get(n) != share_digest(s)]
     if len(good) < threshold:
@@ -134,18 +139,24 @@ def unmask(
     sources : mapping
         Live node -> the nodes whose shares it received (it added a pairwise mask with each).
     """
-    live = sorted(vectors, key=int)
+    live = sorted(vectors, key=id_order)
     if not live:
         return "no live input"
+    outside = [(u, w) for u in live for w in sources.get(u, ()) if w not in vectors and w not in keys]
+    if outside:  # a pairwise mask nobody can remove: the sum would be garbage (review F8)
+        u, w = outside[0]
+        return f"node {u} masked with node {w}, which is neither live nor a dropped node whose key was rebuilt"
     shapes = [np.asarray(a).shape for a in vectors[live[0]]]
     total = [np.zeros(s, dtype=np.int64) for s in shapes]
     try:
         signed: list[tuple[bytes, int]] = [(seeds[nid], -1) for nid in live]
-        for v, secret in sorted(keys.items(), key=lambda t: int(t[0])):
+        for v, secret in sorted(keys.items(), key=lambda t: id_order(t[0])):
             sk = bytes_to_private_key(secret)
             for u in live:  # u added +mask when u > v, -mask otherwise: take it back out
                 if v in sources.get(u, ()):
-                    signed.append((generate_shared_key(sk, bytes_to_public_key(pk1[u])), -1 if int(u) > int(v) else 1))
+                    signed.append(
+                        (generate_shared_key(sk, bytes_to_public_key(pk1[u])), -1 if id_order(u) > id_order(v) else 1)
+                    )
         for nid in live:  # every value is below 2**32: int64 sums of up to 2**31 terms cannot overflow
             for acc, a in zip(total, vectors[nid]):
                 acc += a
@@ -199,5 +210,5 @@ def one_sided_pairs(sources: Mapping[str, Sequence[str]]) -> list[tuple[str, str
     live = set(sources)
     return sorted(
         ((u, w) for u, srcs in sources.items() for w in srcs if w in live and u not in sources.get(w, ())),
-        key=lambda t: (int(t[0]), int(t[1])),
+        key=lambda t: (id_order(t[0]), id_order(t[1])),
     )
