@@ -16,8 +16,9 @@ from typing import Any, TypedDict
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.checkpoint import verify_checkpoint
-from flower_chain.ledger.errors import CheckpointError, LedgerError, ProofError
+from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.checkpoint import Checkpoint, check_head, verify_checkpoint
+from flower_chain.ledger.errors import CheckpointError, LedgerConnectionError, LedgerError, ProofError
 from flower_chain.ledger.proofs import consistency_proof
 from flower_chain.ledger.tiles import TILE_HEIGHT, TILE_WIDTH, TilePath, encode_bundle, tile_hashes
 from flower_chain.ledger.writer import read_genesis
@@ -93,7 +94,10 @@ class LogView:
         self.checkpoint = head.checkpoint
         self.size = head.header.log_size
         self.height = head.header.height
-        self.root = verify_checkpoint(head.checkpoint, self.genesis.server_key, origin=self.origin).root_hash
+        cp = verify_checkpoint(head.checkpoint, self.genesis.server_key, origin=self.origin)
+        self.root, self.block_hash = cp.root_hash, head.hash
+        #: whether the served log's checkpoints name their head block (then every later one must)
+        self.head_named = check_head(cp, head.header.height, head.hash, required=False)
         #: why serving stopped: the ledger was rewritten under the server (both checkpoints named), else None
         self.diverged: str | None = None
         self._checked = time.monotonic()
@@ -101,7 +105,12 @@ class LogView:
         self._explorer: tuple[int, dict[str, Any]] | None = None
 
     def refresh(self, force: bool = False) -> None:
-        """Pick up blocks appended since the last look (no more often than ``refresh_s`` unless forced)."""
+        """Pick up blocks appended since the last look (no more often than ``refresh_s`` unless forced).
+
+        Every look re-checks what is served: the stored tree at the served size must still have the served
+        root and the served head block its hash. A new head is taken only when its checkpoint verifies,
+        names that block (the head line), and its tree extends the served one; anything else stops serving.
+        """
         with self.lock:
             now = time.monotonic()
             if self.diverged or (not force and now - self._checked < self.refresh_s):
@@ -110,26 +119,58 @@ class LogView:
             try:
                 self.ledger.reload()
                 head = self.ledger.head()
-            except LedgerError as e:
+            except LedgerConnectionError as e:  # the database is away: nothing was re-read
                 log.error("cannot re-read %s: %s", self.ledger.uri, e)
                 return
-            if head is None or (head.header.height == self.height and head.checkpoint == self.checkpoint):
+            except LedgerError as e:  # the storage was re-read and cannot be: it no longer holds the log
+                self._diverge(f"the stored ledger can no longer be read ({e})", "(unreadable)")
                 return
-            try:
-                cp = verify_checkpoint(head.checkpoint, self.genesis.server_key, origin=self.origin)
-            except (CheckpointError, LedgerError) as e:
-                log.error("not serving block %d: its checkpoint does not verify (%s)", head.header.height, e)
+            if head is None:
+                self._diverge("the stored ledger is empty", "(none)")
                 return
-            problem = self._inconsistency(head.header.height, cp.size, cp.root_hash)
-            if problem:
+            problem = self._served_problem()
+            if not problem and (head.header.height, head.checkpoint) == (self.height, self.checkpoint):
+                return
+            cp = None
+            if not problem:
+                problem, cp = self._new_head_problem(head)
+            if problem or cp is None:
                 self._diverge(problem, head.checkpoint)
                 return
-            self.checkpoint, self.size, self.height, self.root = (
-                head.checkpoint,
-                cp.size,
-                head.header.height,
-                cp.root_hash,
-            )
+            self.checkpoint, self.size, self.height = head.checkpoint, cp.size, head.header.height
+            self.root, self.block_hash = cp.root_hash, head.hash
+
+    def _served_problem(self) -> str:
+        """Why the storage no longer holds what is served ('' when it does): the root of the served size
+        recomputed from the stored tree, and the served head block's hash."""
+        try:
+            stored_root = merkle.CompactRange.from_nodes(self.size, self.ledger.node).root()
+            stored_hash = self.ledger.block(self.height).hash
+        except (LedgerError, ValueError, IndexError, KeyError) as e:
+            return f"the served log of {self.size} entries (block {self.height}) is no longer stored ({e})"
+        if stored_root != self.root:
+            return f"the stored tree of the served {self.size} entries has another root"
+        if stored_hash != self.block_hash:
+            return f"block {self.height} (the served head) was rewritten: another header"
+        return ""
+
+    def _new_head_problem(self, head: StoredBlock) -> tuple[str, Checkpoint | None]:
+        """Why the stored head cannot follow the served one ('' and its checkpoint when it can)."""
+        height = head.header.height
+        try:
+            cp = verify_checkpoint(head.checkpoint, self.genesis.server_key, origin=self.origin)
+        except (CheckpointError, LedgerError) as e:
+            return f"the stored head (block {height}) has a checkpoint that does not verify ({e})", None
+        if cp.size != head.header.log_size:
+            return f"the stored head's checkpoint names {cp.size} entries, its block {head.header.log_size}", None
+        problem = self._inconsistency(height, cp.size, cp.root_hash)
+        if problem:
+            return problem, None
+        try:
+            self.head_named = check_head(cp, height, head.hash, required=self.head_named)
+        except CheckpointError as e:
+            return f"the stored head's checkpoint does not name its block {height} ({e})", None
+        return "", cp
 
     def _inconsistency(self, height: int, size: int, root: bytes) -> str:
         """Why the stored head at ``height`` (``size`` entries, ``root``) cannot follow the served one ('' if it can)."""
@@ -148,7 +189,8 @@ class LogView:
         """Stop serving: the ledger under the server is not an extension of what it published."""
         self.diverged = (
             f"the ledger was rewritten under this server: {problem}. Served checkpoint:\n{self.checkpoint}\n"
-            f"Stored checkpoint now:\n{stored}\nServing stopped (full tiles were promised immutable); investigate, "
+            + (f"Stored checkpoint now:\n{stored}\n" if stored else "")
+            + "Serving stopped (full tiles were promised immutable); investigate, "
             "then restart flower-chain serve"
         )
         self._full_tiles.clear()
@@ -171,7 +213,17 @@ class LogView:
                 return self._full_tiles[key]
             if t.level is None:
                 start = t.index * TILE_WIDTH
-                data = encode_bundle(self.ledger.entries(start, start + t.width))
+                what = f"the stored entries {start}..{start + t.width - 1}"
+                try:
+                    entries = list(self.ledger.entries(start, start + t.width))
+                    stored = merkle.range_from_nodes(self.ledger.node)(start, start + len(entries))
+                except LedgerError as e:  # damaged storage: it no longer holds the served log
+                    self._diverge(f"{what} cannot be read ({e})", "")
+                    return None
+                if merkle.root(merkle.leaf_hashes(entries)) != stored:  # entries edited beside an intact tree
+                    self._diverge(f"{what} are not the tree's", "")
+                    return None
+                data = encode_bundle(entries)
             else:
                 data = tile_hashes(self.ledger.node, t)
             if not t.is_partial:
