@@ -31,7 +31,7 @@ SHAPES = [(520, 520), (4,)]  # 270,404 float32: the array stream is over 1 MiB, 
 FID = "fed-secagg"
 
 
-def v1_federation(tmp_path, n: int = 4) -> tuple[SecAggFederation, str]:
+def v1_federation(tmp_path, n: int = 4, shapes=SHAPES) -> tuple[SecAggFederation, str]:
     """A SecAgg+ federation continuing a ledger whose genesis names digest version 1 (as older ledgers)."""
     uri, keys = f"sqlite:///{tmp_path}/v1.db", [Ed25519PrivateKey.generate() for _ in range(n)]
     server_key = Ed25519PrivateKey.generate()
@@ -54,7 +54,7 @@ def v1_federation(tmp_path, n: int = 4) -> tuple[SecAggFederation, str]:
         assert digest_version_of(ledger) == 1
     finally:
         ledger.close()
-    fed = SecAggFederation(uri, n=n, num_shares=n, threshold=3, shapes=SHAPES, keys=keys, server_key=server_key)
+    fed = SecAggFederation(uri, n=n, num_shares=n, threshold=3, shapes=shapes, keys=keys, server_key=server_key)
     return fed, uri
 
 
@@ -106,3 +106,20 @@ def test_a_node_refuses_a_header_naming_an_unknown_digest_version(tmp_path, sent
     assert len(refusals) == 4 and all(f"unknown array digest version {sent}" in r for r in refusals), refusals
     for got, want in zip(fed.model(), model):  # no node took part: the model stays
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_audit_names_a_header_whose_digest_version_is_not_the_genesis(tmp_path, monkeypatch):
+    """A server writing a header under version 2 on a v1 ledger: with a model under 1 MiB (its v1 and v2
+    digests agree) the round runs, and the header's version is what the audit names."""
+    from flower_chain.strategies.recorder import Recorder
+
+    fed, _ = v1_federation(tmp_path, shapes=[(6, 4)])
+    monkeypatch.setattr(Recorder, "digest_version", property(lambda self: 2))
+    assert fed.run_round(1)["failure"] == ""
+    monkeypatch.undo()
+    report = audit_secagg(fed.ledger)
+    assert not report.ok
+    errors = [(f.round, f.stage, f.message) for f in report.findings if f.severity == "error"]
+    what = "the header names array digest version 2, the ledger's is 1: its nodes digested under another"
+    assert errors[0] == (1, "header", what), errors
+    assert all("digest" not in m for _, s, m in errors[1:]), errors  # no digest differs: the replay stops after it
