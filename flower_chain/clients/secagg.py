@@ -67,6 +67,7 @@ from flower_chain.ledger.secagg import (
     share_digest,
 )
 from flower_chain.ledger.secagg_masks import WEAK_GENERATORS
+from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger(__name__)
 RECORD = "flower-chain.secagg"  # the config record of every SecAgg+ instruction and reply
@@ -282,7 +283,7 @@ class _Node:
         if not isinstance(cts, dict) or not isinstance(commits, dict):
             raise Refusal("the masked-input request carries no ciphertexts and share commitments")
         sources = []
-        for src, ct in sorted(cts.items(), key=lambda t: int(t[0]) if t[0].isdigit() else -1):
+        for src, ct in sorted(cts.items(), key=lambda t: _id_key(t[0])):
             if src not in rnd["ss2"] or not isinstance(ct, bytes):
                 continue  # never told this node's keys: no share, no pairwise mask
             try:
@@ -332,8 +333,12 @@ class _Node:
             "key_shares": {},
             "refused": "",
         }
-        if not all(isinstance(x, str) and x.isdigit() for x in reply["active"] + reply["dead"]):
+        if not (isinstance(active, list) and isinstance(dead, list)) or not all(
+            isinstance(x, str) and is_decimal(x) for x in active + dead
+        ):
             reply["active"], reply["dead"] = [], []
+            reply["refused"] = "the unmask request's active/dead lists are not lists of node ids"
+            return reply  # signed: the refusal is this node's evidence against the server
         commit, cp, problem = checks.committed_lists(req["proof"], rnd["server_key"], rnd, self.witnesses, self.quorum)
         if cp is not None:
             reply["checkpoint_size"], reply["checkpoint_root"] = cp.size, cp.root
@@ -356,6 +361,11 @@ class _Node:
         reply["seed_shares"] = {nid: rnd["seed_shares"][nid] for nid in active}
         reply["key_shares"] = {nid: rnd["key_shares"][nid] for nid in dead}
         return reply
+
+
+def _id_key(node_id: Any) -> tuple[int, str]:
+    """A total sort key for node ids from a request: numeric order for decimal text, anything else first."""
+    return (len(node_id), node_id) if isinstance(node_id, str) and is_decimal(node_id) else (-1, "")
 
 
 def _agree(sk: Any, raw: bytes, what: str) -> bytes:

@@ -354,6 +354,9 @@ def unmask_problem(commit: dict[str, Any], told_active: Any, told_dead: Any, sta
             return f"asked a key share of node {nid}, whose masked input is committed"
         if nid not in state["key_shares"]:
             return f"asked a key share of node {nid}, which never shared keys with this node"
+    outside = sorted(set(state.get("sources", ())) - live - dropped)
+    if outside:  # its pairwise mask with that node would stay in the sum: the aggregate is garbage (F8)
+        return f"this node masked with node {outside[0]}, which the commitment names neither live nor dropped"
     for nid in told_active:
         if nid in dropped:
             return f"asked a seed share of node {nid}, which is committed as dropped"
