@@ -83,6 +83,7 @@ class StageJudge:
         self.keys, self.revoked = keys, revoked
         self.node_key: dict[str, str] = {}  # node -> key id it set up with
         self.seen: set[tuple[str, str]] = set()  # (stage, node) answered
+        self.setup_keys: dict[bytes, str] = {}  # public key -> the node whose accepted setup reply carried it
 
     def _entry(
         self, stage: str, nid: str, kid: str, reason: str, detail: str, st: bytes = b"", sig: bytes = b""
@@ -159,9 +160,15 @@ class StageJudge:
             return Verdict(self._entry(stage, nid, kid, "malformed", f"reply: {e}", raw, sig))
         if problem:
             return Verdict(self._entry(stage, nid, kid, "mismatch", problem, raw, sig))
-        self.seen.add((stage, nid))
-        if stage == SETUP:
+        if stage == SETUP:  # a key another node set up with is a copy: it never reaches the neighbours (F12)
+            owner = next((self.setup_keys[k] for k in (st.reply["pk1"], st.reply["pk2"]) if k in self.setup_keys), "")
+            if owner:
+                return Verdict(
+                    self._entry(stage, nid, kid, "duplicate", f"a public key node {owner} set up with", raw, sig)
+                )
+            self.setup_keys.update({st.reply["pk1"]: nid, st.reply["pk2"]: nid})
             self.node_key[nid] = kid
+        self.seen.add((stage, nid))
         if stage == UNMASK and st.reply["refused"]:
             return Verdict(self._entry(stage, nid, kid, "refused", st.reply["refused"], raw, sig), st, payload)
         return Verdict(self._entry(stage, nid, kid, "ok", "", raw, sig), st, payload)
