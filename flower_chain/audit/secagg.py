@@ -41,7 +41,7 @@ from flower_chain.ledger.secagg_masks import (
     neighbour_graph,
 )
 from flower_chain.ledger.writer import read_genesis
-from flower_chain.strategies.secagg_unmask import one_sided_pairs, rebuild_all, unmask
+from flower_chain.strategies.secagg_unmask import one_sided_pairs, one_sided_text, rebuild_all, unmask
 
 __all__ = ["Finding", "SecAggReport", "audit_secagg"]
 _ORDER = (SETUP, SHARE_KEYS, MASKED, UNMASK)
@@ -267,15 +267,9 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
                 )
             )
     for u, w in one_sided_pairs({n: acc[MASKED][n].statement.reply["sources"] for n in live if n in acc[MASKED]}):
-        found.append(
-            Finding(
-                r,
-                MASKED,
-                u,
-                f"masked with node {w}, which did not mask with it: the masks do not cancel (ciphertexts withheld, "
-                "or shares other than this node committed to)",
-            )
-        )
+        sev = "warning" if t.result is not None and t.result["failure"] else "error"  # failed closed: no blame
+        for nid, what in ((u, f"masked with node {w}, which left it out"), (w, f"left node {u} out")):  # F7
+            found.append(Finding(r, MASKED, nid, f"{what}: {one_sided_text(u, w)}", sev))
     closure_findings(r, acc, list(live), list(dropped), found)
     for nid in dropped:
         if nid not in acc[SHARE_KEYS]:

@@ -205,6 +205,15 @@ def rebuild_all(
     return seeds, keys, wrong, problem
 
 
+def one_sided_text(u: str, w: str) -> str:
+    """What the signatures prove about a one-sided pair ``(u, w)`` (docs/secagg.md §4), and no more."""
+    return (
+        f"nodes {u} and {w} did not both mask with each other, the masks do not cancel: {u} signed a pairwise mask with {w}; {w}, "
+        f"forwarded {u}'s shares, signed its sources without {u} (either {w} left {u} out or {u}'s shares for "
+        f"{w} did not open to {u}'s commitment: the signatures do not say which)"
+    )
+
+
 def one_sided_pairs(sources: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
     """Live pairs ``(u, w)`` where ``u`` masked with ``w`` but ``w`` not with ``u``: their masks do not cancel."""
     live = set(sources)

@@ -60,7 +60,7 @@ from flower_chain.ledger.secagg_masks import (
 )
 from flower_chain.strategies.secagg_judge import RECORD, StageJudge, Verdict
 from flower_chain.strategies.secagg_record import Background, RoundRecording
-from flower_chain.strategies.secagg_unmask import one_sided_pairs, rebuild_all, unmask
+from flower_chain.strategies.secagg_unmask import one_sided_pairs, one_sided_text, rebuild_all, unmask
 from flower_chain.wire import CTX_BASE, CTX_PARENT, PREFIX
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ class _Round(RoundRecording):
             failure = failure or "no masked input"
         pairs = one_sided_pairs({n: self.verdicts[MASKED][n].statement.reply["sources"] for n in live})
         if pairs:
-            failure = failure or f"nodes {pairs[0][0]} and {pairs[0][1]} did not both mask with each other"
+            failure = failure or one_sided_text(*pairs[0])
         if not failure:
             total = unmask(
                 {n: self.verdicts[MASKED][n].payload["arrays"] for n in live},
