@@ -121,3 +121,24 @@ def test_at_unmask_a_commit_checkpoint_whose_head_is_not_the_header_sent_reveals
     want = {resigned_head: "the server sent the signed header", unnamed_checkpoint: "checkpoint names no block"}
     want[no_header] = "no block header signed by the server key"
     assert all(want[attack] in r["refused"] for r in replies.values()), replies
+
+
+def test_head_problem_refuses_a_header_not_signed_by_the_server_or_not_the_checkpointed_head():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from flower_chain.clients.secagg_checks import head_problem
+    from flower_chain.ledger.keys import raw_public
+
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    head, key = fed.ledger.head(), raw_public(fed.server_key)
+    cp = verify_checkpoint(head.checkpoint, key)
+    proof = {"head": head.header_bytes, "head_signature": head.signature}
+    assert head_problem(cp, proof, key, "fed-secagg", required=False) == (True, None)
+    forged = {**proof, "head_signature": Ed25519PrivateKey.generate().sign(head.header_bytes)}
+    assert "signed by the server key" in head_problem(cp, forged, key, "fed-secagg", required=False)[1]
+    assert "not the head of this federation" in head_problem(cp, proof, key, "another-fed", required=False)[1]
+    other = dataclasses.replace(BlockHeader.from_bytes(head.header_bytes), log_size=cp.size + 1).to_bytes()
+    moved = {"head": other, "head_signature": fed.server_key.sign(other)}
+    assert "not the head of this federation" in head_problem(cp, moved, key, "fed-secagg", required=False)[1]
+    junk = {"head": b"junk", "head_signature": fed.server_key.sign(b"junk")}
+    assert "does not decode" in head_problem(cp, junk, key, "fed-secagg", required=False)[1]
