@@ -210,7 +210,10 @@ def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
         raise EncodingError("a masked-input payload must hold the vector")
     named = decode_arrays(payload["vector"])
     shapes = [tuple(a.shape) for _, a in named]
-    if [n for n, _ in named] != [str(i) for i in range(len(named))] or shapes != expect["shapes"]:
+    v1 = (
+        [s or (1,) for s in expect["shapes"]] if expect["version"] == 1 else expect["shapes"]
+    )  # v1 streams: 0-d as (1,)
+    if [n for n, _ in named] != [str(i) for i in range(len(named))] or shapes != v1:
         return "the masked vector does not have the model's layout (weight first)"
     mod = expect["mod_range"]
     if any(a.dtype != np.uint32 or (a.size and mod < 2**32 and a.max() >= mod) for _, a in named):
@@ -223,7 +226,8 @@ def _masked(reply: dict[str, Any], payload: dict[str, Any], expect: dict[str, An
         return "the statement names another base model than the round header's base_digest"
     if not set(reply["sources"]) <= set(expect["sources"]):
         return "the node names shares from nodes it was not sent"
-    payload["arrays"] = [a for _, a in named]  # uint32: unmask accumulates into int64 (exact, no copy)
+    # uint32: unmask accumulates into int64 (exact, no copy), in the model's shapes (a v1 (1,) is its 0-d array)
+    payload["arrays"] = [a.reshape(s) for (_, a), s in zip(named, expect["shapes"])]
     return None
 
 

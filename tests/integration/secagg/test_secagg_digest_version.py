@@ -27,7 +27,7 @@ from tests.support.fl_helpers import with_content
 from tests.support.secagg_federation import SecAggFederation
 
 pytestmark = pytest.mark.usefixtures("task_identity")
-SHAPES = [(520, 520), (4,)]  # 270,404 float32: the array stream is over 1 MiB, where v1 and v2 digests differ
+SHAPES = [(520, 520), (4,), ()]  # 270,405 float32, over 1 MiB, and a 0-d array: v1 and v2 digests differ
 FID = "fed-secagg"
 
 
@@ -76,6 +76,7 @@ def test_a_secagg_round_on_a_v1_ledger_digests_everything_under_v1_and_verifies_
     assert not fed.grid.errors, fed.grid.errors
     assert [h[VERSION_FIELD] for h in headers(fed.ledger)] == [1, 1]
     assert fed.ledger.head().header.model_after == array_digest(named(fed.model()), 1)
+    assert [a.shape for a in fed.model()] == [(520, 520), (4,), ()]  # the 0-d array stays 0-d
     report = audit_secagg(fed.ledger)
     assert report.ok and report.rounds == 2, report.lines()
     fed.strategy.close()
