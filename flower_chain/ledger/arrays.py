@@ -327,6 +327,8 @@ def decode_arrays(data: bytes) -> list[tuple[str, np.ndarray]]:
         if ndim > 64:  # numpy's limit
             raise EncodingError(f"array {name[:40]!r}: {ndim} dimensions")
         shape = tuple(_U64.unpack(take(8))[0] for _ in range(ndim))
+        if any(d >= 2**62 for d in shape) or math.prod(d for d in shape if d) >= 2**62:  # numpy's intp bounds
+            raise EncodingError(f"array {name[:40]!r}: shape {shape[:4]} is beyond any array")
         nbytes = _U64.unpack(take(8))[0]
         if nbytes != math.prod(shape) * dtype.itemsize:  # Python integers: no wrap-around
             raise EncodingError(f"array {name[:40]!r}: byte count does not match shape and dtype")

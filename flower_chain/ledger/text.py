@@ -114,10 +114,16 @@ def safe_label(value: object, limit: int = 24) -> str:
     return f"{shown}#{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def is_decimal(s: str) -> bool:
-    """``s`` is one or more ASCII digits 0-9.
+#: Most digits :func:`is_decimal` accepts: every number flower-chain reads fits (sizes and heights below
+#: 2**63, Flower's 64-bit node ids), and ``int()`` of it never meets Python's int-conversion limit.
+MAX_DECIMAL_DIGITS = 20
+
+
+def is_decimal(s: str, max_digits: int = MAX_DECIMAL_DIGITS) -> bool:
+    """``s`` is one to ``max_digits`` ASCII digits 0-9.
 
     ``str.isdigit()`` alone is true for "²" or "٣", which ``int()`` then refuses or reads as another
-    number: every decimal field read from the network or a file goes through this test.
+    number, and ``int()`` of 4,301 digits raises: every decimal field read from the network or a file goes
+    through this test.
     """
-    return s.isascii() and s.isdigit()
+    return 0 < len(s) <= max_digits and s.isascii() and s.isdigit()

@@ -176,10 +176,11 @@ class WitnessStore:
 def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint) -> Reply | None:
     """The head line rules (docs/ledger-format.md §5.1) against the latest checkpoint cosigned for the log.
 
-    Once a cosigned checkpoint of a log named its head block, every later one must (422); at the same size
-    and root, a checkpoint naming another block of the same or a lower height than the one cosigned is a
-    re-signed header (409: the witness keeps what it cosigned). A later height at the same size is an empty
-    block appended.
+    Once a cosigned checkpoint of a log named its head block, every later one must (422); a checkpoint
+    naming another block of the same or a lower height than the one cosigned is refused (409: a re-signed
+    header, or a head height going back while the log grew). A later height at the same size is an empty
+    block appended. (The witness sees heights and hashes, not the header chain between them: a rewrite of an
+    earlier header followed by a new block is the clients' to catch, docs/design.md.)
     """
     if stored_note is None:
         return None
@@ -192,8 +193,8 @@ def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint) -> Reply |
         return None
     if now is None:
         return Reply(422, b"this log's checkpoints name their head block (flower-chain/head); this one does not\n")
-    if cp.size == size and now.height <= before.height and now != before:
-        return Reply(409, f"{size}\n".encode(), SIZE_CONTENT_TYPE)
+    if now != before and now.height <= before.height:  # a longer log needs a later block; the same size, the same
+        return Reply(409, f"{size}\n".encode(), SIZE_CONTENT_TYPE)  # block (or an empty one appended)
     return None
 
 

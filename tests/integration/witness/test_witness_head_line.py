@@ -94,3 +94,19 @@ def test_an_old_log_without_head_lines_is_cosigned_and_may_start_naming_its_head
     proof = consistency_proof(f.ledger, size)
     assert w.add_checkpoint(request_body(_note(f, 1, None), size, proof)).status == 200
     assert w.add_checkpoint(request_body(f.writer.checkpoint(), f.writer.log_size, [])).status == 200
+
+
+def test_a_longer_log_whose_head_height_goes_back_is_refused(tmp_path):
+    """Review 2 (R2-1b): more entries need a later block; a head line naming the same or a lower height than
+    the one cosigned is refused whatever the size."""
+    f, w = _setup(tmp_path)
+    cosigned = f.writer.head
+    old_size, old_height = cosigned.header.log_size, cosigned.header.height
+    f.add_round(2)
+    new = f.writer.head
+    proof = consistency_proof(f.ledger, old_size, new.header.log_size)
+    for height in (old_height, old_height - 1):
+        reply = w.add_checkpoint(request_body(_note(f, height, new.hash), old_size, proof))
+        assert reply.status == 409, (height, reply)
+    assert w.store.latest(ORIGIN) == cosigned.checkpoint
+    assert w.add_checkpoint(request_body(f.writer.head.checkpoint, old_size, proof)).status == 200

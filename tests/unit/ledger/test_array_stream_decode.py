@@ -34,8 +34,12 @@ def test_the_framing_helper_matches_the_encoder():
         (stream(dtype=b">f4"), "not one an array stream holds"),  # the encoder writes little-endian only
         (stream(dtype=b"|V0", nbytes=0, body=b""), "not one an array stream holds"),
         (stream(name=b"\xff"), "not UTF-8"),
-        (stream(shape=(2**32, 2**32), nbytes=0, body=b""), "byte count does not match"),  # int64 would wrap to 0
+        (stream(shape=(2**32, 2**32), nbytes=0, body=b""), "beyond any array"),  # int64 would wrap to 0
+        (stream(shape=(2**20, 2**20), nbytes=0, body=b""), "byte count does not match"),
         (stream(shape=(1,) * 65, nbytes=4, body=b"\0" * 4), "dimensions"),
+        (stream(shape=(0, 2**64 - 1), nbytes=0, body=b""), "beyond any array"),  # zero bytes, numpy cannot shape it
+        (stream(shape=(2**63, 0), nbytes=0, body=b""), "beyond any array"),
+        (stream(shape=(0, 2**40, 2**40), nbytes=0, body=b""), "beyond any array"),
     ],
 )
 def test_malformed_streams_are_encoding_errors_never_other_exceptions(bad, why):
