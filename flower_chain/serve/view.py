@@ -128,7 +128,11 @@ class LogView:
             if head is None:
                 self._diverge("the stored ledger is empty", "(none)")
                 return
-            problem = self._served_problem()
+            try:
+                problem = self._served_problem()
+            except LedgerConnectionError as e:
+                log.error("cannot re-check %s: %s", self.ledger.uri, e)
+                return
             if not problem and (head.header.height, head.checkpoint) == (self.height, self.checkpoint):
                 return
             cp = None
@@ -146,6 +150,8 @@ class LogView:
         try:
             stored_root = merkle.CompactRange.from_nodes(self.size, self.ledger.node).root()
             stored_hash = self.ledger.block(self.height).hash
+        except LedgerConnectionError:
+            raise  # the database is away: not a rewrite (refresh logs it and serves on)
         except (LedgerError, ValueError, IndexError, KeyError) as e:
             return f"the served log of {self.size} entries (block {self.height}) is no longer stored ({e})"
         if stored_root != self.root:
@@ -211,26 +217,56 @@ class LogView:
             key = (t.level, t.index)
             if not t.is_partial and key in self._full_tiles:
                 return self._full_tiles[key]
-            if t.level is None:
-                start = t.index * TILE_WIDTH
-                what = f"the stored entries {start}..{start + t.width - 1}"
-                try:
-                    entries = list(self.ledger.entries(start, start + t.width))
-                    stored = merkle.range_from_nodes(self.ledger.node)(start, start + len(entries))
-                except LedgerError as e:  # damaged storage: it no longer holds the served log
-                    self._diverge(f"{what} cannot be read ({e})", "")
-                    return None
-                if merkle.root(merkle.leaf_hashes(entries)) != stored:  # entries edited beside an intact tree
-                    self._diverge(f"{what} are not the tree's", "")
-                    return None
-                data = encode_bundle(entries)
-            else:
-                data = tile_hashes(self.ledger.node, t)
+            try:
+                data, problem = self._read_tile(t)
+            except LedgerConnectionError:  # the database is away: this request fails, serving goes on
+                raise
+            except LedgerError as e:  # damaged storage: it no longer holds the served log
+                data, problem = b"", f"{t.path()} cannot be read ({e})"
+            if problem:
+                self._diverge(problem, "")
+                return None
             if not t.is_partial:
                 if len(self._full_tiles) >= _FULL_TILE_CACHE_ITEMS:
                     self._full_tiles.pop(next(iter(self._full_tiles)))
                 self._full_tiles[key] = data
             return data
+
+    def _read_tile(self, t: TilePath) -> tuple[bytes, str]:
+        """A tile's bytes, and why they are not the served tree's ('' when they are).
+
+        A full tile (cached and sent as immutable) is proved against the served root: its subtree hash,
+        recomputed from its content, must chain up to ``self.root`` through stored siblings, so storage
+        rewritten consistently (entries and nodes) cannot slip in. A partial tile (cached 10 s) is checked
+        against the stored tree only; the served root is re-checked at every look (:meth:`refresh`).
+        """
+        if t.level is None:
+            start = t.index * TILE_WIDTH
+            entries = list(self.ledger.entries(start, start + t.width))
+            hashes, data, level = merkle.leaf_hashes(entries), encode_bundle(entries), 0
+        else:
+            data = tile_hashes(self.ledger.node, t)
+            hashes, level = [data[i : i + 32] for i in range(0, len(data), 32)], TILE_HEIGHT * t.level
+        start = t.index * TILE_WIDTH
+        if t.is_partial:
+            stored = merkle.range_from_nodes(lambda lv, i: self.ledger.node(lv + level, i))(start, start + len(hashes))
+            ok = merkle.root(hashes) == stored
+        else:
+            ok = self._chains_to_root(level + TILE_HEIGHT, t.index, merkle.root(hashes))
+        return data, "" if ok else f"{t.path()} is not in the served tree (root {self.root.hex()[:16]}...)"
+
+    def _chains_to_root(self, level: int, index: int, h: bytes) -> bool:
+        """Whether the complete subtree hash ``h`` at (``level``, ``index``) leads to the served root through
+        stored siblings (an inclusion proof of the subtree read from storage, checked against ``self.root``)."""
+        while ((index >> 1) + 1) << (level + 1) <= self.size:  # the parent is complete within the served size
+            sibling = self.ledger.node(level, index ^ 1)
+            h = merkle.node_hash(sibling, h) if index & 1 else merkle.node_hash(h, sibling)
+            level, index = level + 1, index >> 1
+        top = (level, index)
+        compact = merkle.CompactRange.from_nodes(
+            self.size, lambda lv, i: h if (lv, i) == top else self.ledger.node(lv, i)
+        )
+        return compact.root() == self.root
 
     # -- explorer ----------------------------------------------------------------------------------
     def explorer(self) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def test_edited_entries_beside_an_intact_stored_tree_stop_the_server(served):
     db.commit()
     db.close()
     code, body = get(url + "/tile/entries/000")
-    assert code == 503 and b"the stored entries 0..255 " in body, body[:300]
+    assert code == 503 and b"tile/entries/000 " in body, body[:300]
     _served_everything_stops(url, old.split(b"\n\n")[0])
 
 
@@ -164,3 +164,37 @@ def test_a_new_head_whose_checkpoint_drops_the_head_line_stops_the_server(served
     dishonest.rewrite(fed.uri, fed.server_key, edit)
     code, body = get(url + "/checkpoint")
     assert code == 503, body[:300]
+
+
+def _recompute_nodes(db: sqlite3.Connection, upto_level: int) -> None:
+    """Storage rewritten consistently below ``upto_level``: every stored node recomputed from the entries."""
+    from flower_chain.ledger import merkle
+
+    entries = [bytes(d) for (d,) in db.execute("SELECT data FROM entries ORDER BY idx")]
+    level = merkle.leaf_hashes(entries)
+    for lv in range(upto_level + 1):
+        for i, h in enumerate(level):
+            db.execute("UPDATE nodes SET hash = ? WHERE level = ? AND idx = ?", (h, lv, i))
+        level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+
+
+@pytest.mark.parametrize("upto", [8, 30])
+def test_entries_and_their_subtree_rewritten_consistently_stop_the_server(federation_factory, upto):
+    """Review 2 (R2-3, R2-8): entries edited and the stored nodes recomputed from them (up to the tile's
+    subtree, or all of them): a full tile is proved against the served root before it is cached as
+    immutable, so the very first request after the rewrite is a 503, not a year-long cached 200."""
+    fed = federation_factory("sqlite")
+    fed.add_round(1, 300)
+    fed.add_round(2, 300)  # 601 entries: [0, 256) lies inside the stored subtree [0, 512)
+    with ServerThread(build_app(LogView(fed.ledger, refresh_s=3600.0))) as url:  # no re-check in between
+        old = get(url + "/checkpoint")[1]
+        db = sqlite3.connect(fed.uri[len("sqlite:///") :])
+        row = db.execute("SELECT data FROM entries WHERE idx = 5").fetchone()[0]
+        db.execute("UPDATE entries SET data = ? WHERE idx = 5", (bytes(row).replace(b"accepted", b"rejected"),))
+        _recompute_nodes(db, upto)
+        db.commit()
+        db.close()
+        code, body = get(url + "/tile/entries/000")
+        assert code == 503 and b"is not in the served tree" in body, body[:300]
+        assert get(url + "/tile/0/000")[0] == 503
+        assert old.split(b"\n\n")[0] in body
