@@ -387,4 +387,4 @@ def _replay(
     if isinstance(total, str):
         found.append(Finding(r, "result", "", total))
         return False
-    return check_result(t, total, len(live), found)
+    return check_result(t, total, len(live), found, ledger)

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flower_chain.ledger import merkle
-from flower_chain.ledger.arrays import array_digest, decode_arrays
+from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import ZERO_HASH, BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import check_head, verify_checkpoint
@@ -77,6 +77,7 @@ class Walk:
     secagg_result: bool = False  # the block being checked holds a successful SecAgg+ result
     evaluated_rounds: set[int] = field(default_factory=set)  # rounds whose federated evaluation summary was seen
     head_bound: bool = False  # a checkpoint so far named its head block: every later one must (check_head)
+    last_layout: tuple[bytes, ArrayMeta] | None = None  # (digest, layout) of the last model blob decoded
 
 
 def verify(
@@ -169,7 +170,7 @@ def check_block(ledger: Ledger, height: int, block: StoredBlock, w: Walk) -> Non
         rederive_block(ledger, h, updates, genesis, revoked_before, w.report, w.blobs)
     check_evaluation_summaries(h, updates, summaries, w)
     if w.blobs and height:
-        check_blobs(ledger, h, w.report)
+        check_model_layout(ledger, h, check_blobs(ledger, h, w.report), w)
     w.last_model = h.model_after or w.last_model
     w.report.state_digest = h.state_after
     w.report.last_round = max(w.report.last_round, h.round)
@@ -350,8 +351,10 @@ def check_evaluation_summaries(
         )
 
 
-def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
-    """Every model/state blob a block names must hash to its address; missing ones are listed."""
+def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> ArrayMeta | None:
+    """Every model/state blob a block names must hash to its address; missing ones are listed. Returns the
+    layout of the ``model_after`` blob (``None`` when the block names none or it is missing)."""
+    layout = None
     for what, digest in (("model_after", h.model_after), ("state_after", h.state_after)):
         if not digest:
             continue
@@ -368,3 +371,28 @@ def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> None:
             raise VerificationError(
                 f"the {what} blob in the blob store does not match its digest (altered)", height=h.height
             )
+        if what == "model_after":
+            layout = array_meta(arrays)
+    return layout
+
+
+def check_model_layout(ledger: Ledger, h: BlockHeader, after: ArrayMeta | None, w: Walk) -> None:
+    """A round (train or SecAgg+) that moves the model keeps its layout: ``model_after``'s names, shapes and
+    dtypes are ``model_before``'s (the server casts every aggregate back to the model's dtypes), so no block
+    drops, renames, reshapes or recasts an array of the global model (R2-5). Missing blobs are listed by
+    :func:`check_blobs`."""
+    if after is None:
+        return
+    before = w.last_layout[1] if w.last_layout and w.last_layout[0] == h.model_before else None
+    if before is None and h.model_before and h.model_before != h.model_after:
+        try:
+            if ledger.has_blob(h.model_before):
+                arrays = decode_arrays(ledger.get_blob(h.model_before))
+                if array_digest(arrays, digest_version_of(ledger)) == h.model_before:
+                    before = array_meta(arrays)
+        except LedgerError as e:
+            raise VerificationError(f"the model_before blob does not decode: {e}", height=h.height) from e
+    w.last_layout = (h.model_after, after)
+    if before is not None and before != after:
+        what = next((f"{a} -> {b}" for a, b in zip(before, after, strict=False) if a != b), f"{len(after)} arrays")
+        raise VerificationError(f"model_after does not keep model_before's layout: {what}", height=h.height)
