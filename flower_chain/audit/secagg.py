@@ -268,7 +268,7 @@ def _check_commit(t: RoundTranscript, acc: dict, found: list[Finding]) -> tuple[
             )
     for u, w in one_sided_pairs({n: acc[MASKED][n].statement.reply["sources"] for n in live if n in acc[MASKED]}):
         sev = "warning" if t.result is not None and t.result["failure"] else "error"  # failed closed: no blame
-        for nid, what in ((u, f"masked with node {w}, which left it out"), (w, f"left node {u} out")):  # F7
+        for nid, what in ((u, f"masked with node {w}, which left it out"), (w, f"left node {u} out")):
             found.append(Finding(r, MASKED, nid, f"{what}: {one_sided_text(u, w)}", sev))
     closure_findings(r, acc, list(live), list(dropped), found)
     for nid in dropped:

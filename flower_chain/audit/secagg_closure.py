@@ -1,4 +1,4 @@
-"""SecAgg+ audit checks that tie what a node signed to what the ledger committed (review F4, F8, F12).
+"""SecAgg+ audit checks that tie what a node signed to what the ledger committed.
 
 - The masked-input request is recomputed from the share-keys statements: each source's signed ciphertext
   digest and share commitments for the holder. A holder that signed another request was forwarded

@@ -355,7 +355,7 @@ def unmask_problem(commit: dict[str, Any], told_active: Any, told_dead: Any, sta
         if nid not in state["key_shares"]:
             return f"asked a key share of node {nid}, which never shared keys with this node"
     outside = sorted(set(state.get("sources", ())) - live - dropped)
-    if outside:  # its pairwise mask with that node would stay in the sum: the aggregate is garbage (F8)
+    if outside:  # its pairwise mask with that node would stay in the sum: the aggregate is garbage
         return f"this node masked with node {outside[0]}, which the commitment names neither live nor dropped"
     for nid in told_active:
         if nid in dropped:

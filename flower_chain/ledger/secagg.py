@@ -82,7 +82,7 @@ def request_digest(stage: str, content: dict[str, Any]) -> bytes:
 
     At the masked-input stage the forwarded ciphertexts enter by their SHA-256 (what each owner signed in
     ``sent``), so the digest, commitments included, is recomputable from the share-keys statements on the
-    ledger: a node's signature binds the commitments it checked its shares against (review F4).
+    ledger: a node's signature binds the commitments it checked its shares against.
     """
     if stage == MASKED and isinstance(content, dict) and isinstance(content.get("ciphertexts"), dict):
         cts = content["ciphertexts"]

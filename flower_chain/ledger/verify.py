@@ -379,7 +379,7 @@ def check_blobs(ledger: Ledger, h: BlockHeader, report: VerifyReport) -> ArrayMe
 def check_model_layout(ledger: Ledger, h: BlockHeader, after: ArrayMeta | None, w: Walk) -> None:
     """A round (train or SecAgg+) that moves the model keeps its layout: ``model_after``'s names, shapes and
     dtypes are ``model_before``'s (the server casts every aggregate back to the model's dtypes), so no block
-    drops, renames, reshapes or recasts an array of the global model (R2-5). Missing blobs are listed by
+    drops, renames, reshapes or recasts an array of the global model. Missing blobs are listed by
     :func:`check_blobs`."""
     if after is None:
         return

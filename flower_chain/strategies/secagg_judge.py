@@ -160,7 +160,7 @@ class StageJudge:
             return Verdict(self._entry(stage, nid, kid, "malformed", f"reply: {e}", raw, sig))
         if problem:
             return Verdict(self._entry(stage, nid, kid, "mismatch", problem, raw, sig))
-        if stage == SETUP:  # a key another node set up with is a copy: it never reaches the neighbours (F12)
+        if stage == SETUP:  # a key another node set up with is a copy: it never reaches the neighbours
             owner = next((self.setup_keys[k] for k in (st.reply["pk1"], st.reply["pk2"]) if k in self.setup_keys), "")
             if owner:
                 return Verdict(

@@ -143,7 +143,7 @@ def unmask(
     if not live:
         return "no live input"
     outside = [(u, w) for u in live for w in sources.get(u, ()) if w not in vectors and w not in keys]
-    if outside:  # a pairwise mask nobody can remove: the sum would be garbage (review F8)
+    if outside:  # a pairwise mask nobody can remove: the sum would be garbage
         u, w = outside[0]
         return f"node {u} masked with node {w}, which is neither live nor a dropped node whose key was rebuilt"
     shapes = [np.asarray(a).shape for a in vectors[live[0]]]
