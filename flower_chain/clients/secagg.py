@@ -50,10 +50,12 @@ from flwr.supercore.primitives.asymmetric import (
 
 from flower_chain.clients import secagg_checks as checks
 from flower_chain.clients.secagg_input import mask_input
+from flower_chain.clients.secagg_pins import STATE as STATE  # re-exported
+from flower_chain.clients.secagg_pins import load_state, pins_path, save_state
 from flower_chain.clients.settings import key_path_for, witness_settings
 from flower_chain.ledger.arrays import array_digest, encode_arrays
 from flower_chain.ledger.cosignature import CosignerKey
-from flower_chain.ledger.encoding import decode, encode
+from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.keys import key_id, load_private
 from flower_chain.ledger.secagg import (
     MASKED,
@@ -71,22 +73,11 @@ from flower_chain.ledger.text import is_decimal
 
 log = logging.getLogger(__name__)
 RECORD = "flower-chain.secagg"  # the config record of every SecAgg+ instruction and reply
-STATE = "flower-chain.secagg-state"  # the node's protocol state in Context.state
 NEXT = {SETUP: SHARE_KEYS, SHARE_KEYS: MASKED, MASKED: UNMASK}
 
 
 class Refusal(Exception):
     """A stage this node will not answer (the mod replies with the reason as a Flower error)."""
-
-
-def _load(context: Context) -> dict[str, Any]:
-    rec = context.state.config_records.get(STATE)
-    raw = rec.get("state") if rec is not None else None
-    return decode(raw) if isinstance(raw, bytes) else {"pins": {}}
-
-
-def _save(context: Context, state: dict[str, Any]) -> None:
-    context.state.config_records[STATE] = ConfigRecord({"state": encode(state)})
 
 
 def make_secagg_mod(
@@ -119,9 +110,11 @@ def make_secagg_mod(
     def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.config_records:
             return call_next(msg, context)
-        signer = fixed if fixed is not None else load_private(key_path_for(context))
+        key_file = None if fixed is not None else key_path_for(context)
+        signer = fixed if fixed is not None else load_private(key_file)
         witnesses = witness_settings(context, witness_keys, witness_quorum)
-        node = _Node(signer, server_key, allow_weak_generator, context, witnesses)
+        pins = pins_path(context, key_file, key_id(signer))
+        node = _Node(signer, server_key, allow_weak_generator, context, witnesses, pins)
         try:
             reply = node.answer(msg, call_next)
         except Refusal as e:
@@ -144,16 +137,20 @@ class _Node:
         allow_weak: bool,
         context: Context,
         witnesses: tuple[list[CosignerKey], int],
+        pins: Path | None = None,
     ) -> None:
-        self.signer, self.kid, self.context = signer, key_id(signer), context
+        self.signer, self.kid, self.context, self.pins = signer, key_id(signer), context, pins
         self.witnesses, self.quorum = witnesses
         self.server_key, self.allow_weak = server_key, allow_weak
-        self.state = _load(context)
+        self.state, self.pins_problem = load_state(context, pins)  # pins on disk outlive a SuperNode restart
 
     def save(self) -> None:
-        _save(self.context, self.state)
+        if not self.pins_problem:  # a damaged pins file stays as it is for its operator
+            save_state(self.context, self.pins, self.state)
 
     def answer(self, msg: Message, call_next: ClientAppCallable) -> Message:
+        if self.pins_problem:
+            raise Refusal(self.pins_problem)
         req = checks.parse_request(msg.content.config_records[RECORD].get("request"))
         if isinstance(req, str):
             raise Refusal(req)

@@ -142,3 +142,44 @@ def test_head_problem_refuses_a_header_not_signed_by_the_server_or_not_the_check
     assert "not the head of this federation" in head_problem(cp, moved, key, "fed-secagg", required=False)[1]
     junk = {"head": b"junk", "head_signature": fed.server_key.sign(b"junk")}
     assert "does not decode" in head_problem(cp, junk, key, "fed-secagg", required=False)[1]
+
+
+def _restart_nodes(fed: SecAggFederation, receipts) -> None:
+    """Every SuperNode restarts: a fresh Context (Flower keeps node state in memory, per run series)."""
+    from flwr.app import Context
+
+    for nid in fed.grid.contexts:
+        node_config = {"receipts-dir": str(receipts)}
+        fed.grid.contexts[nid] = Context(
+            run_id=2, node_id=nid, node_config=node_config, state=RecordDict(), run_config={}
+        )
+
+
+def test_a_restarted_node_still_requires_the_head_line_it_saw_and_its_pins(tmp_path):
+    """Review 2 (R2-6): what a node saw of a log is kept on disk beside its receipts, so a restart does not
+    let a server drop the head line (or show a log that does not extend the one seen)."""
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    for ctx in fed.grid.contexts.values():
+        ctx.node_config["receipts-dir"] = str(tmp_path)
+    assert fed.run_round(1)["failure"] == ""
+    assert len(list(tmp_path.glob("*/secagg-pins.ce1"))) == 4  # one per node key
+    _restart_nodes(fed, tmp_path)
+    fed.grid.rewrite = edit_proof("setup", unnamed_checkpoint(fed))
+    figures = fed.run_round(2)
+    assert figures.get("setup", 0) == 0, figures
+    why = refusals(fed, "setup")
+    assert len(why) == 4 and all("checkpoint names no block" in w for w in why), why
+
+
+def test_a_damaged_pins_file_is_refused_not_taken_as_nothing_seen(tmp_path):
+    fed = SecAggFederation("memory:", n=4, num_shares=4, threshold=3)
+    for ctx in fed.grid.contexts.values():
+        ctx.node_config["receipts-dir"] = str(tmp_path)
+    assert fed.run_round(1)["failure"] == ""
+    for pins in tmp_path.glob("*/secagg-pins.ce1"):
+        pins.write_bytes(b"\x00garbage")
+    _restart_nodes(fed, tmp_path)
+    fed.run_round(2)
+    why = refusals(fed, "setup")
+    assert len(why) == 4 and all("pins file" in w and "cannot be read" in w for w in why), why
+    assert all(p.read_bytes() == b"\x00garbage" for p in tmp_path.glob("*/secagg-pins.ce1"))  # left for the operator
