@@ -42,20 +42,18 @@ def named(record: ArrayRecord):
     return [(k, np.asarray(v.numpy())) for k, v in record.items()]
 
 
-def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int, strategy=None) -> None:
-    """A ledger holding only a genesis naming digest ``version`` (1: as ledgers written before v2), written
-    as the recorder writes one (``strategy``'s config, default :func:`fedavg`'s, in the blob store under the
-    genesis' config digest)."""
-    config = strategy_config(strategy if strategy is not None else fedavg())
+def write_genesis(uri: str, keyring, server_key, version: int, config: dict, fid: str = FID) -> None:
+    """A ledger holding only a genesis naming digest ``version`` (1: as ledgers written before v2), written as
+    the recorder writes one (``config`` in the blob store under the genesis' config digest)."""
     ledger = open_ledger(uri, create=True)
     try:
         ledger.put_blob(encode(config), config_digest(config))
         LedgerWriter(ledger, server_key).init(
             GenesisEntry(
-                federation_id=FID,
-                origin=origin_for(FID),
+                federation_id=fid,
+                origin=origin_for(fid),
                 server_key=raw_public(server_key),
-                client_keys=clients.keyring,
+                client_keys=dict(keyring),
                 strategy="FedAvg",
                 config_digest=config_digest(config),
                 created_ms=int(time.time() * 1000),
@@ -65,6 +63,13 @@ def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int, st
         assert digest_version_of(ledger) == version
     finally:
         ledger.close()
+
+
+def ledger_with_genesis(uri: str, clients: Clients, server_key, version: int, strategy=None) -> None:
+    """:func:`write_genesis` with ``strategy``'s config (default :func:`fedavg`'s) and ``clients``' keyring."""
+    write_genesis(
+        uri, clients.keyring, server_key, version, strategy_config(strategy if strategy is not None else fedavg())
+    )
 
 
 def strategy_on(tmp_path, version: int, **fedavg_settings) -> tuple[LedgerStrategy, Clients, str]:

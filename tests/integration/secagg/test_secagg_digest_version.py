@@ -6,8 +6,6 @@ so its v1 and v2 digests differ. A node refuses a header naming a version it doe
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,14 +13,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from flower_chain.audit.secagg import audit_secagg
 from flower_chain.clients.secagg import RECORD
-from flower_chain.ledger import GenesisEntry, LedgerWriter, open_ledger
 from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.encoding import decode, encode
 from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.keys import key_id, raw_public
 from flower_chain.ledger.secagg import HEADER, VERSION_FIELD, SecAggEntry
-from flower_chain.ledger.writer import config_digest, digest_version_of, origin_for
-from tests.support.digest_ledgers import cli
+from tests.support.digest_ledgers import cli, write_genesis
 from tests.support.fl_helpers import with_content
 from tests.support.secagg_federation import SecAggFederation
 
@@ -35,25 +31,7 @@ def v1_federation(tmp_path, n: int = 4, shapes=SHAPES) -> tuple[SecAggFederation
     """A SecAgg+ federation continuing a ledger whose genesis names digest version 1 (as older ledgers)."""
     uri, keys = f"sqlite:///{tmp_path}/v1.db", [Ed25519PrivateKey.generate() for _ in range(n)]
     server_key = Ed25519PrivateKey.generate()
-    config = {"strategy": "FedAvg"}
-    ledger = open_ledger(uri, create=True)
-    try:
-        ledger.put_blob(encode(config), config_digest(config))
-        LedgerWriter(ledger, server_key).init(
-            GenesisEntry(
-                federation_id=FID,
-                origin=origin_for(FID),
-                server_key=raw_public(server_key),
-                client_keys={key_id(k): raw_public(k) for k in keys},
-                strategy="FedAvg",
-                config_digest=config_digest(config),
-                created_ms=int(time.time() * 1000),
-                digest_version=1,
-            )
-        )
-        assert digest_version_of(ledger) == 1
-    finally:
-        ledger.close()
+    write_genesis(uri, {key_id(k): raw_public(k) for k in keys}, server_key, 1, {"strategy": "FedAvg"}, FID)
     fed = SecAggFederation(uri, n=n, num_shares=n, threshold=3, shapes=shapes, keys=keys, server_key=server_key)
     return fed, uri
 
