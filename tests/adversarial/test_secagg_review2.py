@@ -94,7 +94,9 @@ def test_f8_sources_outside_the_committed_sets_stop_the_node_the_server_and_the_
     assert replies and all("neither live nor dropped" in r["refused"] for r in replies.values()), replies
     report = audit_secagg(fed.ledger)
     assert not report.ok and not report.proved
-    assert any("neither live nor dropped" in f.message for f in findings_of(report, round=1, node=z))
+    on_commit = [f for f in findings_of(report, round=1, node="") if "neither live nor dropped" in f.message]
+    assert on_commit and all(f.stage == "commit" and f"node {z}" in f.message for f in on_commit), report.lines()
+    assert not findings_of(report, round=1, node=z), report.lines()  # z signed nothing wrong
 
 
 def test_f8_unmask_refuses_a_source_it_cannot_remove():
@@ -209,7 +211,8 @@ def test_f12_the_auditor_names_an_accepted_duplicate_key():
 
     found: list = []
     duplicate_key_findings(1, {SETUP: {"7": Rec(b"a", b"b"), "10": Rec(b"c", b"a"), "8": Rec(b"d", b"e")}}, found)
-    assert [(f.node, f.stage) for f in found] == [("10", SETUP)] and "node 7" in found[0].message
+    # neither signature proves who holds the secret: the pair, under the server's setup stage, blaming no one
+    assert [(f.node, f.stage) for f in found] == [("", SETUP)] and "nodes 7 and 10" in found[0].message
 
 
 def test_f7_a_node_leaving_a_neighbour_out_is_named_by_what_it_signed():
@@ -239,3 +242,29 @@ def test_f7_a_node_leaving_a_neighbour_out_is_named_by_what_it_signed():
     assert on_liar and all(f.severity == "warning" for f in on_liar), report.lines()
     errors = [f for f in report.findings if f.severity == "error"]  # only x's signed refusal, which states
     assert all(f.stage == UNMASK and f.node == x and "refused" in f.message for f in errors), report.lines()
+
+
+def test_r2_10_a_source_no_one_forwarded_is_held_against_the_node_that_signed_it_not_the_source():
+    """A live node colluding with the server signs `sources` naming an idle keyring node 5555: the finding is on
+    the signer (its signed request is the recorded one and no accepted owner sent it shares), never on 5555."""
+    from flower_chain.audit.secagg_closure import closure_findings, masked_request
+
+    class St:
+        def __init__(self, reply, request=b""):
+            self.reply, self.request = reply, request
+
+    class Rec:
+        def __init__(self, reply, request=b""):
+            self.statement = St(reply, request)
+
+    acc: dict = {SHARE_KEYS: {"1000": Rec({"sent": {"2000": b"d" * 32}, "shares": {"2000": []}})}, MASKED: {}}
+    acc[MASKED]["1000"] = Rec({"sources": ["2000"]}, masked_request(acc, "1000"))
+    acc[MASKED]["2000"] = Rec({"sources": ["1000", "5555"]}, masked_request(acc, "2000"))
+    found: list = []
+    closure_findings(1, acc, ["1000", "2000"], [], found)
+    assert [(f.node, f.stage) for f in found] == [("2000", MASKED)] and "node 5555" in found[0].message
+    # the same sources with a request the server forwarded unrecorded ciphertexts in: the server's commitment
+    acc[MASKED]["2000"] = Rec({"sources": ["1000", "5555"]}, b"other request digest")
+    found = []
+    closure_findings(1, acc, ["1000", "2000"], [], found)
+    assert [(f.node, f.stage) for f in found] == [("", "commit")], found
