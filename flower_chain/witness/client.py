@@ -3,11 +3,16 @@
 * :func:`submit` posts one ``add-checkpoint`` request and returns the
   cosignature line, or raises :class:`WitnessConflict` (409, with the
   witness's size) or :class:`WitnessError`.
-* :class:`WitnessPool` keeps, per witness, the size it last cosigned, builds
-  the consistency proof from that size with
-  :func:`flower_chain.ledger.proofs.consistency_proof`, retries once from the
-  size a 409 names, verifies every returned line with the witness key, and
-  returns the checkpoint note with the cosignatures appended.
+* :class:`WitnessPool` keeps, per witness, the size and head height it last
+  cosigned, builds the consistency proof from that size with
+  :func:`flower_chain.ledger.proofs.consistency_proof` and the header lines from
+  the block after that head up to the new one (:mod:`flower_chain.witness.chain`;
+  a longer chain than one request may carry goes in steps: earlier blocks'
+  checkpoints first), retries once from the size a 409 names, verifies every
+  returned line with the witness key, and returns the checkpoint note with the
+  cosignatures appended.
+* :func:`fetch_latest` reads a witness's latest cosigned checkpoint of a log
+  (``GET /latest-checkpoint?origin=``).
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.checkpoint import Checkpoint
+from flower_chain.ledger.checkpoint import Checkpoint, HeadLine, head_of
 from flower_chain.ledger.cosignature import CosignerKey, add_cosignatures, note_body, verify_cosignature
 from flower_chain.ledger.errors import CheckpointError, LedgerError
 from flower_chain.ledger.proofs import consistency_proof
 from flower_chain.ledger.text import is_decimal
+from flower_chain.witness.chain import MAX_HEADERS, MAX_HEADERS_TOTAL, header_line
 
 
 class WitnessError(Exception):
@@ -44,16 +51,28 @@ class WitnessConflict(WitnessError):
         self.size = size
 
 
-def request_body(checkpoint_note: str, old_size: int, proof: Sequence[bytes]) -> bytes:
-    """The add-checkpoint body: ``old N``, proof lines, an empty line, the checkpoint note."""
+def request_body(checkpoint_note: str, old_size: int, proof: Sequence[bytes], headers: Sequence[bytes] = ()) -> bytes:
+    """The add-checkpoint body: ``old N``, proof lines, header lines (block header bytes, in height order), an
+    empty line, the checkpoint note."""
     if old_size < 0:
         raise ValueError("old size must not be negative")
-    lines = [f"old {old_size}"] + [base64.b64encode(h).decode() for h in proof]
+    lines = [f"old {old_size}"] + [base64.b64encode(h).decode() for h in proof] + [header_line(h) for h in headers]
     return ("\n".join(lines) + "\n\n" + checkpoint_note).encode()
 
 
+def chain_headers(ledger: Ledger, start: int, end: int) -> list[bytes]:
+    """Header bytes of blocks ``start..end`` (inclusive) of ``ledger``, for :func:`request_body`."""
+    return [b.header_bytes for b in ledger.blocks(max(0, start), end + 1)] if end >= start else []
+
+
 def submit(
-    witness_url: str, checkpoint_note: str, old_size: int, proof: Sequence[bytes], *, timeout: float = 5.0
+    witness_url: str,
+    checkpoint_note: str,
+    old_size: int,
+    proof: Sequence[bytes],
+    *,
+    timeout: float = 5.0,
+    headers: Sequence[bytes] = (),
 ) -> str:
     """POST ``<witness_url>/add-checkpoint``; return the witness's signature line(s).
 
@@ -69,6 +88,8 @@ def submit(
         RFC 9162 consistency proof from ``old_size`` to the checkpoint size.
     timeout : float
         Seconds for the whole request.
+    headers : sequence of bytes
+        Block header bytes from the block after the head the witness cosigned last up to the checkpoint's.
 
     Returns
     -------
@@ -84,7 +105,7 @@ def submit(
     """
     req = urllib.request.Request(
         witness_url.rstrip("/") + "/add-checkpoint",
-        data=request_body(checkpoint_note, old_size, proof),
+        data=request_body(checkpoint_note, old_size, proof, headers),
         method="POST",
         headers={"Content-Type": "text/plain; charset=utf-8"},
     )
@@ -109,12 +130,14 @@ def submit(
 
 @dataclass
 class WitnessEndpoint:
-    """One configured witness: URL, trusted key, and the size it last cosigned for this log."""
+    """One configured witness: URL, trusted key, and the size and head height it last cosigned for this log
+    (``height`` ``None``: not known, e.g. after a 409 taught the size)."""
 
     url: str
     key: CosignerKey
     size: int = 0
     last_error: str = ""
+    height: int | None = None
 
 
 @dataclass
@@ -129,7 +152,8 @@ class WitnessPool:
     timeout : float
         Per-request timeout in seconds; all witnesses are asked in parallel.
     submit_fn : callable
-        ``submit``-compatible function (tests inject failures through it).
+        ``submit``-compatible function (tests inject failures through it); ``headers=`` is passed only
+        when there are header lines to send.
     """
 
     witnesses: list[WitnessEndpoint]
@@ -137,19 +161,31 @@ class WitnessPool:
     submit_fn: Callable[..., str] = field(default=submit)
 
     def _one(self, w: WitnessEndpoint, ledger: Ledger, note: str, cp: Checkpoint) -> str:
-        for _attempt in range(2):  # the second attempt starts from the size a 409 reported
-            if w.size > cp.size:
+        try:
+            head = head_of(cp)
+        except CheckpointError as e:
+            raise WitnessError(f"{w.url}: {e}") from None
+        conflicts = 0
+        while True:
+            if w.size > cp.size or (head and w.height is not None and w.height > head.height):
                 raise WitnessError(f"{w.url} already cosigned size {w.size} > {cp.size}: the log went back", 0)
+            headers, last = self._headers(w, ledger, head)
+            if head is not None and headers and last != head.height:  # more than one request may carry: the
+                step = ledger.block(last)  # checkpoint of the last block that fits first, then on from there
+                self._one(w, ledger, step.checkpoint, Checkpoint.from_text(note_body(step.checkpoint)))
+                continue
             try:
                 proof = consistency_proof(ledger, w.size, cp.size) if w.size else []
             except LedgerError as e:
                 raise WitnessError(f"{w.url}: cannot prove {w.size} -> {cp.size}: {e}") from None
+            extra = {"headers": headers} if headers else {}
             try:
-                text = self.submit_fn(w.url, note, w.size, proof, timeout=self.timeout)
-            except WitnessConflict as e:
-                if e.size is None or e.size == w.size:
+                text = self.submit_fn(w.url, note, w.size, proof, timeout=self.timeout, **extra)
+            except WitnessConflict as e:  # retry once from the size a 409 names
+                if e.size is None or e.size == w.size or conflicts:
                     raise
-                w.size = e.size
+                conflicts += 1
+                w.size, w.height = e.size, None
                 continue
             valid = []
             for line in text.splitlines():
@@ -160,9 +196,35 @@ class WitnessPool:
                     continue  # lines from other keys are ignored
             if not valid:
                 raise WitnessError(f"{w.url}: no valid cosignature by {w.key.name}", 200, text)
-            w.size = cp.size
+            w.size, w.height = cp.size, head.height if head is not None else None
             return valid[0] + "\n"
-        raise WitnessError(f"{w.url}: still in conflict after retrying from size {w.size}", 409)
+
+    @staticmethod
+    def _headers(w: WitnessEndpoint, ledger: Ledger, head: HeadLine | None) -> tuple[list[bytes], int]:
+        """The header lines for ``w`` up to ``head`` (as many as one request carries) and the last one's height.
+
+        From the block after the head ``w`` cosigned last; not knowing it (a 409 taught the size), from the
+        first block of the size it cosigned (the witness finds its head among them); at first contact
+        (size 0), the head's header alone (a witness with a state answers 409 to ``old 0``)."""
+        if head is None:
+            return [], -1
+        if w.height is not None:
+            start = w.height + 1
+        elif w.size == 0:
+            start = head.height
+        else:
+            start = _first_of_size(ledger, w.size, head.height)
+        out: list[bytes] = []
+        total = 0
+        try:
+            for b in ledger.blocks(start, head.height + 1):
+                if len(out) == MAX_HEADERS or total + len(b.header_bytes) > MAX_HEADERS_TOTAL:
+                    break
+                out.append(b.header_bytes)
+                total += len(b.header_bytes)
+        except LedgerError as e:
+            raise WitnessError(f"{w.url}: cannot read the headers from height {start}: {e}") from None
+        return out, start + len(out) - 1
 
     def cosign(self, ledger: Ledger, note: str) -> tuple[str, dict[str, str]]:
         """Ask every witness to cosign ``note`` (the ledger's signed checkpoint) in parallel.
@@ -192,3 +254,42 @@ class WitnessPool:
         finally:
             ex.shutdown(wait=False, cancel_futures=True)  # a witness that trickles bytes cannot hold the round
         return add_cosignatures(note, lines), errors
+
+
+def _first_of_size(ledger: Ledger, size: int, hi: int) -> int:
+    """The lowest height ``<= hi`` whose block's log size is at least ``size`` (binary search; ``hi`` if none)."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ledger.block(mid).header.log_size >= size:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def fetch_latest(witness_url: str, origin: str, *, timeout: float = 10.0) -> str:
+    """``GET <witness_url>/latest-checkpoint?origin=ORIGIN``: the latest checkpoint the witness cosigned for
+    the log, with its cosignature (checking it is the caller's: :func:`verify_cosigned_checkpoint`).
+
+    Raises
+    ------
+    WitnessError
+        Unreachable, a status other than 200 (404: nothing cosigned for this origin), a body over 64 KiB or
+        not UTF-8.
+    """
+    url = witness_url.rstrip("/") + "/latest-checkpoint?origin=" + urllib.parse.quote(origin, safe="")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - a witness URL the user named
+            data: bytes = r.read(65537)
+    except urllib.error.HTTPError as e:
+        body = e.read(4096).decode("utf-8", errors="replace")
+        raise WitnessError(f"{witness_url}: HTTP {e.code}: {body.strip()[:200]}", e.code, body) from None
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+        raise WitnessError(f"{witness_url}: {getattr(e, 'reason', e)}") from None
+    if len(data) > 65536:
+        raise WitnessError(f"{witness_url}: the latest checkpoint is over 64 KiB", 200)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WitnessError(f"{witness_url}: the latest checkpoint is not UTF-8", 200) from None

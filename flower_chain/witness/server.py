@@ -4,22 +4,34 @@ https://c2sp.org/tlog-witness. For each configured log (origin → trusted
 signed-note verifier keys) the witness keeps the latest checkpoint it cosigned
 and cosigns a new one only when it is consistent with it. Request body::
 
-    old <size>\\n
-    <base64 consistency proof hash>\\n    (0..63 lines)
-    \\n
+    old <size>\n
+    <base64 consistency proof hash>\n    (0..63 lines)
+    flower-chain/header <base64 header>\n    (0..4,096 lines: our extension, flower_chain.witness.chain)
+    \n
     <signed checkpoint note>
 
-Answers (checked in this order): 400 malformed body, more than 63 proof
+Answers (checked in this order): 413 a body over :data:`MAX_BODY_BYTES`, or over
+64 KiB without its header lines; 400 malformed body, more than 63 proof
 lines, or a signed note the C2SP signed-note spec refuses (a malformed signature
 line anywhere, a control character, two lines for one key: every line is checked
 before any signature, so the answer never depends on line order); 404 unknown origin; 403 no valid signature by a trusted key; 400 old
-size larger than the checkpoint size; 409 old size differs from the stored
-size (body ``<stored size>\\n``, ``Content-Type: text/x.tlog.size``); 422 the
+size larger than the checkpoint size; the header lines (docs/ledger-format.md §5.2):
+400 malformed, too many, two of one height, or given for a checkpoint without a head
+line, 422 they skip a height, do not link by ``prev_hash`` or do not end at the block
+the checkpoint names; 409 old size differs from the stored
+size (body ``<stored size>\n``, ``Content-Type: text/x.tlog.size``); 422 the
 consistency proof does not verify (or is not empty for old size 0); 409 equal
 sizes with another root; the ``flower-chain/head`` line (docs/ledger-format.md
 §5.1): 400 malformed, 422 missing after a cosigned checkpoint of the log had one,
 409 equal size and root naming another block of the same or a lower height (a
-re-signed header); 200 with one ``cosignature/v1`` line.
+re-signed header); for a later head than the one cosigned last, 422 header lines
+that do not reach down to it, 409 a chain that does not link to it (the body names
+both hashes); 200 with one ``cosignature/v1`` line.
+
+``GET /latest-checkpoint?origin=<percent-encoded origin>`` answers the latest
+checkpoint cosigned for that log with a fresh cosignature line (404 if none), so
+an auditor can tell a ledger cut back to an older head (``ledger verify
+--witness-latest``).
 
 The compare of the old size with the stored one and the save of the new
 checkpoint run in one ``BEGIN IMMEDIATE`` SQLite transaction whose ``UPDATE``
@@ -29,29 +41,34 @@ never both succeed, even from two witness processes on one database file.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.ledger import merkle
-from flower_chain.ledger.checkpoint import Checkpoint, head_of, open_note, parse_note, parse_verifier_key
-from flower_chain.ledger.cosignature import cosigner_verifier_key, sign_cosignature
+from flower_chain.ledger.checkpoint import Checkpoint, HeadLine, head_of, open_note, parse_note, parse_verifier_key
+from flower_chain.ledger.cosignature import add_cosignatures, cosigner_verifier_key, note_body, sign_cosignature
 from flower_chain.ledger.errors import CheckpointError, KeyFileError, ProofError
 from flower_chain.ledger.text import is_decimal
+from flower_chain.witness.chain import (
+    ChainHeader,
+    ChainRefusal,
+    check_chain,
+    check_link,
+    decode_headers,
+)
+from flower_chain.witness.request import MAX_BODY_BYTES, Reply, parse_request
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-MAX_PROOF_LINES = 63
-MAX_BODY_BYTES = 64 * 1024
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
+LATEST_PATH = "/latest-checkpoint"
+"""``GET LATEST_PATH?origin=<percent-encoded origin>``: the latest checkpoint cosigned for a log."""
 _MAX_SIZE = 2**63 - 1  # SQLite INTEGER
 
 _SCHEMA = """
@@ -60,15 +77,6 @@ CREATE TABLE IF NOT EXISTS logs (
     origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, checkpoint TEXT NOT NULL,
     updated INTEGER NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer: status, body and content type."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
 
 
 def parse_log_option(value: str) -> tuple[str, tuple[str, bytes]]:
@@ -121,9 +129,16 @@ class WitnessStore:
         return row[0] if row else None
 
     def compare_and_update(
-        self, origin: str, old_size: int, proof: Sequence[bytes], cp: Checkpoint, note: str
+        self,
+        origin: str,
+        old_size: int,
+        proof: Sequence[bytes],
+        cp: Checkpoint,
+        note: str,
+        chain: Sequence[ChainHeader] = (),
     ) -> Reply | None:
-        """Atomically: check ``old_size`` against the stored size, the proof, then store ``cp``.
+        """Atomically: check ``old_size`` against the stored size, the proof, the head line and the header
+        ``chain`` against the head cosigned last, then store ``cp``.
 
         Returns ``None`` when ``cp`` was stored, else the refusal (409 or 422).
         """
@@ -147,7 +162,7 @@ class WitnessStore:
                 except ProofError as e:
                     db.execute("ROLLBACK")
                     return Reply(422, f"consistency proof: {e}\n".encode())
-                head_refused = _head_refusal(row[2] if row else None, size, cp)
+                head_refused = _head_refusal(row[2] if row else None, size, cp, chain)
                 if head_refused is not None:
                     db.execute("ROLLBACK")
                     return head_refused
@@ -173,14 +188,16 @@ class WitnessStore:
             db.close()
 
 
-def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint) -> Reply | None:
+def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint, chain: Sequence[ChainHeader]) -> Reply | None:
     """The head line rules (docs/ledger-format.md §5.1) against the latest checkpoint cosigned for the log.
 
     Once a cosigned checkpoint of a log named its head block, every later one must (422); a checkpoint
     naming another block of the same or a lower height than the one cosigned is refused (409: a re-signed
     header, or a head height going back while the log grew). A later height at the same size is an empty
-    block appended. (The witness sees heights and hashes, not the header chain between them: a rewrite of an
-    earlier header followed by a new block is the clients' to catch, docs/design.md.)
+    block appended. A later head must be reached by the request's header ``chain`` from the head cosigned
+    last (:func:`~flower_chain.witness.chain.check_link`: 409 with both hashes if it does not link, 422 if it
+    is incomplete), so an earlier header re-signed and then built on is refused. With no head cosigned
+    before (first contact, or a log whose checkpoints named none) the chain is trusted on first use.
     """
     if stored_note is None:
         return None
@@ -195,6 +212,16 @@ def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint) -> Reply |
         return Reply(422, b"this log's checkpoints name their head block (flower-chain/head); this one does not\n")
     if now != before and now.height <= before.height:  # a longer log needs a later block; the same size, the same
         return Reply(409, f"{size}\n".encode(), SIZE_CONTENT_TYPE)  # block (or an empty one appended)
+    if now.height > before.height:
+        return _link_refusal(chain, before, now)
+    return None
+
+
+def _link_refusal(chain: Sequence[ChainHeader], before: HeadLine, now: HeadLine) -> Reply | None:
+    try:
+        check_link(chain, before, now)
+    except ChainRefusal as e:
+        return Reply(e.status, f"{e.message}\n".encode())
     return None
 
 
@@ -237,35 +264,10 @@ class Witness:
 
     def add_checkpoint(self, body: bytes) -> Reply:
         """Handle one add-checkpoint request body; never raises on bad input."""
-        if len(body) > MAX_BODY_BYTES:
-            return Reply(413, b"request body too large\n")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return Reply(400, b"request body is not UTF-8\n")
-        head, sep, note = text.partition("\n\n")
-        if not sep or not note:
-            return Reply(400, b"no empty line between the old size and proof lines and the checkpoint\n")
-        lines = head.split("\n")
-        first = lines[0]
-        if not first.startswith("old "):
-            return Reply(400, b"the first line must be 'old <size>'\n")
-        size_s = first[4:]
-        if not is_decimal(size_s) or (len(size_s) > 1 and size_s[0] == "0") or len(size_s) > 20:
-            return Reply(400, b"the old size must be a decimal number without leading zeros\n")
-        old_size = int(size_s)
-        proof_lines = lines[1:]
-        if len(proof_lines) > MAX_PROOF_LINES:
-            return Reply(400, f"more than {MAX_PROOF_LINES} consistency proof lines\n".encode())
-        proof = []
-        for pl in proof_lines:
-            try:
-                h = base64.b64decode(pl, validate=True)
-            except (binascii.Error, ValueError):
-                return Reply(400, b"a consistency proof line is not base64\n")
-            if len(h) != merkle.HASH_SIZE:
-                return Reply(400, b"a consistency proof line is not a 32-byte hash\n")
-            proof.append(h)
+        parsed = parse_request(body)
+        if isinstance(parsed, Reply):
+            return parsed
+        old_size, proof, header_payloads, note = parsed
         try:
             parse_note(note)  # strictly, every line first: the answer never depends on their order
         except CheckpointError as e:
@@ -294,18 +296,35 @@ class Witness:
         if old_size > cp.size:
             return Reply(400, b"the old size is larger than the checkpoint size\n")
         try:
-            head_of(cp)
+            named = head_of(cp)
         except CheckpointError as e:
             return Reply(400, f"checkpoint: {e}\n".encode())
-        refused = self.store.compare_and_update(origin, old_size, proof, cp, note)
+        try:
+            chain = decode_headers(header_payloads)  # after the signature: no work for unsigned requests
+            check_chain(chain, cp, named)
+        except ChainRefusal as e:
+            return Reply(e.status, f"{e.message}\n".encode())
+        refused = self.store.compare_and_update(origin, old_size, proof, cp, note, chain)
         if refused is not None:
             return refused
         line = sign_cosignature(cp_body, self.name, self.key, int(self.clock()))
         return Reply(200, line.encode())
 
+    def latest(self, origin: str) -> Reply:
+        """``GET /latest-checkpoint?origin=ORIGIN``: the latest checkpoint cosigned for ``origin``, with a fresh
+        cosignature (its timestamp says when the witness last vouched that this is its latest); 404 if none."""
+        if origin not in self.logs:
+            return Reply(404, b"unknown log origin\n")
+        note = self.store.latest(origin)
+        if note is None:
+            return Reply(404, b"no checkpoint of this log cosigned yet\n")
+        line = sign_cosignature(note_body(note), self.name, self.key, int(self.clock()))
+        return Reply(200, add_cosignatures(note, [line]).encode())
+
 
 def build_app(witness: Witness) -> Starlette:
-    """The Starlette application: ``POST /add-checkpoint`` (and ``GET /`` with the witness's vkey)."""
+    """The Starlette application: ``POST /add-checkpoint``, ``GET /latest-checkpoint?origin=`` and ``GET /``
+    (the witness's vkey)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
@@ -315,14 +334,21 @@ def build_app(witness: Witness) -> Starlette:
         declared = request.headers.get("content-length")
         if declared is not None and (not is_decimal(declared) or int(declared) > MAX_BODY_BYTES):
             return PlainTextResponse("request body too large\n", status_code=413)
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 return PlainTextResponse("request body too large\n", status_code=413)
-        r = witness.add_checkpoint(body)
+        r = witness.add_checkpoint(bytes(body))
         # The content type exactly as given: Starlette would add "; charset=utf-8" to a text/* media type,
         # and C2SP tlog-witness clients compare text/x.tlog.size for equality.
+        return Response(r.body, status_code=r.status, headers={"Content-Type": r.content_type})
+
+    async def latest(request: Request) -> Response:
+        origin = request.query_params.get("origin")
+        if origin is None or len(origin) > 1024:
+            return PlainTextResponse("give the log as ?origin=ORIGIN (percent-encoded)\n", status_code=400)
+        r = witness.latest(origin)
         return Response(r.body, status_code=r.status, headers={"Content-Type": r.content_type})
 
     async def index(request: Request) -> Response:
@@ -331,5 +357,9 @@ def build_app(witness: Witness) -> Starlette:
         )
 
     return Starlette(
-        routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]), Route("/", index, methods=["GET"])]
+        routes=[
+            Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+            Route(LATEST_PATH, latest, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
+        ]
     )

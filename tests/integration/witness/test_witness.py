@@ -38,9 +38,11 @@ from flower_chain.witness.client import (
     WitnessEndpoint,
     WitnessError,
     WitnessPool,
+    chain_headers,
     request_body,
     submit,
 )
+from flower_chain.witness.request import MAX_BODY_BYTES
 from flower_chain.witness.server import Witness, WitnessStore, build_app
 
 ORIGIN = "flower-chain/fed-test"
@@ -120,9 +122,11 @@ def test_every_status_code_and_no_state_change_on_refusal(setup, tmp_path):
     assert status == 200
     ck = parse_cosigner_key(witness.verifier_key)
     assert verify_cosignature(note1, body.decode(), ck) > 0
+    h1 = fed.writer.head.header.height
     fed.add_round(2, 7)
     note2, size2 = fed.writer.checkpoint(), fed.writer.log_size
     proof = consistency_proof(fed.ledger, size1, size2)
+    hdrs = chain_headers(fed.ledger, h1 + 1, fed.writer.head.header.height)  # the blocks since the cosigned head
     state = witness.store.get(ORIGIN)
 
     other_key = Ed25519PrivateKey.generate()
@@ -134,10 +138,11 @@ def test_every_status_code_and_no_state_change_on_refusal(setup, tmp_path):
         ),
         "forged signature": (403, request_body(sign_checkpoint(cp2, other_key), size1, proof)),
         "tampered body": (403, request_body(note2.replace(f"\n{size2}\n", f"\n{size2 + 1}\n"), size1, proof)),
-        "old larger than size": (400, request_body(note2, size2 + 1, proof)),
-        "stale old size": (409, request_body(note2, 0, [])),
-        "bad proof": (422, request_body(note2, size1, [bytes([proof[0][0] ^ 1]) + proof[0][1:]] + proof[1:])),
-        "short proof": (422, request_body(note2, size1, proof[:-1])),
+        "old larger than size": (400, request_body(note2, size2 + 1, proof, hdrs)),
+        "stale old size": (409, request_body(note2, 0, [], hdrs)),
+        "bad proof": (422, request_body(note2, size1, [bytes([proof[0][0] ^ 1]) + proof[0][1:]] + proof[1:], hdrs)),
+        "short proof": (422, request_body(note2, size1, proof[:-1], hdrs)),
+        "no header lines": (422, request_body(note2, size1, proof)),
         "replayed old checkpoint": (409, request_body(note1, 0, [])),
         "old size below the stored one": (409, request_body(note1, size1 - 1, [])),
     }
@@ -152,7 +157,7 @@ def test_every_status_code_and_no_state_change_on_refusal(setup, tmp_path):
     status, body, ctype = post(url, request_body(same_size, size1, []))
     assert status == 409 and body == f"{size1}\n".encode()
     # the good request succeeds after all the refusals
-    status, body, _ = post(url, request_body(note2, size1, proof))
+    status, body, _ = post(url, request_body(note2, size1, proof, hdrs))
     assert status == 200 and verify_cosignature(note2, body.decode(), ck)
     assert witness.store.get(ORIGIN)[0] == size2
     # the same checkpoint again (old size = size): cosigned again, nothing changes
@@ -190,7 +195,8 @@ def test_malformed_and_oversized_bodies_are_400_and_change_nothing(setup):
     huge = sign_checkpoint(Checkpoint(ORIGIN, 2**64, b"\x01" * 32), fed.server_key)  # signed by the log itself
     assert post(url, request_body(huge, 0, []))[0] == 400
     status, _, _ = post(url, b"old 0\n\n" + b"x" * (70 * 1024))
-    assert status == 413
+    assert status == 413  # over 64 KiB without header lines
+    assert witness.add_checkpoint(b"old 0\n\n" + b"x" * (MAX_BODY_BYTES + 1)).status == 413
     assert urllib.request.urlopen(url + "/", timeout=5).status == 200
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url + "/add-checkpoint", timeout=5)  # GET
@@ -200,16 +206,20 @@ def test_malformed_and_oversized_bodies_are_400_and_change_nothing(setup):
 
 def test_concurrent_submissions_for_one_log_exactly_one_succeeds(setup, tmp_path):
     fed, witness, url = setup
-    base = fed.writer.log_size
+    base, base_h = fed.writer.log_size, fed.writer.head.header.height
     assert post(url, request_body(fed.writer.checkpoint(), 0, []))[0] == 200
     for trial in range(6):
         fed.add_round(10 + 2 * trial, 2)
-        note_a, size_a = fed.writer.checkpoint(), fed.writer.log_size
+        note_a, size_a, h_a = fed.writer.checkpoint(), fed.writer.log_size, fed.writer.head.header.height
         fed.add_round(11 + 2 * trial, 3)
-        note_b, size_b = fed.writer.checkpoint(), fed.writer.log_size
+        note_b, size_b, h_b = fed.writer.checkpoint(), fed.writer.log_size, fed.writer.head.header.height
         bodies = [
-            request_body(note_a, base, consistency_proof(fed.ledger, base, size_a)),
-            request_body(note_b, base, consistency_proof(fed.ledger, base, size_b)),
+            request_body(
+                note_a, base, consistency_proof(fed.ledger, base, size_a), chain_headers(fed.ledger, base_h + 1, h_a)
+            ),
+            request_body(
+                note_b, base, consistency_proof(fed.ledger, base, size_b), chain_headers(fed.ledger, base_h + 1, h_b)
+            ),
         ]
         barrier = threading.Barrier(2)
         results = [None, None]
@@ -227,22 +237,26 @@ def test_concurrent_submissions_for_one_log_exactly_one_succeeds(setup, tmp_path
         assert statuses == [200, 409], (trial, results)
         base = witness.store.get(ORIGIN)[0]
         assert base == (size_a if results[0][0] == 200 else size_b)
+        base_h = h_a if results[0][0] == 200 else h_b
     # two witness instances (as two processes would) on one database file: still exactly one wins
     fed.add_round(90, 2)
-    note_a, size_a = fed.writer.checkpoint(), fed.writer.log_size
+    note_a, size_a, h_a = fed.writer.checkpoint(), fed.writer.log_size, fed.writer.head.header.height
     fed.add_round(91, 2)
-    note_b, size_b = fed.writer.checkpoint(), fed.writer.log_size
+    note_b, size_b, h_b = fed.writer.checkpoint(), fed.writer.log_size, fed.writer.head.header.height
     twins = [Witness(witness.name, witness.key, witness.logs, WitnessStore(witness.store.path)) for _ in range(2)]
     barrier = threading.Barrier(2)
     out = [None, None]
 
-    def direct(i, note, size):
+    def direct(i, note, size, height):
         barrier.wait()
-        out[i] = twins[i].add_checkpoint(request_body(note, base, consistency_proof(fed.ledger, base, size))).status
+        hdrs = chain_headers(fed.ledger, base_h + 1, height)
+        out[i] = (
+            twins[i].add_checkpoint(request_body(note, base, consistency_proof(fed.ledger, base, size), hdrs)).status
+        )
 
     threads = [
-        threading.Thread(target=direct, args=(0, note_a, size_a)),
-        threading.Thread(target=direct, args=(1, note_b, size_b)),
+        threading.Thread(target=direct, args=(0, note_a, size_a, h_a)),
+        threading.Thread(target=direct, args=(1, note_b, size_b, h_b)),
     ]
     for t in threads:
         t.start()
@@ -295,7 +309,7 @@ def test_state_survives_a_restart_of_the_witness_command(federation_factory, tmp
 
     proc, url = start()
     try:
-        size1 = fed.writer.log_size
+        size1, h1 = fed.writer.log_size, fed.writer.head.header.height
         line = submit(url, fed.writer.checkpoint(), 0, [])
     finally:
         proc.terminate()
@@ -309,7 +323,8 @@ def test_state_survives_a_restart_of_the_witness_command(federation_factory, tmp
         with pytest.raises(WitnessConflict) as e:  # the restarted witness remembers size1
             submit(url, fed.writer.checkpoint(), 0, [])
         assert e.value.size == size1
-        line = submit(url, fed.writer.checkpoint(), size1, consistency_proof(fed.ledger, size1))
+        hdrs = chain_headers(fed.ledger, h1 + 1, fed.writer.head.header.height)
+        line = submit(url, fed.writer.checkpoint(), size1, consistency_proof(fed.ledger, size1), headers=hdrs)
         assert verify_cosignature(fed.writer.checkpoint(), line, ck)
     finally:
         proc.terminate()

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flower_chain.ledger.checkpoint import Checkpoint, head_line, parse_verifier_key, sign_checkpoint, verifier_key
 from flower_chain.ledger.cosignature import parse_cosigner_key, verify_cosignature
 from flower_chain.ledger.proofs import consistency_proof
-from flower_chain.witness.client import request_body
+from flower_chain.witness.client import chain_headers, request_body
 from flower_chain.witness.server import Witness, WitnessStore
 from tests.conftest import Federation
 
@@ -55,12 +55,13 @@ def test_a_header_re_signed_at_the_cosigned_size_is_refused_and_nothing_changes(
 
 def test_a_checkpoint_without_the_line_after_one_with_it_is_refused(tmp_path):
     f, w = _setup(tmp_path)
-    size = f.writer.log_size
+    size, height = f.writer.log_size, f.writer.head.header.height
     f.add_round(2)
     proof = consistency_proof(f.ledger, size)
     bare = w.add_checkpoint(request_body(_note(f, 2, None), size, proof))
     assert bare.status == 422 and b"flower-chain/head" in bare.body
-    assert w.add_checkpoint(request_body(f.writer.checkpoint(), size, proof)).status == 200
+    hdrs = chain_headers(f.ledger, height + 1, f.writer.head.header.height)
+    assert w.add_checkpoint(request_body(f.writer.checkpoint(), size, proof, hdrs)).status == 200
 
 
 def test_a_malformed_head_line_is_400(tmp_path):
@@ -75,7 +76,7 @@ def test_an_empty_block_at_the_same_size_is_cosigned(tmp_path):
     size = f.writer.log_size
     f.add_block(1, [])  # no entries: the log keeps its size and root, the head moves on
     assert f.writer.log_size == size
-    reply = w.add_checkpoint(request_body(f.writer.checkpoint(), size, []))
+    reply = w.add_checkpoint(request_body(f.writer.checkpoint(), size, [], [f.writer.head.header_bytes]))
     assert reply.status == 200
     verify_cosignature(f.writer.checkpoint(), reply.body.decode(), parse_cosigner_key(w.verifier_key))
 
@@ -93,7 +94,7 @@ def test_an_old_log_without_head_lines_is_cosigned_and_may_start_naming_its_head
     f.add_round(1)
     proof = consistency_proof(f.ledger, size)
     assert w.add_checkpoint(request_body(_note(f, 1, None), size, proof)).status == 200
-    assert w.add_checkpoint(request_body(f.writer.checkpoint(), f.writer.log_size, [])).status == 200
+    assert w.add_checkpoint(request_body(f.writer.checkpoint(), f.writer.log_size, [])).status == 200  # first head
 
 
 def test_a_longer_log_whose_head_height_goes_back_is_refused(tmp_path):
@@ -109,4 +110,5 @@ def test_a_longer_log_whose_head_height_goes_back_is_refused(tmp_path):
         reply = w.add_checkpoint(request_body(_note(f, height, new.hash), old_size, proof))
         assert reply.status == 409, (height, reply)
     assert w.store.latest(ORIGIN) == cosigned.checkpoint
-    assert w.add_checkpoint(request_body(f.writer.head.checkpoint, old_size, proof)).status == 200
+    hdrs = chain_headers(f.ledger, old_height + 1, new.header.height)
+    assert w.add_checkpoint(request_body(f.writer.head.checkpoint, old_size, proof, hdrs)).status == 200
