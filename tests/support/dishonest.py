@@ -17,6 +17,7 @@ one. Then every block is rebuilt: ``height``, ``prev_hash``, ``entries_root``, `
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.block import ZERO_HASH, BlockHeader, StoredBlock
-from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint
+from flower_chain.ledger.checkpoint import Checkpoint, head_line, sign_checkpoint
 from flower_chain.ledger.entries import Entry, decode_entry
 from flower_chain.ledger.writer import origin_for
 
@@ -54,7 +55,11 @@ def read_blocks(ledger_path: str | Path) -> list[Block]:
 
 
 def rewrite(
-    ledger_path: str | Path, server_key: Ed25519PrivateKey, edit_fn: Callable[[list[Block]], list[Block] | None]
+    ledger_path: str | Path,
+    server_key: Ed25519PrivateKey,
+    edit_fn: Callable[[list[Block]], list[Block] | None],
+    *,
+    head_lines: bool = False,
 ) -> list[Block]:
     """Rewrite an SQLite ledger's history with ``edit_fn`` and re-sign all of it with ``server_key``.
 
@@ -66,6 +71,9 @@ def rewrite(
         The server's own key (the genesis' server key, so the result verifies).
     edit_fn : callable
         Gets the list of ``[fields, entries]`` blocks; edits it in place or returns a new list.
+    head_lines : bool
+        Sign each checkpoint with its ``flower-chain/head`` line, as this version's writer does (default: without,
+        as ledgers from before the line).
 
     Returns
     -------
@@ -97,7 +105,8 @@ def rewrite(
             }
         )
         hb = header.to_bytes()
-        cp = sign_checkpoint(Checkpoint(origin_for(header.federation_id), log.size, log.root()), server_key)
+        ext = (head_line(height, hashlib.sha256(hb).digest()),) if head_lines else ()
+        cp = sign_checkpoint(Checkpoint(origin_for(header.federation_id), log.size, log.root(), ext), server_key)
         block = StoredBlock(hb, server_key.sign(hb), cp)
         rows_blocks.append((height, hb, block.signature, cp))
         rows_entries += [(first + i, height, d) for i, d in enumerate(datas)]
