@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.entries import GenesisEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.genesis import read_genesis
 from flower_chain.ledger.text import safe_text
 
 #: Settings scaling the server's step (FedOpt's ``eta``, FedAvgM's ``server_learning_rate``, QFedAvg's
@@ -40,11 +40,9 @@ def read_settings(ledger: Ledger) -> tuple[str, dict[str, Any] | None, str]:
     from flower_chain.audit.inputs import read_config
 
     try:
-        genesis = decode_entry(next(iter(ledger.entries(0, 1))))
-    except (LedgerError, StopIteration) as e:
+        genesis = read_genesis(ledger)
+    except LedgerError as e:
         return "", None, f"the genesis entry cannot be read ({safe_text(e, 200)})"
-    if not isinstance(genesis, GenesisEntry):
-        return "", None, "the first entry is not a genesis entry"
     config, why = read_config(ledger, genesis)
     return genesis.strategy, config, why
 

@@ -26,6 +26,7 @@ from flower_chain.cli.common import EXIT_FAILED, fail, open_or_fail, read_server
 from flower_chain.cli.errors import Meaning, meanings
 from flower_chain.ledger.entries import ACCEPTED, Entry, GenesisEntry, UpdateEntry, UpdateStatement, decode_entry
 from flower_chain.ledger.errors import LedgerError, ProofError, VerificationError
+from flower_chain.ledger.genesis import GenesisError, leading_genesis, read_genesis
 from flower_chain.ledger.keys import public_key_problem, verify_signature
 from flower_chain.ledger.writer import origin_for
 
@@ -108,14 +109,20 @@ def log_entries(log: str, server_key: bytes) -> tuple[Iterator[Entry], Entry | N
         client.verify_tree(cp)  # the tiles hash to the signed checkpoint's root: the entries below are the log's
         datas = list(client.entries(0, cp.size, cp.size))
         entries = [decode_entry(d) for d in datas]
-        return iter(entries[1:]), entries[0] if entries else None
+        if not entries or not isinstance(entries[0], GenesisEntry):
+            return iter(entries[1:]), entries[0] if entries else None
+        try:  # the keyring: the genesis and the keys entries right after it
+            genesis, n = leading_genesis(entries)
+        except GenesisError as e:
+            raise VerificationError(str(e), height=0, entry=e.entry) from e
+        return iter(entries[n:]), genesis
     from flower_chain.ledger.verify import verify
 
     ledger = open_or_fail(log)
     try:
         seen: list[Entry] = []
         verify(ledger, server_key=server_key, visit=lambda _i, e: seen.append(e))
-        genesis = decode_entry(next(iter(ledger.entries(0, 1))))
+        genesis = read_genesis(ledger)
     finally:
         ledger.close()
     return iter(seen), genesis

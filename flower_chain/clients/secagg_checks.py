@@ -16,8 +16,9 @@ from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.checkpoint import Checkpoint, check_head, head_of, verify_checkpoint
 from flower_chain.ledger.cosignature import CosignerKey, verify_cosigned_checkpoint
 from flower_chain.ledger.encoding import decode
-from flower_chain.ledger.entries import GenesisEntry, decode_entry
+from flower_chain.ledger.entries import decode_entry
 from flower_chain.ledger.errors import EncodingError, LedgerError
+from flower_chain.ledger.genesis import GenesisError, keyring_from_proof
 from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.secagg import (
     COMMIT,
@@ -288,16 +289,17 @@ def committed_lists(
 
 
 def _genesis_keys(proof: dict[str, Any], cp: Verified, fid: str) -> tuple[dict[str, bytes], str | None]:
-    """The genesis keyring, proved to be entry 0 of the same signed log."""
-    data, path = proof.get("genesis"), _split(proof.get("genesis_inclusion"))
-    if not isinstance(data, bytes) or path is None:
+    """The genesis keyring, proved to be entry 0 of the same signed log (and, for a keyring continued in
+    ``keys`` entries, those proved to be entries 1..k right after it: :func:`keyring_from_proof`)."""
+    if not isinstance(proof.get("genesis"), bytes) or _split(proof.get("genesis_inclusion")) is None:
         return {}, "the request does not carry the genesis entry with its inclusion proof"
     try:
-        merkle.verify_inclusion(merkle.leaf_hash(data), 0, cp[0], path, cp[1])
-        genesis = decode_entry(data)
+        genesis = keyring_from_proof(proof, cp[0], cp[1])
+    except GenesisError as e:
+        return {}, f"entry 0 is not this federation's genesis: {e}"
     except LedgerError as e:
-        return {}, f"the genesis entry is not entry 0 of the signed log: {e}"
-    if not isinstance(genesis, GenesisEntry) or genesis.federation_id != fid:
+        return {}, f"the genesis keyring is not the start of the signed log: {e}"
+    if genesis.federation_id != fid:
         return {}, "entry 0 is not this federation's genesis"
     return dict(genesis.client_keys), None
 

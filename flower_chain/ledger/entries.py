@@ -193,11 +193,26 @@ class CosignatureEntry(_Entry):
     line: str
 
 
+@_register
+@dataclass(frozen=True)
+class KeysEntry(_Entry):
+    """More of the genesis keyring: block 0 continues a keyring too large for one entry in ``keys`` entries.
+
+    Each follows the genesis entry in block 0 (and only there), so that every entry of block 0 fits the
+    ``uint16`` length of a tlog-tiles entry bundle; :mod:`flower_chain.ledger.genesis` splits and joins them.
+    """
+
+    TYPE: ClassVar[str] = "keys"
+    client_keys: dict[str, bytes]  # key id -> raw 32-byte Ed25519 public key, as the genesis' own
+
+
 #: Every registered entry type (:class:`~flower_chain.ledger.secagg.SecAggEntry` registers itself on import).
 if TYPE_CHECKING:
-    Entry: TypeAlias = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | SecAggEntry
+    Entry: TypeAlias = (
+        GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | KeysEntry | SecAggEntry
+    )
 else:  # secagg imports this module: its class is not importable here at run time
-    Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry
+    Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | KeysEntry
 
 
 def decode_entry(data: bytes) -> Entry:

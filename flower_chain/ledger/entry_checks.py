@@ -1,8 +1,9 @@
 """The entry rules :func:`flower_chain.ledger.verify.verify` checks (``full``): each entry decodes and is one
 the ledger format allows where it stands.
 
-Block 0 holds exactly one entry, the genesis (round 0, a 32-byte server key, client keys matching their
-ids); no other block holds one. A block holding a successful SecAgg+ result (:mod:`flower_chain.ledger.secagg`)
+Block 0 holds the genesis entry, then only ``keys`` entries continuing its keyring
+(:mod:`flower_chain.ledger.genesis`: round 0, a 32-byte server key, client keys matching their ids, no key id
+twice); no other block holds either. A block holding a successful SecAgg+ result (:mod:`flower_chain.ledger.secagg`)
 is marked: its model changes without a plaintext update, which only the audit can replay. Updates belong to their block's round, have a known kind, verdict and
 reason; revocations name genesis keys; a client's cosignature verifies, under its genesis key, over the
 checkpoint of the block before.
@@ -22,11 +23,13 @@ from flower_chain.ledger.entries import (
     Entry,
     EvaluationEntry,
     GenesisEntry,
+    KeysEntry,
     RevocationEntry,
     UpdateEntry,
     decode_entry,
 )
 from flower_chain.ledger.errors import LedgerError, VerificationError
+from flower_chain.ledger.genesis import GenesisError, join_genesis
 from flower_chain.ledger.keys import key_id
 from flower_chain.ledger.secagg import SecAggEntry
 
@@ -40,20 +43,21 @@ def check_entries(
     """(genesis and ``full``) every entry decodes and follows the entry rules; the block's updates and summaries."""
     updates: list[tuple[int, UpdateEntry]] = []
     summaries: list[tuple[int, EvaluationEntry]] = []
-    if h.height and not w.full:
+    if h.height == 0:
+        w.genesis = _check_genesis(h, datas, w.server_key)
+        w.pub = w.genesis.server_key
+        w.report.federation_id = w.genesis.federation_id
+        w.report.server_key_id = key_id(w.pub)
+        w.report.keyring = sorted(w.genesis.client_keys)
+        return updates, summaries
+    if not w.full:
         return updates, summaries
     for i, data in enumerate(datas):
         try:
             entry = decode_entry(data)
         except LedgerError as e:
             raise VerificationError(f"entry does not decode: {e}", height=h.height, entry=i) from e
-        if h.height == 0:
-            w.genesis = _check_genesis(entry, h, w.server_key, i)
-            w.pub = w.genesis.server_key
-            w.report.federation_id = w.genesis.federation_id
-            w.report.server_key_id = key_id(w.pub)
-            w.report.keyring = sorted(w.genesis.client_keys)
-        elif w.genesis is None:  # blocks are walked from height 0, whose genesis entry sets it
+        if w.genesis is None:  # blocks are walked from height 0, whose genesis entry sets it
             raise VerificationError("an entry before the genesis entry", height=h.height, entry=i)
         elif isinstance(entry, CosignatureEntry):
             _check_cosignature(entry, h, i, w.genesis, w.prev_block, w.report)
@@ -70,9 +74,19 @@ def check_entries(
     return updates, summaries
 
 
-def _check_genesis(entry: Entry, h: BlockHeader, server_key: bytes | None, i: int) -> GenesisEntry:
-    if not isinstance(entry, GenesisEntry) or i != 0 or h.entry_count != 1:
-        raise VerificationError("block 0 must hold exactly one entry, a genesis entry", height=0, entry=i)
+def _check_genesis(h: BlockHeader, datas: list[bytes], server_key: bytes | None) -> GenesisEntry:
+    """Block 0: the genesis entry, then only ``keys`` entries continuing its keyring (no key id twice, each
+    matching its key); round 0; the server key expected. Returns the genesis with the whole keyring."""
+    entries = []
+    for i, data in enumerate(datas):
+        try:
+            entries.append(decode_entry(data))
+        except LedgerError as e:
+            raise VerificationError(f"entry does not decode: {e}", height=0, entry=i) from e
+    try:
+        entry = join_genesis(entries)
+    except GenesisError as e:
+        raise VerificationError(str(e), height=0, entry=e.entry) from e
     if h.round != 0:
         raise VerificationError("the genesis block must be round 0", height=0)
     if server_key is not None and entry.server_key != server_key:
@@ -83,9 +97,6 @@ def _check_genesis(entry: Entry, h: BlockHeader, server_key: bytes | None, i: in
         )
     if len(entry.server_key) != 32:
         raise VerificationError("the genesis server key is not a 32-byte Ed25519 key", height=0, entry=0)
-    for kid, raw in entry.client_keys.items():
-        if not isinstance(raw, bytes) or key_id(raw) != kid:
-            raise VerificationError(f"client key {kid} does not match its key id", height=0, entry=0)
     return entry
 
 
@@ -95,6 +106,12 @@ def _check_entry(
     report.entry_types[entry.TYPE] += 1
     if isinstance(entry, GenesisEntry):
         raise VerificationError("a second genesis entry", height=h.height, entry=i)
+    if isinstance(entry, KeysEntry):  # a key added to the keyring after the federation started
+        raise VerificationError(
+            "a keys entry outside block 0: the genesis keyring continues only in the genesis block",
+            height=h.height,
+            entry=i,
+        )
     if isinstance(entry, RevocationEntry):
         if entry.key_id not in genesis.client_keys:
             raise VerificationError(

@@ -11,8 +11,8 @@ log range, and checks, block by block:
 * the server's Ed25519 signature on every header, and the signed C2SP
   checkpoint stored with each block (same size and root; its head line names
   the block, required once a checkpoint had one: ledger-format §5.1);
-* genesis rules: block 0 is round 0, has zero ``prev_hash`` and exactly one
-  entry, a genesis entry; no other block has one;
+* genesis rules: block 0 is round 0, has zero ``prev_hash``, a genesis entry,
+  then only ``keys`` entries continuing its keyring; no other block has either;
 * (``full``) every entry decodes; update entries belong to the block's round
   and carry a known verdict and reason; the model digest chain (once a
   block records a ``model_after``, every later block's ``model_before`` is

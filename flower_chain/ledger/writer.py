@@ -16,24 +16,20 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from flower_chain.ledger import genesis as genesis_mod
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import FORMAT_VERSION, ZERO_HASH, BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, head_line, sign_checkpoint
-from flower_chain.ledger.entries import Entry, GenesisEntry, RevocationEntry, decode_entry
+from flower_chain.ledger.entries import Entry, GenesisEntry, RevocationEntry
 from flower_chain.ledger.errors import AppendError, LedgerError
 from flower_chain.ledger.keys import key_id, raw_public
 
 
 def read_genesis(ledger: Ledger) -> GenesisEntry:
-    """The genesis entry of a ledger (entry 0 of block 0)."""
-    if ledger.block_count() == 0:
-        raise LedgerError(f"{ledger.uri}: the ledger is empty (no genesis block)")
-    first = next(ledger.entries(0, 1), None)
-    entry = decode_entry(first) if first is not None else None
-    if not isinstance(entry, GenesisEntry):
-        raise LedgerError(f"{ledger.uri}: entry 0 is not a genesis entry")
-    return entry
+    """The genesis of a ledger with its whole keyring (:func:`flower_chain.ledger.genesis.read_genesis`: the
+    genesis entry and the ``keys`` entries that continue its keyring in block 0)."""
+    return genesis_mod.read_genesis(ledger)
 
 
 _versions: weakref.WeakKeyDictionary[Ledger, int] = weakref.WeakKeyDictionary()
@@ -143,13 +139,15 @@ class LedgerWriter:
 
     # -- appending -------------------------------------------------------------------------------
     def init(self, genesis: GenesisEntry) -> StoredBlock:
-        """Append the genesis block (height 0, one genesis entry)."""
+        """Append the genesis block (height 0): the genesis entry, followed by ``keys`` entries when its
+        keyring does not fit one tlog-tiles entry (:func:`flower_chain.ledger.genesis.split_genesis`)."""
         if self.ledger.block_count():
             raise AppendError(f"{self.ledger.uri} already has a genesis block")
         if genesis.server_key != raw_public(self.server_key):
             raise AppendError("the genesis names another server key than the one signing")
+        entries = genesis_mod.split_genesis(genesis)
         self.genesis = genesis
-        return self.append(0, [genesis])
+        return self.append(0, entries)
 
     def append(
         self,
