@@ -8,7 +8,7 @@ from typing import Any
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
-from flower_chain.ledger.checkpoint import Checkpoint, HeadMismatchError, check_head, verify_checkpoint
+from flower_chain.ledger.checkpoint import Checkpoint, HeadMismatchError, check_head, head_of, verify_checkpoint
 from flower_chain.ledger.cosignature import (
     CosignerKey,
     note_body,
@@ -51,6 +51,10 @@ class WitnessReport:
         Checkpoints (stored or cosigned) whose head line names another block than the ledger's block at
         their size, or that lack one after the log started naming its head: each carries the height, the
         ledger's block hash and what the checkpoint names (also in ``problems``).
+    latest : list of dict
+        Each witness's latest cosigned checkpoint compared (``verify --witness-latest``): its source, the
+        witnesses that cosigned it, its size and head, and ``problem`` (a rollback or a fork, also in
+        ``problems``; empty when this ledger holds that checkpoint).
     """
 
     blocks: int = 0
@@ -61,6 +65,7 @@ class WitnessReport:
     problems: list[str] = field(default_factory=list)
     coverage: dict[str, list[int]] = field(default_factory=dict)
     head_mismatches: list[HeadMismatchError] = field(default_factory=list)
+    latest: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +90,7 @@ class WitnessReport:
                 }
                 for m in self.head_mismatches
             ],
+            "latest": list(self.latest),
         }
 
     def coverage_lines(self) -> list[str]:
@@ -134,7 +140,12 @@ def height_ranges(heights: Sequence[int], most: int = 12) -> str:
 
 
 def verify_witnessed(
-    ledger: Ledger, witness_keys: Sequence[str | CosignerKey], quorum: int = 1, *, server_key: bytes | None = None
+    ledger: Ledger,
+    witness_keys: Sequence[str | CosignerKey],
+    quorum: int = 1,
+    *,
+    server_key: bytes | None = None,
+    latest: Sequence[tuple[str, str]] = (),
 ) -> WitnessReport:
     """Check the stored cosignatures of every block against trusted witness keys.
 
@@ -148,6 +159,10 @@ def verify_witnessed(
         Distinct trusted witnesses a checkpoint needs (at least 1).
     server_key : bytes, optional
         The log's raw Ed25519 key (default: the genesis's).
+    latest : sequence of (str, str)
+        ``(source, cosigned note)``: a witness's latest cosigned checkpoint of this log (fetched from it or
+        kept from earlier). The ledger must hold it: a larger size or a later head height is a rollback, another
+        block at its height a fork (both NOT witnessed, naming both checkpoints).
 
     Returns
     -------
@@ -159,7 +174,8 @@ def verify_witnessed(
     KeyFileError
         A witness key does not parse.
     ValueError
-        A quorum below 1 or above the number of distinct trusted keys.
+        A quorum below 1 or above the number of distinct trusted keys, or a ``latest`` note that is not this
+        log's checkpoint signed by its key and cosigned by a trusted witness (it proves nothing).
     """
     keys = [k if isinstance(k, CosignerKey) else parse_cosigner_key(str(k)) for k in witness_keys]
     distinct = {(k.name, k.key_id) for k in keys}
@@ -198,7 +214,62 @@ def verify_witnessed(
             report.witnessed.append(h)
             last_witnessed = h
     report.uncovered = [h for h in sorted(report.counts) if h > last_witnessed]
+    for source, note in latest:
+        _compare_latest(report, ledger, source, note, log_key, genesis.origin, keys)
     return report
+
+
+def _compare_latest(
+    report: WitnessReport, ledger: Ledger, source: str, note: str, log_key: bytes, origin: str, keys: list[CosignerKey]
+) -> None:
+    """A witness's latest cosigned checkpoint against the ledger: the ledger must hold it (docstring above)."""
+    where = safe_text(source, 200)
+    try:
+        cp, cosigners = verify_cosigned_checkpoint(note, log_key, keys, 1, origin=origin)
+        named = head_of(cp)
+    except (CheckpointError, KeyFileError) as e:
+        raise ValueError(f"{where}: not a checkpoint of this log cosigned by a trusted witness: {e}") from None
+    head = ledger.head()
+    entry: dict[str, Any] = {"source": source, "witnesses": sorted(cosigners), "size": cp.size, "problem": ""}
+    entry["head_height"], entry["head_hash"] = (named.height, named.block_hash.hex()) if named else (None, None)
+    theirs = f"size {cp.size}" + (f", head block {named.height} {named.block_hash.hex()}" if named else "")
+    who = ", ".join(safe_text(n, 80) for n in sorted(cosigners))
+    if head is None:
+        return
+    ours = f"size {head.header.log_size}, head block {head.header.height} {head.hash.hex()}"
+    if cp.size > head.header.log_size or (named is not None and named.height > head.header.height):
+        entry["problem"] = (
+            f"rollback: witness {who} cosigned this log's checkpoint of {theirs} ({where}); the ledger ends "
+            f"before it, at {ours}"
+        )
+    else:
+        block = _block_of(ledger, cp, named)
+        if (
+            block is None
+            or (block.header.log_size, block.header.log_root) != (cp.size, cp.root_hash)
+            or (named is not None and block.hash != named.block_hash)
+        ):
+            at = f"block {block.header.height} {block.hash.hex()}" if block is not None else "no block of that size"
+            entry["problem"] = (
+                f"fork: witness {who} cosigned this log's checkpoint of {theirs} ({where}); the ledger holds {at} "
+                f"there (it ends at {ours})"
+            )
+    report.latest.append(entry)
+    if entry["problem"]:
+        report.problems.append(entry["problem"])
+
+
+def _block_of(ledger: Ledger, cp: Checkpoint, named: Any) -> StoredBlock | None:
+    """The ledger's block a checkpoint names (its head line), else the last block of its size."""
+    if named is not None:
+        return ledger.block(named.height)
+    found = None
+    for block in ledger.blocks():
+        if block.header.log_size == cp.size:
+            found = block
+        elif block.header.log_size > cp.size:
+            break
+    return found
 
 
 class _Reported(Exception):

@@ -183,6 +183,12 @@ def ledger_verify(
         [], "--witness", help="a witness verifier key (NAME+KEYID+BASE64); repeat for more"
     ),
     witness_quorum: int = typer.Option(0, "--witness-quorum", help="cosignatures the head must carry (0: one)"),
+    witness_latest: list[str] = typer.Option(
+        [],
+        "--witness-latest",
+        help="a witness URL (http://...) whose latest cosigned checkpoint of this log is fetched, or a file "
+        "holding one fetched earlier; the ledger must hold it (else: rollback or fork); repeat for more",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Exit 0 only if the whole ledger verifies; else exit 1 naming block, entry and what mismatched."""
@@ -191,8 +197,8 @@ def ledger_verify(
         fail("--anchor needs --contract ADDRESS to verify against")
     if (owner or contract) and not anchor_url:
         fail("--contract and --owner need --anchor evm+http://HOST:PORT")
-    if witness_quorum and not witness:
-        fail("--witness-quorum needs at least one --witness VKEY")
+    if (witness_quorum or witness_latest) and not witness:
+        fail(f"{'--witness-quorum' if witness_quorum else '--witness-latest'} needs at least one --witness VKEY")
     ledger = open_or_fail(uri)
     blobs = blobs or strict  # --strict: nothing that could be checked goes unchecked
     report = verify(ledger, server_key=expected, client_signatures=client_signatures, blobs=blobs)
@@ -201,7 +207,7 @@ def ledger_verify(
         if problem:
             raise VerificationError(problem, height=0, entry=0)
     anchors = _check_anchors(ledger, anchor_url, contract, owner, chain_id) if anchor_url else None
-    witnessed = _check_witnesses(ledger, witness, witness_quorum) if witness else None
+    witnessed = _check_witnesses(ledger, witness, witness_quorum, witness_latest) if witness else None
     failed = strict and bool(report.not_rederived or report.blob_problems or report.arrays_unchecked)
     if as_json:
         emit_json(_verify_json(report, anchors, witnessed, failed, blobs, strict))

@@ -3,10 +3,11 @@ the JSON document and the lines of text it prints for a verify report."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flower_chain.cli.common import err, out
+from flower_chain.cli.common import err, fail, out
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.errors import VerificationError
 from flower_chain.ledger.keys import Keyring
@@ -27,14 +28,40 @@ def _keyring_difference(ledger: Ledger, keys: Path) -> str:
     return "; ".join(problems)
 
 
-def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int) -> Any:
-    """The head's witness cosignatures (a ``ValueError`` for a bad witness key is a usage error, exit 2)."""
+def _check_witnesses(ledger: Ledger, witness: list[str], quorum: int, latest: Sequence[str] = ()) -> Any:
+    """The head's witness cosignatures, and each witness's latest cosigned checkpoint in ``latest`` (a URL or a
+    file) held by the ledger (a ``ValueError`` for a bad witness key or latest checkpoint is a usage error, exit 2)."""
     from flower_chain.audit.witnessed import verify_witnessed
 
-    witnessed = verify_witnessed(ledger, list(witness), quorum=quorum or 1)
+    notes = [(f"--witness-latest {source}", _latest_note(ledger, source)) for source in latest]
+    witnessed = verify_witnessed(ledger, list(witness), quorum=quorum or 1, latest=notes)
     if not witnessed.ok:
         raise VerificationError(f"witness cosignatures: {witnessed.summary()}")
     return witnessed
+
+
+def _latest_note(ledger: Ledger, source: str) -> str:
+    """``--witness-latest SOURCE``: fetched from a witness URL, else read from a file (64 KiB at most)."""
+    from flower_chain.ledger.text import safe_text
+    from flower_chain.ledger.writer import read_genesis
+    from flower_chain.witness.client import WitnessError, fetch_latest
+
+    if source.startswith(("http://", "https://")):
+        try:
+            return fetch_latest(source, read_genesis(ledger).origin)
+        except WitnessError as e:
+            fail(f"--witness-latest: cannot fetch the latest checkpoint: {safe_text(str(e), 300)}")
+    try:
+        with open(source, "rb") as f:
+            data = f.read(65537)
+    except OSError as e:
+        fail(f"--witness-latest {safe_text(source, 200)}: {safe_text(e.strerror or str(e), 200)}")
+    if len(data) > 65536:
+        fail(f"--witness-latest {safe_text(source, 200)}: over 64 KiB, not a cosigned checkpoint")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"--witness-latest {safe_text(source, 200)}: not UTF-8, not a cosigned checkpoint")
 
 
 def _counter_text(counter: Any) -> str:
