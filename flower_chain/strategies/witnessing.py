@@ -2,9 +2,12 @@
 
 After each durable block :class:`Witnessing` submits the block's signed
 checkpoint to every configured witness, with a consistency proof from the
-size that witness last cosigned (:class:`~flower_chain.witness.client.WitnessPool`
-keeps those sizes and learns them from a 409), verifies the returned
-``cosignature/v1`` lines, and stores the cosigned note with the block.
+size that witness last cosigned and the block headers from the head it
+cosigned last (:class:`~flower_chain.witness.client.WitnessPool` keeps those
+sizes and heights and learns them from a 409; docs/ledger-format.md §5.2: a
+witness cosigns a later head only over a header chain linked to the one it
+cosigned, so a re-signed earlier header gathers no cosignature), verifies the
+returned ``cosignature/v1`` lines, and stores the cosigned note with the block.
 
 Storage
     The cosigned checkpoint note (the server's note with the witnesses'

@@ -446,7 +446,7 @@ def test_interop_with_the_aics_witness_implementation(federation_factory, tmp_pa
     )
     ck = parse_cosigner_key(theirs.vkey_text)  # their vkey text parses as ours
 
-    def their_submit(url, note, old, proof, timeout):
+    def their_submit(url, note, old, proof, timeout, headers=()):  # their witness knows no header lines (C2SP core)
         try:
             return theirs.add_checkpoint(request_body(note, old, proof)).decode()
         except AicsError as e:
