@@ -20,6 +20,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from flower_chain.ledger import proofs
 from flower_chain.ledger.block import StoredBlock
+from flower_chain.ledger.genesis import keyring_proof
 from flower_chain.ledger.secagg import MASKED, RESULT, UNMASK, SecAggEntry, server_record
 from flower_chain.strategies.secagg_judge import Verdict
 
@@ -69,8 +70,7 @@ class RoundRecording:
             "index": index,
             "inclusion": inclusion,
             "consistency": consistency,
-            "genesis": next(self.core.ledger.entries(0, 1)),
-            "genesis_inclusion": b"".join(proofs.inclusion_proof(self.core.ledger, 0, size)),
+            **keyring_proof(self.core.ledger, size),
         }
         return index, size, proof
 

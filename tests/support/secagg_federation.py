@@ -127,6 +127,7 @@ class SecAggFederation:
         client_kw=None,
         server_key=None,
         keys=None,
+        extra_keyring=None,
         **workflow_kw,
     ) -> None:
         rng = np.random.default_rng(seed)
@@ -153,7 +154,7 @@ class SecAggFederation:
                 initial_parameters=ndarrays_to_parameters(self.initial),
             ),
             ledger=uri,
-            keyring={key_id(k): raw_public(k) for k in self.keys},
+            keyring={**(extra_keyring or {}), **{key_id(k): raw_public(k) for k in self.keys}},
             server_key=self.server_key,
             federation_id="fed-secagg",
             **(strategy_kw or {}),
