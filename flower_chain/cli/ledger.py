@@ -75,6 +75,7 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries"):
         t.add_row(k, str(s[k]))
     t.add_row("settings", settings_text(strategy, config, why))
+    t.add_row("settings digest", f"{s['settings_digest']} (a node pins it: settings-digest)")
     t.add_row(
         "train replies",
         f"{s['accepted']} accepted, {s['rejected']} rejected"

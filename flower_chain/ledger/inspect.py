@@ -150,6 +150,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "backend": ledger.backend,
         "federation_id": genesis.federation_id,
         "strategy": genesis.strategy,
+        "settings_digest": genesis.config_digest.hex(),  # what a node pins (settings-digest) and signs
         "allowed_keys": len(genesis.client_keys),
         "rounds": len(rounds),
         "blocks": ledger.block_count(),

@@ -55,3 +55,17 @@ def test_a_server_learning_rate_that_voids_or_inverts_is_flagged(tmp_path, lr, p
     code, out = cli("ledger", "summary", uri, "--json")
     data = json.loads(out)
     assert data["settings"]["server_learning_rate"] == lr and len(data["settings_findings"]) == 1
+
+
+def test_summary_prints_the_settings_digest_a_node_pins(tmp_path):
+    from flower_chain.ledger import open_ledger
+    from flower_chain.ledger.writer import read_genesis
+
+    uri = ledger_with(tmp_path, server_learning_rate=1.0)
+    ledger = open_ledger(uri)
+    digest = read_genesis(ledger).config_digest.hex()
+    ledger.close()
+    code, out = cli("ledger", "summary", uri)
+    assert code == 0 and digest in out.replace("\n", "").replace(" ", "").replace("│", "")
+    code, out = cli("ledger", "summary", uri, "--json")
+    assert code == 0 and json.loads(out)["settings_digest"] == digest
