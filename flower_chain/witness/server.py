@@ -354,6 +354,7 @@ def build_app(witness: Witness) -> Starlette:
     async def index(request: Request) -> Response:
         return PlainTextResponse(
             f"flower-chain tlog-witness\n{witness.verifier_key}\nlogs: {', '.join(sorted(witness.logs))}\n"
+            f"latest cosigned checkpoint: GET {LATEST_PATH}?origin=ORIGIN (percent-encoded)\n"
         )
 
     return Starlette(
