@@ -116,7 +116,11 @@ def witness_serve(
         configured.setdefault(origin, []).append(vk)
     witness = Witness(name or f"flower-chain-witness/{key_id(k)}", k, configured, WitnessStore(location.path))
     out.print(witness.verifier_key, highlight=False)
-    err.print(f"witnessing {', '.join(sorted(configured))} on http://{host}:{port}/add-checkpoint", highlight=False)
+    err.print(
+        f"witnessing {', '.join(sorted(configured))} on http://{host}:{port}/add-checkpoint"
+        f" (latest cosigned: http://{host}:{port}/latest-checkpoint?origin=ORIGIN)",
+        highlight=False,
+    )
     _run(build_app(witness), host, port)
 
 
