@@ -139,26 +139,28 @@ def stream_digest(
 
 
 def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> Future[bytes]:
-    """Start :func:`array_digest` of ``named`` on a new daemon thread; ``.result()`` joins it.
+    """Start :func:`array_digest` of ``named`` on a background thread; ``.result()`` joins it.
 
     For work that overlaps the digest of arrays already received with something else (a client
     training while the global model it received is hashed). The future re-raises the digest's
     error. The arrays must not change until the result is taken: Flower's received arrays are
-    read-only views of immutable bytes; a caller holding writable arrays passes copies.
+    read-only views of immutable bytes; a caller holding writable arrays passes copies. The threads
+    are kept between calls (starting one per message cost as much as hashing a 1 MB model).
     """
     named, version = list(named), check_version(version)
-    future: Future[bytes] = Future()
+    return _background().submit(array_digest, named, version)
 
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(array_digest(named, version))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever takes the result
-            future.set_exception(e)
 
-    threading.Thread(target=run, name="flower-chain-background-digest", daemon=True).start()
-    return future
+_background_pool: ThreadPoolExecutor | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    """The background digests' own threads (never the tree digest's pool, which they submit to)."""
+    global _background_pool
+    with _pools_lock:
+        if _background_pool is None:
+            _background_pool = ThreadPoolExecutor(2, thread_name_prefix="flower-chain-background-digest")
+        return _background_pool
 
 
 def check_version(version: object) -> int:
@@ -206,8 +208,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def _forget_pools() -> None:
     """In a forked child the parent's pool threads do not exist: start new pools on first use."""
-    global _pools_lock
+    global _pools_lock, _background_pool
     _pools.clear()
+    _background_pool = None
     _pools_lock = threading.Lock()
 
 
