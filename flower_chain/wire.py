@@ -26,6 +26,7 @@ CTX_ROUND = PREFIX + "round"
 CTX_PARENT = PREFIX + "parent"
 CTX_BASE = PREFIX + "base"
 CTX_DIGEST_VERSION = PREFIX + "digest-version"  # the ledger's array digest version (its genesis'): 1 or 2
+CTX_SETTINGS = PREFIX + "settings"  # the genesis' config_digest (32 bytes): absent from servers before v2 statements
 CTX_RECEIPT = PREFIX + "receipt"  # tlog-proof texts of this node's updates it asked receipts for
 RECEIPT_SEPARATOR = "\x1e"  # between the tlog-proofs in CTX_RECEIPT
 CTX_CHECKPOINT = PREFIX + "checkpoint"  # signed checkpoint note of the ledger head
@@ -41,6 +42,7 @@ SIGNATURE = "signature"
 SEEN_SIZE = "checkpoint-size"  # size of the last checkpoint the client verified (-1: none)
 LEGACY_SEEN_SIZE = PREFIX + "checkpoint-size"
 PENDING_ROUND = "pending-round"  # round of the client's update it still wants a receipt for (-1: none)
+# (checkpoint-size and pending-round travel beside a v1 statement, unsigned; a v2 statement signs both)
 LEGACY_PENDING_ROUND = PREFIX + "pending-round"
 LEGACY_STATEMENT = PREFIX + "statement"
 LEGACY_SIGNATURE = PREFIX + "signature"
@@ -56,6 +58,10 @@ class LedgerContext:
     ``digest_version``, docs/ledger-format.md §6): the client digests the model it receives and the
     arrays it returns under it. A context without the field (a server older than the field) means
     :data:`~flower_chain.ledger.arrays.ARRAY_DIGEST_VERSION`, the version such servers judged with.
+
+    ``settings_digest`` is the genesis' ``config_digest`` (the digest of the strategy's settings): a
+    client signs it in a v2 statement. ``None``: a server older than v2 statements announced none (the
+    client signs v1, unless it pins a settings digest: then it refuses).
     """
 
     federation_id: str
@@ -63,15 +69,19 @@ class LedgerContext:
     parent: bytes
     base_digest: bytes
     digest_version: int = ARRAY_DIGEST_VERSION
+    settings_digest: bytes | None = None
 
     def to_config(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             CTX_FEDERATION: self.federation_id,
             CTX_ROUND: self.round,
             CTX_PARENT: self.parent,
             CTX_BASE: self.base_digest,
             CTX_DIGEST_VERSION: self.digest_version,
         }
+        if self.settings_digest is not None:
+            out[CTX_SETTINGS] = self.settings_digest
+        return out
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LedgerContext | None:
@@ -102,7 +112,7 @@ def parse_context(config: Mapping[str, Any]) -> LedgerContext | ContextProblem |
     ``None`` when there is none (a plain Flower server: the client does not sign); a
     :class:`ContextProblem` when a field is missing or of the wrong type, or the digest version is
     not one this code computes (an unknown version is never guessed: the client would sign digests
-    the server's ledger cannot check).
+    the server's ledger cannot check), or the settings digest is present but not 32 bytes.
     """
     try:
         if CTX_FEDERATION not in config:
@@ -128,7 +138,10 @@ def parse_context(config: Mapping[str, Any]) -> LedgerContext | ContextProblem |
         if type(version) is not int or version not in DIGEST_VERSIONS:
             known = ", ".join(map(str, DIGEST_VERSIONS))
             return problem(CTX_DIGEST_VERSION, f"not an array digest version this client computes (known: {known})")
-        return LedgerContext(fid, rnd, parent, base, version)
+        settings = config.get(CTX_SETTINGS)
+        if settings is not None and (type(settings) is not bytes or len(settings) != 32):
+            return problem(CTX_SETTINGS, "the settings digest is not 32 bytes")
+        return LedgerContext(fid, rnd, parent, base, version, settings)
     except Exception as e:  # noqa: BLE001 - a hostile config mapping (its own __contains__/get raising) is a problem
         return ContextProblem("", CTX_FEDERATION, "", f"the config does not read ({type(e).__name__})")
 
@@ -266,3 +279,11 @@ def num_examples_of(metrics: Mapping[str, Any]) -> int | None:
 COSIGNATURE = "cosignature"
 LEGACY_COSIGNATURE = PREFIX + "cosignature"
 LEGACY_LOSS = PREFIX + "loss"  # a legacy EvaluateRes.loss, signed with the metrics (not a metric of the app's)
+#: The legacy ``FitRes``/``EvaluateRes`` metrics key of each ``flower-chain`` record field.
+LEGACY_FIELDS = {
+    STATEMENT: LEGACY_STATEMENT,
+    SIGNATURE: LEGACY_SIGNATURE,
+    SEEN_SIZE: LEGACY_SEEN_SIZE,
+    PENDING_ROUND: LEGACY_PENDING_ROUND,
+    COSIGNATURE: LEGACY_COSIGNATURE,
+}

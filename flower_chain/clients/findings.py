@@ -361,3 +361,35 @@ class AnchorUntrusted(Finding):
     @property
     def message(self) -> str:
         return f"the anchor cannot be trusted: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParentNotHead(Finding):
+    """The context names another parent than the head block this client verified: it does not sign (its
+    signature would bind a history it was not shown)."""
+
+    parent: bytes
+    header: BlockHeader
+    head_hash: bytes
+
+    @property
+    def message(self) -> str:
+        return (
+            f"the server names ledger head {self.parent.hex()[:16] or '(empty)'} for this instruction, but the "
+            f"head block it sent (height {self.header.height}) is {self.head_hash.hex()[:16]}: not signed"
+        )
+
+
+@dataclass(frozen=True)
+class SettingsNotPinned(Finding):
+    """The server announces other strategy settings (or none) than the digest this node pins, or none on a log
+    that announced one before (``pinned`` None: a downgrade to v1 statements, whose receipt fields are unsigned)."""
+
+    announced: bytes | None
+    pinned: bytes | None
+
+    @property
+    def message(self) -> str:
+        said = "no settings digest" if self.announced is None else f"settings digest {self.announced.hex()[:16]}"
+        why = "this log announced one before" if self.pinned is None else f"this node pins {self.pinned.hex()[:16]}"
+        return f"the server announces {said}, {why}: not signed"

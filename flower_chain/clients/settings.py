@@ -14,6 +14,10 @@ node config            environment                         meaning
 ``anchor``             ``FLOWER_CHAIN_ANCHOR``             ``evm+http://HOST:PORT`` to compare heads with
 ``anchor-contract``    ``FLOWER_CHAIN_ANCHOR_CONTRACT``    the ``LedgerAnchor`` contract address
 ``anchor-owner``       ``FLOWER_CHAIN_ANCHOR_OWNER``       the account that must own it
+``settings-digest``    ``FLOWER_CHAIN_SETTINGS_DIGEST``    the strategy settings digest this node consents
+                                                           to (64 hex digits, the genesis ``config_digest``):
+                                                           it signs nothing for a server announcing another
+                                                           or none
 =====================  ==================================  ===============================================
 
 and, for simulations and demos only (every node of the run reads it), the run
@@ -51,6 +55,8 @@ ENV_ANCHOR_CONTRACT = "FLOWER_CHAIN_ANCHOR_CONTRACT"
 ANCHOR_CONTRACT_NODE_CONFIG = "anchor-contract"
 ENV_ANCHOR_OWNER = "FLOWER_CHAIN_ANCHOR_OWNER"
 ANCHOR_OWNER_NODE_CONFIG = "anchor-owner"
+ENV_SETTINGS_DIGEST = "FLOWER_CHAIN_SETTINGS_DIGEST"
+SETTINGS_DIGEST_NODE_CONFIG = "settings-digest"
 
 #: Where an application keeps its keys when no setting names one: ``(directory, source)`` or ``None``.
 KeyFallback = Callable[[Context], "tuple[str, str] | None"]
@@ -159,3 +165,32 @@ def anchor_settings(
         str(setting(context, ANCHOR_CONTRACT_NODE_CONFIG, ENV_ANCHOR_CONTRACT, contract) or ""),
         setting(context, ANCHOR_OWNER_NODE_CONFIG, ENV_ANCHOR_OWNER, owner),
     )
+
+
+def settings_pin(context: Context, given: str | bytes | None = None) -> bytes | None:
+    """The settings digest this node pins (the genesis ``config_digest`` it consents to), or ``None``.
+
+    ``given`` (raw 32 bytes or 64 hex digits), else node config ``settings-digest``, else
+    ``FLOWER_CHAIN_SETTINGS_DIGEST``.
+
+    Raises
+    ------
+    KeyFileError
+        The value is not 32 bytes / 64 hex digits.
+    """
+    value = setting(context, SETTINGS_DIGEST_NODE_CONFIG, ENV_SETTINGS_DIGEST, given)
+    if value is None:
+        return None
+    if isinstance(value, bytes) and len(value) == 32:
+        return value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        digest = bytes.fromhex(text.strip())
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise KeyFileError(
+            f"{SETTINGS_DIGEST_NODE_CONFIG} / {ENV_SETTINGS_DIGEST} must be 64 hex digits (the genesis' "
+            f"config_digest), not {text[:80]!r}"
+        )
+    return digest

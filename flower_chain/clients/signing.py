@@ -61,8 +61,9 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log as flwr_log
 
 from flower_chain.anchor.reader import AnchorReader
+from flower_chain.clients.findings import ParentNotHead
 from flower_chain.clients.receipts import CheckResult, ReceiptKeeper
-from flower_chain.clients.refusals import keyless_reply, refused_reply
+from flower_chain.clients.refusals import keyless_reply, refuse, refused_reply, settings_refusal
 from flower_chain.clients.settings import (  # noqa: F401 - the settings' names stay importable from here
     ENV_KEY,
     NODE_CONFIG_KEY,
@@ -71,6 +72,7 @@ from flower_chain.clients.settings import (  # noqa: F401 - the settings' names 
     anchor_settings,
     key_path_for,
     pinned_server_key,
+    settings_pin,
     witness_settings,
 )
 from flower_chain.clients.settings import (
@@ -83,12 +85,8 @@ from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import key_id, load_private, raw_public
 from flower_chain.wire import (
     COSIGNATURE,
-    LEGACY_COSIGNATURE,
+    LEGACY_FIELDS,
     LEGACY_LOSS,
-    LEGACY_PENDING_ROUND,
-    LEGACY_SEEN_SIZE,
-    LEGACY_SIGNATURE,
-    LEGACY_STATEMENT,
     PENDING_ROUND,
     SEEN_SIZE,
     SIG_RECORD,
@@ -208,6 +206,8 @@ def sign_reply(
     version = ctx.digest_version  # the server's ledger's (its genesis'): the digests it records and judges
     if base_digest is None:
         base_digest = record_digest(received, version) if received is not None else b""
+    v2 = ctx.settings_digest is not None  # a server announcing its settings digest reads v2 statements
+    seen, pending = _node_state(keeper, ctx) if v2 else (None, None)
     statement = UpdateStatement(
         kind=kind,
         federation_id=ctx.federation_id,
@@ -218,27 +218,36 @@ def sign_reply(
         arrays_digest=record_digest(arrays, version) if arrays is not None else b"",
         num_examples=-1 if n is None else n,
         metrics_digest=metrics_digest(metrics),
+        seen_size=seen,
+        pending_round=pending,
+        settings_digest=ctx.settings_digest,
     ).to_bytes()
     signature = key.sign(statement)
-    seen, pending = -1, -1
+    fields: dict = {STATEMENT: statement, SIGNATURE: signature}
     if keeper is not None:
         # every signed reply, train or evaluate, waits for its receipt: a poor evaluation recorded as
         # rejected or dropped is found like a censored update
         seen, pending = keeper.record(ctx.federation_id, ctx.round, statement)
+    if not v2:  # v1: both travel unsigned beside the signature (v2 signs them: nothing beside it)
+        fields[SEEN_SIZE], fields[PENDING_ROUND] = (-1, -1) if keeper is None else (seen, pending)
+    if cosignature:
+        fields[COSIGNATURE] = cosignature
     if legacy:
         rec = _metrics_record(reply, kind, legacy)
-        rec[LEGACY_STATEMENT] = statement
-        rec[LEGACY_SIGNATURE] = signature
-        rec[LEGACY_SEEN_SIZE] = seen
-        rec[LEGACY_PENDING_ROUND] = pending
-        if cosignature:
-            rec[LEGACY_COSIGNATURE] = cosignature
+        for name, value in fields.items():
+            rec[LEGACY_FIELDS[name]] = value
     else:
-        fields = {STATEMENT: statement, SIGNATURE: signature, SEEN_SIZE: seen, PENDING_ROUND: pending}
-        if cosignature:
-            fields[COSIGNATURE] = cosignature
         reply.content[SIG_RECORD] = ConfigRecord(fields)
     return reply
+
+
+def _node_state(keeper: ReceiptKeeper | None, ctx: LedgerContext) -> tuple[int, int]:
+    """(size of the last checkpoint verified, oldest round still without a receipt, this one included) that a
+    v2 statement signs: what the server acts on for this node (-1, -1 without receipts)."""
+    if keeper is None:
+        return -1, -1
+    seen, first = keeper.record(ctx.federation_id, None, None)
+    return seen, ctx.round if first < 0 else min(first, ctx.round)
 
 
 def make_signing_mod(
@@ -252,6 +261,7 @@ def make_signing_mod(
     anchor_owner: str | None = None,
     cosign: bool = True,
     key_fallback: KeyFallback | None = None,
+    settings_digest: str | bytes | None = None,
 ):
     """A signing mod with a fixed key (an Ed25519 private key or a PEM path), or per node if ``None``.
 
@@ -280,6 +290,10 @@ def make_signing_mod(
     key_fallback : callable, optional
         An application's own key location when no setting names one
         (:func:`~flower_chain.clients.settings.key_path_for`).
+    settings_digest : str or bytes, optional
+        The strategy settings digest this node consents to (64 hex digits or 32 bytes: the genesis
+        ``config_digest``); default: node config ``settings-digest`` / ``FLOWER_CHAIN_SETTINGS_DIGEST``.
+        An instruction announcing another digest, or none, is refused untrained and unsigned.
 
     Raises
     ------
@@ -288,7 +302,7 @@ def make_signing_mod(
     """
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
     fixed = load_private(key) if fixed_path is not None else key
-    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None]] = {}
+    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None, bytes | None]] = {}
     reported: dict[tuple[str, str], int] = {}  # (federation, key or context error) -> the last round it was logged
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
@@ -320,7 +334,7 @@ def make_signing_mod(
                 if where
                 else None
             )
-            cache[cache_key] = (signer, keeper, anchors)
+            cache[cache_key] = (signer, keeper, anchors, settings_pin(context, settings_digest))
             # through Flower's logger, where a user sees it: once per key and ClientApp process, not per message
             flwr_log(
                 INFO,
@@ -329,11 +343,14 @@ def make_signing_mod(
                 kid,
                 path if path is not None else "given to make_signing_mod",
             )
-        signer, keeper, anchors = cache[cache_key]
+        signer, keeper, anchors, pin = cache[cache_key]
         if isinstance(
             ctx, ContextProblem
         ):  # e.g. a digest version this client does not know: no training, no signature
             return refused_reply(msg, ctx, keeper, reported)
+        unconsented = settings_refusal(ctx, pin, keeper)  # settings this node did not consent to: no training
+        if unconsented is not None:
+            return refuse(msg, ctx.federation_id, unconsented, keeper, reported)
         # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
         # only the update's digest is left after training. The arrays are views of the message's immutable
         # bytes, taken here before training (a ClientApp that replaces record entries changes nothing). Under
@@ -359,6 +376,11 @@ def make_signing_mod(
                 ctx.round,
             )
             return reply  # unsigned: the server records it as such, the refusal is counted as a receipt error
+        if result is not None and result.header is not None and ctx.parent != result.head_hash:
+            # the signature binds the head this client verified, never another history the server names
+            return refuse(
+                msg, ctx.federation_id, ParentNotHead(ctx.parent, result.header, result.head_hash), keeper, reported
+            )
         cosig = cosign_checkpoint(result.note, signer) if cosign and result is not None and result.cosignable else None
         return sign_reply(msg, reply, signer, keeper, base_digest=base_digest, incoming=incoming, cosignature=cosig)
 

@@ -41,6 +41,7 @@ REASONS = (
     "malformed",
     "client-error",
     "equivocation",
+    "wrong-settings",
 )
 
 
@@ -226,9 +227,16 @@ def decode_entry(data: bytes) -> Entry:
     return cast(Entry, cls.from_dict(d))  # _TYPES holds exactly the registered entry types
 
 
+#: Fields of a v2 update statement (docs/ledger-format.md §7): all present, or (v1) all absent.
+STATEMENT_V2_FIELDS = ("seen_size", "pending_round", "settings_digest")
+#: Bounds of the v2 fields: a log size and a round, both -1 for "none".
+MAX_SEEN_SIZE = 2**62
+MAX_PENDING_ROUND = 2**31
+
+
 @dataclass(frozen=True)
 class UpdateStatement:
-    """What a client signs about one reply (docs/ledger-format.md §5).
+    """What a client signs about one reply (docs/ledger-format.md §7).
 
     Attributes
     ----------
@@ -241,7 +249,8 @@ class UpdateStatement:
     key_id : str
         Key id of the signing key.
     parent : bytes
-        Ledger head hash the server announced when it configured the round.
+        Ledger head hash the server announced when it configured the round (a client that verified the
+        head block it was sent signs only when this is that block's hash).
     base_digest : bytes
         Array digest of the global model the client received.
     arrays_digest : bytes
@@ -250,6 +259,16 @@ class UpdateStatement:
         Number of examples the client reports.
     metrics_digest : bytes
         :func:`metrics_digest` of the reply's metrics.
+    seen_size : int or None
+        v2: log size of the last checkpoint the client verified (-1: none).
+    pending_round : int or None
+        v2: the oldest round of the client's updates still without a receipt (-1: none).
+    settings_digest : bytes or None
+        v2: the genesis ``config_digest`` (32 bytes) the server announced: the settings the client consents to.
+
+    A v1 statement (older clients, every ledger written before v2) has none of the three v2 fields:
+    they are ``None`` here and absent from the encoding; a v2 statement has all three. A statement
+    with only some of them, or one present as ``None``, does not decode.
     """
 
     kind: str
@@ -261,15 +280,30 @@ class UpdateStatement:
     arrays_digest: bytes
     num_examples: int
     metrics_digest: bytes = field(default=b"")
+    seen_size: int | None = None
+    pending_round: int | None = None
+    settings_digest: bytes | None = None
+
+    @property
+    def version(self) -> int:
+        """2 when the statement carries the v2 fields, else 1."""
+        return 1 if self.settings_digest is None else 2
 
     def to_bytes(self) -> bytes:
-        return encode_with_domain(STATEMENT_DOMAIN, {f.name: getattr(self, f.name) for f in fields(self)})
+        present = [getattr(self, n) is not None for n in STATEMENT_V2_FIELDS]
+        if any(present) and not all(present):
+            raise EncodingError("update statement: the v2 fields go together (all or none)")
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in STATEMENT_V2_FIELDS:
+            if d[name] is None:
+                del d[name]
+        return encode_with_domain(STATEMENT_DOMAIN, d)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UpdateStatement:
         d = decode_with_domain(STATEMENT_DOMAIN, data)
-        names = [f.name for f in fields(cls)]
-        if not isinstance(d, dict) or sorted(d) != sorted(names):
+        v1 = [f.name for f in fields(cls) if f.name not in STATEMENT_V2_FIELDS]
+        if not isinstance(d, dict) or sorted(d) not in (sorted(v1), sorted(v1 + list(STATEMENT_V2_FIELDS))):
             raise EncodingError("update statement has the wrong fields")
         st = cls(**d)
         for name, typ in (
@@ -285,4 +319,16 @@ class UpdateStatement:
         ):
             if not isinstance(getattr(st, name), typ):
                 raise EncodingError(f"update statement field {name!r} must be {typ.__name__}")
+        if "settings_digest" in d:
+            _check_v2(st)
         return st
+
+
+def _check_v2(st: UpdateStatement) -> None:
+    """The v2 fields of a decoded statement: typed, bounded, never present as ``None``."""
+    for name, top in (("seen_size", MAX_SEEN_SIZE), ("pending_round", MAX_PENDING_ROUND)):
+        v = getattr(st, name)
+        if type(v) is not int or not -1 <= v <= top:
+            raise EncodingError(f"update statement field {name!r} must be an integer in [-1, {top}]")
+    if type(st.settings_digest) is not bytes or len(st.settings_digest) != 32:
+        raise EncodingError("update statement field 'settings_digest' must be 32 bytes")

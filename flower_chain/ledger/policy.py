@@ -18,6 +18,8 @@ Rules, in order (the first that fails is the reply's reason):
 4. ``unknown-key``, ``revoked-key``, ``bad-signature`` (Ed25519, under the
    genesis key the statement names; a revocation counts from the block after it);
 5. ``wrong-round`` (kind or round), ``wrong-federation``;
+   ``wrong-settings``: a v2 statement names another settings digest than the genesis' ``config_digest``
+   (the client consented to other aggregation settings; a v1 statement signs none);
 6. ``stale-parent``: the statement names another ledger head than the one the
    round was configured on (the block's ``prev_hash``);
 7. ``wrong-base-model``: the client trained on (train) or evaluated (evaluate) other arrays than
@@ -70,18 +72,21 @@ VERIFIED_REASONS = frozenset(
         "num-examples-mismatch",
         "duplicate",
         "equivocation",
+        "wrong-settings",
     }
 )
 #: Of those, the verdicts of a statement for the round's own federation, round and kind: the key's reply to
 #: this round (``wrong-round``/``wrong-federation`` are replays of statements made for another).
 CURRENT_STATEMENT_REASONS = VERIFIED_REASONS - {"wrong-round", "wrong-federation"}
 #: Rejections a client's own valid signature proves: they follow from what the client signed for this round
-#: (the parent and base model it named, a second or contradicting statement of its key, arrays whose signed
-#: digest the stored blob matches but whose layout or values break the rules). Every other rejection rests
+#: (the parent, base model and settings digest it named, a second or contradicting statement of its key, arrays
+#: whose signed digest the stored blob matches but whose layout or values break the rules). Every other rejection rests
 #: on evidence only the server recorded: no valid signature, the digest or example count the server says it
 #: received (``digest-mismatch``, ``num-examples-mismatch``), or an old statement the server filed under this
 #: round (``wrong-round``, ``wrong-federation``) — consistent with the ledger, not proven by it.
-PROVEN_REJECTIONS = frozenset({"stale-parent", "wrong-base-model", "duplicate", "equivocation", "malformed"})
+PROVEN_REJECTIONS = frozenset(
+    {"stale-parent", "wrong-base-model", "wrong-settings", "duplicate", "equivocation", "malformed"}
+)
 #: Verdicts only the server can reach (the ledger does not hold what they depend on).
 PRECHECK_REASONS = ("client-error", "malformed")
 #: Upper bound on a statement's size (a real one is ~300 bytes).
@@ -111,6 +116,9 @@ class RoundRules:
     template : ArrayMeta or None
         Names, shapes and dtypes of the global model's arrays; ``None`` when unknown
         (an auditor without the model blob): the array-shape rule is then skipped.
+    settings_digest : bytes
+        The genesis' ``config_digest``: a v2 statement must name it (``wrong-settings``). Every caller
+        passes it; the default (empty) matches no v2 statement, so a caller that forgets fails closed.
     """
 
     federation_id: str
@@ -121,6 +129,7 @@ class RoundRules:
     keys: Mapping[str, bytes]
     revoked: frozenset[str] = frozenset()
     template: ArrayMeta | None = None
+    settings_digest: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,8 @@ def _one(rules: RoundRules, ev: Evidence, check: SignatureCheck) -> Verdict:
         return v("wrong-federation", f"statement is for federation {safe_text(st.federation_id, 80)!r}")
     if st.round != rules.round:
         return v("wrong-round", f"statement is for round {st.round}, this is round {rules.round}")
+    if st.settings_digest is not None and st.settings_digest != rules.settings_digest:
+        return v("wrong-settings", "the client signed another settings digest than the genesis records")
     if st.parent != rules.parent:
         return v("stale-parent", "statement names another ledger head than the one this round was built on")
     if st.base_digest != rules.base_digest:

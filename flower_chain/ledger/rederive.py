@@ -86,6 +86,7 @@ def rederive_block(
             keys=genesis.client_keys,
             revoked=revoked,
             template=_template(ledger, h.model_before, with_arrays) if kind == "train" else None,
+            settings_digest=genesis.config_digest,
         )
         evidence = []
         for (_, e), evidence_needed in zip(group, signed_malformed):

@@ -123,10 +123,8 @@ class LedgerCore:
             self._attach_anchor(anchor, fid)  # before the genesis, so the genesis block is anchored too
             self.recorder.start(fid, keys, strategy_name, strategy_config)
         self.keys = dict(self.writer.genesis.client_keys)
-        # one owner of the digest version: the ledger's genesis (the recorder's), for the judge and the clients
-        self.judge = Judge(
-            self.keys, self.recorder.revoked, opts.verify_workers, digest_version=self.recorder.digest_version
-        )
+        # one owner of the digest version and the settings digest: the genesis, for the judge and the clients
+        self.judge = Judge(self.keys, self.recorder.revoked, opts.verify_workers, **self._versions())
         self.opened_at_round = self.last_round
         if existed:  # earlier blocks were anchored by the earlier run, or are caught up by the CLI
             self._attach_anchor(anchor, self.federation_id)
@@ -217,9 +215,12 @@ class LedgerCore:
         if kind == "train" and arrays is not None:
             self._dtypes[int(server_round)] = [np.asarray(a).dtype for _, a in arrays]
             self.recorder.store_model(arrays, rules.base_digest)  # usually stored already, as last round's result
-        return LedgerContext(
-            self.federation_id, int(server_round), parent, rules.base_digest, self.recorder.digest_version
-        )
+        return LedgerContext(self.federation_id, int(server_round), parent, rules.base_digest, **self._versions())
+
+    def _versions(self) -> dict[str, Any]:
+        """The genesis' digest version and settings digest (``None``, v1 statements: not a 32-byte digest)."""
+        d = self.writer.genesis.config_digest
+        return {"digest_version": self.recorder.digest_version, "settings_digest": d if len(d) == 32 else None}
 
     def max_array_bytes(self, kind: str, server_round: int) -> int:
         """Most array bytes a reply of the round may carry (the parser's bound)."""
@@ -246,7 +247,7 @@ class LedgerCore:
         judgements = self.judge.judge_all(kind, server_round, replies)
         self.verdicts.update((kind, j.reason) for j in judgements)
         for r, j in zip(replies, judgements):
-            self.receipts.observe(r.node_id, j.entry.key_id, j.verified, r.seen_size, r.pending_round)
+            self.receipts.observe(r.node_id, j.entry.key_id, j.verified, j.seen_size, j.pending_round)
         return judgements
 
     def cast_aggregate(self, server_round: int, aggregated: NamedArrays) -> list[tuple[str, np.ndarray]]:

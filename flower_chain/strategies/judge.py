@@ -49,8 +49,8 @@ class Reply:
     arrays: NamedArrays | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
-    seen_size: int = -1  # log size of the last checkpoint the client verified
-    pending_round: int = -1  # round of the client's update it has no receipt for yet
+    seen_size: int = -1  # log size of the last checkpoint the client verified (v1: unsigned; v2: not read)
+    pending_round: int = -1  # round of the client's update it has no receipt for yet (v1: unsigned; v2: not read)
     cosignature: str | None = None  # the client's C2SP cosignature of the checkpoint it was sent
     records: Any = None
 
@@ -69,6 +69,10 @@ class Judgement:
     #: train update (replayed by ``ledger audit``), or a signed reply rejected as malformed (the evidence why)
     arrays: NamedArrays | None = None
     current: bool = False  # verified, and its statement is for this federation, round and kind (not a replay)
+    #: what the verified reply says about its node (receipts): a v2 statement's signed fields; a v1 reply's
+    #: unsigned ``checkpoint-size``/``pending-round`` fields (-1 for a reply that did not verify)
+    seen_size: int = -1
+    pending_round: int = -1
 
 
 def all_finite(arrays: NamedArrays) -> bool:
@@ -81,6 +85,21 @@ def scan(arrays: NamedArrays | None, version: int) -> tuple[bytes, str | None, A
     if arrays is None:
         return b"", None, None
     return array_digest(arrays, version), first_nonfinite(arrays), array_meta(arrays)
+
+
+def node_fields(reply: Reply, statement: bytes) -> tuple[int, int]:
+    """(checkpoint size seen, pending round) of a verified reply: what the server acts on for its node.
+
+    A v2 statement signs them: the unsigned fields beside it are not read (an edit in transit changes
+    nothing). A v1 statement (an older client) signs neither: its unsigned fields are taken as before.
+    """
+    try:
+        st = policy.decode_statement(statement)
+    except (LedgerError, TypeError, ValueError):
+        return -1, -1
+    if st.seen_size is not None and st.pending_round is not None:
+        return st.seen_size, st.pending_round
+    return reply.seen_size, reply.pending_round
 
 
 class Judge:
@@ -99,6 +118,9 @@ class Judge:
         ``digest_version``): every digest the judge computes — the global model's, each reply's — uses
         it, as the recorder and the auditor do. No default: a judge on a v1 ledger digesting under v2
         would reject every honest reply as ``digest-mismatch``.
+    settings_digest : bytes
+        The genesis' ``config_digest``: the settings digest a v2 statement must name (``wrong-settings``;
+        ``None`` or empty: no v2 statement is accepted).
     """
 
     def __init__(
@@ -108,8 +130,10 @@ class Judge:
         verify_workers: int | None = None,
         *,
         digest_version: int,
+        settings_digest: bytes | None = b"",
     ) -> None:
         self.digest_version = check_version(digest_version)
+        self.settings_digest = bytes(settings_digest or b"")
         if verify_workers is None:
             verify_workers = min(8, os.cpu_count() or 1)
         if int(verify_workers) < 1:
@@ -149,6 +173,7 @@ class Judge:
             keys=self.keys,
             revoked=frozenset(self.revoked),
             template=array_meta(arrays) if arrays is not None else None,
+            settings_digest=self.settings_digest,
         )
         self._rounds[(kind, int(server_round))] = rules
         return rules
@@ -246,6 +271,7 @@ class Judge:
             )
             keep = ev.arrays_digest and (vd.accepted or (vd.reason == "malformed" and ev.statement))
             proof = reply.arrays if keep else None
+            seen, pending = node_fields(reply, ev.statement) if vd.verified else (-1, -1)
             out.append(
                 Judgement(
                     vd.accepted,
@@ -256,6 +282,8 @@ class Judge:
                     reply.cosignature if vd.verified else None,
                     proof,
                     vd.statement_ok,
+                    seen,
+                    pending,
                 )
             )
         return out

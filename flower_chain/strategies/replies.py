@@ -18,7 +18,9 @@ protocol allows, and nothing else:
   as one);
 * the ``flower-chain`` record: ``statement`` bytes (≤ 4 KiB), ``signature``
   bytes (≤ 64), ``checkpoint-size`` and ``pending-round`` small ints, and
-  optionally the client's ``cosignature`` of the checkpoint (one line).
+  optionally the client's ``cosignature`` of the checkpoint (one line). The two
+  ints travel unsigned beside a v1 statement; a v2 statement signs them and
+  the server never reads these fields then (:func:`~flower_chain.strategies.judge.node_fields`).
 
 The work is bounded before it is done: the count of arrays, their total size, the count of metrics
 and of metric list values, and the total length of their names are checked on the record's sizes

@@ -15,6 +15,7 @@ from flower_chain.strategies import LedgerStrategy
 from flower_chain.strategies.receipts import MAX_RECEIPTS
 from flower_chain.wire import CTX_RECEIPT, PENDING_ROUND, RECEIPT_SEPARATOR, SIG_RECORD, SIGNATURE, STATEMENT
 from tests.support.fl_helpers import Clients, FakeGrid, arrays, fedavg, signed_train_reply
+from tests.support.statements import resign
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 NODES = [21, 22, 23]
@@ -78,7 +79,7 @@ def test_receipt_work_per_instruction_is_bounded():
     for rnd in range(1, MAX_RECEIPTS + 6):
         msgs = list(s.configure_train(rnd, glob, ConfigRecord({}), FakeGrid([node])))
         reply = signed_train_reply(msgs[0], clients.keys[0], arrays(rnd), 10)
-        reply.content[SIG_RECORD][PENDING_ROUND] = 1  # a verified client asking for every receipt since round 1
+        resign(reply, clients.keys[0], pending_round=1)  # a verified client asking for every receipt since round 1
         glob, _ = s.aggregate_train(rnd, [reply])
     texts = s.core.receipt_config(node)[CTX_RECEIPT].split(RECEIPT_SEPARATOR)
     assert len(texts) == MAX_RECEIPTS
