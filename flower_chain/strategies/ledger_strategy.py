@@ -16,13 +16,15 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
+from flower_chain.strategies import fast_fedavg
 from flower_chain.strategies import replies as parse
 from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.options import LedgerOptions
+from flower_chain.strategies.personal import PersonalCache
 from flower_chain.strategies.rounds import evaluate_round, train_round
 from flower_chain.strategies.state import load_strategy_state, strategy_state
-from flower_chain.wire import CTX_FEDERATION, arrays_of
+from flower_chain.wire import arrays_of
 
 
 def _as_judged(msg: Message, reply) -> Message:
@@ -167,24 +169,19 @@ class LedgerStrategy(Strategy):
         return merged
 
     def _personalize(self, messages: Iterable[Message]) -> list[Message]:
-        """Give each node its receipt: the head checkpoint, a consistency proof, its previous update's proof."""
-        out = []
-        for m in messages:
-            content = RecordDict()
-            for name, record in m.content.items():
-                if isinstance(record, ConfigRecord) and CTX_FEDERATION in record:
-                    record = ConfigRecord({**dict(record.items()), **self.core.receipt_config(m.metadata.dst_node_id)})
-                content[name] = record
-            out.append(
-                Message(
-                    content=content,
-                    dst_node_id=m.metadata.dst_node_id,
-                    message_type=m.metadata.message_type,
-                    group_id=m.metadata.group_id,
-                    ttl=m.metadata.ttl,
-                )
-            )
-        return out
+        """Give each node its receipt: the head checkpoint, a consistency proof, its previous update's proof.
+
+        Each message gets its own content, whose ledger ConfigRecord is the round's one plus the node's receipt
+        (:class:`~flower_chain.strategies.personal.PersonalCache`); the wrapped strategy's metadata stays.
+        """
+        with cyclic_gc_paused():  # 10,000 new records: no collector passes over the round's messages meanwhile
+            out = list(messages)
+            cache = PersonalCache()
+            for m in out:
+                content = cache.content(m.content, self.core.receipt_config(m.metadata.dst_node_id))
+                if content is not None:
+                    m.content = content
+            return out
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -199,12 +196,14 @@ class LedgerStrategy(Strategy):
         kind: str,
         server_round: int,
         replies: Iterable[Message],
-    ) -> tuple[list[Message], list[Judgement]]:
-        """Accepted messages (in key order) and every judgement.
+    ) -> tuple[list[Message], list[Judgement], list[Any]]:
+        """Accepted messages (in key order), every judgement, and the accepted replies' parsed arrays.
 
         Every reply goes through the total parser (:mod:`flower_chain.strategies.replies`) and gets a
         verdict; an accepted reply is handed on holding exactly the records that were judged, under
-        fixed names, so the wrapped strategy aggregates what was checked.
+        fixed names, so the wrapped strategy aggregates what was checked. The parsed arrays (the views
+        the judge digested, in the accepted messages' order) spare FedAvg a second parse
+        (:mod:`flower_chain.strategies.fast_fedavg`).
         """
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             msgs = list(replies)
@@ -216,9 +215,9 @@ class LedgerStrategy(Strategy):
             kept = []
             for msg, reply, j in zip(msgs, parsed, judgements):
                 if j.accepted:
-                    kept.append((j.entry.key_id, _as_judged(msg, reply)))
+                    kept.append((j.entry.key_id, _as_judged(msg, reply), reply.arrays))
             kept.sort(key=lambda t: t[0])  # key order: the aggregate does not depend on arrival order
-            return [m for _, m in kept], judgements
+            return [m for _, m, _ in kept], judgements, [a for _, _, a in kept]
 
     def aggregate_train(
         self,
@@ -228,10 +227,11 @@ class LedgerStrategy(Strategy):
         """Judge every reply, aggregate the accepted ones with the wrapped strategy, append the block."""
         server_round += self._offset
         t0 = time.perf_counter()
-        accepted, judgements = self._judge("train", server_round, replies)
+        accepted, judgements, parsed = self._judge("train", server_round, replies)
 
         def aggregate():
-            arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+            got = fast_fedavg.aggregate(self.strategy, accepted, parsed) if fast_fedavg.applies(self.strategy) else None
+            arrays, metrics = got if got is not None else self.strategy.aggregate_train(server_round, accepted)
             return (arrays_of(arrays) if arrays is not None else None), (arrays, metrics)
 
         named, views, got = train_round(
@@ -261,7 +261,7 @@ class LedgerStrategy(Strategy):
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
         server_round += self._offset
         replies = list(replies)
-        accepted, judgements = self._judge("evaluate", server_round, replies)
+        accepted, judgements, _ = self._judge("evaluate", server_round, replies)
         return evaluate_round(
             self.core,
             server_round,

@@ -24,7 +24,7 @@ from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.entries import UpdateEntry
 from flower_chain.ledger.errors import LedgerError
-from flower_chain.ledger.tlog_proof import prove_inclusion
+from flower_chain.strategies.receipt_tree import ProofTree
 from flower_chain.wire import (
     CTX_CHECKPOINT,
     CTX_CONSISTENCY,
@@ -42,10 +42,6 @@ MAX_RECEIPTS = 16
 MAX_PER_ROUND = 8
 #: Stored subtree hashes (32 bytes each) kept in memory for receipts.
 NODE_CACHE = 1 << 16
-#: Entries kept in memory for receipts (a round of 10,000 nodes needs 10,000; ~700 bytes each).
-ENTRY_CACHE = 1 << 14
-#: Entries read at once when a receipt needs one that is not in memory.
-ENTRY_RUN = 1024
 
 
 class ReceiptServer:
@@ -65,7 +61,9 @@ class ReceiptServer:
         # A stored subtree hash never changes in an append-only log: read each once, whichever node's proof
         # needs it (a round's instructions share the upper levels of every proof and the one consistency proof).
         self._node = lru_cache(maxsize=NODE_CACHE)(ledger.node)
-        self._entries: dict[int, bytes] = {}  # log index -> entry bytes, read a run at a time (a block's updates)
+        # a block's updates are proven together: their entries read a chunk at a time, the hashes inside a
+        # chunk computed once, the path above it built once per head (receipt_tree)
+        self._tree = ProofTree(ledger, self._node)
         self._consistency: dict[int, bytes] = {}  # seen checkpoint size -> consistency proof to the head
         self._consistency_size = -1  # the head size those proofs lead to
         self.update_index: dict[tuple[str, int], list[int]] = {}  # (key id, round) -> log indices, in order
@@ -138,26 +136,12 @@ class ReceiptServer:
             for index in self.update_index.get((kid, rnd), ()):
                 if len(texts) >= MAX_RECEIPTS:
                     return texts
-                texts.append(
-                    prove_inclusion(
-                        self.ledger, index, head=head, node=self._node, entry=self._entry(index, head.header.log_size)
-                    ).to_text()
-                )
+                texts.append(self._tree.proof_text(index, head))
         return texts
 
     def _entry(self, index: int, size: int) -> bytes:
-        """Entry ``index``: one storage read serves the next :data:`ENTRY_RUN` entries too (the other nodes'
-        updates of the same block, which their receipts need next)."""
-        data = self._entries.get(index)
-        if data is None:
-            if len(self._entries) >= ENTRY_CACHE:
-                self._entries.clear()
-            end = min(index + ENTRY_RUN, size)
-            self._entries.update(zip(range(index, end), self.ledger.entries(index, end)))
-            data = self._entries.get(index)
-            if data is None:
-                raise LedgerError(f"no entry {index} in {self.ledger.uri}")
-        return data
+        """Entry ``index`` of a log of ``size`` entries (one storage read serves its whole chunk)."""
+        return self._tree.entry(index, size)
 
     def committed(self, first_index: int, entries: Sequence[tuple[UpdateEntry, bool]]) -> None:
         """Index a freshly appended block's (entry, current) pairs."""
