@@ -19,7 +19,10 @@ The mod signs only when the server sent a ledger context (a
 server replies pass through untouched. The signed statement covers the
 federation, round, ledger head, the digest of the global arrays the client
 actually received, the digest of the arrays it returns, num-examples and a
-digest of its metrics. Both array digests use the digest version the context
+digest of its metrics; v2 (the server announced its settings digest) also the
+checkpoint size it verified, the round it wants receipts from and that settings
+digest (pinned with ``settings-digest``). A client that verified the head block
+signs only if the context's parent is that block's hash. Both array digests use the digest version the context
 names (``flower-chain.digest-version``: the server's ledger's, from its
 genesis; absent: the current version). A context the client cannot use — a
 version it does not compute, a malformed field — is a finding and the
