@@ -88,14 +88,40 @@ def _ed25519_floor(replies, cl) -> float:
         return time.perf_counter() - t
 
 
-def server_run(uri: str, clients: int, rounds: int) -> dict:
-    """The server side: ``rounds`` rounds of ``clients`` signed replies through LedgerStrategy into ``uri``.
+def _timed(fn, into: list):
+    """``fn``, appending each call's seconds to ``into``."""
 
-    ``uri`` ``flower`` runs the same replies through Flower's FedAvg alone (no ledger): the baseline.
-    Per round: the whole ``aggregate_train`` (``round_s``), the ledger's own part of it — parse, verify,
-    judge, record (``ledger_s``, the rest is the wrapped FedAvg) — and ``configure_train`` (``configure_s``,
-    which builds every node's receipt).
-    """
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            into.append(time.perf_counter() - t0)
+
+    return timed
+
+
+def _instrument(strat, reads: dict, timings: dict):
+    """Count the storage reads that build receipts (block and entry reads, Merkle nodes read from storage: the
+    node cache's misses, returned), time the verdicts alone (signatures and digests on the worker threads, the
+    policy) and every node's receipt and instruction record (``_personalize``, after the strategy's own)."""
+    led = strat.core.ledger
+    for name in ("block", "entries"):
+
+        def counted(*a, _read=getattr(led, name), **k):
+            reads["n"] += 1
+            return _read(*a, **k)
+
+        setattr(led, name, counted)
+    strat.core.judge_all = _timed(strat.core.judge_all, timings["judge"])
+    strat._personalize = _timed(strat._personalize, timings["receipts"])
+    return strat.core.receipts._node
+
+
+def server_run(uri: str, clients: int, rounds: int) -> dict:
+    """``rounds`` rounds of ``clients`` signed replies through LedgerStrategy into ``uri`` (``flower``: through
+    Flower's FedAvg alone, the baseline). Per round: ``round_s`` (the whole ``aggregate_train``), ``ledger_s`` (its
+    ledger part: parse, verify, judge, record), ``configure_s`` and ``receipts_s`` (every node's receipt)."""
     import numpy as np
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from flwr.app import Array, ArrayRecord, ConfigRecord
@@ -103,7 +129,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
     from flwr.supercore.task_identity import TaskIdentity
 
     from flower_chain.ledger.keys import key_id
-    from flower_chain.strategies import LedgerStrategy
+    from flower_chain.strategies import LedgerStrategy, fast_fedavg
     from tests.support.fl_helpers import Clients, FakeGrid
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -121,36 +147,7 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
     nodes = list(range(1, clients + 1))
     kids = [key_id(k) for k in cl.keys]
     reads, timings, floor_s = {"n": 0}, {"judge": [], "receipts": []}, 0.0
-    if uri != "flower":  # count what builds the receipts: block and entry reads, and Merkle nodes read from storage
-        led = strat.core.ledger
-        for name in ("block", "entries"):
-
-            def counted(*a, _read=getattr(led, name), **k):
-                reads["n"] += 1
-                return _read(*a, **k)
-
-            setattr(led, name, counted)
-        node_cache = strat.core.receipts._node
-        judge_all = strat.core.judge_all
-
-        def timed_judge(*a, **k):  # the verdicts alone: signatures and digests on the worker threads, the policy
-            t0 = time.perf_counter()
-            try:
-                return judge_all(*a, **k)
-            finally:
-                timings["judge"].append(time.perf_counter() - t0)
-
-        strat.core.judge_all = timed_judge
-        personalize = strat._personalize
-
-        def timed_personalize(*a, **k):  # every node's receipt and instruction record (after the strategy's own)
-            t0 = time.perf_counter()
-            try:
-                return personalize(*a, **k)
-            finally:
-                timings["receipts"].append(time.perf_counter() - t0)
-
-        strat._personalize = timed_personalize
+    node_cache = _instrument(strat, reads, timings) if uri != "flower" else None
     per_round, ledger_s, configure_s, receipt_reads, log_size, proof_hashes = [], [], [], [], [], []
     for rnd in range(1, rounds + 1):
         reads["n"], misses = 0, node_cache.cache_info().misses if uri != "flower" else 0
@@ -187,12 +184,12 @@ def server_run(uri: str, clients: int, rounds: int) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if uri != "flower":
-        judge_s = list(timings["judge"])
-        out.update(judge_s=judge_s, ed25519_floor_s=floor_s, judge_over_floor=min(judge_s) / floor_s)
-        from flower_chain.strategies import fast_fedavg
-
-        out.update(receipts_s=list(timings["receipts"]), fedavg_fast_path=fast_fedavg.applies(fedavg))
         out.update(
+            judge_s=timings["judge"],
+            ed25519_floor_s=floor_s,
+            judge_over_floor=min(timings["judge"]) / floor_s,
+            receipts_s=timings["receipts"],
+            fedavg_fast_path=fast_fedavg.applies(fedavg),
             ledger_s=ledger_s,
             verified_replies_per_s=clients * rounds / sum(ledger_s),
             accepted_last_round=strat.round_stats(rounds).get("accepted"),
