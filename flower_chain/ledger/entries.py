@@ -115,7 +115,7 @@ class GenesisEntry(_Entry):
     """
 
     TYPE: ClassVar[str] = "genesis"
-    IMPLIED: ClassVar[dict[str, Any]] = {"digest_version": 1}
+    IMPLIED: ClassVar[dict[str, Any]] = {"digest_version": 1, "keys_entries": 0}
     federation_id: str
     origin: str
     server_key: bytes
@@ -124,9 +124,14 @@ class GenesisEntry(_Entry):
     config_digest: bytes
     created_ms: int
     digest_version: int = ARRAY_DIGEST_VERSION
+    #: How many ``keys`` entries continue the keyring right after this entry, in block 0 (0: none, and the
+    #: field is left out): readers without block boundaries (tiles, proofs) take exactly these.
+    keys_entries: int = 0
 
     def __post_init__(self) -> None:
         check_version(self.digest_version)
+        if not 0 <= self.keys_entries < 4096:  # genesis.MAX_BLOCK0_ENTRIES
+            raise EncodingError(f"genesis entry: keys_entries {self.keys_entries} is outside 0..4095")
 
 
 @_register

@@ -61,12 +61,13 @@ def split_genesis(genesis: GenesisEntry, limit: int = MAX_ENTRY_BYTES) -> list[G
     Raises :class:`AppendError` when an entry cannot fit however the keys are split (fields of the genesis
     other than its keys alone over the limit).
     """
+    genesis = replace(genesis, keys_entries=0)
     if len(genesis.to_bytes()) <= limit:
         return [genesis]
     keys = sorted(genesis.client_keys.items(), key=lambda kv: kv[0].encode("utf-8"))  # CE1 map order
     out: list[GenesisEntry | KeysEntry] = []
     chunk: dict[str, bytes] = {}
-    size = len(replace(genesis, client_keys={}).to_bytes())
+    size = len(replace(genesis, client_keys={}, keys_entries=MAX_BLOCK0_ENTRIES - 1).to_bytes())  # counts itself
     for kid, raw in keys:
         cost = 4 + len(kid.encode("utf-8")) + len(encode(raw))  # one CE1 map pair: u32 key length, key, value
         if size + cost > limit and (chunk or out):
@@ -74,6 +75,9 @@ def split_genesis(genesis: GenesisEntry, limit: int = MAX_ENTRY_BYTES) -> list[G
             chunk, size = {}, len(KeysEntry(client_keys={}).to_bytes())
         chunk[kid], size = raw, size + cost
     out.append(replace(genesis, client_keys=chunk) if not out else KeysEntry(client_keys=chunk))
+    first = out[0]
+    assert isinstance(first, GenesisEntry)
+    out[0] = replace(first, keys_entries=len(out) - 1)
     too_big = next((i for i, e in enumerate(out) if len(e.to_bytes()) > limit), None)
     if too_big is not None:
         raise AppendError(
@@ -95,6 +99,11 @@ def join_genesis(entries: Sequence[Entry]) -> GenesisEntry:
             what = "a keys entry before the genesis entry"
         raise GenesisError(f"block 0 must start with a genesis entry, it starts with {what}", 0)
     genesis = entries[0]
+    if len(entries) - 1 != genesis.keys_entries:
+        raise GenesisError(
+            f"the genesis counts {genesis.keys_entries} keys entries after it, block 0 holds {len(entries) - 1}",
+            min(len(entries) - 1, genesis.keys_entries + 1),
+        )
     parts = [genesis.client_keys]
     for i, entry in enumerate(entries[1:], start=1):
         if not isinstance(entry, KeysEntry):
@@ -115,7 +124,7 @@ def join_genesis(entries: Sequence[Entry]) -> GenesisEntry:
             if not isinstance(raw, bytes) or key_id(raw) != kid:
                 raise GenesisError(f"client key {safe_text(kid, 40)} does not match its key id", i)
             keyring[kid], where[kid] = raw, i
-    return genesis if len(entries) == 1 else replace(genesis, client_keys=keyring)
+    return genesis if len(entries) == 1 else replace(genesis, client_keys=keyring, keys_entries=0)  # all in one
 
 
 def _decode_all(datas: Iterable[bytes]) -> list[Entry]:
@@ -153,10 +162,12 @@ def read_genesis(ledger: Ledger) -> GenesisEntry:
 
 def leading_genesis(entries: Sequence[Entry]) -> tuple[GenesisEntry, int]:
     """The genesis and how many entries it spans, from a log's entries (tiles, proofs: block boundaries
-    unknown): entry 0 and the ``keys`` entries right after it (``verify`` fails any other ``keys`` entry)."""
-    n = 1
-    while n < len(entries) and isinstance(entries[n], KeysEntry):
-        n += 1
+    unknown): entry 0 and the number of ``keys`` entries it counts (``keys_entries``), never a ``keys`` entry the
+    genesis does not count (one at the start of block 1 would otherwise pass for part of the keyring)."""
+    first = entries[0] if entries else None
+    n = 1 + (first.keys_entries if isinstance(first, GenesisEntry) else 0)
+    if n > len(entries):
+        raise GenesisError(f"the genesis counts {n - 1} keys entries after it, the log holds {len(entries) - 1}", 0)
     return join_genesis(entries[:n]), n
 
 
