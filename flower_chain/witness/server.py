@@ -196,16 +196,20 @@ def _head_refusal(stored_note: str | None, size: int, cp: Checkpoint, chain: Seq
     header, or a head height going back while the log grew). A later height at the same size is an empty
     block appended. A later head must be reached by the request's header ``chain`` from the head cosigned
     last (:func:`~flower_chain.witness.chain.check_link`: 409 with both hashes if it does not link, 422 if it
-    is incomplete), so an earlier header re-signed and then built on is refused. With no head cosigned
-    before (first contact, or a log whose checkpoints named none) the chain is trusted on first use.
+    is incomplete), so an earlier header re-signed and then built on is refused. The head cosigned last at
+    another size is refused (409: one block ends one log size). With no head cosigned before (first contact,
+    or a log whose checkpoints named none) the head is trusted on first use; header lines sent then are
+    checked (:func:`~flower_chain.witness.chain.check_chain`: the head's own header ties it to the
+    checkpoint's size and root).
     """
-    if stored_note is None:
-        return None
     try:
-        before = head_of(Checkpoint.from_text(stored_note[: stored_note.rfind("\n\n") + 1]))
         now = head_of(cp)
+        stored = Checkpoint.from_text(stored_note[: stored_note.rfind("\n\n") + 1]) if stored_note else None
+        before = head_of(stored) if stored is not None else None
     except CheckpointError:
         return Reply(400, b"malformed flower-chain/head line\n")
+    if before is not None and now == before and cp.size != size:  # one block cannot end two log sizes
+        return Reply(409, f"{size}\n".encode(), SIZE_CONTENT_TYPE)
     if before is None:
         return None
     if now is None:
