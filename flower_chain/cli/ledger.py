@@ -75,7 +75,6 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     for k in ("federation_id", "backend", "strategy", "allowed_keys", "rounds", "blocks", "entries"):
         t.add_row(k, str(s[k]))
     t.add_row("settings", settings_text(strategy, config, why))
-    t.add_row("settings digest", f"{s['settings_digest']} (a node pins it: settings-digest)")
     t.add_row(
         "train replies",
         f"{s['accepted']} accepted, {s['rejected']} rejected"
@@ -97,6 +96,7 @@ def ledger_summary(uri: str, as_json: bool = typer.Option(False, "--json")) -> N
     out.print(t)
     for line in findings:  # settings that void or invert the clients' contributions: a replay is bit for bit anyway
         say("SETTING", "bold yellow", line, stderr=True)
+    sys.stdout.write(f"settings digest (a node pins it: settings-digest): {s['settings_digest']}\n")  # whole, unwrapped
     sys.stdout.write("checkpoint:\n" + s["checkpoint"])
 
 
