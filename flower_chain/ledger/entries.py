@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 ENTRY_DOMAIN = b"flower-chain:entry:v1\x00"
 STATEMENT_DOMAIN = b"flower-chain:update:v1\x00"
 
+#: Most entries block 0 may hold (the genesis and its ``keys`` entries): over 4 million keys. A reader
+#: refuses a block 0 claiming more before it reads any of them (:mod:`flower_chain.ledger.genesis`).
+MAX_BLOCK0_ENTRIES = 4096
+
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 
@@ -130,8 +134,10 @@ class GenesisEntry(_Entry):
 
     def __post_init__(self) -> None:
         check_version(self.digest_version)
-        if not 0 <= self.keys_entries < 4096:  # genesis.MAX_BLOCK0_ENTRIES
-            raise EncodingError(f"genesis entry: keys_entries {self.keys_entries} is outside 0..4095")
+        if not 0 <= self.keys_entries < MAX_BLOCK0_ENTRIES:
+            raise EncodingError(
+                f"genesis entry: keys_entries {self.keys_entries} is outside 0..{MAX_BLOCK0_ENTRIES - 1}"
+            )
 
 
 @_register

@@ -22,7 +22,7 @@ from typing import Any
 from flower_chain.ledger import merkle
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.encoding import encode
-from flower_chain.ledger.entries import Entry, GenesisEntry, KeysEntry, decode_entry
+from flower_chain.ledger.entries import MAX_BLOCK0_ENTRIES, Entry, GenesisEntry, KeysEntry, decode_entry
 from flower_chain.ledger.errors import AppendError, LedgerError
 from flower_chain.ledger.keys import key_id
 from flower_chain.ledger.text import safe_text
@@ -41,9 +41,6 @@ __all__ = [
 
 #: The largest entry a tlog-tiles entry bundle can hold (its ``uint16`` length prefix).
 MAX_ENTRY_BYTES = 0xFFFF
-#: Most entries block 0 may hold (the genesis and its ``keys`` entries): over 4 million keys. A reader
-#: refuses a block 0 claiming more before it reads any of them.
-MAX_BLOCK0_ENTRIES = 4096
 
 
 class GenesisError(LedgerError):
