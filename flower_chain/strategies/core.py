@@ -11,10 +11,12 @@ runs a judged round on it (aggregate, record in ``finally``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,14 @@ class LedgerCore:
 
     Notes
     -----
+    A train block may be written behind the caller (``commit_train(..., defer=True)``, what
+    :meth:`LedgerStrategy.start <flower_chain.strategies.LedgerStrategy.start>` asks for inside Flower's
+    loop): its blobs and block go to the ledger on a thread of their own while the server goes on (the
+    centralized evaluation), and every method that reads or writes the ledger, or sends anything to a
+    node, first waits until that block is durable (:meth:`settle`) and raises what writing it raised.
+    Nothing a node is sent ever names a block that is not durable yet, and a crash leaves the ledger as
+    a crash during the synchronous write would: the last block whole or not at all.
+
     After every block the checkpoint goes to the ``witnesses`` (:mod:`flower_chain.strategies.witnessing`),
     never waited on beyond ``witness_timeout``; ``verify_workers`` threads hash and verify the replies.
     """
@@ -100,7 +110,10 @@ class LedgerCore:
             audit_key=audit_key,
         )
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
-        self.stats: dict[int, dict[str, Any]] = {}
+        self._stats: dict[int, dict[str, Any]] = {}
+        self._pending: Future | None = None  # a train block being written behind the caller (write-behind)
+        self._commit_pool: ThreadPoolExecutor | None = None
+        self._committing = threading.local()  # set on the thread that writes a deferred block
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
         self.anchor = None
         self._parents: dict[tuple[str, int], bytes] = {}
@@ -154,9 +167,42 @@ class LedgerCore:
         if self.anchor is not None:
             self.writer.listeners.append(self.anchor.submit)
 
-    # -- state (read-only views) -------------------------------------------------------------------
+    # -- write-behind ------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Wait until a train block written behind the caller is durable; raise what writing it raised.
+
+        A no-op when none is pending, and on the thread writing it.
+        """
+        pending = self._pending
+        if pending is None or getattr(self._committing, "active", False):
+            return
+        self._pending = None
+        pending.result()
+
+    def _behind(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the commit thread; the next :meth:`settle` waits for it."""
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="flower-chain-commit")
+
+        def run():
+            self._committing.active = True
+            try:
+                fn(*args)
+            finally:
+                self._committing.active = False
+
+        self._pending = self._commit_pool.submit(run)
+
+    # -- state (read-only views; each waits for a block written behind) ------------------------------
+    @property
+    def stats(self) -> dict[int, dict[str, Any]]:
+        """Per train round: accepted, rejected, reasons, ledger time, block height and log size."""
+        self.settle()
+        return self._stats
+
     @property
     def writer(self):
+        self.settle()
         return self.recorder.writer
 
     @property
@@ -165,18 +211,22 @@ class LedgerCore:
 
     @property
     def last_round(self) -> int:
+        self.settle()
         return self.recorder.last_round
 
     @property
     def model_digest(self) -> bytes:
+        self.settle()
         return self.recorder.model_digest
 
     @property
     def state_digest(self) -> bytes:
+        self.settle()
         return self.recorder.state_digest
 
     @property
     def revoked(self) -> set[str]:
+        self.settle()
         return self.recorder.revoked
 
     @property
@@ -185,19 +235,23 @@ class LedgerCore:
 
     @property
     def update_index(self) -> dict[tuple[str, int], list[int]]:
+        self.settle()
         return self.receipts.update_index
 
     @property
     def node_seen(self) -> dict[str, int]:
+        self.settle()
         return self.receipts.node_seen
 
     @property
     def node_pending(self) -> dict[str, tuple[str, int]]:
+        self.settle()
         return self.receipts.node_pending
 
     # -- a round -----------------------------------------------------------------------------------
     def begin(self, kind: str, server_round: int, arrays: NamedArrays | None) -> LedgerContext:
         """The ledger context of a round; the judge remembers it to check replies against."""
+        self.settle()
         self.writer.check_head()
         if kind == "train" and int(server_round) <= self.last_round:
             raise LedgerError(
@@ -228,12 +282,14 @@ class LedgerCore:
 
     def receipt_config(self, node_id: int | str) -> dict[str, Any]:
         """What a node gets with its next instruction (:class:`ReceiptServer`)."""
+        self.settle()
         head = self.writer.head
         note = self.witnessing.note(head) if self.witnessing is not None else head.checkpoint
         return self.receipts.config(node_id, head, note)
 
     def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
         """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
+        self.settle()
         replies = list(replies)
         if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
             parent = self.writer.head_hash  # the head they would be recorded after and the model the block starts
@@ -263,6 +319,8 @@ class LedgerCore:
         aggregated: NamedArrays | None,
         seconds: float,
         state: NamedArrays | None = None,
+        *,
+        defer: bool = False,
     ) -> None:
         """Append the round's block: every reply judged, the model digests before and after.
 
@@ -270,7 +328,24 @@ class LedgerCore:
         ``state`` is the wrapped strategy's state after the round
         (:func:`flower_chain.strategies.state.strategy_state`), stored beside the
         model with its digest as the block's ``state_after``; ``None`` keeps the last.
+        ``defer``: write the blobs and the block on the commit thread and return at once; the next
+        call that reads or writes the ledger waits for it (:meth:`settle`). ``aggregated``, ``state``
+        and the judged arrays must not change until then (Flower's records are immutable bytes).
         """
+        self.settle()
+        if defer:
+            self._behind(self._commit_train, server_round, judgements, aggregated, seconds, state)
+        else:
+            self._commit_train(server_round, judgements, aggregated, seconds, state)
+
+    def _commit_train(
+        self,
+        server_round: int,
+        judgements: Sequence[Judgement],
+        aggregated: NamedArrays | None,
+        seconds: float,
+        state: NamedArrays | None,
+    ) -> None:
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             rules = self.judge.rules("train", server_round)
             before = rules.base_digest if rules else self.model_digest
@@ -288,7 +363,7 @@ class LedgerCore:
             )
             self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
             reasons = Counter(j.reason for j in judgements if not j.accepted)
-            self.stats[int(server_round)] = {
+            self._stats[int(server_round)] = {
                 "accepted": sum(j.accepted for j in judgements),
                 "rejected": sum(not j.accepted for j in judgements),
                 "reasons": dict(reasons),
@@ -307,6 +382,7 @@ class LedgerCore:
         judgements: Sequence[Judgement] = (),
     ) -> None:
         """Append a block with an evaluation summary (and the judged evaluate replies, if any)."""
+        self.settle()
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             entries: list = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
             entries.append(self.recorder.evaluation_entry(server_round, source, num_replies, metrics))
@@ -367,6 +443,7 @@ class LedgerCore:
 
     def summary_lines(self) -> list[str]:
         """The end-of-run summary (:func:`flower_chain.strategies.summary.summary_lines`)."""
+        self.settle()
         return summary_lines(
             self.federation_id,
             self.ledger.uri,
@@ -378,6 +455,7 @@ class LedgerCore:
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""
+        self.settle()
         if not self.model_digest:
             raise LedgerError(f"{self.ledger.uri} records no global model to resume from")
         return self.recorder.stored(self.model_digest, "global model")
@@ -388,10 +466,21 @@ class LedgerCore:
 
     def revoke(self, kid: str, reason: str) -> None:
         """Append a revocation: later updates signed by ``kid`` are rejected as ``revoked-key``."""
+        self.settle()
         self.writer.revoke(kid, reason)
         self.revoked.add(kid)
 
     def close(self) -> None:
+        """Wait for a block written behind (raising what writing it raised, after closing), then close all."""
+        try:
+            self.settle()
+        finally:
+            if self._commit_pool is not None:
+                self._commit_pool.shutdown(wait=True)
+                self._commit_pool = None
+            self._close_parts()
+
+    def _close_parts(self) -> None:
         self.judge.close()
         if self.witnessing is not None:
             self.witnessing.close()

@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.app.message.message import make_message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
@@ -96,6 +96,7 @@ class LedgerStrategy(Strategy):
     def __init__(self, strategy: Strategy, options: LedgerOptions | None = None, **settings: Any) -> None:
         self.strategy = strategy
         self._offset = 0  # rounds already on the ledger when this run started (resume)
+        self._write_behind = False  # inside start(): train blocks are written while the loop goes on
         self.core = LedgerCore(
             options=LedgerOptions.of(options, **settings),
             strategy_name=type(strategy).__name__,
@@ -135,6 +136,8 @@ class LedgerStrategy(Strategy):
 
     @property
     def ledger(self) -> Ledger:
+        """The ledger, every block this strategy appended durable in it."""
+        self.core.settle()
         return self.core.ledger
 
     @property
@@ -243,6 +246,7 @@ class LedgerStrategy(Strategy):
             self.strategy,
             aggregate,
             lambda: strategy_state(self.strategy),
+            defer=self._write_behind,
         )
         arrays, metrics = got if got is not None else (None, None)
         if named is not None and any(c is not v for (_, c), (_, v) in zip(named, views)):
@@ -252,8 +256,18 @@ class LedgerStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Add the ledger context to the evaluate config, then delegate."""
+        """Add the ledger context to the evaluate config, then delegate.
+
+        Flower's FedAvg family with ``fraction_evaluate`` 0 sends no evaluate instruction: nothing is asked
+        of the ledger then (a train block still being written is not waited for).
+        """
         server_round += self._offset
+        if (
+            isinstance(self.strategy, FedAvg)
+            and type(self.strategy).configure_evaluate is FedAvg.configure_evaluate
+            and self.strategy.fraction_evaluate == 0.0
+        ):
+            return []
         config = self._with_context("evaluate", server_round, None, config)
         return self._personalize(self.strategy.configure_evaluate(server_round, arrays, config, grid))
 
@@ -261,6 +275,17 @@ class LedgerStrategy(Strategy):
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
         server_round += self._offset
         replies = list(replies)
+        if not replies:  # nothing to judge or record (no block): the wrapped strategy sees none either
+            return evaluate_round(
+                self.core,
+                server_round,
+                [],
+                0,
+                self.strategy,
+                lambda: self.strategy.aggregate_evaluate(server_round, []),
+                dict,
+                record=False,
+            )
         accepted, judgements, _ = self._judge("evaluate", server_round, replies)
         return evaluate_round(
             self.core,
@@ -323,6 +348,7 @@ class LedgerStrategy(Strategy):
                 self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
             return res
 
+        self._write_behind = True  # each train block is written while the loop goes on (LedgerCore.settle)
         try:
             return super().start(
                 grid,
@@ -334,6 +360,8 @@ class LedgerStrategy(Strategy):
                 recording_fn if evaluate_fn is not None else None,
             )
         finally:  # where the ledger is and how to check it, whether the run finished or failed
+            self._write_behind = False
+            self.core.settle()  # the last block is durable before start returns (or its error is raised)
             for line in self.core.summary_lines():
                 log(INFO, "%s", line)
 

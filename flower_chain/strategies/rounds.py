@@ -31,6 +31,8 @@ def train_round(
     aggregate: Callable[[], tuple[NamedArrays | None, Any]],
     state: Callable[[], NamedArrays | None] | None = None,
     before_stop: Callable[[], None] | None = None,
+    *,
+    defer: bool = False,
 ) -> tuple[list | None, NamedArrays | None, Any]:
     """A judged train round: too-few check, aggregate, cast back, finite check, and the block in ``finally``.
 
@@ -38,6 +40,8 @@ def train_round(
     then :class:`TooFewAcceptedError`; at 0 nothing is aggregated (model and state stay). ``aggregate()``
     runs the wrapped ``strategy``: ``(named arrays or None, what else it returned)``; ``state()`` is the
     strategy's state after it (``state_after``; default: the last kept). ``seconds``: time spent judging.
+    ``defer``: a round that aggregated without error has its block written behind the caller
+    (:meth:`LedgerCore.commit_train`); a failing round is written before the error is raised.
 
     Returns
     -------
@@ -58,6 +62,7 @@ def train_round(
             before_stop()
         raise TooFewAcceptedError.of(server_round, judgements, core.options.min_accepted, core.ledger.uri)
     named, views, extra, after = None, None, None, None
+    ok = False
     try:
         if accepted:  # none accepted (min_accepted=0): nothing to aggregate; model and state stay, as verify checks
             views, extra = aggregate()
@@ -67,10 +72,11 @@ def train_round(
                     named = None
                     raise ValueError("the aggregate has non-finite values")
             after = state() if state is not None else None
+        ok = True
     except Exception as e:  # the last line: the checks should have refused whatever the strategy refuses
         raise AggregationError(server_round, strategy, e) from e
     finally:  # the replies are recorded even when the wrapped strategy fails
-        core.commit_train(server_round, judgements, named, seconds, after)
+        core.commit_train(server_round, judgements, named, seconds, after, defer=defer and ok)
     return named, views, extra
 
 

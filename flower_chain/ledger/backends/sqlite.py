@@ -10,6 +10,13 @@ block that does not extend it (:class:`LedgerConflictError`). Two servers (threa
 processes) on one file therefore never fork it: one wins each block, the other
 gets a clear error and nothing of its block is stored.
 
+WAL checkpoints run on a thread of their own (:class:`_Checkpointer`), not inside
+the commit that crosses SQLite's 1,000-page mark: the writer's connection has
+automatic checkpoints off, and after each write a second connection copies the
+WAL into the database file. A checkpoint never changes what a commit made
+durable (the WAL is fsynced at every commit); it only moves it, so a kill at any
+moment leaves what it left before.
+
 Read-only opening: ``create=False`` (what ``flower-chain ledger summary``,
 ``verify``, ... use) opens the file through a ``file:...?mode=ro`` URI and sets
 no pragma, so neither a foreign SQLite file nor a rollback-journal ledger is
@@ -61,6 +68,53 @@ def _db_errors(path: Path) -> Iterator[None]:
         raise LedgerCorruptError(f"{path}: the SQLite database is damaged ({e})") from e
 
 
+class _Checkpointer:
+    """Copies the WAL into the database file on a thread of its own, after each write it is told of.
+
+    The writer's commits stay fsynced and atomic; only the checkpoint (a second copy of the written pages,
+    and an fsync of the database file) leaves the commit's critical path. A checkpoint that fails (a
+    reader holding an old snapshot, a full disk) is retried at the next write; the last connection to close
+    checkpoints what is left, as SQLite does.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="flower-chain-wal-checkpoint", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error:
+            return  # the writer's own connection checkpoints at close
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # retried after the next write; SQLite checkpoints at the last close regardless
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 class SQLiteLedger(Ledger):
     """Blocks, entries, subtree hashes and blobs in one SQLite file."""
 
@@ -77,6 +131,7 @@ class SQLiteLedger(Ledger):
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._checkpointer = _Checkpointer(self.path)
         self._read_only = exists and not create
         try:
             if self._read_only:
@@ -101,6 +156,7 @@ class SQLiteLedger(Ledger):
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread (_Checkpointer)
         return db
 
     def _writable(self) -> None:
@@ -166,6 +222,7 @@ class SQLiteLedger(Ledger):
                         (h.height, block.header_bytes, block.signature, block.checkpoint),
                     )
                     db.execute("COMMIT")
+                    self._checkpointer.poke()
                 except sqlite3.IntegrityError as e:
                     db.execute("ROLLBACK")
                     raise LedgerConflictError(
@@ -237,6 +294,7 @@ class SQLiteLedger(Ledger):
         with self._lock, _db_errors(self.path):
             self._writable()
             self._conn.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
+            self._checkpointer.poke()
 
     def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Many blobs in one transaction (one fsync, not one per blob)."""
@@ -249,6 +307,7 @@ class SQLiteLedger(Ledger):
             try:
                 self._conn.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
                 self._conn.execute("COMMIT")
+                self._checkpointer.poke()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -265,4 +324,5 @@ class SQLiteLedger(Ledger):
             return self._conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._conn.close()

@@ -1,0 +1,143 @@
+"""Inside ``LedgerStrategy.start`` each train block is written behind Flower's loop (issue 21): the centralized
+evaluation runs while the blobs and the block go to the ledger, and every later step that touches the ledger or
+sends anything to a node waits until that block is durable (``LedgerCore.settle``), raising what writing it raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from flower_chain.audit.replay import OK, audit
+from flower_chain.ledger import open_ledger, verify
+from flower_chain.ledger.errors import LedgerError
+from flower_chain.strategies import LedgerStrategy
+from flower_chain.wire import parse_context
+from tests.support.fl_helpers import Clients, arrays, context, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+NODES = [31, 32, 33]
+
+
+class LoopGrid:
+    """A Grid whose nodes answer in process: train replies signed by the real mod, evaluate replies too."""
+
+    def __init__(self, clients: Clients) -> None:
+        from flower_chain.clients.signing import make_signing_mod
+
+        self.mods = {node: make_signing_mod(k) for node, k in zip(NODES, clients.keys)}
+        self.sent: list = []  # every instruction, in order
+        self.rng = np.random.default_rng(3)
+
+    def get_node_ids(self):
+        return list(NODES)
+
+    def send_and_receive(self, messages, timeout=None):
+        out = []
+        for msg in messages:
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            if msg.metadata.message_type.startswith("train"):
+                body = arrays(int(self.rng.integers(1 << 30)))
+                out.append(self.mods[node](msg, context(node), lambda m, c, b=body: train_reply(m, b, 10)))
+            else:
+                metrics = MetricRecord({"num-examples": 10, "eval_acc": 0.5})
+                out.append(
+                    self.mods[node](
+                        msg, context(node), lambda m, c: Message(RecordDict({"metrics": metrics}), reply_to=m)
+                    )
+                )
+        return out
+
+
+def strategy(tmp_path, clients, **kw) -> LedgerStrategy:
+    inner = FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=kw.pop("fraction_evaluate", 0.0))
+    return LedgerStrategy(
+        inner,
+        ledger=f"sqlite:///{tmp_path / 'behind.db'}",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        **kw,
+    )
+
+
+def test_each_train_block_is_written_behind_the_loop_and_durable_when_start_returns(tmp_path):
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    seen = []
+
+    def evaluate_fn(server_round, _arrays):
+        # the train block of this round was handed to the commit thread: nothing waited for it since
+        seen.append((server_round, s.core._pending is not None))
+        stats = s.round_stats(server_round)  # waits for it
+        assert s.core._pending is None
+        if server_round:
+            assert stats["accepted"] == 3 and stats["block_height"] >= server_round
+        return MetricRecord({"accuracy": 0.5})
+
+    s.start(LoopGrid(clients), arrays(1), num_rounds=3, evaluate_fn=evaluate_fn)
+    assert seen == [(0, False), (1, True), (2, True), (3, True)]
+    assert s.core._pending is None  # start settled the last one
+    uri = s.ledger.uri
+    s.close()
+    with open_ledger(uri) as led:
+        report = verify(led, blobs=True)
+        assert report.blocks == 2 + 3 * 2  # genesis, round 0's evaluation, then a train and an evaluation block per round
+        assert all(r.status == OK for r in audit(led).rounds)
+
+
+def test_outside_start_aggregate_train_writes_its_block_before_returning(tmp_path):
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    grid = LoopGrid(clients)
+    msgs = list(s.configure_train(1, arrays(1), ConfigRecord({}), grid))
+    s.aggregate_train(1, grid.send_and_receive(msgs))
+    assert s.core._pending is None
+    assert s.core.ledger.block_count() == 2
+    s.close()
+
+
+def test_evaluate_instructions_name_the_durable_train_block(tmp_path):
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients, fraction_evaluate=1.0)
+    grid = LoopGrid(clients)
+    s.start(grid, arrays(1), num_rounds=2)
+    with open_ledger(s.ledger.uri) as led:
+        blocks = list(led.blocks())
+    hashes = [hashlib.sha256(b.header_bytes).digest() for b in blocks]
+    evaluates = [m for m in grid.sent if m.metadata.message_type.startswith("evaluate")]
+    assert len(evaluates) == 2 * len(NODES)
+    for msg in evaluates:  # sent right after the round's train block, which is the head it names
+        ctx = parse_context(msg.content["config"])
+        block = blocks[hashes.index(ctx.parent)]
+        assert block.header.round == ctx.round and block.header.model_after  # the round's train block
+    s.close()
+
+
+def test_an_error_writing_behind_is_raised_by_the_next_step_and_the_ledger_verifies(tmp_path):
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    real = s.core.recorder.ledger.put_blobs
+    calls = {"n": 0}
+
+    def failing(items):
+        calls["n"] += 1
+        if calls["n"] == 2:  # round 2's update blobs
+            raise LedgerError("disk full (test)")
+        return real(items)
+
+    s.core.recorder.ledger.put_blobs = failing
+    with pytest.raises(LedgerError, match="disk full"):
+        s.start(LoopGrid(clients), arrays(1), num_rounds=4, evaluate_fn=lambda r, a: MetricRecord({"accuracy": 0.5}))
+    uri = s.core.ledger.uri
+    s.core.recorder.ledger.put_blobs = real
+    s.close()
+    with open_ledger(uri) as led:
+        report = verify(led, blobs=True)  # the block of round 2 was never appended: round 1 is the last
+        assert max(b.header.round for b in led.blocks()) == 1
+        assert report.blocks >= 2
