@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end benchmarks (JSON in bench/results/e2e.json, a Markdown table printed for the README).
 
-    python bench/bench_e2e.py paired   [--pairs 3]   # ledger vs plain FedAvg, 10 clients, MNIST, 5 rounds
+    python bench/bench_e2e.py paired   [--pairs 3] [--paired-rounds 5]   # ledger vs plain FedAvg, 10 clients, MNIST
     python bench/bench_e2e.py fashion                # Fashion-MNIST full (Debian), 10 clients, 5 rounds
     python bench/bench_e2e.py scale    [--clients 1000 --rounds 100]   # synthetic, no training
     python bench/bench_e2e.py all
@@ -59,9 +59,15 @@ def run(args: list[str], out: Path) -> dict:
     }
 
 
-def paired(pairs: int, data_dir: str) -> dict:
+def _spread(xs: list[float]) -> dict:
+    """min, quartiles, max of a list (the spread of per-pair ratios)."""
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return {"min": min(xs), "q1": q[0], "median": statistics.median(xs), "q3": q[2], "max": max(xs)}
+
+
+def paired(pairs: int, data_dir: str, rounds: int = 5) -> dict:
     work = Path(tempfile.mkdtemp(prefix="fc-e2e-"))
-    base = ["--num-clients", "10", "--rounds", "5", "--data-dir", data_dir, "--keys-dir", str(work / "keys")]
+    base = ["--num-clients", "10", "--rounds", str(rounds), "--data-dir", data_dir, "--keys-dir", str(work / "keys")]
     ledger, plain = [], []
     for i in range(pairs):
         order = [("ledger", []), ("plain", ["--no-ledger"])]
@@ -78,8 +84,17 @@ def paired(pairs: int, data_dir: str) -> dict:
     # round 1 also starts the simulation's worker processes, which varies by seconds between runs.
     pair_loop = [a["loop_s"] / b["loop_s"] for a, b in zip(ledger, plain)]
     pair_steady = [sum(a["round_s"][1:]) / sum(b["round_s"][1:]) for a, b in zip(ledger, plain)]
+    # the same, each run's rounds 2..N summarized by their median (one slow round weighs less)
+    pair_steady_median = [
+        statistics.median(a["round_s"][1:]) / statistics.median(b["round_s"][1:]) for a, b in zip(ledger, plain)
+    ]
     return {
         "pairs": pairs,
+        "rounds_per_run": rounds,
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "load_average_after": __import__("os").getloadavg(),
         "ratio_loop_median": ratio_loop,
         "ratio_wall_median": ratio_wall,
         "target_ratio_le_1_02": ratio_loop <= 1.02,
@@ -87,6 +102,10 @@ def paired(pairs: int, data_dir: str) -> dict:
         "ratio_loop_per_pair_median": statistics.median(pair_loop),
         "ratio_rounds_2_on_per_pair": pair_steady,
         "ratio_rounds_2_on_per_pair_median": statistics.median(pair_steady),
+        "ratio_rounds_2_on_per_pair_spread": _spread(pair_steady),
+        "target_rounds_2_on_le_1_02": statistics.median(pair_steady) <= 1.02,
+        "ratio_median_round_2_on_per_pair": pair_steady_median,
+        "ratio_median_round_2_on_per_pair_spread": _spread(pair_steady_median),
         "first_round_s_median": {
             "ledger": statistics.median(r["round_s"][0] for r in ledger),
             "plain": statistics.median(r["round_s"][0] for r in plain),
@@ -200,13 +219,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["paired", "fashion", "scale", "all"])
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--paired-rounds", type=int, default=5, help="rounds per run of the paired bench")
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
     args = ap.parse_args()
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.what in ("paired", "all"):
-        res["paired"] = paired(args.pairs, args.data_dir)
+        res["paired"] = paired(args.pairs, args.data_dir, args.paired_rounds)
     if args.what in ("fashion", "all"):
         res["fashion"] = fashion(args.data_dir)
     if args.what in ("scale", "all"):

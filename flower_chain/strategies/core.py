@@ -27,7 +27,7 @@ from flower_chain.ledger import open_ledger
 from flower_chain.ledger.arrays import cast_like
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.cosignature import check_client_cosignature
-from flower_chain.ledger.entries import CosignatureEntry, UpdateEntry
+from flower_chain.ledger.entries import CosignatureEntry, EvaluationEntry, UpdateEntry, decode_entry
 from flower_chain.ledger.errors import LedgerError
 from flower_chain.ledger.keys import Keyring, raw_public, verify_signature
 from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS
@@ -176,8 +176,11 @@ class LedgerCore:
         pending = self._pending
         if pending is None or getattr(self._committing, "active", False):
             return
-        self._pending = None
-        pending.result()
+        try:
+            pending.result()  # an interrupt while waiting leaves it pending: the next settle waits again
+        finally:
+            if pending.done():
+                self._pending = None
 
     def _behind(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the commit thread; the next :meth:`settle` waits for it."""
@@ -452,6 +455,24 @@ class LedgerCore:
             self.verdicts,
             self.options,
         )
+
+    def records_evaluation(self, server_round: int, source: str = "centralized") -> bool:
+        """Whether a block of ``server_round`` records its ``source`` evaluation (a resume after a crash between
+        a round's train block and its evaluation block finds none, and records it then)."""
+        self.settle()
+        height = self.ledger.block_count() - 1
+        while height > 0:
+            block = next(self.ledger.blocks(height, height + 1))
+            h = block.header
+            if h.round < int(server_round):
+                return False
+            if h.round == int(server_round):
+                for data in self.ledger.entries(h.first_index, h.log_size):
+                    entry = decode_entry(data)
+                    if isinstance(entry, EvaluationEntry) and entry.source == source and entry.round == h.round:
+                        return True
+            height -= 1
+        return False
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:
         """The global model after the last recorded round, from the blob store, its digest checked."""

@@ -264,7 +264,7 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         if (
             isinstance(self.strategy, FedAvg)
-            and type(self.strategy).configure_evaluate is FedAvg.configure_evaluate
+            and getattr(self.strategy.configure_evaluate, "__func__", None) is FedAvg.configure_evaluate
             and self.strategy.fraction_evaluate == 0.0
         ):
             return []
@@ -343,7 +343,10 @@ class LedgerStrategy(Strategy):
         def recording_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             server_round += self._offset
             res = evaluate_fn(server_round, arrays)
-            resumed_initial = self._offset and server_round == self._offset  # recorded before the crash
+            # the last recorded round's evaluation, unless the crash came between its train and evaluation blocks
+            resumed_initial = (
+                self._offset and server_round == self._offset and self.core.records_evaluation(server_round)
+            )
             if res is not None and not resumed_initial:
                 self.core.commit_evaluation(server_round, "centralized", 0, dict(res.items()))
             return res
@@ -361,9 +364,11 @@ class LedgerStrategy(Strategy):
             )
         finally:  # where the ledger is and how to check it, whether the run finished or failed
             self._write_behind = False
-            self.core.settle()  # the last block is durable before start returns (or its error is raised)
-            for line in self.core.summary_lines():
-                log(INFO, "%s", line)
+            try:
+                self.core.settle()  # the last block is durable before start returns (or its error is raised)
+            finally:
+                for line in self.core.summary_lines():
+                    log(INFO, "%s", line)
 
     def resume_arrays(self) -> ArrayRecord:
         """The global model after the last recorded round, from the blob store, digest checked."""

@@ -183,17 +183,18 @@ class Recorder:
         if parent is not None:
             self.check_parent(parent)
         after = self.store_model(aggregated) if aggregated is not None else before
+        state_after = self.state_digest  # taken over only once the block is appended (a failed write changes nothing)
         if state is not None:
-            self.state_digest = self.digest(state) if state else b""
-            if state and self.store_models and not self.ledger.has_blob(self.state_digest):
-                self.ledger.put_blob(self.encode(state), self.state_digest)
+            state_after = self.digest(state) if state else b""
+            if state and self.store_models and not self.ledger.has_blob(state_after):
+                self.ledger.put_blob(self.encode(state), state_after)
         blobs = self._update_blobs(updates) + [(digest, self.encode(arrays)) for digest, arrays in evidence]
         if blobs:
             self.ledger.put_blobs(blobs)
         block = self.writer.append(
-            server_round, list(entries), model_before=before, model_after=after, state_after=self.state_digest
+            server_round, list(entries), model_before=before, model_after=after, state_after=state_after
         )
-        self.model_digest, self.last_round = after, int(server_round)
+        self.model_digest, self.state_digest, self.last_round = after, state_after, int(server_round)
         return block
 
     def commit(self, server_round: int, entries: Sequence[Entry], parent: bytes | None = None) -> StoredBlock:

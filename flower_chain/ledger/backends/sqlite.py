@@ -27,8 +27,10 @@ appends to an existing ledger) reopens it read-write with WAL.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,7 @@ from flower_chain.ledger.block import StoredBlock
 from flower_chain.ledger.errors import LedgerConflictError, LedgerCorruptError, LedgerError, LedgerOpenError
 from flower_chain.ledger.location import file_uri
 
+log = logging.getLogger(__name__)
 FORMAT = "flower-chain-ledger"
 VERSION = "1"
 
@@ -72,47 +75,75 @@ class _Checkpointer:
     """Copies the WAL into the database file on a thread of its own, after each write it is told of.
 
     The writer's commits stay fsynced and atomic; only the checkpoint (a second copy of the written pages,
-    and an fsync of the database file) leaves the commit's critical path. A checkpoint that fails (a
-    reader holding an old snapshot, a full disk) is retried at the next write; the last connection to close
-    checkpoints what is left, as SQLite does.
+    and an fsync of the database file) leaves the commit's critical path. A checkpoint that cannot finish
+    (a reader holding an old snapshot) is retried at the next write; every 64th one truncates the WAL
+    (a long run's WAL does not keep its largest size); the first failure is logged once. Where no thread
+    can be started, the writer's connection goes back to SQLite's own automatic checkpoints. The last
+    connection to close checkpoints what is left, as SQLite does.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, path: Path, fallback) -> None:
+        self._uri = f"{path.resolve().as_uri()}?mode=rw".replace("file://", "file:", 1)  # never creates a file
+        self._fallback = weakref.WeakMethod(fallback)  # the writer's automatic checkpoints back on (no cycle)
         self._wake = threading.Event()
         self._stop = False
+        self._failed = False
         self._thread: threading.Thread | None = None
 
     def poke(self) -> None:
+        """Ask for a checkpoint; never raises (a write it follows is already committed)."""
+        if self._stop or self._failed:
+            return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="flower-chain-wal-checkpoint", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="flower-chain-wal-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as e:  # no thread to be had: SQLite checkpoints inside commits, as before
+                self._give_up(f"cannot start the checkpoint thread ({e})")
+                return
+            self._thread = thread
         self._wake.set()
+
+    def _give_up(self, why: str) -> None:
+        self._failed = True
+        log.warning("flower-chain: %s; WAL checkpoints go back to the writer's commits", why)
+        fallback = self._fallback()
+        try:
+            if fallback is not None:
+                fallback()
+        except sqlite3.Error:
+            pass
 
     def _run(self) -> None:
         try:
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
-        except sqlite3.Error:
-            return  # the writer's own connection checkpoints at close
+            db = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as e:
+            self._give_up(f"the checkpoint thread cannot open the ledger ({e})")
+            return
+        done, warned = 0, False
         try:
             while True:
                 self._wake.wait()
                 self._wake.clear()
                 if self._stop:
                     return
+                done += 1
+                mode = "TRUNCATE" if done % 64 == 0 else "PASSIVE"
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    pass  # retried after the next write; SQLite checkpoints at the last close regardless
+                    db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                except sqlite3.Error as e:  # e.g. busy: the next write asks again
+                    if not warned:
+                        warned = True
+                        log.warning("flower-chain: a WAL checkpoint failed (%s); retried after the next write", e)
         finally:
             db.close()
 
     def close(self) -> None:
         self._stop = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 class SQLiteLedger(Ledger):
@@ -131,7 +162,9 @@ class SQLiteLedger(Ledger):
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer = _Checkpointer(self.path, self._automatic_checkpoints)
+        # a ledger dropped without close() does not leave its checkpoint thread (and connection) behind
+        weakref.finalize(self, _Checkpointer.close, self._checkpointer)
         self._read_only = exists and not create
         try:
             if self._read_only:
@@ -158,6 +191,12 @@ class SQLiteLedger(Ledger):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread (_Checkpointer)
         return db
+
+    def _automatic_checkpoints(self) -> None:
+        """SQLite's own checkpoints inside commits (where the checkpoint thread cannot run)."""
+        with self._lock:
+            if not self._read_only:
+                self._conn.execute("PRAGMA wal_autocheckpoint=1000")
 
     def _writable(self) -> None:
         """Reopen a read-only handle read-write before its first write (the format was checked on open)."""
@@ -222,7 +261,6 @@ class SQLiteLedger(Ledger):
                         (h.height, block.header_bytes, block.signature, block.checkpoint),
                     )
                     db.execute("COMMIT")
-                    self._checkpointer.poke()
                 except sqlite3.IntegrityError as e:
                     db.execute("ROLLBACK")
                     raise LedgerConflictError(
@@ -232,6 +270,7 @@ class SQLiteLedger(Ledger):
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
+        self._checkpointer.poke()  # after the commit, outside its error handling: poke never raises
 
     def block_count(self) -> int:
         """Number of blocks; the stored heights must be exactly ``0 .. count - 1`` (no gap, none negative)."""
@@ -294,7 +333,7 @@ class SQLiteLedger(Ledger):
         with self._lock, _db_errors(self.path):
             self._writable()
             self._conn.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, bytes(data)))
-            self._checkpointer.poke()
+        self._checkpointer.poke()
 
     def put_blobs(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Many blobs in one transaction (one fsync, not one per blob)."""
@@ -307,10 +346,10 @@ class SQLiteLedger(Ledger):
             try:
                 self._conn.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
                 self._conn.execute("COMMIT")
-                self._checkpointer.poke()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        self._checkpointer.poke()
 
     def get_blob(self, digest: bytes) -> bytes:
         with _db_errors(self.path):

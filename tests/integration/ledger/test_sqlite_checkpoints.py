@@ -43,3 +43,58 @@ def test_a_read_only_handle_starts_no_checkpoint_thread(tmp_path):
     with open_ledger(f"sqlite:///{path}") as led:
         assert led.get_blob(b"\x01" * 32) == b"x"
         assert len(_checkpointers()) == before
+
+
+def test_a_checkpoint_thread_that_cannot_start_leaves_the_commit_as_it_was(tmp_path, monkeypatch):
+    """Review 5 D1: the block is committed before the thread starts; its failure is never the write's."""
+    path = tmp_path / "p.db"
+    with open_ledger(f"sqlite:///{path}", create=True):
+        pass
+    led = open_ledger(f"sqlite:///{path}", create=True)
+    real_start = threading.Thread.start
+
+    def failing_start(self):
+        if self.name == "flower-chain-wal-checkpoint":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    led.put_blobs([(b"\x02" * 32, b"y")])  # committed; no error although no thread could start
+    assert led._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # SQLite's own checkpoints again
+    led.put_blobs([(b"\x03" * 32, b"z")])
+    led.close()  # nothing to join
+    with open_ledger(f"sqlite:///{path}") as again:
+        assert again.get_blob(b"\x02" * 32) == b"y" and again.get_blob(b"\x03" * 32) == b"z"
+
+
+def test_the_checkpoint_thread_follows_the_ledger_not_the_working_directory(tmp_path, monkeypatch):
+    """Review 5 D2: a relative path opened before a chdir; the thread must checkpoint that file, create none."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    monkeypatch.chdir(a)
+    led = open_ledger("sqlite:///ledger.db", create=True)
+    monkeypatch.chdir(b)
+    blob = bytes(range(256)) * 16384
+    led.put_blobs([(hashlib.sha256(blob).digest(), blob)])
+    deadline = time.monotonic() + 30
+    while (a / "ledger.db").stat().st_size < len(blob) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (a / "ledger.db").stat().st_size >= len(blob)
+    assert not (b / "ledger.db").exists()
+    led.close()
+
+
+def test_a_ledger_dropped_without_close_does_not_leave_its_thread(tmp_path):
+    """Review 5 D3: the checkpoint thread (and its connection) ends with the ledger object."""
+    import gc
+
+    before = len(_checkpointers())
+    for i in range(5):
+        led = open_ledger(f"sqlite:///{tmp_path / f'd{i}.db'}", create=True)
+        led.put_blobs([(b"\x04" * 32, b"w")])
+        del led
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(_checkpointers()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_checkpointers()) == before

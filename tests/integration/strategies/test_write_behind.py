@@ -87,7 +87,9 @@ def test_each_train_block_is_written_behind_the_loop_and_durable_when_start_retu
     s.close()
     with open_ledger(uri) as led:
         report = verify(led, blobs=True)
-        assert report.blocks == 2 + 3 * 2  # genesis, round 0's evaluation, then a train and an evaluation block per round
+        assert (
+            report.blocks == 2 + 3 * 2
+        )  # genesis, round 0's evaluation, then a train and an evaluation block per round
         assert all(r.status == OK for r in audit(led).rounds)
 
 
@@ -141,3 +143,139 @@ def test_an_error_writing_behind_is_raised_by_the_next_step_and_the_ledger_verif
         report = verify(led, blobs=True)  # the block of round 2 was never appended: round 1 is the last
         assert max(b.header.round for b in led.blocks()) == 1
         assert report.blocks >= 2
+
+
+def test_an_interrupted_wait_keeps_the_block_pending_and_its_error(tmp_path):
+    """Review 5 D4: Ctrl-C while waiting must not forget a block still being written, nor its error."""
+    import signal
+    import threading
+
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_failing_commit(*a, **k):
+        started.set()
+        release.wait(10)
+        raise LedgerError("disk full (test)")
+
+    s.core.recorder.commit_train = slow_failing_commit
+    s.core.commit_train(1, [], None, 0.0, None, defer=True)
+    assert started.wait(5)
+
+    def ctrl_c(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.core.settle()
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert s.core._pending is not None  # still pending: the next wait waits again
+    release.set()
+    with pytest.raises(LedgerError, match="disk full"):
+        s.core.settle()
+    s.core.settle()  # raised once
+    s.close()
+
+
+def test_the_summary_is_logged_when_the_last_block_fails(tmp_path, caplog):
+    """Review 5 D5: where the ledger is and how to check it, even when the last deferred block failed."""
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    real = s.core.recorder.ledger.put_blobs
+    calls = {"n": 0}
+
+    def failing(items):
+        calls["n"] += 1
+        if calls["n"] == 2:  # round 2 (the last) update blobs
+            raise LedgerError("disk full (test)")
+        return real(items)
+
+    s.core.recorder.ledger.put_blobs = failing
+    with caplog.at_level("INFO"), pytest.raises(LedgerError, match="disk full"):
+        s.start(LoopGrid(clients), arrays(1), num_rounds=2)
+    assert any("verify it:" in r.getMessage() for r in caplog.records)
+    s.core.recorder.ledger.put_blobs = real
+    s.close()
+
+
+def test_a_configure_evaluate_set_on_the_instance_is_still_called(tmp_path):
+    """Review 5 D6: the fraction_evaluate == 0 shortcut applies to Flower's own configure_evaluate only."""
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    called = []
+
+    def custom(server_round, arr, config, grid):
+        called.append(server_round)
+        return []
+
+    s.strategy.configure_evaluate = custom
+    assert list(s.configure_evaluate(1, arrays(1), ConfigRecord({}), LoopGrid(clients))) == []
+    assert called == [1]
+    s.close()
+
+
+def test_a_failed_train_write_leaves_the_state_digest_of_the_last_block(tmp_path):
+    """Review 5 P1: the strategy state a failed block would have recorded is not taken as recorded."""
+    from flwr.serverapp.strategy import FedAvgM
+
+    clients = Clients(len(NODES))
+    inner = FedAvgM(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0, server_momentum=0.9)
+    s = LedgerStrategy(
+        inner, ledger=f"sqlite:///{tmp_path / 'm.db'}", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate()
+    )
+    real = s.core.recorder.ledger.put_blobs
+    calls = {"n": 0}
+
+    def failing(items):
+        calls["n"] += 1
+        if calls["n"] == 3:  # round 3's update blobs, after its state blob was stored
+            raise LedgerError("disk full (test)")
+        return real(items)
+
+    s.core.recorder.ledger.put_blobs = failing
+    with pytest.raises(LedgerError, match="disk full"):
+        s.start(LoopGrid(clients), arrays(1), num_rounds=4)
+    s.core.recorder.ledger.put_blobs = real
+    with open_ledger(s.core.ledger.uri) as led:
+        last = list(led.blocks())[-1].header
+    assert last.round == 2 and s.core.state_digest == last.state_after
+    s.core.commit_evaluation(2, "centralized", 0, {"accuracy": 0.5})  # an app that records after catching it
+    with open_ledger(s.core.ledger.uri) as led:
+        verify(led, blobs=True)
+    s.close()
+
+
+def test_a_resume_records_the_evaluation_a_crash_left_out(tmp_path):
+    """Review 5 P2: a crash between round 2's train block and its evaluation block; the resume records it."""
+    from flower_chain.ledger.entries import EvaluationEntry, decode_entry
+
+    clients = Clients(len(NODES))
+    server_key = Ed25519PrivateKey.generate()
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    inner = FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    s = LedgerStrategy(inner, ledger=uri, keyring=clients.keyring, server_key=server_key)
+
+    def evaluate_fn(server_round, _arrays):
+        if server_round == 2:
+            raise RuntimeError("the server died (test)")
+        return MetricRecord({"accuracy": 0.5 + server_round})
+
+    with pytest.raises(RuntimeError, match="died"):
+        s.start(LoopGrid(clients), arrays(1), num_rounds=3, evaluate_fn=evaluate_fn)
+    s.close()
+    inner = FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    again = LedgerStrategy(inner, ledger=uri, keyring=clients.keyring, server_key=server_key, resume=True)
+    again.start(LoopGrid(clients), arrays(1), num_rounds=3, evaluate_fn=lambda r, a: MetricRecord({"accuracy": r}))
+    again.close()
+    with open_ledger(uri) as led:
+        verify(led)
+        evaluated = [
+            e.round
+            for e in map(decode_entry, led.entries())
+            if isinstance(e, EvaluationEntry) and e.source == "centralized"
+        ]
+    assert evaluated == [0, 1, 2, 3]
