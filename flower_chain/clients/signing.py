@@ -56,6 +56,7 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
+import uuid
 from logging import INFO
 from pathlib import Path
 
@@ -63,7 +64,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log as flwr_log
 
-from flower_chain.anchor.reader import AnchorReader
 from flower_chain.clients.findings import ParentNotHead
 from flower_chain.clients.receipts import CheckResult, ReceiptKeeper
 from flower_chain.clients.refusals import keyless_reply, refuse, refused_reply, settings_refusal
@@ -253,6 +253,18 @@ def _node_state(keeper: ReceiptKeeper | None, ctx: LedgerContext) -> tuple[int, 
     return seen, ctx.round if first < 0 else min(first, ctx.round)
 
 
+#: Per process, per mod (its token): the loaded keys, receipt keepers and anchors, and the rounds already logged.
+#: Flower's simulation pickles the ClientApp with every message it hands a Ray worker, and a mod made by
+#: make_signing_mod is pickled by value: state kept in its closure would start empty at every message (the key
+#: loaded, the receipts opened, "signs with key" logged each time). Copies of one mod share this entry instead.
+_PROCESS_STATE: dict[str, tuple[dict, dict]] = {}
+
+
+def _process_state(token: str) -> tuple[dict, dict]:
+    """(cache, reported) of the mod with ``token`` in this process."""
+    return _PROCESS_STATE.setdefault(token, ({}, {}))
+
+
 def make_signing_mod(
     key: Ed25519PrivateKey | str | Path | None = None,
     *,
@@ -305,10 +317,12 @@ def make_signing_mod(
     """
     fixed_path = Path(key) if isinstance(key, (str, Path)) else None
     fixed = load_private(key) if fixed_path is not None else key
-    cache: dict[str, tuple[Ed25519PrivateKey, ReceiptKeeper | None, AnchorReader | None, bytes | None]] = {}
-    reported: dict[tuple[str, str], int] = {}  # (federation, key or context error) -> the last round it was logged
+    # cache: key path -> (key, receipts, anchor, settings pin); reported: (federation, key or context error) ->
+    # the last round it was logged. Both per process, shared by every copy of this mod (_PROCESS_STATE).
+    token = uuid.uuid4().hex
 
     def signing_mod(msg: Message, context: Context, call_next) -> Message:
+        cache, reported = _process_state(token)
         incoming = _incoming(msg)
         ctx, config, received, _ = incoming
         if ctx is None:

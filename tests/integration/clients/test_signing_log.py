@@ -153,3 +153,25 @@ def test_a_key_that_appears_later_is_used(strategy, tmp_path, monkeypatch):
     assert mod(msg, ctx, lambda m, c: train_reply(m, arrays(1), 5)).has_error()
     generate(tmp_path, "client-0")
     assert SIG_RECORD in mod(msg, ctx, lambda m, c: train_reply(m, arrays(1), 5)).content
+
+
+def test_copies_of_the_mod_pickled_per_message_share_the_process_state(strategy, tmp_path, monkeypatch, caplog):
+    """Flower's simulation pickles the ClientApp (its mods by value) with every message it hands a Ray worker:
+    the copies share the key, receipts and the log line of the process (issue 21: no cold start per message)."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    path, _ = generate(tmp_path, "client-0")
+    kid = key_id(load_private(path))
+    blob = cloudpickle.dumps(make_signing_mod(receipts_dir=tmp_path / "receipts"))
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        for rnd in (1, 2, 3):  # a fresh copy per message, as a Ray worker receives it
+            copy = cloudpickle.loads(blob)
+            reply = copy(
+                _instruction(strategy, rnd),
+                _ctx(**{"signing-key": str(path)}),
+                lambda m, c: train_reply(m, arrays(1), 5),
+            )
+            assert SIG_RECORD in reply.content
+            strategy.aggregate_train(rnd, [reply])
+    lines = [x for x in _flwr_lines(caplog, logging.INFO) if "signs with key" in x]
+    assert lines == [f"flower-chain: node 7 signs with key {kid} ({path})"], caplog.text
