@@ -66,6 +66,21 @@ def strategy(tmp_path, clients, **kw) -> LedgerStrategy:
     )
 
 
+def fail_put_blobs(s: LedgerStrategy, call: int):
+    """Make the ledger's ``call``-th ``put_blobs`` raise (a full disk); return the real method."""
+    real = s.core.recorder.ledger.put_blobs
+    calls = {"n": 0}
+
+    def failing(items):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise LedgerError("disk full (test)")
+        return real(items)
+
+    s.core.recorder.ledger.put_blobs = failing
+    return real
+
+
 def test_each_train_block_is_written_behind_the_loop_and_durable_when_start_returns(tmp_path):
     clients = Clients(len(NODES))
     s = strategy(tmp_path, clients)
@@ -124,16 +139,7 @@ def test_evaluate_instructions_name_the_durable_train_block(tmp_path):
 def test_an_error_writing_behind_is_raised_by_the_next_step_and_the_ledger_verifies(tmp_path):
     clients = Clients(len(NODES))
     s = strategy(tmp_path, clients)
-    real = s.core.recorder.ledger.put_blobs
-    calls = {"n": 0}
-
-    def failing(items):
-        calls["n"] += 1
-        if calls["n"] == 2:  # round 2's update blobs
-            raise LedgerError("disk full (test)")
-        return real(items)
-
-    s.core.recorder.ledger.put_blobs = failing
+    real = fail_put_blobs(s, 2)  # round 2's update blobs
     with pytest.raises(LedgerError, match="disk full"):
         s.start(LoopGrid(clients), arrays(1), num_rounds=4, evaluate_fn=lambda r, a: MetricRecord({"accuracy": 0.5}))
     uri = s.core.ledger.uri
@@ -185,16 +191,7 @@ def test_the_summary_is_logged_when_the_last_block_fails(tmp_path, caplog):
     """Review 5 D5: where the ledger is and how to check it, even when the last deferred block failed."""
     clients = Clients(len(NODES))
     s = strategy(tmp_path, clients)
-    real = s.core.recorder.ledger.put_blobs
-    calls = {"n": 0}
-
-    def failing(items):
-        calls["n"] += 1
-        if calls["n"] == 2:  # round 2 (the last) update blobs
-            raise LedgerError("disk full (test)")
-        return real(items)
-
-    s.core.recorder.ledger.put_blobs = failing
+    real = fail_put_blobs(s, 2)  # round 2 (the last) update blobs
     with caplog.at_level("INFO"), pytest.raises(LedgerError, match="disk full"):
         s.start(LoopGrid(clients), arrays(1), num_rounds=2)
     assert any("verify it:" in r.getMessage() for r in caplog.records)
@@ -227,16 +224,7 @@ def test_a_failed_train_write_leaves_the_state_digest_of_the_last_block(tmp_path
     s = LedgerStrategy(
         inner, ledger=f"sqlite:///{tmp_path / 'm.db'}", keyring=clients.keyring, server_key=Ed25519PrivateKey.generate()
     )
-    real = s.core.recorder.ledger.put_blobs
-    calls = {"n": 0}
-
-    def failing(items):
-        calls["n"] += 1
-        if calls["n"] == 3:  # round 3's update blobs, after its state blob was stored
-            raise LedgerError("disk full (test)")
-        return real(items)
-
-    s.core.recorder.ledger.put_blobs = failing
+    real = fail_put_blobs(s, 3)  # round 3's update blobs, after its state blob was stored
     with pytest.raises(LedgerError, match="disk full"):
         s.start(LoopGrid(clients), arrays(1), num_rounds=4)
     s.core.recorder.ledger.put_blobs = real
