@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,7 +82,7 @@ class _Checkpointer:
     connection to close checkpoints what is left, as SQLite does.
     """
 
-    def __init__(self, path: Path, fallback) -> None:
+    def __init__(self, path: Path, fallback: Callable[[], None]) -> None:
         self._uri = f"{path.resolve().as_uri()}?mode=rw".replace("file://", "file:", 1)  # never creates a file
         self._fallback = weakref.WeakMethod(fallback)  # the writer's automatic checkpoints back on (no cycle)
         self._wake = threading.Event()
