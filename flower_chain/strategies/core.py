@@ -27,8 +27,9 @@ from flower_chain.ledger import open_ledger
 from flower_chain.ledger.arrays import cast_like
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.cosignature import check_client_cosignature
-from flower_chain.ledger.entries import CosignatureEntry, EvaluationEntry, UpdateEntry, decode_entry
+from flower_chain.ledger.entries import CosignatureEntry, EvaluationEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError
+from flower_chain.ledger.inspect import entries_of
 from flower_chain.ledger.keys import Keyring, raw_public, verify_signature
 from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS
 from flower_chain.ledger.text import safe_text
@@ -460,18 +461,15 @@ class LedgerCore:
         """Whether a block of ``server_round`` records its ``source`` evaluation (a resume after a crash between
         a round's train block and its evaluation block finds none, and records it then)."""
         self.settle()
-        height = self.ledger.block_count() - 1
-        while height > 0:
-            block = next(self.ledger.blocks(height, height + 1))
-            h = block.header
+        for height in range(self.ledger.block_count() - 1, 0, -1):  # back from the head, over the round's blocks
+            h = self.ledger.block(height).header
             if h.round < int(server_round):
                 return False
-            if h.round == int(server_round):
-                for data in self.ledger.entries(h.first_index, h.log_size):
-                    entry = decode_entry(data)
-                    if isinstance(entry, EvaluationEntry) and entry.source == source and entry.round == h.round:
-                        return True
-            height -= 1
+            if h.round == int(server_round) and any(
+                isinstance(e, EvaluationEntry) and e.source == source and e.round == h.round
+                for e in entries_of(self.ledger, h)
+            ):
+                return True
         return False
 
     def resume_arrays(self) -> list[tuple[str, np.ndarray]]:

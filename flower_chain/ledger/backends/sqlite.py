@@ -76,13 +76,17 @@ class _Checkpointer:
 
     The writer's commits stay fsynced and atomic; only the checkpoint (a second copy of the written pages,
     and an fsync of the database file) leaves the commit's critical path. A checkpoint that cannot finish
-    (a reader holding an old snapshot) is retried at the next write; every 64th one truncates the WAL
-    (a long run's WAL does not keep its largest size); the first failure is logged once. Where no thread
+    (a reader holding an old snapshot) is retried at the next write; a WAL grown past ``truncate_above``
+    bytes is truncated after its checkpoint (a long run's WAL does not keep its largest size); the first
+    failure is logged once. Where no thread
     can be started, the writer's connection goes back to SQLite's own automatic checkpoints. The last
     connection to close checkpoints what is left, as SQLite does.
     """
 
+    truncate_above = 64 << 20  # bytes of WAL after which a checkpoint also truncates it
+
     def __init__(self, path: Path, fallback: Callable[[], None]) -> None:
+        self._wal = Path(f"{path.resolve()}-wal")
         self._uri = f"{path.resolve().as_uri()}?mode=rw".replace("file://", "file:", 1)  # never creates a file
         self._fallback = weakref.WeakMethod(fallback)  # the writer's automatic checkpoints back on (no cycle)
         self._wake = threading.Event()
@@ -120,18 +124,18 @@ class _Checkpointer:
         except sqlite3.Error as e:
             self._give_up(f"the checkpoint thread cannot open the ledger ({e})")
             return
-        done, warned = 0, False
+        warned = False
         try:
             while True:
                 self._wake.wait()
                 self._wake.clear()
                 if self._stop:
                     return
-                done += 1
-                mode = "TRUNCATE" if done % 64 == 0 else "PASSIVE"
                 try:
-                    db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-                except sqlite3.Error as e:  # e.g. busy: the next write asks again
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if self._wal.exists() and self._wal.stat().st_size > self.truncate_above:
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except (sqlite3.Error, OSError) as e:  # e.g. busy: the next write asks again
                     if not warned:
                         warned = True
                         log.warning("flower-chain: a WAL checkpoint failed (%s); retried after the next write", e)

@@ -98,3 +98,21 @@ def test_a_ledger_dropped_without_close_does_not_leave_its_thread(tmp_path):
     while len(_checkpointers()) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(_checkpointers()) == before
+
+
+def test_a_wal_grown_past_the_limit_is_truncated_after_its_checkpoint(tmp_path, monkeypatch):
+    """A long run's WAL does not keep its largest size: past ``truncate_above`` bytes it is truncated."""
+    from flower_chain.ledger.backends.sqlite import _Checkpointer
+
+    monkeypatch.setattr(_Checkpointer, "truncate_above", 1 << 20)
+    path = tmp_path / "t.db"
+    led = open_ledger(f"sqlite:///{path}", create=True)
+    blob = bytes(range(256)) * 16384  # 4 MiB of WAL
+    led.put_blobs([(hashlib.sha256(blob).digest(), blob)])
+    wal = tmp_path / "t.db-wal"
+    deadline = time.monotonic() + 30
+    while wal.stat().st_size > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert wal.stat().st_size == 0  # the default limit (64 MiB) would have kept these 4 MiB
+    assert led.get_blob(hashlib.sha256(blob).digest()) == blob
+    led.close()
