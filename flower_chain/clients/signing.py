@@ -28,9 +28,10 @@ genesis; absent: the current version). A context the client cannot use — a
 version it does not compute, a malformed field — is a finding and the
 instruction is refused with an error reply, untrained and unsigned
 (:mod:`flower_chain.clients.refusals`). It needs neither torch nor a
-particular ML framework. The global model received is hashed on a background
-thread while the ClientApp trains, and checked (receipts) before the reply is
-signed, so only the update's digest is left after training.
+particular ML framework. What the server sent is checked on a background
+thread while the ClientApp trains — the digest of the global model received,
+then the receipt checks — and joined before the reply is signed, so only the
+update's digest is left after training.
 
 Clients as witnesses: when every receipt check of an instruction passed (the
 checkpoint verified and extends the last one this client saw), the reply also
@@ -56,7 +57,10 @@ Optional node config (environment fallbacks in brackets):
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from logging import INFO
 from pathlib import Path
 
@@ -81,7 +85,7 @@ from flower_chain.clients.settings import (  # noqa: F401 - the settings' names 
 from flower_chain.clients.settings import (
     receipts_dir as _receipts_dir,
 )
-from flower_chain.ledger.arrays import digest_in_background
+from flower_chain.ledger.arrays import array_digest
 from flower_chain.ledger.cosignature import client_cosigner_name, note_body, sign_cosignature
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
@@ -253,6 +257,59 @@ def _node_state(keeper: ReceiptKeeper | None, ctx: LedgerContext) -> tuple[int, 
     return seen, ctx.round if first < 0 else min(first, ctx.round)
 
 
+def _check_instruction(
+    keeper: ReceiptKeeper | None,
+    anchors,
+    ctx: LedgerContext,
+    config: dict,
+    kind: str,
+    named: list | None,
+) -> tuple[bytes, CheckResult | None]:
+    """(digest of the global arrays received or ``b""``, the receipt checks' result or ``None`` without a keeper).
+
+    Everything that needs only the instruction: run by :func:`make_signing_mod` on a background thread while
+    the ClientApp trains. The checks' findings are logged and counted by the keeper, as before signing.
+    """
+    base_digest = array_digest(named, ctx.digest_version) if named is not None else b""
+    if keeper is None:
+        return base_digest, None
+    result = keeper.check(
+        ctx.federation_id, config, kind=kind, received_digest=base_digest if named is not None else None
+    )
+    if anchors is not None:
+        keeper.check_anchor(ctx.federation_id, result, anchors)
+    return base_digest, result
+
+
+def _config_copy(config) -> dict:
+    """The instruction's config as the server sent it (lists copied: a ClientApp may change its message)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+_checks_pool: ThreadPoolExecutor | None = None
+_checks_lock = threading.Lock()
+
+
+def _checks() -> ThreadPoolExecutor:
+    """The threads that check instructions while ClientApps train (kept between messages, per process)."""
+    global _checks_pool
+    with _checks_lock:
+        if _checks_pool is None:
+            _checks_pool = ThreadPoolExecutor(2, thread_name_prefix="flower-chain-instruction-check")
+        return _checks_pool
+
+
+def _forget_checks() -> None:
+    """In a forked child the parent's threads do not exist: start new ones on first use."""
+    global _checks_pool, _checks_lock
+    _checks_pool = None
+    _checks_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_checks)
+
+
 #: Per process, per mod (its token): the loaded keys, receipt keepers and anchors, and the rounds already logged.
 #: Flower's simulation pickles the ClientApp with every message it hands a Ray worker, and a mod made by
 #: make_signing_mod is pickled by value: state kept in its closure would start empty at every message (the key
@@ -368,25 +425,18 @@ def make_signing_mod(
         unconsented = settings_refusal(ctx, pin, keeper)  # settings this node did not consent to: no training
         if unconsented is not None:
             return refuse(msg, ctx.federation_id, unconsented, keeper, reported)
-        # The global model received is hashed on a background thread while the ClientApp trains (issue 21):
-        # only the update's digest is left after training. The arrays are views of the message's immutable
-        # bytes, taken here before training (a ClientApp that replaces record entries changes nothing). Under
-        # the digest version of the server's ledger, as the update's digest in sign_reply.
-        pending = digest_in_background(arrays_of(received), ctx.digest_version) if received is not None else None
-        result: CheckResult | None = None
+        # What the server sent is checked on a background thread while the ClientApp trains (issue 21): the
+        # global model's digest, then the receipt checks (checkpoint, proofs, witnesses, anchor), all done before
+        # anything is signed; only the update's digest is left after training. The arrays are views of the
+        # message's immutable bytes and the config a copy, both taken here before training (a ClientApp that
+        # changes its message changes nothing checked). Under the digest version of the server's ledger.
+        named = list(arrays_of(received)) if received is not None else None
+        kind = msg.metadata.message_type.split(".")[0]
+        checks = _checks().submit(_check_instruction, keeper, anchors, ctx, _config_copy(config), kind, named)
         try:
             reply = call_next(msg, context)
-        finally:  # checked before signing; the receipt checks are recorded even when the ClientApp raises
-            base_digest = pending.result() if pending is not None else b""  # hashed once: checked and signed
-            if keeper is not None:
-                result = keeper.check(
-                    ctx.federation_id,
-                    config,
-                    kind=msg.metadata.message_type.split(".")[0],
-                    received_digest=base_digest if received is not None else None,
-                )
-                if anchors is not None:
-                    keeper.check_anchor(ctx.federation_id, result, anchors)
+        finally:  # joined before signing; the receipt checks are recorded even when the ClientApp raises
+            base_digest, result = checks.result()
         if result is not None and not result.witnessed:
             log.error(
                 "flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",

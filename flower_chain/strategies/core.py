@@ -35,7 +35,7 @@ from flower_chain.ledger.policy import CURRENT_STATEMENT_REASONS
 from flower_chain.ledger.text import safe_text
 from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.errors import AggregationError, TooFewAcceptedError
-from flower_chain.strategies.judge import Judge, Judgement, Reply
+from flower_chain.strategies.judge import Judge, Judgement, Prepared, Reply
 from flower_chain.strategies.options import LedgerOptions, flower_run_id  # noqa: F401 - flower_run_id: importable here
 from flower_chain.strategies.receipts import ReceiptServer
 from flower_chain.strategies.recorder import Recorder
@@ -291,8 +291,17 @@ class LedgerCore:
         note = self.witnessing.note(head) if self.witnessing is not None else head.checkpoint
         return self.receipts.config(node_id, head, note)
 
-    def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
-        """Judge a round's replies (in arrival order) and take what verified replies say about their nodes."""
+    def judge_all(
+        self,
+        kind: str,
+        server_round: int,
+        replies: Sequence[Reply],
+        prepared: Sequence[Prepared | None] | None = None,
+    ) -> list[Judgement]:
+        """Judge a round's replies (in arrival order) and take what verified replies say about their nodes.
+
+        ``prepared``: the evidence of replies whose work started as they arrived (:meth:`Judge.prepare_soon`).
+        """
         self.settle()
         replies = list(replies)
         if self.judge.rules(kind, server_round) is None:  # replies for a round never configured: judge them against
@@ -304,7 +313,7 @@ class LedgerCore:
                 model = None
             self.judge.begin(self.federation_id, kind, server_round, parent, model, base_digest=base)
             self._parents[(kind, int(server_round))] = parent
-        judgements = self.judge.judge_all(kind, server_round, replies)
+        judgements = self.judge.judge_all(kind, server_round, replies, prepared)
         self.verdicts.update((kind, j.reason) for j in judgements)
         for r, j in zip(replies, judgements):
             self.receipts.observe(r.node_id, j.entry.key_id, j.verified, j.seen_size, j.pending_round)

@@ -6,15 +6,16 @@ evidence, every digest under the ledger's digest version (its genesis').
 The per-reply work that does not depend on other replies — the
 array digest, the finiteness scan and the Ed25519 verification — runs on
 ``verify_workers`` threads (hashlib, NumPy and ``cryptography`` release the
-GIL); the verdicts themselves are decided by :func:`~flower_chain.ledger.policy.judge_round`
+GIL), started as each reply arrives where the strategy sees arrivals
+(:meth:`Judge.prepare_soon`); the verdicts themselves are decided by :func:`~flower_chain.ledger.policy.judge_round`
 in arrival order, as the auditor re-derives them. Imports neither torch nor flwr.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from flower_chain.ledger.keys import _key_object, verify_signature
 from flower_chain.ledger.text import safe_text
 
 NamedArrays = Sequence[tuple[str, np.ndarray]]
+#: A reply's evidence and its signature check (statement, signature, valid), or None when it carries none.
+Prepared = tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]
 
 
 @dataclass
@@ -189,7 +192,7 @@ class Judge:
         payload = sum(int(np.prod(shape, dtype=np.float64)) * np.dtype(dt).itemsize for _, shape, dt in rules.template)
         return int(payload) + 4096 * (len(rules.template) + 1)
 
-    def _prepare(self, reply: Reply) -> tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]:
+    def _prepare(self, reply: Reply) -> Prepared:
         """A reply's evidence and its signature check (statement, signature, valid). Pure: runs on workers."""
         precheck = None
         if reply.error is not None:  # the parser made these texts safe already (escaping twice doubles them)
@@ -227,24 +230,55 @@ class Judge:
                 sig = (ev.statement, ev.signature, ok)
         return ev, sig
 
-    def _prepare_all(self, replies: Sequence[Reply]) -> list[tuple[policy.Evidence, tuple[bytes, bytes, bool] | None]]:
+    def _prepare_all(self, replies: Sequence[Reply]) -> list[Prepared]:
         return [self._prepare(r) for r in replies]
 
-    def judge_all(self, kind: str, server_round: int, replies: Sequence[Reply]) -> list[Judgement]:
-        """The judgement on every reply of a round, in the order given (= the order recorded)."""
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
+        return self._pool
+
+    def prepare_soon(self, parse_reply: Callable[[], Reply]) -> Future[tuple[Reply, Prepared]]:
+        """Parse a reply and prepare its evidence (digest, finite scan, signature check) on the worker threads.
+
+        For a reply that arrived before its round is judged: ``judge_all(..., prepared=...)`` takes the
+        result. The work is pure (it reads only the keys and digest version fixed when the judge was made).
+        """
+
+        def work() -> tuple[Reply, Prepared]:
+            reply = parse_reply()
+            return reply, self._prepare(reply)
+
+        return self._workers().submit(work)
+
+    def judge_all(
+        self,
+        kind: str,
+        server_round: int,
+        replies: Sequence[Reply],
+        prepared: Sequence[Prepared | None] | None = None,
+    ) -> list[Judgement]:
+        """The judgement on every reply of a round, in the order given (= the order recorded).
+
+        ``prepared``: for each reply, its evidence from :meth:`prepare_soon` when it was started as the reply
+        arrived, or ``None``; the others are prepared here.
+        """
         replies = list(replies)
         rules = self.rules(kind, server_round)
         if rules is None:
             raise ValueError(f"round {server_round} ({kind}) was never configured: call begin() first")
-        if self.verify_workers > 1 and len(replies) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.verify_workers, thread_name_prefix="flower-chain-verify")
+        done = list(prepared) if prepared is not None else [None] * len(replies)
+        if len(done) != len(replies):
+            raise ValueError(f"{len(done)} prepared evidences for {len(replies)} replies")
+        todo = [r for r, p in zip(replies, done) if p is None]
+        if self.verify_workers > 1 and len(todo) > 1:
             # a few chunks per worker: large replies spread evenly, small ones cost no per-task overhead
-            size = max(1, -(-len(replies) // (4 * self.verify_workers)))
-            chunks = [replies[i : i + size] for i in range(0, len(replies), size)]
-            prepared = [p for chunk in self._pool.map(self._prepare_all, chunks) for p in chunk]
+            size = max(1, -(-len(todo) // (4 * self.verify_workers)))
+            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+            fresh = iter([p for chunk in self._workers().map(self._prepare_all, chunks) for p in chunk])
         else:
-            prepared = self._prepare_all(replies)
+            fresh = iter(self._prepare_all(todo))
+        prepared = [p if p is not None else next(fresh) for p in done]
         checked = {(s, g): ok for _, sig in prepared if sig is not None for s, g, ok in [sig]}
 
         def check(raw: bytes, signature: bytes, statement: bytes) -> bool:

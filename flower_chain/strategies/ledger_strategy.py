@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from logging import INFO
 from typing import Any
 
@@ -19,6 +21,7 @@ from flower_chain.ledger.policy import OWN_METRICS, strategy_metrics
 from flower_chain.strategies import fast_fedavg
 from flower_chain.strategies import replies as parse
 from flower_chain.strategies._gcpause import cyclic_gc_paused
+from flower_chain.strategies.arrivals import ArrivalGrid
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.personal import PersonalCache
@@ -97,6 +100,10 @@ class LedgerStrategy(Strategy):
         self.strategy = strategy
         self._offset = 0  # rounds already on the ledger when this run started (resume)
         self._write_behind = False  # inside start(): train blocks are written while the loop goes on
+        # inside start(): the round whose replies are awaited (kind, round, parser bounds), and the work started on
+        # each reply as Flower pulled it (ArrivalGrid): id(message) -> (message, that round, future)
+        self._awaiting: tuple[str, int, int, str | None] | None = None
+        self._arrived: dict[int, tuple[Message, tuple[str, int, int, str | None], Future]] = {}
         self.core = LedgerCore(
             options=LedgerOptions.of(options, **settings),
             strategy_name=type(strategy).__name__,
@@ -192,7 +199,31 @@ class LedgerStrategy(Strategy):
         """Add the ledger context to the train config, delegate, then add each node's receipt."""
         server_round += self._offset
         config = self._with_context("train", server_round, arrays, config)
-        return self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
+        messages = self._personalize(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._await("train", server_round)
+        return messages
+
+    def _bounds(self, kind: str, server_round: int) -> tuple[str, int, int, str | None]:
+        """What a reply of the round is parsed with: (kind, round, most array bytes, the weight's metric name)."""
+        weight_key = getattr(self.strategy, "weighted_by_key", None)
+        weight_key = weight_key if isinstance(weight_key, str) else None
+        return kind, server_round, self.core.max_array_bytes(kind, server_round), weight_key
+
+    def _await(self, kind: str, server_round: int) -> None:
+        """The round whose replies the grid is about to pull: each one's work starts as it arrives."""
+        self._arrived.clear()
+        self._awaiting = self._bounds(kind, server_round) if self._write_behind else None
+
+    def _on_replies(self, msgs: list[Message]) -> None:
+        """:class:`~flower_chain.strategies.arrivals.ArrivalGrid`'s callback: parse, hash and verify each reply on
+        the judge's threads while the grid waits for the rest; :meth:`_judge` takes the results."""
+        bounds = self._awaiting
+        if bounds is None:
+            return
+        kind, _, limit, weight_key = bounds
+        for msg in msgs:
+            work = functools.partial(parse.from_message, msg, kind, max_array_bytes=limit, weight_key=weight_key)
+            self._arrived[id(msg)] = (msg, bounds, self.core.judge.prepare_soon(work))
 
     def _judge(
         self,
@@ -210,11 +241,20 @@ class LedgerStrategy(Strategy):
         """
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             msgs = list(replies)
-            limit = self.core.max_array_bytes(kind, server_round)
-            weight_key = getattr(self.strategy, "weighted_by_key", None)
-            weight_key = weight_key if isinstance(weight_key, str) else None
-            parsed = [parse.from_message(msg, kind, max_array_bytes=limit, weight_key=weight_key) for msg in msgs]
-            judgements = self.core.judge_all(kind, server_round, parsed)
+            bounds = self._bounds(kind, server_round)
+            _, _, limit, weight_key = bounds
+            parsed, prepared = [], []
+            for msg in msgs:  # a reply's work started on arrival counts only for this very message and round
+                early = self._arrived.pop(id(msg), None)
+                if early is not None and early[0] is msg and early[1] == bounds:
+                    reply, evidence = early[2].result()
+                else:
+                    reply, evidence = parse.from_message(msg, kind, max_array_bytes=limit, weight_key=weight_key), None
+                parsed.append(reply)
+                prepared.append(evidence)
+            self._arrived.clear()
+            self._awaiting = None
+            judgements = self.core.judge_all(kind, server_round, parsed, prepared)
             kept = []
             for msg, reply, j in zip(msgs, parsed, judgements):
                 if j.accepted:
@@ -269,7 +309,9 @@ class LedgerStrategy(Strategy):
         ):
             return []
         config = self._with_context("evaluate", server_round, None, config)
-        return self._personalize(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        messages = self._personalize(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._await("evaluate", server_round)
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate verified evaluate replies; record them and the aggregate in a block."""
@@ -354,7 +396,7 @@ class LedgerStrategy(Strategy):
         self._write_behind = True  # each train block is written while the loop goes on (LedgerCore.settle)
         try:
             return super().start(
-                grid,
+                ArrivalGrid(grid, self._on_replies),  # each reply's work starts as it is pulled
                 initial_arrays,
                 num_rounds - self._offset,
                 timeout,
@@ -364,6 +406,8 @@ class LedgerStrategy(Strategy):
             )
         finally:  # where the ledger is and how to check it, whether the run finished or failed
             self._write_behind = False
+            self._awaiting = None
+            self._arrived.clear()
             try:
                 self.core.settle()  # the last block is durable before start returns (or its error is raised)
             finally:

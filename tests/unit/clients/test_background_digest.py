@@ -1,6 +1,8 @@
-"""The signing mod hashes the global model it received while the ClientApp trains (issue 21 §2)."""
+"""The signing mod checks what it received (model digest, receipts) while the ClientApp trains (issue 21 §2)."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -42,27 +44,60 @@ def model(seed: int) -> ArrayRecord:
     )
 
 
-def test_the_received_model_is_hashed_before_training_ends_and_signed_in_the_ledger_version(monkeypatch):
+def test_the_received_model_is_hashed_and_checked_while_the_client_app_trains(tmp_path, monkeypatch):
     strategy, key, msg = _instruction()
-    started = []
-    real = signing.digest_in_background
+    hashed, checked = [], threading.Event()
+    real_digest, real_check = signing.array_digest, signing.ReceiptKeeper.check
 
-    def spy(named, *version):
-        started.append(version or (2,))
-        return real(named, *version)
+    def digest_spy(named, *version):
+        hashed.append((threading.current_thread().name, version))
+        return real_digest(named, *version)
 
-    monkeypatch.setattr(signing, "digest_in_background", spy)
+    def check_spy(self, *a, **kw):
+        result = real_check(self, *a, **kw)
+        checked.set()
+        return result
+
+    monkeypatch.setattr(signing, "array_digest", digest_spy)
+    monkeypatch.setattr(signing.ReceiptKeeper, "check", check_spy)
     out = model(7)
 
     def train(m, c):
-        assert started == [(2,)], "the received model's digest must start before training"
+        # the checks finish while this app is still training (it waits for them, which a serial mod would not allow)
+        assert checked.wait(60), "the receipt checks must run while the ClientApp trains"
         return train_reply(m, out, 10)
 
-    reply = signing.make_signing_mod(key)(msg, context(101), train)
+    reply = signing.make_signing_mod(key, receipts_dir=tmp_path)(msg, context(101), train)
+    assert [v for _, v in hashed] == [(2,)]  # the received model, in the server's ledger's digest version
+    assert hashed[0][0].startswith("flower-chain-instruction-check")
     st = UpdateStatement.from_bytes(reply.content[SIG_RECORD][STATEMENT])
     assert st.base_digest == record_digest(msg.content["arrays"]) and st.arrays_digest == record_digest(out)
     aggregated, _ = strategy.aggregate_train(1, [reply])  # accepted: the server hashes in the same version
     assert aggregated is not None
+
+
+def test_the_checks_see_the_instruction_as_sent_not_as_the_client_app_changed_it(tmp_path, monkeypatch):
+    _, key, msg = _instruction()
+    seen = []
+    real = signing.ReceiptKeeper.check
+    gate = threading.Event()
+
+    def spy(self, federation_id, config, **kw):
+        assert gate.wait(60)
+        seen.append(dict(config))
+        return real(self, federation_id, config, **kw)
+
+    monkeypatch.setattr(signing.ReceiptKeeper, "check", spy)
+    sent = dict(msg.content["config"])
+
+    def meddling(m, c):
+        for name in list(m.content["config"].keys()):
+            m.content["config"][name] = "changed by the app"
+        gate.set()  # only now may the background check read its config
+        return train_reply(m, model(3), 10)
+
+    signing.make_signing_mod(key, receipts_dir=tmp_path)(msg, context(101), meddling)
+    assert seen == [sent]
 
 
 def test_receipt_checks_are_recorded_even_when_the_client_app_raises(tmp_path, monkeypatch):
