@@ -22,10 +22,14 @@ it measures, after a warm-up of 3 batches:
   its critical path once the received model is digested during training (the update's digest);
 * the server's work for 10 replies: their array digests (v1 and v2 on 1 thread, v2 on all threads),
   and the judge's whole array work (digest + the finite-value scan it runs on every reply) with its
-  reply pool of min(8, CPUs) workers (v2 also hashes each reply's chunks on one thread per CPU).
+  reply pool of min(8, CPUs) workers (v2 also hashes each reply's chunks on one thread per CPU);
+* the server's critical path: the judge's array work on the last reply only (v2, all threads) — a
+  ``LedgerStrategy`` starts each reply's work as Flower pulls it (``ArrivalGrid``), so what the
+  round waits for after its last reply is that reply's work (with replies arriving together, as
+  in a simulation, the 10-reply column is the bound).
 
 Percentages are of ``epoch_s``. Targets (issue 21): client <= 1 % of the epoch for ResNet-50 and
-ViT-B/16; server <= 5 %.
+ViT-B/16; server <= 5 % (judged on both the 10-reply column and the critical path, reported apart).
 
 It needs only Python, numpy, torch and torchvision: ``flower_chain/ledger/arrays.py`` and
 ``errors.py`` are loaded by file path, so neither ``flower_chain.ledger.__init__`` (cryptography)
@@ -180,9 +184,11 @@ def bench_model(spec: dict, dev: torch.device, cpus: int) -> dict:
         f"judge_v1_{judge_workers}_reply_workers": server_work(update, 1, 1, judge_workers),
         f"judge_v2_all_threads_{judge_workers}_reply_workers": server_work(update, 2, cpus, judge_workers),
     }
+    last_reply = median_time(lambda: (arrays.array_digest(update, 2, threads=cpus), arrays.first_nonfinite(update)))
     pct = {f"client_2_digests_{k}": 100 * s / epoch_s for k, s in client.items()}
     pct["client_critical_path_v2_received_digested_during_training"] = 100 * update_v2 / epoch_s
     pct.update({f"server_10_replies_{k}": 100 * s / epoch_s for k, s in server.items()})
+    pct["server_critical_path_last_reply_v2_all_threads"] = 100 * last_reply / epoch_s
     del model, opt, x, y
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -202,6 +208,7 @@ def bench_model(spec: dict, dev: torch.device, cpus: int) -> dict:
         "client_2_digests_s": client,
         "client_update_digest_v2_s": update_v2,
         "server_10_replies_s": server,
+        "server_last_reply_s": last_reply,
         "percent_of_epoch": pct,
     }
 
@@ -210,12 +217,12 @@ def table(rows: list[dict]) -> str:
     head = (
         "| model | MB | epoch s | client 2 digests v1 | v2 | client critical path v2 (received digested "
         "during training) | server 10 digests v1, 1 thread | v2, 1 thread | v2, all threads | judge work "
-        "(digest + finite scan) v1, reply pool | v2, all threads |"
+        "(digest + finite scan) v1, reply pool | v2, all threads | server critical path (last reply, v2) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         p = r["percent_of_epoch"]
-        keys = [k for k in p if k.startswith("server_")]
+        keys = [k for k in p if k.startswith("server_10_replies_")] + ["server_critical_path_last_reply_v2_all_threads"]
         lines.append(
             f"| {r['model']} | {r['MB']:.1f} | {r['epoch_s']:.2f} | {p['client_2_digests_v1']:.1f} % | "
             f"{p['client_2_digests_v2']:.1f} % | "
@@ -275,6 +282,11 @@ def main() -> None:
                 for r in rows
                 for k, p in r["percent_of_epoch"].items()
                 if k.startswith("server_10_replies_judge_v2_all")
+            )
+            if not args.smoke
+            else None,
+            "server_critical_path_le_5pct": all(
+                r["percent_of_epoch"]["server_critical_path_last_reply_v2_all_threads"] <= 5.0 for r in rows
             )
             if not args.smoke
             else None,

@@ -81,7 +81,9 @@ class ProofTree:
                 self._chunks.clear()
             lo = c << self.levels
             hi = min(lo + (1 << self.levels), size)
-            entries = list(self.ledger.entries(lo, hi)) if lo < hi else []
+            # a chunk the log was still filling: only the entries appended since are read (entries never change)
+            known = chunk.entries if chunk is not None and chunk.hi <= hi else []
+            entries = known + list(self.ledger.entries(lo + len(known), hi)) if lo + len(known) < hi else list(known)
             if index >= lo + len(entries):
                 raise LedgerError(f"no entry {index} in {self.ledger.uri}")
             chunk = _Chunk(lo, entries, self.levels, lambda: self.node(self.levels, c))
