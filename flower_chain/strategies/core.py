@@ -113,6 +113,8 @@ class LedgerCore:
         self.receipts = ReceiptServer(self.ledger, raw_public(self.server_key))
         self._stats: dict[int, dict[str, Any]] = {}
         self._pending: Future | None = None  # a train block being written behind the caller (write-behind)
+        self._blobs_for: Sequence[Judgement] | None = None  # the judgements whose update blobs went ahead
+        self._blobs_seconds = 0.0  # how long writing them took
         self._commit_pool: ThreadPoolExecutor | None = None
         self._committing = threading.local()  # set on the thread that writes a deferred block
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
@@ -345,11 +347,39 @@ class LedgerCore:
         call that reads or writes the ledger waits for it (:meth:`settle`). ``aggregated``, ``state``
         and the judged arrays must not change until then (Flower's records are immutable bytes).
         """
+        stored, self._blobs_for = self._blobs_for is judgements, None  # their blobs went ahead (store_updates_behind)
         self.settle()
         if defer:
-            self._behind(self._commit_train, server_round, judgements, aggregated, seconds, state)
+            self._behind(self._commit_train, server_round, judgements, aggregated, seconds, state, stored)
         else:
-            self._commit_train(server_round, judgements, aggregated, seconds, state)
+            self._commit_train(server_round, judgements, aggregated, seconds, state, stored)
+
+    def store_updates_behind(self, judgements: Sequence[Judgement]) -> None:
+        """Start writing a judged train round's update blobs on the commit thread while the caller aggregates.
+
+        The round's :meth:`commit_train` with these same ``judgements`` then waits for them (it settles first,
+        raising what writing them raised) and writes only the model, the state and the block. The judged
+        arrays must not change until then (Flower's records are immutable bytes).
+        """
+        self.settle()
+        self._blobs_for = judgements
+        updates, evidence = self._blobs_of(judgements)
+
+        def store() -> None:
+            t0 = time.perf_counter()
+            self.recorder.store_updates(updates, evidence)
+            self._blobs_seconds = time.perf_counter() - t0  # counted in the round's ledger time
+
+        self._blobs_seconds = 0.0
+        self._behind(store)
+
+    @staticmethod
+    def _blobs_of(judgements: Sequence[Judgement]) -> tuple[list, list]:
+        """(digest, arrays) of the accepted updates, and of the signed replies kept as evidence (rejected)."""
+        return (
+            [(j.entry.arrays_digest, j.arrays) for j in judgements if j.accepted and j.arrays is not None],
+            [(j.entry.arrays_digest, j.arrays) for j in judgements if not j.accepted and j.arrays is not None],
+        )
 
     def _commit_train(
         self,
@@ -358,21 +388,24 @@ class LedgerCore:
         aggregated: NamedArrays | None,
         seconds: float,
         state: NamedArrays | None,
+        blobs_stored: bool = False,
     ) -> None:
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             rules = self.judge.rules("train", server_round)
             before = rules.base_digest if rules else self.model_digest
             t0 = time.perf_counter()
             entries = [j.entry for j in judgements] + self._cosignatures(server_round, judgements)
+            updates, evidence = self._blobs_of(judgements)
             block = self.recorder.commit_train(
                 server_round,
                 self._parents.get(("train", int(server_round))),
                 before,
                 entries,
-                [(j.entry.arrays_digest, j.arrays) for j in judgements if j.accepted and j.arrays is not None],
+                updates,
                 aggregated,
                 state,
-                [(j.entry.arrays_digest, j.arrays) for j in judgements if not j.accepted and j.arrays is not None],
+                evidence,
+                blobs_stored=blobs_stored,
             )
             self.receipts.committed(block.header.first_index, [(j.entry, j.current) for j in judgements])
             reasons = Counter(j.reason for j in judgements if not j.accepted)
@@ -380,7 +413,7 @@ class LedgerCore:
                 "accepted": sum(j.accepted for j in judgements),
                 "rejected": sum(not j.accepted for j in judgements),
                 "reasons": dict(reasons),
-                "ledger_time_s": seconds + time.perf_counter() - t0,
+                "ledger_time_s": seconds + time.perf_counter() - t0 + (self._blobs_seconds if blobs_stored else 0.0),
                 "block_height": block.header.height,
                 "log_size": block.header.log_size,
             }

@@ -271,6 +271,8 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         t0 = time.perf_counter()
         accepted, judgements, parsed = self._judge("train", server_round, replies)
+        if self._write_behind:  # the update blobs go to the ledger while the wrapped strategy aggregates
+            self.core.store_updates_behind(judgements)
 
         def aggregate():
             got = fast_fedavg.aggregate(self.strategy, accepted, parsed) if fast_fedavg.applies(self.strategy) else None

@@ -171,6 +171,8 @@ class Recorder:
         aggregated: NamedArrays | None,
         state: NamedArrays | None,
         evidence: Sequence[tuple[bytes, NamedArrays]] = (),
+        *,
+        blobs_stored: bool = False,
     ) -> StoredBlock:
         """Append a train round's block: every reply judged, the model digests before and after.
 
@@ -178,7 +180,8 @@ class Recorder:
         is ``False`` (sealed when an ``audit_key`` is set). ``evidence``: the same for signed replies rejected as ``malformed`` (wrong shape, dtype, a
         non-finite value): always stored, whatever ``store_client_updates`` says — without them an auditor
         could not tell such a rejection from a valid update the server dropped. The digests were computed
-        when the replies were judged; a blob's address is its array digest.
+        when the replies were judged; a blob's address is its array digest. ``blobs_stored``: both were stored
+        already (:meth:`store_updates`, ahead of the block while the round aggregated).
         """
         if parent is not None:
             self.check_parent(parent)
@@ -188,14 +191,25 @@ class Recorder:
             state_after = self.digest(state) if state else b""
             if state and self.store_models and not self.ledger.has_blob(state_after):
                 self.ledger.put_blob(self.encode(state), state_after)
-        blobs = self._update_blobs(updates) + [(digest, self.encode(arrays)) for digest, arrays in evidence]
-        if blobs:
-            self.ledger.put_blobs(blobs)
+        if not blobs_stored:
+            self.store_updates(updates, evidence)
         block = self.writer.append(
             server_round, list(entries), model_before=before, model_after=after, state_after=state_after
         )
         self.model_digest, self.state_digest, self.last_round = after, state_after, int(server_round)
         return block
+
+    def store_updates(
+        self, updates: Sequence[tuple[bytes, NamedArrays]], evidence: Sequence[tuple[bytes, NamedArrays]] = ()
+    ) -> None:
+        """Store a train round's update blobs and its malformed replies' evidence (as :meth:`commit_train` does).
+
+        Blobs are content-addressed and written before the block that names them: a crash between the two
+        leaves blobs no block names, as a crash inside :meth:`commit_train` would.
+        """
+        blobs = self._update_blobs(updates) + [(digest, self.encode(arrays)) for digest, arrays in evidence]
+        if blobs:
+            self.ledger.put_blobs(blobs)
 
     def commit(self, server_round: int, entries: Sequence[Entry], parent: bytes | None = None) -> StoredBlock:
         """Append a block that leaves the model as it is (evaluation, revocation)."""

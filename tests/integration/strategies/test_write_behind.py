@@ -267,3 +267,49 @@ def test_a_resume_records_the_evaluation_a_crash_left_out(tmp_path):
             if isinstance(e, EvaluationEntry) and e.source == "centralized"
         ]
     assert evaluated == [0, 1, 2, 3]
+
+
+def test_update_blobs_are_written_while_the_wrapped_strategy_aggregates_and_only_once(tmp_path, monkeypatch):
+    """Issue 21 §2: inside start() a round's update blobs go to the ledger on the commit thread as soon as the
+    round is judged; the wrapped strategy's aggregation runs meanwhile; the block then writes no update twice."""
+    import threading
+
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    stored = threading.Event()
+    real_store = s.core.recorder.store_updates
+    puts: list[list[bytes]] = []
+    real_put = s.core.recorder.ledger.put_blobs
+
+    def store(updates, evidence=()):
+        real_store(updates, evidence)
+        stored.set()
+
+    def put_blobs(items):
+        items = list(items)
+        puts.append([digest for digest, _ in items])
+        return real_put(items)
+
+    s.core.recorder.store_updates = store
+    s.core.recorder.ledger.put_blobs = put_blobs
+    from flower_chain.strategies import fast_fedavg
+
+    real_aggregate = fast_fedavg.aggregate  # FedAvg's aggregation (bit for bit, without a second parse)
+    waited = []
+
+    def aggregate(*args, **kwargs):
+        waited.append(stored.wait(30))  # the blobs are written while this runs (a serial commit would wait 30 s)
+        stored.clear()
+        return real_aggregate(*args, **kwargs)
+
+    monkeypatch.setattr(fast_fedavg, "aggregate", aggregate)
+    s.start(LoopGrid(clients), arrays(1), num_rounds=2)
+    uri = s.ledger.uri
+    s.close()
+    assert waited == [True, True]
+    update_puts = [p for p in puts if len(p) == len(NODES)]
+    assert len(update_puts) == 2  # one write of the three updates per round, never again with the block
+    assert all(len(set(p)) == len(NODES) for p in update_puts)
+    with open_ledger(uri) as led:
+        verify(led, blobs=True)
+        assert all(r.status == OK for r in audit(led).rounds)
