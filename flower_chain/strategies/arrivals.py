@@ -105,5 +105,5 @@ class ArrivalGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         loop = type(self._grid).send_and_receive
         if loop in _flower_loops():  # Flower's own loop, pulling through this grid
-            return loop(self, messages, timeout=timeout)  # type: ignore[arg-type]
+            return loop(self, messages, timeout=timeout)
         return self._grid.send_and_receive(messages, timeout=timeout)

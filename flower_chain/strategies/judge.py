@@ -267,7 +267,7 @@ class Judge:
         rules = self.rules(kind, server_round)
         if rules is None:
             raise ValueError(f"round {server_round} ({kind}) was never configured: call begin() first")
-        done = list(prepared) if prepared is not None else [None] * len(replies)
+        done: list[Prepared | None] = list(prepared) if prepared is not None else [None] * len(replies)
         if len(done) != len(replies):
             raise ValueError(f"{len(done)} prepared evidences for {len(replies)} replies")
         todo = [r for r, p in zip(replies, done) if p is None]
@@ -278,14 +278,14 @@ class Judge:
             fresh = iter([p for chunk in self._workers().map(self._prepare_all, chunks) for p in chunk])
         else:
             fresh = iter(self._prepare_all(todo))
-        prepared = [p if p is not None else next(fresh) for p in done]
-        checked = {(s, g): ok for _, sig in prepared if sig is not None for s, g, ok in [sig]}
+        ready: list[Prepared] = [p if p is not None else next(fresh) for p in done]
+        checked = {(s, g): ok for _, sig in ready if sig is not None for s, g, ok in [sig]}
 
         def check(raw: bytes, signature: bytes, statement: bytes) -> bool:
             got = checked.get((statement, signature))
             return got if got is not None else verify_signature(raw, signature, statement)
 
-        evidence = [ev for ev, _ in prepared]
+        evidence = [ev for ev, _ in ready]
         verdicts = policy.judge_round(rules, evidence, check)
         out = []
         for reply, ev, vd in zip(replies, evidence, verdicts):
