@@ -30,8 +30,9 @@ instruction is refused with an error reply, untrained and unsigned
 (:mod:`flower_chain.clients.refusals`). It needs neither torch nor a
 particular ML framework. What the server sent is checked on a background
 thread while the ClientApp trains — the digest of the global model received,
-then the receipt checks — and joined before the reply is signed, so only the
-update's digest is left after training.
+then the receipt checks — and joined before the reply is signed (the anchor,
+if any, is compared after training), so only the update's digest is left
+after training.
 
 Clients as witnesses: when every receipt check of an instruction passed (the
 checkpoint verified and extends the last one this client saw), the reply also
@@ -259,7 +260,6 @@ def _node_state(keeper: ReceiptKeeper | None, ctx: LedgerContext) -> tuple[int, 
 
 def _check_instruction(
     keeper: ReceiptKeeper | None,
-    anchors,
     ctx: LedgerContext,
     config: dict,
     kind: str,
@@ -268,7 +268,8 @@ def _check_instruction(
     """(digest of the global arrays received or ``b""``, the receipt checks' result or ``None`` without a keeper).
 
     Everything that needs only the instruction: run by :func:`make_signing_mod` on a background thread while
-    the ClientApp trains. The checks' findings are logged and counted by the keeper, as before signing.
+    the ClientApp trains. The checks' findings are logged and counted by the keeper, as before signing. (The
+    anchor comparison is not among them: it runs after training, when the head is more likely anchored.)
     """
     base_digest = array_digest(named, ctx.digest_version) if named is not None else b""
     if keeper is None:
@@ -276,8 +277,6 @@ def _check_instruction(
     result = keeper.check(
         ctx.federation_id, config, kind=kind, received_digest=base_digest if named is not None else None
     )
-    if anchors is not None:
-        keeper.check_anchor(ctx.federation_id, result, anchors)
     return base_digest, result
 
 
@@ -300,10 +299,12 @@ def _checks() -> ThreadPoolExecutor:
 
 
 def _forget_checks() -> None:
-    """In a forked child the parent's threads do not exist: start new ones on first use."""
+    """In a forked child the parent's threads do not exist: start new ones on first use, and open the keys and
+    receipt stores again (the fork may have come while a check thread held a store's lock or transaction)."""
     global _checks_pool, _checks_lock
     _checks_pool = None
     _checks_lock = threading.Lock()
+    _PROCESS_STATE.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -426,17 +427,21 @@ def make_signing_mod(
         if unconsented is not None:
             return refuse(msg, ctx.federation_id, unconsented, keeper, reported)
         # What the server sent is checked on a background thread while the ClientApp trains (issue 21): the
-        # global model's digest, then the receipt checks (checkpoint, proofs, witnesses, anchor), all done before
+        # global model's digest, then the receipt checks (checkpoint, proofs, witnesses), all done before
         # anything is signed; only the update's digest is left after training. The arrays are views of the
         # message's immutable bytes and the config a copy, both taken here before training (a ClientApp that
         # changes its message changes nothing checked). Under the digest version of the server's ledger.
         named = list(arrays_of(received)) if received is not None else None
         kind = msg.metadata.message_type.split(".")[0]
-        checks = _checks().submit(_check_instruction, keeper, anchors, ctx, _config_copy(config), kind, named)
+        checks = _checks().submit(_check_instruction, keeper, ctx, _config_copy(config), kind, named)
         try:
             reply = call_next(msg, context)
         finally:  # joined before signing; the receipt checks are recorded even when the ClientApp raises
             base_digest, result = checks.result()
+            if keeper is not None and result is not None and anchors is not None:
+                # after training, not during it: the server anchors each block off its critical path, so the
+                # head named by a fresh instruction is more likely anchored (and a conflicting anchor seen) now
+                keeper.check_anchor(ctx.federation_id, result, anchors)
         if result is not None and not result.witnessed:
             log.error(
                 "flower-chain: the checkpoint of round %d lacks the witness quorum: this update is not signed",

@@ -11,20 +11,30 @@ and returns it unchanged. What the round records and aggregates does not change:
 judged, in the order Flower returns them, when the round's replies are complete, as before.
 
 Only Flower's own grids (:class:`~flwr.superlink.grid.inmemory_grid.InMemoryGrid`, the simulation's,
-and ``HttpGrid``, a deployment's) are known to pull through ``self.pull_messages`` and read nothing
-but attributes of their own; any other grid's ``send_and_receive`` is called as it is (no early
-start: its replies are worked on when the round is judged).
+and ``HttpGrid``, a deployment's) are run so, and only when their loop, read from its source, pulls
+through ``self.pull_messages`` and assigns nothing on ``self`` (a Flower release that changes that is
+not run with the wrapper as ``self``); any other grid's ``send_and_receive`` is called as it is (no
+early start: its replies are worked on when the round is judged). A callback that raises is logged
+and the replies go on as pulled: the early work is an optimization, never a condition. The wrapped
+strategy's ``configure_*`` receive this wrapper as their ``grid`` (an ``isinstance`` check against
+Flower's grid classes sees an ``ArrivalGrid``; :attr:`ArrivalGrid.wrapped` is the original).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
+import logging
+import textwrap
 from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+log = logging.getLogger(__name__)
 
 #: Flower's grids whose ``send_and_receive`` pulls through ``self.pull_messages`` (module, class).
 FLOWER_GRIDS = (
@@ -33,14 +43,45 @@ FLOWER_GRIDS = (
 )
 
 
+def _is_self(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def pulls_through_self(loop: Callable[..., Any]) -> bool:
+    """Whether ``loop`` (a grid's ``send_and_receive``) calls ``self.pull_messages`` and assigns, deletes or
+    ``setattr``s nothing on ``self``: only such a loop may run with the wrapper as ``self``. ``False`` when its
+    source cannot be read."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(loop)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    pulls = False
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            if any(isinstance(sub, ast.Attribute) and _is_self(sub.value) for sub in ast.walk(target)):
+                return False
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+            return False
+        if isinstance(node, ast.Attribute) and _is_self(node.value) and node.attr == "pull_messages":
+            pulls = True
+    return pulls
+
+
 @cache
 def _flower_loops() -> tuple[Callable[..., Any], ...]:
     loops = []
     for module, name in FLOWER_GRIDS:
         try:
-            loops.append(getattr(importlib.import_module(module), name).send_and_receive)
+            loop = getattr(importlib.import_module(module), name).send_and_receive
         except (ImportError, AttributeError):  # another Flower version: that grid is not known here
             continue
+        if pulls_through_self(loop):
+            loops.append(loop)
     return tuple(loops)
 
 
@@ -99,7 +140,10 @@ class ArrivalGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         got = list(self._grid.pull_messages(message_ids))
         if got:
-            self._on_replies(got)
+            try:
+                self._on_replies(got)
+            except Exception:  # noqa: BLE001 - pulled (and confirmed) replies are never lost to the early work
+                log.warning("flower-chain: work on %d pulled replies could not start early", len(got), exc_info=True)
         return got
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

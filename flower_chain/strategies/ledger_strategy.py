@@ -210,9 +210,18 @@ class LedgerStrategy(Strategy):
         return kind, server_round, self.core.max_array_bytes(kind, server_round), weight_key
 
     def _await(self, kind: str, server_round: int) -> None:
-        """The round whose replies the grid is about to pull: each one's work starts as it arrives."""
+        """The round whose replies the grid is about to pull: each one's work starts as it arrives (inside
+        ``start``, with more than one verify worker: ``verify_workers=1`` keeps every check on this thread)."""
+        self._forget_arrivals()
+        if self._write_behind and self.core.judge.verify_workers > 1:
+            self._awaiting = self._bounds(kind, server_round)
+
+    def _forget_arrivals(self) -> None:
+        """No round awaited; work started on replies and not taken by :meth:`_judge` is cancelled if not begun."""
+        self._awaiting = None
+        for _, _, future in self._arrived.values():
+            future.cancel()
         self._arrived.clear()
-        self._awaiting = self._bounds(kind, server_round) if self._write_behind else None
 
     def _on_replies(self, msgs: list[Message]) -> None:
         """:class:`~flower_chain.strategies.arrivals.ArrivalGrid`'s callback: parse, hash and verify each reply on
@@ -252,8 +261,7 @@ class LedgerStrategy(Strategy):
                     reply, evidence = parse.from_message(msg, kind, max_array_bytes=limit, weight_key=weight_key), None
                 parsed.append(reply)
                 prepared.append(evidence)
-            self._arrived.clear()
-            self._awaiting = None
+            self._forget_arrivals()
             judgements = self.core.judge_all(kind, server_round, parsed, prepared)
             kept = []
             for msg, reply, j in zip(msgs, parsed, judgements):
@@ -320,6 +328,7 @@ class LedgerStrategy(Strategy):
         server_round += self._offset
         replies = list(replies)
         if not replies:  # nothing to judge or record (no block): the wrapped strategy sees none either
+            self._forget_arrivals()
             return evaluate_round(
                 self.core,
                 server_round,
@@ -408,8 +417,7 @@ class LedgerStrategy(Strategy):
             )
         finally:  # where the ledger is and how to check it, whether the run finished or failed
             self._write_behind = False
-            self._awaiting = None
-            self._arrived.clear()
+            self._forget_arrivals()
             try:
                 self.core.settle()  # the last block is durable before start returns (or its error is raised)
             finally:

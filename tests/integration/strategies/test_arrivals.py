@@ -220,3 +220,101 @@ def test_flower_loop_settings_are_the_wrapped_grids(tmp_path):
     grid = ArrivalGrid(inner, seen.append)
     assert grid.pull_interval == 0.25  # Flower's loop sleeps what the wrapped grid says
     assert list(grid.get_node_ids()) == NODES
+
+
+def test_verify_workers_1_keeps_every_check_on_the_calling_thread(tmp_path, monkeypatch):
+    """Review 5 D2: ``verify_workers=1`` means no worker thread, early work included."""
+    import threading
+
+    from flower_chain.strategies import ledger_strategy
+
+    clients = Clients(len(NODES))
+    threads = set()
+    real = ledger_strategy.parse.from_message
+
+    def spy(msg, kind, **kw):
+        threads.add(threading.current_thread().name)
+        return real(msg, kind, **kw)
+
+    monkeypatch.setattr(ledger_strategy.parse, "from_message", spy)
+    inner = FedAvg(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0)
+    s = LedgerStrategy(
+        inner,
+        ledger=f"sqlite:///{tmp_path / 'one.db'}",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+        verify_workers=1,
+    )
+    s.start(PulledGrid(clients, []), arrays(1), num_rounds=1)
+    s.close()
+    assert threads == {threading.current_thread().name}, threads
+
+
+def test_an_evaluate_phase_without_replies_awaits_nothing_and_unused_work_is_cancelled(tmp_path):
+    """Review 5 D3/D4: no round stays awaited after a phase without replies; work not taken is cancelled."""
+    from concurrent.futures import Future
+
+    clients = Clients(len(NODES))
+    s = _strategy(tmp_path, clients, "empty.db")
+    grid = OpaqueGrid(clients)
+    list(s.configure_train(1, arrays(1), ConfigRecord({}), grid))
+    s._write_behind = True  # as inside start()
+    s._await("evaluate", 1)
+    assert s._awaiting is not None
+    pending = Future()
+    s._arrived[1] = (None, s._awaiting, pending)
+    s.aggregate_evaluate(1, [])
+    assert s._awaiting is None and s._arrived == {} and pending.cancelled()
+    s._write_behind = False
+    s.close()
+
+
+def test_a_failing_callback_never_loses_pulled_replies(caplog):
+    """Review 5 D5: the replies go on as pulled, the failure is logged."""
+
+    class Inner(PulledGrid):
+        def __init__(self):
+            self.pull_interval = 0.0
+
+        def pull_messages(self, message_ids):
+            return ["r1", "r2"]
+
+    def broken(_msgs):
+        raise RuntimeError("pool shut down")
+
+    with caplog.at_level("WARNING"):
+        assert ArrivalGrid(Inner(), broken).pull_messages(["a"]) == ["r1", "r2"]
+    assert any("could not start early" in r.getMessage() for r in caplog.records)
+
+
+def test_only_a_loop_that_pulls_through_self_and_assigns_nothing_on_it_is_run_with_the_wrapper():
+    """Review 5: a Flower release whose loop keeps state on ``self`` is delegated to, not run on the wrapper."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from flower_chain.strategies.arrivals import pulls_through_self
+
+    assert pulls_through_self(InMemoryGrid.send_and_receive) and pulls_through_self(HttpGrid.send_and_receive)
+
+    def keeps_state(self, messages, *, timeout=None):
+        self.last = list(self.pull_messages([]))
+        return self.last
+
+    def sets_attr(self, messages, *, timeout=None):
+        setattr(self, "n", 1)  # noqa: B010
+        return self.pull_messages([])
+
+    def no_pull(self, messages, *, timeout=None):
+        return self.receive(messages)
+
+    assert not pulls_through_self(keeps_state)
+    assert not pulls_through_self(sets_attr)
+    assert not pulls_through_self(no_pull)
+    assert not pulls_through_self(len)  # no source to read
+
+    class Changed(PulledGrid):
+        send_and_receive = keeps_state
+
+    seen = []
+    grid = ArrivalGrid(Changed(Clients(1), []), seen.append)
+    grid.send_and_receive([], timeout=1.0)  # delegated: the wrapped grid's own loop, on itself
+    assert seen == [] and grid.wrapped.last == []

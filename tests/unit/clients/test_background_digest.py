@@ -117,3 +117,38 @@ def test_receipt_checks_are_recorded_even_when_the_client_app_raises(tmp_path, m
     with pytest.raises(RuntimeError, match="training failed"):
         signing.make_signing_mod(key, receipts_dir=tmp_path)(msg, context(101), broken)
     assert checked == [record_digest(msg.content["arrays"])]
+
+
+def test_the_anchor_is_compared_after_training(tmp_path, monkeypatch):
+    """Review 5 D1: the server anchors each block off its critical path; an anchor mined while the client trained
+    is still compared (it is read after training, as before the checks moved beside training)."""
+    from types import SimpleNamespace
+
+    _, key, msg = _instruction()
+    published, read, reads = threading.Event(), threading.Event(), []
+
+    class LateAnchor:
+        def get(self, fid, height):
+            reads.append(published.is_set())
+            read.set()
+            if not published.is_set():
+                return None
+            return SimpleNamespace(log_size=999, log_root=b"\x01" * 32, block_hash=b"\x02" * 32)
+
+    monkeypatch.setattr(signing, "anchor_settings", lambda *a, **kw: LateAnchor())
+
+    def train(m, c):
+        read.wait(1)  # a read during training would come now (none should)
+        published.set()  # the server's anchor transaction is mined while this client trains
+        return train_reply(m, model(3), 10)
+
+    signing.make_signing_mod(key, receipts_dir=tmp_path)(msg, context(101), train)
+    assert reads == [True]
+
+
+def test_a_forked_child_opens_its_keys_and_receipt_stores_again():
+    """Review 5 D6: a fork during a check may copy a held store lock: the child starts from fresh state."""
+    signing._PROCESS_STATE["token"] = ({"k": object()}, {})
+    signing._checks()
+    signing._forget_checks()
+    assert signing._PROCESS_STATE == {} and signing._checks_pool is None
