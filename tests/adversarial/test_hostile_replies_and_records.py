@@ -157,8 +157,8 @@ def test_a_server_that_calls_a_valid_signed_update_malformed_fails_verify(tmp_pa
     s = S(uri=f"sqlite:///{tmp_path / 'c.db'}")
     judge = s.strategy.core.judge.judge_all
 
-    def censor(kind, rnd, replies):
-        out = judge(kind, rnd, replies)
+    def censor(kind, rnd, replies, *prepared):
+        out = judge(kind, rnd, replies, *prepared)
         j = out[0]
         e = dataclasses.replace(j.entry, verdict=REJECTED, reason="malformed", detail="array 'w' has non-finite values")
         out[0] = Judgement(False, "malformed", e.detail, e, j.verified)
@@ -197,8 +197,8 @@ def test_an_accepted_nan_update_fails_verify_with_blobs(tmp_path):
     s = S(uri=f"sqlite:///{tmp_path / 'n.db'}", store_client_updates=True)
     judge = s.strategy.core.judge.judge_all
 
-    def accept_all(kind, rnd, replies):
-        out = judge(kind, rnd, replies)
+    def accept_all(kind, rnd, replies, *prepared):
+        out = judge(kind, rnd, replies, *prepared)
         j = out[0]
         e = dataclasses.replace(j.entry, verdict="accepted", reason="ok", detail="")
         out[0] = Judgement(True, "ok", "", e, True, arrays=j.arrays)  # stored like any accepted update
