@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from logging import INFO
@@ -91,6 +90,7 @@ from flower_chain.ledger.cosignature import client_cosigner_name, note_body, sig
 from flower_chain.ledger.entries import UpdateStatement, metrics_digest
 from flower_chain.ledger.errors import KeyFileError
 from flower_chain.ledger.keys import key_id, load_private, raw_public
+from flower_chain.ledger.threads import LazyPool
 from flower_chain.wire import (
     COSIGNATURE,
     LEGACY_FIELDS,
@@ -285,25 +285,17 @@ def _config_copy(config) -> dict:
     return {k: list(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
-_checks_pool: ThreadPoolExecutor | None = None
-_checks_lock = threading.Lock()
+#: The threads that check instructions while ClientApps train (kept between messages, per process).
+_CHECKS = LazyPool(2, "flower-chain-instruction-check")
 
 
 def _checks() -> ThreadPoolExecutor:
-    """The threads that check instructions while ClientApps train (kept between messages, per process)."""
-    global _checks_pool
-    with _checks_lock:
-        if _checks_pool is None:
-            _checks_pool = ThreadPoolExecutor(2, thread_name_prefix="flower-chain-instruction-check")
-        return _checks_pool
+    return _CHECKS.get()
 
 
 def _forget_checks() -> None:
-    """In a forked child the parent's threads do not exist: start new ones on first use, and open the keys and
-    receipt stores again (the fork may have come while a check thread held a store's lock or transaction)."""
-    global _checks_pool, _checks_lock
-    _checks_pool = None
-    _checks_lock = threading.Lock()
+    """In a forked child: open the keys and receipt stores again (the fork may have come while a check thread held
+    a store's lock or transaction; the threads themselves are restarted by :class:`LazyPool`)."""
     _PROCESS_STATE.clear()
 
 

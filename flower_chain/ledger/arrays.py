@@ -46,6 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from flower_chain.ledger.errors import EncodingError
+from flower_chain.ledger.threads import LazyPool
 
 ARRAYS_DOMAIN = b"flower-chain:arrays:v1\x00"
 #: Array digest version new ledgers use; ledgers with v1 digests still verify.
@@ -151,16 +152,12 @@ def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int =
     return _background().submit(array_digest, named, version)
 
 
-_background_pool: ThreadPoolExecutor | None = None
+#: The background digests' own threads (never the tree digest's pool, which they submit to).
+_BACKGROUND = LazyPool(2, "flower-chain-background-digest")
 
 
 def _background() -> ThreadPoolExecutor:
-    """The background digests' own threads (never the tree digest's pool, which they submit to)."""
-    global _background_pool
-    with _pools_lock:
-        if _background_pool is None:
-            _background_pool = ThreadPoolExecutor(2, thread_name_prefix="flower-chain-background-digest")
-        return _background_pool
+    return _BACKGROUND.get()
 
 
 def check_version(version: object) -> int:
@@ -208,9 +205,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def _forget_pools() -> None:
     """In a forked child the parent's pool threads do not exist: start new pools on first use."""
-    global _pools_lock, _background_pool
+    global _pools_lock
     _pools.clear()
-    _background_pool = None
     _pools_lock = threading.Lock()
 
 

@@ -148,7 +148,12 @@ def test_the_anchor_is_compared_after_training(tmp_path, monkeypatch):
 
 def test_a_forked_child_opens_its_keys_and_receipt_stores_again():
     """Review 5 D6: a fork during a check may copy a held store lock: the child starts from fresh state."""
+    from flower_chain.ledger import threads
+
     signing._PROCESS_STATE["token"] = ({"k": object()}, {})
     signing._checks()
+    assert signing._CHECKS.started
     signing._forget_checks()
-    assert signing._PROCESS_STATE == {} and signing._checks_pool is None
+    threads._forget_all()  # what the fork hooks run in the child
+    assert signing._PROCESS_STATE == {} and not signing._CHECKS.started
+    assert signing._checks() is not None and signing._CHECKS.started  # started again on first use
