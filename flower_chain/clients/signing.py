@@ -293,9 +293,15 @@ def _checks() -> ThreadPoolExecutor:
     return _CHECKS.get()
 
 
+#: In a forked child, the parent's keepers: kept referenced, never used nor closed (an SQLite connection must not
+#: be used or closed across a fork).
+_INHERITED: list[dict[str, tuple[dict, dict]]] = []
+
+
 def _forget_checks() -> None:
     """In a forked child: open the keys and receipt stores again (the fork may have come while a check thread held
     a store's lock or transaction; the threads themselves are restarted by :class:`LazyPool`)."""
+    _INHERITED.append(dict(_PROCESS_STATE))
     _PROCESS_STATE.clear()
 
 

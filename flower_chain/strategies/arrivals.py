@@ -11,9 +11,9 @@ and returns it unchanged. What the round records and aggregates does not change:
 judged, in the order Flower returns them, when the round's replies are complete, as before.
 
 Only Flower's own grids (:class:`~flwr.superlink.grid.inmemory_grid.InMemoryGrid`, the simulation's,
-and ``HttpGrid``, a deployment's) are run so, and only when their loop, read from its source, pulls
-through ``self.pull_messages`` and assigns nothing on ``self`` (a Flower release that changes that is
-not run with the wrapper as ``self``); any other grid's ``send_and_receive`` is called as it is (no
+and ``HttpGrid``, a deployment's) are run so, and only when their loop, read from its source, uses
+``self`` for nothing but ``push_messages``, ``pull_messages`` and ``pull_interval`` (a Flower release
+that changes that is not run with the wrapper as ``self``); any other grid's ``send_and_receive`` is called as it is (no
 early start: its replies are worked on when the round is judged). A callback that raises is logged
 and the replies go on as pulled: the early work is an optimization, never a condition. The wrapped
 strategy's ``configure_*`` receive this wrapper as their ``grid`` (an ``isinstance`` check against
@@ -43,32 +43,37 @@ FLOWER_GRIDS = (
 )
 
 
-def _is_self(node: ast.AST) -> bool:
-    return isinstance(node, ast.Name) and node.id == "self"
+#: What a loop run with the wrapper as ``self`` may read of it (each delegated or the wrapper's own).
+LOOP_READS = frozenset({"push_messages", "pull_messages", "pull_interval"})
 
 
 def pulls_through_self(loop: Callable[..., Any]) -> bool:
-    """Whether ``loop`` (a grid's ``send_and_receive``) calls ``self.pull_messages`` and assigns, deletes or
-    ``setattr``s nothing on ``self``: only such a loop may run with the wrapper as ``self``. ``False`` when its
-    source cannot be read."""
+    """Whether ``loop`` (a grid's ``send_and_receive``) may run with the wrapper as ``self``: it calls
+    ``self.pull_messages``, and ``self`` appears nowhere but in reads of :data:`LOOP_READS` (no assignment, no
+    ``setattr``, no ``vars(self)``, no other method), and it uses no ``super``. ``False`` when its source cannot
+    be read."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(loop)))
     except (OSError, TypeError, SyntaxError):
         return False
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     pulls = False
     for node in ast.walk(tree):
-        targets: list[ast.AST] = []
-        if isinstance(node, (ast.Assign, ast.Delete)):
-            targets = list(node.targets)
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        for target in targets:
-            if any(isinstance(sub, ast.Attribute) and _is_self(sub.value) for sub in ast.walk(target)):
-                return False
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+        if not isinstance(node, ast.Name):
+            continue
+        if node.id in ("super", "__class__"):
             return False
-        if isinstance(node, ast.Attribute) and _is_self(node.value) and node.attr == "pull_messages":
-            pulls = True
+        if node.id != "self":
+            continue
+        use = parents.get(node)
+        if not (
+            isinstance(use, ast.Attribute)
+            and use.value is node
+            and use.attr in LOOP_READS
+            and isinstance(use.ctx, ast.Load)
+        ):
+            return False
+        pulls = pulls or use.attr == "pull_messages"
     return pulls
 
 

@@ -115,6 +115,7 @@ class LedgerCore:
         self._pending: Future | None = None  # a train block being written behind the caller (write-behind)
         self._blobs_for: Sequence[Judgement] | None = None  # the judgements whose update blobs went ahead
         self._blobs_seconds = 0.0  # how long writing them took
+        self._blobs_done: Sequence[Judgement] | None = None  # set by the commit thread once they are written
         self._commit_pool: ThreadPoolExecutor | None = None
         self._committing = threading.local()  # set on the thread that writes a deferred block
         self.verdicts: Counter = Counter()  # (kind, reason) -> replies judged by this server process
@@ -347,8 +348,11 @@ class LedgerCore:
         call that reads or writes the ledger waits for it (:meth:`settle`). ``aggregated``, ``state``
         and the judged arrays must not change until then (Flower's records are immutable bytes).
         """
-        stored, self._blobs_for = self._blobs_for is judgements, None  # their blobs went ahead (store_updates_behind)
+        ahead, self._blobs_for = self._blobs_for is judgements, None
         self.settle()
+        # their blobs went ahead (store_updates_behind) and were written: an error someone else's settle() raised
+        # leaves them unwritten, and this block writes them itself
+        stored, self._blobs_done = ahead and self._blobs_done is judgements, None
         if defer:
             self._behind(self._commit_train, server_round, judgements, aggregated, seconds, state, stored)
         else:
@@ -369,8 +373,9 @@ class LedgerCore:
             t0 = time.perf_counter()
             self.recorder.store_updates(updates, evidence)
             self._blobs_seconds = time.perf_counter() - t0  # counted in the round's ledger time
+            self._blobs_done = judgements  # only once every blob is written
 
-        self._blobs_seconds = 0.0
+        self._blobs_seconds, self._blobs_done = 0.0, None
         self._behind(store)
 
     @staticmethod

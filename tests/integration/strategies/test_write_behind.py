@@ -313,3 +313,73 @@ def test_update_blobs_are_written_while_the_wrapped_strategy_aggregates_and_only
     with open_ledger(uri) as led:
         verify(led, blobs=True)
         assert all(r.status == OK for r in audit(led).rounds)
+
+
+class Peeking(FedAvg):
+    """A FedAvg whose aggregate_train reads the wrapper's stats first (it settles: a failed blob write surfaces)."""
+
+    holder: list = []
+
+    def aggregate_train(self, server_round, replies):
+        try:
+            self.holder[0].round_stats(server_round - 1)
+        except LedgerError:
+            pass  # a strategy that logs and carries on
+        return super().aggregate_train(server_round, replies)
+
+
+def _missing_update_blobs(uri: str) -> tuple[int, list]:
+    from flower_chain.ledger.entries import UpdateEntry
+    from flower_chain.ledger.inspect import entries_of
+
+    with open_ledger(uri) as led:
+        accepted = [
+            e
+            for b in led.blocks()
+            for e in entries_of(led, b.header)
+            if isinstance(e, UpdateEntry) and e.verdict == "accepted"
+        ]
+        return len(accepted), [e for e in accepted if not led.has_blob(e.arrays_digest)]
+
+
+def test_a_blob_write_error_another_step_raised_never_records_the_round_without_its_blobs(tmp_path):
+    """Review 6 D1: the early blob write failed and someone else's settle() took the error: the block writes the
+    blobs itself (it never takes 'went ahead' for 'written')."""
+    clients = Clients(len(NODES))
+    inner = Peeking(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    s = LedgerStrategy(
+        inner,
+        ledger=f"sqlite:///{tmp_path / 'peek.db'}",
+        keyring=clients.keyring,
+        server_key=Ed25519PrivateKey.generate(),
+    )
+    Peeking.holder = [s]
+    real = fail_put_blobs(s, 1)  # round 1's update blobs, written ahead
+    s.start(LoopGrid(clients), arrays(1), num_rounds=2)
+    s.core.recorder.ledger.put_blobs = real
+    uri = s.core.ledger.uri
+    s.close()
+    accepted, missing = _missing_update_blobs(uri)
+    assert accepted == 6 and missing == []
+    with open_ledger(uri) as led:
+        verify(led, blobs=True)  # (Peeking is not a strategy the replay knows: the audit says so, not 'missing')
+
+
+def test_core_a_settled_blob_error_makes_commit_train_write_the_blobs(tmp_path):
+    from flower_chain.strategies.ledger_strategy import LedgerStrategy as _LS  # noqa: F401 - the wrapper's judge
+
+    clients = Clients(len(NODES))
+    s = strategy(tmp_path, clients)
+    grid = LoopGrid(clients)
+    msgs = list(s.configure_train(1, arrays(1), ConfigRecord({}), grid))
+    _, judgements, _ = s._judge("train", 1, grid.send_and_receive(msgs))
+    real = fail_put_blobs(s, 1)
+    s.core.store_updates_behind(judgements)
+    with pytest.raises(LedgerError, match="disk full"):
+        s.core.model_digest  # noqa: B018 - any read settles: the blob error surfaces here
+    s.core.recorder.ledger.put_blobs = real
+    s.core.commit_train(1, judgements, None, 0.0, None)  # the caller goes on: the block carries its blobs
+    uri = s.core.ledger.uri
+    s.close()
+    accepted, missing = _missing_update_blobs(uri)
+    assert accepted == 3 and missing == []
