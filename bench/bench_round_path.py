@@ -240,13 +240,17 @@ def main() -> None:
         plain = [x for r in paired.get("plain", []) for x in r["round_s"][1:]]
         round_s = statistics.median(plain) if plain else None
     extra = results["ledger"]["critical_path_ms"] - results["plain"]["critical_path_ms"]
+
+    def here(text: str) -> str:  # paths inside the repository as the repository names them
+        return text.replace(f"{ROOT}{os.sep}", "")
+
     doc = {
-        "command": " ".join(sys.argv[1:]) or "(defaults)",
+        "command": here(" ".join(sys.argv[1:])) or "(defaults)",
         "commit": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": os.getloadavg()},
-        "settings": vars(args) | {"out": str(args.out)},
+        "settings": vars(args) | {"out": here(str(args.out))},
         "per_round_medians": results,
         "ledger_extra_critical_ms_per_round": extra,
         "plain_round_s_compared": round_s,
