@@ -366,8 +366,6 @@ def test_a_blob_write_error_another_step_raised_never_records_the_round_without_
 
 
 def test_core_a_settled_blob_error_makes_commit_train_write_the_blobs(tmp_path):
-    from flower_chain.strategies.ledger_strategy import LedgerStrategy as _LS  # noqa: F401 - the wrapper's judge
-
     clients = Clients(len(NODES))
     s = strategy(tmp_path, clients)
     grid = LoopGrid(clients)
