@@ -41,12 +41,11 @@ import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from flower_chain.ledger.errors import EncodingError
-from flower_chain.ledger.threads import LazyPool
 
 ARRAYS_DOMAIN = b"flower-chain:arrays:v1\x00"
 #: Array digest version new ledgers use; ledgers with v1 digests still verify.
@@ -137,27 +136,6 @@ def stream_digest(
     if check_version(version) == 1:
         return hashlib.sha256(view).digest()
     return _tree_digest([view], threads)
-
-
-def digest_in_background(named: Iterable[tuple[str, np.ndarray]], version: int = ARRAY_DIGEST_VERSION) -> Future[bytes]:
-    """Start :func:`array_digest` of ``named`` on a background thread; ``.result()`` joins it.
-
-    For work that overlaps the digest of arrays already received with something else (a client
-    training while the global model it received is hashed). The future re-raises the digest's
-    error. The arrays must not change until the result is taken: Flower's received arrays are
-    read-only views of immutable bytes; a caller holding writable arrays passes copies. The threads
-    are kept between calls (starting one per message cost as much as hashing a 1 MB model).
-    """
-    named, version = list(named), check_version(version)
-    return _background().submit(array_digest, named, version)
-
-
-#: The background digests' own threads (never the tree digest's pool, which they submit to).
-_BACKGROUND = LazyPool(2, "flower-chain-background-digest")
-
-
-def _background() -> ThreadPoolExecutor:
-    return _BACKGROUND.get()
 
 
 def check_version(version: object) -> int:

@@ -21,7 +21,6 @@ from flower_chain.ledger.arrays import (
     array_digest_v1,
     array_digest_v2,
     decode_arrays,
-    digest_in_background,
     encode_arrays,
     stream_digest,
 )
@@ -318,40 +317,6 @@ def test_any_arrays_hash_as_the_reference_says(specs, pad_mib):
         and array_digest_v1(named) == hashlib.sha256(ref_stream(named, 1)).digest()
     )
     assert [(n, a.shape) for n, a in decode_arrays(encode_arrays(named))] == [(n, a.shape) for n, a in named]
-
-
-def test_a_background_digest_equals_the_digest_and_hands_back_its_error():
-    named = [("x", pat(5 * MIB + 7)), ("s", np.array(3.5, np.float32))]
-    future = digest_in_background(named)
-    assert future.result(timeout=60) == array_digest(named) == ref_v2(ref_stream(named))
-    assert digest_in_background(named, 1).result(timeout=60) == array_digest_v1(named)
-    with pytest.raises(EncodingError, match="object arrays"):
-        digest_in_background([("o", np.array([object()], dtype=object))]).result(timeout=60)
-    with pytest.raises(EncodingError, match="unknown array digest version"):
-        digest_in_background(named, 7)  # refused at once, no thread started
-
-
-def test_a_background_digest_runs_while_the_caller_works(monkeypatch):
-    import threading
-
-    from flower_chain.ledger import arrays
-
-    release, seen = threading.Event(), []
-    real = arrays.array_digest
-
-    def held(named, version):  # the digest waits until the caller (still running) lets it finish
-        seen.append(threading.current_thread().name)
-        assert release.wait(30)
-        return real(named, version)
-
-    monkeypatch.setattr(arrays, "array_digest", held)
-    named = [("x", pat(2 * MIB))]
-    future = digest_in_background(named)
-    assert not future.done()  # the caller was not blocked: the digest is still waiting for it
-    release.set()
-    assert future.result(timeout=30) == ref_v2(ref_stream(named))
-    assert len(seen) == 1 and seen[0].startswith("flower-chain-background-digest")
-    assert threading.current_thread().name != seen[0]
 
 
 @pytest.mark.parametrize(
