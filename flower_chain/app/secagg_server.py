@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 
 from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
+from flower_chain.app.round_log import RoundLog
 from flower_chain.app.setup import SERVER_KEY, anchor_from_config, ledger_location
 from flower_chain.ledger.secagg_masks import neighbour_graph
 from flower_chain.strategies import LedgerSecAggPlusWorkflow, LegacyLedgerStrategy
@@ -87,7 +88,6 @@ def build_legacy_strategy(
 
 def run_secagg_federation(grid: Grid, context: Context, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Train ``num-server-rounds`` SecAgg+ rounds; write ``metrics.json`` and ``model.npz`` to ``out-dir``."""
-    from flower_chain.app.server_app import RoundLog  # noqa: PLC0415 - server_app imports this module lazily
 
     if cfg.get("no-ledger"):
         raise ValueError("secure-aggregation runs with the ledger: no-ledger is not supported")

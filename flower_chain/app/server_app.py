@@ -9,9 +9,8 @@ with ``no-ledger`` it runs as plain Flower for comparison. With
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrim
 from flower_chain.app import data as data_mod
 from flower_chain.app import model as model_mod
 from flower_chain.app.config import resolve
+from flower_chain.app.round_log import RoundLog
 
 STRATEGIES = ("fedavg", "fedtrimmedavg", "fedmedian", "multikrum", "fedavgm", "fedadam")
 
@@ -88,53 +88,6 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
         f = max(1, int(cfg.get("attackers", 0)) or min_nodes // 4)
         return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(1, min_nodes - f), **common)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-
-
-class RoundLog:
-    """Per-round metrics: kept, printed as one line per round, written to ``metrics.json``."""
-
-    def __init__(self, out_dir: Path, cfg: Mapping[str, Any], extra: Callable[[int], dict] | None = None) -> None:
-        self.out_dir = out_dir
-        self.cfg = dict(cfg)
-        self.extra = extra
-        self.rounds: list[dict[str, Any]] = []
-        self.t0 = self.t_last = time.time()
-
-    def record(self, server_round: int, loss: float, acc: float) -> None:
-        now = time.time()
-        row = {
-            "round": server_round,
-            "accuracy": acc,
-            "loss": loss,
-            "round_time_s": now - self.t_last,
-            "elapsed_s": now - self.t0,
-        }
-        if self.extra is not None and server_round > 0:
-            row.update(self.extra(server_round))
-        self.t_last = now
-        self.rounds.append(row)
-        total = int(self.cfg["num-server-rounds"])
-        counts = ""
-        if "accepted" in row:
-            counts = f"  accepted {row['accepted']:>3}  rejected {row['rejected']:>3}"
-        log(
-            INFO,
-            "[flower-chain] round %d/%d  accuracy %.4f  loss %.4f  time %.1fs%s",
-            server_round,
-            total,
-            acc,
-            loss,
-            row["round_time_s"],
-            counts,
-        )
-        self.save()
-
-    def save(self, **final: Any) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        doc = {"config": {k: v for k, v in self.cfg.items()}, "rounds": self.rounds, **final}
-        tmp = self.out_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, default=str))
-        tmp.replace(self.out_dir / "metrics.json")
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

@@ -54,7 +54,6 @@ from typing import Any
 from flower_chain.audit.inputs import Inputs, read_config
 from flower_chain.audit.legacy import LegacyReplay
 from flower_chain.audit.rounds import MISMATCH, NOT_REDERIVABLE, OK, replay_evaluation, replay_train
-from flower_chain.ledger import secagg as _secagg  # noqa: F401 - registers the "secagg" entry kind
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import ACCEPTED, EvaluationEntry, UpdateEntry, decode_entry

@@ -4,7 +4,6 @@ This package imports neither torch nor flwr, so an auditor can verify a
 ledger with only ``cryptography`` and ``numpy`` installed.
 """
 
-from flower_chain.ledger import secagg as _secagg  # noqa: F401, E402  (registers the "secagg" entry kind)
 from flower_chain.ledger.backends import Ledger, open_ledger
 from flower_chain.ledger.block import BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeAlias, TypeVar, cast
 
 from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION, check_version
 from flower_chain.ledger.encoding import decode_with_domain, encode, encode_with_domain
 from flower_chain.ledger.errors import EncodingError
-
-if TYPE_CHECKING:
-    from flower_chain.ledger.secagg import SecAggEntry
 
 ENTRY_DOMAIN = b"flower-chain:entry:v1\x00"
 STATEMENT_DOMAIN = b"flower-chain:update:v1\x00"
@@ -218,13 +215,34 @@ class KeysEntry(_Entry):
     client_keys: dict[str, bytes]  # key id -> raw 32-byte Ed25519 public key, as the genesis' own
 
 
-#: Every registered entry type (:class:`~flower_chain.ledger.secagg.SecAggEntry` registers itself on import).
-if TYPE_CHECKING:
-    Entry: TypeAlias = (
-        GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | KeysEntry | SecAggEntry
-    )
-else:  # secagg imports this module: its class is not importable here at run time
-    Entry = GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | KeysEntry
+@_register
+@dataclass(frozen=True)
+class SecAggEntry(_Entry):
+    """One record of a SecAgg+ round.
+
+    Server records (``header``, ``commit``, ``result``) keep their content in ``data`` and leave the node fields
+    empty; node records (a stage in :data:`~flower_chain.ledger.secagg.CLIENT_STAGES`) keep the node's signed
+    :class:`~flower_chain.ledger.secagg.StageStatement` in ``statement``/``signature`` and the server's verdict.
+    The rest of the SecAgg+ transcript's format lives in :mod:`flower_chain.ledger.secagg`.
+    """
+
+    TYPE: ClassVar[str] = "secagg"
+    round: int
+    stage: str
+    node_id: str
+    key_id: str
+    verdict: str
+    reason: str
+    detail: str
+    statement: bytes
+    signature: bytes
+    data: dict[str, Any]
+
+
+#: Every entry type.
+Entry: TypeAlias = (
+    GenesisEntry | UpdateEntry | EvaluationEntry | RevocationEntry | CosignatureEntry | KeysEntry | SecAggEntry
+)
 
 
 def decode_entry(data: bytes) -> Entry:

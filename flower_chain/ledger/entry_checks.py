@@ -11,8 +11,6 @@ checkpoint of the block before.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from flower_chain.ledger import policy
 from flower_chain.ledger.block import BlockHeader, StoredBlock
 from flower_chain.ledger.entries import (
@@ -25,16 +23,15 @@ from flower_chain.ledger.entries import (
     GenesisEntry,
     KeysEntry,
     RevocationEntry,
+    SecAggEntry,
     UpdateEntry,
     decode_entry,
 )
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.genesis import GenesisError, join_genesis
 from flower_chain.ledger.keys import key_id
-from flower_chain.ledger.secagg import SecAggEntry
-
-if TYPE_CHECKING:
-    from flower_chain.ledger.verify import VerifyReport, Walk
+from flower_chain.ledger.verify_report import VerifyReport
+from flower_chain.ledger.walk import Walk
 
 
 def check_entries(

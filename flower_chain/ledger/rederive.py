@@ -25,11 +25,10 @@ from flower_chain.ledger.block import BlockHeader
 from flower_chain.ledger.entries import ACCEPTED, REJECTED, GenesisEntry, UpdateEntry
 from flower_chain.ledger.errors import LedgerError, VerificationError
 from flower_chain.ledger.keys import verify_signature
+from flower_chain.ledger.verify_report import VerifyReport
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from flower_chain.ledger.verify import VerifyReport
 
 
 def stored_arrays(ledger: Ledger, digest: bytes) -> list[tuple[str, np.ndarray]] | None:

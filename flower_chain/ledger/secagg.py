@@ -15,9 +15,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from flower_chain.ledger import entries as _entries
 from flower_chain.ledger.arrays import ARRAY_DIGEST_VERSION
 from flower_chain.ledger.encoding import decode_with_domain, encode_with_domain
+from flower_chain.ledger.entries import SecAggEntry as SecAggEntry  # the entry type lives with the others; re-exported
 from flower_chain.ledger.errors import EncodingError
 from flower_chain.ledger.secagg_masks import GENERATORS
 from flower_chain.ledger.text import is_decimal
@@ -45,29 +45,6 @@ REASONS = (
     "mismatch",
     "refused",
 )
-
-
-@_entries._register
-@dataclass(frozen=True)
-class SecAggEntry(_entries._Entry):
-    """One record of a SecAgg+ round.
-
-    Server records (``header``, ``commit``, ``result``) keep their content in ``data`` and leave the
-    node fields empty; node records (a stage in :data:`CLIENT_STAGES`) keep the node's signed
-    :class:`StageStatement` in ``statement``/``signature`` and the server's verdict.
-    """
-
-    TYPE: ClassVar[str] = "secagg"
-    round: int
-    stage: str
-    node_id: str
-    key_id: str
-    verdict: str
-    reason: str
-    detail: str
-    statement: bytes
-    signature: bytes
-    data: dict[str, Any]
 
 
 def node_id_text(value: Any) -> str:

@@ -37,12 +37,11 @@ naming the block height, the entry index and what mismatched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from flower_chain.ledger import merkle
 from flower_chain.ledger.arrays import ArrayMeta, array_digest, array_meta, decode_arrays
 from flower_chain.ledger.backends.base import Ledger
-from flower_chain.ledger.block import ZERO_HASH, BlockHeader, StoredBlock
+from flower_chain.ledger.block import BlockHeader, StoredBlock
 from flower_chain.ledger.checkpoint import check_head, verify_checkpoint
 from flower_chain.ledger.entries import ACCEPTED, Entry, EvaluationEntry, GenesisEntry, UpdateEntry
 from flower_chain.ledger.entry_checks import check_entries
@@ -51,33 +50,8 @@ from flower_chain.ledger.keys import verify_signature
 from flower_chain.ledger.rederive import rederive_block
 from flower_chain.ledger.text import safe_text
 from flower_chain.ledger.verify_report import VerifyReport as VerifyReport  # re-exported
+from flower_chain.ledger.walk import Walk as Walk  # re-exported
 from flower_chain.ledger.writer import digest_version_of, origin_for
-
-
-@dataclass
-class Walk:
-    """What the checks of one block need from the blocks before it, and how much to check."""
-
-    report: VerifyReport
-    server_key: bytes | None = None
-    full: bool = True
-    client_signatures: bool = False
-    nodes: bool = False
-    blobs: bool = False
-    visit: Callable[[int, Entry], object] | None = None
-    log: merkle.CompactRange = field(default_factory=merkle.CompactRange)
-    prev_hash: bytes = ZERO_HASH
-    prev_ts: int = 0
-    last_model: bytes = b""
-    prev_block: StoredBlock | None = None
-    genesis: GenesisEntry | None = None
-    pub: bytes = b""
-    revoked: set[str] = field(default_factory=set)
-    rounds: set[int] = field(default_factory=set)
-    secagg_result: bool = False  # the block being checked holds a successful SecAgg+ result
-    evaluated_rounds: set[int] = field(default_factory=set)  # rounds whose federated evaluation summary was seen
-    head_bound: bool = False  # a checkpoint so far named its head block: every later one must (check_head)
-    last_layout: tuple[bytes, ArrayMeta] | None = None  # (digest, layout) of the last model blob decoded
 
 
 def verify(

@@ -26,11 +26,11 @@ from flwr.server.strategy import Strategy
 
 from flower_chain.ledger.backends.base import Ledger
 from flower_chain.ledger.text import safe_text
-from flower_chain.strategies import replies as parse
 from flower_chain.strategies._gcpause import cyclic_gc_paused
 from flower_chain.strategies.core import Judgement, LedgerCore
 from flower_chain.strategies.judge import Reply
 from flower_chain.strategies.ledger_strategy import strategy_config
+from flower_chain.strategies.legacy_replies import from_legacy
 from flower_chain.strategies.options import LedgerOptions
 from flower_chain.strategies.rounds import evaluate_round, train_round
 from flower_chain.wire import PREFIX
@@ -170,8 +170,7 @@ class LegacyLedgerStrategy(Strategy):
         with cyclic_gc_paused():  # the round's replies stay out of the collector's passes
             limit = self.core.max_array_bytes(kind, server_round)
             parsed = [
-                parse.from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit)
-                for proxy, res in results
+                from_legacy(getattr(proxy, "node_id", 0), res, kind, max_array_bytes=limit) for proxy, res in results
             ]
             parsed += [_failure_reply(failure) for failure in failures]
             judgements = self.core.judge_all(kind, server_round, parsed)

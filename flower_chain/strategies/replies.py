@@ -344,12 +344,3 @@ def _parse_message(
         cosignature=cosignature,
         records=(arrays_recs[0] if arrays_recs else None, metric_recs[0]),
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``from_legacy`` stays importable from here (it lives in :mod:`flower_chain.strategies.legacy_replies`)."""
-    if name == "from_legacy":
-        from flower_chain.strategies.legacy_replies import from_legacy  # noqa: PLC0415 - it imports this module
-
-        return from_legacy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -403,7 +403,7 @@ def test_replays_of_an_old_reply_never_crowd_out_the_keys_receipt():
 
 
 def test_a_negative_legacy_num_examples_is_malformed():
-    from flower_chain.strategies.replies import from_legacy
+    from flower_chain.strategies.legacy_replies import from_legacy
 
     class Res:
         metrics, num_examples, parameters = {}, -1, None

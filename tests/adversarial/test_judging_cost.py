@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import Code, FitRes, Parameters, Status, ndarray_to_bytes
 
-from flower_chain.strategies import replies
+from flower_chain.strategies import legacy_replies, replies
 from flower_chain.wire import SIG_RECORD, SIGNATURE, STATEMENT
 
 MODEL_BUDGET = 32 * 4 * 4 + 4096 * 3  # what the judge allows a 2-array model of 4x8 and 4 float32 values
@@ -64,7 +64,7 @@ def test_a_legacy_reply_of_thousands_of_tensors_is_refused_before_one_is_parsed(
     parsed = Counter(monkeypatch, "parse_npy")
     tensor = ndarray_to_bytes(np.zeros(1, dtype=np.float32))
     res = FitRes(Status(Code.OK, ""), Parameters([tensor] * 5_000, "numpy.ndarray"), 10, {})
-    reply = replies.from_legacy(7, res, "train", max_array_bytes=MODEL_BUDGET)
+    reply = legacy_replies.from_legacy(7, res, "train", max_array_bytes=MODEL_BUDGET)
     assert reply.malformed is not None and "arrays" in reply.malformed
     assert parsed.calls == 0
 

@@ -129,6 +129,22 @@ def test_server_records_decode_and_check():
     assert check_result(res) == res
 
 
+def test_a_secagg_entry_decodes_with_only_the_entries_module_imported():
+    """Every entry type lives in ledger/entries.py: a verifier that imports only ``decode_entry`` (no
+    ``flower_chain.ledger`` package, no ``ledger.secagg``) still decodes a SecAgg+ entry, never "unknown type"."""
+    import subprocess
+    import sys
+
+    data = server_record(3, "header", header()).to_bytes()
+    code = (
+        "import sys; from flower_chain.ledger.entries import decode_entry; "
+        "e = decode_entry(bytes.fromhex(sys.argv[1])); "
+        "assert 'flower_chain.ledger.secagg' not in sys.modules; print(e.TYPE, e.stage)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, data.hex()], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["secagg", "header"]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
