@@ -50,9 +50,9 @@ def _cpu_of_tree(proc, seen: dict[int, tuple[str, float]]) -> None:
     for q in procs:
         try:
             t = q.cpu_times()
-            role = seen[q.pid][0] if q.pid in seen else None
-            if role is None:
-                cmd = " ".join(q.cmdline())
+            role = seen[q.pid][0] if q.pid in seen else "other"
+            if role == "other":  # read again until it names a role: a child forked before its exec still shows
+                cmd = " ".join(q.cmdline())  # its parent's command line (Ray renames its workers later, not before)
                 role = next((name for name, part in ROLES if part in cmd), "other")
             seen[q.pid] = (role, t.user + t.system)
         except psutil.Error:  # ended between the listing and the reading: its last sample stands
