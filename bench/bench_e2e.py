@@ -8,9 +8,7 @@
 
 paired: the two runs alternate (ledger, plain, plain, ledger, ...) in one invocation; reports the
 wall-time ratio (target <= 1.02) and the per-round ledger time (hash, verify, append) beside the
-round time, and the CPU seconds each run's processes (Ray workers, the simulation process, the rest) used
-during rounds 2..N: ledger minus plain per pair is what the ledger costs the cores per round, a figure
-that does not move in the simulation's 100 ms steps as the wall time does. fashion: test accuracy (target >= 85 %) with and without the ledger and whether the final
+round time. fashion: test accuracy (target >= 85 %) with and without the ledger and whether the final
 model digests are identical. scale: signed replies of a small model through aggregate_train into
 SQLite, then ``flower-chain ledger verify``: throughput and peak memory.
 """
@@ -20,14 +18,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,82 +31,17 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
 
 
-#: Which process a CPU second belongs to, by its command line (first match wins).
-ROLES = (("clients", "default_worker"), ("server", "flwr-simulation"))
-
-
-def _cpu_of_tree(proc, seen: dict[int, tuple[str, float]]) -> None:
-    """Record the CPU time (user + system) so far of ``proc`` and every descendant, with its role."""
-    import psutil
-
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return
-    for q in procs:
-        try:
-            t = q.cpu_times()
-            role = seen[q.pid][0] if q.pid in seen else "other"
-            if role == "other":  # read again until it names a role: a child forked before its exec still shows
-                cmd = " ".join(q.cmdline())  # its parent's command line (Ray renames its workers later, not before)
-                role = next((name for name, part in ROLES if part in cmd), "other")
-            seen[q.pid] = (role, t.user + t.system)
-        except psutil.Error:  # ended between the listing and the reading: its last sample stands
-            pass
-
-
-def _rounds_logged(metrics: Path) -> int:
-    """How many rounds (the initial evaluation included) ``metrics.json`` holds now (0 before it exists)."""
-    try:
-        return len(json.loads(metrics.read_text())["rounds"])
-    except (OSError, ValueError, KeyError):  # not written yet, or being replaced
-        return 0
-
-
 def run(args: list[str], out: Path) -> dict:
-    """One ``run.py`` run: its wall time, rounds and final model, and the CPU seconds its process tree used during
-    rounds 2..N (user + system, every process, by role: ``clients`` the Ray workers that run the ClientApps,
-    ``server`` the simulation process that runs the ServerApp, ``other`` the rest). The tree is sampled every 50 ms;
-    a snapshot is taken when ``metrics.json`` shows a round ended, so each boundary is late by at most 50 ms."""
-    import psutil
-
-    load_before = os.getloadavg()[0]
-    metrics = out / "metrics.json"
     t = time.perf_counter()
-    p = subprocess.Popen(
+    r = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args, "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
-        env={**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"},
+        env={**__import__("os").environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"},
     )
-    seen: dict[int, tuple[str, float]] = {}
-    at_round: dict[int, dict[str, float]] = {}  # rounds logged -> CPU seconds by role then
-    tree = psutil.Process(p.pid)
-    pipes = ThreadPoolExecutor(2)  # drain both pipes so the run never blocks on a full one
-    stdout, stderr = pipes.submit(p.stdout.read), pipes.submit(p.stderr.read)
-    mtime = 0.0
-    while p.poll() is None:
-        _cpu_of_tree(tree, seen)
-        try:
-            now = metrics.stat().st_mtime
-        except OSError:
-            now = mtime
-        if now != mtime:
-            mtime = now
-            logged = _rounds_logged(metrics)
-            if logged and logged not in at_round:
-                cpu = {name: 0.0 for name, _ in ROLES} | {"other": 0.0}
-                for role, seconds in seen.values():
-                    cpu[role] += seconds
-                at_round[logged] = cpu
-        time.sleep(0.05)
     wall = time.perf_counter() - t
-    err = stderr.result()
-    stdout.result()
-    pipes.shutdown()
-    if p.returncode:
-        raise RuntimeError(err[-2000:])
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
     doc = json.loads((out / "metrics.json").read_text())
     model = out / "model.npz"
     import numpy as np
@@ -125,11 +56,6 @@ def run(args: list[str], out: Path) -> dict:
         "round_s": [r["round_time_s"] for r in rounds],
         "ledger_s": [r.get("ledger_time_s") for r in rounds],
         "model_sha256": digest,
-        # rounds logged: the initial evaluation (round 0), then rounds 1..N; rounds 2..N lie between the 2nd and the last
-        "cpu_rounds_2_on_s": {role: at_round[len(doc["rounds"])][role] - at_round[2][role] for role in at_round[2]}
-        if 2 in at_round and len(doc["rounds"]) in at_round
-        else None,
-        "load_1min_before": load_before,
     }
 
 
@@ -162,25 +88,13 @@ def paired(pairs: int, data_dir: str, rounds: int = 5) -> dict:
     pair_steady_median = [
         statistics.median(a["round_s"][1:]) / statistics.median(b["round_s"][1:]) for a, b in zip(ledger, plain)
     ]
-    # CPU seconds per run (all processes) and by role, ledger minus plain per pair, divided by the rounds: what the
-    # ledger costs the machine's cores per round, whatever thread or process it runs on (the wall-time ratio above
-    # moves in the simulation's 100 ms steps; the CPU does not)
-    cpu_per_round = {
-        role: [
-            (a["cpu_rounds_2_on_s"][role] - b["cpu_rounds_2_on_s"][role]) / (rounds - 1)
-            for a, b in zip(ledger, plain)
-            if a["cpu_rounds_2_on_s"] and b["cpu_rounds_2_on_s"]
-        ]
-        for role in ("clients", "server", "other")
-    }
-    cpu_per_round["total"] = [sum(xs) for xs in zip(*cpu_per_round.values())]
     return {
         "pairs": pairs,
         "rounds_per_run": rounds,
         "commit": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
-        "load_average_after": os.getloadavg(),
+        "load_average_after": __import__("os").getloadavg(),
         "ratio_loop_median": ratio_loop,
         "ratio_wall_median": ratio_wall,
         "target_ratio_le_1_02": ratio_loop <= 1.02,
@@ -197,18 +111,6 @@ def paired(pairs: int, data_dir: str, rounds: int = 5) -> dict:
             "plain": statistics.median(r["round_s"][0] for r in plain),
         },
         "ledger_time_per_round_ms_median": 1000 * statistics.median(per_round_ledger),
-        "extra_cpu_ms_per_round_2_on_spread": {
-            k: _spread([1000 * x for x in v]) for k, v in cpu_per_round.items() if v
-        },
-        "cpu_ms_per_round_2_on_median": {
-            name: {
-                role: 1000 * statistics.median(r["cpu_rounds_2_on_s"][role] / (rounds - 1) for r in runs)
-                for role in ("clients", "server", "other")
-            }
-            for name, runs in (("ledger", ledger), ("plain", plain))
-            if all(r["cpu_rounds_2_on_s"] for r in runs)
-        },
-        "load_1min_before_runs": _spread([r["load_1min_before"] for r in ledger + plain]),
         "round_time_s_median": statistics.median(per_round),
         "ledger": ledger,
         "plain": plain,

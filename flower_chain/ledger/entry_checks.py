@@ -98,7 +98,7 @@ def _check_genesis(h: BlockHeader, datas: list[bytes], server_key: bytes | None)
 
 
 def _check_entry(
-    entry: Entry | SecAggEntry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str], report: VerifyReport
+    entry: Entry, h: BlockHeader, i: int, genesis: GenesisEntry, revoked: set[str], report: VerifyReport
 ) -> None:
     report.entry_types[entry.TYPE] += 1
     if isinstance(entry, GenesisEntry):

@@ -1,7 +1,7 @@
 """The state :func:`flower_chain.ledger.verify.verify` carries from block to block (:class:`Walk`).
 
-Its own module, so that the rules verify calls (:mod:`flower_chain.ledger.entry_checks`,
-:mod:`flower_chain.ledger.rederive`) read it without importing verify.
+Its own module, so that the entry rules verify calls (:mod:`flower_chain.ledger.entry_checks`) read it
+without importing verify.
 """
 
 from __future__ import annotations

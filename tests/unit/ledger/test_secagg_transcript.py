@@ -130,8 +130,8 @@ def test_server_records_decode_and_check():
 
 
 def test_a_secagg_entry_decodes_with_only_the_entries_module_imported():
-    """Every entry type lives in ledger/entries.py: a verifier that imports only ``decode_entry`` (no
-    ``flower_chain.ledger`` package, no ``ledger.secagg``) still decodes a SecAgg+ entry, never "unknown type"."""
+    """Every entry type lives in ledger/entries.py: a verifier that imports only ``decode_entry`` (with the
+    ``flower_chain.ledger`` package, which never loads ``ledger.secagg``) still decodes a SecAgg+ entry, never "unknown type"."""
     import subprocess
     import sys
 
