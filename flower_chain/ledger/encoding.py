@@ -144,80 +144,84 @@ def _encode_general(v: Value, out: bytearray, depth: int) -> None:
 
 def decode(data: bytes) -> Value:
     """Decode a canonical encoding; raise :class:`EncodingError` on anything non-canonical."""
-    mv = memoryview(bytes(data))
-    value, pos = _decode(mv, 0, 0)
-    if pos != len(mv):
-        raise EncodingError(f"{len(mv) - pos} trailing bytes after the value")
+    buf = bytes(data)
+    value, pos = _decode(buf, 0, 0)
+    if pos != len(buf):
+        raise EncodingError(f"{len(buf) - pos} trailing bytes after the value")
     return value
 
 
-def _take(mv: memoryview, pos: int, n: int) -> tuple[memoryview, int]:
-    end = pos + n
-    if end > len(mv):
+def _read_len(buf: bytes, pos: int) -> tuple[int, int]:
+    """(a 4-byte big-endian length at ``pos``, the position after it)."""
+    if pos + 4 > len(buf):
         raise EncodingError("truncated value")
-    return mv[pos:end], end
+    return _U32.unpack_from(buf, pos)[0], pos + 4
 
 
-def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
-    b, pos = _take(mv, pos, 4)
-    return _U32.unpack(b)[0], pos
-
-
-def _decode(mv: memoryview, pos: int, depth: int) -> tuple[Value, int]:
+def _decode(buf: bytes, pos: int, depth: int) -> tuple[Value, int]:
+    """(the value at ``pos``, the position after it): reads ``buf`` in place (``unpack_from``, one slice per
+    bytes, text or key), every bound checked before it is read."""
     if depth > _MAX_DEPTH:
         raise EncodingError("value nested too deeply")
-    if pos >= len(mv):
+    size = len(buf)
+    if pos >= size:
         raise EncodingError("truncated value")
-    tag = mv[pos]
+    tag = buf[pos]
     pos += 1
-    if tag == _NULL:
-        return None, pos
-    if tag == _FALSE:
-        return False, pos
-    if tag == _TRUE:
-        return True, pos
-    if tag == _INT:
-        b, pos = _take(mv, pos, 8)
-        return _I64.unpack(b)[0], pos
-    if tag == _FLOAT:
-        b, pos = _take(mv, pos, 8)
-        f = _F64.unpack(b)[0]
-        if math.isnan(f) and bytes(b) != _CANONICAL_NAN:
-            raise EncodingError("non-canonical NaN")
-        return f, pos
     if tag in (_BYTES, _TEXT):
-        n, pos = _read_len(mv, pos)
-        b, pos = _take(mv, pos, n)
+        n, pos = _read_len(buf, pos)
+        end = pos + n
+        if end > size:
+            raise EncodingError("truncated value")
         if tag == _BYTES:
-            return bytes(b), pos
+            return buf[pos:end], end
         try:
-            return str(b, "utf-8"), pos
+            return buf[pos:end].decode("utf-8"), end
         except UnicodeDecodeError as e:
             raise EncodingError("text is not valid UTF-8") from e
-    if tag == _LIST:
-        n, pos = _read_len(mv, pos)
-        items = []
-        for _ in range(n):
-            item, pos = _decode(mv, pos, depth + 1)
-            items.append(item)
-        return items, pos
+    if tag == _INT:
+        if pos + 8 > size:
+            raise EncodingError("truncated value")
+        return _I64.unpack_from(buf, pos)[0], pos + 8
     if tag == _MAP:
-        n, pos = _read_len(mv, pos)
+        n, pos = _read_len(buf, pos)
         result: dict[str, Value] = {}
-        prev: bytes | None = None
-        for _ in range(n):
-            klen, pos = _read_len(mv, pos)
-            kb, pos = _take(mv, pos, klen)
-            kbytes = bytes(kb)
-            if prev is not None and kbytes <= prev:
+        prev = b""
+        for i in range(n):
+            klen, pos = _read_len(buf, pos)
+            end = pos + klen
+            if end > size:
+                raise EncodingError("truncated value")
+            kbytes = buf[pos:end]
+            if i and kbytes <= prev:
                 raise EncodingError("map keys are not strictly ascending")
             prev = kbytes
             try:
                 key = kbytes.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise EncodingError("map key is not valid UTF-8") from e
-            result[key], pos = _decode(mv, pos, depth + 1)
+            result[key], pos = _decode(buf, end, depth + 1)
         return result, pos
+    if tag == _NULL:
+        return None, pos
+    if tag == _FALSE:
+        return False, pos
+    if tag == _TRUE:
+        return True, pos
+    if tag == _FLOAT:
+        if pos + 8 > size:
+            raise EncodingError("truncated value")
+        f = _F64.unpack_from(buf, pos)[0]
+        if f != f and buf[pos : pos + 8] != _CANONICAL_NAN:
+            raise EncodingError("non-canonical NaN")
+        return f, pos + 8
+    if tag == _LIST:
+        n, pos = _read_len(buf, pos)
+        items = []
+        for _ in range(n):
+            item, pos = _decode(buf, pos, depth + 1)
+            items.append(item)
+        return items, pos
     raise EncodingError(f"unknown tag 0x{tag:02x}")
 
 

@@ -331,8 +331,7 @@ class UpdateStatement:
     @classmethod
     def from_bytes(cls, data: bytes) -> UpdateStatement:
         d = decode_with_domain(STATEMENT_DOMAIN, data)
-        v1 = [f.name for f in fields(cls) if f.name not in STATEMENT_V2_FIELDS]
-        if not isinstance(d, dict) or sorted(d) not in (sorted(v1), sorted(v1 + list(STATEMENT_V2_FIELDS))):
+        if not isinstance(d, dict) or (d.keys() != _STATEMENT_V1_NAMES and d.keys() != _STATEMENT_V2_NAMES):
             raise EncodingError("update statement has the wrong fields")
         st = cls(**d)
         for name, typ in (
@@ -351,6 +350,11 @@ class UpdateStatement:
         if "settings_digest" in d:
             _check_v2(st)
         return st
+
+
+#: the field names of a v1 and of a v2 statement (``from_bytes`` accepts exactly one of the two sets)
+_STATEMENT_V2_NAMES = frozenset(f.name for f in fields(UpdateStatement))
+_STATEMENT_V1_NAMES = _STATEMENT_V2_NAMES - frozenset(STATEMENT_V2_FIELDS)
 
 
 def _check_v2(st: UpdateStatement) -> None:
