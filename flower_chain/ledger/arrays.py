@@ -65,6 +65,8 @@ NamedArrays = Sequence[tuple[str, np.ndarray]]
 
 def _canonical(a: np.ndarray, version: int) -> np.ndarray:
     """Little-endian C-order; v1 (a quirk kept so v1 ledgers verify) records a 0-d array as shape (1,)."""
+    if type(a) is np.ndarray and a.ndim and a.flags.c_contiguous and a.dtype.byteorder != ">" and not a.dtype.hasobject:
+        return a  # already canonical (a reply's NPY view, a model's array): nothing to convert
     a = np.asarray(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
@@ -74,18 +76,27 @@ def _canonical(a: np.ndarray, version: int) -> np.ndarray:
     return out.reshape(()) if a.ndim == 0 and version >= 2 else out
 
 
+@functools.lru_cache(maxsize=4096)
+def _array_head(name: str, dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The stream's header of one array (name, dtype, shape, payload size): the same few per model, cached."""
+    nb = name.encode("utf-8")
+    dt = dtype.encode()
+    head = [_U32.pack(len(nb)), nb, _U32.pack(len(dt)), dt, _U32.pack(len(shape))]
+    head += [_U64.pack(d) for d in shape]
+    head.append(_U64.pack(nbytes))
+    return b"".join(head)
+
+
 def _chunks(named: Iterable[tuple[str, np.ndarray]], version: int) -> Iterator[bytes | memoryview]:
     named = list(named)
     yield ARRAYS_DOMAIN + _U32.pack(len(named))
     for name, arr in named:
         a = _canonical(arr, version)
-        nb = name.encode("utf-8")
-        dt = a.dtype.str.encode()
-        head = [_U32.pack(len(nb)), nb, _U32.pack(len(dt)), dt, _U32.pack(a.ndim)]
-        head += [_U64.pack(d) for d in a.shape]
-        head.append(_U64.pack(a.nbytes))
-        yield b"".join(head)
-        if a.nbytes:
+        nbytes = a.nbytes
+        yield _array_head(
+            name if type(name) is str else str(name.encode("utf-8"), "utf-8"), a.dtype.str, a.shape, nbytes
+        )
+        if nbytes:
             # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12; it is a buffer on 3.11 too
             yield memoryview(a.reshape(-1)).cast("B")  # type: ignore[arg-type]
 
@@ -338,21 +349,30 @@ ArrayMeta = tuple[tuple[str, tuple[int, ...], str], ...]
 
 def array_meta(named: Iterable[tuple[str, np.ndarray]]) -> ArrayMeta:
     """(name, shape, dtype string) of each array: what a reply must match exactly (the verdict policy's template)."""
-    return tuple((str(n), tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str) for n, a in named)
+    return tuple(
+        (str(n), a.shape, a.dtype.str)  # an ndarray's shape is a tuple of ints already
+        if type(a) is np.ndarray
+        else (str(n), tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str)
+        for n, a in named
+    )
+
+
+#: Arrays up to this many values are checked element-wise directly (the dot product's set-up costs more).
+_SMALL = 1 << 14
 
 
 def finite(a: np.ndarray) -> bool:
     """True when every value is finite.
 
-    Fast path: a NaN or inf makes the dot product a.a non-finite, and BLAS
-    computes it in a fraction of isfinite's time; only when the dot product
-    is not finite (a bad value, or an overflow of huge finite values) does
-    the exact element-wise check decide.
+    Fast path for large arrays: a NaN or inf makes the dot product a.a
+    non-finite, and BLAS computes it in a fraction of isfinite's time; only
+    when the dot product is not finite (a bad value, or an overflow of huge
+    finite values) does the exact element-wise check decide.
     """
     a = np.asarray(a)
     if a.dtype.kind not in "fc":
         return True
-    if a.dtype in (np.float32, np.float64) and a.size:
+    if a.size > _SMALL and a.dtype in (np.float32, np.float64):
         flat = a.reshape(-1)
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):

@@ -87,17 +87,40 @@ def _encode(v: Value, out: bytearray, depth: int) -> None:
 _TEXT_TAG, _BYTES_TAG, _INT_TAG, _FLOAT_TAG = (bytes([t]) for t in (_TEXT, _BYTES, _INT, _FLOAT))
 
 
-def _encode_map(v: Mapping[Any, Any], out: bytearray, depth: int) -> None:
-    keys = []
-    for k in v:
+#: Map layouts by key tuple (in the map's own order): the encoded header and each key's encoded form, sorted.
+#: Ledger maps have a few fixed key sets, each met thousands of times a round; bounded, cleared when full.
+_LAYOUTS: dict[tuple[str, ...], tuple[bytes, tuple[tuple[bytes, str], ...]]] = {}
+_MAX_LAYOUTS = 1024
+
+
+def _layout(keys: tuple[Any, ...]) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
+    """(tag and count, ((encoded key, key), ...) in canonical order) of a map with these keys."""
+    got = _LAYOUTS.get(keys)
+    if got is not None and all(type(k) is str for k in keys):  # a look-alike of a str key is no str key
+        return got
+    items = []
+    for k in keys:
         if not isinstance(k, str):
             raise EncodingError(f"map keys must be text, got {type(k).__name__}")
-        keys.append((k.encode("utf-8"), k))
-    keys.sort()
-    out.append(_MAP)
-    _len(len(keys), out)
-    for kb, k in keys:
-        _len(len(kb), out)
+        kb = k.encode("utf-8")
+        if len(kb) > 0xFFFFFFFF:
+            raise EncodingError("value too long for canonical encoding")
+        items.append((kb, k))
+    items.sort()
+    if len(items) > 0xFFFFFFFF:
+        raise EncodingError("value too long for canonical encoding")
+    layout = (bytes([_MAP]) + _U32.pack(len(items)), tuple((_U32.pack(len(kb)) + kb, k) for kb, k in items))
+    if all(type(k) is str for k in keys):
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = layout
+    return layout
+
+
+def _encode_map(v: Mapping[Any, Any], out: bytearray, depth: int) -> None:
+    head, items = _layout(tuple(v))
+    out += head
+    for kb, k in items:
         out += kb
         _encode(v[k], out, depth + 1)
 

@@ -69,8 +69,16 @@ class _Entry:
     #: entries written before the field existed keep their bytes; a present field never holds it.
     IMPLIED: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def _field_names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_NAMES")
+        if names is None:  # once per class (dataclasses.fields builds its tuple on every call)
+            names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+            cls._NAMES = names  # type: ignore[attr-defined]
+        return names
+
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        d = {name: getattr(self, name) for name in self._field_names()}
         for name, value in self.IMPLIED.items():
             if d[name] == value and type(d[name]) is type(value):
                 del d[name]
