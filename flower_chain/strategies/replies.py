@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 from flower_chain.ledger.encoding import encode
 from flower_chain.ledger.errors import LedgerError
@@ -64,6 +65,7 @@ MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
 MAX_COSIGNATURE = 512
 MAX_RECORDS = 3
+_SIG_FIELDS = frozenset({STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE})
 """Records a reply holds: the ArrayRecord (train), the MetricRecord and the ``flower-chain`` ConfigRecord."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in Flower/Ray error texts
 MAX_METRICS_BYTES = 16 * 1024
@@ -296,8 +298,6 @@ def from_message(
 def _parse_message(
     node: int, content: Any, kind: str, max_array_bytes: int, weight_key: str | None, max_arrays: int | None
 ) -> Reply:
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-
     if len(content) > MAX_RECORDS:
         raise Malformed(f"the reply holds {len(content)} records (a reply has at most 3)")
     arrays_recs, metric_recs, sig, other = [], [], None, []
@@ -320,14 +320,14 @@ def _parse_message(
     statement = signature = cosignature = None
     seen = pending = -1
     if sig is not None:
-        allowed = {STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE}
-        if len(sig) > len(allowed):
-            raise Malformed(f"the {SIG_RECORD!r} record holds {len(sig)} fields (at most {len(allowed)})")
-        extra = [safe_text(k, 40) for k in sig if k not in allowed]
-        if extra:
+        if len(sig) > len(_SIG_FIELDS):
+            raise Malformed(f"the {SIG_RECORD!r} record holds {len(sig)} fields (at most {len(_SIG_FIELDS)})")
+        fields = dict(sig.items())  # a plain dict: one copy of at most 5 items, then plain lookups
+        if not fields.keys() <= _SIG_FIELDS:
+            extra = [safe_text(k, 40) for k in fields if k not in _SIG_FIELDS]
             raise Malformed(f"unexpected fields {extra} in the {SIG_RECORD!r} record")
-        statement, signature, seen, pending = _sig_fields(sig.get, STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND)
-        cosignature = _cosignature(sig.get(COSIGNATURE))
+        statement, signature, seen, pending = _sig_fields(fields.get, STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND)
+        cosignature = _cosignature(fields.get(COSIGNATURE))
     metrics = parse_metrics(metric_recs[0].items())
     n = num_examples_in(metrics)
     check_weight(metrics, weight_key)
