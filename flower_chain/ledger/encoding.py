@@ -95,8 +95,9 @@ _MAX_LAYOUTS = 1024
 
 def _layout(keys: tuple[Any, ...]) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
     """(tag and count, ((encoded key, key), ...) in canonical order) of a map with these keys."""
-    got = _LAYOUTS.get(keys)
-    if got is not None and all(type(k) is str for k in keys):  # a look-alike of a str key is no str key
+    plain = all(type(k) is str for k in keys)  # only plain text keys are cached: a look-alike of one is no text
+    got = _LAYOUTS.get(keys) if plain else None
+    if got is not None:
         return got
     items = []
     for k in keys:
@@ -110,7 +111,7 @@ def _layout(keys: tuple[Any, ...]) -> tuple[bytes, tuple[tuple[bytes, str], ...]
     if len(items) > 0xFFFFFFFF:
         raise EncodingError("value too long for canonical encoding")
     layout = (bytes([_MAP]) + _U32.pack(len(items)), tuple((_U32.pack(len(kb)) + kb, k) for kb, k in items))
-    if all(type(k) is str for k in keys):
+    if plain:
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
         _LAYOUTS[keys] = layout

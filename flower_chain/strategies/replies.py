@@ -65,8 +65,9 @@ MAX_TEXT = 1024
 MAX_ARRAYS = 100_000
 MAX_COSIGNATURE = 512
 MAX_RECORDS = 3
-_SIG_FIELDS = frozenset({STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE})
 """Records a reply holds: the ArrayRecord (train), the MetricRecord and the ``flower-chain`` ConfigRecord."""
+_SIG_FIELDS = frozenset({STATEMENT, SIGNATURE, SEEN_SIZE, PENDING_ROUND, COSIGNATURE})
+"""The fields the ``flower-chain`` ConfigRecord may hold."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in Flower/Ray error texts
 MAX_METRICS_BYTES = 16 * 1024
 MAX_METRIC_VALUES = MAX_METRICS_BYTES // 9
