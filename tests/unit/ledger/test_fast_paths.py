@@ -111,3 +111,9 @@ def test_headers_are_cached_by_everything_they_hold():
 def test_a_text_subclass_name_hashes_as_its_text():
     a = np.ones(4, np.float32)
     assert array_digest([(np.str_("w"), a)]) == array_digest([("w", a)])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_object_array_is_refused_not_hashed_by_its_pointers(version):
+    with pytest.raises(EncodingError):
+        array_digest([("o", np.array([1, "x"], dtype=object))], version)
