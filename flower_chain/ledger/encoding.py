@@ -111,7 +111,7 @@ def _layout(keys: tuple[Any, ...]) -> tuple[bytes, tuple[tuple[bytes, str], ...]
     if len(items) > 0xFFFFFFFF:
         raise EncodingError("value too long for canonical encoding")
     layout = (bytes([_MAP]) + _U32.pack(len(items)), tuple((_U32.pack(len(kb)) + kb, k) for kb, k in items))
-    if plain and len(items) <= 64 and sum(len(kb) for kb in layout[1]) <= 4096:  # small layouts only: bounded memory
+    if plain and len(items) <= 64 and sum(len(kb) for kb, _ in items) <= 4096:  # small layouts only: bounded memory
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
         _LAYOUTS[keys] = layout

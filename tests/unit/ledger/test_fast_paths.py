@@ -117,3 +117,11 @@ def test_a_text_subclass_name_hashes_as_its_text():
 def test_an_object_array_is_refused_not_hashed_by_its_pointers(version):
     with pytest.raises(EncodingError):
         array_digest([("o", np.array([1, "x"], dtype=object))], version)
+
+
+def test_large_layouts_are_encoded_but_never_cached():
+    few_long = {"a" * 5000: 1, "b" * 5000: 2}
+    many = {f"m{i}": i for i in range(65)}
+    for value in (few_long, many):
+        assert reference_decode(encode(value)) == value
+        assert tuple(value) not in encoding._LAYOUTS
